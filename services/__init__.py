@@ -1,0 +1,1 @@
+"""Tollway: an LLM gateway built as a mesh of gRPC services."""
