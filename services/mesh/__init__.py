@@ -1,0 +1,1 @@
+"""What every Tollway service shares: config, serve(), clients, errors, telemetry, Redis."""

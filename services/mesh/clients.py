@@ -1,0 +1,59 @@
+"""The one way services open gRPC channels to each other."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import grpc
+from opentelemetry.instrumentation.grpc import aio_client_interceptors
+from opentelemetry.trace import TracerProvider
+
+_KEEPALIVE = [
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+]
+
+
+def _retry_config(idempotent_services: Sequence[str]) -> str:
+    # Only idempotent calls may be retried by the channel: a retried Generate could bill twice.
+    return json.dumps(
+        {
+            "methodConfig": [
+                {
+                    "name": [{"service": s} for s in idempotent_services],
+                    "retryPolicy": {
+                        "maxAttempts": 3,
+                        "initialBackoff": "0.05s",
+                        "maxBackoff": "0.5s",
+                        "backoffMultiplier": 2,
+                        "retryableStatusCodes": ["UNAVAILABLE"],
+                    },
+                }
+            ]
+        }
+    )
+
+
+def channel(
+    target: str,
+    *,
+    idempotent_services: Sequence[str] = (),
+    tracer_provider: TracerProvider | None = None,
+) -> grpc.aio.Channel:
+    """Opens a long-lived channel to ``target`` (``host:port``).
+
+    Args:
+        target: The peer address; a service's own port, or the mesh listener of Envoy.
+        idempotent_services: Full service names whose every method may be retried on
+            UNAVAILABLE by the channel itself.
+        tracer_provider: When given, each call gets a client span and carries the trace.
+    """
+    options = list(_KEEPALIVE)
+    if idempotent_services:
+        options += [("grpc.enable_retries", 1), ("grpc.service_config", _retry_config(idempotent_services))]
+    interceptors = aio_client_interceptors(tracer_provider=tracer_provider) if tracer_provider else None
+    return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)

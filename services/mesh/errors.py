@@ -1,0 +1,323 @@
+"""Typed errors for domain code, and their one translation to gRPC statuses.
+
+Domain code raises these; it never touches gRPC. Servicer methods are wrapped with
+:func:`rpc_errors`, which turns them into a rich ``google.rpc.Status``: always an
+``ErrorInfo`` (stable reason, domain ``<service>.tollway``, dynamic values in
+metadata), plus ``BadRequest``, ``QuotaFailure`` or ``RetryInfo`` as they apply.
+
+Exception tree::
+
+    TollwayError
+    ├── InvalidArgument        INVALID_ARGUMENT   (400)
+    ├── NotFound               NOT_FOUND          (404)
+    ├── AlreadyExists          ALREADY_EXISTS     (409)
+    ├── FailedPrecondition     FAILED_PRECONDITION(400)
+    ├── Unauthenticated        UNAUTHENTICATED    (401)
+    ├── PermissionDenied       PERMISSION_DENIED  (403)
+    ├── ResourceExhausted      RESOURCE_EXHAUSTED (429, retry-after)
+    ├── Unavailable            UNAVAILABLE        (503, retry-after)
+    ├── DeadlineExceeded       DEADLINE_EXCEEDED  (504)
+    └── Internal               INTERNAL           (500)
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from tollway.mesh import metrics
+
+log = logging.getLogger("tollway.errors")
+
+
+class TollwayError(Exception):
+    """Base of every error Tollway reports to a caller.
+
+    Attributes:
+        message: What was wrong and what to do about it, for a human.
+        reason: A stable UPPER_SNAKE identifier a program may switch on.
+        metadata: Dynamic values (names, limits) that belong in ErrorInfo.metadata.
+    """
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+    default_reason = "UNKNOWN"
+
+    def __init__(self, message: str, *, reason: str | None = None, metadata: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason or self.default_reason
+        self.metadata = {k: str(v) for k, v in (metadata or {}).items()}
+
+
+class InvalidArgument(TollwayError):
+    """The request is malformed; ``violations`` names each bad field and why."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    default_reason = "INVALID_ARGUMENT"
+
+    def __init__(
+        self,
+        message: str,
+        violations: Sequence[tuple[str, str]] = (),
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.violations = list(violations)
+
+
+class NotFound(TollwayError):
+    code = grpc.StatusCode.NOT_FOUND
+    default_reason = "NOT_FOUND"
+
+
+class AlreadyExists(TollwayError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+    default_reason = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(TollwayError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    default_reason = "FAILED_PRECONDITION"
+
+
+class Unauthenticated(TollwayError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+    default_reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(TollwayError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+    default_reason = "PERMISSION_DENIED"
+
+
+class _Retryable(TollwayError):
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after_s: float | None = None,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.retry_after_s = retry_after_s
+
+
+class ResourceExhausted(_Retryable):
+    """A quota or rate limit is spent; ``quota_violations`` says which (subject, description)."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    default_reason = "RESOURCE_EXHAUSTED"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after_s: float | None = None,
+        quota_violations: Sequence[tuple[str, str]] = (),
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, retry_after_s=retry_after_s, reason=reason, metadata=metadata)
+        self.quota_violations = list(quota_violations)
+
+
+class Unavailable(_Retryable):
+    code = grpc.StatusCode.UNAVAILABLE
+    default_reason = "UNAVAILABLE"
+
+
+class DeadlineExceeded(TollwayError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    default_reason = "DEADLINE_EXCEEDED"
+
+
+class Internal(TollwayError):
+    code = grpc.StatusCode.INTERNAL
+    default_reason = "INTERNAL"
+
+
+def _pack(msg: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(msg)
+    return packed
+
+
+def to_status(exc: TollwayError, domain: str) -> grpc.Status:
+    """Builds the rich gRPC status for ``exc``, with details and a retry-after header."""
+    details = [_pack(error_details_pb2.ErrorInfo(reason=exc.reason, domain=domain, metadata=exc.metadata))]
+    retry_after: float | None = None
+    if isinstance(exc, InvalidArgument) and exc.violations:
+        details.append(
+            _pack(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in exc.violations
+                    ]
+                )
+            )
+        )
+    if isinstance(exc, ResourceExhausted) and exc.quota_violations:
+        details.append(
+            _pack(
+                error_details_pb2.QuotaFailure(
+                    violations=[
+                        error_details_pb2.QuotaFailure.Violation(subject=s, description=d)
+                        for s, d in exc.quota_violations
+                    ]
+                )
+            )
+        )
+    if isinstance(exc, _Retryable) and exc.retry_after_s is not None:
+        retry_after = max(0.0, exc.retry_after_s)
+        seconds = int(retry_after)
+        details.append(
+            _pack(
+                error_details_pb2.RetryInfo(
+                    retry_delay=duration_pb2.Duration(seconds=seconds, nanos=int((retry_after - seconds) * 1e9))
+                )
+            )
+        )
+    status = rpc_status.to_status(status_pb2.Status(code=exc.code.value[0], message=exc.message, details=details))
+    if retry_after is None:
+        return status
+    # A plain header too: through Envoy it becomes the HTTP `retry-after` of a 429/503.
+    trailing = (*status.trailing_metadata, ("retry-after", str(math.ceil(retry_after))))
+    return _Status(status.code, status.details, trailing)
+
+
+class _Status(grpc.Status):
+    def __init__(self, code: grpc.StatusCode, details: str, trailing_metadata: Any) -> None:
+        self.code = code
+        self.details = details
+        self.trailing_metadata = trailing_metadata
+
+
+def from_rpc_error(err: grpc.aio.AioRpcError) -> TollwayError:
+    """Rebuilds the typed error a downstream service raised, keeping reason and details."""
+    info: error_details_pb2.ErrorInfo | None = None
+    violations: list[tuple[str, str]] = []
+    retry_after: float | None = None
+    status = rpc_status.from_call(err)
+    if status is not None:
+        for detail in status.details:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                br = error_details_pb2.BadRequest()
+                detail.Unpack(br)
+                violations = [(v.field, v.description) for v in br.field_violations]
+            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                ri = error_details_pb2.RetryInfo()
+                detail.Unpack(ri)
+                retry_after = ri.retry_delay.seconds + ri.retry_delay.nanos / 1e9
+    message = err.details() or err.code().name
+    reason = info.reason if info else None
+    metadata = dict(info.metadata) if info else None
+    cls = _BY_CODE.get(err.code(), Internal)
+    if cls is InvalidArgument:
+        return InvalidArgument(message, violations, reason=reason, metadata=metadata)
+    if cls in (ResourceExhausted, Unavailable):
+        return cls(message, retry_after_s=retry_after, reason=reason, metadata=metadata)
+    if err.code() == grpc.StatusCode.CANCELLED:
+        return Unavailable(message, reason=reason or "CANCELLED", metadata=metadata)
+    return cls(message, reason=reason, metadata=metadata)
+
+
+_BY_CODE: dict[grpc.StatusCode, type[TollwayError]] = {
+    c.code: c
+    for c in (
+        InvalidArgument,
+        NotFound,
+        AlreadyExists,
+        FailedPrecondition,
+        Unauthenticated,
+        PermissionDenied,
+        ResourceExhausted,
+        Unavailable,
+        DeadlineExceeded,
+        Internal,
+    )
+}
+
+_CODE_NUMBERS = {c: c.value[0] for c in grpc.StatusCode}
+
+
+def code_number(code: grpc.StatusCode) -> int:
+    """The google.rpc.Code number of a grpc status code (for in-band error events)."""
+    return _CODE_NUMBERS.get(code, code_pb2.UNKNOWN)
+
+
+H = TypeVar("H", bound=Callable[..., Any])
+
+
+def rpc_errors(domain: str) -> Callable[[H], H]:
+    """Wraps a servicer method so typed errors become rich statuses, and times it.
+
+    Works for unary methods (coroutines) and server-streaming methods (async
+    generators). Anything that is not a TollwayError is logged with its traceback
+    and reported as INTERNAL without leaking its text.
+
+    Args:
+        domain: The ErrorInfo domain, ``<service>.tollway``.
+    """
+
+    def decorate(fn: H) -> H:
+        method = fn.__name__
+        service = domain.split(".", 1)[0]
+
+        async def _fail(exc: BaseException, context: grpc.aio.ServicerContext) -> None:
+            if isinstance(exc, TollwayError):
+                err = exc
+            else:
+                log.exception("unhandled error in %s", method, exc_info=exc)
+                err = Internal(f"internal error in {service}.{method}; see the service log")
+            metrics.RPC_ERRORS.labels(service, method, err.code.name).inc()
+            status = to_status(err, domain)
+            await context.abort(status.code, status.details, status.trailing_metadata)
+
+        if inspect.isasyncgenfunction(fn):
+
+            @functools.wraps(fn)
+            async def stream(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                start = time.perf_counter()
+                try:
+                    async for item in fn(self, request, context):
+                        yield item
+                except (grpc.aio.AbortError, GeneratorExit):
+                    raise
+                except Exception as exc:
+                    await _fail(exc, context)
+                finally:
+                    metrics.RPC_SECONDS.labels(service, method).observe(time.perf_counter() - start)
+
+            return stream  # type: ignore[return-value]
+
+        @functools.wraps(fn)
+        async def unary(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            start = time.perf_counter()
+            try:
+                return await fn(self, request, context)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                await _fail(exc, context)
+            finally:
+                metrics.RPC_SECONDS.labels(service, method).observe(time.perf_counter() - start)
+
+        return unary  # type: ignore[return-value]
+
+    return decorate

@@ -1,0 +1,79 @@
+"""Structured logs and OpenTelemetry tracing, set up once per process."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+from tollway.mesh.config import ConfigError, MeshConfig
+
+_provider: TracerProvider | None = None
+
+_STD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line; ``extra={...}`` fields become top-level keys."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "service": self.service,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            out["trace_id"] = f"{span.trace_id:032x}"
+        for key, value in vars(record).items():
+            if key not in _STD_ATTRS and not key.startswith("_"):
+                out[key] = value
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def setup_logging(service: str, cfg: MeshConfig) -> None:
+    """Routes every log record of the process to stderr in the configured format."""
+    handler = logging.StreamHandler(sys.stderr)
+    if cfg.log_format == "json":
+        handler.setFormatter(JsonFormatter(service))
+    elif cfg.log_format == "text":
+        handler.setFormatter(logging.Formatter(f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s"))
+    else:
+        raise ConfigError(f"Config 'TOLLWAY_LOG_FORMAT' has value {cfg.log_format!r}. Use json or text.")
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(cfg.log_level.upper())
+
+
+def tracer_provider(service: str, cfg: MeshConfig) -> TracerProvider:
+    """The process's tracer provider (made on first call, then reused)."""
+    global _provider
+    if _provider is not None:
+        return _provider
+    provider = TracerProvider(resource=Resource.create({"service.name": f"tollway-{service}"}))
+    if cfg.otel_exporter == "console":
+        provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+    elif cfg.otel_exporter == "otlp":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=cfg.otel_endpoint, insecure=True)))
+    elif cfg.otel_exporter != "none":
+        raise ConfigError(f"Config 'TOLLWAY_OTEL_EXPORTER' has value {cfg.otel_exporter!r}. Use none, console or otlp.")
+    trace.set_tracer_provider(provider)
+    _provider = provider
+    return provider
