@@ -176,8 +176,7 @@ class EmbeddingModel:
         probe = self._run(["dimension probe"])[0]
         if probe.shape[1] != spec.dimension:
             raise ValueError(
-                f"model {spec.model_id!r} produces {probe.shape[1]}-dimensional vectors, "
-                f"its spec says {spec.dimension}"
+                f"model {spec.model_id!r} produces {probe.shape[1]}-dimensional vectors, its spec says {spec.dimension}"
             )
 
     @property
@@ -323,9 +322,7 @@ class ModelRegistry:
             with self._lock:
                 model = self._loaded.get(spec.model_id)
                 if model is None:
-                    model = EmbeddingModel(
-                        spec, intra_op_threads=self._intra_op_threads, batch_size=self._batch_size
-                    )
+                    model = EmbeddingModel(spec, intra_op_threads=self._intra_op_threads, batch_size=self._batch_size)
                     self._loaded[spec.model_id] = model
         return model
 
@@ -339,9 +336,7 @@ class ModelRegistry:
             self.get(model_id)
 
 
-def load_model(
-    model_id: str | None = None, *, intra_op_threads: int = 2, batch_size: int = 32
-) -> EmbeddingModel:
+def load_model(model_id: str | None = None, *, intra_op_threads: int = 2, batch_size: int = 32) -> EmbeddingModel:
     """Loads one built-in model for use in-process (benches, offline evaluation).
 
     Args:
