@@ -1,0 +1,134 @@
+"""A minimal HTTP/1.1 server on asyncio for the wire-exact provider fakes.
+
+Keep-alive, Content-Length request bodies, and responses either whole or chunked
+(Server-Sent Events). It counts open connections and connections the client closed
+in the middle of a streamed response, so tests can prove that cancelling a request
+reaches the provider.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+
+@dataclasses.dataclass
+class Request:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body or b"{}")
+
+
+@dataclasses.dataclass
+class Response:
+    status: int = 200
+    body: bytes = b""
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+    # When set, the body is streamed chunk by chunk (each item is sent as it is produced).
+    stream: AsyncIterator[bytes] | None = None
+    # Close the connection abruptly after the stream instead of ending it properly.
+    cut: bool = False
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+    408: "Request Timeout",
+    403: "Forbidden",
+}
+
+
+@dataclasses.dataclass
+class Stats:
+    requests: int = 0
+    open_connections: int = 0
+    streams_aborted_by_client: int = 0
+    streams_completed: int = 0
+
+
+class FakeHTTPServer:
+    """Serves ``handler`` on 127.0.0.1; ``/_stats`` reports :class:`Stats` as JSON."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.stats = Stats()
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self, port: int = 0) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", port)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self.port
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.stats.open_connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method, path, _ = lines[0].split(" ", 2)
+                headers = {}
+                for line in lines[1:]:
+                    if ":" in line:
+                        k, v = line.split(":", 1)
+                        headers[k.strip().lower()] = v.strip()
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+                request = Request(method, path, headers, body)
+                if path == "/_stats":
+                    response = Response(body=json.dumps(dataclasses.asdict(self.stats)).encode())
+                else:
+                    self.stats.requests += 1
+                    response = await self.handler(request)
+                if not await self._write(writer, response):
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        finally:
+            self.stats.open_connections -= 1
+            writer.close()
+
+    async def _write(self, writer: asyncio.StreamWriter, response: Response) -> bool:
+        status = f"HTTP/1.1 {response.status} {_REASONS.get(response.status, 'Status')}\r\n"
+        headers = {"content-type": "application/json", **response.headers}
+        if response.stream is None:
+            headers["content-length"] = str(len(response.body))
+            writer.write((status + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode())
+            writer.write(response.body)
+            await writer.drain()
+            return True
+        headers["transfer-encoding"] = "chunked"
+        writer.write((status + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode())
+        try:
+            async for chunk in response.stream:
+                writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                await writer.drain()
+                if writer.transport.is_closing():
+                    raise ConnectionResetError
+            if response.cut:
+                writer.transport.abort()
+                return False
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+            self.stats.streams_completed += 1
+            return True
+        except (ConnectionError, asyncio.CancelledError):
+            self.stats.streams_aborted_by_client += 1
+            return False
