@@ -1,0 +1,64 @@
+"""``python -m tollway.gateway``: the gateway service."""
+
+from __future__ import annotations
+
+import grpc
+
+from tollway.gateway.auth import KeyRing
+from tollway.gateway.config import GatewayConfig
+from tollway.gateway.lifecycle import Gateway
+from tollway.gateway.router_client import RouterClient
+from tollway.gateway.service import GatewayServicer
+from tollway.gateway.store import GatewayStore
+from tollway.gateway.v1 import gateway_pb2_grpc
+from tollway.gateway.validation import Limits
+from tollway.mesh import clients
+from tollway.mesh.config import MeshConfig, load_config
+from tollway.mesh.redis import connect, wait_ready
+from tollway.mesh.server import ServiceSpec, run, serve
+from tollway.mesh.telemetry import tracer_provider
+
+
+def build(cfg: GatewayConfig, mesh: MeshConfig) -> ServiceSpec:
+    """The gateway's ServiceSpec (also used by tests to run it in-process)."""
+    redis = connect(mesh.redis_url)
+    store = GatewayStore(redis, cfg.call_log_maxlen)
+    router_channel = clients.channel(cfg.router_addr, tracer_provider=tracer_provider("gateway", mesh))
+    gateway = Gateway(
+        KeyRing(store, cfg.auth_cache_ttl_s),
+        RouterClient(router_channel),
+        store,
+        Limits(cfg.max_input_chars, cfg.max_messages, cfg.default_max_tokens),
+        cfg.request_timeout_s,
+    )
+
+    def add(server: grpc.aio.Server) -> None:
+        gateway_pb2_grpc.add_GatewayServiceServicer_to_server(GatewayServicer(gateway), server)
+
+    async def start() -> None:
+        await wait_ready(redis)
+        await router_channel.channel_ready()
+
+    async def stop() -> None:
+        await gateway.drain()
+        await router_channel.close()
+        await redis.aclose()
+
+    return ServiceSpec(
+        name="gateway",
+        port=cfg.port,
+        add_servicers=add,
+        service_names=["tollway.gateway.v1.GatewayService"],
+        on_start=start,
+        on_stop=stop,
+        metrics_port=cfg.metrics_port,
+        mesh=mesh,
+    )
+
+
+def main() -> None:
+    run(serve(build(load_config(GatewayConfig, "gateway"), load_config(MeshConfig))))
+
+
+if __name__ == "__main__":
+    main()

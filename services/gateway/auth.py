@@ -1,0 +1,101 @@
+"""API keys: made once, shown once, stored only as a SHA-256 hash, mapped to a tenant."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+import secrets
+import time
+from collections.abc import Sequence
+
+from tollway.gateway.store import GatewayStore
+from tollway.mesh.errors import InvalidArgument, Unauthenticated
+
+KEY_PREFIX = "tw-"
+_TENANT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Tenant:
+    """Who a request is billed to."""
+
+    name: str
+    key_id: str
+
+
+def hash_key(key: str) -> str:
+    """The stored form of a key. Keys carry 256 random bits, so a plain hash is enough."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def bearer_token(metadata: Sequence[tuple[str, str | bytes]]) -> str | None:
+    """The token of an ``authorization: Bearer ...`` header, if any."""
+    for key, value in metadata:
+        if key == "authorization":
+            text = value.decode() if isinstance(value, bytes) else value
+            scheme, _, token = text.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+    return None
+
+
+class KeyRing:
+    """Creates and verifies API keys; verified keys are trusted for ``ttl_s`` in memory."""
+
+    def __init__(self, store: GatewayStore, ttl_s: float = 10.0) -> None:
+        self.store = store
+        self.ttl_s = ttl_s
+        self._verified: dict[str, tuple[Tenant, float]] = {}
+
+    async def create(self, tenant: str) -> tuple[str, str]:
+        """Makes a key for ``tenant``; returns (key, key_id). The key is not stored anywhere.
+
+        Raises:
+            InvalidArgument: The tenant name is not 1-63 lowercase letters, digits, '-' or '_'.
+        """
+        if not _TENANT.match(tenant):
+            raise InvalidArgument(
+                f"tenant {tenant!r} is not a valid name: use 1-63 lowercase letters, digits, '-' or '_'",
+                [("tenant", "lowercase letters, digits, '-' and '_', starting with a letter or digit")],
+            )
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        key_id = key[: len(KEY_PREFIX) + 6]
+        await self.store.put_key(
+            hash_key(key), {"tenant": tenant, "key_id": key_id, "created_time": str(int(time.time()))}
+        )
+        return key, key_id
+
+    async def revoke(self, key: str) -> bool:
+        digest = hash_key(key)
+        self._verified.pop(digest, None)
+        return await self.store.delete_key(digest)
+
+    async def authenticate(self, metadata: Sequence[tuple[str, str | bytes]]) -> Tenant:
+        """The tenant of the request's key.
+
+        Raises:
+            Unauthenticated: No bearer token, or one that is not a live key.
+        """
+        token = bearer_token(metadata)
+        if token is None:
+            raise Unauthenticated(
+                "missing API key: send 'authorization: Bearer <key>' (create one with "
+                "`tollway keys create --tenant NAME`)",
+                reason="API_KEY_MISSING",
+            )
+        digest = hash_key(token)
+        now = time.monotonic()
+        hit = self._verified.get(digest)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        record = await self.store.get_key(digest)
+        if record is None:
+            self._verified.pop(digest, None)
+            raise Unauthenticated(
+                "invalid API key: it is unknown or revoked; check the key or create a new one",
+                reason="API_KEY_INVALID",
+            )
+        tenant = Tenant(name=record["tenant"], key_id=record["key_id"])
+        self._verified[digest] = (tenant, now + self.ttl_s)
+        return tenant

@@ -1,0 +1,31 @@
+"""Gateway settings, from ``TOLLWAY_GATEWAY_*``."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class GatewayConfig:
+    """Attributes:
+    port: gRPC port.
+    metrics_port: Prometheus port; 0 turns it off.
+    router_addr: Where RouterService listens (its own port, or Envoy's mesh listener).
+    auth_cache_ttl_s: How long a verified API key is trusted without asking Redis again;
+        a revoked key stops working after at most this long.
+    max_input_chars: The most characters all messages of one request may hold together.
+    max_messages: The most messages one request may hold.
+    default_max_tokens: max_tokens when a request leaves it at 0.
+    call_log_maxlen: Approximate length the call-record stream is trimmed to.
+    request_timeout_s: Deadline of the router call when the client set none.
+    """
+
+    port: int = 50051
+    metrics_port: int = 0
+    router_addr: str = "127.0.0.1:50055"
+    auth_cache_ttl_s: float = 10.0
+    max_input_chars: int = 400_000
+    max_messages: int = 512
+    default_max_tokens: int = 256
+    call_log_maxlen: int = 1_000_000
+    request_timeout_s: float = 300.0

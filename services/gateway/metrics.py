@@ -1,0 +1,28 @@
+"""Gateway metrics: requests, tokens, time to first token."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from prometheus_client import Counter, Histogram
+
+from tollway.mesh.metrics import LATENCY_BUCKETS
+
+REQUESTS = Counter(
+    "tollway_gateway_requests_total",
+    "Requests by model, cache tier and final status.",
+    ["model", "cache_tier", "status"],
+)
+TOKENS = Counter("tollway_gateway_tokens_total", "Tokens by model and direction.", ["model", "direction"])
+TTFT_SECONDS = Histogram("tollway_gateway_ttft_seconds", "Time to the first delta.", buckets=LATENCY_BUCKETS)
+LATENCY_SECONDS = Histogram(
+    "tollway_gateway_request_seconds", "Time from request to the end of the answer.", buckets=LATENCY_BUCKETS
+)
+
+
+def observe_request(record: Mapping[str, str | int | float]) -> None:
+    model = str(record["model"])
+    REQUESTS.labels(model, str(record["cache_tier"]), str(record["status"])).inc()
+    TOKENS.labels(model, "input").inc(int(record["input_tokens"]))
+    TOKENS.labels(model, "output").inc(int(record["output_tokens"]))
+    LATENCY_SECONDS.observe(int(record["latency_ms"]) / 1000)

@@ -1,0 +1,94 @@
+"""Checks a chat request before anything is spent on it, and turns it into domain values."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Sequence
+from typing import Protocol
+
+from tollway.mesh.errors import InvalidArgument
+
+ROLES = ("system", "user", "assistant", "tool")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+MAX_TOKENS_LIMIT = 32_768
+
+
+class _Message(Protocol):
+    role: str
+    content: str
+    name: str
+
+
+class ChatRequestLike(Protocol):
+    """The fields GenerateRequest and CompleteRequest share."""
+
+    model: str
+    messages: Sequence[_Message]
+    max_tokens: int
+    temperature: float
+    top_p: float
+    stop: Sequence[str]
+    seed: int
+    user: str
+    feature: str
+    request_id: str
+
+    def HasField(self, name: str) -> bool: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """Size limits a request must respect."""
+
+    max_input_chars: int = 400_000
+    max_messages: int = 512
+    default_max_tokens: int = 256
+
+
+def validate(req: ChatRequestLike, limits: Limits) -> list[tuple[str, str]]:
+    """Every problem with ``req`` as (field path, what to fix); empty when it is valid."""
+    bad: list[tuple[str, str]] = []
+    if not req.model.strip():
+        bad.append(("model", "required: name a model from GET /v1/models, or 'auto'"))
+    elif len(req.model) > 128:
+        bad.append(("model", "at most 128 characters"))
+    if not req.messages:
+        bad.append(("messages", "at least one message is required"))
+    elif len(req.messages) > limits.max_messages:
+        bad.append(("messages", f"at most {limits.max_messages} messages, got {len(req.messages)}"))
+    total = 0
+    for i, m in enumerate(req.messages):
+        if m.role not in ROLES:
+            bad.append((f"messages[{i}].role", f"{m.role!r} is not a role; use one of {', '.join(ROLES)}"))
+        if not m.content and m.role != "assistant":
+            bad.append((f"messages[{i}].content", "must not be empty"))
+        total += len(m.content)
+    if total > limits.max_input_chars:
+        bad.append(("messages", f"{total} characters in all; the limit is {limits.max_input_chars}"))
+    if not 0 <= req.max_tokens <= MAX_TOKENS_LIMIT:
+        bad.append(("max_tokens", f"must be between 1 and {MAX_TOKENS_LIMIT} (0 means {limits.default_max_tokens})"))
+    if req.HasField("temperature") and not 0.0 <= req.temperature <= 2.0:
+        bad.append(("temperature", f"must be between 0 and 2, got {req.temperature}"))
+    if req.HasField("top_p") and not 0.0 < req.top_p <= 1.0:
+        bad.append(("top_p", f"must be in (0, 1], got {req.top_p}"))
+    if len(req.stop) > 4:
+        bad.append(("stop", f"at most 4 stop sequences, got {len(req.stop)}"))
+    for i, s in enumerate(req.stop):
+        if not s or len(s) > 64:
+            bad.append((f"stop[{i}]", "must be 1 to 64 characters"))
+    if len(req.user) > 128:
+        bad.append(("user", "at most 128 characters"))
+    if len(req.feature) > 64:
+        bad.append(("feature", "at most 64 characters"))
+    if req.request_id and not _REQUEST_ID.match(req.request_id):
+        bad.append(("request_id", "1 to 64 characters of letters, digits and . _ : -"))
+    return bad
+
+
+def check(req: ChatRequestLike, limits: Limits) -> None:
+    """Raises InvalidArgument listing every problem with ``req``."""
+    bad = validate(req, limits)
+    if bad:
+        fields = ", ".join(f for f, _ in bad)
+        raise InvalidArgument(f"invalid request: {bad[0][0]}: {bad[0][1]} (problems in: {fields})", bad)
