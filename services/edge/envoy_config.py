@@ -1,0 +1,446 @@
+"""Builds the Envoy bootstrap (static config) for a mesh topology.
+
+Two listeners:
+
+- the public edge (`edge.listen`, codec AUTO): HTTP/1.1 JSON and Server-Sent Events transcoded to
+  the public gRPC services, gRPC-Web, native h2c gRPC, and the public HTTP services
+  (openai_compat) passed through untouched;
+- the internal mesh listener (`edge.mesh_listen`, h2c only): gRPC routed by service path prefix to
+  every enabled gRPC service, with the same canary split, so callers need one address whatever
+  the number of replicas.
+
+Public HTTP filter chain, in order: cors -> header_mutation -> buffer -> grpc_web ->
+grpc_json_transcoder -> router. Why each one sits where it does:
+
+- cors first, so preflights are answered before anything else looks at them;
+- header_mutation ahead of the transcoder, so on the way back it sees the *transcoded* response
+  and can drop `grpc-status`/`grpc-message` from JSON answers. Route-level
+  `response_headers_to_remove` would run before the transcoder and hide the status it converts;
+- buffer enforces `max_request_body_bytes` on every public request (413); no RPC of Tollway
+  streams its request, so buffering the request costs nothing in streaming behaviour;
+- the transcoder after grpc_web, so gRPC-Web requests arrive as plain gRPC and pass through it.
+
+After transcoding, the transcoder clears the route cache and the request is routed again on its
+gRPC path (`/tollway.gateway.v1.GatewayService/Generate`), so JSON, gRPC-Web and gRPC share the
+service routes and their canary split.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tollway.mesh.topology import Endpoint, Mesh, Service
+
+__all__ = ["CANARY_HEADER", "build_envoy_config", "cluster_name"]
+
+CANARY_HEADER = "x-canary"
+
+_TYPE = "type.googleapis.com/"
+_HCM = _TYPE + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+_ROUTER = _TYPE + "envoy.extensions.filters.http.router.v3.Router"
+_FILTER_CONFIG = _TYPE + "envoy.config.route.v3.FilterConfig"
+_HTTP_OPTIONS = _TYPE + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+# Names of the HTTP filters (also the keys of per-route configs).
+CORS = "envoy.filters.http.cors"
+HEADER_MUTATION = "envoy.filters.http.header_mutation"
+BUFFER = "envoy.filters.http.buffer"
+GRPC_WEB = "envoy.filters.http.grpc_web"
+TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
+ROUTER = "envoy.filters.http.router"
+
+# Request headers a browser may send (CORS). grpc-web clients send x-grpc-web and x-user-agent.
+_CORS_ALLOW_HEADERS = (
+    "authorization, content-type, x-grpc-web, x-user-agent, grpc-timeout, x-canary, x-request-id, "
+    "traceparent, tracestate"
+)
+_CORS_EXPOSE_HEADERS = "grpc-status, grpc-message, grpc-status-details-bin, retry-after, x-request-id"
+
+# Retried only when the request provably never reached a service, so even non-idempotent calls
+# (Generate, which reserves budget) are safe to retry on another replica.
+_RETRY_POLICY = {
+    "retry_on": "connect-failure,refused-stream,reset-before-request",
+    "num_retries": 2,
+    "retry_host_predicate": [{
+        "name": "envoy.retry_host_predicates.previous_hosts",
+        "typed_config": {
+            "@type": _TYPE + "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate",
+        },
+    }],
+    "host_selection_retry_max_attempts": 3,
+}
+
+# gRPC code for a message over a size limit (gRPC itself uses it for "message larger than max").
+_GRPC_RESOURCE_EXHAUSTED = 8
+_GRPC_INVALID_ARGUMENT = 3
+_GRPC_NOT_FOUND = 5
+
+
+def cluster_name(service: Service, canary: bool = False) -> str:
+    """Names the Envoy cluster of a service's stable instances or of its canary."""
+    if canary:
+        assert service.canary is not None
+        return f"{service.name}_{service.canary.version.replace('-', '_')}"
+    return service.name
+
+
+def build_envoy_config(mesh: Mesh) -> dict[str, Any]:
+    """Builds the Envoy bootstrap for `mesh` as plain data (dump it with yaml.safe_dump).
+
+    The descriptor set path is written as given by the topology (absolute); Envoy reads it at
+    startup, so it must exist by then (`make protos`).
+
+    Args:
+        mesh: The validated topology.
+
+    Returns:
+        A dict that parses into envoy.config.bootstrap.v3.Bootstrap.
+    """
+    services = mesh.enabled_services
+    listeners = [_public_listener(mesh)]
+    if any(s.protocol == "grpc" for s in services):
+        listeners.append(_mesh_listener(mesh))
+    clusters = []
+    for s in services:
+        clusters.append(_cluster(mesh, s, cluster_name(s), s.endpoints))
+        if s.canary:
+            clusters.append(_cluster(mesh, s, cluster_name(s, canary=True), (s.canary.endpoint,)))
+    return {
+        "admin": {"address": _socket(mesh.edge.admin)},
+        "static_resources": {"listeners": listeners, "clusters": clusters},
+        # Without a global cap Envoy warns at startup and an edge can be flooded with connections.
+        "overload_manager": {
+            "resource_monitors": [{
+                "name": "envoy.resource_monitors.global_downstream_max_connections",
+                "typed_config": {
+                    "@type": _TYPE + "envoy.extensions.resource_monitors.downstream_connections.v3."
+                    "DownstreamConnectionsConfig",
+                    "max_active_downstream_connections": 50000,
+                },
+            }],
+        },
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Listeners
+
+
+def _public_listener(mesh: Mesh) -> dict[str, Any]:
+    edge = mesh.edge
+    public = [s for s in mesh.enabled_services if s.public]
+    public_grpc = [s for s in public if s.protocol == "grpc"]
+    public_http = [s for s in public if s.protocol == "http"]
+
+    routes: list[dict[str, Any]] = []
+    for s in public_http:
+        for path in s.public_paths:
+            # The transcoder would answer 404 for paths it cannot map; these are not its business.
+            routes += _service_routes(
+                s, {"path_separated_prefix": path}, timeout_zero=True,
+                per_filter={TRANSCODER: {"@type": _FILTER_CONFIG, "disabled": True}},
+            )
+    for s in public_grpc:
+        for prefix in s.grpc_path_prefixes:
+            routes += _service_routes(s, {"prefix": prefix}, timeout_zero=True)
+    # gRPC (and gRPC-Web) for a service that is not public: answered here, never forwarded.
+    routes.append({
+        "name": "grpc_not_public",
+        "match": {"prefix": "/", "headers": [{"name": "content-type", "string_match": {"prefix": "application/grpc"}}]},
+        "direct_response": {"status": 404, "body": {"inline_string": "no such public gRPC service"}},
+    })
+    routes.append(_json_api_route(public_grpc))
+
+    vhost: dict[str, Any] = {"name": "public", "domains": ["*"], "routes": routes}
+    if edge.cors_origins:
+        vhost["typed_per_filter_config"] = {CORS: _cors_policy(mesh)}
+
+    filters: list[dict[str, Any]] = []
+    if edge.cors_origins:
+        filters.append(_http_filter(CORS, "envoy.extensions.filters.http.cors.v3.Cors"))
+    if public_grpc:
+        # Does nothing unless a route's per-route config asks for it.
+        filters.append(_http_filter(HEADER_MUTATION, "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation"))
+    filters.append(_http_filter(
+        BUFFER, "envoy.extensions.filters.http.buffer.v3.Buffer", max_request_bytes=edge.max_request_body_bytes,
+    ))
+    if public_grpc:
+        filters.append(_http_filter(GRPC_WEB, "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"))
+        filters.append(_transcoder(mesh, public_grpc))
+    filters.append(_http_filter(ROUTER, "envoy.extensions.filters.http.router.v3.Router"))
+
+    hcm: dict[str, Any] = {
+        "@type": _HCM,
+        "stat_prefix": "edge",
+        "codec_type": "AUTO",
+        "use_remote_address": True,
+        "normalize_path": True,
+        "merge_slashes": True,
+        "stream_idle_timeout": f"{edge.stream_idle_timeout_s}s",
+        "request_headers_timeout": "10s",
+        "http2_protocol_options": {
+            "max_concurrent_streams": 100,
+            "initial_stream_window_size": 65536,
+            "initial_connection_window_size": 1048576,
+        },
+        "local_reply_config": _local_reply_config(mesh, public_http),
+        "route_config": {"name": "public", "virtual_hosts": [vhost]},
+        "http_filters": filters,
+    }
+    return _listener("public", edge.listen, hcm)
+
+
+def _mesh_listener(mesh: Mesh) -> dict[str, Any]:
+    routes: list[dict[str, Any]] = []
+    for s in mesh.enabled_services:
+        if s.protocol != "grpc":
+            continue
+        for prefix in s.grpc_path_prefixes:
+            routes += _service_routes(s, {"prefix": prefix}, timeout_zero=True)
+    routes.append({
+        "name": "not_found",
+        "match": {"prefix": "/"},
+        "direct_response": {"status": 404, "body": {"inline_string": "no such service in the mesh"}},
+    })
+    hcm = {
+        "@type": _HCM,
+        "stat_prefix": "mesh",
+        "codec_type": "HTTP2",
+        "stream_idle_timeout": f"{mesh.edge.stream_idle_timeout_s}s",
+        "route_config": {"name": "mesh", "virtual_hosts": [{"name": "mesh", "domains": ["*"], "routes": routes}]},
+        "http_filters": [{"name": ROUTER, "typed_config": {"@type": _ROUTER}}],
+    }
+    return _listener("mesh", mesh.edge.mesh_listen, hcm)
+
+
+def _listener(name: str, where: Endpoint, hcm: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "address": _socket(where),
+        "filter_chains": [{
+            "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}],
+        }],
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Routes
+
+
+def _service_routes(
+    s: Service,
+    match: dict[str, Any],
+    timeout_zero: bool,
+    per_filter: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Routes for one match: the `x-canary: 1` route first (when there is a canary), then the split."""
+    base_name = f"{s.name}:{match.get('prefix') or match.get('path_separated_prefix')}"
+
+    def route(target: dict[str, Any]) -> dict[str, Any]:
+        r: dict[str, Any] = dict(target)
+        if timeout_zero:
+            # The route timeout covers the whole response, streams included; stream_idle_timeout
+            # bounds silent streams instead.
+            r["timeout"] = "0s"
+        r["retry_policy"] = _RETRY_POLICY
+        return r
+
+    def entry(name: str, m: dict[str, Any], target: dict[str, Any]) -> dict[str, Any]:
+        e: dict[str, Any] = {"name": name, "match": m, "route": route(target)}
+        if per_filter:
+            e["typed_per_filter_config"] = per_filter
+        return e
+
+    out = []
+    if s.canary:
+        canary_match = dict(match)
+        canary_match["headers"] = [
+            *match.get("headers", []),
+            {"name": CANARY_HEADER, "string_match": {"exact": "1"}},
+        ]
+        out.append(entry(f"{base_name}:canary-forced", canary_match, {"cluster": cluster_name(s, canary=True)}))
+    out.append(entry(base_name, match, _split_target(s)))
+    return out
+
+
+def _json_api_route(public_grpc: list[Service]) -> dict[str, Any]:
+    """The route JSON requests (`POST /v1/generate`) match *before* transcoding, and the catch-all.
+
+    The CORS filter takes its policy from this route (it ignores direct-response routes, hence a
+    cluster target), and the filters ahead of the transcoder keep the per-route config they read
+    here, so header_mutation strips `grpc-status` from JSON answers only. The transcoder then
+    either rewrites the path to the gRPC method, and the request is routed again by the service
+    routes (with their canary split), or answers 404 for a path it cannot map.
+    """
+    if not public_grpc:
+        return {
+            "name": "not_found",
+            "match": {"prefix": "/"},
+            "direct_response": {"status": 404, "body": {"inline_string": "no such API path"}},
+        }
+    return {
+        "name": "json_api",
+        "match": {"prefix": "/"},
+        "route": {"cluster": cluster_name(public_grpc[0]), "timeout": "0s"},
+        "typed_per_filter_config": {HEADER_MUTATION: _strip_grpc_status_headers()},
+    }
+
+
+def _split_target(s: Service) -> dict[str, Any]:
+    if s.canary is None or s.canary.weight_percent == 0:
+        return {"cluster": cluster_name(s)}
+    if s.canary.weight_percent == 100:
+        return {"cluster": cluster_name(s, canary=True)}
+    return {
+        "weighted_clusters": {
+            "clusters": [
+                {"name": cluster_name(s), "weight": 100 - s.canary.weight_percent},
+                {"name": cluster_name(s, canary=True), "weight": s.canary.weight_percent},
+            ],
+        },
+    }
+
+
+def _strip_grpc_status_headers() -> dict[str, Any]:
+    return {
+        "@type": _TYPE + "envoy.extensions.filters.http.header_mutation.v3.HeaderMutationPerRoute",
+        "mutations": {"response_mutations": [
+            {"remove": "grpc-status"}, {"remove": "grpc-message"}, {"remove": "grpc-accept-encoding"},
+        ]},
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Filters
+
+
+def _http_filter(name: str, type_name: str, **config: Any) -> dict[str, Any]:
+    return {"name": name, "typed_config": {"@type": _TYPE + type_name, **config}}
+
+
+def _transcoder(mesh: Mesh, public_grpc: list[Service]) -> dict[str, Any]:
+    return _http_filter(
+        TRANSCODER,
+        "envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
+        proto_descriptor=str(mesh.edge.descriptor_set),
+        services=[g for s in public_grpc for g in s.grpc_services],
+        convert_grpc_status=True,
+        request_validation_options={"reject_unknown_method": True},
+        max_request_body_size=mesh.edge.max_request_body_bytes,
+        print_options={
+            "always_print_primitive_fields": True,
+            "preserve_proto_field_names": True,
+            "stream_sse_style_delimited": True,
+        },
+    )
+
+
+def _cors_policy(mesh: Mesh) -> dict[str, Any]:
+    return {
+        "@type": _TYPE + "envoy.extensions.filters.http.cors.v3.CorsPolicy",
+        "allow_origin_string_match": [{"exact": o} for o in mesh.edge.cors_origins],
+        "allow_methods": "GET, POST, OPTIONS",
+        "allow_headers": _CORS_ALLOW_HEADERS,
+        "expose_headers": _CORS_EXPOSE_HEADERS,
+        "max_age": "600",
+        # Otherwise a preflight from a foreign origin is forwarded to the gRPC upstream.
+        "forward_not_matching_preflights": False,
+    }
+
+
+def _local_reply_config(mesh: Mesh, public_http: list[Service]) -> dict[str, Any]:
+    limit = mesh.edge.max_request_body_bytes
+    too_large = f"request body is larger than the limit of {limit} bytes; send a smaller body"
+    mappers: list[dict[str, Any]] = []
+    openai_paths = [p for s in public_http for p in s.public_paths]
+    if openai_paths:
+        # OpenAI SDKs parse {"error": {...}}; give them their own shape on their paths.
+        mappers.append({
+            "filter": {"and_filter": {"filters": [
+                _status_is(413),
+                {"header_filter": {"header": {
+                    "name": ":path",
+                    "string_match": {"safe_regex": {"regex": "^(" + "|".join(openai_paths) + ")([/?].*)?$"}},
+                }}},
+            ]}},
+            "body_format_override": {"json_format": {"error": {
+                "message": too_large, "type": "invalid_request_error", "param": None, "code": "request_too_large",
+            }}},
+        })
+    mappers.append({
+        "filter": _status_is(413),
+        "body_format_override": {"json_format": {
+            "code": _GRPC_RESOURCE_EXHAUSTED, "message": too_large, "details": [],
+        }},
+    })
+    # Envoy's own 400/404 (malformed JSON, unknown path) in the same JSON shape as transcoded gRPC
+    # errors; gRPC callers keep the plain message in grpc-message.
+    for status, code in ((400, _GRPC_INVALID_ARGUMENT), (404, _GRPC_NOT_FOUND)):
+        mappers.append({
+            "filter": {"and_filter": {"filters": [_status_is(status), _not_grpc_request()]}},
+            "body_format_override": {"json_format": {"code": code, "message": "%LOCAL_REPLY_BODY%", "details": []}},
+        })
+    return {"mappers": mappers}
+
+
+def _status_is(status: int) -> dict[str, Any]:
+    # RuntimeUInt32 insists on a runtime key; no runtime layer sets it, so the default applies.
+    return {"status_code_filter": {"comparison": {
+        "op": "EQ", "value": {"default_value": status, "runtime_key": f"tollway.local_reply.{status}"},
+    }}}
+
+
+def _not_grpc_request() -> dict[str, Any]:
+    # A transcoded request already looks like gRPC (content-type application/grpc) when the
+    # transcoder rejects its body, but it carries x-envoy-original-method.
+    return {"or_filter": {"filters": [
+        {"header_filter": {"header": {"name": "content-type", "present_match": False}}},
+        {"header_filter": {"header": {
+            "name": "content-type", "string_match": {"prefix": "application/grpc"}, "invert_match": True,
+        }}},
+        {"header_filter": {"header": {"name": "x-envoy-original-method", "present_match": True}}},
+    ]}}
+
+
+# --------------------------------------------------------------------------------------------------
+# Clusters
+
+
+def _cluster(mesh: Mesh, s: Service, name: str, endpoints: tuple[Endpoint, ...]) -> dict[str, Any]:
+    protocol = {"http2_protocol_options": {}} if s.protocol == "grpc" else {"http_protocol_options": {}}
+    c: dict[str, Any] = {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": f"{mesh.edge.connect_timeout_ms / 1000:g}s",
+        "lb_policy": "ROUND_ROBIN",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": _HTTP_OPTIONS,
+                "explicit_http_config": protocol,
+            },
+        },
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket(e)}} for e in endpoints]}],
+        },
+    }
+    # Health checks only matter when there is another replica to send the traffic to.
+    if len(endpoints) > 1:
+        hc: dict[str, Any] = {
+            "timeout": "1s",
+            "interval": "5s",
+            "no_traffic_interval": "5s",
+            "unhealthy_threshold": 2,
+            "healthy_threshold": 1,
+        }
+        if s.protocol == "grpc":
+            hc["grpc_health_check"] = {"service_name": s.grpc_services[0]}
+            c["health_checks"] = [hc]
+        elif s.health_path:
+            hc["http_health_check"] = {"path": s.health_path}
+            c["health_checks"] = [hc]
+    return c
+
+
+def _socket(e: Endpoint) -> dict[str, Any]:
+    return {"socket_address": {"address": e.host, "port_value": e.port}}
