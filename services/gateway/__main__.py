@@ -23,10 +23,11 @@ def build(cfg: GatewayConfig, mesh: MeshConfig) -> ServiceSpec:
     """The gateway's ServiceSpec (also used by tests to run it in-process)."""
     redis = connect(mesh.redis_url)
     store = GatewayStore(redis, cfg.call_log_maxlen)
-    router_channel = clients.channel(cfg.router_addr, tracer_provider=tracer_provider("gateway", mesh))
+    # grpc.aio channels belong to the event loop they are made in: made in start(), not here.
+    channels: list[grpc.aio.Channel] = []
     gateway = Gateway(
         KeyRing(store, cfg.auth_cache_ttl_s),
-        RouterClient(router_channel),
+        None,
         store,
         Limits(cfg.max_input_chars, cfg.max_messages, cfg.default_max_tokens),
         cfg.request_timeout_s,
@@ -37,11 +38,14 @@ def build(cfg: GatewayConfig, mesh: MeshConfig) -> ServiceSpec:
 
     async def start() -> None:
         await wait_ready(redis)
-        await router_channel.channel_ready()
+        channel = clients.channel(cfg.router_addr, tracer_provider=tracer_provider("gateway", mesh))
+        channels.append(channel)
+        gateway.router = RouterClient(channel)
 
     async def stop() -> None:
         await gateway.drain()
-        await router_channel.close()
+        for channel in channels:
+            await channel.close()
         await redis.aclose()
 
     return ServiceSpec(

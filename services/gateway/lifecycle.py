@@ -66,7 +66,7 @@ class Gateway:
     def __init__(
         self,
         keys: KeyRing,
-        router: RouterClient,
+        router: RouterClient | None,
         store: GatewayStore,
         limits: Limits,
         request_timeout_s: float,
@@ -127,6 +127,7 @@ class Gateway:
         usage = Usage()
         try:
             timeout = min(deadline_s, self.request_timeout_s) if deadline_s else self.request_timeout_s
+            assert self.router is not None, "Gateway.router is set when the service starts"
             async for event in self.router.generate(chat, timeout):
                 if isinstance(event, TextDelta):
                     if not parts:

@@ -1,0 +1,116 @@
+"""The ``tollway`` command: start the mesh, manage API keys, purge the cache."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from tollway.mesh.topology import load_mesh
+
+ROOT = Path(__file__).resolve().parents[1]
+MESH = ROOT / "deploy" / "mesh.yaml"
+
+
+def _redis_url(args: argparse.Namespace) -> str:
+    return args.redis_url or os.environ.get("TOLLWAY_REDIS_URL") or load_mesh(MESH).redis.url
+
+
+async def _create_key(redis_url: str, tenant: str) -> tuple[str, str]:
+    from tollway.gateway.auth import KeyRing
+    from tollway.gateway.store import GatewayStore
+    from tollway.mesh.redis import connect
+
+    client = connect(redis_url)
+    try:
+        return await KeyRing(GatewayStore(client)).create(tenant)
+    finally:
+        await client.aclose()
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    key, key_id = asyncio.run(_create_key(_redis_url(args), args.tenant))
+    print(f"created key {key_id}… for tenant {args.tenant}; it is shown once, store it now:")
+    print(key)
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from tollway.launcher.processes import LaunchError
+    from tollway.launcher.stack import Stack, StackOptions
+
+    options = StackOptions(with_model=not args.no_model, redis_url=os.environ.get("TOLLWAY_REDIS_URL"))
+    if args.catalog:
+        options.catalog = Path(args.catalog)
+    stack = Stack(options)
+    stop = False
+
+    def on_signal(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    started = time.monotonic()
+    print("starting Redis, the local model, the services and Envoy…", flush=True)
+    try:
+        stack.start()
+    except LaunchError as exc:
+        print(f"tollway up: {exc}", file=sys.stderr)
+        return 1
+    key, _ = asyncio.run(_create_key(stack.redis_url, "dev"))
+    url = stack.edge_url
+    print(
+        f"""
+Tollway is up in {time.monotonic() - started:.1f}s.
+
+  URL          {url}
+  OpenAI API   {url}/v1  (model "smollm2")
+  API key      {key}
+  logs         {stack.log_dir}
+
+Try it:
+  curl -N {url}/v1/generate -H 'authorization: Bearer {key}' -H 'content-type: application/json' \\
+    -d '{{"model": "smollm2", "messages": [{{"role": "user", "content": "Name three colours."}}]}}'
+
+Ctrl-C stops everything.""",
+        flush=True,
+    )
+    try:
+        while not stop:
+            for child in stack.children:
+                if not child.alive():
+                    print(f"tollway up: {child.name} exited (code {child.process.returncode}); see {child.log}")
+                    stop = True
+            time.sleep(0.5)
+    finally:
+        print("stopping…", flush=True)
+        stack.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tollway", description="Tollway, an LLM gateway.")
+    parser.add_argument("--redis-url", help="Redis to use (default: TOLLWAY_REDIS_URL, else deploy/mesh.yaml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start Redis, the local model, every service and Envoy")
+    up.add_argument("--no-model", action="store_true", help="do not start the local llama.cpp model")
+    up.add_argument("--catalog", help="model catalog to use (default deploy/models.yaml)")
+    up.set_defaults(func=cmd_up)
+
+    keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
+    create = keys.add_parser("create", help="create a key; prints it on the last line")
+    create.add_argument("--tenant", required=True, help="the tenant the key bills to")
+    create.set_defaults(func=cmd_keys_create)
+
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

