@@ -114,6 +114,7 @@ class Service:
         canary: The canary instance, or None.
         enabled: False for services declared but not built yet: no route, cluster or manifest.
         health_path: For an HTTP service, the path Envoy polls for health (None: not checked).
+        calls: The gRPC services it calls; each gets a `TOLLWAY_<NAME>_<CALLEE>_ADDR` in k8s.
     """
 
     name: str
@@ -125,6 +126,7 @@ class Service:
     canary: Canary | None
     enabled: bool
     health_path: str | None
+    calls: tuple[str, ...] = ()
 
     @property
     def port(self) -> int:
@@ -406,7 +408,7 @@ def _parse_service(r: _Reader, raw: Any, k: str, host: str) -> Service:
     raw = r.mapping(raw, k)
     r.known_keys(raw, k, {
         "name", "protocol", "port", "replica_ports", "replicas", "grpc_services", "public", "public_paths",
-        "canary", "enabled", "health_path",
+        "canary", "enabled", "health_path", "calls",
     })
     name = r.get(raw, k, "name", str)
     if not _SERVICE_NAME.match(name):
@@ -489,6 +491,7 @@ def _parse_service(r: _Reader, raw: Any, k: str, host: str) -> Service:
         canary=canary,
         enabled=r.get(raw, k, "enabled", bool, default=True),
         health_path=health_path,
+        calls=tuple(r.get(raw, k, "calls", list, default=[])),
     )
 
 
@@ -504,6 +507,15 @@ def _check_consistency(r: _Reader, mesh: Mesh) -> None:
             if p in paths:
                 raise r.error(f"services.{s.name}.public_paths", p, f"is already served by {paths[p]}")
             paths[p] = s.name
+    by_name = {s.name: s for s in mesh.services}
+    for s in mesh.enabled_services:
+        for i, callee in enumerate(s.calls):
+            key = f"services.{s.name}.calls[{i}]"
+            target = by_name.get(callee) if isinstance(callee, str) else None
+            if target is None:
+                raise r.error(key, callee, f"is not a service of this mesh ({', '.join(by_name)})")
+            if target is s or target.protocol != "grpc" or not target.enabled:
+                raise r.error(key, callee, "must be another enabled gRPC service")
     if not any(s.public for s in mesh.enabled_services):
         raise MeshError(f"{r.source}: services: no enabled service is public; the edge would expose nothing")
 
