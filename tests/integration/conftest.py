@@ -1,0 +1,83 @@
+"""One real mesh for the whole test run: Redis, router, gateway, Envoy, the local model,
+and a wire-exact fake OpenAI server as the hosted provider. All on free ports, all
+stopped at the end, whatever happened."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TEST_RUN_DIR
+from tollway.cli import _create_key
+from tollway.launcher.processes import free_port
+from tollway.launcher.stack import Stack, StackOptions
+
+ROOT = Path(__file__).resolve().parents[2]
+FAKE_MODELS = ("fake-ok", "fake-words-20", "fake-gap-50", "fake-cut-mid-stream", "fake-500", "fake-429", "fake-400")
+
+
+@pytest.fixture(scope="session")
+def run_dir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="stack-", dir=TEST_RUN_DIR or None))
+
+
+@pytest.fixture(scope="session")
+def fake_openai(run_dir: Path) -> Iterator[str]:
+    """Base URL of a fake OpenAI server in its own process."""
+    port = free_port()
+    log = (run_dir / "fake-openai.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.fakes.openai", "--port", str(port)], stdout=subprocess.PIPE, stderr=log, cwd=ROOT
+    )
+    (run_dir / "pids").open("a").write(f"{proc.pid}\n")
+    assert proc.stdout is not None
+    assert proc.stdout.readline().startswith(b"LISTENING")
+    yield f"http://127.0.0.1:{port}"
+    proc.kill()
+    proc.wait()
+
+
+@pytest.fixture(scope="session")
+def catalog(run_dir: Path, fake_openai: str) -> Path:
+    """The fake models, a provider nobody listens on, and the real local model."""
+    dead = free_port()
+    lines = [
+        "providers:",
+        f"  fakeai: {{wire: openai_compat, base_url: '{fake_openai}/v1', timeout_s: 10}}",
+        f"  deadai: {{wire: openai_compat, base_url: 'http://127.0.0.1:{dead}/v1', timeout_s: 2}}",
+        "  local: {wire: openai_compat, base_url: '${TOLLWAY_LOCAL_MODEL_URL}', timeout_s: 120}",
+        "models:",
+        *[f"  {m}: {{provider: fakeai}}" for m in FAKE_MODELS],
+        "  unreachable: {provider: deadai}",
+        "  smollm2: {provider: local, upstream_model: smollm2}",
+    ]
+    path = run_dir / "models.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def stack(run_dir: Path, catalog: Path) -> Iterator[Stack]:
+    names = ["edge", "admin", "mesh", "redis", "local_model", "gateway", "router", "cache", "embedding"]
+    options = StackOptions(
+        ports={n: free_port() for n in names},
+        run_dir=run_dir,
+        catalog=catalog,
+        with_model=True,
+        services=("gateway", "router"),
+        startup_timeout_s=60,
+    )
+    with Stack(options) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def api_key(stack: Stack) -> str:
+    key, _ = asyncio.run(_create_key(stack.redis_url, "acme"))
+    return key
