@@ -109,7 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     create.set_defaults(func=cmd_keys_create)
 
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    from tollway.mesh.errors import TollwayError
+
+    try:
+        return int(args.func(args))
+    except TollwayError as exc:
+        print(f"tollway: {exc.message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
