@@ -84,6 +84,7 @@ class MicroBatcher(Generic[T, R]):
         self._enabled = enabled
         self._on_batch = on_batch
         self._queue: asyncio.Queue[_Call[T, R]] = asyncio.Queue()
+        self._arrived = asyncio.Event()
         self._collector: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -114,6 +115,7 @@ class MicroBatcher(Generic[T, R]):
             self._collector = loop.create_task(self._collect(), name="micro-batcher")
         call: _Call[T, R] = _Call(items=items, enqueued_at=loop.time(), future=loop.create_future())
         self._queue.put_nowait(call)
+        self._arrived.set()
         return await call.future
 
     async def aclose(self) -> None:
@@ -141,16 +143,19 @@ class MicroBatcher(Generic[T, R]):
             size = len(first.items)
             deadline = first.enqueued_at + self._max_wait_s
             while size < self._max_batch:
-                if not self._queue.empty():
-                    call = self._queue.get_nowait()
-                else:
+                if self._queue.empty():
                     remaining = deadline - loop.time()
                     if remaining <= 0:
                         break
+                    # Waiting on an event, not on queue.get(): a get() cancelled by the timeout as an item
+                    # arrives could lose that item.
+                    self._arrived.clear()
                     try:
-                        call = await asyncio.wait_for(self._queue.get(), remaining)
+                        await asyncio.wait_for(self._arrived.wait(), remaining)
                     except TimeoutError:
                         break
+                    continue
+                call = self._queue.get_nowait()
                 batch.append(call)
                 size += len(call.items)
             await self._run(batch)
