@@ -17,6 +17,7 @@ from tollway.mesh.config import MeshConfig, load_config
 from tollway.mesh.redis import connect, wait_ready
 from tollway.mesh.server import ServiceSpec, run, serve
 from tollway.mesh.telemetry import tracer_provider
+from tollway.router.catalog import load_catalog
 
 
 def build(cfg: GatewayConfig, mesh: MeshConfig) -> ServiceSpec:
@@ -31,6 +32,7 @@ def build(cfg: GatewayConfig, mesh: MeshConfig) -> ServiceSpec:
         store,
         Limits(cfg.max_input_chars, cfg.max_messages, cfg.default_max_tokens),
         cfg.request_timeout_s,
+        load_catalog(cfg.catalog),
     )
 
     def add(server: grpc.aio.Server) -> None:

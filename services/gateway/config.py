@@ -18,6 +18,7 @@ class GatewayConfig:
     default_max_tokens: max_tokens when a request leaves it at 0.
     call_log_maxlen: Approximate length the call-record stream is trimmed to.
     request_timeout_s: Deadline of the router call when the client set none.
+    catalog: The model catalog (the router's file), for prices and the model list.
     """
 
     port: int = 50051
@@ -29,3 +30,4 @@ class GatewayConfig:
     default_max_tokens: int = 256
     call_log_maxlen: int = 1_000_000
     request_timeout_s: float = 300.0
+    catalog: str = "deploy/models.yaml"

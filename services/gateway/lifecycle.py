@@ -15,10 +15,12 @@ from collections.abc import AsyncIterator, Sequence
 
 from tollway.gateway import metrics
 from tollway.gateway.auth import KeyRing, Tenant
+from tollway.gateway.pricing import cost_usd_micros
 from tollway.gateway.router_client import RouterClient
 from tollway.gateway.store import GatewayStore
 from tollway.gateway.validation import ChatRequestLike, Limits, check
 from tollway.mesh.errors import TollwayError
+from tollway.router.catalog import Catalog
 from tollway.router.engine import RouteCompleted, RouteStarted, StreamFailed
 from tollway.router.types import ChatMessage, ChatRequest, FinishReason, TextDelta, Usage
 
@@ -70,7 +72,9 @@ class Gateway:
         store: GatewayStore,
         limits: Limits,
         request_timeout_s: float,
+        catalog: Catalog,
     ) -> None:
+        self.catalog = catalog
         self.keys = keys
         self.router = router
         self.store = store
@@ -125,6 +129,8 @@ class Gateway:
         ttft_ms = 0
         status = "OK"
         usage = Usage()
+        cost = 0
+        fallback: tuple[str, ...] = ()
         try:
             timeout = min(deadline_s, self.request_timeout_s) if deadline_s else self.request_timeout_s
             assert self.router is not None, "Gateway.router is set when the service starts"
@@ -137,13 +143,16 @@ class Gateway:
                     yield event
                 elif isinstance(event, RouteStarted):
                     record.update(model=event.model, provider=event.provider, attempts=event.attempt_count)
+                    fallback = event.fallback_path
                     yield Started(chat.request_id, event.model, event.provider, event.attempt_count, "miss")
                 elif isinstance(event, RouteCompleted):
                     usage = event.usage
+                    cost = cost_usd_micros(self.catalog, str(record["model"]), usage)
                     latency_ms = int((time.perf_counter() - start) * 1000)
-                    yield Completed(event.finish_reason, usage, 0, latency_ms, ttft_ms or latency_ms)
+                    yield Completed(event.finish_reason, usage, cost, latency_ms, ttft_ms or latency_ms, fallback)
                 elif isinstance(event, StreamFailed):
                     status, usage = event.reason, event.partial_usage
+                    cost = cost_usd_micros(self.catalog, str(record["model"]), usage)
                     yield Failed(event.code, event.message, event.reason, usage)
         except TollwayError as exc:
             status = exc.reason
@@ -157,7 +166,7 @@ class Gateway:
                 input_tokens=usage.input_tokens,
                 output_tokens=usage.output_tokens,
                 cached_tokens=usage.cached_input_tokens,
-                cost_usd=0.0,
+                cost_usd=cost / 1e6,
                 latency_ms=latency_ms,
                 ttft_ms=ttft_ms,
                 status=status,

@@ -91,6 +91,29 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         out.text = "".join(parts)
         return out
 
+    @rpc_errors(DOMAIN)
+    async def ListModels(
+        self, request: gateway_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.ListModelsResponse:
+        await self.gateway.keys.authenticate(context.invocation_metadata() or ())
+        catalog = self.gateway.catalog
+        out = gateway_pb2.ListModelsResponse()
+        for name in catalog.names():
+            model = catalog.resolve(name)
+            assert model is not None
+            out.models.append(
+                gateway_pb2.ModelInfo(
+                    name=name,
+                    alias_of=model.name if model.name != name else "",
+                    provider=model.deployments[0].provider,
+                    tier=model.tier,
+                    context_window=model.context_window,
+                    input_price_usd_micros_per_million=round(model.price.input_usd * 1e6),
+                    output_price_usd_micros_per_million=round(model.price.output_usd * 1e6),
+                )
+            )
+        return out
+
 
 def _completed(event: Completed) -> gateway_pb2.Completed:
     return gateway_pb2.Completed(

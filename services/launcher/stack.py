@@ -251,7 +251,7 @@ class Stack:
                 env[prefix + field.upper()] = (
                     self.mesh.edge.mesh_listen.address if through_envoy else target.endpoints[0].address
                 )
-        if service.name == "router" and "catalog" in fields:
+        if "catalog" in fields:
             env[prefix + "CATALOG"] = str(self.options.catalog or ROOT / "deploy" / "models.yaml")
         if "local_model_url" in fields:
             env[prefix + "LOCAL_MODEL_URL"] = self.mesh.local_model.base_url
