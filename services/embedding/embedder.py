@@ -300,10 +300,12 @@ class Embedder:
 def _run_model(model: EmbeddingModel, texts: list[str]) -> list[CachedEmbedding]:
     """Runs on the worker thread: one model call, split into read-only per-text copies (a row view would keep
     the whole batch matrix alive in the LRU)."""
-    result = model.embed(texts)
-    entries = []
-    for row, truncated in zip(result.vectors, result.truncated, strict=True):
+    # Concurrent calls asking for the same new text land in one batch: embed it once.
+    unique = list(dict.fromkeys(texts))
+    result = model.embed(unique)
+    by_text = {}
+    for text, row, truncated in zip(unique, result.vectors, result.truncated, strict=True):
         vector = row.copy()
         vector.flags.writeable = False
-        entries.append(CachedEmbedding(vector=vector, truncated=truncated))
-    return entries
+        by_text[text] = CachedEmbedding(vector=vector, truncated=truncated)
+    return [by_text[text] for text in texts]

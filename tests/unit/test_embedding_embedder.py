@@ -126,3 +126,9 @@ async def test_a_closed_embedder_is_unavailable(registry: ModelRegistry) -> None
     with pytest.raises(Unavailable) as err:
         await embedder.embed(["too late"])
     assert err.value.reason == "SHUTTING_DOWN"
+
+
+async def test_concurrent_calls_for_the_same_new_text_agree(embedder: Embedder) -> None:
+    outs = await asyncio.gather(*(embedder.embed(["the very same new text", f"other {i}"]) for i in range(4)))
+    for out in outs[1:]:
+        np.testing.assert_array_equal(out.vectors[0], outs[0].vectors[0])
