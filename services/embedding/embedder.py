@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 
 # A call listing thousands of bad texts gets the first few named; the message gives the total.
 _MAX_VIOLATIONS = 10
+# While Redis is down every call would fail the same way: say so once in a while, count every time.
+_STORE_WARNING_INTERVAL_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,7 @@ class Embedder:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedding-model")
         self._batchers: dict[str, MicroBatcher[str, CachedEmbedding]] = {}
         self._closed = False
+        self._last_store_warning = -_STORE_WARNING_INTERVAL_S
 
     @property
     def default_model_id(self) -> str:
@@ -276,8 +280,7 @@ class Embedder:
         try:
             fetched = await self._store.get_many(model.model_id, digests, model.dimension)
         except StoreUnavailableError as exc:
-            metrics.STORE_ERRORS.labels("read").inc()
-            log.warning("embedding cache read skipped: %s", exc)
+            self._store_failed("read", exc)
             return 0
         hits = 0
         for digest, entry in zip(digests, fetched, strict=True):
@@ -293,8 +296,16 @@ class Embedder:
         try:
             await self._store.put_many(model.model_id, entries)
         except StoreUnavailableError as exc:
-            metrics.STORE_ERRORS.labels("write").inc()
-            log.warning("embedding cache write skipped: %s", exc)
+            self._store_failed("write", exc)
+
+    def _store_failed(self, operation: str, exc: StoreUnavailableError) -> None:
+        metrics.STORE_ERRORS.labels(operation).inc()
+        now = time.monotonic()
+        if now - self._last_store_warning >= _STORE_WARNING_INTERVAL_S:
+            self._last_store_warning = now
+            log.warning(
+                "embedding cache %s skipped (Redis tier unavailable; vectors are still computed): %s", operation, exc
+            )
 
 
 def _run_model(model: EmbeddingModel, texts: list[str]) -> list[CachedEmbedding]:
