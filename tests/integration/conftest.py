@@ -64,13 +64,24 @@ def catalog(run_dir: Path, fake_openai: str) -> Path:
 
 @pytest.fixture(scope="session")
 def stack(run_dir: Path, catalog: Path) -> Iterator[Stack]:
-    names = ["edge", "admin", "mesh", "redis", "local_model", "gateway", "router", "cache", "embedding"]
+    names = [
+        "edge",
+        "admin",
+        "mesh",
+        "redis",
+        "local_model",
+        "gateway",
+        "router",
+        "cache",
+        "embedding",
+        "openai_compat",
+    ]
     options = StackOptions(
         ports={n: free_port() for n in names},
         run_dir=run_dir,
         catalog=catalog,
         with_model=True,
-        services=("gateway", "router"),
+        services=("gateway", "router", "openai_compat"),
         startup_timeout_s=60,
     )
     with Stack(options) as running:

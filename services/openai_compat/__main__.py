@@ -1,0 +1,29 @@
+"""``python -m tollway.openai_compat``: the OpenAI-compatible HTTP API."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from tollway.mesh.config import MeshConfig, load_config
+from tollway.mesh.telemetry import setup_logging
+from tollway.openai_compat.config import OpenAICompatConfig
+from tollway.openai_compat.service import OpenAICompatApp
+
+
+def main() -> None:
+    cfg = load_config(OpenAICompatConfig, "openai_compat")
+    setup_logging("openai_compat", load_config(MeshConfig))
+    app = OpenAICompatApp(cfg.gateway_addr, cfg.max_body_bytes).app
+    uvicorn.run(
+        app,
+        host=cfg.host,
+        port=cfg.port,
+        loop="uvloop",
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=10,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,20 @@
+"""OpenAI-compatible HTTP API settings, from ``TOLLWAY_OPENAI_COMPAT_*``."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class OpenAICompatConfig:
+    """Attributes:
+    port: HTTP port.
+    host: Interface to bind.
+    gateway_addr: Where GatewayService listens.
+    max_body_bytes: Largest request body accepted (413 above it).
+    """
+
+    port: int = 8090
+    host: str = "127.0.0.1"
+    gateway_addr: str = "127.0.0.1:50051"
+    max_body_bytes: int = 1_048_576

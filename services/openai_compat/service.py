@@ -1,0 +1,164 @@
+"""The OpenAI-compatible HTTP API (Starlette), translated to tollway.gateway.v1.
+
+Switching an OpenAI SDK client to Tollway is a base-URL change: the same paths, bodies,
+SSE chunks, ``[DONE]`` terminator and error objects. The caller's API key is passed
+through to the gateway, which authenticates it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from tollway.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from tollway.mesh import clients
+from tollway.mesh.errors import InvalidArgument
+from tollway.openai_compat import translate
+
+_RPC_RETRY_AFTER = "retry-after"
+
+
+def _error_response(
+    status: int, message: str, kind: str, code: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(translate.error_json(message, kind, code), status_code=status, headers=headers)
+
+
+def _rpc_error_response(err: grpc.aio.AioRpcError) -> JSONResponse:
+    status, kind = translate.HTTP_ERRORS.get(err.code(), (500, "api_error"))
+    headers = {}
+    for key, value in err.trailing_metadata() or ():
+        if key == _RPC_RETRY_AFTER:
+            headers["retry-after"] = str(value)
+    return _error_response(status, err.details() or err.code().name, kind, err.code().name.lower(), headers)
+
+
+class OpenAICompatApp:
+    """Holds the gateway stub; ``app`` is the ASGI application."""
+
+    def __init__(self, gateway_addr: str, max_body_bytes: int) -> None:
+        self.gateway_addr = gateway_addr
+        self.max_body_bytes = max_body_bytes
+        self.channel: grpc.aio.Channel | None = None
+        self.stub: gateway_pb2_grpc.GatewayServiceStub | None = None
+        self.app = Starlette(
+            routes=[
+                Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
+                Route("/v1/models", self.models, methods=["GET"]),
+                Route("/healthz", self.health, methods=["GET"]),
+            ],
+            lifespan=self.lifespan,
+        )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        # The channel belongs to the server's event loop, so it is made here, not in __init__.
+        self.channel = clients.channel(self.gateway_addr)
+        self.stub = gateway_pb2_grpc.GatewayServiceStub(self.channel)
+        try:
+            yield
+        finally:
+            await self.channel.close()
+
+    async def health(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    @staticmethod
+    def _metadata(request: Request) -> list[tuple[str, str]]:
+        auth = request.headers.get("authorization")
+        return [("authorization", auth)] if auth else []
+
+    async def models(self, request: Request) -> Response:
+        assert self.stub is not None
+        try:
+            reply = await self.stub.ListModels(gateway_pb2.ListModelsRequest(), metadata=self._metadata(request))
+        except grpc.aio.AioRpcError as err:
+            return _rpc_error_response(err)
+        data = [{"id": m.name, "object": "model", "created": 0, "owned_by": m.provider} for m in reply.models]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def chat_completions(self, request: Request) -> Response:
+        assert self.stub is not None
+        raw = await request.body()
+        if len(raw) > self.max_body_bytes:
+            return _error_response(
+                413, f"request body is {len(raw)} bytes; the limit is {self.max_body_bytes}", "invalid_request_error"
+            )
+        try:
+            req, stream, include_usage = translate.chat_request(json.loads(raw))
+        except ValueError as exc:
+            return _error_response(400, f"the body is not valid JSON: {exc}", "invalid_request_error")
+        except InvalidArgument as exc:
+            param = exc.violations[0][0] if exc.violations else None
+            body = translate.error_json(exc.message, "invalid_request_error", None, param)
+            return JSONResponse(body, status_code=400)
+        metadata = self._metadata(request)
+        if not stream:
+            try:
+                reply = await self.stub.Complete(translate.complete_request(req), metadata=metadata)
+            except grpc.aio.AioRpcError as err:
+                return _rpc_error_response(err)
+            return JSONResponse(
+                translate.completion_json(reply),
+                headers={
+                    "x-tollway-request-id": reply.request_id,
+                    "x-tollway-provider": reply.provider,
+                    "x-tollway-cache-tier": translate.TIER[reply.cache_tier],
+                    "x-tollway-degraded": "true" if reply.degraded else "false",
+                },
+            )
+        call = self.stub.Generate(req, metadata=metadata)
+        # Read the first event before answering, so a refusal is a real HTTP status.
+        try:
+            first = await call.read()
+        except grpc.aio.AioRpcError as err:
+            return _rpc_error_response(err)
+        if first is grpc.aio.EOF or not first.HasField("started"):
+            call.cancel()
+            return _error_response(502, "the gateway ended the stream before it started", "api_error")
+        started = first.started
+        return StreamingResponse(
+            self._chunks(call, started, include_usage),
+            media_type="text/event-stream",
+            headers={
+                "cache-control": "no-cache",
+                "x-tollway-request-id": started.request_id,
+                "x-tollway-provider": started.provider,
+                "x-tollway-cache-tier": translate.TIER[started.cache_tier],
+                "x-tollway-degraded": "true" if started.degraded else "false",
+            },
+        )
+
+    async def _chunks(
+        self, call: grpc.aio.UnaryStreamCall, started: gateway_pb2.Started, include_usage: bool
+    ) -> AsyncIterator[bytes]:
+        chunk_id, model, created = f"chatcmpl-{started.request_id}", started.model, int(time.time())
+        try:
+            yield translate.chunk_bytes(chunk_id, model, created, {"role": "assistant", "content": ""}, None)
+            while (event := await call.read()) is not grpc.aio.EOF:
+                kind = event.WhichOneof("event")
+                if kind == "delta":
+                    yield translate.chunk_bytes(chunk_id, model, created, {"content": event.delta.text}, None)
+                elif kind == "completed":
+                    c = event.completed
+                    yield translate.chunk_bytes(chunk_id, model, created, {}, translate.FINISH[c.finish_reason])
+                    if include_usage:
+                        yield translate.usage_chunk_bytes(chunk_id, model, created, c.usage)
+                elif kind == "error":
+                    body = translate.error_json(event.error.message, "api_error", event.error.reason.lower())
+                    yield b"data: " + json.dumps(body).encode() + b"\n\n"
+                    return
+            yield b"data: [DONE]\n\n"
+        except grpc.aio.AioRpcError as err:
+            body = translate.error_json(err.details() or "stream failed", "api_error", err.code().name.lower())
+            yield b"data: " + json.dumps(body).encode() + b"\n\n"
+        finally:
+            call.cancel()
