@@ -140,25 +140,34 @@ class MicroBatcher(Generic[T, R]):
         while True:
             first = await self._queue.get()
             batch = [first]
-            size = len(first.items)
-            deadline = first.enqueued_at + self._max_wait_s
-            while size < self._max_batch:
-                if self._queue.empty():
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        break
-                    # Waiting on an event, not on queue.get(): a get() cancelled by the timeout as an item
-                    # arrives could lose that item.
-                    self._arrived.clear()
-                    try:
-                        await asyncio.wait_for(self._arrived.wait(), remaining)
-                    except TimeoutError:
-                        break
-                    continue
-                call = self._queue.get_nowait()
-                batch.append(call)
-                size += len(call.items)
+            try:
+                await self._gather_more(batch, first.enqueued_at + self._max_wait_s, loop)
+            except asyncio.CancelledError:
+                # Closed while gathering: these calls left the queue, so aclose() cannot fail them.
+                for call in batch:
+                    if not call.future.done():
+                        call.future.set_exception(BatcherClosedError("the batcher was closed before this call ran"))
+                raise
             await self._run(batch)
+
+    async def _gather_more(self, batch: list[_Call[T, R]], deadline: float, loop: asyncio.AbstractEventLoop) -> None:
+        size = sum(len(call.items) for call in batch)
+        while size < self._max_batch:
+            if self._queue.empty():
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return
+                # Waiting on an event, not on queue.get(): a get() cancelled by the timeout as an item
+                # arrives could lose that item.
+                self._arrived.clear()
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), remaining)
+                except TimeoutError:
+                    return
+                continue
+            call = self._queue.get_nowait()
+            batch.append(call)
+            size += len(call.items)
 
     async def _run(self, batch: list[_Call[T, R]]) -> None:
         live = [call for call in batch if not call.future.done()]

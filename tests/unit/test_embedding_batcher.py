@@ -180,3 +180,14 @@ async def test_empty_calls_and_bad_settings(executor: ThreadPoolExecutor) -> Non
         MicroBatcher(Recorder(), executor, max_batch=0)
     with pytest.raises(ValueError, match="max_wait_s"):
         MicroBatcher(Recorder(), executor, max_wait_s=-1)
+
+
+async def test_close_while_a_batch_is_being_gathered_fails_its_calls(executor: ThreadPoolExecutor) -> None:
+    fn = Recorder()
+    batcher = MicroBatcher(fn, executor, max_wait_s=5.0)
+    gathering = asyncio.ensure_future(batcher.submit(["a"]))
+    await asyncio.sleep(0.01)  # the collector holds the call and waits for more
+    await batcher.aclose()
+    with pytest.raises(BatcherClosedError):
+        await asyncio.wait_for(gathering, 1)
+    assert fn.batches == []
