@@ -9,6 +9,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -18,6 +19,7 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
+from tests.conftest import TEST_RUN_DIR
 from tollway.embedding.__main__ import build
 from tollway.embedding.cache import CachedEmbedding, text_digest
 from tollway.embedding.config import EmbeddingConfig
@@ -45,25 +47,12 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def redis_url() -> Iterator[str]:
     """A private redis-server on a free loopback port, in a temp dir, without persistence."""
-    with tempfile.TemporaryDirectory(prefix="tollway-embedding-redis-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="embedding-redis-", dir=TEST_RUN_DIR or None) as tmp:
         port = free_port()
-        proc = subprocess.Popen(
-            [
-                REDIS_SERVER,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                tmp,
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        args = ["--port", str(port), "--bind", "127.0.0.1", "--dir", tmp, "--save", "", "--appendonly", "no"]
+        proc = subprocess.Popen([REDIS_SERVER, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # scripts/test.sh kills every PID listed in a `pids` file under its run dir, should pytest die first.
+        (Path(tmp) / "pids").write_text(f"{proc.pid}\n")
         client = redis.Redis(port=port)
         try:
             deadline = time.monotonic() + 10
