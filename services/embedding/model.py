@@ -22,7 +22,7 @@ from __future__ import annotations
 import importlib.util
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -121,7 +121,15 @@ def catalogue() -> dict[str, ModelSpec]:
         ),
         description="all-MiniLM-L6-v2, weight-only int8 ONNX; mean-pooled, L2-normalised",
     )
-    return {minilm.model_id: minilm}
+    # The same weights cut at 128 tokens (the setting tokenizer.json ships with): identical vectors for short
+    # texts, different ones for long chunks. A real second model id to migrate collections from and to.
+    minilm_128 = replace(
+        minilm,
+        model_id="minilm-l6-v2-int8-128",
+        max_tokens=128,
+        description="all-MiniLM-L6-v2, weight-only int8 ONNX, truncated at 128 tokens; mean-pooled, L2-normalised",
+    )
+    return {spec.model_id: spec for spec in (minilm, minilm_128)}
 
 
 @dataclass(frozen=True)

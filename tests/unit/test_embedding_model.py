@@ -108,3 +108,13 @@ def test_registry_rejects_duplicate_ids_and_a_missing_default() -> None:
         ModelRegistry([base], "absent")
     with pytest.raises(UnknownModelError):
         ModelRegistry.from_ids(["absent"])
+
+
+def test_the_catalogue_has_a_second_model_for_migrations() -> None:
+    registry = ModelRegistry.from_ids([DEFAULT_MODEL_ID, "minilm-l6-v2-int8-128"])
+    short, long = "a short question", LONG_TEXT
+    full = registry.get(DEFAULT_MODEL_ID).embed([short, long])
+    cut = registry.get("minilm-l6-v2-int8-128").embed([short, long])
+    assert cut.truncated == [False, True]
+    np.testing.assert_allclose(full.vectors[0], cut.vectors[0], atol=1e-6)
+    assert float(full.vectors[1] @ cut.vectors[1]) < 0.999
