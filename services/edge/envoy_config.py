@@ -367,6 +367,16 @@ def _local_reply_config(mesh: Mesh, public_http: list[Service]) -> dict[str, Any
                 "message": too_large, "type": "invalid_request_error", "param": None, "code": "request_too_large",
             }}},
         })
+    # Native gRPC and gRPC-Web: Envoy would turn 413 into UNKNOWN; say RESOURCE_EXHAUSTED, as gRPC
+    # itself does for an oversized message, with the limit in grpc-message.
+    mappers.append({
+        "filter": {"and_filter": {"filters": [_status_is(413), _grpc_request()]}},
+        "headers_to_add": [{
+            "header": {"key": "grpc-status", "value": str(_GRPC_RESOURCE_EXHAUSTED)},
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+        }],
+        "body_format_override": {"text_format": too_large},
+    })
     mappers.append({
         "filter": _status_is(413),
         "body_format_override": {"json_format": {
@@ -388,6 +398,13 @@ def _status_is(status: int) -> dict[str, Any]:
     return {"status_code_filter": {"comparison": {
         "op": "EQ", "value": {"default_value": status, "runtime_key": f"tollway.local_reply.{status}"},
     }}}
+
+
+def _grpc_request() -> dict[str, Any]:
+    return {"and_filter": {"filters": [
+        {"header_filter": {"header": {"name": "content-type", "string_match": {"prefix": "application/grpc"}}}},
+        {"header_filter": {"header": {"name": "x-envoy-original-method", "present_match": False}}},
+    ]}}
 
 
 def _not_grpc_request() -> dict[str, Any]:

@@ -255,11 +255,12 @@ def test_body_limit_413_names_the_limit() -> None:
     cfg = build_envoy_config(parse_mesh(doc))
     assert _filter(cfg, BUFFER)["max_request_bytes"] == 4096
     mappers = _hcm(cfg, "public")["local_reply_config"]["mappers"]
-    bodies = [m["body_format_override"]["json_format"] for m in mappers
-              if "4096" in yaml.safe_dump(m["body_format_override"])]
-    assert len(bodies) == 2  # the Status shape, and the OpenAI shape on the OpenAI paths
-    assert any(b.get("code") == 8 and "4096 bytes" in b["message"] for b in bodies)
-    assert any("4096 bytes" in b.get("error", {}).get("message", "") for b in bodies)
+    bodies = [m["body_format_override"] for m in mappers if "4096" in yaml.safe_dump(m["body_format_override"])]
+    # The OpenAI shape on the OpenAI paths, plain text for gRPC callers, the Status shape elsewhere.
+    assert len(bodies) == 3
+    assert "4096 bytes" in bodies[0]["json_format"]["error"]["message"]
+    assert "4096 bytes" in bodies[1]["text_format"]
+    assert bodies[2]["json_format"]["code"] == 8 and "4096 bytes" in bodies[2]["json_format"]["message"]
 
 
 # --------------------------------------------------------------------------------------------------
