@@ -1,0 +1,86 @@
+"""A private redis-server for the cache's tests and benches (never the shared 6379)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import redis
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalRedis:
+    """A running private Redis."""
+
+    port: int
+    directory: Path
+    process: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (on the loopback interface)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def local_redis(*, appendonly: bool = False, timeout_s: float = 10.0) -> Iterator[LocalRedis]:
+    """Starts redis-server on a free loopback port in a temporary directory, stops it after.
+
+    Raises:
+        RuntimeError: The server did not answer PING within ``timeout_s``.
+    """
+    directory = Path(tempfile.mkdtemp(prefix="tollway-cache-redis-"))
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            REDIS_SERVER,
+            "--bind", "127.0.0.1",
+            "--port", str(port),
+            "--dir", str(directory),
+            "--save", "",
+            "--appendonly", "yes" if appendonly else "no",
+            "--daemonize", "no",
+            "--hz", "100",  # blocking reads return closer to their timeout
+            "--logfile", str(directory / "redis.log"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        client = redis.Redis(host="127.0.0.1", port=port)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError(
+                        f"redis-server on port {port} did not start; see {directory}/redis.log"
+                    ) from None
+                time.sleep(0.02)
+        client.close()
+        yield LocalRedis(port, directory, process)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        shutil.rmtree(directory, ignore_errors=True)
