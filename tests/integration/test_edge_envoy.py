@@ -47,10 +47,16 @@ BODY_LIMIT = 64 * 1024
 CANARY_PERCENT = 25
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(names: list[str]) -> dict[str, int]:
+    """Distinct free loopback ports: all sockets stay bound until every port is picked."""
+    socks = [socket.socket() for _ in names]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return {n: s.getsockname()[1] for n, s in zip(names, socks, strict=True)}
+    finally:
+        for s in socks:
+            s.close()
 
 
 @dataclass
@@ -168,7 +174,7 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
     fds = descriptor_pb2.FileDescriptorSet.FromString(descriptor.read_bytes())
     up = Upstreams(classes=message_factory.GetMessages(list(fds.file)))
     names = ["edge", "admin", "mesh", "redis", "model", "v1a", "v1b", "dead", "v2", "cache", "compat"]
-    ports = {n: free_port() for n in names}
+    ports = free_ports(names)
     served_by_port = {ports["v1a"]: "v1-a", ports["v1b"]: "v1-b", ports["v2"]: "v2"}
 
     # Upstreams on their own loop in a thread, so that blocking clients in the tests cannot stall them.
