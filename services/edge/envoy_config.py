@@ -14,8 +14,11 @@ grpc_json_transcoder -> router. Why each one sits where it does:
 
 - cors first, so preflights are answered before anything else looks at them;
 - header_mutation ahead of the transcoder, so on the way back it sees the *transcoded* response
-  and can drop `grpc-status`/`grpc-message` from JSON answers. Route-level
-  `response_headers_to_remove` would run before the transcoder and hide the status it converts;
+  and can drop `grpc-status`/`grpc-message` from JSON answers. It takes its per-route config
+  from the route matched before transcoding (`json_api`), so native gRPC keeps its headers.
+  Route-level `response_headers_to_remove` runs before the transcoder instead: observed, it
+  misses the headers the transcoder adds from the trailers, and it hides the status of a
+  trailers-only error (HTTP 200 with an empty application/grpc body instead of 429 + JSON);
 - buffer enforces `max_request_body_bytes` on every public request (413); no RPC of Tollway
   streams its request, so buffering the request costs nothing in streaming behaviour;
 - the transcoder after grpc_web, so gRPC-Web requests arrive as plain gRPC and pass through it.
@@ -360,7 +363,7 @@ def _local_reply_config(mesh: Mesh, public_http: list[Service]) -> dict[str, Any
                 _status_is(413),
                 {"header_filter": {"header": {
                     "name": ":path",
-                    "string_match": {"safe_regex": {"regex": "^(" + "|".join(openai_paths) + ")([/?].*)?$"}},
+                    "string_match": {"safe_regex": {"regex": _paths_regex(openai_paths)}},
                 }}},
             ]}},
             "body_format_override": {"json_format": {"error": {
@@ -391,6 +394,12 @@ def _local_reply_config(mesh: Mesh, public_http: list[Service]) -> dict[str, Any
             "body_format_override": {"json_format": {"code": code, "message": "%LOCAL_REPLY_BODY%", "details": []}},
         })
     return {"mappers": mappers}
+
+
+def _paths_regex(paths: list[str]) -> str:
+    # Same paths as path_separated_prefix: the path itself, or it followed by '/' or a query.
+    # Public paths are [A-Za-z0-9._~/-] (checked by the topology); only '.' is special in RE2.
+    return "^(" + "|".join(p.replace(".", "\\.") for p in paths) + ")([/?].*)?$"
 
 
 def _status_is(status: int) -> dict[str, Any]:
