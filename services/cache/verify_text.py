@@ -1,0 +1,276 @@
+"""Turns one text into the features the tier-2 verifier compares.
+
+Analysis is pure, deterministic and memoised per text (the cached side of a pair recurs), so the verifier
+pays for each distinct text once.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+from tollway.cache.verify_lexicon import (
+    ABBREVIATIONS,
+    CLOSED_CLASSES,
+    LANGUAGE_ALIASES,
+    MONTH_ABBREVIATIONS,
+    NEGATIONS,
+    NUMBER_WORDS,
+    SCALE_WORDS,
+    STOPWORDS,
+    SYNONYMS,
+    TIME_MODIFIERS,
+    TIME_PERIODS,
+    TIME_WORDS,
+    UNIT_DIMENSIONS,
+    UNITS,
+)
+from tollway.cache.verify_numbers import Quantity, extract_quantities
+
+__all__ = ["Features", "Token", "analyze", "similar", "stem"]
+
+# Words with letters, digits and the joiners that keep names whole ("c#", "c++", "node.js", "don't").
+_TOKEN_RE = re.compile(r"[^\W_](?:[\w'\u2019.+#-]*[\w+#])?")
+_SENTENCE_END = frozenset(".?!:;\n\"'(")
+_CLAUSE_END = _SENTENCE_END | frozenset(",)")
+_NUMERIC_RE = re.compile(r"^[\d.,/:-]+$")
+_CLITIC_RE = re.compile(r"'(?:s|ve|re|ll|d|m)$|(?<=s)'$")
+# Connectives that relate two arguments in one direction: swapping the arguments changes the question
+# ("convert X to Y", "X better than Y", "what do X think of Y"). Symmetric ones (and, or, vs) are absent.
+DIRECTIONAL = frozenset({"to", "into", "from", "than", "over", "of", "about", "for", "in", "on", "at", "by",
+                         "against", "toward", "towards", "->", "→"})  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """One content word of a text.
+
+    Attributes:
+        key: Canonical form compared across texts (lower case, synonym-folded, stemmed).
+        entity: Whether the surface form looks like a name: capitalised mid-sentence, an acronym, letters
+            mixed with digits, or carrying ``#``/``+``.
+        position: Index of the word in the text's word sequence (stopwords included).
+    """
+
+    key: str
+    entity: bool
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class Features:
+    """What the verifier compares about one text.
+
+    Attributes:
+        canonical: Lower-cased words joined by single spaces (punctuation dropped): equal for trivially
+            different spellings of one text.
+        words: Every lower-cased word, stopwords included (antonyms and connectives need them).
+        tokens: Content words in order.
+        negations: How many negation cues the text has.
+        quantities: Numbers mentioned, with units, in order, repeats kept.
+        classes: Closed-class members named, by class ("month" -> {"june"}, "time" -> {"today"}).
+        clause_starts: Positions of words that open a clause (after . , ; : ? ! or a bracket).
+        units: Canonical units of measure (see ``UNIT_DIMENSIONS``) named anywhere, with or without a number.
+    """
+
+    canonical: str
+    words: tuple[str, ...]
+    tokens: tuple[Token, ...]
+    negations: int
+    quantities: tuple[Quantity, ...]
+    classes: dict[str, frozenset[str]]
+    clause_starts: frozenset[int]
+    units: frozenset[str]
+
+    @property
+    def keys(self) -> frozenset[str]:
+        """The set of content keys."""
+        return frozenset(token.key for token in self.tokens)
+
+
+def stem(word: str) -> str:
+    """Strips common English inflections so that "sorting", "sorted" and "sorts" compare equal.
+
+    Args:
+        word: A lower-case word.
+
+    Returns:
+        A crude stem, not necessarily a word ("encod" for "encoding", "encoded" and "encode").
+    """
+    if len(word) <= 3 or not word.isalpha():
+        return word
+    for suffix, replacement in (("ies", "y"), ("sses", "ss"), ("xes", "x"), ("ches", "ch"), ("shes", "sh")):
+        if word.endswith(suffix) and len(word) > len(suffix) + 2:
+            return word[: -len(suffix)] + replacement
+    # Porter's y -> i: "study", "studies", "studied" -> "studi"; "movie", "movies" -> "movi".
+    if word.endswith(("ies", "ied")) and len(word) >= 5:
+        return word[:-2]
+    if word.endswith("y") and len(word) >= 4 and word[-2] not in "aeiou":
+        return word[:-1] + "i"
+    if word.endswith("oes") and len(word) >= 5:
+        return word[:-2]
+    if word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        word = word[:-1]
+    for suffix in ("ing", "ed"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            word = word[: -len(suffix)]
+            if word[-1] == word[-2] and word[-1] not in "aeioulsz":
+                word = word[:-1]  # "running" -> "run"
+            break
+    if word.endswith("e") and len(word) >= 4 and word[-2] != "e":
+        word = word[:-1]
+    return word
+
+
+def similar(left: str, right: str) -> bool:
+    """Whether two comparison keys are spelling or derivational variants of one word.
+
+    True for a shared prefix of at least five letters covering three quarters of the shorter key
+    ("negotiat"/"negotiation", "german"/"germany", "europ"/"european"), for a dropped or doubled letter in
+    keys of five letters or more ("happen"/"happpen", "favorit"/"favourit") and for one wrong letter in
+    keys of seven or more. "java"/"javascript" and "microsoft"/"microservic" are not.
+    """
+    if left == right:
+        return True
+    shorter = min(len(left), len(right))
+    prefix = 0
+    for a, b in zip(left, right, strict=False):
+        if a != b:
+            break
+        prefix += 1
+    if prefix >= 5 and prefix >= 0.75 * shorter:
+        return True
+    if len(left) == len(right):
+        return shorter >= 7 and _one_edit(left, right)
+    return shorter >= 5 and abs(len(left) - len(right)) == 1 and _one_edit(left, right)
+
+
+def _one_edit(left: str, right: str) -> bool:
+    if len(left) > len(right):
+        left, right = right, left
+    i = 0
+    while i < len(left) and left[i] == right[i]:
+        i += 1
+    if len(left) == len(right):
+        return left[i + 1 :] == right[i + 1 :]
+    return left[i:] == right[i + 1 :]
+
+
+@lru_cache(maxsize=65536)
+def _key(word: str) -> str:
+    """Canonical comparison key of a content word: synonym group representative, then stem."""
+    if word in SYNONYMS:
+        return stem(SYNONYMS[word])
+    stemmed = stem(word)
+    return _STEMMED_SYNONYMS.get(stemmed, stemmed)
+
+
+def _looks_like_name(surface: str, sentence_initial: bool, title_case_text: bool) -> bool:
+    if any(ch in surface for ch in "#+"):
+        return True
+    letters = sum(ch.isalpha() for ch in surface)
+    digits = sum(ch.isdigit() for ch in surface)
+    if letters and digits:
+        return True
+    uppers = sum(ch.isupper() for ch in surface)
+    if uppers >= 2 and letters >= 2:
+        return True  # acronyms and camel case: "IIT", "iOS", "GitLab"
+    if title_case_text or sentence_initial or surface in {"I", "I'm", "I've", "I'd", "I'll"}:
+        return False
+    return surface[:1].isupper()
+
+
+@lru_cache(maxsize=8192)
+def analyze(text: str) -> Features:
+    """Extracts the comparable features of a text.
+
+    Args:
+        text: A query or a cached query, any length.
+
+    Returns:
+        Its features; the same object for the same text while it stays in the memo.
+    """
+    matches = list(_TOKEN_RE.finditer(text))
+    capitalised = sum(1 for m in matches if m.group()[:1].isupper())
+    # In Title Case Headlines capitals say nothing about names.
+    title_case_text = len(matches) >= 4 and capitalised / len(matches) > 0.6
+
+    words: list[str] = []
+    surfaces: list[tuple[str, bool]] = []
+    clause_starts: set[int] = set()
+    for match in matches:
+        start = match.start()
+        before = text[:start].rstrip()
+        sentence_initial = not before or before[-1] in _SENTENCE_END
+        if not before or before[-1] in _CLAUSE_END:
+            clause_starts.add(len(words))
+        surface = match.group().replace("\u2019", "'")  # typographic apostrophe
+        # Split dotted and hyphenated names into parts, but keep numbers and "u.s."-style abbreviations.
+        lower = surface.lower()
+        if ("." in surface or "-" in surface) and not _NUMERIC_RE.match(surface) and lower not in ABBREVIATIONS:
+            parts = [p for p in re.split(r"[.-]", surface) if p]
+        else:
+            parts = [surface]
+        for index, part in enumerate(parts):
+            words.append(part.lower())
+            surfaces.append((part, sentence_initial and index == 0))
+
+    negations = sum(
+        1
+        for i, w in enumerate(words)
+        if (w in NEGATIONS or w.endswith("n't"))
+        # "... or not", "why or why not", "not only": no claim is negated.
+        and not (w == "not" and i > 0 and words[i - 1] == "or")
+        and not (w == "not" and i + 1 < len(words) and words[i + 1] == "only")
+    )
+    # Possessives and contractions: "Trump's" is "Trump", "you've" is "you".
+    words = [_CLITIC_RE.sub("", w) if not w.endswith("n't") else w for w in words]
+
+    classes: dict[str, set[str]] = {}
+    tokens: list[Token] = []
+    for position, ((surface, initial), word) in enumerate(zip(surfaces, words, strict=True)):
+        cls = CLOSED_CLASSES.get(word)
+        if word == "may" and surface == "May" and not initial:
+            cls = "month"
+        if cls is None and word in MONTH_ABBREVIATIONS and surface[:1].isupper():
+            word, cls = MONTH_ABBREVIATIONS[word], "month"
+        if cls is not None:
+            classes.setdefault(cls, set()).add(LANGUAGE_ALIASES.get(word, word))
+        time = TIME_WORDS.get(word)
+        if word in TIME_PERIODS and position > 0 and words[position - 1] in TIME_MODIFIERS:
+            modifier = words[position - 1]
+            time = f"{'this' if modifier in {'this', 'coming'} else modifier}_{word}"
+            time = time.replace("previous_", "last_").replace("past_", "last_")
+        if time is not None:
+            classes.setdefault("time", set()).add(time)
+
+        shouted_abbreviation = surface.isupper() and len(surface) > 1 and word in ABBREVIATIONS  # "US", "IT"
+        if (word in STOPWORDS and not shouted_abbreviation) or word in NEGATIONS or word.endswith("n't"):
+            continue
+        if _NUMERIC_RE.match(word) or word in NUMBER_WORDS or word in SCALE_WORDS:
+            continue  # compared as quantities
+        entity = _looks_like_name(surface, initial, title_case_text)
+        expansion = ABBREVIATIONS.get(word)
+        for part in expansion or (word,):
+            if part in STOPWORDS:
+                continue
+            tokens.append(Token(_key(part), entity, position))
+
+    quantities = extract_quantities(text)
+    units = frozenset(UNITS[w] for w in words if w in UNITS and UNITS[w] in UNIT_DIMENSIONS) | frozenset(
+        q.unit for q in quantities if q.unit in UNIT_DIMENSIONS
+    )
+    return Features(
+        canonical=" ".join(words),
+        words=tuple(words),
+        tokens=tuple(tokens),
+        negations=negations,
+        quantities=quantities,
+        classes={name: frozenset(members) for name, members in classes.items()},
+        clause_starts=frozenset(clause_starts),
+        units=units,
+    )
+
+
+_STEMMED_SYNONYMS: dict[str, str] = {stem(word): stem(rep) for word, rep in SYNONYMS.items()}
