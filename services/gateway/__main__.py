@@ -40,7 +40,8 @@ def build(cfg: GatewayConfig, mesh: MeshConfig) -> ServiceSpec:
 
     async def start() -> None:
         await wait_ready(redis)
-        channel = clients.channel(cfg.router_addr, tracer_provider=tracer_provider("gateway", mesh))
+        traced = mesh.otel_exporter != "none"
+        channel = clients.channel(cfg.router_addr, tracer_provider=tracer_provider("gateway", mesh) if traced else None)
         channels.append(channel)
         gateway.router = RouterClient(channel)
 

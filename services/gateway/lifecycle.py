@@ -20,8 +20,10 @@ from tollway.gateway.router_client import RouterClient
 from tollway.gateway.store import GatewayStore
 from tollway.gateway.validation import ChatRequestLike, Limits, check
 from tollway.mesh.errors import TollwayError
+from tollway.mesh.streams import coalesce
 from tollway.router.catalog import Catalog
 from tollway.router.engine import RouteCompleted, RouteStarted, StreamFailed
+from tollway.router.service import merge_deltas
 from tollway.router.types import ChatMessage, ChatRequest, FinishReason, TextDelta, Usage
 
 log = logging.getLogger("tollway.gateway")
@@ -134,7 +136,7 @@ class Gateway:
         try:
             timeout = min(deadline_s, self.request_timeout_s) if deadline_s else self.request_timeout_s
             assert self.router is not None, "Gateway.router is set when the service starts"
-            async for event in self.router.generate(chat, timeout):
+            async for event in coalesce(self.router.generate(chat, timeout), merge_deltas):
                 if isinstance(event, TextDelta):
                     if not parts:
                         ttft_ms = int((time.perf_counter() - start) * 1000)

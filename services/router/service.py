@@ -8,6 +8,7 @@ import grpc
 
 from tollway.common.v1 import common_pb2
 from tollway.mesh.errors import rpc_errors
+from tollway.mesh.streams import coalesce
 from tollway.router.engine import RouteCompleted, Router, RouteStarted, StreamFailed
 from tollway.router.types import ChatMessage, ChatRequest, TextDelta, Usage
 from tollway.router.v1 import router_pb2, router_pb2_grpc
@@ -43,6 +44,13 @@ def request_from_proto(req: router_pb2.GenerateRequest) -> ChatRequest:
     )
 
 
+def merge_deltas(a: object, b: object) -> TextDelta | None:
+    """Joins two consecutive text deltas; None for anything else."""
+    if isinstance(a, TextDelta) and isinstance(b, TextDelta):
+        return TextDelta(a.text + b.text)
+    return None
+
+
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     def __init__(self, router: Router) -> None:
         self.router = router
@@ -51,7 +59,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def Generate(
         self, request: router_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[router_pb2.GenerateResponse]:
-        async for event in self.router.generate(request_from_proto(request)):
+        # Deltas that arrive together leave as one message: per-message cost dominates fast streams.
+        async for event in coalesce(self.router.generate(request_from_proto(request)), merge_deltas):
             if isinstance(event, TextDelta):
                 yield router_pb2.GenerateResponse(delta=router_pb2.Delta(text=event.text))
             elif isinstance(event, RouteStarted):

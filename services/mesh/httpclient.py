@@ -1,0 +1,241 @@
+"""A lean HTTP/1.1 client for calls to model providers.
+
+Why not httpx: on this hot path httpx costs ~1.5 ms of Python per streamed call (several
+layers of stream wrappers per chunk); this client sends the request in one write, reads
+Content-Length or chunked bodies straight from an asyncio stream, and keeps connections
+alive per host. It does what provider calls need and nothing else: plain http:// and
+https://, JSON bodies, streamed responses read line by line, per-read timeouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json as jsonlib
+import ssl
+from collections import defaultdict, deque
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+_MAX_HEADER_BYTES = 64 * 1024
+
+
+class HttpError(Exception):
+    """A transport failure: refused, reset, malformed response."""
+
+
+class HttpTimeout(HttpError):
+    """Connecting or reading took longer than allowed."""
+
+
+class _Conn:
+    __slots__ = ("key", "reader", "writer")
+
+    def __init__(self, key: tuple[str, str, int], reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.key = key
+        self.reader = reader
+        self.writer = writer
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class Response:
+    """A response whose body is read on demand.
+
+    Attributes:
+        status_code: The HTTP status.
+        headers: Header names in lower case; repeated headers keep the last value.
+    """
+
+    def __init__(self, conn: _Conn, status: int, headers: dict[str, str], read_timeout_s: float) -> None:
+        self._conn = conn
+        self.status_code = status
+        self.headers = headers
+        self._timeout = read_timeout_s
+        self._chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+        self._remaining = int(headers.get("content-length", "0")) if not self._chunked else 0
+        self._until_close = not self._chunked and "content-length" not in headers
+        self.complete = not self._chunked and not self._until_close and self._remaining == 0
+
+    async def _read(self, coro: Any) -> Any:
+        try:
+            return await asyncio.wait_for(coro, self._timeout)
+        except TimeoutError as exc:
+            raise HttpTimeout(f"no data for {self._timeout}s") from exc
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            raise HttpError(f"connection closed mid-body: {exc!r}") from exc
+
+    async def aiter_bytes(self) -> AsyncIterator[bytes]:
+        """Yields body pieces as they arrive."""
+        reader = self._conn.reader
+        while not self.complete:
+            if self._chunked:
+                line = await self._read(reader.readuntil(b"\r\n"))
+                try:
+                    size = int(line.split(b";", 1)[0].strip(), 16)
+                except ValueError as exc:
+                    raise HttpError(f"malformed chunk size line {line[:40]!r}") from exc
+                if size == 0:
+                    await self._read(reader.readuntil(b"\r\n"))  # trailers are not used by providers
+                    self.complete = True
+                    return
+                data = await self._read(reader.readexactly(size + 2))
+                yield data[:-2]
+            elif self._until_close:
+                data = await self._read(reader.read(65536))
+                if not data:
+                    self.complete = True
+                    return
+                yield data
+            else:
+                data = await self._read(reader.read(min(self._remaining, 65536)))
+                if not data:
+                    raise HttpError(f"connection closed with {self._remaining} body bytes missing")
+                self._remaining -= len(data)
+                self.complete = self._remaining == 0
+                yield data
+
+    async def aiter_lines(self) -> AsyncIterator[str]:
+        """Yields body lines without their line ends, as each line completes."""
+        pending = b""
+        async for piece in self.aiter_bytes():
+            pending += piece
+            if b"\n" not in pending:
+                continue
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                yield line.rstrip(b"\r").decode()
+        if pending:
+            yield pending.rstrip(b"\r").decode()
+
+    async def aread(self) -> bytes:
+        """The rest of the body."""
+        return b"".join([piece async for piece in self.aiter_bytes()])
+
+    def json(self, body: bytes) -> Any:
+        return jsonlib.loads(body)
+
+
+class HttpClient:
+    """A keep-alive connection pool per (scheme, host, port). Safe for concurrent use."""
+
+    def __init__(self, *, max_idle_per_host: int = 128, connect_timeout_s: float = 2.0) -> None:
+        self.max_idle_per_host = max_idle_per_host
+        self.connect_timeout_s = connect_timeout_s
+        self._idle: defaultdict[tuple[str, str, int], deque[_Conn]] = defaultdict(deque)
+        self._ssl: ssl.SSLContext | None = None
+
+    async def _connect(self, key: tuple[str, str, int]) -> _Conn:
+        scheme, host, port = key
+        idle = self._idle[key]
+        while idle:
+            conn = idle.pop()
+            if not conn.writer.is_closing() and not conn.reader.at_eof():
+                return conn
+            conn.close()
+        ctx = None
+        if scheme == "https":
+            self._ssl = self._ssl or ssl.create_default_context()
+            ctx = self._ssl
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, port, ssl=ctx, limit=_MAX_HEADER_BYTES), self.connect_timeout_s
+            )
+        except TimeoutError as exc:
+            raise HttpTimeout(f"connecting to {host}:{port} took over {self.connect_timeout_s}s") from exc
+        except OSError as exc:
+            raise HttpError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from exc
+        return _Conn(key, reader, writer)
+
+    def _release(self, conn: _Conn, response: Response) -> None:
+        reusable = response.complete and response.headers.get("connection", "").lower() != "close"
+        if reusable and len(self._idle[conn.key]) < self.max_idle_per_host:
+            self._idle[conn.key].append(conn)
+        else:
+            conn.close()
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self,
+        method: str,
+        url: str,
+        *,
+        json: Any = None,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout_s: float = 60.0,
+    ) -> AsyncIterator[Response]:
+        """Sends a request and yields the response with its body unread.
+
+        The connection goes back to the pool when the body was read to its end (a short
+        tail still in flight, such as a chunked terminator after an SSE ``[DONE]``, is read
+        first); otherwise it is closed, which also tells the server the client is gone.
+
+        Raises:
+            HttpError: Connecting, sending or reading the response head failed.
+            HttpTimeout: Connecting or a read took longer than allowed.
+        """
+        parts = urlsplit(url)
+        scheme = parts.scheme or "http"
+        host = parts.hostname or "127.0.0.1"
+        port = parts.port or (443 if scheme == "https" else 80)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        body = content if content is not None else (jsonlib.dumps(json).encode() if json is not None else b"")
+        head = [f"{method} {target} HTTP/1.1", f"host: {parts.netloc}", f"content-length: {len(body)}"]
+        if json is not None:
+            head.append("content-type: application/json")
+        head += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        request = ("\r\n".join(head) + "\r\n\r\n").encode() + body
+        key = (scheme, host, port)
+        for attempt in (0, 1):
+            conn = await self._connect(key)
+            fresh = attempt == 1
+            try:
+                conn.writer.write(request)
+                raw = await asyncio.wait_for(conn.reader.readuntil(b"\r\n\r\n"), timeout_s)
+                break
+            except TimeoutError as exc:
+                conn.close()
+                raise HttpTimeout(f"no response head from {host}:{port} within {timeout_s}s") from exc
+            except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError) as exc:
+                conn.close()
+                # A pooled connection the server closed while idle: retry once on a new one.
+                if fresh or isinstance(exc, asyncio.LimitOverrunError):
+                    raise HttpError(f"{host}:{port} closed the connection before answering: {exc!r}") from exc
+        lines = raw.decode("latin-1").split("\r\n")
+        try:
+            status = int(lines[0].split(" ", 2)[1])
+        except (IndexError, ValueError) as exc:
+            conn.close()
+            raise HttpError(f"malformed status line {lines[0][:80]!r}") from exc
+        response_headers: dict[str, str] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if sep:
+                response_headers[name.strip().lower()] = value.strip()
+        response = Response(conn, status, response_headers, timeout_s)
+        try:
+            yield response
+            if not response.complete:
+                with contextlib.suppress(HttpError, TimeoutError):
+                    await asyncio.wait_for(self._drain(response), 0.05)
+        except BaseException:
+            conn.close()
+            raise
+        self._release(conn, response)
+
+    @staticmethod
+    async def _drain(response: Response, limit: int = 64 * 1024) -> None:
+        seen = 0
+        async for piece in response.aiter_bytes():
+            seen += len(piece)
+            if seen > limit:
+                return
+
+    async def aclose(self) -> None:
+        """Closes idle connections. Safe to call more than once."""
+        for idle in self._idle.values():
+            while idle:
+                idle.pop().close()

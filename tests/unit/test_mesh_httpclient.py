@@ -1,0 +1,95 @@
+"""The lean provider HTTP client against a real local HTTP server (tests/fakes/http.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tests.fakes.http import FakeHTTPServer, Request, Response
+from tollway.mesh.httpclient import HttpClient, HttpError, HttpTimeout
+
+
+async def handler(request: Request) -> Response:
+    if request.path == "/json":
+        return Response(body=json.dumps({"echo": request.json(), "ua": request.headers.get("x-test")}).encode())
+    if request.path == "/slow":
+        await asyncio.sleep(1)
+        return Response(body=b"{}")
+    if request.path == "/sse":
+
+        async def events() -> AsyncIterator[bytes]:
+            for i in range(5):
+                yield f"data: {i}\n\n".encode()
+            yield b"data: [DONE]\n\n"
+
+        return Response(stream=events(), headers={"content-type": "text/event-stream"})
+    return Response(status=404, body=b'{"error": "nope"}')
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FakeHTTPServer]:
+    srv = FakeHTTPServer(handler)
+    await srv.start()
+    yield srv
+    await srv.stop()
+
+
+async def test_json_round_trip_and_connection_reuse(server: FakeHTTPServer) -> None:
+    client = HttpClient()
+    url = f"http://127.0.0.1:{server.port}/json"
+    for i in range(5):
+        async with client.stream("POST", url, json={"i": i}, headers={"x-test": "yes"}) as r:
+            assert r.status_code == 200
+            assert json.loads(await r.aread()) == {"echo": {"i": i}, "ua": "yes"}
+    assert server.stats.open_connections == 1
+    await client.aclose()
+
+
+async def test_streamed_lines_arrive_in_order_and_the_connection_is_kept(server: FakeHTTPServer) -> None:
+    client = HttpClient()
+    for _ in range(3):
+        async with client.stream("POST", f"http://127.0.0.1:{server.port}/sse") as r:
+            lines = []
+            async for line in r.aiter_lines():
+                lines.append(line)
+                if line == "data: [DONE]":
+                    break  # an SSE reader stops here; the chunked terminator is still drained
+        assert [x for x in lines if x] == [*(f"data: {i}" for i in range(5)), "data: [DONE]"]
+    assert server.stats.open_connections == 1 and server.stats.streams_completed == 3
+    await client.aclose()
+
+
+async def test_error_status_is_returned_not_raised(server: FakeHTTPServer) -> None:
+    client = HttpClient()
+    async with client.stream("GET", f"http://127.0.0.1:{server.port}/missing") as r:
+        assert r.status_code == 404 and json.loads(await r.aread()) == {"error": "nope"}
+    await client.aclose()
+
+
+async def test_read_timeout(server: FakeHTTPServer) -> None:
+    client = HttpClient()
+    with pytest.raises(HttpTimeout):
+        async with client.stream("GET", f"http://127.0.0.1:{server.port}/slow", timeout_s=0.1):
+            pass
+    await client.aclose()
+
+
+async def test_refused_connection_is_an_http_error() -> None:
+    from tollway.launcher.processes import free_port
+
+    with pytest.raises(HttpError, match="cannot connect"):
+        async with HttpClient().stream("GET", f"http://127.0.0.1:{free_port()}/"):
+            pass
+
+
+async def test_leaving_a_stream_early_closes_the_connection(server: FakeHTTPServer) -> None:
+    client = HttpClient()
+    with pytest.raises(RuntimeError):
+        async with client.stream("POST", f"http://127.0.0.1:{server.port}/sse") as r:
+            async for _ in r.aiter_lines():
+                raise RuntimeError("consumer failed")
+    await asyncio.sleep(0.05)
+    assert server.stats.open_connections == 0
