@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.httpload import Endpoint, closed_loop, sequential  # noqa: E402
 from tollway.cli import _create_key  # noqa: E402
-from tollway.launcher.processes import free_port, spawn, wait_until  # noqa: E402
+from tollway.launcher.processes import free_port, free_ports, spawn, wait_until  # noqa: E402
 from tollway.launcher.stack import Stack, StackOptions  # noqa: E402
 
 MODEL = "fake-words-20"
@@ -244,7 +244,7 @@ def main() -> None:
     )
     stack = Stack(
         StackOptions(
-            ports={n: free_port() for n in names},
+            ports=dict(zip(names, free_ports(len(names)), strict=True)),
             run_dir=run,
             catalog=catalog,
             with_model=False,

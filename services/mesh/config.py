@@ -39,6 +39,7 @@ class MeshConfig:
         otel_endpoint: The OTLP/gRPC collector address when exporting with ``otlp``.
         metrics_host: Interface of the Prometheus endpoint (loopback by default).
         shutdown_grace_s: How long in-flight RPCs may finish after SIGTERM.
+        bind_host: The interface services listen on (``0.0.0.0`` in a pod).
     """
 
     redis_url: str = "redis://127.0.0.1:6390/0"
@@ -48,6 +49,7 @@ class MeshConfig:
     otel_endpoint: str = "127.0.0.1:4317"
     metrics_host: str = "127.0.0.1"
     shutdown_grace_s: float = 10.0
+    bind_host: str = "127.0.0.1"
 
 
 def _parse(name: str, raw: str, kind: Any) -> Any:

@@ -49,7 +49,7 @@ class ServiceSpec:
         on_start: Awaited after the port is bound and before health says SERVING.
         on_stop: Awaited after the server stopped (close pools, flush).
         metrics_port: Prometheus endpoint port; 0 turns it off.
-        host: The interface to bind.
+        host: The interface to bind; defaults to the mesh's ``bind_host``.
     """
 
     name: str
@@ -59,7 +59,7 @@ class ServiceSpec:
     on_start: Callable[[], Awaitable[None]] | None = None
     on_stop: Callable[[], Awaitable[None]] | None = None
     metrics_port: int = 0
-    host: str = "127.0.0.1"
+    host: str = ""
     mesh: MeshConfig = dataclasses.field(default_factory=lambda: load_config(MeshConfig))
 
 
@@ -82,7 +82,7 @@ async def create_server(
     reflection.enable_server_reflection([*spec.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     for name in ("", *spec.service_names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    address = address or f"{spec.host}:{spec.port}"
+    address = address or f"{spec.host or spec.mesh.bind_host}:{spec.port}"
     try:
         port = server.add_insecure_port(address)
     except RuntimeError as exc:

@@ -12,11 +12,12 @@ from tollway.openai_compat.service import OpenAICompatApp
 
 def main() -> None:
     cfg = load_config(OpenAICompatConfig, "openai_compat")
-    setup_logging("openai_compat", load_config(MeshConfig))
+    mesh = load_config(MeshConfig)
+    setup_logging("openai_compat", mesh)
     app = OpenAICompatApp(cfg.gateway_addr, cfg.max_body_bytes).app
     uvicorn.run(
         app,
-        host=cfg.host,
+        host=cfg.host or mesh.bind_host,
         port=cfg.port,
         loop="uvloop",
         access_log=False,

@@ -9,12 +9,12 @@ import dataclasses
 class OpenAICompatConfig:
     """Attributes:
     port: HTTP port.
-    host: Interface to bind.
+    host: Interface to bind; empty means the mesh's TOLLWAY_BIND_HOST.
     gateway_addr: Where GatewayService listens.
     max_body_bytes: Largest request body accepted (413 above it).
     """
 
     port: int = 8090
-    host: str = "127.0.0.1"
+    host: str = ""
     gateway_addr: str = "127.0.0.1:50051"
     max_body_bytes: int = 1_048_576

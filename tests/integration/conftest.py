@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import TEST_RUN_DIR
 from tollway.cli import _create_key
-from tollway.launcher.processes import free_port
+from tollway.launcher.processes import free_port, free_ports
 from tollway.launcher.stack import Stack, StackOptions
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,7 +77,7 @@ def stack(run_dir: Path, catalog: Path) -> Iterator[Stack]:
         "openai_compat",
     ]
     options = StackOptions(
-        ports={n: free_port() for n in names},
+        ports=dict(zip(names, free_ports(len(names)), strict=True)),
         run_dir=run_dir,
         catalog=catalog,
         with_model=True,
