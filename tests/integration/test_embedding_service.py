@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -44,11 +45,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    """A private redis-server on a free loopback port, in a temp dir, without persistence."""
+@contextlib.contextmanager
+def running_redis(port: int) -> Iterator[str]:
+    """A private redis-server on a loopback port, in a temp dir, without persistence; yields its URL."""
     with tempfile.TemporaryDirectory(prefix="embedding-redis-", dir=TEST_RUN_DIR or None) as tmp:
-        port = free_port()
         args = ["--port", str(port), "--bind", "127.0.0.1", "--dir", tmp, "--save", "", "--appendonly", "no"]
         proc = subprocess.Popen([REDIS_SERVER, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         # scripts/test.sh kills every PID listed in a `pids` file under its run dir, should pytest die first.
@@ -69,6 +69,12 @@ def redis_url() -> Iterator[str]:
             client.close()
             proc.terminate()
             proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    with running_redis(free_port()) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -188,6 +194,20 @@ async def test_concurrent_calls_are_all_answered_correctly(
     np.testing.assert_allclose(got, expected, atol=1e-6)
 
 
+async def test_a_cancelled_call_does_not_disturb_the_others(stub: embedding_pb2_grpc.EmbeddingServiceStub) -> None:
+    # 16 texts of 256 tokens keep the model busy for a while: long enough to cancel mid-flight.
+    slow = stub.Embed(embedding_pb2.EmbedRequest(texts=[f"{i} {LONG_TEXT}" for i in range(16)]), timeout=60)
+    others = [stub.Embed(embedding_pb2.EmbedRequest(texts=[f"bystander {i}"]), timeout=60) for i in range(4)]
+    await asyncio.sleep(0.05)
+    slow.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await slow
+    replies = await asyncio.gather(*others)
+    assert all(len(r.embeddings[0].values) == 384 for r in replies)
+    after = await stub.Embed(embedding_pb2.EmbedRequest(texts=["after the cancellation"]), timeout=10)
+    assert after.dimension == 384
+
+
 @pytest.mark.parametrize(
     ("texts", "reason", "field"),
     [([], "EMPTY_INPUT", "texts"), (["ok", ""], "EMPTY_TEXT", "texts[1]"), (["x"] * 17, "TOO_MANY_TEXTS", "texts")],
@@ -240,3 +260,37 @@ async def test_a_redis_outage_skips_the_cache_but_still_embeds(local_model: Embe
     finally:
         await embedder.aclose()
         await client.aclose()
+
+
+async def test_health_turns_serving_only_once_redis_answers() -> None:
+    redis_port, grpc_port = free_port(), free_port()
+    spec, _ = build(EmbeddingConfig(port=0), MeshConfig(redis_url=f"redis://127.0.0.1:{redis_port}/0"))
+    # create_server binds, then waits in on_start for Redis (nothing listens on redis_port yet).
+    starting = asyncio.ensure_future(create_server(spec, f"127.0.0.1:{grpc_port}"))
+    ch = channel(f"127.0.0.1:{grpc_port}")
+    try:
+        health = health_pb2_grpc.HealthStub(ch)
+        request = health_pb2.HealthCheckRequest(service=SERVICE_NAME)
+        for _ in range(100):
+            try:
+                reply = await health.Check(request, timeout=1)
+                break
+            except grpc.aio.AioRpcError:
+                await asyncio.sleep(0.05)
+        else:
+            pytest.fail("the health service never answered while the service was starting")
+        assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert not starting.done()
+        with running_redis(redis_port):
+            server, _, _ = await asyncio.wait_for(starting, 30)
+            try:
+                reply = await health.Check(request, timeout=5)
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            finally:
+                await server.stop(0)
+                assert spec.on_stop is not None
+                await spec.on_stop()
+    finally:
+        await ch.close()
+        if not starting.done():
+            starting.cancel()
