@@ -27,7 +27,9 @@ async def test_native_grpc_stream_through_envoy(stack: Stack, api_key: str) -> N
         stub = gateway_pb2_grpc.GatewayServiceStub(channel)
         events = [e async for e in stub.Generate(_request(), metadata=[("authorization", f"Bearer {api_key}")])]
     kinds = [e.WhichOneof("event") for e in events]
-    assert kinds == ["started", "delta", "delta", "delta", "delta", "completed"]
+    # Deltas that are ready together travel as one message, so only the shape is fixed.
+    assert kinds[0] == "started" and kinds[-1] == "completed"
+    assert set(kinds[1:-1]) == {"delta"}
     assert "".join(e.delta.text for e in events if e.HasField("delta")) == "Hello from fake-ok."
 
 
