@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tollway.mesh.streams import coalesce
+
+
+def join(a: object, b: object) -> str | None:
+    if isinstance(a, str) and isinstance(b, str):
+        return a + b
+    return None
+
+
+async def burst(items: list[object]) -> AsyncIterator[object]:
+    for item in items:
+        yield item
+
+
+async def test_items_ready_together_are_merged_and_others_kept_apart() -> None:
+    async def consumer_is_slow() -> list[object]:
+        out = []
+        async for item in coalesce(burst(["a", "b", "c", 1, "d"]), join):
+            out.append(item)
+            await asyncio.sleep(0.01)  # the reader runs ahead meanwhile
+        return out
+
+    out = await consumer_is_slow()
+    assert "".join(x for x in out if isinstance(x, str)) == "abcd"
+    assert 1 in out and out.index(1) < len(out) - 1
+    assert len(out) < 5
+
+
+async def test_an_item_that_arrives_alone_is_not_held_back() -> None:
+    async def spaced() -> AsyncIterator[str]:
+        for ch in "xyz":
+            yield ch
+            await asyncio.sleep(0.02)
+
+    seen = []
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    async for item in coalesce(spaced(), join):
+        seen.append((item, loop.time() - start))
+    assert [x for x, _ in seen] == ["x", "y", "z"]
+    assert seen[0][1] < 0.015
+
+
+async def test_errors_arrive_after_the_items_before_them() -> None:
+    async def failing() -> AsyncIterator[str]:
+        yield "a"
+        raise ValueError("boom")
+
+    got = []
+    with pytest.raises(ValueError, match="boom"):
+        async for item in coalesce(failing(), join):
+            got.append(item)
+    assert got == ["a"]
+
+
+async def test_closing_early_closes_the_source() -> None:
+    closed = asyncio.Event()
+
+    async def endless() -> AsyncIterator[str]:
+        try:
+            while True:
+                yield "t"
+                await asyncio.sleep(0.001)
+        finally:
+            closed.set()
+
+    stream = coalesce(endless(), join)
+    assert (await anext(stream)).startswith("t")
+    await stream.aclose()
+    await asyncio.wait_for(closed.wait(), 1)
