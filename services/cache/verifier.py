@@ -17,17 +17,18 @@ rule (``reason``)         rejects when
 ``role_swap``             the same two words trade places around a directional word ("X to Y" vs "Y to X")
 ``entity_swap``           a name-like word (capitalised mid-sentence, acronym, letters with digits) is
                           replaced by another one ("Morgan County" vs "Union County", "JEE" vs "NEET")
-``term_swap``             the texts share a frame of content words and differ by swapping one or two words
-                          for others ("npm audit false positives" vs "yarn audit false positives")
-``entity_added``          one text adds a name-like qualifier the other lacks ("New York" vs "New York City")
+``term_swap``             a minimal pair: the content words agree, in order, except one slot of up to three
+                          words ("npm audit false positives" vs "yarn audit false positives")
+``qualifier_added``       the same minimal pair, but one text only adds a qualifier ("New York" vs "New York
+                          City", "markdown editors" vs "markdown editors (Spanish)")
 ========================  ===================================================================================
 
 Paraphrases survive because content words are compared after folding case, inflection, stopwords, common
 synonyms and abbreviations, and because word order alone (outside ``role_swap``) is ignored.
 
 The rules are lexical, deterministic and cheap (tens of microseconds for a short query; each text is
-analysed once and memoised). Which rules run is configurable so the evaluation bench can ablate them
-(``bench/cache_eval.py``).
+analysed once and memoised). Which rules run is configurable: :func:`verify` runs :data:`DEFAULT_RULES`,
+namespace presets pick their own (``tollway.cache.presets``), and ``bench/cache_eval.py`` measures them.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from difflib import SequenceMatcher
 from tollway.cache.verify_lexicon import ANTONYMS, UNIT_DIMENSIONS
 from tollway.cache.verify_text import DIRECTIONAL, Features, analyze, similar
 
-__all__ = ["ALL_RULES", "Verdict", "Verifier", "verify"]
+__all__ = ["ALL_RULES", "CONTRADICTION_RULES", "DEFAULT_RULES", "Verdict", "Verifier", "verify"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,19 +257,35 @@ ALL_RULES: dict[str, _Rule] = {
 }
 
 
+# Rules that fire only on a hard contradiction (a changed number, unit, polarity, antonym, closed-class
+# member or argument order). On the dev sets they cost almost no recall.
+CONTRADICTION_RULES: tuple[str, ...] = (
+    "number_mismatch",
+    "unit_mismatch",
+    "negation_mismatch",
+    "opposite_terms",
+    "class_mismatch",
+    "role_swap",
+)
+# What :func:`verify` runs. The slot rules (``term_swap``, ``qualifier_added``) win on short keyword prompts
+# but lose on wordy questions, whose paraphrases often swap one content word for a synonym the lexicon does
+# not know; strict namespaces opt into them (see tollway.cache.presets).
+DEFAULT_RULES: tuple[str, ...] = (*CONTRADICTION_RULES, "entity_swap")
+
+
 class Verifier:
     """Applies a chosen set of rules to tier-2 candidates. Stateless apart from the shared text memo.
 
     Args:
         rules: Names from :data:`ALL_RULES` to apply, in any order (they always run in the module's order).
-            Defaults to all of them.
+            Defaults to :data:`DEFAULT_RULES`.
 
     Raises:
         ValueError: A rule name is unknown.
     """
 
     def __init__(self, rules: Iterable[str] | None = None) -> None:
-        chosen = set(ALL_RULES) if rules is None else set(rules)
+        chosen = set(DEFAULT_RULES if rules is None else rules)
         unknown = chosen - ALL_RULES.keys()
         if unknown:
             raise ValueError(f"unknown verifier rules {sorted(unknown)}; known: {', '.join(ALL_RULES)}")
@@ -319,5 +336,5 @@ _DEFAULT = Verifier()
 
 
 def verify(query: str, candidate: str, cosine: float, threshold: float) -> Verdict:
-    """Checks a tier-2 candidate with every rule; see :meth:`Verifier.verify`."""
+    """Checks a tier-2 candidate with :data:`DEFAULT_RULES`; see :meth:`Verifier.verify`."""
     return _DEFAULT.verify(query, candidate, cosine, threshold)

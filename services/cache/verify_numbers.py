@@ -87,16 +87,17 @@ def _digit_quantities(text: str) -> tuple[list[Quantity], str]:
                 pieces.append(" ")
                 last = end
                 continue
+        second = None
         if raw.count(".") > 1:
             value = raw  # a version or an address, compared as written
         else:
             number = float(raw)
             if match["den"]:
                 denominator = float(match["den"])
-                if number < denominator and denominator != 0:
+                if number < denominator:
                     number = number / denominator
                 else:  # "24/7", "9/11": two numbers, not a fraction
-                    found.append(Quantity(_canonical(denominator)))
+                    second = Quantity(_canonical(denominator))
             if match["suffix"]:
                 number *= NUMBER_SUFFIXES[match["suffix"].lower()]
             value = _canonical(number)
@@ -106,6 +107,9 @@ def _digit_quantities(text: str) -> tuple[list[Quantity], str]:
         found.append(Quantity(value, unit))
         pieces.append(text[last:start])
         pieces.append(" \x00 ")  # placeholder so a following unit word can attach to this number
+        if second is not None:
+            found.append(second)
+            pieces.append(" \x00 ")
         last = end
     pieces.append(text[last:])
     return found, "".join(pieces)

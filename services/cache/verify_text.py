@@ -13,6 +13,7 @@ from functools import lru_cache
 from tollway.cache.verify_lexicon import (
     ABBREVIATIONS,
     CLOSED_CLASSES,
+    DENOMINATORS,
     LANGUAGE_ALIASES,
     MONTH_ABBREVIATIONS,
     NEGATIONS,
@@ -35,6 +36,10 @@ _TOKEN_RE = re.compile(r"[^\W_](?:[\w'\u2019.+#-]*[\w+#])?")
 _SENTENCE_END = frozenset(".?!:;\n\"'(")
 _CLAUSE_END = _SENTENCE_END | frozenset(",)")
 _NUMERIC_RE = re.compile(r"^[\d.,/:-]+$")
+_DIGIT_RE = re.compile(r"\d")
+_LETTER_RE = re.compile(r"[^\W\d_]")
+_UPPER_RE = re.compile(r"[A-Z]")
+_FIRST_PERSON = frozenset({"I", "I'm", "I've", "I'd", "I'll"})
 _CLITIC_RE = re.compile(r"'(?:s|ve|re|ll|d|m)$|(?<=s)'$")
 # Connectives that relate two arguments in one direction: swapping the arguments changes the question
 # ("convert X to Y", "X better than Y", "what do X think of Y"). Symmetric ones (and, or, vs) are absent.
@@ -63,8 +68,8 @@ class Features:
     """What the verifier compares about one text.
 
     Attributes:
-        canonical: Lower-cased words joined by single spaces (punctuation dropped): equal for trivially
-            different spellings of one text.
+        canonical: The text lower-cased, with runs of whitespace and a trailing ".", "?" or "!" collapsed:
+            equal only for trivially different spellings of one text.
         words: Every lower-cased word, stopwords included (antonyms and connectives need them).
         tokens: Content words in order.
         negations: How many negation cues the text has.
@@ -100,7 +105,7 @@ def stem(word: str) -> str:
     """
     if len(word) <= 3 or not word.isalpha():
         return word
-    for suffix, replacement in (("ies", "y"), ("sses", "ss"), ("xes", "x"), ("ches", "ch"), ("shes", "sh")):
+    for suffix, replacement in (("sses", "ss"), ("xes", "x"), ("ches", "ch"), ("shes", "sh")):
         if word.endswith(suffix) and len(word) > len(suffix) + 2:
             return word[: -len(suffix)] + replacement
     # Porter's y -> i: "study", "studies", "studied" -> "studi"; "movie", "movies" -> "movi".
@@ -157,6 +162,13 @@ def _one_edit(left: str, right: str) -> bool:
     return left[i:] == right[i + 1 :]
 
 
+_QUANTITY_TAILS = frozenset(UNITS) | frozenset(DENOMINATORS) | {"times", "time", "fold"}
+
+
+def _is_number_word(word: str) -> bool:
+    return bool(_NUMERIC_RE.match(word)) or word in NUMBER_WORDS or word in SCALE_WORDS or word in {"a", "an"}
+
+
 @lru_cache(maxsize=65536)
 def _key(word: str) -> str:
     """Canonical comparison key of a content word: synonym group representative, then stem."""
@@ -167,16 +179,15 @@ def _key(word: str) -> str:
 
 
 def _looks_like_name(surface: str, sentence_initial: bool, title_case_text: bool) -> bool:
-    if any(ch in surface for ch in "#+"):
+    if surface.isalpha() and surface.islower():
+        return False  # the common case, decided without scanning
+    if "#" in surface or "+" in surface:
         return True
-    letters = sum(ch.isalpha() for ch in surface)
-    digits = sum(ch.isdigit() for ch in surface)
-    if letters and digits:
+    if _DIGIT_RE.search(surface) and _LETTER_RE.search(surface):
         return True
-    uppers = sum(ch.isupper() for ch in surface)
-    if uppers >= 2 and letters >= 2:
+    if len(_UPPER_RE.findall(surface)) >= 2:
         return True  # acronyms and camel case: "IIT", "iOS", "GitLab"
-    if title_case_text or sentence_initial or surface in {"I", "I'm", "I've", "I'd", "I'll"}:
+    if title_case_text or sentence_initial or surface in _FIRST_PERSON:
         return False
     return surface[:1].isupper()
 
@@ -201,9 +212,12 @@ def analyze(text: str) -> Features:
     clause_starts: set[int] = set()
     for match in matches:
         start = match.start()
-        before = text[:start].rstrip()
-        sentence_initial = not before or before[-1] in _SENTENCE_END
-        if not before or before[-1] in _CLAUSE_END:
+        j = start - 1
+        while j >= 0 and text[j].isspace():
+            j -= 1
+        previous = text[j] if j >= 0 else ""
+        sentence_initial = not previous or previous in _SENTENCE_END
+        if not previous or previous in _CLAUSE_END:
             clause_starts.add(len(words))
         surface = match.group().replace("\u2019", "'")  # typographic apostrophe
         # Split dotted and hyphenated names into parts, but keep numbers and "u.s."-style abbreviations.
@@ -221,7 +235,7 @@ def analyze(text: str) -> Features:
         for i, w in enumerate(words)
         if (w in NEGATIONS or w.endswith("n't"))
         # "... or not", "why or why not", "not only": no claim is negated.
-        and not (w == "not" and i > 0 and words[i - 1] == "or")
+        and not (w == "not" and "or" in words[max(0, i - 2) : i])
         and not (w == "not" and i + 1 < len(words) and words[i + 1] == "only")
     )
     # Possessives and contractions: "Trump's" is "Trump", "you've" is "you".
@@ -250,6 +264,8 @@ def analyze(text: str) -> Features:
             continue
         if _NUMERIC_RE.match(word) or word in NUMBER_WORDS or word in SCALE_WORDS:
             continue  # compared as quantities
+        if position > 0 and _is_number_word(words[position - 1]) and word in _QUANTITY_TAILS:
+            continue  # "3 dollars", "10 km", "2 times", "one fourth": part of the quantity
         entity = _looks_like_name(surface, initial, title_case_text)
         expansion = ABBREVIATIONS.get(word)
         for part in expansion or (word,):
@@ -262,7 +278,7 @@ def analyze(text: str) -> Features:
         q.unit for q in quantities if q.unit in UNIT_DIMENSIONS
     )
     return Features(
-        canonical=" ".join(words),
+        canonical=" ".join(text.lower().split()).strip(" .?!"),
         words=tuple(words),
         tokens=tuple(tokens),
         negations=negations,
