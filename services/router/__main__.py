@@ -2,38 +2,122 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable
+
 import grpc
 
-from tollway.mesh.config import load_config
+from tollway.mesh import redis as mesh_redis
+from tollway.mesh.config import MeshConfig, load_config
 from tollway.mesh.server import ServiceSpec, run, serve
-from tollway.router.catalog import load_catalog
+from tollway.router import metrics
+from tollway.router.balancer import Balancer
+from tollway.router.breaker import Breakers, BreakerSettings
+from tollway.router.catalog import CatalogError, CatalogSource
 from tollway.router.config import RouterConfig
 from tollway.router.engine import Router
+from tollway.router.policy import BACKGROUND, INTERACTIVE
+from tollway.router.providers.anthropic import AnthropicAdapter
+from tollway.router.providers.gemini import GeminiAdapter
 from tollway.router.providers.openai_compat import OpenAICompatAdapter
 from tollway.router.service import RouterServicer
+from tollway.router.store import RedisBreakerStore
 from tollway.router.v1 import router_pb2_grpc
 
+SERVICE_NAME = "tollway.router.v1.RouterService"
+log = logging.getLogger("tollway.router")
 
-def build(cfg: RouterConfig) -> tuple[ServiceSpec, Router]:
-    """The router's ServiceSpec (also used by tests to run it in-process)."""
-    router = Router(load_catalog(cfg.catalog), {"openai_compat": OpenAICompatAdapter()})
+
+def build(cfg: RouterConfig, mesh: MeshConfig | None = None) -> tuple[ServiceSpec, Router]:
+    """The router's ServiceSpec (also used by tests to run it in-process).
+
+    Health turns SERVING only after Redis answered PING (when breakers are on).
+
+    Raises:
+        CatalogError: The catalog file is missing or malformed; the message names the key.
+    """
+    mesh = mesh or load_config(MeshConfig)
+    client = mesh_redis.connect(mesh.redis_url) if cfg.breakers else None
+    settings = BreakerSettings(
+        failure_threshold=cfg.breaker_failure_threshold,
+        error_rate=cfg.breaker_error_rate,
+        window_s=cfg.breaker_window_s,
+        min_requests=cfg.breaker_min_requests,
+        cooldown_s=cfg.breaker_cooldown_s,
+        probe_timeout_s=cfg.breaker_probe_timeout_s,
+    )
+    store = RedisBreakerStore(client) if client is not None else None
+    router = Router(
+        CatalogSource(cfg.catalog),
+        {"openai_compat": OpenAICompatAdapter(), "anthropic": AnthropicAdapter(), "gemini": GeminiAdapter()},
+        breakers=Breakers(store, settings),
+        balancer=Balancer(),
+        policies={
+            "interactive": dataclasses.replace(INTERACTIVE, max_wait_s=cfg.interactive_max_wait_s),
+            "background": dataclasses.replace(
+                BACKGROUND, base_backoff_s=cfg.background_base_backoff_s, max_backoff_s=cfg.background_max_backoff_s
+            ),
+        },
+        deadline_s={"interactive": cfg.interactive_deadline_s, "background": cfg.background_deadline_s},
+    )
+    tasks: list[asyncio.Task[None]] = []
 
     def add(server: grpc.aio.Server) -> None:
         router_pb2_grpc.add_RouterServiceServicer_to_server(RouterServicer(router), server)
 
+    async def start() -> None:
+        if client is not None:
+            await mesh_redis.wait_ready(client)
+        if cfg.catalog_reload_s > 0:
+            tasks.append(asyncio.create_task(_every(cfg.catalog_reload_s, lambda: _reload(router))))
+        if store is not None and cfg.breaker_refresh_s > 0:
+            tasks.append(asyncio.create_task(_every(cfg.breaker_refresh_s, lambda: _refresh(router))))
+
     async def stop() -> None:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         for adapter in router.adapters.values():
             await adapter.aclose()
+        if client is not None:
+            await client.aclose()
 
     spec = ServiceSpec(
         name="router",
         port=cfg.port,
         add_servicers=add,
-        service_names=["tollway.router.v1.RouterService"],
+        service_names=[SERVICE_NAME],
+        on_start=start,
         on_stop=stop,
         metrics_port=cfg.metrics_port,
+        mesh=mesh,
     )
     return spec, router
+
+
+async def _every(interval_s: float, job: Callable[[], Awaitable[None]]) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await job()
+        except Exception:  # a background chore must never die; the next round may succeed
+            log.warning("background job failed", exc_info=True)
+
+
+async def _reload(router: Router) -> None:
+    try:
+        if router.source.reload_if_changed():
+            metrics.CATALOG_RELOADS.labels("ok").inc()
+    except CatalogError:
+        metrics.CATALOG_RELOADS.labels("error").inc()
+
+
+async def _refresh(router: Router) -> None:
+    await router.breakers.snapshots(sorted({d.key for d in router.catalog.deployments()}))
 
 
 def main() -> None:

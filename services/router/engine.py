@@ -1,41 +1,93 @@
-"""Routes one chat request to a provider and streams the answer back.
+"""Routes one chat request through its fallback chain and streams the answer back.
 
-Errors before the first token are raised as typed errors (the caller sees a status);
-after the first token the stream ends with :class:`StreamFailed` carrying the partial
-usage, so two answers are never spliced together.
+For each model of the chain (the decided model, its catalog fallbacks, the last resort)
+the router tries its deployments in the balancer's order, skipping those whose circuit
+breaker is open (no network call), retrying as the request's policy allows, and falling
+through to the next model when the policy gives up. Nothing reaches the caller until an
+attempt produced its first text (or finished): a failure before that is invisible except
+in ``fallback_path`` and ``attempt_count``. After the first text the answer belongs to
+that attempt; if it then fails, the stream ends with :class:`StreamFailed` carrying the
+partial usage, and no other model's text is ever spliced in.
+
+Events: RouteStarted, then TextDelta*, then RouteCompleted or StreamFailed. Errors before
+RouteStarted are raised as typed errors (the caller sees a status).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import logging
+import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from tollway.mesh import errors
-from tollway.router.catalog import Catalog
-from tollway.router.providers.base import ProviderAdapter
+from tollway.router import metrics
+from tollway.router.balancer import Balancer
+from tollway.router.breaker import Breakers, Permit
+from tollway.router.catalog import Catalog, CatalogSource, Model
+from tollway.router.classifier import ComplexityClassifier, load_classifier
+from tollway.router.policy import BACKGROUND, INTERACTIVE, RetryPolicy
+from tollway.router.providers.base import Deployment, ProviderAdapter
+from tollway.router.routing import RoutingDecision, decide, unfit_reason
 from tollway.router.tokens import count_prompt_tokens, count_tokens
-from tollway.router.types import ChatRequest, FinishReason, ProviderError, StreamEnd, TextDelta, Usage
+from tollway.router.tools import ToolCallAssembler, ToolCallError
+from tollway.router.types import (
+    ChatRequest,
+    Completion,
+    ErrorKind,
+    FinishReason,
+    ProviderError,
+    StreamEnd,
+    TextDelta,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+    UsageUpdate,
+)
+from tollway.router.validation import check_answer
+
+log = logging.getLogger("tollway.router.engine")
 
 
 @dataclasses.dataclass(frozen=True)
 class RouteStarted:
-    """The provider accepted the call."""
+    """An attempt produced its first output; everything after belongs to it.
+
+    Attributes:
+        attempt_count: Provider calls made for this request so far, this one included.
+        fallback_path: Models left before this one, each as "model (WHY)".
+        decision: How the first model of the chain was chosen.
+        deployment: The deployment answering, as ``provider/model/name``.
+    """
 
     model: str
     provider: str
     attempt_count: int
     fallback_path: tuple[str, ...] = ()
+    decision: RoutingDecision | None = None
+    deployment: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
 class RouteCompleted:
-    """The answer is complete."""
+    """The answer is complete.
+
+    Attributes:
+        usage_reported: Whether the provider reported the usage (else it was counted here).
+        tool_calls: The tool calls the model asked for, with valid JSON arguments.
+        cost_usd_micros: The answer's cost at the catalog's prices.
+        discarded_usage: Tokens spent on answers thrown away (a cascade's rejected small answer).
+    """
 
     finish_reason: FinishReason
     usage: Usage
     usage_reported: bool
     provider_ttft_ms: int
+    tool_calls: tuple[ToolCall, ...] = ()
+    cost_usd_micros: int = 0
+    discarded_usage: Usage = dataclasses.field(default_factory=Usage)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,94 +102,494 @@ class StreamFailed:
 
 RouteEvent = RouteStarted | TextDelta | RouteCompleted | StreamFailed
 
+_UNAVAILABLE = 14
+
+
+@dataclasses.dataclass
+class _Failure:
+    model: str
+    deployment: str
+    kind: str  # an ErrorKind value, or "BREAKER_OPEN"
+    message: str
+    retry_after_s: float | None = None
+
+
+@dataclasses.dataclass
+class _Run:
+    """One request's progress through its chain."""
+
+    request: ChatRequest
+    decision: RoutingDecision
+    policy: RetryPolicy
+    deadline: float
+    clock: Callable[[], float]
+    attempts: int = 0
+    path: list[str] = dataclasses.field(default_factory=list)
+    failures: list[_Failure] = dataclasses.field(default_factory=list)
+    discarded: Usage = dataclasses.field(default_factory=Usage)
+    done: bool = False
+    last_error: ProviderError | None = None
+
+    def remaining(self) -> float:
+        return self.deadline - self.clock()
+
 
 def provider_error(exc: ProviderError) -> errors.TollwayError:
-    """The typed error a caller sees for a provider failure before any text."""
+    """The typed error a caller sees for a provider's verdict on the request itself."""
     meta = {"provider": exc.provider, "http_status": str(exc.status)}
-    if exc.status in (400, 404, 413, 422):
-        return errors.InvalidArgument(
-            f"provider {exc.provider} rejected the request: {exc.message}",
-            reason="PROVIDER_REJECTED_REQUEST",
-            metadata=meta,
-        )
-    if exc.status in (401, 403):
-        return errors.FailedPrecondition(
-            f"provider {exc.provider} refused Tollway's credentials ({exc.message}); check the API key "
-            "configured for it in the model catalog",
-            reason="PROVIDER_AUTH_FAILED",
-            metadata=meta,
-        )
-    if exc.status == 429:
-        return errors.ResourceExhausted(
-            f"provider {exc.provider} is rate-limiting: {exc.message}",
-            retry_after_s=exc.retry_after_s,
-            reason="PROVIDER_RATE_LIMITED",
-            metadata=meta,
-        )
-    return errors.Unavailable(
-        f"provider {exc.provider} is unavailable: {exc.message}",
-        retry_after_s=exc.retry_after_s,
-        reason="PROVIDER_UNAVAILABLE",
+    return errors.InvalidArgument(
+        f"provider {exc.provider} rejected the request: {exc.message}",
+        reason="PROVIDER_REJECTED_REQUEST",
         metadata=meta,
     )
 
 
 class Router:
-    """Picks the model's deployment, calls its adapter, and normalises the stream."""
+    """Decides, balances, breaks circuits, retries and falls back; streams normalised events.
 
-    def __init__(self, catalog: Catalog, adapters: dict[str, ProviderAdapter]) -> None:
-        self.catalog = catalog
+    Args:
+        catalog: The catalog, or a reloading source of it.
+        adapters: One adapter per wire format ("openai_compat", "anthropic", "gemini").
+        breakers: Shared circuit breakers; None allows every call.
+        balancer: Spreads traffic over deployments (a fresh one by default).
+        policies: The retry policy per name ("interactive", "background").
+        deadline_s: Deadline per policy name when the caller set none.
+        rng: Jitter and balancing randomness (seeded in tests).
+        sleep: How to wait between retries (recorded in tests).
+    """
+
+    def __init__(
+        self,
+        catalog: Catalog | CatalogSource,
+        adapters: dict[str, ProviderAdapter],
+        *,
+        breakers: Breakers | None = None,
+        balancer: Balancer | None = None,
+        policies: dict[str, RetryPolicy] | None = None,
+        deadline_s: dict[str, float] | None = None,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.source = catalog if isinstance(catalog, CatalogSource) else CatalogSource.fixed(catalog)
         self.adapters = adapters
+        self.breakers = breakers or Breakers(None)
+        self.balancer = balancer or Balancer()
+        self.policies = policies or {"interactive": INTERACTIVE, "background": BACKGROUND}
+        self.deadline_s = deadline_s or {"interactive": 60.0, "background": 600.0}
+        self._rng = rng or random.Random()
+        self._sleep = sleep
+        self._clock = clock
+        self._classifiers: dict[str, ComplexityClassifier] = {}
 
-    async def generate(self, request: ChatRequest) -> AsyncIterator[RouteEvent]:
+    @property
+    def catalog(self) -> Catalog:
+        """The catalog now in force."""
+        return self.source.current
+
+    def classifier(self, catalog: Catalog) -> ComplexityClassifier:
+        spec = catalog.routing.classifier
+        if spec not in self._classifiers:
+            self._classifiers[spec] = load_classifier(spec)
+        return self._classifiers[spec]
+
+    def decide(self, request: ChatRequest) -> RoutingDecision:
+        """The routing decision for ``request`` under the current catalog (no provider call)."""
+        catalog = self.catalog
+        return decide(request, catalog, self.classifier(catalog))
+
+    async def generate(self, request: ChatRequest, deadline: float | None = None) -> AsyncIterator[RouteEvent]:
         """Streams RouteStarted, TextDelta..., then RouteCompleted or StreamFailed.
+
+        Args:
+            request: The provider-neutral request.
+            deadline: When the caller gives up, on ``time.monotonic()``'s clock; None uses
+                the policy's default deadline.
 
         Raises:
             errors.NotFound: The model is not in the catalog.
-            errors.TollwayError: The provider failed before the first token.
+            errors.InvalidArgument: The model cannot serve the request, or a provider
+                rejected it as malformed (400).
+            errors.TollwayError: Every model of the chain failed before its first token
+                (UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, FAILED_PRECONDITION).
         """
-        model = self.catalog.resolve(request.model)
-        if model is None:
-            raise errors.NotFound(
-                f"model {request.model!r} is not in the catalog; known models: {', '.join(self.catalog.names())}",
-                reason="MODEL_NOT_FOUND",
-                metadata={"model": request.model},
-            )
-        deployment = model.deployments[0]
-        adapter = self.adapters[model.wire]
-        start = time.perf_counter()
-        ttft_ms = 0
-        text_parts: list[str] = []
-        started = False
-        try:
-            async for event in adapter.stream(request, deployment):
-                if not started:
-                    started = True
-                    yield RouteStarted(model=model.name, provider=deployment.provider, attempt_count=1)
-                if isinstance(event, TextDelta):
-                    if not text_parts:
-                        ttft_ms = int((time.perf_counter() - start) * 1000)
-                    text_parts.append(event.text)
-                    yield event
-                elif isinstance(event, StreamEnd):
-                    usage, reported = event.usage, event.usage is not None
-                    if usage is None:
-                        usage = self._count(request, "".join(text_parts))
-                    yield RouteCompleted(event.finish_reason or "stop", usage, reported, ttft_ms)
-                    return
-        except ProviderError as exc:
-            if not text_parts:
-                raise provider_error(exc) from exc
-            yield StreamFailed(
-                code=14,
-                message=f"provider {exc.provider} failed mid-answer: {exc.message}; the answer is incomplete",
-                reason="PROVIDER_STREAM_CUT",
-                partial_usage=self._count(request, "".join(text_parts)),
-            )
+        catalog = self.catalog
+        decision = decide(request, catalog, self.classifier(catalog))
+        metrics.DECISIONS.labels(decision.how, decision.tier).inc()
+        policy = self.policies.get(request.policy, INTERACTIVE)
+        if deadline is None:
+            deadline = self._clock() + self.deadline_s.get(policy.name, 60.0)
+        run = _Run(request, decision, policy, deadline, self._clock)
+        if decision.cascade_from:
+            async for event in self._cascade(run, catalog.models[decision.cascade_from]):
+                yield event
+            if run.done:
+                return
+        prompt_tokens = count_prompt_tokens([(m.role, m.content) for m in request.messages])
+        first = catalog.models[decision.model]
+        chain = [first] + [m for m in catalog.chain(first)[1:] if not unfit_reason(m, request, prompt_tokens)]
+        for i, model in enumerate(chain):
+            async for event in self._try_model(run, model, last=i == len(chain) - 1):
+                yield event
+            if run.done:
+                return
+            if run.remaining() <= 0:
+                break
+        raise self._exhausted(run)
+
+    # -- one model ---------------------------------------------------------------------
+
+    async def _try_model(self, run: _Run, model: Model, last: bool) -> AsyncIterator[RouteEvent]:
+        """Attempts ``model`` on its deployments as the policy allows; falls through silently.
+
+        A retry goes to a deployment not tried yet when there is one (at once); otherwise
+        to the same ones again after the policy's backoff.
+        """
+        order = self.balancer.order(model.deployments)
+        refused: set[str] = set()
+        tried: set[str] = set()
+        cursor = 0
+        attempts = 0
+        # Interactive requests keep half the remaining time for the rest of the chain.
+        share = 1.0 if last or run.policy.name == "background" else 0.5
+        while attempts < run.policy.max_attempts and run.remaining() > 0:
+            picked: tuple[Deployment, Permit] | None = None
+            for _ in range(len(order)):
+                dep = order[cursor % len(order)]
+                cursor += 1
+                if dep.key in refused:
+                    continue
+                if dep.missing_key:
+                    refused.add(dep.key)
+                    run.failures.append(
+                        _Failure(model.name, dep.key, "NO_API_KEY", f"{dep.api_key_env} is not set for {dep.key}")
+                    )
+                    continue
+                permit = await self.breakers.acquire(dep.key)
+                if permit.allowed:
+                    picked = (dep, permit)
+                    break
+                refused.add(dep.key)
+                run.failures.append(
+                    _Failure(
+                        model.name,
+                        dep.key,
+                        "BREAKER_OPEN",
+                        f"circuit open for {dep.key} (next probe in {permit.retry_in_s:.1f}s)",
+                        permit.retry_in_s,
+                    )
+                )
+            if picked is None:
+                break
+            dep, permit = picked
+            attempts += 1
+            run.attempts += 1
+            tried.add(dep.key)
+            async for event in self._attempt(run, model, dep, permit, share):
+                yield event
+            if run.done:
+                return
+            error = run.last_error
+            assert error is not None
+            if error.kind is ErrorKind.BAD_REQUEST:
+                raise provider_error(error)
+            if not error.retryable or attempts >= run.policy.max_attempts:
+                break
+            fresh = [d for d in order if d.key not in refused and d.key not in tried]
+            if fresh:
+                cursor = order.index(fresh[0])  # another deployment: no reason to wait
+                continue
+            wait = run.policy.delay(attempts, error.retry_after_s, run.remaining(), self._rng)
+            if wait is None:
+                break
+            await self._sleep(wait)
+        why = self._why_left(run, model)
+        run.path.append(f"{model.name} ({why})")
+        metrics.FALLBACKS.labels(model.name, why).inc()
 
     @staticmethod
-    def _count(request: ChatRequest, answer: str) -> Usage:
-        return Usage(
-            input_tokens=count_prompt_tokens([(m.role, m.content) for m in request.messages]),
-            output_tokens=count_tokens(answer),
+    def _why_left(run: _Run, model: Model) -> str:
+        mine = [f for f in run.failures if f.model == model.name]
+        if not mine:
+            return "DEADLINE" if run.remaining() <= 0 else "SKIPPED"
+        return mine[-1].kind
+
+    # -- one attempt -------------------------------------------------------------------
+
+    async def _attempt(
+        self, run: _Run, model: Model, dep: Deployment, permit: Permit, share: float = 1.0
+    ) -> AsyncIterator[RouteEvent]:
+        """Streams one provider call. Sets ``run.done`` once the request is answered (or
+        failed after text); otherwise leaves the failure in ``run.last_error``."""
+        request = run.request
+        adapter = self.adapters[dep.wire]
+        start = self._clock()
+        self.balancer.started(dep)
+        tools = ToolCallAssembler()
+        text: list[str] = []
+        hint: Usage | None = None
+        started = False
+        settled = False
+        ttft_ms: float | None = None
+        stream = adapter.stream(request, dep)
+        try:
+            budget = min(dep.ttft_timeout_s, run.remaining() * share)
+            try:
+                if budget <= 0:
+                    raise ProviderError(
+                        dep.provider, "no time left before the request deadline", kind=ErrorKind.TIMEOUT
+                    )
+                async with asyncio.timeout(budget):
+                    event = await anext(stream)
+                    while isinstance(event, UsageUpdate):
+                        hint = event.usage
+                        event = await anext(stream)
+            except TimeoutError:
+                raise ProviderError(
+                    dep.provider, f"no first token from {dep.key} within {budget:.2f}s", kind=ErrorKind.TIMEOUT
+                ) from None
+            ttft_ms = (self._clock() - start) * 1000
+            metrics.TTFT_SECONDS.labels(dep.provider, model.name).observe(ttft_ms / 1000)
+            while True:
+                if isinstance(event, TextDelta):
+                    if not started:
+                        started = True
+                        yield self._started(run, model, dep)
+                    text.append(event.text)
+                    yield event
+                elif isinstance(event, ToolCallDelta):
+                    tools.add(event)
+                elif isinstance(event, UsageUpdate):
+                    hint = event.usage
+                elif isinstance(event, StreamEnd):
+                    calls = tools.calls()
+                    usage, reported = self._final_usage(request, event.usage, hint, "".join(text), calls)
+                    settled = True
+                    await self._succeeded(model, dep, permit, ttft_ms)
+                    if not started:
+                        started = True
+                        yield self._started(run, model, dep)
+                    run.done = True
+                    yield RouteCompleted(
+                        event.finish_reason or "stop",
+                        usage,
+                        reported,
+                        int(ttft_ms),
+                        calls,
+                        self._cost(model, usage),
+                        run.discarded,
+                    )
+                    return
+                event = await anext(stream)
+        except (ProviderError, ToolCallError, StopAsyncIteration) as exc:
+            err = self._as_provider_error(exc, dep)
+            settled = True
+            await self._failed(model, dep, permit, err, ttft_ms)
+            if not started:
+                run.last_error = err
+                run.failures.append(_Failure(model.name, dep.key, err.kind.value, err.message, err.retry_after_s))
+                return
+            run.done = True
+            metrics.STREAM_FAILURES.labels(dep.provider, model.name).inc()
+            reason = {
+                ErrorKind.CONNECTION: "PROVIDER_STREAM_CUT",
+                ErrorKind.TIMEOUT: "PROVIDER_STREAM_CUT",
+                ErrorKind.MALFORMED: "PROVIDER_STREAM_MALFORMED",
+            }.get(err.kind, "PROVIDER_STREAM_ERROR")
+            yield StreamFailed(
+                code=_UNAVAILABLE,
+                message=f"provider {dep.provider} failed mid-answer ({model.name}): {err.message}; "
+                "the answer is incomplete, retry the request",
+                reason=reason,
+                partial_usage=self._partial_usage(request, hint, "".join(text)),
+            )
+        finally:
+            if not settled:
+                # The caller went away: the outcome says nothing about the deployment.
+                self.balancer.finished(dep, ok=True, counted=False)
+                self.breakers.abandon(permit)
+            await stream.aclose()
+
+    def _started(self, run: _Run, model: Model, dep: Deployment) -> RouteStarted:
+        return RouteStarted(model.name, dep.provider, run.attempts, tuple(run.path), run.decision, dep.key)
+
+    async def _succeeded(self, model: Model, dep: Deployment, permit: Permit, ttft_ms: float) -> None:
+        metrics.ATTEMPTS.labels(dep.provider, model.name, "ok").inc()
+        self.balancer.finished(dep, ok=True, ttft_ms=ttft_ms)
+        await self.breakers.record(permit, ok=True)
+
+    async def _failed(
+        self, model: Model, dep: Deployment, permit: Permit, err: ProviderError, ttft_ms: float | None
+    ) -> None:
+        metrics.ATTEMPTS.labels(dep.provider, model.name, err.kind.value).inc()
+        fault = err.kind.deployment_fault
+        self.balancer.finished(dep, ok=not fault, ttft_ms=ttft_ms, retry_after_s=err.retry_after_s)
+        await self.breakers.record(permit, ok=not fault, detail=f"{err.kind.value}: {err.message}")
+        log.info(
+            "attempt failed",
+            extra={"deployment": dep.key, "kind": err.kind.value, "status": err.status, "error": err.message[:300]},
+        )
+
+    @staticmethod
+    def _as_provider_error(exc: Exception, dep: Deployment) -> ProviderError:
+        if isinstance(exc, ProviderError):
+            return exc
+        if isinstance(exc, ToolCallError):
+            return ProviderError(dep.provider, str(exc), kind=ErrorKind.MALFORMED)
+        return ProviderError(dep.provider, "stream ended without an end event", kind=ErrorKind.CONNECTION)
+
+    # -- the cascade -------------------------------------------------------------------
+
+    async def _cascade(self, run: _Run, small: Model) -> AsyncIterator[RouteEvent]:
+        """Asks the small model for a whole answer; keeps it only if it passes validation."""
+        for dep in self.balancer.order(small.deployments):
+            permit = await self.breakers.acquire(dep.key)
+            if not permit.allowed:
+                run.failures.append(_Failure(small.name, dep.key, "BREAKER_OPEN", "circuit open", permit.retry_in_s))
+                continue
+            run.attempts += 1
+            start = self._clock()
+            self.balancer.started(dep)
+            settled = False
+            try:
+                try:
+                    async with asyncio.timeout(max(0.001, min(dep.timeout_s, run.remaining() / 2))):
+                        completion = await self.adapters[dep.wire].complete(run.request, dep)
+                except TimeoutError:
+                    raise ProviderError(dep.provider, "cascade answer took too long", kind=ErrorKind.TIMEOUT) from None
+                elapsed_ms = (self._clock() - start) * 1000
+                settled = True
+                await self._succeeded(small, dep, permit, elapsed_ms)
+            except ProviderError as err:
+                settled = True
+                await self._failed(small, dep, permit, err, None)
+                run.failures.append(_Failure(small.name, dep.key, err.kind.value, err.message, err.retry_after_s))
+                run.path.append(f"{small.name} (CASCADE_{err.kind.value})")
+                return
+            finally:
+                if not settled:
+                    self.balancer.finished(dep, ok=True, counted=False)
+                    self.breakers.abandon(permit)
+            usage, reported = self._final_usage(
+                run.request, completion.usage, None, completion.text, completion.tool_calls
+            )
+            verdict = check_answer(completion, run.request)
+            if verdict:
+                run.discarded = run.discarded + usage
+                run.path.append(f"{small.name} (CASCADE_REJECTED: {verdict})")
+                metrics.FALLBACKS.labels(small.name, "CASCADE_REJECTED").inc()
+                return
+            async for event in self._emit_whole(run, small, dep, completion, usage, reported, elapsed_ms):
+                yield event
+            return
+        run.path.append(f"{small.name} (BREAKER_OPEN)")
+
+    async def _emit_whole(
+        self,
+        run: _Run,
+        model: Model,
+        dep: Deployment,
+        completion: Completion,
+        usage: Usage,
+        reported: bool,
+        elapsed_ms: float,
+    ) -> AsyncIterator[RouteEvent]:
+        run.done = True
+        started = RouteStarted(
+            model.name,
+            dep.provider,
+            run.attempts,
+            tuple(run.path),
+            dataclasses.replace(
+                run.decision, model=model.name, tier=model.tier, reason=run.decision.reason + "; small answer accepted"
+            ),
+            dep.key,
+        )
+        yield started
+        if completion.text:
+            yield TextDelta(completion.text)
+        yield RouteCompleted(
+            completion.finish_reason or "stop",
+            usage,
+            reported,
+            int(elapsed_ms),
+            completion.tool_calls,
+            self._cost(model, usage),
+            run.discarded,
+        )
+
+    # -- usage, cost, errors -----------------------------------------------------------
+
+    @staticmethod
+    def _final_usage(
+        request: ChatRequest, reported: Usage | None, hint: Usage | None, text: str, calls: tuple[ToolCall, ...]
+    ) -> tuple[Usage, bool]:
+        if reported is not None and (reported.input_tokens or reported.output_tokens):
+            return reported, True
+        counted_out = count_tokens(text + "".join(c.arguments for c in calls))
+        if hint is not None and hint.input_tokens:
+            return dataclasses.replace(hint, output_tokens=max(hint.output_tokens, counted_out)), True
+        return Usage(count_prompt_tokens([(m.role, m.content) for m in request.messages]), counted_out), False
+
+    @staticmethod
+    def _partial_usage(request: ChatRequest, hint: Usage | None, text: str) -> Usage:
+        counted_out = count_tokens(text)
+        if hint is not None and hint.input_tokens:
+            return dataclasses.replace(hint, output_tokens=max(hint.output_tokens, counted_out))
+        return Usage(count_prompt_tokens([(m.role, m.content) for m in request.messages]), counted_out)
+
+    @staticmethod
+    def _cost(model: Model, usage: Usage) -> int:
+        return model.price.cost_usd_micros(
+            usage.input_tokens, usage.output_tokens, usage.cached_input_tokens, usage.cache_write_input_tokens
+        )
+
+    def _exhausted(self, run: _Run) -> errors.TollwayError:
+        """The error for a request no model of the chain could answer."""
+        seen: dict[str, int] = {}
+        for f in run.failures:
+            line = f"{f.deployment}: {f.message}"
+            seen[line] = seen.get(line, 0) + 1
+        tried = "; ".join(f"{line} (x{n})" if n > 1 else line for line, n in seen.items()) or "nothing was tried"
+        meta = {
+            "attempt_count": str(run.attempts),
+            "fallback_path": " -> ".join(run.path),
+            "providers": ",".join(sorted({f.deployment.split("/", 1)[0] for f in run.failures})),
+        }
+        kinds = {f.kind for f in run.failures}
+        waits = [f.retry_after_s for f in run.failures if f.retry_after_s is not None]
+        retry_after = min(waits) if waits else None
+        if run.remaining() <= 0 and kinds - {"BREAKER_OPEN"} <= {ErrorKind.TIMEOUT.value}:
+            return errors.DeadlineExceeded(
+                f"no model answered before the deadline; tried: {tried}",
+                reason="PROVIDER_DEADLINE_EXCEEDED",
+                metadata=meta,
+            )
+        if kinds == {"BREAKER_OPEN"}:
+            return errors.Unavailable(
+                f"every deployment that could answer is failing and its circuit is open: {tried}; "
+                "retry after the retry-after delay",
+                retry_after_s=retry_after,
+                reason="CIRCUIT_OPEN",
+                metadata=meta,
+            )
+        if kinds <= {ErrorKind.RATE_LIMITED.value, "BREAKER_OPEN"}:
+            return errors.ResourceExhausted(
+                f"every provider that could answer is rate-limiting: {tried}",
+                retry_after_s=retry_after,
+                reason="PROVIDER_RATE_LIMITED",
+                metadata=meta,
+            )
+        if kinds <= {ErrorKind.AUTH.value, ErrorKind.NOT_FOUND.value, "NO_API_KEY", "BREAKER_OPEN"}:
+            return errors.FailedPrecondition(
+                f"the providers refused Tollway's credentials or do not know the model: {tried}; "
+                "check the API keys and upstream model names in the model catalog",
+                reason="PROVIDER_MODEL_NOT_FOUND" if kinds == {ErrorKind.NOT_FOUND.value} else "PROVIDER_AUTH_FAILED",
+                metadata=meta,
+            )
+        return errors.Unavailable(
+            f"no provider could answer: {tried}",
+            retry_after_s=retry_after,
+            reason="PROVIDER_UNAVAILABLE",
+            metadata=meta,
         )

@@ -2,8 +2,9 @@
 
 Streams with ``stream: true`` and ``stream_options.include_usage`` and parses the
 Server-Sent Events incrementally, so each delta is passed on the moment its line
-arrives. Servers that ignore ``include_usage`` (llama.cpp) end without usage; the
-router then counts tokens itself.
+arrives. Tool calls arrive as fragments keyed by ``index``; they are passed on as
+ToolCallDelta for the router to reassemble. Servers that ignore ``include_usage``
+(llama.cpp) end without usage; the router then counts tokens itself.
 """
 
 from __future__ import annotations
@@ -15,16 +16,27 @@ from typing import Any
 import httpx
 
 from tollway.router.providers.base import Deployment
+from tollway.router.providers.wire import (
+    parse_json,
+    raise_for_status,
+    sse_events,
+    stream_cut,
+    timeout_for,
+    transport_errors,
+)
+from tollway.router.tools import ToolCallAssembler, ToolCallError
 from tollway.router.types import (
+    ChatMessage,
     ChatRequest,
+    Completion,
+    ErrorKind,
     FinishReason,
     ProviderError,
     StreamEnd,
     StreamEvent,
     TextDelta,
+    ToolCallDelta,
     Usage,
-    is_retryable_status,
-    parse_retry_after,
 )
 
 _FINISH: dict[str, FinishReason] = {
@@ -36,17 +48,30 @@ _FINISH: dict[str, FinishReason] = {
 }
 
 
-def request_body(request: ChatRequest, deployment: Deployment) -> dict[str, Any]:
-    """The JSON body of a streaming chat-completions call."""
+def _message(m: ChatMessage) -> dict[str, Any]:
+    if m.role == "tool":
+        return {"role": "tool", "tool_call_id": m.tool_call_id, "content": m.content}
+    out: dict[str, Any] = {"role": m.role, "content": m.content}
+    if m.name:
+        out["name"] = m.name
+    if m.tool_calls:
+        out["content"] = m.content or None
+        out["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in m.tool_calls
+        ]
+    return out
+
+
+def request_body(request: ChatRequest, deployment: Deployment, *, stream: bool = True) -> dict[str, Any]:
+    """The JSON body of a chat-completions call."""
     body: dict[str, Any] = {
         "model": deployment.upstream_model,
-        "messages": [
-            {"role": m.role, "content": m.content, **({"name": m.name} if m.name else {})}
-            for m in request.messages
-        ],
-        "stream": True,
-        "stream_options": {"include_usage": True},
+        "messages": [_message(m) for m in request.messages],
+        "stream": stream,
     }
+    if stream:
+        body["stream_options"] = {"include_usage": True}
     if request.max_tokens:
         body["max_tokens"] = request.max_tokens
     if request.temperature is not None:
@@ -57,17 +82,34 @@ def request_body(request: ChatRequest, deployment: Deployment) -> dict[str, Any]
         body["stop"] = list(request.stop)
     if request.seed is not None:
         body["seed"] = request.seed
+    if request.tools:
+        body["tools"] = [
+            {"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.parameters}}
+            for t in request.tools
+        ]
+        choice = request.tool_choice
+        if choice.mode == "tool":
+            body["tool_choice"] = {"type": "function", "function": {"name": choice.name}}
+        else:
+            body["tool_choice"] = choice.mode
+    fmt = request.response_format
+    if fmt.type == "json_object":
+        body["response_format"] = {"type": "json_object"}
+    elif fmt.type == "json_schema":
+        body["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": fmt.name, "schema": fmt.schema or {"type": "object"}, "strict": fmt.strict},
+        }
     return body
 
 
-def _error_message(raw: bytes) -> str:
-    try:
-        err = json.loads(raw).get("error")
-    except (ValueError, AttributeError):
-        return raw.decode(errors="replace")[:500]
-    if isinstance(err, dict):
-        return str(err.get("message") or err)
-    return str(err or raw[:500])
+def _usage(u: dict[str, Any]) -> Usage:
+    cached = (u.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+    return Usage(
+        input_tokens=int(u.get("prompt_tokens") or 0),
+        output_tokens=int(u.get("completion_tokens") or 0),
+        cached_input_tokens=int(cached),
+    )
 
 
 class OpenAICompatAdapter:
@@ -83,66 +125,100 @@ class OpenAICompatAdapter:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def stream(self, request: ChatRequest, deployment: Deployment) -> AsyncIterator[StreamEvent]:
-        headers = {"accept": "text/event-stream"}
+    @staticmethod
+    def _headers(request: ChatRequest, deployment: Deployment, stream: bool) -> dict[str, str]:
+        headers = {"accept": "text/event-stream" if stream else "application/json"}
         if deployment.api_key:
             headers["authorization"] = f"Bearer {deployment.api_key}"
         if request.request_id:
             headers["x-request-id"] = request.request_id
+        return headers
+
+    async def stream(self, request: ChatRequest, deployment: Deployment) -> AsyncIterator[StreamEvent]:
         url = deployment.base_url.rstrip("/") + "/chat/completions"
-        timeout = httpx.Timeout(deployment.timeout_s, connect=min(2.0, deployment.timeout_s))
-        try:
+        with transport_errors(deployment.provider, url):
             async with self._client.stream(
-                "POST", url, json=request_body(request, deployment), headers=headers, timeout=timeout
+                "POST",
+                url,
+                json=request_body(request, deployment),
+                headers=self._headers(request, deployment, True),
+                timeout=timeout_for(deployment),
             ) as response:
-                if response.status_code != 200:
-                    raw = await response.aread()
-                    raise ProviderError(
-                        deployment.provider,
-                        f"HTTP {response.status_code}: {_error_message(raw)}",
-                        status=response.status_code,
-                        retryable=is_retryable_status(response.status_code),
-                        retry_after_s=parse_retry_after(response.headers.get("retry-after")),
-                    )
+                await raise_for_status(response, deployment.provider)
                 async for event in self._events(response, deployment.provider):
                     yield event
-        except httpx.TimeoutException as exc:
-            raise ProviderError(
-                deployment.provider, f"timed out calling {url}: {type(exc).__name__}", retryable=True
-            ) from exc
-        except httpx.TransportError as exc:
-            raise ProviderError(
-                deployment.provider, f"cannot reach {url}: {type(exc).__name__}: {exc}", retryable=True
-            ) from exc
 
     async def _events(self, response: httpx.Response, provider: str) -> AsyncIterator[StreamEvent]:
         finish: FinishReason = ""
         usage: Usage | None = None
-        async for line in response.aiter_lines():
-            if not line.startswith("data:"):
-                continue  # blank separators, comments and `event:` lines carry nothing here
-            data = line[5:].strip()
-            if data == "[DONE]":
+        async for sse in sse_events(response.aiter_lines()):
+            if sse.data == "[DONE]":
                 yield StreamEnd(finish, usage)
                 return
-            try:
-                chunk = json.loads(data)
-            except ValueError as exc:
-                raise ProviderError(provider, f"malformed SSE data: {data[:200]!r}", retryable=True) from exc
+            chunk = parse_json(provider, sse.data)
+            if not isinstance(chunk, dict):
+                raise ProviderError(provider, f"malformed SSE data: {sse.data[:200]!r}", kind=ErrorKind.MALFORMED)
             if "error" in chunk:
-                raise ProviderError(provider, f"stream error: {_error_message(data.encode())}", retryable=True)
+                err = chunk["error"]
+                text = err.get("message") if isinstance(err, dict) else err
+                raise ProviderError(provider, f"stream error: {text}", kind=ErrorKind.SERVER_ERROR)
             for choice in chunk.get("choices") or ():
-                text = (choice.get("delta") or {}).get("content")
-                if text:
-                    yield TextDelta(text)
+                delta = choice.get("delta") or {}
+                if delta.get("content"):
+                    yield TextDelta(delta["content"])
+                for call in delta.get("tool_calls") or ():
+                    fn = call.get("function") or {}
+                    yield ToolCallDelta(
+                        index=int(call.get("index") or 0),
+                        id=call.get("id") or "",
+                        name=fn.get("name") or "",
+                        arguments=fn.get("arguments") or "",
+                    )
                 if choice.get("finish_reason"):
                     finish = _FINISH.get(choice["finish_reason"], "stop")
             if chunk.get("usage"):
-                u = chunk["usage"]
-                cached = (u.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
-                usage = Usage(
-                    input_tokens=int(u.get("prompt_tokens") or 0),
-                    output_tokens=int(u.get("completion_tokens") or 0),
-                    cached_input_tokens=int(cached),
+                usage = _usage(chunk["usage"])
+        if finish:
+            # Some servers close after the finishing chunk without `[DONE]`: the answer is whole.
+            yield StreamEnd(finish, usage)
+            return
+        raise stream_cut(provider, "[DONE]")
+
+    async def complete(self, request: ChatRequest, deployment: Deployment) -> Completion:
+        url = deployment.base_url.rstrip("/") + "/chat/completions"
+        with transport_errors(deployment.provider, url):
+            response = await self._client.post(
+                url,
+                json=request_body(request, deployment, stream=False),
+                headers=self._headers(request, deployment, False),
+                timeout=timeout_for(deployment),
+            )
+            await raise_for_status(response, deployment.provider)
+            doc = parse_json(deployment.provider, response.text)
+        try:
+            choice = doc["choices"][0]
+            message = choice.get("message") or {}
+        except (KeyError, IndexError, TypeError, AttributeError):
+            raise ProviderError(
+                deployment.provider, f"answer without choices: {response.text[:200]!r}", kind=ErrorKind.MALFORMED
+            ) from None
+        calls = ToolCallAssembler()
+        for i, call in enumerate(message.get("tool_calls") or ()):
+            fn = call.get("function") or {}
+            args = fn.get("arguments")
+            calls.add(
+                ToolCallDelta(
+                    i, call.get("id") or "", fn.get("name") or "", args if isinstance(args, str) else json.dumps(args)
                 )
-        raise ProviderError(provider, "stream ended before [DONE] (connection cut mid-stream)", retryable=True)
+            )
+        try:
+            tool_calls = calls.calls()
+        except ToolCallError as exc:
+            raise ProviderError(deployment.provider, str(exc), kind=ErrorKind.MALFORMED) from None
+        usage = _usage(doc["usage"]) if doc.get("usage") else None
+        return Completion(
+            text=message.get("content") or "",
+            tool_calls=tool_calls,
+            finish_reason=_FINISH.get(choice.get("finish_reason") or "", "stop"),
+            usage=usage,
+        )

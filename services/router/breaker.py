@@ -1,0 +1,267 @@
+"""Circuit breakers per deployment, shared by every router replica.
+
+State machine (the shared truth lives in Redis, changed atomically by one Lua script in
+:mod:`tollway.router.store`)::
+
+    CLOSED --N consecutive failures, or error rate >= R over the window--> OPEN
+    OPEN --cooldown elapsed; the next caller gets the single probe--> HALF_OPEN
+    HALF_OPEN --probe succeeds--> CLOSED      HALF_OPEN --probe fails--> OPEN
+
+While OPEN a deployment gets no calls at all, and this module remembers locally until
+when it is open, so during the cooldown a request for it costs no network call (not
+even to Redis). If Redis cannot be reached the breaker fails open: calls are allowed and
+counted in ``tollway_router_breaker_store_errors_total``; a broken breaker must never be
+what takes traffic down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from tollway.router import metrics
+
+log = logging.getLogger("tollway.router.breaker")
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+
+
+@dataclasses.dataclass(frozen=True)
+class BreakerSettings:
+    """Attributes:
+    failure_threshold: Consecutive failures that open a closed breaker.
+    error_rate: Failure ratio over the window that opens it (0 turns the rule off).
+    window_s: Length of the error-rate window.
+    min_requests: Calls needed in the window before the error rate counts.
+    cooldown_s: How long an open breaker stays open before allowing one probe.
+    probe_timeout_s: How long the probe may take before another caller may probe
+        (covers a replica that died mid-probe).
+    """
+
+    failure_threshold: int = 5
+    error_rate: float = 0.5
+    window_s: float = 30.0
+    min_requests: int = 20
+    cooldown_s: float = 10.0
+    probe_timeout_s: float = 30.0
+
+    @property
+    def bucket_ms(self) -> int:
+        """The window is counted in ten buckets (at least 100 ms each)."""
+        return max(100, int(self.window_s * 100))
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreResult:
+    """What the shared store answered.
+
+    Attributes:
+        decision: "allow", "probe" or "reject" for an acquire; "ok" for a record.
+        state: The state after the call.
+        consecutive_failures: The breaker's consecutive failure count.
+        retry_at_ms: When an open breaker allows a probe, or a probe lease ends (store clock).
+        now_ms: The store's clock when it answered.
+        transitioned_from: The previous state when this call changed it, else "".
+    """
+
+    decision: str
+    state: str
+    consecutive_failures: int
+    retry_at_ms: int
+    now_ms: int
+    transitioned_from: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class BreakerSnapshot:
+    """A breaker's shared state, for listings."""
+
+    name: str
+    state: str
+    consecutive_failures: int = 0
+    window_requests: int = 0
+    window_failures: int = 0
+    opened_at_ms: int = 0
+    next_probe_at_ms: int = 0
+    changed_at_ms: int = 0
+    last_error: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Transition:
+    """One recorded state change."""
+
+    id: str
+    breaker: str
+    from_state: str
+    to_state: str
+    reason: str
+    at_ms: int
+    replica: str
+
+
+class BreakerStore(Protocol):
+    """Where breaker state is shared (Redis in :mod:`tollway.router.store`)."""
+
+    async def acquire(self, name: str, token: str, settings: BreakerSettings, replica: str) -> StoreResult: ...
+
+    async def record(
+        self, name: str, token: str, ok: bool, detail: str, settings: BreakerSettings, replica: str
+    ) -> StoreResult: ...
+
+    async def release(self, name: str, token: str) -> None: ...
+
+    async def snapshots(self, names: Sequence[str], settings: BreakerSettings) -> list[BreakerSnapshot]: ...
+
+    async def transitions(self, limit: int, before_id: str = "", breaker: str = "") -> list[Transition]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Permit:
+    """The answer to "may I call this deployment?".
+
+    Attributes:
+        allowed: Whether to make the call.
+        probe: The call is the half-open probe: its outcome decides the breaker.
+        state: The breaker state seen ("unknown" when the store could not be read).
+        retry_in_s: For a refusal, how long until a probe may be tried.
+        token: Identifies this caller's probe lease.
+    """
+
+    name: str
+    allowed: bool
+    probe: bool = False
+    state: str = CLOSED
+    retry_in_s: float = 0.0
+    token: str = ""
+
+
+def replica_id() -> str:
+    """``host:pid``, naming the replica in recorded transitions."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Breakers:
+    """The breakers as one replica uses them: local open-cache, shared store, metrics.
+
+    Args:
+        store: The shared state; None disables breaking (every call allowed).
+        settings: Thresholds and timings, the same for every replica.
+        clock: Monotonic seconds (injected in tests).
+    """
+
+    def __init__(
+        self,
+        store: BreakerStore | None,
+        settings: BreakerSettings = BreakerSettings(),
+        replica: str = "",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.replica = replica or replica_id()
+        self._clock = clock
+        self._open_until: dict[str, float] = {}
+        self._pending: set[asyncio.Task[None]] = set()
+        self._last_store_error = 0.0
+
+    def _store_failed(self, action: str, name: str, exc: Exception) -> None:
+        metrics.BREAKER_STORE_ERRORS.inc()
+        now = self._clock()
+        if now - self._last_store_error > 10:
+            self._last_store_error = now
+            log.warning("breaker store %s failed for %s; allowing calls: %s", action, name, exc)
+
+    def _observe(self, name: str, result: StoreResult) -> None:
+        metrics.BREAKER_STATE.labels(name).set(metrics.BREAKER_STATE_VALUE.get(result.state, 0))
+        if result.transitioned_from:
+            metrics.BREAKER_TRANSITIONS.labels(name, result.transitioned_from, result.state).inc()
+            log.info(
+                "breaker %s: %s -> %s",
+                name,
+                result.transitioned_from,
+                result.state,
+                extra={"breaker": name, "from_state": result.transitioned_from, "to_state": result.state},
+            )
+        if result.state == OPEN and result.retry_at_ms:
+            self._open_until[name] = self._clock() + max(0, result.retry_at_ms - result.now_ms) / 1000
+        else:
+            self._open_until.pop(name, None)
+
+    async def acquire(self, name: str) -> Permit:
+        """Asks whether a call to deployment ``name`` may be made now.
+
+        An OPEN breaker known locally answers without any network call.
+        """
+        if self.store is None:
+            return Permit(name, allowed=True)
+        until = self._open_until.get(name)
+        if until is not None:
+            left = until - self._clock()
+            if left > 0:
+                metrics.BREAKER_REJECTIONS.labels(name).inc()
+                return Permit(name, allowed=False, state=OPEN, retry_in_s=left)
+            del self._open_until[name]
+        token = uuid.uuid4().hex
+        try:
+            result = await self.store.acquire(name, token, self.settings, self.replica)
+        except Exception as exc:
+            self._store_failed("read", name, exc)
+            return Permit(name, allowed=True, state="unknown")
+        self._observe(name, result)
+        if result.decision == "reject":
+            metrics.BREAKER_REJECTIONS.labels(name).inc()
+            wait = max(0, result.retry_at_ms - result.now_ms) / 1000
+            return Permit(name, allowed=False, state=result.state, retry_in_s=wait)
+        return Permit(name, allowed=True, probe=result.decision == "probe", state=result.state, token=token)
+
+    async def record(self, permit: Permit, ok: bool, detail: str = "") -> None:
+        """Reports the outcome of an allowed call (a failure's ``detail`` is kept for listings)."""
+        if self.store is None or not permit.allowed:
+            return
+        try:
+            result = await self.store.record(permit.name, permit.token, ok, detail[:300], self.settings, self.replica)
+        except Exception as exc:
+            self._store_failed("write", permit.name, exc)
+            return
+        self._observe(permit.name, result)
+
+    def abandon(self, permit: Permit) -> None:
+        """The call ended without an outcome (the client went away): frees a probe lease.
+
+        Runs in the background, so it is safe from a cancelled task or a closing generator.
+        """
+        if self.store is None or not permit.probe:
+            return
+        task = asyncio.get_running_loop().create_task(self._release(permit))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _release(self, permit: Permit) -> None:
+        assert self.store is not None
+        try:
+            await self.store.release(permit.name, permit.token)
+        except Exception as exc:
+            self._store_failed("release", permit.name, exc)
+
+    async def snapshots(self, names: Sequence[str]) -> list[BreakerSnapshot]:
+        """The shared state of each named breaker (closed when never used)."""
+        if self.store is None:
+            return [BreakerSnapshot(n, CLOSED) for n in names]
+        result = await self.store.snapshots(names, self.settings)
+        for snap in result:
+            metrics.BREAKER_STATE.labels(snap.name).set(metrics.BREAKER_STATE_VALUE.get(snap.state, 0))
+        return result
+
+    async def transitions(self, limit: int, before_id: str = "", breaker: str = "") -> list[Transition]:
+        """Recorded transitions, newest first, older than ``before_id`` when given."""
+        if self.store is None:
+            return []
+        return await self.store.transitions(limit, before_id, breaker)

@@ -1,0 +1,61 @@
+"""The router's Prometheus metrics (the shared RPC ones live in tollway.mesh.metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from tollway.mesh.metrics import LATENCY_BUCKETS
+
+# 0 closed, 1 half-open, 2 open: a graph of the gauge reads as "how broken".
+BREAKER_STATE_VALUE = {"closed": 0, "half_open": 1, "open": 2}
+
+BREAKER_STATE = Gauge(
+    "tollway_router_breaker_state",
+    "Circuit breaker state per deployment as this replica last saw it: 0 closed, 1 half-open, 2 open.",
+    ["breaker"],
+)
+BREAKER_TRANSITIONS = Counter(
+    "tollway_router_breaker_transitions_total",
+    "Breaker transitions made by this replica (sum over replicas for the total).",
+    ["breaker", "from_state", "to_state"],
+)
+BREAKER_REJECTIONS = Counter(
+    "tollway_router_breaker_rejections_total",
+    "Calls not made because the deployment's breaker was open or its probe was in flight.",
+    ["breaker"],
+)
+BREAKER_STORE_ERRORS = Counter(
+    "tollway_router_breaker_store_errors_total",
+    "Breaker reads or writes that failed against Redis (the call was allowed).",
+)
+ATTEMPTS = Counter(
+    "tollway_router_attempts_total",
+    "Provider calls, by provider, model and outcome (ok, or the error kind).",
+    ["provider", "model", "outcome"],
+)
+FALLBACKS = Counter(
+    "tollway_router_fallbacks_total",
+    "Requests that left a model for the next one in its chain, by the model left and why.",
+    ["model", "reason"],
+)
+TTFT_SECONDS = Histogram(
+    "tollway_router_provider_ttft_seconds",
+    "Time from the provider request to its first output, by provider and model.",
+    ["provider", "model"],
+    buckets=LATENCY_BUCKETS,
+)
+DECISIONS = Counter(
+    "tollway_router_routing_decisions_total",
+    "Models picked for requests, by how (named, auto tier, cascade) and tier.",
+    ["how", "tier"],
+)
+STREAM_FAILURES = Counter(
+    "tollway_router_stream_failures_total",
+    "Streams that failed after text was sent (ended with an error event).",
+    ["provider", "model"],
+)
+CATALOG_RELOADS = Counter(
+    "tollway_router_catalog_reloads_total",
+    "Catalog reload attempts, by result (ok or error).",
+    ["result"],
+)

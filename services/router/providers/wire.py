@@ -1,0 +1,116 @@
+"""What every HTTP adapter shares: Server-Sent Events parsing and HTTP failure translation."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import httpx
+
+from tollway.router.providers.base import Deployment
+from tollway.router.types import ErrorKind, ProviderError, parse_retry_after
+
+
+@dataclasses.dataclass(frozen=True)
+class SSEEvent:
+    """One dispatched Server-Sent Event: its ``event:`` name ("message" when absent) and data."""
+
+    event: str
+    data: str
+
+
+async def sse_events(lines: AsyncIterator[str]) -> AsyncIterator[SSEEvent]:
+    """Parses SSE lines into events, as the WHATWG EventSource algorithm does.
+
+    Several ``data:`` lines join with newlines; comments (``:``), ``id:`` and ``retry:``
+    are skipped; an event is dispatched at a blank line, so one left incomplete by a cut
+    connection is never returned.
+    """
+    event = ""
+    data: list[str] = []
+    async for raw in lines:
+        line = raw.rstrip("\r\n")
+        if not line:
+            if data:
+                yield SSEEvent(event or "message", "\n".join(data))
+            event, data = "", []
+            continue
+        if line.startswith(":"):
+            continue
+        field, _, value = line.partition(":")
+        if value.startswith(" "):
+            value = value[1:]
+        if field == "data":
+            data.append(value)
+        elif field == "event":
+            event = value
+
+
+def parse_json(provider: str, data: str) -> Any:
+    """Decodes one event's JSON, or fails with a MALFORMED error quoting it."""
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise ProviderError(provider, f"malformed SSE data: {data[:200]!r}", kind=ErrorKind.MALFORMED) from exc
+
+
+def error_text(raw: bytes) -> str:
+    """The human message in an error body of any of the providers' shapes, else the raw text."""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return raw.decode(errors="replace").strip()[:500] or "(empty body)"
+    err = doc.get("error") if isinstance(doc, dict) else None
+    if isinstance(err, dict) and err.get("message"):
+        return str(err["message"])
+    if isinstance(err, str):
+        return err
+    if isinstance(doc, list) and doc and isinstance(doc[0], dict):
+        return error_text(json.dumps(doc[0]).encode())
+    return raw.decode(errors="replace")[:500]
+
+
+def timeout_for(deployment: Deployment) -> httpx.Timeout:
+    """Connect within ``connect_timeout_s``; any read (first byte or next chunk) within ``timeout_s``."""
+    return httpx.Timeout(deployment.timeout_s, connect=deployment.connect_timeout_s)
+
+
+async def raise_for_status(
+    response: httpx.Response, provider: str, retry_after: Callable[[bytes], float | None] | None = None
+) -> None:
+    """Turns a non-200 answer into the ProviderError of its status, with the provider's message.
+
+    Args:
+        retry_after: Reads a retry delay from the body, for providers that put it there
+            (Gemini's RetryInfo); the ``retry-after`` header wins when both exist.
+    """
+    if response.status_code == 200:
+        return
+    raw = await response.aread()
+    delay = parse_retry_after(response.headers.get("retry-after"))
+    if delay is None and retry_after is not None:
+        delay = retry_after(raw)
+    raise ProviderError.from_status(provider, response.status_code, error_text(raw), delay)
+
+
+@contextlib.contextmanager
+def transport_errors(provider: str, url: str) -> Iterator[None]:
+    """Translates httpx failures (refused, reset, timeout, cut body) into ProviderError."""
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise ProviderError(provider, f"timed out calling {url}: {type(exc).__name__}", kind=ErrorKind.TIMEOUT) from exc
+    except httpx.DecodingError as exc:
+        raise ProviderError(provider, f"undecodable body from {url}: {exc}", kind=ErrorKind.MALFORMED) from exc
+    except httpx.TransportError as exc:
+        raise ProviderError(
+            provider, f"connection to {url} failed: {type(exc).__name__}: {exc}", kind=ErrorKind.CONNECTION
+        ) from exc
+
+
+def stream_cut(provider: str, what: str) -> ProviderError:
+    """The error for a stream that ended before its provider's end marker."""
+    return ProviderError(provider, f"stream ended before {what} (connection cut mid-stream)", kind=ErrorKind.CONNECTION)
