@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 
 from tollway.gateway.auth import KeyRing
+from tollway.gateway.cache_client import CacheClient
 from tollway.gateway.config import GatewayConfig
 from tollway.gateway.lifecycle import Gateway
 from tollway.gateway.router_client import RouterClient
@@ -41,9 +42,29 @@ def build(cfg: GatewayConfig, mesh: MeshConfig) -> ServiceSpec:
     async def start() -> None:
         await wait_ready(redis)
         traced = mesh.otel_exporter != "none"
-        channel = clients.channel(cfg.router_addr, tracer_provider=tracer_provider("gateway", mesh) if traced else None)
+        provider = tracer_provider("gateway", mesh) if traced else None
+        channel = clients.channel(cfg.router_addr, tracer_provider=provider)
         channels.append(channel)
         gateway.router = RouterClient(channel)
+        if cfg.cache_addr:
+            cache_channel = clients.channel(
+                cfg.cache_addr, idempotent_services=["tollway.cache.v1.CacheService"], tracer_provider=provider
+            )
+            channels.append(cache_channel)
+            embed_channel = None
+            if cfg.embedding_addr:
+                embed_channel = clients.channel(
+                    cfg.embedding_addr,
+                    idempotent_services=["tollway.embedding.v1.EmbeddingService"],
+                    tracer_provider=provider,
+                )
+                channels.append(embed_channel)
+            gateway.cache = CacheClient(
+                cache_channel,
+                embed_channel,
+                embedding_model=cfg.embedding_model,
+                lookup_timeout_s=cfg.cache_timeout_s,
+            )
 
     async def stop() -> None:
         await gateway.drain()

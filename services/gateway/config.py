@@ -19,6 +19,10 @@ class GatewayConfig:
     call_log_maxlen: Approximate length the call-record stream is trimmed to.
     request_timeout_s: Deadline of the router call when the client set none.
     catalog: The model catalog (the router's file), for prices and the model list.
+    cache_addr: Where CacheService listens; empty runs without a response cache.
+    embedding_addr: Where EmbeddingService listens; empty turns the semantic tier off.
+    embedding_model: The embedding model for cache vectors; empty means the service's default.
+    cache_timeout_s: Deadline of one cache call; past it the request goes on without the cache.
     """
 
     port: int = 50051
@@ -31,3 +35,7 @@ class GatewayConfig:
     call_log_maxlen: int = 1_000_000
     request_timeout_s: float = 300.0
     catalog: str = "deploy/models.yaml"
+    cache_addr: str = ""
+    embedding_addr: str = ""
+    embedding_model: str = ""
+    cache_timeout_s: float = 0.5

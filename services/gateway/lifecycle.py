@@ -1,6 +1,6 @@
-"""The life of one request: authenticate, check, route, stream, record.
+"""The life of one request: authenticate, check, cache, route, stream, store, record.
 
-Pure orchestration over domain values; gRPC stays in service.py and router_client.py.
+Pure orchestration over domain values; gRPC stays in service.py and the *_client modules.
 """
 
 from __future__ import annotations
@@ -9,24 +9,30 @@ import asyncio
 import dataclasses
 import hashlib
 import logging
+import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from typing import Any
 
 from tollway.gateway import metrics
 from tollway.gateway.auth import KeyRing, Tenant
+from tollway.gateway.cache_client import CacheClient, CacheHit, CacheRequest
 from tollway.gateway.pricing import cost_usd_micros
 from tollway.gateway.router_client import RouterClient
 from tollway.gateway.store import GatewayStore
 from tollway.gateway.validation import ChatRequestLike, Limits, check
-from tollway.mesh.errors import TollwayError
+from tollway.mesh.errors import TollwayError, Unavailable
 from tollway.mesh.streams import coalesce
 from tollway.router.catalog import Catalog
 from tollway.router.engine import RouteCompleted, RouteStarted, StreamFailed
-from tollway.router.service import merge_deltas
 from tollway.router.types import ChatMessage, ChatRequest, FinishReason, TextDelta, Usage
 
 log = logging.getLogger("tollway.gateway")
+
+_CACHE_MODES = {0: "", 1: "bypass", 2: "refresh"}
+# A cached answer is replayed in pieces of about this many characters, cut after whitespace.
+_REPLAY_PIECE = re.compile(r".{1,48}(?:\s+|$)|\S+", re.DOTALL)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +41,7 @@ class Started:
     model: str
     provider: str
     attempt_count: int
-    cache_tier: str  # "miss", "exact", "semantic", "stale"
+    cache_tier: str  # "miss", "exact", "semantic", "stale", or "" when the cache was not asked
     degraded: bool = False
 
 
@@ -60,8 +66,43 @@ class Failed:
 GatewayEvent = Started | TextDelta | Completed | Failed
 
 
+def merge_deltas(a: object, b: object) -> TextDelta | None:
+    """Joins two consecutive text deltas (for :func:`coalesce`); None for anything else."""
+    if isinstance(a, TextDelta) and isinstance(b, TextDelta):
+        return TextDelta(a.text + b.text)
+    return None
+
+
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def replay_pieces(text: str) -> list[str]:
+    """Splits a cached answer into stream pieces that join back to exactly ``text``."""
+    return _REPLAY_PIECE.findall(text) or [text]
+
+
+@dataclasses.dataclass
+class _Call:
+    """What one request has seen so far (for the stream, the cache store and the record)."""
+
+    chat: ChatRequest
+    start: float
+    record: dict[str, str | int | float]
+    parts: list[str] = dataclasses.field(default_factory=list)
+    ttft_ms: int = 0
+    usage: Usage = dataclasses.field(default_factory=Usage)
+    cost: int = 0
+    status: str = "OK"
+    started: bool = False
+
+    def elapsed_ms(self) -> int:
+        return int((time.perf_counter() - self.start) * 1000)
+
+    def first_text(self) -> None:
+        if not self.parts:
+            self.ttft_ms = self.elapsed_ms()
+            metrics.TTFT_SECONDS.observe(self.ttft_ms / 1000)
 
 
 class Gateway:
@@ -75,10 +116,12 @@ class Gateway:
         limits: Limits,
         request_timeout_s: float,
         catalog: Catalog,
+        cache: CacheClient | None = None,
     ) -> None:
         self.catalog = catalog
         self.keys = keys
         self.router = router
+        self.cache = cache
         self.store = store
         self.limits = limits
         self.request_timeout_s = request_timeout_s
@@ -109,11 +152,118 @@ class Gateway:
         """Streams Started, TextDelta..., then Completed or Failed.
 
         Errors before Started are raised as TollwayError (the caller turns them into a
-        status); after Started they arrive as Failed.
+        status); after Started they arrive as Failed. When every provider failed and the
+        cache holds a stale answer within its grace period, that answer is served instead,
+        marked degraded.
         """
-        start = time.perf_counter()
         chat = self.chat_request(req, tenant)
-        record: dict[str, str | int | float] = {
+        call = _Call(chat, time.perf_counter(), self._record(req, chat, tenant))
+        cache_req: CacheRequest | None = None
+        mode = _CACHE_MODES.get(req.cache_policy.mode, "")
+        if self.cache is not None and mode != "bypass":
+            cache_req = CacheRequest(chat, req.cache_policy.namespace or "default", tenant.name, req.user, mode)
+        try:
+            lookup = await self.cache.lookup(cache_req) if self.cache and cache_req else None
+            if lookup is not None and lookup.hit is not None:
+                async for event in self._replay(call, lookup.hit, degraded=False):
+                    yield event
+                if lookup.hit.sample_for_quality and lookup.hit.tier == "semantic":
+                    self._later(self._quality_sample(cache_req, lookup.hit))  # type: ignore[arg-type]
+                return
+            call.record["cache_tier"] = "miss" if cache_req else ""
+            try:
+                async for event in self._from_router(call, deadline_s, "miss" if cache_req else ""):
+                    yield event
+            except Unavailable:
+                if not call.started and self.cache is not None and cache_req is not None:
+                    stale = await self.cache.lookup_stale(cache_req, lookup.vector if lookup else None)
+                    if stale is not None:
+                        call.status = "DEGRADED"
+                        async for event in self._replay(call, dataclasses.replace(stale, tier="stale"), degraded=True):
+                            yield event
+                        return
+                raise
+            complete = call.status == "OK" and call.record["finish_reason"] in ("stop", "length")
+            if cache_req is not None and complete and self.cache is not None:
+                self._later(
+                    self.cache.store(
+                        cache_req,
+                        lookup.vector if lookup else None,
+                        "".join(call.parts),
+                        call.usage,
+                        str(call.record["model"]),
+                        str(call.record["provider"]),
+                        call.record["finish_reason"],  # type: ignore[arg-type]
+                    )
+                )
+        except TollwayError as exc:
+            call.status = exc.reason
+            if not call.started:
+                raise
+            # The stream has begun: the failure travels in-band, where SSE clients can see it.
+            yield Failed(exc.code.value[0], exc.message, exc.reason, call.usage)
+        except asyncio.CancelledError:
+            call.status = "CANCELLED"
+            raise
+        finally:
+            self._finish_record(call)
+
+    async def _from_router(self, call: _Call, deadline_s: float | None, tier: str) -> AsyncIterator[GatewayEvent]:
+        timeout = min(deadline_s, self.request_timeout_s) if deadline_s else self.request_timeout_s
+        assert self.router is not None, "Gateway.router is set when the service starts"
+        fallback: tuple[str, ...] = ()
+        record = call.record
+        async for event in coalesce(self.router.generate(call.chat, timeout), merge_deltas):
+            if isinstance(event, TextDelta):
+                call.first_text()
+                call.parts.append(event.text)
+                yield event
+            elif isinstance(event, RouteStarted):
+                record.update(model=event.model, provider=event.provider, attempts=event.attempt_count)
+                fallback = event.fallback_path
+                call.started = True
+                yield Started(call.chat.request_id, event.model, event.provider, event.attempt_count, tier)
+            elif isinstance(event, RouteCompleted):
+                call.usage = event.usage
+                call.cost = cost_usd_micros(self.catalog, str(record["model"]), event.usage)
+                record["finish_reason"] = event.finish_reason
+                latency_ms = call.elapsed_ms()
+                yield Completed(
+                    event.finish_reason, event.usage, call.cost, latency_ms, call.ttft_ms or latency_ms, fallback
+                )
+            elif isinstance(event, StreamFailed):
+                call.status, call.usage = event.reason, event.partial_usage
+                call.cost = cost_usd_micros(self.catalog, str(record["model"]), event.partial_usage)
+                yield Failed(event.code, event.message, event.reason, event.partial_usage)
+
+    async def _replay(self, call: _Call, hit: CacheHit, *, degraded: bool) -> AsyncIterator[GatewayEvent]:
+        """Streams a cached answer exactly as a fresh one would arrive."""
+        call.record.update(model=hit.model, provider=hit.provider, cache_tier=hit.tier, cache_entry=hit.entry_id)
+        call.started = True
+        yield Started(call.chat.request_id, hit.model, hit.provider, 0, hit.tier, degraded)
+        for piece in replay_pieces(hit.text):
+            call.first_text()
+            call.parts.append(piece)
+            yield TextDelta(piece)
+        latency_ms = call.elapsed_ms()
+        yield Completed(hit.finish_reason, Usage(), 0, latency_ms, call.ttft_ms or latency_ms)
+
+    async def _quality_sample(self, cache_req: CacheRequest, hit: CacheHit) -> None:
+        """Answers a semantic hit's request fresh, off the response path, and reports agreement."""
+        assert self.router is not None and self.cache is not None
+        parts: list[str] = []
+        try:
+            async for event in self.router.generate(cache_req.chat, self.request_timeout_s):
+                if isinstance(event, TextDelta):
+                    parts.append(event.text)
+                elif isinstance(event, StreamFailed):
+                    return
+        except TollwayError:
+            return
+        await self.cache.record_quality(cache_req.namespace, hit, "".join(parts))
+
+    def _record(self, req: ChatRequestLike, chat: ChatRequest, tenant: Tenant) -> dict[str, str | int | float]:
+        return {
             "request_id": chat.request_id,
             "timestamp": round(time.time(), 3),
             "tenant": tenant.name,
@@ -123,63 +273,30 @@ class Gateway:
             "provider": "",
             "prompt_template": "",
             "prompt_version": "",
-            "cache_tier": "miss",
+            "cache_tier": "",
+            "cache_entry": "",
             "attempts": 0,
+            "finish_reason": "",
             "prompt_hash": _digest(repr([(m.role, m.content) for m in chat.messages])),
         }
-        parts: list[str] = []
-        ttft_ms = 0
-        status = "OK"
-        usage = Usage()
-        cost = 0
-        fallback: tuple[str, ...] = ()
-        try:
-            timeout = min(deadline_s, self.request_timeout_s) if deadline_s else self.request_timeout_s
-            assert self.router is not None, "Gateway.router is set when the service starts"
-            async for event in coalesce(self.router.generate(chat, timeout), merge_deltas):
-                if isinstance(event, TextDelta):
-                    if not parts:
-                        ttft_ms = int((time.perf_counter() - start) * 1000)
-                        metrics.TTFT_SECONDS.observe(ttft_ms / 1000)
-                    parts.append(event.text)
-                    yield event
-                elif isinstance(event, RouteStarted):
-                    record.update(model=event.model, provider=event.provider, attempts=event.attempt_count)
-                    fallback = event.fallback_path
-                    yield Started(chat.request_id, event.model, event.provider, event.attempt_count, "miss")
-                elif isinstance(event, RouteCompleted):
-                    usage = event.usage
-                    cost = cost_usd_micros(self.catalog, str(record["model"]), usage)
-                    latency_ms = int((time.perf_counter() - start) * 1000)
-                    yield Completed(event.finish_reason, usage, cost, latency_ms, ttft_ms or latency_ms, fallback)
-                elif isinstance(event, StreamFailed):
-                    status, usage = event.reason, event.partial_usage
-                    cost = cost_usd_micros(self.catalog, str(record["model"]), usage)
-                    yield Failed(event.code, event.message, event.reason, usage)
-        except TollwayError as exc:
-            status = exc.reason
-            raise
-        except asyncio.CancelledError:
-            status = "CANCELLED"
-            raise
-        finally:
-            latency_ms = int((time.perf_counter() - start) * 1000)
-            record.update(
-                input_tokens=usage.input_tokens,
-                output_tokens=usage.output_tokens,
-                cached_tokens=usage.cached_input_tokens,
-                cost_usd=cost / 1e6,
-                latency_ms=latency_ms,
-                ttft_ms=ttft_ms,
-                status=status,
-                response_hash=_digest("".join(parts)) if parts else "",
-            )
-            metrics.observe_request(record)
-            self._emit(record)
 
-    def _emit(self, record: dict[str, str | int | float]) -> None:
-        # Off the response path: the client has its answer before the record is written.
-        task = asyncio.get_running_loop().create_task(self._write(record))
+    def _finish_record(self, call: _Call) -> None:
+        call.record.update(
+            input_tokens=call.usage.input_tokens,
+            output_tokens=call.usage.output_tokens,
+            cached_tokens=call.usage.cached_input_tokens,
+            cost_usd=call.cost / 1e6,
+            latency_ms=call.elapsed_ms(),
+            ttft_ms=call.ttft_ms,
+            status=call.status,
+            response_hash=_digest("".join(call.parts)) if call.parts else "",
+        )
+        metrics.observe_request(call.record)
+        self._later(self._write(call.record))
+
+    def _later(self, work: Coroutine[Any, Any, None]) -> None:
+        # Off the response path: the client has its answer before this runs.
+        task = asyncio.get_running_loop().create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -190,6 +307,6 @@ class Gateway:
             log.warning("could not store the call record", extra={"request_id": record["request_id"]}, exc_info=True)
 
     async def drain(self) -> None:
-        """Waits for call records still being written (used at shutdown)."""
+        """Waits for call records and cache stores still being written (used at shutdown)."""
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)

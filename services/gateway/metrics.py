@@ -26,3 +26,8 @@ def observe_request(record: Mapping[str, str | int | float]) -> None:
     TOKENS.labels(model, "input").inc(int(record["input_tokens"]))
     TOKENS.labels(model, "output").inc(int(record["output_tokens"]))
     LATENCY_SECONDS.observe(int(record["latency_ms"]) / 1000)
+
+
+CACHE_ERRORS = Counter(
+    "tollway_gateway_cache_errors_total", "Cache or embedding calls that failed (the request went on).", ["op"]
+)

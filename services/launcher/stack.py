@@ -243,9 +243,10 @@ class Stack:
         env = {"TOLLWAY_REDIS_URL": self.redis_url, **self.options.env}
         if "port" in fields:
             env[prefix + "PORT"] = str(port)
+        running = {s.name for s in self._services()}
         for field in fields:
             dep = field.removesuffix("_addr")
-            if field.endswith("_addr") and dep in self.mesh.names():
+            if field.endswith("_addr") and dep in running:
                 target = self.mesh.service(dep)
                 through_envoy = self.options.with_envoy and (target.replicas > 1 or target.canary is not None)
                 env[prefix + field.upper()] = (

@@ -100,6 +100,10 @@ class OpenAICompatApp:
             param = exc.violations[0][0] if exc.violations else None
             body = translate.error_json(exc.message, "invalid_request_error", None, param)
             return JSONResponse(body, status_code=400)
+        try:
+            translate.apply_cache_headers(req, request.headers)
+        except InvalidArgument as exc:
+            return JSONResponse(translate.error_json(exc.message, "invalid_request_error"), status_code=400)
         metadata = self._metadata(request)
         if not stream:
             try:

@@ -109,6 +109,30 @@ def chat_request(body: Any) -> tuple[gateway_pb2.GenerateRequest, bool, bool]:
     return req, stream, include_usage
 
 
+_HEADER_MODES = {
+    "": common_pb2.CACHE_MODE_UNSPECIFIED,
+    "default": common_pb2.CACHE_MODE_UNSPECIFIED,
+    "bypass": common_pb2.CACHE_MODE_BYPASS,
+    "refresh": common_pb2.CACHE_MODE_REFRESH,
+}
+
+
+def apply_cache_headers(req: gateway_pb2.GenerateRequest, headers: Any) -> None:
+    """Reads ``x-tollway-cache-mode`` and ``x-tollway-cache-namespace`` (the OpenAI body has no place for them).
+
+    Raises:
+        InvalidArgument: The mode is not default, bypass or refresh.
+    """
+    mode = headers.get("x-tollway-cache-mode", "").strip().lower()
+    if mode not in _HEADER_MODES:
+        raise InvalidArgument(
+            f"x-tollway-cache-mode is {mode!r}; use default, bypass or refresh",
+            [("x-tollway-cache-mode", "default, bypass or refresh")],
+        )
+    req.cache_policy.mode = _HEADER_MODES[mode]
+    req.cache_policy.namespace = headers.get("x-tollway-cache-namespace", "").strip()
+
+
 def complete_request(req: gateway_pb2.GenerateRequest) -> gateway_pb2.CompleteRequest:
     """The same request, for the unary RPC (the two messages share field numbers)."""
     return gateway_pb2.CompleteRequest.FromString(req.SerializeToString())

@@ -30,31 +30,62 @@ def run_dir() -> Path:
 @pytest.fixture(scope="session")
 def fake_openai(run_dir: Path) -> Iterator[str]:
     """Base URL of a fake OpenAI server in its own process."""
+    proc, url = _start_fake(run_dir, "fake-openai")
+    yield url
+    proc.kill()
+    proc.wait()
+
+
+def _start_fake(run_dir: Path, name: str) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    log = (run_dir / "fake-openai.log").open("wb")
+    log = (run_dir / f"{name}.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.fakes.openai", "--port", str(port)], stdout=subprocess.PIPE, stderr=log, cwd=ROOT
     )
     (run_dir / "pids").open("a").write(f"{proc.pid}\n")
     assert proc.stdout is not None
     assert proc.stdout.readline().startswith(b"LISTENING")
-    yield f"http://127.0.0.1:{port}"
+    return proc, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session")
+def killable_openai(run_dir: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """A second fake provider that a test may kill (every provider of its model then fails)."""
+    proc, url = _start_fake(run_dir, "fake-killable")
+    yield proc, url
     proc.kill()
     proc.wait()
 
 
 @pytest.fixture(scope="session")
-def catalog(run_dir: Path, fake_openai: str) -> Path:
+def namespaces(run_dir: Path) -> Path:
+    path = run_dir / "namespaces.yaml"
+    path.write_text(
+        """defaults: {ttl_s: 3600, stale_grace_s: 3600, scope: tenant, semantic: true}
+namespaces:
+  default: {threshold: 0.9}
+  personal: {threshold: 0.9, scope: user}
+  short: {threshold: 0.9, ttl_s: 1}
+  sampled: {threshold: 0.9, quality_sample_rate: 1.0}
+"""
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def catalog(run_dir: Path, fake_openai: str, killable_openai: tuple[subprocess.Popen[bytes], str]) -> Path:
     """The fake models, a provider nobody listens on, and the real local model."""
     dead = free_port()
     lines = [
         "providers:",
         f"  fakeai: {{wire: openai_compat, base_url: '{fake_openai}/v1', timeout_s: 10}}",
         f"  deadai: {{wire: openai_compat, base_url: 'http://127.0.0.1:{dead}/v1', timeout_s: 2}}",
+        f"  killable: {{wire: openai_compat, base_url: '{killable_openai[1]}/v1', timeout_s: 2}}",
         "  local: {wire: openai_compat, base_url: '${TOLLWAY_LOCAL_MODEL_URL}', timeout_s: 120}",
         "models:",
         *[f"  {m}: {{provider: fakeai}}" for m in FAKE_MODELS],
         "  unreachable: {provider: deadai}",
+        "  fake-killable: {provider: killable}",
         "  smollm2: {provider: local, upstream_model: smollm2}",
     ]
     path = run_dir / "models.yaml"
@@ -63,7 +94,7 @@ def catalog(run_dir: Path, fake_openai: str) -> Path:
 
 
 @pytest.fixture(scope="session")
-def stack(run_dir: Path, catalog: Path) -> Iterator[Stack]:
+def stack(run_dir: Path, catalog: Path, namespaces: Path) -> Iterator[Stack]:
     names = [
         "edge",
         "admin",
@@ -81,7 +112,8 @@ def stack(run_dir: Path, catalog: Path) -> Iterator[Stack]:
         run_dir=run_dir,
         catalog=catalog,
         with_model=True,
-        services=("gateway", "router", "openai_compat"),
+        services=("gateway", "router", "openai_compat", "cache", "embedding"),
+        env={"TOLLWAY_CACHE_NAMESPACES_PATH": str(namespaces)},
         startup_timeout_s=60,
     )
     with Stack(options) as running:

@@ -8,6 +8,8 @@ import pytest
 
 from tollway.launcher.stack import Stack
 
+NO_CACHE = {"x-tollway-cache-mode": "bypass"}
+
 pytestmark = pytest.mark.timeout(60)
 
 
@@ -17,7 +19,9 @@ def sdk(stack: Stack, api_key: str) -> openai.OpenAI:
 
 
 def test_chat_completion(sdk: openai.OpenAI) -> None:
-    reply = sdk.chat.completions.create(model="fake-ok", messages=[{"role": "user", "content": "hi"}])
+    reply = sdk.chat.completions.create(
+        model="fake-ok", messages=[{"role": "user", "content": "hi"}], extra_headers=NO_CACHE
+    )
     assert reply.choices[0].message.content == "Hello from fake-ok."
     assert reply.choices[0].finish_reason == "stop"
     assert reply.usage is not None and reply.usage.completion_tokens == 4
@@ -29,6 +33,7 @@ def test_streamed_chat_completion_with_usage(sdk: openai.OpenAI) -> None:
         messages=[{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
         stream=True,
         stream_options={"include_usage": True},
+        extra_headers=NO_CACHE,
     )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -63,3 +68,14 @@ def test_malformed_json_is_400(stack: Stack, api_key: str) -> None:
         headers={"authorization": f"Bearer {api_key}", "content-type": "application/json"},
     )
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_cache_headers_choose_the_mode_and_report_the_tier(sdk: openai.OpenAI) -> None:
+    messages = [{"role": "user", "content": "openai-compat cache header test"}]
+    first = sdk.chat.completions.with_raw_response.create(model="fake-ok", messages=messages)
+    assert first.headers["x-tollway-cache-tier"] == "miss"
+    second = sdk.chat.completions.with_raw_response.create(model="fake-ok", messages=messages)
+    assert second.headers["x-tollway-cache-tier"] == "exact"
+    assert second.parse().choices[0].message.content == "Hello from fake-ok."
+    bypassed = sdk.chat.completions.with_raw_response.create(model="fake-ok", messages=messages, extra_headers=NO_CACHE)
+    assert bypassed.headers["x-tollway-cache-tier"] == "none"

@@ -1,0 +1,242 @@
+"""The gateway's view of the cache and embedding services: domain values in and out.
+
+Both are helpers, never gatekeepers: when either is slow or down, the request goes on
+to the model (a warning is logged and a metric counted) instead of failing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import grpc
+
+from tollway.cache.v1 import cache_pb2, cache_pb2_grpc
+from tollway.common.v1 import common_pb2
+from tollway.embedding.v1 import embedding_pb2, embedding_pb2_grpc
+from tollway.gateway import metrics
+from tollway.router.service import FINISH_TO_PROTO, usage_to_proto
+from tollway.router.types import ChatRequest, FinishReason, Usage
+
+log = logging.getLogger("tollway.gateway.cache")
+
+_TIERS = {
+    common_pb2.CACHE_TIER_EXACT: "exact",
+    common_pb2.CACHE_TIER_SEMANTIC: "semantic",
+    common_pb2.CACHE_TIER_STALE: "stale",
+}
+_FINISH: dict[int, FinishReason] = {v: k for k, v in FINISH_TO_PROTO.items()}  # type: ignore[misc]
+_MODES = {
+    "": common_pb2.CACHE_MODE_UNSPECIFIED,
+    "bypass": common_pb2.CACHE_MODE_BYPASS,
+    "refresh": common_pb2.CACHE_MODE_REFRESH,
+}
+# Misses after which a semantic lookup can still find something.
+_SEMANTIC_WORTHWHILE = {cache_pb2.MISS_REASON_NOT_FOUND, cache_pb2.MISS_REASON_EXPIRED}
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheHit:
+    """A cached answer and how it was found."""
+
+    tier: str  # "exact", "semantic" or "stale"
+    text: str
+    model: str
+    provider: str
+    finish_reason: FinishReason
+    usage: Usage
+    entry_id: str
+    similarity: float
+    sample_for_quality: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheRequest:
+    """Who asks, where, and how."""
+
+    chat: ChatRequest
+    namespace: str
+    tenant: str
+    user: str
+    mode: str  # "", "bypass" or "refresh"
+
+
+@dataclasses.dataclass
+class Lookup:
+    """What one lookup learnt: a hit, or the vector to store the answer under later."""
+
+    hit: CacheHit | None = None
+    vector: list[float] | None = None
+    semantic_possible: bool = False
+
+
+def _fingerprint(chat: ChatRequest) -> cache_pb2.RequestFingerprint:
+    fp = cache_pb2.RequestFingerprint(
+        model=chat.model,
+        messages=[common_pb2.Message(role=m.role, content=m.content, name=m.name) for m in chat.messages],
+        max_tokens=chat.max_tokens,
+        stop=chat.stop,
+    )
+    if chat.temperature is not None:
+        fp.temperature = chat.temperature
+    if chat.top_p is not None:
+        fp.top_p = chat.top_p
+    if chat.seed is not None:
+        fp.seed = chat.seed
+    return fp
+
+
+def _hit(reply: cache_pb2.LookupResponse) -> CacheHit | None:
+    tier = _TIERS.get(reply.tier)
+    if tier is None:
+        return None
+    a = reply.answer
+    return CacheHit(
+        tier=tier,
+        text=a.text,
+        model=a.model,
+        provider=a.provider,
+        finish_reason=_FINISH.get(a.finish_reason, "stop"),
+        usage=Usage(a.usage.input_tokens, a.usage.output_tokens, a.usage.cached_input_tokens),
+        entry_id=a.entry_id,
+        similarity=reply.similarity,
+        sample_for_quality=reply.sample_for_quality,
+    )
+
+
+class CacheClient:
+    """Tier 1, the embedding, tier 2, stores and quality samples, over gRPC."""
+
+    def __init__(
+        self,
+        cache_channel: grpc.aio.Channel,
+        embedding_channel: grpc.aio.Channel | None,
+        *,
+        embedding_model: str = "",
+        lookup_timeout_s: float = 0.5,
+        embed_timeout_s: float = 2.0,
+    ) -> None:
+        self.cache = cache_pb2_grpc.CacheServiceStub(cache_channel)
+        self.embedder = embedding_pb2_grpc.EmbeddingServiceStub(embedding_channel) if embedding_channel else None
+        self.embedding_model = embedding_model
+        self.lookup_timeout_s = lookup_timeout_s
+        self.embed_timeout_s = embed_timeout_s
+
+    def _lookup_request(
+        self, req: CacheRequest, vector: list[float] | None, allow_stale: bool
+    ) -> cache_pb2.LookupRequest:
+        return cache_pb2.LookupRequest(
+            namespace=req.namespace,
+            tenant_id=req.tenant,
+            user_id=req.user,
+            fingerprint=_fingerprint(req.chat),
+            embedding=vector or (),
+            embedding_model=self.embedding_model if vector else "",
+            mode=_MODES[req.mode],
+            allow_stale=allow_stale,
+        )
+
+    async def embed(self, text: str) -> list[float] | None:
+        """The embedding of ``text``, or None when the embedding service cannot answer."""
+        if self.embedder is None or not text:
+            return None
+        try:
+            reply = await self.embedder.Embed(
+                embedding_pb2.EmbedRequest(texts=[text], model=self.embedding_model), timeout=self.embed_timeout_s
+            )
+        except grpc.aio.AioRpcError as exc:
+            metrics.CACHE_ERRORS.labels("embed").inc()
+            log.warning("embedding failed; going on without the semantic tier", extra={"code": exc.code().name})
+            return None
+        if not self.embedding_model:
+            self.embedding_model = reply.model
+        return list(reply.embeddings[0].values)
+
+    async def lookup(self, req: CacheRequest) -> Lookup:
+        """Tier 1; on a miss that tier 2 could answer, embeds the last message and tries tier 2.
+
+        The exact tier goes first and alone: an exact hit then costs one Redis read, not an
+        embedding as well.
+        """
+        try:
+            reply = await self.cache.Lookup(self._lookup_request(req, None, False), timeout=self.lookup_timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            return self._failed("lookup", exc)
+        hit = _hit(reply)
+        if hit is not None or reply.miss_reason not in _SEMANTIC_WORTHWHILE:
+            return Lookup(hit=hit)
+        vector = await self.embed(req.chat.messages[-1].content)
+        if vector is None:
+            return Lookup()
+        try:
+            reply = await self.cache.Lookup(self._lookup_request(req, vector, False), timeout=self.lookup_timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            failed = self._failed("lookup", exc)
+            failed.vector = vector
+            return failed
+        return Lookup(hit=_hit(reply), vector=vector, semantic_possible=True)
+
+    async def lookup_stale(self, req: CacheRequest, vector: list[float] | None) -> CacheHit | None:
+        """The closest answer still inside its stale grace period, for when every provider failed."""
+        try:
+            reply = await self.cache.Lookup(self._lookup_request(req, vector, True), timeout=self.lookup_timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            self._failed("lookup_stale", exc)
+            return None
+        return _hit(reply)
+
+    async def store(
+        self,
+        req: CacheRequest,
+        vector: list[float] | None,
+        text: str,
+        usage: Usage,
+        model: str,
+        provider: str,
+        finish_reason: FinishReason,
+    ) -> None:
+        """Stores a complete answer (the caller never stores a partial or failed one)."""
+        try:
+            await self.cache.Store(
+                cache_pb2.StoreRequest(
+                    namespace=req.namespace,
+                    tenant_id=req.tenant,
+                    user_id=req.user,
+                    fingerprint=_fingerprint(req.chat),
+                    embedding=vector or (),
+                    embedding_model=self.embedding_model if vector else "",
+                    mode=_MODES[req.mode],
+                    text=text,
+                    usage=usage_to_proto(usage),
+                    model=model,
+                    provider=provider,
+                    finish_reason=FINISH_TO_PROTO[finish_reason],
+                ),
+                timeout=self.lookup_timeout_s * 4,
+            )
+        except grpc.aio.AioRpcError as exc:
+            self._failed("store", exc)
+
+    async def record_quality(self, namespace: str, hit: CacheHit, fresh_text: str) -> None:
+        """Reports how far a semantic hit was from a fresh answer to the same request."""
+        cached_vec, fresh_vec = await self.embed(hit.text), await self.embed(fresh_text)
+        request = cache_pb2.RecordQualitySampleRequest(
+            namespace=namespace, cached_text=hit.text, fresh_text=fresh_text, entry_id=hit.entry_id
+        )
+        if cached_vec is not None and fresh_vec is not None:
+            request.cached_embedding.extend(cached_vec)
+            request.fresh_embedding.extend(fresh_vec)
+        try:
+            await self.cache.RecordQualitySample(request, timeout=self.lookup_timeout_s * 4)
+        except grpc.aio.AioRpcError as exc:
+            self._failed("quality", exc)
+
+    @staticmethod
+    def _failed(what: str, exc: grpc.aio.AioRpcError) -> Lookup:
+        metrics.CACHE_ERRORS.labels(what).inc()
+        if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
+            # A request the cache refuses (unknown namespace...) is the caller's to fix: say so loudly.
+            log.error("cache refused the request", extra={"op": what, "detail": exc.details()})
+        else:
+            log.warning("cache unavailable; going on without it", extra={"op": what, "code": exc.code().name})
+        return Lookup()

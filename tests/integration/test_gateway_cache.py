@@ -1,0 +1,154 @@
+"""The response cache as a client sees it through Envoy: exact and semantic hits, scopes,
+bypass, nothing partial stored, and a stale answer when every provider is down."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+
+from tollway.launcher.stack import Stack
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def body(content: str, model: str = "fake-ok", namespace: str = "", mode: str = "", **extra: Any) -> dict[str, Any]:
+    policy: dict[str, str] = {}
+    if namespace:
+        policy["namespace"] = namespace
+    if mode:
+        policy["mode"] = mode
+    return {"model": model, "messages": [{"role": "user", "content": content}], "cache_policy": policy, **extra}
+
+
+def generate(client: httpx.Client, payload: dict[str, Any]) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    r = client.post("/v1/generate", json=payload)
+    assert r.status_code == 200, r.text
+    events = [json.loads(b[6:]) for b in r.text.split("\n\n") if b.startswith("data: ")]
+    text = "".join(e["delta"]["text"] for e in events if "delta" in e)
+    return events[0]["started"], text, events[-1]
+
+
+def provider_requests(fake: str) -> int:
+    return httpx.get(f"{fake}/_stats").json()["requests"]
+
+
+@pytest.fixture
+def client(stack: Stack, api_key: str) -> httpx.Client:
+    with httpx.Client(base_url=stack.edge_url, headers={"authorization": f"Bearer {api_key}"}, timeout=30) as c:
+        yield c
+
+
+def test_the_same_request_is_answered_from_the_exact_tier(client: httpx.Client, fake_openai: str) -> None:
+    question = f"What is the refund policy? {uuid.uuid4()}"
+    first, text, _ = generate(client, body(question))
+    assert first["cache_tier"] == "CACHE_TIER_MISS" and first["attempt_count"] == 1
+    time.sleep(0.2)  # the store happens after the answer was sent
+    before = provider_requests(fake_openai)
+    second, cached_text, completed = generate(client, body(question))
+    assert second["cache_tier"] == "CACHE_TIER_EXACT" and second["attempt_count"] == 0
+    assert second["model"] == "fake-ok" and second["provider"] == "fakeai"
+    assert cached_text == text
+    assert completed["completed"]["cost"]["cost_usd_micros"] == "0"
+    assert provider_requests(fake_openai) == before
+
+
+def test_a_paraphrase_is_answered_from_the_semantic_tier(client: httpx.Client) -> None:
+    tag = uuid.uuid4().hex[:8]
+    generate(client, body(f"How do I reset my password for account {tag}?"))
+    time.sleep(0.3)
+    started, _, _ = generate(client, body(f"How can I reset the password of account {tag}?"))
+    assert started["cache_tier"] == "CACHE_TIER_SEMANTIC"
+
+
+def test_a_near_miss_with_other_numbers_is_not_served(client: httpx.Client) -> None:
+    tag = uuid.uuid4().hex[:8]
+    generate(client, body(f"What is 15 percent of 200 dollars? ref {tag}"))
+    time.sleep(0.3)
+    started, _, _ = generate(client, body(f"What is 25 percent of 200 dollars? ref {tag}"))
+    assert started["cache_tier"] == "CACHE_TIER_MISS"
+
+
+def test_bypass_neither_reads_nor_writes(client: httpx.Client) -> None:
+    question = f"bypass me {uuid.uuid4()}"
+    started, _, _ = generate(client, body(question, mode="CACHE_MODE_BYPASS"))
+    assert started["cache_tier"] == "CACHE_TIER_UNSPECIFIED"
+    time.sleep(0.2)
+    started, _, _ = generate(client, body(question))
+    assert started["cache_tier"] == "CACHE_TIER_MISS"
+
+
+def test_user_scoped_answers_are_never_served_to_another_user(client: httpx.Client) -> None:
+    question = f"What is my account balance? {uuid.uuid4()}"
+    generate(client, body(question, namespace="personal", user="alice"))
+    time.sleep(0.2)
+    other, _, _ = generate(client, body(question, namespace="personal", user="bob"))
+    assert other["cache_tier"] == "CACHE_TIER_MISS"
+    own, _, _ = generate(client, body(question, namespace="personal", user="alice"))
+    assert own["cache_tier"] == "CACHE_TIER_EXACT"
+
+
+def test_another_tenant_never_sees_a_tenant_scoped_answer(stack: Stack, client: httpx.Client) -> None:
+    import asyncio
+
+    from tollway.cli import _create_key
+
+    question = f"internal roadmap question {uuid.uuid4()}"
+    generate(client, body(question))
+    time.sleep(0.2)
+    other_key, _ = asyncio.run(_create_key(stack.redis_url, "globex"))
+    with httpx.Client(base_url=stack.edge_url, headers={"authorization": f"Bearer {other_key}"}) as other:
+        started, _, _ = generate(other, body(question))
+    assert started["cache_tier"] == "CACHE_TIER_MISS"
+
+
+def test_a_stream_cut_mid_answer_is_not_stored(client: httpx.Client) -> None:
+    question = f"cut me {uuid.uuid4()}"
+    for _ in range(2):
+        started, _, last = generate(client, body(question, model="fake-cut-mid-stream"))
+        assert started["cache_tier"] == "CACHE_TIER_MISS"
+        assert "error" in last
+        time.sleep(0.2)
+
+
+def test_every_provider_down_serves_the_stale_answer_marked_degraded(
+    client: httpx.Client, killable_openai: tuple[subprocess.Popen[bytes], str]
+) -> None:
+    question = f"What are the office hours? {uuid.uuid4()}"
+    _, fresh_text, _ = generate(client, body(question, model="fake-killable", namespace="short"))
+    time.sleep(1.3)  # past the namespace's 1 s TTL, inside its grace period
+    proc, _ = killable_openai
+    proc.kill()
+    proc.wait()
+    started, text, last = generate(client, body(question, model="fake-killable", namespace="short"))
+    assert started["degraded"] is True and started["cache_tier"] == "CACHE_TIER_STALE"
+    assert text == fresh_text and "completed" in last
+    r = client.post("/v1/complete", json=body(question, model="fake-killable", namespace="short"))
+    assert r.status_code == 200 and r.json()["degraded"] is True
+    # With nothing cached, the same outage is a clear error naming the provider.
+    r = client.post("/v1/complete", json=body(f"never asked {uuid.uuid4()}", model="fake-killable"))
+    assert r.status_code == 503 and "killable" in r.json()["message"]
+
+
+def test_call_records_say_which_tier_answered(client: httpx.Client, stack: Stack) -> None:
+    import redis
+
+    question = f"record the tier {uuid.uuid4()}"
+    generate(client, body(question, request_id="tier-miss"))
+    time.sleep(0.2)
+    generate(client, body(question, request_id="tier-hit"))
+    r = redis.Redis.from_url(stack.redis_url, decode_responses=True)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        rows = {f["request_id"]: f for _, f in r.xrevrange("tollway:calls", count=100)}
+        if "tier-hit" in rows and "tier-miss" in rows:
+            assert rows["tier-miss"]["cache_tier"] == "miss" and rows["tier-hit"]["cache_tier"] == "exact"
+            assert rows["tier-hit"]["attempts"] == "0" and rows["tier-hit"]["cache_entry"]
+            return
+        time.sleep(0.05)
+    pytest.fail("call records missing")
