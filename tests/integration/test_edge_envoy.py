@@ -101,12 +101,23 @@ async def _start_echo(up: Upstreams, port: int, served_by: str) -> grpc.aio.Serv
             raise
 
     server = grpc.aio.server()
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, {
-        "Complete": grpc.unary_unary_rpc_method_handler(
-            complete, request_deserializer=c_req.FromString, response_serializer=c_resp.SerializeToString),
-        "Generate": grpc.unary_stream_rpc_method_handler(
-            generate, request_deserializer=gen_req.FromString, response_serializer=gen_resp.SerializeToString),
-    })])
+    server.add_generic_rpc_handlers(
+        [
+            grpc.method_handlers_generic_handler(
+                SERVICE,
+                {
+                    "Complete": grpc.unary_unary_rpc_method_handler(
+                        complete, request_deserializer=c_req.FromString, response_serializer=c_resp.SerializeToString
+                    ),
+                    "Generate": grpc.unary_stream_rpc_method_handler(
+                        generate,
+                        request_deserializer=gen_req.FromString,
+                        response_serializer=gen_resp.SerializeToString,
+                    ),
+                },
+            )
+        ]
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     server.add_insecure_port(f"127.0.0.1:{port}")
@@ -197,7 +208,9 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
     log = (work / "envoy.log").open("wb")
     envoy = subprocess.Popen(
         [str(envoy_binary()), "-c", str(config), "--concurrency", "1", "-l", "warn", "--use-dynamic-base-id"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=work,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=work,
     )
     try:
         _wait_ready(f"http://127.0.0.1:{ports['admin']}/ready", envoy, work / "envoy.log")
@@ -276,7 +289,7 @@ def test_generate_streams_server_sent_events(http: httpx.Client) -> None:
         assert r.status_code == 200
         assert r.headers["content-type"] == "text/event-stream"
         text = "".join(r.iter_text())
-    events = [json.loads(b[len("data: "):]) for b in text.split("\n\n") if b.startswith("data: ")]
+    events = [json.loads(b[len("data: ") :]) for b in text.split("\n\n") if b.startswith("data: ")]
     assert [(e["text"], e["index"]) for e in events] == [("p-0", 0), ("p-1", 1), ("p-2", 2), ("p-3", 3)]
 
 
@@ -366,8 +379,8 @@ def test_grpc_for_a_non_public_service_is_refused_at_the_edge(edge: Edge) -> Non
 def _grpc_web_frames(body: bytes) -> tuple[list[bytes], dict[str, str]]:
     messages, trailers, i = [], {}, 0
     while i < len(body):
-        flag, length = body[i], struct.unpack(">I", body[i + 1:i + 5])[0]
-        payload = body[i + 5:i + 5 + length]
+        flag, length = body[i], struct.unpack(">I", body[i + 1 : i + 5])[0]
+        payload = body[i + 5 : i + 5 + length]
         if flag & 0x80:
             for line in payload.decode().strip().split("\r\n"):
                 k, _, v = line.partition(":")
@@ -401,10 +414,14 @@ def test_grpc_web_unary_and_stream(edge: Edge, http: httpx.Client) -> None:
 
 def test_cors_preflight_from_an_allowed_origin(http: httpx.Client) -> None:
     for path in ("/v1/generate", f"/{SERVICE}/Generate", "/v1/chat/completions"):
-        r = http.options(path, headers={
-            "origin": ORIGIN, "access-control-request-method": "POST",
-            "access-control-request-headers": "content-type, x-grpc-web",
-        })
+        r = http.options(
+            path,
+            headers={
+                "origin": ORIGIN,
+                "access-control-request-method": "POST",
+                "access-control-request-headers": "content-type, x-grpc-web",
+            },
+        )
         assert r.status_code == 200, path
         assert r.headers["access-control-allow-origin"] == ORIGIN
         assert "retry-after" in r.headers["access-control-expose-headers"]
@@ -467,4 +484,3 @@ def test_client_disconnect_cancels_the_upstream_stream(edge: Edge, http: httpx.C
         assert first.startswith("data: ")
     # Leaving the block closed the connection mid-stream; Envoy must reset the upstream call.
     assert edge.up.cancelled.wait(5), "the upstream stream was not cancelled"
-
