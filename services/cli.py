@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from tollway.mesh.topology import load_mesh
+from tollway.mesh.topology import MeshError, load_mesh, parse_port_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 MESH = ROOT / "deploy" / "mesh.yaml"
@@ -43,10 +43,20 @@ def cmd_up(args: argparse.Namespace) -> int:
     from tollway.launcher.processes import LaunchError
     from tollway.launcher.stack import Stack, StackOptions
 
-    options = StackOptions(with_model=not args.no_model, redis_url=os.environ.get("TOLLWAY_REDIS_URL"))
+    options = StackOptions(
+        with_model=not args.no_model,
+        redis_url=os.environ.get("TOLLWAY_REDIS_URL"),
+        ports=parse_port_overrides(args.port),
+    )
     if args.catalog:
         options.catalog = Path(args.catalog)
-    stack = Stack(options)
+    if args.run_dir:
+        options.run_dir = Path(args.run_dir)
+    try:
+        stack = Stack(options)
+    except MeshError as exc:
+        print(f"tollway up: {exc}", file=sys.stderr)
+        return 2
     stop = False
 
     def on_signal(*_: object) -> None:
@@ -101,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     up = sub.add_parser("up", help="start Redis, the local model, every service and Envoy")
     up.add_argument("--no-model", action="store_true", help="do not start the local llama.cpp model")
     up.add_argument("--catalog", help="model catalog to use (default deploy/models.yaml)")
+    up.add_argument(
+        "--port", action="append", default=[], metavar="NAME=PORT", help="override a port of deploy/mesh.yaml"
+    )
+    up.add_argument("--run-dir", help="where logs and Redis data go (default .run/)")
     up.set_defaults(func=cmd_up)
 
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
