@@ -11,7 +11,9 @@ While OPEN a deployment gets no calls at all, and this module remembers locally 
 when it is open, so during the cooldown a request for it costs no network call (not
 even to Redis). If Redis cannot be reached the breaker fails open: calls are allowed and
 counted in ``tollway_router_breaker_store_errors_total``; a broken breaker must never be
-what takes traffic down.
+what takes traffic down. Each store call is bounded (``store_timeout_s``) and after a failure
+the store is left alone for a second, so an unreachable Redis adds at most that bound to a
+few requests, not a stall to every one.
 """
 
 from __future__ import annotations
@@ -155,6 +157,7 @@ class Breakers:
         store: The shared state; None disables breaking (every call allowed).
         settings: Thresholds and timings, the same for every replica.
         clock: Monotonic seconds (injected in tests).
+        store_timeout_s: The longest a store call may take before the call is allowed anyway.
     """
 
     def __init__(
@@ -163,21 +166,28 @@ class Breakers:
         settings: BreakerSettings = BreakerSettings(),
         replica: str = "",
         clock: Callable[[], float] = time.monotonic,
+        store_timeout_s: float = 0.5,
     ) -> None:
         self.store = store
         self.settings = settings
         self.replica = replica or replica_id()
         self._clock = clock
+        self._store_timeout_s = store_timeout_s
         self._open_until: dict[str, float] = {}
         self._pending: set[asyncio.Task[None]] = set()
-        self._last_store_error = 0.0
+        self._last_store_error = -1e9
+        self._store_down_until = 0.0
 
-    def _store_failed(self, action: str, name: str, exc: Exception) -> None:
+    def _store_failed(self, action: str, name: str, exc: BaseException) -> None:
         metrics.BREAKER_STORE_ERRORS.inc()
         now = self._clock()
+        self._store_down_until = now + 1.0
         if now - self._last_store_error > 10:
             self._last_store_error = now
-            log.warning("breaker store %s failed for %s; allowing calls: %s", action, name, exc)
+            log.warning("breaker store %s failed for %s; allowing calls: %r", action, name, exc)
+
+    def _store_usable(self) -> bool:
+        return self.store is not None and self._clock() >= self._store_down_until
 
     def _observe(self, name: str, result: StoreResult) -> None:
         metrics.BREAKER_STATE.labels(name).set(metrics.BREAKER_STATE_VALUE.get(result.state, 0))
@@ -209,10 +219,13 @@ class Breakers:
                 metrics.BREAKER_REJECTIONS.labels(name).inc()
                 return Permit(name, allowed=False, state=OPEN, retry_in_s=left)
             del self._open_until[name]
+        if not self._store_usable():
+            return Permit(name, allowed=True, state="unknown")
         token = uuid.uuid4().hex
         try:
-            result = await self.store.acquire(name, token, self.settings, self.replica)
-        except Exception as exc:
+            async with asyncio.timeout(self._store_timeout_s):
+                result = await self.store.acquire(name, token, self.settings, self.replica)
+        except (Exception, TimeoutError) as exc:
             self._store_failed("read", name, exc)
             return Permit(name, allowed=True, state="unknown")
         self._observe(name, result)
@@ -224,10 +237,14 @@ class Breakers:
 
     async def record(self, permit: Permit, ok: bool, detail: str = "") -> None:
         """Reports the outcome of an allowed call (a failure's ``detail`` is kept for listings)."""
-        if self.store is None or not permit.allowed:
+        if not permit.allowed or not permit.token or not self._store_usable():
             return
+        assert self.store is not None
         try:
-            result = await self.store.record(permit.name, permit.token, ok, detail[:300], self.settings, self.replica)
+            async with asyncio.timeout(self._store_timeout_s):
+                result = await self.store.record(
+                    permit.name, permit.token, ok, detail[:300], self.settings, self.replica
+                )
         except Exception as exc:
             self._store_failed("write", permit.name, exc)
             return
@@ -247,7 +264,8 @@ class Breakers:
     async def _release(self, permit: Permit) -> None:
         assert self.store is not None
         try:
-            await self.store.release(permit.name, permit.token)
+            async with asyncio.timeout(self._store_timeout_s):
+                await self.store.release(permit.name, permit.token)
         except Exception as exc:
             self._store_failed("release", permit.name, exc)
 

@@ -89,7 +89,9 @@ async def handle(request: Request) -> Response:
         await asyncio.sleep(sc.slow_ms / 1000)
     fmt = body.get("response_format") or {}
     schema = (fmt.get("json_schema") or {}).get("schema")
-    words = sc.words(schema)
+    # A real model asked for JSON answers JSON (fake-bad-json plays the one that does not).
+    wants_json = fmt.get("type") in ("json_schema", "json_object") and not sc.bad_json
+    words = parse("fake-json").words(schema) if wants_json else sc.words(schema)
     prompt = prompt_tokens([str(m.get("content") or "") for m in body["messages"]])
     cached = prompt // 2 if sc.cached else 0
     cid = f"chatcmpl-{int(time.time() * 1000)}"
