@@ -30,7 +30,7 @@ WIRES = ("openai_compat", "anthropic", "gemini")
 CAPABILITIES = ("tools", "json")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")
 
-_PROVIDER_KEYS = {"wire", "base_url", "api_key_env", "timeout_s", "connect_timeout_s", "first_token_timeout_s"}
+_PROVIDER_KEYS = {"wire", "base_url", "api_key_env", "timeout_s", "first_token_timeout_s"}
 _MODEL_KEYS = {
     "provider",
     "upstream_model",
@@ -51,7 +51,6 @@ _DEPLOYMENT_KEYS = {
     "upstream_model",
     "weight",
     "timeout_s",
-    "connect_timeout_s",
     "first_token_timeout_s",
 }
 _PRICE_KEYS = {"input", "output", "cached_input", "cache_write_input"}
@@ -286,7 +285,6 @@ def parse_catalog(doc: Any, env: Mapping[str, str] | None = None, source: str = 
                     name=dep_name,
                     model=str(name),
                     weight=r.number(raw, dw, "weight", 1.0),
-                    connect_timeout_s=r.number(merged, dw, "connect_timeout_s", 2.0, 0.001),
                     first_token_timeout_s=r.number(merged, dw, "first_token_timeout_s", 0.0),
                     default_max_tokens=r.integer(spec, where, "max_output_tokens", 4096, 1),
                     wire=str(prov.get("wire", "openai_compat")),

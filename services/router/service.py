@@ -12,6 +12,7 @@ from google.protobuf import timestamp_pb2
 
 from tollway.common.v1 import common_pb2
 from tollway.mesh.errors import InvalidArgument, rpc_errors
+from tollway.mesh.streams import coalesce
 from tollway.router.breaker import HALF_OPEN, OPEN
 from tollway.router.catalog import Catalog
 from tollway.router.engine import RouteCompleted, Router, RouteStarted, StreamFailed
@@ -218,6 +219,13 @@ def models_to_proto(catalog: Catalog, router: Router, reload_error: str) -> rout
     return out
 
 
+def merge_deltas(a: object, b: object) -> TextDelta | None:
+    """Joins two consecutive text deltas (for :func:`coalesce`); None for anything else."""
+    if isinstance(a, TextDelta) and isinstance(b, TextDelta):
+        return TextDelta(a.text + b.text)
+    return None
+
+
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     def __init__(self, router: Router) -> None:
         self.router = router
@@ -228,7 +236,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     ) -> AsyncIterator[router_pb2.GenerateResponse]:
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None
-        async for event in self.router.generate(request_from_proto(request), deadline):
+        events = self.router.generate(request_from_proto(request), deadline)
+        # Deltas that arrive together leave as one message: per-message cost dominates fast streams.
+        async for event in coalesce(events, merge_deltas):
             if isinstance(event, TextDelta):
                 yield router_pb2.GenerateResponse(delta=router_pb2.Delta(text=event.text))
             elif isinstance(event, RouteStarted):

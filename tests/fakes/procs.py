@@ -83,8 +83,19 @@ class RedisServer:
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="router-redis-"))
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        argv = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                "--dir", str(self.workdir)]
+        argv = [
+            REDIS_SERVER,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.workdir),
+        ]
         self.proc = Proc("redis", argv, self.workdir)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
         try:
@@ -113,8 +124,12 @@ class FakeProvider:
     def start(self) -> None:
         argv = [sys.executable, "-m", f"tests.fakes.{self.wire}", "--port", str(self.port)]
         self.proc = Proc(f"fake-{self.wire}-{self.port}", argv, self.workdir)
-        _wait(lambda: socket.create_connection(("127.0.0.1", self.port), 0.2).close() is None,
-              f"fake {self.wire}", self.proc.process, self.proc.log)
+        _wait(
+            lambda: socket.create_connection(("127.0.0.1", self.port), 0.2).close() is None,
+            f"fake {self.wire}",
+            self.proc.process,
+            self.proc.log,
+        )
 
     def kill(self) -> None:
         if self.proc is not None:

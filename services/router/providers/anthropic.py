@@ -18,16 +18,15 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
-
+from tollway.mesh.httpclient import HttpClient, Response
 from tollway.router.providers.base import Deployment
 from tollway.router.providers.wire import (
+    new_client,
     parse_json,
+    post,
     raise_for_status,
     sse_events,
     stream_cut,
-    timeout_for,
-    transport_errors,
 )
 from tollway.router.tools import ToolCallAssembler, ToolCallError
 from tollway.router.types import (
@@ -183,11 +182,8 @@ def _error_kind(body: dict[str, Any]) -> tuple[ErrorKind, str]:
 class AnthropicAdapter:
     """One pooled HTTP client for every Anthropic deployment."""
 
-    def __init__(self, client: httpx.AsyncClient | None = None) -> None:
-        self._client = client or httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
-            timeout=httpx.Timeout(60.0, connect=2.0),
-        )
+    def __init__(self, client: HttpClient | None = None) -> None:
+        self._client = client or new_client()
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -206,19 +202,13 @@ class AnthropicAdapter:
 
     async def stream(self, request: ChatRequest, deployment: Deployment) -> AsyncIterator[StreamEvent]:
         url = deployment.base_url.rstrip("/") + "/v1/messages"
-        with transport_errors(deployment.provider, url):
-            async with self._client.stream(
-                "POST",
-                url,
-                json=request_body(request, deployment),
-                headers=self._headers(request, deployment, True),
-                timeout=timeout_for(deployment),
-            ) as response:
-                await raise_for_status(response, deployment.provider)
-                async for event in self._events(response, deployment.provider, json_tool_name(request)):
-                    yield event
+        body = request_body(request, deployment)
+        async with post(self._client, deployment, url, body, self._headers(request, deployment, True)) as response:
+            await raise_for_status(response, deployment.provider)
+            async for event in self._events(response, deployment.provider, json_tool_name(request)):
+                yield event
 
-    async def _events(self, response: httpx.Response, provider: str, json_tool: str) -> AsyncIterator[StreamEvent]:
+    async def _events(self, response: Response, provider: str, json_tool: str) -> AsyncIterator[StreamEvent]:
         usage = Usage()
         finish: FinishReason = ""
         # Content block index -> tool call number; text blocks are not tool calls.
@@ -274,19 +264,13 @@ class AnthropicAdapter:
 
     async def complete(self, request: ChatRequest, deployment: Deployment) -> Completion:
         url = deployment.base_url.rstrip("/") + "/v1/messages"
-        with transport_errors(deployment.provider, url):
-            response = await self._client.post(
-                url,
-                json=request_body(request, deployment, stream=False),
-                headers=self._headers(request, deployment, False),
-                timeout=timeout_for(deployment),
-            )
+        body = request_body(request, deployment, stream=False)
+        async with post(self._client, deployment, url, body, self._headers(request, deployment, False)) as response:
             await raise_for_status(response, deployment.provider)
-            doc = parse_json(deployment.provider, response.text)
+            raw = (await response.aread()).decode(errors="replace")
+        doc = parse_json(deployment.provider, raw)
         if not isinstance(doc, dict) or not isinstance(doc.get("content"), list):
-            raise ProviderError(
-                deployment.provider, f"answer without content: {response.text[:200]!r}", kind=ErrorKind.MALFORMED
-            )
+            raise ProviderError(deployment.provider, f"answer without content: {raw[:200]!r}", kind=ErrorKind.MALFORMED)
         forced = json_tool_name(request)
         text: list[str] = []
         calls = ToolCallAssembler()

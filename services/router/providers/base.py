@@ -23,7 +23,6 @@ class Deployment:
         name: The deployment's name within its model ("default", "eu", "key2").
         model: The catalog model it serves.
         weight: Its share of the model's traffic among healthy deployments (relative).
-        connect_timeout_s: Longest wait for the TCP (and TLS) connection.
         first_token_timeout_s: Longest wait from the request to the first output; past it the
             router gives up on this deployment and falls through. 0 means ``timeout_s``.
         default_max_tokens: Sent when the request sets none and the wire requires a value
@@ -40,7 +39,6 @@ class Deployment:
     name: str = "default"
     model: str = ""
     weight: float = 1.0
-    connect_timeout_s: float = 2.0
     first_token_timeout_s: float = 0.0
     default_max_tokens: int = 1024
     wire: str = "openai_compat"

@@ -16,16 +16,15 @@ import re
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
-
+from tollway.mesh.httpclient import HttpClient, Response
 from tollway.router.providers.base import Deployment
 from tollway.router.providers.wire import (
+    new_client,
     parse_json,
+    post,
     raise_for_status,
     sse_events,
     stream_cut,
-    timeout_for,
-    transport_errors,
 )
 from tollway.router.tools import ToolCallAssembler, ToolCallError
 from tollway.router.types import (
@@ -151,11 +150,8 @@ def retry_delay(raw: bytes) -> float | None:
 class GeminiAdapter:
     """One pooled HTTP client for every Gemini deployment."""
 
-    def __init__(self, client: httpx.AsyncClient | None = None) -> None:
-        self._client = client or httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
-            timeout=httpx.Timeout(60.0, connect=2.0),
-        )
+    def __init__(self, client: HttpClient | None = None) -> None:
+        self._client = client or new_client()
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -174,21 +170,14 @@ class GeminiAdapter:
         return f"{deployment.base_url.rstrip('/')}/models/{deployment.upstream_model}:{method}"
 
     async def stream(self, request: ChatRequest, deployment: Deployment) -> AsyncIterator[StreamEvent]:
-        url = self._url(deployment, "streamGenerateContent")
-        with transport_errors(deployment.provider, url):
-            async with self._client.stream(
-                "POST",
-                url,
-                params={"alt": "sse"},
-                json=request_body(request),
-                headers=self._headers(request, deployment, True),
-                timeout=timeout_for(deployment),
-            ) as response:
-                await raise_for_status(response, deployment.provider, retry_delay)
-                async for event in self._events(response, deployment.provider):
-                    yield event
+        url = self._url(deployment, "streamGenerateContent") + "?alt=sse"
+        headers = self._headers(request, deployment, True)
+        async with post(self._client, deployment, url, request_body(request), headers) as response:
+            await raise_for_status(response, deployment.provider, retry_delay)
+            async for event in self._events(response, deployment.provider):
+                yield event
 
-    async def _events(self, response: httpx.Response, provider: str) -> AsyncIterator[StreamEvent]:
+    async def _events(self, response: Response, provider: str) -> AsyncIterator[StreamEvent]:
         usage: Usage | None = None
         finish = ""
         calls = 0
@@ -235,19 +224,13 @@ class GeminiAdapter:
 
     async def complete(self, request: ChatRequest, deployment: Deployment) -> Completion:
         url = self._url(deployment, "generateContent")
-        with transport_errors(deployment.provider, url):
-            response = await self._client.post(
-                url,
-                json=request_body(request),
-                headers=self._headers(request, deployment, False),
-                timeout=timeout_for(deployment),
-            )
+        headers = self._headers(request, deployment, False)
+        async with post(self._client, deployment, url, request_body(request), headers) as response:
             await raise_for_status(response, deployment.provider, retry_delay)
-            doc = parse_json(deployment.provider, response.text)
+            raw = (await response.aread()).decode(errors="replace")
+        doc = parse_json(deployment.provider, raw)
         if not isinstance(doc, dict):
-            raise ProviderError(
-                deployment.provider, f"malformed answer: {response.text[:200]!r}", kind=ErrorKind.MALFORMED
-            )
+            raise ProviderError(deployment.provider, f"malformed answer: {raw[:200]!r}", kind=ErrorKind.MALFORMED)
         usage = _usage(doc["usageMetadata"]) if doc.get("usageMetadata") else None
         candidates = doc.get("candidates") or ()
         if not candidates:

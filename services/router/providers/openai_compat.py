@@ -13,16 +13,15 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
-
+from tollway.mesh.httpclient import HttpClient, Response
 from tollway.router.providers.base import Deployment
 from tollway.router.providers.wire import (
+    new_client,
     parse_json,
+    post,
     raise_for_status,
     sse_events,
     stream_cut,
-    timeout_for,
-    transport_errors,
 )
 from tollway.router.tools import ToolCallAssembler, ToolCallError
 from tollway.router.types import (
@@ -115,12 +114,9 @@ def _usage(u: dict[str, Any]) -> Usage:
 class OpenAICompatAdapter:
     """One pooled HTTP client for every deployment of this wire format."""
 
-    def __init__(self, name: str = "openai", client: httpx.AsyncClient | None = None) -> None:
+    def __init__(self, name: str = "openai", client: HttpClient | None = None) -> None:
         self.name = name
-        self._client = client or httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
-            timeout=httpx.Timeout(60.0, connect=2.0),
-        )
+        self._client = client or new_client()
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -136,19 +132,13 @@ class OpenAICompatAdapter:
 
     async def stream(self, request: ChatRequest, deployment: Deployment) -> AsyncIterator[StreamEvent]:
         url = deployment.base_url.rstrip("/") + "/chat/completions"
-        with transport_errors(deployment.provider, url):
-            async with self._client.stream(
-                "POST",
-                url,
-                json=request_body(request, deployment),
-                headers=self._headers(request, deployment, True),
-                timeout=timeout_for(deployment),
-            ) as response:
-                await raise_for_status(response, deployment.provider)
-                async for event in self._events(response, deployment.provider):
-                    yield event
+        body = request_body(request, deployment)
+        async with post(self._client, deployment, url, body, self._headers(request, deployment, True)) as response:
+            await raise_for_status(response, deployment.provider)
+            async for event in self._events(response, deployment.provider):
+                yield event
 
-    async def _events(self, response: httpx.Response, provider: str) -> AsyncIterator[StreamEvent]:
+    async def _events(self, response: Response, provider: str) -> AsyncIterator[StreamEvent]:
         finish: FinishReason = ""
         usage: Usage | None = None
         async for sse in sse_events(response.aiter_lines()):
@@ -186,21 +176,17 @@ class OpenAICompatAdapter:
 
     async def complete(self, request: ChatRequest, deployment: Deployment) -> Completion:
         url = deployment.base_url.rstrip("/") + "/chat/completions"
-        with transport_errors(deployment.provider, url):
-            response = await self._client.post(
-                url,
-                json=request_body(request, deployment, stream=False),
-                headers=self._headers(request, deployment, False),
-                timeout=timeout_for(deployment),
-            )
+        body = request_body(request, deployment, stream=False)
+        async with post(self._client, deployment, url, body, self._headers(request, deployment, False)) as response:
             await raise_for_status(response, deployment.provider)
-            doc = parse_json(deployment.provider, response.text)
+            raw = (await response.aread()).decode(errors="replace")
+        doc = parse_json(deployment.provider, raw)
         try:
             choice = doc["choices"][0]
             message = choice.get("message") or {}
         except (KeyError, IndexError, TypeError, AttributeError):
             raise ProviderError(
-                deployment.provider, f"answer without choices: {response.text[:200]!r}", kind=ErrorKind.MALFORMED
+                deployment.provider, f"answer without choices: {raw[:200]!r}", kind=ErrorKind.MALFORMED
             ) from None
         calls = ToolCallAssembler()
         for i, call in enumerate(message.get("tool_calls") or ()):

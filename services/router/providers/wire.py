@@ -1,15 +1,15 @@
-"""What every HTTP adapter shares: Server-Sent Events parsing and HTTP failure translation."""
+"""What every HTTP adapter shares: the pooled HTTP client (tollway.mesh.httpclient, lighter
+than httpx on this hot path), Server-Sent Events parsing and HTTP failure translation."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
-import httpx
-
+from tollway.mesh.httpclient import HttpClient, HttpError, HttpTimeout, Response
 from tollway.router.providers.base import Deployment
 from tollway.router.types import ErrorKind, ProviderError, parse_retry_after
 
@@ -73,13 +73,29 @@ def error_text(raw: bytes) -> str:
     return raw.decode(errors="replace")[:500]
 
 
-def timeout_for(deployment: Deployment) -> httpx.Timeout:
-    """Connect within ``connect_timeout_s``; any read (first byte or next chunk) within ``timeout_s``."""
-    return httpx.Timeout(deployment.timeout_s, connect=deployment.connect_timeout_s)
+@contextlib.asynccontextmanager
+async def post(
+    client: HttpClient, deployment: Deployment, url: str, body: Any, headers: Mapping[str, str]
+) -> AsyncIterator[Response]:
+    """POSTs ``body`` as JSON and yields the response with its body unread.
+
+    Any read (the response head, the next chunk) may take at most ``deployment.timeout_s``.
+    Transport failures, whether sending or later while the caller reads the body, come
+    out as ProviderError: TIMEOUT for a timeout, CONNECTION for refused, reset or cut.
+    """
+    try:
+        async with client.stream("POST", url, json=body, headers=headers, timeout_s=deployment.timeout_s) as response:
+            yield response
+    except HttpTimeout as exc:
+        raise ProviderError(deployment.provider, f"timed out calling {url}: {exc}", kind=ErrorKind.TIMEOUT) from exc
+    except HttpError as exc:
+        raise ProviderError(
+            deployment.provider, f"connection to {url} failed: {exc}", kind=ErrorKind.CONNECTION
+        ) from exc
 
 
 async def raise_for_status(
-    response: httpx.Response, provider: str, retry_after: Callable[[bytes], float | None] | None = None
+    response: Response, provider: str, retry_after: Callable[[bytes], float | None] | None = None
 ) -> None:
     """Turns a non-200 answer into the ProviderError of its status, with the provider's message.
 
@@ -96,19 +112,9 @@ async def raise_for_status(
     raise ProviderError.from_status(provider, response.status_code, error_text(raw), delay)
 
 
-@contextlib.contextmanager
-def transport_errors(provider: str, url: str) -> Iterator[None]:
-    """Translates httpx failures (refused, reset, timeout, cut body) into ProviderError."""
-    try:
-        yield
-    except httpx.TimeoutException as exc:
-        raise ProviderError(provider, f"timed out calling {url}: {type(exc).__name__}", kind=ErrorKind.TIMEOUT) from exc
-    except httpx.DecodingError as exc:
-        raise ProviderError(provider, f"undecodable body from {url}: {exc}", kind=ErrorKind.MALFORMED) from exc
-    except httpx.TransportError as exc:
-        raise ProviderError(
-            provider, f"connection to {url} failed: {type(exc).__name__}: {exc}", kind=ErrorKind.CONNECTION
-        ) from exc
+def new_client() -> HttpClient:
+    """The pooled client an adapter shares across all its deployments."""
+    return HttpClient(max_idle_per_host=128, connect_timeout_s=2.0)
 
 
 def stream_cut(provider: str, what: str) -> ProviderError:
