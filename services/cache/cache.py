@@ -142,6 +142,7 @@ class Cache:
         self.rng = rng or random.Random()
         self.stats_buffer = StatsBuffer()
         self._tasks: list[asyncio.Task[None]] = []
+        self._stop = asyncio.Event()
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -149,24 +150,33 @@ class Cache:
         """Waits for Redis, builds the index, and starts the background loops."""
         await self.store.ping()
         await self.sync.start()
+        self._stop = asyncio.Event()
         loops = [
-            self.sync.follow(),
+            self.sync.follow(self._stop),
             self._every(self.settings.sweep_interval_s, self.sweep),
             self._every(self.settings.stats_flush_interval_s, self.flush_stats),
             self._every(self.settings.namespaces_poll_s, self._poll_namespaces),
         ]
         if self.settings.snapshot_interval_s > 0:
-            loops.append(self.sync.snapshot_forever(self.settings.snapshot_interval_s))
+            loops.append(self._every(self.settings.snapshot_interval_s, self.sync.snapshot_if_changed))
         self._tasks = [asyncio.create_task(loop) for loop in loops]
 
     async def stop(self) -> None:
-        """Stops the loops, flushes counters and writes a snapshot. Safe to call twice."""
+        """Stops the loops, flushes counters and writes a snapshot.
+
+        Safe to call before :meth:`start` and more than once. The loops are asked to stop
+        and given time to finish what they are doing (a blocked stream read returns within
+        ``follow_block_ms``); only a loop that does not finish by then is cancelled.
+        """
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        self._stop.set()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self.sync.follow_block_ms / 1000 + 5.0)
+            for task in pending:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         with contextlib.suppress(Exception):
             await self.flush_stats()
         if tasks:
@@ -174,14 +184,14 @@ class Cache:
                 await self.sync.snapshot()
 
     async def _every(self, interval_s: float, action: Callable[[], object]) -> None:
-        while True:
-            await asyncio.sleep(interval_s)
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), interval_s)
+                return
             try:
                 result = action()
                 if asyncio.iscoroutine(result):
                     await result
-            except asyncio.CancelledError:
-                raise
             except Exception:
                 log.exception("background task failed; retrying next period")
 

@@ -12,7 +12,8 @@ Keys (``{p}`` is the configured prefix, ``tw:cache`` by default)::
     {p}:doc:{doc}        SET   entry ids grounded by a document
     {p}:tpl:{template}   SET   entry ids rendered from a prompt template
     {p}:exp              ZSET  entry ids by the time they are deleted (end of stale grace)
-    {p}:events           STREAM op=a|d, id, ns: every add and delete, for the replicas' indexes
+    {p}:events           STREAM op=a|d, id, ns, n: every add and delete, for the replicas' indexes
+    {p}:evseq            INCR counter: n, the event's number (a gap in n means events were trimmed)
     {p}:stats:{ns}       HASH  counters summed over replicas
 
 Every add and delete runs as one Lua script that updates the entry, every secondary
@@ -58,7 +59,8 @@ local function delete_entry(id)
   end
   if f[4] and f[4] ~= '' then redis.call('SREM', p .. ':tpl:' .. f[4], id) end
   if redis.call('ZCARD', p .. ':ns:' .. ns) == 0 then redis.call('SREM', p .. ':namespaces', ns) end
-  redis.call('XADD', p .. ':events', 'MAXLEN', '~', maxlen, '*', 'op', 'd', 'id', id, 'ns', ns)
+  redis.call('XADD', p .. ':events', 'MAXLEN', '~', maxlen, '*',
+    'op', 'd', 'id', id, 'ns', ns, 'n', redis.call('INCR', p .. ':evseq'))
   return ns
 end
 """
@@ -101,7 +103,8 @@ redis.call('ZADD', p .. ':exp', stale_until, id)
 redis.call('SADD', p .. ':namespaces', ns)
 for _, d in ipairs(cjson.decode(docs)) do redis.call('SADD', p .. ':doc:' .. d, id) end
 if tpl ~= '' then redis.call('SADD', p .. ':tpl:' .. tpl, id) end
-redis.call('XADD', p .. ':events', 'MAXLEN', '~', maxlen, '*', 'op', 'a', 'id', id, 'ns', ns)
+redis.call('XADD', p .. ':events', 'MAXLEN', '~', maxlen, '*',
+  'op', 'a', 'id', id, 'ns', ns, 'n', redis.call('INCR', p .. ':evseq'))
 local evicted = {}
 if max_entries > 0 then
   local over = redis.call('ZCARD', p .. ':ns:' .. ns) - max_entries
@@ -184,12 +187,13 @@ class PutResult:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Event:
-    """One add or delete from the event stream."""
+    """One add or delete from the event stream; ``seq`` counts events without gaps."""
 
     stream_id: str
     op: str
     entry_id: int
     namespace: str
+    seq: int
 
 
 def _s(value: bytes | str | None) -> str:
@@ -437,23 +441,25 @@ class CacheStore:
         found = await self.redis.zrangebyscore(f"{self.prefix}:exp", "-inf", now_ms, start=0, num=limit)
         return [int(x) for x in found]
 
-    async def _stream_info(self) -> Mapping[str, Any]:
-        try:
-            info = await self.redis.xinfo_stream(self.events_key)
-        except aioredis.ResponseError:  # no such key: nothing was ever stored
-            return {}
-        return {_s(k): v for k, v in info.items()}
+    @staticmethod
+    def _events(items: Sequence[Any]) -> list[Event]:
+        out = []
+        for stream_id, fields in items:
+            f = {_s(k): _s(v) for k, v in fields.items()}
+            out.append(
+                Event(_s(stream_id), f.get("op", ""), int(f.get("id") or 0), f.get("ns", ""), int(f.get("n") or 0))
+            )
+        return out
 
-    async def stream_last_id(self) -> str:
-        """The id of the last event ever added ("0-0" when none)."""
-        info = await self._stream_info()
-        return _s(info.get("last-generated-id")) or "0-0"
+    async def stream_head(self) -> tuple[str, int]:
+        """The id and number of the newest event, or ("0-0", 0) when there is none."""
+        newest = self._events(await self.redis.xrevrange(self.events_key, "+", "-", count=1))
+        return (newest[0].stream_id, newest[0].seq) if newest else ("0-0", 0)
 
-    async def stream_covers(self, after_id: str) -> bool:
-        """Whether every event after ``after_id`` is still in the stream (none trimmed)."""
-        info = await self._stream_info()
-        trimmed = _s(info.get("max-deleted-entry-id")) or "0-0"
-        return stream_id_key(trimmed) <= stream_id_key(after_id)
+    async def first_event_after(self, after_id: str) -> Event | None:
+        """The oldest event still in the stream that is newer than ``after_id``."""
+        found = self._events(await self.redis.xrange(self.events_key, f"({after_id}", "+", count=1))
+        return found[0] if found else None
 
     async def read_events(self, after_id: str, *, count: int = 512, block_ms: int | None = None) -> list[Event]:
         """Events after ``after_id``, waiting up to ``block_ms`` for one when given."""
@@ -461,16 +467,7 @@ class CacheStore:
         if not reply:
             return []
         batches = reply.values() if isinstance(reply, dict) else [items for _, items in reply]
-        out = []
-        for items in batches:
-            for item in items:
-                if isinstance(item, list | tuple) and len(item) == 2 and isinstance(item[1], dict):
-                    stream_id, fields = item
-                else:  # RESP3 nests one level deeper
-                    stream_id, fields = item[0], item[1]
-                f = {_s(k): _s(v) for k, v in fields.items()}
-                out.append(Event(_s(stream_id), f.get("op", ""), int(f.get("id", "0")), f.get("ns", "")))
-        return out
+        return [event for items in batches for event in self._events(items)]
 
     async def flush_stats(
         self, counters: Mapping[str, Mapping[str, float]], touches: Mapping[str, Mapping[int, int]]

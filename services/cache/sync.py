@@ -26,6 +26,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from redis.exceptions import RedisError
 
@@ -69,8 +70,10 @@ class IndexSync:
         self.rebuild_threads = rebuild_threads
         self.follow_block_ms = follow_block_ms
         self.last_id = "0-0"
+        self.last_seq = 0
         self.epoch = ""
         self.applied_since_snapshot = 0
+        self.report: RebuildReport | None = None
         # Held while the index is written to disk; mutations wait (or are left to the stream).
         self._mutate = asyncio.Lock()
 
@@ -87,14 +90,14 @@ class IndexSync:
             source = "snapshot"
         tail = await self.catch_up()
         total = sum(self.indexes.count(ns) for ns in self.indexes.namespaces())
-        report = RebuildReport(source, total, time.perf_counter() - started, tail)
+        report = self.report = RebuildReport(source, total, time.perf_counter() - started, tail)
         log.info("index ready", extra=dataclasses.asdict(report))
         self._export_counts()
         return report
 
     async def rebuild(self) -> None:
         """Replaces the index with one built from every entry in Redis."""
-        last_id = await self.store.stream_last_id()  # before the scan: the tail covers the rest
+        last_id, last_seq = await self.store.stream_head()  # before the scan: the tail covers the rest
         indexes = IndexSet(self.params)
         counts = await self.store.counts(await self.store.namespaces())
         for ns, count in counts.items():
@@ -108,7 +111,7 @@ class IndexSync:
                 await asyncio.to_thread(index.add, records, self.rebuild_threads)
         async with self._mutate:
             self.indexes = indexes
-            self.last_id = last_id
+            self.last_id, self.last_seq = last_id, last_seq
         self._export_counts()
 
     async def catch_up(self) -> int:
@@ -118,27 +121,36 @@ class IndexSync:
             events = await self.store.read_events(self.last_id, count=2000)
             if not events:
                 return applied
-            await self.apply(events)
+            await self._apply_or_rebuild(events)
             applied += len(events)
 
-    # --- follow -------------------------------------------------------------------
+    async def follow(self, stop: asyncio.Event) -> None:
+        """Applies the event stream until ``stop`` is set; survives Redis outages.
 
-    async def follow(self) -> None:
-        """Applies the event stream until cancelled; survives Redis outages."""
-        while True:
+        Returns within about ``follow_block_ms`` of ``stop`` being set. (It is stopped this
+        way rather than cancelled, so that no blocked XREAD is ever cancelled midway.)
+        """
+        while not stop.is_set():
             try:
                 events = await self.store.read_events(self.last_id, count=512, block_ms=self.follow_block_ms)
-                if events and not await self.store.stream_covers(self.last_id):
-                    log.warning("fell behind the event stream's trimming; rebuilding the index")
-                    await self.rebuild()
-                    continue
-                if events:
-                    await self.apply(events)
-            except asyncio.CancelledError:
-                raise
+                await self._apply_or_rebuild(events)
             except (RedisError, OSError) as exc:
                 log.warning("event stream unreachable; retrying", extra={"error": str(exc)})
-                await asyncio.sleep(1.0)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+
+    async def _apply_or_rebuild(self, events: Sequence[Event]) -> None:
+        if not events:
+            return
+        if events[0].seq != self.last_seq + 1:
+            # Events between the last applied one and this one were trimmed away.
+            log.warning(
+                "fell behind the event stream's trimming; rebuilding the index",
+                extra={"expected_seq": self.last_seq + 1, "got_seq": events[0].seq},
+            )
+            await self.rebuild()
+            return
+        await self.apply(events)
 
     async def apply(self, events: Sequence[Event]) -> None:
         """Applies adds and deletes from the stream (idempotent)."""
@@ -162,7 +174,7 @@ class IndexSync:
                     removed[e.namespace].append(e.entry_id)
             for ns, ids in removed.items():
                 self.indexes.remove(ns, ids)
-            self.last_id = events[-1].stream_id
+            self.last_id, self.last_seq = events[-1].stream_id, events[-1].seq
             self.applied_since_snapshot += len(events)
         metrics.EVENTS_APPLIED.inc(len(events))
         self._export_counts(set(by_ns) | set(removed))
@@ -205,49 +217,61 @@ class IndexSync:
         if self.snapshot_dir is None:
             return None
         async with self._mutate:
-            self.snapshot_dir.mkdir(parents=True, exist_ok=True)
-            name = f"snap-{time.time_ns()}"
-            tmp = self.snapshot_dir / f"{name}.tmp"
-            tmp.mkdir()
             manifest = {
                 "epoch": self.epoch,
                 "last_id": self.last_id,
+                "last_seq": self.last_seq,
                 "dim": self.params.dim,
                 "m": self.params.m,
                 "prefix": self.store.prefix,
             }
-            try:
-                await asyncio.to_thread(self.indexes.save, tmp)
-                (tmp / _MANIFEST).write_text(json.dumps(manifest))
-                final = self.snapshot_dir / name
-                tmp.rename(final)
-                current = self.snapshot_dir / f"{_CURRENT}.tmp"
-                current.write_text(name)
-                os.replace(current, self.snapshot_dir / _CURRENT)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
+            final = await asyncio.to_thread(self._write_snapshot, self.snapshot_dir, manifest)
             self.applied_since_snapshot = 0
-        for old in self.snapshot_dir.glob("snap-*"):
-            if old.name != name:
-                shutil.rmtree(old, ignore_errors=True)
         log.info("index snapshot written", extra={"path": str(final), "last_id": manifest["last_id"]})
         return final
+
+    def _write_snapshot(self, directory: Path, manifest: dict[str, Any]) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        name = f"snap-{time.time_ns()}"
+        tmp = directory / f"{name}.tmp"
+        tmp.mkdir()
+        try:
+            self.indexes.save(tmp)
+            (tmp / _MANIFEST).write_text(json.dumps(manifest))
+            final = directory / name
+            tmp.rename(final)
+            current = directory / f"{_CURRENT}.tmp"
+            current.write_text(name)
+            os.replace(current, directory / _CURRENT)  # the switch to the new snapshot is atomic
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        for old in directory.glob("snap-*"):
+            if old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    @staticmethod
+    def _read_manifest(directory: Path) -> tuple[Path, dict[str, Any]] | None:
+        try:
+            snapshot = directory / (directory / _CURRENT).read_text().strip()
+            return snapshot, json.loads((snapshot / _MANIFEST).read_text())
+        except (OSError, ValueError):
+            return None
 
     async def _load_snapshot(self) -> bool:
         if self.snapshot_dir is None:
             return False
-        try:
-            name = (self.snapshot_dir / _CURRENT).read_text().strip()
-            directory = self.snapshot_dir / name
-            manifest = json.loads((directory / _MANIFEST).read_text())
-        except (OSError, ValueError):
+        found = await asyncio.to_thread(self._read_manifest, self.snapshot_dir)
+        if found is None:
             return False
+        directory, manifest = found
         expected = {"epoch": self.epoch, "dim": self.params.dim, "m": self.params.m, "prefix": self.store.prefix}
         if any(manifest.get(k) != v for k, v in expected.items()):
             log.info("snapshot is for another data set or index shape; rebuilding", extra={"path": str(directory)})
             return False
-        if not await self.store.stream_covers(manifest["last_id"]):
+        following = await self.store.first_event_after(manifest["last_id"])
+        if following is not None and following.seq != manifest["last_seq"] + 1:
             log.info("events after the snapshot were trimmed from the stream; rebuilding")
             return False
         try:
@@ -256,13 +280,10 @@ class IndexSync:
             log.warning("snapshot unreadable; rebuilding", extra={"error": str(exc)})
             return False
         self.indexes = indexes
-        self.last_id = manifest["last_id"]
+        self.last_id, self.last_seq = manifest["last_id"], manifest["last_seq"]
         return True
 
-    async def snapshot_forever(self, interval_s: float) -> None:
-        """Writes a snapshot every ``interval_s`` when the index changed since the last one."""
-        while True:
-            await asyncio.sleep(interval_s)
-            if self.applied_since_snapshot:
-                with contextlib.suppress(OSError):
-                    await self.snapshot()
+    async def snapshot_if_changed(self) -> None:
+        """Writes a snapshot when the index changed since the last one."""
+        if self.applied_since_snapshot:
+            await self.snapshot()
