@@ -20,7 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
-from tollway.cache import metrics, quality
+from tollway.cache import metrics, presets, quality, verifier
 from tollway.cache.entries import (
     CacheMode,
     Entry,
@@ -73,14 +73,11 @@ def accept_all(query: str, candidate: str, cosine: float, threshold: float) -> V
     return _Accept()
 
 
-def installed_verifier() -> Verifier:
-    """``tollway.cache.verifier.verify`` when installed, else :func:`accept_all`."""
-    try:
-        from tollway.cache.verifier import verify
-    except ImportError:
-        log.warning("tollway.cache.verifier not found: tier-2 candidates get no second check")
-        return accept_all
-    return verify
+def verifier_for(namespace: Namespace) -> Verifier:
+    """The second check a namespace runs: its preset's rules, or the default rules."""
+    if namespace.preset:
+        return presets.verifier_for(namespace.preset).verify
+    return verifier.verify
 
 
 def wall_clock_ms() -> int:
@@ -129,7 +126,8 @@ class Cache:
             namespaces: The namespaces in force.
             sync: This replica's index and its follower.
             settings: Tuning; defaults otherwise.
-            verifier: The second check for tier-2 candidates.
+            verifier: A second check for every namespace (tests); by default each namespace
+                runs its preset's rules (:func:`verifier_for`).
             clock: Current Unix time in ms (tests pass a controllable one).
             rng: Randomness for quality sampling.
         """
@@ -137,7 +135,8 @@ class Cache:
         self.namespaces = namespaces
         self.sync = sync
         self.settings = settings or CacheSettings()
-        self.verify = verifier or installed_verifier()
+        self._verifier = verifier
+        self._verifiers: dict[str, Verifier] = {}
         self.clock = clock
         self.rng = rng or random.Random()
         self.stats_buffer = StatsBuffer()
@@ -383,8 +382,9 @@ class Cache:
                 continue
             if fresh or stale is None:
                 if ns.second_check:
-                    verdict = self.verify(query.fingerprint.query, entry.query, candidate.similarity, ns.threshold)
-                    check_reason = verdict.reason
+                    verdict = self._check(ns)(query.fingerprint.query, entry.query, candidate.similarity, ns.threshold)
+                    detail = getattr(verdict, "detail", "")
+                    check_reason = f"{verdict.reason}: {detail}" if detail else verdict.reason
                     if not verdict.accept:
                         rejected = True
                         self._count(ns.name, "check_rejection")
@@ -407,6 +407,14 @@ class Cache:
         return LookupOutcome(
             Tier.MISS, key, stale, similarity=stale_similarity, miss_reason=reason, check_reason=check_reason
         )
+
+    def _check(self, ns: Namespace) -> Verifier:
+        if self._verifier is not None:
+            return self._verifier
+        found = self._verifiers.get(ns.preset)
+        if found is None:
+            found = self._verifiers[ns.preset] = verifier_for(ns)
+        return found
 
     # --- store ---------------------------------------------------------------------
 
@@ -634,4 +642,4 @@ class Cache:
         return QualityResult(token_f1=f1, embedding_cosine=cos)
 
 
-__all__ = ["Cache", "CacheSettings", "Verdict", "Verifier", "accept_all", "installed_verifier"]
+__all__ = ["Cache", "CacheSettings", "Verdict", "Verifier", "accept_all", "verifier_for"]

@@ -6,7 +6,7 @@ The file looks like::
       ttl_s: 3600
     namespaces:
       default:
-        threshold: 0.92    # tier-2 cosine threshold, (0, 1]
+        preset: default    # settings from tollway.cache.presets, overridable below
         scope: tenant      # global | tenant | user
       faq:
         threshold: 0.88
@@ -69,6 +69,8 @@ class Namespace:
         stale_grace_s: Seconds an expired entry is kept for the stale fallback.
         second_check: Whether tier-2 candidates must also pass the second check.
         quality_sample_rate: Fraction of semantic hits flagged for a fresh comparison, [0, 1].
+        preset: The preset the settings started from ("" for none); it also picks the
+            second check's rules (``tollway.cache.presets.verifier_for``).
     """
 
     name: str
@@ -82,6 +84,7 @@ class Namespace:
     stale_grace_s: float = 3600.0
     second_check: bool = True
     quality_sample_rate: float = 0.0
+    preset: str = ""
 
     @property
     def ttl_ms(self) -> int:
@@ -158,6 +161,7 @@ def _section(path: str, raw: Any, presets: Mapping[str, Mapping[str, Any]]) -> d
             known = ", ".join(sorted(presets)) or "none are installed"
             raise NamespaceConfigError(f"{path}.preset: {name!r} is not a preset ({known})")
         out.update(_section(f"{path}.preset({name})", dict(presets[name]), {}))
+        out["preset"] = name
     for key, value in raw.items():
         if key == "preset":
             continue
@@ -225,13 +229,10 @@ def load_namespaces(
 
 
 def installed_presets() -> dict[str, Mapping[str, Any]]:
-    """The presets shipped in ``tollway.cache.presets`` (empty until that module exists)."""
-    try:
-        from tollway.cache import presets
-    except ImportError:
-        return {}
-    table = getattr(presets, "PRESETS", {})
-    return {str(k): dict(v) if isinstance(v, Mapping) else vars(v) for k, v in table.items()}
+    """The presets shipped in ``tollway.cache.presets``: name -> namespace settings."""
+    from tollway.cache.presets import PRESETS
+
+    return {name: dict(settings) for name, settings in PRESETS.items()}
 
 
 class NamespaceRegistry:

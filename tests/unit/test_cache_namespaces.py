@@ -13,18 +13,22 @@ from tollway.cache.namespaces import (
     Namespace,
     NamespaceConfigError,
     NamespaceRegistry,
+    installed_presets,
     load_namespaces,
     parse_namespaces,
 )
+from tollway.cache.presets import PRESETS
 from tollway.cache.scope import Scope
 from tollway.mesh.errors import NotFound
 
 
-def test_builtin_file_parses() -> None:
-    spaces = load_namespaces(BUILTIN_PATH, presets={})
-    assert "default" in spaces
-    assert spaces["faq"].scope is Scope.GLOBAL
+def test_builtin_file_parses_with_the_installed_presets() -> None:
+    spaces = load_namespaces(BUILTIN_PATH, presets=installed_presets())
+    assert spaces["default"].preset == "default"
+    assert spaces["default"].threshold == PRESETS["default"]["threshold"]
+    assert spaces["faq"].scope is Scope.GLOBAL and spaces["faq"].preset == "loose"
     assert spaces["personal"].semantic is False
+    assert NamespaceRegistry().names == sorted(spaces)
 
 
 def test_defaults_then_namespace_settings() -> None:
@@ -46,7 +50,7 @@ def test_defaults_then_namespace_settings() -> None:
 def test_presets_fill_in_and_namespace_wins() -> None:
     presets = {"strict": {"threshold": 0.97, "second_check": True, "ttl_s": 30}}
     spaces = parse_namespaces({"namespaces": {"a": {"preset": "strict", "ttl_s": 90}}}, presets=presets)
-    assert (spaces["a"].threshold, spaces["a"].ttl_s) == (0.97, 90.0)
+    assert (spaces["a"].threshold, spaces["a"].ttl_s, spaces["a"].preset) == (0.97, 90.0, "strict")
     with pytest.raises(NamespaceConfigError, match=r"namespaces\.a\.preset: 'loose' is not a preset \(strict\)"):
         parse_namespaces({"namespaces": {"a": {"preset": "loose"}}}, presets=presets)
 

@@ -103,3 +103,18 @@ def test_quality_sample_checks(cache: Cache) -> None:
     )
     assert result.token_f1 == pytest.approx(0.5)
     assert result.embedding_cosine == pytest.approx(1.0)
+
+
+def test_each_namespace_runs_its_presets_rules(tmp_path: Path) -> None:
+    path = tmp_path / "ns.yaml"
+    path.write_text(
+        "namespaces:\n  plain: {threshold: 0.9}\n  strict: {preset: strict}\n  default: {preset: default}\n"
+    )
+    cache = Cache(store=None, namespaces=NamespaceRegistry(path), sync=None)  # type: ignore[arg-type]
+    near_miss = ("npm audit false positives", "yarn audit false positives")  # a term swap
+    numbers = ("download Ubuntu 22.04 ISO", "download Ubuntu 24.04 ISO")
+    plain, strict, default = (cache._check(cache.namespaces.get(n)) for n in ("plain", "strict", "default"))
+    assert not plain(*numbers, 0.97, 0.9).accept
+    assert not strict(*near_miss, 0.97, 0.9).accept
+    assert default(*near_miss, 0.97, 0.9).accept  # term_swap is a strict-only rule
+    assert cache._check(cache.namespaces.get("strict")) is strict  # built once per preset
