@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import uuid
@@ -17,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from prometheus_client import REGISTRY
 
+from tollway.cache import purge
 from tollway.cache.cache import Verdict, accept_all
 from tollway.cache.testing import RunningCache, local_redis, running_cache
 from tollway.cache.v1 import cache_pb2
@@ -522,3 +524,27 @@ async def test_namespaces_reload_when_the_file_changes(svc: RunningCache, namesp
     else:
         pytest.fail("the new namespace never appeared")
     assert resp.tier == common_pb2.CACHE_TIER_MISS
+
+
+async def test_purge_cli_function(svc: RunningCache, capsys: pytest.CaptureFixture[str]) -> None:
+    target = f"127.0.0.1:{svc.port}"
+    await svc.stub.Store(store_req("a", "x", document_ids=["doc-9"]))
+    await svc.stub.Store(store_req("b", "x", fp={"prompt_template": "tpl", "prompt_version": "7"}))
+    await svc.stub.Store(store_req("c", "x", namespace="shared"))
+    assert await purge.purge_async(target, document_ids=["doc-9"]) == 1
+    assert await purge.purge_async(target, prompt_template="tpl", prompt_version="6") == 0
+    with pytest.raises(ValueError, match="exactly one"):
+        await purge.purge_async(target, namespace="shared", everything=True)
+
+    parser = argparse.ArgumentParser()
+    purge.add_arguments(parser)
+    code = await asyncio.to_thread(purge.run, parser.parse_args(["--target", target, "--all"]))
+    assert code == 0 and capsys.readouterr().out == "removed 2 cache entries\n"
+    assert (await stats(svc, "shared")).entry_count == 0
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--all", "--namespace", "x"])
+    code = await asyncio.to_thread(
+        purge.run, parser.parse_args(["--target", "127.0.0.1:1", "--all", "--timeout", "0.5"])
+    )
+    assert code == 1
+    assert capsys.readouterr().err.startswith("tollway cache purge: UNAVAILABLE: ")
