@@ -543,6 +543,7 @@ async def test_purge_cli_function(svc: RunningCache, capsys: pytest.CaptureFixtu
     assert (await stats(svc, "shared")).entry_count == 0
     with pytest.raises(SystemExit):
         parser.parse_args(["--all", "--namespace", "x"])
+    capsys.readouterr()  # argparse's usage message
     code = await asyncio.to_thread(
         purge.run, parser.parse_args(["--target", "127.0.0.1:1", "--all", "--timeout", "0.5"])
     )
