@@ -6,7 +6,7 @@ Each caller sends one text per call, back to back. Also prints the latency of on
 the model (the "embedding p50 <= 5 ms" aim). With --grpc, the same load also goes through the real service
 (``python -m tollway.embedding`` in its own process, cache tiers off) from a grpc.aio client.
 
-    .venv/bin/python bench/embed_batching.py [--seconds 4] [--waits-ms 0,2] [--callers 1,16,64] [--grpc]
+    .venv/bin/python bench/embed_batching.py [--seconds 4] [--waits-ms 0,2] [--callers 1,16,64] [--rounds 3] [--grpc]
 """
 
 from __future__ import annotations
@@ -200,9 +200,10 @@ def single_query_p50(reps: int = 300) -> tuple[float, float]:
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=4.0, help="measuring time per configuration")
+    parser.add_argument("--seconds", type=float, default=4.0, help="measuring time per configuration and round")
     parser.add_argument("--waits-ms", default="0,2", help="batch_max_wait_ms values to try with batching on")
     parser.add_argument("--callers", default="1,16,64", help="concurrent caller counts")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds over every configuration; the best is kept")
     parser.add_argument("--grpc", action="store_true", help="also through the real service over gRPC")
     args = parser.parse_args()
     waits = [float(w) for w in args.waits_ms.split(",")]
@@ -210,32 +211,39 @@ async def main() -> None:
     configs = [("off", False, 0.0)] + [(f"on, wait {w:g} ms", True, w) for w in waits]
     queries = short_queries(20_000)
 
-    p50, p99 = single_query_p50()
-    print(f"single short query, model.embed directly: p50 {p50:.2f} ms, p99 {p99:.2f} ms")
-
-    results: dict[tuple[str, int, str], dict[str, float]] = {}
+    # The machine is shared: rounds interleave the configurations, and the best round of each is reported, so
+    # that a burst of someone else's work hurts no configuration more than another.
+    results: dict[tuple[str, int, str], list[dict[str, float]]] = {}
+    single: list[tuple[float, float]] = []
     registry = ModelRegistry([catalogue()[DEFAULT_MODEL_ID]])
     registry.load_all()
-    for callers in caller_counts:
-        for label, batching, wait in configs:
-            results["in-process", callers, label] = await run_in_process(
-                registry, queries, callers=callers, batching=batching, wait_ms=wait, seconds=args.seconds
-            )
-    if args.grpc:
-        for label, batching, wait in configs:
-            rows = await run_grpc(
-                queries, callers_list=caller_counts, batching=batching, wait_ms=wait, seconds=args.seconds
-            )
-            for callers, row in zip(caller_counts, rows, strict=True):
-                results["gRPC", callers, label] = row
+    for _ in range(args.rounds):
+        single.append(single_query_p50())
+        for callers in caller_counts:
+            for label, batching, wait in configs:
+                row = await run_in_process(
+                    registry, queries, callers=callers, batching=batching, wait_ms=wait, seconds=args.seconds
+                )
+                results.setdefault(("in-process", callers, label), []).append(row)
+        if args.grpc:
+            for label, batching, wait in configs:
+                rows = await run_grpc(
+                    queries, callers_list=caller_counts, batching=batching, wait_ms=wait, seconds=args.seconds
+                )
+                for callers, row in zip(caller_counts, rows, strict=True):
+                    results.setdefault(("gRPC", callers, label), []).append(row)
 
+    p50, p99 = min(single)
+    print(f"single short query, model.embed directly: p50 {p50:.2f} ms, p99 {p99:.2f} ms (best of {args.rounds})")
     print(f"\n{'path':<10} | {'callers':>7} | {'batching':<15} | {'texts/s':>8} | {'p50 ms':>8} | {'p99 ms':>8}")
     print("-" * 72)
-    for (path, callers, label), r in sorted(results.items(), key=lambda kv: (kv[0][0] != "in-process", kv[0][1])):
+    for (path, callers, label), rows in sorted(results.items(), key=lambda kv: (kv[0][0] != "in-process", kv[0][1])):
+        r = max(rows, key=lambda row: row["texts_per_s"])
         print(
             f"{path:<10} | {callers:>7} | {label:<15} | {r['texts_per_s']:>8.1f} | {r['p50_ms']:>8.2f} | "
             f"{r['p99_ms']:>8.2f}"
         )
+    print(f"(best of {args.rounds} round(s) of {args.seconds:g} s per row, by throughput; load {os.getloadavg()})")
 
 
 if __name__ == "__main__":
