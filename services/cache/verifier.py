@@ -76,7 +76,7 @@ def _numbers(query: Features, cached: Features) -> str | None:
 
 
 def _units(query: Features, cached: Features) -> str | None:
-    for value in {q.value for q in query.quantities}:
+    for value in sorted({q.value for q in query.quantities}):
         q_units = {q.unit for q in query.quantities if q.value == value and q.unit}
         c_units = {q.unit for q in cached.quantities if q.value == value and q.unit}
         if q_units and c_units and not q_units & c_units:

@@ -203,9 +203,10 @@ def analyze(text: str) -> Features:
         Its features; the same object for the same text while it stays in the memo.
     """
     matches = list(_TOKEN_RE.finditer(text))
-    capitalised = sum(1 for m in matches if m.group()[:1].isupper())
-    # In Title Case Headlines capitals say nothing about names.
-    title_case_text = len(matches) >= 4 and capitalised / len(matches) > 0.6
+    # In Title Case Headlines even function words are capitalised, and capitals say nothing about names.
+    function_words = [m.group() for m in matches[1:] if m.group().lower() in STOPWORDS]
+    capitalised = sum(1 for w in function_words if w[:1].isupper())
+    title_case_text = len(function_words) >= 2 and capitalised / len(function_words) > 0.5
 
     words: list[str] = []
     surfaces: list[tuple[str, bool]] = []
