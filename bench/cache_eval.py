@@ -18,6 +18,14 @@ entry's k nearest stored neighbours), is scored too, with the faiss store holdin
 of the set. Its model-based evaluators (ONNX cross-encoder, SBERT cross-encoder, Cohere) need a model
 download and cannot run here.
 
+The peer venv (git-ignored; nothing here downloads a model)::
+
+    python3 -m venv peers/gptcache-venv
+    peers/gptcache-venv/bin/pip install gptcache==0.1.44 faiss-cpu==1.15.1 sqlalchemy==2.1.9 numpy==2.4.6
+
+(GPTCache imports SQLAlchemy lazily for its sqlite store and tries to pip-install it at run time when it is
+missing, hence the explicit pin.)
+
 Usage::
 
     python bench/cache_eval.py                    # all three sets, QQP subsampled to 20,000 pairs

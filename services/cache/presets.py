@@ -28,6 +28,7 @@ far more numerous negatives whose added or changed number does change the answer
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import cache
 from types import MappingProxyType
 from typing import Any
 
@@ -54,8 +55,9 @@ PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
 )
 
 
+@cache
 def verifier_for(preset: str) -> Verifier:
-    """Builds the verifier that runs a preset's profile.
+    """Returns the verifier that runs a preset's profile (one shared, stateless instance per preset).
 
     Args:
         preset: A key of :data:`PROFILES`.

@@ -26,9 +26,12 @@ rule (``reason``)         rejects when
 Paraphrases survive because content words are compared after folding case, inflection, stopwords, common
 synonyms and abbreviations, and because word order alone (outside ``role_swap``) is ignored.
 
-The rules are lexical, deterministic and cheap (tens of microseconds for a short query; each text is
-analysed once and memoised). Which rules run is configurable: :func:`verify` runs :data:`DEFAULT_RULES`,
-namespace presets pick their own (``tollway.cache.presets``), and ``bench/cache_eval.py`` measures them.
+The rules are lexical, deterministic and cheap: about 0.1 ms per candidate for short prompts and 0.2 ms
+for a 60-word question, both texts analysed from scratch (p50 on the 2-core dev machine); each text's
+analysis is memoised, so a cached entry checked again costs less.
+
+Which rules run is configurable: :func:`verify` runs :data:`DEFAULT_RULES`, namespace presets pick their own
+(``tollway.cache.presets``), and ``bench/cache_eval.py`` measures them.
 """
 
 from __future__ import annotations

@@ -192,7 +192,7 @@ def _looks_like_name(surface: str, sentence_initial: bool, title_case_text: bool
     return surface[:1].isupper()
 
 
-@lru_cache(maxsize=8192)
+@lru_cache(maxsize=4096)
 def analyze(text: str) -> Features:
     """Extracts the comparable features of a text.
 
