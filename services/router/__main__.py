@@ -25,6 +25,7 @@ from tollway.router.providers.gemini import GeminiAdapter
 from tollway.router.providers.openai_compat import OpenAICompatAdapter
 from tollway.router.service import RouterServicer
 from tollway.router.store import RedisBreakerStore
+from tollway.router.tokens import count_tokens
 from tollway.router.v1 import router_pb2_grpc
 
 SERVICE_NAME = "tollway.router.v1.RouterService"
@@ -69,6 +70,8 @@ def build(cfg: RouterConfig, mesh: MeshConfig | None = None) -> tuple[ServiceSpe
         router_pb2_grpc.add_RouterServiceServicer_to_server(RouterServicer(router), server)
 
     async def start() -> None:
+        # Load the tokenizer now: the first request must not pay for it (~0.5 s).
+        count_tokens("warm up")
         if client is not None:
             await mesh_redis.wait_ready(client)
         if cfg.catalog_reload_s > 0:

@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from tollway.mesh import errors
 from tollway.router import metrics
 
 log = logging.getLogger("tollway.router.breaker")
@@ -270,16 +271,35 @@ class Breakers:
             self._store_failed("release", permit.name, exc)
 
     async def snapshots(self, names: Sequence[str]) -> list[BreakerSnapshot]:
-        """The shared state of each named breaker (closed when never used)."""
+        """The shared state of each named breaker (closed when never used).
+
+        Raises:
+            errors.Unavailable: Redis could not be read.
+        """
         if self.store is None:
             return [BreakerSnapshot(n, CLOSED) for n in names]
-        result = await self.store.snapshots(names, self.settings)
+        try:
+            result = await self.store.snapshots(names, self.settings)
+        except Exception as exc:
+            raise errors.Unavailable(
+                f"cannot read the breaker state from Redis: {exc}; retry shortly", reason="BREAKER_STORE_UNAVAILABLE"
+            ) from exc
         for snap in result:
             metrics.BREAKER_STATE.labels(snap.name).set(metrics.BREAKER_STATE_VALUE.get(snap.state, 0))
         return result
 
     async def transitions(self, limit: int, before_id: str = "", breaker: str = "") -> list[Transition]:
-        """Recorded transitions, newest first, older than ``before_id`` when given."""
+        """Recorded transitions, newest first, older than ``before_id`` when given.
+
+        Raises:
+            errors.Unavailable: Redis could not be read.
+        """
         if self.store is None:
             return []
-        return await self.store.transitions(limit, before_id, breaker)
+        try:
+            return await self.store.transitions(limit, before_id, breaker)
+        except Exception as exc:
+            raise errors.Unavailable(
+                f"cannot read the breaker transitions from Redis: {exc}; retry shortly",
+                reason="BREAKER_STORE_UNAVAILABLE",
+            ) from exc

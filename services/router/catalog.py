@@ -157,7 +157,8 @@ class Catalog:
         return self.models.get(self.aliases.get(name, name))
 
     def names(self) -> list[str]:
-        return sorted({*self.models, *self.aliases, *(["auto"] if self.routing.tiers else [])})
+        """Every name :meth:`resolve` resolves: models and aliases (not tiered ``auto``)."""
+        return sorted({*self.models, *self.aliases})
 
     def chain(self, first: Model) -> list[Model]:
         """``first``, its fallbacks in order, then the last resort; each model once."""

@@ -76,8 +76,9 @@ def decide(request: ChatRequest, catalog: Catalog, classifier: ComplexityClassif
         return _decide_auto(request, catalog, classifier, prompt_tokens)
     model = catalog.resolve(request.model)
     if model is None:
+        known = sorted({*catalog.names(), *(["auto"] if catalog.routing.tiers else [])})
         raise errors.NotFound(
-            f"model {request.model!r} is not in the catalog; known models: {', '.join(catalog.names())}",
+            f"model {request.model!r} is not in the catalog; known models: {', '.join(known)}",
             reason="MODEL_NOT_FOUND",
             metadata={"model": request.model},
         )

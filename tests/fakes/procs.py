@@ -143,11 +143,14 @@ class FakeProvider:
 class RouterProcess:
     """``python -m tollway.router`` with its own port, the given catalog and Redis."""
 
-    def __init__(self, name: str, workdir: Path, catalog: Path, redis_url: str, **settings: object) -> None:
+    def __init__(
+        self, name: str, workdir: Path, catalog: Path, redis_url: str, log_level: str = "INFO", **settings: object
+    ) -> None:
         self.port = free_port()
         env = {
             "TOLLWAY_REDIS_URL": redis_url,
             "TOLLWAY_LOG_FORMAT": "text",
+            "TOLLWAY_LOG_LEVEL": log_level,
             "TOLLWAY_ROUTER_PORT": str(self.port),
             "TOLLWAY_ROUTER_CATALOG": str(catalog),
             **{f"TOLLWAY_ROUTER_{k.upper()}": str(v) for k, v in settings.items()},

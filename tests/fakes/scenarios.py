@@ -4,6 +4,7 @@ Scenarios (the model name, or a dash-separated part of it after ``fake-``):
     anything else            a normal answer: "Hello from <model>." word by word
     fake-words-<n>           a normal answer of n words
     fake-slow-<ms>           waits <ms> before the first byte (headers)
+    fake-ttft-<ms>-words-<n> waits <ms> before the first byte, then answers n words
     fake-gap-<ms>            waits <ms> between chunks, 1000 chunks (for cancellation tests)
     fake-cut-mid-stream      sends 3 chunks, then drops the connection (unterminated body)
     fake-reset-mid-stream    sends 3 chunks, then resets the connection (TCP RST)
@@ -81,6 +82,8 @@ def parse(model: str) -> Scenario:
         s["gap_ms"] = int(m.group(1))
     if m := re.fullmatch(r"fake-words-(\d+)", model):
         s["n_words"] = int(m.group(1))
+    if m := re.fullmatch(r"fake-ttft-(\d+)-words-(\d+)", model):
+        s["slow_ms"], s["n_words"] = int(m.group(1)), int(m.group(2))
     if model == "fake-cut-mid-stream":
         s["cut_after"] = 3
     if model == "fake-reset-mid-stream":

@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 import pytest
 import redis.asyncio as aioredis
+from prometheus_client import REGISTRY
 
 from tests.fakes import openai as fake_openai
 from tests.fakes.http import FakeHTTPServer
@@ -83,6 +84,12 @@ async def test_opens_after_n_consecutive_failures(client: aioredis.Redis) -> Non
     [t] = await b.transitions(10, breaker=key)
     assert (t.from_state, t.to_state, t.replica) == (CLOSED, OPEN, "r1")
     assert t.reason.startswith("3 consecutive failures")
+    # Visible in this replica's Prometheus metrics too.
+    assert REGISTRY.get_sample_value("tollway_router_breaker_state", {"breaker": key}) == 2
+    labels = {"breaker": key, "from_state": CLOSED, "to_state": OPEN}
+    assert REGISTRY.get_sample_value("tollway_router_breaker_transitions_total", labels) == 1
+    await b.acquire(key)
+    assert REGISTRY.get_sample_value("tollway_router_breaker_rejections_total", {"breaker": key}) == 1
 
 
 async def test_a_success_resets_the_consecutive_count(client: aioredis.Redis) -> None:
@@ -228,6 +235,8 @@ async def test_redis_down_fails_open_without_asking_it_on_every_call(redis_serve
         await b.record(p, ok=False)
     # One bounded attempt, then the store is left alone for a while: no stall per request.
     assert store.calls == 1
+    with pytest.raises(errors.Unavailable, match="cannot read the breaker state"):
+        await Breakers(RedisBreakerStore(dead), FAST).snapshots(["x"])
     await dead.aclose()
 
 
