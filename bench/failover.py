@@ -117,7 +117,11 @@ class Envoy:
         )
         self.stack.start()
         self.redis_url = self.stack.redis_url
-        self.key, _ = asyncio.run(_create_key(self.redis_url, "failover-bench"))
+        try:
+            self.key, _ = asyncio.run(_create_key(self.redis_url, "failover-bench"))
+        except BaseException:
+            self.stack.stop()
+            raise
         self.host, self.port = self.stack.mesh.edge.listen.host, self.stack.mesh.edge.listen.port
         self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
@@ -203,10 +207,15 @@ class Routers:
     def __init__(self, args: argparse.Namespace, run: Path, catalog: Path) -> None:
         self.redis = RedisServer(run)
         self.redis_url = self.redis.url
-        self.routers = [
-            RouterProcess(f"router-{i}", run, catalog, self.redis_url, "WARNING", **router_settings(args))
-            for i in range(args.replicas)
-        ]
+        self.routers: list[RouterProcess] = []
+        try:
+            for i in range(args.replicas):
+                self.routers.append(
+                    RouterProcess(f"router-{i}", run, catalog, self.redis_url, "WARNING", **router_settings(args))
+                )
+        except BaseException:
+            self.stop()
+            raise
         self.stubs: list[router_pb2_grpc.RouterServiceStub] = []
         self.channels: list[grpc.aio.Channel] = []
 

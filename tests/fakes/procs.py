@@ -64,6 +64,7 @@ class Proc:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+        self._log_file.close()
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """SIGTERM, then SIGKILL after ``timeout_s``."""
@@ -100,6 +101,9 @@ class RedisServer:
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
         try:
             _wait(client.ping, "redis-server", self.proc.process, self.proc.log)
+        except BaseException:
+            self.proc.stop()
+            raise
         finally:
             client.close()
 
@@ -124,12 +128,16 @@ class FakeProvider:
     def start(self) -> None:
         argv = [sys.executable, "-m", f"tests.fakes.{self.wire}", "--port", str(self.port)]
         self.proc = Proc(f"fake-{self.wire}-{self.port}", argv, self.workdir)
-        _wait(
-            lambda: socket.create_connection(("127.0.0.1", self.port), 0.2).close() is None,
-            f"fake {self.wire}",
-            self.proc.process,
-            self.proc.log,
-        )
+        try:
+            _wait(
+                lambda: socket.create_connection(("127.0.0.1", self.port), 0.2).close() is None,
+                f"fake {self.wire}",
+                self.proc.process,
+                self.proc.log,
+            )
+        except BaseException:
+            self.proc.stop()
+            raise
 
     def kill(self) -> None:
         if self.proc is not None:
@@ -157,7 +165,11 @@ class RouterProcess:
         }
         self.proc = Proc(name, [sys.executable, "-m", "tollway.router"], workdir, env)
         self.address = f"127.0.0.1:{self.port}"
-        _wait(self._serving, f"router {name}", self.proc.process, self.proc.log)
+        try:
+            _wait(self._serving, f"router {name}", self.proc.process, self.proc.log)
+        except BaseException:
+            self.proc.stop()
+            raise
 
     def _serving(self) -> bool:
         import grpc
