@@ -122,6 +122,14 @@ def main(argv: list[str] | None = None) -> int:
     create.add_argument("--tenant", required=True, help="the tenant the key bills to")
     create.set_defaults(func=cmd_keys_create)
 
+    from tollway.cache import purge
+
+    cache_cmd = sub.add_parser("cache", help="manage the response cache")
+    cache = cache_cmd.add_subparsers(dest="cache_command", required=True)
+    purge_cmd = cache.add_parser("purge", help="remove cache entries (by document, template, namespace or all)")
+    purge.add_arguments(purge_cmd)
+    purge_cmd.set_defaults(func=purge.run)
+
     args = parser.parse_args(argv)
     from tollway.mesh.errors import TollwayError
 

@@ -152,3 +152,19 @@ def test_call_records_say_which_tier_answered(client: httpx.Client, stack: Stack
             return
         time.sleep(0.05)
     pytest.fail("call records missing")
+
+
+def test_cli_purge_of_a_namespace_removes_its_answers(client: httpx.Client, stack: Stack) -> None:
+    import sys
+
+    question = f"purge me {uuid.uuid4()}"
+    generate(client, body(question, namespace="sampled"))
+    time.sleep(0.2)
+    assert generate(client, body(question, namespace="sampled"))[0]["cache_tier"] in (
+        "CACHE_TIER_EXACT",
+        "CACHE_TIER_SEMANTIC",
+    )
+    cli = [sys.executable, "-m", "tollway.cli", "cache", "purge", "--target", stack.address("cache")]
+    out = subprocess.run([*cli, "--namespace", "sampled"], capture_output=True, text=True, check=True).stdout
+    assert "removed" in out
+    assert generate(client, body(question, namespace="sampled"))[0]["cache_tier"] == "CACHE_TIER_MISS"
