@@ -168,3 +168,29 @@ def test_cli_purge_of_a_namespace_removes_its_answers(client: httpx.Client, stac
     out = subprocess.run([*cli, "--namespace", "sampled"], capture_output=True, text=True, check=True).stdout
     assert "removed" in out
     assert generate(client, body(question, namespace="sampled"))[0]["cache_tier"] == "CACHE_TIER_MISS"
+
+
+async def test_sampled_semantic_hits_are_answered_fresh_and_compared(client: httpx.Client, stack: Stack) -> None:
+    import asyncio
+
+    import grpc
+
+    from tollway.cache.v1 import cache_pb2, cache_pb2_grpc
+
+    tag = uuid.uuid4().hex[:8]
+    generate(client, body(f"How do I change the billing email of workspace {tag}?", namespace="sampled"))
+    await asyncio.sleep(0.3)
+    started, _, _ = generate(
+        client, body(f"How can I change the billing email for workspace {tag}?", namespace="sampled")
+    )
+    assert started["cache_tier"] == "CACHE_TIER_SEMANTIC"
+    async with grpc.aio.insecure_channel(stack.address("cache")) as channel:
+        stub = cache_pb2_grpc.CacheServiceStub(channel)
+        for _ in range(50):
+            stats = await stub.GetStats(cache_pb2.GetStatsRequest(namespace="sampled"))
+            if stats.namespaces[0].quality_sample_count >= 1:
+                # Both answers come from the same fake model, so they agree completely.
+                assert stats.namespaces[0].quality_token_f1_mean == pytest.approx(1.0)
+                return
+            await asyncio.sleep(0.1)
+    pytest.fail("no quality sample was recorded for a sampled semantic hit")
