@@ -43,6 +43,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -242,7 +243,9 @@ def gptcache_worker(inp: str, out: str) -> None:
     def embedding_func(text: str, **_: object) -> np.ndarray:
         return vector_of[text]  # our embedder's vector for this text, computed once by the parent
 
-    tmp = Path(tempfile.mkdtemp(prefix="gptcache-eval-"))
+    # GPTCache commits to sqlite on every put; on a RAM disk that is not an fsync per pair.
+    shm = Path("/dev/shm")
+    tmp = Path(tempfile.mkdtemp(prefix="gptcache-eval-", dir=shm if shm.is_dir() else None))
     manager = get_data_manager(
         CacheBase("sqlite", sql_url=f"sqlite:///{tmp / 'scalar.db'}"),
         VectorBase("faiss", dimension=vectors.shape[1], index_path=str(tmp / "faiss.index"), top_k=1),
@@ -302,6 +305,7 @@ def gptcache_worker(inp: str, out: str) -> None:
             for a, b in zip(a_index, b_index, strict=True)
         ]
     )
+    shutil.rmtree(tmp, ignore_errors=True)
     np.savez(
         out,
         search_distance=search_distance,
@@ -436,6 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"| {rule or '(none: plain cosine)'} | " + " | ".join(cells) + " |")
     for note in notes:
         print(f"- {note}")
+    shutil.rmtree(work, ignore_errors=True)
     print(f"\nTotal run time {time.perf_counter() - started:.0f} s")
     return 0
 
