@@ -29,6 +29,7 @@ import asyncio
 import collections
 import dataclasses
 import json
+import os
 import sys
 import tempfile
 import time
@@ -128,6 +129,9 @@ class Envoy:
     def local_url(self) -> str:
         return self.stack.mesh.local_model.base_url
 
+    def processes(self) -> dict[str, int]:
+        return {c.name: c.process.pid for c in self.stack.children if c.name != "redis"}
+
     async def call(self, n: int, max_tokens: int, started: float) -> Result:
         body = json.dumps(
             {
@@ -219,6 +223,9 @@ class Routers:
         self.stubs: list[router_pb2_grpc.RouterServiceStub] = []
         self.channels: list[grpc.aio.Channel] = []
 
+    def processes(self) -> dict[str, int]:
+        return {f"router-{i}": r.proc.pid for i, r in enumerate(self.routers)}
+
     def connect(self) -> None:
         self.channels = [grpc.aio.insecure_channel(r.address) for r in self.routers]
         self.stubs = [router_pb2_grpc.RouterServiceStub(c) for c in self.channels]
@@ -260,6 +267,15 @@ class Routers:
         for r in self.routers:
             r.stop()
         self.redis.stop()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # -- the load --------------------------------------------------------------------------
@@ -466,8 +482,20 @@ def main() -> None:
                 await target.aclose()
 
         print(f"running for {args.duration:g} s (logs in {run}) ...", file=sys.stderr, flush=True)
+        load_before = os.getloadavg()[0]
+        pids = {**target.processes(), "load generator": os.getpid()}
+        cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         results, marks = asyncio.run(go())
         print(report(results, marks, target.redis_url, args))
+        used = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
+        print(
+            "CPU per request (ms): "
+            + ", ".join(f"{name} {seconds * 1000 / max(1, len(results)):.2f}" for name, seconds in used.items())
+        )
+        # The machine is shared: say how busy it was, since latency depends on it.
+        print(
+            f"load average (1 min) before/after: {load_before:.2f} / {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
+        )
     finally:
         if target is not None:
             target.stop()

@@ -85,6 +85,7 @@ class Stats:
     open_connections: int = 0
     streams_aborted_by_client: int = 0
     streams_completed: int = 0
+    connections_accepted: int = 0
 
 
 class FakeHTTPServer:
@@ -130,6 +131,7 @@ class FakeHTTPServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.stats.open_connections += 1
+        self.stats.connections_accepted += 1
         self._writers.add(writer)
         try:
             while True:

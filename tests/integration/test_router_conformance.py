@@ -316,3 +316,11 @@ async def test_request_id_and_key_reach_the_provider(h: Harness) -> None:
     sent = h.server.log[-1]
     assert sent.headers["x-request-id"] == "req-1"
     assert "sk-test-123" in " ".join(sent.headers.values())
+
+
+async def test_connections_are_reused_across_calls(h: Harness) -> None:
+    for _ in range(5):
+        events = await collect(h, "fake-words-3")
+        assert isinstance(events[-1], StreamEnd)
+    await h.adapter.complete(chat("fake-ok"), h.deployment("fake-ok"))
+    assert h.server.stats.connections_accepted == 1

@@ -26,6 +26,7 @@ from tollway.router.providers.wire import (
     post,
     raise_for_status,
     sse_events,
+    stream_call,
     stream_cut,
 )
 from tollway.router.tools import ToolCallAssembler, ToolCallError
@@ -202,11 +203,17 @@ class AnthropicAdapter:
 
     async def stream(self, request: ChatRequest, deployment: Deployment) -> AsyncIterator[StreamEvent]:
         url = deployment.base_url.rstrip("/") + "/v1/messages"
-        body = request_body(request, deployment)
-        async with post(self._client, deployment, url, body, self._headers(request, deployment, True)) as response:
-            await raise_for_status(response, deployment.provider)
-            async for event in self._events(response, deployment.provider, json_tool_name(request)):
-                yield event
+        headers = self._headers(request, deployment, True)
+        json_tool = json_tool_name(request)
+        async for event in stream_call(
+            self._client,
+            deployment,
+            url,
+            request_body(request, deployment),
+            headers,
+            lambda response: self._events(response, deployment.provider, json_tool),
+        ):
+            yield event
 
     async def _events(self, response: Response, provider: str, json_tool: str) -> AsyncIterator[StreamEvent]:
         usage = Usage()

@@ -24,6 +24,7 @@ from tollway.router.providers.wire import (
     post,
     raise_for_status,
     sse_events,
+    stream_call,
     stream_cut,
 )
 from tollway.router.tools import ToolCallAssembler, ToolCallError
@@ -172,10 +173,16 @@ class GeminiAdapter:
     async def stream(self, request: ChatRequest, deployment: Deployment) -> AsyncIterator[StreamEvent]:
         url = self._url(deployment, "streamGenerateContent") + "?alt=sse"
         headers = self._headers(request, deployment, True)
-        async with post(self._client, deployment, url, request_body(request), headers) as response:
-            await raise_for_status(response, deployment.provider, retry_delay)
-            async for event in self._events(response, deployment.provider):
-                yield event
+        async for event in stream_call(
+            self._client,
+            deployment,
+            url,
+            request_body(request),
+            headers,
+            lambda response: self._events(response, deployment.provider),
+            retry_delay,
+        ):
+            yield event
 
     async def _events(self, response: Response, provider: str) -> AsyncIterator[StreamEvent]:
         usage: Usage | None = None

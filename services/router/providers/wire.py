@@ -11,7 +11,7 @@ from typing import Any
 
 from tollway.mesh.httpclient import HttpClient, HttpError, HttpTimeout, Response
 from tollway.router.providers.base import Deployment
-from tollway.router.types import ErrorKind, ProviderError, parse_retry_after
+from tollway.router.types import ErrorKind, ProviderError, StreamEnd, StreamEvent, parse_retry_after
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +110,34 @@ async def raise_for_status(
     if delay is None and retry_after is not None:
         delay = retry_after(raw)
     raise ProviderError.from_status(provider, response.status_code, error_text(raw), delay)
+
+
+async def stream_call(
+    client: HttpClient,
+    deployment: Deployment,
+    url: str,
+    body: Any,
+    headers: Mapping[str, str],
+    parse: Callable[[Response], AsyncIterator[StreamEvent]],
+    retry_after: Callable[[bytes], float | None] | None = None,
+) -> AsyncIterator[StreamEvent]:
+    """POSTs a streaming call and yields ``parse``'s events.
+
+    The end event is held back until the response body has been read to its end, so the
+    connection goes back to the pool instead of being closed (a new connection per call
+    would cost a TCP and TLS handshake each time).
+    """
+    end: StreamEvent | None = None
+    async with post(client, deployment, url, body, headers) as response:
+        await raise_for_status(response, deployment.provider, retry_after)
+        async with contextlib.aclosing(parse(response)) as events:
+            async for event in events:
+                if isinstance(event, StreamEnd):
+                    end = event
+                    break
+                yield event
+    if end is not None:
+        yield end
 
 
 def new_client() -> HttpClient:
