@@ -298,11 +298,13 @@ async def drive(target: Any, primary: FakeProvider, args: argparse.Namespace) ->
         for name, at in (("kill", args.kill_at), ("restore", args.restore_at)):
             await asyncio.sleep(max(0.0, begin + at - time.perf_counter()))
             if name == "kill":
+                # Marked before the signal: failures (and the breaker) may follow within microseconds.
+                marks[name], marks[f"{name}_wall"] = time.perf_counter() - begin, time.time()
                 await asyncio.to_thread(primary.kill)
             else:
+                # Marked once the restarted provider accepts connections.
                 await asyncio.to_thread(primary.start)
-            marks[name] = time.perf_counter() - begin
-            marks[f"{name}_wall"] = time.time()
+                marks[name], marks[f"{name}_wall"] = time.perf_counter() - begin, time.time()
 
     scheduler = asyncio.create_task(schedule())
     for n in range(total):
