@@ -51,6 +51,7 @@ class Balancer:
         self._health: dict[str, DeploymentHealth] = {}
 
     def health(self, deployment: Deployment) -> DeploymentHealth:
+        """What this replica knows of ``deployment`` (created empty on first use)."""
         return self._health.setdefault(deployment.key, DeploymentHealth())
 
     def shares(self, deployments: Sequence[Deployment]) -> dict[str, float]:

@@ -297,6 +297,7 @@ class ProviderError(Exception):
 
     @property
     def retryable(self) -> bool:
+        """Whether the same call may succeed later (see :class:`ErrorKind`)."""
         return self.kind.retryable
 
     @classmethod
