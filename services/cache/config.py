@@ -37,8 +37,8 @@ class CacheConfig:
     namespaces_path: str = ""
     key_prefix: str = "tw:cache"
     dim: int = 384
-    hnsw_m: int = 16
-    hnsw_ef_construction: int = 100
+    hnsw_m: int = 12
+    hnsw_ef_construction: int = 64
     hnsw_ef_search: int = 64
     index_initial_capacity: int = 1024
     search_k: int = 8

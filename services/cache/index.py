@@ -47,8 +47,8 @@ class IndexParams:
     """
 
     dim: int = 384
-    m: int = 16
-    ef_construction: int = 100
+    m: int = 12
+    ef_construction: int = 64
     ef_search: int = 64
     initial_capacity: int = 1024
     k: int = 8

@@ -138,6 +138,11 @@ class IndexSync:
                 log.warning("event stream unreachable; retrying", extra={"error": str(exc)})
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 1.0)
+            except Exception:
+                # A follower that died would leave the index drifting away from Redis for good.
+                log.exception("applying the event stream failed; retrying")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
 
     async def _apply_or_rebuild(self, events: Sequence[Event]) -> None:
         if not events:

@@ -549,3 +549,36 @@ async def test_purge_cli_function(svc: RunningCache, capsys: pytest.CaptureFixtu
     )
     assert code == 1
     assert capsys.readouterr().err.startswith("tollway cache purge: UNAVAILABLE: ")
+
+
+async def test_scope_isolation_under_crowding(svc: RunningCache) -> None:
+    """Fifteen owners store the same question with nearly the same vector in each namespace
+    (more than the 8 neighbours a search starts with); every requester gets only what its
+    scope allows: its own user's entry, its tenant's, or anyone's."""
+    v = unit(70)
+    owners = [(f"t{t}", f"u{u}") for t in range(5) for u in range(3)]
+    for ns in ("default", "private", "shared"):
+        for i, (tenant, user) in enumerate(owners):
+            w = v + 0.01 * unit(1000 + i)
+            w /= np.linalg.norm(w)
+            await svc.stub.Store(
+                store_req(
+                    "how do I reset my password", f"{ns}|{tenant}|{user}", w, namespace=ns, tenant=tenant, user=user
+                )
+            )
+    for ns in ("default", "private", "shared"):
+        for tenant, user in [*owners, ("t9", "u0"), ("t0", "u9")]:
+            resp = await svc.stub.Lookup(
+                lookup_req("how can I reset my password", near(v, 0.02), namespace=ns, tenant=tenant, user=user)
+            )
+            if ns == "shared":
+                assert resp.tier == common_pb2.CACHE_TIER_SEMANTIC
+                continue
+            owner_tenant, owner_user = resp.answer.text.split("|")[1:] if resp.answer.text else ("", "")
+            if tenant == "t9" or (ns == "private" and user == "u9"):
+                assert resp.tier == common_pb2.CACHE_TIER_MISS, (ns, tenant, user, resp.answer.text)
+                continue
+            assert resp.tier == common_pb2.CACHE_TIER_SEMANTIC, (ns, tenant, user)
+            assert owner_tenant == tenant, (ns, tenant, user, resp.answer.text)
+            if ns == "private":
+                assert owner_user == user, (ns, tenant, user, resp.answer.text)
