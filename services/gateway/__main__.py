@@ -17,7 +17,7 @@ from tollway.mesh import clients
 from tollway.mesh.config import MeshConfig, load_config
 from tollway.mesh.redis import connect, wait_ready
 from tollway.mesh.server import ServiceSpec, run, serve
-from tollway.mesh.telemetry import tracer_provider
+from tollway.mesh.telemetry import tracer_provider, tracing_enabled
 from tollway.router.catalog import load_catalog
 
 
@@ -41,8 +41,7 @@ def build(cfg: GatewayConfig, mesh: MeshConfig) -> ServiceSpec:
 
     async def start() -> None:
         await wait_ready(redis)
-        traced = mesh.otel_exporter != "none"
-        provider = tracer_provider("gateway", mesh) if traced else None
+        provider = tracer_provider("gateway", mesh) if tracing_enabled(mesh) else None
         channel = clients.channel(cfg.router_addr, tracer_provider=provider)
         channels.append(channel)
         gateway.router = RouterClient(channel)

@@ -60,6 +60,11 @@ def setup_logging(service: str, cfg: MeshConfig) -> None:
     root.setLevel(cfg.log_level.upper())
 
 
+def tracing_enabled(cfg: MeshConfig) -> bool:
+    """Whether spans go anywhere; when they do not, interceptors are left out entirely."""
+    return cfg.otel_exporter != "none"
+
+
 def tracer_provider(service: str, cfg: MeshConfig) -> TracerProvider:
     """The process's tracer provider (made on first call, then reused)."""
     global _provider

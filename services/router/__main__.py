@@ -49,6 +49,7 @@ def build(cfg: RouterConfig, mesh: MeshConfig | None = None) -> tuple[ServiceSpe
         min_requests=cfg.breaker_min_requests,
         cooldown_s=cfg.breaker_cooldown_s,
         probe_timeout_s=cfg.breaker_probe_timeout_s,
+        local_view_s=cfg.breaker_local_view_s,
     )
     store = RedisBreakerStore(client) if client is not None else None
     router = Router(
@@ -86,6 +87,7 @@ def build(cfg: RouterConfig, mesh: MeshConfig | None = None) -> tuple[ServiceSpe
                 await task
         for adapter in router.adapters.values():
             await adapter.aclose()
+        await router.breakers.close()
         if client is not None:
             await client.aclose()
 

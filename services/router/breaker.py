@@ -9,7 +9,14 @@ State machine (the shared truth lives in Redis, changed atomically by one Lua sc
 
 While OPEN a deployment gets no calls at all, and this module remembers locally until
 when it is open, so during the cooldown a request for it costs no network call (not
-even to Redis). If Redis cannot be reached the breaker fails open: calls are allowed and
+even to Redis). While CLOSED the hot path costs no Redis call either: a replica that saw
+the breaker closed within ``local_view_s`` allows the call at once and counts successes
+locally, flushing them in one batch (with their exact count) every ``flush_interval_s``;
+a failure is recorded at once, after the successes before it, so the consecutive-failure
+and error-rate rules see what happened in order. Another replica's decision to open
+reaches this one at its next failure, its next state refresh, or within ``local_view_s``.
+
+If Redis cannot be reached the breaker fails open: calls are allowed and
 counted in ``tollway_router_breaker_store_errors_total``; a broken breaker must never be
 what takes traffic down. Each store call is bounded (``store_timeout_s``) and after a failure
 the store is left alone for a second, so an unreachable Redis adds at most that bound to a
@@ -46,6 +53,9 @@ class BreakerSettings:
     cooldown_s: How long an open breaker stays open before allowing one probe.
     probe_timeout_s: How long the probe may take before another caller may probe
         (covers a replica that died mid-probe).
+    local_view_s: How long a closed state seen in Redis is trusted without asking again
+        (0 asks Redis on every call).
+    flush_interval_s: How often locally counted successes are written to Redis.
     """
 
     failure_threshold: int = 5
@@ -54,6 +64,8 @@ class BreakerSettings:
     min_requests: int = 20
     cooldown_s: float = 10.0
     probe_timeout_s: float = 30.0
+    local_view_s: float = 1.0
+    flush_interval_s: float = 0.25
 
     @property
     def bucket_ms(self) -> int:
@@ -116,7 +128,14 @@ class BreakerStore(Protocol):
     async def acquire(self, name: str, token: str, settings: BreakerSettings, replica: str) -> StoreResult: ...
 
     async def record(
-        self, name: str, token: str, ok: bool, detail: str, settings: BreakerSettings, replica: str
+        self,
+        name: str,
+        token: str,
+        ok: bool,
+        detail: str,
+        settings: BreakerSettings,
+        replica: str,
+        count: int = 1,
     ) -> StoreResult: ...
 
     async def release(self, name: str, token: str) -> None: ...
@@ -136,6 +155,7 @@ class Permit:
         state: The breaker state seen ("unknown" when the store could not be read).
         retry_in_s: For a refusal, how long until a probe may be tried.
         token: Identifies this caller's probe lease.
+        local: Allowed from the local view of a closed breaker, without asking Redis.
     """
 
     name: str
@@ -144,6 +164,7 @@ class Permit:
     state: str = CLOSED
     retry_in_s: float = 0.0
     token: str = ""
+    local: bool = False
 
 
 def replica_id() -> str:
@@ -175,6 +196,9 @@ class Breakers:
         self._clock = clock
         self._store_timeout_s = store_timeout_s
         self._open_until: dict[str, float] = {}
+        self._closed_until: dict[str, float] = {}
+        self._unflushed_ok: dict[str, int] = {}
+        self._flush_task: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
         self._last_store_error = -1e9
         self._store_down_until = 0.0
@@ -205,6 +229,10 @@ class Breakers:
             self._open_until[name] = self._clock() + max(0, result.retry_at_ms - result.now_ms) / 1000
         else:
             self._open_until.pop(name, None)
+        if result.state == CLOSED and self.settings.local_view_s > 0:
+            self._closed_until[name] = self._clock() + self.settings.local_view_s
+        else:
+            self._closed_until.pop(name, None)
 
     async def acquire(self, name: str) -> Permit:
         """Asks whether a call to deployment ``name`` may be made now.
@@ -222,6 +250,8 @@ class Breakers:
             del self._open_until[name]
         if not self._store_usable():
             return Permit(name, allowed=True, state="unknown")
+        if self._closed_until.get(name, 0.0) > self._clock():
+            return Permit(name, allowed=True, state=CLOSED, local=True)
         token = uuid.uuid4().hex
         try:
             async with asyncio.timeout(self._store_timeout_s):
@@ -238,9 +268,15 @@ class Breakers:
 
     async def record(self, permit: Permit, ok: bool, detail: str = "") -> None:
         """Reports the outcome of an allowed call (a failure's ``detail`` is kept for listings)."""
-        if not permit.allowed or not permit.token or not self._store_usable():
+        if permit.local and ok:
+            self._unflushed_ok[permit.name] = self._unflushed_ok.get(permit.name, 0) + 1
+            if self._flush_task is None or self._flush_task.done():
+                self._flush_task = asyncio.get_running_loop().create_task(self._flush_later())
+            return
+        if not permit.allowed or not (permit.token or permit.local) or not self._store_usable():
             return
         assert self.store is not None
+        await self._flush(permit.name)
         try:
             async with asyncio.timeout(self._store_timeout_s):
                 result = await self.store.record(
@@ -250,6 +286,32 @@ class Breakers:
             self._store_failed("write", permit.name, exc)
             return
         self._observe(permit.name, result)
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(self.settings.flush_interval_s)
+        for name in list(self._unflushed_ok):
+            await self._flush(name)
+
+    async def _flush(self, name: str) -> None:
+        """Writes the successes counted locally for ``name`` as one record."""
+        count = self._unflushed_ok.pop(name, 0)
+        if not count or not self._store_usable():
+            return
+        assert self.store is not None
+        try:
+            async with asyncio.timeout(self._store_timeout_s):
+                result = await self.store.record(name, "", True, "", self.settings, self.replica, count)
+        except Exception as exc:
+            self._store_failed("write", name, exc)
+            return
+        self._observe(name, result)
+
+    async def close(self) -> None:
+        """Flushes locally counted successes. Safe to call more than once."""
+        if self._flush_task is not None:
+            self._flush_task.cancel()
+        for name in list(self._unflushed_ok):
+            await self._flush(name)
 
     def abandon(self, permit: Permit) -> None:
         """The call ended without an outcome (the client went away): frees a probe lease.
@@ -286,6 +348,9 @@ class Breakers:
             ) from exc
         for snap in result:
             metrics.BREAKER_STATE.labels(snap.name).set(metrics.BREAKER_STATE_VALUE.get(snap.state, 0))
+            if snap.state != CLOSED:
+                # Another replica opened it: stop trusting the local closed view at once.
+                self._closed_until.pop(snap.name, None)
         return result
 
     async def transitions(self, limit: int, before_id: str = "", breaker: str = "") -> list[Transition]:

@@ -22,6 +22,8 @@ class RouterConfig:
         breaker_min_requests: Calls needed in the window before the error rate counts.
         breaker_cooldown_s: How long an open breaker refuses calls before one probe.
         breaker_probe_timeout_s: How long a probe may run before another caller may probe.
+        breaker_local_view_s: How long a replica trusts a closed state it saw in Redis before
+            asking again (0: ask on every call). Calls in that time cost no Redis round trip.
         breaker_refresh_s: How often the breaker-state gauge is refreshed from Redis (it also
             changes on every call); 0 turns the refresh off.
         interactive_deadline_s: Deadline of an interactive request whose caller set none.
@@ -45,6 +47,7 @@ class RouterConfig:
     breaker_cooldown_s: float = 10.0
     breaker_probe_timeout_s: float = 30.0
     breaker_refresh_s: float = 5.0
+    breaker_local_view_s: float = 1.0
     interactive_deadline_s: float = 60.0
     background_deadline_s: float = 600.0
     interactive_max_wait_s: float = 1.0

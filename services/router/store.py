@@ -31,7 +31,8 @@ _TTL_MS = 7 * 24 * 3600 * 1000
 # KEYS: 1 breaker hash, 2 transitions stream, 3 names set.
 # ARGV: 1 op (acquire|record|release), 2 name, 3 token, 4 failure_threshold, 5 error_rate,
 #       6 window_ms, 7 min_requests, 8 cooldown_ms, 9 probe_timeout_ms, 10 bucket_ms,
-#       11 ok (1|0), 12 detail, 13 replica, 14 ttl_ms.
+#       11 ok (1|0), 12 detail, 13 replica, 14 ttl_ms, 15 count (calls this record stands for;
+#       successes are reported in batches).
 # Returns {decision, state, consecutive, retry_at_ms, now_ms, transitioned_from}.
 _SCRIPT = r"""
 local h, stream, names = KEYS[1], KEYS[2], KEYS[3]
@@ -40,6 +41,7 @@ local threshold, rate = tonumber(ARGV[4]), tonumber(ARGV[5])
 local window_ms, min_requests = tonumber(ARGV[6]), tonumber(ARGV[7])
 local cooldown_ms, probe_ms, bucket_ms = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
 local ok, detail, replica, ttl = ARGV[11] == '1', ARGV[12], ARGV[13], tonumber(ARGV[14])
+local count = tonumber(ARGV[15] or '1')
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -115,7 +117,7 @@ end
 -- op == 'record'
 if state == 'closed' then
   local bucket = math.floor(now / bucket_ms)
-  redis.call('HINCRBY', h, 'n:' .. bucket, 1)
+  redis.call('HINCRBY', h, 'n:' .. bucket, count)
   if ok then
     consec = 0
     redis.call('HSET', h, 'consec', 0)
@@ -184,6 +186,7 @@ class RedisBreakerStore:
         ok: bool = False,
         detail: str = "",
         replica: str = "",
+        count: int = 1,
     ) -> StoreResult:
         raw = await self._script(
             keys=[_key(name), TRANSITIONS, NAMES],
@@ -202,6 +205,7 @@ class RedisBreakerStore:
                 detail,
                 replica,
                 _TTL_MS,
+                count,
             ],
         )
         decision, state, consec, retry_at, now, came_from = raw
@@ -211,9 +215,16 @@ class RedisBreakerStore:
         return await self._run("acquire", name, token, settings, replica=replica)
 
     async def record(
-        self, name: str, token: str, ok: bool, detail: str, settings: BreakerSettings, replica: str
+        self,
+        name: str,
+        token: str,
+        ok: bool,
+        detail: str,
+        settings: BreakerSettings,
+        replica: str,
+        count: int = 1,
     ) -> StoreResult:
-        return await self._run("record", name, token, settings, ok=ok, detail=detail, replica=replica)
+        return await self._run("record", name, token, settings, ok=ok, detail=detail, replica=replica, count=count)
 
     async def release(self, name: str, token: str) -> None:
         await self._run("release", name, token, BreakerSettings())
