@@ -18,6 +18,7 @@ from typing import Any
 from tollway.gateway import metrics
 from tollway.gateway.auth import KeyRing, Tenant
 from tollway.gateway.cache_client import CacheClient, CacheHit, CacheRequest
+from tollway.gateway.calllog import CallLog
 from tollway.gateway.pricing import cost_usd_micros
 from tollway.gateway.router_client import RouterClient
 from tollway.gateway.store import GatewayStore
@@ -123,6 +124,7 @@ class Gateway:
         self.router = router
         self.cache = cache
         self.store = store
+        self.calls = CallLog(store)
         self.limits = limits
         self.request_timeout_s = request_timeout_s
         self._background: set[asyncio.Task[None]] = set()
@@ -147,9 +149,12 @@ class Gateway:
         )
 
     async def generate(
-        self, req: ChatRequestLike, tenant: Tenant, deadline_s: float | None = None
+        self, req: ChatRequestLike, tenant: Tenant, deadline_s: float | None = None, *, stream: bool = True
     ) -> AsyncIterator[GatewayEvent]:
         """Streams Started, TextDelta..., then Completed or Failed.
+
+        With ``stream=False`` (a caller that wants the whole answer) the router is asked
+        for the whole answer in one message, and the text arrives as a single delta.
 
         Errors before Started are raised as TollwayError (the caller turns them into a
         status); after Started they arrive as Failed. When every provider failed and the
@@ -172,7 +177,7 @@ class Gateway:
                 return
             call.record["cache_tier"] = "miss" if cache_req else ""
             try:
-                async for event in self._from_router(call, deadline_s, "miss" if cache_req else ""):
+                async for event in self._from_router(call, deadline_s, "miss" if cache_req else "", stream):
                     yield event
             except Unavailable:
                 if not call.started and self.cache is not None and cache_req is not None:
@@ -208,24 +213,39 @@ class Gateway:
         finally:
             self._finish_record(call)
 
-    async def _from_router(self, call: _Call, deadline_s: float | None, tier: str) -> AsyncIterator[GatewayEvent]:
+    async def _from_router(
+        self, call: _Call, deadline_s: float | None, tier: str, stream: bool
+    ) -> AsyncIterator[GatewayEvent]:
         timeout = min(deadline_s, self.request_timeout_s) if deadline_s else self.request_timeout_s
         assert self.router is not None, "Gateway.router is set when the service starts"
         fallback: tuple[str, ...] = ()
         record = call.record
-        async for event in coalesce(self.router.generate(call.chat, timeout), merge_deltas):
+        if stream:
+            events = coalesce(self.router.generate(call.chat, timeout), merge_deltas)
+        else:
+            events = self.router.complete(call.chat, timeout)
+        async for event in events:
             if isinstance(event, TextDelta):
                 call.first_text()
                 call.parts.append(event.text)
                 yield event
             elif isinstance(event, RouteStarted):
-                record.update(model=event.model, provider=event.provider, attempts=event.attempt_count)
+                record.update(
+                    model=event.model,
+                    provider=event.provider,
+                    attempts=event.attempt_count,
+                    deployment=event.deployment,
+                    fallback_path=" > ".join(event.fallback_path),
+                )
+                if event.decision is not None:
+                    record.update(route_method=event.decision.how, route_reason=event.decision.reason)
                 fallback = event.fallback_path
                 call.started = True
                 yield Started(call.chat.request_id, event.model, event.provider, event.attempt_count, tier)
             elif isinstance(event, RouteCompleted):
                 call.usage = event.usage
-                call.cost = cost_usd_micros(self.catalog, str(record["model"]), event.usage)
+                # The router prices with everything it knows (cache writes included).
+                call.cost = event.cost_usd_micros
                 record["finish_reason"] = event.finish_reason
                 latency_ms = call.elapsed_ms()
                 yield Completed(
@@ -276,6 +296,10 @@ class Gateway:
             "cache_tier": "",
             "cache_entry": "",
             "attempts": 0,
+            "deployment": "",
+            "fallback_path": "",
+            "route_method": "",
+            "route_reason": "",
             "finish_reason": "",
             "prompt_hash": _digest(repr([(m.role, m.content) for m in chat.messages])),
         }
@@ -292,7 +316,7 @@ class Gateway:
             response_hash=_digest("".join(call.parts)) if call.parts else "",
         )
         metrics.observe_request(call.record)
-        self._later(self._write(call.record))
+        self.calls.add(call.record)
 
     def _later(self, work: Coroutine[Any, Any, None]) -> None:
         # Off the response path: the client has its answer before this runs.
@@ -300,13 +324,8 @@ class Gateway:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _write(self, record: dict[str, str | int | float]) -> None:
-        try:
-            await self.store.append_call(record)
-        except Exception:
-            log.warning("could not store the call record", extra={"request_id": record["request_id"]}, exc_info=True)
-
     async def drain(self) -> None:
-        """Waits for call records and cache stores still being written (used at shutdown)."""
+        """Waits for cache stores and writes call records still waiting (used at shutdown)."""
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        await self.calls.close()

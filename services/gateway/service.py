@@ -70,7 +70,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         tenant = await self.gateway.admit(request, context.invocation_metadata() or ())
         out = gateway_pb2.CompleteResponse()
         parts: list[str] = []
-        async for event in self.gateway.generate(request, tenant, _deadline(context)):
+        async for event in self.gateway.generate(request, tenant, _deadline(context), stream=False):
             if isinstance(event, TextDelta):
                 parts.append(event.text)
             elif isinstance(event, Started):

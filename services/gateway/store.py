@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import redis.asyncio as aioredis
 
@@ -31,10 +31,14 @@ class GatewayStore:
     async def list_keys(self) -> list[dict[str, str]]:
         return [json.loads(v) for v in (await self.redis.hgetall(KEYS_HASH)).values()]
 
-    async def append_call(self, record: Mapping[str, str | int | float]) -> None:
-        await self.redis.xadd(
-            CALLS_STREAM, {k: str(v) for k, v in record.items()}, maxlen=self.call_log_maxlen, approximate=True
-        )
+    async def append_calls(self, records: Sequence[Mapping[str, str | int | float]]) -> None:
+        """Appends call records to the stream in one pipelined round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for record in records:
+                pipe.xadd(
+                    CALLS_STREAM, {k: str(v) for k, v in record.items()}, maxlen=self.call_log_maxlen, approximate=True
+                )
+            await pipe.execute()
 
     async def recent_calls(self, count: int = 10) -> list[dict[str, str]]:
         rows = await self.redis.xrevrange(CALLS_STREAM, count=count)

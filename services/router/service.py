@@ -15,7 +15,7 @@ from tollway.mesh.errors import InvalidArgument, rpc_errors
 from tollway.mesh.streams import coalesce
 from tollway.router.breaker import HALF_OPEN, OPEN
 from tollway.router.catalog import Catalog
-from tollway.router.engine import RouteCompleted, Router, RouteStarted, StreamFailed
+from tollway.router.engine import RouteCompleted, RouteEvent, Router, RouteStarted
 from tollway.router.routing import RoutingDecision
 from tollway.router.types import (
     ChatMessage,
@@ -226,6 +226,52 @@ def merge_deltas(a: object, b: object) -> TextDelta | None:
     return None
 
 
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return time.monotonic() + remaining if remaining is not None else None
+
+
+def event_to_proto(event: RouteEvent) -> router_pb2.GenerateResponse:
+    """One domain event as the stream message that carries it."""
+    if isinstance(event, TextDelta):
+        return router_pb2.GenerateResponse(delta=router_pb2.Delta(text=event.text))
+    if isinstance(event, RouteStarted):
+        return router_pb2.GenerateResponse(
+            started=router_pb2.Started(
+                model=event.model,
+                provider=event.provider,
+                attempt_count=event.attempt_count,
+                fallback_path=event.fallback_path,
+                decision=decision_to_proto(event.decision),
+                deployment=event.deployment,
+            )
+        )
+    if isinstance(event, RouteCompleted):
+        return router_pb2.GenerateResponse(
+            completed=router_pb2.Completed(
+                finish_reason=FINISH_TO_PROTO[event.finish_reason],
+                usage=usage_to_proto(event.usage),
+                provider_ttft_ms=event.provider_ttft_ms,
+                usage_reported=event.usage_reported,
+                tool_calls=[
+                    router_pb2.ToolCall(id=c.id, name=c.name, arguments_json=c.arguments, index=c.index)
+                    for c in event.tool_calls
+                ],
+                cache_write_input_tokens=event.usage.cache_write_input_tokens,
+                cost_usd_micros=event.cost_usd_micros,
+                discarded_usage=usage_to_proto(event.discarded_usage),
+            )
+        )
+    return router_pb2.GenerateResponse(
+        error=router_pb2.Error(
+            code=event.code,
+            message=event.message,
+            reason=event.reason,
+            partial_usage=usage_to_proto(event.partial_usage),
+        )
+    )
+
+
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     def __init__(self, router: Router) -> None:
         self.router = router
@@ -234,49 +280,33 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def Generate(
         self, request: router_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[router_pb2.GenerateResponse]:
-        remaining = context.time_remaining()
-        deadline = time.monotonic() + remaining if remaining is not None else None
-        events = self.router.generate(request_from_proto(request), deadline)
+        events = self.router.generate(request_from_proto(request), _deadline(context))
         # Deltas that arrive together leave as one message: per-message cost dominates fast streams.
         async for event in coalesce(events, merge_deltas):
+            yield event_to_proto(event)
+
+    @rpc_errors(_DOMAIN)
+    async def Complete(
+        self, request: router_pb2.CompleteRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.CompleteResponse:
+        if not request.HasField("request"):
+            raise InvalidArgument("'request' is required", [("request", "the GenerateRequest to answer")])
+        out = router_pb2.CompleteResponse()
+        parts: list[str] = []
+        async for event in self.router.generate(request_from_proto(request.request), _deadline(context)):
             if isinstance(event, TextDelta):
-                yield router_pb2.GenerateResponse(delta=router_pb2.Delta(text=event.text))
-            elif isinstance(event, RouteStarted):
-                yield router_pb2.GenerateResponse(
-                    started=router_pb2.Started(
-                        model=event.model,
-                        provider=event.provider,
-                        attempt_count=event.attempt_count,
-                        fallback_path=event.fallback_path,
-                        decision=decision_to_proto(event.decision),
-                        deployment=event.deployment,
-                    )
-                )
-            elif isinstance(event, RouteCompleted):
-                yield router_pb2.GenerateResponse(
-                    completed=router_pb2.Completed(
-                        finish_reason=FINISH_TO_PROTO[event.finish_reason],
-                        usage=usage_to_proto(event.usage),
-                        provider_ttft_ms=event.provider_ttft_ms,
-                        usage_reported=event.usage_reported,
-                        tool_calls=[
-                            router_pb2.ToolCall(id=c.id, name=c.name, arguments_json=c.arguments, index=c.index)
-                            for c in event.tool_calls
-                        ],
-                        cache_write_input_tokens=event.usage.cache_write_input_tokens,
-                        cost_usd_micros=event.cost_usd_micros,
-                        discarded_usage=usage_to_proto(event.discarded_usage),
-                    )
-                )
-            elif isinstance(event, StreamFailed):
-                yield router_pb2.GenerateResponse(
-                    error=router_pb2.Error(
-                        code=event.code,
-                        message=event.message,
-                        reason=event.reason,
-                        partial_usage=usage_to_proto(event.partial_usage),
-                    )
-                )
+                parts.append(event.text)
+                continue
+            message = event_to_proto(event)
+            kind = message.WhichOneof("event")
+            if kind == "started":
+                out.started.CopyFrom(message.started)
+            elif kind == "completed":
+                out.completed.CopyFrom(message.completed)
+            elif kind == "error":
+                out.error.CopyFrom(message.error)
+        out.text = "".join(parts)
+        return out
 
     @rpc_errors(_DOMAIN)
     async def ListModels(
