@@ -31,8 +31,7 @@ run: protos
 lint: protos
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/buf lint
-	@if git rev-parse -q --verify main >/dev/null 2>&1 && git cat-file -e main:buf.yaml 2>/dev/null; then \
-		$(VENV)/bin/buf breaking --against '.git#branch=main'; fi
+	@./scripts/buf_breaking.sh main
 
 test: lint
 	@./scripts/test.sh
