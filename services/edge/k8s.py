@@ -68,6 +68,8 @@ def _deployment(mesh: Mesh, s: Service, canary: bool) -> dict[str, Any]:
     env = [
         {"name": f"TOLLWAY_{s.name.upper()}_PORT", "value": str(s.port)},
         {"name": "TOLLWAY_BIND_HOST", "value": mesh.k8s.bind_host},
+        # NOT_SERVING for a while before refusing RPCs: endpoints and Envoy stop sending first.
+        {"name": "TOLLWAY_SHUTDOWN_DRAIN_DELAY_S", "value": "5"},
         {"name": "TOLLWAY_REDIS_URL", "value": f"redis://{_dns(mesh, 'redis')}:{mesh.redis.endpoint.port}/0"},
     ]
     for callee in s.calls:

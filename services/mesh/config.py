@@ -39,6 +39,8 @@ class MeshConfig:
         otel_endpoint: The OTLP/gRPC collector address when exporting with ``otlp``.
         metrics_host: Interface of the Prometheus endpoint (loopback by default).
         shutdown_grace_s: How long in-flight RPCs may finish after SIGTERM.
+        shutdown_drain_delay_s: How long health reports NOT_SERVING before the server stops
+            taking new RPCs, so balancers (Envoy health checks, k8s endpoints) stop sending first.
         bind_host: The interface services listen on (``0.0.0.0`` in a pod).
     """
 
@@ -49,6 +51,7 @@ class MeshConfig:
     otel_endpoint: str = "127.0.0.1:4317"
     metrics_host: str = "127.0.0.1"
     shutdown_grace_s: float = 10.0
+    shutdown_drain_delay_s: float = 0.0
     bind_host: str = "127.0.0.1"
 
 

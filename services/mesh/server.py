@@ -102,8 +102,10 @@ async def create_server(
 async def serve(spec: ServiceSpec) -> None:
     """Runs the service until SIGTERM or SIGINT, then drains and stops.
 
-    Safe to call once per process. On a signal, health turns NOT_SERVING first (so
-    balancers stop sending), then in-flight RPCs get ``shutdown_grace_s`` to finish.
+    Safe to call once per process. On a signal, health turns NOT_SERVING first and stays
+    so for ``shutdown_drain_delay_s`` while new RPCs are still served (so balancers stop
+    sending); then new RPCs are refused and those in flight get ``shutdown_grace_s`` to
+    finish.
     """
     setup_logging(spec.name, spec.mesh)
     if spec.metrics_port:
@@ -119,6 +121,8 @@ async def serve(spec: ServiceSpec) -> None:
     await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
     log.info("shutting down", extra={"grace_s": spec.mesh.shutdown_grace_s})
     await health_servicer.enter_graceful_shutdown()
+    if spec.mesh.shutdown_drain_delay_s > 0:
+        await asyncio.sleep(spec.mesh.shutdown_drain_delay_s)
     await server.stop(spec.mesh.shutdown_grace_s)
     for task in (waiter, stopper):
         task.cancel()
