@@ -85,6 +85,7 @@ def catalog(run_dir: Path, fake_openai: str, killable_openai: tuple[subprocess.P
         "models:",
         *[f"  {m}: {{provider: fakeai}}" for m in FAKE_MODELS],
         "  unreachable: {provider: deadai}",
+        "  falls-back: {provider: deadai, upstream_model: x, fallbacks: [fake-ok]}",
         "  fake-killable: {provider: killable}",
         "  smollm2: {provider: local, upstream_model: smollm2}",
     ]

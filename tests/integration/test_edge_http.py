@@ -199,3 +199,13 @@ def test_call_record_is_written(client: httpx.Client, stack: Stack) -> None:
             return
         time.sleep(0.05)
     pytest.fail("no call record for request 'record-me'")
+
+
+def test_a_failing_model_falls_through_and_says_so(client: httpx.Client) -> None:
+    events = sse_events(client.post("/v1/generate", json=chat("falls-back")).text)
+    started, completed = events[0]["started"], events[-1]["completed"]
+    assert started["model"] == "fake-ok" and started["provider"] == "fakeai"
+    assert started["attempt_count"] >= 2
+    assert completed["fallback_path"] and completed["fallback_path"][0].startswith("falls-back")
+    body = client.post("/v1/complete", json=chat("falls-back")).json()
+    assert body["model"] == "fake-ok" and body["fallback_path"][0].startswith("falls-back")
