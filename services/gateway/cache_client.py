@@ -15,6 +15,7 @@ from tollway.cache.v1 import cache_pb2, cache_pb2_grpc
 from tollway.common.v1 import common_pb2
 from tollway.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 from tollway.gateway import metrics
+from tollway.mesh import propagation
 from tollway.router.service import FINISH_TO_PROTO, usage_to_proto
 from tollway.router.types import ChatRequest, FinishReason, Usage
 
@@ -136,13 +137,24 @@ class CacheClient:
             allow_stale=allow_stale,
         )
 
+    async def _lookup(
+        self, req: CacheRequest, vector: list[float] | None, allow_stale: bool
+    ) -> cache_pb2.LookupResponse:
+        return await self.cache.Lookup(
+            self._lookup_request(req, vector, allow_stale),
+            timeout=self.lookup_timeout_s,
+            metadata=propagation.outgoing(),
+        )
+
     async def embed(self, text: str) -> list[float] | None:
         """The embedding of ``text``, or None when the embedding service cannot answer."""
         if self.embedder is None or not text:
             return None
         try:
             reply = await self.embedder.Embed(
-                embedding_pb2.EmbedRequest(texts=[text], model=self.embedding_model), timeout=self.embed_timeout_s
+                embedding_pb2.EmbedRequest(texts=[text], model=self.embedding_model),
+                timeout=self.embed_timeout_s,
+                metadata=propagation.outgoing(),
             )
         except grpc.aio.AioRpcError as exc:
             metrics.CACHE_ERRORS.labels("embed").inc()
@@ -159,7 +171,7 @@ class CacheClient:
         embedding as well.
         """
         try:
-            reply = await self.cache.Lookup(self._lookup_request(req, None, False), timeout=self.lookup_timeout_s)
+            reply = await self._lookup(req, None, False)
         except grpc.aio.AioRpcError as exc:
             return self._failed("lookup", exc)
         hit = _hit(reply)
@@ -169,7 +181,7 @@ class CacheClient:
         if vector is None:
             return Lookup()
         try:
-            reply = await self.cache.Lookup(self._lookup_request(req, vector, False), timeout=self.lookup_timeout_s)
+            reply = await self._lookup(req, vector, False)
         except grpc.aio.AioRpcError as exc:
             failed = self._failed("lookup", exc)
             failed.vector = vector
@@ -179,7 +191,7 @@ class CacheClient:
     async def lookup_stale(self, req: CacheRequest, vector: list[float] | None) -> CacheHit | None:
         """The closest answer still inside its stale grace period, for when every provider failed."""
         try:
-            reply = await self.cache.Lookup(self._lookup_request(req, vector, True), timeout=self.lookup_timeout_s)
+            reply = await self._lookup(req, vector, True)
         except grpc.aio.AioRpcError as exc:
             self._failed("lookup_stale", exc)
             return None

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from tollway.common.v1 import common_pb2
+from tollway.mesh import propagation
 from tollway.mesh.errors import from_rpc_error
 from tollway.router.engine import RouteCompleted, RouteEvent, RouteStarted, StreamFailed
 from tollway.router.routing import RoutingDecision
@@ -89,7 +90,7 @@ class RouterClient:
         Raises:
             TollwayError: The router's status, typed again (provider unavailable, bad request...).
         """
-        call = self.stub.Generate(to_proto(req), timeout=timeout_s)
+        call = self.stub.Generate(to_proto(req), timeout=timeout_s, metadata=propagation.outgoing())
         try:
             async for msg in call:
                 kind = msg.WhichOneof("event")
@@ -115,7 +116,9 @@ class RouterClient:
             TollwayError: The router's status, typed again.
         """
         try:
-            reply = await self.stub.Complete(router_pb2.CompleteRequest(request=to_proto(req)), timeout=timeout_s)
+            reply = await self.stub.Complete(
+                router_pb2.CompleteRequest(request=to_proto(req)), timeout=timeout_s, metadata=propagation.outgoing()
+            )
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc) from None
         yield _started(reply.started)

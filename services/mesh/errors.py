@@ -35,7 +35,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from tollway.mesh import metrics
+from tollway.mesh import metrics, propagation
 
 log = logging.getLogger("tollway.errors")
 
@@ -265,7 +265,8 @@ H = TypeVar("H", bound=Callable[..., Any])
 
 
 def rpc_errors(domain: str) -> Callable[[H], H]:
-    """Wraps a servicer method so typed errors become rich statuses, and times it.
+    """Wraps a servicer method so typed errors become rich statuses, times it, and captures
+    the headers that travel on to the calls it makes (:mod:`tollway.mesh.propagation`).
 
     Works for unary methods (coroutines) and server-streaming methods (async
     generators). Anything that is not a TollwayError is logged with its traceback
@@ -294,6 +295,7 @@ def rpc_errors(domain: str) -> Callable[[H], H]:
             @functools.wraps(fn)
             async def stream(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 start = time.perf_counter()
+                propagation.capture(context.invocation_metadata())
                 try:
                     async for item in fn(self, request, context):
                         yield item
@@ -309,6 +311,7 @@ def rpc_errors(domain: str) -> Callable[[H], H]:
         @functools.wraps(fn)
         async def unary(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
             start = time.perf_counter()
+            propagation.capture(context.invocation_metadata())
             try:
                 return await fn(self, request, context)
             except grpc.aio.AbortError:
