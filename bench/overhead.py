@@ -40,6 +40,8 @@ from tollway.launcher.stack import Stack, StackOptions  # noqa: E402
 MODEL = "fake-words-20"
 LITELLM = ROOT / "peers" / "litellm-venv" / "bin" / "litellm"
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Say hello in one short sentence."}], "max_tokens": 32}
+# The path's own cost is measured with the response cache skipped; exact hits are measured apart.
+NO_CACHE = {**CHAT, "cache_policy": {"mode": "CACHE_MODE_BYPASS"}}
 
 
 def _ok(url: str) -> bool:
@@ -105,6 +107,7 @@ general_settings:
 def endpoints(upstream: int, stack: Stack, key: str, litellm: tuple[object, int, str] | None) -> dict[str, dict]:
     edge = stack.mesh.edge.listen
     auth = (("authorization", f"Bearer {key}"),)
+    openai_auth = (*auth, ("x-tollway-cache-mode", "bypass"))
     stream = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
     out = {
         "direct": {
@@ -120,13 +123,13 @@ def endpoints(upstream: int, stack: Stack, key: str, litellm: tuple[object, int,
             ),
         },
         "tollway": {
-            "json": Endpoint("tollway", edge.host, edge.port, "/v1/complete", CHAT, auth, ok_marker=b"w19"),
+            "json": Endpoint("tollway", edge.host, edge.port, "/v1/complete", NO_CACHE, auth, ok_marker=b"w19"),
             "stream": Endpoint(
                 "tollway",
                 edge.host,
                 edge.port,
                 "/v1/generate",
-                CHAT,
+                NO_CACHE,
                 auth,
                 first_text_marker=b"w0 ",
                 ok_marker=b'"completed"',
@@ -134,7 +137,7 @@ def endpoints(upstream: int, stack: Stack, key: str, litellm: tuple[object, int,
         },
         "tollway-openai": {
             "json": Endpoint(
-                "tollway-openai", edge.host, edge.port, "/v1/chat/completions", CHAT, auth, ok_marker=b"w19"
+                "tollway-openai", edge.host, edge.port, "/v1/chat/completions", CHAT, openai_auth, ok_marker=b"w19"
             ),
             "stream": Endpoint(
                 "tollway-openai",
@@ -142,9 +145,23 @@ def endpoints(upstream: int, stack: Stack, key: str, litellm: tuple[object, int,
                 edge.port,
                 "/v1/chat/completions",
                 stream,
-                auth,
+                openai_auth,
                 first_text_marker=b"w0 ",
                 ok_marker=b"[DONE]",
+            ),
+        },
+        # The same request again and again: after the first, every one is a tier-1 hit.
+        "tollway-exact-hit": {
+            "json": Endpoint("tollway-exact-hit", edge.host, edge.port, "/v1/complete", CHAT, auth, ok_marker=b"w19"),
+            "stream": Endpoint(
+                "tollway-exact-hit",
+                edge.host,
+                edge.port,
+                "/v1/generate",
+                CHAT,
+                auth,
+                first_text_marker=b"w0 ",
+                ok_marker=b'"completed"',
             ),
         },
     }
@@ -236,7 +253,7 @@ def main() -> None:
         args.repeats, args.n, args.stream_n, args.warmup, args.duration = 1, 100, 30, 20, 2.0
     run = Path(tempfile.mkdtemp(prefix="tollway-bench-"))
     upstream, port = start_upstream(run)
-    names = ["edge", "admin", "mesh", "redis", "gateway", "router", "openai_compat"]
+    names = ["edge", "admin", "mesh", "redis", "gateway", "router", "openai_compat", "cache", "embedding"]
     catalog = run / "models.yaml"
     catalog.write_text(
         f"providers:\n  upstream: {{wire: openai_compat, base_url: 'http://127.0.0.1:{port}/v1'}}\n"
@@ -248,7 +265,7 @@ def main() -> None:
             run_dir=run,
             catalog=catalog,
             with_model=False,
-            services=("gateway", "router", "openai_compat"),
+            services=("gateway", "router", "openai_compat", "cache", "embedding"),
             env={"TOLLWAY_LOG_LEVEL": "WARNING"},
         )
     )
