@@ -61,7 +61,9 @@ class Response:
 
     async def _read(self, coro: Any) -> Any:
         try:
-            return await asyncio.wait_for(coro, self._timeout)
+            # asyncio.timeout schedules a timer; wait_for (3.11) would make a task per read.
+            async with asyncio.timeout(self._timeout):
+                return await coro
         except TimeoutError as exc:
             raise HttpTimeout(f"no data for {self._timeout}s") from exc
         except (asyncio.IncompleteReadError, ConnectionError) as exc:
@@ -194,7 +196,8 @@ class HttpClient:
             fresh = attempt == 1
             try:
                 conn.writer.write(request)
-                raw = await asyncio.wait_for(conn.reader.readuntil(b"\r\n\r\n"), timeout_s)
+                async with asyncio.timeout(timeout_s):
+                    raw = await conn.reader.readuntil(b"\r\n\r\n")
                 break
             except TimeoutError as exc:
                 conn.close()
@@ -220,7 +223,8 @@ class HttpClient:
             yield response
             if not response.complete:
                 with contextlib.suppress(HttpError, TimeoutError):
-                    await asyncio.wait_for(self._drain(response), 0.05)
+                    async with asyncio.timeout(0.05):
+                        await self._drain(response)
         except BaseException:
             conn.close()
             raise
