@@ -285,16 +285,17 @@ class Cache:
         requester = query.requester
         stale: tuple[Entry, float] | None = None
         reason = MissReason.NOT_FOUND
-        entry = await self.store.get_by_key(key)
-        if entry is not None and entry.namespace == ns.name and self._visible(entry, scope, requester):
-            if entry.fresh_at(now):
-                self._count(ns.name, "exact_hit", "exact_hit")
-                self.stats_buffer.touch(ns.name, entry.entry_id, now)
-                return LookupOutcome(Tier.EXACT, key, entry, similarity=1.0)
-            if query.allow_stale and entry.servable_stale_at(now):
-                stale = (entry, 1.0)
-            reason = MissReason.EXPIRED
-        self._count(ns.name, "exact_miss")
+        if not (query.semantic_only and vector is not None):
+            entry = await self.store.get_by_key(key)
+            if entry is not None and entry.namespace == ns.name and self._visible(entry, scope, requester):
+                if entry.fresh_at(now):
+                    self._count(ns.name, "exact_hit", "exact_hit")
+                    self.stats_buffer.touch(ns.name, entry.entry_id, now)
+                    return LookupOutcome(Tier.EXACT, key, entry, similarity=1.0)
+                if query.allow_stale and entry.servable_stale_at(now):
+                    stale = (entry, 1.0)
+                reason = MissReason.EXPIRED
+            self._count(ns.name, "exact_miss")
 
         check_reason = ""
         if ns.semantic and vector is not None:

@@ -147,6 +147,7 @@ class LookupQuery:
     embedding_model: str = ""
     mode: CacheMode = CacheMode.NORMAL
     allow_stale: bool = False
+    semantic_only: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -53,6 +53,7 @@ LOOKUP_EXCLUDE: Mapping[str, str] = {
     "embedding_model": "tier 2 only: part of the semantic context key, not of the exact key",
     "mode": "says how the cache is used, not what the answer is",
     "allow_stale": "says which entries may answer, not what the answer is",
+    "semantic_only": "says which tiers are consulted, not what the answer is",
 }
 
 STORE_INCLUDE: frozenset[str] = LOOKUP_INCLUDE

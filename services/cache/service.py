@@ -76,6 +76,7 @@ def lookup_from_proto(req: cache_pb2.LookupRequest) -> LookupQuery:
         embedding_model=req.embedding_model,
         mode=_mode(req.mode),
         allow_stale=req.allow_stale,
+        semantic_only=req.semantic_only,
     )
 
 

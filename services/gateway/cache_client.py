@@ -10,7 +10,9 @@ import dataclasses
 import logging
 
 import grpc
+from google.protobuf.message import Message
 
+from tollway.cache.fingerprint import fingerprint_from
 from tollway.cache.v1 import cache_pb2, cache_pb2_grpc
 from tollway.common.v1 import common_pb2
 from tollway.embedding.v1 import embedding_pb2, embedding_pb2_grpc
@@ -56,6 +58,7 @@ class CacheRequest:
     """Who asks, where, and how."""
 
     chat: ChatRequest
+    source: Message  # the gateway request the chat came from
     namespace: str
     tenant: str
     user: str
@@ -71,19 +74,12 @@ class Lookup:
     semantic_possible: bool = False
 
 
-def _fingerprint(chat: ChatRequest) -> cache_pb2.RequestFingerprint:
-    fp = cache_pb2.RequestFingerprint(
-        model=chat.model,
-        messages=[common_pb2.Message(role=m.role, content=m.content, name=m.name) for m in chat.messages],
-        max_tokens=chat.max_tokens,
-        stop=chat.stop,
-    )
-    if chat.temperature is not None:
-        fp.temperature = chat.temperature
-    if chat.top_p is not None:
-        fp.top_p = chat.top_p
-    if chat.seed is not None:
-        fp.seed = chat.seed
+def _fingerprint(req: CacheRequest) -> cache_pb2.RequestFingerprint:
+    # Every field the gateway request shares with the fingerprint is copied by the cache's own
+    # helper, whose test walks the request descriptor; max_tokens is the effective value, so a
+    # change of the default never serves an answer cut at another length.
+    fp = fingerprint_from(req.source)
+    fp.max_tokens = req.chat.max_tokens
     return fp
 
 
@@ -124,24 +120,25 @@ class CacheClient:
         self.embed_timeout_s = embed_timeout_s
 
     def _lookup_request(
-        self, req: CacheRequest, vector: list[float] | None, allow_stale: bool
+        self, req: CacheRequest, vector: list[float] | None, allow_stale: bool, semantic_only: bool
     ) -> cache_pb2.LookupRequest:
         return cache_pb2.LookupRequest(
             namespace=req.namespace,
             tenant_id=req.tenant,
             user_id=req.user,
-            fingerprint=_fingerprint(req.chat),
+            fingerprint=_fingerprint(req),
             embedding=vector or (),
             embedding_model=self.embedding_model if vector else "",
             mode=_MODES[req.mode],
             allow_stale=allow_stale,
+            semantic_only=semantic_only,
         )
 
     async def _lookup(
-        self, req: CacheRequest, vector: list[float] | None, allow_stale: bool
+        self, req: CacheRequest, vector: list[float] | None, allow_stale: bool, semantic_only: bool = False
     ) -> cache_pb2.LookupResponse:
         return await self.cache.Lookup(
-            self._lookup_request(req, vector, allow_stale),
+            self._lookup_request(req, vector, allow_stale, semantic_only),
             timeout=self.lookup_timeout_s,
             metadata=propagation.outgoing(),
         )
@@ -181,7 +178,7 @@ class CacheClient:
         if vector is None:
             return Lookup()
         try:
-            reply = await self._lookup(req, vector, False)
+            reply = await self._lookup(req, vector, False, semantic_only=True)
         except grpc.aio.AioRpcError as exc:
             failed = self._failed("lookup", exc)
             failed.vector = vector
@@ -214,7 +211,7 @@ class CacheClient:
                     namespace=req.namespace,
                     tenant_id=req.tenant,
                     user_id=req.user,
-                    fingerprint=_fingerprint(req.chat),
+                    fingerprint=_fingerprint(req),
                     embedding=vector or (),
                     embedding_model=self.embedding_model if vector else "",
                     mode=_MODES[req.mode],

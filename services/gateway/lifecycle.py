@@ -166,7 +166,14 @@ class Gateway:
         cache_req: CacheRequest | None = None
         mode = _CACHE_MODES.get(req.cache_policy.mode, "")
         if self.cache is not None and mode != "bypass":
-            cache_req = CacheRequest(chat, req.cache_policy.namespace or "default", tenant.name, req.user, mode)
+            cache_req = CacheRequest(
+                chat,
+                req,
+                req.cache_policy.namespace or "default",
+                tenant.name,
+                req.user,
+                mode,  # type: ignore[arg-type]
+            )
         try:
             lookup = await self.cache.lookup(cache_req) if self.cache and cache_req else None
             if lookup is not None and lookup.hit is not None:

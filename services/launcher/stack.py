@@ -252,6 +252,9 @@ class Stack:
                 env[prefix + field.upper()] = (
                     self.mesh.edge.mesh_listen.address if through_envoy else target.endpoints[0].address
                 )
+        if "snapshot_dir" in fields:
+            # One directory per instance: a replica's index snapshot is its own.
+            env[prefix + "SNAPSHOT_DIR"] = str(self.options.run_dir / "snapshots" / f"{service.name}-{port}")
         if "catalog" in fields:
             env[prefix + "CATALOG"] = str(self.options.catalog or ROOT / "deploy" / "models.yaml")
         if "local_model_url" in fields:

@@ -206,6 +206,24 @@ async def test_semantic_hit_needs_same_context_and_threshold(svc: RunningCache) 
     assert (far.tier, far.miss_reason) == (common_pb2.CACHE_TIER_MISS, cache_pb2.MISS_REASON_BELOW_THRESHOLD)
 
 
+async def test_semantic_only_skips_tier_one_and_counts_no_exact_miss(svc: RunningCache) -> None:
+    v = unit(3)
+    ns = "shared"
+    await svc.stub.Store(store_req("how do I rotate my API key", "Settings > Keys.", v, namespace=ns))
+    before = (await svc.stub.GetStats(cache_pb2.GetStatsRequest(namespace=ns))).namespaces[0].exact_miss_count
+    # The same text with semantic_only: tier 1 would have hit; tier 2 answers instead.
+    req = lookup_req("how do I rotate my API key", near(v), namespace=ns, semantic_only=True)
+    assert (await svc.stub.Lookup(req)).tier == common_pb2.CACHE_TIER_SEMANTIC
+    # One ordinary lookup that misses tier 1: the only exact miss the stats may show.
+    await svc.stub.Lookup(lookup_req("how can I rotate an API key", near(v), namespace=ns))
+    for _ in range(100):
+        stats = (await svc.stub.GetStats(cache_pb2.GetStatsRequest(namespace=ns))).namespaces[0]
+        if stats.exact_miss_count > before:
+            break
+        await asyncio.sleep(0.05)
+    assert stats.exact_miss_count == before + 1
+
+
 async def test_semantic_tier_off_in_an_exact_namespace(svc: RunningCache) -> None:
     v = unit(3)
     await svc.stub.Store(store_req("q one", "a", v, namespace="exact"))

@@ -110,6 +110,7 @@ def _lookup() -> cache_pb2.LookupRequest:
 def _store() -> cache_pb2.StoreRequest:
     fields = {f.name: getattr(_lookup(), f.name) for f in cache_pb2.LookupRequest.DESCRIPTOR.fields}
     fields.pop("allow_stale")
+    fields.pop("semantic_only")
     return cache_pb2.StoreRequest(
         **fields, text="answer", usage=common_pb2.Usage(input_tokens=1), model="m", document_ids=["d"]
     )
