@@ -172,6 +172,9 @@ class CacheClient:
         except grpc.aio.AioRpcError as exc:
             return self._failed("lookup", exc)
         hit = _hit(reply)
+        if hit is None and reply.miss_reason == cache_pb2.MISS_REASON_REFRESH:
+            # Nothing to look up, but the fresh answer is stored with its vector, so tier 2 finds it.
+            return Lookup(vector=await self.embed(req.chat.messages[-1].content))
         if hit is not None or reply.miss_reason not in _SEMANTIC_WORTHWHILE:
             return Lookup(hit=hit)
         vector = await self.embed(req.chat.messages[-1].content)

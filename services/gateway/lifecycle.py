@@ -23,7 +23,7 @@ from tollway.gateway.pricing import cost_usd_micros
 from tollway.gateway.router_client import RouterClient
 from tollway.gateway.store import GatewayStore
 from tollway.gateway.validation import ChatRequestLike, Limits, check
-from tollway.mesh.errors import TollwayError, Unavailable
+from tollway.mesh.errors import ResourceExhausted, TollwayError, Unavailable
 from tollway.mesh.streams import coalesce
 from tollway.router.catalog import Catalog
 from tollway.router.engine import RouteCompleted, RouteStarted, StreamFailed
@@ -186,7 +186,8 @@ class Gateway:
             try:
                 async for event in self._from_router(call, deadline_s, "miss" if cache_req else "", stream):
                     yield event
-            except Unavailable:
+            except (Unavailable, ResourceExhausted):
+                # Every provider of the chain is down or rate-limiting: a stale answer beats none.
                 if not call.started and self.cache is not None and cache_req is not None:
                     stale = await self.cache.lookup_stale(cache_req, lookup.vector if lookup else None)
                     if stale is not None:

@@ -194,3 +194,14 @@ async def test_sampled_semantic_hits_are_answered_fresh_and_compared(client: htt
                 return
             await asyncio.sleep(0.1)
     pytest.fail("no quality sample was recorded for a sampled semantic hit")
+
+
+def test_refresh_skips_the_lookup_and_stores_a_semantically_findable_answer(client: httpx.Client) -> None:
+    tag = uuid.uuid4().hex[:8]
+    question = f"How do I export the audit log of project {tag}?"
+    # Only a refresh has ever answered this question: the entry must carry its vector.
+    started, _, _ = generate(client, body(question, mode="CACHE_MODE_REFRESH"))
+    assert started["cache_tier"] == "CACHE_TIER_MISS" and started["attempt_count"] == 1
+    time.sleep(0.3)
+    paraphrase, _, _ = generate(client, body(f"How can I export the audit log for project {tag}?"))
+    assert paraphrase["cache_tier"] == "CACHE_TIER_SEMANTIC"
