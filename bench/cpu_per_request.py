@@ -26,10 +26,6 @@ sys.path.insert(0, str(ROOT))
 from bench import overhead  # noqa: E402
 from bench.httpload import sequential  # noqa: E402
 from tollway.cli import _create_key  # noqa: E402
-from tollway.launcher.processes import free_ports  # noqa: E402
-from tollway.launcher.stack import Stack, StackOptions  # noqa: E402
-
-NAMES = ["edge", "admin", "mesh", "redis", "gateway", "router", "openai_compat", "cache", "embedding"]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -44,21 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     run = Path(tempfile.mkdtemp(prefix="tollway-cpu-"))
     upstream, port = overhead.start_upstream(run)
-    catalog = run / "models.yaml"
-    catalog.write_text(
-        f"providers:\n  upstream: {{wire: openai_compat, base_url: 'http://127.0.0.1:{port}/v1'}}\n"
-        f"models:\n  {overhead.MODEL}: {{provider: upstream}}\n"
-    )
-    stack = Stack(
-        StackOptions(
-            ports=dict(zip(NAMES, free_ports(len(NAMES)), strict=True)),
-            run_dir=run,
-            catalog=catalog,
-            with_model=False,
-            services=("gateway", "router", "openai_compat", "cache", "embedding"),
-            env={"TOLLWAY_LOG_LEVEL": "WARNING"},
-        )
-    )
+    stack = overhead.bench_stack(run, port)
     try:
         stack.start()
         key, _ = asyncio.run(_create_key(stack.redis_url, "bench"))

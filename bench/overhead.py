@@ -58,6 +58,26 @@ def start_upstream(run: Path) -> tuple[subprocess.Popen[bytes], int]:
     return proc, port
 
 
+def bench_stack(run: Path, upstream_port: int) -> Stack:
+    """The stack as `make run` starts it, with the fake upstream as its only model (not started yet)."""
+    names = ["edge", "admin", "mesh", "redis", "gateway", "router", "openai_compat", "cache", "embedding"]
+    catalog = run / "models.yaml"
+    catalog.write_text(
+        f"providers:\n  upstream: {{wire: openai_compat, base_url: 'http://127.0.0.1:{upstream_port}/v1'}}\n"
+        f"models:\n  {MODEL}: {{provider: upstream}}\n"
+    )
+    return Stack(
+        StackOptions(
+            ports=dict(zip(names, free_ports(len(names)), strict=True)),
+            run_dir=run,
+            catalog=catalog,
+            with_model=False,
+            services=("gateway", "router", "openai_compat", "cache", "embedding"),
+            env={"TOLLWAY_LOG_LEVEL": "WARNING"},
+        )
+    )
+
+
 def start_litellm(run: Path, upstream: int) -> tuple[object, int, str] | None:
     if not LITELLM.exists():
         print(f"LiteLLM not installed at {LITELLM}: skipping it (see this file's docstring)", file=sys.stderr)
@@ -253,22 +273,7 @@ def main() -> None:
         args.repeats, args.n, args.stream_n, args.warmup, args.duration = 1, 100, 30, 20, 2.0
     run = Path(tempfile.mkdtemp(prefix="tollway-bench-"))
     upstream, port = start_upstream(run)
-    names = ["edge", "admin", "mesh", "redis", "gateway", "router", "openai_compat", "cache", "embedding"]
-    catalog = run / "models.yaml"
-    catalog.write_text(
-        f"providers:\n  upstream: {{wire: openai_compat, base_url: 'http://127.0.0.1:{port}/v1'}}\n"
-        f"models:\n  {MODEL}: {{provider: upstream}}\n"
-    )
-    stack = Stack(
-        StackOptions(
-            ports=dict(zip(names, free_ports(len(names)), strict=True)),
-            run_dir=run,
-            catalog=catalog,
-            with_model=False,
-            services=("gateway", "router", "openai_compat", "cache", "embedding"),
-            env={"TOLLWAY_LOG_LEVEL": "WARNING"},
-        )
-    )
+    stack = bench_stack(run, port)
     litellm = None
     try:
         stack.start()
