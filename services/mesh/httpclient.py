@@ -58,6 +58,7 @@ class Response:
         self._remaining = int(headers.get("content-length", "0")) if not self._chunked else 0
         self._until_close = not self._chunked and "content-length" not in headers
         self.complete = not self._chunked and not self._until_close and self._remaining == 0
+        self.reusable = True
 
     async def _read(self, coro: Any) -> Any:
         try:
@@ -72,20 +73,12 @@ class Response:
     async def aiter_bytes(self) -> AsyncIterator[bytes]:
         """Yields body pieces as they arrive."""
         reader = self._conn.reader
+        if self._chunked:
+            async for piece in self._dechunk(reader):
+                yield piece
+            return
         while not self.complete:
-            if self._chunked:
-                line = await self._read(reader.readuntil(b"\r\n"))
-                try:
-                    size = int(line.split(b";", 1)[0].strip(), 16)
-                except ValueError as exc:
-                    raise HttpError(f"malformed chunk size line {line[:40]!r}") from exc
-                if size == 0:
-                    await self._read(reader.readuntil(b"\r\n"))  # trailers are not used by providers
-                    self.complete = True
-                    return
-                data = await self._read(reader.readexactly(size + 2))
-                yield data[:-2]
-            elif self._until_close:
+            if self._until_close:
                 data = await self._read(reader.read(65536))
                 if not data:
                     self.complete = True
@@ -98,6 +91,63 @@ class Response:
                 self._remaining -= len(data)
                 self.complete = self._remaining == 0
                 yield data
+
+    async def _dechunk(self, reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
+        """Chunked transfer decoding from a buffer: one await per network read, not two per chunk.
+
+        A streamed answer arrives as many small chunks, often several in one TCP segment;
+        each is parsed from what was already read, and their payloads leave as one piece.
+        """
+        pending = bytearray()
+        data_left = -1  # bytes of the current chunk's payload still to come; -1: a size line is next
+        trailer = False  # after the last (empty) chunk: trailer lines up to an empty one
+        while True:
+            out = bytearray()
+            while True:
+                if trailer:
+                    end = pending.find(b"\r\n")
+                    if end < 0:
+                        break
+                    line = bytes(pending[:end])
+                    del pending[: end + 2]
+                    if not line:
+                        self.complete = True
+                        # Bytes past the body would belong to nothing: never reuse such a connection.
+                        self.reusable = not pending
+                        if out:
+                            yield bytes(out)
+                        return
+                elif data_left < 0:
+                    end = pending.find(b"\r\n")
+                    if end < 0:
+                        break
+                    try:
+                        size = int(bytes(pending[:end]).split(b";", 1)[0].strip(), 16)
+                    except ValueError as exc:
+                        raise HttpError(f"malformed chunk size line {bytes(pending[:end])[:40]!r}") from exc
+                    del pending[: end + 2]
+                    if size == 0:
+                        trailer = True
+                    else:
+                        data_left = size
+                elif data_left > 0:
+                    if not pending:
+                        break
+                    take = min(data_left, len(pending))
+                    out += pending[:take]
+                    del pending[:take]
+                    data_left -= take
+                else:  # the payload is complete; its CRLF follows
+                    if len(pending) < 2:
+                        break
+                    del pending[:2]
+                    data_left = -1
+            if out:
+                yield bytes(out)
+            data = await self._read(reader.read(65536))
+            if not data:
+                raise HttpError("connection closed mid-body (chunked)")
+            pending += data
 
     async def aiter_lines(self) -> AsyncIterator[str]:
         """Yields body lines without their line ends, as each line completes."""
@@ -152,7 +202,9 @@ class HttpClient:
         return _Conn(key, reader, writer)
 
     def _release(self, conn: _Conn, response: Response) -> None:
-        reusable = response.complete and response.headers.get("connection", "").lower() != "close"
+        reusable = (
+            response.complete and response.reusable and response.headers.get("connection", "").lower() != "close"
+        )
         if reusable and len(self._idle[conn.key]) < self.max_idle_per_host:
             self._idle[conn.key].append(conn)
         else:

@@ -93,3 +93,38 @@ async def test_leaving_a_stream_early_closes_the_connection(server: FakeHTTPServ
                 raise RuntimeError("consumer failed")
     await asyncio.sleep(0.05)
     assert server.stats.open_connections == 0
+
+
+@pytest.mark.parametrize("split", ["bytewise", "all-at-once"])
+async def test_chunked_bodies_decode_however_the_bytes_are_split(split: str) -> None:
+    payloads = [b"data: one\n\n", b"x" * 300, b"data: [DONE]\n\n"]
+    body = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(p), p) for p in payloads) + b"0\r\nx-trailer: t\r\n\r\n"
+    head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-type: text/event-stream\r\n\r\n"
+    connections = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        while True:
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                return
+            writer.write(head)
+            if split == "bytewise":
+                for i in range(len(body)):
+                    writer.write(body[i : i + 1])
+                    await writer.drain()
+            else:
+                writer.write(body)
+            await writer.drain()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = HttpClient()
+    for _ in range(2):
+        async with client.stream("GET", f"http://127.0.0.1:{port}/") as r:
+            assert await r.aread() == b"".join(payloads)
+    assert connections == 1  # the connection went back to the pool after a complete body
+    await client.aclose()
+    server.close()
