@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 from tollway.mesh.topology import MeshError, load_mesh, parse_port_overrides
+
+if TYPE_CHECKING:
+    from tollway.gateway.store import GatewayStore
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parents[1]
 MESH = ROOT / "deploy" / "mesh.yaml"
@@ -30,6 +38,43 @@ async def _create_key(redis_url: str, tenant: str) -> tuple[str, str]:
         return await KeyRing(GatewayStore(client)).create(tenant)
     finally:
         await client.aclose()
+
+
+async def _with_store(redis_url: str, work: Callable[[GatewayStore], Awaitable[T]]) -> T:
+    from tollway.gateway.store import GatewayStore
+    from tollway.mesh.redis import connect
+
+    client = connect(redis_url)
+    try:
+        return await work(GatewayStore(client))
+    finally:
+        await client.aclose()
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    rows = asyncio.run(_with_store(_redis_url(args), lambda store: store.list_keys()))
+    for row in sorted(rows, key=lambda r: (r["tenant"], r["created_time"])):
+        created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(int(row["created_time"])))
+        print(f"{row['key_id']}…  tenant={row['tenant']}  created={created}Z")
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from tollway.gateway.auth import KeyRing
+
+    revoked = asyncio.run(_with_store(_redis_url(args), lambda store: KeyRing(store).revoke(args.key)))
+    if not revoked:
+        print("tollway: no such key (it may already be revoked)", file=sys.stderr)
+        return 1
+    print("revoked; gateways stop accepting it within their auth cache TTL (10 s by default)")
+    return 0
+
+
+def cmd_calls(args: argparse.Namespace) -> int:
+    rows = asyncio.run(_with_store(_redis_url(args), lambda store: store.recent_calls(args.last)))
+    for row in reversed(rows):
+        print(json.dumps(row))
+    return 0
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
@@ -121,6 +166,16 @@ def main(argv: list[str] | None = None) -> int:
     create = keys.add_parser("create", help="create a key; prints it on the last line")
     create.add_argument("--tenant", required=True, help="the tenant the key bills to")
     create.set_defaults(func=cmd_keys_create)
+    keys.add_parser("list", help="list keys by id and tenant (the keys themselves are never stored)").set_defaults(
+        func=cmd_keys_list
+    )
+    revoke = keys.add_parser("revoke", help="revoke a key")
+    revoke.add_argument("key", help="the key to revoke (tw-…)")
+    revoke.set_defaults(func=cmd_keys_revoke)
+
+    calls = sub.add_parser("calls", help="print the most recent call records, oldest first, one JSON object a line")
+    calls.add_argument("--last", type=int, default=20, help="how many records (default 20)")
+    calls.set_defaults(func=cmd_calls)
 
     from tollway.cache import purge
 

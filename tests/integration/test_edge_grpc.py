@@ -115,3 +115,27 @@ def test_real_local_model_answers_over_sse(stack: Stack, api_key: str) -> None:
     assert "Paris" in text
     completed = events[-1]["completed"]
     assert completed["usage"]["output_tokens"] > 0 and completed["usage"]["input_tokens"] > 0
+
+
+def test_keys_list_revoke_and_calls(stack: Stack) -> None:
+    def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+        base = [sys.executable, "-m", "tollway.cli", "--redis-url", stack.redis_url]
+        return subprocess.run([*base, *argv], capture_output=True, text=True)
+
+    key = cli("keys", "create", "--tenant", "revoke-me").stdout.strip().splitlines()[-1]
+    listing = cli("keys", "list").stdout
+    assert "tenant=revoke-me" in listing and key[:9] in listing and key not in listing
+    body = {"model": "fake-ok", "messages": [{"role": "user", "content": "hi"}], "request_id": "cli-calls"}
+    assert httpx.post(stack.edge_url + "/v1/complete", json=body, headers={"authorization": f"Bearer {key}"}).is_success
+    assert cli("keys", "revoke", key).returncode == 0
+    assert cli("keys", "revoke", key).returncode == 1  # already gone
+    assert "tenant=revoke-me" not in cli("keys", "list").stdout
+    import time
+
+    for _ in range(50):
+        records = [json.loads(line) for line in cli("calls", "--last", "50").stdout.splitlines()]
+        if any(r["request_id"] == "cli-calls" and r["tenant"] == "revoke-me" for r in records):
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the call record of request cli-calls was not printed")
