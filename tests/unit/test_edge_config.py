@@ -209,9 +209,7 @@ def test_gateway_routes_have_no_total_timeout() -> None:
 def test_openai_paths_bypass_the_transcoder() -> None:
     routes = _routes(build_envoy_config(load_mesh(MESH_FILE)), "public")
     compat = [r for r in routes if "path_separated_prefix" in r["match"]]
-    assert [r["match"]["path_separated_prefix"] for r in compat] == [
-        "/v1/chat/completions", "/v1/embeddings", "/v1/models",
-    ]
+    assert [r["match"]["path_separated_prefix"] for r in compat] == ["/v1/chat/completions", "/v1/models"]
     for r in compat:
         assert r["route"]["cluster"] == "openai_compat"
         assert r["route"]["timeout"] == "0s"  # chat completions stream too

@@ -61,7 +61,7 @@ def test_committed_mesh_enables_and_exposes_the_right_services() -> None:
     assert gateway.grpc_path_prefixes == ("/tollway.gateway.v1.GatewayService/",)
     compat = mesh.service("openai_compat")
     assert compat.protocol == "http"
-    assert compat.public_paths == ("/v1/chat/completions", "/v1/embeddings", "/v1/models")
+    assert compat.public_paths == ("/v1/chat/completions", "/v1/models")
 
 
 def test_dataclasses_are_frozen() -> None:
