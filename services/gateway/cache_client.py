@@ -18,7 +18,7 @@ from tollway.common.v1 import common_pb2
 from tollway.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 from tollway.gateway import metrics
 from tollway.mesh import propagation
-from tollway.router.service import FINISH_TO_PROTO, usage_to_proto
+from tollway.router.service import FINISH_FROM_PROTO, FINISH_TO_PROTO, usage_to_proto
 from tollway.router.types import ChatRequest, FinishReason, Usage
 
 log = logging.getLogger("tollway.gateway.cache")
@@ -28,7 +28,6 @@ _TIERS = {
     common_pb2.CACHE_TIER_SEMANTIC: "semantic",
     common_pb2.CACHE_TIER_STALE: "stale",
 }
-_FINISH: dict[int, FinishReason] = {v: k for k, v in FINISH_TO_PROTO.items()}  # type: ignore[misc]
 _MODES = {
     "": common_pb2.CACHE_MODE_UNSPECIFIED,
     "bypass": common_pb2.CACHE_MODE_BYPASS,
@@ -93,7 +92,7 @@ def _hit(reply: cache_pb2.LookupResponse) -> CacheHit | None:
         text=a.text,
         model=a.model,
         provider=a.provider,
-        finish_reason=_FINISH.get(a.finish_reason, "stop"),
+        finish_reason=FINISH_FROM_PROTO.get(a.finish_reason, "stop"),
         usage=Usage(a.usage.input_tokens, a.usage.output_tokens, a.usage.cached_input_tokens),
         entry_id=a.entry_id,
         similarity=reply.similarity,

@@ -19,7 +19,6 @@ from tollway.gateway import metrics
 from tollway.gateway.auth import KeyRing, Tenant
 from tollway.gateway.cache_client import CacheClient, CacheHit, CacheRequest
 from tollway.gateway.calllog import CallLog
-from tollway.gateway.pricing import cost_usd_micros
 from tollway.gateway.router_client import RouterClient
 from tollway.gateway.store import GatewayStore
 from tollway.gateway.validation import ChatRequestLike, Limits, check
@@ -27,7 +26,7 @@ from tollway.mesh.errors import ResourceExhausted, TollwayError, Unavailable
 from tollway.mesh.streams import coalesce
 from tollway.router.catalog import Catalog
 from tollway.router.engine import RouteCompleted, RouteStarted, StreamFailed
-from tollway.router.types import ChatMessage, ChatRequest, FinishReason, TextDelta, Usage
+from tollway.router.types import ChatMessage, ChatRequest, FinishReason, TextDelta, Usage, merge_deltas
 
 log = logging.getLogger("tollway.gateway")
 
@@ -65,13 +64,6 @@ class Failed:
 
 
 GatewayEvent = Started | TextDelta | Completed | Failed
-
-
-def merge_deltas(a: object, b: object) -> TextDelta | None:
-    """Joins two consecutive text deltas (for :func:`coalesce`); None for anything else."""
-    if isinstance(a, TextDelta) and isinstance(b, TextDelta):
-        return TextDelta(a.text + b.text)
-    return None
 
 
 def _digest(text: str) -> str:
@@ -261,8 +253,17 @@ class Gateway:
                 )
             elif isinstance(event, StreamFailed):
                 call.status, call.usage = event.reason, event.partial_usage
-                call.cost = cost_usd_micros(self.catalog, str(record["model"]), event.partial_usage)
+                call.cost = self._price(str(record["model"]), event.partial_usage)
                 yield Failed(event.code, event.message, event.reason, event.partial_usage)
+
+    def _price(self, model: str, usage: Usage) -> int:
+        """What ``usage`` of ``model`` cost (the router prices complete answers itself)."""
+        entry = self.catalog.resolve(model)
+        if entry is None:
+            return 0
+        return entry.price.cost_usd_micros(
+            usage.input_tokens, usage.output_tokens, usage.cached_input_tokens, usage.cache_write_input_tokens
+        )
 
     async def _replay(self, call: _Call, hit: CacheHit, *, degraded: bool) -> AsyncIterator[GatewayEvent]:
         """Streams a cached answer exactly as a fresh one would arrive."""

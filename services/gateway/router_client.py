@@ -11,16 +11,10 @@ from tollway.mesh import propagation
 from tollway.mesh.errors import from_rpc_error
 from tollway.router.engine import RouteCompleted, RouteEvent, RouteStarted, StreamFailed
 from tollway.router.routing import RoutingDecision
-from tollway.router.service import TIER_TO_PROTO
-from tollway.router.types import ChatRequest, FinishReason, TextDelta, Usage
+from tollway.router.service import FINISH_FROM_PROTO, TIER_TO_PROTO
+from tollway.router.types import ChatRequest, TextDelta, Usage
 from tollway.router.v1 import router_pb2, router_pb2_grpc
 
-_FINISH: dict[int, FinishReason] = {
-    common_pb2.FINISH_REASON_STOP: "stop",
-    common_pb2.FINISH_REASON_LENGTH: "length",
-    common_pb2.FINISH_REASON_TOOL_CALLS: "tool_calls",
-    common_pb2.FINISH_REASON_CONTENT_FILTER: "content_filter",
-}
 _TIER_NAMES = {v: k for k, v in TIER_TO_PROTO.items()}
 
 
@@ -65,7 +59,7 @@ def _started(s: router_pb2.Started) -> RouteStarted:
 
 def _completed(c: router_pb2.Completed) -> RouteCompleted:
     return RouteCompleted(
-        _FINISH.get(c.finish_reason, ""),
+        FINISH_FROM_PROTO.get(c.finish_reason, ""),
         _usage(c.usage, c.cache_write_input_tokens),
         c.usage_reported,
         c.provider_ttft_ms,

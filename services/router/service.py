@@ -20,12 +20,14 @@ from tollway.router.routing import RoutingDecision
 from tollway.router.types import (
     ChatMessage,
     ChatRequest,
+    FinishReason,
     ResponseFormat,
     TextDelta,
     Tool,
     ToolCall,
     ToolChoice,
     Usage,
+    merge_deltas,
 )
 from tollway.router.v1 import router_pb2, router_pb2_grpc
 
@@ -38,6 +40,7 @@ FINISH_TO_PROTO = {
     "content_filter": common_pb2.FINISH_REASON_CONTENT_FILTER,
     "": common_pb2.FINISH_REASON_UNSPECIFIED,
 }
+FINISH_FROM_PROTO: dict[int, FinishReason] = {v: k for k, v in FINISH_TO_PROTO.items()}
 TIER_TO_PROTO = {
     "small": router_pb2.MODEL_TIER_SMALL,
     "medium": router_pb2.MODEL_TIER_MEDIUM,
@@ -217,13 +220,6 @@ def models_to_proto(catalog: Catalog, router: Router, reload_error: str) -> rout
                 has_api_key=bool(d.api_key),
             )
     return out
-
-
-def merge_deltas(a: object, b: object) -> TextDelta | None:
-    """Joins two consecutive text deltas (for :func:`coalesce`); None for anything else."""
-    if isinstance(a, TextDelta) and isinstance(b, TextDelta):
-        return TextDelta(a.text + b.text)
-    return None
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:

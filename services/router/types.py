@@ -199,6 +199,13 @@ class StreamEnd:
     usage: Usage | None
 
 
+def merge_deltas(a: object, b: object) -> TextDelta | None:
+    """Joins two consecutive text deltas (for ``tollway.mesh.streams.coalesce``); None for anything else."""
+    if isinstance(a, TextDelta) and isinstance(b, TextDelta):
+        return TextDelta(a.text + b.text)
+    return None
+
+
 StreamEvent = TextDelta | ToolCallDelta | UsageUpdate | StreamEnd
 
 
