@@ -23,16 +23,22 @@ from tollway.router.types import ChatRequest, FinishReason, Usage
 
 log = logging.getLogger("tollway.gateway.cache")
 
-_TIERS = {
-    common_pb2.CACHE_TIER_EXACT: "exact",
-    common_pb2.CACHE_TIER_SEMANTIC: "semantic",
-    common_pb2.CACHE_TIER_STALE: "stale",
+# The cache tiers a gateway reports, by name (call records, headers) and as proto values.
+CACHE_TIER_TO_PROTO = {
+    "": common_pb2.CACHE_TIER_UNSPECIFIED,
+    "miss": common_pb2.CACHE_TIER_MISS,
+    "exact": common_pb2.CACHE_TIER_EXACT,
+    "semantic": common_pb2.CACHE_TIER_SEMANTIC,
+    "stale": common_pb2.CACHE_TIER_STALE,
 }
-_MODES = {
+CACHE_TIER_FROM_PROTO = {v: k for k, v in CACHE_TIER_TO_PROTO.items()}
+_HIT_TIERS = ("exact", "semantic", "stale")
+CACHE_MODE_TO_PROTO = {
     "": common_pb2.CACHE_MODE_UNSPECIFIED,
     "bypass": common_pb2.CACHE_MODE_BYPASS,
     "refresh": common_pb2.CACHE_MODE_REFRESH,
 }
+CACHE_MODE_FROM_PROTO = {v: k for k, v in CACHE_MODE_TO_PROTO.items()}
 # Misses after which a semantic lookup can still find something.
 _SEMANTIC_WORTHWHILE = {cache_pb2.MISS_REASON_NOT_FOUND, cache_pb2.MISS_REASON_EXPIRED}
 
@@ -83,8 +89,8 @@ def _fingerprint(req: CacheRequest) -> cache_pb2.RequestFingerprint:
 
 
 def _hit(reply: cache_pb2.LookupResponse) -> CacheHit | None:
-    tier = _TIERS.get(reply.tier)
-    if tier is None:
+    tier = CACHE_TIER_FROM_PROTO.get(reply.tier, "")
+    if tier not in _HIT_TIERS:
         return None
     a = reply.answer
     return CacheHit(
@@ -128,7 +134,7 @@ class CacheClient:
             fingerprint=_fingerprint(req),
             embedding=vector or (),
             embedding_model=self.embedding_model if vector else "",
-            mode=_MODES[req.mode],
+            mode=CACHE_MODE_TO_PROTO[req.mode],
             allow_stale=allow_stale,
             semantic_only=semantic_only,
         )
@@ -216,7 +222,7 @@ class CacheClient:
                     fingerprint=_fingerprint(req),
                     embedding=vector or (),
                     embedding_model=self.embedding_model if vector else "",
-                    mode=_MODES[req.mode],
+                    mode=CACHE_MODE_TO_PROTO[req.mode],
                     text=text,
                     usage=usage_to_proto(usage),
                     model=model,

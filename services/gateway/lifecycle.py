@@ -17,7 +17,7 @@ from typing import Any
 
 from tollway.gateway import metrics
 from tollway.gateway.auth import KeyRing, Tenant
-from tollway.gateway.cache_client import CacheClient, CacheHit, CacheRequest
+from tollway.gateway.cache_client import CACHE_MODE_FROM_PROTO, CacheClient, CacheHit, CacheRequest
 from tollway.gateway.calllog import CallLog
 from tollway.gateway.router_client import RouterClient
 from tollway.gateway.store import GatewayStore
@@ -30,7 +30,6 @@ from tollway.router.types import ChatMessage, ChatRequest, FinishReason, TextDel
 
 log = logging.getLogger("tollway.gateway")
 
-_CACHE_MODES = {0: "", 1: "bypass", 2: "refresh"}
 # A cached answer is replayed in pieces of about this many characters, cut after whitespace.
 _REPLAY_PIECE = re.compile(r".{1,48}(?:\s+|$)|\S+", re.DOTALL)
 
@@ -156,7 +155,7 @@ class Gateway:
         chat = self.chat_request(req, tenant)
         call = _Call(chat, time.perf_counter(), self._record(req, chat, tenant))
         cache_req: CacheRequest | None = None
-        mode = _CACHE_MODES.get(req.cache_policy.mode, "")
+        mode = CACHE_MODE_FROM_PROTO.get(req.cache_policy.mode, "")
         if self.cache is not None and mode != "bypass":
             cache_req = CacheRequest(
                 chat,

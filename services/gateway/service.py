@@ -7,19 +7,13 @@ from collections.abc import AsyncIterator
 import grpc
 
 from tollway.common.v1 import common_pb2
+from tollway.gateway.cache_client import CACHE_TIER_TO_PROTO
 from tollway.gateway.lifecycle import Completed, Failed, Gateway, Started
 from tollway.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from tollway.mesh.errors import Unavailable, rpc_errors
 from tollway.router.service import FINISH_TO_PROTO, usage_to_proto
 from tollway.router.types import TextDelta
 
-_TIER = {
-    "miss": common_pb2.CACHE_TIER_MISS,
-    "exact": common_pb2.CACHE_TIER_EXACT,
-    "semantic": common_pb2.CACHE_TIER_SEMANTIC,
-    "stale": common_pb2.CACHE_TIER_STALE,
-    "": common_pb2.CACHE_TIER_UNSPECIFIED,
-}
 DOMAIN = "gateway.tollway"
 
 
@@ -47,7 +41,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                         model=event.model,
                         provider=event.provider,
                         attempt_count=event.attempt_count,
-                        cache_tier=_TIER[event.cache_tier],
+                        cache_tier=CACHE_TIER_TO_PROTO[event.cache_tier],
                         degraded=event.degraded,
                     )
                 )
@@ -76,7 +70,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             elif isinstance(event, Started):
                 out.request_id, out.model, out.provider = event.request_id, event.model, event.provider
                 out.attempt_count = event.attempt_count
-                out.cache_tier = _TIER[event.cache_tier]
+                out.cache_tier = CACHE_TIER_TO_PROTO[event.cache_tier]
                 out.degraded = event.degraded
             elif isinstance(event, Completed):
                 c = _completed(event)

@@ -115,7 +115,7 @@ class OpenAICompatApp:
                 headers={
                     "x-tollway-request-id": reply.request_id,
                     "x-tollway-provider": reply.provider,
-                    "x-tollway-cache-tier": translate.TIER[reply.cache_tier],
+                    "x-tollway-cache-tier": translate.tier(reply.cache_tier),
                     "x-tollway-degraded": "true" if reply.degraded else "false",
                 },
             )
@@ -136,7 +136,7 @@ class OpenAICompatApp:
                 "cache-control": "no-cache",
                 "x-tollway-request-id": started.request_id,
                 "x-tollway-provider": started.provider,
-                "x-tollway-cache-tier": translate.TIER[started.cache_tier],
+                "x-tollway-cache-tier": translate.tier(started.cache_tier),
                 "x-tollway-degraded": "true" if started.degraded else "false",
             },
         )
@@ -153,7 +153,7 @@ class OpenAICompatApp:
                     yield translate.chunk_bytes(chunk_id, model, created, {"content": event.delta.text}, None)
                 elif kind == "completed":
                     c = event.completed
-                    yield translate.chunk_bytes(chunk_id, model, created, {}, translate.FINISH[c.finish_reason])
+                    yield translate.chunk_bytes(chunk_id, model, created, {}, translate.finish(c.finish_reason))
                     if include_usage:
                         yield translate.usage_chunk_bytes(chunk_id, model, created, c.usage)
                 elif kind == "error":

@@ -9,23 +9,21 @@ from typing import Any
 import grpc
 
 from tollway.common.v1 import common_pb2
+from tollway.gateway.cache_client import CACHE_MODE_TO_PROTO, CACHE_TIER_FROM_PROTO
 from tollway.gateway.v1 import gateway_pb2
 from tollway.mesh.errors import InvalidArgument
+from tollway.router.service import FINISH_FROM_PROTO
 
-FINISH = {
-    common_pb2.FINISH_REASON_STOP: "stop",
-    common_pb2.FINISH_REASON_LENGTH: "length",
-    common_pb2.FINISH_REASON_TOOL_CALLS: "tool_calls",
-    common_pb2.FINISH_REASON_CONTENT_FILTER: "content_filter",
-    common_pb2.FINISH_REASON_UNSPECIFIED: "stop",
-}
-TIER = {
-    common_pb2.CACHE_TIER_MISS: "miss",
-    common_pb2.CACHE_TIER_EXACT: "exact",
-    common_pb2.CACHE_TIER_SEMANTIC: "semantic",
-    common_pb2.CACHE_TIER_STALE: "stale",
-    common_pb2.CACHE_TIER_UNSPECIFIED: "none",
-}
+
+def finish(value: int) -> str:
+    """OpenAI's finish_reason for a proto one (Tollway's names are OpenAI's)."""
+    return FINISH_FROM_PROTO.get(value) or "stop"
+
+
+def tier(value: int) -> str:
+    """The ``x-tollway-cache-tier`` header value: the tier's name, or "none" when the cache was not asked."""
+    return CACHE_TIER_FROM_PROTO.get(value) or "none"
+
 
 # gRPC status -> (HTTP status, OpenAI error type), as OpenAI clients expect them.
 HTTP_ERRORS: dict[grpc.StatusCode, tuple[int, str]] = {
@@ -109,12 +107,7 @@ def chat_request(body: Any) -> tuple[gateway_pb2.GenerateRequest, bool, bool]:
     return req, stream, include_usage
 
 
-_HEADER_MODES = {
-    "": common_pb2.CACHE_MODE_UNSPECIFIED,
-    "default": common_pb2.CACHE_MODE_UNSPECIFIED,
-    "bypass": common_pb2.CACHE_MODE_BYPASS,
-    "refresh": common_pb2.CACHE_MODE_REFRESH,
-}
+_HEADER_MODES = {**CACHE_MODE_TO_PROTO, "default": common_pb2.CACHE_MODE_UNSPECIFIED}
 
 
 def apply_cache_headers(req: gateway_pb2.GenerateRequest, headers: Any) -> None:
@@ -159,7 +152,7 @@ def completion_json(reply: gateway_pb2.CompleteResponse) -> dict[str, Any]:
                 "index": 0,
                 "message": {"role": "assistant", "content": reply.text, "refusal": None},
                 "logprobs": None,
-                "finish_reason": FINISH[reply.finish_reason],
+                "finish_reason": finish(reply.finish_reason),
             }
         ],
         "usage": usage_json(reply.usage),
