@@ -243,13 +243,13 @@ class Stack:
         env = {"TOLLWAY_REDIS_URL": self.redis_url, **self.options.env}
         if "port" in fields:
             env[prefix + "PORT"] = str(port)
+        # Who calls whom comes from mesh.yaml (`calls`), as for the k8s manifests.
         running = {s.name for s in self._services()}
-        for field in fields:
-            dep = field.removesuffix("_addr")
-            if field.endswith("_addr") and dep in running:
-                target = self.mesh.service(dep)
+        for callee in service.calls:
+            if callee in running:
+                target = self.mesh.service(callee)
                 through_envoy = self.options.with_envoy and (target.replicas > 1 or target.canary is not None)
-                env[prefix + field.upper()] = (
+                env[f"{prefix}{callee.upper()}_ADDR"] = (
                     self.mesh.edge.mesh_listen.address if through_envoy else target.endpoints[0].address
                 )
         if "snapshot_dir" in fields:
