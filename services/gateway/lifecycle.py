@@ -168,7 +168,7 @@ class Gateway:
         try:
             lookup = await self.cache.lookup(cache_req) if self.cache and cache_req else None
             if lookup is not None and lookup.hit is not None:
-                async for event in self._replay(call, lookup.hit, degraded=False):
+                async for event in self._replay(call, lookup.hit, degraded=False, stream=stream):
                     yield event
                 if lookup.hit.sample_for_quality and lookup.hit.tier == "semantic":
                     self._later(self._quality_sample(cache_req, lookup.hit))  # type: ignore[arg-type]
@@ -183,7 +183,9 @@ class Gateway:
                     stale = await self.cache.lookup_stale(cache_req, lookup.vector if lookup else None)
                     if stale is not None:
                         call.status = "DEGRADED"
-                        async for event in self._replay(call, dataclasses.replace(stale, tier="stale"), degraded=True):
+                        async for event in self._replay(
+                            call, dataclasses.replace(stale, tier="stale"), degraded=True, stream=stream
+                        ):
                             yield event
                         return
                 raise
@@ -264,12 +266,12 @@ class Gateway:
             usage.input_tokens, usage.output_tokens, usage.cached_input_tokens, usage.cache_write_input_tokens
         )
 
-    async def _replay(self, call: _Call, hit: CacheHit, *, degraded: bool) -> AsyncIterator[GatewayEvent]:
-        """Streams a cached answer exactly as a fresh one would arrive."""
+    async def _replay(self, call: _Call, hit: CacheHit, *, degraded: bool, stream: bool) -> AsyncIterator[GatewayEvent]:
+        """Streams a cached answer as a fresh one would arrive (in one piece when nobody streams it)."""
         call.record.update(model=hit.model, provider=hit.provider, cache_tier=hit.tier, cache_entry=hit.entry_id)
         call.started = True
         yield Started(call.chat.request_id, hit.model, hit.provider, 0, hit.tier, degraded)
-        for piece in replay_pieces(hit.text):
+        for piece in replay_pieces(hit.text) if stream else [hit.text]:
             call.first_text()
             call.parts.append(piece)
             yield TextDelta(piece)
