@@ -13,7 +13,6 @@ import importlib.util
 import os
 import shutil
 import sys
-import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -308,6 +307,3 @@ class Stack:
         self.children.append(child)
         return child
 
-
-def temp_run_dir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="tollway-"))

@@ -166,9 +166,6 @@ class Response:
         """The rest of the body."""
         return b"".join([piece async for piece in self.aiter_bytes()])
 
-    def json(self, body: bytes) -> Any:
-        return jsonlib.loads(body)
-
 
 class HttpClient:
     """A keep-alive connection pool per (scheme, host, port). Safe for concurrent use."""
