@@ -13,14 +13,13 @@ Run alone: ``python -m tests.fakes.gemini --port 8097``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
 from typing import Any
 
-from tests.fakes.http import FakeHTTPServer, Request, Response
+from tests.fakes.http import FakeHTTPServer, Request, Response, main
 from tests.fakes.scenarios import TOOL_CALLS, SeenRequests, parse, prompt_tokens
 
 _seen = SeenRequests()
@@ -189,14 +188,5 @@ def make_server() -> FakeHTTPServer:
     return FakeHTTPServer(handle)
 
 
-async def _main(port: int) -> None:
-    server = make_server()
-    bound = await server.start(port)
-    print(f"LISTENING {bound}", flush=True)
-    await asyncio.Event().wait()
-
-
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, default=0)
-    asyncio.run(_main(parser.parse_args().port))
+    main(handle, __doc__.splitlines()[0])

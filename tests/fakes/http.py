@@ -199,3 +199,19 @@ def _reset(writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     writer.transport.abort()
+
+
+def main(handler: Handler, description: str) -> None:
+    """``python -m tests.fakes.<provider> [--port N]``: serves ``handler`` and prints ``LISTENING <port>``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--port", type=int, default=0)
+    port = parser.parse_args().port
+
+    async def serve() -> None:
+        bound = await FakeHTTPServer(handler).start(port)
+        print(f"LISTENING {bound}", flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(serve())
