@@ -47,4 +47,4 @@ bench: protos
 
 clean:
 	rm -rf build .run .pytest_cache .ruff_cache
-	find services -path '*/v1' -type d -prune -exec rm -rf {} +
+	find services/tollway -path '*/v1' -type d -prune -exec rm -rf {} +

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Generates Python code (+ .pyi stubs) for every proto under protos/ into services/,
+# Generates Python code (+ .pyi stubs) for every proto under protos/ into services/tollway/,
 # and the descriptor set Envoy's gRPC-JSON transcoder reads. Generated files are not committed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,11 +15,11 @@ mapfile -t files < <(cd protos && find tollway -name '*.proto' | sort)
 # error_details.proto lets the transcoder print google.rpc details (RetryInfo, BadRequest...).
 "$PY" -m grpc_tools.protoc -I protos -I "$GOOGLEAPIS" --include_imports --include_source_info \
   --descriptor_set_out="$out/tollway.pb" "${files[@]}" google/rpc/error_details.proto
-# Proto path == import path: build/protos/py/tollway/<svc>/v1 -> services/<svc>/v1.
+# Proto path == import path: build/protos/py/tollway/<svc>/v1 -> services/tollway/<svc>/v1.
 for d in "$out"/py/tollway/*/v1; do
   svc=$(basename "$(dirname "$d")")
-  rm -rf "services/$svc/v1" && mkdir -p "services/$svc" && cp -r "$d" "services/$svc/v1"
-  touch "services/$svc/v1/__init__.py"
-  [ -f "services/$svc/__init__.py" ] || touch "services/$svc/__init__.py"
+  rm -rf "services/tollway/$svc/v1" && mkdir -p "services/tollway/$svc" && cp -r "$d" "services/tollway/$svc/v1"
+  touch "services/tollway/$svc/v1/__init__.py"
+  [ -f "services/tollway/$svc/__init__.py" ] || touch "services/tollway/$svc/__init__.py"
 done
-echo "protos: ${#files[@]} files -> services/*/v1, $out/tollway.pb"
+echo "protos: ${#files[@]} files -> services/tollway/*/v1, $out/tollway.pb"

@@ -20,11 +20,11 @@ from prometheus_client import REGISTRY
 from tests.fakes import openai as fake_openai
 from tests.fakes.http import FakeHTTPServer
 from tests.fakes.procs import RedisServer, RouterProcess
+from tollway.common.catalog import parse_catalog
 from tollway.common.v1 import common_pb2
 from tollway.mesh import errors
 from tollway.mesh.errors import from_rpc_error
 from tollway.router.breaker import CLOSED, HALF_OPEN, OPEN, Breakers, BreakerSettings
-from tollway.router.catalog import parse_catalog
 from tollway.router.engine import Router, RouteStarted
 from tollway.router.providers.openai_compat import OpenAICompatAdapter
 from tollway.router.store import RedisBreakerStore

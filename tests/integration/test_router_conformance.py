@@ -20,8 +20,9 @@ from tests.fakes import openai as fake_openai
 from tests.fakes.http import FakeHTTPServer
 from tests.fakes.procs import free_port
 from tests.fakes.scenarios import TOOL_CALLS
+from tollway.common.catalog import Deployment
 from tollway.router.providers.anthropic import AnthropicAdapter
-from tollway.router.providers.base import Deployment, ProviderAdapter
+from tollway.router.providers.base import ProviderAdapter
 from tollway.router.providers.gemini import GeminiAdapter
 from tollway.router.providers.openai_compat import OpenAICompatAdapter
 from tollway.router.tools import ToolCallAssembler

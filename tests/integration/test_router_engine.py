@@ -23,8 +23,8 @@ from tests.fakes import openai as fake_openai
 from tests.fakes.http import FakeHTTPServer
 from tests.fakes.procs import free_port
 from tests.fakes.scenarios import TOOL_CALLS
+from tollway.common.catalog import parse_catalog
 from tollway.mesh import errors
-from tollway.router.catalog import parse_catalog
 from tollway.router.engine import RouteCompleted, RouteEvent, Router, RouteStarted, StreamFailed
 from tollway.router.policy import BACKGROUND, INTERACTIVE
 from tollway.router.providers.anthropic import AnthropicAdapter

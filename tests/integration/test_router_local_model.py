@@ -17,9 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.fakes.procs import free_port
-from tollway.router.catalog import parse_catalog
+from tollway.common.catalog import Deployment, parse_catalog
 from tollway.router.engine import RouteCompleted, Router, RouteStarted
-from tollway.router.providers.base import Deployment
 from tollway.router.providers.openai_compat import OpenAICompatAdapter
 from tollway.router.types import ChatMessage, ChatRequest, StreamEnd, TextDelta
 

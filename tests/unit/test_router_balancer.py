@@ -5,8 +5,8 @@ from __future__ import annotations
 import collections
 import random
 
+from tollway.common.catalog import Deployment
 from tollway.router.balancer import Balancer
-from tollway.router.providers.base import Deployment
 
 
 def dep(name: str, weight: float = 1.0) -> Deployment:

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from tollway.common.catalog import parse_catalog
 from tollway.mesh import errors
-from tollway.router.catalog import parse_catalog
 from tollway.router.classifier import Classification
 from tollway.router.routing import decide
 from tollway.router.types import ChatMessage, ChatRequest, ResponseFormat, Tool

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from tollway.common.catalog import Deployment
 from tollway.router.providers import anthropic, gemini, openai_compat
-from tollway.router.providers.base import Deployment
 from tollway.router.providers.wire import error_text, sse_events
 from tollway.router.types import (
     ChatMessage,

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any
 
+from tollway.common.catalog import Catalog
 from tollway.gateway import metrics
 from tollway.gateway.auth import KeyRing, Tenant
 from tollway.gateway.cache_client import CACHE_MODE_FROM_PROTO, CacheClient, CacheHit, CacheRequest
@@ -24,7 +25,6 @@ from tollway.gateway.store import GatewayStore
 from tollway.gateway.validation import ChatRequestLike, Limits, check
 from tollway.mesh.errors import ResourceExhausted, TollwayError, Unavailable
 from tollway.mesh.streams import coalesce
-from tollway.router.catalog import Catalog
 from tollway.router.engine import RouteCompleted, RouteStarted, StreamFailed
 from tollway.router.types import ChatMessage, ChatRequest, FinishReason, TextDelta, Usage, merge_deltas
 

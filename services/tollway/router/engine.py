@@ -22,14 +22,14 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+from tollway.common.catalog import Catalog, CatalogSource, Deployment, Model
 from tollway.mesh import errors
 from tollway.router import metrics
 from tollway.router.balancer import Balancer
 from tollway.router.breaker import Breakers, Permit
-from tollway.router.catalog import Catalog, CatalogSource, Model
 from tollway.router.classifier import ComplexityClassifier, load_classifier
 from tollway.router.policy import BACKGROUND, INTERACTIVE, RetryPolicy
-from tollway.router.providers.base import Deployment, ProviderAdapter
+from tollway.router.providers.base import ProviderAdapter
 from tollway.router.routing import RoutingDecision, decide, unfit_reason
 from tollway.router.tokens import count_prompt_tokens, count_tokens
 from tollway.router.tools import ToolCallAssembler, ToolCallError

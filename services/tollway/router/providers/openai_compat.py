@@ -13,8 +13,8 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+from tollway.common.catalog import Deployment
 from tollway.mesh.httpclient import HttpClient, Response
-from tollway.router.providers.base import Deployment
 from tollway.router.providers.wire import (
     new_client,
     parse_json,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 
+from tollway.common.catalog import load_catalog
 from tollway.gateway.auth import KeyRing
 from tollway.gateway.cache_client import CacheClient
 from tollway.gateway.config import GatewayConfig
@@ -18,7 +19,6 @@ from tollway.mesh.config import MeshConfig, load_config
 from tollway.mesh.redis import connect, wait_ready
 from tollway.mesh.server import ServiceSpec, run, serve
 from tollway.mesh.telemetry import tracer_provider, tracing_enabled
-from tollway.router.catalog import load_catalog
 
 
 def build(cfg: GatewayConfig, mesh: MeshConfig) -> ServiceSpec:

@@ -24,7 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tollway.launcher.processes import Child, LaunchError, port_free, spawn, wait_until
 from tollway.mesh.topology import Mesh, Service, load_mesh
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 # Started first: what others depend on. Services not listed start after these, before the edge.
 _ORDER = ("embedding", "cache", "router", "gateway", "openai_compat")
 

@@ -9,8 +9,8 @@ import json
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
+from tollway.common.catalog import Deployment
 from tollway.mesh.httpclient import HttpClient, HttpError, HttpTimeout, Response
-from tollway.router.providers.base import Deployment
 from tollway.router.types import ErrorKind, ProviderError, StreamEnd, StreamEvent, parse_retry_after
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tollway.router.catalog import CatalogError, CatalogSource, Price, load_catalog, parse_catalog
+from tollway.common.catalog import CatalogError, CatalogSource, Price, load_catalog, parse_catalog
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from tollway.common.catalog import TIERS, Catalog, Model
 from tollway.mesh import errors
-from tollway.router.catalog import TIERS, Catalog, Model
 from tollway.router.classifier import ComplexityClassifier
 from tollway.router.tokens import count_prompt_tokens
 from tollway.router.types import ChatRequest

@@ -10,11 +10,11 @@ from typing import Any
 import grpc
 from google.protobuf import timestamp_pb2
 
+from tollway.common.catalog import Catalog
 from tollway.common.v1 import common_pb2
 from tollway.mesh.errors import InvalidArgument, rpc_errors
 from tollway.mesh.streams import coalesce
 from tollway.router.breaker import HALF_OPEN, OPEN
-from tollway.router.catalog import Catalog
 from tollway.router.engine import RouteCompleted, RouteEvent, Router, RouteStarted
 from tollway.router.routing import RoutingDecision
 from tollway.router.types import (

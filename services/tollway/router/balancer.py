@@ -19,7 +19,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 
-from tollway.router.providers.base import Deployment
+from tollway.common.catalog import Deployment
 
 _MIN_SHARE = 1e-3
 

@@ -10,13 +10,13 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
+from tollway.common.catalog import CatalogError, CatalogSource
 from tollway.mesh import redis as mesh_redis
 from tollway.mesh.config import MeshConfig, load_config
 from tollway.mesh.server import ServiceSpec, run, serve
 from tollway.router import metrics
 from tollway.router.balancer import Balancer
 from tollway.router.breaker import Breakers, BreakerSettings
-from tollway.router.catalog import CatalogError, CatalogSource
 from tollway.router.config import RouterConfig
 from tollway.router.engine import Router
 from tollway.router.policy import BACKGROUND, INTERACTIVE
