@@ -1,7 +1,7 @@
 """What the Tollway path (Envoy -> gateway -> router) adds over calling the upstream directly,
 side by side with LiteLLM proxy against the same zero-delay upstream, in one run.
 
-    .venv/bin/python bench/overhead.py [--repeats 2] [--quick]
+    .venv/bin/python bench/overhead.py [--repeats 2] [--quick] [--baseline ../before]
 
 Starts everything it measures on free loopback ports and stops it at the end:
 - the upstream: tests/fakes/openai.py (OpenAI wire format, no delay, 20 content chunks);
@@ -9,6 +9,8 @@ Starts everything it measures on free loopback ports and stops it at the end:
 - LiteLLM proxy from its own virtualenv `peers/litellm-venv` (git-ignored, never a project
   dependency): `python3 -m venv peers/litellm-venv && peers/litellm-venv/bin/pip install 'litellm[proxy]'`.
   Skipped with a note when that venv is absent.
+- with `--baseline CHECKOUT`: a second Tollway stack from another checkout (`bench/checkout_stack.py`),
+  measured as "before" in the same run, so a change's cost is read off one table.
 Targets and metrics are interleaved and rotated per repeat so drift hits all alike. Prints a
 markdown table of absolute figures and of overhead over the direct upstream.
 """
@@ -78,6 +80,36 @@ def bench_stack(run: Path, upstream_port: int) -> Stack:
     )
 
 
+def package_parent(checkout: Path, run: Path) -> Path:
+    """A directory that holds the ``tollway`` package of ``checkout`` (whichever layout it has)."""
+    if (checkout / "services" / "tollway" / "__init__.py").exists():
+        return checkout / "services"
+    # Before the src layout, services/ itself was the package.
+    shim = run / "baseline-path"
+    shim.mkdir(exist_ok=True)
+    (shim / "tollway").symlink_to(checkout / "services")
+    return shim
+
+
+def start_baseline(checkout: Path, run: Path, upstream: int) -> tuple[subprocess.Popen[str], dict[str, str | int]]:
+    """The bench stack of another checkout (its own code in every process), on its own ports."""
+    checkout = checkout.resolve()
+    parent = package_parent(checkout, run)
+    env = {**os.environ, "PYTHONPATH": str(parent), "PY": sys.executable}
+    if not (parent / "tollway" / "gateway" / "v1").exists():
+        subprocess.run([str(checkout / "scripts" / "gen_protos.sh")], cwd=checkout, env=env, check=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "checkout_stack.py"), "--upstream-port", str(upstream),
+         "--run-dir", str(run / "baseline")],
+        cwd=checkout, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        raise SystemExit(f"the baseline stack of {checkout} did not start; see {run / 'baseline'}")
+    return proc, json.loads(line)
+
+
 def start_litellm(run: Path, upstream: int) -> tuple[object, int, str] | None:
     if not LITELLM.exists():
         print(f"LiteLLM not installed at {LITELLM}: skipping it (see this file's docstring)", file=sys.stderr)
@@ -124,10 +156,61 @@ general_settings:
     return child, port, key
 
 
-def endpoints(upstream: int, stack: Stack, key: str, litellm: tuple[object, int, str] | None) -> dict[str, dict]:
-    edge = stack.mesh.edge.listen
+def tollway_endpoints(label: str, host: str, port: int, key: str, *, exact_hits: bool) -> dict[str, dict]:
+    """The Tollway targets of one stack: the native path, the OpenAI path and (optionally) exact hits."""
     auth = (("authorization", f"Bearer {key}"),)
     openai_auth = (*auth, ("x-tollway-cache-mode", "bypass"))
+    stream = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+    out = {
+        label: {
+            "json": Endpoint(label, host, port, "/v1/complete", NO_CACHE, auth, ok_marker=b"w19"),
+            "stream": Endpoint(
+                label, host, port, "/v1/generate", NO_CACHE, auth, first_text_marker=b"w0 ", ok_marker=b'"completed"'
+            ),
+        },
+        f"{label}-openai": {
+            "json": Endpoint(
+                f"{label}-openai", host, port, "/v1/chat/completions", CHAT, openai_auth, ok_marker=b"w19"
+            ),
+            "stream": Endpoint(
+                f"{label}-openai",
+                host,
+                port,
+                "/v1/chat/completions",
+                stream,
+                openai_auth,
+                first_text_marker=b"w0 ",
+                ok_marker=b"[DONE]",
+            ),
+        },
+    }
+    if exact_hits:
+        # The same request again and again: after the first, every one is a tier-1 hit.
+        out[f"{label}-exact-hit"] = {
+            "json": Endpoint(f"{label}-exact-hit", host, port, "/v1/complete", CHAT, auth, ok_marker=b"w19"),
+            "stream": Endpoint(
+                f"{label}-exact-hit",
+                host,
+                port,
+                "/v1/generate",
+                CHAT,
+                auth,
+                first_text_marker=b"w0 ",
+                ok_marker=b'"completed"',
+            ),
+        }
+    return out
+
+
+def endpoints(
+    upstream: int,
+    stack: Stack,
+    key: str,
+    litellm: tuple[object, int, str] | None,
+    baseline: dict[str, str | int] | None = None,
+    exact_hits: bool = True,
+) -> dict[str, dict]:
+    edge = stack.mesh.edge.listen
     stream = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
     out = {
         "direct": {
@@ -142,49 +225,12 @@ def endpoints(upstream: int, stack: Stack, key: str, litellm: tuple[object, int,
                 ok_marker=b"[DONE]",
             ),
         },
-        "tollway": {
-            "json": Endpoint("tollway", edge.host, edge.port, "/v1/complete", NO_CACHE, auth, ok_marker=b"w19"),
-            "stream": Endpoint(
-                "tollway",
-                edge.host,
-                edge.port,
-                "/v1/generate",
-                NO_CACHE,
-                auth,
-                first_text_marker=b"w0 ",
-                ok_marker=b'"completed"',
-            ),
-        },
-        "tollway-openai": {
-            "json": Endpoint(
-                "tollway-openai", edge.host, edge.port, "/v1/chat/completions", CHAT, openai_auth, ok_marker=b"w19"
-            ),
-            "stream": Endpoint(
-                "tollway-openai",
-                edge.host,
-                edge.port,
-                "/v1/chat/completions",
-                stream,
-                openai_auth,
-                first_text_marker=b"w0 ",
-                ok_marker=b"[DONE]",
-            ),
-        },
-        # The same request again and again: after the first, every one is a tier-1 hit.
-        "tollway-exact-hit": {
-            "json": Endpoint("tollway-exact-hit", edge.host, edge.port, "/v1/complete", CHAT, auth, ok_marker=b"w19"),
-            "stream": Endpoint(
-                "tollway-exact-hit",
-                edge.host,
-                edge.port,
-                "/v1/generate",
-                CHAT,
-                auth,
-                first_text_marker=b"w0 ",
-                ok_marker=b'"completed"',
-            ),
-        },
+        **tollway_endpoints("tollway", edge.host, edge.port, key, exact_hits=exact_hits),
     }
+    if baseline is not None:
+        out |= tollway_endpoints(
+            "before", str(baseline["host"]), int(baseline["port"]), str(baseline["key"]), exact_hits=False
+        )
     if litellm is not None:
         _, port, lkey = litellm
         lauth = (("authorization", f"Bearer {lkey}"),)
@@ -268,6 +314,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small counts, to check the bench itself")
     parser.add_argument("--no-litellm", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout (e.g. `git worktree add ../before <ref>`), measured in the same run as 'before'",
+    )
+    parser.add_argument("--no-exact-hits", action="store_true", help="skip the tier-1 hit targets")
     args = parser.parse_args()
     if args.quick:
         args.repeats, args.n, args.stream_n, args.warmup, args.duration = 1, 100, 30, 20, 2.0
@@ -275,11 +327,15 @@ def main() -> None:
     upstream, port = start_upstream(run)
     stack = bench_stack(run, port)
     litellm = None
+    baseline: tuple[subprocess.Popen[str], dict[str, str | int]] | None = None
     try:
         stack.start()
         key, _ = asyncio.run(_create_key(stack.redis_url, "bench"))
         litellm = None if args.no_litellm else start_litellm(run, port)
-        targets = endpoints(port, stack, key, litellm)
+        baseline = start_baseline(args.baseline, run, port) if args.baseline else None
+        targets = endpoints(
+            port, stack, key, litellm, baseline[1] if baseline else None, exact_hits=not args.no_exact_hits
+        )
         started = time.time()
         results = uvloop.run(measure(targets, args))
         print(
@@ -290,6 +346,8 @@ def main() -> None:
         if args.json:
             args.json.write_text(json.dumps(results, indent=1))
     finally:
+        if baseline is not None:
+            baseline[0].communicate("")  # closing its stdin stops that stack
         if litellm is not None:
             litellm[0].stop()  # type: ignore[attr-defined]
         stack.stop()
