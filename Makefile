@@ -31,6 +31,7 @@ run: protos
 lint: protos
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/buf lint
+	$(VENV)/bin/lint-imports --no-cache
 	@./scripts/buf_breaking.sh main
 
 test: lint
