@@ -35,12 +35,17 @@ import ctypes
 import gc
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+# The private redis-server helper lives with the tests (production code does not import tests).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.support.redis_server import local_redis
 from tollway.cache.cache import Cache, CacheSettings
 from tollway.cache.entries import Answer, Entry, LookupQuery, Requester, Tier
 from tollway.cache.index import IndexParams, IndexRecord, Interner, SemanticIndex
@@ -49,7 +54,6 @@ from tollway.cache.namespaces import NamespaceRegistry
 from tollway.cache.scope import Scope
 from tollway.cache.store import CacheStore
 from tollway.cache.sync import IndexSync
-from tollway.cache.testing import local_redis
 from tollway.mesh.redis import connect
 
 DIM = 384

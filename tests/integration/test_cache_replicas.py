@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.support.cache import RunningCache, running_cache
+from tests.support.redis_server import local_redis
 from tollway.cache.cache import accept_all
-from tollway.cache.testing import RunningCache, local_redis, running_cache
 from tollway.cache.v1 import cache_pb2
 from tollway.common.v1 import common_pb2
 

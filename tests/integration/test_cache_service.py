@@ -18,9 +18,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from prometheus_client import REGISTRY
 
+from tests.support.cache import RunningCache, running_cache
+from tests.support.redis_server import local_redis
 from tollway.cache import purge
 from tollway.cache.cache import Verdict, accept_all
-from tollway.cache.testing import RunningCache, local_redis, running_cache
 from tollway.cache.v1 import cache_pb2
 from tollway.common.v1 import common_pb2
 
