@@ -25,24 +25,24 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
-import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from tollway.cache.scope import Scope
+from tollway.mesh import schema
 from tollway.mesh.errors import NotFound
+from tollway.mesh.schema import SchemaError
 
 log = logging.getLogger("tollway.cache.namespaces")
 
 DEFAULT_NAMESPACE = "default"
+_YEAR_S = 365 * 86400
 BUILTIN_PATH = Path(__file__).with_name("namespaces.yaml")
 
 
-class NamespaceConfigError(ValueError):
+class NamespaceConfigError(SchemaError):
     """The namespaces file is unreadable, malformed, or has a bad value."""
 
 
@@ -53,9 +53,16 @@ class Eviction(enum.StrEnum):
     OLDEST = "oldest"
 
 
+def _eviction(text: str) -> Eviction:
+    try:
+        return Eviction(text.strip().lower())
+    except ValueError:
+        raise ValueError(f"{text!r} is not an eviction policy (use lru or oldest)") from None
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Namespace:
-    """One namespace's policy.
+    """One namespace's policy; the fields after ``name`` are the file's settings.
 
     Attributes:
         name: The namespace name, as requests give it.
@@ -74,16 +81,16 @@ class Namespace:
     """
 
     name: str
-    threshold: float
-    ttl_s: float = 3600.0
-    scope: Scope = Scope.TENANT
+    threshold: float = dataclasses.field(metadata=schema.rule(low=0.0, high=1.0, low_open=True))
+    ttl_s: float = dataclasses.field(default=3600.0, metadata=schema.rule(low=0.0, high=10 * _YEAR_S, low_open=True))
+    scope: Scope = dataclasses.field(default=Scope.TENANT, metadata=schema.rule(parse=Scope.parse))
     semantic: bool = True
     allow_nondeterministic: bool = False
-    max_entries: int = 100_000
-    eviction: Eviction = Eviction.LRU
-    stale_grace_s: float = 3600.0
+    max_entries: int = dataclasses.field(default=100_000, metadata=schema.rule(low=0))
+    eviction: Eviction = dataclasses.field(default=Eviction.LRU, metadata=schema.rule(parse=_eviction))
+    stale_grace_s: float = dataclasses.field(default=3600.0, metadata=schema.rule(low=0.0, high=_YEAR_S))
     second_check: bool = True
-    quality_sample_rate: float = 0.0
+    quality_sample_rate: float = dataclasses.field(default=0.0, metadata=schema.rule(low=0.0, high=1.0))
     preset: str = ""
 
     @property
@@ -95,79 +102,27 @@ class Namespace:
         return int(self.stale_grace_s * 1000)
 
 
-def _number(path: str, value: Any, *, low: float, high: float, low_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise NamespaceConfigError(f"{path}: {value!r} is not a number")
-    if value < low or value > high or (low_open and value == low):
-        bracket = "(" if low_open else "["
-        raise NamespaceConfigError(f"{path}: {value!r} is not in {bracket}{low:g}, {high:g}]")
-    return float(value)
-
-
-def _integer(path: str, value: Any, *, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise NamespaceConfigError(f"{path}: {value!r} is not an integer")
-    if value < low:
-        raise NamespaceConfigError(f"{path}: {value!r} is less than {low}")
-    return value
-
-
-def _boolean(path: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise NamespaceConfigError(f"{path}: {value!r} is not true or false")
-    return value
-
-
-def _choice(path: str, value: Any, parse: Callable[[str], Any]) -> Any:
-    if not isinstance(value, str):
-        raise NamespaceConfigError(f"{path}: {value!r} is not a string")
-    try:
-        return parse(value)
-    except ValueError as exc:
-        raise NamespaceConfigError(f"{path}: {exc}") from None
-
-
-def _eviction(text: str) -> Eviction:
-    try:
-        return Eviction(text.strip().lower())
-    except ValueError:
-        raise ValueError(f"{text!r} is not an eviction policy (use lru or oldest)") from None
-
-
-_FIELDS: dict[str, Callable[[str, Any], Any]] = {
-    "threshold": lambda p, v: _number(p, v, low=0.0, high=1.0, low_open=True),
-    "ttl_s": lambda p, v: _number(p, v, low=0.0, high=10 * 365 * 86400, low_open=True),
-    "scope": lambda p, v: _choice(p, v, Scope.parse),
-    "semantic": _boolean,
-    "allow_nondeterministic": _boolean,
-    "max_entries": lambda p, v: _integer(p, v, low=0),
-    "eviction": lambda p, v: _choice(p, v, _eviction),
-    "stale_grace_s": lambda p, v: _number(p, v, low=0.0, high=365 * 86400),
-    "second_check": _boolean,
-    "quality_sample_rate": lambda p, v: _number(p, v, low=0.0, high=1.0),
-}
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_-.")
 
 
-def _section(path: str, raw: Any, presets: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    if raw is None:
-        return {}
-    if not isinstance(raw, Mapping):
-        raise NamespaceConfigError(f"{path}: expected a mapping of settings, got {raw!r}")
-    out: dict[str, Any] = {}
-    if "preset" in raw:
-        name = raw["preset"]
+@dataclasses.dataclass(frozen=True)
+class _File:
+    defaults: Any = None  # read as settings below, after the presets are known
+    namespaces: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _settings(
+    r: schema.Reader, path: str, raw: Any, presets: Mapping[str, Mapping[str, Any]]
+) -> dict[str, Any]:
+    """One layer of settings (``defaults`` or a namespace), its preset's settings first."""
+    out = r.fields(Namespace, raw, path, exclude=("name",))
+    if "preset" in out:
+        name = out["preset"]
         if name not in presets:
             known = ", ".join(sorted(presets)) or "none are installed"
-            raise NamespaceConfigError(f"{path}.preset: {name!r} is not a preset ({known})")
-        out.update(_section(f"{path}.preset({name})", dict(presets[name]), {}))
-        out["preset"] = name
-    for key, value in raw.items():
-        if key == "preset":
-            continue
-        if key not in _FIELDS:
-            raise NamespaceConfigError(f"{path}.{key}: unknown setting (known: preset, {', '.join(_FIELDS)})")
-        out[key] = _FIELDS[key](f"{path}.{key}", value)
+            raise r.fail(f"{path}.preset", name, f"is not a preset ({known})")
+        # The namespace's own settings win over its preset's.
+        out = {**r.fields(Namespace, presets[name], f"{path}.preset({name})", exclude=("name", "preset")), **out}
     return out
 
 
@@ -186,25 +141,19 @@ def parse_namespaces(
             range; the message names the file, the dotted path and the value.
     """
     presets = presets or {}
-    if not isinstance(data, Mapping):
-        raise NamespaceConfigError(f"{source}: expected a mapping with a 'namespaces' key, got {data!r}")
-    unknown = set(data) - {"defaults", "namespaces"}
-    if unknown:
-        raise NamespaceConfigError(
-            f"{source}: unknown top-level key(s) {sorted(unknown)} (known: defaults, namespaces)"
-        )
-    defaults = _section(f"{source}: defaults", data.get("defaults"), presets)
-    spaces = data.get("namespaces")
-    if not isinstance(spaces, Mapping) or not spaces:
-        raise NamespaceConfigError(f"{source}: 'namespaces' must map at least one name to its settings")
+    r = schema.Reader(source, NamespaceConfigError)
+    doc = r.read(_File, data)
+    defaults = _settings(r, "defaults", doc.defaults, presets)
+    if not doc.namespaces:
+        raise r.fail("namespaces", doc.namespaces, "must map at least one name to its settings")
     out: dict[str, Namespace] = {}
-    for name, raw in spaces.items():
-        path = f"{source}: namespaces.{name}"
-        if not isinstance(name, str) or not name or not set(name) <= _NAME_CHARS or len(name) > 64:
-            raise NamespaceConfigError(f"{path}: names are 1-64 characters of a-z, 0-9, '_', '-' and '.'")
-        settings = {**defaults, **_section(path, raw, presets)}
+    for name, raw in doc.namespaces.items():
+        path = f"namespaces.{name}"
+        if not name or not set(name) <= _NAME_CHARS or len(name) > 64:
+            raise r.fail(path, name, "is not a namespace name: names are 1-64 characters of a-z, 0-9, '_', '-' and '.'")
+        settings = {**defaults, **_settings(r, path, raw, presets)}
         if "threshold" not in settings:
-            raise NamespaceConfigError(f"{path}.threshold: required (in defaults, a preset or the namespace)")
+            raise r.fail_key(f"{path}.threshold", "required (in defaults, a preset or the namespace)")
         out[name] = Namespace(name=name, **settings)
     return out
 
@@ -217,15 +166,8 @@ def load_namespaces(
     Raises:
         NamespaceConfigError: The file cannot be read or parsed, or a value is bad.
     """
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise NamespaceConfigError(f"{path}: cannot read the namespaces file: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise NamespaceConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse_namespaces(data, str(path), presets)
+    doc = schema.load_yaml(path, what="the namespaces file", error=NamespaceConfigError)
+    return parse_namespaces(doc.data, str(path), presets)
 
 
 def installed_presets() -> dict[str, Mapping[str, Any]]:
