@@ -18,7 +18,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
+from tollway.mesh import schema
+from tollway.mesh.schema import SchemaError
 
 log = logging.getLogger("tollway.common.catalog")
 
@@ -28,34 +29,7 @@ WIRES = ("openai_compat", "anthropic", "gemini")
 CAPABILITIES = ("tools", "json")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")
 
-_PROVIDER_KEYS = {"wire", "base_url", "api_key_env", "timeout_s", "first_token_timeout_s"}
-_MODEL_KEYS = {
-    "provider",
-    "upstream_model",
-    "tier",
-    "context_window",
-    "max_output_tokens",
-    "capabilities",
-    "price_per_1m_tokens",
-    "limits",
-    "fallbacks",
-    "deployments",
-}
-_DEPLOYMENT_KEYS = {
-    "name",
-    "provider",
-    "base_url",
-    "api_key_env",
-    "upstream_model",
-    "weight",
-    "timeout_s",
-    "first_token_timeout_s",
-}
-_PRICE_KEYS = {"input", "output", "cached_input", "cache_write_input"}
-_ROUTING_KEYS = {"tiers", "classifier", "cascade", "last_resort"}
-
-
-class CatalogError(ValueError):
+class CatalogError(SchemaError):
     """The catalog file is malformed; the message names the key and the value."""
 
 
@@ -227,44 +201,119 @@ def _expand(value: str, env: Mapping[str, str]) -> str:
     return _ENV.sub(lambda m: env.get(m.group(1), m.group(2) or ""), value)
 
 
-class _Reader:
-    def __init__(self, source: str) -> None:
-        self.source = source
+# --- the file's shape (read by tollway.mesh.schema; the domain values above are built from it)
 
-    def fail(self, where: str, value: Any, why: str) -> CatalogError:
-        return CatalogError(f"{self.source}: {where}: {value!r} {why}")
 
-    def mapping(self, value: Any, where: str) -> dict[str, Any]:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise self.fail(where, value, "must be a mapping")
-        return value
+@dataclasses.dataclass(frozen=True)
+class _ProviderSpec:
+    wire: str = dataclasses.field(default="openai_compat", metadata=schema.rule(choices=WIRES, noun="a wire format"))
+    base_url: str = ""
+    api_key_env: str = ""
+    timeout_s: float | None = dataclasses.field(default=None, metadata=schema.rule(low=0.001))
+    first_token_timeout_s: float | None = dataclasses.field(default=None, metadata=schema.rule(low=0.0))
 
-    def keys(self, raw: dict[str, Any], where: str, allowed: set[str]) -> None:
-        for key in raw:
-            if key not in allowed:
-                raise CatalogError(
-                    f"{self.source}: {where}.{key}: unknown key (known here: {', '.join(sorted(allowed))})"
-                )
 
-    def number(self, raw: dict[str, Any], where: str, key: str, default: float, lo: float = 0.0) -> float:
-        value = raw.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < lo:
-            raise self.fail(f"{where}.{key}", value, f"must be a number >= {lo}")
-        return float(value)
+@dataclasses.dataclass(frozen=True)
+class _DeploymentSpec:
+    # None: inherited from the model or its provider.
+    name: str | None = None
+    provider: str | None = None
+    base_url: str | None = None
+    api_key_env: str | None = None
+    upstream_model: str | None = None
+    weight: float = dataclasses.field(default=1.0, metadata=schema.rule(low=0.0))
+    timeout_s: float | None = dataclasses.field(default=None, metadata=schema.rule(low=0.001))
+    first_token_timeout_s: float | None = dataclasses.field(default=None, metadata=schema.rule(low=0.0))
 
-    def integer(self, raw: dict[str, Any], where: str, key: str, default: int, lo: int = 0) -> int:
-        value = raw.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-            raise self.fail(f"{where}.{key}", value, f"must be an integer >= {lo}")
-        return value
 
-    def name_list(self, raw: dict[str, Any], where: str, key: str) -> tuple[str, ...]:
-        value = raw.get(key) or []
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise self.fail(f"{where}.{key}", value, "must be a list of names")
-        return tuple(value)
+@dataclasses.dataclass(frozen=True)
+class _PriceSpec:
+    input: float = dataclasses.field(default=0.0, metadata=schema.rule(low=0.0))
+    output: float = dataclasses.field(default=0.0, metadata=schema.rule(low=0.0))
+    cached_input: float = dataclasses.field(default=0.0, metadata=schema.rule(low=0.0))
+    cache_write_input: float | None = dataclasses.field(default=None, metadata=schema.rule(low=0.0))
+
+
+@dataclasses.dataclass(frozen=True)
+class _LimitsSpec:
+    rpm: int = dataclasses.field(default=0, metadata=schema.rule(low=0))
+    tpm: int = dataclasses.field(default=0, metadata=schema.rule(low=0))
+
+
+@dataclasses.dataclass(frozen=True)
+class _ModelSpec:
+    provider: str | None = None
+    upstream_model: str | None = None
+    tier: str = dataclasses.field(default="small", metadata=schema.rule(choices=TIERS, noun="a tier"))
+    context_window: int = dataclasses.field(default=4096, metadata=schema.rule(low=1))
+    max_output_tokens: int = dataclasses.field(default=4096, metadata=schema.rule(low=1))
+    capabilities: tuple[str, ...] = dataclasses.field(
+        default=(), metadata=schema.rule(choices=CAPABILITIES, noun="a capability")
+    )
+    price_per_1m_tokens: _PriceSpec = _PriceSpec()
+    limits: _LimitsSpec = _LimitsSpec()
+    fallbacks: tuple[str, ...] = ()
+    deployments: tuple[_DeploymentSpec, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class _RoutingSpec:
+    tiers: dict[str, str] = dataclasses.field(default_factory=dict)
+    classifier: str = ""
+    cascade: bool = False
+    last_resort: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class _CatalogSpec:
+    providers: dict[str, _ProviderSpec] = dataclasses.field(default_factory=dict)
+    models: dict[str, _ModelSpec] = dataclasses.field(default_factory=dict)
+    aliases: dict[str, str] = dataclasses.field(default_factory=dict)
+    routing: _RoutingSpec = _RoutingSpec()
+
+
+def _first(*values: Any) -> Any:
+    """The first value that is set (not None): the deployment's, else the model's or provider's."""
+    return next((v for v in values if v is not None), None)
+
+
+def _deployments(
+    r: schema.Reader, name: str, spec: _ModelSpec, providers: Mapping[str, _ProviderSpec], env: Mapping[str, str]
+) -> tuple[Deployment, ...]:
+    where = f"models.{name}"
+    raw_deps = spec.deployments or (_DeploymentSpec(),)
+    out: list[Deployment] = []
+    for i, dep in enumerate(raw_deps):
+        dw = f"{where}.deployments[{i}]"
+        pname = _first(dep.provider, spec.provider)
+        if pname not in providers:
+            raise r.fail(
+                f"{dw}.provider" if dep.provider is not None else f"{where}.provider",
+                pname,
+                f"is not a provider; known: {', '.join(providers) or '(none)'}",
+            )
+        prov = providers[pname]
+        key_env = _first(dep.api_key_env, prov.api_key_env)
+        dep_name = _first(dep.name, "default" if len(raw_deps) == 1 else f"d{i}")
+        if dep_name in {d.name for d in out}:
+            raise r.fail(f"{dw}.name", dep_name, "is used twice in this model")
+        out.append(
+            Deployment(
+                provider=pname,
+                base_url=_expand(_first(dep.base_url, prov.base_url), env),
+                upstream_model=_first(dep.upstream_model, spec.upstream_model, name),
+                api_key=env.get(key_env, "") if key_env else "",
+                api_key_env=key_env,
+                timeout_s=_first(dep.timeout_s, prov.timeout_s, 60.0),
+                name=dep_name,
+                model=name,
+                weight=dep.weight,
+                first_token_timeout_s=_first(dep.first_token_timeout_s, prov.first_token_timeout_s, 0.0),
+                default_max_tokens=spec.max_output_tokens,
+                wire=prov.wire,
+            )
+        )
+    return tuple(out)
 
 
 def parse_catalog(doc: Any, env: Mapping[str, str] | None = None, source: str = "models.yaml") -> Catalog:
@@ -274,119 +323,51 @@ def parse_catalog(doc: Any, env: Mapping[str, str] | None = None, source: str = 
         CatalogError: A key is unknown, a value has the wrong type, or a name dangles.
     """
     env = os.environ if env is None else env
-    r = _Reader(source)
-    root = r.mapping(doc, "the document")
-    r.keys(root, "(root)", {"providers", "models", "aliases", "routing"})
-    providers = r.mapping(root.get("providers"), "providers")
-    for pname, prov in providers.items():
-        r.keys(r.mapping(prov, f"providers.{pname}"), f"providers.{pname}", _PROVIDER_KEYS)
-        wire = prov.get("wire", "openai_compat")
-        if wire not in WIRES:
-            raise r.fail(f"providers.{pname}.wire", wire, f"is not a wire format; use one of {', '.join(WIRES)}")
+    r = schema.Reader(source, CatalogError)
+    spec = r.read(_CatalogSpec, doc)
 
     models: dict[str, Model] = {}
-    for name, spec in r.mapping(root.get("models"), "models").items():
-        where = f"models.{name}"
-        if not _NAME.match(str(name)):
-            raise r.fail(where, name, "is not a valid model name")
-        spec = r.mapping(spec, where)
-        r.keys(spec, where, _MODEL_KEYS)
-        tier = spec.get("tier", "small")
-        if tier not in TIERS:
-            raise r.fail(f"{where}.tier", tier, f"is not a tier; use one of {', '.join(TIERS)}")
-        caps = r.name_list(spec, where, "capabilities")
-        for cap in caps:
-            if cap not in CAPABILITIES:
-                raise r.fail(f"{where}.capabilities", cap, f"is unknown; use {', '.join(CAPABILITIES)}")
-        price = r.mapping(spec.get("price_per_1m_tokens"), f"{where}.price_per_1m_tokens")
-        r.keys(price, f"{where}.price_per_1m_tokens", _PRICE_KEYS)
-        pw = f"{where}.price_per_1m_tokens"
-        limits = r.mapping(spec.get("limits"), f"{where}.limits")
-        r.keys(limits, f"{where}.limits", {"rpm", "tpm"})
-        raw_deps = spec.get("deployments") or [{}]
-        if not isinstance(raw_deps, list):
-            raise r.fail(f"{where}.deployments", raw_deps, "must be a list")
-        deployments: list[Deployment] = []
-        for i, raw in enumerate(raw_deps):
-            dw = f"{where}.deployments[{i}]"
-            raw = r.mapping(raw, dw)
-            r.keys(raw, dw, _DEPLOYMENT_KEYS)
-            pname = raw.get("provider", spec.get("provider"))
-            if pname not in providers:
-                raise r.fail(
-                    f"{dw}.provider" if "provider" in raw else f"{where}.provider",
-                    pname,
-                    f"is not a provider; known: {', '.join(providers) or '(none)'}",
-                )
-            prov = providers[pname] or {}
-            merged = {**prov, **raw}
-            key_env = merged.get("api_key_env", "")
-            dep_name = str(raw.get("name", "default" if len(raw_deps) == 1 else f"d{i}"))
-            if dep_name in {d.name for d in deployments}:
-                raise r.fail(f"{dw}.name", dep_name, "is used twice in this model")
-            deployments.append(
-                Deployment(
-                    provider=str(pname),
-                    base_url=_expand(str(merged.get("base_url", "")), env),
-                    upstream_model=str(raw.get("upstream_model", spec.get("upstream_model", name))),
-                    api_key=env.get(key_env, "") if key_env else "",
-                    api_key_env=str(key_env or ""),
-                    timeout_s=r.number(merged, dw, "timeout_s", 60.0, 0.001),
-                    name=dep_name,
-                    model=str(name),
-                    weight=r.number(raw, dw, "weight", 1.0),
-                    first_token_timeout_s=r.number(merged, dw, "first_token_timeout_s", 0.0),
-                    default_max_tokens=r.integer(spec, where, "max_output_tokens", 4096, 1),
-                    wire=str(prov.get("wire", "openai_compat")),
-                )
-            )
-        models[str(name)] = Model(
-            name=str(name),
-            deployments=tuple(deployments),
-            tier=tier,
-            context_window=r.integer(spec, where, "context_window", 4096, 1),
-            max_output_tokens=r.integer(spec, where, "max_output_tokens", 4096, 1),
-            price=Price(
-                input_usd=r.number(price, pw, "input", 0.0),
-                output_usd=r.number(price, pw, "output", 0.0),
-                cached_input_usd=r.number(price, pw, "cached_input", 0.0),
-                cache_write_input_usd=r.number(price, pw, "cache_write_input", 0.0)
-                if "cache_write_input" in price
-                else None,
-            ),
-            capabilities=frozenset(caps),
-            limits=Limits(
-                rpm=r.integer(limits, f"{where}.limits", "rpm", 0), tpm=r.integer(limits, f"{where}.limits", "tpm", 0)
-            ),
-            fallbacks=r.name_list(spec, where, "fallbacks"),
+    for name, m in spec.models.items():
+        if not _NAME.match(name):
+            raise r.fail(f"models.{name}", name, "is not a valid model name")
+        p = m.price_per_1m_tokens
+        models[name] = Model(
+            name=name,
+            deployments=_deployments(r, name, m, spec.providers, env),
+            tier=m.tier,
+            context_window=m.context_window,
+            max_output_tokens=m.max_output_tokens,
+            price=Price(p.input, p.output, p.cached_input, p.cache_write_input),
+            capabilities=frozenset(m.capabilities),
+            limits=Limits(rpm=m.limits.rpm, tpm=m.limits.tpm),
+            fallbacks=m.fallbacks,
         )
 
     for name, model in models.items():
         for fb in model.fallbacks:
             if fb not in models:
                 raise r.fail(f"models.{name}.fallbacks", fb, "is not a model in this catalog")
-    aliases = {str(k): str(v) for k, v in r.mapping(root.get("aliases"), "aliases").items()}
-    for alias, target in aliases.items():
+    for alias, target in spec.aliases.items():
         if target not in models:
             raise r.fail(f"aliases.{alias}", target, "is not a model in this catalog")
-    raw_routing = r.mapping(root.get("routing"), "routing")
-    r.keys(raw_routing, "routing", _ROUTING_KEYS)
-    tiers = {str(k): str(v) for k, v in r.mapping(raw_routing.get("tiers"), "routing.tiers").items()}
-    for tier, target in tiers.items():
+    routing = spec.routing
+    for tier, target in routing.tiers.items():
         if tier not in TIERS:
             raise r.fail("routing.tiers", tier, f"is not a tier; use {', '.join(TIERS)}")
         if target not in models:
             raise r.fail(f"routing.tiers.{tier}", target, "is not a model in this catalog")
-    last = str(raw_routing.get("last_resort") or "")
-    if last and last not in models:
-        raise r.fail("routing.last_resort", last, "is not a model in this catalog")
-    cascade = raw_routing.get("cascade", False)
-    if not isinstance(cascade, bool):
-        raise r.fail("routing.cascade", cascade, "must be true or false")
-    routing = Routing(
-        tiers=tiers, classifier=str(raw_routing.get("classifier") or "heuristic"), cascade=cascade, last_resort=last
+    if routing.last_resort and routing.last_resort not in models:
+        raise r.fail("routing.last_resort", routing.last_resort, "is not a model in this catalog")
+    return Catalog(
+        models=models,
+        aliases=dict(spec.aliases),
+        routing=Routing(
+            tiers=dict(routing.tiers),
+            classifier=routing.classifier or "heuristic",
+            cascade=routing.cascade,
+            last_resort=routing.last_resort,
+        ),
     )
-    return Catalog(models=models, aliases=aliases, routing=routing)
 
 
 def load_catalog(path: str | Path, env: Mapping[str, str] | None = None) -> Catalog:
@@ -395,16 +376,9 @@ def load_catalog(path: str | Path, env: Mapping[str, str] | None = None) -> Cata
     Raises:
         CatalogError: The file is missing or malformed; the message names it.
     """
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise CatalogError(f"cannot read the model catalog {path}: {exc.strerror}") from None
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise CatalogError(f"{path}: not valid YAML: {exc}") from None
-    catalog = parse_catalog(doc or {}, env, source=str(path))
-    return dataclasses.replace(catalog, version=hashlib.sha256(text.encode()).hexdigest()[:12])
+    doc = schema.load_yaml(path, what="the model catalog", error=CatalogError)
+    catalog = parse_catalog(doc.data, env, source=str(path))
+    return dataclasses.replace(catalog, version=hashlib.sha256(doc.text.encode()).hexdigest()[:12])
 
 
 class CatalogSource:
