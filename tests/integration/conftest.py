@@ -1,6 +1,11 @@
-"""One real mesh for the whole test run: Redis, router, gateway, Envoy, the local model,
-and a wire-exact fake OpenAI server as the hosted provider. All on free ports, all
-stopped at the end, whatever happened."""
+"""One real mesh for the whole test run: Redis, the services, Envoy and a wire-exact fake
+OpenAI server as the hosted provider. All on free ports, all stopped at the end, whatever
+happened.
+
+The local model (llama.cpp) starts only when a test marked `model` runs: the stack reserves
+its port, so the router's catalog already points at it, and the session fixture `local_model`
+starts it there on first use. `pytest -m "not model"` never starts it.
+"""
 
 from __future__ import annotations
 
@@ -112,13 +117,26 @@ def stack(run_dir: Path, catalog: Path, namespaces: Path) -> Iterator[Stack]:
         ports=dict(zip(names, free_ports(len(names)), strict=True)),
         run_dir=run_dir,
         catalog=catalog,
-        with_model=True,
+        with_model=False,  # started on demand by `local_model`
         services=("gateway", "router", "openai_compat", "cache", "embedding"),
         env={"TOLLWAY_CACHE_NAMESPACES_PATH": str(namespaces)},
         startup_timeout_s=60,
     )
     with Stack(options) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def local_model(stack: Stack) -> str:
+    """The local model's OpenAI base URL, started (once per run) on the port the stack reserved."""
+    return stack.start_model()
+
+
+@pytest.fixture(autouse=True)
+def _local_model_for_model_tests(request: pytest.FixtureRequest) -> None:
+    """Tests marked `model` get the local model running; no other test starts it."""
+    if request.node.get_closest_marker("model") is not None:
+        request.getfixturevalue("local_model")
 
 
 @pytest.fixture(scope="session")

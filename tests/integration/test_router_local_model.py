@@ -6,14 +6,6 @@ usage, and the router counts the tokens itself.
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from tests.fakes.procs import free_port
@@ -26,52 +18,9 @@ pytestmark = pytest.mark.model
 
 
 @pytest.fixture(scope="module")
-def llama() -> Iterator[str]:
-    """Base URL of a llama.cpp server on a free port (skipped when it is not installed)."""
-    pytest.importorskip("llama_cpp")
-    from tollway.launcher.stack import gguf_path
-
-    try:
-        gguf = gguf_path()
-    except Exception as exc:  # the launcher names what is missing
-        pytest.skip(str(exc))
-    port = free_port()
-    log = Path(tempfile.mkdtemp(prefix="llama-")) / "llama.log"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "llama_cpp.server",
-            "--model",
-            str(gguf),
-            "--model_alias",
-            "smollm2",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--n_threads",
-            "2",
-            "--n_ctx",
-            "2048",
-            "--interrupt_requests",
-            "False",
-        ],
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            break
-        except OSError:
-            if proc.poll() is not None:
-                pytest.fail(f"llama.cpp exited: {log.read_text()[-1000:]}")
-            time.sleep(0.2)
-    yield f"http://127.0.0.1:{port}/v1"
-    proc.terminate()
-    proc.wait(10)
+def llama(local_model: str) -> str:
+    """Base URL of the stack's llama.cpp server (one per test run, started for `model` tests)."""
+    return local_model
 
 
 def chat(**kw: object) -> ChatRequest:

@@ -17,11 +17,11 @@ import urllib.request
 from pathlib import Path
 
 import grpc
-import redis
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tollway.launcher.processes import Child, LaunchError, port_free, spawn, wait_until
+from tollway.launcher.store import answers_ping
 from tollway.mesh.topology import Mesh, Service, load_mesh
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -38,7 +38,9 @@ class StackOptions:
         ports: Port overrides, as `tollway.mesh.topology` names them (`edge`, `gateway`, ...).
         run_dir: Logs, Redis data and the generated Envoy config go here.
         catalog: The model catalog the router reads (default deploy/models.yaml).
-        with_model: Start the local llama.cpp model server.
+        with_model: Start the local llama.cpp model server with the rest. When False, its
+            port (mesh.yaml's `local_model`) stays reserved all the same: services are told
+            its address, and `Stack.start_model()` can start it there later.
         with_envoy: Start Envoy.
         services: Services to start (default: every enabled one that has a module).
         redis_url: Use this Redis instead of starting one.
@@ -100,6 +102,7 @@ class Stack:
         self.children: list[Child] = []
         self.redis_url = self.options.redis_url or self.mesh.redis.url
         self.log_dir = self.options.run_dir / "logs"
+        self._model: Child | None = None
 
     # -- public -------------------------------------------------------------------------------
 
@@ -109,6 +112,34 @@ class Stack:
 
     def address(self, service: str) -> str:
         return self.mesh.service(service).endpoints[0].address
+
+    @property
+    def model_url(self) -> str:
+        """The local model's OpenAI base URL (`http://host:port/v1`), whether it runs or not."""
+        return self.mesh.local_model.base_url
+
+    def start_model(self) -> str:
+        """Starts the local llama.cpp model if it is not running, and waits until it serves.
+
+        The services were told its address at start, so once this returns they reach it. Safe to
+        call repeatedly, and before or after start(); stop() stops the model too.
+
+        Returns:
+            The model's OpenAI base URL.
+
+        Raises:
+            LaunchError: The model is not installed, its port is taken, or it did not come up.
+        """
+        if self._model is not None and self._model.alive():
+            return self.model_url
+        ep = self.mesh.local_model.endpoint
+        if not port_free(ep.host, ep.port):
+            raise LaunchError(
+                f"already in use: port {ep.port} (local model, {ep.host}). Stop whatever listens there "
+                "or change local_model.listen in deploy/mesh.yaml."
+            )
+        self._start_model()
+        return self.model_url
 
     def start(self) -> Stack:
         """Starts everything and waits until each part is ready.
@@ -135,6 +166,7 @@ class Stack:
         """Stops every child in reverse start order. Safe to call more than once."""
         while self.children:
             self.children.pop().stop()
+        self._model = None
 
     def __enter__(self) -> Stack:
         return self.start()
@@ -208,9 +240,7 @@ class Stack:
             "50",
         ]
         child = self._spawn("redis", argv, {})
-        client = redis.Redis(host=ep.host, port=ep.port, socket_connect_timeout=0.5)
-        wait_until(child, lambda: bool(client.ping()), self.options.startup_timeout_s, "answering PING")
-        client.close()
+        wait_until(child, lambda: answers_ping(ep.host, ep.port), self.options.startup_timeout_s, "answering PING")
 
     def _start_model(self) -> None:
         ep = self.mesh.local_model.endpoint
@@ -233,8 +263,8 @@ class Stack:
             "--interrupt_requests",
             "False",
         ]
-        child = self._spawn("local-model", argv, {})
-        wait_until(child, lambda: _http_ok(f"http://{ep.address}/v1/models"), 120, "serving /v1/models")
+        self._model = self._spawn("local-model", argv, {})
+        wait_until(self._model, lambda: _http_ok(f"http://{ep.address}/v1/models"), 120, "serving /v1/models")
 
     def _service_env(self, service: Service, port: int) -> dict[str, str]:
         prefix = f"TOLLWAY_{service.name.upper()}_"
