@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
+from tollway.mesh import schema
+from tollway.mesh.schema import REQUIRED, SchemaError
 
 __all__ = [
     "REPLICA_PORT_STEP",
@@ -56,7 +57,7 @@ _VERSION = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
 _LOOPBACK_NAMES = {"localhost"}
 
 
-class MeshError(ValueError):
+class MeshError(SchemaError):
     """A mesh.yaml value (or a port override) is missing, of the wrong type or inconsistent.
 
     The message starts with the file and the key path and quotes the offending value.
@@ -264,16 +265,8 @@ def load_mesh(path: str | Path, ports: Mapping[str, int] | None = None) -> Mesh:
     Raises:
         MeshError: The file is missing, is not YAML, or holds a bad value (the message names it).
     """
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise MeshError(f"{p}: cannot read the mesh file ({e.strerror})") from e
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise MeshError(f"{p}: not valid YAML: {e}") from e
-    return parse_mesh(data, base_dir=p.resolve().parent, source=str(path), ports=ports)
+    doc = schema.load_yaml(path, what="the mesh file", error=MeshError)
+    return parse_mesh(doc.data, base_dir=doc.path.resolve().parent, source=str(path), ports=ports)
 
 
 def parse_mesh(
@@ -301,7 +294,7 @@ def parse_mesh(
     r.known_keys(root, "", {"version", "host", "edge", "redis", "local_model", "k8s", "services"})
     version = r.get(root, "", "version", int)
     if version != 1:
-        raise r.error("version", version, "unsupported; this loader reads version 1")
+        raise r.fail("version", version, "unsupported; this loader reads version 1")
     host = r.get(root, "", "host", str, default="127.0.0.1")
 
     edge = _parse_edge(r, r.get(root, "", "edge", dict), Path(base_dir))
@@ -312,13 +305,13 @@ def parse_mesh(
     k8s = _parse_k8s(r, r.get(root, "", "k8s", dict, default={}))
     raw_services = r.get(root, "", "services", list)
     if not raw_services:
-        raise r.error("services", raw_services, "must list at least one service")
+        raise r.fail("services", raw_services, "must list at least one service")
     services = tuple(_parse_service(r, raw, f"services[{i}]", host) for i, raw in enumerate(raw_services))
 
     seen: dict[str, str] = {}
     for i, s in enumerate(services):
         if s.name in seen:
-            raise r.error(f"services[{i}].name", s.name, f"is already used by {seen[s.name]}")
+            raise r.fail(f"services[{i}].name", s.name, f"is already used by {seen[s.name]}")
         seen[s.name] = f"services[{i}]"
 
     mesh = Mesh(
@@ -360,11 +353,11 @@ def _parse_edge(r: _Reader, raw: dict[str, Any], base_dir: Path) -> Edge:
     })
     admin = r.address(raw, k, "admin")
     if not admin.is_loopback():
-        raise r.error(f"{k}.admin", admin.address, "must be a loopback address (the admin API is unauthenticated)")
+        raise r.fail(f"{k}.admin", admin.address, "must be a loopback address (the admin API is unauthenticated)")
     origins = r.get(raw, k, "cors_origins", list, default=[])
     for i, o in enumerate(origins):
         if not isinstance(o, str) or not re.match(r"^https?://[^/\s]+$", o):
-            raise r.error(f"{k}.cors_origins[{i}]", o, "must be an origin like http://localhost:3000 (no path)")
+            raise r.fail(f"{k}.cors_origins[{i}]", o, "must be an origin like http://localhost:3000 (no path)")
     descriptor = r.get(raw, k, "descriptor_set", str)
     return Edge(
         listen=r.address(raw, k, "listen"),
@@ -395,7 +388,7 @@ def _parse_k8s(r: _Reader, raw: dict[str, Any]) -> K8s:
     r.known_keys(raw, "k8s", {"namespace", "image", "bind_host", "termination_grace_period_s"})
     ns = r.get(raw, "k8s", "namespace", str, default="tollway")
     if not re.match(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", ns):
-        raise r.error("k8s.namespace", ns, "must be a DNS label (lowercase letters, digits, '-')")
+        raise r.fail("k8s.namespace", ns, "must be a DNS label (lowercase letters, digits, '-')")
     return K8s(
         namespace=ns,
         image=r.get(raw, "k8s", "image", str, default="tollway:latest"),
@@ -412,10 +405,10 @@ def _parse_service(r: _Reader, raw: Any, k: str, host: str) -> Service:
     })
     name = r.get(raw, k, "name", str)
     if not _SERVICE_NAME.match(name):
-        raise r.error(f"{k}.name", name, "must be lowercase letters, digits and '_', starting with a letter")
+        raise r.fail(f"{k}.name", name, "must be lowercase letters, digits and '_', starting with a letter")
     protocol = r.get(raw, k, "protocol", str, default="grpc")
     if protocol not in ("grpc", "http"):
-        raise r.error(f"{k}.protocol", protocol, "must be 'grpc' or 'http'")
+        raise r.fail(f"{k}.protocol", protocol, "must be 'grpc' or 'http'")
 
     port = r.port(raw, k, "port")
     replicas = r.int_in(raw, k, "replicas", 1, 64, default=1)
@@ -424,48 +417,48 @@ def _parse_service(r: _Reader, raw: Any, k: str, host: str) -> Service:
         ports = [port + i * REPLICA_PORT_STEP for i in range(replicas)]
         for i, p in enumerate(ports):
             if p > 65535:
-                raise r.error(f"{k}.replicas", replicas, f"replica {i} would listen on port {p} (> 65535)")
+                raise r.fail(f"{k}.replicas", replicas, f"replica {i} would listen on port {p} (> 65535)")
     else:
         if len(listed) != replicas:
-            raise r.error(f"{k}.replica_ports", listed, f"must list exactly {replicas} ports (one per replica)")
+            raise r.fail(f"{k}.replica_ports", listed, f"must list exactly {replicas} ports (one per replica)")
         for i, p in enumerate(listed):
             r.check_port(f"{k}.replica_ports[{i}]", p)
         if listed[0] != port:
-            raise r.error(f"{k}.replica_ports[0]", listed[0], f"must equal {k}.port ({port})")
+            raise r.fail(f"{k}.replica_ports[0]", listed[0], f"must equal {k}.port ({port})")
         ports = list(listed)
 
     grpc_services = tuple(r.get(raw, k, "grpc_services", list, default=[]))
     if protocol == "grpc":
         if not grpc_services:
-            raise r.error(f"{k}.grpc_services", list(grpc_services), "a gRPC service must name its gRPC services")
+            raise r.fail(f"{k}.grpc_services", list(grpc_services), "a gRPC service must name its gRPC services")
         for i, g in enumerate(grpc_services):
             m = _GRPC_SERVICE.match(g) if isinstance(g, str) else None
             if not m or m.group("pkg") != name:
-                raise r.error(
+                raise r.fail(
                     f"{k}.grpc_services[{i}]", g,
                     f"must be a full name like tollway.{name}.v1.{_camel(name)}Service",
                 )
     elif grpc_services:
-        raise r.error(f"{k}.grpc_services", list(grpc_services), "only a gRPC service may list gRPC services")
+        raise r.fail(f"{k}.grpc_services", list(grpc_services), "only a gRPC service may list gRPC services")
 
     public = r.get(raw, k, "public", bool, default=False)
     public_paths = tuple(r.get(raw, k, "public_paths", list, default=[]))
     if protocol == "http" and public and not public_paths:
-        raise r.error(f"{k}.public_paths", [], "a public HTTP service must list the path prefixes it serves")
+        raise r.fail(f"{k}.public_paths", [], "a public HTTP service must list the path prefixes it serves")
     if protocol == "grpc" and public_paths:
-        raise r.error(
+        raise r.fail(
             f"{k}.public_paths", list(public_paths),
             "a gRPC service is exposed by its gRPC names and google.api.http annotations, not by paths",
         )
     for i, path in enumerate(public_paths):
         if not isinstance(path, str) or not re.match(r"^/[A-Za-z0-9._~/-]*[A-Za-z0-9._~-]$", path):
-            raise r.error(f"{k}.public_paths[{i}]", path, "must be an absolute path with no trailing '/'")
+            raise r.fail(f"{k}.public_paths[{i}]", path, "must be an absolute path with no trailing '/'")
     if public_paths and not public:
-        raise r.error(f"{k}.public_paths", list(public_paths), "are only used when public is true")
+        raise r.fail(f"{k}.public_paths", list(public_paths), "are only used when public is true")
 
     health_path = r.get(raw, k, "health_path", str, default=None)
     if health_path is not None and (protocol != "http" or not health_path.startswith("/")):
-        raise r.error(f"{k}.health_path", health_path, "is for HTTP services and must start with '/'")
+        raise r.fail(f"{k}.health_path", health_path, "is for HTTP services and must start with '/'")
 
     canary = None
     raw_canary = r.get(raw, k, "canary", dict, default=None)
@@ -474,7 +467,7 @@ def _parse_service(r: _Reader, raw: Any, k: str, host: str) -> Service:
         r.known_keys(raw_canary, ck, {"version", "port", "weight_percent"})
         version = r.get(raw_canary, ck, "version", str, default="canary")
         if not _VERSION.match(version) or version == "stable":
-            raise r.error(f"{ck}.version", version, "must be a DNS label other than 'stable' (e.g. v2)")
+            raise r.fail(f"{ck}.version", version, "must be a DNS label other than 'stable' (e.g. v2)")
         canary = Canary(
             version=version,
             endpoint=Endpoint(host, r.port(raw_canary, ck, "port")),
@@ -499,13 +492,13 @@ def _check_consistency(r: _Reader, mesh: Mesh) -> None:
     owners: dict[int, str] = {}
     for key, port in _port_users(mesh):
         if port in owners:
-            raise r.error(key, port, f"port is already used by {owners[port]}")
+            raise r.fail(key, port, f"port is already used by {owners[port]}")
         owners[port] = key
     paths: dict[str, str] = {}
     for s in mesh.enabled_services:
         for p in s.public_paths:
             if p in paths:
-                raise r.error(f"services.{s.name}.public_paths", p, f"is already served by {paths[p]}")
+                raise r.fail(f"services.{s.name}.public_paths", p, f"is already served by {paths[p]}")
             paths[p] = s.name
     by_name = {s.name: s for s in mesh.services}
     for s in mesh.enabled_services:
@@ -513,9 +506,9 @@ def _check_consistency(r: _Reader, mesh: Mesh) -> None:
             key = f"services.{s.name}.calls[{i}]"
             target = by_name.get(callee) if isinstance(callee, str) else None
             if target is None:
-                raise r.error(key, callee, f"is not a service of this mesh ({', '.join(by_name)})")
+                raise r.fail(key, callee, f"is not a service of this mesh ({', '.join(by_name)})")
             if target is s or target.protocol != "grpc" or not target.enabled:
-                raise r.error(key, callee, "must be another enabled gRPC service")
+                raise r.fail(key, callee, "must be another enabled gRPC service")
     if not any(s.public for s in mesh.enabled_services):
         raise MeshError(f"{r.source}: services: no enabled service is public; the edge would expose nothing")
 
@@ -607,68 +600,35 @@ def _apply_overrides(mesh: Mesh, ports: Mapping[str, int]) -> Mesh:
 # Typed access with errors that name the key and the value
 
 
-_TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", list: "a list", dict: "a mapping"}
-_MISSING = object()
+class _Reader(schema.Reader):
+    """The shared reader plus mesh.yaml's own value types: ports and HOST:PORT addresses."""
 
-
-class _Reader:
     def __init__(self, source: str) -> None:
-        self.source = source
+        super().__init__(source, MeshError)
 
-    def error(self, key: str, value: Any, why: str) -> MeshError:
-        return MeshError(f"{self.source}: {key}: {value!r} {why}")
-
-    def mapping(self, value: Any, key: str) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            raise MeshError(f"{self.source}: {key or 'the document'}: expected a mapping, got {value!r}")
-        return value
-
-    def known_keys(self, raw: dict[str, Any], key: str, allowed: set[str]) -> None:
-        for name in raw:
-            if name not in allowed:
-                where = f"{key}.{name}" if key else str(name)
-                raise MeshError(
-                    f"{self.source}: {where}: unknown key (known here: {', '.join(sorted(allowed))})"
-                )
-
-    def get(self, raw: dict[str, Any], key: str, name: str, typ: type, default: Any = _MISSING) -> Any:
-        full = f"{key}.{name}" if key else name
-        if name not in raw or raw[name] is None:
-            if default is _MISSING:
-                raise MeshError(f"{self.source}: {full}: required key is missing")
-            return default
-        value = raw[name]
-        # bool is an int subclass: `port: true` must not pass as port 1.
-        if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-            raise self.error(full, value, f"must be {_TYPE_NAMES[typ]}")
-        return value
-
-    def int_in(self, raw: dict[str, Any], key: str, name: str, lo: int, hi: int, default: Any = _MISSING) -> int:
-        value = self.get(raw, key, name, int, default)
-        if not lo <= value <= hi:
-            raise self.error(f"{key}.{name}", value, f"is out of range ({lo}..{hi})")
-        return value
+    def int_in(self, raw: Mapping[str, Any], key: str, name: str, lo: int, hi: int, default: Any = REQUIRED) -> int:
+        return self.get(raw, key, name, int, default, low=lo, high=hi)
 
     def check_port(self, full: str, value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-            raise self.error(full, value, "is not a port (1..65535)")
+            raise self.fail(full, value, "is not a port (1..65535)")
         return value
 
-    def port(self, raw: dict[str, Any], key: str, name: str) -> int:
+    def port(self, raw: Mapping[str, Any], key: str, name: str) -> int:
         full = f"{key}.{name}"
-        if name not in raw:
-            raise MeshError(f"{self.source}: {full}: required key is missing")
+        if raw.get(name) is None:
+            raise self.fail_key(full, "required key is missing")
         return self.check_port(full, raw[name])
 
-    def address(self, raw: dict[str, Any], key: str, name: str) -> Endpoint:
+    def address(self, raw: Mapping[str, Any], key: str, name: str) -> Endpoint:
         full = f"{key}.{name}"
         value = self.get(raw, key, name, str)
         m = re.match(r"^(?:\[(?P<v6>[0-9a-fA-F:]+)\]|(?P<host>[A-Za-z0-9.-]+)):(?P<port>[0-9]{1,5})$", value)
         if not m:
-            raise self.error(full, value, "must be HOST:PORT, e.g. 127.0.0.1:8080")
+            raise self.fail(full, value, "must be HOST:PORT, e.g. 127.0.0.1:8080")
         port = int(m.group("port"))
         if not 1 <= port <= 65535:
-            raise self.error(full, value, "has a port outside 1..65535")
+            raise self.fail(full, value, "has a port outside 1..65535")
         return Endpoint(m.group("v6") or m.group("host"), port)
 
 
