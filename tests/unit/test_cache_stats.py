@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from tollway.cache.stats import StatsBuffer
+from tollway.cache.stats import Stat, StatsBuffer
 
 
 def test_take_then_give_back_loses_nothing() -> None:
     buf = StatsBuffer()
-    buf.add("a", "exact_hit")
-    buf.add("a", "exact_hit")
-    buf.add("a", "quality_f1_sum", 0.5)
+    buf.add("a", Stat.EXACT_HIT)
+    buf.add("a", Stat.EXACT_HIT)
+    buf.add("a", Stat.QUALITY_F1_SUM, 0.5)
     buf.touch("a", 7, 100)
     counters, touches = buf.take()
     assert counters == {"a": {"exact_hit": 2, "quality_f1_sum": 0.5}}
@@ -20,3 +20,13 @@ def test_take_then_give_back_loses_nothing() -> None:
     buf.give_back(counters, touches)
     assert buf.pending("a") == {"exact_hit": 2, "quality_f1_sum": 0.5}
     assert buf.take()[1] == {"a": {7: 200}}
+
+
+def test_counter_names_are_the_stored_field_names() -> None:
+    # The Redis hash fields (and so every replica's sums) are keyed by these exact names.
+    assert [s.value for s in Stat] == [
+        "exact_hit", "exact_miss", "semantic_hit", "semantic_miss", "stale_hit", "check_rejection", "skip",
+        "store", "eviction", "invalidation", "expiry",
+        "quality_samples", "quality_f1_sum", "quality_cos_samples", "quality_cos_sum",
+    ]
+    assert Stat.EXACT_HIT == "exact_hit" and {"exact_hit": 1}[Stat.EXACT_HIT] == 1

@@ -8,7 +8,6 @@ says is trusted on its own: it only proposes candidates.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -41,9 +40,10 @@ from tollway.cache.index import normalise
 from tollway.cache.keys import CacheKeyInput, Fingerprint, context_key, context_tag, exact_key
 from tollway.cache.namespaces import Namespace, NamespaceRegistry
 from tollway.cache.scope import Scope, strictest, visible
-from tollway.cache.stats import StatsBuffer
+from tollway.cache.stats import Stat, StatsBuffer
 from tollway.cache.store import CacheStore
 from tollway.cache.sync import IndexSync
+from tollway.mesh.background import Background
 from tollway.mesh.errors import InvalidArgument
 
 log = logging.getLogger("tollway.cache")
@@ -140,8 +140,7 @@ class Cache:
         self.clock = clock
         self.rng = rng or random.Random()
         self.stats_buffer = StatsBuffer()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._stop = asyncio.Event()
+        self._background = Background(log)
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -149,16 +148,13 @@ class Cache:
         """Waits for Redis, builds the index, and starts the background loops."""
         await self.store.ping()
         await self.sync.start()
-        self._stop = asyncio.Event()
-        loops = [
-            self.sync.follow(self._stop),
-            self._every(self.settings.sweep_interval_s, self.sweep),
-            self._every(self.settings.stats_flush_interval_s, self.flush_stats),
-            self._every(self.settings.namespaces_poll_s, self._poll_namespaces),
-        ]
-        if self.settings.snapshot_interval_s > 0:
-            loops.append(self._every(self.settings.snapshot_interval_s, self.sync.snapshot_if_changed))
-        self._tasks = [asyncio.create_task(loop) for loop in loops]
+        background = self._background = Background(log)
+        background.run(self.sync.follow, name="index follower")
+        background.every(self.settings.sweep_interval_s, self.sweep, name="sweep")
+        background.every(self.settings.stats_flush_interval_s, self.flush_stats, name="stats flush")
+        background.every(self.settings.namespaces_poll_s, self.namespaces.reload_if_modified, name="namespaces reload")
+        background.every(self.settings.snapshot_interval_s, self.sync.snapshot_if_changed, name="index snapshot")
+        background.start()
 
     async def stop(self) -> None:
         """Stops the loops, flushes counters and writes a snapshot.
@@ -167,35 +163,13 @@ class Cache:
         and given time to finish what they are doing (a blocked stream read returns within
         ``follow_block_ms``); only a loop that does not finish by then is cancelled.
         """
-        tasks, self._tasks = self._tasks, []
-        self._stop.set()
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=self.sync.follow_block_ms / 1000 + 5.0)
-            for task in pending:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        started = self._background.running
+        await self._background.stop(timeout_s=self.sync.follow_block_ms / 1000 + 5.0)
         with contextlib.suppress(Exception):
             await self.flush_stats()
-        if tasks:
+        if started:
             with contextlib.suppress(OSError):
                 await self.sync.snapshot()
-
-    async def _every(self, interval_s: float, action: Callable[[], object]) -> None:
-        while not self._stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), interval_s)
-                return
-            try:
-                result = action()
-                if asyncio.iscoroutine(result):
-                    await result
-            except Exception:
-                log.exception("background task failed; retrying next period")
-
-    async def _poll_namespaces(self) -> None:
-        self.namespaces.reload_if_modified()
 
     # --- validation ----------------------------------------------------------------
 
@@ -255,10 +229,11 @@ class Cache:
 
     # --- lookup --------------------------------------------------------------------
 
-    def _count(self, namespace: str, field: str, outcome: str | None = None) -> None:
-        self.stats_buffer.add(namespace, field)
-        if outcome:
-            metrics.LOOKUPS.labels(namespace, outcome).inc()
+    def _count(self, namespace: str, stat: Stat, *, lookup: bool = False) -> None:
+        """Counts ``stat``; ``lookup`` also counts a lookup outcome of the same name in Prometheus."""
+        self.stats_buffer.add(namespace, stat)
+        if lookup:
+            metrics.LOOKUPS.labels(namespace, stat).inc()  # a StrEnum's str() is its value
 
     async def lookup(self, query: LookupQuery) -> LookupOutcome:
         """Finds a cached answer for ``query``.
@@ -278,7 +253,7 @@ class Cache:
         if skip is None and query.fingerprint.nondeterministic and not ns.allow_nondeterministic:
             skip = MissReason.NONDETERMINISTIC
         if skip is not None:
-            self._count(ns.name, "skip", "skip")
+            self._count(ns.name, Stat.SKIP, lookup=True)
             return LookupOutcome(Tier.NOT_CONSULTED, key, miss_reason=skip)
 
         now = self.clock()
@@ -289,13 +264,13 @@ class Cache:
             entry = await self.store.get_by_key(key)
             if entry is not None and entry.namespace == ns.name and self._visible(entry, scope, requester):
                 if entry.fresh_at(now):
-                    self._count(ns.name, "exact_hit", "exact_hit")
+                    self._count(ns.name, Stat.EXACT_HIT, lookup=True)
                     self.stats_buffer.touch(ns.name, entry.entry_id, now)
                     return LookupOutcome(Tier.EXACT, key, entry, similarity=1.0)
                 if query.allow_stale and entry.servable_stale_at(now):
                     stale = (entry, 1.0)
                 reason = MissReason.EXPIRED
-            self._count(ns.name, "exact_miss")
+            self._count(ns.name, Stat.EXACT_MISS)
 
         check_reason = ""
         if ns.semantic and vector is not None:
@@ -303,7 +278,7 @@ class Cache:
             outcome = await self._semantic(ns, scope, requester, query, vector, context, key, now)
             if outcome.tier == Tier.SEMANTIC:
                 return outcome
-            self._count(ns.name, "semantic_miss")
+            self._count(ns.name, Stat.SEMANTIC_MISS)
             check_reason = outcome.check_reason
             if outcome.entry is not None and stale is None:
                 stale = (outcome.entry, outcome.similarity)
@@ -312,7 +287,7 @@ class Cache:
 
         if stale is not None:
             entry, similarity = stale
-            self._count(ns.name, "stale_hit", "stale_hit")
+            self._count(ns.name, Stat.STALE_HIT, lookup=True)
             return LookupOutcome(Tier.STALE, key, entry, similarity=similarity, check_reason=check_reason)
         metrics.LOOKUPS.labels(ns.name, "miss").inc()
         return LookupOutcome(Tier.MISS, key, miss_reason=reason, check_reason=check_reason)
@@ -388,12 +363,12 @@ class Cache:
                     check_reason = f"{verdict.reason}: {detail}" if detail else verdict.reason
                     if not verdict.accept:
                         rejected = True
-                        self._count(ns.name, "check_rejection")
+                        self._count(ns.name, Stat.CHECK_REJECTION)
                         metrics.CHECK_REJECTIONS.labels(ns.name).inc()
                         continue
                 if fresh:
                     sample = self.rng.random() < ns.quality_sample_rate
-                    self._count(ns.name, "semantic_hit", "semantic_hit")
+                    self._count(ns.name, Stat.SEMANTIC_HIT, lookup=True)
                     self.stats_buffer.touch(ns.name, entry.entry_id, now)
                     return LookupOutcome(
                         Tier.SEMANTIC,
@@ -438,10 +413,10 @@ class Cache:
         )
         key = exact_key(key_input)
         if command.mode == CacheMode.BYPASS:
-            self._count(ns.name, "skip")
+            self._count(ns.name, Stat.SKIP)
             return StoreOutcome(False, key, skip_reason=SkipReason.BYPASS)
         if command.fingerprint.nondeterministic and not ns.allow_nondeterministic:
-            self._count(ns.name, "skip")
+            self._count(ns.name, Stat.SKIP)
             return StoreOutcome(False, key, skip_reason=SkipReason.NONDETERMINISTIC)
         now = self.clock()
         expires = now + ns.ttl_ms
@@ -470,10 +445,10 @@ class Cache:
             self.sync.remove_local(removed)
         if vector is not None:
             self.sync.add_local(ns.name, dataclasses.replace(entry, entry_id=result.entry_id).index_record())
-        self._count(ns.name, "store")
+        self._count(ns.name, Stat.STORE)
         metrics.STORES.labels(ns.name).inc()
         for _, evicted_ns in result.evicted:
-            self.stats_buffer.add(evicted_ns, "eviction")
+            self.stats_buffer.add(evicted_ns, Stat.EVICTION)
             metrics.REMOVALS.labels(evicted_ns, "eviction").inc()
         for _, replaced_ns in result.replaced:
             metrics.REMOVALS.labels(replaced_ns, "replaced").inc()
@@ -523,7 +498,7 @@ class Cache:
         removed = await self.store.delete(ids)
         self.sync.remove_local(removed)
         for _, ns in removed:
-            self.stats_buffer.add(ns, "invalidation")
+            self.stats_buffer.add(ns, Stat.INVALIDATION)
             metrics.REMOVALS.labels(ns, "invalidation").inc()
         log.info("cache invalidated", extra={"target": given[0], "removed": len(removed)})
         return len(removed)
@@ -540,7 +515,7 @@ class Cache:
             removed = await self.store.delete(ids)
             self.sync.remove_local(removed)
             for _, ns in removed:
-                self.stats_buffer.add(ns, "expiry")
+                self.stats_buffer.add(ns, Stat.EXPIRY)
                 metrics.REMOVALS.labels(ns, "expiry").inc()
             total += len(removed)
 
@@ -576,27 +551,29 @@ class Cache:
             c = dict(summed.get(ns, {}))
             for name, delta in self.stats_buffer.pending(ns).items():
                 c[name] = c.get(name, 0) + delta
-            samples = int(c.get("quality_samples", 0))
-            cos_samples = int(c.get("quality_cos_samples", 0))
+            samples = int(c.get(Stat.QUALITY_SAMPLES, 0))
+            cos_samples = int(c.get(Stat.QUALITY_COS_SAMPLES, 0))
             out.append(
                 NamespaceStats(
                     namespace=ns,
                     entry_count=counts.get(ns, 0),
                     indexed_count=self.sync.indexes.count(ns),
-                    exact_hit_count=int(c.get("exact_hit", 0)),
-                    exact_miss_count=int(c.get("exact_miss", 0)),
-                    semantic_hit_count=int(c.get("semantic_hit", 0)),
-                    semantic_miss_count=int(c.get("semantic_miss", 0)),
-                    stale_hit_count=int(c.get("stale_hit", 0)),
-                    check_rejection_count=int(c.get("check_rejection", 0)),
-                    skip_count=int(c.get("skip", 0)),
-                    store_count=int(c.get("store", 0)),
-                    eviction_count=int(c.get("eviction", 0)),
-                    invalidation_count=int(c.get("invalidation", 0)),
-                    expiry_count=int(c.get("expiry", 0)),
+                    exact_hit_count=int(c.get(Stat.EXACT_HIT, 0)),
+                    exact_miss_count=int(c.get(Stat.EXACT_MISS, 0)),
+                    semantic_hit_count=int(c.get(Stat.SEMANTIC_HIT, 0)),
+                    semantic_miss_count=int(c.get(Stat.SEMANTIC_MISS, 0)),
+                    stale_hit_count=int(c.get(Stat.STALE_HIT, 0)),
+                    check_rejection_count=int(c.get(Stat.CHECK_REJECTION, 0)),
+                    skip_count=int(c.get(Stat.SKIP, 0)),
+                    store_count=int(c.get(Stat.STORE, 0)),
+                    eviction_count=int(c.get(Stat.EVICTION, 0)),
+                    invalidation_count=int(c.get(Stat.INVALIDATION, 0)),
+                    expiry_count=int(c.get(Stat.EXPIRY, 0)),
                     quality_sample_count=samples,
-                    quality_token_f1_mean=c.get("quality_f1_sum", 0.0) / samples if samples else 0.0,
-                    quality_embedding_cosine_mean=(c.get("quality_cos_sum", 0.0) / cos_samples if cos_samples else 0.0),
+                    quality_token_f1_mean=c.get(Stat.QUALITY_F1_SUM, 0.0) / samples if samples else 0.0,
+                    quality_embedding_cosine_mean=(
+                        c.get(Stat.QUALITY_COS_SUM, 0.0) / cos_samples if cos_samples else 0.0
+                    ),
                 )
             )
         return out
@@ -629,12 +606,12 @@ class Cache:
             )
         f1 = quality.token_f1(sample.cached_text, sample.fresh_text)
         cos = quality.cosine(a, b) if has_a else None  # type: ignore[arg-type]
-        self.stats_buffer.add(ns.name, "quality_samples")
-        self.stats_buffer.add(ns.name, "quality_f1_sum", f1)
+        self.stats_buffer.add(ns.name, Stat.QUALITY_SAMPLES)
+        self.stats_buffer.add(ns.name, Stat.QUALITY_F1_SUM, f1)
         metrics.QUALITY_AGREEMENT.labels(ns.name, "token_f1").observe(f1)
         if cos is not None:
-            self.stats_buffer.add(ns.name, "quality_cos_samples")
-            self.stats_buffer.add(ns.name, "quality_cos_sum", cos)
+            self.stats_buffer.add(ns.name, Stat.QUALITY_COS_SAMPLES)
+            self.stats_buffer.add(ns.name, Stat.QUALITY_COS_SUM, cos)
             metrics.QUALITY_AGREEMENT.labels(ns.name, "embedding_cosine").observe(cos)
         log.info(
             "quality sample",

@@ -2,7 +2,35 @@
 
 from __future__ import annotations
 
+import enum
 from collections import defaultdict
+
+
+class Stat(enum.StrEnum):
+    """A namespace's counters; the value is the field name in Redis (``{p}:stats:{ns}``).
+
+    Sums over every replica; ``*_sum`` fields add up a score so a mean can be derived.
+    """
+
+    EXACT_HIT = "exact_hit"
+    EXACT_MISS = "exact_miss"
+    SEMANTIC_HIT = "semantic_hit"
+    SEMANTIC_MISS = "semantic_miss"
+    STALE_HIT = "stale_hit"
+    CHECK_REJECTION = "check_rejection"
+    SKIP = "skip"
+    STORE = "store"
+    EVICTION = "eviction"
+    INVALIDATION = "invalidation"
+    EXPIRY = "expiry"
+    QUALITY_SAMPLES = "quality_samples"
+    QUALITY_F1_SUM = "quality_f1_sum"
+    QUALITY_COS_SAMPLES = "quality_cos_samples"
+    QUALITY_COS_SUM = "quality_cos_sum"
+
+
+Counters = dict[str, dict[Stat, float]]
+"""Counter values by namespace, then by counter."""
 
 
 class StatsBuffer:
@@ -14,18 +42,18 @@ class StatsBuffer:
     """
 
     def __init__(self) -> None:
-        self._counters: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(int))
+        self._counters: dict[str, dict[Stat, float]] = defaultdict(lambda: defaultdict(int))
         self._touches: dict[str, dict[int, int]] = defaultdict(dict)
 
-    def add(self, namespace: str, field: str, amount: float = 1) -> None:
+    def add(self, namespace: str, stat: Stat, amount: float = 1) -> None:
         """Adds ``amount`` to a counter (ints stay ints, so Redis can HINCRBY them)."""
-        self._counters[namespace][field] += amount
+        self._counters[namespace][stat] += amount
 
     def touch(self, namespace: str, entry_id: int, now_ms: int) -> None:
         """Records that an entry was served (for LRU eviction)."""
         self._touches[namespace][entry_id] = now_ms
 
-    def take(self) -> tuple[dict[str, dict[str, float]], dict[str, dict[int, int]]]:
+    def take(self) -> tuple[Counters, dict[str, dict[int, int]]]:
         """Removes and returns everything pending."""
         counters = {ns: dict(fields) for ns, fields in self._counters.items() if fields}
         touches = {ns: dict(used) for ns, used in self._touches.items() if used}
@@ -33,7 +61,7 @@ class StatsBuffer:
         self._touches.clear()
         return counters, touches
 
-    def give_back(self, counters: dict[str, dict[str, float]], touches: dict[str, dict[int, int]]) -> None:
+    def give_back(self, counters: Counters, touches: dict[str, dict[int, int]]) -> None:
         """Puts back what :meth:`take` returned after a failed flush."""
         for ns, fields in counters.items():
             for name, amount in fields.items():
@@ -42,6 +70,6 @@ class StatsBuffer:
             for entry_id, ms in used.items():
                 self._touches[ns][entry_id] = max(ms, self._touches[ns].get(entry_id, 0))
 
-    def pending(self, namespace: str) -> dict[str, float]:
+    def pending(self, namespace: str) -> dict[Stat, float]:
         """Unflushed counter deltas of one namespace."""
         return dict(self._counters.get(namespace, {}))

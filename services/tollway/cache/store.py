@@ -34,11 +34,13 @@ from typing import Any
 
 import numpy as np
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from tollway.cache.entries import Answer, Entry
 from tollway.cache.index import IndexRecord
 from tollway.cache.keys import context_tag
 from tollway.cache.scope import Scope
+from tollway.cache.stats import Counters, Stat
 
 _DELETE_FN = """
 local p = ARGV[1]
@@ -157,23 +159,17 @@ _ENTRY_FIELDS = (
 )
 _INDEX_FIELDS = ("ns", "ctx", "scope", "tenant", "user", "expires", "stale_until", "vec")
 
-STAT_FIELDS = (
-    "exact_hit",
-    "exact_miss",
-    "semantic_hit",
-    "semantic_miss",
-    "stale_hit",
-    "check_rejection",
-    "skip",
-    "store",
-    "eviction",
-    "invalidation",
-    "expiry",
-    "quality_samples",
-    "quality_f1_sum",
-    "quality_cos_samples",
-    "quality_cos_sum",
-)
+UNREACHABLE: tuple[type[Exception], ...] = (RedisError, OSError)
+"""What a store call raises when Redis cannot be reached or fails the command.
+
+Callers that outlive an outage (the index follower) catch these and try again; the
+client library stays behind this module.
+"""
+
+EVENTS_START = "0-0"
+"""The position before the first event of the stream (read from here to get every event)."""
+
+_STATS = {s.value: s for s in Stat}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -454,7 +450,7 @@ class CacheStore:
     async def stream_head(self) -> tuple[str, int]:
         """The id and number of the newest event, or ("0-0", 0) when there is none."""
         newest = self._events(await self.redis.xrevrange(self.events_key, "+", "-", count=1))
-        return (newest[0].stream_id, newest[0].seq) if newest else ("0-0", 0)
+        return (newest[0].stream_id, newest[0].seq) if newest else (EVENTS_START, 0)
 
     async def first_event_after(self, after_id: str) -> Event | None:
         """The oldest event still in the stream that is newer than ``after_id``."""
@@ -469,9 +465,7 @@ class CacheStore:
         batches = reply.values() if isinstance(reply, dict) else [items for _, items in reply]
         return [event for items in batches for event in self._events(items)]
 
-    async def flush_stats(
-        self, counters: Mapping[str, Mapping[str, float]], touches: Mapping[str, Mapping[int, int]]
-    ) -> None:
+    async def flush_stats(self, counters: Counters, touches: Mapping[str, Mapping[int, int]]) -> None:
         """Adds counter deltas and records last-use times (only for entries that still exist)."""
         if not counters and not touches:
             return
@@ -487,13 +481,16 @@ class CacheStore:
                     pipe.zadd(f"{self.prefix}:lru:{ns}", {str(i): t for i, t in used.items()}, xx=True, gt=True)
             await pipe.execute()
 
-    async def read_stats(self, namespaces: Sequence[str]) -> dict[str, dict[str, float]]:
-        """The summed counters per namespace (missing counters are absent)."""
+    async def read_stats(self, namespaces: Sequence[str]) -> Counters:
+        """The summed counters per namespace (missing counters are absent, unknown fields skipped)."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for ns in namespaces:
                 pipe.hgetall(f"{self.prefix}:stats:{ns}")
             rows = await pipe.execute()
-        return {ns: {_s(k): float(_s(v)) for k, v in row.items()} for ns, row in zip(namespaces, rows, strict=True)}
+        return {
+            ns: {_STATS[name]: float(_s(v)) for k, v in row.items() if (name := _s(k)) in _STATS}
+            for ns, row in zip(namespaces, rows, strict=True)
+        }
 
     async def stats_namespaces(self) -> list[str]:
         """Namespaces that have counters (they outlive their entries)."""

@@ -28,11 +28,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from tollway.cache import metrics
 from tollway.cache.index import IndexParams, IndexRecord, IndexSet
-from tollway.cache.store import CacheStore, Event
+from tollway.cache.store import EVENTS_START, UNREACHABLE, CacheStore, Event
 
 log = logging.getLogger("tollway.cache.sync")
 
@@ -69,7 +67,7 @@ class IndexSync:
         self.snapshot_dir = Path(snapshot_dir) if snapshot_dir else None
         self.rebuild_threads = rebuild_threads
         self.follow_block_ms = follow_block_ms
-        self.last_id = "0-0"
+        self.last_id = EVENTS_START
         self.last_seq = 0
         self.epoch = ""
         self.applied_since_snapshot = 0
@@ -134,7 +132,7 @@ class IndexSync:
             try:
                 events = await self.store.read_events(self.last_id, count=512, block_ms=self.follow_block_ms)
                 await self._apply_or_rebuild(events)
-            except (RedisError, OSError) as exc:
+            except UNREACHABLE as exc:
                 log.warning("event stream unreachable; retrying", extra={"error": str(exc)})
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 1.0)

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
 
 import grpc
 
 from tollway.common.catalog import CatalogError, CatalogSource
 from tollway.mesh import redis as mesh_redis
+from tollway.mesh.background import Background
 from tollway.mesh.config import MeshConfig, load_config
 from tollway.mesh.server import ServiceSpec, run, serve
 from tollway.router import metrics
@@ -65,7 +63,10 @@ def build(cfg: RouterConfig, mesh: MeshConfig | None = None) -> tuple[ServiceSpe
         },
         deadline_s={"interactive": cfg.interactive_deadline_s, "background": cfg.background_deadline_s},
     )
-    tasks: list[asyncio.Task[None]] = []
+    background = Background(log)
+    background.every(cfg.catalog_reload_s, lambda: _reload(router), name="catalog reload")  # 0 disables
+    if store is not None:
+        background.every(cfg.breaker_refresh_s, lambda: _refresh(router), name="breaker refresh")
 
     def add(server: grpc.aio.Server) -> None:
         router_pb2_grpc.add_RouterServiceServicer_to_server(RouterServicer(router), server)
@@ -75,16 +76,10 @@ def build(cfg: RouterConfig, mesh: MeshConfig | None = None) -> tuple[ServiceSpe
         count_tokens("warm up")
         if client is not None:
             await mesh_redis.wait_ready(client)
-        if cfg.catalog_reload_s > 0:
-            tasks.append(asyncio.create_task(_every(cfg.catalog_reload_s, lambda: _reload(router))))
-        if store is not None and cfg.breaker_refresh_s > 0:
-            tasks.append(asyncio.create_task(_every(cfg.breaker_refresh_s, lambda: _refresh(router))))
+        background.start()
 
     async def stop() -> None:
-        for task in tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await background.stop()
         for adapter in router.adapters.values():
             await adapter.aclose()
         await router.breakers.close()
@@ -102,15 +97,6 @@ def build(cfg: RouterConfig, mesh: MeshConfig | None = None) -> tuple[ServiceSpe
         mesh=mesh,
     )
     return spec, router
-
-
-async def _every(interval_s: float, job: Callable[[], Awaitable[None]]) -> None:
-    while True:
-        await asyncio.sleep(interval_s)
-        try:
-            await job()
-        except Exception:  # a background chore must never die; the next round may succeed
-            log.warning("background job failed", exc_info=True)
 
 
 async def _reload(router: Router) -> None:
