@@ -3,7 +3,6 @@ rebuilds its index at start (from Redis, or from its snapshot plus the stream's 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 
 from tests.support.cache import RunningCache, running_cache
+from tests.support.polling import eventually
 from tests.support.redis_server import local_redis
 from tollway.cache.cache import accept_all
 from tollway.cache.v1 import cache_pb2
@@ -80,20 +80,6 @@ def replica(redis_url: str, tmp_path: Path) -> Callable[..., contextlib.Abstract
             yield svc
 
     return start
-
-
-async def eventually(check: Callable[[], Any], timeout_s: float = 5.0) -> None:
-    """Polls ``check`` (sync or async) until it returns true."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            pytest.fail("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 async def tier(svc: RunningCache, req: cache_pb2.LookupRequest) -> int:

@@ -3,15 +3,21 @@ bypass, nothing partial stored, and a stale answer when every provider is down."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
+import grpc
 import httpx
 import pytest
+import redis
 
+from tests.support.polling import eventually_sync
+from tollway.cache.v1 import cache_pb2, cache_pb2_grpc
 from tollway.launcher.stack import Stack
 
 pytestmark = pytest.mark.timeout(60)
@@ -38,17 +44,55 @@ def provider_requests(fake: str) -> int:
     return httpx.get(f"{fake}/_stats").json()["requests"]
 
 
+def store_count(stack: Stack, namespace: str) -> int:
+    with grpc.insecure_channel(stack.address("cache")) as channel:
+        stats = cache_pb2_grpc.CacheServiceStub(channel).GetStats(
+            cache_pb2.GetStatsRequest(namespace=namespace), timeout=5
+        )
+    return stats.namespaces[0].store_count
+
+
+@contextlib.contextmanager
+def stored(stack: Stack, namespace: str = "default") -> Iterator[None]:
+    """Waits, after the block, until the cache has stored one more answer in ``namespace``.
+
+    The gateway stores an answer after it was sent, so the next request may come first.
+    """
+    before = store_count(stack, namespace)
+    yield
+    eventually_sync(lambda: store_count(stack, namespace) > before, what=f"a store in namespace {namespace!r}")
+
+
+def recorded(stack: Stack, request_id: str) -> None:
+    """Waits until the call record of ``request_id`` is written.
+
+    For a request that must store nothing: the gateway hands a store to the cache before it
+    queues the call record, and writes records in batches later, so a store made by mistake
+    has landed by the time the record is visible.
+    """
+    client = redis.Redis.from_url(stack.redis_url, decode_responses=True)
+    try:
+        eventually_sync(
+            lambda: any(f.get("request_id") == request_id for _, f in client.xrevrange("tollway:calls", count=100)),
+            what=f"the call record of {request_id!r}",
+        )
+    finally:
+        client.close()
+
+
 @pytest.fixture
 def client(stack: Stack, api_key: str) -> httpx.Client:
     with httpx.Client(base_url=stack.edge_url, headers={"authorization": f"Bearer {api_key}"}, timeout=30) as c:
         yield c
 
 
-def test_the_same_request_is_answered_from_the_exact_tier(client: httpx.Client, fake_openai: str) -> None:
+def test_the_same_request_is_answered_from_the_exact_tier(
+    client: httpx.Client, stack: Stack, fake_openai: str
+) -> None:
     question = f"What is the refund policy? {uuid.uuid4()}"
-    first, text, _ = generate(client, body(question))
+    with stored(stack):
+        first, text, _ = generate(client, body(question))
     assert first["cache_tier"] == "CACHE_TIER_MISS" and first["attempt_count"] == 1
-    time.sleep(0.2)  # the store happens after the answer was sent
     before = provider_requests(fake_openai)
     second, cached_text, completed = generate(client, body(question))
     assert second["cache_tier"] == "CACHE_TIER_EXACT" and second["attempt_count"] == 0
@@ -58,35 +102,36 @@ def test_the_same_request_is_answered_from_the_exact_tier(client: httpx.Client, 
     assert provider_requests(fake_openai) == before
 
 
-def test_a_paraphrase_is_answered_from_the_semantic_tier(client: httpx.Client) -> None:
+def test_a_paraphrase_is_answered_from_the_semantic_tier(client: httpx.Client, stack: Stack) -> None:
     tag = uuid.uuid4().hex[:8]
-    generate(client, body(f"How do I reset my password for account {tag}?"))
-    time.sleep(0.3)
+    with stored(stack):
+        generate(client, body(f"How do I reset my password for account {tag}?"))
     started, _, _ = generate(client, body(f"How can I reset the password of account {tag}?"))
     assert started["cache_tier"] == "CACHE_TIER_SEMANTIC"
 
 
-def test_a_near_miss_with_other_numbers_is_not_served(client: httpx.Client) -> None:
+def test_a_near_miss_with_other_numbers_is_not_served(client: httpx.Client, stack: Stack) -> None:
     tag = uuid.uuid4().hex[:8]
-    generate(client, body(f"What is 15 percent of 200 dollars? ref {tag}"))
-    time.sleep(0.3)
+    with stored(stack):
+        generate(client, body(f"What is 15 percent of 200 dollars? ref {tag}"))
     started, _, _ = generate(client, body(f"What is 25 percent of 200 dollars? ref {tag}"))
     assert started["cache_tier"] == "CACHE_TIER_MISS"
 
 
-def test_bypass_neither_reads_nor_writes(client: httpx.Client) -> None:
+def test_bypass_neither_reads_nor_writes(client: httpx.Client, stack: Stack) -> None:
     question = f"bypass me {uuid.uuid4()}"
-    started, _, _ = generate(client, body(question, mode="CACHE_MODE_BYPASS"))
+    request_id = f"bypass-{uuid.uuid4().hex[:8]}"
+    started, _, _ = generate(client, body(question, mode="CACHE_MODE_BYPASS", request_id=request_id))
     assert started["cache_tier"] == "CACHE_TIER_UNSPECIFIED"
-    time.sleep(0.2)
+    recorded(stack, request_id)
     started, _, _ = generate(client, body(question))
     assert started["cache_tier"] == "CACHE_TIER_MISS"
 
 
-def test_user_scoped_answers_are_never_served_to_another_user(client: httpx.Client) -> None:
+def test_user_scoped_answers_are_never_served_to_another_user(client: httpx.Client, stack: Stack) -> None:
     question = f"What is my account balance? {uuid.uuid4()}"
-    generate(client, body(question, namespace="personal", user="alice"))
-    time.sleep(0.2)
+    with stored(stack, "personal"):
+        generate(client, body(question, namespace="personal", user="alice"))
     other, _, _ = generate(client, body(question, namespace="personal", user="bob"))
     assert other["cache_tier"] == "CACHE_TIER_MISS"
     own, _, _ = generate(client, body(question, namespace="personal", user="alice"))
@@ -99,29 +144,31 @@ def test_another_tenant_never_sees_a_tenant_scoped_answer(stack: Stack, client: 
     from tollway.cli import _create_key
 
     question = f"internal roadmap question {uuid.uuid4()}"
-    generate(client, body(question))
-    time.sleep(0.2)
+    with stored(stack):
+        generate(client, body(question))
     other_key, _ = asyncio.run(_create_key(stack.redis_url, "globex"))
     with httpx.Client(base_url=stack.edge_url, headers={"authorization": f"Bearer {other_key}"}) as other:
         started, _, _ = generate(other, body(question))
     assert started["cache_tier"] == "CACHE_TIER_MISS"
 
 
-def test_a_stream_cut_mid_answer_is_not_stored(client: httpx.Client) -> None:
+def test_a_stream_cut_mid_answer_is_not_stored(client: httpx.Client, stack: Stack) -> None:
     question = f"cut me {uuid.uuid4()}"
-    for _ in range(2):
-        started, _, last = generate(client, body(question, model="fake-cut-mid-stream"))
+    for attempt in range(2):
+        request_id = f"cut-{attempt}-{uuid.uuid4().hex[:8]}"
+        started, _, last = generate(client, body(question, model="fake-cut-mid-stream", request_id=request_id))
         assert started["cache_tier"] == "CACHE_TIER_MISS"
         assert "error" in last
-        time.sleep(0.2)
+        recorded(stack, request_id)
 
 
 def test_every_provider_down_serves_the_stale_answer_marked_degraded(
-    client: httpx.Client, killable_openai: tuple[subprocess.Popen[bytes], str]
+    client: httpx.Client, stack: Stack, killable_openai: tuple[subprocess.Popen[bytes], str]
 ) -> None:
     question = f"What are the office hours? {uuid.uuid4()}"
-    _, fresh_text, _ = generate(client, body(question, model="fake-killable", namespace="short"))
-    time.sleep(1.3)  # past the namespace's 1 s TTL, inside its grace period
+    with stored(stack, "short"):
+        _, fresh_text, _ = generate(client, body(question, model="fake-killable", namespace="short"))
+    time.sleep(1.3)  # time itself: past the namespace's 1 s TTL, inside its grace period
     proc, _ = killable_openai
     proc.kill()
     proc.wait()
@@ -136,11 +183,9 @@ def test_every_provider_down_serves_the_stale_answer_marked_degraded(
 
 
 def test_call_records_say_which_tier_answered(client: httpx.Client, stack: Stack) -> None:
-    import redis
-
     question = f"record the tier {uuid.uuid4()}"
-    generate(client, body(question, request_id="tier-miss"))
-    time.sleep(0.2)
+    with stored(stack):
+        generate(client, body(question, request_id="tier-miss"))
     generate(client, body(question, request_id="tier-hit"))
     r = redis.Redis.from_url(stack.redis_url, decode_responses=True)
     deadline = time.monotonic() + 5
@@ -158,8 +203,8 @@ def test_cli_purge_of_a_namespace_removes_its_answers(client: httpx.Client, stac
     import sys
 
     question = f"purge me {uuid.uuid4()}"
-    generate(client, body(question, namespace="sampled"))
-    time.sleep(0.2)
+    with stored(stack, "sampled"):
+        generate(client, body(question, namespace="sampled"))
     assert generate(client, body(question, namespace="sampled"))[0]["cache_tier"] in (
         "CACHE_TIER_EXACT",
         "CACHE_TIER_SEMANTIC",
@@ -173,13 +218,9 @@ def test_cli_purge_of_a_namespace_removes_its_answers(client: httpx.Client, stac
 async def test_sampled_semantic_hits_are_answered_fresh_and_compared(client: httpx.Client, stack: Stack) -> None:
     import asyncio
 
-    import grpc
-
-    from tollway.cache.v1 import cache_pb2, cache_pb2_grpc
-
     tag = uuid.uuid4().hex[:8]
-    generate(client, body(f"How do I change the billing email of workspace {tag}?", namespace="sampled"))
-    await asyncio.sleep(0.3)
+    with stored(stack, "sampled"):
+        generate(client, body(f"How do I change the billing email of workspace {tag}?", namespace="sampled"))
     started, _, _ = generate(
         client, body(f"How can I change the billing email for workspace {tag}?", namespace="sampled")
     )
@@ -196,12 +237,14 @@ async def test_sampled_semantic_hits_are_answered_fresh_and_compared(client: htt
     pytest.fail("no quality sample was recorded for a sampled semantic hit")
 
 
-def test_refresh_skips_the_lookup_and_stores_a_semantically_findable_answer(client: httpx.Client) -> None:
+def test_refresh_skips_the_lookup_and_stores_a_semantically_findable_answer(
+    client: httpx.Client, stack: Stack
+) -> None:
     tag = uuid.uuid4().hex[:8]
     question = f"How do I export the audit log of project {tag}?"
     # Only a refresh has ever answered this question: the entry must carry its vector.
-    started, _, _ = generate(client, body(question, mode="CACHE_MODE_REFRESH"))
+    with stored(stack):
+        started, _, _ = generate(client, body(question, mode="CACHE_MODE_REFRESH"))
     assert started["cache_tier"] == "CACHE_TIER_MISS" and started["attempt_count"] == 1
-    time.sleep(0.3)
     paraphrase, _, _ = generate(client, body(f"How can I export the audit log for project {tag}?"))
     assert paraphrase["cache_tier"] == "CACHE_TIER_SEMANTIC"

@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from tests.fakes.openai import make_server
+from tests.support.polling import eventually
 from tollway.common.v1 import common_pb2
 from tollway.launcher.processes import free_ports
 from tollway.router.v1 import router_pb2, router_pb2_grpc
@@ -104,10 +105,14 @@ async def test_sigterm_lets_the_stream_in_flight_finish(router: tuple[subprocess
         call = router_pb2_grpc.RouterServiceStub(channel).Generate(_request())
         events = [await call.read(), await call.read()]  # started, first delta
         proc.send_signal(signal.SIGTERM)
-        await asyncio.sleep(0.1)
-        health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
-        # During the drain delay health says NOT_SERVING, so balancers stop sending.
-        assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        health = health_pb2_grpc.HealthStub(channel)
+
+        async def not_serving() -> bool:
+            reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+            return reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+        # During the drain delay (0.5 s) health says NOT_SERVING, so balancers stop sending.
+        await eventually(not_serving, timeout_s=0.5, what="NOT_SERVING after SIGTERM")
         while (event := await call.read()) is not grpc.aio.EOF:
             events.append(event)
     text = "".join(e.delta.text for e in events if e.HasField("delta"))

@@ -21,26 +21,13 @@ from tests.fakes.http import FakeHTTPServer
 from tests.fakes.procs import free_port
 from tests.fakes.scenarios import TOOL_CALLS
 from tollway.common.catalog import Deployment
+from tollway.common.chat import ChatMessage, ChatRequest, ResponseFormat, TextDelta, Tool, ToolCall, Usage
 from tollway.router.providers.anthropic import AnthropicAdapter
 from tollway.router.providers.base import ProviderAdapter
 from tollway.router.providers.gemini import GeminiAdapter
 from tollway.router.providers.openai_compat import OpenAICompatAdapter
 from tollway.router.tools import ToolCallAssembler
-from tollway.router.types import (
-    ChatMessage,
-    ChatRequest,
-    ErrorKind,
-    ProviderError,
-    ResponseFormat,
-    StreamEnd,
-    StreamEvent,
-    TextDelta,
-    Tool,
-    ToolCall,
-    ToolCallDelta,
-    Usage,
-    UsageUpdate,
-)
+from tollway.router.types import ErrorKind, ProviderError, StreamEnd, StreamEvent, ToolCallDelta, UsageUpdate
 
 
 @dataclasses.dataclass

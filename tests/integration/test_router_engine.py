@@ -24,13 +24,14 @@ from tests.fakes.http import FakeHTTPServer
 from tests.fakes.procs import free_port
 from tests.fakes.scenarios import TOOL_CALLS
 from tollway.common.catalog import parse_catalog
+from tollway.common.chat import ChatMessage, ChatRequest, ResponseFormat, TextDelta, Tool
+from tollway.common.route import RouteCompleted, RouteEvent, RouteStarted, StreamFailed
 from tollway.mesh import errors
-from tollway.router.engine import RouteCompleted, RouteEvent, Router, RouteStarted, StreamFailed
+from tollway.router.engine import Router
 from tollway.router.policy import BACKGROUND, INTERACTIVE
 from tollway.router.providers.anthropic import AnthropicAdapter
 from tollway.router.providers.gemini import GeminiAdapter
 from tollway.router.providers.openai_compat import OpenAICompatAdapter
-from tollway.router.types import ChatMessage, ChatRequest, ResponseFormat, TextDelta, Tool
 
 
 @dataclasses.dataclass

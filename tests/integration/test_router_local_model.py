@@ -10,9 +10,11 @@ import pytest
 
 from tests.fakes.procs import free_port
 from tollway.common.catalog import Deployment, parse_catalog
-from tollway.router.engine import RouteCompleted, Router, RouteStarted
+from tollway.common.chat import ChatMessage, ChatRequest, TextDelta
+from tollway.common.route import RouteCompleted, RouteStarted
+from tollway.router.engine import Router
 from tollway.router.providers.openai_compat import OpenAICompatAdapter
-from tollway.router.types import ChatMessage, ChatRequest, StreamEnd, TextDelta
+from tollway.router.types import StreamEnd
 
 pytestmark = pytest.mark.model
 

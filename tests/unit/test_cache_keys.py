@@ -13,13 +13,16 @@ from google.protobuf.message import Message
 
 from tollway.cache import keys
 from tollway.cache.cache import Cache
-from tollway.cache.fingerprint import key_fields
-from tollway.cache.keys import CacheKeyInput, ChatMessage, Fingerprint, canonical_json, context_key, exact_key
+from tollway.cache.keys import CacheKeyInput, Fingerprint, canonical_json, context_key, exact_key
 from tollway.cache.namespaces import NamespaceRegistry
 from tollway.cache.scope import Scope
 from tollway.cache.service import lookup_from_proto, store_from_proto
 from tollway.cache.v1 import cache_pb2
+from tollway.common.chat import ChatMessage
 from tollway.common.v1 import common_pb2
+from tollway.gateway.auth import Tenant
+from tollway.gateway.cache_client import CacheRequest, lookup_request
+from tollway.gateway.service import request_from_proto
 from tollway.gateway.v1 import gateway_pb2
 
 DIM = 384
@@ -62,7 +65,8 @@ def test_every_request_field_is_included_or_excluded(
 def test_domain_fingerprint_mirrors_the_proto() -> None:
     proto_fields = {f.name for f in cache_pb2.RequestFingerprint.DESCRIPTOR.fields}
     assert {f.name for f in dataclasses.fields(Fingerprint)} == proto_fields
-    assert {f.name for f in dataclasses.fields(ChatMessage)} == {f.name for f in common_pb2.Message.DESCRIPTOR.fields}
+    assert set(keys.MESSAGE_KEY_FIELDS) == {f.name for f in common_pb2.Message.DESCRIPTOR.fields}
+    assert set(keys.MESSAGE_KEY_FIELDS) <= {f.name for f in dataclasses.fields(ChatMessage)}
 
 
 def test_generate_parameters_all_reach_the_fingerprint() -> None:
@@ -175,13 +179,10 @@ def _key(cache: Cache, request: Message) -> str:
         requester, fp, emb, model = command.requester, command.fingerprint, command.embedding, command.embedding_model
     else:
         if not isinstance(request, cache_pb2.LookupRequest):
-            request = cache_pb2.LookupRequest(
-                tenant_id="t",
-                scope=cache_pb2.SCOPE_USER,
-                embedding=[1.0] * DIM,
-                embedding_model="e",
-                **key_fields(request),
-            )
+            # The gateway's own path: the proto becomes domain values, which become the lookup.
+            admitted = request_from_proto(request, Tenant("t", "k"), default_max_tokens=256)  # type: ignore[arg-type]
+            request = lookup_request(CacheRequest.of(admitted), [1.0] * DIM, "e")
+            request.scope = cache_pb2.SCOPE_USER
         query = lookup_from_proto(request)
         requester, fp, emb, model = query.requester, query.fingerprint, query.embedding, query.embedding_model
     return exact_key(cache._resolve(requester, fp, emb, model)[2])

@@ -9,8 +9,9 @@ import pytest
 
 from tollway.cache.cache import Cache
 from tollway.cache.entries import Answer, InvalidateTarget, LookupQuery, QualitySample, Requester, StoreCommand
-from tollway.cache.keys import ChatMessage, Fingerprint
+from tollway.cache.keys import Fingerprint
 from tollway.cache.namespaces import NamespaceRegistry
+from tollway.common.chat import ChatMessage
 from tollway.mesh.errors import InvalidArgument, NotFound
 
 FP = Fingerprint(model="m", messages=(ChatMessage("user", "hi"),))

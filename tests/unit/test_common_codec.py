@@ -1,12 +1,28 @@
-"""Proto -> domain translation of GenerateRequest, and its input checks."""
+"""The one mapping between shared domain values and protos: both directions, and what decoding refuses."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
+from tollway.cache.v1 import cache_pb2
+from tollway.common import codec
+from tollway.common.caching import CacheMode, CachePolicy, CacheTier
+from tollway.common.chat import (
+    ChatMessage,
+    ChatRequest,
+    ResponseFormat,
+    TextDelta,
+    Tool,
+    ToolCall,
+    ToolChoice,
+    Usage,
+)
+from tollway.common.codec import chat_request_from_router as request_from_proto
+from tollway.common.route import RouteCompleted, RouteStarted, RoutingDecision, StreamFailed
 from tollway.common.v1 import common_pb2
 from tollway.mesh.errors import InvalidArgument
-from tollway.router.service import request_from_proto
 from tollway.router.v1 import router_pb2
 
 
@@ -72,3 +88,119 @@ def test_bad_input_is_invalid_argument_naming_the_field(kw: dict[str, object], f
     with pytest.raises(InvalidArgument) as info:
         request_from_proto(proto(**kw))
     assert info.value.violations[0][0] == field
+
+
+# --- round trips: what one service encodes, the other decodes to the same value -------------
+
+
+def test_a_full_chat_request_survives_the_router_hop() -> None:
+    call = ToolCall("c1", "weather", '{"city": "Paris"}', 0)
+    req = ChatRequest(
+        model="auto",
+        messages=(
+            ChatMessage("system", "Use tools.", "s"),
+            ChatMessage("assistant", "", tool_calls=(call,)),
+            ChatMessage("tool", "21", tool_call_id="c1", cache_breakpoint=True),
+        ),
+        max_tokens=64,
+        temperature=0.0,
+        top_p=0.5,
+        stop=("\n",),
+        seed=7,
+        request_id="r",
+        tenant="t",
+        tools=(Tool("weather", "d", {"type": "object", "properties": {"city": {"type": "string"}}}, True),),
+        tool_choice=ToolChoice("tool", "weather"),
+        response_format=ResponseFormat("json_schema", "s", {"type": "object"}, strict=False),
+        policy="background",
+        cascade=False,
+    )
+    assert codec.chat_request_from_router(codec.chat_request_to_router(req)) == req
+
+
+def test_a_plain_request_sends_no_extras_and_decodes_to_defaults() -> None:
+    req = ChatRequest("m", (ChatMessage("user", "hi"),), max_tokens=5)
+    wire = codec.chat_request_to_router(req)
+    assert not wire.message_extras and not wire.tools
+    assert not wire.HasField("tool_choice") and not wire.HasField("response_format")
+    assert not wire.HasField("temperature") and not wire.HasField("cascade")
+    # An absent ResponseFormat reads as the proto's defaults (strict off); a text answer ignores strict.
+    assert codec.chat_request_from_router(wire) == dataclasses.replace(
+        req, response_format=ResponseFormat(strict=False)
+    )
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        TextDelta("hello"),
+        RouteStarted(
+            "m",
+            "p",
+            2,
+            ("a (RATE_LIMITED)",),
+            RoutingDecision("auto", "m", "small", "auto", "short", 0.25, "heuristic", "s"),
+            "p/m/d",
+        ),
+        RouteStarted("m", "p", 1),
+        RouteCompleted(
+            "tool_calls",
+            Usage(10, 5, 2, 3),
+            True,
+            40,
+            (ToolCall("c", "w", "{}", 0),),
+            cost_usd_micros=12,
+            discarded_usage=Usage(1, 1, 0, 0),
+        ),
+        StreamFailed(14, "cut", "PROVIDER_STREAM_CUT", Usage(3, 1, 0, 0)),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_route_events_survive_the_router_hop(event: object) -> None:
+    msg = codec.route_event_to_proto(event)  # type: ignore[arg-type]
+    kind = msg.WhichOneof("event")
+    decoded = {
+        "delta": lambda: TextDelta(msg.delta.text),
+        "started": lambda: codec.route_started_from_proto(msg.started),
+        "completed": lambda: codec.route_completed_from_proto(msg.completed),
+        "error": lambda: codec.stream_failed_from_proto(msg.error),
+    }[kind]()
+    assert decoded == event
+
+
+def test_every_finish_reason_tier_and_mode_maps_both_ways() -> None:
+    for reason in ("stop", "length", "tool_calls", "content_filter", ""):
+        assert codec.finish_reason_from_proto(codec.finish_reason_to_proto(reason)) == reason  # type: ignore[arg-type]
+    assert {codec.cache_tier_to_proto(t) for t in CacheTier} == set(common_pb2.CacheTier.values())
+    assert all(codec.cache_tier_from_proto(codec.cache_tier_to_proto(t)) is t for t in CacheTier)
+    assert {codec.cache_mode_to_proto(m) for m in CacheMode} == set(common_pb2.CacheMode.values())
+    assert all(codec.cache_mode_from_proto(codec.cache_mode_to_proto(m)) is m for m in CacheMode)
+
+
+def test_unknown_numbers_decode_to_the_neutral_value() -> None:
+    assert codec.finish_reason_from_proto(99) == "" and codec.finish_reason_from_proto(0, "stop") == "stop"
+    assert codec.cache_tier_from_proto(99) is CacheTier.NOT_CONSULTED
+    assert codec.cache_mode_from_proto(99) is None
+    assert codec.cache_policy_from_proto(common_pb2.CachePolicy(mode=99)) == CachePolicy("default", CacheMode.NORMAL)
+    assert codec.cache_policy_from_proto(
+        common_pb2.CachePolicy(namespace="n", mode=common_pb2.CACHE_MODE_REFRESH)
+    ) == CachePolicy("n", CacheMode.REFRESH)
+
+
+def test_every_fingerprint_field_is_filled_from_the_request() -> None:
+    req = ChatRequest(
+        "m", (ChatMessage("user", "hi", "u"),), max_tokens=5, temperature=0.5, top_p=0.9, stop=("x",), seed=3
+    )
+    fp = codec.fingerprint_to_proto(req, prompt_template="t", prompt_version="2")
+    unset = [
+        f.name
+        for f in cache_pb2.RequestFingerprint.DESCRIPTOR.fields
+        if (not getattr(fp, f.name) if f.is_repeated or not f.has_presence else not fp.HasField(f.name))
+    ]
+    assert not unset, f"RequestFingerprint fields fingerprint_to_proto leaves unset: {unset}"
+    assert list(fp.messages) == [common_pb2.Message(role="user", content="hi", name="u")]
+
+
+def test_unset_sampling_parameters_stay_unset_in_the_fingerprint() -> None:
+    fp = codec.fingerprint_to_proto(ChatRequest("m", (ChatMessage("user", "hi"),)))
+    assert not fp.HasField("temperature") and not fp.HasField("top_p") and not fp.HasField("seed")

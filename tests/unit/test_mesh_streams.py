@@ -34,18 +34,25 @@ async def test_items_ready_together_are_merged_and_others_kept_apart() -> None:
 
 
 async def test_an_item_that_arrives_alone_is_not_held_back() -> None:
-    async def spaced() -> AsyncIterator[str]:
-        for ch in "xyz":
-            yield ch
-            await asyncio.sleep(0.02)
+    # The source sends its next item only once the consumer has the previous one: a coalescer
+    # that held an item back, waiting for company, would wait forever (the wait_for fails).
+    delivered = asyncio.Event()
 
-    seen = []
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    async for item in coalesce(spaced(), join):
-        seen.append((item, loop.time() - start))
-    assert [x for x, _ in seen] == ["x", "y", "z"]
-    assert seen[0][1] < 0.015
+    async def lockstep() -> AsyncIterator[str]:
+        for ch in "xyz":
+            delivered.clear()
+            yield ch
+            await delivered.wait()
+
+    seen: list[str] = []
+
+    async def consume() -> None:
+        async for item in coalesce(lockstep(), join):
+            seen.append(item)
+            delivered.set()
+
+    await asyncio.wait_for(consume(), 5)
+    assert seen == ["x", "y", "z"]
 
 
 async def test_errors_arrive_after_the_items_before_them() -> None:

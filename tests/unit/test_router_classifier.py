@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tollway.common.chat import ChatMessage, ChatRequest, ResponseFormat, Tool
 from tollway.router.classifier import Classification, HeuristicClassifier, load_classifier
-from tollway.router.types import ChatMessage, ChatRequest, ResponseFormat, Tool
 
 
 def req(*texts: str, **kw: object) -> ChatRequest:

@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 
 from tollway.common.catalog import parse_catalog
+from tollway.common.chat import ChatMessage, ChatRequest, ResponseFormat, Tool
 from tollway.mesh import errors
 from tollway.router.classifier import Classification
 from tollway.router.routing import decide
-from tollway.router.types import ChatMessage, ChatRequest, ResponseFormat, Tool
 
 CATALOG = parse_catalog(
     {

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tollway.router.types import ChatMessage, ChatRequest, Completion, ResponseFormat, Tool, ToolCall, ToolChoice
+from tollway.common.chat import ChatMessage, ChatRequest, ResponseFormat, Tool, ToolCall, ToolChoice
+from tollway.router.types import Completion
 from tollway.router.validation import check_answer, schema_errors
 
 SCHEMA = {

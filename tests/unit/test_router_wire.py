@@ -7,20 +7,10 @@ import json
 import pytest
 
 from tollway.common.catalog import Deployment
+from tollway.common.chat import ChatMessage, ChatRequest, ResponseFormat, Tool, ToolCall, ToolChoice, Usage
 from tollway.router.providers import anthropic, gemini, openai_compat
 from tollway.router.providers.wire import error_text, sse_events
-from tollway.router.types import (
-    ChatMessage,
-    ChatRequest,
-    ErrorKind,
-    ResponseFormat,
-    Tool,
-    ToolCall,
-    ToolChoice,
-    Usage,
-    kind_for_status,
-    parse_retry_after,
-)
+from tollway.router.types import ErrorKind, kind_for_status, parse_retry_after
 
 DEP = Deployment("p", "http://x", "up-model", default_max_tokens=333)
 CALL = ToolCall("call_1", "get_weather", '{"city": "Paris"}')

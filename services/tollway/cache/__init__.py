@@ -2,8 +2,8 @@
 
 Public surface for other services (the gateway):
 
-* :mod:`tollway.cache.fingerprint` ``key_fields(request)``: LookupRequest/StoreRequest fields
-  from a tollway.gateway.v1 request.
+* :func:`tollway.common.codec.fingerprint_to_proto`: the RequestFingerprint of a chat request
+  (shared code, so the gateway never imports this package).
 * :mod:`tollway.cache.purge` ``purge(target, ...)``: the ``tollway cache purge`` command.
 * :mod:`tollway.cache.keys`: what the tier-1 key is made of (INCLUDE / EXCLUDE tables).
 """

@@ -21,7 +21,6 @@ import numpy as np
 
 from tollway.cache import metrics, presets, quality, verifier
 from tollway.cache.entries import (
-    CacheMode,
     Entry,
     InvalidateTarget,
     LookupOutcome,
@@ -34,7 +33,6 @@ from tollway.cache.entries import (
     SkipReason,
     StoreCommand,
     StoreOutcome,
-    Tier,
 )
 from tollway.cache.index import normalise
 from tollway.cache.keys import CacheKeyInput, Fingerprint, context_key, context_tag, exact_key
@@ -43,6 +41,7 @@ from tollway.cache.scope import Scope, strictest, visible
 from tollway.cache.stats import Stat, StatsBuffer
 from tollway.cache.store import CacheStore
 from tollway.cache.sync import IndexSync
+from tollway.common.caching import CacheMode, CacheTier
 from tollway.mesh.background import Background
 from tollway.mesh.errors import InvalidArgument
 
@@ -254,7 +253,7 @@ class Cache:
             skip = MissReason.NONDETERMINISTIC
         if skip is not None:
             self._count(ns.name, Stat.SKIP, lookup=True)
-            return LookupOutcome(Tier.NOT_CONSULTED, key, miss_reason=skip)
+            return LookupOutcome(CacheTier.NOT_CONSULTED, key, miss_reason=skip)
 
         now = self.clock()
         requester = query.requester
@@ -266,7 +265,7 @@ class Cache:
                 if entry.fresh_at(now):
                     self._count(ns.name, Stat.EXACT_HIT, lookup=True)
                     self.stats_buffer.touch(ns.name, entry.entry_id, now)
-                    return LookupOutcome(Tier.EXACT, key, entry, similarity=1.0)
+                    return LookupOutcome(CacheTier.EXACT, key, entry, similarity=1.0)
                 if query.allow_stale and entry.servable_stale_at(now):
                     stale = (entry, 1.0)
                 reason = MissReason.EXPIRED
@@ -276,7 +275,7 @@ class Cache:
         if ns.semantic and vector is not None:
             context = context_key(key_input, query.embedding_model)
             outcome = await self._semantic(ns, scope, requester, query, vector, context, key, now)
-            if outcome.tier == Tier.SEMANTIC:
+            if outcome.tier == CacheTier.SEMANTIC:
                 return outcome
             self._count(ns.name, Stat.SEMANTIC_MISS)
             check_reason = outcome.check_reason
@@ -288,9 +287,9 @@ class Cache:
         if stale is not None:
             entry, similarity = stale
             self._count(ns.name, Stat.STALE_HIT, lookup=True)
-            return LookupOutcome(Tier.STALE, key, entry, similarity=similarity, check_reason=check_reason)
+            return LookupOutcome(CacheTier.STALE, key, entry, similarity=similarity, check_reason=check_reason)
         metrics.LOOKUPS.labels(ns.name, "miss").inc()
-        return LookupOutcome(Tier.MISS, key, miss_reason=reason, check_reason=check_reason)
+        return LookupOutcome(CacheTier.MISS, key, miss_reason=reason, check_reason=check_reason)
 
     @staticmethod
     def _visible(entry: Entry, scope: Scope, requester: Requester) -> bool:
@@ -317,7 +316,7 @@ class Cache:
         """Tier 2. A SEMANTIC outcome is a hit; otherwise ``entry`` may hold a stale candidate."""
         index = self.sync.indexes.get(ns.name)
         if index is None or len(index) == 0:
-            return LookupOutcome(Tier.MISS, key, miss_reason=MissReason.NOT_FOUND)
+            return LookupOutcome(CacheTier.MISS, key, miss_reason=MissReason.NOT_FOUND)
         found = index.search(
             vector,
             context=context_tag(context),
@@ -333,7 +332,7 @@ class Cache:
             # contexts) are reported as "not found": a miss must not reveal foreign entries.
             below = 0 <= found.best_similarity < ns.threshold
             reason = MissReason.BELOW_THRESHOLD if below else MissReason.NOT_FOUND
-            return LookupOutcome(Tier.MISS, key, miss_reason=reason)
+            return LookupOutcome(CacheTier.MISS, key, miss_reason=reason)
         best = found.candidates[: self.settings.max_verified]
         entries = await self.store.get_entries([c.entry_id for c in best])
         gone = [(c.entry_id, ns.name) for c in best if c.entry_id not in entries]
@@ -371,7 +370,7 @@ class Cache:
                     self._count(ns.name, Stat.SEMANTIC_HIT, lookup=True)
                     self.stats_buffer.touch(ns.name, entry.entry_id, now)
                     return LookupOutcome(
-                        Tier.SEMANTIC,
+                        CacheTier.SEMANTIC,
                         key,
                         entry,
                         similarity=candidate.similarity,
@@ -381,7 +380,7 @@ class Cache:
                 stale, stale_similarity = entry, candidate.similarity
         reason = MissReason.REJECTED_BY_CHECK if rejected else MissReason.NOT_FOUND
         return LookupOutcome(
-            Tier.MISS, key, stale, similarity=stale_similarity, miss_reason=reason, check_reason=check_reason
+            CacheTier.MISS, key, stale, similarity=stale_similarity, miss_reason=reason, check_reason=check_reason
         )
 
     def _check(self, ns: Namespace) -> Verifier:

@@ -10,24 +10,7 @@ import numpy as np
 from tollway.cache.index import IndexRecord
 from tollway.cache.keys import Fingerprint, context_tag
 from tollway.cache.scope import Scope
-
-
-class CacheMode(enum.IntEnum):
-    """How a request uses the cache (numbers are tollway.common.v1.CacheMode's)."""
-
-    NORMAL = 0
-    BYPASS = 1
-    REFRESH = 2
-
-
-class Tier(enum.IntEnum):
-    """Which tier answered (numbers are tollway.common.v1.CacheTier's)."""
-
-    NOT_CONSULTED = 0
-    MISS = 1
-    EXACT = 2
-    SEMANTIC = 3
-    STALE = 4
+from tollway.common.caching import CacheMode, CacheTier
 
 
 class MissReason(enum.IntEnum):
@@ -154,7 +137,7 @@ class LookupQuery:
 class LookupOutcome:
     """The result of a lookup; ``entry`` is set exactly when ``tier`` is a hit tier."""
 
-    tier: Tier
+    tier: CacheTier
     key: str
     entry: Entry | None = None
     similarity: float = 0.0

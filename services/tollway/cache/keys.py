@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tollway.cache.scope import Scope
+from tollway.common.chat import ChatMessage
 
 # --- tollway.cache.v1.LookupRequest and StoreRequest -------------------------------
 
@@ -71,7 +72,7 @@ STORE_EXCLUDE: Mapping[str, str] = {
 }
 
 # --- tollway.gateway.v1.GenerateRequest and CompleteRequest --------------------------
-# The gateway turns these into a LookupRequest with tollway.cache.fingerprint.
+# The gateway turns these into a LookupRequest with tollway.common.codec.fingerprint_to_proto.
 
 GENERATE_INCLUDE: frozenset[str] = frozenset(
     {
@@ -99,13 +100,11 @@ _KEY_VERSION = b"tollway.cache.exact.v1\x00"
 _CONTEXT_VERSION = b"tollway.cache.context.v1\x00"
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class ChatMessage:
-    """One turn of the conversation (tollway.common.v1.Message)."""
-
-    role: str
-    content: str
-    name: str = ""
+# The message fields a RequestFingerprint carries (tollway.common.v1.Message), hashed by name.
+# ChatMessage's other fields (tool calls, tool results, prompt-cache breakpoints) only travel to
+# the router; a message carrying one cannot be keyed (see _message_material), and leaving them
+# out keeps the keys of entries stored before the shared ChatMessage unchanged.
+MESSAGE_KEY_FIELDS = ("role", "content", "name")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -183,9 +182,24 @@ def canonical_json(value: Any) -> bytes:
     ).encode()
 
 
+def _message_material(message: ChatMessage) -> dict[str, str]:
+    if message.has_extras:
+        raise ValueError("cannot key a message with tool calls, a tool result or a cache breakpoint")
+    return {"role": message.role, "content": message.content, "name": message.name}
+
+
+def _fingerprint_material(fp: Fingerprint) -> dict[str, Any]:
+    # asdict keeps every Fingerprint field (a field added later is hashed without anyone
+    # remembering to); only the messages are narrowed to the fields the wire carries.
+    material = dataclasses.asdict(dataclasses.replace(fp, messages=()))
+    material["messages"] = [_message_material(m) for m in fp.messages]
+    return material
+
+
 def exact_key(key_input: CacheKeyInput) -> str:
     """The tier-1 key: SHA-256 (hex) of the canonical JSON of ``key_input``."""
-    material = dataclasses.asdict(key_input)
+    material = dataclasses.asdict(dataclasses.replace(key_input, fingerprint=None))  # type: ignore[arg-type]
+    material["fingerprint"] = _fingerprint_material(key_input.fingerprint)
     material["scope"] = int(key_input.scope)
     return hashlib.sha256(_KEY_VERSION + canonical_json(material)).hexdigest()
 
@@ -206,7 +220,7 @@ def context_key(key_input: CacheKeyInput, embedding_model: str) -> str:
     blanked = dataclasses.replace(fp, messages=tuple(messages))
     material = {
         "namespace": key_input.namespace,
-        "fingerprint": dataclasses.asdict(blanked),
+        "fingerprint": _fingerprint_material(blanked),
         "embedding_model": embedding_model,
     }
     return hashlib.sha256(_CONTEXT_VERSION + canonical_json(material)).hexdigest()

@@ -11,7 +11,6 @@ from google.protobuf import timestamp_pb2
 from tollway.cache.cache import Cache
 from tollway.cache.entries import (
     Answer,
-    CacheMode,
     Entry,
     InvalidateTarget,
     LookupOutcome,
@@ -21,10 +20,12 @@ from tollway.cache.entries import (
     Requester,
     StoreCommand,
 )
-from tollway.cache.keys import ChatMessage, Fingerprint
+from tollway.cache.keys import Fingerprint
 from tollway.cache.scope import Scope
 from tollway.cache.v1 import cache_pb2, cache_pb2_grpc
-from tollway.common.v1 import common_pb2
+from tollway.common import codec
+from tollway.common.caching import CacheMode
+from tollway.common.chat import ChatMessage, Usage
 from tollway.mesh.errors import InvalidArgument, rpc_errors
 
 DOMAIN = "cache.tollway"
@@ -47,10 +48,10 @@ def fingerprint_from_proto(fp: cache_pb2.RequestFingerprint) -> Fingerprint:
 
 
 def _mode(value: int) -> CacheMode:
-    try:
-        return CacheMode(value)
-    except ValueError:
-        raise InvalidArgument(f"mode {value} is not a CacheMode", [("mode", "unknown value")]) from None
+    mode = codec.cache_mode_from_proto(value)
+    if mode is None:
+        raise InvalidArgument(f"mode {value} is not a CacheMode", [("mode", "unknown value")])
+    return mode
 
 
 def _scope(value: int) -> Scope:
@@ -111,9 +112,7 @@ def answer_to_proto(entry: Entry) -> cache_pb2.CachedAnswer:
     return cache_pb2.CachedAnswer(
         entry_id=str(entry.entry_id),
         text=a.text,
-        usage=common_pb2.Usage(
-            input_tokens=a.input_tokens, output_tokens=a.output_tokens, cached_input_tokens=a.cached_input_tokens
-        ),
+        usage=codec.usage_to_proto(Usage(a.input_tokens, a.output_tokens, a.cached_input_tokens)),
         model=a.model,
         provider=a.provider,
         finish_reason=a.finish_reason,
@@ -125,7 +124,7 @@ def answer_to_proto(entry: Entry) -> cache_pb2.CachedAnswer:
 
 def lookup_to_proto(outcome: LookupOutcome) -> cache_pb2.LookupResponse:
     resp = cache_pb2.LookupResponse(
-        tier=int(outcome.tier),
+        tier=codec.cache_tier_to_proto(outcome.tier),
         similarity=outcome.similarity,
         sample_for_quality=outcome.sample_for_quality,
         miss_reason=int(outcome.miss_reason),

@@ -10,35 +10,18 @@ import dataclasses
 import logging
 
 import grpc
-from google.protobuf.message import Message
 
-from tollway.cache.fingerprint import fingerprint_from
 from tollway.cache.v1 import cache_pb2, cache_pb2_grpc
-from tollway.common.v1 import common_pb2
+from tollway.common import codec
+from tollway.common.caching import CacheMode, CacheTier
+from tollway.common.chat import ChatRequest, FinishReason, Usage
 from tollway.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 from tollway.gateway import metrics
+from tollway.gateway.request import GatewayRequest
 from tollway.mesh import propagation
-from tollway.router.service import FINISH_FROM_PROTO, FINISH_TO_PROTO, usage_to_proto
-from tollway.router.types import ChatRequest, FinishReason, Usage
 
 log = logging.getLogger("tollway.gateway.cache")
 
-# The cache tiers a gateway reports, by name (call records, headers) and as proto values.
-CACHE_TIER_TO_PROTO = {
-    "": common_pb2.CACHE_TIER_UNSPECIFIED,
-    "miss": common_pb2.CACHE_TIER_MISS,
-    "exact": common_pb2.CACHE_TIER_EXACT,
-    "semantic": common_pb2.CACHE_TIER_SEMANTIC,
-    "stale": common_pb2.CACHE_TIER_STALE,
-}
-CACHE_TIER_FROM_PROTO = {v: k for k, v in CACHE_TIER_TO_PROTO.items()}
-_HIT_TIERS = ("exact", "semantic", "stale")
-CACHE_MODE_TO_PROTO = {
-    "": common_pb2.CACHE_MODE_UNSPECIFIED,
-    "bypass": common_pb2.CACHE_MODE_BYPASS,
-    "refresh": common_pb2.CACHE_MODE_REFRESH,
-}
-CACHE_MODE_FROM_PROTO = {v: k for k, v in CACHE_MODE_TO_PROTO.items()}
 # Misses after which a semantic lookup can still find something.
 _SEMANTIC_WORTHWHILE = {cache_pb2.MISS_REASON_NOT_FOUND, cache_pb2.MISS_REASON_EXPIRED}
 
@@ -47,7 +30,7 @@ _SEMANTIC_WORTHWHILE = {cache_pb2.MISS_REASON_NOT_FOUND, cache_pb2.MISS_REASON_E
 class CacheHit:
     """A cached answer and how it was found."""
 
-    tier: str  # "exact", "semantic" or "stale"
+    tier: CacheTier  # EXACT, SEMANTIC or STALE
     text: str
     model: str
     provider: str
@@ -63,11 +46,15 @@ class CacheRequest:
     """Who asks, where, and how."""
 
     chat: ChatRequest
-    source: Message  # the gateway request the chat came from
     namespace: str
     tenant: str
     user: str
-    mode: str  # "", "bypass" or "refresh"
+    mode: CacheMode
+
+    @classmethod
+    def of(cls, request: GatewayRequest) -> CacheRequest:
+        """The cache's view of a gateway request."""
+        return cls(request.chat, request.cache.namespace, request.chat.tenant, request.user, request.cache.mode)
 
 
 @dataclasses.dataclass
@@ -79,18 +66,35 @@ class Lookup:
     semantic_possible: bool = False
 
 
-def _fingerprint(req: CacheRequest) -> cache_pb2.RequestFingerprint:
-    # Every field the gateway request shares with the fingerprint is copied by the cache's own
-    # helper, whose test walks the request descriptor; max_tokens is the effective value, so a
-    # change of the default never serves an answer cut at another length.
-    fp = fingerprint_from(req.source)
-    fp.max_tokens = req.chat.max_tokens
-    return fp
+def lookup_request(
+    req: CacheRequest,
+    vector: list[float] | None,
+    embedding_model: str,
+    *,
+    allow_stale: bool = False,
+    semantic_only: bool = False,
+) -> cache_pb2.LookupRequest:
+    """The LookupRequest for ``req`` (with ``vector`` for tier 2, made by ``embedding_model``).
+
+    The fingerprint's max_tokens is the effective value the gateway filled in, so a change of
+    the default never serves an answer cut at another length.
+    """
+    return cache_pb2.LookupRequest(
+        namespace=req.namespace,
+        tenant_id=req.tenant,
+        user_id=req.user,
+        fingerprint=codec.fingerprint_to_proto(req.chat),
+        embedding=vector or (),
+        embedding_model=embedding_model if vector else "",
+        mode=codec.cache_mode_to_proto(req.mode),
+        allow_stale=allow_stale,
+        semantic_only=semantic_only,
+    )
 
 
 def _hit(reply: cache_pb2.LookupResponse) -> CacheHit | None:
-    tier = CACHE_TIER_FROM_PROTO.get(reply.tier, "")
-    if tier not in _HIT_TIERS:
+    tier = codec.cache_tier_from_proto(reply.tier)
+    if not tier.is_hit:
         return None
     a = reply.answer
     return CacheHit(
@@ -98,8 +102,8 @@ def _hit(reply: cache_pb2.LookupResponse) -> CacheHit | None:
         text=a.text,
         model=a.model,
         provider=a.provider,
-        finish_reason=FINISH_FROM_PROTO.get(a.finish_reason, "stop"),
-        usage=Usage(a.usage.input_tokens, a.usage.output_tokens, a.usage.cached_input_tokens),
+        finish_reason=codec.finish_reason_from_proto(a.finish_reason, "stop"),
+        usage=codec.usage_from_proto(a.usage),
         entry_id=a.entry_id,
         similarity=reply.similarity,
         sample_for_quality=reply.sample_for_quality,
@@ -124,26 +128,11 @@ class CacheClient:
         self.lookup_timeout_s = lookup_timeout_s
         self.embed_timeout_s = embed_timeout_s
 
-    def _lookup_request(
-        self, req: CacheRequest, vector: list[float] | None, allow_stale: bool, semantic_only: bool
-    ) -> cache_pb2.LookupRequest:
-        return cache_pb2.LookupRequest(
-            namespace=req.namespace,
-            tenant_id=req.tenant,
-            user_id=req.user,
-            fingerprint=_fingerprint(req),
-            embedding=vector or (),
-            embedding_model=self.embedding_model if vector else "",
-            mode=CACHE_MODE_TO_PROTO[req.mode],
-            allow_stale=allow_stale,
-            semantic_only=semantic_only,
-        )
-
     async def _lookup(
         self, req: CacheRequest, vector: list[float] | None, allow_stale: bool, semantic_only: bool = False
     ) -> cache_pb2.LookupResponse:
         return await self.cache.Lookup(
-            self._lookup_request(req, vector, allow_stale, semantic_only),
+            lookup_request(req, vector, self.embedding_model, allow_stale=allow_stale, semantic_only=semantic_only),
             timeout=self.lookup_timeout_s,
             metadata=propagation.outgoing(),
         )
@@ -219,15 +208,15 @@ class CacheClient:
                     namespace=req.namespace,
                     tenant_id=req.tenant,
                     user_id=req.user,
-                    fingerprint=_fingerprint(req),
+                    fingerprint=codec.fingerprint_to_proto(req.chat),
                     embedding=vector or (),
                     embedding_model=self.embedding_model if vector else "",
-                    mode=CACHE_MODE_TO_PROTO[req.mode],
+                    mode=codec.cache_mode_to_proto(req.mode),
                     text=text,
-                    usage=usage_to_proto(usage),
+                    usage=codec.usage_to_proto(usage),
                     model=model,
                     provider=provider,
-                    finish_reason=FINISH_TO_PROTO[finish_reason],
+                    finish_reason=codec.finish_reason_to_proto(finish_reason),
                 ),
                 timeout=self.lookup_timeout_s * 4,
             )

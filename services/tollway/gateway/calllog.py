@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
 
+from tollway.gateway.callrecord import CallRecord
 from tollway.gateway.store import GatewayStore
 
 log = logging.getLogger("tollway.gateway.calls")
-
-Record = Mapping[str, str | int | float]
 
 
 class CallLog:
@@ -26,10 +24,10 @@ class CallLog:
         self.store = store
         self.interval_s = interval_s
         self.batch_size = batch_size
-        self._waiting: list[Record] = []
+        self._waiting: list[CallRecord] = []
         self._flusher: asyncio.Task[None] | None = None
 
-    def add(self, record: Record) -> None:
+    def add(self, record: CallRecord) -> None:
         """Queues ``record``; never blocks and never raises."""
         self._waiting.append(record)
         if len(self._waiting) >= self.batch_size:
@@ -53,7 +51,8 @@ class CallLog:
         if not batch:
             return
         try:
-            await self.store.append_calls(batch)
+            # Serialised here, off the response path, like the write itself.
+            await self.store.append_calls([record.stream_fields() for record in batch])
         except Exception:
             log.warning("could not store %d call records", len(batch), exc_info=True)
 

@@ -11,22 +11,24 @@ import hashlib
 import logging
 import re
 import time
-import uuid
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
+from tollway.common.caching import CacheMode, CacheTier
 from tollway.common.catalog import Catalog
+from tollway.common.chat import ChatRequest, FinishReason, TextDelta, Usage, merge_deltas
+from tollway.common.route import RouteCompleted, RouteStarted, StreamFailed
 from tollway.gateway import metrics
-from tollway.gateway.auth import KeyRing, Tenant
-from tollway.gateway.cache_client import CACHE_MODE_FROM_PROTO, CacheClient, CacheHit, CacheRequest
+from tollway.gateway.auth import KeyRing
+from tollway.gateway.cache_client import CacheClient, CacheHit, CacheRequest
 from tollway.gateway.calllog import CallLog
+from tollway.gateway.callrecord import CallRecord
+from tollway.gateway.request import GatewayRequest
 from tollway.gateway.router_client import RouterClient
 from tollway.gateway.store import GatewayStore
-from tollway.gateway.validation import ChatRequestLike, Limits, check
+from tollway.gateway.validation import Limits
 from tollway.mesh.errors import ResourceExhausted, TollwayError, Unavailable
 from tollway.mesh.streams import coalesce
-from tollway.router.engine import RouteCompleted, RouteStarted, StreamFailed
-from tollway.router.types import ChatMessage, ChatRequest, FinishReason, TextDelta, Usage, merge_deltas
 
 log = logging.getLogger("tollway.gateway")
 
@@ -40,7 +42,7 @@ class Started:
     model: str
     provider: str
     attempt_count: int
-    cache_tier: str  # "miss", "exact", "semantic", "stale", or "" when the cache was not asked
+    cache_tier: CacheTier
     degraded: bool = False
 
 
@@ -80,7 +82,7 @@ class _Call:
 
     chat: ChatRequest
     start: float
-    record: dict[str, str | int | float]
+    record: CallRecord
     parts: list[str] = dataclasses.field(default_factory=list)
     ttft_ms: int = 0
     usage: Usage = dataclasses.field(default_factory=Usage)
@@ -120,27 +122,8 @@ class Gateway:
         self.request_timeout_s = request_timeout_s
         self._background: set[asyncio.Task[None]] = set()
 
-    async def admit(self, req: ChatRequestLike, metadata: Sequence[tuple[str, str | bytes]]) -> Tenant:
-        """Authenticates, then validates; raises before anything is spent."""
-        tenant = await self.keys.authenticate(metadata)
-        check(req, self.limits)
-        return tenant
-
-    def chat_request(self, req: ChatRequestLike, tenant: Tenant) -> ChatRequest:
-        return ChatRequest(
-            model=req.model,
-            messages=tuple(ChatMessage(m.role, m.content, m.name) for m in req.messages),
-            max_tokens=req.max_tokens or self.limits.default_max_tokens,
-            temperature=req.temperature if req.HasField("temperature") else None,
-            top_p=req.top_p if req.HasField("top_p") else None,
-            stop=tuple(req.stop),
-            seed=req.seed if req.HasField("seed") else None,
-            request_id=req.request_id or uuid.uuid4().hex,
-            tenant=tenant.name,
-        )
-
     async def generate(
-        self, req: ChatRequestLike, tenant: Tenant, deadline_s: float | None = None, *, stream: bool = True
+        self, request: GatewayRequest, timeout_s: float | None = None, *, stream: bool = True
     ) -> AsyncIterator[GatewayEvent]:
         """Streams Started, TextDelta..., then Completed or Failed.
 
@@ -151,31 +134,30 @@ class Gateway:
         status); after Started they arrive as Failed. When every provider failed and the
         cache holds a stale answer within its grace period, that answer is served instead,
         marked degraded.
+
+        Args:
+            request: The checked request.
+            timeout_s: Seconds the caller will wait, or None; the gateway's own request
+                timeout caps it either way.
+            stream: Whether the caller streams the answer.
         """
-        chat = self.chat_request(req, tenant)
-        call = _Call(chat, time.perf_counter(), self._record(req, chat, tenant))
+        chat = request.chat
+        call = _Call(chat, time.perf_counter(), self._record(request))
         cache_req: CacheRequest | None = None
-        mode = CACHE_MODE_FROM_PROTO.get(req.cache_policy.mode, "")
-        if self.cache is not None and mode != "bypass":
-            cache_req = CacheRequest(
-                chat,
-                req,
-                req.cache_policy.namespace or "default",
-                tenant.name,
-                req.user,
-                mode,  # type: ignore[arg-type]
-            )
+        if self.cache is not None and request.cache.mode is not CacheMode.BYPASS:
+            cache_req = CacheRequest.of(request)
         try:
             lookup = await self.cache.lookup(cache_req) if self.cache and cache_req else None
             if lookup is not None and lookup.hit is not None:
                 async for event in self._replay(call, lookup.hit, degraded=False, stream=stream):
                     yield event
-                if lookup.hit.sample_for_quality and lookup.hit.tier == "semantic":
+                if lookup.hit.sample_for_quality and lookup.hit.tier is CacheTier.SEMANTIC:
                     self._later(self._quality_sample(cache_req, lookup.hit))  # type: ignore[arg-type]
                 return
-            call.record["cache_tier"] = "miss" if cache_req else ""
+            tier = CacheTier.MISS if cache_req else CacheTier.NOT_CONSULTED
+            call.record.cache_tier = tier
             try:
-                async for event in self._from_router(call, deadline_s, "miss" if cache_req else "", stream):
+                async for event in self._from_router(call, timeout_s, tier, stream):
                     yield event
             except (Unavailable, ResourceExhausted):
                 # Every provider of the chain is down or rate-limiting: a stale answer beats none.
@@ -184,12 +166,12 @@ class Gateway:
                     if stale is not None:
                         call.status = "DEGRADED"
                         async for event in self._replay(
-                            call, dataclasses.replace(stale, tier="stale"), degraded=True, stream=stream
+                            call, dataclasses.replace(stale, tier=CacheTier.STALE), degraded=True, stream=stream
                         ):
                             yield event
                         return
                 raise
-            complete = call.status == "OK" and call.record["finish_reason"] in ("stop", "length")
+            complete = call.status == "OK" and call.record.finish_reason in ("stop", "length")
             if cache_req is not None and complete and self.cache is not None:
                 self._later(
                     self.cache.store(
@@ -197,9 +179,9 @@ class Gateway:
                         lookup.vector if lookup else None,
                         "".join(call.parts),
                         call.usage,
-                        str(call.record["model"]),
-                        str(call.record["provider"]),
-                        call.record["finish_reason"],  # type: ignore[arg-type]
+                        call.record.model,
+                        call.record.provider,
+                        call.record.finish_reason,
                     )
                 )
         except TollwayError as exc:
@@ -215,9 +197,9 @@ class Gateway:
             self._finish_record(call)
 
     async def _from_router(
-        self, call: _Call, deadline_s: float | None, tier: str, stream: bool
+        self, call: _Call, timeout_s: float | None, tier: CacheTier, stream: bool
     ) -> AsyncIterator[GatewayEvent]:
-        timeout = min(deadline_s, self.request_timeout_s) if deadline_s else self.request_timeout_s
+        timeout = min(timeout_s, self.request_timeout_s) if timeout_s else self.request_timeout_s
         assert self.router is not None, "Gateway.router is set when the service starts"
         fallback: tuple[str, ...] = ()
         record = call.record
@@ -231,15 +213,11 @@ class Gateway:
                 call.parts.append(event.text)
                 yield event
             elif isinstance(event, RouteStarted):
-                record.update(
-                    model=event.model,
-                    provider=event.provider,
-                    attempts=event.attempt_count,
-                    deployment=event.deployment,
-                    fallback_path=" > ".join(event.fallback_path),
-                )
+                record.model, record.provider = event.model, event.provider
+                record.attempts, record.deployment = event.attempt_count, event.deployment
+                record.fallback_path = " > ".join(event.fallback_path)
                 if event.decision is not None:
-                    record.update(route_method=event.decision.how, route_reason=event.decision.reason)
+                    record.route_method, record.route_reason = event.decision.how, event.decision.reason
                 fallback = event.fallback_path
                 call.started = True
                 yield Started(call.chat.request_id, event.model, event.provider, event.attempt_count, tier)
@@ -247,14 +225,14 @@ class Gateway:
                 call.usage = event.usage
                 # The router prices with everything it knows (cache writes included).
                 call.cost = event.cost_usd_micros
-                record["finish_reason"] = event.finish_reason
+                record.finish_reason = event.finish_reason
                 latency_ms = call.elapsed_ms()
                 yield Completed(
                     event.finish_reason, event.usage, call.cost, latency_ms, call.ttft_ms or latency_ms, fallback
                 )
             elif isinstance(event, StreamFailed):
                 call.status, call.usage = event.reason, event.partial_usage
-                call.cost = self._price(str(record["model"]), event.partial_usage)
+                call.cost = self._price(record.model, event.partial_usage)
                 yield Failed(event.code, event.message, event.reason, event.partial_usage)
 
     def _price(self, model: str, usage: Usage) -> int:
@@ -268,7 +246,9 @@ class Gateway:
 
     async def _replay(self, call: _Call, hit: CacheHit, *, degraded: bool, stream: bool) -> AsyncIterator[GatewayEvent]:
         """Streams a cached answer as a fresh one would arrive (in one piece when nobody streams it)."""
-        call.record.update(model=hit.model, provider=hit.provider, cache_tier=hit.tier, cache_entry=hit.entry_id)
+        record = call.record
+        record.model, record.provider = hit.model, hit.provider
+        record.cache_tier, record.cache_entry = hit.tier, hit.entry_id
         call.started = True
         yield Started(call.chat.request_id, hit.model, hit.provider, 0, hit.tier, degraded)
         for piece in replay_pieces(hit.text) if stream else [hit.text]:
@@ -292,41 +272,30 @@ class Gateway:
             return
         await self.cache.record_quality(cache_req.namespace, hit, "".join(parts))
 
-    def _record(self, req: ChatRequestLike, chat: ChatRequest, tenant: Tenant) -> dict[str, str | int | float]:
-        return {
-            "request_id": chat.request_id,
-            "timestamp": round(time.time(), 3),
-            "tenant": tenant.name,
-            "feature": req.feature,
-            "user": req.user,
-            "model": chat.model,
-            "provider": "",
-            "prompt_template": "",
-            "prompt_version": "",
-            "cache_tier": "",
-            "cache_entry": "",
-            "attempts": 0,
-            "deployment": "",
-            "fallback_path": "",
-            "route_method": "",
-            "route_reason": "",
-            "finish_reason": "",
-            "prompt_hash": _digest(repr([(m.role, m.content) for m in chat.messages])),
-        }
+    @staticmethod
+    def _record(request: GatewayRequest) -> CallRecord:
+        chat = request.chat
+        return CallRecord.begin(
+            chat.request_id,
+            chat.tenant,
+            request.feature,
+            request.user,
+            chat.model,
+            _digest(repr([(m.role, m.content) for m in chat.messages])),
+        )
 
     def _finish_record(self, call: _Call) -> None:
-        call.record.update(
-            input_tokens=call.usage.input_tokens,
-            output_tokens=call.usage.output_tokens,
-            cached_tokens=call.usage.cached_input_tokens,
-            cost_usd=call.cost / 1e6,
-            latency_ms=call.elapsed_ms(),
-            ttft_ms=call.ttft_ms,
-            status=call.status,
-            response_hash=_digest("".join(call.parts)) if call.parts else "",
-        )
-        metrics.observe_request(call.record)
-        self.calls.add(call.record)
+        record = call.record
+        record.input_tokens = call.usage.input_tokens
+        record.output_tokens = call.usage.output_tokens
+        record.cached_tokens = call.usage.cached_input_tokens
+        record.cost_usd = call.cost / 1e6
+        record.latency_ms = call.elapsed_ms()
+        record.ttft_ms = call.ttft_ms
+        record.status = call.status
+        record.response_hash = _digest("".join(call.parts)) if call.parts else ""
+        metrics.observe_request(record)
+        self.calls.add(record)
 
     def _later(self, work: Coroutine[Any, Any, None]) -> None:
         # Off the response path: the client has its answer before this runs.

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from prometheus_client import Counter, Histogram
 
+from tollway.gateway.callrecord import CallRecord
 from tollway.mesh.metrics import LATENCY_BUCKETS
 
 REQUESTS = Counter(
@@ -20,12 +19,13 @@ LATENCY_SECONDS = Histogram(
 )
 
 
-def observe_request(record: Mapping[str, str | int | float]) -> None:
-    model = str(record["model"])
-    REQUESTS.labels(model, str(record["cache_tier"]), str(record["status"])).inc()
-    TOKENS.labels(model, "input").inc(int(record["input_tokens"]))
-    TOKENS.labels(model, "output").inc(int(record["output_tokens"]))
-    LATENCY_SECONDS.observe(int(record["latency_ms"]) / 1000)
+def observe_request(record: CallRecord) -> None:
+    """Counts a finished request (its record is complete)."""
+    model = record.model
+    REQUESTS.labels(model, record.cache_tier.value, record.status).inc()
+    TOKENS.labels(model, "input").inc(record.input_tokens)
+    TOKENS.labels(model, "output").inc(record.output_tokens)
+    LATENCY_SECONDS.observe(record.latency_ms / 1000)
 
 
 CACHE_ERRORS = Counter(

@@ -2,36 +2,88 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 
 import grpc
 
+from tollway.common import codec
+from tollway.common.chat import ChatMessage, ChatRequest, TextDelta
 from tollway.common.v1 import common_pb2
-from tollway.gateway.cache_client import CACHE_TIER_TO_PROTO
+from tollway.gateway.auth import Tenant
 from tollway.gateway.lifecycle import Completed, Failed, Gateway, Started
+from tollway.gateway.models import list_models
+from tollway.gateway.request import GatewayRequest
 from tollway.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from tollway.gateway.validation import ChatRequestLike, check
 from tollway.mesh.errors import Unavailable, rpc_errors
-from tollway.router.service import FINISH_TO_PROTO, usage_to_proto
-from tollway.router.types import TextDelta
 
 DOMAIN = "gateway.tollway"
 
 
-def _deadline(context: grpc.aio.ServicerContext) -> float | None:
-    remaining = context.time_remaining()
-    return remaining if remaining is not None and remaining < 1e9 else None
+def request_from_proto(req: ChatRequestLike, tenant: Tenant, default_max_tokens: int) -> GatewayRequest:
+    """The domain request of a checked GenerateRequest or CompleteRequest.
+
+    Args:
+        req: The request, already checked by :func:`tollway.gateway.validation.check`.
+        tenant: Who the key belongs to.
+        default_max_tokens: The answer limit when the request sets none (0).
+    """
+    return GatewayRequest(
+        chat=ChatRequest(
+            model=req.model,
+            messages=tuple(ChatMessage(m.role, m.content, m.name) for m in req.messages),
+            max_tokens=req.max_tokens or default_max_tokens,
+            temperature=req.temperature if req.HasField("temperature") else None,
+            top_p=req.top_p if req.HasField("top_p") else None,
+            stop=tuple(req.stop),
+            seed=req.seed if req.HasField("seed") else None,
+            request_id=req.request_id or uuid.uuid4().hex,
+            tenant=tenant.name,
+        ),
+        user=req.user,
+        feature=req.feature,
+        cache=codec.cache_policy_from_proto(req.cache_policy),
+    )
+
+
+def _seconds_left(context: grpc.aio.ServicerContext) -> float | None:
+    """Seconds until the caller's deadline, or None when it set none.
+
+    No cutoff for "no deadline" sentinels (some clients send the largest grpc-timeout instead
+    of none): the lifecycle caps whatever this returns with its own request timeout.
+    """
+    return context.time_remaining()
+
+
+def _completed(event: Completed) -> gateway_pb2.Completed:
+    return gateway_pb2.Completed(
+        finish_reason=codec.finish_reason_to_proto(event.finish_reason),
+        usage=codec.usage_to_proto(event.usage),
+        cost=common_pb2.Cost(cost_usd_micros=event.cost_usd_micros),
+        latency_ms=event.latency_ms,
+        ttft_ms=event.ttft_ms,
+        fallback_path=event.fallback_path,
+    )
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
 
+    async def _admit(self, request: ChatRequestLike, context: grpc.aio.ServicerContext) -> GatewayRequest:
+        """Authenticates, then checks every field, before anything is spent."""
+        tenant = await self.gateway.keys.authenticate(context.invocation_metadata() or ())
+        limits = self.gateway.limits
+        check(request, limits)
+        return request_from_proto(request, tenant, limits.default_max_tokens)
+
     @rpc_errors(DOMAIN)
     async def Generate(
         self, request: gateway_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[gateway_pb2.GenerateResponse]:
-        tenant = await self.gateway.admit(request, context.invocation_metadata() or ())
-        async for event in self.gateway.generate(request, tenant, _deadline(context)):
+        admitted = await self._admit(request, context)
+        async for event in self.gateway.generate(admitted, _seconds_left(context)):
             if isinstance(event, TextDelta):
                 yield gateway_pb2.GenerateResponse(delta=gateway_pb2.Delta(text=event.text))
             elif isinstance(event, Started):
@@ -41,7 +93,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                         model=event.model,
                         provider=event.provider,
                         attempt_count=event.attempt_count,
-                        cache_tier=CACHE_TIER_TO_PROTO[event.cache_tier],
+                        cache_tier=codec.cache_tier_to_proto(event.cache_tier),
                         degraded=event.degraded,
                     )
                 )
@@ -53,7 +105,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                         code=event.code,
                         message=event.message,
                         reason=event.reason,
-                        partial_usage=usage_to_proto(event.partial_usage),
+                        partial_usage=codec.usage_to_proto(event.partial_usage),
                     )
                 )
 
@@ -61,16 +113,16 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def Complete(
         self, request: gateway_pb2.CompleteRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.CompleteResponse:
-        tenant = await self.gateway.admit(request, context.invocation_metadata() or ())
+        admitted = await self._admit(request, context)
         out = gateway_pb2.CompleteResponse()
         parts: list[str] = []
-        async for event in self.gateway.generate(request, tenant, _deadline(context), stream=False):
+        async for event in self.gateway.generate(admitted, _seconds_left(context), stream=False):
             if isinstance(event, TextDelta):
                 parts.append(event.text)
             elif isinstance(event, Started):
                 out.request_id, out.model, out.provider = event.request_id, event.model, event.provider
                 out.attempt_count = event.attempt_count
-                out.cache_tier = CACHE_TIER_TO_PROTO[event.cache_tier]
+                out.cache_tier = codec.cache_tier_to_proto(event.cache_tier)
                 out.degraded = event.degraded
             elif isinstance(event, Completed):
                 c = _completed(event)
@@ -90,31 +142,17 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.ListModelsResponse:
         await self.gateway.keys.authenticate(context.invocation_metadata() or ())
-        catalog = self.gateway.catalog
-        out = gateway_pb2.ListModelsResponse()
-        for name in catalog.names():
-            model = catalog.resolve(name)
-            assert model is not None
-            out.models.append(
+        return gateway_pb2.ListModelsResponse(
+            models=[
                 gateway_pb2.ModelInfo(
-                    name=name,
-                    alias_of=model.name if model.name != name else "",
-                    provider=model.deployments[0].provider,
-                    tier=model.tier,
-                    context_window=model.context_window,
-                    input_price_usd_micros_per_million=round(model.price.input_usd * 1e6),
-                    output_price_usd_micros_per_million=round(model.price.output_usd * 1e6),
+                    name=m.name,
+                    alias_of=m.alias_of,
+                    provider=m.provider,
+                    tier=m.tier,
+                    context_window=m.context_window,
+                    input_price_usd_micros_per_million=m.input_price_usd_micros_per_million,
+                    output_price_usd_micros_per_million=m.output_price_usd_micros_per_million,
                 )
-            )
-        return out
-
-
-def _completed(event: Completed) -> gateway_pb2.Completed:
-    return gateway_pb2.Completed(
-        finish_reason=FINISH_TO_PROTO[event.finish_reason],
-        usage=usage_to_proto(event.usage),
-        cost=common_pb2.Cost(cost_usd_micros=event.cost_usd_micros),
-        latency_ms=event.latency_ms,
-        ttft_ms=event.ttft_ms,
-        fallback_path=event.fallback_path,
-    )
+                for m in list_models(self.gateway.catalog)
+            ]
+        )

@@ -31,13 +31,11 @@ class GatewayStore:
     async def list_keys(self) -> list[dict[str, str]]:
         return [json.loads(v) for v in (await self.redis.hgetall(KEYS_HASH)).values()]
 
-    async def append_calls(self, records: Sequence[Mapping[str, str | int | float]]) -> None:
-        """Appends call records to the stream in one pipelined round trip."""
+    async def append_calls(self, records: Sequence[Mapping[str, str]]) -> None:
+        """Appends call records (as ``CallRecord.stream_fields``) in one pipelined round trip."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for record in records:
-                pipe.xadd(
-                    CALLS_STREAM, {k: str(v) for k, v in record.items()}, maxlen=self.call_log_maxlen, approximate=True
-                )
+                pipe.xadd(CALLS_STREAM, dict(record), maxlen=self.call_log_maxlen, approximate=True)
             await pipe.execute()
 
     async def recent_calls(self, count: int = 10) -> list[dict[str, str]]:

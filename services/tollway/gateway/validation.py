@@ -1,4 +1,4 @@
-"""Checks a chat request before anything is spent on it, and turns it into domain values."""
+"""Checks a chat request as it arrived, before anything is spent on it."""
 
 from __future__ import annotations
 
@@ -20,6 +20,11 @@ class _Message(Protocol):
     name: str
 
 
+class _CachePolicy(Protocol):
+    namespace: str
+    mode: int
+
+
 class ChatRequestLike(Protocol):
     """The fields GenerateRequest and CompleteRequest share."""
 
@@ -33,6 +38,7 @@ class ChatRequestLike(Protocol):
     user: str
     feature: str
     request_id: str
+    cache_policy: _CachePolicy
 
     def HasField(self, name: str) -> bool: ...
 

@@ -8,21 +8,21 @@ from typing import Any
 
 import grpc
 
+from tollway.common import codec
+from tollway.common.caching import CacheMode
 from tollway.common.v1 import common_pb2
-from tollway.gateway.cache_client import CACHE_MODE_TO_PROTO, CACHE_TIER_FROM_PROTO
 from tollway.gateway.v1 import gateway_pb2
 from tollway.mesh.errors import InvalidArgument
-from tollway.router.service import FINISH_FROM_PROTO
 
 
 def finish(value: int) -> str:
     """OpenAI's finish_reason for a proto one (Tollway's names are OpenAI's)."""
-    return FINISH_FROM_PROTO.get(value) or "stop"
+    return codec.finish_reason_from_proto(value, "stop")
 
 
 def tier(value: int) -> str:
     """The ``x-tollway-cache-tier`` header value: the tier's name, or "none" when the cache was not asked."""
-    return CACHE_TIER_FROM_PROTO.get(value) or "none"
+    return codec.cache_tier_from_proto(value).value or "none"
 
 
 # gRPC status -> (HTTP status, OpenAI error type), as OpenAI clients expect them.
@@ -107,7 +107,11 @@ def chat_request(body: Any) -> tuple[gateway_pb2.GenerateRequest, bool, bool]:
     return req, stream, include_usage
 
 
-_HEADER_MODES = {**CACHE_MODE_TO_PROTO, "default": common_pb2.CACHE_MODE_UNSPECIFIED}
+# The header names a mode as CacheMode does; "default" (or nothing) is the normal mode.
+_HEADER_MODES = {
+    **{m.value: codec.cache_mode_to_proto(m) for m in CacheMode},
+    "default": common_pb2.CACHE_MODE_UNSPECIFIED,
+}
 
 
 def apply_cache_headers(req: gateway_pb2.GenerateRequest, headers: Any) -> None:

@@ -14,8 +14,8 @@ import importlib
 import re
 from typing import Protocol
 
+from tollway.common.chat import ChatRequest
 from tollway.router.tokens import count_tokens
-from tollway.router.types import ChatRequest
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,6 +23,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from tollway.common.catalog import Catalog, CatalogSource, Deployment, Model
+from tollway.common.chat import ChatRequest, TextDelta, ToolCall, Usage
+from tollway.common.route import RouteCompleted, RouteEvent, RouteStarted, RoutingDecision, StreamFailed
 from tollway.mesh import errors
 from tollway.router import metrics
 from tollway.router.balancer import Balancer
@@ -30,77 +32,14 @@ from tollway.router.breaker import Breakers, Permit
 from tollway.router.classifier import ComplexityClassifier, load_classifier
 from tollway.router.policy import BACKGROUND, INTERACTIVE, RetryPolicy
 from tollway.router.providers.base import ProviderAdapter
-from tollway.router.routing import RoutingDecision, decide, unfit_reason
+from tollway.router.routing import decide, unfit_reason
 from tollway.router.tokens import count_prompt_tokens, count_tokens
 from tollway.router.tools import ToolCallAssembler, ToolCallError
-from tollway.router.types import (
-    ChatRequest,
-    Completion,
-    ErrorKind,
-    FinishReason,
-    ProviderError,
-    StreamEnd,
-    TextDelta,
-    ToolCall,
-    ToolCallDelta,
-    Usage,
-    UsageUpdate,
-)
+from tollway.router.types import Completion, ErrorKind, ProviderError, StreamEnd, ToolCallDelta, UsageUpdate
 from tollway.router.validation import check_answer
 
 log = logging.getLogger("tollway.router.engine")
 
-
-@dataclasses.dataclass(frozen=True)
-class RouteStarted:
-    """An attempt produced its first output; everything after belongs to it.
-
-    Attributes:
-        attempt_count: Provider calls made for this request so far, this one included.
-        fallback_path: Models left before this one, each as "model (WHY)".
-        decision: How the first model of the chain was chosen.
-        deployment: The deployment answering, as ``provider/model/name``.
-    """
-
-    model: str
-    provider: str
-    attempt_count: int
-    fallback_path: tuple[str, ...] = ()
-    decision: RoutingDecision | None = None
-    deployment: str = ""
-
-
-@dataclasses.dataclass(frozen=True)
-class RouteCompleted:
-    """The answer is complete.
-
-    Attributes:
-        usage_reported: Whether the provider reported the usage (else it was counted here).
-        tool_calls: The tool calls the model asked for, with valid JSON arguments.
-        cost_usd_micros: The answer's cost at the catalog's prices.
-        discarded_usage: Tokens spent on answers thrown away (a cascade's rejected small answer).
-    """
-
-    finish_reason: FinishReason
-    usage: Usage
-    usage_reported: bool
-    provider_ttft_ms: int
-    tool_calls: tuple[ToolCall, ...] = ()
-    cost_usd_micros: int = 0
-    discarded_usage: Usage = dataclasses.field(default_factory=Usage)
-
-
-@dataclasses.dataclass(frozen=True)
-class StreamFailed:
-    """The provider failed after text was streamed."""
-
-    code: int
-    message: str
-    reason: str
-    partial_usage: Usage
-
-
-RouteEvent = RouteStarted | TextDelta | RouteCompleted | StreamFailed
 
 _UNAVAILABLE = 14
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import random
 
-from tollway.router.types import Policy
+from tollway.common.chat import Policy
 
 
 @dataclasses.dataclass(frozen=True)

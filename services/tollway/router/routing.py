@@ -8,39 +8,12 @@ goes to the small tier's model, and only escalates if that answer fails validati
 
 from __future__ import annotations
 
-import dataclasses
-
 from tollway.common.catalog import TIERS, Catalog, Model
+from tollway.common.chat import ChatRequest
+from tollway.common.route import RoutingDecision
 from tollway.mesh import errors
 from tollway.router.classifier import ComplexityClassifier
 from tollway.router.tokens import count_prompt_tokens
-from tollway.router.types import ChatRequest
-
-
-@dataclasses.dataclass(frozen=True)
-class RoutingDecision:
-    """The routing decision for one request.
-
-    Attributes:
-        requested: The model name the request gave ("auto", an alias, or a model).
-        model: The model the chain starts with (after a cascade, the one escalated to).
-        tier: That model's tier.
-        how: "named" (the request named it), "auto" (the classifier picked the tier) or
-            "cascade" (the small tier was tried first; see ``cascade_from``).
-        reason: Why, for a person reading the call record.
-        score: The classifier's complexity score (0 when named).
-        classifier: The classifier's name ("" when named).
-        cascade_from: The small model to try before ``model``, "" for no cascade.
-    """
-
-    requested: str
-    model: str
-    tier: str
-    how: str
-    reason: str
-    score: float = 0.0
-    classifier: str = ""
-    cascade_from: str = ""
 
 
 def required_capabilities(request: ChatRequest) -> set[str]:

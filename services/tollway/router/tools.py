@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from tollway.router.types import ToolCall, ToolCallDelta
+from tollway.common.chat import ToolCall
+from tollway.router.types import ToolCallDelta
 
 
 class ToolCallError(ValueError):

@@ -1,165 +1,18 @@
-"""The router's provider-neutral request, stream events and errors.
+"""What the router's adapters stream back, and how a provider call fails.
 
-Every adapter translates :class:`ChatRequest` into its wire format and its wire format
-back into :data:`StreamEvent` values; nothing provider-specific leaves an adapter except
-the provider's own error message, carried in :class:`ProviderError`.
+Every adapter translates :class:`tollway.common.chat.ChatRequest` into its wire format and
+its wire format back into :data:`StreamEvent` values; nothing provider-specific leaves an
+adapter except the provider's own error message, carried in :class:`ProviderError`. The
+values other services speak too (the request, usage, text deltas) live in
+:mod:`tollway.common.chat`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
-from typing import Any, Literal
 
-FinishReason = Literal["stop", "length", "tool_calls", "content_filter", ""]
-Policy = Literal["interactive", "background"]
-
-
-@dataclasses.dataclass(frozen=True)
-class ToolCall:
-    """A complete call the model asks the caller to make.
-
-    Attributes:
-        id: The provider's id for the call; tool results refer to it.
-        name: The tool's name.
-        arguments: The arguments as a JSON object text (always valid JSON, ``{}`` when empty).
-        index: Position of the call within the answer, from 0.
-    """
-
-    id: str
-    name: str
-    arguments: str
-    index: int = 0
-
-
-@dataclasses.dataclass(frozen=True)
-class ChatMessage:
-    """One conversation turn.
-
-    Attributes:
-        role: "system", "user", "assistant" or "tool".
-        content: The text of the turn.
-        name: Optional author name (OpenAI passes it on; others ignore it).
-        tool_calls: For an assistant turn, the tool calls it made.
-        tool_call_id: For a tool turn, the id of the call it answers.
-        cache_breakpoint: Ask providers with explicit prompt caching (Anthropic) to cache the
-            prompt up to and including this turn.
-    """
-
-    role: str
-    content: str
-    name: str = ""
-    tool_calls: tuple[ToolCall, ...] = ()
-    tool_call_id: str = ""
-    cache_breakpoint: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
-class Tool:
-    """A function the model may call.
-
-    Attributes:
-        name: The function name (``^[a-zA-Z0-9_-]{1,64}$``).
-        description: What it does, for the model.
-        parameters: A JSON Schema object describing the arguments.
-        cache_breakpoint: Cache the tool definitions up to and including this one (Anthropic).
-    """
-
-    name: str
-    description: str = ""
-    parameters: dict[str, Any] = dataclasses.field(default_factory=lambda: {"type": "object", "properties": {}})
-    cache_breakpoint: bool = False
-
-
-ToolChoiceMode = Literal["auto", "none", "required", "tool"]
-
-
-@dataclasses.dataclass(frozen=True)
-class ToolChoice:
-    """Whether and which tool the model must call; ``name`` is set when mode is "tool"."""
-
-    mode: ToolChoiceMode = "auto"
-    name: str = ""
-
-
-@dataclasses.dataclass(frozen=True)
-class ResponseFormat:
-    """The shape the answer must have.
-
-    Attributes:
-        type: "text", "json_object" (any JSON object) or "json_schema" (``schema``).
-        name: The schema's name (OpenAI requires one).
-        schema: The JSON Schema the answer must satisfy, for "json_schema".
-        strict: Ask the provider to enforce the schema exactly where it can.
-    """
-
-    type: Literal["text", "json_object", "json_schema"] = "text"
-    name: str = "answer"
-    schema: dict[str, Any] | None = None
-    strict: bool = True
-
-    @property
-    def wants_json(self) -> bool:
-        return self.type != "text"
-
-
-@dataclasses.dataclass(frozen=True)
-class ChatRequest:
-    """A provider-neutral chat request; adapters translate it to their wire format.
-
-    Attributes:
-        policy: How hard to try: "interactive" (fail fast) or "background" (back off and retry).
-        cascade: Try the small tier first and escalate on a failed validation; None means the
-            catalog's default. Only used when ``model`` is "auto".
-    """
-
-    model: str
-    messages: tuple[ChatMessage, ...]
-    max_tokens: int = 0
-    temperature: float | None = None
-    top_p: float | None = None
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-    request_id: str = ""
-    tenant: str = ""
-    tools: tuple[Tool, ...] = ()
-    tool_choice: ToolChoice = ToolChoice()
-    response_format: ResponseFormat = ResponseFormat()
-    policy: Policy = "interactive"
-    cascade: bool | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class Usage:
-    """Token counts of one call.
-
-    Attributes:
-        input_tokens: Prompt tokens, including cached ones and ones written to the cache.
-        output_tokens: Generated tokens.
-        cached_input_tokens: Prompt tokens read from the provider's prompt cache.
-        cache_write_input_tokens: Prompt tokens written to the provider's prompt cache
-            (Anthropic bills them at a premium).
-    """
-
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cached_input_tokens: int = 0
-    cache_write_input_tokens: int = 0
-
-    def __add__(self, other: Usage) -> Usage:
-        return Usage(
-            self.input_tokens + other.input_tokens,
-            self.output_tokens + other.output_tokens,
-            self.cached_input_tokens + other.cached_input_tokens,
-            self.cache_write_input_tokens + other.cache_write_input_tokens,
-        )
-
-
-@dataclasses.dataclass(frozen=True)
-class TextDelta:
-    """The next piece of the answer."""
-
-    text: str
+from tollway.common.chat import FinishReason, TextDelta, ToolCall, Usage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,13 +50,6 @@ class StreamEnd:
 
     finish_reason: FinishReason
     usage: Usage | None
-
-
-def merge_deltas(a: object, b: object) -> TextDelta | None:
-    """Joins two consecutive text deltas (for ``tollway.mesh.streams.coalesce``); None for anything else."""
-    if isinstance(a, TextDelta) and isinstance(b, TextDelta):
-        return TextDelta(a.text + b.text)
-    return None
 
 
 StreamEvent = TextDelta | ToolCallDelta | UsageUpdate | StreamEnd

@@ -13,7 +13,8 @@ import json
 import re
 from typing import Any
 
-from tollway.router.types import ChatRequest, Completion
+from tollway.common.chat import ChatRequest
+from tollway.router.types import Completion
 
 _GIVES_UP = re.compile(
     r"^\s*(i'?m sorry|sorry,|i apologi[sz]e|"

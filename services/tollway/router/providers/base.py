@@ -6,7 +6,8 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 from tollway.common.catalog import Deployment
-from tollway.router.types import ChatRequest, Completion, StreamEvent
+from tollway.common.chat import ChatRequest
+from tollway.router.types import Completion, StreamEvent
 
 
 class ProviderAdapter(Protocol):

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from tollway.common.catalog import Deployment
+from tollway.common.chat import ChatRequest, FinishReason, TextDelta, Usage
 from tollway.mesh.httpclient import HttpClient, Response
 from tollway.router.providers.wire import (
     new_client,
@@ -29,16 +30,12 @@ from tollway.router.providers.wire import (
 )
 from tollway.router.tools import ToolCallAssembler, ToolCallError
 from tollway.router.types import (
-    ChatRequest,
     Completion,
     ErrorKind,
-    FinishReason,
     ProviderError,
     StreamEnd,
     StreamEvent,
-    TextDelta,
     ToolCallDelta,
-    Usage,
     UsageUpdate,
 )
 

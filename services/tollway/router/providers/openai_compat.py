@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from tollway.common.catalog import Deployment
+from tollway.common.chat import ChatMessage, ChatRequest, FinishReason, TextDelta, Usage
 from tollway.mesh.httpclient import HttpClient, Response
 from tollway.router.providers.wire import (
     new_client,
@@ -25,19 +26,7 @@ from tollway.router.providers.wire import (
     stream_cut,
 )
 from tollway.router.tools import ToolCallAssembler, ToolCallError
-from tollway.router.types import (
-    ChatMessage,
-    ChatRequest,
-    Completion,
-    ErrorKind,
-    FinishReason,
-    ProviderError,
-    StreamEnd,
-    StreamEvent,
-    TextDelta,
-    ToolCallDelta,
-    Usage,
-)
+from tollway.router.types import Completion, ErrorKind, ProviderError, StreamEnd, StreamEvent, ToolCallDelta
 
 _FINISH: dict[str, FinishReason] = {
     "stop": "stop",
