@@ -47,13 +47,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.support.redis_server import local_redis
 from tollway.cache.cache import Cache, CacheSettings
-from tollway.cache.entries import Answer, Entry, LookupQuery, Requester, Tier
+from tollway.cache.entries import Answer, Entry, LookupQuery, Requester
 from tollway.cache.index import IndexParams, IndexRecord, Interner, SemanticIndex
-from tollway.cache.keys import CacheKeyInput, ChatMessage, Fingerprint, context_key, exact_key
+from tollway.cache.keys import CacheKeyInput, Fingerprint, context_key, exact_key
 from tollway.cache.namespaces import NamespaceRegistry
 from tollway.cache.scope import Scope
 from tollway.cache.store import CacheStore
 from tollway.cache.sync import IndexSync
+from tollway.common.caching import CacheTier
+from tollway.common.chat import ChatMessage
 from tollway.mesh.redis import connect
 
 DIM = 384
@@ -285,7 +287,7 @@ async def bench_cache(n: int, params: IndexParams, queries: int, data: str, scra
             t = time.perf_counter()
             out = await cache.lookup(q)
             exact_lat.append(time.perf_counter() - t)
-            assert out.tier == Tier.EXACT
+            assert out.tier == CacheTier.EXACT
         for i in picks:
             i = int(i)
             q = LookupQuery(
@@ -297,7 +299,7 @@ async def bench_cache(n: int, params: IndexParams, queries: int, data: str, scra
             t = time.perf_counter()
             out = await cache.lookup(q)
             semantic_lat.append(time.perf_counter() - t)
-            semantic_hits += out.tier == Tier.SEMANTIC
+            semantic_hits += out.tier == CacheTier.SEMANTIC
 
         t = time.perf_counter()
         await cache.stop()  # writes the snapshot

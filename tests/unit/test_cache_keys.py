@@ -276,3 +276,13 @@ def test_nondeterministic_means_temperature_above_zero() -> None:
     assert not fp.nondeterministic
     assert not dataclasses.replace(fp, temperature=0.0).nondeterministic
     assert dataclasses.replace(fp, temperature=0.7).nondeterministic
+
+
+def test_a_message_with_router_only_fields_cannot_be_keyed() -> None:
+    # Only role, content and name are hashed: a tool call would otherwise be silently ignored.
+    fingerprint = Fingerprint(model="m", messages=(ChatMessage("tool", "21", tool_call_id="c"),))
+    key_input = CacheKeyInput.build(
+        namespace="n", scope=Scope.GLOBAL, tenant_id="", user_id="", fingerprint=fingerprint
+    )
+    with pytest.raises(ValueError, match="cannot key"):
+        exact_key(key_input)
