@@ -22,14 +22,15 @@ from tests.fakes.http import FakeHTTPServer
 from tests.fakes.procs import RedisServer, RouterProcess
 from tests.support.polling import eventually
 from tollway.common.catalog import parse_catalog
+from tollway.common.chat import ChatMessage, ChatRequest
+from tollway.common.route import RouteStarted
 from tollway.common.v1 import common_pb2
 from tollway.mesh import errors
 from tollway.mesh.errors import from_rpc_error
 from tollway.router.breaker import CLOSED, HALF_OPEN, OPEN, Breakers, BreakerSettings
-from tollway.router.engine import Router, RouteStarted
+from tollway.router.engine import Router
 from tollway.router.providers.openai_compat import OpenAICompatAdapter
 from tollway.router.store import RedisBreakerStore
-from tollway.router.types import ChatMessage, ChatRequest
 from tollway.router.v1 import router_pb2, router_pb2_grpc
 
 FAST = BreakerSettings(

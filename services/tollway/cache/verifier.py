@@ -11,7 +11,13 @@ rule (``reason``)         rejects when
 ``number_mismatch``       the normalised numbers differ ("top 5" vs "top 10", "twice" vs "three times")
 ``unit_mismatch``         one number in different units, or different units of one dimension ("°C" vs "°F")
 ``negation_mismatch``     one text is negated and the other is not (parity of not/no/never/without/n't...)
-``opposite_terms``        one text says a word and the other its antonym (before/after, ascending/descending)
+``opposite_terms``        one text says a word and the other its antonym or converse (before/after, lender/
+                          borrower), listed or made by a polarity prefix or suffix (encrypt/decrypt,
+                          inbound/outbound, employer/employee)
+``ordinal_mismatch``      the ordinals differ ("second" vs "third"), or one text puts an ordinal before a
+                          superlative the other has bare ("second largest" vs "largest", "next-to-last")
+``superlative_qualifier`` one superlative, but one text qualifies it further ("oldest living president" vs
+                          "oldest president", "best free laptops" vs "best laptops")
 ``class_mismatch``        both name a member of a closed class and the members differ: relative time
                           ("today"/"tomorrow", "this week"), month, weekday, natural language
 ``role_swap``             the same two words trade places around a directional word ("X to Y" vs "Y to X")
@@ -41,8 +47,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from difflib import SequenceMatcher
 
-from tollway.cache.verify_lexicon import ANTONYMS, UNIT_DIMENSIONS
-from tollway.cache.verify_text import DIRECTIONAL, Features, analyze, similar
+from tollway.cache.verify_lexicon import (
+    ANTONYMS,
+    NEGATING_PREFIXES,
+    SWAPPED_PREFIXES,
+    SWAPPED_SUFFIXES,
+    UNIT_DIMENSIONS,
+)
+from tollway.cache.verify_text import DIRECTIONAL, Features, analyze, similar, stem
 
 __all__ = ["ALL_RULES", "CONTRADICTION_RULES", "DEFAULT_RULES", "Verdict", "Verifier", "verify"]
 
@@ -79,6 +91,17 @@ def _numbers(query: Features, cached: Features) -> str | None:
 
 
 def _units(query: Features, cached: Features) -> str | None:
+    # Numbers that carry a unit on both sides must carry the same ones, as a multiset: "2GB or 2GB" vs
+    # "2GB or 2MB" shares the value 2 and the unit GB, and still asks about another product.
+    q_pairs = Counter((q.value, q.unit) for q in query.quantities if q.unit)
+    c_pairs = Counter((q.value, q.unit) for q in cached.quantities if q.unit)
+    shared_values = {v for v, _ in q_pairs} & {v for v, _ in c_pairs}
+    q_shared = Counter({k: n for k, n in q_pairs.items() if k[0] in shared_values})
+    c_shared = Counter({k: n for k, n in c_pairs.items() if k[0] in shared_values})
+    if q_shared != c_shared:
+        only_q = [f"{v} {u}" for v, u in (q_shared - c_shared).elements()]
+        only_c = [f"{v} {u}" for v, u in (c_shared - q_shared).elements()]
+        return f"{_fmt(only_q)} vs {_fmt(only_c)}"
     for value in sorted({q.value for q in query.quantities}):
         q_units = {q.unit for q in query.quantities if q.value == value and q.unit}
         c_units = {q.unit for q in cached.quantities if q.value == value and q.unit}
@@ -105,11 +128,74 @@ def _negation(query: Features, cached: Features) -> str | None:
 
 
 def _opposites(query: Features, cached: Features) -> str | None:
-    q_words, c_words = set(query.words), set(cached.words)
-    for word in sorted(q_words - c_words):
+    # Counted, not set-compared: "North Koreans ... South Korea" vs "South Koreans ... South Korea" has
+    # both words on one side and still swaps one of them.
+    q_count, c_count = Counter(query.words), Counter(cached.words)
+    more_q = {w for w in q_count if q_count[w] > c_count.get(w, 0)}
+    more_c = {w for w in c_count if c_count[w] > q_count.get(w, 0)}
+    for word in sorted(more_q):
         for opposite in ANTONYMS.get(word, ()):
-            if opposite in c_words and opposite not in q_words:
+            if opposite in more_c:
                 return f"{word} vs {opposite}"
+    # Inflected forms of listed pairs ("lenders" vs "borrowers"), then pairs made by polarity morphology.
+    only_q, only_c, *_ = _differences(query, cached)
+    for q_key in sorted(only_q):
+        for c_key in sorted(only_c):
+            if _STEM_ANTONYMS.get(q_key, frozenset()) & {c_key} or morphological_opposites(q_key, c_key):
+                return f"{q_key} vs {c_key}"
+    return None
+
+
+def morphological_opposites(left: str, right: str) -> bool:
+    """Whether two words are made opposite by a polarity prefix or suffix.
+
+    "encrypt"/"decrypt", "inbound"/"outbound", "upload"/"download" swap one prefix on one stem; "lock"/
+    "unlock", "legal"/"illegal" add a negating prefix; "employer"/"employee" swap a party suffix. The stem
+    must keep four letters, so "in"/"out" alone or "do"/"undo" do not count.
+
+    Args:
+        left: A lower-case word or comparison key.
+        right: Another.
+    """
+    if left == right:
+        return False
+    for a, b in SWAPPED_PREFIXES:
+        for x, y in ((left, right), (right, left)):
+            if x.startswith(a) and y.startswith(b) and x[len(a) :] == y[len(b) :] and len(x) - len(a) >= 4:
+                return True
+    for prefix in NEGATING_PREFIXES:
+        for x, y in ((left, right), (right, left)):
+            if y == prefix + x and len(x) >= 4:
+                return True
+    for a, b in SWAPPED_SUFFIXES:
+        for x, y in ((left, right), (right, left)):
+            if x.endswith(a) and y.endswith(b) and x[: -len(a)] == y[: -len(b)] and len(x) - len(a) >= 4:
+                return True
+    return False
+
+
+def _ordinals(query: Features, cached: Features) -> str | None:
+    q_ord, c_ord = Counter(query.ordinals), Counter(cached.ordinals)
+    if q_ord == c_ord:
+        return None
+    q_pos = Counter(position for position, _ in query.ordinals)
+    c_pos = Counter(position for position, _ in cached.ordinals)
+    if q_pos and c_pos and q_pos != c_pos:
+        return f"{_fmt(map(str, q_pos))} vs {_fmt(map(str, c_pos))}"
+    # One side alone names an ordinal: it matters when it ranks (before a superlative, or counted from the
+    # end); "my first car" vs "my car" asks the same.
+    extra = (q_ord - c_ord) + (c_ord - q_ord)
+    if any(ranks or position < -1 for position, ranks in extra):
+        return "+" + _fmt(str(position) for position, _ in extra.elements())
+    return None
+
+
+def _superlative_qualifier(query: Features, cached: Features) -> str | None:
+    q_sup, c_sup = query.superlatives or {}, cached.superlatives or {}
+    for word in sorted(q_sup.keys() & c_sup.keys()):
+        q_quals, c_quals = q_sup[word], c_sup[word]
+        if q_quals != c_quals and (q_quals < c_quals or c_quals < q_quals):
+            return f"{word} +{_fmt(q_quals ^ c_quals)}"
     return None
 
 
@@ -252,6 +338,8 @@ ALL_RULES: dict[str, _Rule] = {
     "unit_mismatch": _units,
     "negation_mismatch": _negation,
     "opposite_terms": _opposites,
+    "ordinal_mismatch": _ordinals,
+    "superlative_qualifier": _superlative_qualifier,
     "class_mismatch": _classes,
     "role_swap": _role_swap,
     "entity_swap": _entity_swap,
@@ -267,6 +355,8 @@ CONTRADICTION_RULES: tuple[str, ...] = (
     "unit_mismatch",
     "negation_mismatch",
     "opposite_terms",
+    "ordinal_mismatch",
+    "superlative_qualifier",
     "class_mismatch",
     "role_swap",
 )
@@ -274,6 +364,18 @@ CONTRADICTION_RULES: tuple[str, ...] = (
 # but lose on wordy questions, whose paraphrases often swap one content word for a synonym the lexicon does
 # not know; strict namespaces opt into them (see tollway.cache.presets).
 DEFAULT_RULES: tuple[str, ...] = (*CONTRADICTION_RULES, "entity_swap")
+
+
+def _stem_antonyms() -> dict[str, frozenset[str]]:
+    index: dict[str, set[str]] = {}
+    for word, opposites in ANTONYMS.items():
+        if " " in word:
+            continue
+        index.setdefault(stem(word), set()).update(stem(o) for o in opposites if " " not in o)
+    return {key: frozenset(values - {key}) for key, values in index.items()}
+
+
+_STEM_ANTONYMS = _stem_antonyms()
 
 
 class Verifier:

@@ -220,7 +220,103 @@ _ANTONYM_PAIRS: tuple[tuple[str, str], ...] = (
     ("overestimate", "underestimate"),
     ("overweight", "underweight"),
     ("overrated", "underrated"),
+    ("allowed", "forbidden"),
+    ("allow", "forbid"),
+    ("permitted", "prohibited"),
+    ("permit", "prohibit"),
+    ("safe", "dangerous"),
+    ("help", "hurt"),
+    ("improve", "worsen"),
+    ("cause", "prevent"),
+    ("benefit", "harm"),
+    ("strengthen", "weaken"),
+    ("succeed", "fail"),
+    ("pass", "fail"),
+    ("attach", "detach"),
+    ("connect", "disconnect"),
+    ("appear", "disappear"),
+    ("approve", "reject"),
+    ("approve", "deny"),
+    ("upgrade", "downgrade"),
+    ("upstream", "downstream"),
+    ("ingress", "egress"),
+    ("uplink", "downlink"),
+    ("inflow", "outflow"),
+    ("inhale", "exhale"),
+    ("expand", "collapse"),
+    ("accelerate", "decelerate"),
+    ("sink", "float"),
+    ("heat", "cool"),
+    ("acid", "base"),
+    ("earliest", "latest"),
+    ("strongest", "weakest"),
+    ("heaviest", "lightest"),
+    ("richest", "poorest"),
+    ("tallest", "shortest"),
+    ("oldest", "youngest"),
+    ("hottest", "coldest"),
+    ("priciest", "cheapest"),
+    ("begin", "end"),
+    ("start", "end"),
+    ("start", "finish"),
+    ("minimum", "maximum"),
+    ("omit", "include"),
+    # Converse relations: one event seen from either party; swapping them changes who does what.
+    ("lender", "borrower"),
+    ("buyer", "seller"),
+    ("employer", "employee"),
+    ("landlord", "tenant"),
+    ("creditor", "debtor"),
+    ("teacher", "student"),
+    ("doctor", "patient"),
+    ("host", "guest"),
+    ("sender", "recipient"),
+    ("predator", "prey"),
+    ("producer", "consumer"),
+    ("supplier", "customer"),
+    ("leader", "follower"),
+    ("master", "slave"),
+    ("interviewer", "interviewee"),
+    ("trainer", "trainee"),
+    ("payer", "payee"),
+    ("attacker", "defender"),
+    ("plaintiff", "defendant"),
+    ("prosecutor", "defendant"),
+    ("author", "reader"),
+    ("speaker", "listener"),
+    ("giver", "receiver"),
+    ("owner", "renter"),
+    ("insurer", "insured"),
+    ("nephew", "niece"),
+    ("women", "men"),
 )
+
+# Prefixes that turn a word into its opposite ("encrypt"/"decrypt", "inbound"/"outbound"): pairs of
+# prefixes swapped on one stem, and prefixes added to a bare stem. Used by the verifier's morphology test
+# on words that differ between the two texts, so that polarity pairs no list names are still seen.
+SWAPPED_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("in", "out"), ("in", "ex"), ("im", "ex"), ("up", "down"), ("en", "de"), ("over", "under"), ("pre", "post"),
+    ("inter", "intra"), ("micro", "macro"), ("hyper", "hypo"), ("in", "de"), ("ac", "de"), ("max", "min"),
+    ("inc", "dec"), ("as", "des"), ("im", "de"),
+)  # fmt: skip
+NEGATING_PREFIXES: tuple[str, ...] = ("un", "dis", "non", "non-", "de", "in", "im", "il", "ir", "anti", "mis")
+# Suffix pairs naming the two parties of one relation ("employer"/"employee") or opposite qualities.
+SWAPPED_SUFFIXES: tuple[tuple[str, str], ...] = (("er", "ee"), ("or", "ee"), ("ful", "less"))
+
+# Ordinal words and their positions; negative positions count from the end ("last" = -1).
+ORDINAL_WORDS: dict[str, int] = {
+    "first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "sixth": 6, "seventh": 7, "eighth": 8,
+    "ninth": 9, "tenth": 10, "penultimate": -2, "last": -1,
+}  # fmt: skip
+# Words ending in "-est" that are not superlatives (a superlative's qualifiers are compared).
+NOT_SUPERLATIVES: frozenset[str] = _words(
+    """
+    interest interests forest honest contest request suggest digest invest protest harvest manifest modest
+    arrest guest quest test rest west nest chest pest vest zest crest fest conquest pretest priest
+    inquest bequest behest tempest
+    """
+)
+SUPERLATIVE_WORDS: frozenset[str] = _words("best worst most least")
 
 
 def _antonym_index(pairs: tuple[tuple[str, str], ...]) -> dict[str, frozenset[str]]:
@@ -252,7 +348,8 @@ DENOMINATORS: dict[str, float] = {
 }  # fmt: skip
 
 # Suffix multipliers written against a number: "500k", "2M", "1.5bn".
-NUMBER_SUFFIXES: dict[str, float] = {"k": 1e3, "m": 1e6, "mm": 1e6, "bn": 1e9, "b": 1e9}
+# ("mm" is not one: "5mm" is millimetres far more often than millions in a question.)
+NUMBER_SUFFIXES: dict[str, float] = {"k": 1e3, "m": 1e6, "bn": 1e9, "b": 1e9}
 
 # Units by dimension. A number followed by (or glued to) one of these carries that unit; two texts that
 # give the same number in different units of one dimension ask different things ("5 km" vs "5 miles").
@@ -262,16 +359,20 @@ _UNIT_GROUPS: dict[str, tuple[str, ...]] = {
     "mile": ("mi", "mile", "miles"),
     "m": ("meter", "meters", "metre", "metres"),
     "cm": ("cm", "centimeter", "centimeters", "centimetre", "centimetres"),
-    "mm": ("millimeter", "millimeters", "millimetre", "millimetres"),
+    "mm": ("mm", "millimeter", "millimeters", "millimetre", "millimetres"),
     "ft": ("ft", "foot", "feet"),
     "inch": ("inch", "inches"),
     "yard": ("yd", "yard", "yards"),
     "kg": ("kg", "kgs", "kilogram", "kilograms", "kilo", "kilos"),
     "g": ("gram", "grams", "gr"),
+    "mg": ("mg", "mgs", "milligram", "milligrams"),
+    "mcg": ("mcg", "µg", "ug", "microgram", "micrograms"),
     "lb": ("lb", "lbs", "pound", "pounds"),
     "oz": ("oz", "ounce", "ounces"),
     "l": ("liter", "liters", "litre", "litres"),
     "ml": ("ml", "milliliter", "milliliters", "millilitre", "millilitres"),
+    "cl": ("cl", "centiliter", "centiliters", "centilitre", "centilitres"),
+    "dl": ("dl", "deciliter", "deciliters", "decilitre", "decilitres"),
     "gal": ("gal", "gallon", "gallons"),
     "cup": ("cup", "cups"),
     "tbsp": ("tbsp", "tablespoon", "tablespoons"),
@@ -292,10 +393,10 @@ _UNIT_GROUPS: dict[str, tuple[str, ...]] = {
     "week": ("week", "weeks"),
     "month": ("month", "months"),
     "year": ("yr", "yrs", "year", "years"),
-    "kb": ("kb",),
-    "mb": ("mb",),
-    "gb": ("gb",),
-    "tb": ("tb",),
+    "kb": ("kb", "kilobyte", "kilobytes"),
+    "mb": ("mb", "megabyte", "megabytes"),
+    "gb": ("gb", "gigabyte", "gigabytes"),
+    "tb": ("tb", "terabyte", "terabytes"),
     "mbps": ("mbps",),
     "gbps": ("gbps",),
     "mhz": ("mhz",),
@@ -315,8 +416,9 @@ for _canonical, _spellings in _UNIT_GROUPS.items():
 # left out: "hours", "days" are too common in ordinary wording to signal a different question.
 UNIT_DIMENSIONS: dict[str, str] = {
     **dict.fromkeys(("km", "mile", "m", "cm", "mm", "ft", "inch", "yard"), "length"),
-    **dict.fromkeys(("kg", "g", "lb", "oz"), "mass"),
-    **dict.fromkeys(("l", "ml", "gal", "cup", "tbsp", "tsp"), "volume"),
+    **dict.fromkeys(("kg", "g", "mg", "mcg", "lb", "oz"), "mass"),
+    **dict.fromkeys(("l", "ml", "cl", "dl", "gal", "cup", "tbsp", "tsp"), "volume"),
+    **dict.fromkeys(("kb", "mb", "gb", "tb"), "data"),
     **dict.fromkeys(("celsius", "fahrenheit"), "temperature"),
     **dict.fromkeys(("usd", "eur", "gbp", "jpy", "inr", "cny"), "currency"),
     **dict.fromkeys(("mph", "kmh"), "speed"),

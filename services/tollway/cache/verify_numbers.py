@@ -43,7 +43,7 @@ _NUMBER_RE = re.compile(
     r"(?:(?P<cur>[$€£¥₹])\s?)?"
     r"(?P<num>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)*)"
     r"(?:/(?P<den>\d+))?"
-    r"(?P<suffix>(?:k|mm|m|bn|b)(?![a-z]))?"
+    r"(?P<suffix>(?:k|m|bn|b)(?![a-z]))?"
     r"(?P<glued>%|°\s?[cf]\b|[a-z]+(?:/h)?)?",
     re.IGNORECASE,
 )

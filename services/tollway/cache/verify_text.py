@@ -17,9 +17,13 @@ from tollway.cache.verify_lexicon import (
     LANGUAGE_ALIASES,
     MONTH_ABBREVIATIONS,
     NEGATIONS,
+    NOT_SUPERLATIVES,
+    NUMBER_SUFFIXES,
     NUMBER_WORDS,
+    ORDINAL_WORDS,
     SCALE_WORDS,
     STOPWORDS,
+    SUPERLATIVE_WORDS,
     SYNONYMS,
     TIME_MODIFIERS,
     TIME_PERIODS,
@@ -29,7 +33,7 @@ from tollway.cache.verify_lexicon import (
 )
 from tollway.cache.verify_numbers import Quantity, extract_quantities
 
-__all__ = ["Features", "Token", "analyze", "similar", "stem"]
+__all__ = ["Features", "Token", "analyze", "is_superlative", "normalise_request", "similar", "stem"]
 
 # Words with letters, digits and the joiners that keep names whole ("c#", "c++", "node.js", "don't").
 _TOKEN_RE = re.compile(r"[^\W_](?:[\w'\u2019.+#-]*[\w+#])?")
@@ -41,6 +45,20 @@ _LETTER_RE = re.compile(r"[^\W\d_]")
 _UPPER_RE = re.compile(r"[A-Z]")
 _FIRST_PERSON = frozenset({"I", "I'm", "I've", "I'd", "I'll"})
 _CLITIC_RE = re.compile(r"'(?:s|ve|re|ll|d|m)$|(?<=s)'$")
+# A number glued to a unit, magnitude or ordinal suffix ("10GB", "5mg", "2nd"): a quantity, not a name.
+_GLUED_QUANTITY_RE = re.compile(r"^\d+(?:\.\d+)?([a-z%°]+)$")
+_ORDINAL_SUFFIXES = frozenset({"st", "nd", "rd", "th"})
+# Request wrappers that do not change what is asked: "can you tell me", "please", "quick question:". Removed
+# before analysis so that a wrapped and a bare question compare as one (general English phrasing, the kind
+# an assistant's users put around a search query).
+_WRAPPER_HEAD_RE = re.compile(
+    r"^\s*(?:(?:hi|hello|hey)\b[\s,!]*)?(?:(?:please|kindly|quick question|question|q)\s*[:,-]?\s*)?"
+    r"(?:(?:can|could|would|will)\s+you\s+(?:please\s+)?(?:tell|show|explain(?:\s+to)?|give|let)\s+me"
+    r"(?:\s+know)?\s*[:,-]?\s*|i\s+(?:want|would\s+like|need)\s+to\s+know\s*[:,-]?\s*"
+    r"|(?:please\s+)?(?:tell|show)\s+me\s*[:,-]\s*)?",
+    re.IGNORECASE,
+)
+_WRAPPER_TAIL_RE = re.compile(r"[\s,]*(?:please|thanks|thank you|pls|thx)?[\s?.!]*$", re.IGNORECASE)
 # Connectives that relate two arguments in one direction: swapping the arguments changes the question
 # ("convert X to Y", "X better than Y", "what do X think of Y"). Symmetric ones (and, or, vs) are absent.
 DIRECTIONAL = frozenset({"to", "into", "from", "than", "over", "of", "about", "for", "in", "on", "at", "by",
@@ -63,6 +81,25 @@ class Token:
     position: int
 
 
+def normalise_request(text: str) -> str:
+    """The question inside a request wrapper: "Can you tell me what X is, please?" -> "what X is".
+
+    Only wrappers at the very start or end are removed, so a wrapper word inside the question stays.
+    """
+    head = _WRAPPER_HEAD_RE.match(text)
+    body = text[head.end() :] if head else text
+    tail = _WRAPPER_TAIL_RE.search(body)
+    body = body[: tail.start()] if tail else body
+    return body if body.strip() else text
+
+
+def is_superlative(word: str) -> bool:
+    """Whether a lower-case word is a superlative ("largest", "best", "most"): its qualifiers matter."""
+    if word in SUPERLATIVE_WORDS:
+        return True
+    return len(word) >= 6 and word.endswith("est") and word.isalpha() and word not in NOT_SUPERLATIVES
+
+
 @dataclass(frozen=True, slots=True)
 class Features:
     """What the verifier compares about one text.
@@ -77,6 +114,10 @@ class Features:
         classes: Closed-class members named, by class ("month" -> {"june"}, "time" -> {"today"}).
         clause_starts: Positions of words that open a clause (after . , ; : ? ! or a bracket).
         units: Canonical units of measure (see ``UNIT_DIMENSIONS``) named anywhere, with or without a number.
+        ordinals: Ordinal positions named ("second" 2, "last" -1, "next-to-last" -2), each with whether it
+            modifies a superlative ("second largest").
+        superlatives: Each superlative said once, with the content keys of the words that qualify it
+            ("oldest living president" -> {"oldest": {"liv", "president"}}).
     """
 
     canonical: str
@@ -87,6 +128,8 @@ class Features:
     classes: dict[str, frozenset[str]]
     clause_starts: frozenset[int]
     units: frozenset[str]
+    ordinals: tuple[tuple[int, bool], ...] = ()
+    superlatives: dict[str, frozenset[str]] | None = None
 
     @property
     def keys(self) -> frozenset[str]:
@@ -202,6 +245,7 @@ def analyze(text: str) -> Features:
     Returns:
         Its features; the same object for the same text while it stays in the memo.
     """
+    text = normalise_request(text)
     matches = list(_TOKEN_RE.finditer(text))
     # In Title Case Headlines even function words are capitalised, and capitals say nothing about names.
     function_words = [m.group() for m in matches[1:] if m.group().lower() in STOPWORDS]
@@ -265,6 +309,9 @@ def analyze(text: str) -> Features:
             continue
         if _NUMERIC_RE.match(word) or word in NUMBER_WORDS or word in SCALE_WORDS:
             continue  # compared as quantities
+        glued = _GLUED_QUANTITY_RE.match(word)
+        if glued and (glued[1] in UNITS or glued[1] in NUMBER_SUFFIXES or glued[1] in _ORDINAL_SUFFIXES):
+            continue  # "10GB" is "10 GB": a quantity (compared as such), not a name
         if position > 0 and _is_number_word(words[position - 1]) and word in _QUANTITY_TAILS:
             continue  # "3 dollars", "10 km", "2 times", "one fourth": part of the quantity
         entity = _looks_like_name(surface, initial, title_case_text)
@@ -275,6 +322,8 @@ def analyze(text: str) -> Features:
             tokens.append(Token(_key(part), entity, position))
 
     quantities = extract_quantities(text)
+    ordinals = _ordinals(words)
+    superlatives = _superlatives(words, tokens)
     units = frozenset(UNITS[w] for w in words if w in UNITS and UNITS[w] in UNIT_DIMENSIONS) | frozenset(
         q.unit for q in quantities if q.unit in UNIT_DIMENSIONS
     )
@@ -287,7 +336,56 @@ def analyze(text: str) -> Features:
         classes={name: frozenset(members) for name, members in classes.items()},
         clause_starts=frozenset(clause_starts),
         units=units,
+        ordinals=ordinals,
+        superlatives=superlatives,
     )
+
+
+def _ordinals(words: list[str]) -> tuple[tuple[int, bool], ...]:
+    found: list[tuple[int, bool]] = []
+    i = 0
+    while i < len(words):
+        word = words[i]
+        position = ORDINAL_WORDS.get(word)
+        # "next-to-last", "second-to-last", "third to last": counted from the end.
+        if i + 2 < len(words) and words[i + 1] == "to" and words[i + 2] == "last" and (word == "next" or position):
+            found.append((-(position or 1) - 1, True))
+            i += 3
+            continue
+        if position is None or (word == "second" and _is_time_second(words, i)):
+            i += 1
+            continue
+        following = words[i + 1] if i + 1 < len(words) else ""
+        found.append((position, is_superlative(following)))
+        i += 1
+    return tuple(found)
+
+
+def _is_time_second(words: list[str], i: int) -> bool:
+    # "a second", "5 second delay", "per second", "a second or two": the unit, not the ordinal.
+    previous = words[i - 1] if i else ""
+    return previous in {"a", "per", "one", "every", "each", "milli", "split"} or _is_number_word(previous)
+
+
+_QUALIFIER_WIDTH = 3
+
+
+def _superlatives(words: list[str], tokens: list[Token]) -> dict[str, frozenset[str]]:
+    by_position = {token.position: token.key for token in tokens}
+    counts: dict[str, int] = {}
+    out: dict[str, frozenset[str]] = {}
+    for i, word in enumerate(words):
+        if not is_superlative(word):
+            continue
+        counts[word] = counts.get(word, 0) + 1
+        qualifiers = []
+        for j in range(i + 1, min(len(words), i + 1 + _QUALIFIER_WIDTH)):
+            if j not in by_position:
+                break  # a stopword ends the noun phrase: "largest city in Texas" -> {city}
+            qualifiers.append(by_position[j])
+        out[word] = frozenset(qualifiers)
+    # Only superlatives said once can be lined up between two texts.
+    return {word: qualifiers for word, qualifiers in out.items() if counts[word] == 1}
 
 
 _STEMMED_SYNONYMS: dict[str, str] = {stem(word): stem(rep) for word, rep in SYNONYMS.items()}
