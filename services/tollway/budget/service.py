@@ -1,0 +1,282 @@
+"""gRPC <-> domain translation for tollway.budget.v1. No budget logic lives here."""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from tollway.budget.budget import Budget
+from tollway.budget.types import (
+    CommitCommand,
+    Policy,
+    Priority,
+    Quota,
+    QuotaState,
+    Reservation,
+    ReserveCommand,
+    Scope,
+    State,
+    Unit,
+    UsageRow,
+    Window,
+)
+from tollway.budget.v1 import budget_pb2, budget_pb2_grpc
+from tollway.mesh.errors import InvalidArgument, rpc_errors
+
+DOMAIN = "budget.tollway"
+SERVICE_NAME = "tollway.budget.v1.BudgetService"
+
+PRIORITY_FROM_PROTO = {
+    budget_pb2.PRIORITY_UNSPECIFIED: None,
+    budget_pb2.PRIORITY_INTERACTIVE: Priority.INTERACTIVE,
+    budget_pb2.PRIORITY_NORMAL: Priority.NORMAL,
+    budget_pb2.PRIORITY_BATCH: Priority.BATCH,
+}
+PRIORITY_TO_PROTO = {v: k for k, v in PRIORITY_FROM_PROTO.items() if v is not None}
+WINDOW_TO_PROTO = {
+    Window.MINUTE: budget_pb2.WINDOW_MINUTE,
+    Window.HOUR: budget_pb2.WINDOW_HOUR,
+    Window.DAY: budget_pb2.WINDOW_DAY,
+    Window.MONTH: budget_pb2.WINDOW_MONTH,
+    Window.CONVERSATION: budget_pb2.WINDOW_CONVERSATION,
+}
+WINDOW_FROM_PROTO = {v: k for k, v in WINDOW_TO_PROTO.items()}
+SCOPE_TO_PROTO = {
+    Scope.TENANT: budget_pb2.QUOTA_SCOPE_TENANT,
+    Scope.KEY: budget_pb2.QUOTA_SCOPE_KEY,
+    Scope.FEATURE: budget_pb2.QUOTA_SCOPE_FEATURE,
+    Scope.CONVERSATION: budget_pb2.QUOTA_SCOPE_CONVERSATION,
+}
+SCOPE_FROM_PROTO = {v: k for k, v in SCOPE_TO_PROTO.items()}
+UNIT_TO_PROTO = {
+    Unit.TOKENS: budget_pb2.QUOTA_UNIT_TOKENS,
+    Unit.USD_NANOS: budget_pb2.QUOTA_UNIT_USD_NANOS,
+    Unit.REQUESTS: budget_pb2.QUOTA_UNIT_REQUESTS,
+}
+UNIT_FROM_PROTO = {v: k for k, v in UNIT_TO_PROTO.items()}
+STATE_TO_PROTO = {
+    State.RESERVED: budget_pb2.RESERVATION_STATE_RESERVED,
+    State.COMMITTED: budget_pb2.RESERVATION_STATE_COMMITTED,
+    State.RELEASED: budget_pb2.RESERVATION_STATE_RELEASED,
+    State.EXPIRED: budget_pb2.RESERVATION_STATE_EXPIRED,
+}
+GROUP_FROM_PROTO = {
+    budget_pb2.USAGE_GROUP_UNSPECIFIED: "",
+    budget_pb2.USAGE_GROUP_KEY: "key",
+    budget_pb2.USAGE_GROUP_FEATURE: "feature",
+    budget_pb2.USAGE_GROUP_MODEL: "model",
+}
+
+
+def _enum(table: dict, value: int, field: str):  # type: ignore[no-untyped-def, type-arg]
+    if value not in table:
+        raise InvalidArgument(f"{field} {value} is not a known value", [(field, "unknown or unspecified value")])
+    return table[value]
+
+
+def _timestamp(ms: int) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromMilliseconds(ms)
+    return ts
+
+
+def quota_to_proto(q: Quota) -> budget_pb2.Quota:
+    return budget_pb2.Quota(
+        scope=SCOPE_TO_PROTO[q.scope],
+        subject=q.subject,
+        window=WINDOW_TO_PROTO[q.window],
+        unit=UNIT_TO_PROTO[q.unit],
+        limit=q.limit,
+    )
+
+
+def quota_from_proto(q: budget_pb2.Quota, field: str) -> Quota:
+    return Quota(
+        scope=_enum(SCOPE_FROM_PROTO, q.scope, f"{field}.scope"),
+        window=_enum(WINDOW_FROM_PROTO, q.window, f"{field}.window"),
+        unit=_enum(UNIT_FROM_PROTO, q.unit, f"{field}.unit"),
+        limit=q.limit,
+        subject=q.subject,
+    )
+
+
+def status_to_proto(s: QuotaState) -> budget_pb2.QuotaStatus:
+    out = budget_pb2.QuotaStatus(quota=quota_to_proto(s.quota), subject=s.subject, used=s.used, remaining=s.remaining)
+    if s.reset_ms:
+        out.reset_time.CopyFrom(_timestamp(s.reset_ms))
+    return out
+
+
+def reservation_to_proto(r: Reservation) -> budget_pb2.Reservation:
+    return budget_pb2.Reservation(
+        name=r.name,
+        state=STATE_TO_PROTO[r.state],
+        tenant_id=r.tenant,
+        api_key_id=r.api_key_id,
+        feature=r.feature,
+        model=r.model,
+        conversation_id=r.conversation_id,
+        priority=PRIORITY_TO_PROTO[r.priority],
+        request_id=r.request_id,
+        input_tokens=r.input_tokens,
+        granted_output_tokens=r.granted_output_tokens,
+        tokens=r.tokens,
+        cost_usd_nanos=r.cost_usd_nanos,
+        pricing_version=r.pricing_version,
+        create_time=_timestamp(r.created_ms),
+        expire_time=_timestamp(r.expires_ms),
+    )
+
+
+def budget_to_proto(p: Policy, plans_version: str, pricing_version: str) -> budget_pb2.Budget:
+    return budget_pb2.Budget(
+        tenant_id=p.tenant,
+        plan=p.plan,
+        quotas=[quota_to_proto(q) for q in p.quotas],
+        max_tokens_per_request=p.max_tokens_per_request,
+        normal_threshold=p.normal_threshold,
+        batch_threshold=p.batch_threshold,
+        overridden=p.overridden,
+        plans_version=plans_version,
+        pricing_version=pricing_version,
+    )
+
+
+def usage_row_to_proto(r: UsageRow) -> budget_pb2.UsageRow:
+    return budget_pb2.UsageRow(
+        date=r.date,
+        group=r.group,
+        request_count=r.request_count,
+        input_tokens=r.input_tokens,
+        output_tokens=r.output_tokens,
+        cached_input_tokens=r.cached_input_tokens,
+        cost_usd_nanos=r.cost_usd_nanos,
+        expired_count=r.expired_count,
+    )
+
+
+def reserve_from_proto(req: budget_pb2.ReserveBudgetRequest) -> ReserveCommand:
+    return ReserveCommand(
+        tenant=req.tenant_id,
+        model=req.model,
+        input_tokens=req.input_tokens,
+        max_output_tokens=req.max_output_tokens,
+        api_key_id=req.api_key_id,
+        feature=req.feature,
+        conversation_id=req.conversation_id,
+        priority=_enum(PRIORITY_FROM_PROTO, req.priority, "priority"),
+        min_output_tokens=req.min_output_tokens,
+        provider=req.provider,
+        request_id=req.request_id,
+        ttl_s=req.ttl_seconds,
+    )
+
+
+class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):
+    """tollway.budget.v1.BudgetService over a :class:`Budget`."""
+
+    def __init__(self, budget: Budget) -> None:
+        self.budget = budget
+
+    @rpc_errors(DOMAIN)
+    async def ReserveBudget(
+        self, request: budget_pb2.ReserveBudgetRequest, context: grpc.aio.ServicerContext
+    ) -> budget_pb2.ReserveBudgetResponse:
+        granted = await self.budget.reserve(reserve_from_proto(request))
+        resp = budget_pb2.ReserveBudgetResponse(reservation=reservation_to_proto(granted.reservation))
+        for unit, field in (
+            (Unit.TOKENS, resp.tightest_tokens),
+            (Unit.REQUESTS, resp.tightest_requests),
+            (Unit.USD_NANOS, resp.tightest_usd),
+        ):
+            if unit in granted.tightest:
+                field.CopyFrom(status_to_proto(granted.tightest[unit]))
+        return resp
+
+    @rpc_errors(DOMAIN)
+    async def CommitBudget(
+        self, request: budget_pb2.CommitBudgetRequest, context: grpc.aio.ServicerContext
+    ) -> budget_pb2.CommitBudgetResponse:
+        done = await self.budget.commit(
+            CommitCommand(
+                name=request.name,
+                input_tokens=request.input_tokens,
+                output_tokens=request.output_tokens,
+                cached_input_tokens=request.cached_input_tokens,
+                model=request.model,
+                provider=request.provider,
+                partial=request.partial,
+            )
+        )
+        return budget_pb2.CommitBudgetResponse(
+            reservation=reservation_to_proto(done.reservation),
+            delta_tokens=done.delta_tokens,
+            delta_cost_usd_nanos=done.delta_cost_usd_nanos,
+        )
+
+    @rpc_errors(DOMAIN)
+    async def ReleaseBudget(
+        self, request: budget_pb2.ReleaseBudgetRequest, context: grpc.aio.ServicerContext
+    ) -> budget_pb2.ReleaseBudgetResponse:
+        reservation = await self.budget.release(request.name, request.reason)
+        return budget_pb2.ReleaseBudgetResponse(reservation=reservation_to_proto(reservation))
+
+    @rpc_errors(DOMAIN)
+    async def GetUsage(
+        self, request: budget_pb2.GetUsageRequest, context: grpc.aio.ServicerContext
+    ) -> budget_pb2.GetUsageResponse:
+        rows, token = await self.budget.usage(
+            request.tenant_id,
+            _enum(GROUP_FROM_PROTO, request.group_by, "group_by"),
+            request.start_date,
+            request.end_date,
+            request.page_size,
+            request.page_token,
+        )
+        return budget_pb2.GetUsageResponse(rows=[usage_row_to_proto(r) for r in rows], next_page_token=token)
+
+    @rpc_errors(DOMAIN)
+    async def GetBudget(
+        self, request: budget_pb2.GetBudgetRequest, context: grpc.aio.ServicerContext
+    ) -> budget_pb2.GetBudgetResponse:
+        policy, states = await self.budget.get_budget(request.tenant_id)
+        return budget_pb2.GetBudgetResponse(
+            budget=budget_to_proto(policy, self.budget.plans.version, self.budget.prices.version),
+            statuses=[status_to_proto(s) for s in states],
+        )
+
+    @rpc_errors(DOMAIN)
+    async def SetBudget(
+        self, request: budget_pb2.SetBudgetRequest, context: grpc.aio.ServicerContext
+    ) -> budget_pb2.SetBudgetResponse:
+        policy = await self.budget.set_budget(
+            request.tenant_id,
+            plan=request.plan,
+            quotas=[quota_from_proto(q, f"quotas[{i}]") for i, q in enumerate(request.quotas)],
+            max_tokens_per_request=request.max_tokens_per_request
+            if request.HasField("max_tokens_per_request")
+            else None,
+            clear=request.clear_overrides,
+        )
+        return budget_pb2.SetBudgetResponse(
+            budget=budget_to_proto(policy, self.budget.plans.version, self.budget.prices.version)
+        )
+
+    @rpc_errors(DOMAIN)
+    async def ReconcileBudget(
+        self, request: budget_pb2.ReconcileBudgetRequest, context: grpc.aio.ServicerContext
+    ) -> budget_pb2.ReconcileBudgetResponse:
+        result = await self.budget.reconcile(request.tenant_id)
+        return budget_pb2.ReconcileBudgetResponse(
+            balanced=result.balanced,
+            tenant_count=result.tenant_count,
+            counter_count=result.counter_count,
+            ledger_entry_count=result.ledger_entry_count,
+            open_reservation_count=result.open_reservation_count,
+            differences=[
+                budget_pb2.CounterDifference(
+                    tenant_id=d.tenant, counter=d.counter, counter_value=d.counter_value, ledger_sum=d.ledger_sum
+                )
+                for d in result.differences
+            ],
+        )
