@@ -1,6 +1,8 @@
-"""The life of one request: authenticate, check, cache, route, stream, store, record.
+"""The life of one admitted request: cache, route, stream, store, record.
 
-Pure orchestration over domain values; gRPC stays in service.py and the *_client modules.
+Pure orchestration over domain values. service.py authenticates, checks the fields and
+translates the proto into a :class:`~tollway.gateway.request.GatewayRequest` first; gRPC
+stays there and in the *_client modules.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ _REPLAY_PIECE = re.compile(r".{1,48}(?:\s+|$)|\S+", re.DOTALL)
 
 @dataclasses.dataclass(frozen=True)
 class Started:
+    """The answer begins: who answers, and whether the cache did (``degraded`` for a stale fallback)."""
+
     request_id: str
     model: str
     provider: str
@@ -48,6 +52,8 @@ class Started:
 
 @dataclasses.dataclass(frozen=True)
 class Completed:
+    """The answer is complete; ``ttft_ms`` is the whole latency when no text came."""
+
     finish_reason: FinishReason
     usage: Usage
     cost_usd_micros: int
@@ -58,6 +64,8 @@ class Completed:
 
 @dataclasses.dataclass(frozen=True)
 class Failed:
+    """The answer broke off after Started (``code`` is a gRPC status code number)."""
+
     code: int
     message: str
     reason: str
