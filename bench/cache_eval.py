@@ -58,8 +58,13 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
 CACHE_DIR = ROOT / "build" / "cache_eval"
 PEER_PYTHON = ROOT / "peers" / "gptcache-venv" / "bin" / "python"
-SETS = ("langcache-chatgpt-pairs", "gsmplus-testmini", "gptcache-qqp")
-SHORT = {"langcache-chatgpt-pairs": "langcache", "gsmplus-testmini": "gsm-plus", "gptcache-qqp": "qqp"}
+SETS = ("langcache-chatgpt-pairs", "gsmplus-testmini", "gptcache-qqp", "adversarial")
+SHORT = {"langcache-chatgpt-pairs": "langcache", "gsmplus-testmini": "gsm-plus", "gptcache-qqp": "qqp",
+         "adversarial": "adversarial"}  # fmt: skip
+# Kinds of adversarial edit that must never be served at the default preset (the issue's aim).
+MUST_NEVER_HIT = ("number", "unit", "negation", "entity_swap")
+# Below this cosine no candidate reaches the learned check (see bench/train_learned_check.py).
+LEARNED_PREFILTER = 0.70
 SEED = 20251122
 GRID = np.round(np.arange(0.50, 0.996, 0.01), 2)
 RECALL_TARGETS = (0.5, 0.3)
@@ -82,9 +87,28 @@ class PairSet:
     a_index: np.ndarray | None = None
     b_index: np.ndarray | None = None
     cosine: np.ndarray | None = None
+    kinds: list[str] = field(default_factory=list)
+
+
+def load_adversarial(data_dir: Path) -> PairSet:
+    """The pairs bench/adversarial.py generates from every dev set's texts."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from adversarial import generate, load_dev_texts
+
+    pairs = generate(load_dev_texts(data_dir))
+    return PairSet(
+        name="adversarial",
+        text_a=[p.text_a for p in pairs],
+        text_b=[p.text_b for p in pairs],
+        labels=np.array([p.label for p in pairs], dtype=np.int8),
+        note=f"{len(pairs)} generated pairs ({sum(p.label for p in pairs)} benign rewrites)",
+        kinds=[p.kind for p in pairs],
+    )
 
 
 def load_pairs(name: str, data_dir: Path, qqp_pairs: int) -> PairSet:
+    if name == "adversarial":
+        return load_adversarial(data_dir)
     folder = data_dir / name
     dev = set((folder / "dev_ids.txt").read_text().split())
     rows = [json.loads(line) for line in (folder / "pairs.jsonl").read_text().splitlines() if line.strip()]
@@ -181,23 +205,55 @@ def lowest_stable(
 # ----------------------------------------------------------------------------------------- verifier
 
 
-def run_verifier(pairs: PairSet, rules: Sequence[str]) -> tuple[np.ndarray, list[float]]:
+def run_verifier(pairs: PairSet, rules: Sequence[str] | object) -> tuple[np.ndarray, list[float]]:
     """Verifier decision per pair (query = text_b, cached = text_a) and the time per call in seconds.
 
-    The text memo is cleared first so every timed call includes analysing both texts, as a cold lookup does.
+    ``rules`` is a list of rule names or a ready Verifier (a preset's, learned check included). The text
+    memo is cleared first so every timed call includes analysing both texts, as a cold lookup does.
     """
     from tollway.cache.verifier import Verifier
     from tollway.cache.verify_text import analyze
 
     analyze.cache_clear()
-    verifier = Verifier(rules)
+    verifier = rules if isinstance(rules, Verifier) else Verifier(rules)  # type: ignore[arg-type]
+    assert pairs.cosine is not None
     accept = np.empty(len(pairs.text_a), dtype=bool)
     times = []
     for i, (a, b) in enumerate(zip(pairs.text_a, pairs.text_b, strict=True)):
         started = time.perf_counter()
-        accept[i] = verifier.check(b, a).accept
+        accept[i] = verifier.check(b, a, float(pairs.cosine[i])).accept
         times.append(time.perf_counter() - started)
     return accept, times
+
+
+def learned_scores(pairs: PairSet) -> tuple[np.ndarray, list[float]]:
+    """The learned check's probability per pair where the hard rules pass and cosine >= the pre-filter (else
+    0), and the learned check's own time per scored candidate (texts already analysed: the rules did it)."""
+    from tollway.cache.learned_check import shipped
+    from tollway.cache.verifier import CONTRADICTION_RULES, Verifier
+
+    model = shipped()
+    hard = Verifier(CONTRADICTION_RULES)
+    assert pairs.cosine is not None
+    score = np.zeros(len(pairs.text_a))
+    times = []
+    for i, (a, b) in enumerate(zip(pairs.text_a, pairs.text_b, strict=True)):
+        cos = float(pairs.cosine[i])
+        if cos < LEARNED_PREFILTER or not hard.check(b, a).accept:
+            continue
+        started = time.perf_counter()
+        score[i] = model.probability(b, a, cos)
+        times.append(time.perf_counter() - started)
+    return score, times
+
+
+def gptcache_formula(pairs: PairSet) -> np.ndarray:
+    """GPTCache's SearchDistanceEvaluation score on our vectors, computed in-process: ``(4 - L2^2) / 4``
+    clipped to [0, 1] (its faiss store returns squared L2), mapped back onto the cosine grid as 2s - 1."""
+    assert pairs.vectors is not None and pairs.a_index is not None and pairs.b_index is not None
+    diff = pairs.vectors[pairs.a_index] - pairs.vectors[pairs.b_index]
+    s = np.clip((4.0 - np.einsum("ij,ij->i", diff, diff)) / 4.0, 0.0, 1.0)
+    return 2 * s - 1
 
 
 # ----------------------------------------------------------------------------------------- GPTCache
@@ -337,9 +393,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         gptcache_worker(*args.gptcache_worker)
         return 0
 
-    from tollway.cache.presets import PRESETS, PROFILES
+    from tollway.cache.presets import PRESETS, PROFILES, verifier_for
 
     started = time.perf_counter()
+    decisions: dict[tuple[str, str], np.ndarray] = {}
+    preset_timings: dict[str, list[float]] = {}
+    learned_timings: dict[str, list[float]] = {}
     work = Path(tempfile.mkdtemp(prefix="cache-eval-"))
     results: dict[str, dict[str, Method]] = {}
     loaded: dict[str, PairSet] = {}
@@ -353,10 +412,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         methods = {"cosine": Method("cosine", pairs.cosine, np.ones(len(pairs.labels), dtype=bool))}
         for profile in ("default", "strict"):
             accept, times = run_verifier(pairs, PROFILES[profile])
-            methods[f"cosine+check({profile})"] = Method(profile, pairs.cosine, accept)
+            methods[f"cosine+rules({profile})"] = Method(profile, pairs.cosine, accept)
             if profile == "strict":
                 timings[name] = times
-        if not args.no_gptcache:
+        for preset in PRESETS:
+            accept, times = run_verifier(pairs, verifier_for(preset))
+            decisions[(name, preset)] = (pairs.cosine >= PRESETS[preset]["threshold"]) & accept
+            if preset == "default":
+                preset_timings[name] = times
+        score, times = learned_scores(pairs)
+        learned_timings[name] = times
+        everything = np.ones(len(pairs.labels), dtype=bool)
+        # Swept on the learned probability (same 0.01 grid), candidates from cosine >= LEARNED_PREFILTER.
+        methods["rules+learned(p)"] = Method("learned", score, everything)
+        if not args.no_gptcache and not PEER_PYTHON.exists():
+            methods["gptcache(distance, formula)"] = Method("gptcache-formula", gptcache_formula(pairs), everything)
+        if not args.no_gptcache and PEER_PYTHON.exists():
             gpt = run_gptcache(pairs, work)
             if isinstance(gpt, str):
                 notes.append(f"{SHORT[name]}: GPTCache not run: {gpt}")
@@ -408,6 +479,38 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cells = [f"{fmt(c[0][i], 3)} / {fmt(c[1][i], 3)}" for c in curves.values()]
                 print(f"| {t:.2f} | {(1 + t) / 2:.3f} | " + " | ".join(cells) + " |")
 
+    print("\n## At each preset's own configuration (threshold, rules, learned check)\n")
+    print("| set | preset | threshold | hits | precision | recall |")
+    print("|---|---|---|---|---|---|")
+    for (name, preset), hit in decisions.items():
+        labels = loaded[name].labels
+        n, correct = int(hit.sum()), int((hit & (labels == 1)).sum())
+        print(
+            f"| {SHORT[name]} | {preset} | {PRESETS[preset]['threshold']:.2f} | {n} | "
+            f"{fmt(correct / n if n else float('nan'))} | {fmt(correct / max(int(labels.sum()), 1))} |"
+        )
+    if "adversarial" in loaded:
+        adv = loaded["adversarial"]
+        print("\n## Adversarial set per kind: hits at each preset / pairs of that kind\n")
+        kinds = sorted(set(adv.kinds))
+        print("| kind | label | pairs | cosine >= 0.92 | " + " | ".join(PRESETS) + " |")
+        print("|---|---|---|---|" + "---|" * len(PRESETS))
+        for kind in kinds:
+            mask = np.array([k == kind for k in adv.kinds])
+            label = int(adv.labels[mask][0])
+            cells = [str(int((decisions[("adversarial", p)] & mask).sum())) for p in PRESETS]
+            assert adv.cosine is not None
+            print(
+                f"| {kind} | {label} | {int(mask.sum())} | {int(((adv.cosine >= 0.92) & mask).sum())} | "
+                + " | ".join(cells)
+                + " |"
+            )
+        banned = np.array([k in MUST_NEVER_HIT for k in adv.kinds])
+        wrong = int((decisions[("adversarial", "default")] & banned).sum())
+        print(
+            f"\nDefault preset hits across a changed {'/'.join(MUST_NEVER_HIT)}: {wrong} of {int(banned.sum())} pairs"
+        )
+
     print("\n## Preset thresholds from these curves\n")
     suggestions = suggest_presets(results, loaded)
     print("| preset | profile | rule | suggested | in presets.py |")
@@ -423,6 +526,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(
                 f"- {SHORT[name]}: p50 {np.percentile(micro, 50):.0f} us, p99 {np.percentile(micro, 99):.0f} us, "
                 f"max {micro.max():.0f} us over {len(micro)} pairs"
+            )
+    for label, table in (("default preset (rules + learned check)", preset_timings),
+                         ("learned check alone, texts already analysed", learned_timings)):  # fmt: skip
+        print(f"\nCost per candidate, {label}:")
+        for name, times in table.items():
+            if not times:
+                continue
+            micro = np.array(times) * 1e6
+            print(
+                f"- {SHORT[name]}: p50 {np.percentile(micro, 50):.0f} us, p99 {np.percentile(micro, 99):.0f} us, "
+                f"max {micro.max():.0f} us over {len(micro)} candidates"
             )
     if args.ablation:
         print("\n## Each rule alone on top of plain cosine (precision at recall >= 0.5; gsm-plus at >= 0.3)\n")
@@ -450,18 +564,18 @@ def suggest_presets(
 ) -> dict[str, tuple[str, float | None]]:
     """Applies the selection rules documented in tollway.cache.presets to the dev curves."""
     out: dict[str, tuple[str, float | None]] = {}
-    lc, _, qqp = SETS
+    lc, _, qqp, _ = SETS
     default = None
     if lc in results:
-        point = at_recall(results[lc]["cosine+check(default)"], loaded[lc].labels, 0.5)
+        point = at_recall(results[lc]["cosine+rules(default)"], loaded[lc].labels, 0.5)
         default = point[0] if point else None
         out["default"] = ("default profile, R>=0.5 on langcache", default)
-        p_lc, r_lc, _ = curve(results[lc]["cosine+check(strict)"], loaded[lc].labels)
+        p_lc, r_lc, _ = curve(results[lc]["cosine+rules(strict)"], loaded[lc].labels)
         floor = lowest_stable([p_lc], 0.97, [r_lc])
         strict = None if floor is None or default is None else max(default, round(floor + 0.02, 2))
         out["strict"] = ("max(default, strict profile P>=0.97 on langcache + 0.02)", strict)
     if qqp in results:
-        point = at_recall(results[qqp]["cosine+check(default)"], loaded[qqp].labels, 0.5)
+        point = at_recall(results[qqp]["cosine+rules(default)"], loaded[qqp].labels, 0.5)
         out["loose"] = ("default profile, R>=0.5 on qqp", point[0] if point else None)
     return out
 

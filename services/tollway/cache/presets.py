@@ -34,7 +34,7 @@ from typing import Any
 
 from tollway.cache.verifier import ALL_RULES, DEFAULT_RULES, Verifier
 
-__all__ = ["PRESETS", "PROFILES", "verifier_for"]
+__all__ = ["LEARNED", "PRESETS", "PROFILES", "verifier_for"]
 
 # Which verifier rules each preset runs; see tollway.cache.verifier for what each rule rejects.
 PROFILES: Mapping[str, tuple[str, ...]] = MappingProxyType(
@@ -55,6 +55,11 @@ PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
 )
 
 
+# Presets that run the learned check after their rules, with the operating point (a name in the weights
+# file) whose probability a candidate needs.
+LEARNED: Mapping[str, str] = MappingProxyType({"default": "default", "strict": "default"})
+
+
 @cache
 def verifier_for(preset: str) -> Verifier:
     """Returns the verifier that runs a preset's profile (one shared, stateless instance per preset).
@@ -64,7 +69,14 @@ def verifier_for(preset: str) -> Verifier:
 
     Raises:
         KeyError: The preset is unknown; the message lists the known ones.
+        LearnedCheckError: The preset uses the learned check and its weights file is missing or corrupt
+            (the message names the path).
     """
     if preset not in PROFILES:
         raise KeyError(f"unknown cache preset {preset!r}; known: {', '.join(PROFILES)}")
-    return Verifier(PROFILES[preset])
+    if preset not in LEARNED:
+        return Verifier(PROFILES[preset])
+    from tollway.cache.learned_check import shipped
+
+    learned = shipped()
+    return Verifier(PROFILES[preset], learned=learned, learned_threshold=learned.threshold(LEARNED[preset]))

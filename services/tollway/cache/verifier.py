@@ -46,6 +46,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from difflib import SequenceMatcher
+from typing import TYPE_CHECKING
 
 from tollway.cache.verify_lexicon import (
     ANTONYMS,
@@ -56,7 +57,10 @@ from tollway.cache.verify_lexicon import (
 )
 from tollway.cache.verify_text import DIRECTIONAL, Features, analyze, similar, stem
 
-__all__ = ["ALL_RULES", "CONTRADICTION_RULES", "DEFAULT_RULES", "Verdict", "Verifier", "verify"]
+if TYPE_CHECKING:
+    from tollway.cache.learned_check import LearnedCheck
+
+__all__ = ["ALL_RULES", "CONTRADICTION_RULES", "DEFAULT_RULES", "LEARNED_REASON", "Verdict", "Verifier", "verify"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,11 +72,13 @@ class Verdict:
         reason: Stable snake_case code: ``below_threshold``, ``identical``, ``no_conflict``, or the name of
             the rule that rejected (see the module docstring). Suitable as a metric label.
         detail: Human-readable evidence, e.g. ``"5 vs 10"``; empty when accepted.
+        score: The learned check's probability that the cached answer is right, when it ran; else None.
     """
 
     accept: bool
     reason: str
     detail: str = ""
+    score: float | None = None
 
 
 _Rule = Callable[[Features, Features], str | None]
@@ -378,47 +384,80 @@ def _stem_antonyms() -> dict[str, frozenset[str]]:
 _STEM_ANTONYMS = _stem_antonyms()
 
 
+LEARNED_REASON = "learned_check"
+
+
 class Verifier:
-    """Applies a chosen set of rules to tier-2 candidates. Stateless apart from the shared text memo.
+    """Applies a chosen set of rules to tier-2 candidates, then optionally the learned check.
+
+    Stateless apart from the shared text memo.
 
     Args:
         rules: Names from :data:`ALL_RULES` to apply, in any order (they always run in the module's order).
             Defaults to :data:`DEFAULT_RULES`.
+        learned: The learned check (``tollway.cache.learned_check``) to run after the rules, or None.
+        learned_threshold: The probability a candidate needs from the learned check, in (0, 1).
 
     Raises:
-        ValueError: A rule name is unknown.
+        ValueError: A rule name is unknown, or the learned threshold is outside (0, 1).
     """
 
-    def __init__(self, rules: Iterable[str] | None = None) -> None:
+    def __init__(
+        self,
+        rules: Iterable[str] | None = None,
+        *,
+        learned: LearnedCheck | None = None,
+        learned_threshold: float = 0.5,
+    ) -> None:
         chosen = set(DEFAULT_RULES if rules is None else rules)
         unknown = chosen - ALL_RULES.keys()
         if unknown:
             raise ValueError(f"unknown verifier rules {sorted(unknown)}; known: {', '.join(ALL_RULES)}")
+        if not 0.0 < learned_threshold < 1.0:
+            raise ValueError(f"learned_threshold {learned_threshold!r} is not in (0, 1)")
         self._rules = [(name, rule) for name, rule in ALL_RULES.items() if name in chosen]
+        self.learned = learned
+        self.learned_threshold = learned_threshold
 
     @property
     def rules(self) -> tuple[str, ...]:
         """Names of the rules this verifier applies, in application order."""
         return tuple(name for name, _ in self._rules)
 
-    def check(self, query: str, candidate: str) -> Verdict:
-        """Compares two texts with the rules only (no similarity gate).
+    def check(
+        self, query: str, candidate: str, cosine: float | None = None, *, threshold: float | None = None
+    ) -> Verdict:
+        """Compares two texts with the rules, then the learned check (no similarity gate).
 
         Args:
             query: The incoming request's text.
             candidate: The cached entry's request text.
+            cosine: Cosine similarity of the two embeddings; required when the learned check is on.
+            threshold: The learned check's probability threshold for this call (the false-hit controller
+                raises it); defaults to the verifier's own.
 
         Returns:
-            ``accept=False`` with the first objecting rule's name, or ``accept=True``.
+            ``accept=False`` with the first objecting rule's name (or ``learned_check``), or ``accept=True``.
+
+        Raises:
+            ValueError: The learned check is on and no cosine was given (it is never skipped silently).
         """
         q, c = analyze(query), analyze(candidate)
         if q.canonical == c.canonical:
-            return Verdict(True, "identical")
+            return Verdict(True, "identical", score=1.0 if self.learned else None)
         for name, rule in self._rules:
             detail = rule(q, c)
             if detail is not None:
                 return Verdict(False, name, detail)
-        return Verdict(True, "no_conflict")
+        if self.learned is None:
+            return Verdict(True, "no_conflict")
+        if cosine is None:
+            raise ValueError("the learned check needs the candidate's cosine")
+        score = self.learned.probability(query, candidate, cosine)
+        needed = self.learned_threshold if threshold is None else threshold
+        if score < needed:
+            return Verdict(False, LEARNED_REASON, f"p={score:.3f} < {needed:.2f}", score)
+        return Verdict(True, "no_conflict", score=score)
 
     def verify(self, query: str, candidate: str, cosine: float, threshold: float) -> Verdict:
         """Decides whether a tier-2 candidate may be served: similarity gate first, then the rules.
@@ -434,7 +473,7 @@ class Verifier:
         """
         if cosine < threshold:
             return Verdict(False, "below_threshold", f"{cosine:.4f} < {threshold:.4f}")
-        return self.check(query, candidate)
+        return self.check(query, candidate, cosine)
 
 
 _DEFAULT = Verifier()
