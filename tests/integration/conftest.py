@@ -112,13 +112,14 @@ def stack(run_dir: Path, catalog: Path, namespaces: Path) -> Iterator[Stack]:
         "cache",
         "embedding",
         "openai_compat",
+        "budget",
     ]
     options = StackOptions(
         ports=dict(zip(names, free_ports(len(names)), strict=True)),
         run_dir=run_dir,
         catalog=catalog,
         with_model=False,  # started on demand by `local_model`
-        services=("gateway", "router", "openai_compat", "cache", "embedding"),
+        services=("gateway", "router", "openai_compat", "cache", "embedding", "budget"),
         env={"TOLLWAY_CACHE_NAMESPACES_PATH": str(namespaces)},
         startup_timeout_s=60,
     )

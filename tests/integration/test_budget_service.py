@@ -585,11 +585,11 @@ def test_a_malformed_plans_file_stops_the_service_at_start_naming_the_key(tmp_pa
 
 async def test_a_bad_edit_of_the_plans_file_keeps_the_old_plans(redis_url: str, plans_file: Path) -> None:
     async with replicas(redis_url, plans_file, Clock(), count=1) as (rep,):
-        plans_file.write_text(PLANS + "\nsurprise: 1\n")
+        await asyncio.to_thread(plans_file.write_text, PLANS + "\nsurprise: 1\n")
         rep.budget.reload_plans()
         assert "surprise: unknown key" in rep.budget._plans_source.last_error  # type: ignore[union-attr]
         await rep.stub.GetBudget(budget_pb2.GetBudgetRequest(tenant_id="beta"))
-        plans_file.write_text(PLANS.replace("beta: {plan: small}", "beta: {plan: roomy}"))
+        await asyncio.to_thread(plans_file.write_text, PLANS.replace("beta: {plan: small}", "beta: {plan: roomy}"))
         rep.budget.reload_plans()
         b = await rep.stub.GetBudget(budget_pb2.GetBudgetRequest(tenant_id="beta"))
         assert b.budget.plan == "roomy"
@@ -630,7 +630,7 @@ async def test_usage_is_grouped_by_model_feature_and_key_and_paged(redis_url: st
     clock = Clock()
     async with replicas(redis_url, plans_file, clock, count=1) as (rep,):
         await rep.stub.SetBudget(budget_pb2.SetBudgetRequest(tenant_id="usageco", plan="roomy"))
-        for day in range(3):
+        for _day in range(3):
             for feature, key in (("chat", "k1"), ("search", "k2")):
                 r = await rep.stub.ReserveBudget(reserve_req("usageco", feature=feature, api_key_id=key))
                 await rep.stub.CommitBudget(
