@@ -4,7 +4,8 @@
 ``Quantity("3", "usd")``; "twice" gives 2, "one-fourth", "a quarter" and "1/4" give 0.25; "9.3.1" stays the
 version string "9.3.1". The value 1 is dropped: "one" and "a" are interchangeable in English ("a week",
 "one week", "the first week"), and a change to or from 1 still shows on the other side ("1 week" vs
-"2 weeks" leaves {} vs {2}).
+"2 weeks" leaves {} vs {2}); only a 1 written with digits and a unit ("1TB") is kept, since "1TB" vs "1GB"
+differs in nothing else.
 """
 
 from __future__ import annotations
@@ -82,6 +83,14 @@ def _digit_quantities(text: str) -> tuple[list[Quantity], str]:
             # part of a name ("4k" handled as a suffix above, "3d" stays a name).
             if glued in {"st", "nd", "rd", "th", "x", "s", "am", "pm"}:
                 glued = ""
+            elif len(glued) <= 3 and not match["cur"]:
+                # A model or rating code ("700D", "5G", "0.7A", "2000mAh"): the number is what differs
+                # between two such codes, so it is kept, with the letters as its unit.
+                found.append(Quantity(_canonical(float(raw)) if raw.count(".") <= 1 else raw, glued))
+                pieces.append(text[last:start])
+                pieces.append(" ")
+                last = end
+                continue
             else:
                 pieces.append(text[last:start])
                 pieces.append(" ")
@@ -127,6 +136,7 @@ def extract_quantities(text: str) -> tuple[Quantity, ...]:
     """
     lowered = text.lower()
     digit_found, rest = _digit_quantities(lowered)
+    keep_ones = {q for q in digit_found if q.value == "1" and q.unit}
     quantities: list[Quantity] = []
     words: list[str] = []
     for token in re.findall(r"\x00|" + _WORD_RE.pattern, rest):
@@ -152,7 +162,8 @@ def extract_quantities(text: str) -> tuple[Quantity, ...]:
             i += consumed
             continue
         i += 1
-    return tuple(q for q in quantities if q.value != "1")
+    # "1TB" vs "1MB" still differ: a 1 written with digits and a unit is kept.
+    return tuple(q for q in quantities if q.value != "1" or q in keep_ones)
 
 
 def _parse_number_words(words: list[str], start: int) -> tuple[float, int]:

@@ -181,6 +181,8 @@ def similar(left: str, right: str) -> bool:
     """
     if left == right:
         return True
+    if _DIGIT_RE.search(left) or _DIGIT_RE.search(right):
+        return False  # "1200d"/"12000d", "k8s"/"k3s": codes differ by the one character that matters
     shorter = min(len(left), len(right))
     prefix = 0
     for a, b in zip(left, right, strict=False):
