@@ -185,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     purge.add_arguments(purge_cmd)
     purge_cmd.set_defaults(func=purge.run)
 
+    from tollway.budget import admin as budget_admin
+
+    budget_admin.add_commands(sub)
+
     args = parser.parse_args(argv)
     from tollway.mesh.errors import TollwayError
 

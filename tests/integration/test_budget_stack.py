@@ -66,3 +66,22 @@ async def test_reserve_commit_and_refusal_through_the_stacks_budget_service(stac
         assert result.balanced and result.open_reservation_count == 0
         with pytest.raises(grpc.aio.AioRpcError):
             await admin.GetBudget(budget_pb2.GetBudgetRequest(tenant_id="bad|tenant"))
+
+
+def test_cli_budget_set_show_usage_and_reconcile(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    from tollway.cli import main
+
+    target = ["--target", stack.address("budget")]
+    assert main(["budget", "set", *target, "--tenant", "cli-co", "--plan", "free", "--quota", "day:tokens=5000"]) == 0
+    assert "tenant cli-co: plan free (overridden)" in capsys.readouterr().out
+    assert main(["budget", "show", *target, "--tenant", "cli-co"]) == 0
+    shown = capsys.readouterr().out
+    assert "limit 5,000" in shown and "used 0" in shown
+    assert main(["budget", "set", *target, "--tenant", "cli-co", "--quota", "day:parsecs=5"]) == 2
+    assert "is not a quota" in capsys.readouterr().err
+    assert main(["usage", *target, "--tenant", "cli-co", "--by", "model", "--csv"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].startswith("date,model,requests")
+    assert main(["budget", "reconcile", *target]) == 0
+    assert capsys.readouterr().out.startswith("balanced:")
+    assert main(["budget", "show", *target, "--tenant", "no|body"]) == 1
+    assert "INVALID_ARGUMENT" in capsys.readouterr().err
