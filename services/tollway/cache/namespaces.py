@@ -78,6 +78,10 @@ class Namespace:
         quality_sample_rate: Fraction of semantic hits flagged for a fresh comparison, [0, 1].
         preset: The preset the settings started from ("" for none); it also picks the
             second check's rules (``tollway.cache.presets.verifier_for``).
+        max_false_hit_rate: The share of semantic hits allowed to be wrong, in (0, 0.5], declared
+            instead of a threshold; 0 (the default) declares none. The cache then holds it from the
+            namespace's quality samples (``tollway.cache.false_hits``), starting from the preset's
+            threshold as the floor. Setting both this and ``threshold`` in one place is refused.
     """
 
     name: str
@@ -92,6 +96,7 @@ class Namespace:
     second_check: bool = True
     quality_sample_rate: float = dataclasses.field(default=0.0, metadata=schema.rule(low=0.0, high=1.0))
     preset: str = ""
+    max_false_hit_rate: float = dataclasses.field(default=0.0, metadata=schema.rule(low=0.0, high=0.5, low_open=True))
 
     @property
     def ttl_ms(self) -> int:
@@ -111,11 +116,16 @@ class _File:
     namespaces: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def _settings(
-    r: schema.Reader, path: str, raw: Any, presets: Mapping[str, Mapping[str, Any]]
-) -> dict[str, Any]:
+def _settings(r: schema.Reader, path: str, raw: Any, presets: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """One layer of settings (``defaults`` or a namespace), its preset's settings first."""
     out = r.fields(Namespace, raw, path, exclude=("name",))
+    if "threshold" in out and "max_false_hit_rate" in out:
+        # A declared rate moves the threshold itself; a fixed one beside it would be silently overridden.
+        raise r.fail(
+            f"{path}.max_false_hit_rate",
+            out["max_false_hit_rate"],
+            "is declared together with threshold; give one or the other",
+        )
     if "preset" in out:
         name = out["preset"]
         if name not in presets:

@@ -1,0 +1,145 @@
+"""Holding a namespace to a declared false-hit rate, from the quality samples the cache already takes.
+
+A namespace that declares ``max_false_hit_rate: r`` gets no fixed threshold. Every labelled sample
+(a served semantic hit whose cached answer was compared with a fresh one, or a candidate the controller
+held back whose fresh answer was compared with the cached one: that comparison costs no model call, the
+fresh answer was needed anyway) adds ``(score, agreed)``. The score is what the decision thresholds: the
+learned check's probability, or the cosine for presets without it.
+
+For each threshold ``t`` on a fixed ladder, the samples scoring at least ``t`` are the hits ``t`` would have
+served. The controller serves at the lowest ``t`` whose one-sided 95 % Wilson upper bound on the share of
+those samples that disagreed is at most ``r``; with too little evidence for any ``t`` it serves at the top
+of the ladder (the most cautious). So the threshold rises as soon as the bound on the served rate exceeds
+the declared one, and falls only as agreeing evidence accumulates below it. vCache (Schroeder et al., 2025,
+"verified semantic prompt caching") learns a threshold per cached entry; a per-namespace ladder needs no
+per-entry state in Redis and is what this file measures (``bench/false_hit_sim.py``).
+
+State is per replica and in memory: a replica that restarts starts cautious again, which errs on the safe
+side. Samples older than ``window`` are forgotten so the threshold follows drift in the traffic.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = ["FalseHitController", "wilson_upper"]
+
+# z for a one-sided 95 % bound.
+_Z = 1.6448536269514722
+
+
+def wilson_upper(failures: int, trials: int, z: float = _Z) -> float:
+    """One-sided Wilson score upper bound on a rate from ``failures`` out of ``trials``; 1.0 without trials.
+
+    Args:
+        failures: Samples that disagreed, 0 <= failures <= trials.
+        trials: Samples.
+        z: Normal quantile of the bound's confidence (1.645 for 95 %).
+    """
+    if trials <= 0:
+        return 1.0
+    p = failures / trials
+    z2 = z * z
+    centre = p + z2 / (2 * trials)
+    margin = z * math.sqrt(p * (1 - p) / trials + z2 / (4 * trials * trials))
+    return min(1.0, (centre + margin) / (1 + z2 / trials))
+
+
+@dataclass(frozen=True)
+class _Sample:
+    score: float
+    agreed: bool
+
+
+class FalseHitController:
+    """Chooses the serving threshold that keeps the false-hit rate's upper bound at or below a target.
+
+    Args:
+        max_false_hit_rate: The declared rate, in (0, 0.5].
+        ladder: Candidate thresholds, ascending (at least one). The first is the floor: candidates scoring
+            below it are never served and need no sample.
+        window: Most recent samples kept.
+
+    Raises:
+        ValueError: The rate is outside (0, 0.5], the ladder is empty or not ascending, or the window < 1.
+    """
+
+    def __init__(self, max_false_hit_rate: float, ladder: Sequence[float], window: int = 20_000) -> None:
+        if not 0.0 < max_false_hit_rate <= 0.5:
+            raise ValueError(f"max_false_hit_rate {max_false_hit_rate!r} is not in (0, 0.5]")
+        if not ladder or any(b <= a for a, b in itertools.pairwise(ladder)):
+            raise ValueError("ladder must hold at least one threshold, strictly ascending")
+        if window < 1:
+            raise ValueError(f"window {window!r} must be at least 1")
+        self.max_false_hit_rate = max_false_hit_rate
+        self.ladder = tuple(float(t) for t in ladder)
+        self._samples: deque[_Sample] = deque()
+        self._window = window
+        # Per ladder step i: samples (and disagreements) scoring in [ladder[i], ladder[i + 1]).
+        self._n = [0] * len(self.ladder)
+        self._bad = [0] * len(self.ladder)
+        self._threshold = self.ladder[-1]
+
+    @property
+    def floor(self) -> float:
+        """The lowest threshold the controller may ever serve at."""
+        return self.ladder[0]
+
+    @property
+    def threshold(self) -> float:
+        """The threshold to serve at now."""
+        return self._threshold
+
+    @property
+    def sample_count(self) -> int:
+        """Samples currently in the window."""
+        return len(self._samples)
+
+    def wants_sample(self, score: float) -> bool:
+        """Whether a candidate with this score is informative: at or above the floor."""
+        return score >= self.floor
+
+    def observe(self, score: float, agreed: bool) -> float:
+        """Adds one labelled sample and returns the threshold to serve at from now on.
+
+        Args:
+            score: The candidate's score when it was decided (learned probability or cosine).
+            agreed: Whether the cached answer agreed with the fresh one.
+        """
+        if score < self.floor or not math.isfinite(score):
+            return self._threshold
+        sample = _Sample(score, agreed)
+        self._samples.append(sample)
+        self._count(sample, +1)
+        while len(self._samples) > self._window:
+            self._count(self._samples.popleft(), -1)
+        self._threshold = self._choose()
+        return self._threshold
+
+    def upper_bound(self, threshold: float) -> float:
+        """The 95 % upper bound on the false-hit rate of serving at ``threshold``, from the window."""
+        i = bisect.bisect_left(self.ladder, threshold)
+        return wilson_upper(sum(self._bad[i:]), sum(self._n[i:]))
+
+    def _count(self, sample: _Sample, delta: int) -> None:
+        i = bisect.bisect_right(self.ladder, sample.score) - 1
+        self._n[i] += delta
+        if not sample.agreed:
+            self._bad[i] += delta
+
+    def _choose(self) -> float:
+        n = bad = 0
+        best = self.ladder[-1]
+        # From the top down, so each step's counts are suffix sums; the lowest passing step wins. A step
+        # with a failing bound does not stop the walk: more agreeing samples below can bring it back.
+        for i in range(len(self.ladder) - 1, -1, -1):
+            n += self._n[i]
+            bad += self._bad[i]
+            if n and wilson_upper(bad, n) <= self.max_false_hit_rate:
+                best = self.ladder[i]
+        return best
