@@ -28,5 +28,18 @@ def test_counter_names_are_the_stored_field_names() -> None:
         "exact_hit", "exact_miss", "semantic_hit", "semantic_miss", "stale_hit", "check_rejection", "skip",
         "store", "eviction", "invalidation", "expiry",
         "quality_samples", "quality_f1_sum", "quality_cos_samples", "quality_cos_sum",
+        "rejected:number_mismatch", "rejected:unit_mismatch", "rejected:negation_mismatch",
+        "rejected:opposite_terms", "rejected:ordinal_mismatch", "rejected:superlative_qualifier",
+        "rejected:class_mismatch", "rejected:role_swap", "rejected:entity_swap", "rejected:term_swap",
+        "rejected:qualifier_added", "rejected:learned_check", "rejected:false_hit_guard", "rejected:other",
     ]
     assert Stat.EXACT_HIT == "exact_hit" and {"exact_hit": 1}[Stat.EXACT_HIT] == 1
+
+
+def test_every_check_has_its_rejection_counter() -> None:
+    from tollway.cache.stats import rejection_stat
+    from tollway.cache.verifier import ALL_RULES, LEARNED_REASON
+
+    for reason in (*ALL_RULES, LEARNED_REASON, "false_hit_guard"):
+        assert rejection_stat(reason).value == f"rejected:{reason}"
+    assert rejection_stat("something a custom verifier says") is Stat.REJECTED_OTHER

@@ -8,6 +8,7 @@ says is trusted on its own: it only proposes candidates.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -19,7 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
-from tollway.cache import metrics, presets, quality, verifier
+from tollway.cache import false_hits, metrics, presets, quality, verifier
 from tollway.cache.entries import (
     Entry,
     InvalidateTarget,
@@ -29,6 +30,7 @@ from tollway.cache.entries import (
     NamespaceStats,
     QualityResult,
     QualitySample,
+    Rejection,
     Requester,
     SkipReason,
     StoreCommand,
@@ -38,7 +40,7 @@ from tollway.cache.index import normalise
 from tollway.cache.keys import CacheKeyInput, Fingerprint, context_key, context_tag, exact_key
 from tollway.cache.namespaces import Namespace, NamespaceRegistry
 from tollway.cache.scope import Scope, strictest, visible
-from tollway.cache.stats import Stat, StatsBuffer
+from tollway.cache.stats import REJECTION_PREFIX, Stat, StatsBuffer, rejection_stat
 from tollway.cache.store import CacheStore
 from tollway.cache.sync import IndexSync
 from tollway.common.caching import CacheMode, CacheTier
@@ -136,6 +138,10 @@ class Cache:
         self.settings = settings or CacheSettings()
         self._verifier = verifier
         self._verifiers: dict[str, Verifier] = {}
+        # Namespaces that declare max_false_hit_rate: one controller each (per replica, in memory), and the
+        # score each recently sampled hit had, so its quality sample can be placed on the ladder.
+        self._guards: dict[tuple[str, float, str, float], false_hits.FalseHitController] = {}
+        self._sampled_scores: collections.OrderedDict[tuple[str, str], float] = collections.OrderedDict()
         self.clock = clock
         self.rng = rng or random.Random()
         self.stats_buffer = StatsBuffer()
@@ -342,6 +348,7 @@ class Cache:
         stale_similarity = 0.0
         check_reason = ""
         rejected = False
+        rejections: list[Rejection] = []
         for candidate in best:
             entry = entries.get(candidate.entry_id)
             if (
@@ -356,17 +363,25 @@ class Cache:
             if not fresh and not (query.allow_stale and entry.servable_stale_at(now)):
                 continue
             if fresh or stale is None:
-                if ns.second_check:
-                    verdict = self._check(ns)(query.fingerprint.query, entry.query, candidate.similarity, ns.threshold)
+                score: float | None = None
+                if ns.second_check or ns.max_false_hit_rate:
+                    verdict = self._decide(ns, query.fingerprint.query, entry.query, candidate.similarity)
                     detail = getattr(verdict, "detail", "")
+                    score = getattr(verdict, "score", None)
                     check_reason = f"{verdict.reason}: {detail}" if detail else verdict.reason
                     if not verdict.accept:
                         rejected = True
+                        rejections.append(
+                            Rejection(entry.entry_id, candidate.similarity, verdict.reason, detail, score)
+                        )
                         self._count(ns.name, Stat.CHECK_REJECTION)
+                        self._count(ns.name, rejection_stat(verdict.reason))
                         metrics.CHECK_REJECTIONS.labels(ns.name).inc()
                         continue
                 if fresh:
                     sample = self.rng.random() < ns.quality_sample_rate
+                    if sample and ns.max_false_hit_rate:
+                        self._remember_score(ns.name, entry.entry_id, score, candidate.similarity)
                     self._count(ns.name, Stat.SEMANTIC_HIT, lookup=True)
                     self.stats_buffer.touch(ns.name, entry.entry_id, now)
                     return LookupOutcome(
@@ -376,12 +391,62 @@ class Cache:
                         similarity=candidate.similarity,
                         sample_for_quality=sample,
                         check_reason=check_reason,
+                        rejections=tuple(rejections),
                     )
                 stale, stale_similarity = entry, candidate.similarity
         reason = MissReason.REJECTED_BY_CHECK if rejected else MissReason.NOT_FOUND
         return LookupOutcome(
-            CacheTier.MISS, key, stale, similarity=stale_similarity, miss_reason=reason, check_reason=check_reason
+            CacheTier.MISS,
+            key,
+            stale,
+            similarity=stale_similarity,
+            miss_reason=reason,
+            check_reason=check_reason,
+            rejections=tuple(rejections),
         )
+
+    def _decide(self, ns: Namespace, query: str, cached: str, similarity: float) -> Verdict:
+        """The second check for one candidate, under the namespace's false-hit guard when it declares one."""
+        if not ns.max_false_hit_rate or self._verifier is not None:
+            return self._check(ns)(query, cached, similarity, ns.threshold)
+        guard = self.false_hit_guard(ns)
+        checker = presets.verifier_for(ns.preset or "default")
+        if checker.learned is not None:
+            # The guard moves the learned check's probability threshold; the rules still run first.
+            verdict = checker.check(query, cached, similarity, threshold=guard.threshold)
+            if verdict.reason == verifier.LEARNED_REASON and (verdict.score or 0.0) >= guard.floor:
+                return verifier.Verdict(False, "false_hit_guard", verdict.detail, verdict.score)
+            return verdict
+        if similarity < guard.threshold:
+            return verifier.Verdict(False, "false_hit_guard", f"{similarity:.4f} < {guard.threshold:.4f}")
+        return checker.check(query, cached, similarity)
+
+    def false_hit_guard(self, ns: Namespace) -> false_hits.FalseHitController:
+        """The controller holding a namespace to its declared ``max_false_hit_rate`` (created on first use).
+
+        Its ladder runs over the learned check's probability (from the preset's operating point) when the
+        preset has the learned check, else over the cosine (from the namespace's threshold). A changed rate
+        or threshold starts a new controller: evidence gathered under other settings does not carry over.
+        """
+        checker = presets.verifier_for(ns.preset or "default")
+        floor = checker.learned_threshold if checker.learned is not None else ns.threshold
+        key = (ns.name, ns.max_false_hit_rate, ns.preset, floor)
+        guard = self._guards.get(key)
+        if guard is None:
+            ladder = [round(float(t), 3) for t in np.arange(floor, 0.9951, 0.005)] or [floor]
+            guard = self._guards[key] = false_hits.FalseHitController(ns.max_false_hit_rate, ladder)
+        return guard
+
+    def _guard_threshold(self, name: str) -> float:
+        for (ns_name, *_), guard in self._guards.items():
+            if ns_name == name:
+                return guard.threshold
+        return 0.0
+
+    def _remember_score(self, namespace: str, entry_id: int, score: float | None, similarity: float) -> None:
+        self._sampled_scores[(namespace, str(entry_id))] = similarity if score is None else score
+        while len(self._sampled_scores) > _SAMPLED_SCORES_KEPT:
+            self._sampled_scores.popitem(last=False)
 
     def _check(self, ns: Namespace) -> Verifier:
         if self._verifier is not None:
@@ -570,6 +635,12 @@ class Cache:
                     expiry_count=int(c.get(Stat.EXPIRY, 0)),
                     quality_sample_count=samples,
                     quality_token_f1_mean=c.get(Stat.QUALITY_F1_SUM, 0.0) / samples if samples else 0.0,
+                    check_rejection_counts={
+                        stat.value.removeprefix(REJECTION_PREFIX): int(count)
+                        for stat, count in c.items()
+                        if stat.value.startswith(REJECTION_PREFIX) and count
+                    },
+                    false_hit_threshold=self._guard_threshold(ns),
                     quality_embedding_cosine_mean=(
                         c.get(Stat.QUALITY_COS_SUM, 0.0) / cos_samples if cos_samples else 0.0
                     ),
@@ -612,11 +683,20 @@ class Cache:
             self.stats_buffer.add(ns.name, Stat.QUALITY_COS_SAMPLES)
             self.stats_buffer.add(ns.name, Stat.QUALITY_COS_SUM, cos)
             metrics.QUALITY_AGREEMENT.labels(ns.name, "embedding_cosine").observe(cos)
+        if ns.max_false_hit_rate:
+            # Only samples whose hit this replica served can be placed on the ladder (their score is here).
+            score = self._sampled_scores.pop((ns.name, sample.entry_id), None)
+            if score is not None:
+                agreed = false_hits.answers_agree(sample.cached_text, sample.fresh_text, cos)
+                self.false_hit_guard(ns).observe(score, agreed)
         log.info(
             "quality sample",
             extra={"namespace": ns.name, "entry_id": sample.entry_id, "token_f1": f1, "embedding_cosine": cos},
         )
         return QualityResult(token_f1=f1, embedding_cosine=cos)
+
+
+_SAMPLED_SCORES_KEPT = 10_000
 
 
 __all__ = ["Cache", "CacheSettings", "Verdict", "Verifier", "accept_all", "verifier_for"]

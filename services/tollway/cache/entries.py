@@ -134,6 +134,25 @@ class LookupQuery:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Rejection:
+    """A semantic candidate the second check turned down, and which check did.
+
+    Attributes:
+        entry_id: The candidate entry.
+        similarity: Its cosine with the query.
+        check: The check that rejected it (a rule name, ``learned_check`` or ``false_hit_guard``).
+        detail: The evidence, e.g. ``"5 vs 10"``.
+        score: The learned check's probability, when it ran.
+    """
+
+    entry_id: int
+    similarity: float
+    check: str
+    detail: str = ""
+    score: float | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class LookupOutcome:
     """The result of a lookup; ``entry`` is set exactly when ``tier`` is a hit tier."""
 
@@ -144,6 +163,7 @@ class LookupOutcome:
     miss_reason: MissReason = MissReason.NONE
     sample_for_quality: bool = False
     check_reason: str = ""
+    rejections: tuple[Rejection, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -203,6 +223,8 @@ class NamespaceStats:
     quality_sample_count: int = 0
     quality_token_f1_mean: float = 0.0
     quality_embedding_cosine_mean: float = 0.0
+    check_rejection_counts: dict[str, int] = dataclasses.field(default_factory=dict)
+    false_hit_threshold: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -27,10 +27,39 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["FalseHitController", "wilson_upper"]
+__all__ = ["AGREE_COSINE", "AGREE_TOKEN_F1", "FalseHitController", "answers_agree", "wilson_upper"]
+
+# Agreement between a cached and a fresh answer, as measured by bench/answer_agreement.py on SQuAD 2.0
+# answers (same question's distinct gold answers agree; answers to other questions of the same paragraph do
+# not): the cosine of the two answers' MiniLM embeddings, or token F1 when the caller sent no embeddings.
+AGREE_COSINE = 0.80
+AGREE_TOKEN_F1 = 0.50
 
 # z for a one-sided 95 % bound.
 _Z = 1.6448536269514722
+
+
+def answers_agree(cached: str, fresh: str, embedding_cosine: float | None) -> bool:
+    """Whether a cached answer agrees with a fresh one: same numbers, and close in meaning.
+
+    Numbers come first because an embedding barely moves when only a number changes ("take 10 mg" vs
+    "take 100 mg"), which is what a wrong semantic hit usually looks like.
+
+    Args:
+        cached: The answer that was served.
+        fresh: A fresh answer to the same request.
+        embedding_cosine: Cosine of the two answers' embeddings, or None (token F1 is used then).
+    """
+    from tollway.cache.quality import token_f1
+    from tollway.cache.verify_numbers import extract_quantities
+
+    q_cached = {q.value for q in extract_quantities(cached)}
+    q_fresh = {q.value for q in extract_quantities(fresh)}
+    if q_cached and q_fresh and q_cached != q_fresh:
+        return False
+    if embedding_cosine is not None:
+        return embedding_cosine >= AGREE_COSINE
+    return token_f1(cached, fresh) >= AGREE_TOKEN_F1
 
 
 def wilson_upper(failures: int, trials: int, z: float = _Z) -> float:

@@ -27,6 +27,34 @@ class Stat(enum.StrEnum):
     QUALITY_F1_SUM = "quality_f1_sum"
     QUALITY_COS_SAMPLES = "quality_cos_samples"
     QUALITY_COS_SUM = "quality_cos_sum"
+    # Second-check rejections by the check that rejected (one per rule of tollway.cache.verifier, the
+    # learned check, and the false-hit guard of a namespace with a declared rate); CHECK_REJECTION sums them.
+    REJECTED_NUMBER_MISMATCH = "rejected:number_mismatch"
+    REJECTED_UNIT_MISMATCH = "rejected:unit_mismatch"
+    REJECTED_NEGATION_MISMATCH = "rejected:negation_mismatch"
+    REJECTED_OPPOSITE_TERMS = "rejected:opposite_terms"
+    REJECTED_ORDINAL_MISMATCH = "rejected:ordinal_mismatch"
+    REJECTED_SUPERLATIVE_QUALIFIER = "rejected:superlative_qualifier"
+    REJECTED_CLASS_MISMATCH = "rejected:class_mismatch"
+    REJECTED_ROLE_SWAP = "rejected:role_swap"
+    REJECTED_ENTITY_SWAP = "rejected:entity_swap"
+    REJECTED_TERM_SWAP = "rejected:term_swap"
+    REJECTED_QUALIFIER_ADDED = "rejected:qualifier_added"
+    REJECTED_LEARNED_CHECK = "rejected:learned_check"
+    REJECTED_FALSE_HIT_GUARD = "rejected:false_hit_guard"
+    REJECTED_OTHER = "rejected:other"
+
+
+REJECTION_PREFIX = "rejected:"
+
+
+def rejection_stat(reason: str) -> Stat:
+    """The counter for a rejection reason (a verifier rule name, ``learned_check``, ``false_hit_guard``);
+    ``REJECTED_OTHER`` for a reason no counter names (a custom verifier's)."""
+    try:
+        return Stat(REJECTION_PREFIX + reason)
+    except ValueError:
+        return Stat.REJECTED_OTHER
 
 
 Counters = dict[str, dict[Stat, float]]
