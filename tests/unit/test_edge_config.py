@@ -150,7 +150,14 @@ def _filter(cfg: dict[str, Any], name: str) -> dict[str, Any]:
 def test_committed_mesh_config_parses_into_bootstrap() -> None:
     b = parse_bootstrap(build_envoy_config(load_mesh(MESH_FILE)))
     assert [x.name for x in b.static_resources.listeners] == ["public", "mesh"]
-    assert {c.name for c in b.static_resources.clusters} == {"gateway", "cache", "router", "embedding", "openai_compat"}
+    assert {c.name for c in b.static_resources.clusters} == {
+        "gateway",
+        "cache",
+        "budget",
+        "router",
+        "embedding",
+        "openai_compat",
+    }
 
 
 def test_canary_config_parses_into_bootstrap() -> None:
@@ -333,6 +340,7 @@ def test_mesh_listener_routes_every_enabled_grpc_service() -> None:
     assert targets == {
         "/tollway.gateway.v1.GatewayService/": "gateway",
         "/tollway.cache.v1.CacheService/": "cache",
+        "/tollway.budget.v1.BudgetService/": "budget",
         "/tollway.router.v1.RouterService/": "router",
         "/tollway.embedding.v1.EmbeddingService/": "embedding",
     }

@@ -54,7 +54,8 @@ def test_committed_mesh_has_the_documented_ports() -> None:
 
 def test_committed_mesh_enables_and_exposes_the_right_services() -> None:
     mesh = load_mesh(MESH_FILE)
-    assert [s.name for s in mesh.enabled_services] == ["gateway", "cache", "router", "embedding", "openai_compat"]
+    enabled = [s.name for s in mesh.enabled_services]
+    assert enabled == ["gateway", "cache", "budget", "router", "embedding", "openai_compat"]
     assert {s.name for s in mesh.services if s.public} == {"gateway", "openai_compat"}
     gateway = mesh.service("gateway")
     assert gateway.grpc_services == ("tollway.gateway.v1.GatewayService",)
@@ -206,7 +207,7 @@ BAD = [
      r"services.cache.port: 50052 port is already used by services.gateway.canary.port"),
     (_set("@cache.port", 50051), r"services.cache.port: 50051 port is already used by services.gateway.port"),
     (_set("@openai_compat.name", "cache"), r"services\[7\].name: 'cache' is already used by services\[1\]"),
-    (_set("@gateway.calls", ["budget"]), r"services.gateway.calls\[0\]: 'budget' must be another enabled gRPC"),
+    (_set("@gateway.calls", ["prompts"]), r"services.gateway.calls\[0\]: 'prompts' must be another enabled gRPC"),
     (_set("@gateway.calls", ["nope"]), r"services.gateway.calls\[0\]: 'nope' is not a service of this mesh"),
     (_set("@gateway.public", "yes"), r"services\[0\].public: 'yes' is not true or false"),
     (_set("@openai_compat.enabled", False), None),  # still fine: the gateway is public
