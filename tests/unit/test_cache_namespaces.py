@@ -130,3 +130,31 @@ def test_registry_refuses_a_bad_file_at_start(tmp_path: Path) -> None:
     path.write_text("namespaces:\n  default: {threshold: 9}\n")
     with pytest.raises(NamespaceConfigError):
         NamespaceRegistry(path, presets={})
+
+
+# ------------------------------------------------------------------------- declared false-hit rate
+
+
+def test_max_false_hit_rate_with_a_preset() -> None:
+    spaces = parse_namespaces(
+        {"namespaces": {"a": {"preset": "default", "max_false_hit_rate": 0.01}}}, "ns.yaml", installed_presets()
+    )
+    assert spaces["a"].max_false_hit_rate == 0.01
+    assert spaces["a"].threshold == PRESETS["default"]["threshold"]  # the preset's threshold is the floor
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"threshold": 0.9, "max_false_hit_rate": 0.01}, r"namespaces\.a\.max_false_hit_rate: 0\.01 .*threshold"),
+        ({"preset": "default", "max_false_hit_rate": 0}, r"namespaces\.a\.max_false_hit_rate: 0 is not in \(0, 0\.5\]"),
+        ({"preset": "default", "max_false_hit_rate": 0.75}, r"namespaces\.a\.max_false_hit_rate: 0\.75 is not in"),
+        ({"preset": "default", "max_false_hit_rate": -0.1}, r"namespaces\.a\.max_false_hit_rate"),
+        ({"preset": "default", "max_false_hit_rate": "1%"}, r"namespaces\.a\.max_false_hit_rate"),
+        ({"preset": "careful"}, r"namespaces\.a\.preset: 'careful' is not a preset"),
+    ],
+    ids=["both", "zero", "above-half", "negative", "text", "unknown-preset"],
+)
+def test_false_hit_rate_config_errors_name_the_key(settings: dict[str, object], message: str) -> None:
+    with pytest.raises(NamespaceConfigError, match=message):
+        parse_namespaces({"namespaces": {"a": settings}}, "ns.yaml", installed_presets())

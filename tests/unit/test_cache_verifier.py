@@ -204,3 +204,77 @@ def test_verifier_for_builds_the_profile() -> None:
     assert verifier_for("strict").rules == tuple(ALL_RULES)
     with pytest.raises(KeyError, match="unknown cache preset 'lenient'"):
         verifier_for("lenient")
+
+
+# ------------------------------------------------------------------ issue 11: parsed numbers, ordinals, qualifiers
+
+ISSUE_11_NEAR_MISSES = [
+    ("number_mismatch", "is 10mg of melatonin too much", "is 100mg of melatonin too much"),
+    ("number_mismatch", "upgrade my plan to 10GB", "upgrade my plan to 100GB"),
+    ("number_mismatch", "canon 700D or 1200D for a beginner", "canon 700D or 12000D for a beginner"),
+    ("unit_mismatch", "laptop with 1TB storage", "laptop with 1GB storage"),
+    ("unit_mismatch", "Pick the 2GB model or the 2GB one", "Pick the 2GB model or the 2MB one"),
+    ("opposite_terms", "how to import contacts into gmail", "how to export contacts into gmail"),
+    ("opposite_terms", "open inbound port on the firewall", "open outbound port on the firewall"),
+    ("opposite_terms", "is smoking allowed on trains", "is smoking forbidden on trains"),
+    ("opposite_terms", "what does the lender pay at closing", "what does the borrower pay at closing"),
+    ("opposite_terms", "duties of an employer in a layoff", "duties of an employee in a layoff"),
+    ("opposite_terms", "does coffee help sleep", "why does coffee hurt sleep"),
+    ("ordinal_mismatch", "what is the second largest lake in Africa", "what is the largest lake in Africa"),
+    ("ordinal_mismatch", "who won the third round", "who won the fifth round"),
+    ("ordinal_mismatch", "the next-to-last chapter of the book", "the last chapter of the book"),
+    ("superlative_qualifier", "who is the oldest living painter", "who is the oldest painter"),
+    ("superlative_qualifier", "best free note apps", "best note apps"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("rule", "query", "cached"), ISSUE_11_NEAR_MISSES)
+def test_default_rules_reject_issue_11_near_misses(rule: str, query: str, cached: str) -> None:
+    assert rejected_by(DEFAULT, query, cached) == rule
+    assert rejected_by(DEFAULT, cached, query) == rule
+
+
+ISSUE_11_PARAPHRASES = [
+    ("how much is 10 GB in MB", "how much is 10GB in MB"),
+    ("take 5 mg of it", "take 5mg of it"),
+    ("Can you tell me how to boil an egg?", "how to boil an egg"),
+    ("Quick question: best hiking boots", "best hiking boots, please"),
+    ("my first car insurance quote", "car insurance quote for my first car"),
+]
+
+
+@pytest.mark.parametrize(("query", "cached"), ISSUE_11_PARAPHRASES)
+def test_issue_11_paraphrases_pass_every_rule(query: str, cached: str) -> None:
+    assert rejected_by(STRICT, query, cached) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("10GB", (Quantity("10", "gb"),)),
+        ("10 GB", (Quantity("10", "gb"),)),
+        ("10 gigabytes", (Quantity("10", "gb"),)),
+        ("250mg", (Quantity("250", "mg"),)),
+        ("50 mcg", (Quantity("50", "mcg"),)),
+        ("5mm bolt", (Quantity("5", "mm"),)),
+        ("1TB", (Quantity("1", "tb"),)),
+        ("one week", ()),
+        ("canon 700D", (Quantity("700", "d"),)),
+        ("33 cl", (Quantity("33", "cl"),)),
+    ],
+)
+def test_quantities_with_units(text: str, expected: tuple[Quantity, ...]) -> None:
+    assert extract_quantities(text) == expected
+
+
+def test_ordinals_and_superlatives_are_parsed() -> None:
+    f = analyze("what is the second-to-last and the third largest city")
+    assert (-3, True) in f.ordinals and (3, True) in f.ordinals
+    assert analyze("wait a second please").ordinals == ()
+    assert analyze("the oldest living president").superlatives == {"oldest": frozenset({"liv", "president"})}
+    assert analyze("an interesting forest").superlatives == {}
+
+
+def test_digit_codes_are_never_spelling_variants() -> None:
+    assert not similar("1200d", "12000d")
+    assert similar("negotiate", "negotiation")

@@ -129,6 +129,10 @@ class Cache:
             settings: Tuning; defaults otherwise.
             verifier: A second check for every namespace (tests); by default each namespace
                 runs its preset's rules (:func:`verifier_for`).
+
+        Raises:
+            LearnedCheckError: A namespace's preset uses the learned check and its weights file is
+                missing or corrupt (the message names the path).
             clock: Current Unix time in ms (tests pass a controllable one).
             rng: Randomness for quality sampling.
         """
@@ -142,6 +146,11 @@ class Cache:
         # score each recently sampled hit had, so its quality sample can be placed on the ladder.
         self._guards: dict[tuple[str, float, str, float], false_hits.FalseHitController] = {}
         self._sampled_scores: collections.OrderedDict[tuple[str, str], float] = collections.OrderedDict()
+        if verifier is None:
+            # Build every configured namespace's second check now: a missing or corrupt learned-check
+            # weights file must stop the service at start (naming the path), not fail the first lookup.
+            for name in namespaces.names:
+                self._check(namespaces.get(name))
         self.clock = clock
         self.rng = rng or random.Random()
         self.stats_buffer = StatsBuffer()

@@ -93,12 +93,23 @@ class FalseHitController:
         ladder: Candidate thresholds, ascending (at least one). The first is the floor: candidates scoring
             below it are never served and need no sample.
         window: Most recent samples kept.
+        local_width: How far above a threshold its own evidence is looked for.
+        min_local: Samples needed in ``[t, t + local_width)`` before ``t`` may be served: the bound over
+            everything above ``t`` says nothing about the band just above it if no sample fell there.
 
     Raises:
         ValueError: The rate is outside (0, 0.5], the ladder is empty or not ascending, or the window < 1.
     """
 
-    def __init__(self, max_false_hit_rate: float, ladder: Sequence[float], window: int = 20_000) -> None:
+    def __init__(
+        self,
+        max_false_hit_rate: float,
+        ladder: Sequence[float],
+        window: int = 20_000,
+        *,
+        local_width: float = 0.1,
+        min_local: int = 20,
+    ) -> None:
         if not 0.0 < max_false_hit_rate <= 0.5:
             raise ValueError(f"max_false_hit_rate {max_false_hit_rate!r} is not in (0, 0.5]")
         if not ladder or any(b <= a for a, b in itertools.pairwise(ladder)):
@@ -109,6 +120,8 @@ class FalseHitController:
         self.ladder = tuple(float(t) for t in ladder)
         self._samples: deque[_Sample] = deque()
         self._window = window
+        self._local_width = local_width
+        self._min_local = min_local
         # Per ladder step i: samples (and disagreements) scoring in [ladder[i], ladder[i + 1]).
         self._n = [0] * len(self.ladder)
         self._bad = [0] * len(self.ladder)
@@ -162,13 +175,20 @@ class FalseHitController:
             self._bad[i] += delta
 
     def _choose(self) -> float:
-        n = bad = 0
+        # Suffix sums from the top down: at_least[i] = samples scoring >= ladder[i].
+        steps = len(self.ladder)
+        at_least, bad_at_least = [0] * (steps + 1), [0] * (steps + 1)
+        for i in range(steps - 1, -1, -1):
+            at_least[i] = at_least[i + 1] + self._n[i]
+            bad_at_least[i] = bad_at_least[i + 1] + self._bad[i]
         best = self.ladder[-1]
-        # From the top down, so each step's counts are suffix sums; the lowest passing step wins. A step
-        # with a failing bound does not stop the walk: more agreeing samples below can bring it back.
-        for i in range(len(self.ladder) - 1, -1, -1):
-            n += self._n[i]
-            bad += self._bad[i]
-            if n and wilson_upper(bad, n) <= self.max_false_hit_rate:
+        # The lowest step that passes wins. A failing step does not stop the walk: more agreeing samples
+        # below can bring the bound back under the rate.
+        for i in range(steps - 1, -1, -1):
+            n = at_least[i]
+            if not n or wilson_upper(bad_at_least[i], n) > self.max_false_hit_rate:
+                continue
+            band_end = bisect.bisect_left(self.ladder, self.ladder[i] + self._local_width - 1e-9)
+            if n - at_least[band_end] >= self._min_local:
                 best = self.ladder[i]
         return best

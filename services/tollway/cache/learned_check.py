@@ -210,11 +210,15 @@ def load_learned_check(path: str | Path = WEIGHTS_PATH) -> LearnedCheck:
     return LearnedCheck(mean, scale, coef, float(intercept), dict(points), path)
 
 
-@lru_cache(maxsize=4)
-def shipped(path: str = str(WEIGHTS_PATH)) -> LearnedCheck:
-    """The weights shipped with the package, loaded once per process.
+def shipped() -> LearnedCheck:
+    """The weights at :data:`WEIGHTS_PATH` (the package's own file), loaded once per process and path.
 
     Raises:
         LearnedCheckError: As :func:`load_learned_check`.
     """
+    return _load_cached(str(WEIGHTS_PATH))
+
+
+@lru_cache(maxsize=4)
+def _load_cached(path: str) -> LearnedCheck:
     return load_learned_check(path)

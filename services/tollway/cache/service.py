@@ -133,6 +133,12 @@ def lookup_to_proto(outcome: LookupOutcome) -> cache_pb2.LookupResponse:
     )
     if outcome.entry is not None:
         resp.answer.CopyFrom(answer_to_proto(outcome.entry))
+    for r in outcome.rejections:
+        rejected = resp.rejected_candidates.add(
+            entry_id=str(r.entry_id), similarity=r.similarity, check=r.check, detail=r.detail
+        )
+        if r.score is not None:
+            rejected.learned_score = r.score
     return resp
 
 
@@ -155,6 +161,8 @@ def stats_to_proto(s: NamespaceStats) -> cache_pb2.NamespaceStats:
         quality_sample_count=s.quality_sample_count,
         quality_token_f1_mean=s.quality_token_f1_mean,
         quality_embedding_cosine_mean=s.quality_embedding_cosine_mean,
+        check_rejection_counts=s.check_rejection_counts,
+        false_hit_threshold=s.false_hit_threshold,
     )
 
 

@@ -88,7 +88,7 @@ def _digit_quantities(text: str) -> tuple[list[Quantity], str]:
                 # between two such codes, so it is kept, with the letters as its unit.
                 found.append(Quantity(_canonical(float(raw)) if raw.count(".") <= 1 else raw, glued))
                 pieces.append(text[last:start])
-                pieces.append(" ")
+                pieces.append(" \x00 ")
                 last = end
                 continue
             else:

@@ -1,0 +1,114 @@
+"""The learned second check: features, loading the shipped weights, refusing a bad file, the preset wiring.
+
+Examples are written for these tests, not taken from the evaluation pairs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tollway.cache import learned_check, presets
+from tollway.cache.cache import Cache
+from tollway.cache.learned_check import (
+    FEATURES,
+    WEIGHTS_PATH,
+    LearnedCheckError,
+    features,
+    load_learned_check,
+    shipped,
+)
+from tollway.cache.namespaces import NamespaceRegistry
+
+
+def test_shipped_weights_load_and_match_the_features() -> None:
+    model = shipped()
+    assert model.coef.shape == (len(FEATURES),)
+    assert 0 < model.threshold("default") < 1
+    doc = json.loads(WEIGHTS_PATH.read_text())
+    assert "licence" in doc and "CC BY-SA" in doc["licence"]
+    assert "gptcache-qqp" not in doc["trained_on"]  # Quora text is evaluation-only
+
+
+def test_features_see_what_differs() -> None:
+    same = features("how do I reset my router", "how can I reset my router", 0.97)
+    swapped = features("npm audit false positives", "yarn audit false positives", 0.95)
+    index = {name: i for i, name in enumerate(FEATURES)}
+    assert same[index["key_jaccard"]] > swapped[index["key_jaccard"]]
+    assert swapped[index["rule_term_swap"]] == 1.0
+    assert same.shape == (len(FEATURES),)
+
+
+def test_probability_orders_a_paraphrase_above_a_swapped_term() -> None:
+    model = shipped()
+    paraphrase = model.probability("how can I reset my router", "how do I reset my router", 0.96)
+    swapped = model.probability("yarn audit false positives", "npm audit false positives", 0.96)
+    assert paraphrase > model.threshold("default") > swapped
+
+
+def test_missing_weights_file_names_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "absent.json"
+    with pytest.raises(LearnedCheckError, match=str(path)):
+        load_learned_check(path)
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda d: "not json {",
+        lambda d: json.dumps({**d, "features": ["cosine"]}),
+        lambda d: json.dumps({**d, "coef": d["coef"][:-1]}),
+        lambda d: json.dumps({**d, "coef": ["x"] * len(d["coef"])}),
+        lambda d: json.dumps({**d, "scale": [0.0] * len(d["scale"])}),
+        lambda d: json.dumps({**d, "intercept": None}),
+        lambda d: json.dumps({**d, "operating_points": {"default": 1.5}}),
+        lambda d: json.dumps([1, 2]),
+    ],
+    ids=["not-json", "other-features", "short-coef", "text-coef", "zero-scale", "no-intercept", "bad-point", "list"],
+)
+def test_corrupt_weights_file_names_the_path(tmp_path: Path, mutate) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "weights.json"
+    path.write_text(mutate(json.loads(WEIGHTS_PATH.read_text())))
+    with pytest.raises(LearnedCheckError, match=str(path)):
+        load_learned_check(path)
+
+
+def test_cache_refuses_to_start_without_its_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    missing = tmp_path / "gone.json"
+    monkeypatch.setattr(learned_check, "WEIGHTS_PATH", missing)
+    presets.verifier_for.cache_clear()
+    try:
+        ns_file = tmp_path / "ns.yaml"
+        ns_file.write_text("namespaces:\n  default: {preset: default}\n")
+        with pytest.raises(LearnedCheckError, match=str(missing)):
+            Cache(store=None, namespaces=NamespaceRegistry(ns_file), sync=None)  # type: ignore[arg-type]
+    finally:
+        presets.verifier_for.cache_clear()
+
+
+def test_presets_without_the_learned_check_start_without_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(learned_check, "WEIGHTS_PATH", tmp_path / "gone.json")
+    presets.verifier_for.cache_clear()
+    try:
+        ns_file = tmp_path / "ns.yaml"
+        ns_file.write_text("namespaces:\n  faq: {preset: loose}\n")
+        Cache(store=None, namespaces=NamespaceRegistry(ns_file), sync=None)  # type: ignore[arg-type]
+    finally:
+        presets.verifier_for.cache_clear()
+
+
+def test_default_preset_rejects_with_the_learned_check_and_reports_its_score() -> None:
+    verdict = presets.verifier_for("default").check("yarn audit false positives", "npm audit false positives", 0.95)
+    assert not verdict.accept and verdict.reason == "learned_check"
+    assert verdict.score is not None and verdict.score < 0.3
+    ok = presets.verifier_for("default").check("how can I reset my router", "how do I reset my router", 0.96)
+    assert ok.accept and ok.score is not None
+
+
+def test_learned_check_never_runs_without_a_cosine() -> None:
+    with pytest.raises(ValueError, match="cosine"):
+        presets.verifier_for("default").check("how can I reset my router", "how do I reset my router")
