@@ -4,7 +4,7 @@ import pytest
 
 from tollway.common.v1 import common_pb2
 from tollway.gateway.v1 import gateway_pb2
-from tollway.gateway.validation import Limits, check, validate
+from tollway.gateway.validation import Limits, check, check_metadata, validate
 from tollway.mesh.errors import InvalidArgument
 
 LIMITS = Limits(max_input_chars=100, max_messages=3, default_max_tokens=256)
@@ -59,3 +59,13 @@ def test_check_raises_with_every_violation() -> None:
         check(req(model="", messages=[]), LIMITS)
     assert [f for f, _ in err.value.violations] == ["model", "messages"]
     assert "model" in err.value.message
+
+
+def test_headers_the_gateway_reads_must_be_printable_ascii() -> None:
+    check_metadata([("authorization", "Bearer tw-abc"), ("user-agent", "curl/8 é"), ("x-trace-bin", b"\xff")])
+    # gRPC hands a non-UTF-8 value over as Latin-1.
+    for key in ("authorization", "x-canary", "x-tollway-cache-mode"):
+        with pytest.raises(InvalidArgument) as err:
+            check_metadata([(key, "Bearer tw-\xff\xfesecret")])
+        assert err.value.violations == [(key, "printable ASCII")]
+        assert "secret" not in err.value.message and "2 character(s)" in err.value.message

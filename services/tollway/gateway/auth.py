@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 
 from tollway.gateway.store import GatewayStore
+from tollway.gateway.validation import check_metadata
 from tollway.mesh.errors import InvalidArgument, Unauthenticated
 
 KEY_PREFIX = "tw-"
@@ -74,9 +75,13 @@ class KeyRing:
     async def authenticate(self, metadata: Sequence[tuple[str, str | bytes]]) -> Tenant:
         """The tenant of the request's key.
 
+        The headers are checked first: every RPC authenticates before it reads anything else.
+
         Raises:
+            InvalidArgument: A header the gateway reads is not printable ASCII.
             Unauthenticated: No bearer token, or one that is not a live key.
         """
+        check_metadata(metadata)
         token = bearer_token(metadata)
         if token is None:
             raise Unauthenticated(

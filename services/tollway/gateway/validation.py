@@ -8,9 +8,12 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from tollway.mesh.errors import InvalidArgument
+from tollway.mesh.propagation import FORWARDED
 
 ROLES = ("system", "user", "assistant", "tool")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+# gRPC metadata values other than "-bin" ones are printable ASCII (what a gRPC client may send on).
+_NOT_PRINTABLE = re.compile(r"[^\x20-\x7e]")
 MAX_TOKENS_LIMIT = 32_768
 
 
@@ -98,3 +101,29 @@ def check(req: ChatRequestLike, limits: Limits) -> None:
     if bad:
         fields = ", ".join(f for f, _ in bad)
         raise InvalidArgument(f"invalid request: {bad[0][0]}: {bad[0][1]} (problems in: {fields})", bad)
+
+
+def _read_header(key: str) -> bool:
+    """Whether the gateway reads or forwards this header (the others it never looks at)."""
+    return key == "authorization" or key in FORWARDED or key.startswith("x-tollway-")
+
+
+def check_metadata(metadata: Sequence[tuple[str, str | bytes]]) -> None:
+    """Refuses a request whose ``authorization``, forwarded or ``x-tollway-*`` header is not printable ASCII.
+
+    Envoy passes HTTP header bytes on as they came, and gRPC hands non-UTF-8 ones over as
+    Latin-1; a forwarded one would then fail the call made on the request's behalf. The
+    message counts the bad characters and never repeats the value, which may be a key.
+
+    Raises:
+        InvalidArgument: Such a header holds a character outside 0x20-0x7e.
+    """
+    for key, value in metadata:
+        if isinstance(value, str) and _read_header(key) and _NOT_PRINTABLE.search(value):
+            count = len(_NOT_PRINTABLE.findall(value))
+            raise InvalidArgument(
+                f"the {key} header holds {count} character(s) that are not printable ASCII; "
+                "header values must be printable ASCII",
+                [(key, "printable ASCII")],
+                reason="HEADER_NOT_ASCII",
+            )

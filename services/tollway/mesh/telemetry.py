@@ -46,8 +46,29 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+class _WithholdMetadataBytes(logging.Filter):
+    """Rewrites gRPC's "Invalid encoding on b'...'" records, which quote a header value in full.
+
+    gRPC logs every metadata value that is not UTF-8, traceback and all, when a servicer
+    reads the metadata; the value may be an API key. The record keeps its place in the log,
+    with the value's length instead of its bytes.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith("Invalid encoding on"):
+            size = len(record.args[0]) if isinstance(record.args, tuple) and record.args else "?"
+            record.msg = "a metadata value of %s bytes is not UTF-8 (value withheld); it is read as Latin-1"
+            record.args = (size,)
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def setup_logging(service: str, cfg: MeshConfig) -> None:
-    """Routes every log record of the process to stderr in the configured format."""
+    """Routes every log record of the process to stderr in the configured format.
+
+    Header values that gRPC would log verbatim are withheld (see _WithholdMetadataBytes).
+    """
     handler = logging.StreamHandler(sys.stderr)
     if cfg.log_format == "json":
         handler.setFormatter(JsonFormatter(service))
@@ -58,6 +79,9 @@ def setup_logging(service: str, cfg: MeshConfig) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(cfg.log_level.upper())
+    grpc_core = logging.getLogger("grpc._cython.cygrpc")
+    if not any(isinstance(f, _WithholdMetadataBytes) for f in grpc_core.filters):
+        grpc_core.addFilter(_WithholdMetadataBytes())
 
 
 def tracing_enabled(cfg: MeshConfig) -> bool:

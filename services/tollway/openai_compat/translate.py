@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import grpc
@@ -38,26 +40,65 @@ HTTP_ERRORS: dict[grpc.StatusCode, tuple[int, str]] = {
 }
 
 
+# Proto field ranges: a JSON integer outside them cannot be set on the gateway request.
+_INT32_MAX = 2**31 - 1
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+_JSON_TYPES = {
+    bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array", dict: "an object"
+}
+
+
+def _bad(param: str, what: str, value: Any) -> InvalidArgument:
+    """The 400 for one field, naming it and the JSON type that arrived (never its whole value)."""
+    got = "null" if value is None else _JSON_TYPES.get(type(value), type(value).__name__)
+    return InvalidArgument(f"'{param}' must be {what}; got {got}", [(param, what)])
+
+
+def _string(value: Any, param: str) -> str:
+    """An optional string field: null and absent are ""."""
+    if value is None:
+        return ""
+    if type(value) is not str:
+        raise _bad(param, "a string", value)
+    return value
+
+
+def _integer(value: Any, param: str, low: int, high: int) -> int:
+    # bool is an int subclass, but `true` is not a JSON integer.
+    if type(value) is not int:
+        raise _bad(param, "an integer", value)
+    if not low <= value <= high:
+        raise InvalidArgument(
+            f"'{param}' is {value}, outside [{low}, {high}]", [(param, f"an integer in [{low}, {high}]")]
+        )
+    return value
+
+
 def _content(value: Any, where: str) -> str:
     if value is None:
         return ""
-    if isinstance(value, str):
+    if type(value) is str:
         return value
-    if isinstance(value, list):
+    if type(value) is list:
         parts = []
         for i, part in enumerate(value):
-            if not isinstance(part, dict) or part.get("type") != "text":
+            if type(part) is not dict or part.get("type") != "text":
                 raise InvalidArgument(
                     f"{where}[{i}]: only text content parts are supported",
                     [(f"{where}[{i}].type", "only 'text' parts are supported")],
                 )
-            parts.append(str(part.get("text", "")))
+            parts.append(_string(part.get("text"), f"{where}[{i}].text"))
         return "".join(parts)
-    raise InvalidArgument(f"{where} must be a string or a list of text parts", [(where, "string or list")])
+    raise _bad(where, "a string or an array of text parts", value)
 
 
 def chat_request(body: Any) -> tuple[gateway_pb2.GenerateRequest, bool, bool]:
     """Translates a chat-completions body.
+
+    Every field Tollway reads is type-checked here, and integers are checked against their
+    proto field's range, so any JSON value is either translated or refused with the field
+    named; the gateway then checks the values (lengths, limits, roles).
 
     Returns:
         The gateway request, whether the client asked for a stream, and whether it asked
@@ -66,45 +107,98 @@ def chat_request(body: Any) -> tuple[gateway_pb2.GenerateRequest, bool, bool]:
     Raises:
         InvalidArgument: The body is not a chat-completions request Tollway can serve.
     """
-    if not isinstance(body, dict):
+    try:
+        return _chat_request(body)
+    except UnicodeEncodeError as exc:
+        # JSON may escape half a surrogate pair ("\\ud800"), which no proto string can hold.
+        bad = exc.object[exc.start : exc.end].encode("unicode_escape").decode()
+        raise InvalidArgument(
+            f"a string in the body holds an unpaired UTF-16 surrogate ({bad}); strings must be Unicode text",
+            [("body", "strings of Unicode text")],
+        ) from None
+
+
+def _chat_request(body: Any) -> tuple[gateway_pb2.GenerateRequest, bool, bool]:
+    if type(body) is not dict:
         raise InvalidArgument("the request body must be a JSON object", [("body", "JSON object")])
     messages = body.get("messages")
-    if not isinstance(messages, list):
+    if type(messages) is not list:
         raise InvalidArgument("'messages' is required and must be a list", [("messages", "list of messages")])
-    if body.get("n", 1) != 1:
+    n = body.get("n")
+    if n is not None and (type(n) is not int or n != 1):
         raise InvalidArgument("only n=1 is supported", [("n", "must be 1")])
-    req = gateway_pb2.GenerateRequest(model=str(body.get("model") or ""))
+    req = gateway_pb2.GenerateRequest(model=_string(body.get("model"), "model"))
     for i, m in enumerate(messages):
-        if not isinstance(m, dict):
-            raise InvalidArgument(f"messages[{i}] must be an object", [(f"messages[{i}]", "object")])
+        if type(m) is not dict:
+            raise _bad(f"messages[{i}]", "an object", m)
         req.messages.add(
-            role=str(m.get("role", "")),
+            role=_string(m.get("role"), f"messages[{i}].role"),
             content=_content(m.get("content"), f"messages[{i}].content"),
-            name=str(m.get("name") or ""),
+            name=_string(m.get("name"), f"messages[{i}].name"),
         )
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    if max_tokens is not None:
-        if not isinstance(max_tokens, int):
-            raise InvalidArgument("max_tokens must be an integer", [("max_tokens", "integer")])
-        req.max_tokens = max_tokens
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = body.get(name)
+        if value is not None:
+            req.max_tokens = _integer(value, name, 0, _INT32_MAX)
+            break
     for name in ("temperature", "top_p"):
         value = body.get(name)
         if value is not None:
-            if not isinstance(value, int | float):
-                raise InvalidArgument(f"{name} must be a number", [(name, "number")])
+            # json.loads refuses NaN and Infinity (see parse_body), so a number here is finite.
+            if type(value) is not float and type(value) is not int:
+                raise _bad(name, "a number", value)
             setattr(req, name, float(value))
     stop = body.get("stop")
-    if stop is not None:
-        req.stop.extend([stop] if isinstance(stop, str) else [str(s) for s in stop])
-    if isinstance(body.get("seed"), int):
-        req.seed = body["seed"]
-    req.user = str(body.get("user") or "")
-    metadata = body.get("metadata") or {}
-    if isinstance(metadata, dict):
-        req.feature = str(metadata.get("feature", ""))
-    stream = bool(body.get("stream"))
-    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-    return req, stream, include_usage
+    if type(stop) is str:
+        req.stop.append(stop)
+    elif type(stop) is list:
+        for i, s in enumerate(stop):
+            if type(s) is not str:
+                raise _bad(f"stop[{i}]", "a string", s)
+        req.stop.extend(stop)
+    elif stop is not None:
+        raise _bad("stop", "a string or an array of strings", stop)
+    seed = body.get("seed")
+    if seed is not None:
+        req.seed = _integer(seed, "seed", _INT64_MIN, _INT64_MAX)
+    req.user = _string(body.get("user"), "user")
+    metadata = body.get("metadata")
+    if metadata is not None:
+        if type(metadata) is not dict:
+            raise _bad("metadata", "an object of strings", metadata)
+        req.feature = _string(metadata.get("feature"), "metadata.feature")
+    stream = body.get("stream")
+    if stream is not None and type(stream) is not bool:
+        raise _bad("stream", "a boolean", stream)
+    options = body.get("stream_options")
+    include_usage = False
+    if options is not None:
+        if type(options) is not dict:
+            raise _bad("stream_options", "an object", options)
+        include_usage = options.get("include_usage")
+        if include_usage is not None and type(include_usage) is not bool:
+            raise _bad("stream_options.include_usage", "a boolean", include_usage)
+    return req, stream is True, include_usage is True
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_body(raw: bytes) -> Any:
+    """Decodes a request body as strict JSON (RFC 8259).
+
+    Python's decoder also accepts ``NaN`` and ``Infinity``; they are refused here, so every
+    number that reaches :func:`chat_request` is finite.
+
+    Raises:
+        ValueError: The bytes are not UTF-8 JSON; the message says where.
+    """
+    try:
+        return json.loads(raw, parse_constant=_no_constant)
+    except RecursionError:
+        # A body of nested arrays nests deeper than the decoder's stack (1 MiB allows 500k levels).
+        raise ValueError("the JSON nests too deeply") from None
 
 
 # The header names a mode as CacheMode does; "default" (or nothing) is the normal mode.
@@ -128,6 +222,30 @@ def apply_cache_headers(req: gateway_pb2.GenerateRequest, headers: Any) -> None:
         )
     req.cache_policy.mode = _HEADER_MODES[mode]
     req.cache_policy.namespace = headers.get("x-tollway-cache-namespace", "").strip()
+
+
+# gRPC metadata values (all but "-bin" keys) are printable ASCII; the gateway call could not carry others.
+_NOT_PRINTABLE = re.compile(rb"[^\x20-\x7e]")
+
+
+def check_headers(raw: Iterable[tuple[bytes, bytes]]) -> None:
+    """Refuses a request whose ``authorization`` or ``x-tollway-*`` header is not printable ASCII.
+
+    The message names the header and counts the bad bytes; it never repeats the value,
+    which may be a key.
+
+    Raises:
+        InvalidArgument: A header Tollway reads holds a byte outside 0x20-0x7e.
+    """
+    for name, value in raw:
+        if (name == b"authorization" or name.startswith(b"x-tollway-")) and _NOT_PRINTABLE.search(value):
+            header = name.decode("latin-1")
+            count = len(_NOT_PRINTABLE.findall(value))
+            raise InvalidArgument(
+                f"the {header} header holds {count} byte(s) that are not printable ASCII; "
+                "header values must be printable ASCII",
+                [(header, "printable ASCII")],
+            )
 
 
 def complete_request(req: gateway_pb2.GenerateRequest) -> gateway_pb2.CompleteRequest:

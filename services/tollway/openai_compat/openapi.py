@@ -1,0 +1,413 @@
+"""The OpenAPI 3 description of Tollway's public HTTP API, served at ``/openapi.json``.
+
+Two surfaces share the edge, and this module is the one place that describes both:
+
+- the native JSON/SSE API is generated from ``GatewayService``'s descriptors: the paths and
+  verbs from its ``google.api.http`` options, the bodies from its messages as Envoy's
+  transcoder reads and prints them (proto field names, int64 as a string on the way out,
+  enums by name, every primitive field present), so a new RPC or field appears here with no
+  edit. Errors are ``google.rpc.Status`` JSON.
+- the OpenAI API is written here: the part of Chat Completions and Models that
+  ``tollway.openai_compat.translate`` reads and writes. Errors are OpenAI's error object.
+
+Value rules (lengths, ranges, roles) are the gateway's; the schemas give types and the
+limits of the proto fields, which is what the edge itself enforces.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.api import annotations_pb2, http_pb2
+from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor, ServiceDescriptor
+
+from tollway.gateway.v1 import gateway_pb2
+
+PATH = "/openapi.json"
+
+_REF = "#/components/schemas/"
+_INT32 = {"type": "integer", "format": "int32", "minimum": -(2**31), "maximum": 2**31 - 1}
+_INT64 = {"type": "integer", "format": "int64", "minimum": -(2**63), "maximum": 2**63 - 1}
+
+# Scalar proto types -> JSON Schema, as the proto3 JSON mapping has them.
+_SCALARS: dict[int, dict[str, Any]] = {
+    FieldDescriptor.TYPE_STRING: {"type": "string"},
+    FieldDescriptor.TYPE_BOOL: {"type": "boolean"},
+    FieldDescriptor.TYPE_DOUBLE: {"type": "number"},
+    FieldDescriptor.TYPE_FLOAT: {"type": "number"},
+    FieldDescriptor.TYPE_BYTES: {"type": "string", "format": "byte"},
+    FieldDescriptor.TYPE_INT32: _INT32,
+    FieldDescriptor.TYPE_SINT32: _INT32,
+    FieldDescriptor.TYPE_SFIXED32: _INT32,
+}
+_64_BIT = {
+    FieldDescriptor.TYPE_INT64,
+    FieldDescriptor.TYPE_SINT64,
+    FieldDescriptor.TYPE_SFIXED64,
+    FieldDescriptor.TYPE_UINT64,
+    FieldDescriptor.TYPE_FIXED64,
+    FieldDescriptor.TYPE_UINT32,
+    FieldDescriptor.TYPE_FIXED32,
+}
+
+
+class _Schemas:
+    """Component schemas of proto messages, one per message and direction.
+
+    The transcoder reads more than it writes (an int64 as a number or a string, an enum by
+    name or number, ``null`` for a default), so a message read from a client and one written
+    to it get different schemas.
+    """
+
+    def __init__(self) -> None:
+        self.components: dict[str, Any] = {}
+
+    def ref(self, message: Descriptor, output: bool) -> dict[str, str]:
+        name = message.full_name if output else message.full_name + ".Input"
+        if name not in self.components:
+            self.components[name] = {}  # placeholder: recursive messages refer to themselves
+            self.components[name] = self._message(message, output)
+        return {"$ref": _REF + name}
+
+    def _message(self, message: Descriptor, output: bool) -> dict[str, Any]:
+        properties = {f.name: self._field(f, output) for f in message.fields}
+        schema: dict[str, Any] = {"type": "object", "properties": properties}
+        if output:
+            # always_print_primitive_fields: every field but messages and oneof members is printed.
+            required = [
+                f.name
+                for f in message.fields
+                if f.containing_oneof is None and (f.type != FieldDescriptor.TYPE_MESSAGE or _repeated(f))
+            ]
+            if required:
+                schema["required"] = required
+        return schema
+
+    def _field(self, field: FieldDescriptor, output: bool) -> dict[str, Any]:
+        if field.type == FieldDescriptor.TYPE_MESSAGE:
+            item: dict[str, Any] = self.ref(field.message_type, output)
+        elif field.type == FieldDescriptor.TYPE_ENUM:
+            item = _enum(field.enum_type, output)
+        elif field.type in _64_BIT:
+            # 64-bit integers are JSON strings on the way out; either form is read.
+            digits = {"type": "string", "pattern": "^-?[0-9]+$"}
+            item = digits if output else {"anyOf": [_INT64, digits]}
+        else:
+            item = dict(_SCALARS[field.type])
+        schema = {"type": "array", "items": item} if _repeated(field) else item
+        if not output:
+            # The proto3 JSON mapping reads null as "the default".
+            schema = {"anyOf": [schema, {"type": "null"}]} if "$ref" in schema else {**schema, "nullable": True}
+        return schema
+
+
+def _repeated(field: FieldDescriptor) -> bool:
+    return field.is_repeated
+
+
+def _enum(enum: EnumDescriptor, output: bool) -> dict[str, Any]:
+    names = [v.name for v in enum.values]
+    if output:
+        return {"type": "string", "enum": names}
+    return {"anyOf": [{"type": "string", "enum": names}, {"type": "integer", "enum": [v.number for v in enum.values]}]}
+
+
+_STATUS = {
+    "type": "object",
+    "description": "A google.rpc.Status: the gRPC code, a message, and details such as BadRequest and ErrorInfo.",
+    "properties": {
+        "code": {"type": "integer"},
+        "message": {"type": "string"},
+        "details": {"type": "array", "items": {"type": "object", "properties": {"@type": {"type": "string"}}}},
+    },
+    "required": ["code", "message"],
+}
+
+
+def _native_paths(service: ServiceDescriptor, schemas: _Schemas) -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    for method in service.methods:
+        options = method.GetOptions()
+        if not options.HasExtension(annotations_pb2.http):
+            continue
+        rule: http_pb2.HttpRule = options.Extensions[annotations_pb2.http]
+        verb = rule.WhichOneof("pattern")
+        assert verb in ("get", "post"), f"{method.full_name}: add {verb} to the OpenAPI generator"
+        path = getattr(rule, verb)
+        streams = method.server_streaming
+        reply = schemas.ref(method.output_type, output=True)
+        op: dict[str, Any] = {
+            "operationId": f"{service.name}.{method.name}",
+            "summary": f"{service.full_name}.{method.name} over HTTP (see protos/tollway/gateway/v1/gateway.proto).",
+            "tags": ["native"],
+            "responses": {
+                "200": {
+                    "description": f"Server-Sent Events, one {method.output_type.name} JSON object each."
+                    if streams
+                    else "The answer.",
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}}
+                    if streams
+                    else {"application/json": {"schema": reply}},
+                },
+                "default": {"description": "An error.", "content": {"application/json": {"schema": _STATUS}}},
+            },
+        }
+        if rule.body == "*":
+            op["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": schemas.ref(method.input_type, output=False)}},
+            }
+        else:
+            assert not method.input_type.fields, f"{method.full_name}: query parameters are not described yet"
+        paths[path] = {verb: op}
+    return paths
+
+
+# -- The OpenAI surface (written by hand: what translate.py reads and writes) ------------------
+
+_OPENAI_ERROR = {
+    "type": "object",
+    "properties": {
+        "error": {
+            "type": "object",
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": "string", "nullable": True},
+                "code": {"type": "string", "nullable": True},
+            },
+            "required": ["message", "type", "param", "code"],
+        }
+    },
+    "required": ["error"],
+}
+
+_TEXT_PART = {
+    "type": "object",
+    "properties": {"type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}},
+    "required": ["type", "text"],
+}
+
+_CHAT_MESSAGE = {
+    "type": "object",
+    "properties": {
+        "role": {"type": "string", "enum": ["system", "user", "assistant", "tool"]},
+        "content": {
+            "nullable": True,
+            "anyOf": [{"type": "string"}, {"type": "array", "items": {"$ref": _REF + "openai.TextPart"}}],
+        },
+        "name": {"type": "string", "nullable": True},
+    },
+    "required": ["role", "content"],
+}
+
+_CHAT_REQUEST = {
+    "type": "object",
+    "description": "OpenAI's chat-completions request; other OpenAI fields are not read.",
+    "properties": {
+        "model": {"type": "string", "description": "A model from GET /v1/models, or 'auto'."},
+        "messages": {"type": "array", "minItems": 1, "items": {"$ref": _REF + "openai.ChatMessage"}},
+        "max_tokens": {**_INT32, "minimum": 0, "nullable": True},
+        "max_completion_tokens": {**_INT32, "minimum": 0, "nullable": True, "description": "Wins over max_tokens."},
+        "temperature": {"type": "number", "nullable": True},
+        "top_p": {"type": "number", "nullable": True},
+        "stop": {
+            "nullable": True,
+            "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+        },
+        "seed": {**_INT64, "nullable": True},
+        "user": {"type": "string", "nullable": True},
+        "metadata": {
+            "type": "object",
+            "nullable": True,
+            "additionalProperties": {"type": "string"},
+            "description": "`feature` is the cost-attribution label.",
+        },
+        "n": {"type": "integer", "enum": [1], "nullable": True},
+        "stream": {"type": "boolean", "nullable": True},
+        "stream_options": {
+            "type": "object",
+            "nullable": True,
+            "properties": {"include_usage": {"type": "boolean", "nullable": True}},
+        },
+    },
+    "required": ["model", "messages"],
+}
+
+_USAGE = {
+    "type": "object",
+    "properties": {
+        "prompt_tokens": {"type": "integer"},
+        "completion_tokens": {"type": "integer"},
+        "total_tokens": {"type": "integer"},
+        "prompt_tokens_details": {"type": "object", "properties": {"cached_tokens": {"type": "integer"}}},
+    },
+    "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
+}
+
+_COMPLETION = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"type": "string", "enum": ["chat.completion"]},
+        "created": {"type": "integer"},
+        "model": {"type": "string"},
+        "choices": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "index": {"type": "integer"},
+                    "message": {
+                        "type": "object",
+                        "properties": {"role": {"type": "string"}, "content": {"type": "string", "nullable": True}},
+                        "required": ["role", "content"],
+                    },
+                    "finish_reason": {"type": "string"},
+                },
+                "required": ["index", "message", "finish_reason"],
+            },
+        },
+        "usage": {"$ref": _REF + "openai.Usage"},
+    },
+    "required": ["id", "object", "created", "model", "choices"],
+}
+
+_MODEL_LIST = {
+    "type": "object",
+    "properties": {
+        "object": {"type": "string", "enum": ["list"]},
+        "data": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "string"},
+                    "object": {"type": "string", "enum": ["model"]},
+                    "created": {"type": "integer"},
+                    "owned_by": {"type": "string"},
+                },
+                "required": ["id", "object", "created", "owned_by"],
+            },
+        },
+    },
+    "required": ["object", "data"],
+}
+
+
+def _openai_error_response() -> dict[str, Any]:
+    return {"description": "An error.", "content": {"application/json": {"schema": {"$ref": _REF + "openai.Error"}}}}
+
+
+def _cache_header(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "header", "required": False, "schema": schema, "description": description}
+
+
+_TOLLWAY_HEADERS = {
+    name: {"description": description, "schema": {"type": "string"}}
+    for name, description in (
+        ("x-tollway-request-id", "The gateway's id of the request."),
+        ("x-tollway-provider", "The provider that answered."),
+        ("x-tollway-cache-tier", "none, miss, exact, semantic or stale."),
+        ("x-tollway-degraded", "true when a stale answer was served because every provider failed."),
+    )
+}
+
+_OPENAI_PATHS: dict[str, Any] = {
+    "/v1/chat/completions": {
+        "post": {
+            "operationId": "openai.createChatCompletion",
+            "summary": "OpenAI Chat Completions, answered by the gateway; `stream: true` answers Server-Sent Events.",
+            "tags": ["openai"],
+            "parameters": [
+                _cache_header(
+                    "x-tollway-cache-mode",
+                    {"type": "string", "enum": ["default", "bypass", "refresh"]},
+                    "How this request uses the response cache.",
+                ),
+                _cache_header("x-tollway-cache-namespace", {"type": "string"}, "The cache namespace."),
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": _REF + "openai.ChatCompletionRequest"}}},
+            },
+            "responses": {
+                "200": {
+                    "description": "The answer, or its chunks as Server-Sent Events ending with `data: [DONE]`.",
+                    "headers": _TOLLWAY_HEADERS,
+                    "content": {
+                        "application/json": {"schema": {"$ref": _REF + "openai.ChatCompletion"}},
+                        "text/event-stream": {"schema": {"type": "string"}},
+                    },
+                },
+                "default": _openai_error_response(),
+            },
+        }
+    },
+    "/v1/models": {
+        "get": {
+            "operationId": "openai.listModels",
+            "summary": "The models a request may name, as OpenAI lists them.",
+            "tags": ["openai"],
+            "responses": {
+                "200": {
+                    "description": "The model list.",
+                    "content": {"application/json": {"schema": {"$ref": _REF + "openai.ModelList"}}},
+                },
+                "default": _openai_error_response(),
+            },
+        }
+    },
+    PATH: {
+        "get": {
+            "operationId": "openapi",
+            "summary": "This description.",
+            "tags": ["meta"],
+            "security": [],
+            "responses": {
+                "200": {"description": "The OpenAPI document.", "content": {"application/json": {"schema": {}}}},
+                "default": _openai_error_response(),
+            },
+        }
+    },
+}
+
+# The OpenAI routes, for the message of a 404 on the OpenAI surface.
+SERVED = "Tollway's OpenAI API serves " + ", ".join(
+    f"{verb.upper()} {path}" for path, ops in _OPENAI_PATHS.items() if path != PATH for verb in ops
+)
+
+
+def document() -> dict[str, Any]:
+    """The OpenAPI 3.0 document of every public HTTP route (a new dict on each call)."""
+    schemas = _Schemas()
+    paths = _native_paths(gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"], schemas)
+    paths.update(_OPENAI_PATHS)
+    schemas.components.update(
+        {
+            "google.rpc.Status": _STATUS,
+            "openai.Error": _OPENAI_ERROR,
+            "openai.TextPart": _TEXT_PART,
+            "openai.ChatMessage": _CHAT_MESSAGE,
+            "openai.ChatCompletionRequest": _CHAT_REQUEST,
+            "openai.ChatCompletion": _COMPLETION,
+            "openai.Usage": _USAGE,
+            "openai.ModelList": _MODEL_LIST,
+        }
+    )
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Tollway",
+            "version": "1",
+            "description": "Tollway's HTTP API at the Envoy edge: the native JSON/SSE API (tag `native`, "
+            "transcoded to tollway.gateway.v1.GatewayService) and the OpenAI-compatible API (tag `openai`). "
+            "Every call but this document needs `authorization: Bearer <key>`.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": schemas.components,
+            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"apiKey": []}],
+    }
