@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from tests.fakes.http import FakeHTTPServer, Request, Response, main
-from tests.fakes.scenarios import TOOL_CALLS, SeenRequests, parse, prompt_tokens, split_awkwardly
+from tests.fakes.scenarios import TOOL_CALLS, SeenRequests, parse, prompt_tokens, split_awkwardly, stall_forever
 
 _seen = SeenRequests()
 
@@ -140,6 +140,8 @@ async def handle(request: Request) -> Response:
         for i, word in enumerate(words):
             if sc.gap_ms:
                 await asyncio.sleep(sc.gap_ms / 1000)
+            if i == sc.stall_after:
+                await stall_forever()
             if i == sc.cut_after:
                 return
             if i == sc.malformed_after:

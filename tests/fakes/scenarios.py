@@ -8,6 +8,11 @@ Scenarios (the model name, or a dash-separated part of it after ``fake-``):
     fake-gap-<ms>            waits <ms> between chunks, 1000 chunks (for cancellation tests)
     fake-cut-mid-stream      sends 3 chunks, then drops the connection (unterminated body)
     fake-reset-mid-stream    sends 3 chunks, then resets the connection (TCP RST)
+    fake-stall-before-first  sends the response head (and the wire's opening event), then
+                             nothing, keeping the connection open: a provider process that
+                             stopped (SIGSTOP) before its first token
+    fake-stall-mid-stream    sends 3 chunks, then nothing, keeping the connection open: a
+                             provider that stopped mid-answer
     fake-malformed-sse       sends a chunk that is not JSON after 2 chunks
     fake-stream-error        sends 3 chunks, then the provider's in-stream error event
     fake-<status>            answers with that HTTP status and the provider's error body
@@ -24,6 +29,7 @@ Scenarios (the model name, or a dash-separated part of it after ``fake-``):
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import re
@@ -46,6 +52,7 @@ class Scenario:
     gap_ms: int = 0
     cut_after: int = -1
     reset: bool = False
+    stall_after: int = -1
     malformed_after: int = -1
     error_after: int = -1
     usage: bool = True
@@ -88,6 +95,10 @@ def parse(model: str) -> Scenario:
         s["cut_after"] = 3
     if model == "fake-reset-mid-stream":
         s["cut_after"], s["reset"] = 3, True
+    if model == "fake-stall-before-first":
+        s["stall_after"] = 0
+    if model == "fake-stall-mid-stream":
+        s["stall_after"] = 3
     if model == "fake-malformed-sse":
         s["malformed_after"] = 2
     if model == "fake-stream-error":
@@ -161,3 +172,12 @@ def sample(schema: dict[str, Any]) -> Any:
 def prompt_tokens(texts: list[str]) -> int:
     """The fakes' token count of a prompt: words plus a fixed framing cost."""
     return sum(len(t.split()) for t in texts) + 7
+
+
+async def stall_forever() -> None:
+    """Never returns: what a stopped provider process sends (its connection stays open).
+
+    Cancelled with the fake server's connection task when the client goes away or the
+    server stops.
+    """
+    await asyncio.Event().wait()

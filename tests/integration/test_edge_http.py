@@ -209,10 +209,13 @@ def test_call_record_is_written(client: httpx.Client, stack: Stack) -> None:
 
 
 def test_a_failing_model_falls_through_and_says_so(client: httpx.Client) -> None:
-    events = sse_events(client.post("/v1/generate", json=chat("falls-back")).text)
+    # Another model may answer only when the request allows it (the default keeps the model).
+    allow = {"x-tollway-allow-fallback": "true"}
+    events = sse_events(client.post("/v1/generate", json=chat("falls-back"), headers=allow).text)
     started, completed = events[0]["started"], events[-1]["completed"]
     assert started["model"] == "fake-ok" and started["provider"] == "fakeai"
     assert started["attempt_count"] >= 2
     assert completed["fallback_path"] and completed["fallback_path"][0].startswith("falls-back")
-    body = client.post("/v1/complete", json=chat("falls-back")).json()
+    body = client.post("/v1/complete", json=chat("falls-back"), headers=allow).json()
     assert body["model"] == "fake-ok" and body["fallback_path"][0].startswith("falls-back")
+    assert started["fallback_path"][0].startswith("falls-back")

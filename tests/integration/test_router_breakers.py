@@ -267,6 +267,7 @@ async def test_an_open_breaker_sends_requests_straight_to_the_fallback(
                 "down": {"provider": f"p{tag}", "upstream_model": "fake-500", "fallbacks": ["up"]},
                 "up": {"provider": f"p{tag}", "upstream_model": "fake-ok"},
             },
+            "routing": {"model_fallback": True},
         },
         env={},
     )

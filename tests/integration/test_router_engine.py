@@ -89,6 +89,9 @@ class Sleeps:
 
 
 def make_router(fakes: Fakes, models: dict[str, Any], *, sleep: Sleeps | None = None, **routing: Any) -> Router:
+    # These tests exercise whole chains, so other models may answer unless a test says not
+    # (the default policy is tested in test_router_stalls.py and tests/unit).
+    routing = {"model_fallback": True, **routing}
     catalog = parse_catalog({"providers": fakes.providers(), "models": models, "routing": routing}, env={})
     return keep(
         Router(
@@ -296,6 +299,7 @@ async def test_first_token_timeout_from_the_catalog_applies(fakes: Fakes) -> Non
                 "slow": {"provider": "oa", "upstream_model": "fake-slow-3000", "fallbacks": ["fb"]},
                 "fb": {"provider": "local", "upstream_model": "fake-ok"},
             },
+            "routing": {"model_fallback": True},
         },
         env={},
     )
@@ -417,6 +421,7 @@ async def test_a_deployment_without_its_key_is_skipped_without_a_call(fakes: Fak
                 "hosted": {"provider": "oa", "upstream_model": "fake-ok", "fallbacks": ["fb"]},
                 "fb": {"provider": "local", "upstream_model": "fake-ok"},
             },
+            "routing": {"model_fallback": True},
         },
         env={},
     )

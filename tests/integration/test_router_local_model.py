@@ -57,7 +57,7 @@ async def test_a_dead_hosted_provider_falls_back_to_the_real_self_hosted_model(l
                 "local": {"base_url": llama, "timeout_s": 60},
             },
             "models": {"hosted-model": {"provider": "hosted"}, "smollm2": {"provider": "local"}},
-            "routing": {"last_resort": "smollm2"},
+            "routing": {"last_resort": "smollm2", "model_fallback": True},
         },
         env={},
     )

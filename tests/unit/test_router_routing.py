@@ -57,8 +57,11 @@ def test_an_unknown_model_is_not_found_listing_the_known() -> None:
 
 
 def test_a_named_model_without_a_needed_capability_is_invalid() -> None:
-    with pytest.raises(errors.InvalidArgument, match="lacks tools"):
+    with pytest.raises(errors.InvalidArgument, match="model m does not support tools") as info:
         decide(req("m", tools=(Tool("t"),)), CATALOG, Fixed("small"))
+    assert info.value.reason == "CAPABILITY_UNSUPPORTED"
+    assert info.value.metadata == {"model": "m", "capability": "tools"}
+    assert info.value.violations == [("tools", "model m does not support tools")]
 
 
 def test_auto_uses_the_classified_tier_and_says_why() -> None:

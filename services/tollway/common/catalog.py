@@ -26,7 +26,14 @@ log = logging.getLogger("tollway.common.catalog")
 _ENV = re.compile(r"\$\{([A-Z0-9_]+)(?::-([^}]*))?\}")
 TIERS = ("small", "medium", "large")
 WIRES = ("openai_compat", "anthropic", "gemini")
+# What a request may need beyond plain text. Sampling several choices (n > 1) and token
+# log-probabilities are not listed: no Tollway API carries them, so the public surfaces
+# refuse them with a 400 instead of pretending (see tollway.common.capabilities).
 CAPABILITIES = ("tools", "json")
+# Defaults for the timeouts a provider entry may leave out (seconds).
+DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_CONNECT_TIMEOUT_S = 2.0
+DEFAULT_STALL_TIMEOUT_S = 30.0
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")
 
 class CatalogError(SchemaError):
@@ -42,17 +49,25 @@ class Deployment:
         base_url: The API root, e.g. ``https://api.openai.com/v1``.
         upstream_model: The model name the provider expects.
         api_key: The secret, read from the environment variable the catalog names.
-        timeout_s: Longest wait for any read: the response headers, the first chunk, or the
-            next chunk of a stream. A stalled stream fails after this long.
+        timeout_s: Longest wait for one read of a whole-answer (non-streamed) call: its
+            response head or the next piece of its body.
         name: The deployment's name within its model ("default", "eu", "key2").
         model: The catalog model it serves.
         weight: Its share of the model's traffic among healthy deployments (relative).
-        first_token_timeout_s: Longest wait from the request to the first output; past it the
-            router gives up on this deployment and falls through. 0 means ``timeout_s``.
+        first_token_timeout_s: Longest wait from sending the request to the first output of a
+            stream (connecting included); past it the router falls through to the next
+            deployment or model. 0 means ``timeout_s``.
         default_max_tokens: Sent when the request sets none and the wire requires a value
             (Anthropic).
         wire: The adapter that speaks to it ("openai_compat", "anthropic", "gemini").
         api_key_env: The environment variable the key comes from; "" when none is needed.
+        connect_timeout_s: Longest wait for the TCP (and TLS) connection.
+        stall_timeout_s: Longest silence between two reads of a stream once it has begun
+            (between tokens). A provider that stops sending (a stopped process keeps its
+            connection open) ends the stream with an in-band error after this long.
+        capabilities: What this deployment can do beyond text ("tools", "json"); None means
+            the model's. A deployment may state its own (a self-hosted replica may lack the
+            tool calling that the hosted one has).
     """
 
     provider: str
@@ -67,6 +82,9 @@ class Deployment:
     default_max_tokens: int = 1024
     wire: str = "openai_compat"
     api_key_env: str = ""
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+    stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S
+    capabilities: frozenset[str] | None = None
 
     @property
     def key(self) -> str:
@@ -80,8 +98,8 @@ class Deployment:
 
     @property
     def ttft_timeout_s(self) -> float:
+        """The first-token timeout in force (``first_token_timeout_s``, else ``timeout_s``)."""
         return self.first_token_timeout_s or self.timeout_s
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,8 +144,10 @@ class Model:
     Attributes:
         deployments: Where it can be called; load-balanced by weight and health.
         tier: "small", "medium" or "large", for ``auto`` routing.
-        capabilities: What it supports beyond text ("tools", "json").
-        fallbacks: Models to fall through to, in order, when every deployment fails.
+        capabilities: What at least one of its deployments supports beyond text ("tools",
+            "json"): the union of the deployments' capabilities.
+        fallbacks: Models to fall through to, in order, when every deployment fails and
+            the request's policy allows another model (see ``Routing.model_fallback``).
     """
 
     name: str
@@ -144,6 +164,14 @@ class Model:
     def wire(self) -> str:
         return self.deployments[0].wire
 
+    def deployment_capabilities(self, deployment: Deployment) -> frozenset[str]:
+        """What ``deployment`` (one of this model's) can do: its own list, else the model's."""
+        return self.capabilities if deployment.capabilities is None else deployment.capabilities
+
+    def missing_key_envs(self) -> list[str]:
+        """The environment variables whose absence leaves deployments without a key, in order."""
+        return list(dict.fromkeys(d.api_key_env for d in self.deployments if d.missing_key))
+
     @property
     def provider(self) -> str:
         return self.deployments[0].provider
@@ -158,12 +186,18 @@ class Routing:
         classifier: "heuristic", or "package.module:factory" returning a ComplexityClassifier.
         cascade: Whether ``auto`` requests try the small tier first by default.
         last_resort: A model appended to every fallback chain (the self-hosted one).
+        model_fallback: Whether a request that names a model may be answered by another
+            model (its ``fallbacks``, then ``last_resort``) when none of its deployments
+            can answer. False (the default) keeps a named request on its model's own
+            deployments; a request may still opt in (``allow_model_fallback``). ``auto``
+            requests name no model, so their chain is always followed.
     """
 
     tiers: Mapping[str, str] = dataclasses.field(default_factory=dict)
     classifier: str = "heuristic"
     cascade: bool = False
     last_resort: str = ""
+    model_fallback: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,6 +245,8 @@ class _ProviderSpec:
     api_key_env: str = ""
     timeout_s: float | None = dataclasses.field(default=None, metadata=schema.rule(low=0.001))
     first_token_timeout_s: float | None = dataclasses.field(default=None, metadata=schema.rule(low=0.0))
+    connect_timeout_s: float | None = dataclasses.field(default=None, metadata=schema.rule(low=0.001))
+    stall_timeout_s: float | None = dataclasses.field(default=None, metadata=schema.rule(low=0.001))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,6 +260,12 @@ class _DeploymentSpec:
     weight: float = dataclasses.field(default=1.0, metadata=schema.rule(low=0.0))
     timeout_s: float | None = dataclasses.field(default=None, metadata=schema.rule(low=0.001))
     first_token_timeout_s: float | None = dataclasses.field(default=None, metadata=schema.rule(low=0.0))
+    connect_timeout_s: float | None = dataclasses.field(default=None, metadata=schema.rule(low=0.001))
+    stall_timeout_s: float | None = dataclasses.field(default=None, metadata=schema.rule(low=0.001))
+    # None: the model's capabilities.
+    capabilities: tuple[str, ...] | None = dataclasses.field(
+        default=None, metadata=schema.rule(choices=CAPABILITIES, noun="a capability")
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,6 +304,7 @@ class _RoutingSpec:
     classifier: str = ""
     cascade: bool = False
     last_resort: str = ""
+    model_fallback: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -304,13 +347,16 @@ def _deployments(
                 upstream_model=_first(dep.upstream_model, spec.upstream_model, name),
                 api_key=env.get(key_env, "") if key_env else "",
                 api_key_env=key_env,
-                timeout_s=_first(dep.timeout_s, prov.timeout_s, 60.0),
+                timeout_s=_first(dep.timeout_s, prov.timeout_s, DEFAULT_TIMEOUT_S),
                 name=dep_name,
                 model=name,
                 weight=dep.weight,
                 first_token_timeout_s=_first(dep.first_token_timeout_s, prov.first_token_timeout_s, 0.0),
                 default_max_tokens=spec.max_output_tokens,
                 wire=prov.wire,
+                connect_timeout_s=_first(dep.connect_timeout_s, prov.connect_timeout_s, DEFAULT_CONNECT_TIMEOUT_S),
+                stall_timeout_s=_first(dep.stall_timeout_s, prov.stall_timeout_s, DEFAULT_STALL_TIMEOUT_S),
+                capabilities=frozenset(spec.capabilities if dep.capabilities is None else dep.capabilities),
             )
         )
     return tuple(out)
@@ -331,14 +377,15 @@ def parse_catalog(doc: Any, env: Mapping[str, str] | None = None, source: str = 
         if not _NAME.match(name):
             raise r.fail(f"models.{name}", name, "is not a valid model name")
         p = m.price_per_1m_tokens
+        deployments = _deployments(r, name, m, spec.providers, env)
         models[name] = Model(
             name=name,
-            deployments=_deployments(r, name, m, spec.providers, env),
+            deployments=deployments,
             tier=m.tier,
             context_window=m.context_window,
             max_output_tokens=m.max_output_tokens,
             price=Price(p.input, p.output, p.cached_input, p.cache_write_input),
-            capabilities=frozenset(m.capabilities),
+            capabilities=frozenset().union(*(d.capabilities or () for d in deployments)),
             limits=Limits(rpm=m.limits.rpm, tpm=m.limits.tpm),
             fallbacks=m.fallbacks,
         )
@@ -366,6 +413,7 @@ def parse_catalog(doc: Any, env: Mapping[str, str] | None = None, source: str = 
             classifier=routing.classifier or "heuristic",
             cascade=routing.cascade,
             last_resort=routing.last_resort,
+            model_fallback=routing.model_fallback,
         ),
     )
 

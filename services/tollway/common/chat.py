@@ -127,6 +127,8 @@ class ChatRequest:
         policy: How hard to try: "interactive" (fail fast) or "background" (back off and retry).
         cascade: Try the small tier first and escalate on a failed validation; None means the
             catalog's default. Only used when ``model`` is "auto".
+        allow_model_fallback: Whether another model than ``model`` may answer when none of
+            its deployments can; None means the catalog's ``routing.model_fallback``.
     """
 
     model: str
@@ -143,6 +145,7 @@ class ChatRequest:
     response_format: ResponseFormat = ResponseFormat()
     policy: Policy = "interactive"
     cascade: bool | None = None
+    allow_model_fallback: bool | None = None
 
 
 @dataclasses.dataclass(frozen=True)

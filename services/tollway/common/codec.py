@@ -187,6 +187,8 @@ def chat_request_to_router(req: ChatRequest) -> router_pb2.GenerateRequest:
         out.seed = req.seed
     if req.cascade is not None:
         out.cascade = req.cascade
+    if req.allow_model_fallback is not None:
+        out.allow_model_fallback = req.allow_model_fallback
     if req.policy == "background":
         out.routing_policy = router_pb2.ROUTING_POLICY_BACKGROUND
     for i, m in enumerate(req.messages):
@@ -276,6 +278,7 @@ def chat_request_from_router(req: router_pb2.GenerateRequest) -> ChatRequest:
         response_format=fmt,
         policy="background" if req.routing_policy == router_pb2.ROUTING_POLICY_BACKGROUND else "interactive",
         cascade=req.cascade if req.HasField("cascade") else None,
+        allow_model_fallback=req.allow_model_fallback if req.HasField("allow_model_fallback") else None,
     )
 
 

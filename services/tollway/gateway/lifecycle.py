@@ -40,7 +40,11 @@ _REPLAY_PIECE = re.compile(r".{1,48}(?:\s+|$)|\S+", re.DOTALL)
 
 @dataclasses.dataclass(frozen=True)
 class Started:
-    """The answer begins: who answers, and whether the cache did (``degraded`` for a stale fallback)."""
+    """The answer begins: who answers, and whether the cache did (``degraded`` for a stale fallback).
+
+    ``fallback_path`` names the models left before ``model`` answered (empty when the
+    requested model answered), so a caller always sees when another model stood in.
+    """
 
     request_id: str
     model: str
@@ -48,6 +52,7 @@ class Started:
     attempt_count: int
     cache_tier: CacheTier
     degraded: bool = False
+    fallback_path: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,7 +233,9 @@ class Gateway:
                     record.route_method, record.route_reason = event.decision.how, event.decision.reason
                 fallback = event.fallback_path
                 call.started = True
-                yield Started(call.chat.request_id, event.model, event.provider, event.attempt_count, tier)
+                yield Started(
+                    call.chat.request_id, event.model, event.provider, event.attempt_count, tier, False, fallback
+                )
             elif isinstance(event, RouteCompleted):
                 call.usage = event.usage
                 # The router prices with everything it knows (cache writes included).

@@ -95,6 +95,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                         attempt_count=event.attempt_count,
                         cache_tier=codec.cache_tier_to_proto(event.cache_tier),
                         degraded=event.degraded,
+                        fallback_path=event.fallback_path,
                     )
                 )
             elif isinstance(event, Completed):

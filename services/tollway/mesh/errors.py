@@ -5,6 +5,10 @@ Domain code raises these; it never touches gRPC. Servicer methods are wrapped wi
 ``ErrorInfo`` (stable reason, domain ``<service>.tollway``, dynamic values in
 metadata), plus ``BadRequest``, ``QuotaFailure`` or ``RetryInfo`` as they apply.
 
+A Redis outage that reaches a servicer (refused, reset, or a command past its deadline,
+see :mod:`tollway.mesh.redis`) is UNAVAILABLE with reason ``REDIS_UNAVAILABLE``, not an
+internal error: the client may retry, and the message says which part is down.
+
 Exception tree::
 
     TollwayError
@@ -36,6 +40,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from tollway.mesh import metrics, propagation
+from tollway.mesh import redis as mesh_redis
 
 log = logging.getLogger("tollway.errors")
 
@@ -147,6 +152,17 @@ class DeadlineExceeded(TollwayError):
 class Internal(TollwayError):
     code = grpc.StatusCode.INTERNAL
     default_reason = "INTERNAL"
+
+
+def redis_unavailable(exc: BaseException) -> Unavailable:
+    """The error a caller sees when Redis is unreachable or stalled (``exc`` is a Redis outage)."""
+    kind = "did not answer in time" if "Timeout" in type(exc).__name__ else "is unreachable"
+    return Unavailable(
+        f"Redis {kind} ({type(exc).__name__}: {str(exc)[:200]}); the request was not completed, retry shortly",
+        retry_after_s=1.0,
+        reason="REDIS_UNAVAILABLE",
+        metadata={"dependency": "redis", "error": type(exc).__name__},
+    )
 
 
 def _pack(msg: Any) -> any_pb2.Any:
@@ -283,6 +299,9 @@ def rpc_errors(domain: str) -> Callable[[H], H]:
         async def _fail(exc: BaseException, context: grpc.aio.ServicerContext) -> None:
             if isinstance(exc, TollwayError):
                 err = exc
+            elif mesh_redis.is_outage(exc):
+                log.warning("Redis outage in %s: %r", method, exc)
+                err = redis_unavailable(exc)
             else:
                 log.exception("unhandled error in %s", method, exc_info=exc)
                 err = Internal(f"internal error in {service}.{method}; see the service log")

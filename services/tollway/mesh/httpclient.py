@@ -4,7 +4,9 @@ Why not httpx: on this hot path httpx costs ~1.5 ms of Python per streamed call 
 layers of stream wrappers per chunk); this client sends the request in one write, reads
 Content-Length or chunked bodies straight from an asyncio stream, and keeps connections
 alive per host. It does what provider calls need and nothing else: plain http:// and
-https://, JSON bodies, streamed responses read line by line, per-read timeouts.
+https://, JSON bodies, streamed responses read line by line, and a timeout for each phase:
+connecting, the response head, and every read of the body (so a peer that keeps the
+connection open but stops sending, such as a stopped process, is noticed).
 """
 
 from __future__ import annotations
@@ -26,7 +28,18 @@ class HttpError(Exception):
 
 
 class HttpTimeout(HttpError):
-    """Connecting or reading took longer than allowed."""
+    """Connecting or reading took longer than allowed.
+
+    Attributes:
+        phase: Which wait ran out: "connect", "head" (the response's status and headers)
+            or "body" (the next piece of the body once it has begun).
+        timeout_s: The limit that ran out, in seconds.
+    """
+
+    def __init__(self, message: str, *, phase: str, timeout_s: float) -> None:
+        super().__init__(message)
+        self.phase = phase
+        self.timeout_s = timeout_s
 
 
 class _Conn:
@@ -47,13 +60,15 @@ class Response:
     Attributes:
         status_code: The HTTP status.
         headers: Header names in lower case; repeated headers keep the last value.
+        read_timeout_s: Longest wait for each read of the body; a caller may change it
+            while reading (a stream waits longer for its first token than between tokens).
     """
 
     def __init__(self, conn: _Conn, status: int, headers: dict[str, str], read_timeout_s: float) -> None:
         self._conn = conn
         self.status_code = status
         self.headers = headers
-        self._timeout = read_timeout_s
+        self.read_timeout_s = read_timeout_s
         self._chunked = "chunked" in headers.get("transfer-encoding", "").lower()
         self._remaining = int(headers.get("content-length", "0")) if not self._chunked else 0
         self._until_close = not self._chunked and "content-length" not in headers
@@ -63,10 +78,11 @@ class Response:
     async def _read(self, coro: Any) -> Any:
         try:
             # asyncio.timeout schedules a timer; wait_for (3.11) would make a task per read.
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(self.read_timeout_s):
                 return await coro
         except TimeoutError as exc:
-            raise HttpTimeout(f"no data for {self._timeout}s") from exc
+            limit = self.read_timeout_s
+            raise HttpTimeout(f"no data for {limit:g}s", phase="body", timeout_s=limit) from exc
         except (asyncio.IncompleteReadError, ConnectionError) as exc:
             raise HttpError(f"connection closed mid-body: {exc!r}") from exc
 
@@ -176,7 +192,7 @@ class HttpClient:
         self._idle: defaultdict[tuple[str, str, int], deque[_Conn]] = defaultdict(deque)
         self._ssl: ssl.SSLContext | None = None
 
-    async def _connect(self, key: tuple[str, str, int]) -> _Conn:
+    async def _connect(self, key: tuple[str, str, int], timeout_s: float) -> _Conn:
         scheme, host, port = key
         idle = self._idle[key]
         while idle:
@@ -189,11 +205,14 @@ class HttpClient:
             self._ssl = self._ssl or ssl.create_default_context()
             ctx = self._ssl
         try:
+            # Once per new connection, not per chunk: wait_for's extra task is affordable here.
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port, ssl=ctx, limit=_MAX_HEADER_BYTES), self.connect_timeout_s
+                asyncio.open_connection(host, port, ssl=ctx, limit=_MAX_HEADER_BYTES), timeout_s
             )
         except TimeoutError as exc:
-            raise HttpTimeout(f"connecting to {host}:{port} took over {self.connect_timeout_s}s") from exc
+            raise HttpTimeout(
+                f"connecting to {host}:{port} took over {timeout_s:g}s", phase="connect", timeout_s=timeout_s
+            ) from exc
         except OSError as exc:
             raise HttpError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from exc
         return _Conn(key, reader, writer)
@@ -217,8 +236,17 @@ class HttpClient:
         content: bytes | None = None,
         headers: Mapping[str, str] | None = None,
         timeout_s: float = 60.0,
+        connect_timeout_s: float | None = None,
+        read_timeout_s: float | None = None,
     ) -> AsyncIterator[Response]:
         """Sends a request and yields the response with its body unread.
+
+        Args:
+            timeout_s: Longest wait for the response head after the request was sent.
+            connect_timeout_s: Longest wait for a new connection; None uses the client's.
+            read_timeout_s: Longest wait for each read of the body (the gap between two
+                pieces of a stream); None uses ``timeout_s``. Each read costs one timer
+                (``asyncio.timeout``), never a task.
 
         The connection goes back to the pool when the body was read to its end (a short
         tail still in flight, such as a chunked terminator after an SSE ``[DONE]``, is read
@@ -241,7 +269,7 @@ class HttpClient:
         request = ("\r\n".join(head) + "\r\n\r\n").encode() + body
         key = (scheme, host, port)
         for attempt in (0, 1):
-            conn = await self._connect(key)
+            conn = await self._connect(key, self.connect_timeout_s if connect_timeout_s is None else connect_timeout_s)
             fresh = attempt == 1
             try:
                 conn.writer.write(request)
@@ -250,7 +278,9 @@ class HttpClient:
                 break
             except TimeoutError as exc:
                 conn.close()
-                raise HttpTimeout(f"no response head from {host}:{port} within {timeout_s}s") from exc
+                raise HttpTimeout(
+                    f"no response head from {host}:{port} within {timeout_s:g}s", phase="head", timeout_s=timeout_s
+                ) from exc
             except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError) as exc:
                 conn.close()
                 # A pooled connection the server closed while idle: retry once on a new one.
@@ -267,7 +297,7 @@ class HttpClient:
             name, sep, value = line.partition(":")
             if sep:
                 response_headers[name.strip().lower()] = value.strip()
-        response = Response(conn, status, response_headers, timeout_s)
+        response = Response(conn, status, response_headers, timeout_s if read_timeout_s is None else read_timeout_s)
         try:
             yield response
             if not response.complete:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Sequence
 
-FORWARDED = ("x-canary",)
+# x-tollway-allow-fallback: a client's per-request model-fallback policy, read by the router.
+FORWARDED = ("x-canary", "x-tollway-allow-fallback")
 
 _current: contextvars.ContextVar[tuple[tuple[str, str], ...]] = contextvars.ContextVar("tollway_forwarded", default=())
 

@@ -9,6 +9,16 @@ in ``fallback_path`` and ``attempt_count``. After the first text the answer belo
 that attempt; if it then fails, the stream ends with :class:`StreamFailed` carrying the
 partial usage, and no other model's text is ever spliced in.
 
+Which models the chain holds is the request's policy: a request that names a model stays
+on that model's deployments unless it (or the catalog's ``routing.model_fallback``) allows
+another model; ``auto`` follows its chain. Deployments that lack a capability the request
+needs (tools, JSON) are not tried.
+
+Every wait on a provider is bounded by the deployment's timeouts: connecting, the first
+token (a stalled deployment is left for the next one, and not retried within the request),
+and each gap between tokens (the stream then ends in-band). A timeout is logged at WARNING,
+naming the deployment and the setting that ran out, and counted.
+
 Events: RouteStarted, then TextDelta*, then RouteCompleted or StreamFailed. Errors before
 RouteStarted are raised as typed errors (the caller sees a status).
 """
@@ -25,6 +35,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from tollway.common.catalog import Catalog, CatalogSource, Deployment, Model
 from tollway.common.chat import ChatRequest, TextDelta, ToolCall, Usage
 from tollway.common.route import RouteCompleted, RouteEvent, RouteStarted, RoutingDecision, StreamFailed
+from tollway.common.tokens import count_prompt_tokens, count_tokens
 from tollway.mesh import errors
 from tollway.router import metrics
 from tollway.router.balancer import Balancer
@@ -32,8 +43,7 @@ from tollway.router.breaker import Breakers, Permit
 from tollway.router.classifier import ComplexityClassifier, load_classifier
 from tollway.router.policy import BACKGROUND, INTERACTIVE, RetryPolicy
 from tollway.router.providers.base import ProviderAdapter
-from tollway.router.routing import decide, unfit_reason
-from tollway.router.tokens import count_prompt_tokens, count_tokens
+from tollway.router.routing import decide, required_capabilities, unfit_reason
 from tollway.router.tools import ToolCallAssembler, ToolCallError
 from tollway.router.types import Completion, ErrorKind, ProviderError, StreamEnd, ToolCallDelta, UsageUpdate
 from tollway.router.validation import check_answer
@@ -48,9 +58,10 @@ _UNAVAILABLE = 14
 class _Failure:
     model: str
     deployment: str
-    kind: str  # an ErrorKind value, or "BREAKER_OPEN"
+    kind: str  # an ErrorKind value, "BREAKER_OPEN" or "NO_API_KEY"
     message: str
     retry_after_s: float | None = None
+    missing_env: str = ""  # for NO_API_KEY: the variable that is not set
 
 
 @dataclasses.dataclass
@@ -81,6 +92,20 @@ def provider_error(exc: ProviderError) -> errors.TollwayError:
         reason="PROVIDER_REJECTED_REQUEST",
         metadata=meta,
     )
+
+
+def may_change_model(request: ChatRequest, decision: RoutingDecision, catalog: Catalog) -> bool:
+    """Whether another model than the decided one may answer ``request``.
+
+    ``auto`` names no model, so its chain is the point. A named model stays itself unless
+    the request says otherwise (``allow_model_fallback``), or, when it says nothing, the
+    catalog's ``routing.model_fallback``.
+    """
+    if decision.how in ("auto", "cascade"):
+        return True
+    if request.allow_model_fallback is not None:
+        return request.allow_model_fallback
+    return catalog.routing.model_fallback
 
 
 class Router:
@@ -166,7 +191,9 @@ class Router:
                 return
         prompt_tokens = count_prompt_tokens([(m.role, m.content) for m in request.messages])
         first = catalog.models[decision.model]
-        chain = [first] + [m for m in catalog.chain(first)[1:] if not unfit_reason(m, request, prompt_tokens)]
+        chain = [first]
+        if may_change_model(request, decision, catalog):
+            chain += [m for m in catalog.chain(first)[1:] if not unfit_reason(m, request, prompt_tokens)]
         for i, model in enumerate(chain):
             async for event in self._try_model(run, model, last=i == len(chain) - 1):
                 yield event
@@ -184,7 +211,8 @@ class Router:
         A retry goes to a deployment not tried yet when there is one (at once); otherwise
         to the same ones again after the policy's backoff.
         """
-        order = self.balancer.order(model.deployments)
+        needs = required_capabilities(run.request)
+        order = [d for d in self.balancer.order(model.deployments) if needs <= model.deployment_capabilities(d)]
         refused: set[str] = set()
         tried: set[str] = set()
         cursor = 0
@@ -201,7 +229,13 @@ class Router:
                 if dep.missing_key:
                     refused.add(dep.key)
                     run.failures.append(
-                        _Failure(model.name, dep.key, "NO_API_KEY", f"{dep.api_key_env} is not set for {dep.key}")
+                        _Failure(
+                            model.name,
+                            dep.key,
+                            "NO_API_KEY",
+                            f"{dep.api_key_env} is not set for {dep.key}",
+                            missing_env=dep.api_key_env,
+                        )
                     )
                     continue
                 permit = await self.breakers.acquire(dep.key)
@@ -232,6 +266,10 @@ class Router:
             assert error is not None
             if error.kind is ErrorKind.BAD_REQUEST:
                 raise provider_error(error)
+            if error.kind is ErrorKind.TIMEOUT:
+                # A stalled deployment rarely recovers within one request: asking it again
+                # would spend another full timeout. Another deployment may still be tried.
+                refused.add(dep.key)
             if not error.retryable or attempts >= run.policy.max_attempts:
                 break
             fresh = [d for d in order if d.key not in refused and d.key not in tried]
@@ -284,8 +322,13 @@ class Router:
                         hint = event.usage
                         event = await anext(stream)
             except TimeoutError:
+                # The deployment's own limit, or the share of the request's deadline it got.
+                setting = "first_token_timeout_s" if budget >= dep.ttft_timeout_s else "request deadline"
                 raise ProviderError(
-                    dep.provider, f"no first token from {dep.key} within {budget:.2f}s", kind=ErrorKind.TIMEOUT
+                    dep.provider,
+                    f"no first token from {dep.key} within {budget:.2f}s ({setting})",
+                    kind=ErrorKind.TIMEOUT,
+                    timeout=setting,
                 ) from None
             ttft_ms = (self._clock() - start) * 1000
             metrics.TTFT_SECONDS.labels(dep.provider, model.name).observe(ttft_ms / 1000)
@@ -332,7 +375,7 @@ class Router:
             metrics.STREAM_FAILURES.labels(dep.provider, model.name).inc()
             reason = {
                 ErrorKind.CONNECTION: "PROVIDER_STREAM_CUT",
-                ErrorKind.TIMEOUT: "PROVIDER_STREAM_CUT",
+                ErrorKind.TIMEOUT: "PROVIDER_STALLED",
                 ErrorKind.MALFORMED: "PROVIDER_STREAM_MALFORMED",
             }.get(err.kind, "PROVIDER_STREAM_ERROR")
             yield StreamFailed(
@@ -364,6 +407,17 @@ class Router:
         fault = err.kind.deployment_fault
         self.balancer.finished(dep, ok=not fault, ttft_ms=ttft_ms, retry_after_s=err.retry_after_s)
         await self.breakers.record(permit, ok=not fault, detail=f"{err.kind.value}: {err.message}")
+        if err.kind is ErrorKind.TIMEOUT:
+            # A stall says nothing on the wire: this line is how an operator learns of it.
+            timeout = err.timeout or "timeout"
+            metrics.PROVIDER_TIMEOUTS.labels(dep.provider, dep.key, timeout).inc()
+            log.warning(
+                "provider %s timed out: %s",
+                dep.key,
+                err.message[:300],
+                extra={"provider": dep.provider, "deployment": dep.key, "timeout": timeout, "model": model.name},
+            )
+            return
         log.info(
             "attempt failed",
             extra={"deployment": dep.key, "kind": err.kind.value, "status": err.status, "error": err.message[:300]},
@@ -503,6 +557,16 @@ class Router:
                 f"no model answered before the deadline; tried: {tried}",
                 reason="PROVIDER_DEADLINE_EXCEEDED",
                 metadata=meta,
+            )
+        if kinds == {"NO_API_KEY"}:
+            envs = list(dict.fromkeys(f.missing_env for f in run.failures))
+            models = list(dict.fromkeys(f.model for f in run.failures))
+            hint = "" if len(run.path) > 1 else "; or allow another model to answer (x-tollway-allow-fallback: true)"
+            return errors.Unavailable(
+                f"model {', '.join(models)} cannot be called: no API key is configured "
+                f"(set {' or '.join(envs)} in the router's environment){hint}",
+                reason="PROVIDER_KEY_MISSING",
+                metadata={**meta, "model": ",".join(models), "missing_env": ",".join(envs)},
             )
         if kinds == {"BREAKER_OPEN"}:
             return errors.Unavailable(

@@ -49,6 +49,12 @@ DECISIONS = Counter(
     "Models picked for requests, by how (named, auto tier, cascade) and tier.",
     ["how", "tier"],
 )
+PROVIDER_TIMEOUTS = Counter(
+    "tollway_router_provider_timeouts_total",
+    "Provider calls given up on because a timeout ran out, by provider, deployment and which one "
+    "(connect_timeout_s, first_token_timeout_s, stall_timeout_s, timeout_s, request deadline).",
+    ["provider", "deployment", "timeout"],
+)
 STREAM_FAILURES = Counter(
     "tollway_router_stream_failures_total",
     "Streams that failed after text was sent (ended with an error event).",

@@ -4,6 +4,9 @@ For ``auto`` the classifier picks a tier; the tier's model is used if it can ser
 request (the capabilities it needs, a context window the prompt fits in), else the next
 tier up (then down). With the cascade on, a request classified above ``small`` first
 goes to the small tier's model, and only escalates if that answer fails validation.
+
+A named model that cannot do what the request needs is refused (CAPABILITY_UNSUPPORTED,
+naming the capability and the model), never answered without it.
 """
 
 from __future__ import annotations
@@ -11,26 +14,54 @@ from __future__ import annotations
 from tollway.common.catalog import TIERS, Catalog, Model
 from tollway.common.chat import ChatRequest
 from tollway.common.route import RoutingDecision
+from tollway.common.tokens import count_prompt_tokens
 from tollway.mesh import errors
 from tollway.router.classifier import ComplexityClassifier
-from tollway.router.tokens import count_prompt_tokens
+
+# The request header that sets ChatRequest.allow_model_fallback for gateway callers.
+ALLOW_FALLBACK_HEADER = "x-tollway-allow-fallback"
+_BOOLEAN_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
-def required_capabilities(request: ChatRequest) -> set[str]:
-    """Capabilities a model needs to serve ``request``."""
+def required_capabilities(request: ChatRequest) -> frozenset[str]:
+    """Capabilities a deployment needs to serve ``request`` (names from the catalog's list)."""
     needs = set()
     if request.tools:
         needs.add("tools")
     if request.response_format.wants_json:
         needs.add("json")
-    return needs
+    return frozenset(needs)
+
+
+def missing_capabilities(model: Model, request: ChatRequest) -> list[str]:
+    """What ``request`` needs that no deployment of ``model`` can do, sorted; empty when it fits."""
+    return sorted(required_capabilities(request) - model.capabilities)
+
+
+def parse_allow_fallback(value: str | None) -> bool | None:
+    """The ``x-tollway-allow-fallback`` header as a policy; None when absent.
+
+    Raises:
+        errors.InvalidArgument: The value is not true/false (1/0, yes/no), naming the header.
+    """
+    if value is None:
+        return None
+    word = value.strip().lower()
+    if word not in _BOOLEAN_WORDS:
+        raise errors.InvalidArgument(
+            f"{ALLOW_FALLBACK_HEADER} is {value[:40]!r}; use true or false",
+            [(ALLOW_FALLBACK_HEADER, "true or false")],
+            reason="INVALID_HEADER",
+            metadata={"header": ALLOW_FALLBACK_HEADER},
+        )
+    return _BOOLEAN_WORDS[word]
 
 
 def unfit_reason(model: Model, request: ChatRequest, prompt_tokens: int) -> str:
     """Why ``model`` cannot serve ``request``, or "" when it can."""
-    missing = required_capabilities(request) - model.capabilities
+    missing = missing_capabilities(model, request)
     if missing:
-        return f"{model.name} lacks {', '.join(sorted(missing))}"
+        return f"{model.name} lacks {', '.join(missing)}"
     if prompt_tokens + (request.max_tokens or 0) > model.context_window:
         return f"{model.name}'s context window ({model.context_window} tokens) is smaller than the prompt"
     return ""
@@ -54,6 +85,16 @@ def decide(request: ChatRequest, catalog: Catalog, classifier: ComplexityClassif
             f"model {request.model!r} is not in the catalog; known models: {', '.join(known)}",
             reason="MODEL_NOT_FOUND",
             metadata={"model": request.model},
+        )
+    missing = missing_capabilities(model, request)
+    if missing:
+        field = {"tools": "tools", "json": "response_format"}
+        raise errors.InvalidArgument(
+            f"model {model.name} does not support {' or '.join(missing)} (capability {', '.join(missing)} is "
+            f"not in its catalog entry); the request was not sent. Pick a model that supports it, or 'auto'",
+            [(field[c], f"model {model.name} does not support {c}") for c in missing],
+            reason="CAPABILITY_UNSUPPORTED",
+            metadata={"model": model.name, "capability": ",".join(missing)},
         )
     why_not = unfit_reason(model, request, prompt_tokens)
     if why_not:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 
@@ -10,12 +11,13 @@ from google.protobuf import timestamp_pb2
 
 from tollway.common import codec
 from tollway.common.catalog import Catalog
-from tollway.common.chat import TextDelta, merge_deltas
+from tollway.common.chat import ChatRequest, TextDelta, merge_deltas
 from tollway.common.paging import Page, page_size
 from tollway.mesh.errors import InvalidArgument, rpc_errors
 from tollway.mesh.streams import coalesce
 from tollway.router.breaker import HALF_OPEN, OPEN
 from tollway.router.engine import Router
+from tollway.router.routing import ALLOW_FALLBACK_HEADER, parse_allow_fallback
 from tollway.router.v1 import router_pb2, router_pb2_grpc
 
 _DOMAIN = "router.tollway"
@@ -79,6 +81,17 @@ def _monotonic_deadline(context: grpc.aio.ServicerContext) -> float | None:
     return time.monotonic() + remaining if remaining is not None else None
 
 
+def _chat_request(request: router_pb2.GenerateRequest, context: grpc.aio.ServicerContext) -> ChatRequest:
+    """The domain request; the fallback policy comes from the field, else the forwarded header."""
+    chat = codec.chat_request_from_router(request)
+    if chat.allow_model_fallback is None:
+        header = next((v for k, v in context.invocation_metadata() or () if k == ALLOW_FALLBACK_HEADER), None)
+        allow = parse_allow_fallback(header if isinstance(header, str | None) else header.decode(errors="replace"))
+        if allow is not None:
+            chat = dataclasses.replace(chat, allow_model_fallback=allow)
+    return chat
+
+
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     def __init__(self, router: Router) -> None:
         self.router = router
@@ -87,7 +100,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def Generate(
         self, request: router_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[router_pb2.GenerateResponse]:
-        events = self.router.generate(codec.chat_request_from_router(request), _monotonic_deadline(context))
+        events = self.router.generate(_chat_request(request, context), _monotonic_deadline(context))
         # Deltas that arrive together leave as one message: per-message cost dominates fast streams.
         async for event in coalesce(events, merge_deltas):
             yield codec.route_event_to_proto(event)
@@ -100,9 +113,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             raise InvalidArgument("'request' is required", [("request", "the GenerateRequest to answer")])
         out = router_pb2.CompleteResponse()
         parts: list[str] = []
-        async for event in self.router.generate(
-            codec.chat_request_from_router(request.request), _monotonic_deadline(context)
-        ):
+        async for event in self.router.generate(_chat_request(request.request, context), _monotonic_deadline(context)):
             if isinstance(event, TextDelta):
                 parts.append(event.text)
                 continue

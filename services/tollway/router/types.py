@@ -130,6 +130,8 @@ class ProviderError(Exception):
         status: The HTTP status, or 0 for a transport failure (refused, reset, timeout).
         retry_after_s: The provider's retry-after, when it sent one.
         message: What the provider said, or what went wrong on the wire.
+        timeout: For a TIMEOUT, which catalog limit ran out: "connect_timeout_s",
+            "first_token_timeout_s", "stall_timeout_s" or "timeout_s"; "" otherwise.
     """
 
     def __init__(
@@ -140,6 +142,7 @@ class ProviderError(Exception):
         kind: ErrorKind,
         status: int = 0,
         retry_after_s: float | None = None,
+        timeout: str = "",
     ) -> None:
         super().__init__(f"{provider}: {message}")
         self.provider = provider
@@ -147,6 +150,7 @@ class ProviderError(Exception):
         self.status = status
         self.retry_after_s = retry_after_s
         self.message = message
+        self.timeout = timeout
 
     @property
     def retryable(self) -> bool:

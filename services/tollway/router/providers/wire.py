@@ -11,7 +11,7 @@ from typing import Any
 
 from tollway.common.catalog import Deployment
 from tollway.mesh.httpclient import HttpClient, HttpError, HttpTimeout, Response
-from tollway.router.types import ErrorKind, ProviderError, StreamEnd, StreamEvent, parse_retry_after
+from tollway.router.types import ErrorKind, ProviderError, StreamEnd, StreamEvent, UsageUpdate, parse_retry_after
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,21 +73,63 @@ def error_text(raw: bytes) -> str:
     return raw.decode(errors="replace")[:500]
 
 
+@dataclasses.dataclass
+class StreamProgress:
+    """Whether a streamed answer has begun (its first event other than a usage report)."""
+
+    begun: bool = False
+
+
+def _timeout_setting(exc: HttpTimeout, progress: StreamProgress | None) -> str:
+    """The catalog setting whose limit ``exc`` hit (how operators find the knob to turn)."""
+    if exc.phase == "connect":
+        return "connect_timeout_s"
+    if progress is None:
+        return "timeout_s"
+    return "stall_timeout_s" if progress.begun else "first_token_timeout_s"
+
+
 @contextlib.asynccontextmanager
 async def post(
-    client: HttpClient, deployment: Deployment, url: str, body: Any, headers: Mapping[str, str]
+    client: HttpClient,
+    deployment: Deployment,
+    url: str,
+    body: Any,
+    headers: Mapping[str, str],
+    *,
+    progress: StreamProgress | None = None,
 ) -> AsyncIterator[Response]:
     """POSTs ``body`` as JSON and yields the response with its body unread.
 
-    Any read (the response head, the next chunk) may take at most ``deployment.timeout_s``.
+    Connecting may take ``deployment.connect_timeout_s``. A whole-answer call then waits
+    at most ``timeout_s`` for each read. A stream (``progress`` given) waits at most
+    ``ttft_timeout_s`` for each read until the caller marks it begun and sets
+    ``response.read_timeout_s`` to the stall timeout (:func:`stream_call` does).
+
     Transport failures, whether sending or later while the caller reads the body, come
-    out as ProviderError: TIMEOUT for a timeout, CONNECTION for refused, reset or cut.
+    out as ProviderError: TIMEOUT for a timeout (``timeout`` names the setting that ran
+    out), CONNECTION for refused, reset or cut.
     """
+    wait = deployment.timeout_s if progress is None else deployment.ttft_timeout_s
     try:
-        async with client.stream("POST", url, json=body, headers=headers, timeout_s=deployment.timeout_s) as response:
+        async with client.stream(
+            "POST",
+            url,
+            json=body,
+            headers=headers,
+            timeout_s=wait,
+            connect_timeout_s=deployment.connect_timeout_s,
+            read_timeout_s=wait,
+        ) as response:
             yield response
     except HttpTimeout as exc:
-        raise ProviderError(deployment.provider, f"timed out calling {url}: {exc}", kind=ErrorKind.TIMEOUT) from exc
+        setting = _timeout_setting(exc, progress)
+        raise ProviderError(
+            deployment.provider,
+            f"{deployment.key} timed out ({setting} {exc.timeout_s:g}s): {exc}",
+            kind=ErrorKind.TIMEOUT,
+            timeout=setting,
+        ) from exc
     except HttpError as exc:
         raise ProviderError(
             deployment.provider, f"connection to {url} failed: {exc}", kind=ErrorKind.CONNECTION
@@ -126,12 +168,21 @@ async def stream_call(
     The end event is held back until the response body has been read to its end, so the
     connection goes back to the pool instead of being closed (a new connection per call
     would cost a TCP and TLS handshake each time).
+
+    Until the answer begins (its first event other than a usage report) each read may
+    take the first-token timeout; from then on, the stall timeout: a provider that stops
+    sending mid-answer is noticed within ``deployment.stall_timeout_s``.
     """
     end: StreamEvent | None = None
-    async with post(client, deployment, url, body, headers) as response:
+    progress = StreamProgress()
+    async with post(client, deployment, url, body, headers, progress=progress) as response:
         await raise_for_status(response, deployment.provider, retry_after)
         async with contextlib.aclosing(parse(response)) as events:
             async for event in events:
+                if not progress.begun and not isinstance(event, UsageUpdate):
+                    # The same per-read timer from here on, with its own limit: no new cost.
+                    response.read_timeout_s = deployment.stall_timeout_s
+                    progress.begun = True
                 if isinstance(event, StreamEnd):
                     end = event
                     break
