@@ -8,6 +8,7 @@ import logging
 import grpc
 
 from tollway.common.catalog import CatalogError, CatalogSource
+from tollway.common.tokens import count_tokens
 from tollway.mesh import redis as mesh_redis
 from tollway.mesh.background import Background
 from tollway.mesh.config import MeshConfig, load_config
@@ -23,7 +24,6 @@ from tollway.router.providers.gemini import GeminiAdapter
 from tollway.router.providers.openai_compat import OpenAICompatAdapter
 from tollway.router.service import RouterServicer
 from tollway.router.store import RedisBreakerStore
-from tollway.router.tokens import count_tokens
 from tollway.router.v1 import router_pb2_grpc
 
 SERVICE_NAME = "tollway.router.v1.RouterService"

@@ -15,7 +15,7 @@ import re
 from typing import Protocol
 
 from tollway.common.chat import ChatRequest
-from tollway.router.tokens import count_tokens
+from tollway.common.tokens import count_tokens
 
 
 @dataclasses.dataclass(frozen=True)
