@@ -85,6 +85,9 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    """Starts the stack and supervises it until SIGINT or SIGTERM; returns the exit status."""
+    import logging
+
     from tollway.launcher.processes import LaunchError
     from tollway.launcher.stack import Stack, StackOptions
 
@@ -110,6 +113,12 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    # The supervisor's restarts and recoveries, on the operator's terminal as they happen.
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s tollway up: %(message)s", "%H:%M:%S"))
+    launcher_log = logging.getLogger("tollway.launcher")
+    launcher_log.addHandler(handler)
+    launcher_log.setLevel(logging.INFO)
     started = time.monotonic()
     print("starting Redis, the local model, the services and Envoy…", flush=True)
     try:
@@ -117,8 +126,17 @@ def cmd_up(args: argparse.Namespace) -> int:
     except LaunchError as exc:
         print(f"tollway up: {exc}", file=sys.stderr)
         return 1
+    for leftover in stack.leftovers:
+        print(f"tollway up: stopped {leftover}, left running by a previous run", flush=True)
+    from tollway.launcher import runfile
+
+    # Listed with its children, so a script that cleans up after a killed run (scripts/test.sh)
+    # stops the supervisor too, not only what it would start again. Recorded after start(), which
+    # stops earlier entries that still run.
+    runfile.record_pid(stack.options.run_dir, os.getpid(), "tollway-up")
     key, _ = asyncio.run(_create_key(stack.redis_url, "dev"))
     url = stack.edge_url
+    status_args = f" --run-dir {args.run_dir}" if args.run_dir else ""
     print(
         f"""
 Tollway is up in {time.monotonic() - started:.1f}s.
@@ -127,25 +145,42 @@ Tollway is up in {time.monotonic() - started:.1f}s.
   OpenAI API   {url}/v1  (model "smollm2")
   API key      {key}
   logs         {stack.log_dir}
+  status       tollway status{status_args}  (pid, uptime and restarts per process)
 
 Try it:
   curl -N {url}/v1/generate -H 'authorization: Bearer {key}' -H 'content-type: application/json' \\
     -d '{{"model": "smollm2", "messages": [{{"role": "user", "content": "Name three colours."}}]}}'
 
-Ctrl-C stops everything.""",
+A process that exits is restarted. Ctrl-C stops everything.""",
         flush=True,
     )
     try:
         while not stop:
-            for child in stack.children:
-                if not child.alive():
-                    print(f"tollway up: {child.name} exited (code {child.process.returncode}); see {child.log}")
-                    stop = True
-            time.sleep(0.5)
+            # The supervisor's thread does the watching; this one only waits for Ctrl-C.
+            time.sleep(0.2)
     finally:
         print("stopping…", flush=True)
         stack.stop()
     return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Prints each process of `tollway up` with its state, pid, uptime, restarts and last exit."""
+    from tollway.launcher import runfile
+    from tollway.launcher.stack import StackOptions
+    from tollway.launcher.supervisor import format_status
+
+    run_dir = Path(args.run_dir) if args.run_dir else StackOptions().run_dir
+    status = runfile.read_status(run_dir)
+    if status is None:
+        print(f"tollway: no tollway up has run with the run dir {run_dir}", file=sys.stderr)
+        return 1
+    launcher = runfile.live_launcher(run_dir)
+    if args.json:
+        print(json.dumps(status, indent=1))
+    else:
+        print(format_status(status, alive=lambda pid: pid == launcher))
+    return 0 if launcher is not None and not status.get("stopped") else 3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,6 +196,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     up.add_argument("--run-dir", help="where logs and Redis data go (default .run/)")
     up.set_defaults(func=cmd_up)
+
+    status = sub.add_parser(
+        "status", help="each process of `tollway up`: state, pid, uptime, restarts, last exit (exit 3 if not running)"
+    )
+    status.add_argument("--run-dir", help="the run dir of that `tollway up` (default .run/)")
+    status.add_argument("--json", action="store_true", help="print status.json as it is")
+    status.set_defaults(func=cmd_status)
 
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
     create = keys.add_parser("create", help="create a key; prints it on the last line")

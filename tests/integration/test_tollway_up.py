@@ -1,5 +1,6 @@
-"""`tollway up` as a person runs it: it starts everything, prints what to use, and Ctrl-C
-stops everything it started; a taken port is named."""
+"""`tollway up` as a person runs it: it starts everything, prints what to use, restarts what dies
+(and `tollway status` shows it), and Ctrl-C stops everything it started; a taken port is named;
+a run killed without stopping its children is cleaned up by the next start."""
 
 from __future__ import annotations
 
@@ -8,17 +9,27 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.conftest import TEST_RUN_DIR
+from tests.support.polling import eventually_sync
+from tollway.launcher import runfile
 from tollway.launcher.processes import free_ports
 
 pytestmark = pytest.mark.timeout(120)
 ROOT = Path(__file__).resolve().parents[2]
-NAMES = ["edge", "admin", "mesh", "redis", "gateway", "router", "cache", "embedding", "openai_compat"]
+NAMES = ["edge", "admin", "mesh", "redis", "gateway", "router", "cache", "embedding", "openai_compat", "budget"]
+
+
+@pytest.fixture
+def up_dir() -> Path:
+    # Under scripts/test.sh's run dir, so that its clean-up finds the pid file even if a test dies.
+    return Path(tempfile.mkdtemp(prefix="up-", dir=TEST_RUN_DIR or None))
 
 
 def up(tmp_path: Path, ports: dict[str, int], catalog: Path) -> subprocess.Popen[str]:
@@ -39,26 +50,48 @@ def up(tmp_path: Path, ports: dict[str, int], catalog: Path) -> subprocess.Popen
 
 
 def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    # A zombie (dead, not reaped yet: an orphan in a container whose init does not reap) is not alive.
+    return runfile.start_ticks(pid) is not None
 
 
-def test_up_serves_then_ctrl_c_stops_everything(tmp_path: Path, catalog: Path) -> None:
-    ports = dict(zip(NAMES, free_ports(len(NAMES)), strict=True))
-    proc = up(tmp_path, ports, catalog)
+def pids(run_dir: Path) -> dict[int, str]:
+    """The pid file: PID -> name (lines are `PID START_TICKS NAME`)."""
+    lines = [line.split() for line in (run_dir / "pids").read_text().splitlines()]
+    return {int(parts[0]): parts[2] if len(parts) > 2 else "" for parts in lines}
+
+
+def wait_up(proc: subprocess.Popen[str]) -> list[str]:
+    """Reads `tollway up`'s output until it says it is up (or exits); returns the lines."""
     assert proc.stdout is not None
     lines: list[str] = []
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         lines.append(line)
-        if line.startswith("Ctrl-C stops everything") or proc.poll() is not None:
+        if line.startswith("A process that exits is restarted") or proc.poll() is not None:
             break
     out = "".join(lines)
-    assert "Tollway is up" in out, out + proc.stderr.read() if proc.stderr else out
+    assert "Tollway is up" in out, out + (proc.stderr.read() if proc.stderr else "")
+    return lines
+
+
+def status(run_dir: Path) -> tuple[int, str]:
+    r = subprocess.run(
+        [sys.executable, "-m", "tollway.cli", "status", "--run-dir", str(run_dir)],
+        cwd=ROOT, capture_output=True, text=True, timeout=30,
+    )
+    return r.returncode, r.stdout + r.stderr
+
+
+def row(table: str, name: str) -> list[str]:
+    return next(line.split() for line in table.splitlines() if line.split()[:1] == [name])
+
+
+def test_up_serves_restarts_what_dies_then_ctrl_c_stops_everything(up_dir: Path, catalog: Path) -> None:
+    ports = dict(zip(NAMES, free_ports(len(NAMES)), strict=True))
+    proc = up(up_dir, ports, catalog)
+    lines = wait_up(proc)
+    out = "".join(lines)
     key = next(line.split()[-1] for line in lines if line.strip().startswith("API key"))
     url = f"http://127.0.0.1:{ports['edge']}"
     assert url in out and "curl" in out
@@ -68,14 +101,60 @@ def test_up_serves_then_ctrl_c_stops_everything(tmp_path: Path, catalog: Path) -
         headers={"authorization": f"Bearer {key}"},
     )
     assert r.status_code == 200 and r.json()["text"] == "Hello from fake-ok."
-    children = [int(p) for p in (tmp_path / "pids").read_text().split()]
-    assert len(children) >= 6
+    assert len(pids(up_dir)) >= 7
+
+    code, table = status(up_dir)
+    assert code == 0 and f"tollway up (pid {proc.pid}) running" in table, table
+    cache_pid = int(row(table, "cache")[2])
+    os.kill(cache_pid, signal.SIGKILL)
+    eventually_sync(
+        lambda: row(status(up_dir)[1], "cache")[:2] == ["cache", "running"]
+        and int(row(status(up_dir)[1], "cache")[2]) != cache_pid,
+        timeout_s=60,
+        interval_s=0.2,
+        what="the cache restarted",
+    )
+    cache = row(status(up_dir)[1], "cache")
+    assert cache[4] == "1" and " ".join(cache[5:]) == "killed by SIGKILL (signal 9)", cache
+
+    children = pids(up_dir)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(60) == 0
+    assert proc.stdout is not None
+    rest = proc.stdout.read()
+    assert "cache (pid" in rest and "killed by SIGKILL (signal 9)" in rest and "restart 1 in" in rest, rest
+    assert "cache (pid" in rest and "serving on" in rest and "again" in rest, rest
     assert not [pid for pid in children if alive(pid)]
+    assert status(up_dir)[0] == 3
     for port in ports.values():
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still answers"
+
+
+def test_a_run_killed_without_clean_up_is_cleaned_up_by_the_next(up_dir: Path, catalog: Path) -> None:
+    ports = dict(zip(NAMES, free_ports(len(NAMES)), strict=True))
+    first = up(up_dir, ports, catalog)
+    wait_up(first)
+    # SIGKILL: the launcher cannot stop its children, which keep the ports.
+    first.kill()
+    first.wait()
+    # Envoy goes with its parent (it gets SIGTERM when the launcher dies); the others stay.
+    leftovers = {pid: name for pid, name in pids(up_dir).items() if alive(pid) and name != "envoy"}
+    assert {"redis", "gateway", "router"} <= set(leftovers.values())
+    code, table = status(up_dir)
+    assert code == 3 and "is gone without stopping its children" in table, table
+
+    second = up(up_dir, ports, catalog)
+    try:
+        out = "".join(wait_up(second))
+        for pid, name in leftovers.items():
+            assert not alive(pid)
+            assert f"stopped {name} (pid {pid}), left running by a previous run" in out, out
+        # The pid file was emptied at the start: it lists this run's processes only.
+        assert not set(pids(up_dir)) & set(leftovers)
+    finally:
+        second.send_signal(signal.SIGINT)
+        assert second.wait(60) == 0
 
 
 def test_a_taken_port_is_named(tmp_path: Path, catalog: Path) -> None:

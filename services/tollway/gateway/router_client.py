@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import grpc
+from grpc_status import rpc_status
 
 from tollway.common import codec
 from tollway.common.chat import ChatRequest, TextDelta
 from tollway.common.route import RouteEvent
 from tollway.mesh import propagation
-from tollway.mesh.errors import from_rpc_error
+from tollway.mesh.errors import TollwayError, Unavailable, from_rpc_error
 from tollway.router.v1 import router_pb2, router_pb2_grpc
 
 
@@ -39,7 +40,7 @@ class RouterClient:
                 elif kind == "error":
                     yield codec.stream_failed_from_proto(msg.error)
         except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(exc) from None
+            raise _router_error(exc) from None
         finally:
             # Reached on completion, on error and when the client went away: make sure the
             # router (and through it the provider) stops working for nobody.
@@ -58,7 +59,7 @@ class RouterClient:
                 metadata=propagation.outgoing(),
             )
         except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(exc) from None
+            raise _router_error(exc) from None
         yield codec.route_started_from_proto(reply.started)
         if reply.text:
             yield TextDelta(reply.text)
@@ -66,3 +67,21 @@ class RouterClient:
             yield codec.stream_failed_from_proto(reply.error)
         else:
             yield codec.route_completed_from_proto(reply.completed)
+
+
+def _router_error(exc: grpc.aio.AioRpcError) -> TollwayError:
+    """The router's status typed again, or, when the router itself did not answer, an error naming it.
+
+    An UNAVAILABLE that the router sends (every provider down) carries its ErrorInfo; one without any
+    status details comes from the channel: nothing accepted the connection (the router is down or
+    restarting) or it went away mid-call. The client then learns which part is missing, not a
+    socket error.
+    """
+    if exc.code() == grpc.StatusCode.UNAVAILABLE and rpc_status.from_call(exc) is None:
+        return Unavailable(
+            f"the router is unavailable ({exc.details()}); retry shortly",
+            retry_after_s=1.0,
+            reason="ROUTER_UNAVAILABLE",
+            metadata={"dependency": "router"},
+        )
+    return from_rpc_error(exc)

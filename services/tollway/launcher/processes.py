@@ -1,4 +1,4 @@
-"""Child processes of the launcher: start with logs in a file, wait until ready, stop."""
+"""Child processes of the launcher: start with logs in a file, wait until ready, start again, stop."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from tollway.launcher import runfile
 
 
 class LaunchError(RuntimeError):
@@ -55,14 +57,44 @@ def tail(path: Path, lines: int = 15) -> str:
 
 @dataclasses.dataclass
 class Child:
-    """One started process and its log file."""
+    """One started process, its log file, and what it takes to start it again.
+
+    Attributes:
+        name: Its name in logs, the pid file and `tollway status`.
+        process: The current process; `restart()` replaces it.
+        log: Where its stdout and stderr go (appended to across restarts).
+        argv: The command line.
+        env: Environment added to the launcher's own.
+        cwd: Working directory.
+        ready: Whether it serves now (the launcher's probe); None when there is nothing to probe.
+        what: What `ready` checks, for messages ("serving on 127.0.0.1:50055").
+        started_monotonic: When the current process started (time.monotonic()).
+        started_time: The same as a wall-clock time (time.time()), for status output.
+    """
 
     name: str
     process: subprocess.Popen[bytes]
     log: Path
+    argv: list[str] = dataclasses.field(default_factory=list)
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+    cwd: Path | None = None
+    ready: Callable[[], bool] | None = None
+    what: str = "ready"
+    started_monotonic: float = dataclasses.field(default_factory=time.monotonic)
+    started_time: float = dataclasses.field(default_factory=time.time)
 
     def alive(self) -> bool:
         return self.process.poll() is None
+
+    def restart(self) -> None:
+        """Starts the same command again, with the same log, environment and directory.
+
+        Raises:
+            OSError: The program could not be executed.
+        """
+        self.process = _popen(self.argv, self.log, self.env, self.cwd)
+        self.started_monotonic, self.started_time = time.monotonic(), time.time()
+        runfile.record_pid(self.log.parent.parent, self.process.pid, self.name)
 
     def stop(self, timeout_s: float = 15.0) -> None:
         """SIGTERM, then SIGKILL after ``timeout_s``. Safe to call more than once."""
@@ -76,18 +108,26 @@ class Child:
             self.process.wait(5)
 
 
-def spawn(name: str, argv: list[str], log_dir: Path, env: dict[str, str], cwd: Path | None = None) -> Child:
-    """Starts ``argv`` with stdout and stderr in ``log_dir/<name>.log``."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log = log_dir / f"{name}.log"
+def _popen(argv: list[str], log: Path, env: dict[str, str], cwd: Path | None) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
-        process = subprocess.Popen(
+        # A session of its own: Ctrl-C in the launcher's terminal reaches the launcher only, which
+        # then stops the children in order (and stops restarting them first).
+        return subprocess.Popen(
             argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env}, cwd=cwd, start_new_session=True
         )
-    # So that a killed test run's leftovers can still be found and stopped (scripts/test.sh).
-    with (log_dir.parent / "pids").open("a") as pids:
-        pids.write(f"{process.pid}\n")
-    return Child(name, process, log)
+
+
+def spawn(name: str, argv: list[str], log_dir: Path, env: dict[str, str], cwd: Path | None = None) -> Child:
+    """Starts ``argv`` with stdout and stderr in ``log_dir/<name>.log``.
+
+    The PID goes to the run dir's pid file (``log_dir``'s parent), so that a killed run's leftovers
+    can still be found and stopped (scripts/test.sh, and the next launcher: `runfile`).
+    """
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / f"{name}.log"
+    process = _popen(argv, log, env, cwd)
+    runfile.record_pid(log_dir.parent, process.pid, name)
+    return Child(name, process, log, argv=list(argv), env=dict(env), cwd=cwd)
 
 
 def wait_until(child: Child, ready: Callable[[], bool], timeout_s: float, what: str) -> None:

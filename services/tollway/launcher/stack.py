@@ -3,6 +3,11 @@
 ``tollway up`` (and ``make run``) use it with the ports of ``deploy/mesh.yaml``; the
 integration tests use it with free ports and a fake provider. Everything it started,
 it stops, in reverse order, even when starting failed half-way.
+
+Once started, the stack is supervised (`tollway.launcher.supervisor`): a child that exits, whether
+a service, Redis, the local model or Envoy, is started again with backoff, on the same port and
+with the same data (Redis reloads its append-only file from the run dir). Only `stop()` ends it,
+and it ends the restarts before it stops the children.
 """
 
 from __future__ import annotations
@@ -14,14 +19,17 @@ import os
 import shutil
 import sys
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tollway.launcher import runfile
 from tollway.launcher.processes import Child, LaunchError, port_free, spawn, wait_until
 from tollway.launcher.store import answers_ping
+from tollway.launcher.supervisor import RestartPolicy, Supervisor
 from tollway.mesh.topology import Mesh, Service, load_mesh
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -46,6 +54,9 @@ class StackOptions:
         redis_url: Use this Redis instead of starting one.
         env: Extra environment for every service.
         startup_timeout_s: How long each component may take to become ready.
+        supervise: Restart a child that exits (`tollway.launcher.supervisor`). Off only for a
+            test that wants to see a death stay a death.
+        restart_policy: The backoff between restarts.
     """
 
     mesh_path: Path = ROOT / "deploy" / "mesh.yaml"
@@ -58,6 +69,8 @@ class StackOptions:
     redis_url: str | None = None
     env: dict[str, str] = dataclasses.field(default_factory=dict)
     startup_timeout_s: float = 60.0
+    supervise: bool = True
+    restart_policy: RestartPolicy = dataclasses.field(default_factory=RestartPolicy)
 
 
 def gguf_path() -> Path:
@@ -103,6 +116,8 @@ class Stack:
         self.redis_url = self.options.redis_url or self.mesh.redis.url
         self.log_dir = self.options.run_dir / "logs"
         self._model: Child | None = None
+        self.supervisor: Supervisor | None = None
+        self.leftovers: list[str] = []  # processes of a previous run that start() stopped
 
     # -- public -------------------------------------------------------------------------------
 
@@ -139,14 +154,18 @@ class Stack:
                 "or change local_model.listen in deploy/mesh.yaml."
             )
         self._start_model()
+        if self.supervisor is not None and self._model is not None:
+            self.supervisor.watch(self._model)
         return self.model_url
 
     def start(self) -> Stack:
         """Starts everything and waits until each part is ready.
 
         Raises:
-            LaunchError: A port is taken, a binary is missing, or a component did not start.
+            LaunchError: Another launcher uses the run dir, a port is taken, a binary is missing,
+                or a component did not start.
         """
+        self._clean_run_dir()
         try:
             self._check_ports()
             if not self.options.redis_url:
@@ -157,13 +176,21 @@ class Stack:
                 self._start_service(service)
             if self.options.with_envoy:
                 self._start_envoy()
+            if self.options.supervise:
+                self.supervisor = Supervisor(self.options.restart_policy, self.options.run_dir)
+                for child in self.children:
+                    self.supervisor.watch(child)
+                self.supervisor.start()
         except BaseException:
             self.stop()
             raise
         return self
 
     def stop(self) -> None:
-        """Stops every child in reverse start order. Safe to call more than once."""
+        """Stops the restarts, then every child in reverse start order. Safe to call more than once."""
+        # Restarts end first: otherwise the supervisor would bring back what is being stopped.
+        if self.supervisor is not None:
+            self.supervisor.stop()
         while self.children:
             self.children.pop().stop()
         self._model = None
@@ -175,6 +202,23 @@ class Stack:
         self.stop()
 
     # -- parts --------------------------------------------------------------------------------
+
+    def _clean_run_dir(self) -> None:
+        """Refuses a run dir another live launcher uses; stops a dead launcher's leftovers.
+
+        A leftover is stopped only when its pid file entry (PID and start time) still matches a
+        live process: that proves it is the process a previous launcher started, not a stranger
+        who got its PID. See `runfile.clean_pid_file`. Redis data and logs stay.
+        """
+        run_dir = self.options.run_dir
+        other = runfile.live_launcher(run_dir)
+        if other is not None:
+            raise LaunchError(
+                f"another tollway up (pid {other}) is running with the run dir {run_dir}; "
+                "stop it first (Ctrl-C there, or kill -TERM " + str(other) + ")"
+            )
+        cleanup = runfile.clean_pid_file(run_dir)
+        self.leftovers = [f"{e.name or 'process'} (pid {e.pid})" for e in cleanup.stopped]
 
     def _services(self) -> list[Service]:
         wanted = self.options.services
@@ -239,8 +283,8 @@ class Stack:
             "--hz",
             "50",
         ]
-        child = self._spawn("redis", argv, {})
-        wait_until(child, lambda: answers_ping(ep.host, ep.port), self.options.startup_timeout_s, "answering PING")
+        child = self._spawn("redis", argv, {}, ready=lambda: answers_ping(ep.host, ep.port), what="answering PING")
+        wait_until(child, child.ready, self.options.startup_timeout_s, child.what)
 
     def _start_model(self) -> None:
         ep = self.mesh.local_model.endpoint
@@ -263,8 +307,10 @@ class Stack:
             "--interrupt_requests",
             "False",
         ]
-        self._model = self._spawn("local-model", argv, {})
-        wait_until(self._model, lambda: _http_ok(f"http://{ep.address}/v1/models"), 120, "serving /v1/models")
+        self._model = self._spawn(
+            "local-model", argv, {}, ready=lambda: _http_ok(f"http://{ep.address}/v1/models"), what="serving /v1/models"
+        )
+        wait_until(self._model, self._model.ready, 120, self._model.what)
 
     def _service_env(self, service: Service, port: int) -> dict[str, str]:
         prefix = f"TOLLWAY_{service.name.upper()}_"
@@ -301,13 +347,14 @@ class Stack:
         started = []
         for name, endpoint in instances:
             argv = [sys.executable, "-m", f"tollway.{service.name}"]
-            started.append((self._spawn(name, argv, self._service_env(service, endpoint.port)), endpoint))
-        for child, endpoint in started:
             if service.protocol == "grpc":
                 probe = lambda a=endpoint.address: _grpc_serving(a)  # noqa: E731
             else:
                 probe = lambda a=endpoint.address, p=service.health_path or "/healthz": _http_ok(f"http://{a}{p}")  # noqa: E731
-            wait_until(child, probe, self.options.startup_timeout_s, f"serving on {endpoint.address}")
+            env = self._service_env(service, endpoint.port)
+            started.append(self._spawn(name, argv, env, ready=probe, what=f"serving on {endpoint.address}"))
+        for child in started:
+            wait_until(child, child.ready, self.options.startup_timeout_s, child.what)
 
     def _start_envoy(self) -> None:
         from tollway.edge.envoy_config import build_envoy_config
@@ -328,12 +375,22 @@ class Stack:
             "warn",
             "--use-dynamic-base-id",
         ]
-        child = self._spawn("envoy", argv, {}, cwd=ROOT)
         admin = self.mesh.edge.admin.address
-        wait_until(child, lambda: _http_ok(f"http://{admin}/ready"), self.options.startup_timeout_s, "ready")
+        child = self._spawn("envoy", argv, {}, cwd=ROOT, ready=lambda: _http_ok(f"http://{admin}/ready"), what="ready")
+        wait_until(child, child.ready, self.options.startup_timeout_s, child.what)
 
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str], cwd: Path | None = None) -> Child:
+    def _spawn(
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: Path | None = None,
+        *,
+        ready: Callable[[], bool],
+        what: str,
+    ) -> Child:
         child = spawn(name, argv, self.log_dir, env, cwd=cwd or ROOT)
+        child.ready, child.what = ready, what
         self.children.append(child)
         return child
 
