@@ -11,7 +11,9 @@ the way they do in the service:
   ``--shadow-rate``: the lookup missed, so the fresh answer is being computed anyway and comparing it with
   the candidate's cached answer costs nothing but the comparison;
 - the comparison itself errs as the measured agreement judge does (``--judge-error``, the rate at which it
-  calls a disagreeing pair of answers agreeing; see bench/answer_agreement.py).
+  calls a disagreeing pair of answers agreeing, 0.007 at the shipped cosine 0.80; ``--judge-miss``, the
+  rate at which it calls an agreeing pair disagreeing; see bench/answer_agreement.py). A judge that misses
+  agreement only makes the controller more cautious.
 
 Printed per block of lookups: the threshold, the realised false-hit rate (wrong hits / hits, from the true
 labels), the hit rate, and the cumulative false-hit rate.
@@ -55,6 +57,7 @@ def simulate(
     sample_rate: float,
     shadow_rate: float,
     judge_error: float,
+    judge_miss: float = 0.0,
     floor: float,
     block: int,
     seed: int = SEED,
@@ -75,8 +78,9 @@ def simulate(
             not served and controller.wants_sample(score) and rng.random() < shadow_rate
         )
         if sample:
-            # The judge calls a wrong pair "agreeing" with probability judge_error.
-            agreed = good or rng.random() < judge_error
+            # The judge calls a wrong pair "agreeing" with probability judge_error, and a right one
+            # "disagreeing" with probability judge_miss.
+            agreed = rng.random() >= judge_miss if good else rng.random() < judge_error
             controller.observe(score, agreed)
         if step % block == 0:
             total_hits += hits
@@ -95,6 +99,10 @@ def simulate(
     return rows
 
 
+def _threshold(value: float) -> str:
+    return "none served" if value == float("inf") else f"{value:.3f}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--data", type=Path, default=DATA)
@@ -105,7 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--block", type=int, default=6_000)
     parser.add_argument("--sample-rate", type=float, default=0.05)
     parser.add_argument("--shadow-rate", type=float, default=0.05)
-    parser.add_argument("--judge-error", type=float, default=0.02)
+    parser.add_argument("--judge-error", type=float, default=0.007, help="P(judge says agree | wrong hit)")
+    parser.add_argument("--judge-miss", type=float, default=0.0, help="P(judge says disagree | right hit)")
     parser.add_argument("--floor", type=float, default=0.30, help="lowest probability ever served")
     parser.add_argument("--qqp-pairs", type=int, default=20_000)
     args = parser.parse_args(argv)
@@ -126,10 +135,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("| lookups | threshold | hit rate | false-hit rate (block) | cumulative | samples |")
         print("|---|---|---|---|---|---|")
         for row in simulate(score, label, rate=rate, lookups=args.lookups, sample_rate=args.sample_rate,
-                            shadow_rate=args.shadow_rate, judge_error=args.judge_error, floor=args.floor,
+                            shadow_rate=args.shadow_rate, judge_error=args.judge_error,
+                            judge_miss=args.judge_miss, floor=args.floor,
                             block=args.block):  # fmt: skip
             print(
-                f"| {row['lookups']} | {row['threshold']:.3f} | {row['hit_rate']:.3f} | "
+                f"| {row['lookups']} | {_threshold(row['threshold'])} | {row['hit_rate']:.3f} | "
                 f"{row['false_hit_rate']:.4f} | {row['cumulative_false_hit_rate']:.4f} | {row['samples']} |"
             )
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -18,9 +19,22 @@ def test_wilson_upper_bound() -> None:
     assert wilson_upper(100, 100) == pytest.approx(1.0)
 
 
-def test_starts_at_the_top_of_the_ladder() -> None:
+def test_serves_nothing_until_the_evidence_allows() -> None:
     c = FalseHitController(0.02, LADDER)
-    assert c.threshold == LADDER[-1] and c.floor == LADDER[0] and c.sample_count == 0
+    assert c.threshold == math.inf and c.floor == LADDER[0] and c.sample_count == 0
+    for _ in range(100):
+        c.observe(0.9, True)
+    assert c.threshold == math.inf  # 0 of 100 still bounds the rate above 2 %
+    for _ in range(200):
+        c.observe(0.9, True)
+    assert c.threshold < 1
+
+
+def test_serves_nothing_when_even_the_top_is_too_often_wrong() -> None:
+    c = FalseHitController(0.05, LADDER)
+    for i in range(1000):
+        c.observe(0.96, i % 5 != 0)  # 20 % wrong even at the top
+    assert c.threshold == math.inf
 
 
 def test_lowers_the_threshold_as_agreeing_evidence_accumulates() -> None:

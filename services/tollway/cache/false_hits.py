@@ -8,9 +8,10 @@ learned check's probability, or the cosine for presets without it.
 
 For each threshold ``t`` on a fixed ladder, the samples scoring at least ``t`` are the hits ``t`` would have
 served. The controller serves at the lowest ``t`` whose one-sided 95 % Wilson upper bound on the share of
-those samples that disagreed is at most ``r``; with too little evidence for any ``t`` it serves at the top
-of the ladder (the most cautious). So the threshold rises as soon as the bound on the served rate exceeds
-the declared one, and falls only as agreeing evidence accumulates below it. vCache (Schroeder et al., 2025,
+those samples that disagreed is at most ``r``; while no ``t`` qualifies (at the start, or when even the top
+of the ladder is too often wrong) it serves nothing, and the held-back candidates keep supplying evidence.
+So the threshold rises as soon as the bound on the served rate exceeds the declared one, and falls only as
+agreeing evidence accumulates below it. vCache (Schroeder et al., 2025,
 "verified semantic prompt caching") learns a threshold per cached entry; a per-namespace ladder needs no
 per-entry state in Redis and is what this file measures (``bench/false_hit_sim.py``).
 
@@ -39,7 +40,7 @@ AGREE_TOKEN_F1 = 0.50
 _Z = 1.6448536269514722
 
 
-def answers_agree(cached: str, fresh: str, embedding_cosine: float | None) -> bool:
+def answers_agree(cached: str, fresh: str, embedding_cosine: float | None, *, min_cosine: float = AGREE_COSINE) -> bool:
     """Whether a cached answer agrees with a fresh one: same numbers, and close in meaning.
 
     Numbers come first because an embedding barely moves when only a number changes ("take 10 mg" vs
@@ -49,6 +50,7 @@ def answers_agree(cached: str, fresh: str, embedding_cosine: float | None) -> bo
         cached: The answer that was served.
         fresh: A fresh answer to the same request.
         embedding_cosine: Cosine of the two answers' embeddings, or None (token F1 is used then).
+        min_cosine: The cosine from which two answers agree (the measured :data:`AGREE_COSINE`).
     """
     from tollway.cache.quality import token_f1
     from tollway.cache.verify_numbers import extract_quantities
@@ -58,7 +60,7 @@ def answers_agree(cached: str, fresh: str, embedding_cosine: float | None) -> bo
     if q_cached and q_fresh and q_cached != q_fresh:
         return False
     if embedding_cosine is not None:
-        return embedding_cosine >= AGREE_COSINE
+        return embedding_cosine >= min_cosine
     return token_f1(cached, fresh) >= AGREE_TOKEN_F1
 
 
@@ -125,7 +127,7 @@ class FalseHitController:
         # Per ladder step i: samples (and disagreements) scoring in [ladder[i], ladder[i + 1]).
         self._n = [0] * len(self.ladder)
         self._bad = [0] * len(self.ladder)
-        self._threshold = self.ladder[-1]
+        self._threshold = math.inf
 
     @property
     def floor(self) -> float:
@@ -134,7 +136,7 @@ class FalseHitController:
 
     @property
     def threshold(self) -> float:
-        """The threshold to serve at now."""
+        """The threshold to serve at now; ``math.inf`` while the evidence allows serving nothing."""
         return self._threshold
 
     @property
@@ -181,7 +183,7 @@ class FalseHitController:
         for i in range(steps - 1, -1, -1):
             at_least[i] = at_least[i + 1] + self._n[i]
             bad_at_least[i] = bad_at_least[i + 1] + self._bad[i]
-        best = self.ladder[-1]
+        best = math.inf
         # The lowest step that passes wins. A failing step does not stop the walk: more agreeing samples
         # below can bring the bound back under the rate.
         for i in range(steps - 1, -1, -1):
