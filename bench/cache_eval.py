@@ -234,6 +234,7 @@ def learned_scores(pairs: PairSet) -> tuple[np.ndarray, list[float]]:
 
     model = shipped()
     hard = Verifier(CONTRADICTION_RULES)
+    passed = frozenset(CONTRADICTION_RULES)  # as in the service: the rules ran first and did not object
     assert pairs.cosine is not None
     score = np.zeros(len(pairs.text_a))
     times = []
@@ -242,7 +243,7 @@ def learned_scores(pairs: PairSet) -> tuple[np.ndarray, list[float]]:
         if cos < LEARNED_PREFILTER or not hard.check(b, a).accept:
             continue
         started = time.perf_counter()
-        score[i] = model.probability(b, a, cos)
+        score[i] = model.probability(b, a, cos, passed=passed)
         times.append(time.perf_counter() - started)
     return score, times
 

@@ -71,26 +71,22 @@ class LearnedCheckError(RuntimeError):
     """The weights file is missing, unreadable or malformed; the message names its path."""
 
 
-def _rule_flags(query: Features, cached: Features) -> dict[str, float]:
-    from tollway.cache.verifier import ALL_RULES
-
-    return {name: float(ALL_RULES[name](query, cached) is not None) for name in _RULE_FEATURES}
-
-
-def features(query: str, candidate: str, cosine: float) -> np.ndarray:
+def features(query: str, candidate: str, cosine: float, passed: frozenset[str] = frozenset()) -> np.ndarray:
     """The feature vector of one pair, in :data:`FEATURES` order.
 
     Args:
         query: The incoming request's text.
         candidate: The cached entry's request text.
         cosine: Cosine similarity of their embeddings.
+        passed: Rules already run on this pair without objecting: their flags are 0 and are not recomputed
+            (the verifier runs its rules before the learned check).
     """
     q, c = analyze(query), analyze(candidate)
-    return _features(q, c, cosine)
+    return _features(q, c, cosine, passed)
 
 
-def _features(q: Features, c: Features, cosine: float) -> np.ndarray:
-    from tollway.cache.verifier import _differences, _minimal_edit
+def _features(q: Features, c: Features, cosine: float, passed: frozenset[str]) -> np.ndarray:
+    from tollway.cache.verifier import ALL_RULES, _differences, _minimal_edit, _qualifier_added_of, _term_swap_of
 
     only_q, only_c, q_names, c_names, shared = _differences(q, c)
     q_keys, c_keys = len(q.keys), len(c.keys)
@@ -99,7 +95,14 @@ def _features(q: Features, c: Features, cosine: float) -> np.ndarray:
     quantity_diff = Counter(x.value for x in q.quantities)
     quantity_diff.subtract(Counter(x.value for x in c.quantities))
     edit = _minimal_edit(q, c)
-    flags = _rule_flags(q, c)
+    # The slot rules share the one minimal edit computed above (a SequenceMatcher run: the costly part).
+    derived = {"term_swap": _term_swap_of(edit), "qualifier_added": _qualifier_added_of(edit)}
+    flags = {
+        name: 0.0
+        if name in passed
+        else float((derived[name] if name in derived else ALL_RULES[name](q, c)) is not None)
+        for name in _RULE_FEATURES
+    }
     values = [
         cosine,
         (1.0 - cosine) ** 2,
@@ -139,9 +142,16 @@ class LearnedCheck:
     operating_points: Mapping[str, float]
     path: Path
 
-    def probability(self, query: str, candidate: str, cosine: float) -> float:
-        """P(the cached answer is right for the query), in (0, 1)."""
-        x = (features(query, candidate, cosine) - self.mean) / self.scale
+    def probability(self, query: str, candidate: str, cosine: float, passed: frozenset[str] = frozenset()) -> float:
+        """P(the cached answer is right for the query), in (0, 1).
+
+        Args:
+            query: The incoming request's text.
+            candidate: The cached entry's request text.
+            cosine: Cosine similarity of their embeddings.
+            passed: Rules already run on the pair without objecting (see :func:`features`).
+        """
+        x = (features(query, candidate, cosine, passed) - self.mean) / self.scale
         z = float(x @ self.coef) + self.intercept
         return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
 

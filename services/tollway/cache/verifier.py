@@ -315,9 +315,12 @@ def _minimal_edit(query: Features, cached: Features) -> tuple[str, list[str], li
 
 
 def _term_swap(query: Features, cached: Features) -> str | None:
+    return _term_swap_of(_minimal_edit(query, cached))
+
+
+def _term_swap_of(edit: tuple[str, list[str], list[str], int] | None) -> str | None:
     # A minimal pair: the texts say the same content words in the same order except one short slot. The
     # swapped slot is then what the question is about. Wider rewrites are paraphrase territory.
-    edit = _minimal_edit(query, cached)
     if edit is None:
         return None
     kind, q_part, c_part, shared = edit
@@ -327,9 +330,12 @@ def _term_swap(query: Features, cached: Features) -> str | None:
 
 
 def _qualifier_added(query: Features, cached: Features) -> str | None:
+    return _qualifier_added_of(_minimal_edit(query, cached))
+
+
+def _qualifier_added_of(edit: tuple[str, list[str], list[str], int] | None) -> str | None:
     # The same minimal pair where one side only adds words: "New York" vs "New York City", "stock markets"
     # vs "U.S. stock markets". The added qualifier narrows the question.
-    edit = _minimal_edit(query, cached)
     if edit is None:
         return None
     kind, q_part, c_part, shared = edit
@@ -416,6 +422,7 @@ class Verifier:
         if not 0.0 < learned_threshold < 1.0:
             raise ValueError(f"learned_threshold {learned_threshold!r} is not in (0, 1)")
         self._rules = [(name, rule) for name, rule in ALL_RULES.items() if name in chosen]
+        self._names = frozenset(chosen)
         self.learned = learned
         self.learned_threshold = learned_threshold
 
@@ -453,7 +460,7 @@ class Verifier:
             return Verdict(True, "no_conflict")
         if cosine is None:
             raise ValueError("the learned check needs the candidate's cosine")
-        score = self.learned.probability(query, candidate, cosine)
+        score = self.learned.probability(query, candidate, cosine, passed=self._names)
         needed = self.learned_threshold if threshold is None else threshold
         if score < needed:
             return Verdict(False, LEARNED_REASON, f"p={score:.3f} < {needed:.2f}", score)
