@@ -138,3 +138,47 @@ def test_reload_swaps_in_a_good_file_and_keeps_the_old_on_a_bad_one(tmp_path: Pa
     with pytest.raises(CatalogError):
         source.reload_if_changed()
     assert source.current is good and "not valid YAML" in source.last_error
+
+
+# --- timeouts and the fallback policy ----------------------------------------------------
+
+
+def test_timeouts_inherit_from_the_provider_and_default_when_unset() -> None:
+    raw = doc()
+    raw["providers"]["an"].update({"connect_timeout_s": 0.5, "first_token_timeout_s": 3, "stall_timeout_s": 4})
+    raw["models"]["claude"]["deployments"] = [{"name": "x", "stall_timeout_s": 9}]
+    catalog = parse_catalog(raw, env={})
+    claude = catalog.models["claude"].deployments[0]
+    assert (claude.connect_timeout_s, claude.ttft_timeout_s, claude.stall_timeout_s) == (0.5, 3.0, 9.0)
+    tiny = catalog.models["tiny"].deployments[0]
+    assert (tiny.connect_timeout_s, tiny.ttft_timeout_s, tiny.stall_timeout_s) == (2.0, 60.0, 30.0)
+
+
+@pytest.mark.parametrize("key", ["connect_timeout_s", "stall_timeout_s"])
+def test_a_timeout_must_be_positive_and_is_named(key: str) -> None:
+    raw = doc()
+    raw["providers"]["oa"][key] = 0
+    with pytest.raises(CatalogError, match=rf"providers\.oa\.{key}: 0 is less than 0\.001"):
+        parse_catalog(raw, env={})
+
+
+def test_the_shipped_catalog_bounds_every_wait_and_keeps_requests_on_their_model() -> None:
+    catalog = load_catalog(ROOT / "deploy" / "models.yaml", env={})
+    assert catalog.routing.model_fallback is False
+    local = catalog.models["smollm2"].deployments[0]
+    # The local model is on this machine: a stall is told apart from work within seconds.
+    assert local.ttft_timeout_s <= 30 and local.stall_timeout_s <= 10 and local.connect_timeout_s <= 1
+    for d in catalog.deployments():
+        assert d.ttft_timeout_s < 60 and d.stall_timeout_s <= 30, d.key
+
+
+def test_model_fallback_is_read_strictly() -> None:
+    with pytest.raises(CatalogError, match=r"routing\.model_fallback"):
+        parse_catalog(doc(routing={"model_fallback": "sometimes"}), env={})
+    assert parse_catalog(doc(routing={"model_fallback": True}), env={}).routing.model_fallback is True
+
+
+def test_missing_key_variables_are_listed_once_in_order() -> None:
+    catalog = parse_catalog(doc(), env={})
+    assert catalog.models["big"].missing_key_envs() == ["OA_KEY", "OA_KEY_2"]
+    assert parse_catalog(doc(), env={"OA_KEY": "k"}).models["big"].missing_key_envs() == ["OA_KEY_2"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -10,7 +11,8 @@ from tollway.common.catalog import parse_catalog
 from tollway.common.chat import ChatMessage, ChatRequest, ResponseFormat, Tool
 from tollway.mesh import errors
 from tollway.router.classifier import Classification
-from tollway.router.routing import decide
+from tollway.router.engine import may_change_model
+from tollway.router.routing import decide, missing_capabilities, parse_allow_fallback
 
 CATALOG = parse_catalog(
     {
@@ -100,3 +102,48 @@ def test_auto_is_a_plain_alias_without_tiers() -> None:
         {"providers": {"p": {}}, "models": {"x": {"provider": "p"}}, "aliases": {"auto": "x"}}, env={}
     )
     assert decide(req(), catalog, Fixed("large")).model == "x"
+
+
+# --- the fallback policy and per-deployment capabilities ---------------------------------
+
+
+def test_the_allow_fallback_header_is_a_strict_boolean() -> None:
+    assert parse_allow_fallback(None) is None
+    assert parse_allow_fallback(" True ") is True and parse_allow_fallback("0") is False
+    with pytest.raises(errors.InvalidArgument, match="x-tollway-allow-fallback is 'maybe'") as info:
+        parse_allow_fallback("maybe")
+    assert info.value.violations == [("x-tollway-allow-fallback", "true or false")]
+
+
+def test_another_model_answers_only_when_the_request_or_catalog_allows() -> None:
+    named = decide(req("m"), CATALOG, Fixed("small"))
+    auto = decide(req(), CATALOG, Fixed("small"))
+    assert not may_change_model(req("m"), named, CATALOG)
+    assert may_change_model(req("m", allow_model_fallback=True), named, CATALOG)
+    assert may_change_model(req(), auto, CATALOG)  # auto names no model: its chain is the point
+    permissive = dataclasses.replace(CATALOG, routing=dataclasses.replace(CATALOG.routing, model_fallback=True))
+    assert may_change_model(req("m"), named, permissive)
+    assert not may_change_model(req("m", allow_model_fallback=False), named, permissive)
+
+
+def test_a_model_can_do_what_any_of_its_deployments_can() -> None:
+    catalog = parse_catalog(
+        {
+            "providers": {"p": {"base_url": "http://p"}},
+            "models": {
+                "mixed": {
+                    "provider": "p",
+                    "capabilities": ["tools"],
+                    "deployments": [{"name": "hosted"}, {"name": "selfhosted", "capabilities": []}],
+                },
+                "plain": {"provider": "p", "deployments": [{"name": "a", "capabilities": []}]},
+            },
+        },
+        env={},
+    )
+    mixed = catalog.models["mixed"]
+    hosted, selfhosted = mixed.deployments
+    assert mixed.capabilities == {"tools"}
+    assert mixed.deployment_capabilities(hosted) == {"tools"} and mixed.deployment_capabilities(selfhosted) == set()
+    assert missing_capabilities(mixed, req("mixed", tools=(Tool("t"),))) == []
+    assert missing_capabilities(catalog.models["plain"], req("plain", tools=(Tool("t"),))) == ["tools"]
