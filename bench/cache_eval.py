@@ -571,13 +571,13 @@ def suggest_presets(
     lc, _, qqp, _ = SETS
     default = None
     if lc in results:
+        p_lc, r_lc, _ = curve(results[lc]["cosine+preset(default)"], loaded[lc].labels)
+        floor = lowest_stable([p_lc], 0.98, [r_lc])
+        default = None if floor is None else round(floor + 0.02, 2)
+        out["default"] = ("rules + learned check, P>=0.98 on langcache from there up, + 0.02", default)
         point = at_recall(results[lc]["cosine+rules(default)"], loaded[lc].labels, 0.5)
-        default = point[0] if point else None
-        out["default"] = ("default profile, R>=0.5 on langcache", default)
-        p_lc, r_lc, _ = curve(results[lc]["cosine+rules(strict)"], loaded[lc].labels)
-        floor = lowest_stable([p_lc], 0.97, [r_lc])
-        strict = None if floor is None or default is None else max(default, round(floor + 0.02, 2))
-        out["strict"] = ("max(default, strict profile P>=0.97 on langcache + 0.02)", strict)
+        strict = None if point is None or default is None else max(default, point[0])
+        out["strict"] = ("max(default, default rules alone R>=0.5 on langcache)", strict)
     if qqp in results:
         point = at_recall(results[qqp]["cosine+rules(default)"], loaded[qqp].labels, 0.5)
         out["loose"] = ("default profile, R>=0.5 on qqp", point[0] if point else None)
