@@ -78,6 +78,39 @@ namespaces:
 
 
 @pytest.fixture(scope="session")
+def budget_plans(run_dir: Path) -> Path:
+    """Plans for the stack's budget service. Tenants get ``open`` (a rate limit no test reaches:
+    every gateway request reserves, so the deploy file's free plan would refuse busy tests);
+    tests that want a quota put their own tenant on ``free``, ``capped`` or ``dollars`` and
+    override it. ``dollars`` has a dollar quota (fail closed while the budget service is down),
+    ``open`` none (fail open)."""
+    path = run_dir / "budget.yaml"
+    path.write_text(
+        """version: 1
+default_plan: open
+plans:
+  open:
+    quotas:
+      - {scope: tenant, window: minute, requests: 1000000}
+  free:
+    max_tokens_per_request: 1024
+    quotas:
+      - {scope: tenant, window: minute, requests: 60}
+      - {scope: tenant, window: minute, tokens: 40000}
+      - {scope: tenant, window: month, usd: 5}
+  capped:
+    quotas:
+      - {scope: tenant, window: minute, requests: 1000000}
+      - {scope: tenant, window: minute, tokens: 1000000}
+  dollars:
+    quotas:
+      - {scope: tenant, window: month, usd: 100}
+"""
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
 def catalog(run_dir: Path, fake_openai: str, killable_openai: tuple[subprocess.Popen[bytes], str]) -> Path:
     """The fake models, a provider nobody listens on, and the real local model."""
     dead = free_port()
@@ -100,7 +133,7 @@ def catalog(run_dir: Path, fake_openai: str, killable_openai: tuple[subprocess.P
 
 
 @pytest.fixture(scope="session")
-def stack(run_dir: Path, catalog: Path, namespaces: Path) -> Iterator[Stack]:
+def stack(run_dir: Path, catalog: Path, namespaces: Path, budget_plans: Path) -> Iterator[Stack]:
     names = [
         "edge",
         "admin",
@@ -120,7 +153,7 @@ def stack(run_dir: Path, catalog: Path, namespaces: Path) -> Iterator[Stack]:
         catalog=catalog,
         with_model=False,  # started on demand by `local_model`
         services=("gateway", "router", "openai_compat", "cache", "embedding", "budget"),
-        env={"TOLLWAY_CACHE_NAMESPACES_PATH": str(namespaces)},
+        env={"TOLLWAY_CACHE_NAMESPACES_PATH": str(namespaces), "TOLLWAY_BUDGET_PLANS": str(budget_plans)},
         startup_timeout_s=60,
     )
     with Stack(options) as running:

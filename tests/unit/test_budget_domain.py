@@ -11,7 +11,7 @@ from tollway.budget.budget import override_from_json, override_to_json, parse_na
 from tollway.budget.config import BudgetConfig
 from tollway.budget.plans import PlansError, parse_plans
 from tollway.budget.pricing import PriceTable, Rates
-from tollway.budget.types import Override, Policy, Priority, Quota, Scope, Unit, Window
+from tollway.budget.types import Override, Policy, Priority, Quota, Scope, UnavailablePolicy, Unit, Window
 from tollway.common.catalog import Catalog, Deployment, Model, Price, Routing
 from tollway.mesh.errors import InvalidArgument
 
@@ -198,6 +198,7 @@ def test_plans_resolve_tenants_with_overrides_on_top() -> None:
         ({"default_plan": "gold"}, r"default_plan: 'gold' is not a plan"),
         ({"version": 2}, r"version: 2 is not in \[1, 1\]"),
         ({"plans": {}}, "at least one plan"),
+        ({"plans": {"free": {"when_unavailable": "maybe"}}}, r"'maybe' is not a budget-outage policy"),
         (
             {"plans": {"free": {"quotas": [{"scope": "tenant", "window": "day", "tokens": 1}] * 2}}},
             r"quotas\[1\]: repeats",
@@ -207,6 +208,23 @@ def test_plans_resolve_tenants_with_overrides_on_top() -> None:
 def test_a_malformed_plans_file_is_refused_naming_the_key(change: dict, message: str) -> None:
     with pytest.raises(PlansError, match=message):
         parse_plans({**GOOD, **change})
+
+
+def test_outage_policy_fails_closed_for_dollar_quotas_and_open_for_pure_rate_limits() -> None:
+    plans = parse_plans(GOOD)
+    free, acme = plans.policy("someone"), plans.policy("acme")
+    assert free is not None and free.when_unavailable is UnavailablePolicy.ADMIT  # tokens only
+    assert acme is not None and acme.when_unavailable is UnavailablePolicy.REFUSE  # a usd quota
+    explicit = parse_plans(
+        {
+            **GOOD,
+            "plans": {**GOOD["plans"], "free": {**GOOD["plans"]["free"], "when_unavailable": "refuse"}},
+            "tenants": {"acme": {"plan": "pro", "when_unavailable": "admit"}},
+        }
+    )
+    someone, acme2 = explicit.policy("someone"), explicit.policy("acme")
+    assert someone is not None and someone.when_unavailable is UnavailablePolicy.REFUSE
+    assert acme2 is not None and acme2.when_unavailable is UnavailablePolicy.ADMIT
 
 
 # --- names, overrides, config --------------------------------------------------------------

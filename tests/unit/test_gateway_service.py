@@ -40,3 +40,14 @@ def test_every_set_field_reaches_the_domain() -> None:
     assert (chat.max_tokens, chat.temperature, chat.top_p, chat.stop, chat.seed) == (10, 0.0, 0.5, ("\n",), 0)
     assert chat.messages[0].name == "u" and chat.request_id == "r-1"
     assert (req.user, req.feature, req.cache) == ("u1", "f", CachePolicy("ns", CacheMode.BYPASS))
+
+
+def test_priority_defaults_to_the_keys_and_conversation_reaches_the_domain() -> None:
+    proto = gateway_pb2.GenerateRequest(
+        model="m", messages=[common_pb2.Message(role="user", content="hi")], conversation_id="c-9"
+    )
+    req = request_from_proto(proto, Tenant("acme", "k1", priority="batch"), default_max_tokens=256)
+    assert (req.api_key_id, req.priority, req.conversation_id) == ("k1", "batch", "c-9")
+    proto.priority = gateway_pb2.PRIORITY_INTERACTIVE
+    assert request_from_proto(proto, TENANT, default_max_tokens=256).priority == "interactive"
+    assert request_from_proto(proto, TENANT, default_max_tokens=256).chat.max_tokens == 256

@@ -39,6 +39,8 @@ from tollway.budget.types import (
     Reconciliation,
     Reservation,
     ReserveCommand,
+    Saved,
+    SavedCommand,
     Scope,
     State,
     Unit,
@@ -60,7 +62,12 @@ _METRICS = {
     "cached": "cached_input_tokens",
     "usd": "cost_usd_nanos",
     "exp": "expired_count",
+    "hits": "cache_hit_count",
+    "saved": "saved_cost_usd_nanos",
 }
+# A quota limit no counter reaches: a call admitted while the service was down is charged
+# whatever its quotas say (it happened). Below 2^53, where Lua's doubles stop being exact.
+_NO_LIMIT = 2**52
 
 
 def wall_clock_ms() -> int:
@@ -310,6 +317,9 @@ class Budget:
             bad.append(("request_id", "longer than 64 characters"))
         if not 0 <= cmd.ttl_s <= self.cfg.max_reservation_ttl_s:
             bad.append(("ttl_seconds", f"{cmd.ttl_s} is not in [0, {self.cfg.max_reservation_ttl_s}]"))
+        if cmd.admitted_while_unavailable and not cmd.request_id:
+            # Without it a retried charge would charge twice.
+            bad.append(("request_id", "required with admitted_while_unavailable"))
         if bad:
             raise InvalidArgument("; ".join(f"{f}: {why}" for f, why in bad), bad)
 
@@ -322,11 +332,18 @@ class Budget:
             NotFound: The tenant has no budget or the model is not in the catalog.
             ResourceExhausted: A quota (named in ``quota_violations``) has no room for the
                 estimate at this priority; ``retry_after_s`` is when its window resets.
+                Never for ``admitted_while_unavailable``: that call happened, so it is held
+                past every limit.
         """
         self._check_reserve(cmd)
         priced = self._priced(cmd.model)
         policy = self.policy(cmd.tenant)
-        if policy.max_tokens_per_request and cmd.max_output_tokens > policy.max_tokens_per_request:
+        forced = cmd.admitted_while_unavailable
+        if (
+            not forced
+            and policy.max_tokens_per_request
+            and cmd.max_output_tokens > policy.max_tokens_per_request
+        ):
             raise InvalidArgument(
                 f"max_output_tokens {cmd.max_output_tokens} is above the per-request cap of plan "
                 f"{policy.plan!r} ({policy.max_tokens_per_request})",
@@ -369,6 +386,8 @@ class Budget:
             "ctx": str(priced.context_window),
             "mout": str(priced.max_output_tokens),
         }
+        if forced:
+            meta["unav"] = "1"  # the ledger says which charges bypassed the quotas, and why
         if cmd.tenant not in self._known_tenants:
             await self.store.remember_tenant(cmd.tenant)
             self._known_tenants.add(cmd.tenant)
@@ -381,13 +400,13 @@ class Budget:
             min_out=cmd.min_output_tokens,
             meta=meta,
             demands=demands,
-            counters=[(c.field, c.allowed) for c in counters],
+            counters=[(c.field, _NO_LIMIT if forced else c.allowed) for c in counters],
         )
         if outcome.status == "dup":
             record = await self.store.get(cmd.tenant, rid)
             if record is None:  # finished and forgotten between the two calls
                 raise FailedPrecondition(f"request_id {cmd.request_id!r} was reserved before and is finished")
-            return Granted(reservation_from_record(cmd.tenant, rid, record), {})
+            return Granted(reservation_from_record(cmd.tenant, rid, record), {}, policy.when_unavailable)
         if outcome.status == "refused":
             metrics.RESERVATIONS.labels("refused", priority.value).inc()
             raise self._refusal(cmd, policy, priority, counters, outcome.used, demands, now)
@@ -419,7 +438,7 @@ class Budget:
             created_ms=now,
             expires_ms=now + ttl_ms,
         )
-        return Granted(reservation, tightest)
+        return Granted(reservation, tightest, policy.when_unavailable)
 
     def _refusal(
         self,
@@ -590,6 +609,62 @@ class Budget:
         if out.status == "ok":
             metrics.FINISHED.labels("released").inc()
         return reservation_from_record(tenant, rid, out.record)
+
+    # --- cache hits -----------------------------------------------------------------------
+
+    async def record_saved(self, cmd: SavedCommand) -> Saved:
+        """Ledgers what a cache hit saved (no counter changes) and adds it to the day's usage.
+
+        Raises:
+            InvalidArgument: Bad tenant, missing or long request id, negative tokens, or a
+                malformed key id, feature or tier.
+            NotFound: The model is not in the catalog.
+        """
+        check_tenant(cmd.tenant)
+        bad: list[tuple[str, str]] = []
+        if not cmd.request_id or len(cmd.request_id) > 64:
+            bad.append(("request_id", "required, at most 64 characters"))
+        for field, value in (("input_tokens", cmd.input_tokens), ("output_tokens", cmd.output_tokens)):
+            if value < 0:
+                bad.append((field, f"{value} is below 0"))
+        for field, value in (("api_key_id", cmd.api_key_id), ("feature", cmd.feature)):
+            if value and not SUBJECT_ID.match(value):
+                bad.append((field, f"{value!r} is longer than 128 or holds '|', ',', '/', braces or spaces"))
+        if len(cmd.cache_tier) > 32:
+            bad.append(("cache_tier", "longer than 32 characters"))
+        if bad:
+            raise InvalidArgument("; ".join(f"{f}: {why}" for f, why in bad), bad)
+        priced = self._priced(cmd.model)
+        cost = priced.rates.cost_nanos(cmd.input_tokens, cmd.output_tokens)
+        now = self.clock()
+        rid = hashlib.sha256(f"{cmd.tenant}\0{cmd.request_id}".encode()).hexdigest()[:32]
+        recorded = await self.store.record_saved(
+            cmd.tenant,
+            rid,
+            now_ms=now,
+            day=windows.day_of(now),
+            cost_usd_nanos=cost,
+            groups=[""]
+            + ([f"k:{cmd.api_key_id}"] if cmd.api_key_id else [])
+            + ([f"f:{cmd.feature}"] if cmd.feature else [])
+            + [f"m:{priced.name}"],
+            meta={
+                "tenant": cmd.tenant,
+                "key": cmd.api_key_id,
+                "feat": cmd.feature,
+                "model": priced.name,
+                "rid": cmd.request_id,
+                "in": str(cmd.input_tokens),
+                "out": str(cmd.output_tokens),
+                "cost": str(cost),
+                "pv": self.prices.version,
+                "tier": cmd.cache_tier,
+            },
+        )
+        if cmd.tenant not in self._known_tenants:
+            await self.store.remember_tenant(cmd.tenant)
+            self._known_tenants.add(cmd.tenant)
+        return Saved(cost, self.prices.version, recorded)
 
     # --- the sweeper ----------------------------------------------------------------------
 

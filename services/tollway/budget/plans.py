@@ -16,6 +16,8 @@ Shape::
         max_tokens_per_request: 1024
         default_priority: normal
         thresholds: {normal: 0.9, batch: 0.8}   # optional, per plan
+        when_unavailable: refuse   # admit | refuse while the budget service is down;
+                                   # default: refuse with a usd quota, else admit
         quotas:
           - {scope: tenant, window: day, tokens: 200000}
           - {scope: tenant, window: month, usd: 5.0}
@@ -26,6 +28,7 @@ Shape::
       acme:
         plan: pro
         max_tokens_per_request: 4096
+        when_unavailable: admit   # overrides the plan's
         quotas: [{scope: tenant, window: day, tokens: 5000000}]   # replace the plan's
 """
 
@@ -38,7 +41,18 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tollway.budget.types import SUBJECT_ID, TENANT_ID, Override, Policy, Priority, Quota, Scope, Unit, Window
+from tollway.budget.types import (
+    SUBJECT_ID,
+    TENANT_ID,
+    Override,
+    Policy,
+    Priority,
+    Quota,
+    Scope,
+    UnavailablePolicy,
+    Unit,
+    Window,
+)
 from tollway.mesh.schema import Reader, SchemaError, load_yaml, rule
 
 log = logging.getLogger("tollway.budget.plans")
@@ -72,6 +86,9 @@ class _PlanSpec:
     max_tokens_per_request: int = dataclasses.field(default=0, metadata=rule(low=0))
     default_priority: Priority = dataclasses.field(default=Priority.NORMAL, metadata=rule(noun="a priority"))
     thresholds: _Thresholds | None = None
+    when_unavailable: UnavailablePolicy | None = dataclasses.field(
+        default=None, metadata=rule(noun="a budget-outage policy")
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +96,9 @@ class _TenantSpec:
     plan: str
     quotas: tuple[_QuotaSpec, ...] = ()
     max_tokens_per_request: int | None = dataclasses.field(default=None, metadata=rule(low=0))
+    when_unavailable: UnavailablePolicy | None = dataclasses.field(
+        default=None, metadata=rule(noun="a budget-outage policy")
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +112,8 @@ class _FileSpec:
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """A plan: its quotas, per-request cap, thresholds and default priority."""
+    """A plan: its quotas, per-request cap, thresholds, default priority and outage policy
+    (None: derived from its quotas, see :attr:`Policy.when_unavailable`)."""
 
     name: str
     quotas: tuple[Quota, ...]
@@ -100,6 +121,7 @@ class Plan:
     default_priority: Priority
     normal_threshold: float
     batch_threshold: float
+    when_unavailable: UnavailablePolicy | None = None
 
 
 def check_quota(quota: Quota) -> str:
@@ -166,9 +188,11 @@ class Plans:
             return None
         quotas = plan.quotas
         cap = plan.max_tokens_per_request
+        unavailable = plan.when_unavailable
         if listed is not None:
             quotas = merge_quotas(quotas, listed.quotas)
             cap = listed.max_tokens_per_request if listed.max_tokens_per_request is not None else cap
+            unavailable = listed.unavailable or unavailable
         if override is not None:
             quotas = merge_quotas(quotas, override.quotas)
             cap = override.max_tokens_per_request if override.max_tokens_per_request is not None else cap
@@ -181,6 +205,7 @@ class Plans:
             batch_threshold=plan.batch_threshold,
             default_priority=plan.default_priority,
             overridden=override is not None and override != Override(),
+            unavailable=unavailable,
         )
 
 
@@ -239,6 +264,7 @@ def parse_plans(doc: Any, source: str = "budget.yaml", version: str = "") -> Pla
             default_priority=p.default_priority,
             normal_threshold=th.normal,
             batch_threshold=th.batch,
+            when_unavailable=p.when_unavailable,
         )
     if spec.default_plan and spec.default_plan not in plans:
         raise r.fail("default_plan", spec.default_plan, f"is not a plan; known: {', '.join(sorted(plans))}")
@@ -252,6 +278,7 @@ def parse_plans(doc: Any, source: str = "budget.yaml", version: str = "") -> Pla
             plan=t.plan,
             quotas=_quotas(r, t.quotas, f"tenants.{tenant}.quotas"),
             max_tokens_per_request=t.max_tokens_per_request,
+            unavailable=t.when_unavailable,
         )
     return Plans(plans, tenants, spec.default_plan, version)
 

@@ -14,8 +14,10 @@ from tollway.budget.types import (
     QuotaState,
     Reservation,
     ReserveCommand,
+    SavedCommand,
     Scope,
     State,
+    UnavailablePolicy,
     Unit,
     UsageRow,
     Window,
@@ -59,6 +61,10 @@ STATE_TO_PROTO = {
     State.COMMITTED: budget_pb2.RESERVATION_STATE_COMMITTED,
     State.RELEASED: budget_pb2.RESERVATION_STATE_RELEASED,
     State.EXPIRED: budget_pb2.RESERVATION_STATE_EXPIRED,
+}
+UNAVAILABLE_TO_PROTO = {
+    UnavailablePolicy.ADMIT: budget_pb2.UNAVAILABLE_POLICY_ADMIT,
+    UnavailablePolicy.REFUSE: budget_pb2.UNAVAILABLE_POLICY_REFUSE,
 }
 GROUP_FROM_PROTO = {
     budget_pb2.USAGE_GROUP_UNSPECIFIED: "",
@@ -139,6 +145,7 @@ def budget_to_proto(p: Policy, plans_version: str, pricing_version: str) -> budg
         overridden=p.overridden,
         plans_version=plans_version,
         pricing_version=pricing_version,
+        unavailable_policy=UNAVAILABLE_TO_PROTO[p.when_unavailable],
     )
 
 
@@ -152,6 +159,8 @@ def usage_row_to_proto(r: UsageRow) -> budget_pb2.UsageRow:
         cached_input_tokens=r.cached_input_tokens,
         cost_usd_nanos=r.cost_usd_nanos,
         expired_count=r.expired_count,
+        cache_hit_count=r.cache_hit_count,
+        saved_cost_usd_nanos=r.saved_cost_usd_nanos,
     )
 
 
@@ -169,6 +178,7 @@ def reserve_from_proto(req: budget_pb2.ReserveBudgetRequest) -> ReserveCommand:
         provider=req.provider,
         request_id=req.request_id,
         ttl_s=req.ttl_seconds,
+        admitted_while_unavailable=req.admitted_while_unavailable,
     )
 
 
@@ -183,7 +193,10 @@ class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):
         self, request: budget_pb2.ReserveBudgetRequest, context: grpc.aio.ServicerContext
     ) -> budget_pb2.ReserveBudgetResponse:
         granted = await self.budget.reserve(reserve_from_proto(request))
-        resp = budget_pb2.ReserveBudgetResponse(reservation=reservation_to_proto(granted.reservation))
+        resp = budget_pb2.ReserveBudgetResponse(
+            reservation=reservation_to_proto(granted.reservation),
+            unavailable_policy=UNAVAILABLE_TO_PROTO[granted.when_unavailable],
+        )
         for unit, field in (
             (Unit.TOKENS, resp.tightest_tokens),
             (Unit.REQUESTS, resp.tightest_requests),
@@ -220,6 +233,26 @@ class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):
     ) -> budget_pb2.ReleaseBudgetResponse:
         reservation = await self.budget.release(request.name, request.reason)
         return budget_pb2.ReleaseBudgetResponse(reservation=reservation_to_proto(reservation))
+
+    @rpc_errors(DOMAIN)
+    async def RecordSavedCost(
+        self, request: budget_pb2.RecordSavedCostRequest, context: grpc.aio.ServicerContext
+    ) -> budget_pb2.RecordSavedCostResponse:
+        saved = await self.budget.record_saved(
+            SavedCommand(
+                tenant=request.tenant_id,
+                model=request.model,
+                request_id=request.request_id,
+                input_tokens=request.input_tokens,
+                output_tokens=request.output_tokens,
+                api_key_id=request.api_key_id,
+                feature=request.feature,
+                cache_tier=request.cache_tier,
+            )
+        )
+        return budget_pb2.RecordSavedCostResponse(
+            saved_cost_usd_nanos=saved.cost_usd_nanos, pricing_version=saved.pricing_version, recorded=saved.recorded
+        )
 
     @rpc_errors(DOMAIN)
     async def GetUsage(

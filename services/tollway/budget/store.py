@@ -7,9 +7,10 @@ cluster)::
     {p}:{T}:ctr          HASH   every counter of the tenant: subject|unit|window|start|end -> used
     {p}:{T}:r:<id>       HASH   one reservation (state, amounts held, rates, counters, result)
     {p}:{T}:open         ZSET   reservations still held, by the time they expire (ms)
-    {p}:{T}:ledger       STREAM one entry per reserve, commit, release, expiry and prune
+    {p}:{T}:ledger       STREAM one entry per reserve, commit, release, expiry, prune and saved
     {p}:{T}:convt        ZSET   conversation counters by last use (ms), to forget idle ones
     {p}:{T}:u:<date>     HASH   committed usage of one UTC day: <group>|<metric> -> sum
+    {p}:{T}:saved:<id>   STRING a cache hit already recorded (RecordSavedCost is idempotent)
     {p}:tenants          SET    tenants that ever reserved (the sweeper's work list)
     {p}:overrides        HASH   tenant -> SetBudget override (JSON)
 
@@ -282,6 +283,31 @@ return #gone
 )
 
 
+# KEYS: ledger, usage day, seen marker.  ARGV: now_ms, cost, record_ttl_ms, usage_ttl_ms,
+# n_groups, groups..., then meta pairs. Returns 1 when recorded, 0 for a repeated request.
+# A cache hit changes no counter: its ledger entry lists none (f = ''), so reconciliation
+# sums nothing for it.
+_SAVED = (
+    _COMMON
+    + r"""
+local ledger, day, seen = KEYS[1], KEYS[2], KEYS[3]
+local now, cost = tonumber(ARGV[1]), tonumber(ARGV[2])
+if not redis.call('SET', seen, '1', 'NX', 'PX', ARGV[3]) then return 0 end
+local n = tonumber(ARGV[5])
+local meta = {}
+for j = 6 + n, #ARGV do meta[#meta + 1] = ARGV[j] end
+redis.call('XADD', ledger, '*', 'op', 'saved', 'tok', '0', 'usd', '0', 'req', '0', 'f', '',
+  'at', s(now), unpack(meta))
+for j = 6, 5 + n do
+  redis.call('HINCRBY', day, ARGV[j] .. '|hits', 1)
+  redis.call('HINCRBY', day, ARGV[j] .. '|saved', s(cost))
+end
+redis.call('PEXPIRE', day, ARGV[4])
+return 1
+"""
+)
+
+
 def _text(value: bytes | str | int | None) -> str:
     if value is None:
         return ""
@@ -354,6 +380,7 @@ class BudgetStore:
         self._release = client.register_script(_RELEASE)
         self._expire = client.register_script(_EXPIRE)
         self._prune = client.register_script(_PRUNE)
+        self._saved = client.register_script(_SAVED)
 
     def key(self, tenant: str, suffix: str) -> str:
         """The key ``{prefix}:{tenant}:suffix`` (the tenant is the hash tag)."""
@@ -500,6 +527,25 @@ class BudgetStore:
             self.key(tenant, "ledger"),
         ]
         return self._outcome(await self._release(keys=keys, args=[reservation_id, now_ms, reason, self._record_ttl_ms]))
+
+    async def record_saved(
+        self,
+        tenant: str,
+        saved_id: str,
+        *,
+        now_ms: int,
+        day: str,
+        cost_usd_nanos: int,
+        groups: Sequence[str],
+        meta: Mapping[str, str],
+    ) -> bool:
+        """Ledgers a cache hit's saving and adds it to ``day``'s totals of each usage group
+        (one script). False when ``saved_id`` was recorded within the record TTL."""
+        args: list[str | int] = [now_ms, cost_usd_nanos, self._record_ttl_ms, self._usage_ttl_ms, len(groups), *groups]
+        for k, v in meta.items():
+            args += [k, v]
+        keys = [self.key(tenant, "ledger"), self.key(tenant, f"u:{day}"), self.key(tenant, f"saved:{saved_id}")]
+        return bool(int(await self._saved(keys=keys, args=args)))
 
     @staticmethod
     def _outcome(reply: Sequence[object]) -> ScriptOutcome:

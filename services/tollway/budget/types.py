@@ -48,6 +48,13 @@ class Priority(enum.Enum):
     BATCH = "batch"
 
 
+class UnavailablePolicy(enum.Enum):
+    """What callers do with a tenant's requests while the budget service cannot be reached."""
+
+    ADMIT = "admit"
+    REFUSE = "refuse"
+
+
 class State(enum.Enum):
     """Where a reservation is in its life (the values are stored in Redis)."""
 
@@ -95,6 +102,8 @@ class Policy:
         batch_threshold: Share of each quota a batch request may use, in (0, 1].
         default_priority: The priority of a request that names none.
         overridden: Whether SetBudget changed anything of the file's budget.
+        unavailable: The plans file's ``when_unavailable`` for the tenant; None derives it
+            (see :attr:`when_unavailable`).
     """
 
     tenant: str
@@ -105,6 +114,18 @@ class Policy:
     batch_threshold: float = 0.8
     default_priority: Priority = Priority.NORMAL
     overridden: bool = False
+    unavailable: UnavailablePolicy | None = None
+
+    @property
+    def when_unavailable(self) -> UnavailablePolicy:
+        """What callers do while the budget service is down: as the plans file says, else
+        refuse when a dollar quota applies (money must not be spent unchecked) and admit
+        for pure rate limits (a short outage should not take the tenant down)."""
+        if self.unavailable is not None:
+            return self.unavailable
+        if any(q.unit is Unit.USD_NANOS for q in self.quotas):
+            return UnavailablePolicy.REFUSE
+        return UnavailablePolicy.ADMIT
 
     def threshold(self, priority: Priority) -> float:
         """The share of a quota ``priority`` may use (interactive: all of it)."""
@@ -122,6 +143,7 @@ class Override:
     plan: str = ""
     quotas: tuple[Quota, ...] = ()
     max_tokens_per_request: int | None = None
+    unavailable: UnavailablePolicy | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +162,30 @@ class ReserveCommand:
     provider: str = ""
     request_id: str = ""
     ttl_s: int = 0
+    admitted_while_unavailable: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class SavedCommand:
+    """A request the response cache answered: what it would have cost."""
+
+    tenant: str
+    model: str
+    request_id: str
+    input_tokens: int
+    output_tokens: int
+    api_key_id: str = ""
+    feature: str = ""
+    cache_tier: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Saved:
+    """What a recorded cache hit saved; ``recorded`` is False for a repeated request id."""
+
+    cost_usd_nanos: int
+    pricing_version: str
+    recorded: bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,10 +245,12 @@ class QuotaState:
 
 @dataclasses.dataclass(frozen=True)
 class Granted:
-    """A granted reservation and the tightest quota left per unit (for rate-limit headers)."""
+    """A granted reservation, the tightest quota left per unit (for rate-limit headers) and
+    the tenant's policy while the budget service is down (callers remember it)."""
 
     reservation: Reservation
     tightest: dict[Unit, QuotaState]
+    when_unavailable: UnavailablePolicy = UnavailablePolicy.REFUSE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,6 +274,8 @@ class UsageRow:
     cached_input_tokens: int = 0
     cost_usd_nanos: int = 0
     expired_count: int = 0
+    cache_hit_count: int = 0
+    saved_cost_usd_nanos: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

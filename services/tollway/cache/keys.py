@@ -94,6 +94,8 @@ GENERATE_EXCLUDE: Mapping[str, str] = {
     "cache_policy.mode": "says how the cache is used, not what the answer is",
     "feature": "cost attribution only; the same question from two features has one answer",
     "request_id": "unique per request by design",
+    "priority": "decides whether a budget admits the request, not what the answer is",
+    "conversation_id": "budget accounting only; the messages carry the conversation itself",
 }
 
 _KEY_VERSION = b"tollway.cache.exact.v1\x00"

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import grpc
 
 from tollway.common.catalog import load_catalog
 from tollway.gateway.auth import KeyRing
+from tollway.gateway.budget_client import SERVICE_NAME as BUDGET_SERVICE
+from tollway.gateway.budget_client import BudgetClient
+from tollway.gateway.budgeting import Budgeting
 from tollway.gateway.cache_client import CacheClient
 from tollway.gateway.config import GatewayConfig
 from tollway.gateway.lifecycle import Gateway
@@ -15,6 +20,7 @@ from tollway.gateway.store import GatewayStore
 from tollway.gateway.v1 import gateway_pb2_grpc
 from tollway.gateway.validation import Limits
 from tollway.mesh import clients
+from tollway.mesh.background import Background
 from tollway.mesh.config import MeshConfig, load_config
 from tollway.mesh.redis import connect, wait_ready
 from tollway.mesh.server import ServiceSpec, run, serve
@@ -27,6 +33,7 @@ def build(cfg: GatewayConfig, mesh: MeshConfig) -> ServiceSpec:
     store = GatewayStore(redis, cfg.call_log_maxlen)
     # grpc.aio channels belong to the event loop they are made in: made in start(), not here.
     channels: list[grpc.aio.Channel] = []
+    background = Background(logging.getLogger("tollway.gateway"), jitter=0.1)
     gateway = Gateway(
         KeyRing(store, cfg.auth_cache_ttl_s),
         None,
@@ -64,9 +71,25 @@ def build(cfg: GatewayConfig, mesh: MeshConfig) -> ServiceSpec:
                 embedding_model=cfg.embedding_model,
                 lookup_timeout_s=cfg.cache_timeout_s,
             )
+        if cfg.budget_addr:
+            budget_channel = clients.channel(
+                cfg.budget_addr, idempotent_services=[BUDGET_SERVICE], tracer_provider=provider
+            )
+            channels.append(budget_channel)
+            gateway.budget = Budgeting(
+                BudgetClient(
+                    budget_channel, default_max_tokens=cfg.default_max_tokens, timeout_s=cfg.budget_timeout_s
+                ),
+                store,
+                admit_when_unknown=cfg.budget_when_unavailable == "admit",
+            )
+            # Settlements queued while the budget service was down, charged once it is back.
+            background.every(cfg.budget_drain_interval_s, gateway.budget.drain, name="budget outbox drain")
+            background.start()
 
     async def stop() -> None:
         await gateway.drain()
+        await background.stop()
         for channel in channels:
             await channel.close()
         await redis.aclose()

@@ -19,10 +19,11 @@ _TENANT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 @dataclasses.dataclass(frozen=True)
 class Tenant:
-    """Who a request is billed to."""
+    """Who a request is billed to; ``priority`` is the key's default budget priority ("": the plan's)."""
 
     name: str
     key_id: str
+    priority: str = ""
 
 
 def hash_key(key: str) -> str:
@@ -49,12 +50,21 @@ class KeyRing:
         self.ttl_s = ttl_s
         self._verified: dict[str, tuple[Tenant, float]] = {}
 
-    async def create(self, tenant: str) -> tuple[str, str]:
+    async def create(self, tenant: str, priority: str = "") -> tuple[str, str]:
         """Makes a key for ``tenant``; returns (key, key_id). The key is not stored anywhere.
 
+        ``priority`` (interactive, normal or batch) is the budget priority of the key's
+        requests that set none; "" leaves it to the tenant's plan.
+
         Raises:
-            InvalidArgument: The tenant name is not 1-63 lowercase letters, digits, '-' or '_'.
+            InvalidArgument: The tenant name is not 1-63 lowercase letters, digits, '-' or
+                '_', or the priority is not one of the three.
         """
+        if priority not in ("", "interactive", "normal", "batch"):
+            raise InvalidArgument(
+                f"priority {priority!r} is not one of interactive, normal, batch",
+                [("priority", "interactive, normal or batch")],
+            )
         if not _TENANT.match(tenant):
             raise InvalidArgument(
                 f"tenant {tenant!r} is not a valid name: use 1-63 lowercase letters, digits, '-' or '_'",
@@ -62,9 +72,10 @@ class KeyRing:
             )
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         key_id = key[: len(KEY_PREFIX) + 6]
-        await self.store.put_key(
-            hash_key(key), {"tenant": tenant, "key_id": key_id, "created_time": str(int(time.time()))}
-        )
+        record = {"tenant": tenant, "key_id": key_id, "created_time": str(int(time.time()))}
+        if priority:
+            record["priority"] = priority
+        await self.store.put_key(hash_key(key), record)
         return key, key_id
 
     async def revoke(self, key: str) -> bool:
@@ -101,6 +112,6 @@ class KeyRing:
                 "invalid API key: it is unknown or revoked; check the key or create a new one",
                 reason="API_KEY_INVALID",
             )
-        tenant = Tenant(name=record["tenant"], key_id=record["key_id"])
+        tenant = Tenant(name=record["tenant"], key_id=record["key_id"], priority=record.get("priority", ""))
         self._verified[digest] = (tenant, now + self.ttl_s)
         return tenant

@@ -13,56 +13,30 @@ its retry-after), ready for the gateway's own error path; :func:`rate_limit_head
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
 import math
 import time
 from collections.abc import Callable, Mapping
 
 import grpc
-import quicktok
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from tollway.budget.v1 import budget_pb2, budget_pb2_grpc
 from tollway.common.chat import ChatRequest, Usage
-from tollway.mesh.errors import from_rpc_error
+from tollway.common.tokens import count_request_tokens
+from tollway.mesh.errors import ResourceExhausted, TollwayError, from_rpc_error
 
 SERVICE_NAME = "tollway.budget.v1.BudgetService"
+_ADMIT = {
+    budget_pb2.UNAVAILABLE_POLICY_ADMIT: True,
+    budget_pb2.UNAVAILABLE_POLICY_REFUSE: False,
+}
 PRIORITIES = {
     "": budget_pb2.PRIORITY_UNSPECIFIED,
     "interactive": budget_pb2.PRIORITY_INTERACTIVE,
     "normal": budget_pb2.PRIORITY_NORMAL,
     "batch": budget_pb2.PRIORITY_BATCH,
 }
-# Chat templates wrap each turn in a few tokens and prime the answer with a few more.
-_PER_MESSAGE, _PER_REPLY = 3, 3
-
-
-@functools.cache
-def _encoding(name: str) -> quicktok.Tokenizer:
-    return quicktok.get_encoding(name)
-
-
-def count_prompt_tokens(request: ChatRequest, encoding: str = "o200k_base") -> int:
-    """Prompt tokens of ``request`` under ``encoding`` (tiktoken-compatible), with the framing
-    chat templates add, the tool calls in the history and the tool schemas offered.
-
-    The same count as the router's ``tollway.router.tokens.count_prompt_tokens`` for plain
-    chats; it lives here until that function moves to ``tollway.common`` (services may not
-    import each other).
-    """
-    enc = _encoding(encoding)
-    total = _PER_REPLY
-    for m in request.messages:
-        total += _PER_MESSAGE + enc.count(m.content)
-        if m.name:
-            total += enc.count(m.name)
-        for call in m.tool_calls:
-            total += enc.count(call.name) + enc.count(call.arguments)
-    for tool in request.tools:
-        total += enc.count(
-            json.dumps({"name": tool.name, "description": tool.description, "parameters": tool.parameters})
-        )
-    return total
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +62,8 @@ class BudgetHold:
         pricing_version: The price table version of the estimate.
         tokens_limit: The tightest token quota left, if any applies.
         requests_limit: The tightest request quota left, if any applies.
+        admit_when_unavailable: The tenant's policy while the budget service is down:
+            True admits (and charges later), False refuses, None when the service did not say.
     """
 
     name: str
@@ -98,6 +74,7 @@ class BudgetHold:
     pricing_version: str
     tokens_limit: Limit | None = None
     requests_limit: Limit | None = None
+    admit_when_unavailable: bool | None = None
 
 
 def _limit(status: budget_pb2.QuotaStatus, has: bool, now_s: float) -> Limit | None:
@@ -134,8 +111,23 @@ def refusal_headers(metadata: Mapping[str, str], retry_after_s: float | None) ->
     return out
 
 
+def _error(err: grpc.aio.AioRpcError) -> TollwayError:
+    """The typed error of a failed budget call; a refusal keeps its QuotaFailure, so the
+    gateway's own 429 says which quota and window refused."""
+    exc = from_rpc_error(err)
+    if not isinstance(exc, ResourceExhausted):
+        return exc
+    status = rpc_status.from_call(err)
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
+            failure = error_details_pb2.QuotaFailure()
+            detail.Unpack(failure)
+            exc.quota_violations = [(v.subject, v.description) for v in failure.violations]
+    return exc
+
+
 class BudgetClient:
-    """Reserve, commit and release through the budget service's stub.
+    """Reserve, commit, release and saved-cost records through the budget service's stub.
 
     Args:
         channel: A channel to the budget service (or the mesh listener).
@@ -150,7 +142,7 @@ class BudgetClient:
         channel: grpc.aio.Channel,
         *,
         default_max_tokens: int = 256,
-        count_prompt_tokens: Callable[[ChatRequest], int] = count_prompt_tokens,
+        count_prompt_tokens: Callable[[ChatRequest], int] = count_request_tokens,
         timeout_s: float = 2.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -181,28 +173,67 @@ class BudgetClient:
         ``request.request_id`` must be set: it makes a retried reserve return the same hold.
 
         Raises:
-            ResourceExhausted: A quota has no room (``retry_after_s``, ``metadata`` for headers).
+            ResourceExhausted: A quota has no room (``retry_after_s``, ``metadata`` for
+                headers, ``quota_violations`` naming the quota and window).
             InvalidArgument, NotFound: Bad input, unknown tenant or model.
-            Unavailable: The budget service cannot be reached (the tenant's policy decides).
+            Unavailable, DeadlineExceeded: The budget service cannot be reached (the tenant's
+                policy decides).
         """
         input_tokens, max_tokens = self.estimate(request)
+        return await self.reserve_counted(
+            model=request.model,
+            input_tokens=input_tokens,
+            max_output_tokens=max_tokens,
+            request_id=request.request_id,
+            tenant=tenant,
+            api_key_id=api_key_id,
+            feature=feature,
+            conversation_id=conversation_id,
+            priority=priority,
+            provider=provider,
+            min_output_tokens=min_output_tokens,
+        )
+
+    async def reserve_counted(
+        self,
+        *,
+        model: str,
+        input_tokens: int,
+        max_output_tokens: int,
+        request_id: str,
+        tenant: str,
+        api_key_id: str = "",
+        feature: str = "",
+        conversation_id: str = "",
+        priority: str = "",
+        provider: str = "",
+        min_output_tokens: int = 0,
+        admitted_while_unavailable: bool = False,
+    ) -> BudgetHold:
+        """Reserves an estimate already counted (see :meth:`reserve`).
+
+        With ``admitted_while_unavailable`` the call already happened while the budget
+        service was down: it is held past every quota (never refused) so that its commit
+        charges it.
+        """
         req = budget_pb2.ReserveBudgetRequest(
             tenant_id=tenant,
             api_key_id=api_key_id,
             feature=feature,
-            model=request.model,
+            model=model,
             conversation_id=conversation_id,
             priority=PRIORITIES[priority],
             input_tokens=input_tokens,
-            max_output_tokens=max_tokens,
+            max_output_tokens=max_output_tokens,
             min_output_tokens=min_output_tokens,
             provider=provider,
-            request_id=request.request_id,
+            request_id=request_id,
+            admitted_while_unavailable=admitted_while_unavailable,
         )
         try:
             resp = await self._stub.ReserveBudget(req, timeout=self._timeout_s)
         except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err) from None
+            raise _error(err) from None
         now = self._clock()
         r = resp.reservation
         return BudgetHold(
@@ -214,15 +245,16 @@ class BudgetClient:
             pricing_version=r.pricing_version,
             tokens_limit=_limit(resp.tightest_tokens, resp.HasField("tightest_tokens"), now),
             requests_limit=_limit(resp.tightest_requests, resp.HasField("tightest_requests"), now),
+            admit_when_unavailable=_ADMIT.get(resp.unavailable_policy),
         )
 
     async def commit(
-        self, hold: BudgetHold, usage: Usage, *, model: str = "", provider: str = "", partial: bool = False
+        self, hold: BudgetHold | str, usage: Usage, *, model: str = "", provider: str = "", partial: bool = False
     ) -> budget_pb2.CommitBudgetResponse:
         """Commits the usage the provider reported (or counted, for a cut stream). Idempotent.
 
         Args:
-            hold: The reservation.
+            hold: The reservation (or its name).
             usage: Input (cached included), output and cached input tokens.
             model: The model that answered, when routing or fallback changed it.
             provider: The provider that answered.
@@ -232,7 +264,7 @@ class BudgetClient:
             TollwayError: As the service reported it (FailedPrecondition when released).
         """
         req = budget_pb2.CommitBudgetRequest(
-            name=hold.name,
+            name=hold if isinstance(hold, str) else hold.name,
             model=model,
             provider=provider,
             input_tokens=usage.input_tokens,
@@ -243,18 +275,52 @@ class BudgetClient:
         try:
             return await self._stub.CommitBudget(req, timeout=self._timeout_s)
         except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err) from None
+            raise _error(err) from None
 
-    async def release(self, hold: BudgetHold, reason: str) -> None:
+    async def release(self, hold: BudgetHold | str, reason: str) -> None:
         """Returns the whole estimate (the call failed before the provider produced anything).
         Idempotent.
 
         Raises:
             TollwayError: As the service reported it (FailedPrecondition when committed).
         """
+        name = hold if isinstance(hold, str) else hold.name
         try:
             await self._stub.ReleaseBudget(
-                budget_pb2.ReleaseBudgetRequest(name=hold.name, reason=reason[:64]), timeout=self._timeout_s
+                budget_pb2.ReleaseBudgetRequest(name=name, reason=reason[:64]), timeout=self._timeout_s
             )
         except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err) from None
+            raise _error(err) from None
+
+    async def record_saved(
+        self,
+        *,
+        tenant: str,
+        model: str,
+        usage: Usage,
+        request_id: str,
+        cache_tier: str,
+        api_key_id: str = "",
+        feature: str = "",
+    ) -> int:
+        """Records what a cache hit saved (``usage``: the cached answer's tokens). Idempotent
+        by request id. Returns the saving, in billionths of a dollar.
+
+        Raises:
+            TollwayError: As the service reported it.
+        """
+        req = budget_pb2.RecordSavedCostRequest(
+            tenant_id=tenant,
+            api_key_id=api_key_id,
+            feature=feature,
+            model=model,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_tier=cache_tier,
+            request_id=request_id,
+        )
+        try:
+            resp = await self._stub.RecordSavedCost(req, timeout=self._timeout_s)
+        except grpc.aio.AioRpcError as err:
+            raise _error(err) from None
+        return resp.saved_cost_usd_nanos

@@ -23,6 +23,13 @@ class GatewayConfig:
     embedding_addr: Where EmbeddingService listens; empty turns the semantic tier off.
     embedding_model: The embedding model for cache vectors; empty means the service's default.
     cache_timeout_s: Deadline of one cache call; past it the request goes on without the cache.
+    budget_addr: Where BudgetService listens; empty runs without budgets (nothing is reserved).
+    budget_timeout_s: Deadline of one budget call (the channel retries UNAVAILABLE within it).
+    budget_when_unavailable: "admit" or "refuse": what happens to a tenant's requests while
+        the budget service is down if this gateway never learned that tenant's policy (the
+        budget service sends it with every reservation).
+    budget_drain_interval_s: Seconds between replays of budget settlements queued while the
+        budget service was down.
     """
 
     port: int = 50051
@@ -39,3 +46,18 @@ class GatewayConfig:
     embedding_addr: str = ""
     embedding_model: str = ""
     cache_timeout_s: float = 0.5
+    budget_addr: str = ""
+    budget_timeout_s: float = 2.0
+    budget_when_unavailable: str = "refuse"
+    budget_drain_interval_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.budget_when_unavailable not in ("admit", "refuse"):
+            raise ValueError(
+                f"Config 'TOLLWAY_GATEWAY_BUDGET_WHEN_UNAVAILABLE' has value {self.budget_when_unavailable!r}. "
+                "Must be admit or refuse."
+            )
+        for name in ("budget_timeout_s", "budget_drain_interval_s"):
+            value = getattr(self, name)
+            if value <= 0:
+                raise ValueError(f"Config 'TOLLWAY_GATEWAY_{name.upper()}' has value {value!r}. Must be above 0.")

@@ -22,6 +22,8 @@ from tollway.common.chat import ChatRequest, FinishReason, TextDelta, Usage, mer
 from tollway.common.route import RouteCompleted, RouteStarted, StreamFailed
 from tollway.gateway import metrics
 from tollway.gateway.auth import KeyRing
+from tollway.gateway.budget_client import BudgetHold
+from tollway.gateway.budgeting import Admission, Budgeting, settlement
 from tollway.gateway.cache_client import CacheClient, CacheHit, CacheRequest
 from tollway.gateway.calllog import CallLog
 from tollway.gateway.callrecord import CallRecord
@@ -44,6 +46,8 @@ class Started:
 
     ``fallback_path`` names the models left before ``model`` answered (empty when the
     requested model answered), so a caller always sees when another model stood in.
+    ``budget`` is the reservation the answer runs on (None for a cached answer, or when no
+    budget applies), for the remaining-budget headers.
     """
 
     request_id: str
@@ -53,6 +57,7 @@ class Started:
     cache_tier: CacheTier
     degraded: bool = False
     fallback_path: tuple[str, ...] = ()
+    budget: BudgetHold | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +107,11 @@ class _Call:
     cost: int = 0
     status: str = "OK"
     started: bool = False
+    # The budget's view: what was reserved, and how the router's answer ended.
+    admission: Admission | None = None
+    routed: bool = False
+    completed: bool = False
+    failed: bool = False
 
     def elapsed_ms(self) -> int:
         return int((time.perf_counter() - self.start) * 1000)
@@ -124,10 +134,12 @@ class Gateway:
         request_timeout_s: float,
         catalog: Catalog,
         cache: CacheClient | None = None,
+        budget: Budgeting | None = None,
     ) -> None:
         self.catalog = catalog
         self.keys = keys
         self.router = router
+        self.budget = budget
         self.cache = cache
         self.store = store
         self.calls = CallLog(store)
@@ -148,6 +160,14 @@ class Gateway:
         cache holds a stale answer within its grace period, that answer is served instead,
         marked degraded.
 
+        With a budget, a request the cache cannot answer reserves its estimate right before
+        the router call (a refusal is raised as ResourceExhausted and reaches no provider),
+        and the router is asked for at most the granted max_tokens. Whatever happens next
+        settles the reservation exactly once, off the response path: a complete answer
+        commits the provider's usage, a cut stream or a client that went away commits what
+        was produced (partial), a failure with no output releases it. A cache hit reserves
+        nothing; what it saved is recorded.
+
         Args:
             request: The checked request.
             timeout_s: Seconds the caller will wait, or None; the gateway's own request
@@ -162,19 +182,29 @@ class Gateway:
         try:
             lookup = await self.cache.lookup(cache_req) if self.cache and cache_req else None
             if lookup is not None and lookup.hit is not None:
-                async for event in self._replay(call, lookup.hit, degraded=False, stream=stream):
+                hit = lookup.hit
+                async for event in self._replay(call, hit, degraded=False, stream=stream):
                     yield event
-                if lookup.hit.sample_for_quality and lookup.hit.tier is CacheTier.SEMANTIC:
-                    self._later(self._quality_sample(cache_req, lookup.hit))  # type: ignore[arg-type]
+                if hit.sample_for_quality and hit.tier is CacheTier.SEMANTIC:
+                    self._later(self._quality_sample(cache_req, hit))  # type: ignore[arg-type]
+                if self.budget is not None:
+                    self._later(self.budget.record_saved(request, hit.model, hit.usage, hit.tier.value))
                 return
             tier = CacheTier.MISS if cache_req else CacheTier.NOT_CONSULTED
             call.record.cache_tier = tier
+            if self.budget is not None:
+                call.admission = await self.budget.admit(request)
+                if call.admission.max_tokens != chat.max_tokens:
+                    call.chat = dataclasses.replace(chat, max_tokens=call.admission.max_tokens)
             try:
                 async for event in self._from_router(call, timeout_s, tier, stream):
                     yield event
-            except (Unavailable, ResourceExhausted):
+            except (Unavailable, ResourceExhausted) as exc:
                 # Every provider of the chain is down or rate-limiting: a stale answer beats none.
                 if not call.started and self.cache is not None and cache_req is not None:
+                    # Nothing was produced: the reservation goes back before the stale answer.
+                    call.status = exc.reason
+                    self._settle(call)
                     stale = await self.cache.lookup_stale(cache_req, lookup.vector if lookup else None)
                     if stale is not None:
                         call.status = "DEGRADED"
@@ -199,6 +229,7 @@ class Gateway:
                 )
         except TollwayError as exc:
             call.status = exc.reason
+            call.failed = call.routed
             if not call.started:
                 raise
             # The stream has begun: the failure travels in-band, where SSE clients can see it.
@@ -207,7 +238,27 @@ class Gateway:
             call.status = "CANCELLED"
             raise
         finally:
+            # Also reached when the consumer stops iterating (GeneratorExit): the client went away.
+            self._settle(call)
             self._finish_record(call)
+
+    def _settle(self, call: _Call) -> None:
+        """Commits or releases the call's reservation, once, in a task of its own (a client
+        that goes away cancels the request, never the settlement)."""
+        admission, call.admission = call.admission, None
+        if admission is None or self.budget is None:
+            return
+        outcome = settlement(
+            completed=call.completed,
+            failed=call.failed,
+            routed=call.routed,
+            usage=call.usage,
+            produced_text="".join(call.parts),
+            input_tokens=admission.input_tokens,
+            reason=call.status.lower() if call.status != "OK" else "cancelled",
+        )
+        model = call.record.model if call.record.model and call.record.model != call.chat.model else ""
+        self._later(self.budget.settle(admission, outcome, model=model, provider=call.record.provider))
 
     async def _from_router(
         self, call: _Call, timeout_s: float | None, tier: CacheTier, stream: bool
@@ -232,11 +283,13 @@ class Gateway:
                 if event.decision is not None:
                     record.route_method, record.route_reason = event.decision.how, event.decision.reason
                 fallback = event.fallback_path
-                call.started = True
+                call.started = call.routed = True
+                hold = call.admission.hold if call.admission else None
                 yield Started(
-                    call.chat.request_id, event.model, event.provider, event.attempt_count, tier, False, fallback
+                    call.chat.request_id, event.model, event.provider, event.attempt_count, tier, False, fallback, hold
                 )
             elif isinstance(event, RouteCompleted):
+                call.completed = True
                 call.usage = event.usage
                 # The router prices with everything it knows (cache writes included).
                 call.cost = event.cost_usd_micros
@@ -246,6 +299,7 @@ class Gateway:
                     event.finish_reason, event.usage, call.cost, latency_ms, call.ttft_ms or latency_ms, fallback
                 )
             elif isinstance(event, StreamFailed):
+                call.failed = True
                 call.status, call.usage = event.reason, event.partial_usage
                 call.cost = self._price(record.model, event.partial_usage)
                 yield Failed(event.code, event.message, event.reason, event.partial_usage)

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import re
+from typing import Literal
 
 from tollway.common.caching import CachePolicy
 from tollway.common.chat import ChatRequest
+from tollway.mesh.errors import InvalidArgument
+
+Priority = Literal["", "interactive", "normal", "batch"]
+PRIORITIES: tuple[Priority, ...] = ("", "interactive", "normal", "batch")
+# The budget service's counter names hold the conversation id: none of its separators.
+_CONVERSATION_ID = re.compile(r"^[^|,/{}\s]{1,128}$")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -18,9 +26,32 @@ class GatewayRequest:
         user: The client's end-user id (for user-scoped cache namespaces and the record).
         feature: The client's cost-attribution label.
         cache: How the request uses the cache.
+        api_key_id: The id of the key that authenticated the request (never the key).
+        priority: How urgent the request is for budgets; "" leaves it to the tenant's plan.
+        conversation_id: The conversation it belongs to, for per-conversation budgets.
     """
 
     chat: ChatRequest
     user: str
     feature: str
     cache: CachePolicy
+    api_key_id: str = ""
+    priority: Priority = ""
+    conversation_id: str = ""
+
+
+def check_budget_fields(priority: str, conversation_id: str) -> None:
+    """Checks the fields only budgets read, before anything is spent.
+
+    Raises:
+        InvalidArgument: An unknown priority, or a conversation id that is longer than 128
+            characters or holds '|', ',', '/', braces or whitespace; each names its field.
+    """
+    bad: list[tuple[str, str]] = []
+    if priority not in PRIORITIES:
+        bad.append(("priority", f"{priority!r} is not one of interactive, normal, batch"))
+    if conversation_id and not _CONVERSATION_ID.match(conversation_id):
+        bad.append(("conversation_id", "at most 128 characters, without '|', ',', '/', braces or whitespace"))
+    if bad:
+        fields = ", ".join(f for f, _ in bad)
+        raise InvalidArgument(f"invalid request: {bad[0][0]}: {bad[0][1]} (problems in: {fields})", bad)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
@@ -11,14 +12,29 @@ from tollway.common import codec
 from tollway.common.chat import ChatMessage, ChatRequest, TextDelta
 from tollway.common.v1 import common_pb2
 from tollway.gateway.auth import Tenant
-from tollway.gateway.lifecycle import Completed, Failed, Gateway, Started
+from tollway.gateway.budget_client import rate_limit_headers, refusal_headers
+from tollway.gateway.lifecycle import Completed, Failed, Gateway, GatewayEvent, Started
 from tollway.gateway.models import list_models
-from tollway.gateway.request import GatewayRequest
+from tollway.gateway.request import GatewayRequest, Priority, check_budget_fields
 from tollway.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from tollway.gateway.validation import ChatRequestLike, check
-from tollway.mesh.errors import Unavailable, rpc_errors
+from tollway.mesh.errors import ResourceExhausted, Unavailable, rpc_errors, to_status
 
 DOMAIN = "gateway.tollway"
+PRIORITY_FROM_PROTO: dict[int, Priority] = {
+    gateway_pb2.PRIORITY_UNSPECIFIED: "",
+    gateway_pb2.PRIORITY_INTERACTIVE: "interactive",
+    gateway_pb2.PRIORITY_NORMAL: "normal",
+    gateway_pb2.PRIORITY_BATCH: "batch",
+}
+
+
+def _priority(value: int, key_default: str) -> str:
+    """The request's priority name; unset takes the key's default (an unknown number stays
+    unknown, for check_budget_fields to name)."""
+    if value == gateway_pb2.PRIORITY_UNSPECIFIED:
+        return key_default
+    return PRIORITY_FROM_PROTO.get(value, str(value))
 
 
 def request_from_proto(req: ChatRequestLike, tenant: Tenant, default_max_tokens: int) -> GatewayRequest:
@@ -44,6 +60,9 @@ def request_from_proto(req: ChatRequestLike, tenant: Tenant, default_max_tokens:
         user=req.user,
         feature=req.feature,
         cache=codec.cache_policy_from_proto(req.cache_policy),
+        api_key_id=tenant.key_id,
+        priority=_priority(req.priority, tenant.priority),  # type: ignore[arg-type]
+        conversation_id=req.conversation_id,
     )
 
 
@@ -67,6 +86,29 @@ def _completed(event: Completed) -> gateway_pb2.Completed:
     )
 
 
+async def _budget_headers(event: Started, context: grpc.aio.ServicerContext) -> None:
+    """Sends the remaining-budget headers (``x-ratelimit-*``) as initial metadata: Envoy
+    passes them on as HTTP response headers."""
+    if event.budget is not None:
+        headers = rate_limit_headers(event.budget)
+        if headers:
+            await context.send_initial_metadata(tuple(headers.items()))
+
+
+async def _refuse(exc: ResourceExhausted, context: grpc.aio.ServicerContext) -> None:
+    """Fails the call with the budget's refusal: the usual rich status (QuotaFailure,
+    RetryInfo, retry-after) plus the ``x-ratelimit-*`` headers of a 429. A trailers-only
+    response, so Envoy turns all of it into the HTTP 429's headers."""
+    status = to_status(exc, DOMAIN)
+    extra = [(k, v) for k, v in refusal_headers(exc.metadata, exc.retry_after_s).items() if k != "retry-after"]
+    await context.abort(status.code, status.details, (*status.trailing_metadata, *extra))
+
+
+def _is_budget_refusal(exc: ResourceExhausted) -> bool:
+    # The budget service's refusals carry the quota in ErrorInfo.metadata (a provider's 429 does not).
+    return "unit" in exc.metadata and "limit" in exc.metadata
+
+
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
@@ -76,14 +118,35 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         tenant = await self.gateway.keys.authenticate(context.invocation_metadata() or ())
         limits = self.gateway.limits
         check(request, limits)
-        return request_from_proto(request, tenant, limits.default_max_tokens)
+        admitted = request_from_proto(request, tenant, limits.default_max_tokens)
+        check_budget_fields(admitted.priority, admitted.conversation_id)
+        return admitted
+
+    async def _events(
+        self, admitted: GatewayRequest, context: grpc.aio.ServicerContext, stream: bool
+    ) -> AsyncIterator[GatewayEvent]:
+        """The lifecycle's events, with a budget refusal turned into a 429 with its headers."""
+        try:
+            # aclosing: if our consumer stops early, the lifecycle's own cleanup (settling the
+            # budget, the call record) runs now rather than whenever the generator is collected.
+            async with contextlib.aclosing(
+                self.gateway.generate(admitted, _seconds_left(context), stream=stream)
+            ) as events:
+                async for event in events:
+                    if isinstance(event, Started):
+                        await _budget_headers(event, context)
+                    yield event
+        except ResourceExhausted as exc:
+            if not _is_budget_refusal(exc):
+                raise
+            await _refuse(exc, context)
 
     @rpc_errors(DOMAIN)
     async def Generate(
         self, request: gateway_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[gateway_pb2.GenerateResponse]:
         admitted = await self._admit(request, context)
-        async for event in self.gateway.generate(admitted, _seconds_left(context)):
+        async for event in self._events(admitted, context, stream=True):
             if isinstance(event, TextDelta):
                 yield gateway_pb2.GenerateResponse(delta=gateway_pb2.Delta(text=event.text))
             elif isinstance(event, Started):
@@ -117,7 +180,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         admitted = await self._admit(request, context)
         out = gateway_pb2.CompleteResponse()
         parts: list[str] = []
-        async for event in self.gateway.generate(admitted, _seconds_left(context), stream=False):
+        async for event in self._events(admitted, context, stream=False):
             if isinstance(event, TextDelta):
                 parts.append(event.text)
             elif isinstance(event, Started):

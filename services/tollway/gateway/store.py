@@ -1,4 +1,5 @@
-"""The gateway's Redis: API keys (hashed) and the call-record stream."""
+"""The gateway's Redis: API keys (hashed), the call-record stream, and the budget outbox
+(settlements waiting for the budget service) with each tenant's policy while it is down."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import redis.asyncio as aioredis
 
 KEYS_HASH = "tollway:apikeys"
 CALLS_STREAM = "tollway:calls"
+# Commits, releases and charges the budget service could not take yet; AOF keeps them.
+BUDGET_OUTBOX = "tollway:budget:outbox"
+BUDGET_POLICY_HASH = "tollway:budget:when_unavailable"
 
 
 class GatewayStore:
@@ -41,3 +45,26 @@ class GatewayStore:
     async def recent_calls(self, count: int = 10) -> list[dict[str, str]]:
         rows = await self.redis.xrevrange(CALLS_STREAM, count=count)
         return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in rows]
+
+    async def add_budget_pending(self, fields: Mapping[str, str]) -> None:
+        """Appends a settlement for the budget service to the durable outbox."""
+        await self.redis.xadd(BUDGET_OUTBOX, dict(fields))
+
+    async def budget_pending(self, count: int = 100) -> list[tuple[str, dict[str, str]]]:
+        """The oldest ``count`` outbox entries as ``(entry id, fields)``."""
+        rows = await self.redis.xrange(BUDGET_OUTBOX, count=count)
+        return [(i.decode(), {k.decode(): v.decode() for k, v in fields.items()}) for i, fields in rows]
+
+    async def remove_budget_pending(self, entry_ids: Sequence[str]) -> None:
+        """Deletes settled outbox entries."""
+        if entry_ids:
+            await self.redis.xdel(BUDGET_OUTBOX, *entry_ids)
+
+    async def set_budget_policy(self, tenant: str, admit: bool) -> None:
+        """Remembers whether ``tenant``'s requests are admitted while the budget service is down."""
+        await self.redis.hset(BUDGET_POLICY_HASH, tenant, "admit" if admit else "refuse")
+
+    async def budget_policy(self, tenant: str) -> bool | None:
+        """The remembered policy of ``tenant`` (True: admit), or None when never learned."""
+        raw = await self.redis.hget(BUDGET_POLICY_HASH, tenant)
+        return None if raw is None else raw == b"admit"
