@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import pkgutil
+import re
 from pathlib import Path
 from typing import Any
 
@@ -216,7 +217,8 @@ def test_gateway_routes_have_no_total_timeout() -> None:
 def test_openai_paths_bypass_the_transcoder() -> None:
     routes = _routes(build_envoy_config(load_mesh(MESH_FILE)), "public")
     compat = [r for r in routes if "path_separated_prefix" in r["match"]]
-    assert [r["match"]["path_separated_prefix"] for r in compat] == ["/v1/chat/completions", "/v1/models"]
+    paths = load_mesh(MESH_FILE).service("openai_compat").public_paths
+    assert [r["match"]["path_separated_prefix"] for r in compat] == list(paths)
     for r in compat:
         assert r["route"]["cluster"] == "openai_compat"
         assert r["route"]["timeout"] == "0s"  # chat completions stream too
@@ -506,3 +508,13 @@ def test_k8s_deployments_follow_the_mesh() -> None:
     compat = files["openai-compat.yaml"][0]["spec"]["template"]["spec"]["containers"][0]
     assert compat["ports"][0]["name"] == "http"
     assert compat["readinessProbe"] == {"tcpSocket": {"port": "http"}, "periodSeconds": 5, "failureThreshold": 2}
+
+
+def test_json_requests_drop_headers_grpc_cannot_carry() -> None:
+    routes = _routes(build_envoy_config(load_mesh(MESH_FILE)), "public")
+    (drop,) = routes[-1]["typed_per_filter_config"][HEADER_MUTATION]["mutations"]["request_mutations"]
+    pattern = re.compile(drop["remove_on_match"]["key_matcher"]["safe_regex"]["regex"])
+    for name in ("`&cde%^bqyl", "`abc", "a|b", "x~", "!", "a:b", "miuwu*g"):
+        assert pattern.fullmatch(name), name  # Envoy's safe_regex matches the whole string
+    for name in (":path", ":authority", "authorization", "x-tollway-cache-mode", "x_y.z", "grpc-timeout"):
+        assert not pattern.fullmatch(name), name

@@ -62,7 +62,9 @@ def test_committed_mesh_enables_and_exposes_the_right_services() -> None:
     assert gateway.grpc_path_prefixes == ("/tollway.gateway.v1.GatewayService/",)
     compat = mesh.service("openai_compat")
     assert compat.protocol == "http"
-    assert compat.public_paths == ("/v1/chat/completions", "/v1/models")
+    assert compat.public_paths[:3] == ("/v1/chat/completions", "/v1/models", "/openapi.json")
+    # Unserved OpenAI paths go to openai_compat too, for a 404 in OpenAI's shape.
+    assert "/v1/embeddings" in compat.public_paths
 
 
 def test_dataclasses_are_frozen() -> None:

@@ -212,8 +212,6 @@ def _mesh_listener(mesh: Mesh) -> dict[str, Any]:
         "stream_idle_timeout": f"{mesh.edge.stream_idle_timeout_s}s",
         "route_config": {"name": "mesh", "virtual_hosts": [{"name": "mesh", "domains": ["*"], "routes": routes}]},
         "http_filters": [{"name": ROUTER, "typed_config": {"@type": _ROUTER}}],
-        # A caller's gRPC error then names the replica set that is down, as at the edge.
-        "local_reply_config": {"mappers": _upstream_down_mappers([])},
     }
     return _listener("mesh", mesh.edge.mesh_listen, hcm)
 
@@ -287,7 +285,7 @@ def _json_api_route(public_grpc: list[Service]) -> dict[str, Any]:
         "name": "json_api",
         "match": {"prefix": "/"},
         "route": {"cluster": cluster_name(public_grpc[0]), "timeout": "0s"},
-        "typed_per_filter_config": {HEADER_MUTATION: _strip_grpc_status_headers()},
+        "typed_per_filter_config": {HEADER_MUTATION: _json_api_header_mutations()},
     }
 
 
@@ -306,13 +304,30 @@ def _split_target(s: Service) -> dict[str, Any]:
     }
 
 
-def _strip_grpc_status_headers() -> dict[str, Any]:
+def _json_api_header_mutations() -> dict[str, Any]:
+    """JSON answers lose the gRPC status headers; JSON requests lose headers gRPC cannot carry.
+
+    gRPC metadata keys are [0-9a-z_.-]; HTTP/1.1 names may also hold !#$%&'*+^`|~. The gateway's
+    gRPC server refuses a stream carrying such a key with INTERNAL, which the transcoder turns
+    into a 500; the gateway reads no such header, so it is dropped here instead.
+    """
     return {
         "@type": _TYPE + "envoy.extensions.filters.http.header_mutation.v3.HeaderMutationPerRoute",
-        "mutations": {"response_mutations": [
-            {"remove": "grpc-status"}, {"remove": "grpc-message"}, {"remove": "grpc-accept-encoding"},
-        ]},
+        "mutations": {
+            "request_mutations": [
+                {"remove_on_match": {"key_matcher": {"safe_regex": {"regex": _NOT_GRPC_KEY}}}},
+            ],
+            "response_mutations": [
+                {"remove": "grpc-status"}, {"remove": "grpc-message"}, {"remove": "grpc-accept-encoding"},
+            ],
+        },
     }
+
+
+# A header name (not a pseudo-header; Envoy has lowercased it) that is not a legal gRPC metadata key.
+# Pseudo-headers (":path") are all [a-z] after their leading ':'. Envoy's safe_regex must match
+# the whole name.
+_NOT_GRPC_KEY = ".+[^0-9a-z_.-].*|[^0-9a-z_.:-].*"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -356,21 +371,29 @@ def _cors_policy(mesh: Mesh) -> dict[str, Any]:
 def _local_reply_config(mesh: Mesh, public_http: list[Service]) -> dict[str, Any]:
     limit = mesh.edge.max_request_body_bytes
     too_large = f"request body is larger than the limit of {limit} bytes; send a smaller body"
+    mappers: list[dict[str, Any]] = []
     openai_paths = [p for s in public_http for p in s.public_paths]
-    # First: the first mapper that matches wins, and an unreachable service is a 503 like any other.
-    mappers: list[dict[str, Any]] = _upstream_down_mappers(openai_paths)
     if openai_paths:
-        # OpenAI SDKs parse {"error": {...}}; give them their own shape on their paths.
+        # OpenAI SDKs parse {"error": {...}}: every reply Envoy makes itself on their paths (413, a
+        # malformed request, no healthy upstream, a timeout) comes in that shape.
+        on_openai_path = _path_filter(openai_paths)
         mappers.append({
-            "filter": {"and_filter": {"filters": [
-                _status_is(413),
-                {"header_filter": {"header": {
-                    "name": ":path",
-                    "string_match": {"safe_regex": {"regex": _paths_regex(openai_paths)}},
-                }}},
-            ]}},
+            "filter": {"and_filter": {"filters": [_status_is(413), on_openai_path]}},
             "body_format_override": {"json_format": {"error": {
                 "message": too_large, "type": "invalid_request_error", "param": None, "code": "request_too_large",
+            }}},
+        })
+        for status, kind in _OPENAI_ERROR_TYPES:
+            mappers.append({
+                "filter": {"and_filter": {"filters": [_status_is(status), on_openai_path]}},
+                "body_format_override": {"json_format": {"error": {
+                    "message": "%LOCAL_REPLY_BODY%", "type": kind, "param": None, "code": None,
+                }}},
+            })
+        mappers.append({
+            "filter": on_openai_path,
+            "body_format_override": {"json_format": {"error": {
+                "message": "%LOCAL_REPLY_BODY%", "type": "api_error", "param": None, "code": None,
             }}},
         })
     # Native gRPC and gRPC-Web: Envoy would turn 413 into UNKNOWN; say RESOURCE_EXHAUSTED, as gRPC
@@ -399,63 +422,6 @@ def _local_reply_config(mesh: Mesh, public_http: list[Service]) -> dict[str, Any
     return {"mappers": mappers}
 
 
-# Envoy's response flags for "no answer from the upstream": UF connection failure, UH no healthy
-# host, URX retries (on connect failure) exhausted, UC connection closed before the response (the
-# service died mid-request), UR the upstream reset the stream.
-_UPSTREAM_DOWN_FLAGS = ("UF", "UH", "URX", "UC", "UR")
-_GRPC_UNAVAILABLE = 14
-
-
-def _upstream_down_mappers(openai_paths: list[str]) -> list[dict[str, Any]]:
-    """Local replies for a request whose service did not answer (dead, restarting, unhealthy).
-
-    Envoy's own text ("upstream connect error or disconnect/reset before headers...") names no
-    service. The launcher restarts a dead service within seconds, so the client gets a 503 (gRPC
-    UNAVAILABLE) naming the cluster, with `retry-after: 1`, in the shape of its surface:
-    - native gRPC and gRPC-Web: the message in `grpc-message` (Envoy sets grpc-status 14 for 503);
-    - JSON and SSE (transcoded): the JSON of a transcoded gRPC error, with an ErrorInfo whose
-      reason is SERVICE_UNAVAILABLE and whose metadata names the service (`dependency`, as for
-      REDIS_UNAVAILABLE);
-    - the OpenAI paths: OpenAI's error shape.
-    """
-    down = {"and_filter": {"filters": [
-        _status_is(503), {"response_flag_filter": {"flags": list(_UPSTREAM_DOWN_FLAGS)}},
-    ]}}
-    message = "service %UPSTREAM_CLUSTER% is unavailable; retry shortly (%LOCAL_REPLY_BODY%)"
-    retry_after = [{
-        "header": {"key": "retry-after", "value": "1"}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
-    }]
-    mappers: list[dict[str, Any]] = []
-    if openai_paths:
-        mappers.append({
-            "filter": {"and_filter": {"filters": [down, _path_filter(openai_paths)]}},
-            "headers_to_add": retry_after,
-            "body_format_override": {"json_format": {"error": {
-                "message": message, "type": "service_unavailable", "param": None, "code": "unavailable",
-            }}},
-        })
-    mappers.append({
-        "filter": {"and_filter": {"filters": [down, _grpc_request()]}},
-        "headers_to_add": retry_after,
-        "body_format_override": {"text_format_source": {"inline_string": message}},
-    })
-    mappers.append({
-        "filter": down,
-        "headers_to_add": retry_after,
-        "body_format_override": {"json_format": {
-            "code": _GRPC_UNAVAILABLE,
-            "message": message,
-            "details": [{
-                "@type": _TYPE + "google.rpc.ErrorInfo",
-                "reason": "SERVICE_UNAVAILABLE",
-                "domain": "edge.tollway",
-                "metadata": {"dependency": "%UPSTREAM_CLUSTER%"},
-            }],
-        }},
-    })
-    return mappers
-
-
 def _path_filter(paths: list[str]) -> dict[str, Any]:
     # One regex per path: Envoy refuses a regex whose RE2 program exceeds 100 instructions.
     filters = [
@@ -463,6 +429,17 @@ def _path_filter(paths: list[str]) -> dict[str, Any]:
         for p in paths
     ]
     return filters[0] if len(filters) == 1 else {"or_filter": {"filters": filters}}
+
+
+# OpenAI's error type for a status Envoy may answer by itself; anything else is "api_error".
+_OPENAI_ERROR_TYPES = (
+    (400, "invalid_request_error"),
+    (404, "not_found_error"),
+    (408, "timeout"),
+    (429, "rate_limit_error"),
+    (503, "service_unavailable"),
+    (504, "timeout"),
+)
 
 
 def _paths_regex(paths: list[str]) -> str:

@@ -16,6 +16,7 @@ limits of the proto fields, which is what the edge itself enforces.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from google.api import annotations_pb2, http_pb2
@@ -51,6 +52,40 @@ _64_BIT = {
 }
 
 
+# The gateway's value checks (tollway.gateway.validation, with its default Limits) on the request
+# fields both surfaces carry; tests/unit/test_openai_compat_openapi.py holds them to the gateway's.
+ROLES = ("system", "user", "assistant", "tool")
+VALUE_RULES: dict[str, dict[str, Any]] = {
+    "model": {"minLength": 1, "maxLength": 128, "pattern": "\\S"},
+    "messages": {"minItems": 1, "maxItems": 512},
+    "max_tokens": {"minimum": 0, "maximum": 32768},
+    "temperature": {"minimum": 0, "maximum": 2},
+    "top_p": {"minimum": 0, "exclusiveMinimum": True, "maximum": 1},
+    "stop": {"maxItems": 4, "items": {"type": "string", "minLength": 1, "maxLength": 64}},
+    "user": {"maxLength": 128},
+    "feature": {"maxLength": 64},
+    "request_id": {"pattern": "^[A-Za-z0-9._:-]{1,64}$"},
+}
+# Request messages whose `model` and `messages` must be set (proto3 cannot say so itself).
+_CHAT_REQUESTS = ("tollway.gateway.v1.GenerateRequest", "tollway.gateway.v1.CompleteRequest")
+
+
+def _chat_message(content: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """A chat turn: content may be empty (or null) only in an assistant turn."""
+    return {
+        "type": "object",
+        "properties": {"role": {"type": "string", "enum": list(ROLES)}, "content": content, **extra},
+        "required": ["role"],
+        "anyOf": [
+            {"properties": {"role": {"enum": ["assistant"]}}},
+            {
+                "properties": {"role": {"enum": [r for r in ROLES if r != "assistant"]}, "content": {"minLength": 1}},
+                "required": ["content"],
+            },
+        ],
+    }
+
+
 class _Schemas:
     """Component schemas of proto messages, one per message and direction.
 
@@ -71,7 +106,15 @@ class _Schemas:
 
     def _message(self, message: Descriptor, output: bool) -> dict[str, Any]:
         properties = {f.name: self._field(f, output) for f in message.fields}
+        if not output and message.full_name == "tollway.common.v1.Message":
+            return _chat_message(properties.pop("content"), properties)
         schema: dict[str, Any] = {"type": "object", "properties": properties}
+        if not output and message.full_name in _CHAT_REQUESTS:
+            for name, rules in VALUE_RULES.items():
+                properties[name] = {**properties[name], **rules}
+            for name in ("model", "messages"):
+                properties[name].pop("nullable")
+            schema["required"] = ["model", "messages"]
         if output:
             # always_print_primitive_fields: every field but messages and oneof members is printed.
             required = [
@@ -112,6 +155,13 @@ def _enum(enum: EnumDescriptor, output: bool) -> dict[str, Any]:
     return {"anyOf": [{"type": "string", "enum": names}, {"type": "integer", "enum": [v.number for v in enum.values]}]}
 
 
+# One Server-Sent Event of a stream; `data` is one JSON object (the method's response message).
+_SSE_EVENT = {
+    "type": "object",
+    "properties": {"event": {"type": "string"}, "data": {"type": "string"}},
+    "required": ["data"],
+}
+
 _STATUS = {
     "type": "object",
     "description": "A google.rpc.Status: the gRPC code, a message, and details such as BadRequest and ErrorInfo.",
@@ -145,7 +195,7 @@ def _native_paths(service: ServiceDescriptor, schemas: _Schemas) -> dict[str, An
                     "description": f"Server-Sent Events, one {method.output_type.name} JSON object each."
                     if streams
                     else "The answer.",
-                    "content": {"text/event-stream": {"schema": {"type": "string"}}}
+                    "content": {"text/event-stream": {"schema": _SSE_EVENT}}
                     if streams
                     else {"application/json": {"schema": reply}},
                 },
@@ -188,38 +238,34 @@ _TEXT_PART = {
     "required": ["type", "text"],
 }
 
-_CHAT_MESSAGE = {
-    "type": "object",
-    "properties": {
-        "role": {"type": "string", "enum": ["system", "user", "assistant", "tool"]},
-        "content": {
-            "nullable": True,
-            "anyOf": [{"type": "string"}, {"type": "array", "items": {"$ref": _REF + "openai.TextPart"}}],
-        },
-        "name": {"type": "string", "nullable": True},
-    },
-    "required": ["role", "content"],
-}
+_CHAT_MESSAGE = _chat_message(
+    # A list of parts is joined; an empty list is empty content.
+    {"nullable": True, "anyOf": [{"type": "string"}, {"type": "array", "items": {"$ref": _REF + "openai.TextPart"}}]},
+    {"name": {"type": "string", "nullable": True}},
+)
 
 _CHAT_REQUEST = {
     "type": "object",
     "description": "OpenAI's chat-completions request; other OpenAI fields are not read.",
     "properties": {
-        "model": {"type": "string", "description": "A model from GET /v1/models, or 'auto'."},
-        "messages": {"type": "array", "minItems": 1, "items": {"$ref": _REF + "openai.ChatMessage"}},
-        "max_tokens": {**_INT32, "minimum": 0, "nullable": True},
-        "max_completion_tokens": {**_INT32, "minimum": 0, "nullable": True, "description": "Wins over max_tokens."},
-        "temperature": {"type": "number", "nullable": True},
-        "top_p": {"type": "number", "nullable": True},
+        "model": {"type": "string", **VALUE_RULES["model"], "description": "A model from GET /v1/models, or 'auto'."},
+        "messages": {"type": "array", **VALUE_RULES["messages"], "items": {"$ref": _REF + "openai.ChatMessage"}},
+        "max_tokens": {**_INT32, **VALUE_RULES["max_tokens"], "nullable": True},
+        "max_completion_tokens": {
+            **_INT32, **VALUE_RULES["max_tokens"], "nullable": True, "description": "Wins over max_tokens."
+        },
+        "temperature": {"type": "number", **VALUE_RULES["temperature"], "nullable": True},
+        "top_p": {"type": "number", **VALUE_RULES["top_p"], "nullable": True},
         "stop": {
             "nullable": True,
-            "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+            "anyOf": [VALUE_RULES["stop"]["items"], {"type": "array", **VALUE_RULES["stop"]}],
         },
         "seed": {**_INT64, "nullable": True},
-        "user": {"type": "string", "nullable": True},
+        "user": {"type": "string", **VALUE_RULES["user"], "nullable": True},
         "metadata": {
             "type": "object",
             "nullable": True,
+            "properties": {"feature": {"type": "string", **VALUE_RULES["feature"]}},
             "additionalProperties": {"type": "string"},
             "description": "`feature` is the cost-attribution label.",
         },
@@ -337,7 +383,7 @@ _OPENAI_PATHS: dict[str, Any] = {
                     "headers": _TOLLWAY_HEADERS,
                     "content": {
                         "application/json": {"schema": {"$ref": _REF + "openai.ChatCompletion"}},
-                        "text/event-stream": {"schema": {"type": "string"}},
+                        "text/event-stream": {"schema": _SSE_EVENT},
                     },
                 },
                 "default": _openai_error_response(),
@@ -395,7 +441,7 @@ def document() -> dict[str, Any]:
             "openai.ModelList": _MODEL_LIST,
         }
     )
-    return {
+    document = {
         "openapi": "3.0.3",
         "info": {
             "title": "Tollway",
@@ -407,7 +453,9 @@ def document() -> dict[str, Any]:
         "paths": paths,
         "components": {
             "schemas": schemas.components,
-            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {"bearerKey": {"type": "http", "scheme": "bearer"}},
         },
-        "security": [{"apiKey": []}],
+        "security": [{"bearerKey": []}],
     }
+    # The parts written here are module constants: a caller may change its copy freely.
+    return copy.deepcopy(document)

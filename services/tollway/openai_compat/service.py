@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import grpc
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -22,38 +23,14 @@ from starlette.routing import Route
 from tollway.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from tollway.mesh import clients
 from tollway.mesh.errors import InvalidArgument
-from tollway.openai_compat import translate
+from tollway.openai_compat import openapi, translate
+
+log = logging.getLogger("tollway.openai_compat")
 
 _RPC_RETRY_AFTER = "retry-after"
-_RATE_LIMIT_PREFIX = "x-ratelimit-"
-# Budget fields OpenAI's body has no place for: request headers (see the README's budget section).
-_PRIORITY = "x-tollway-priority"
-_CONVERSATION_ID = "x-tollway-conversation-id"
-_PRIORITIES = {
-    "interactive": gateway_pb2.PRIORITY_INTERACTIVE,
-    "normal": gateway_pb2.PRIORITY_NORMAL,
-    "batch": gateway_pb2.PRIORITY_BATCH,
-}
 
-
-def _apply_budget_headers(req: gateway_pb2.GenerateRequest, request: Request) -> None:
-    """Sets the request's budget priority and conversation from ``x-tollway-priority`` and
-    ``x-tollway-conversation-id`` (the gateway checks the conversation id).
-
-    Raises:
-        InvalidArgument: The priority is not interactive, normal or batch.
-    """
-    priority = request.headers.get(_PRIORITY)
-    if priority is not None:
-        if priority.strip().lower() not in _PRIORITIES:
-            raise InvalidArgument(
-                f"header {_PRIORITY} is {priority!r}; use interactive, normal or batch",
-                [(_PRIORITY, "interactive, normal or batch")],
-            )
-        req.priority = _PRIORITIES[priority.strip().lower()]
-    conversation = request.headers.get(_CONVERSATION_ID)
-    if conversation:
-        req.conversation_id = conversation
+# OpenAI's error type for each HTTP status Starlette itself answers (unknown path, wrong method).
+_HTTP_ERROR_TYPES = {404: "not_found_error", 405: "invalid_request_error"}
 
 
 def _error_response(
@@ -62,18 +39,35 @@ def _error_response(
     return JSONResponse(translate.error_json(message, kind, code), status_code=status, headers=headers)
 
 
-def _rate_limit_headers(metadata: Any) -> dict[str, str]:
-    """The gateway's ``x-ratelimit-*`` budget headers, passed on as OpenAI's (same names)."""
-    return {k: str(v) for k, v in metadata or () if k.startswith(_RATE_LIMIT_PREFIX)}
-
-
 def _rpc_error_response(err: grpc.aio.AioRpcError) -> JSONResponse:
     status, kind = translate.HTTP_ERRORS.get(err.code(), (500, "api_error"))
-    headers = _rate_limit_headers(err.trailing_metadata())
+    headers = {}
     for key, value in err.trailing_metadata() or ():
         if key == _RPC_RETRY_AFTER:
             headers["retry-after"] = str(value)
     return _error_response(status, err.details() or err.code().name, kind, err.code().name.lower(), headers)
+
+
+def _invalid(exc: InvalidArgument) -> JSONResponse:
+    param = exc.violations[0][0] if exc.violations else None
+    return JSONResponse(translate.error_json(exc.message, "invalid_request_error", None, param), status_code=400)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (unknown path, wrong method) in OpenAI's error shape."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        message = f"no such path: {request.method} {request.url.path}; {openapi.SERVED}"
+    else:
+        message = f"{request.method} is not allowed on {request.url.path}"
+    kind = _HTTP_ERROR_TYPES.get(exc.status_code, "invalid_request_error")
+    return _error_response(exc.status_code, message, kind, headers=dict(exc.headers or {}))
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    """A bug, answered in OpenAI's shape without its text (the traceback goes to the log)."""
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return _error_response(500, "internal error in openai_compat; see the service log", "api_error")
 
 
 class OpenAICompatApp:
@@ -89,9 +83,12 @@ class OpenAICompatApp:
                 Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
                 Route("/v1/models", self.models, methods=["GET"]),
                 Route("/healthz", self.health, methods=["GET"]),
+                Route(openapi.PATH, self.openapi, methods=["GET"]),
             ],
+            exception_handlers={HTTPException: _http_error, Exception: _server_error},
             lifespan=self.lifespan,
         )
+        self._openapi = openapi.document()
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -106,15 +103,28 @@ class OpenAICompatApp:
     async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
+    async def openapi(self, request: Request) -> Response:
+        return JSONResponse(self._openapi)
+
     @staticmethod
     def _metadata(request: Request) -> list[tuple[str, str]]:
+        """The gRPC metadata for the gateway call.
+
+        Raises:
+            InvalidArgument: A header Tollway reads is not printable ASCII (gRPC could not send it).
+        """
+        translate.check_headers(request.headers.raw)
         auth = request.headers.get("authorization")
         return [("authorization", auth)] if auth else []
 
     async def models(self, request: Request) -> Response:
         assert self.stub is not None
         try:
-            reply = await self.stub.ListModels(gateway_pb2.ListModelsRequest(), metadata=self._metadata(request))
+            metadata = self._metadata(request)
+        except InvalidArgument as exc:
+            return _invalid(exc)
+        try:
+            reply = await self.stub.ListModels(gateway_pb2.ListModelsRequest(), metadata=metadata)
         except grpc.aio.AioRpcError as err:
             return _rpc_error_response(err)
         data = [{"id": m.name, "object": "model", "created": 0, "owned_by": m.provider} for m in reply.models]
@@ -128,24 +138,18 @@ class OpenAICompatApp:
                 413, f"request body is {len(raw)} bytes; the limit is {self.max_body_bytes}", "invalid_request_error"
             )
         try:
-            req, stream, include_usage = translate.chat_request(json.loads(raw))
+            body = translate.parse_body(raw)
         except ValueError as exc:
             return _error_response(400, f"the body is not valid JSON: {exc}", "invalid_request_error")
-        except InvalidArgument as exc:
-            param = exc.violations[0][0] if exc.violations else None
-            body = translate.error_json(exc.message, "invalid_request_error", None, param)
-            return JSONResponse(body, status_code=400)
         try:
+            metadata = self._metadata(request)
+            req, stream, include_usage = translate.chat_request(body)
             translate.apply_cache_headers(req, request.headers)
-            _apply_budget_headers(req, request)
         except InvalidArgument as exc:
-            return JSONResponse(translate.error_json(exc.message, "invalid_request_error"), status_code=400)
-        metadata = self._metadata(request)
+            return _invalid(exc)
         if not stream:
             try:
-                unary = self.stub.Complete(translate.complete_request(req), metadata=metadata)
-                reply = await unary
-                budget = _rate_limit_headers(await unary.initial_metadata())
+                reply = await self.stub.Complete(translate.complete_request(req), metadata=metadata)
             except grpc.aio.AioRpcError as err:
                 return _rpc_error_response(err)
             return JSONResponse(
@@ -155,7 +159,6 @@ class OpenAICompatApp:
                     "x-tollway-provider": reply.provider,
                     "x-tollway-cache-tier": translate.tier(reply.cache_tier),
                     "x-tollway-degraded": "true" if reply.degraded else "false",
-                    **budget,
                 },
             )
         call = self.stub.Generate(req, metadata=metadata)
@@ -168,7 +171,6 @@ class OpenAICompatApp:
             call.cancel()
             return _error_response(502, "the gateway ended the stream before it started", "api_error")
         started = first.started
-        budget = _rate_limit_headers(await call.initial_metadata())
         return StreamingResponse(
             self._chunks(call, started, include_usage),
             media_type="text/event-stream",
@@ -178,7 +180,6 @@ class OpenAICompatApp:
                 "x-tollway-provider": started.provider,
                 "x-tollway-cache-tier": translate.tier(started.cache_tier),
                 "x-tollway-degraded": "true" if started.degraded else "false",
-                **budget,
             },
         )
 

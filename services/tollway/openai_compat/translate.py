@@ -88,7 +88,10 @@ def _content(value: Any, where: str) -> str:
                     f"{where}[{i}]: only text content parts are supported",
                     [(f"{where}[{i}].type", "only 'text' parts are supported")],
                 )
-            parts.append(_string(part.get("text"), f"{where}[{i}].text"))
+            text = part.get("text")
+            if type(text) is not str:
+                raise _bad(f"{where}[{i}].text", "a string", text)
+            parts.append(text)
         return "".join(parts)
     raise _bad(where, "a string or an array of text parts", value)
 
