@@ -212,6 +212,8 @@ def _mesh_listener(mesh: Mesh) -> dict[str, Any]:
         "stream_idle_timeout": f"{mesh.edge.stream_idle_timeout_s}s",
         "route_config": {"name": "mesh", "virtual_hosts": [{"name": "mesh", "domains": ["*"], "routes": routes}]},
         "http_filters": [{"name": ROUTER, "typed_config": {"@type": _ROUTER}}],
+        # A caller's gRPC error then names the replica set that is down, as at the edge.
+        "local_reply_config": {"mappers": _upstream_down_mappers([])},
     }
     return _listener("mesh", mesh.edge.mesh_listen, hcm)
 
@@ -371,8 +373,9 @@ def _cors_policy(mesh: Mesh) -> dict[str, Any]:
 def _local_reply_config(mesh: Mesh, public_http: list[Service]) -> dict[str, Any]:
     limit = mesh.edge.max_request_body_bytes
     too_large = f"request body is larger than the limit of {limit} bytes; send a smaller body"
-    mappers: list[dict[str, Any]] = []
     openai_paths = [p for s in public_http for p in s.public_paths]
+    # First: the first mapper that matches wins, and an unreachable service is a 503 like any other.
+    mappers: list[dict[str, Any]] = _upstream_down_mappers(openai_paths)
     if openai_paths:
         # OpenAI SDKs parse {"error": {...}}: every reply Envoy makes itself on their paths (413, a
         # malformed request, no healthy upstream, a timeout) comes in that shape.
@@ -420,6 +423,63 @@ def _local_reply_config(mesh: Mesh, public_http: list[Service]) -> dict[str, Any
             "body_format_override": {"json_format": {"code": code, "message": "%LOCAL_REPLY_BODY%", "details": []}},
         })
     return {"mappers": mappers}
+
+
+# Envoy's response flags for "no answer from the upstream": UF connection failure, UH no healthy
+# host, URX retries (on connect failure) exhausted, UC connection closed before the response (the
+# service died mid-request), UR the upstream reset the stream.
+_UPSTREAM_DOWN_FLAGS = ("UF", "UH", "URX", "UC", "UR")
+_GRPC_UNAVAILABLE = 14
+
+
+def _upstream_down_mappers(openai_paths: list[str]) -> list[dict[str, Any]]:
+    """Local replies for a request whose service did not answer (dead, restarting, unhealthy).
+
+    Envoy's own text ("upstream connect error or disconnect/reset before headers...") names no
+    service. The launcher restarts a dead service within seconds, so the client gets a 503 (gRPC
+    UNAVAILABLE) naming the cluster, with `retry-after: 1`, in the shape of its surface:
+    - native gRPC and gRPC-Web: the message in `grpc-message` (Envoy sets grpc-status 14 for 503);
+    - JSON and SSE (transcoded): the JSON of a transcoded gRPC error, with an ErrorInfo whose
+      reason is SERVICE_UNAVAILABLE and whose metadata names the service (`dependency`, as for
+      REDIS_UNAVAILABLE);
+    - the OpenAI paths: OpenAI's error shape.
+    """
+    down = {"and_filter": {"filters": [
+        _status_is(503), {"response_flag_filter": {"flags": list(_UPSTREAM_DOWN_FLAGS)}},
+    ]}}
+    message = "service %UPSTREAM_CLUSTER% is unavailable; retry shortly (%LOCAL_REPLY_BODY%)"
+    retry_after = [{
+        "header": {"key": "retry-after", "value": "1"}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+    }]
+    mappers: list[dict[str, Any]] = []
+    if openai_paths:
+        mappers.append({
+            "filter": {"and_filter": {"filters": [down, _path_filter(openai_paths)]}},
+            "headers_to_add": retry_after,
+            "body_format_override": {"json_format": {"error": {
+                "message": message, "type": "service_unavailable", "param": None, "code": "unavailable",
+            }}},
+        })
+    mappers.append({
+        "filter": {"and_filter": {"filters": [down, _grpc_request()]}},
+        "headers_to_add": retry_after,
+        "body_format_override": {"text_format_source": {"inline_string": message}},
+    })
+    mappers.append({
+        "filter": down,
+        "headers_to_add": retry_after,
+        "body_format_override": {"json_format": {
+            "code": _GRPC_UNAVAILABLE,
+            "message": message,
+            "details": [{
+                "@type": _TYPE + "google.rpc.ErrorInfo",
+                "reason": "SERVICE_UNAVAILABLE",
+                "domain": "edge.tollway",
+                "metadata": {"dependency": "%UPSTREAM_CLUSTER%"},
+            }],
+        }},
+    })
+    return mappers
 
 
 def _path_filter(paths: list[str]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 from starlette.applications import Starlette
@@ -28,6 +29,35 @@ from tollway.openai_compat import openapi, translate
 log = logging.getLogger("tollway.openai_compat")
 
 _RPC_RETRY_AFTER = "retry-after"
+_RATE_LIMIT_PREFIX = "x-ratelimit-"
+# Budget fields OpenAI's body has no place for: request headers (see the README's budget section).
+_PRIORITY = "x-tollway-priority"
+_CONVERSATION_ID = "x-tollway-conversation-id"
+_PRIORITIES = {
+    "interactive": gateway_pb2.PRIORITY_INTERACTIVE,
+    "normal": gateway_pb2.PRIORITY_NORMAL,
+    "batch": gateway_pb2.PRIORITY_BATCH,
+}
+
+
+def _apply_budget_headers(req: gateway_pb2.GenerateRequest, request: Request) -> None:
+    """Sets the request's budget priority and conversation from ``x-tollway-priority`` and
+    ``x-tollway-conversation-id`` (the gateway checks the conversation id).
+
+    Raises:
+        InvalidArgument: The priority is not interactive, normal or batch.
+    """
+    priority = request.headers.get(_PRIORITY)
+    if priority is not None:
+        if priority.strip().lower() not in _PRIORITIES:
+            raise InvalidArgument(
+                f"header {_PRIORITY} is {priority!r}; use interactive, normal or batch",
+                [(_PRIORITY, "interactive, normal or batch")],
+            )
+        req.priority = _PRIORITIES[priority.strip().lower()]
+    conversation = request.headers.get(_CONVERSATION_ID)
+    if conversation:
+        req.conversation_id = conversation
 
 # OpenAI's error type for each HTTP status Starlette itself answers (unknown path, wrong method).
 _HTTP_ERROR_TYPES = {404: "not_found_error", 405: "invalid_request_error"}
@@ -39,9 +69,14 @@ def _error_response(
     return JSONResponse(translate.error_json(message, kind, code), status_code=status, headers=headers)
 
 
+def _rate_limit_headers(metadata: Any) -> dict[str, str]:
+    """The gateway's ``x-ratelimit-*`` budget headers, passed on as OpenAI's (same names)."""
+    return {k: str(v) for k, v in metadata or () if k.startswith(_RATE_LIMIT_PREFIX)}
+
+
 def _rpc_error_response(err: grpc.aio.AioRpcError) -> JSONResponse:
     status, kind = translate.HTTP_ERRORS.get(err.code(), (500, "api_error"))
-    headers = {}
+    headers = _rate_limit_headers(err.trailing_metadata())
     for key, value in err.trailing_metadata() or ():
         if key == _RPC_RETRY_AFTER:
             headers["retry-after"] = str(value)
@@ -145,11 +180,14 @@ class OpenAICompatApp:
             metadata = self._metadata(request)
             req, stream, include_usage = translate.chat_request(body)
             translate.apply_cache_headers(req, request.headers)
+            _apply_budget_headers(req, request)
         except InvalidArgument as exc:
             return _invalid(exc)
         if not stream:
             try:
-                reply = await self.stub.Complete(translate.complete_request(req), metadata=metadata)
+                unary = self.stub.Complete(translate.complete_request(req), metadata=metadata)
+                reply = await unary
+                budget = _rate_limit_headers(await unary.initial_metadata())
             except grpc.aio.AioRpcError as err:
                 return _rpc_error_response(err)
             return JSONResponse(
@@ -159,6 +197,7 @@ class OpenAICompatApp:
                     "x-tollway-provider": reply.provider,
                     "x-tollway-cache-tier": translate.tier(reply.cache_tier),
                     "x-tollway-degraded": "true" if reply.degraded else "false",
+                    **budget,
                 },
             )
         call = self.stub.Generate(req, metadata=metadata)
@@ -171,6 +210,7 @@ class OpenAICompatApp:
             call.cancel()
             return _error_response(502, "the gateway ended the stream before it started", "api_error")
         started = first.started
+        budget = _rate_limit_headers(await call.initial_metadata())
         return StreamingResponse(
             self._chunks(call, started, include_usage),
             media_type="text/event-stream",
@@ -180,6 +220,7 @@ class OpenAICompatApp:
                 "x-tollway-provider": started.provider,
                 "x-tollway-cache-tier": translate.tier(started.cache_tier),
                 "x-tollway-degraded": "true" if started.degraded else "false",
+                **budget,
             },
         )
 
