@@ -357,7 +357,7 @@ UNITS: dict[str, str] = {}
 _UNIT_GROUPS: dict[str, tuple[str, ...]] = {
     "km": ("km", "kms", "kilometer", "kilometers", "kilometre", "kilometres"),
     "mile": ("mi", "mile", "miles"),
-    "m": ("meter", "meters", "metre", "metres"),
+    "m": ("m", "meter", "meters", "metre", "metres"),
     "cm": ("cm", "centimeter", "centimeters", "centimetre", "centimetres"),
     "mm": ("mm", "millimeter", "millimeters", "millimetre", "millimetres"),
     "ft": ("ft", "foot", "feet"),

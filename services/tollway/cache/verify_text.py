@@ -354,11 +354,13 @@ def _ordinals(words: list[str]) -> tuple[tuple[int, bool], ...]:
             found.append((-(position or 1) - 1, True))
             i += 3
             continue
-        if position is None or (word == "second" and _is_time_second(words, i)):
+        following = words[i + 1] if i + 1 < len(words) else ""
+        ranks = is_superlative(following)
+        # "a second", "5 second delay" are time; "a second largest", "five second tallest" still rank.
+        if position is None or (word == "second" and not ranks and _is_time_second(words, i)):
             i += 1
             continue
-        following = words[i + 1] if i + 1 < len(words) else ""
-        found.append((position, is_superlative(following)))
+        found.append((position, ranks))
         i += 1
     return tuple(found)
 
