@@ -55,6 +55,8 @@ class Fault:
         undo: The signal that ends it (None: the part must come back by itself).
         headers: Extra request headers of the load (e.g. allowing another model).
         model: The model the load asks for.
+        new_key_each_request: Each request brings a key no gateway has seen (made before the
+            load), so each must be checked in Redis; otherwise one key, trusted in memory.
     """
 
     name: str
@@ -63,6 +65,7 @@ class Fault:
     undo: signal.Signals | None
     headers: tuple[tuple[str, str], ...] = ()
     model: str = "primary"
+    new_key_each_request: bool = False
 
 
 FAULTS: tuple[Fault, ...] = (
@@ -75,6 +78,7 @@ FAULTS: tuple[Fault, ...] = (
         headers=(("x-tollway-allow-fallback", "true"),),
     ),
     Fault("redis SIGSTOP", "redis", signal.SIGSTOP, signal.SIGCONT),
+    Fault("redis SIGSTOP, a new key per request", "redis", signal.SIGSTOP, signal.SIGCONT, new_key_each_request=True),
 )
 
 
@@ -86,6 +90,7 @@ class Outcome:
     end: float = 0.0
     result: str = ""  # "ok", "HTTP 503", "in-band provider_stalled", "refused", ...
     model: str = ""
+    message: str = ""  # the error message, for a failed request
 
 
 def write_catalog(path: Path, primary: int, spare: int, args: argparse.Namespace) -> None:
@@ -107,7 +112,7 @@ def write_catalog(path: Path, primary: int, spare: int, args: argparse.Namespace
 class Bench:
     """A stack and its two providers for one row; ``close()`` stops them whatever happened."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, fault: Fault) -> None:
         from tollway.cli import _create_key
         from tollway.launcher.processes import free_ports
         from tollway.launcher.stack import Stack, StackOptions
@@ -131,10 +136,14 @@ class Bench:
         )
         try:
             self.stack.start()
-            self.key, _ = asyncio.run(_create_key(self.stack.redis_url, "faults-bench"))
+            count = int(args.rate * (args.before + args.during + args.after)) + 10 if fault.new_key_each_request else 1
+            self.keys = asyncio.run(self._keys(_create_key, count))
         except BaseException:
             self.close()
             raise
+
+    async def _keys(self, create: Any, count: int) -> list[str]:
+        return [(await create(self.stack.redis_url, "faults-bench"))[0] for _ in range(count)]
 
     def pid(self, target: str) -> int:
         if target == "primary":
@@ -153,15 +162,16 @@ class Bench:
         self.stack.stop()
 
 
-async def one(client: httpx.AsyncClient, fault: Fault, n: int, t0: float) -> Outcome:
+async def one(client: httpx.AsyncClient, fault: Fault, key: str, n: int, t0: float) -> Outcome:
     """A streamed chat completion; the outcome is what an SDK would report."""
     out = Outcome(start=time.perf_counter() - t0)
     body = {"model": fault.model, "messages": [{"role": "user", "content": f"req {n}"}], "stream": True}
+    headers = {**dict(fault.headers), "authorization": f"Bearer {key}"}
     try:
-        async with client.stream("POST", "/v1/chat/completions", json=body, headers=dict(fault.headers)) as r:
+        async with client.stream("POST", "/v1/chat/completions", json=body, headers=headers) as r:
             out.model = r.headers.get("x-tollway-model", "")
             if r.status_code != 200:
-                await r.aread()
+                out.message = json.loads(await r.aread()).get("error", {}).get("message", "")[:120]
                 out.result = f"HTTP {r.status_code}"
             else:
                 out.result = "stream without [DONE]"
@@ -181,7 +191,7 @@ async def one(client: httpx.AsyncClient, fault: Fault, n: int, t0: float) -> Out
 async def drive(bench: Bench, fault: Fault, args: argparse.Namespace) -> tuple[list[Outcome], float, float]:
     """Runs the load and the fault; returns the outcomes and when the fault was applied and undone."""
     total = args.before + args.during + args.after
-    headers = {"authorization": f"Bearer {bench.key}", "x-tollway-cache-mode": "bypass"}
+    headers = {"x-tollway-cache-mode": "bypass"}
     limits = httpx.Limits(max_connections=args.max_in_flight, max_keepalive_connections=args.max_in_flight)
     applied = undone = -1.0
     async with httpx.AsyncClient(base_url=bench.stack.edge_url, headers=headers, timeout=120, limits=limits) as c:
@@ -195,7 +205,8 @@ async def drive(bench: Bench, fault: Fault, args: argparse.Namespace) -> tuple[l
             if fault.undo is not None and undone < 0 and now >= args.before + args.during:
                 os.kill(bench.pid(fault.target), fault.undo)
                 undone = now
-            tasks.append(asyncio.create_task(one(c, fault, n, t0)))
+            key = bench.keys[n % len(bench.keys)]
+            tasks.append(asyncio.create_task(one(c, fault, key, n, t0)))
             n += 1
             await asyncio.sleep(max(0.0, n / args.rate - (time.perf_counter() - t0)))
         if fault.undo is not None and undone < 0:
@@ -208,10 +219,15 @@ async def drive(bench: Bench, fault: Fault, args: argparse.Namespace) -> tuple[l
 def report(fault: Fault, outcomes: list[Outcome], applied: float, undone: float) -> dict[str, Any]:
     """The row's figures: outcomes per phase, detection and recovery times."""
     phases: dict[str, collections.Counter[str]] = {p: collections.Counter() for p in ("before", "during", "after")}
+    latencies: dict[str, list[float]] = {p: [] for p in phases}
+    messages: collections.Counter[str] = collections.Counter()
     for o in outcomes:
         phase = "before" if o.start < applied else "during" if undone < 0 or o.start < undone else "after"
         served_by = f" ({o.model})" if o.result == "ok" and o.model and o.model != fault.model else ""
         phases[phase][o.result + served_by] += 1
+        latencies[phase].append(o.end - o.start)
+        if o.message:
+            messages[o.message] += 1
     noticed = [o.end - applied for o in outcomes if o.end >= applied and (o.result != "ok" or o.model != fault.model)]
     # Recovery: the first request sent after the undo that the stopped part answered itself.
     back = [
@@ -222,6 +238,8 @@ def report(fault: Fault, outcomes: list[Outcome], applied: float, undone: float)
     return {
         "fault": fault.name,
         "phases": {p: dict(c) for p, c in phases.items()},
+        "p99_latency_s": {p: round(sorted(v)[int(len(v) * 0.99)], 2) for p, v in latencies.items() if v},
+        "error_messages": dict(messages.most_common(3)),
         "detection_s": round(min(noticed), 2) if noticed else None,
         "recovery_s": round(min(back), 2) if back else None,
     }
@@ -245,7 +263,7 @@ def main() -> None:
         args.before, args.during, args.after = 2.0, 4.0, 4.0
     rows = [f for f in FAULTS if not args.case or any(c.lower() in f.name.lower() for c in args.case)]
     for fault in rows:
-        bench = Bench(args)
+        bench = Bench(args, fault)
         try:
             outcomes, applied, undone = asyncio.run(drive(bench, fault, args))
         finally:
@@ -256,7 +274,10 @@ def main() -> None:
             continue
         print(f"\n== {row['fault']}  (applied at {applied:.1f} s, undone at {undone:.1f} s)")
         for phase, counts in row["phases"].items():
-            print(f"  {phase:7} " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+            p99 = row["p99_latency_s"].get(phase)
+            print(f"  {phase:7} " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) + f"  (p99 {p99} s)")
+        for message, count in row["error_messages"].items():
+            print(f"  {count} x {message}")
         print(f"  detection {row['detection_s']} s, recovery {row['recovery_s']} s")
 
 
