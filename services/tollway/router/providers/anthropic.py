@@ -24,6 +24,7 @@ from tollway.mesh.httpclient import HttpClient, Response
 from tollway.router.providers.wire import (
     new_client,
     parse_json,
+    parses_answer,
     post,
     raise_for_status,
     sse_events,
@@ -266,6 +267,7 @@ class AnthropicAdapter:
                 raise ProviderError(provider, f"malformed SSE data: {sse.data[:200]!r}", kind=ErrorKind.MALFORMED)
         raise stream_cut(provider, "message_stop")
 
+    @parses_answer
     async def complete(self, request: ChatRequest, deployment: Deployment) -> Completion:
         url = deployment.base_url.rstrip("/") + "/v1/messages"
         body = request_body(request, deployment, stream=False)

@@ -22,6 +22,7 @@ from tollway.mesh.httpclient import HttpClient, Response
 from tollway.router.providers.wire import (
     new_client,
     parse_json,
+    parses_answer,
     post,
     raise_for_status,
     sse_events,
@@ -226,6 +227,7 @@ class GeminiAdapter:
             return
         raise stream_cut(provider, "a finishReason")
 
+    @parses_answer
     async def complete(self, request: ChatRequest, deployment: Deployment) -> Completion:
         url = self._url(deployment, "generateContent")
         headers = self._headers(request, deployment, False)

@@ -19,6 +19,7 @@ from tollway.mesh.httpclient import HttpClient, Response
 from tollway.router.providers.wire import (
     new_client,
     parse_json,
+    parses_answer,
     post,
     raise_for_status,
     sse_events,
@@ -169,6 +170,7 @@ class OpenAICompatAdapter:
             return
         raise stream_cut(provider, "[DONE]")
 
+    @parses_answer
     async def complete(self, request: ChatRequest, deployment: Deployment) -> Completion:
         url = deployment.base_url.rstrip("/") + "/chat/completions"
         body = request_body(request, deployment, stream=False)

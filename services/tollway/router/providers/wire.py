@@ -5,13 +5,23 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 from tollway.common.catalog import Deployment
+from tollway.common.chat import ChatRequest
 from tollway.mesh.httpclient import HttpClient, HttpError, HttpTimeout, Response
-from tollway.router.types import ErrorKind, ProviderError, StreamEnd, StreamEvent, UsageUpdate, parse_retry_after
+from tollway.router.types import (
+    Completion,
+    ErrorKind,
+    ProviderError,
+    StreamEnd,
+    StreamEvent,
+    UsageUpdate,
+    parse_retry_after,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,17 +188,51 @@ async def stream_call(
     async with post(client, deployment, url, body, headers, progress=progress) as response:
         await raise_for_status(response, deployment.provider, retry_after)
         async with contextlib.aclosing(parse(response)) as events:
-            async for event in events:
-                if not progress.begun and not isinstance(event, UsageUpdate):
-                    # The same per-read timer from here on, with its own limit: no new cost.
-                    response.read_timeout_s = deployment.stall_timeout_s
-                    progress.begun = True
-                if isinstance(event, StreamEnd):
-                    end = event
-                    break
-                yield event
+            with malformed_shapes(deployment.provider):
+                async for event in events:
+                    if not progress.begun and not isinstance(event, UsageUpdate):
+                        # The same per-read timer from here on, with its own limit: no new cost.
+                        response.read_timeout_s = deployment.stall_timeout_s
+                        progress.begun = True
+                    if isinstance(event, StreamEnd):
+                        end = event
+                        break
+                    yield event
     if end is not None:
         yield end
+
+
+# What reading a provider's JSON raises when a value has another shape than its API documents
+# (a list where an object was, a string for a number): the adapters read documented shapes.
+_SHAPE_ERRORS = (AttributeError, KeyError, IndexError, TypeError, ValueError)
+
+
+@contextlib.contextmanager
+def malformed_shapes(provider: str) -> Iterator[None]:
+    """Turns a parser's shape error into the MALFORMED ProviderError of ``provider``.
+
+    Whatever JSON a provider sends, its adapter then fails like any failed call (the router
+    may fall through) rather than with an exception the service reports as INTERNAL.
+    """
+    try:
+        yield
+    except _SHAPE_ERRORS as exc:
+        raise ProviderError(
+            provider, f"malformed answer: {type(exc).__name__}: {str(exc)[:200]}", kind=ErrorKind.MALFORMED
+        ) from exc
+
+
+def parses_answer(
+    complete: Callable[[Any, ChatRequest, Deployment], Awaitable[Completion]],
+) -> Callable[[Any, ChatRequest, Deployment], Awaitable[Completion]]:
+    """Decorates an adapter's ``complete``: shape errors become MALFORMED (see malformed_shapes)."""
+
+    @functools.wraps(complete)
+    async def wrapper(self: Any, request: ChatRequest, deployment: Deployment) -> Completion:
+        with malformed_shapes(deployment.provider):
+            return await complete(self, request, deployment)
+
+    return wrapper
 
 
 def new_client() -> HttpClient:
