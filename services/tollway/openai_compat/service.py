@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from tollway.common import capabilities
 from tollway.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from tollway.mesh import clients
 from tollway.mesh.errors import InvalidArgument
@@ -29,6 +30,8 @@ from tollway.openai_compat import openapi, translate
 log = logging.getLogger("tollway.openai_compat")
 
 _RPC_RETRY_AFTER = "retry-after"
+# A client's per-request model-fallback policy, passed on to the gateway (and so the router).
+_ALLOW_FALLBACK = "x-tollway-allow-fallback"
 _RATE_LIMIT_PREFIX = "x-ratelimit-"
 # Budget fields OpenAI's body has no place for: request headers (see the README's budget section).
 _PRIORITY = "x-tollway-priority"
@@ -105,6 +108,11 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return _error_response(500, "internal error in openai_compat; see the service log", "api_error")
 
 
+def _route_headers(model: str, fallback_path: Any) -> dict[str, str]:
+    """Who answered: ``x-tollway-model``, and ``x-tollway-fallback`` (the models left, or "none")."""
+    return {"x-tollway-model": model, "x-tollway-fallback": " > ".join(fallback_path) or "none"}
+
+
 class OpenAICompatApp:
     """Holds the gateway stub; ``app`` is the ASGI application."""
 
@@ -150,7 +158,11 @@ class OpenAICompatApp:
         """
         translate.check_headers(request.headers.raw)
         auth = request.headers.get("authorization")
-        return [("authorization", auth)] if auth else []
+        metadata = [("authorization", auth)] if auth else []
+        allow = request.headers.get(_ALLOW_FALLBACK)
+        if allow is not None:
+            metadata.append((_ALLOW_FALLBACK, allow))
+        return metadata
 
     async def models(self, request: Request) -> Response:
         assert self.stub is not None
@@ -177,6 +189,13 @@ class OpenAICompatApp:
         except ValueError as exc:
             return _error_response(400, f"the body is not valid JSON: {exc}", "invalid_request_error")
         try:
+            # Before translating: a parameter Tollway cannot carry is refused, never dropped.
+            capabilities.check_openai_body(body)
+        except InvalidArgument as exc:
+            param = exc.violations[0][0] if exc.violations else None
+            error = translate.error_json(exc.message, "invalid_request_error", exc.reason.lower(), param)
+            return JSONResponse(error, status_code=400)
+        try:
             metadata = self._metadata(request)
             req, stream, include_usage = translate.chat_request(body)
             translate.apply_cache_headers(req, request.headers)
@@ -197,6 +216,7 @@ class OpenAICompatApp:
                     "x-tollway-provider": reply.provider,
                     "x-tollway-cache-tier": translate.tier(reply.cache_tier),
                     "x-tollway-degraded": "true" if reply.degraded else "false",
+                    **_route_headers(reply.model, reply.fallback_path),
                     **budget,
                 },
             )
@@ -220,6 +240,7 @@ class OpenAICompatApp:
                 "x-tollway-provider": started.provider,
                 "x-tollway-cache-tier": translate.tier(started.cache_tier),
                 "x-tollway-degraded": "true" if started.degraded else "false",
+                **_route_headers(started.model, started.fallback_path),
                 **budget,
             },
         )
