@@ -34,6 +34,7 @@ import uvloop
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.checkout_stack import bench_services  # noqa: E402
 from bench.httpload import Endpoint, closed_loop, sequential  # noqa: E402
 from tollway.cli import _create_key  # noqa: E402
 from tollway.launcher.processes import free_port, free_ports, spawn, wait_until  # noqa: E402
@@ -61,8 +62,10 @@ def start_upstream(run: Path) -> tuple[subprocess.Popen[bytes], int]:
 
 
 def bench_stack(run: Path, upstream_port: int) -> Stack:
-    """The stack as `make run` starts it, with the fake upstream as its only model (not started yet)."""
-    names = ["edge", "admin", "mesh", "redis", "gateway", "router", "openai_compat", "cache", "embedding"]
+    """The stack as `make run` starts it, with the fake upstream as its only model (not started yet);
+    with the budget service when this checkout's gateway calls it."""
+    services, env = bench_services(ROOT, run)
+    names = ["edge", "admin", "mesh", "redis", *services]
     catalog = run / "models.yaml"
     catalog.write_text(
         f"providers:\n  upstream: {{wire: openai_compat, base_url: 'http://127.0.0.1:{upstream_port}/v1'}}\n"
@@ -74,8 +77,8 @@ def bench_stack(run: Path, upstream_port: int) -> Stack:
             run_dir=run,
             catalog=catalog,
             with_model=False,
-            services=("gateway", "router", "openai_compat", "cache", "embedding"),
-            env={"TOLLWAY_LOG_LEVEL": "WARNING"},
+            services=services,
+            env={"TOLLWAY_LOG_LEVEL": "WARNING", **env},
         )
     )
 

@@ -161,6 +161,8 @@ def cmd_usage(args: argparse.Namespace) -> int:
         "cached_input_tokens",
         "cost_usd",
         "expired",
+        "cache_hits",
+        "saved_usd",
     ]
     header = [h for h in header if h]
     table = [
@@ -173,6 +175,8 @@ def cmd_usage(args: argparse.Namespace) -> int:
             r.cached_input_tokens,
             f"{r.cost_usd_nanos / 1e9:.9f}",
             r.expired_count,
+            r.cache_hit_count,
+            f"{r.saved_cost_usd_nanos / 1e9:.9f}",
         ]
         for r in rows
     ]

@@ -290,8 +290,12 @@ class Budget:
             raise InvalidArgument(f"{field} is required", [(field, "required")])
         priced = self.prices.resolve(model)
         if priced is None:
+            catalog = self.catalog.current
+            known = sorted({*catalog.names(), *(["auto"] if catalog.routing.tiers else [])})
             raise NotFound(
-                f"{field} {model!r} is not in the model catalog", reason="UNKNOWN_MODEL", metadata={"model": model}
+                f"{field} {model!r} is not in the model catalog; known models: {', '.join(known)}",
+                reason="UNKNOWN_MODEL",
+                metadata={"model": model},
             )
         return priced
 
