@@ -62,11 +62,11 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
     from tollway.gateway.auth import KeyRing
 
-    revoked = asyncio.run(_with_store(_redis_url(args), lambda store: KeyRing(store).revoke(args.key)))
-    if not revoked:
-        print("tollway: no such key (it may already be revoked)", file=sys.stderr)
+    key_id = asyncio.run(_with_store(_redis_url(args), lambda store: KeyRing(store).revoke(args.key)))
+    if key_id is None:
+        print("tollway: no key matches (it may already be revoked); see `tollway keys list`", file=sys.stderr)
         return 1
-    print("revoked; gateways stop accepting it within their auth cache TTL (10 s by default)")
+    print(f"revoked {key_id}…; gateways stop accepting it within their auth cache TTL (10 s by default)")
     return 0
 
 
@@ -212,7 +212,9 @@ def main(argv: list[str] | None = None) -> int:
         func=cmd_keys_list
     )
     revoke = keys.add_parser("revoke", help="revoke a key")
-    revoke.add_argument("key", help="the key to revoke (tw-…)")
+    revoke.add_argument(
+        "key", help="the key's id as `keys list` prints it (tw-AbC123), a unique prefix of it, or the whole key"
+    )
     revoke.set_defaults(func=cmd_keys_revoke)
 
     calls = sub.add_parser("calls", help="print the most recent call records, oldest first, one JSON object a line")

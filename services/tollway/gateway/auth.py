@@ -14,6 +14,11 @@ from tollway.gateway.validation import check_metadata
 from tollway.mesh.errors import InvalidArgument, Unauthenticated
 
 KEY_PREFIX = "tw-"
+# A key's id is its first characters (`tw-AbC123`): enough to tell keys apart in a list, and
+# nothing an attacker could use (the key carries 256 random bits).
+_KEY_ID_LENGTH = len(KEY_PREFIX) + 6
+# The shortest id prefix `revoke` accepts, so that a slip ("tw-") cannot revoke a tenant's only key.
+MIN_ID_PREFIX = 4
 _TENANT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
@@ -71,17 +76,53 @@ class KeyRing:
                 [("tenant", "lowercase letters, digits, '-' and '_', starting with a letter or digit")],
             )
         key = KEY_PREFIX + secrets.token_urlsafe(32)
-        key_id = key[: len(KEY_PREFIX) + 6]
+        key_id = key[:_KEY_ID_LENGTH]
         record = {"tenant": tenant, "key_id": key_id, "created_time": str(int(time.time()))}
         if priority:
             record["priority"] = priority
         await self.store.put_key(hash_key(key), record)
         return key, key_id
 
-    async def revoke(self, key: str) -> bool:
-        digest = hash_key(key)
+    async def revoke(self, key_or_id: str) -> str | None:
+        """Revokes one key, named by the key itself or by its id as ``tollway keys list`` prints it.
+
+        An id may be shortened to a prefix of at least ``MIN_ID_PREFIX`` characters after
+        ``tw-``, and may keep the list's trailing ellipsis. Revoking is idempotent: a key that
+        is already gone is "no match".
+
+        Returns:
+            The id of the revoked key, or None when no key matches.
+
+        Raises:
+            InvalidArgument: The id is too short to name a key, or matches more than one key.
+        """
+        given = key_or_id.strip().rstrip("….")
+        if len(given) > _KEY_ID_LENGTH:
+            # A whole key: its hash is the record's name, no scan needed.
+            digest = hash_key(given)
+            record = await self.store.get_key(digest)
+            matches = [] if record is None else [(digest, record)]
+        else:
+            if not given.startswith(KEY_PREFIX) or len(given) < len(KEY_PREFIX) + MIN_ID_PREFIX:
+                raise InvalidArgument(
+                    f"{given!r} is not a key id: give the id `tollway keys list` prints "
+                    f"({KEY_PREFIX} and {_KEY_ID_LENGTH - len(KEY_PREFIX)} characters, at least "
+                    f"{MIN_ID_PREFIX} of them) or the whole key",
+                    [("key", f"a key id ({KEY_PREFIX}AbC123) or a whole key")],
+                )
+            matches = [(h, r) for h, r in await self.store.list_keys_with_hashes() if r["key_id"].startswith(given)]
+        if len(matches) > 1:
+            listed = ", ".join(f"{r['key_id']}… (tenant {r['tenant']})" for _, r in matches)
+            raise InvalidArgument(
+                f"{given!r} matches {len(matches)} keys: {listed}; nothing was revoked. Give more of the id, "
+                "or the whole key when two keys share an id",
+                [("key", "an id prefix that matches one key")],
+            )
+        if not matches:
+            return None
+        digest, record = matches[0]
         self._verified.pop(digest, None)
-        return await self.store.delete_key(digest)
+        return record["key_id"] if await self.store.delete_key(digest) else None
 
     async def authenticate(self, metadata: Sequence[tuple[str, str | bytes]]) -> Tenant:
         """The tenant of the request's key.

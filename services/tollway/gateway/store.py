@@ -35,6 +35,11 @@ class GatewayStore:
     async def list_keys(self) -> list[dict[str, str]]:
         return [json.loads(v) for v in (await self.redis.hgetall(KEYS_HASH)).values()]
 
+    async def list_keys_with_hashes(self) -> list[tuple[str, dict[str, str]]]:
+        """Every key as (its hash, its record): what revoking by key id needs."""
+        rows = await self.redis.hgetall(KEYS_HASH)
+        return [(h.decode() if isinstance(h, bytes) else h, json.loads(v)) for h, v in rows.items()]
+
     async def append_calls(self, records: Sequence[Mapping[str, str]]) -> None:
         """Appends call records (as ``CallRecord.stream_fields``) in one pipelined round trip."""
         async with self.redis.pipeline(transaction=False) as pipe:
