@@ -154,6 +154,7 @@ def test_committed_mesh_config_parses_into_bootstrap() -> None:
     assert {c.name for c in b.static_resources.clusters} == {
         "gateway",
         "cache",
+        "prompts",
         "budget",
         "router",
         "embedding",
@@ -342,6 +343,7 @@ def test_mesh_listener_routes_every_enabled_grpc_service() -> None:
     assert targets == {
         "/tollway.gateway.v1.GatewayService/": "gateway",
         "/tollway.cache.v1.CacheService/": "cache",
+        "/tollway.prompts.v1.PromptsService/": "prompts",
         "/tollway.budget.v1.BudgetService/": "budget",
         "/tollway.router.v1.RouterService/": "router",
         "/tollway.embedding.v1.EmbeddingService/": "embedding",
@@ -487,7 +489,7 @@ def test_cli_regenerates_identical_k8s_files(tmp_path: Path, monkeypatch: pytest
 def test_k8s_deployments_follow_the_mesh() -> None:
     mesh = _canary_mesh()
     files = build_k8s_manifests(mesh)
-    assert "prompts.yaml" not in files  # disabled
+    assert "retrieval.yaml" not in files  # disabled
     gateway = files["gateway.yaml"]
     stable, canary, service = gateway
     assert (stable["kind"], canary["kind"], service["kind"]) == ("Deployment", "Deployment", "Service")
