@@ -112,3 +112,31 @@ def test_default_preset_rejects_with_the_learned_check_and_reports_its_score() -
 def test_learned_check_never_runs_without_a_cosine() -> None:
     with pytest.raises(ValueError, match="cosine"):
         presets.verifier_for("default").check("how can I reset my router", "how do I reset my router")
+
+
+def test_lookup_response_names_the_check_that_rejected_each_candidate() -> None:
+    from tollway.cache.entries import LookupOutcome, MissReason, NamespaceStats, Rejection
+    from tollway.cache.service import lookup_to_proto, stats_to_proto
+    from tollway.common.caching import CacheTier
+
+    outcome = LookupOutcome(
+        CacheTier.MISS,
+        "k" * 64,
+        miss_reason=MissReason.REJECTED_BY_CHECK,
+        check_reason="learned_check: p=0.050 < 0.30",
+        rejections=(
+            Rejection(7, 0.97, "number_mismatch", "10 vs 100"),
+            Rejection(9, 0.95, "learned_check", "p=0.050 < 0.30", 0.05),
+        ),
+    )
+    resp = lookup_to_proto(outcome)
+    assert [(r.entry_id, r.check, r.detail) for r in resp.rejected_candidates] == [
+        ("7", "number_mismatch", "10 vs 100"),
+        ("9", "learned_check", "p=0.050 < 0.30"),
+    ]
+    assert not resp.rejected_candidates[0].HasField("learned_score")
+    assert resp.rejected_candidates[1].learned_score == pytest.approx(0.05)
+    stats = stats_to_proto(
+        NamespaceStats("default", 0, 0, check_rejection_count=3, check_rejection_counts={"unit_mismatch": 3})
+    )
+    assert dict(stats.check_rejection_counts) == {"unit_mismatch": 3}
