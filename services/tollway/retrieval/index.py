@@ -1,0 +1,296 @@
+"""One collection's in-memory indexes on this replica: hnswlib vectors, BM25, metadata columns.
+
+Chunks live in *rows*. A row holds the chunk, its vector (also kept in a numpy matrix, for
+exact search over a small filtered subset, for fusion scores of any candidate and for MMR),
+its stemmed tokens, and its filterable metadata. Rows are reused after deletion, but only
+once a keyword rebuild has seen them empty, so a BM25 build never scores one chunk's words
+for another chunk.
+
+hnswlib's ``add_items`` is not safe against a concurrent ``knn_query``: every mutation and
+search runs on the event loop thread; only the BM25 rebuild runs in a worker thread, on a
+copy of the token lists, and is swapped in on the loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import hnswlib
+import numpy as np
+
+from tollway.retrieval.filters import Columns
+from tollway.retrieval.keyword import KeywordModel, tokenize
+from tollway.retrieval.types import Chunk, FieldType, Filter
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexParams:
+    """Index settings shared by every collection.
+
+    Attributes:
+        m: hnswlib graph degree.
+        ef_construction: hnswlib candidate list while inserting.
+        ef_search: hnswlib candidate list while searching (never below the k asked for).
+        initial_capacity: Rows allocated for a new index; it doubles when full.
+        exact_below: A filtered vector search over at most this many rows is exact (a
+            matrix product), since an approximate search would mostly find filtered-out rows.
+        bm25_k1: BM25 k1.
+        bm25_b: BM25 b.
+    """
+
+    m: int = 16
+    ef_construction: int = 100
+    ef_search: int = 96
+    initial_capacity: int = 1024
+    exact_below: int = 4096
+    bm25_k1: float = 1.2
+    bm25_b: float = 0.75
+
+
+class CollectionIndex:
+    """The indexes of one collection and embedding model."""
+
+    def __init__(self, dim: int, fields: Mapping[str, FieldType], params: IndexParams, capacity: int = 0) -> None:
+        self.dim = dim
+        self.params = params
+        capacity = max(16, capacity or params.initial_capacity)
+        self._hnsw = hnswlib.Index(space="ip", dim=dim)
+        self._hnsw.init_index(max_elements=capacity, M=params.m, ef_construction=params.ef_construction)
+        self._hnsw.set_ef(params.ef_search)
+        self.vectors = np.zeros((capacity, dim), np.float32)
+        self.live = np.zeros(capacity, bool)
+        self.columns = Columns(fields, capacity)
+        self.chunks: list[Chunk | None] = [None] * capacity
+        self.tokens: list[list[str]] = [[] for _ in range(capacity)]
+        self.row_of: dict[str, int] = {}
+        self.doc_rows: dict[str, set[int]] = {}
+        self.next_row = 0
+        self._free: list[int] = []
+        self._pending_free: list[int] = []
+        self.keyword = KeywordModel([], params.bm25_k1, params.bm25_b)
+        self.keyword_dirty = False
+
+    def __len__(self) -> int:
+        return len(self.row_of)
+
+    @property
+    def capacity(self) -> int:
+        return len(self.live)
+
+    def __contains__(self, chunk_id: object) -> bool:
+        return chunk_id in self.row_of
+
+    def document_chunk_ids(self, document_id: str) -> list[str]:
+        rows = self.doc_rows.get(document_id, ())
+        return [c.chunk_id for r in rows if (c := self.chunks[r]) is not None]
+
+    def _grow(self, needed: int) -> None:
+        if needed <= self.capacity:
+            return
+        new = max(needed, self.capacity * 2)
+        self._hnsw.resize_index(new)
+        vectors = np.zeros((new, self.dim), np.float32)
+        vectors[: self.capacity] = self.vectors
+        live = np.zeros(new, bool)
+        live[: self.capacity] = self.live
+        self.chunks += [None] * (new - self.capacity)
+        self.tokens += [[] for _ in range(new - self.capacity)]
+        self.vectors, self.live = vectors, live
+        self.columns.grow(new)
+
+    def add(self, chunks: Sequence[Chunk], tokens: Sequence[list[str]] | None = None, num_threads: int = 1) -> int:
+        """Indexes chunks not yet present (re-adding a present id is a no-op). Returns how many.
+
+        Args:
+            chunks: The chunks, each with a unit-norm vector of this index's dimension.
+            tokens: Their BM25 tokens when already computed (a snapshot); else tokenized here.
+            num_threads: hnswlib insertion threads (start-up rebuilds only).
+        """
+        fresh_pairs = []
+        seen: set[str] = set()
+        for i, c in enumerate(chunks):
+            if c.chunk_id not in self.row_of and c.chunk_id not in seen:
+                fresh_pairs.append(i)
+                seen.add(c.chunk_id)
+        if not fresh_pairs:
+            return 0
+        fresh = [chunks[i] for i in fresh_pairs]
+        toks = [tokens[i] for i in fresh_pairs] if tokens is not None else tokenize([c.indexed_text() for c in fresh])
+        reuse = min(len(fresh), len(self._free))
+        rows = [self._free.pop() for _ in range(reuse)]
+        extra = len(fresh) - reuse
+        rows += list(range(self.next_row, self.next_row + extra))
+        self._grow(self.next_row + extra)
+        self.next_row += extra
+        matrix = np.stack([np.asarray(c.vector, np.float32).reshape(-1) for c in fresh])
+        if matrix.shape[1] != self.dim:
+            raise ValueError(f"vector dimension {matrix.shape[1]} differs from the index's {self.dim}")
+        rows_arr = np.asarray(rows, np.int64)
+        self.vectors[rows_arr] = matrix
+        for c, row, t in zip(fresh, rows, toks, strict=True):
+            self.chunks[row] = c
+            self.tokens[row] = t
+            self.columns.set_row(row, c.metadata)
+            self.row_of[c.chunk_id] = row
+            self.doc_rows.setdefault(c.document_id, set()).add(row)
+        self._hnsw.add_items(matrix, rows_arr, num_threads=num_threads, replace_deleted=False)
+        self.live[rows_arr] = True
+        self.keyword_dirty = True
+        return len(fresh)
+
+    def remove(self, chunk_ids: Iterable[str]) -> int:
+        """Drops chunks (absent ids are ignored). Returns how many were present."""
+        removed = 0
+        for cid in chunk_ids:
+            row = self.row_of.pop(cid, None)
+            if row is None:
+                continue
+            chunk = self.chunks[row]
+            if chunk is not None:
+                rows = self.doc_rows.get(chunk.document_id)
+                if rows is not None:
+                    rows.discard(row)
+                    if not rows:
+                        del self.doc_rows[chunk.document_id]
+            self._hnsw.mark_deleted(row)
+            self.live[row] = False
+            self.chunks[row] = None
+            self.tokens[row] = []
+            self.columns.clear_row(row)
+            self._pending_free.append(row)
+            removed += 1
+        if removed:
+            self.keyword_dirty = True
+        return removed
+
+    def remove_document(self, document_id: str) -> int:
+        """Drops every chunk of a document. Returns how many."""
+        return self.remove(self.document_chunk_ids(document_id))
+
+    # --- keyword -----------------------------------------------------------------------
+
+    def keyword_snapshot(self) -> tuple[list[list[str]], list[int]]:
+        """What a rebuild needs, taken on the loop: the token lists and the rows it frees."""
+        self.keyword_dirty = False
+        return list(self.tokens[: self.next_row]), list(self._pending_free)
+
+    def build_keyword(self, rows: Sequence[Sequence[str]]) -> KeywordModel:
+        """Builds a BM25 model over ``rows`` (safe in a worker thread)."""
+        return KeywordModel(rows, self.params.bm25_k1, self.params.bm25_b)
+
+    def swap_keyword(self, model: KeywordModel, freed: Sequence[int]) -> None:
+        """Installs a build; rows that were free when it was taken may now be reused."""
+        self.keyword = model
+        released = set(freed)
+        self._pending_free = [r for r in self._pending_free if r not in released]
+        self._free += [r for r in freed if not self.live[r]]
+
+    def rebuild_keyword_now(self) -> None:
+        """Rebuilds BM25 on this thread (tests, benches, start-up)."""
+        rows, freed = self.keyword_snapshot()
+        self.swap_keyword(self.build_keyword(rows), freed)
+
+    def keyword_scores(self, tokens: Sequence[str]) -> np.ndarray:
+        """BM25 score of every row ``0..next_row-1`` (0 for rows the last build lacks)."""
+        return self.keyword.scores(tokens, self.next_row)
+
+    # --- vector ------------------------------------------------------------------------
+
+    def allowed(self, filters: Sequence[Filter]) -> np.ndarray:
+        """Rows that hold a chunk and meet every filter."""
+        keep = self.live[: self.next_row].copy()
+        if filters:
+            keep &= self.columns.mask(filters, self.next_row)
+        return keep
+
+    def vector_top(self, query: np.ndarray, n: int, allowed: np.ndarray, *, exact: bool = False) -> np.ndarray:
+        """Up to ``n`` allowed rows nearest to ``query`` (unit norm), best first.
+
+        Exact when asked, or when few rows are allowed; otherwise hnswlib, widened until
+        ``n`` allowed rows are found or every row was seen.
+        """
+        count = int(allowed.sum())
+        if count == 0 or n <= 0:
+            return np.zeros(0, np.int64)
+        n = min(n, count)
+        everything = count == len(self.row_of)
+        if exact or (not everything and count <= self.params.exact_below):
+            rows = np.nonzero(allowed)[0]
+            sims = self.vectors[rows] @ query
+            top = np.argpartition(-sims, n - 1)[:n] if n < len(rows) else np.arange(len(rows))
+            return rows[top[np.argsort(-sims[top])]]
+        live = len(self.row_of)
+        k = min(live, n if everything else n * 4)
+        q = query.reshape(1, -1)
+        while True:
+            self._hnsw.set_ef(max(self.params.ef_search, k))
+            labels, _ = self._hnsw.knn_query(q, k=k, num_threads=1)
+            rows = labels[0].astype(np.int64)
+            rows = rows[allowed[rows]]
+            if len(rows) >= n or k >= live:
+                return rows[:n]
+            k = min(live, k * 4)
+
+    # --- snapshots ---------------------------------------------------------------------
+
+    def save(self, directory: Path) -> None:
+        """Writes the index under ``directory`` (which must exist)."""
+        self._hnsw.save_index(str(directory / "hnsw.bin"))
+        n = self.next_row
+        np.save(directory / "vectors.npy", self.vectors[:n])
+        np.save(directory / "live.npy", self.live[:n])
+        with (directory / "rows.jsonl").open("w") as out:
+            for row in range(n):
+                c = self.chunks[row]
+                if c is None:
+                    out.write("null\n")
+                    continue
+                record = {
+                    "id": c.chunk_id,
+                    "doc": c.document_id,
+                    "text": c.text,
+                    "title": c.title,
+                    "parent": c.parent_text,
+                    "meta": c.metadata,
+                    "tok": self.tokens[row],
+                }
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    @classmethod
+    def load(cls, directory: Path, dim: int, fields: Mapping[str, FieldType], params: IndexParams) -> CollectionIndex:
+        """Reads what :meth:`save` wrote and rebuilds BM25 from the saved tokens."""
+        vectors = np.load(directory / "vectors.npy")
+        live = np.load(directory / "live.npy")
+        index = cls(dim, fields, params, capacity=max(len(live), 16))
+        index._hnsw = hnswlib.Index(space="ip", dim=dim)
+        index._hnsw.load_index(str(directory / "hnsw.bin"), max_elements=index.capacity)
+        index._hnsw.set_ef(params.ef_search)
+        n = len(live)
+        index.vectors[:n] = vectors
+        index.next_row = n
+        with (directory / "rows.jsonl").open() as rows:
+            for row, line in enumerate(rows):
+                record = json.loads(line)
+                if record is None or not live[row]:
+                    index._free.append(row)
+                    continue
+                chunk = Chunk(
+                    record["id"],
+                    record["doc"],
+                    record["text"],
+                    record["title"],
+                    record["parent"],
+                    record["meta"],
+                    vectors[row],
+                )
+                index.chunks[row] = chunk
+                index.tokens[row] = record["tok"]
+                index.columns.set_row(row, chunk.metadata)
+                index.row_of[chunk.chunk_id] = row
+                index.doc_rows.setdefault(chunk.document_id, set()).add(row)
+                index.live[row] = True
+        index.rebuild_keyword_now()
+        return index

@@ -1,0 +1,350 @@
+"""The retrieval service's domain values: collections, documents, chunks, operations, searches.
+
+No gRPC, no Redis. Metadata values are JSON values (``str``, ``float``, ``bool``, ``None``,
+lists and dicts), exactly what a ``google.protobuf.Struct`` holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+# Ids end up in Redis key names and resource names: no "/" (a name separator), no whitespace,
+# no braces (Redis hash tags).
+COLLECTION_ID = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+DOCUMENT_ID = re.compile(r"^[^/\s{}]{1,128}$")
+FIELD_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+OPERATION_ID = re.compile(r"^[0-9a-f]{32}$")
+
+MAX_TITLE_CHARS = 1024
+MAX_FILTERABLE_FIELDS = 32
+
+
+class Strategy(enum.Enum):
+    """How a collection's documents are cut into chunks (values are stored in Redis)."""
+
+    FIXED = "fixed"
+    RECURSIVE = "recursive"
+    HIERARCHICAL = "hierarchical"
+
+
+class FieldType(enum.Enum):
+    """The type of a filterable metadata field (values are stored in Redis)."""
+
+    STRING = "string"
+    NUMBER = "number"
+    BOOL = "bool"
+
+
+class DocState(enum.Enum):
+    """Whether a document's latest content is indexed (values are stored in Redis)."""
+
+    PENDING = "pending"
+    INDEXED = "indexed"
+    FAILED = "failed"
+
+
+class OpState(enum.Enum):
+    """The stage of an indexing operation (values are stored in Redis)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SUPERSEDED = "superseded"
+
+    @property
+    def done(self) -> bool:
+        return self in (OpState.SUCCEEDED, OpState.FAILED, OpState.SUPERSEDED)
+
+
+class Mode(enum.Enum):
+    """Which indexes a search uses."""
+
+    VECTOR = "vector"
+    KEYWORD = "keyword"
+    HYBRID = "hybrid"
+
+
+class FusionMethod(enum.Enum):
+    """How hybrid search combines the vector and keyword rankings."""
+
+    RRF = "rrf"
+    WEIGHTED = "weighted"
+
+
+class Op(enum.Enum):
+    """Metadata filter operators."""
+
+    EQ = "eq"
+    NE = "ne"
+    IN = "in"
+    GT = "gt"
+    GTE = "gte"
+    LT = "lt"
+    LTE = "lte"
+
+
+@dataclasses.dataclass(frozen=True)
+class Chunking:
+    """A collection's chunking settings, with defaults already applied.
+
+    Attributes:
+        strategy: The strategy.
+        max_tokens: The most tokens in an indexed chunk.
+        overlap_tokens: For FIXED: tokens repeated from the previous window.
+        parent_max_tokens: For HIERARCHICAL: the most tokens in a parent section.
+    """
+
+    strategy: Strategy = Strategy.RECURSIVE
+    max_tokens: int = 200
+    overlap_tokens: int = 0
+    parent_max_tokens: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Collection:
+    """A collection as stored.
+
+    Attributes:
+        collection_id: The id (``collections/{collection_id}`` is its name).
+        embedding_model: The model of every vector in it.
+        dimension: That model's vector length.
+        chunking: How its documents are cut.
+        fields: Filterable metadata fields and their types.
+        description: A note for people.
+        created_ms: Creation time, Unix ms.
+        document_count: Documents held (filled in when read).
+        chunk_count: Chunks indexed (filled in when read).
+    """
+
+    collection_id: str
+    embedding_model: str
+    dimension: int
+    chunking: Chunking
+    fields: Mapping[str, FieldType]
+    description: str = ""
+    created_ms: int = 0
+    document_count: int = 0
+    chunk_count: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"collections/{self.collection_id}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Document:
+    """A document as stored.
+
+    Attributes:
+        collection_id: Its collection.
+        document_id: Its id in the collection.
+        text: The latest content's text (empty when listed).
+        title: The title.
+        metadata: JSON metadata.
+        source_version: The caller's version string.
+        content_hash: Hash of the latest title, text and metadata.
+        indexed_hash: Hash of the indexed content ("" before the first indexing).
+        state: Whether the latest content is indexed.
+        chunk_count: Chunks of the indexed content.
+        updated_ms: When the latest content was upserted.
+        indexed_ms: When the indexed content was indexed (0 never).
+        operation_id: The operation indexing the latest content.
+    """
+
+    collection_id: str
+    document_id: str
+    text: str
+    title: str = ""
+    metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    source_version: str = ""
+    content_hash: str = ""
+    indexed_hash: str = ""
+    state: DocState = DocState.PENDING
+    chunk_count: int = 0
+    updated_ms: int = 0
+    indexed_ms: int = 0
+    operation_id: str = ""
+
+    @property
+    def name(self) -> str:
+        return document_name(self.collection_id, self.document_id)
+
+
+def document_name(collection_id: str, document_id: str) -> str:
+    """The resource name of a document; also the id cache entries record for grounding."""
+    return f"collections/{collection_id}/documents/{document_id}"
+
+
+def content_hash(title: str, text: str, metadata: Mapping[str, Any]) -> str:
+    """SHA-256 hex of what indexing depends on: title, text and metadata (keys sorted).
+
+    Metadata is part of it because filters read the indexed copy of it: a metadata-only
+    change must reach the indexes too.
+    """
+    canonical = json.dumps([title, text, metadata], sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ChunkText:
+    """One chunk as the chunker cuts it.
+
+    Attributes:
+        text: The chunk's text (indexed).
+        parent: For hierarchical chunking, the index of its parent section in the
+            chunker's parent list; -1 otherwise.
+        section: The heading path of the section it came from ("" outside any section).
+    """
+
+    text: str
+    parent: int = -1
+    section: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Chunk:
+    """One indexed chunk as stored in Redis and held by the indexes.
+
+    Attributes:
+        chunk_id: ``{document_id}:{hash12}:{n}``: unique in the collection, stable while the
+            document's content is unchanged, so re-indexing the same content is a no-op.
+        document_id: Its document.
+        text: The chunk's text.
+        title: The document's title (indexed with the chunk).
+        parent_text: The parent section (hierarchical collections), else "".
+        metadata: The document's metadata at indexing time.
+        vector: Its embedding (unit norm), float32.
+    """
+
+    chunk_id: str
+    document_id: str
+    text: str
+    title: str
+    parent_text: str
+    metadata: Mapping[str, Any]
+    vector: Any  # np.ndarray; typed loosely so this module needs no numpy
+
+    def indexed_text(self) -> str:
+        """What is embedded and keyword-indexed: the title gives every chunk its context."""
+        return f"{self.title}\n{self.text}" if self.title else self.text
+
+
+def chunk_id(document_id: str, digest: str, n: int) -> str:
+    """The id of the ``n``-th chunk of a document's content with hash ``digest``."""
+    return f"{document_id}:{digest[:12]}:{n}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Operation:
+    """The progress of one upsert's indexing.
+
+    Attributes:
+        operation_id: Its id (``operations/{operation_id}``).
+        collection_id: The document's collection.
+        document_id: The document.
+        content_hash: The content being indexed.
+        state: The stage.
+        chunk_count: Chunks cut (0 before chunking).
+        embedded_count: Chunks embedded so far.
+        attempts: Tries so far.
+        unchanged: Nothing had to be done.
+        created_ms: When the upsert was accepted.
+        updated_ms: When the progress last changed.
+        error_code: google.rpc.Code number of a failure (0 when none).
+        error_reason: Stable reason of a failure.
+        error_message: Failure text for people.
+    """
+
+    operation_id: str
+    collection_id: str
+    document_id: str
+    content_hash: str
+    state: OpState
+    chunk_count: int = 0
+    embedded_count: int = 0
+    attempts: int = 0
+    unchanged: bool = False
+    created_ms: int = 0
+    updated_ms: int = 0
+    error_code: int = 0
+    error_reason: str = ""
+    error_message: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"operations/{self.operation_id}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Filter:
+    """One metadata condition of a search (already checked against the collection)."""
+
+    field: str
+    op: Op
+    value: Any = None
+    values: Sequence[Any] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchOptions:
+    """A search, with every default applied.
+
+    Attributes:
+        query: The query text.
+        top_k: Results wanted.
+        mode: Indexes used.
+        fusion: Fusion method for hybrid search.
+        keyword_weight: Weight of the keyword ranking in the fusion (0 to 1).
+        rrf_k: RRF's rank offset.
+        filters: Conditions every result meets.
+        mmr: Whether MMR re-ranks the fused candidates.
+        mmr_lambda: MMR's relevance weight.
+        feedback_count: Top results the pseudo-relevance feedback round uses (0: none).
+        group_by_document: One result per document (its best chunk).
+        query_vector: The query embedding (None for keyword search).
+    """
+
+    query: str
+    top_k: int = 10
+    mode: Mode = Mode.HYBRID
+    fusion: FusionMethod = FusionMethod.WEIGHTED
+    keyword_weight: float = 0.5
+    rrf_k: int = 60
+    filters: Sequence[Filter] = ()
+    mmr: bool = False
+    mmr_lambda: float = 0.7
+    feedback_count: int = 0
+    group_by_document: bool = False
+    query_vector: Any = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Hit:
+    """One search result.
+
+    Attributes:
+        chunk: The chunk (its vector included).
+        score: The ranking score.
+        vector_score: Cosine similarity to the query (-1 when not computed).
+        keyword_score: BM25 score (0 when not computed or no match).
+    """
+
+    chunk: Chunk
+    score: float
+    vector_score: float
+    keyword_score: float
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchOutcome:
+    """What a search found: the hits, best first, and how many chunks passed the filters."""
+
+    hits: list[Hit]
+    candidate_count: int
