@@ -233,6 +233,10 @@ def main(argv: list[str] | None = None) -> int:
 
     budget_admin.add_commands(sub)
 
+    from tollway.prompts import admin as prompts_admin
+
+    prompts_admin.add_commands(sub)
+
     args = parser.parse_args(argv)
     from tollway.mesh.errors import TollwayError
 

@@ -139,10 +139,14 @@ class _Environment(ImmutableSandboxedEnvironment):
 
         def tracked() -> Iterator[tuple[int, str, str]]:
             offset = 0
-            for lineno, token, value in raw:
-                record.offset = offset
-                offset += len(value)
-                yield lineno, token, value
+            try:
+                for lineno, token, value in raw:
+                    record.offset = offset
+                    offset += len(value)
+                    yield lineno, token, value
+            except TemplateSyntaxError:
+                record.offset = offset  # the lexer stopped right after the last token it read
+                raise
             record.offset = offset
 
         return TokenStream(self.lexer.wrap(tracked(), name, filename), name, filename)
