@@ -345,7 +345,8 @@ def _openai_error_response() -> dict[str, Any]:
     return {"description": "An error.", "content": {"application/json": {"schema": {"$ref": _REF + "openai.Error"}}}}
 
 
-def _cache_header(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+def _request_header(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    """An optional request header of the OpenAI surface (Tollway's extensions to OpenAI's body)."""
     return {"name": name, "in": "header", "required": False, "schema": schema, "description": description}
 
 
@@ -356,6 +357,8 @@ _TOLLWAY_HEADERS = {
         ("x-tollway-provider", "The provider that answered."),
         ("x-tollway-cache-tier", "none, miss, exact, semantic or stale."),
         ("x-tollway-degraded", "true when a stale answer was served because every provider failed."),
+        ("x-tollway-model", "The model that answered."),
+        ("x-tollway-fallback", "The models tried and left before it, joined by ' > ', or 'none'."),
     )
 }
 
@@ -366,12 +369,23 @@ _OPENAI_PATHS: dict[str, Any] = {
             "summary": "OpenAI Chat Completions, answered by the gateway; `stream: true` answers Server-Sent Events.",
             "tags": ["openai"],
             "parameters": [
-                _cache_header(
+                _request_header(
                     "x-tollway-cache-mode",
                     {"type": "string", "enum": ["default", "bypass", "refresh"]},
                     "How this request uses the response cache.",
                 ),
-                _cache_header("x-tollway-cache-namespace", {"type": "string"}, "The cache namespace."),
+                _request_header("x-tollway-cache-namespace", {"type": "string"}, "The cache namespace."),
+                _request_header(
+                    "x-tollway-priority",
+                    {"type": "string", "enum": ["interactive", "normal", "batch"]},
+                    "The request's budget priority (default: the key's, else the plan's).",
+                ),
+                _request_header("x-tollway-conversation-id", {"type": "string"}, "The conversation, for budgets."),
+                _request_header(
+                    "x-tollway-allow-fallback",
+                    {"type": "string", "enum": ["true", "false", "1", "0", "yes", "no"]},
+                    "Whether another model than the one asked for may answer.",
+                ),
             ],
             "requestBody": {
                 "required": True,
