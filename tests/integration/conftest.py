@@ -146,13 +146,15 @@ def stack(run_dir: Path, catalog: Path, namespaces: Path, budget_plans: Path) ->
         "embedding",
         "openai_compat",
         "budget",
+        "prompts",
+        "retrieval",
     ]
     options = StackOptions(
         ports=dict(zip(names, free_ports(len(names)), strict=True)),
         run_dir=run_dir,
         catalog=catalog,
         with_model=False,  # started on demand by `local_model`
-        services=("gateway", "router", "openai_compat", "cache", "embedding", "budget"),
+        services=("gateway", "router", "openai_compat", "cache", "embedding", "budget", "prompts", "retrieval"),
         env={"TOLLWAY_CACHE_NAMESPACES_PATH": str(namespaces), "TOLLWAY_BUDGET_PLANS": str(budget_plans)},
         startup_timeout_s=60,
     )

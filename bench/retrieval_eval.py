@@ -1,0 +1,300 @@
+"""Retrieval quality through the running retrieval service: nDCG@10 and recall@100.
+
+    .venv/bin/python bench/retrieval_eval.py                      # both sets, own Redis + services
+    .venv/bin/python bench/retrieval_eval.py --sets squad --redis-url redis://127.0.0.1:6399/0
+
+The collections are read from ``../shared/data/`` (BEIR layout; never copied into the
+project): ``beir-scifact`` (5,183 abstracts, the 775 dev claims, CC BY-NC 2.0: evaluation
+only) and ``squad2-cs224n`` (1,216 paragraphs, the 8,027 dev questions, CC BY-SA 4.0).
+
+Only the dev part of each set is distributed here, so the dev queries are split once more,
+by group, into a *tune* half and a *held-out* half (SciFact: claims grouped by their first
+cited abstract; SQuAD: questions grouped by article; a group's side is the parity of a
+SHA-1 of its key). Every variant is measured on the tune half; the variant that wins
+there is then reported on the held-out half, which no choice looked at.
+
+The script starts a private Redis (or uses ``--redis-url``; a kept Redis makes re-runs
+cheap: unchanged documents are not re-indexed and the embedding service's cache answers
+every text it saw), the embedding service and the retrieval service, each a real gRPC
+server on a free port, ingests each corpus through UpsertDocument, waits for every
+operation, and searches through Search (the service embeds every query itself).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.support.redis_server import local_redis  # noqa: E402
+from tollway.embedding.__main__ import build as build_embedding  # noqa: E402
+from tollway.embedding.config import EmbeddingConfig  # noqa: E402
+from tollway.mesh.clients import channel  # noqa: E402
+from tollway.mesh.config import MeshConfig  # noqa: E402
+from tollway.mesh.server import create_server  # noqa: E402
+from tollway.retrieval.__main__ import build as build_retrieval  # noqa: E402
+from tollway.retrieval.config import RetrievalConfig  # noqa: E402
+from tollway.retrieval.v1 import retrieval_pb2 as pb  # noqa: E402
+from tollway.retrieval.v1 import retrieval_pb2_grpc  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data"
+
+
+@dataclasses.dataclass
+class Dataset:
+    name: str
+    collection: str
+    docs: dict[str, tuple[str, str]]  # id -> (title, text)
+    queries: dict[str, str]
+    qrels: dict[str, set[str]]
+    groups: dict[str, str]  # query id -> group key
+
+
+def _jsonl(path: Path) -> Iterator[dict]:  # type: ignore[type-arg]
+    with path.open() as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
+
+
+def _qrels(paths: list[Path]) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = defaultdict(set)
+    for path in paths:
+        for line in path.read_text().splitlines()[1:]:
+            q, d, score = line.split("\t")
+            if int(score) > 0:
+                out[q].add(d)
+    return out
+
+
+def load(name: str, data: Path) -> Dataset:
+    if name == "scifact":
+        root = data / "beir-scifact"
+        docs = {r["_id"]: (r["title"], r["text"]) for r in _jsonl(root / "corpus.jsonl")}
+        dev = set((root / "dev_ids.txt").read_text().split())
+        queries = {r["_id"]: r["text"] for r in _jsonl(root / "queries.jsonl") if r["_id"] in dev}
+        qrels = _qrels([root / "qrels" / "train.tsv", root / "qrels" / "test.tsv"])
+        groups = {q: min(qrels[q]) for q in queries if qrels.get(q)}
+        return Dataset("scifact", "eval-scifact-200", docs, queries, qrels, groups)
+    root = data / "squad2-cs224n"
+    corpus = list(_jsonl(root / "corpus.jsonl"))
+    docs = {r["_id"]: (r["title"], r["text"]) for r in corpus}
+    article = {r["_id"]: r["article"] for r in corpus}
+    dev = set((root / "dev_ids.txt").read_text().split())
+    queries = {r["_id"]: r["text"] for r in _jsonl(root / "queries.jsonl") if r["_id"] in dev}
+    qrels = _qrels([root / "qrels.tsv"])
+    groups = {q: article[min(qrels[q])] for q in queries if qrels.get(q)}
+    return Dataset("squad", "eval-squad-200", docs, queries, qrels, groups)
+
+
+def split(ds: Dataset) -> tuple[list[str], list[str]]:
+    """(tune, held-out) query ids: whole groups on one side, by the parity of SHA-1(group)."""
+    tune, held = [], []
+    for q in sorted(ds.groups):
+        side = hashlib.sha1(ds.groups[q].encode()).digest()[0] % 2
+        (tune if side == 0 else held).append(q)
+    return tune, held
+
+
+def ndcg_at_10(ranked: list[str], relevant: set[str]) -> float:
+    dcg = sum(1.0 / math.log2(i + 2) for i, d in enumerate(ranked[:10]) if d in relevant)
+    ideal = sum(1.0 / math.log2(i + 2) for i in range(min(10, len(relevant))))
+    return dcg / ideal if ideal else 0.0
+
+
+def recall_at_100(ranked: list[str], relevant: set[str]) -> float:
+    return len(set(ranked[:100]) & relevant) / len(relevant) if relevant else 0.0
+
+
+@contextlib.asynccontextmanager
+async def services(redis_url: str, snapshot_dir: str) -> AsyncIterator[str]:
+    """The embedding and retrieval services, real gRPC servers on free ports; yields the retrieval address."""
+    mesh = MeshConfig(redis_url=redis_url, log_level="WARNING")
+    espec, _ = build_embedding(EmbeddingConfig(port=0, lru_max_entries=50_000), mesh)
+    eserver, eport, _ = await create_server(espec, "127.0.0.1:0")
+    cfg = RetrievalConfig(port=0, embedding_addr=f"127.0.0.1:{eport}", snapshot_dir=snapshot_dir, embed_batch=16)
+    rspec, _ = build_retrieval(cfg, mesh)
+    rserver, rport, _ = await create_server(rspec, "127.0.0.1:0")
+    try:
+        yield f"127.0.0.1:{rport}"
+    finally:
+        await rserver.stop(0)
+        assert rspec.on_stop is not None
+        await rspec.on_stop()
+        await eserver.stop(0)
+        assert espec.on_stop is not None
+        await espec.on_stop()
+
+
+CHUNKING = pb.ChunkingConfig(strategy=pb.CHUNKING_STRATEGY_FIXED, max_tokens=200, overlap_tokens=32)
+
+
+async def ingest(stub: retrieval_pb2_grpc.RetrievalServiceStub, ds: Dataset) -> dict[str, float]:
+    """Upserts the corpus (unchanged documents cost nothing) and waits for every operation."""
+    try:
+        await stub.CreateCollection(
+            pb.CreateCollectionRequest(collection_id=ds.collection, collection=pb.Collection(chunking=CHUNKING))
+        )
+    except grpc.aio.AioRpcError as err:
+        if err.code() != grpc.StatusCode.ALREADY_EXISTS:
+            raise
+    started = time.perf_counter()
+    ops: list[str] = []
+    sem = asyncio.Semaphore(16)
+
+    async def upsert(doc_id: str, title: str, text: str) -> None:
+        async with sem:
+            reply = await stub.UpsertDocument(
+                pb.UpsertDocumentRequest(
+                    parent=f"collections/{ds.collection}",
+                    document_id=doc_id,
+                    document=pb.Document(title=title, text=text or title),
+                )
+            )
+            if not reply.operation.done:
+                ops.append(reply.operation.name)
+
+    await asyncio.gather(*(upsert(d, t, x) for d, (t, x) in ds.docs.items()))
+    queued = len(ops)
+    while ops:
+        still = []
+        for name in ops:
+            op = (await stub.GetOperation(pb.GetOperationRequest(name=name))).operation
+            if not op.done:
+                still.append(name)
+            elif op.HasField("error"):
+                raise RuntimeError(f"{name} failed: {op.error}")
+        ops = still
+        if ops:
+            print(f"  {ds.name}: {queued - len(ops)}/{queued} documents indexed", file=sys.stderr, flush=True)
+            await asyncio.sleep(5)
+    col = (await stub.GetCollection(pb.GetCollectionRequest(name=f"collections/{ds.collection}"))).collection
+    seconds = time.perf_counter() - started
+    return {"documents": col.document_count, "chunks": col.chunk_count, "queued": queued, "seconds": seconds}
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    label: str
+    mode: int
+    keyword_weight: float | None = None
+    fusion: int = pb.FUSION_METHOD_UNSPECIFIED
+    rrf_k: int = 0
+    feedback: int = 0
+    mmr: bool = False
+
+    def request(self, collection: str, query: str) -> pb.SearchRequest:
+        fusion = pb.Fusion(method=self.fusion, rrf_k=self.rrf_k)
+        if self.keyword_weight is not None:
+            fusion.keyword_weight = self.keyword_weight
+        rerank = pb.RerankOptions(mmr=self.mmr, feedback_count=self.feedback)
+        return pb.SearchRequest(
+            collection=f"collections/{collection}", query=query, top_k=100, mode=self.mode, fusion=fusion,
+            rerank=rerank, group_by_document=True,
+        )  # fmt: skip
+
+
+async def measure(
+    stub: retrieval_pb2_grpc.RetrievalServiceStub, ds: Dataset, qids: list[str], v: Variant, concurrency: int = 4
+) -> tuple[float, float]:
+    sem = asyncio.Semaphore(concurrency)
+    prefix = f"collections/{ds.collection}/documents/"
+
+    async def one(q: str) -> tuple[float, float]:
+        async with sem:
+            reply = await stub.Search(v.request(ds.collection, ds.queries[q]), timeout=60)
+        ranked = [r.document.removeprefix(prefix) for r in reply.results]
+        return ndcg_at_10(ranked, ds.qrels[q]), recall_at_100(ranked, ds.qrels[q])
+
+    scores = await asyncio.gather(*(one(q) for q in qids))
+    return sum(s[0] for s in scores) / len(scores), sum(s[1] for s in scores) / len(scores)
+
+
+BASE = [
+    Variant("vector (max-sim over chunks)", pb.SEARCH_MODE_VECTOR),
+    Variant("BM25 (stemmed)", pb.SEARCH_MODE_KEYWORD),
+    Variant("hybrid, weighted z-score 0.5", pb.SEARCH_MODE_HYBRID, 0.5, pb.FUSION_METHOD_WEIGHTED),
+]
+TUNING = [
+    *[Variant(f"hybrid, weighted z-score {w}", pb.SEARCH_MODE_HYBRID, w, pb.FUSION_METHOD_WEIGHTED)
+      for w in (0.3, 0.4, 0.6, 0.7)],
+    *[Variant(f"hybrid, RRF k={k}", pb.SEARCH_MODE_HYBRID, 0.5, pb.FUSION_METHOD_RRF, k) for k in (10, 60)],
+]  # fmt: skip
+
+
+def with_feedback(v: Variant, n: int) -> Variant:
+    return dataclasses.replace(v, label=f"{v.label} + PRF {n}", feedback=n)
+
+
+async def evaluate(stub: retrieval_pb2_grpc.RetrievalServiceStub, ds: Dataset, quick: bool) -> dict:  # type: ignore[type-arg]
+    tune, held = split(ds)
+    if quick:
+        tune, held = tune[:300], held[:300]
+    rows: list[dict] = []  # type: ignore[type-arg]
+    results: dict[Variant, tuple[float, float]] = {}
+    for v in BASE + TUNING:
+        results[v] = await measure(stub, ds, tune, v)
+        print(f"  {ds.name} tune  {v.label:45s} nDCG@10 {results[v][0]:.4f}  R@100 {results[v][1]:.4f}", flush=True)
+    best_fusion = max((v for v in results if v.mode == pb.SEARCH_MODE_HYBRID), key=lambda v: results[v][0])
+    for n in (3, 5):
+        v = with_feedback(best_fusion, n)
+        results[v] = await measure(stub, ds, tune, v)
+        print(f"  {ds.name} tune  {v.label:45s} nDCG@10 {results[v][0]:.4f}  R@100 {results[v][1]:.4f}", flush=True)
+    v = dataclasses.replace(best_fusion, label=f"{best_fusion.label} + MMR 0.7", mmr=True)
+    results[v] = await measure(stub, ds, tune, v)
+    print(f"  {ds.name} tune  {v.label:45s} nDCG@10 {results[v][0]:.4f}  R@100 {results[v][1]:.4f}", flush=True)
+    winner = max(results, key=lambda v: results[v][0])
+    for v in [*BASE, winner]:
+        held_scores = await measure(stub, ds, held, v)
+        rows.append({"variant": v.label, "tune": results[v], "held_out": held_scores, "winner": v == winner})
+        print(f"  {ds.name} HELD  {v.label:45s} nDCG@10 {held_scores[0]:.4f}  R@100 {held_scores[1]:.4f}", flush=True)
+    return {"tune_queries": len(tune), "held_out_queries": len(held), "tune": {v.label: r for v, r in results.items()},
+            "rows": rows}  # fmt: skip
+
+
+async def run(args: argparse.Namespace) -> None:
+    redis_ctx = contextlib.nullcontext(args.redis_url) if args.redis_url else local_redis()
+    with redis_ctx as redis_handle:
+        url = redis_handle if isinstance(redis_handle, str) else redis_handle.url
+        async with services(url, args.snapshot_dir) as target, channel(target) as ch:
+            stub = retrieval_pb2_grpc.RetrievalServiceStub(ch)
+            report = {"machine": platform.platform(), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
+            for name in args.sets.split(","):
+                ds = load(name, Path(args.data))
+                print(f"{name}: {len(ds.docs)} documents, {len(ds.queries)} dev queries", flush=True)
+                report[name] = {"ingest": await ingest(stub, ds)}
+                print(f"  ingest: {report[name]['ingest']}", flush=True)
+                report[name].update(await evaluate(stub, ds, args.quick))
+            if args.out:
+                await asyncio.to_thread(Path(args.out).write_text, json.dumps(report, indent=1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sets", default="scifact,squad", help="comma-separated: scifact, squad")
+    parser.add_argument("--data", default=str(DATA), help="the shared data folder (default ../shared/data)")
+    parser.add_argument("--redis-url", help="use this Redis (kept between runs) instead of a private one")
+    parser.add_argument("--snapshot-dir", default="", help="index snapshot directory of the retrieval service")
+    parser.add_argument("--quick", action="store_true", help="300 queries per half (a smoke run)")
+    parser.add_argument("--out", help="write the figures as JSON here")
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
