@@ -7,7 +7,6 @@ from collections.abc import Callable
 
 import grpc
 
-from tollway.mesh import clients
 from tollway.mesh import redis as mesh_redis
 from tollway.mesh.config import MeshConfig, load_config
 from tollway.mesh.server import ServiceSpec, run, serve
@@ -51,22 +50,13 @@ def build(
         bm25_b=cfg.bm25_b,
     )
     sync = IndexSync(store, params, snapshot_dir=cfg.snapshot_dir or None, follow_block_ms=cfg.follow_block_ms)
-    channels: list[grpc.aio.Channel] = []
-    embedding_client: EmbeddingClient | None = None
-    if embedder is None or catalog is None:
-        channel = clients.channel(cfg.embedding_addr, idempotent_services=["tollway.embedding.v1.EmbeddingService"])
-        channels.append(channel)
-        embedding_client = EmbeddingClient(channel, timeout_s=cfg.embed_timeout_s)
-    invalidator = None
-    if cfg.cache_addr:
-        cache_channel = clients.channel(cfg.cache_addr)
-        channels.append(cache_channel)
-        invalidator = CacheInvalidator(cache_channel)
+    embedding_client = EmbeddingClient(cfg.embedding_addr, timeout_s=cfg.embed_timeout_s)
+    invalidator = CacheInvalidator(cfg.cache_addr) if cfg.cache_addr else None
     retrieval = Retrieval(
         store,
         sync,
-        embedder or embedding_client,  # type: ignore[arg-type]
-        catalog or embedding_client,  # type: ignore[arg-type]
+        embedder or embedding_client,
+        catalog or embedding_client,
         invalidator=invalidator,
         ingest=IngestSettings(
             embed_batch=cfg.embed_batch,
@@ -97,8 +87,9 @@ def build(
 
     async def stop() -> None:
         await retrieval.stop()
-        for channel in channels:
-            await channel.close()
+        await embedding_client.close()
+        if invalidator is not None:
+            await invalidator.close()
         await client.aclose()
 
     spec = ServiceSpec(

@@ -1,5 +1,9 @@
 """The retrieval service's calls to other services, through their generated stubs only:
-EmbeddingService (chunks and queries) and CacheService (invalidation of grounded answers)."""
+EmbeddingService (chunks and queries) and CacheService (invalidation of grounded answers).
+
+Each client opens its channel on first use: a grpc.aio channel belongs to the event loop it
+was made on, and the service is built before ``serve()`` starts its loop.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import numpy as np
 
 from tollway.cache.v1 import cache_pb2, cache_pb2_grpc
 from tollway.embedding.v1 import embedding_pb2, embedding_pb2_grpc
-from tollway.mesh import propagation
+from tollway.mesh import clients, propagation
 from tollway.mesh.errors import Unavailable, from_rpc_error
 
 # EmbeddingService accepts at most this many texts per call (its default limit).
@@ -20,9 +24,24 @@ _MAX_TEXTS = 256
 class EmbeddingClient:
     """Embeds texts through EmbeddingService; implements ``ingest.Embedder`` and ``ModelCatalog``."""
 
-    def __init__(self, channel: grpc.aio.Channel, *, timeout_s: float = 60.0) -> None:
-        self.stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
+    def __init__(self, target: str, *, timeout_s: float = 60.0) -> None:
+        self.target = target
         self.timeout_s = timeout_s
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: embedding_pb2_grpc.EmbeddingServiceStub | None = None
+
+    @property
+    def stub(self) -> embedding_pb2_grpc.EmbeddingServiceStub:
+        if self._stub is None:
+            self._channel = clients.channel(self.target, idempotent_services=["tollway.embedding.v1.EmbeddingService"])
+            self._stub = embedding_pb2_grpc.EmbeddingServiceStub(self._channel)
+        return self._stub
+
+    async def close(self) -> None:
+        """Closes the channel; safe before first use and more than once."""
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel, self._stub = None, None
 
     async def embed(self, texts: Sequence[str], model: str) -> np.ndarray:
         """Unit vectors of ``texts`` (float32, one row each).
@@ -66,9 +85,24 @@ def _embedding_error(err: grpc.aio.AioRpcError) -> Exception:
 class CacheInvalidator:
     """Tells CacheService to drop entries grounded in documents; implements ``ingest.Invalidator``."""
 
-    def __init__(self, channel: grpc.aio.Channel, *, timeout_s: float = 5.0) -> None:
-        self.stub = cache_pb2_grpc.CacheServiceStub(channel)
+    def __init__(self, target: str, *, timeout_s: float = 5.0) -> None:
+        self.target = target
         self.timeout_s = timeout_s
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: cache_pb2_grpc.CacheServiceStub | None = None
+
+    @property
+    def stub(self) -> cache_pb2_grpc.CacheServiceStub:
+        if self._stub is None:
+            self._channel = clients.channel(self.target)
+            self._stub = cache_pb2_grpc.CacheServiceStub(self._channel)
+        return self._stub
+
+    async def close(self) -> None:
+        """Closes the channel; safe before first use and more than once."""
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel, self._stub = None, None
 
     async def invalidate(self, document_names: Sequence[str]) -> None:
         """Removes every cache entry grounded in any of ``document_names`` (idempotent)."""
