@@ -9,6 +9,8 @@ import grpc
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 from opentelemetry.trace import TracerProvider
 
+from tollway.mesh.inprocess import InProcessChannel, is_inprocess
+
 _KEEPALIVE = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
@@ -44,14 +46,20 @@ def channel(
     idempotent_services: Sequence[str] = (),
     tracer_provider: TracerProvider | None = None,
 ) -> grpc.aio.Channel:
-    """Opens a long-lived channel to ``target`` (``host:port``).
+    """Opens a long-lived channel to ``target`` (``host:port``, or ``inproc:<service>``).
 
     Args:
-        target: The peer address; a service's own port, or the mesh listener of Envoy.
+        target: The peer address; a service's own port, the mesh listener of Envoy, or
+            ``inproc:<service>`` for a service co-located in this process (mesh.yaml's
+            ``processes``): then the channel calls its servicer directly
+            (:mod:`tollway.mesh.inprocess`), with no socket and no serialisation, and the channel
+            options (retries, keepalive) do not apply, there being no connection to lose.
         idempotent_services: Full service names whose every method may be retried on
             UNAVAILABLE by the channel itself.
         tracer_provider: When given, each call gets a client span and carries the trace.
     """
+    if is_inprocess(target):
+        return InProcessChannel(target.removeprefix("inproc:"), tracer_provider=tracer_provider)  # type: ignore[return-value]
     options = list(_KEEPALIVE)
     if idempotent_services:
         options += [("grpc.enable_retries", 1), ("grpc.service_config", _retry_config(idempotent_services))]
