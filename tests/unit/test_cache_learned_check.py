@@ -140,3 +140,12 @@ def test_lookup_response_names_the_check_that_rejected_each_candidate() -> None:
         NamespaceStats("default", 0, 0, check_rejection_count=3, check_rejection_counts={"unit_mismatch": 3})
     )
     assert dict(stats.check_rejection_counts) == {"unit_mismatch": 3}
+
+
+def test_default_preset_runs_at_the_operating_point_the_training_chose() -> None:
+    # bench/train_learned_check.py picks the cosine and the probability together; a preset that drifted from
+    # the recorded cosine would run the model at a point nobody measured.
+    doc = json.loads(WEIGHTS_PATH.read_text())
+    assert presets.PRESETS["default"]["threshold"] == doc["operating_cosine"]["default"]
+    assert presets.verifier_for("default").learned_threshold == doc["operating_points"]["default"]
+    assert presets.PRESETS["strict"]["threshold"] >= presets.PRESETS["default"]["threshold"]

@@ -278,3 +278,53 @@ def test_ordinals_and_superlatives_are_parsed() -> None:
 def test_digit_codes_are_never_spelling_variants() -> None:
     assert not similar("1200d", "12000d")
     assert similar("negotiate", "negotiation")
+
+
+# ---------------------------------------------- issue 11: arguments swapped around a connective, chained names
+
+# Other words of the two kinds the adversarial set's last default-preset hits had (an argument pair swapped
+# around "to"/"into"/"from" in a text that repeats one of them elsewhere; one name changed inside a
+# "+"-chained stack or a name that differs only by its "++"/"#" mark).
+SWAPS_AND_CHAINS = [
+    ("role_swap", "Is a DisplayPort to HDMI cable enough for my HDMI monitor?",
+     "Is a HDMI to DisplayPort cable enough for my HDMI monitor?"),
+    ("role_swap", "I have an MP4 file: how do I convert MP4 into MOV?",
+     "I have an MP4 file: how do I convert MOV into MP4?"),
+    ("role_swap", "my Gmail inbox is full: how to forward mail from Gmail to Outlook",
+     "my Gmail inbox is full: how to forward mail from Outlook to Gmail"),
+    ("entity_swap", "cheap hosting for a Django+Celery+RabbitMQ app", "cheap hosting for a Django+Celery+Redis app"),
+    ("entity_swap", "deploy a React+Redux+Webpack app", "deploy a React+Redux+Vite app"),
+    ("entity_swap", "is Notepad++ good for writing Python", "is Notepad good for writing Python"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("rule", "query", "cached"), SWAPS_AND_CHAINS)
+def test_default_rules_reject_swaps_around_connectives_and_changed_chained_names(
+    rule: str, query: str, cached: str
+) -> None:
+    assert rejected_by(DEFAULT, query, cached) == rule
+    assert rejected_by(DEFAULT, cached, query) == rule
+
+
+SWAP_AND_CHAIN_PARAPHRASES = [
+    # A repeated word touching the connective in the same role on both sides is no swap.
+    ("which USB-C to HDMI adapter works with a USB-C laptop", "USB-C to HDMI adapter that works with my USB-C laptop"),
+    ("convert MP4 to GIF without losing MP4 quality", "how to convert MP4 to GIF without losing MP4 quality"),
+    # A chain spaced out, or its order changed, is the same stack; "C++" and "C#" stay whole.
+    ("hosting for Java+JSP sites", "hosting for Java + JSP sites"),
+    ("tutorial for a Node+Express API", "an Express+Node API tutorial"),
+    ("C++ tutorial for beginners", "a C++ tutorial for a beginner"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("query", "cached"), SWAP_AND_CHAIN_PARAPHRASES)
+def test_swap_and_chain_paraphrases_pass(query: str, cached: str) -> None:
+    assert rejected_by(DEFAULT, query, cached) is None
+    assert rejected_by(DEFAULT, cached, query) is None
+
+
+def test_names_with_a_mark_are_never_spelling_variants() -> None:
+    assert not similar("notepad++", "notepad")
+    assert not similar("f#", "f")
+    assert [t.key for t in analyze("a Tomcat+MySQL stack").tokens] == ["tomcat", "mysql", "stack"]
+    assert [t.key for t in analyze("C++ or C#").tokens] == ["c++", "c#"]

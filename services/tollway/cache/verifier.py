@@ -212,26 +212,47 @@ def _classes(query: Features, cached: Features) -> str | None:
     return None
 
 
-def _relations(features: Features) -> list[tuple[str, frozenset[str], frozenset[str]]]:
-    """(connective, left arguments, right arguments) for each directional connective in the text.
+@dataclass(frozen=True, slots=True)
+class _Relation:
+    """One directional connective and its arguments (content keys) on each side.
 
-    An argument is one of the (up to three) content words nearest to the connective on its side, inside
-    the same clause and not past another connective.
+    ``left``/``right`` are the up to three content words nearest to the connective on that side, inside the
+    same clause and not past another connective. ``near_left``/``near_right`` are the ones among them that
+    touch the connective with no other word between ("a USB-C to VGA adapter": {usb, c} and {vga,
+    adapter}): the argument itself, not a word of the clause around it.
     """
+
+    connective: str
+    left: frozenset[str]
+    right: frozenset[str]
+    near_left: frozenset[str]
+    near_right: frozenset[str]
+
+
+def _relations(features: Features) -> list[_Relation]:
+    """The relations of each directional connective in the text (see :class:`_Relation`)."""
     by_position = {token.position: token.key for token in features.tokens}
     relations = []
     for index, word in enumerate(features.words):
         if word not in DIRECTIONAL:
             continue
         left: list[str] = []
+        near_left: list[str] = []
+        touching = True
         j = index - 1
         while j >= 0 and len(left) < _ARGUMENT_WIDTH and features.words[j] not in DIRECTIONAL:
             if j in by_position:
                 left.append(by_position[j])
+                if touching:
+                    near_left.append(by_position[j])
+            else:
+                touching = False
             if j in features.clause_starts:
                 break
             j -= 1
         right: list[str] = []
+        near_right: list[str] = []
+        touching = True
         j = index + 1
         while (
             j < len(features.words)
@@ -241,9 +262,15 @@ def _relations(features: Features) -> list[tuple[str, frozenset[str], frozenset[
         ):
             if j in by_position:
                 right.append(by_position[j])
+                if touching:
+                    near_right.append(by_position[j])
+            else:
+                touching = False
             j += 1
         if left and right:
-            relations.append((word, frozenset(left), frozenset(right)))
+            relations.append(
+                _Relation(word, frozenset(left), frozenset(right), frozenset(near_left), frozenset(near_right))
+            )
     return relations
 
 
@@ -256,18 +283,28 @@ def _once(features: Features) -> set[str]:
 
 
 def _role_swap(query: Features, cached: Features) -> str | None:
-    # Only words said once in each text can be told apart by position; in long texts that repeat words
-    # across clauses any order test would fire on paraphrases.
+    # A word said once in each text can be placed anywhere in the argument window; in long texts that
+    # repeat words across clauses any looser order test would fire on paraphrases. A repeated word is
+    # placed only where it touches the connective in both texts ("my USB type C phone ... a USB-C to VGA
+    # adapter" vs "... a VGA to USB-C adapter"): there it is the argument, whatever else the text says.
     unique = _once(query) & _once(cached)
     cached_relations = _relations(cached)
-    for connective, q_left, q_right in _relations(query):
-        for c_connective, c_left, c_right in cached_relations:
-            if connective != c_connective:
+    for q in _relations(query):
+        for c in cached_relations:
+            if q.connective != c.connective:
                 continue
-            moved_right = ((q_left & c_right) - c_left - q_right) & unique
-            moved_left = ((q_right & c_left) - c_right - q_left) & unique
+            moved_right = {
+                key
+                for key in (q.left & c.right) - c.left - q.right
+                if key in unique or (key in q.near_left and key in c.near_right)
+            }
+            moved_left = {
+                key
+                for key in (q.right & c.left) - c.right - q.left
+                if key in unique or (key in q.near_right and key in c.near_left)
+            }
             if moved_right and moved_left:
-                return f"{_fmt(moved_right)} {connective} {_fmt(moved_left)} reversed"
+                return f"{_fmt(moved_right)} {q.connective} {_fmt(moved_left)} reversed"
     return None
 
 

@@ -40,9 +40,14 @@ _TOKEN_RE = re.compile(r"[^\W_](?:[\w'\u2019.+#-]*[\w+#])?")
 _SENTENCE_END = frozenset(".?!:;\n\"'(")
 _CLAUSE_END = _SENTENCE_END | frozenset(",)")
 _NUMERIC_RE = re.compile(r"^[\d.,/:-]+$")
+# Where a word splits into parts: dots and hyphens ("node.js", "USB-C"), and a "+" between two letters or
+# digits, which chains names ("Java+JSP+Tomcat+MySQL": a stack, each part a name of its own). A trailing
+# "+" belongs to the name ("C++", "Notepad++") and stays.
+_PART_SPLIT_RE = re.compile(r"[.-]|(?<=[^\W_])\+(?=[^\W_])")
 _DIGIT_RE = re.compile(r"\d")
 _LETTER_RE = re.compile(r"[^\W\d_]")
 _UPPER_RE = re.compile(r"[A-Z]")
+_NAME_MARK_RE = re.compile(r"[+#]")
 _FIRST_PERSON = frozenset({"I", "I'm", "I've", "I'd", "I'll"})
 _CLITIC_RE = re.compile(r"'(?:s|ve|re|ll|d|m)$|(?<=s)'$")
 # A number glued to a unit, magnitude or ordinal suffix ("10GB", "5mg", "2nd"): a quantity, not a name.
@@ -183,6 +188,8 @@ def similar(left: str, right: str) -> bool:
         return True
     if _DIGIT_RE.search(left) or _DIGIT_RE.search(right):
         return False  # "1200d"/"12000d", "k8s"/"k3s": codes differ by the one character that matters
+    if _NAME_MARK_RE.search(left) or _NAME_MARK_RE.search(right):
+        return False  # "notepad++"/"notepad", "f#"/"f": the mark makes another product, not a spelling
     shorter = min(len(left), len(right))
     prefix = 0
     for a, b in zip(left, right, strict=False):
@@ -269,8 +276,8 @@ def analyze(text: str) -> Features:
         surface = match.group().replace("\u2019", "'")  # typographic apostrophe
         # Split dotted and hyphenated names into parts, but keep numbers and "u.s."-style abbreviations.
         lower = surface.lower()
-        if ("." in surface or "-" in surface) and not _NUMERIC_RE.match(surface) and lower not in ABBREVIATIONS:
-            parts = [p for p in re.split(r"[.-]", surface) if p]
+        if _PART_SPLIT_RE.search(surface) and not _NUMERIC_RE.match(surface) and lower not in ABBREVIATIONS:
+            parts = [p for p in _PART_SPLIT_RE.split(surface) if p]
         else:
             parts = [surface]
         for index, part in enumerate(parts):
