@@ -27,7 +27,7 @@ from tollway.common.route import RouteStarted
 from tollway.common.v1 import common_pb2
 from tollway.mesh import errors
 from tollway.mesh.errors import from_rpc_error
-from tollway.router.breaker import CLOSED, HALF_OPEN, OPEN, Breakers, BreakerSettings
+from tollway.router.breaker import CLOSED, HALF_OPEN, OPEN, Breakers, BreakerSettings, Permit
 from tollway.router.engine import Router
 from tollway.router.providers.openai_compat import OpenAICompatAdapter
 from tollway.router.store import RedisBreakerStore
@@ -373,3 +373,111 @@ async def test_two_router_processes_share_the_breaker(redis_server: RedisServer,
     finally:
         a.stop()
         b.stop()
+
+
+# -- a refused connection: the short cooldown -------------------------------------------
+
+# The full cooldown is long enough that a test which sees a probe granted can only have seen
+# the short one.
+SHORT = dataclasses.replace(FAST, cooldown_s=30.0, refused_cooldown_s=0.2)
+
+
+async def fail_with(b: Breakers, key: str, times: int, refused: bool) -> None:
+    for _ in range(times):
+        permit = await b.acquire(key)
+        assert permit.allowed
+        detail = "CONNECTION: cannot connect: Connection refused" if refused else "TIMEOUT: no first token"
+        await b.record(permit, ok=False, detail=detail, refused=refused)
+
+
+async def _cooldown_ms(b: Breakers, key: str) -> int:
+    snap = (await b.snapshots([key]))[0]
+    assert snap.state == OPEN
+    return snap.next_probe_at_ms - snap.opened_at_ms
+
+
+async def test_refused_connections_open_it_for_the_short_cooldown(client: aioredis.Redis) -> None:
+    b, key = board(client, SHORT), name()
+    await fail_with(b, key, 3, refused=True)
+    assert await _cooldown_ms(b, key) == 200
+    refused = await b.acquire(key)
+    assert not refused.allowed and 0 < refused.retry_in_s <= 0.2  # what CIRCUIT_OPEN's retry-after says
+    probe = await eventually(lambda: _probe_granted(b, key), what="a probe after the short cooldown")
+    assert probe
+    [t] = await b.transitions(1, breaker=key)
+    assert (t.from_state, t.to_state) == (OPEN, HALF_OPEN) and "200 ms" in t.reason
+
+
+async def _probe(b: Breakers, key: str) -> Permit | None:
+    permit = await b.acquire(key)
+    return permit if permit.probe else None
+
+
+async def test_a_refused_probe_reopens_it_for_the_short_cooldown_again(client: aioredis.Redis) -> None:
+    b, key = board(client, SHORT), name()
+    await fail_with(b, key, 3, refused=True)
+    for _ in range(2):  # a server that stays down is probed again and again, cheaply
+        probe = await eventually(lambda: _probe(b, key), what="a probe after the short cooldown")
+        await b.record(probe, ok=False, detail="CONNECTION: refused", refused=True)
+        assert await _cooldown_ms(b, key) == 200
+
+
+async def test_failures_that_cost_the_provider_keep_the_full_cooldown(client: aioredis.Redis) -> None:
+    b, key = board(client, SHORT), name()
+    await fail_with(b, key, 3, refused=False)
+    assert await _cooldown_ms(b, key) == 30_000
+
+    # A probe that reached a server which then failed it (refusals had opened the breaker)
+    # says the server is up but unwell: the full cooldown this time.
+    other = name()
+    await fail_with(b, other, 3, refused=True)
+    probe = await eventually(lambda: _probe(b, other), what="a probe after the short cooldown")
+    await b.record(probe, ok=False, detail="SERVER_ERROR: HTTP 500")
+    assert await _cooldown_ms(b, other) == 30_000
+
+
+async def test_a_provider_restarted_on_its_port_gets_traffic_back_after_the_short_cooldown(
+    client: aioredis.Redis,
+) -> None:
+    """End to end: the router meets a dead port (refused), opens the breaker, and sends the
+    next request through once a server listens there again, well before the full cooldown."""
+    server = fake_openai.make_server()
+    port = await server.start()
+    await server.kill()  # the provider "dies": its port refuses connections
+    tag = uuid.uuid4().hex[:6]
+    catalog = parse_catalog(
+        {
+            "providers": {f"r{tag}": {"base_url": f"http://127.0.0.1:{port}/v1", "timeout_s": 5}},
+            "models": {"m": {"provider": f"r{tag}", "upstream_model": "fake-ok"}},
+        },
+        env={},
+    )
+    adapter = OpenAICompatAdapter()
+    router = Router(catalog, {"openai_compat": adapter}, breakers=board(client, SHORT))
+    request = ChatRequest("m", (ChatMessage("user", "hi"),))
+    key = f"r{tag}/m/default"
+    try:
+        while True:  # interactive requests: two refused attempts each, until the breaker opens
+            with pytest.raises(errors.Unavailable) as info:
+                [e async for e in router.generate(request)]
+            if info.value.reason == "CIRCUIT_OPEN":
+                break
+            assert "Connection refused" in info.value.message or "cannot connect" in info.value.message
+        assert await _cooldown_ms(router.breakers, key) == 200
+
+        await server.start(port)  # the supervisor restarted it on the same port
+
+        async def answered() -> bool:
+            try:
+                events = [e async for e in router.generate(request)]
+            except errors.Unavailable as exc:
+                assert exc.reason == "CIRCUIT_OPEN", exc.message  # refused by the breaker, nothing else
+                return False
+            return isinstance(events[0], RouteStarted) and events[0].model == "m"
+
+        # Far sooner than the 30 s cooldown: only the short one can let this through.
+        await eventually(answered, timeout_s=10, what="an answer from the restarted provider")
+        assert (await router.breakers.snapshots([key]))[0].state == CLOSED
+    finally:
+        await adapter.aclose()
+        await server.kill()

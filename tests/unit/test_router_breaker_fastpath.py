@@ -21,7 +21,15 @@ class RecordingStore:
         return StoreResult(decision, self.state, 0, 10_000 if self.state == OPEN else 0, 0)
 
     async def record(
-        self, name: str, token: str, ok: bool, detail: str, settings: BreakerSettings, replica: str, count: int = 1
+        self,
+        name: str,
+        token: str,
+        ok: bool,
+        detail: str,
+        settings: BreakerSettings,
+        replica: str,
+        count: int = 1,
+        refused: bool = False,
     ) -> StoreResult:
         self.calls.append(("record", ok, count))
         return StoreResult("ok", self.state, 0, 10_000 if self.state == OPEN else 0, 0)

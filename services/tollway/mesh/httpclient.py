@@ -27,6 +27,14 @@ class HttpError(Exception):
     """A transport failure: refused, reset, malformed response."""
 
 
+class HttpConnectError(HttpError):
+    """Connecting failed at once (refused, unreachable, unknown host): nothing was sent.
+
+    Kept apart from other transport failures because it is the cheapest failure to try again:
+    the peer never saw a request (a circuit breaker probes such a peer again soon).
+    """
+
+
 class HttpTimeout(HttpError):
     """Connecting or reading took longer than allowed.
 
@@ -214,7 +222,7 @@ class HttpClient:
                 f"connecting to {host}:{port} took over {timeout_s:g}s", phase="connect", timeout_s=timeout_s
             ) from exc
         except OSError as exc:
-            raise HttpError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from exc
+            raise HttpConnectError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from exc
         return _Conn(key, reader, writer)
 
     def _release(self, conn: _Conn, response: Response) -> None:
@@ -253,6 +261,7 @@ class HttpClient:
         first); otherwise it is closed, which also tells the server the client is gone.
 
         Raises:
+            HttpConnectError: Connecting failed at once; nothing was sent.
             HttpError: Connecting, sending or reading the response head failed.
             HttpTimeout: Connecting or a read took longer than allowed.
         """

@@ -46,6 +46,7 @@ def build(cfg: RouterConfig, mesh: MeshConfig | None = None) -> tuple[ServiceSpe
         window_s=cfg.breaker_window_s,
         min_requests=cfg.breaker_min_requests,
         cooldown_s=cfg.breaker_cooldown_s,
+        refused_cooldown_s=min(cfg.breaker_refused_cooldown_s, cfg.breaker_cooldown_s),
         probe_timeout_s=cfg.breaker_probe_timeout_s,
         local_view_s=cfg.breaker_local_view_s,
     )

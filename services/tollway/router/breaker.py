@@ -7,6 +7,13 @@ State machine (the shared truth lives in Redis, changed atomically by one Lua sc
     OPEN --cooldown elapsed; the next caller gets the single probe--> HALF_OPEN
     HALF_OPEN --probe succeeds--> CLOSED      HALF_OPEN --probe fails--> OPEN
 
+The cooldown depends on the failure that opened the breaker. A refused connection (the
+deployment's server is down or restarting) sent nothing, so probing it costs the provider
+nothing and fails in microseconds: such a breaker probes again after ``refused_cooldown_s``
+(0.5 s), and a restarted server gets traffic back within that time. Any other failure
+(timeout, 5xx, a cut stream) cost the provider a request and may mean it is overloaded: the
+breaker then waits the full ``cooldown_s``.
+
 While OPEN a deployment gets no calls at all, and this module remembers locally until
 when it is open, so during the cooldown a request for it costs no network call (not
 even to Redis). While CLOSED the hot path costs no Redis call either: a replica that saw
@@ -51,6 +58,8 @@ class BreakerSettings:
     window_s: Length of the error-rate window.
     min_requests: Calls needed in the window before the error rate counts.
     cooldown_s: How long an open breaker stays open before allowing one probe.
+    refused_cooldown_s: The same, when the failure that opened it was a refused connection
+        (nothing was sent, so probing again soon costs the provider nothing).
     probe_timeout_s: How long the probe may take before another caller may probe
         (covers a replica that died mid-probe).
     local_view_s: How long a closed state seen in Redis is trusted without asking again
@@ -63,6 +72,7 @@ class BreakerSettings:
     window_s: float = 30.0
     min_requests: int = 20
     cooldown_s: float = 10.0
+    refused_cooldown_s: float = 0.5
     probe_timeout_s: float = 30.0
     local_view_s: float = 1.0
     flush_interval_s: float = 0.25
@@ -136,6 +146,7 @@ class BreakerStore(Protocol):
         settings: BreakerSettings,
         replica: str,
         count: int = 1,
+        refused: bool = False,
     ) -> StoreResult: ...
 
     async def release(self, name: str, token: str) -> None: ...
@@ -266,8 +277,13 @@ class Breakers:
             return Permit(name, allowed=False, state=result.state, retry_in_s=wait)
         return Permit(name, allowed=True, probe=result.decision == "probe", state=result.state, token=token)
 
-    async def record(self, permit: Permit, ok: bool, detail: str = "") -> None:
-        """Reports the outcome of an allowed call (a failure's ``detail`` is kept for listings)."""
+    async def record(self, permit: Permit, ok: bool, detail: str = "", refused: bool = False) -> None:
+        """Reports the outcome of an allowed call (a failure's ``detail`` is kept for listings).
+
+        Args:
+            refused: The failure was a refused connection (no request was sent); if it opens
+                the breaker, the short ``refused_cooldown_s`` applies.
+        """
         if permit.local and ok:
             self._unflushed_ok[permit.name] = self._unflushed_ok.get(permit.name, 0) + 1
             if self._flush_task is None or self._flush_task.done():
@@ -280,7 +296,7 @@ class Breakers:
         try:
             async with asyncio.timeout(self._store_timeout_s):
                 result = await self.store.record(
-                    permit.name, permit.token, ok, detail[:300], self.settings, self.replica
+                    permit.name, permit.token, ok, detail[:300], self.settings, self.replica, refused=refused
                 )
         except Exception as exc:
             self._store_failed("write", permit.name, exc)

@@ -21,6 +21,9 @@ class RouterConfig:
         breaker_window_s: The error-rate window.
         breaker_min_requests: Calls needed in the window before the error rate counts.
         breaker_cooldown_s: How long an open breaker refuses calls before one probe.
+        breaker_refused_cooldown_s: The same when a refused connection opened it (the server is
+            down or restarting; a probe sends nothing, so it may come soon). At most
+            ``breaker_cooldown_s``.
         breaker_probe_timeout_s: How long a probe may run before another caller may probe.
         breaker_local_view_s: How long a replica trusts a closed state it saw in Redis before
             asking again (0: ask on every call). Calls in that time cost no Redis round trip.
@@ -45,6 +48,7 @@ class RouterConfig:
     breaker_window_s: float = 30.0
     breaker_min_requests: int = 20
     breaker_cooldown_s: float = 10.0
+    breaker_refused_cooldown_s: float = 0.5
     breaker_probe_timeout_s: float = 30.0
     breaker_refresh_s: float = 5.0
     breaker_local_view_s: float = 1.0
@@ -59,6 +63,6 @@ class RouterConfig:
             raise ValueError(f"breaker_failure_threshold is {self.breaker_failure_threshold}; it must be >= 1")
         if not 0 <= self.breaker_error_rate <= 1:
             raise ValueError(f"breaker_error_rate is {self.breaker_error_rate}; it must be in [0, 1]")
-        for name in ("breaker_window_s", "breaker_cooldown_s", "breaker_probe_timeout_s"):
+        for name in ("breaker_window_s", "breaker_cooldown_s", "breaker_refused_cooldown_s", "breaker_probe_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} is {getattr(self, name)}; it must be > 0")

@@ -307,6 +307,7 @@ class Router:
         hint: Usage | None = None
         started = False
         settled = False
+        breaker_told = False  # a probe reports its success at the first token
         ttft_ms: float | None = None
         stream = adapter.stream(request, dep)
         try:
@@ -332,6 +333,15 @@ class Router:
                 ) from None
             ttft_ms = (self._clock() - start) * 1000
             metrics.TTFT_SECONDS.labels(dep.provider, model.name).observe(ttft_ms / 1000)
+            if permit.probe:
+                # The half-open probe holds the one lease: every other caller is refused until it
+                # reports. Its first token proves the deployment answers, so it closes the breaker
+                # now; waiting for the whole answer would keep traffic away for as long as that
+                # takes. A failure later in the stream is still recorded (the breaker is closed by
+                # then, so it counts like any call's).
+                await self.breakers.record(permit, ok=True)
+                permit = dataclasses.replace(permit, probe=False)
+                breaker_told = True
             while True:
                 if isinstance(event, TextDelta):
                     if not started:
@@ -347,7 +357,7 @@ class Router:
                     calls = tools.calls()
                     usage, reported = self._final_usage(request, event.usage, hint, "".join(text), calls)
                     settled = True
-                    await self._succeeded(model, dep, permit, ttft_ms)
+                    await self._succeeded(model, dep, permit, ttft_ms, tell_breaker=not breaker_told)
                     if not started:
                         started = True
                         yield self._started(run, model, dep)
@@ -395,10 +405,13 @@ class Router:
     def _started(self, run: _Run, model: Model, dep: Deployment) -> RouteStarted:
         return RouteStarted(model.name, dep.provider, run.attempts, tuple(run.path), run.decision, dep.key)
 
-    async def _succeeded(self, model: Model, dep: Deployment, permit: Permit, ttft_ms: float) -> None:
+    async def _succeeded(
+        self, model: Model, dep: Deployment, permit: Permit, ttft_ms: float, tell_breaker: bool = True
+    ) -> None:
         metrics.ATTEMPTS.labels(dep.provider, model.name, "ok").inc()
         self.balancer.finished(dep, ok=True, ttft_ms=ttft_ms)
-        await self.breakers.record(permit, ok=True)
+        if tell_breaker:
+            await self.breakers.record(permit, ok=True)
 
     async def _failed(
         self, model: Model, dep: Deployment, permit: Permit, err: ProviderError, ttft_ms: float | None
@@ -406,7 +419,8 @@ class Router:
         metrics.ATTEMPTS.labels(dep.provider, model.name, err.kind.value).inc()
         fault = err.kind.deployment_fault
         self.balancer.finished(dep, ok=not fault, ttft_ms=ttft_ms, retry_after_s=err.retry_after_s)
-        await self.breakers.record(permit, ok=not fault, detail=f"{err.kind.value}: {err.message}")
+        detail = f"{err.kind.value}: {err.message}"
+        await self.breakers.record(permit, ok=not fault, detail=detail, refused=err.refused)
         if err.kind is ErrorKind.TIMEOUT:
             # A stall says nothing on the wire: this line is how an operator learns of it.
             timeout = err.timeout or "timeout"

@@ -3,7 +3,8 @@
 Layout (all keys share the ``{tollway:router:breakers}`` hash tag, so the script's keys
 live in one slot on a cluster too):
 
-    {tollway:router:breakers}:b:<name>    hash: state, consec, opened_at, probe, probe_until,
+    {tollway:router:breakers}:b:<name>    hash: state, consec, opened_at, cooldown (of this
+                                          opening, ms), probe, probe_until,
                                           changed_at, last_error, and per-bucket counters
                                           n:<bucket> (calls) and f:<bucket> (failures)
     {tollway:router:breakers}:names       set of every breaker name ever used
@@ -32,7 +33,8 @@ _TTL_MS = 7 * 24 * 3600 * 1000
 # ARGV: 1 op (acquire|record|release), 2 name, 3 token, 4 failure_threshold, 5 error_rate,
 #       6 window_ms, 7 min_requests, 8 cooldown_ms, 9 probe_timeout_ms, 10 bucket_ms,
 #       11 ok (1|0), 12 detail, 13 replica, 14 ttl_ms, 15 count (calls this record stands for;
-#       successes are reported in batches).
+#       successes are reported in batches), 16 refused (1|0: the failure was a refused
+#       connection), 17 refused_cooldown_ms (the cooldown of an opening caused by one).
 # Returns {decision, state, consecutive, retry_at_ms, now_ms, transitioned_from}.
 _SCRIPT = r"""
 local h, stream, names = KEYS[1], KEYS[2], KEYS[3]
@@ -42,6 +44,7 @@ local window_ms, min_requests = tonumber(ARGV[6]), tonumber(ARGV[7])
 local cooldown_ms, probe_ms, bucket_ms = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
 local ok, detail, replica, ttl = ARGV[11] == '1', ARGV[12], ARGV[13], tonumber(ARGV[14])
 local count = tonumber(ARGV[15] or '1')
+local refused, refused_cooldown_ms = ARGV[16] == '1', tonumber(ARGV[17] or ARGV[8])
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -57,10 +60,20 @@ local function move(to, reason)
              'reason', reason, 'replica', replica, 'at_ms', now)
 end
 
+-- The failure that opens the breaker sets its cooldown: a refused connection sent nothing,
+-- so it is probed again soon; anything else waits the full cooldown.
 local function open(reason)
+  local cooldown = cooldown_ms
+  if refused then
+    cooldown = math.min(cooldown_ms, refused_cooldown_ms)
+  end
   move('open', reason)
-  redis.call('HSET', h, 'opened_at', now)
+  redis.call('HSET', h, 'opened_at', now, 'cooldown', cooldown)
   redis.call('HDEL', h, 'probe', 'probe_until')
+end
+
+local function cooldown_of_opening()
+  return tonumber(redis.call('HGET', h, 'cooldown') or cooldown_ms)
 end
 
 local function window()
@@ -93,11 +106,12 @@ if op == 'acquire' then
     return reply('allow', 0)
   end
   if state == 'open' then
-    local due = tonumber(redis.call('HGET', h, 'opened_at') or '0') + cooldown_ms
+    local cooldown = cooldown_of_opening()
+    local due = tonumber(redis.call('HGET', h, 'opened_at') or '0') + cooldown
     if now < due then
       return reply('reject', due)
     end
-    move('half_open', 'cooldown of ' .. cooldown_ms .. ' ms elapsed; one probe allowed')
+    move('half_open', 'cooldown of ' .. cooldown .. ' ms elapsed; one probe allowed')
   end
   local lease = tonumber(redis.call('HGET', h, 'probe_until') or '0')
   if now >= lease then
@@ -145,7 +159,7 @@ elseif state == 'half_open' and redis.call('HGET', h, 'probe') == token then
       end
     end
     redis.call('HSET', h, 'consec', 0)
-    redis.call('HDEL', h, 'probe', 'probe_until', 'opened_at')
+    redis.call('HDEL', h, 'probe', 'probe_until', 'opened_at', 'cooldown')
   else
     open('probe failed: ' .. detail)
   end
@@ -154,7 +168,7 @@ end
 -- changes nothing: only the probe decides a half-open breaker.
 local retry_at = 0
 if state == 'open' then
-  retry_at = tonumber(redis.call('HGET', h, 'opened_at') or '0') + cooldown_ms
+  retry_at = tonumber(redis.call('HGET', h, 'opened_at') or '0') + cooldown_of_opening()
 end
 return reply('ok', retry_at)
 """
@@ -187,6 +201,7 @@ class RedisBreakerStore:
         detail: str = "",
         replica: str = "",
         count: int = 1,
+        refused: bool = False,
     ) -> StoreResult:
         raw = await self._script(
             keys=[_key(name), TRANSITIONS, NAMES],
@@ -206,6 +221,8 @@ class RedisBreakerStore:
                 replica,
                 _TTL_MS,
                 count,
+                "1" if refused else "0",
+                int(settings.refused_cooldown_s * 1000),
             ],
         )
         decision, state, consec, retry_at, now, came_from = raw
@@ -223,8 +240,11 @@ class RedisBreakerStore:
         settings: BreakerSettings,
         replica: str,
         count: int = 1,
+        refused: bool = False,
     ) -> StoreResult:
-        return await self._run("record", name, token, settings, ok=ok, detail=detail, replica=replica, count=count)
+        return await self._run(
+            "record", name, token, settings, ok=ok, detail=detail, replica=replica, count=count, refused=refused
+        )
 
     async def release(self, name: str, token: str) -> None:
         await self._run("release", name, token, BreakerSettings())
@@ -255,7 +275,8 @@ class RedisBreakerStore:
                         failed += int(value)
             state = fields.get("state", CLOSED)
             opened = int(fields.get("opened_at") or 0)
-            next_probe = opened + int(settings.cooldown_s * 1000) if state == OPEN else 0
+            cooldown = int(fields.get("cooldown") or settings.cooldown_s * 1000)
+            next_probe = opened + cooldown if state == OPEN else 0
             out.append(
                 BreakerSnapshot(
                     name=name,

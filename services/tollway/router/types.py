@@ -132,6 +132,9 @@ class ProviderError(Exception):
         message: What the provider said, or what went wrong on the wire.
         timeout: For a TIMEOUT, which catalog limit ran out: "connect_timeout_s",
             "first_token_timeout_s", "stall_timeout_s" or "timeout_s"; "" otherwise.
+        refused: For a CONNECTION, connecting failed at once (refused, unreachable): no
+            request reached the provider, so trying it again soon costs the provider nothing
+            (its breaker probes again after a short cooldown, see BreakerSettings).
     """
 
     def __init__(
@@ -143,6 +146,7 @@ class ProviderError(Exception):
         status: int = 0,
         retry_after_s: float | None = None,
         timeout: str = "",
+        refused: bool = False,
     ) -> None:
         super().__init__(f"{provider}: {message}")
         self.provider = provider
@@ -151,6 +155,7 @@ class ProviderError(Exception):
         self.retry_after_s = retry_after_s
         self.message = message
         self.timeout = timeout
+        self.refused = refused
 
     @property
     def retryable(self) -> bool:

@@ -12,7 +12,7 @@ from typing import Any
 
 from tollway.common.catalog import Deployment
 from tollway.common.chat import ChatRequest
-from tollway.mesh.httpclient import HttpClient, HttpError, HttpTimeout, Response
+from tollway.mesh.httpclient import HttpClient, HttpConnectError, HttpError, HttpTimeout, Response
 from tollway.router.types import (
     Completion,
     ErrorKind,
@@ -118,7 +118,7 @@ async def post(
 
     Transport failures, whether sending or later while the caller reads the body, come
     out as ProviderError: TIMEOUT for a timeout (``timeout`` names the setting that ran
-    out), CONNECTION for refused, reset or cut.
+    out), CONNECTION for refused, reset or cut (``refused`` set when nothing was sent).
     """
     wait = deployment.timeout_s if progress is None else deployment.ttft_timeout_s
     try:
@@ -142,7 +142,10 @@ async def post(
         ) from exc
     except HttpError as exc:
         raise ProviderError(
-            deployment.provider, f"connection to {url} failed: {exc}", kind=ErrorKind.CONNECTION
+            deployment.provider,
+            f"connection to {url} failed: {exc}",
+            kind=ErrorKind.CONNECTION,
+            refused=isinstance(exc, HttpConnectError),
         ) from exc
 
 
