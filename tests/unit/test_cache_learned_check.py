@@ -149,3 +149,29 @@ def test_default_preset_runs_at_the_operating_point_the_training_chose() -> None
     assert presets.PRESETS["default"]["threshold"] == doc["operating_cosine"]["default"]
     assert presets.verifier_for("default").learned_threshold == doc["operating_points"]["default"]
     assert presets.PRESETS["strict"]["threshold"] >= presets.PRESETS["default"]["threshold"]
+
+
+def test_nothing_under_services_imports_scikit_learn() -> None:
+    # scikit-learn is a dev requirement (training only); the service must run from the JSON weights alone.
+    import ast
+    import subprocess
+    import sys
+
+    root = Path(learned_check.__file__).resolve().parents[1]  # services/tollway
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            assert not any(n == "sklearn" or n.startswith("sklearn.") for n in names), path
+    probe = (
+        "import sys; from tollway.cache import cache, presets; "
+        "presets.verifier_for('default').check('a b c', 'a b d', 0.95); "
+        "print('sklearn' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
