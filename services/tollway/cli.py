@@ -95,6 +95,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         with_model=not args.no_model,
         redis_url=os.environ.get("TOLLWAY_REDIS_URL"),
         ports=parse_port_overrides(args.port),
+        layout=args.layout,
     )
     if args.catalog:
         options.catalog = Path(args.catalog)
@@ -195,6 +196,13 @@ def main(argv: list[str] | None = None) -> int:
         "--port", action="append", default=[], metavar="NAME=PORT", help="override a port of deploy/mesh.yaml"
     )
     up.add_argument("--run-dir", help="where logs and Redis data go (default .run/)")
+    up.add_argument(
+        "--layout",
+        choices=["colocated", "split"],
+        default="colocated",
+        help="colocated (default): deploy/mesh.yaml's process groups each run as one process, with "
+        "in-process calls between their services (the fastest here); split: one process per service",
+    )
     up.set_defaults(func=cmd_up)
 
     status = sub.add_parser(

@@ -2,6 +2,10 @@
 OpenAI server as the hosted provider. All on free ports, all stopped at the end, whatever
 happened.
 
+The layout follows `TOLLWAY_TEST_LAYOUT`: `colocated` (the default, as `make run`: deploy/mesh.yaml's
+process groups run as one process each, with in-process calls between their services, checked for
+message mutation) or `split` (one process per service). `scripts/test.sh` runs both.
+
 The local model (llama.cpp) starts only when a test marked `model` runs: the stack reserves
 its port, so the router's catalog already points at it, and the session fixture `local_model`
 starts it there on first use. `pytest -m "not model"` never starts it.
@@ -10,6 +14,7 @@ starts it there on first use. `pytest -m "not model"` never starts it.
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import tempfile
@@ -24,6 +29,9 @@ from tollway.launcher.processes import free_port, free_ports
 from tollway.launcher.stack import Stack, StackOptions
 
 ROOT = Path(__file__).resolve().parents[2]
+LAYOUT = os.environ.get("TOLLWAY_TEST_LAYOUT", "colocated")
+if LAYOUT not in ("colocated", "split"):
+    raise pytest.UsageError(f"TOLLWAY_TEST_LAYOUT has value {LAYOUT!r}; use colocated or split")
 FAKE_MODELS = ("fake-ok", "fake-words-20", "fake-gap-50", "fake-cut-mid-stream", "fake-500", "fake-429", "fake-400")
 
 
@@ -155,8 +163,14 @@ def stack(run_dir: Path, catalog: Path, namespaces: Path, budget_plans: Path) ->
         catalog=catalog,
         with_model=False,  # started on demand by `local_model`
         services=("gateway", "router", "openai_compat", "cache", "embedding", "budget", "prompts", "retrieval"),
-        env={"TOLLWAY_CACHE_NAMESPACES_PATH": str(namespaces), "TOLLWAY_BUDGET_PLANS": str(budget_plans)},
+        env={
+            "TOLLWAY_CACHE_NAMESPACES_PATH": str(namespaces),
+            "TOLLWAY_BUDGET_PLANS": str(budget_plans),
+            # Co-located calls share messages: every call checks that neither side mutates them.
+            "TOLLWAY_INPROCESS_CHECKS": "1",
+        },
         startup_timeout_s=60,
+        layout=LAYOUT,  # type: ignore[arg-type]  # checked above
     )
     with Stack(options) as running:
         yield running

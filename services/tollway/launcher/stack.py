@@ -4,6 +4,11 @@
 integration tests use it with free ports and a fake provider. Everything it started,
 it stops, in reverse order, even when starting failed half-way.
 
+The layout: `deploy/mesh.yaml`'s `processes` groups services into one process each
+(`python -m tollway.colocate`), where calls between members are in-process; `layout="split"` ignores
+the groups and starts every service alone. `tollway up` uses the file's groups; the library
+default stays split, which is what callers that stop one part by name (fault benches) expect.
+
 Once started, the stack is supervised (`tollway.launcher.supervisor`): a child that exits, whether
 a service, Redis, the local model or Envoy, is started again with backoff, on the same port and
 with the same data (Redis reloads its append-only file from the run dir). Only `stop()` ends it,
@@ -21,6 +26,7 @@ import sys
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import grpc
 import yaml
@@ -30,7 +36,8 @@ from tollway.launcher import runfile
 from tollway.launcher.processes import Child, LaunchError, port_free, spawn, wait_until
 from tollway.launcher.store import answers_ping
 from tollway.launcher.supervisor import RestartPolicy, Supervisor
-from tollway.mesh.topology import Mesh, Service, load_mesh
+from tollway.mesh.inprocess import SCHEME as INPROCESS
+from tollway.mesh.topology import Mesh, ProcessGroup, Service, load_mesh
 
 ROOT = Path(__file__).resolve().parents[3]
 # Started first: what others depend on. Services not listed start after these, before the edge.
@@ -57,6 +64,9 @@ class StackOptions:
         supervise: Restart a child that exits (`tollway.launcher.supervisor`). Off only for a
             test that wants to see a death stay a death.
         restart_policy: The backoff between restarts.
+        layout: `colocated` runs mesh.yaml's process groups (`processes`) as one process each,
+            with in-process calls between their members; `split` starts every service alone.
+            A group of which fewer than two members are started runs split.
     """
 
     mesh_path: Path = ROOT / "deploy" / "mesh.yaml"
@@ -71,6 +81,7 @@ class StackOptions:
     startup_timeout_s: float = 60.0
     supervise: bool = True
     restart_policy: RestartPolicy = dataclasses.field(default_factory=RestartPolicy)
+    layout: Literal["split", "colocated"] = "split"
 
 
 def gguf_path() -> Path:
@@ -111,6 +122,8 @@ class Stack:
 
     def __init__(self, options: StackOptions | None = None) -> None:
         self.options = options or StackOptions()
+        if self.options.layout not in ("split", "colocated"):
+            raise LaunchError(f"StackOptions.layout has value {self.options.layout!r}; use split or colocated")
         self.mesh: Mesh = load_mesh(self.options.mesh_path, ports=self.options.ports)
         self.children: list[Child] = []
         self.redis_url = self.options.redis_url or self.mesh.redis.url
@@ -127,6 +140,30 @@ class Stack:
 
     def address(self, service: str) -> str:
         return self.mesh.service(service).endpoints[0].address
+
+    def groups(self) -> tuple[ProcessGroup, ...]:
+        """The process groups this stack runs (members it starts only; none when split)."""
+        if self.options.layout == "split":
+            return ()
+        running = {s.name for s in self._services()}
+        out = []
+        for group in self.mesh.processes:
+            members = tuple(m for m in group.services if m in running)
+            if len(members) >= 2:
+                out.append(ProcessGroup(group.name, members))
+        return tuple(out)
+
+    def child_of(self, service: str) -> Child:
+        """The child process that runs ``service`` (its own, or its group's).
+
+        Raises:
+            KeyError: No started child runs it.
+        """
+        group = next((g.name for g in self.groups() if service in g.services), None)
+        for child in self.children:
+            if child.name in (service, group):
+                return child
+        raise KeyError(f"no started process runs {service!r}")
 
     @property
     def model_url(self) -> str:
@@ -172,8 +209,16 @@ class Stack:
                 self._start_redis()
             if self.options.with_model:
                 self._start_model()
+            groups = {m: g for g in self.groups() for m in g.services}
+            started_groups: set[str] = set()
             for service in self._services():
-                self._start_service(service)
+                group = groups.get(service.name)
+                if group is None:
+                    self._start_service(service)
+                elif group.name not in started_groups:
+                    # At the place of its first member in the start order.
+                    started_groups.add(group.name)
+                    self._start_group(group)
             if self.options.with_envoy:
                 self._start_envoy()
             if self.options.supervise:
@@ -320,8 +365,12 @@ class Stack:
             env[prefix + "PORT"] = str(port)
         # Who calls whom comes from mesh.yaml (`calls`), as for the k8s manifests.
         running = {s.name for s in self._services()}
+        own_group = next((g.services for g in self.groups() if service.name in g.services), ())
         for callee in service.calls:
-            if callee in running:
+            if callee in own_group:
+                # Same process: the in-process channel (tollway.mesh.inprocess), no socket.
+                env[f"{prefix}{callee.upper()}_ADDR"] = f"{INPROCESS}{callee}"
+            elif callee in running:
                 target = self.mesh.service(callee)
                 through_envoy = self.options.with_envoy and (target.replicas > 1 or target.canary is not None)
                 env[f"{prefix}{callee.upper()}_ADDR"] = (
@@ -355,6 +404,26 @@ class Stack:
             started.append(self._spawn(name, argv, env, ready=probe, what=f"serving on {endpoint.address}"))
         for child in started:
             wait_until(child, child.ready, self.options.startup_timeout_s, child.what)
+
+    def _start_group(self, group: ProcessGroup) -> None:
+        """One process for the group's members (`python -m tollway.colocate`), ready when every
+        member serves on its own port."""
+        members = [self.mesh.service(m) for m in group.services]
+        env: dict[str, str] = {}
+        for member in members:
+            env |= self._service_env(member, member.port)
+        probes: list[Callable[[], bool]] = []
+        for member in members:
+            address = member.endpoints[0].address
+            if member.protocol == "grpc":
+                probes.append(lambda a=address: _grpc_serving(a))
+            else:
+                path = member.health_path or "/healthz"
+                probes.append(lambda a=address, p=path: _http_ok(f"http://{a}{p}"))
+        argv = [sys.executable, "-m", "tollway.colocate", group.name, *group.services]
+        what = "serving " + ", ".join(f"{m.name} on {m.endpoints[0].address}" for m in members)
+        child = self._spawn(group.name, argv, env, ready=lambda: all(p() for p in probes), what=what)
+        wait_until(child, child.ready, self.options.startup_timeout_s, child.what)
 
     def _start_envoy(self) -> None:
         from tollway.edge.envoy_config import build_envoy_config

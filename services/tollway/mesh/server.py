@@ -186,6 +186,7 @@ async def serve_group(
     built = [(spec, *_build_server(spec, registry)) for spec in specs]
     running: list[tuple[ServiceSpec, grpc.aio.Server, health.aio.HealthServicer]] = []
     started: list[Companion] = []
+    waiters: set[asyncio.Future[Any]] = set()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -201,10 +202,6 @@ async def serve_group(
         waiters = {asyncio.ensure_future(server.wait_for_termination()) for _, server, _ in running}
         waiters.add(asyncio.ensure_future(stop.wait()))
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        for task in waiters:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
         log.info("shutting down", extra={"grace_s": mesh.shutdown_grace_s})
         for _, _, health_servicer in running:
             await health_servicer.enter_graceful_shutdown()
@@ -217,6 +214,12 @@ async def serve_group(
         for companion in reversed(started):
             await companion.stop(0)
         await asyncio.gather(*(server.stop(spec.mesh.shutdown_grace_s) for spec, server, _ in running))
+        # Only now: a wait_for_termination() cancelled before its server stopped would cancel the
+        # server's own shutdown future (grpc awaits it unshielded).
+        for task in waiters:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if registry is not None:
             for spec, _, _ in running:
                 registry.remove(spec.name)

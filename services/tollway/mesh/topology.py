@@ -10,6 +10,13 @@ Typical use:
     mesh = load_mesh("deploy/mesh.yaml", ports={"gateway": 40123, "edge": 40124})
     mesh.service("gateway").endpoints  # (Endpoint(host='127.0.0.1', port=40123),)
 
+Co-location: a top-level `processes:` mapping names groups of services that share one process
+(`core: [gateway, router, cache, budget, openai_compat]`). It is a deployment choice, not a code
+fork: `tollway up` starts one process per group (`tollway.colocate`), each service keeps its port
+and health there, and a caller reaches a callee of its own group through an in-process channel
+(`inproc:<service>`, `tollway.mesh.inprocess`). A service in no group runs alone, as every service
+does when the groups are ignored (the launcher's split layout, the k8s manifests).
+
 Port override keys (`ports=` mapping, or `--port NAME=PORT` on the edge generator):
   `edge`, `admin`, `mesh` (the edge's public, admin and internal listeners), `redis`, `local_model`,
   `<service>` (its first replica; later replicas follow it unless set themselves),
@@ -38,6 +45,7 @@ __all__ = [
     "LocalModel",
     "Mesh",
     "MeshError",
+    "ProcessGroup",
     "Redis",
     "Service",
     "load_mesh",
@@ -52,6 +60,7 @@ REPLICA_PORT_STEP = 100
 Protocol = Literal["grpc", "http"]
 
 _SERVICE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
+_PROCESS_NAME = re.compile(r"^[a-z][a-z0-9-]{0,40}$")
 _GRPC_SERVICE = re.compile(r"^tollway\.(?P<pkg>[a-z][a-z0-9_]*)\.v[1-9][0-9]*\.[A-Z][A-Za-z0-9]*Service$")
 _VERSION = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
 _LOOPBACK_NAMES = {"localhost"}
@@ -206,6 +215,20 @@ class K8s:
 
 
 @dataclass(frozen=True)
+class ProcessGroup:
+    """Services that share one process (mesh.yaml's `processes`).
+
+    Attributes:
+        name: The process's name (in logs, `tollway status` and the pid file); not a service's name.
+        services: Its services, in file order of `services:` (callees of one another need no order:
+            every servicer is registered before any starts).
+    """
+
+    name: str
+    services: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Mesh:
     """The whole topology. Build it with `load_mesh` or `parse_mesh`."""
 
@@ -216,6 +239,18 @@ class Mesh:
     local_model: LocalModel
     k8s: K8s
     services: tuple[Service, ...]
+    processes: tuple[ProcessGroup, ...] = ()
+
+    def process_of(self, service: str) -> ProcessGroup | None:
+        """The group `service` runs in, or None when it runs alone."""
+        for group in self.processes:
+            if service in group.services:
+                return group
+        return None
+
+    def split(self) -> Mesh:
+        """A copy with no process groups: every service in a process of its own."""
+        return dataclasses.replace(self, processes=())
 
     def service(self, name: str) -> Service:
         """Returns the service called `name` (enabled or not).
@@ -291,7 +326,7 @@ def parse_mesh(
     """
     r = _Reader(source)
     root = r.mapping(data, "")
-    r.known_keys(root, "", {"version", "host", "edge", "redis", "local_model", "k8s", "services"})
+    r.known_keys(root, "", {"version", "host", "edge", "redis", "local_model", "k8s", "services", "processes"})
     version = r.get(root, "", "version", int)
     if version != 1:
         raise r.fail("version", version, "unsupported; this loader reads version 1")
@@ -314,9 +349,10 @@ def parse_mesh(
             raise r.fail(f"services[{i}].name", s.name, f"is already used by {seen[s.name]}")
         seen[s.name] = f"services[{i}]"
 
+    processes = _parse_processes(r, r.get(root, "", "processes", dict, default={}), services)
     mesh = Mesh(
         source=source, host=host, edge=edge, redis=redis, local_model=local_model, k8s=k8s,
-        services=services,
+        services=services, processes=processes,
     )
     mesh = _apply_overrides(mesh, ports or {})
     _check_consistency(r, mesh)
@@ -486,6 +522,39 @@ def _parse_service(r: _Reader, raw: Any, k: str, host: str) -> Service:
         health_path=health_path,
         calls=tuple(r.get(raw, k, "calls", list, default=[])),
     )
+
+
+def _parse_processes(r: _Reader, raw: Mapping[str, Any], services: tuple[Service, ...]) -> tuple[ProcessGroup, ...]:
+    by_name = {s.name: s for s in services}
+    owner: dict[str, str] = {}
+    groups = []
+    for name, members in raw.items():
+        k = f"processes.{name}"
+        if not isinstance(name, str) or not _PROCESS_NAME.match(name):
+            raise r.fail("processes", name, "must be lowercase letters, digits and '-', starting with a letter")
+        if name in by_name:
+            raise r.fail("processes", name, "is a service's name; name the process apart (e.g. core)")
+        if not isinstance(members, list) or len(members) < 2:
+            raise r.fail(k, members, "must list at least two services (a service alone needs no group)")
+        for i, member in enumerate(members):
+            service = by_name.get(member) if isinstance(member, str) else None
+            if service is None:
+                raise r.fail(f"{k}[{i}]", member, f"is not a service of this mesh ({', '.join(by_name)})")
+            if not service.enabled:
+                raise r.fail(f"{k}[{i}]", member, "is not enabled")
+            if member in owner:
+                raise r.fail(f"{k}[{i}]", member, f"already runs in process {owner[member]!r}")
+            # One process holds one instance of each member: a service that needs more instances
+            # (replicas behind Envoy) or a second version (a canary) runs apart.
+            if service.replicas > 1 or service.canary is not None:
+                raise r.fail(
+                    f"{k}[{i}]", member,
+                    "has replicas or a canary; a co-located service runs one instance, so run it apart",
+                )
+            owner[member] = name
+        order = {s.name: i for i, s in enumerate(services)}
+        groups.append(ProcessGroup(name=name, services=tuple(sorted(members, key=order.__getitem__))))
+    return tuple(groups)
 
 
 def _check_consistency(r: _Reader, mesh: Mesh) -> None:
