@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from grpc_status import rpc_status
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -77,7 +78,27 @@ def _rate_limit_headers(metadata: Any) -> dict[str, str]:
     return {k: str(v) for k, v in metadata or () if k.startswith(_RATE_LIMIT_PREFIX)}
 
 
+def _gateway_unreachable(err: grpc.aio.AioRpcError) -> bool:
+    """Whether the gateway itself did not answer (down, restarting, or gone mid-call).
+
+    Every status the gateway sends carries a google.rpc.Status with its ErrorInfo (the
+    mesh's error decorator), so an UNAVAILABLE without one came from the channel: nothing
+    accepted the connection, or it broke.
+    """
+    return err.code() == grpc.StatusCode.UNAVAILABLE and rpc_status.from_call(err) is None
+
+
+def _gateway_unavailable_message(err: grpc.aio.AioRpcError) -> str:
+    # The channel's own text ("failed to connect to all addresses ...") is kept in brackets for
+    # operators, but the sentence names the part a client can wait for.
+    return f"the gateway is unavailable ({err.details() or 'no connection'}); retry shortly"
+
+
 def _rpc_error_response(err: grpc.aio.AioRpcError) -> JSONResponse:
+    if _gateway_unreachable(err):
+        return _error_response(
+            503, _gateway_unavailable_message(err), "service_unavailable", "gateway_unavailable", {"retry-after": "1"}
+        )
     status, kind = translate.HTTP_ERRORS.get(err.code(), (500, "api_error"))
     headers = _rate_limit_headers(err.trailing_metadata())
     for key, value in err.trailing_metadata() or ():
@@ -266,7 +287,10 @@ class OpenAICompatApp:
                     return
             yield b"data: [DONE]\n\n"
         except grpc.aio.AioRpcError as err:
-            body = translate.error_json(err.details() or "stream failed", "api_error", err.code().name.lower())
+            if _gateway_unreachable(err):
+                body = translate.error_json(_gateway_unavailable_message(err), "api_error", "gateway_unavailable")
+            else:
+                body = translate.error_json(err.details() or "stream failed", "api_error", err.code().name.lower())
             yield b"data: " + json.dumps(body).encode() + b"\n\n"
         finally:
             call.cancel()
