@@ -158,6 +158,7 @@ def test_committed_mesh_config_parses_into_bootstrap() -> None:
         "budget",
         "router",
         "embedding",
+        "retrieval",
         "openai_compat",
     }
 
@@ -347,6 +348,7 @@ def test_mesh_listener_routes_every_enabled_grpc_service() -> None:
         "/tollway.budget.v1.BudgetService/": "budget",
         "/tollway.router.v1.RouterService/": "router",
         "/tollway.embedding.v1.EmbeddingService/": "embedding",
+        "/tollway.retrieval.v1.RetrievalService/": "retrieval",
     }
     assert all(r["route"]["timeout"] == "0s" for r in _routes(cfg, "mesh") if "route" in r)
 
@@ -489,7 +491,7 @@ def test_cli_regenerates_identical_k8s_files(tmp_path: Path, monkeypatch: pytest
 def test_k8s_deployments_follow_the_mesh() -> None:
     mesh = _canary_mesh()
     files = build_k8s_manifests(mesh)
-    assert "retrieval.yaml" not in files  # disabled
+    assert "retrieval.yaml" in files  # one manifest per enabled service
     gateway = files["gateway.yaml"]
     stable, canary, service = gateway
     assert (stable["kind"], canary["kind"], service["kind"]) == ("Deployment", "Deployment", "Service")

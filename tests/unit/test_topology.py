@@ -55,7 +55,7 @@ def test_committed_mesh_has_the_documented_ports() -> None:
 def test_committed_mesh_enables_and_exposes_the_right_services() -> None:
     mesh = load_mesh(MESH_FILE)
     enabled = [s.name for s in mesh.enabled_services]
-    assert enabled == ["gateway", "cache", "prompts", "budget", "router", "embedding", "openai_compat"]
+    assert enabled == ["gateway", "cache", "prompts", "budget", "router", "embedding", "retrieval", "openai_compat"]
     assert {s.name for s in mesh.services if s.public} == {"gateway", "openai_compat"}
     gateway = mesh.service("gateway")
     assert gateway.grpc_services == ("tollway.gateway.v1.GatewayService",)
@@ -209,7 +209,8 @@ BAD = [
      r"services.cache.port: 50052 port is already used by services.gateway.canary.port"),
     (_set("@cache.port", 50051), r"services.cache.port: 50051 port is already used by services.gateway.port"),
     (_set("@openai_compat.name", "cache"), r"services\[7\].name: 'cache' is already used by services\[1\]"),
-    (_set("@gateway.calls", ["retrieval"]), r"services.gateway.calls\[0\]: 'retrieval' must be another enabled gRPC"),
+    (lambda doc: [_set("@retrieval.enabled", False)(doc), _set("@gateway.calls", ["retrieval"])(doc)],
+     r"services.gateway.calls\[0\]: 'retrieval' must be another enabled gRPC"),
     (_set("@gateway.calls", ["nope"]), r"services.gateway.calls\[0\]: 'nope' is not a service of this mesh"),
     (_set("@gateway.public", "yes"), r"services\[0\].public: 'yes' is not true or false"),
     (_set("@openai_compat.enabled", False), None),  # still fine: the gateway is public
