@@ -92,7 +92,7 @@ def test_injection_checking_can_be_off_or_stricter() -> None:
 
 def test_a_pluggable_classifier_is_used() -> None:
     class Always:
-        def classify(self, text: str) -> InjectionVerdict:
+        def classify(self, text: str, role: str = "user") -> InjectionVerdict:
             return InjectionVerdict(0.99, ("model",))
 
     with pytest.raises(GuardRejected, match="signals: model"):

@@ -142,7 +142,7 @@ class InputGuard:
         for i, m in enumerate(messages):
             if m.role not in _INJECTION_ROLES or not m.content:
                 continue
-            verdict = self.classifier.classify(m.content)
+            verdict = self.classifier.classify(m.content, m.role)
             if verdict.score > worst_score:
                 worst_score, worst_index, worst_signals = verdict.score, i, verdict.signals
         if worst_score < threshold:

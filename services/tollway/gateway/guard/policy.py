@@ -14,7 +14,7 @@ Shape::
             national_id: redact, secret: reject}      # redact | reject | allow
       reversible: false       # redact as [EMAIL_1] and map back in the answer
       phone_regions: [US, GB] # for numbers written without +country
-      injection: {enabled: true, threshold: 0.75, action: reject}   # or action: flag
+      injection: {enabled: true, threshold: 0.6, action: reject}   # or action: flag
       limits: {max_input_chars: 400000, max_message_chars: 200000, max_messages: 500}
       topics: {}              # name: [phrases]; a message naming one is refused
       output: {enabled: true, lookbehind_chars: 96, replacement: "[removed]",
@@ -90,7 +90,7 @@ class InjectionPolicy:
     """
 
     enabled: bool = True
-    threshold: float = dataclasses.field(default=0.75, metadata=rule(low=0, high=1, low_open=True))
+    threshold: float = dataclasses.field(default=0.6, metadata=rule(low=0, high=1, low_open=True))
     action: InjectionAction = dataclasses.field(
         default=InjectionAction.REJECT, metadata=rule(noun="an injection action")
     )
