@@ -241,6 +241,10 @@ def main(argv: list[str] | None = None) -> int:
 
     budget_admin.add_commands(sub)
 
+    from tollway.retrieval import admin as retrieval_admin
+
+    retrieval_admin.add_commands(sub)
+
     from tollway.prompts import admin as prompts_admin
 
     prompts_admin.add_commands(sub)

@@ -9,6 +9,7 @@ consumer group's pending list and that nothing was indexed twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -28,6 +29,7 @@ from tests.support.redis_server import LocalRedis, local_redis
 from tollway.cache.__main__ import build as build_cache
 from tollway.cache.config import CacheConfig
 from tollway.cache.v1 import cache_pb2, cache_pb2_grpc
+from tollway.cli import main as cli_main
 from tollway.common.v1 import common_pb2
 from tollway.embedding.__main__ import build as build_embedding
 from tollway.embedding.config import EmbeddingConfig
@@ -113,7 +115,7 @@ def _config(embedding_port: int, cache_port: int, **overrides: Any) -> Retrieval
 @pytest.fixture(scope="module")
 async def replicas(
     redis_server: LocalRedis, embedding_port: int, cache_port: int
-) -> AsyncIterator[list[tuple[retrieval_pb2_grpc.RetrievalServiceStub, Retrieval]]]:
+) -> AsyncIterator[list[tuple[retrieval_pb2_grpc.RetrievalServiceStub, Retrieval, int]]]:
     out, servers, channels = [], [], []
     for _ in range(2):
         spec, retrieval = build(_config(embedding_port, cache_port), MeshConfig(redis_url=redis_server.url))
@@ -121,7 +123,7 @@ async def replicas(
         servers.append((server, spec))
         ch = channel(f"127.0.0.1:{port}")
         channels.append(ch)
-        out.append((retrieval_pb2_grpc.RetrievalServiceStub(ch), retrieval))
+        out.append((retrieval_pb2_grpc.RetrievalServiceStub(ch), retrieval, port))
     yield out
     for ch in channels:
         await ch.close()
@@ -510,7 +512,7 @@ async def test_redelivery_after_a_commit_that_was_not_acknowledged_is_a_no_op(
 async def test_a_restarted_replica_loads_its_snapshot(
     replicas: list[Any], redis_server: LocalRedis, embedding_port: int, tmp_path: Path
 ) -> None:
-    stub, retrieval = replicas[0]
+    stub, retrieval, _ = replicas[0]
     await create(stub, "snap")
     await finished(stub, await upsert(stub, "snap", "d", "Snapshots keep the index across restarts."))
     await eventually(lambda: retrieval.sync.get("snap", retrieval.sync.entries["snap"].uid)
@@ -528,3 +530,36 @@ async def test_a_restarted_replica_loads_its_snapshot(
     for cid, entry in retrieval.sync.entries.items():
         assert sorted(fresh.sync.entries[cid].index.row_of) == sorted(entry.index.row_of)
     await spec.on_stop()
+
+
+async def test_tollway_ingest_reports_and_skips_malformed_files(replicas: list[Any], tmp_path: Path) -> None:
+    stub, _, port = replicas[0]
+    root = tmp_path / "kb"
+    (root / "guides").mkdir(parents=True)
+    (root / "guides" / "setup.md").write_text("# Setup\n\nInstall the widget with the blue cable.\n")
+    (root / "faq.html").write_text(
+        "<html><head><title>FAQ</title><script>var x = 1;</script></head><body><h1>Questions</h1>"
+        "<p>The widget runs on solar power.</p><pre>widget --start</pre></body></html>"
+    )
+    (root / "notes.txt").write_text("Plain notes about widget maintenance.")
+    (root / "broken.txt").write_bytes(b"caf\xe9 latin-1, not UTF-8")
+    (root / "empty.md").write_text("   \n")
+    (root / "ignored.pdf").write_bytes(b"%PDF")
+    out = tmp_path / "out.txt"
+
+    def run() -> int:
+        with out.open("w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+            return cli_main(["ingest", str(root), "--collection", "kb", "--target", f"127.0.0.1:{port}"])
+
+    assert await asyncio.to_thread(run) == 1  # some files failed
+    text = out.read_text()
+    assert "ingested 3 of 5 files into collections/kb (3 indexed, 0 unchanged)" in text
+    assert "skipped broken.txt: not UTF-8" in text and "skipped empty.md: no text" in text
+    docs = (await stub.ListDocuments(pb.ListDocumentsRequest(parent="collections/kb"))).documents
+    assert sorted(d.name.rsplit("/", 1)[1] for d in docs) == ["faq.html", "guides:setup.md", "notes.txt"]
+    faq = (await stub.GetDocument(pb.GetDocumentRequest(name="collections/kb/documents/faq.html"))).document
+    assert faq.title == "FAQ" and "# Questions" in faq.text and "```\nwidget --start\n```" in faq.text
+    assert "var x" not in faq.text and faq.metadata["format"] == "html"
+    assert (await search(stub, "kb", "what powers the widget"))[0] == "faq.html"
+    assert await asyncio.to_thread(run) == 1
+    assert "(0 indexed, 3 unchanged)" in out.read_text()
