@@ -96,6 +96,10 @@ GENERATE_EXCLUDE: Mapping[str, str] = {
     "request_id": "unique per request by design",
     "priority": "decides whether a budget admits the request, not what the answer is",
     "conversation_id": "budget accounting only; the messages carry the conversation itself",
+    # Never keyed as sent: a label is a pointer that moves. The gateway resolves prompt_ref
+    # first and keys the result instead (CacheRequest.of): the rendered messages and
+    # parameters, and fingerprint.prompt_template and prompt_version (the number).
+    "prompt_ref": "replaced before the key is made by the resolved template, version number and rendering",
 }
 
 _KEY_VERSION = b"tollway.cache.exact.v1\x00"

@@ -14,6 +14,8 @@ from tollway.gateway.budgeting import Budgeting
 from tollway.gateway.cache_client import CacheClient
 from tollway.gateway.config import GatewayConfig
 from tollway.gateway.lifecycle import Gateway
+from tollway.gateway.prompts_client import SERVICE_NAME as PROMPTS_SERVICE
+from tollway.gateway.prompts_client import PromptsClient
 from tollway.gateway.router_client import RouterClient
 from tollway.gateway.service import GatewayServicer
 from tollway.gateway.store import GatewayStore
@@ -86,6 +88,13 @@ def build(cfg: GatewayConfig, mesh: MeshConfig) -> ServiceSpec:
             # Settlements queued while the budget service was down, charged once it is back.
             background.every(cfg.budget_drain_interval_s, gateway.budget.drain, name="budget outbox drain")
             background.start()
+        if cfg.prompts_addr:
+            # ResolvePrompt only reads, so the channel may retry it on UNAVAILABLE.
+            prompts_channel = clients.channel(
+                cfg.prompts_addr, idempotent_services=[PROMPTS_SERVICE], tracer_provider=provider
+            )
+            channels.append(prompts_channel)
+            gateway.prompts = PromptsClient(prompts_channel, timeout_s=cfg.prompts_timeout_s)
 
     async def stop() -> None:
         await gateway.drain()

@@ -43,18 +43,43 @@ class CacheHit:
 
 @dataclasses.dataclass(frozen=True)
 class CacheRequest:
-    """Who asks, where, and how."""
+    """Who asks, where, and how.
+
+    ``prompt_template`` and ``prompt_version`` name the stored prompt the messages were
+    rendered from ("" for none). The version is the resolved number as text, never a
+    label: a new version never serves an older one's answers, and moving a label changes
+    which answers can be served.
+    """
 
     chat: ChatRequest
     namespace: str
     tenant: str
     user: str
     mode: CacheMode
+    prompt_template: str = ""
+    prompt_version: str = ""
 
     @classmethod
     def of(cls, request: GatewayRequest) -> CacheRequest:
-        """The cache's view of a gateway request."""
-        return cls(request.chat, request.cache.namespace, request.chat.tenant, request.user, request.cache.mode)
+        """The cache's view of a gateway request (after its prompt_ref was resolved)."""
+        prompt = request.prompt
+        if prompt is None:
+            return cls(request.chat, request.cache.namespace, request.chat.tenant, request.user, request.cache.mode)
+        return cls(
+            request.chat,
+            request.cache.namespace,
+            request.chat.tenant,
+            request.user,
+            request.cache.mode,
+            prompt.template,
+            str(prompt.version),
+        )
+
+    def fingerprint(self) -> cache_pb2.RequestFingerprint:
+        """The canonical request the cache keys the answer by."""
+        return codec.fingerprint_to_proto(
+            self.chat, prompt_template=self.prompt_template, prompt_version=self.prompt_version
+        )
 
 
 @dataclasses.dataclass
@@ -83,7 +108,7 @@ def lookup_request(
         namespace=req.namespace,
         tenant_id=req.tenant,
         user_id=req.user,
-        fingerprint=codec.fingerprint_to_proto(req.chat),
+        fingerprint=req.fingerprint(),
         embedding=vector or (),
         embedding_model=embedding_model if vector else "",
         mode=codec.cache_mode_to_proto(req.mode),
@@ -208,7 +233,7 @@ class CacheClient:
                     namespace=req.namespace,
                     tenant_id=req.tenant,
                     user_id=req.user,
-                    fingerprint=codec.fingerprint_to_proto(req.chat),
+                    fingerprint=req.fingerprint(),
                     embedding=vector or (),
                     embedding_model=self.embedding_model if vector else "",
                     mode=codec.cache_mode_to_proto(req.mode),

@@ -27,8 +27,8 @@ class CallRecord:
         user: The client's end-user id.
         model: The model asked for, then the model that answered.
         provider: The provider that answered ("" when none did).
-        prompt_template: The prompt template used, if any.
-        prompt_version: Its version.
+        prompt_template: The prompt template the messages were rendered from ("" for none).
+        prompt_version: The exact version of it used, a number as text (never a label).
         cache_tier: Which cache tier answered (NOT_CONSULTED when the cache was not asked).
         cache_entry: The cache entry served, on a hit.
         attempts: Provider calls the router made.
@@ -37,7 +37,8 @@ class CallRecord:
         route_method: How the router chose the model ("named", "auto", "cascade").
         route_reason: Why, in words.
         finish_reason: Why the answer ended ("" when it did not).
-        prompt_hash: A digest of the roles and contents of the messages.
+        prompt_hash: A digest of the roles and contents of the messages; with a prompt
+            template, the version's content hash (the same for every call of the version).
         input_tokens: Prompt tokens billed.
         output_tokens: Answer tokens billed.
         cached_tokens: Prompt tokens read from the provider's prompt cache.
@@ -76,9 +77,30 @@ class CallRecord:
     response_hash: str = ""
 
     @classmethod
-    def begin(cls, request_id: str, tenant: str, feature: str, user: str, model: str, prompt_hash: str) -> CallRecord:
+    def begin(
+        cls,
+        request_id: str,
+        tenant: str,
+        feature: str,
+        user: str,
+        model: str,
+        prompt_hash: str,
+        *,
+        prompt_template: str = "",
+        prompt_version: str = "",
+    ) -> CallRecord:
         """The record of a request arriving now."""
-        return cls(request_id, round(time.time(), 3), tenant, feature, user, model, prompt_hash=prompt_hash)
+        return cls(
+            request_id,
+            round(time.time(), 3),
+            tenant,
+            feature,
+            user,
+            model,
+            prompt_template=prompt_template,
+            prompt_version=prompt_version,
+            prompt_hash=prompt_hash,
+        )
 
     def stream_fields(self) -> dict[str, str]:
         """The record as the Redis stream stores it: every field, in order, as text."""

@@ -30,6 +30,9 @@ class GatewayConfig:
         budget service sends it with every reservation).
     budget_drain_interval_s: Seconds between replays of budget settlements queued while the
         budget service was down.
+    prompts_addr: Where PromptsService listens; empty runs without the prompt store (a
+        request with ``prompt_ref`` is then refused with FAILED_PRECONDITION).
+    prompts_timeout_s: Deadline of one ResolvePrompt (the channel retries UNAVAILABLE within it).
     """
 
     port: int = 50051
@@ -50,6 +53,8 @@ class GatewayConfig:
     budget_timeout_s: float = 2.0
     budget_when_unavailable: str = "refuse"
     budget_drain_interval_s: float = 1.0
+    prompts_addr: str = ""
+    prompts_timeout_s: float = 2.0
 
     def __post_init__(self) -> None:
         if self.budget_when_unavailable not in ("admit", "refuse"):
@@ -57,7 +62,7 @@ class GatewayConfig:
                 f"Config 'TOLLWAY_GATEWAY_BUDGET_WHEN_UNAVAILABLE' has value {self.budget_when_unavailable!r}. "
                 "Must be admit or refuse."
             )
-        for name in ("budget_timeout_s", "budget_drain_interval_s"):
+        for name in ("budget_timeout_s", "budget_drain_interval_s", "prompts_timeout_s"):
             value = getattr(self, name)
             if value <= 0:
                 raise ValueError(f"Config 'TOLLWAY_GATEWAY_{name.upper()}' has value {value!r}. Must be above 0.")

@@ -27,11 +27,12 @@ from tollway.gateway.budgeting import Admission, Budgeting, settlement
 from tollway.gateway.cache_client import CacheClient, CacheHit, CacheRequest
 from tollway.gateway.calllog import CallLog
 from tollway.gateway.callrecord import CallRecord
+from tollway.gateway.prompts_client import PromptsClient, ResolvedPrompt
 from tollway.gateway.request import GatewayRequest
 from tollway.gateway.router_client import RouterClient
 from tollway.gateway.store import GatewayStore
-from tollway.gateway.validation import Limits
-from tollway.mesh.errors import ResourceExhausted, TollwayError, Unavailable
+from tollway.gateway.validation import Limits, check_resolved
+from tollway.mesh.errors import FailedPrecondition, ResourceExhausted, TollwayError, Unavailable
 from tollway.mesh.streams import coalesce
 
 log = logging.getLogger("tollway.gateway")
@@ -47,7 +48,8 @@ class Started:
     ``fallback_path`` names the models left before ``model`` answered (empty when the
     requested model answered), so a caller always sees when another model stood in.
     ``budget`` is the reservation the answer runs on (None for a cached answer, or when no
-    budget applies), for the remaining-budget headers.
+    budget applies), for the remaining-budget headers. ``prompt`` is the prompt version the
+    messages were rendered from (None without a ``prompt_ref``), for the event and headers.
     """
 
     request_id: str
@@ -58,6 +60,7 @@ class Started:
     degraded: bool = False
     fallback_path: tuple[str, ...] = ()
     budget: BudgetHold | None = None
+    prompt: ResolvedPrompt | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +104,7 @@ class _Call:
     chat: ChatRequest
     start: float
     record: CallRecord
+    prompt: ResolvedPrompt | None = None
     parts: list[str] = dataclasses.field(default_factory=list)
     ttft_ms: int = 0
     usage: Usage = dataclasses.field(default_factory=Usage)
@@ -135,8 +139,10 @@ class Gateway:
         catalog: Catalog,
         cache: CacheClient | None = None,
         budget: Budgeting | None = None,
+        prompts: PromptsClient | None = None,
     ) -> None:
         self.catalog = catalog
+        self.prompts = prompts
         self.keys = keys
         self.router = router
         self.budget = budget
@@ -168,14 +174,23 @@ class Gateway:
         was produced (partial), a failure with no output releases it. A cache hit reserves
         nothing; what it saved is recorded.
 
+        A ``prompt_ref`` is resolved first (sticky per user for A/B variants) and applied:
+        the cache key, the budget estimate and the router all see the rendered request, and
+        the key holds the exact version number, so a new version or a moved label never
+        serves another version's answers. Its refusals (NOT_FOUND, INVALID_ARGUMENT naming
+        ``prompt_ref.*`` fields, UNAVAILABLE ``PROMPTS_UNAVAILABLE``) are raised as they come.
+
         Args:
             request: The checked request.
             timeout_s: Seconds the caller will wait, or None; the gateway's own request
                 timeout caps it either way.
             stream: Whether the caller streams the answer.
         """
+        start = time.perf_counter()
+        if request.prompt_ref is not None:
+            request = await self._with_prompt(request)
         chat = request.chat
-        call = _Call(chat, time.perf_counter(), self._record(request))
+        call = _Call(chat, start, self._record(request), request.prompt)
         cache_req: CacheRequest | None = None
         if self.cache is not None and request.cache.mode is not CacheMode.BYPASS:
             cache_req = CacheRequest.of(request)
@@ -242,6 +257,31 @@ class Gateway:
             self._settle(call)
             self._finish_record(call)
 
+    async def _with_prompt(self, request: GatewayRequest) -> GatewayRequest:
+        """``request`` with its prompt_ref resolved and applied, checked again as a whole.
+
+        Raises:
+            FailedPrecondition: This gateway runs without a prompt store.
+            InvalidArgument, NotFound, Unavailable: The prompt store's refusal, as it came;
+                or the request and the prompt together break a request limit.
+        """
+        ref = request.prompt_ref
+        assert ref is not None
+        if self.prompts is None:
+            raise FailedPrecondition(
+                "this gateway runs without a prompt store (TOLLWAY_GATEWAY_PROMPTS_ADDR is empty); "
+                "send messages instead of prompt_ref",
+                reason="PROMPTS_NOT_CONFIGURED",
+            )
+        # The tenant pins, the user keeps one A/B arm (the tenant does without a user).
+        prompt = await self.prompts.resolve(ref, tenant=request.chat.tenant, user=request.user)
+        chat = prompt.apply(request.chat)
+        if not chat.max_tokens:
+            # Neither the request nor the version set one: the gateway's default, as without a prompt.
+            chat = dataclasses.replace(chat, max_tokens=self.limits.default_max_tokens)
+        check_resolved(chat, self.limits, prompt.template)
+        return dataclasses.replace(request, chat=chat, prompt=prompt)
+
     def _settle(self, call: _Call) -> None:
         """Commits or releases the call's reservation, once, in a task of its own (a client
         that goes away cancels the request, never the settlement)."""
@@ -286,7 +326,15 @@ class Gateway:
                 call.started = call.routed = True
                 hold = call.admission.hold if call.admission else None
                 yield Started(
-                    call.chat.request_id, event.model, event.provider, event.attempt_count, tier, False, fallback, hold
+                    call.chat.request_id,
+                    event.model,
+                    event.provider,
+                    event.attempt_count,
+                    tier,
+                    False,
+                    fallback,
+                    hold,
+                    call.prompt,
                 )
             elif isinstance(event, RouteCompleted):
                 call.completed = True
@@ -319,7 +367,7 @@ class Gateway:
         record.model, record.provider = hit.model, hit.provider
         record.cache_tier, record.cache_entry = hit.tier, hit.entry_id
         call.started = True
-        yield Started(call.chat.request_id, hit.model, hit.provider, 0, hit.tier, degraded)
+        yield Started(call.chat.request_id, hit.model, hit.provider, 0, hit.tier, degraded, prompt=call.prompt)
         for piece in replay_pieces(hit.text) if stream else [hit.text]:
             call.first_text()
             call.parts.append(piece)
@@ -344,13 +392,27 @@ class Gateway:
     @staticmethod
     def _record(request: GatewayRequest) -> CallRecord:
         chat = request.chat
+        prompt = request.prompt
+        if prompt is None:
+            return CallRecord.begin(
+                chat.request_id,
+                chat.tenant,
+                request.feature,
+                request.user,
+                chat.model,
+                _digest(repr([(m.role, m.content) for m in chat.messages])),
+            )
+        # With a stored prompt the hash names its content (the version's content hash), so
+        # records group by prompt text whatever the variables; template and version say which.
         return CallRecord.begin(
             chat.request_id,
             chat.tenant,
             request.feature,
             request.user,
             chat.model,
-            _digest(repr([(m.role, m.content) for m in chat.messages])),
+            prompt.content_hash,
+            prompt_template=prompt.template,
+            prompt_version=str(prompt.version),
         )
 
     def _finish_record(self, call: _Call) -> None:

@@ -24,6 +24,7 @@ import grpc
 from google.protobuf import struct_pb2
 
 from tollway.common.chat import ChatMessage, ChatRequest, ResponseFormat
+from tollway.mesh import propagation
 from tollway.mesh.errors import InvalidArgument, TollwayError, Unavailable, from_rpc_error
 from tollway.prompts.v1 import prompts_pb2, prompts_pb2_grpc
 
@@ -162,11 +163,15 @@ def resolved_from_proto(resp: prompts_pb2.ResolvePromptResponse) -> ResolvedProm
     )
 
 
+# ResolvePromptRequest fields that PromptRef names differently.
+_CALLERS_NAMES = {"template_id": "template"}
+
+
 def _as_callers(err: TollwayError) -> TollwayError:
     # The prompts service names its own fields (`variables.ticket`, `label`); the gateway's
     # caller sent them inside `prompt_ref`.
     if isinstance(err, InvalidArgument):
-        violations = [(f"{FIELD}.{field}", why) for field, why in err.violations]
+        violations = [(f"{FIELD}.{_CALLERS_NAMES.get(field, field)}", why) for field, why in err.violations]
         return InvalidArgument(err.message, violations, reason=err.reason, metadata=err.metadata)
     return err
 
@@ -209,7 +214,7 @@ class PromptsClient:
         elif ref.label:
             req.label = ref.label
         try:
-            resp = await self._stub.ResolvePrompt(req, timeout=self._timeout_s)
+            resp = await self._stub.ResolvePrompt(req, timeout=self._timeout_s, metadata=propagation.outgoing())
         except grpc.aio.AioRpcError as err:
             if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise Unavailable(

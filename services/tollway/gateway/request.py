@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from tollway.common.caching import CachePolicy
 from tollway.common.chat import ChatRequest
 from tollway.mesh.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from tollway.gateway.prompts_client import PromptRef, ResolvedPrompt
 
 Priority = Literal["", "interactive", "normal", "batch"]
 PRIORITIES: tuple[Priority, ...] = ("", "interactive", "normal", "batch")
@@ -29,6 +32,9 @@ class GatewayRequest:
         api_key_id: The id of the key that authenticated the request (never the key).
         priority: How urgent the request is for budgets; "" leaves it to the tenant's plan.
         conversation_id: The conversation it belongs to, for per-conversation budgets.
+        prompt_ref: The stored prompt the request names, not yet resolved (None: none).
+        prompt: The prompt version the lifecycle resolved ``prompt_ref`` to; ``chat`` then
+            holds its rendered messages and parameters. None until resolved, or without one.
     """
 
     chat: ChatRequest
@@ -38,6 +44,8 @@ class GatewayRequest:
     api_key_id: str = ""
     priority: Priority = ""
     conversation_id: str = ""
+    prompt_ref: PromptRef | None = None
+    prompt: ResolvedPrompt | None = None
 
 
 def check_budget_fields(priority: str, conversation_id: str) -> None:

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import grpc
+from google.protobuf import json_format
 
 from tollway.common import codec
 from tollway.common.chat import ChatMessage, ChatRequest, TextDelta
@@ -15,6 +16,7 @@ from tollway.gateway.auth import Tenant
 from tollway.gateway.budget_client import rate_limit_headers, refusal_headers
 from tollway.gateway.lifecycle import Completed, Failed, Gateway, GatewayEvent, Started
 from tollway.gateway.models import list_models
+from tollway.gateway.prompts_client import PromptRef
 from tollway.gateway.request import GatewayRequest, Priority, check_budget_fields
 from tollway.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from tollway.gateway.validation import ChatRequestLike, check
@@ -37,19 +39,32 @@ def _priority(value: int, key_default: str) -> str:
     return PRIORITY_FROM_PROTO.get(value, str(value))
 
 
+def prompt_ref_from_proto(ref: gateway_pb2.PromptRef) -> PromptRef:
+    """The domain PromptRef (variables as plain JSON values; numbers are floats, as in JSON)."""
+    return PromptRef(
+        template=ref.template,
+        label=ref.label,
+        version=ref.version,
+        variables=json_format.MessageToDict(ref.variables) if ref.HasField("variables") else {},
+    )
+
+
 def request_from_proto(req: ChatRequestLike, tenant: Tenant, default_max_tokens: int) -> GatewayRequest:
     """The domain request of a checked GenerateRequest or CompleteRequest.
 
     Args:
         req: The request, already checked by :func:`tollway.gateway.validation.check`.
         tenant: Who the key belongs to.
-        default_max_tokens: The answer limit when the request sets none (0).
+        default_max_tokens: The answer limit when the request sets none (0). With a
+            ``prompt_ref`` it stays 0 here: the prompt version's own default comes first,
+            and the lifecycle fills this one in after resolving.
     """
+    with_prompt = req.HasField("prompt_ref")
     return GatewayRequest(
         chat=ChatRequest(
             model=req.model,
             messages=tuple(ChatMessage(m.role, m.content, m.name) for m in req.messages),
-            max_tokens=req.max_tokens or default_max_tokens,
+            max_tokens=req.max_tokens or (0 if with_prompt else default_max_tokens),
             temperature=req.temperature if req.HasField("temperature") else None,
             top_p=req.top_p if req.HasField("top_p") else None,
             stop=tuple(req.stop),
@@ -63,6 +78,7 @@ def request_from_proto(req: ChatRequestLike, tenant: Tenant, default_max_tokens:
         api_key_id=tenant.key_id,
         priority=_priority(req.priority, tenant.priority),  # type: ignore[arg-type]
         conversation_id=req.conversation_id,
+        prompt_ref=prompt_ref_from_proto(req.prompt_ref) if with_prompt else None,  # type: ignore[arg-type]
     )
 
 
@@ -86,13 +102,24 @@ def _completed(event: Completed) -> gateway_pb2.Completed:
     )
 
 
-async def _budget_headers(event: Started, context: grpc.aio.ServicerContext) -> None:
-    """Sends the remaining-budget headers (``x-ratelimit-*``) as initial metadata: Envoy
-    passes them on as HTTP response headers."""
-    if event.budget is not None:
-        headers = rate_limit_headers(event.budget)
-        if headers:
-            await context.send_initial_metadata(tuple(headers.items()))
+def _prompt_fields(out: gateway_pb2.Started | gateway_pb2.CompleteResponse, event: Started) -> None:
+    """Names the prompt version in ``out`` (set field by field, so an answer without a
+    prompt builds nothing extra)."""
+    assert event.prompt is not None
+    out.prompt_template = event.prompt.template
+    out.prompt_version = event.prompt.version
+    out.prompt_resolution = event.prompt.resolution
+
+
+async def _started_headers(event: Started, context: grpc.aio.ServicerContext) -> None:
+    """Sends the remaining-budget headers (``x-ratelimit-*``) and the prompt version's
+    (``x-tollway-prompt-*``) as initial metadata, in the one send gRPC allows: Envoy passes
+    them on as HTTP response headers."""
+    headers = rate_limit_headers(event.budget) if event.budget is not None else None
+    if event.prompt is not None:
+        headers = {**(headers or {}), **event.prompt.headers()}
+    if headers:
+        await context.send_initial_metadata(tuple(headers.items()))
 
 
 async def _refuse(exc: ResourceExhausted, context: grpc.aio.ServicerContext) -> None:
@@ -134,7 +161,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             ) as events:
                 async for event in events:
                     if isinstance(event, Started):
-                        await _budget_headers(event, context)
+                        await _started_headers(event, context)
                     yield event
         except ResourceExhausted as exc:
             if not _is_budget_refusal(exc):
@@ -150,7 +177,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             if isinstance(event, TextDelta):
                 yield gateway_pb2.GenerateResponse(delta=gateway_pb2.Delta(text=event.text))
             elif isinstance(event, Started):
-                yield gateway_pb2.GenerateResponse(
+                response = gateway_pb2.GenerateResponse(
                     started=gateway_pb2.Started(
                         request_id=event.request_id,
                         model=event.model,
@@ -161,6 +188,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                         fallback_path=event.fallback_path,
                     )
                 )
+                if event.prompt is not None:
+                    _prompt_fields(response.started, event)
+                yield response
             elif isinstance(event, Completed):
                 yield gateway_pb2.GenerateResponse(completed=_completed(event))
             elif isinstance(event, Failed):
@@ -188,6 +218,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 out.attempt_count = event.attempt_count
                 out.cache_tier = codec.cache_tier_to_proto(event.cache_tier)
                 out.degraded = event.degraded
+                if event.prompt is not None:
+                    _prompt_fields(out, event)
             elif isinstance(event, Completed):
                 c = _completed(event)
                 out.finish_reason = c.finish_reason

@@ -7,6 +7,7 @@ import re
 from collections.abc import Sequence
 from typing import Protocol
 
+from tollway.common.chat import ChatRequest
 from tollway.mesh.errors import InvalidArgument
 from tollway.mesh.propagation import FORWARDED
 
@@ -15,6 +16,8 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 # gRPC metadata values other than "-bin" ones are printable ASCII (what a gRPC client may send on).
 _NOT_PRINTABLE = re.compile(r"[^\x20-\x7e]")
 MAX_TOKENS_LIMIT = 32_768
+# The prompt store's ids and labels are at most 64 characters; anything longer cannot exist.
+MAX_TEMPLATE_ID_CHARS = 64
 
 
 class _Message(Protocol):
@@ -26,6 +29,14 @@ class _Message(Protocol):
 class _CachePolicy(Protocol):
     namespace: str
     mode: int
+
+
+class _PromptRef(Protocol):
+    template: str
+    label: str
+    version: int
+
+    def WhichOneof(self, name: str) -> str | None: ...
 
 
 class ChatRequestLike(Protocol):
@@ -42,6 +53,7 @@ class ChatRequestLike(Protocol):
     feature: str
     request_id: str
     cache_policy: _CachePolicy
+    prompt_ref: _PromptRef
 
     def HasField(self, name: str) -> bool: ...
 
@@ -58,12 +70,20 @@ class Limits:
 def validate(req: ChatRequestLike, limits: Limits) -> list[tuple[str, str]]:
     """Every problem with ``req`` as (field path, what to fix); empty when it is valid."""
     bad: list[tuple[str, str]] = []
+    # With a prompt_ref the prompt supplies messages (and may name the model); what the
+    # request and the prompt make together is checked again once it is resolved
+    # (check_resolved), since only then is it known.
+    with_prompt = req.HasField("prompt_ref")
+    if with_prompt:
+        bad.extend(_prompt_ref_problems(req.prompt_ref))
     if not req.model.strip():
-        bad.append(("model", "required: name a model from GET /v1/models, or 'auto'"))
+        if not with_prompt:
+            bad.append(("model", "required: name a model from GET /v1/models, or 'auto'"))
     elif len(req.model) > 128:
         bad.append(("model", "at most 128 characters"))
     if not req.messages:
-        bad.append(("messages", "at least one message is required"))
+        if not with_prompt:
+            bad.append(("messages", "at least one message is required (or a prompt_ref)"))
     elif len(req.messages) > limits.max_messages:
         bad.append(("messages", f"at most {limits.max_messages} messages, got {len(req.messages)}"))
     total = 0
@@ -95,12 +115,53 @@ def validate(req: ChatRequestLike, limits: Limits) -> list[tuple[str, str]]:
     return bad
 
 
-def check(req: ChatRequestLike, limits: Limits) -> None:
-    """Raises InvalidArgument listing every problem with ``req``."""
-    bad = validate(req, limits)
+def _prompt_ref_problems(ref: _PromptRef) -> list[tuple[str, str]]:
+    # The prompt store checks the id's spelling and the variables itself; these are the
+    # checks that need no call, so a request that cannot resolve costs no round trip.
+    bad: list[tuple[str, str]] = []
+    if not ref.template.strip():
+        bad.append(("prompt_ref.template", "required: the id of a template in the prompt store"))
+    elif len(ref.template) > MAX_TEMPLATE_ID_CHARS:
+        bad.append(("prompt_ref.template", f"at most {MAX_TEMPLATE_ID_CHARS} characters"))
+    selector = ref.WhichOneof("selector")
+    if selector == "version" and ref.version < 1:
+        bad.append(("prompt_ref.version", f"must be 1 or more, got {ref.version}"))
+    elif selector == "label" and len(ref.label) > MAX_TEMPLATE_ID_CHARS:
+        bad.append(("prompt_ref.label", f"at most {MAX_TEMPLATE_ID_CHARS} characters"))
+    return bad
+
+
+def _raise(bad: list[tuple[str, str]]) -> None:
     if bad:
         fields = ", ".join(f for f, _ in bad)
         raise InvalidArgument(f"invalid request: {bad[0][0]}: {bad[0][1]} (problems in: {fields})", bad)
+
+
+def check(req: ChatRequestLike, limits: Limits) -> None:
+    """Raises InvalidArgument listing every problem with ``req``."""
+    _raise(validate(req, limits))
+
+
+def check_resolved(chat: ChatRequest, limits: Limits, template: str) -> None:
+    """Checks what a request and its resolved prompt make together, before anything is spent.
+
+    The request's own fields were checked on arrival; this catches what only the union
+    shows: no model named by either, or rendered messages past the request limits.
+
+    Raises:
+        InvalidArgument: Listing every problem; the fields are the request's.
+    """
+    bad: list[tuple[str, str]] = []
+    if not chat.model.strip():
+        bad.append(("model", f"required: prompt template {template!r} names no model; name one in the request"))
+    if len(chat.messages) > limits.max_messages:
+        bad.append(("messages", f"at most {limits.max_messages} messages with the prompt's, got {len(chat.messages)}"))
+    total = sum(len(m.content) for m in chat.messages)
+    if total > limits.max_input_chars:
+        bad.append(("messages", f"{total} characters with the prompt's; the limit is {limits.max_input_chars}"))
+    if not 0 < chat.max_tokens <= MAX_TOKENS_LIMIT:
+        bad.append(("max_tokens", f"must be between 1 and {MAX_TOKENS_LIMIT}, got {chat.max_tokens} from the prompt"))
+    _raise(bad)
 
 
 def _read_header(key: str) -> bool:
