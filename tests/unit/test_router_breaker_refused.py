@@ -180,3 +180,12 @@ async def test_a_call_that_is_not_a_probe_reports_at_the_end() -> None:
     adapter.finish.set()
     assert isinstance(await anext(stream), RouteCompleted)
     assert [ok for ok, _, _ in store.records] == [True]
+
+
+async def test_a_call_refused_while_a_probe_runs_is_told_to_retry_soon_not_at_the_lease_end() -> None:
+    class LeaseHeld(ScriptedStore):
+        async def acquire(self, name: str, token: str, settings: BreakerSettings, replica: str) -> StoreResult:
+            return StoreResult("reject", HALF_OPEN, 0, retry_at_ms=30_000, now_ms=0)  # the lease ends in 30 s
+
+    permit = await Breakers(LeaseHeld(), BreakerSettings(local_view_s=0)).acquire("d")
+    assert not permit.allowed and permit.retry_in_s == 1.0

@@ -49,6 +49,9 @@ log = logging.getLogger("tollway.router.breaker")
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
+# The retry hint of a call refused while another caller's probe runs.
+_HALF_OPEN_RETRY_S = 1.0
+
 
 @dataclasses.dataclass(frozen=True)
 class BreakerSettings:
@@ -274,6 +277,10 @@ class Breakers:
         if result.decision == "reject":
             metrics.BREAKER_REJECTIONS.labels(name).inc()
             wait = max(0, result.retry_at_ms - result.now_ms) / 1000
+            if result.state == HALF_OPEN:
+                # Another caller's probe is in flight; the breaker closes at its first token. Its
+                # lease end (probe_timeout_s) is only the worst case, not a retry hint to give.
+                wait = min(wait, _HALF_OPEN_RETRY_S)
             return Permit(name, allowed=False, state=result.state, retry_in_s=wait)
         return Permit(name, allowed=True, probe=result.decision == "probe", state=result.state, token=token)
 
