@@ -1,10 +1,12 @@
 """CPU each process spends per request, for each kind of request: where the time goes.
 
-    .venv/bin/python bench/cpu_per_request.py [-n 1000] [target:kind ...]
+    .venv/bin/python bench/cpu_per_request.py [-n 1000] [--layout colocated|split] [target:kind ...]
 
 Starts the stack as bench/overhead.py does (zero-delay fake upstream, Envoy, gateway, router,
 cache, embedding, openai_compat), sends ``n`` sequential requests per target and reads each
-process's user+system CPU from /proc before and after. Targets are bench/overhead.py's:
+process's user+system CPU from /proc before and after. With ``--layout colocated`` (the default,
+as ``make run``) the gateway, router, cache, budget and openai_compat are one process, ``core``.
+Targets are bench/overhead.py's:
 ``tollway``, ``tollway-openai``, ``tollway-exact-hit``, ``direct``; kinds ``json`` or ``stream``.
 """
 
@@ -36,11 +38,12 @@ def cpu_seconds(pid: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=1000)
+    parser.add_argument("--layout", choices=["colocated", "split"], default="colocated")
     parser.add_argument("targets", nargs="*", default=["tollway:json", "tollway:stream", "tollway-exact-hit:json"])
     args = parser.parse_args()
     run = Path(tempfile.mkdtemp(prefix="tollway-cpu-"))
     upstream, port = overhead.start_upstream(run)
-    stack = overhead.bench_stack(run, port)
+    stack = overhead.bench_stack(run / args.layout, port, args.layout)
     try:
         stack.start()
         key, _ = asyncio.run(_create_key(stack.redis_url, "bench"))

@@ -1,11 +1,18 @@
 """What the Tollway path (Envoy -> gateway -> router) adds over calling the upstream directly,
-side by side with LiteLLM proxy against the same zero-delay upstream, in one run.
+side by side with LiteLLM proxy and the Portkey gateway against the same zero-delay upstream, in one run.
 
-    .venv/bin/python bench/overhead.py [--repeats 2] [--quick] [--baseline ../before]
+    .venv/bin/python bench/overhead.py [--repeats 2] [--quick] [--layouts colocated,split] [--baseline ../before]
 
 Starts everything it measures on free loopback ports and stops it at the end:
 - the upstream: tests/fakes/openai.py (OpenAI wire format, no delay, 20 content chunks);
-- Tollway: Redis, router, gateway, openai_compat and Envoy (the launcher, as `make run`);
+- Tollway: Redis, router, gateway, openai_compat, cache, embedding, budget and Envoy (the launcher, as
+  `make run`), once per layout: `tollway` is the co-located layout (mesh.yaml's process groups:
+  gateway, router, cache, budget and openai_compat in one process, `make run`'s), `tollway-split`
+  one process per service;
+- the Portkey gateway (one Node process) from `peers/portkey` (git-ignored, never a project
+  dependency): `npm install --prefix peers/portkey @portkey-ai/gateway@1.15.2`. It runs offline with
+  two preloads of ours in bench/peer_preloads/ (loopback only; mutable fetch headers, without which its
+  streamed answers are HTTP 500 on Node 20). Skipped with a note when absent;
 - LiteLLM proxy from its own virtualenv `peers/litellm-venv` (git-ignored, never a project
   dependency): `python3 -m venv peers/litellm-venv && peers/litellm-venv/bin/pip install 'litellm[proxy]'`.
   Skipped with a note when that venv is absent.
@@ -19,13 +26,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -37,11 +47,13 @@ sys.path.insert(0, str(ROOT))
 from bench.checkout_stack import bench_services  # noqa: E402
 from bench.httpload import Endpoint, closed_loop, sequential  # noqa: E402
 from tollway.cli import _create_key  # noqa: E402
-from tollway.launcher.processes import free_port, free_ports, spawn, wait_until  # noqa: E402
+from tollway.launcher.processes import Child, free_port, free_ports, spawn, wait_until  # noqa: E402
 from tollway.launcher.stack import Stack, StackOptions  # noqa: E402
 
 MODEL = "fake-words-20"
 LITELLM = ROOT / "peers" / "litellm-venv" / "bin" / "litellm"
+PORTKEY = ROOT / "peers" / "portkey" / "node_modules" / "@portkey-ai" / "gateway" / "build" / "start-server.js"
+PRELOADS = (ROOT / "bench" / "peer_preloads" / "loopback_only.mjs", ROOT / "bench" / "peer_preloads" / "mutable_fetch_headers.mjs")
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Say hello in one short sentence."}], "max_tokens": 32}
 # The path's own cost is measured with the response cache skipped; exact hits are measured apart.
 NO_CACHE = {**CHAT, "cache_policy": {"mode": "CACHE_MODE_BYPASS"}}
@@ -61,9 +73,16 @@ def start_upstream(run: Path) -> tuple[subprocess.Popen[bytes], int]:
     return proc, port
 
 
-def bench_stack(run: Path, upstream_port: int) -> Stack:
+def bench_stack(run: Path, upstream_port: int, layout: str = "colocated") -> Stack:
     """The stack as `make run` starts it, with the fake upstream as its only model (not started yet);
-    with the budget service when this checkout's gateway calls it."""
+    with the budget service when this checkout's gateway calls it.
+
+    Args:
+        run: Its run dir (logs, Redis data).
+        upstream_port: The fake upstream's port.
+        layout: `colocated` (mesh.yaml's process groups, as `make run`) or `split`.
+    """
+    run.mkdir(parents=True, exist_ok=True)
     services, env = bench_services(ROOT, run)
     names = ["edge", "admin", "mesh", "redis", *services]
     catalog = run / "models.yaml"
@@ -79,6 +98,7 @@ def bench_stack(run: Path, upstream_port: int) -> Stack:
             with_model=False,
             services=services,
             env={"TOLLWAY_LOG_LEVEL": "WARNING", **env},
+            layout=layout,  # type: ignore[arg-type]
         )
     )
 
@@ -159,6 +179,45 @@ general_settings:
     return child, port, key
 
 
+def start_portkey(run: Path, upstream: int) -> tuple[Child, int] | None:
+    """The Portkey gateway (Node), loopback only, with our preloads; None when not installed."""
+    node = shutil.which("node")
+    if not PORTKEY.exists() or node is None:
+        print(f"Portkey not installed at {PORTKEY} (or no node): skipping it (see the docstring)", file=sys.stderr)
+        return None
+    port = free_port()
+    argv = [node, *(f"--import={p}" for p in PRELOADS), str(PORTKEY), f"--port={port}", "--headless"]
+    child = spawn("portkey", argv, run / "logs", {"NODE_ENV": "production"}, cwd=PORTKEY.parent)
+    # Any answer means it listens (its root path has no health route of its own).
+    wait_until(child, lambda: _answers(port), 60, "listening")
+    return child, port
+
+
+def _answers(port: int) -> bool:
+    with contextlib.suppress(urllib.error.HTTPError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1).close()
+    return True
+
+
+def portkey_headers(upstream: int) -> tuple[tuple[str, str], ...]:
+    """How Portkey is told where to send a request (it routes by headers, not by a config file)."""
+    return (
+        ("x-portkey-provider", "openai"),
+        ("x-portkey-custom-host", f"http://127.0.0.1:{upstream}/v1"),
+        ("authorization", "Bearer sk-unused"),
+    )
+
+
+def rss_mib(pids: list[int]) -> float:
+    """The summed resident set size of ``pids`` (MiB), from /proc."""
+    total_kib = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total_kib += int(line.split()[1])
+    return total_kib / 1024
+
+
 def tollway_endpoints(label: str, host: str, port: int, key: str, *, exact_hits: bool) -> dict[str, dict]:
     """The Tollway targets of one stack: the native path, the OpenAI path and (optionally) exact hits."""
     auth = (("authorization", f"Bearer {key}"),)
@@ -212,7 +271,12 @@ def endpoints(
     litellm: tuple[object, int, str] | None,
     baseline: dict[str, str | int] | None = None,
     exact_hits: bool = True,
+    portkey: tuple[Child, int] | None = None,
+    split: tuple[Stack, str] | None = None,
+    label: str = "tollway",
 ) -> dict[str, dict]:
+    """Every target of the run: direct, Tollway (``label``, and ``tollway-split`` when ``split`` is
+    given), the baseline and the peers."""
     edge = stack.mesh.edge.listen
     stream = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
     out = {
@@ -228,8 +292,11 @@ def endpoints(
                 ok_marker=b"[DONE]",
             ),
         },
-        **tollway_endpoints("tollway", edge.host, edge.port, key, exact_hits=exact_hits),
+        **tollway_endpoints(label, edge.host, edge.port, key, exact_hits=exact_hits),
     }
+    if split is not None:
+        split_edge = split[0].mesh.edge.listen
+        out |= tollway_endpoints("tollway-split", split_edge.host, split_edge.port, split[1], exact_hits=False)
     if baseline is not None:
         out |= tollway_endpoints(
             "before", str(baseline["host"]), int(baseline["port"]), str(baseline["key"]), exact_hits=False
@@ -246,6 +313,22 @@ def endpoints(
                 "/v1/chat/completions",
                 stream,
                 lauth,
+                first_text_marker=b"w0 ",
+                ok_marker=b"[DONE]",
+            ),
+        }
+    if portkey is not None:
+        _, pport = portkey
+        pauth = portkey_headers(upstream)
+        out["portkey"] = {
+            "json": Endpoint("portkey", "127.0.0.1", pport, "/v1/chat/completions", CHAT, pauth, ok_marker=b"w19"),
+            "stream": Endpoint(
+                "portkey",
+                "127.0.0.1",
+                pport,
+                "/v1/chat/completions",
+                stream,
+                pauth,
                 first_text_marker=b"w0 ",
                 ok_marker=b"[DONE]",
             ),
@@ -323,29 +406,67 @@ def main() -> None:
         help="another checkout (e.g. `git worktree add ../before <ref>`), measured in the same run as 'before'",
     )
     parser.add_argument("--no-exact-hits", action="store_true", help="skip the tier-1 hit targets")
+    parser.add_argument("--no-portkey", action="store_true")
+    parser.add_argument(
+        "--layouts",
+        default="colocated,split",
+        help="Tollway layouts to start, comma-separated: colocated (`tollway`), split (`tollway-split`)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.repeats, args.n, args.stream_n, args.warmup, args.duration = 1, 100, 30, 20, 2.0
+    layouts = [x for x in args.layouts.split(",") if x]
+    if not layouts or set(layouts) - {"colocated", "split"}:
+        raise SystemExit(f"--layouts has value {args.layouts!r}; use colocated, split or both")
     run = Path(tempfile.mkdtemp(prefix="tollway-bench-"))
     upstream, port = start_upstream(run)
-    stack = bench_stack(run, port)
+    stacks = {layout: bench_stack(run / layout, port, layout) for layout in layouts}
     litellm = None
+    portkey = None
     baseline: tuple[subprocess.Popen[str], dict[str, str | int]] | None = None
     try:
-        stack.start()
-        key, _ = asyncio.run(_create_key(stack.redis_url, "bench"))
+        keys = {}
+        for layout, stack in stacks.items():
+            stack.start()
+            keys[layout] = asyncio.run(_create_key(stack.redis_url, "bench"))[0]
         litellm = None if args.no_litellm else start_litellm(run, port)
+        portkey = None if args.no_portkey else start_portkey(run, port)
         baseline = start_baseline(args.baseline, run, port) if args.baseline else None
+        first = layouts[0]
+        split = (stacks["split"], keys["split"]) if "split" in stacks and first != "split" else None
         targets = endpoints(
-            port, stack, key, litellm, baseline[1] if baseline else None, exact_hits=not args.no_exact_hits
+            port,
+            stacks[first],
+            keys[first],
+            litellm,
+            baseline[1] if baseline else None,
+            exact_hits=not args.no_exact_hits,
+            portkey=portkey,
+            split=split,
+            label="tollway" if first == "colocated" else "tollway-split",
         )
+        load_before = os.getloadavg()
         started = time.time()
         results = uvloop.run(measure(targets, args))
+        load_after = os.getloadavg()
         print(
             f"\nmachine: {os.cpu_count()} cores; run took {time.time() - started:.0f}s; "
-            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n"
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average (1, 5, 15 min) "
+            f"{' '.join(f'{x:.2f}' for x in load_before)} at the start, "
+            f"{' '.join(f'{x:.2f}' for x in load_after)} at the end\n"
         )
         print(table(results))
+        print("\nResident memory after the run (MiB, every process of each system; Tollway's without Redis):\n")
+        print("| system | processes | RSS MiB |\n|---|---|---|")
+        for layout, stack in stacks.items():
+            children = [c for c in stack.children if c.name != "redis"]
+            label = "tollway" if layout == "colocated" else "tollway-split"
+            names = ", ".join(c.name for c in children)
+            print(f"| {label} | {names} | {rss_mib([c.process.pid for c in children]):.0f} |")
+        for label, peer in (("litellm", litellm), ("portkey", portkey)):
+            if peer is not None:
+                child = peer[0]
+                print(f"| {label} | {child.name} | {rss_mib([child.process.pid]):.0f} |")  # type: ignore[attr-defined]
         if args.json:
             args.json.write_text(json.dumps(results, indent=1))
     finally:
@@ -353,7 +474,10 @@ def main() -> None:
             baseline[0].communicate("")  # closing its stdin stops that stack
         if litellm is not None:
             litellm[0].stop()  # type: ignore[attr-defined]
-        stack.stop()
+        if portkey is not None:
+            portkey[0].stop()
+        for stack in stacks.values():
+            stack.stop()
         upstream.kill()
 
 

@@ -66,7 +66,8 @@ class StackOptions:
         restart_policy: The backoff between restarts.
         layout: `colocated` runs mesh.yaml's process groups (`processes`) as one process each,
             with in-process calls between their members; `split` starts every service alone.
-            A group of which fewer than two members are started runs split.
+            A member that is not started, or has replicas or a canary, runs apart
+            (`Mesh.colocated`).
     """
 
     mesh_path: Path = ROOT / "deploy" / "mesh.yaml"
@@ -145,13 +146,7 @@ class Stack:
         """The process groups this stack runs (members it starts only; none when split)."""
         if self.options.layout == "split":
             return ()
-        running = {s.name for s in self._services()}
-        out = []
-        for group in self.mesh.processes:
-            members = tuple(m for m in group.services if m in running)
-            if len(members) >= 2:
-                out.append(ProcessGroup(group.name, members))
-        return tuple(out)
+        return self.mesh.colocated({s.name for s in self._services()})
 
     def child_of(self, service: str) -> Child:
         """The child process that runs ``service`` (its own, or its group's).

@@ -11,7 +11,8 @@ Typical use:
     mesh.service("gateway").endpoints  # (Endpoint(host='127.0.0.1', port=40123),)
 
 Co-location: a top-level `processes:` mapping names groups of services that share one process
-(`core: [gateway, router, cache, budget, openai_compat]`). It is a deployment choice, not a code
+(`core: [gateway, router, cache, budget, openai_compat]`); a member with replicas or a canary, or
+disabled, runs apart (`Mesh.colocated`). It is a deployment choice, not a code
 fork: `tollway up` starts one process per group (`tollway.colocate`), each service keeps its port
 and health there, and a caller reaches a callee of its own group through an in-process channel
 (`inproc:<service>`, `tollway.mesh.inprocess`). A service in no group runs alone, as every service
@@ -28,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -241,12 +242,31 @@ class Mesh:
     services: tuple[Service, ...]
     processes: tuple[ProcessGroup, ...] = ()
 
-    def process_of(self, service: str) -> ProcessGroup | None:
-        """The group `service` runs in, or None when it runs alone."""
+    def colocated(self, running: Iterable[str] | None = None) -> tuple[ProcessGroup, ...]:
+        """The process groups as they run: each with the members that can share a process.
+
+        A member runs apart, as if it were in no group, when it is disabled, not among ``running``
+        (the services a launcher starts), or has replicas or a canary: one process holds one
+        instance of each member, while replicas and canaries are separate instances behind Envoy.
+        A group left with fewer than two members runs none of them together.
+
+        Args:
+            running: The services started; every enabled one when None.
+        """
+        wanted = None if running is None else set(running)
+        out = []
         for group in self.processes:
-            if service in group.services:
-                return group
-        return None
+            members = tuple(
+                m
+                for m in group.services
+                if (s := self.service(m)).enabled
+                and s.replicas == 1
+                and s.canary is None
+                and (wanted is None or m in wanted)
+            )
+            if len(members) >= 2:
+                out.append(ProcessGroup(group.name, members))
+        return tuple(out)
 
     def split(self) -> Mesh:
         """A copy with no process groups: every service in a process of its own."""
@@ -540,17 +560,8 @@ def _parse_processes(r: _Reader, raw: Mapping[str, Any], services: tuple[Service
             service = by_name.get(member) if isinstance(member, str) else None
             if service is None:
                 raise r.fail(f"{k}[{i}]", member, f"is not a service of this mesh ({', '.join(by_name)})")
-            if not service.enabled:
-                raise r.fail(f"{k}[{i}]", member, "is not enabled")
             if member in owner:
                 raise r.fail(f"{k}[{i}]", member, f"already runs in process {owner[member]!r}")
-            # One process holds one instance of each member: a service that needs more instances
-            # (replicas behind Envoy) or a second version (a canary) runs apart.
-            if service.replicas > 1 or service.canary is not None:
-                raise r.fail(
-                    f"{k}[{i}]", member,
-                    "has replicas or a canary; a co-located service runs one instance, so run it apart",
-                )
             owner[member] = name
         order = {s.name: i for i, s in enumerate(services)}
         groups.append(ProcessGroup(name=name, services=tuple(sorted(members, key=order.__getitem__))))
