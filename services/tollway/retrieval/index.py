@@ -39,6 +39,7 @@ class IndexParams:
             matrix product), since an approximate search would mostly find filtered-out rows.
         bm25_k1: BM25 k1.
         bm25_b: BM25 b.
+        bigrams: Whether neighbouring word pairs are BM25 terms too.
     """
 
     m: int = 16
@@ -48,6 +49,7 @@ class IndexParams:
     exact_below: int = 4096
     bm25_k1: float = 1.2
     bm25_b: float = 0.75
+    bigrams: bool = False
 
 
 class CollectionIndex:
@@ -118,7 +120,11 @@ class CollectionIndex:
         if not fresh_pairs:
             return 0
         fresh = [chunks[i] for i in fresh_pairs]
-        toks = [tokens[i] for i in fresh_pairs] if tokens is not None else tokenize([c.indexed_text() for c in fresh])
+        toks = (
+            [tokens[i] for i in fresh_pairs]
+            if tokens is not None
+            else tokenize([c.indexed_text() for c in fresh], bigrams=self.params.bigrams)
+        )
         reuse = min(len(fresh), len(self._free))
         rows = [self._free.pop() for _ in range(reuse)]
         extra = len(fresh) - reuse

@@ -11,6 +11,7 @@ found by the vector index); removed rows are masked out at once by the caller.
 from __future__ import annotations
 
 import functools
+import itertools
 from collections import Counter
 from collections.abc import Sequence
 
@@ -26,8 +27,13 @@ def _stemmer() -> Stemmer.Stemmer:
     return Stemmer.Stemmer("english")
 
 
-def tokenize(texts: Sequence[str]) -> list[list[str]]:
-    """Lower-cased, stop-word-free, Snowball-stemmed words of each text."""
+def tokenize(texts: Sequence[str], *, bigrams: bool = False) -> list[list[str]]:
+    """Lower-cased, stop-word-free, Snowball-stemmed words of each text.
+
+    With ``bigrams``, each pair of neighbouring words (after stop words are dropped) is a
+    term too (``a_b``): a query that repeats a phrase of a chunk then scores above one that
+    only shares its words.
+    """
     if not texts:
         return []
     out = bm25s.tokenize(
@@ -39,7 +45,9 @@ def tokenize(texts: Sequence[str]) -> list[list[str]]:
         return_ids=False,
         show_progress=False,
     )
-    return [list(t) for t in out]
+    if not bigrams:
+        return [list(t) for t in out]
+    return [[*t, *(f"{a}_{b}" for a, b in itertools.pairwise(t))] for t in out]
 
 
 class KeywordModel:

@@ -83,7 +83,7 @@ class Searcher:
         if count == 0:
             return SearchOutcome([], 0)
         want = max(self.tuning.candidates, opts.top_k * (4 if opts.group_by_document or opts.mmr else 1))
-        query_tokens = tokenize([opts.query])[0] if opts.mode is not Mode.VECTOR else []
+        query_tokens = tokenize([opts.query], bigrams=index.params.bigrams)[0] if opts.mode is not Mode.VECTOR else []
         vector = None
         if opts.mode is not Mode.KEYWORD:
             vector = np.asarray(opts.query_vector, np.float32).reshape(-1)

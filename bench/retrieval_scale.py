@@ -1,0 +1,200 @@
+"""Retrieval at scale: hybrid search latency, hnswlib recall against exact search, ingestion rate.
+
+    .venv/bin/python bench/retrieval_scale.py                 # 10k and 100k chunks
+    .venv/bin/python bench/retrieval_scale.py --sizes 10000 --queries 300
+
+Search latency is measured on the service's own index and search code (``CollectionIndex``
++ ``Searcher``, what the Search RPC runs after it has the query vector), so the query
+embedding is excluded, as the figure asks; gRPC adds its own ~0.3 ms per call on top.
+
+Embedding 100k chunks would take hours on two cores, so the corpus is synthetic but shaped
+like a real one: 384-d unit vectors drawn around 500 topic centroids (each chunk near one
+topic, as sentence embeddings cluster), and ~60-word texts from a Zipf-distributed
+vocabulary of 30,000 words whose topic words are frequent in their topic. Queries are
+noisy copies of a random chunk's vector and a few of its words.
+
+Recall@10: hnswlib's ten nearest chunks against the exact ten (a matrix product), for the
+same queries, at the service's default M and ef.
+
+Ingestion: the pipeline rate (chunk, commit to Redis, follow the event stream, index) with
+an embedder that returns precomputed vectors, so the figure is the service's own cost; the
+end-to-end rate with the real model is the one bench/retrieval_eval.py prints while it
+ingests (the model dominates it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.support.redis_server import local_redis  # noqa: E402
+from tollway.mesh.config import MeshConfig  # noqa: E402
+from tollway.retrieval.__main__ import build  # noqa: E402
+from tollway.retrieval.config import RetrievalConfig  # noqa: E402
+from tollway.retrieval.index import CollectionIndex, IndexParams  # noqa: E402
+from tollway.retrieval.search import Searcher  # noqa: E402
+from tollway.retrieval.types import Chunk, Chunking, Mode, SearchOptions, Strategy  # noqa: E402
+
+DIM = 384
+TOPICS = 500
+VOCAB = 30_000
+
+
+class Corpus:
+    """A synthetic clustered corpus (see the module docstring)."""
+
+    def __init__(self, seed: int = 20251206) -> None:
+        self.rng = np.random.default_rng(seed)
+        centroids = self.rng.normal(size=(TOPICS, DIM)).astype(np.float32)
+        self.centroids = centroids / np.linalg.norm(centroids, axis=1, keepdims=True)
+        ranks = np.arange(1, VOCAB + 1)
+        self.p = (1.0 / ranks) / (1.0 / ranks).sum()
+        self.words = np.asarray([f"w{i}" for i in range(VOCAB)])
+        self.topic_words = self.rng.integers(200, VOCAB, size=(TOPICS, 20))
+
+    def chunks(self, n: int) -> tuple[list[Chunk], np.ndarray]:
+        topics = self.rng.integers(0, TOPICS, size=n)
+        noise = self.rng.normal(size=(n, DIM)).astype(np.float32) * 0.06
+        vectors = self.centroids[topics] + noise
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        out = []
+        common = self.rng.choice(VOCAB, size=(n, 50), p=self.p)
+        special = self.topic_words[topics][:, :10]
+        for i in range(n):
+            text = " ".join(self.words[np.concatenate([common[i], special[i]])])
+            out.append(Chunk(f"c{i}", f"d{i // 4}", text, "", "", {}, vectors[i]))
+        return out, topics
+
+    def queries(self, chunks: Sequence[Chunk], count: int) -> list[tuple[str, np.ndarray]]:
+        out = []
+        for i in self.rng.integers(0, len(chunks), size=count):
+            v = np.asarray(chunks[i].vector) + self.rng.normal(size=DIM).astype(np.float32) * 0.03
+            words = chunks[i].text.split()
+            picked = self.rng.choice(len(words), size=4, replace=False)
+            out.append((" ".join(words[j] for j in picked), v / np.linalg.norm(v)))
+        return out
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def search_figures(n: int, queries: int, corpus: Corpus) -> dict[str, float]:
+    chunks, _ = corpus.chunks(n)
+    started = time.perf_counter()
+    index = CollectionIndex(DIM, {}, IndexParams(), capacity=n)
+    for start in range(0, n, 5000):
+        index.add(chunks[start : start + 5000], num_threads=2)
+    index.rebuild_keyword_now()
+    build_s = time.perf_counter() - started
+    searcher = Searcher()
+    qs = corpus.queries(chunks, queries)
+    figures: dict[str, float] = {"chunks": n, "build_s": build_s}
+    for mode in (Mode.HYBRID, Mode.VECTOR, Mode.KEYWORD):
+        times = []
+        for text, vec in qs[:20]:  # warm-up
+            searcher.search(index, SearchOptions(text, top_k=10, mode=mode, query_vector=vec))
+        for text, vec in qs:
+            t = time.perf_counter()
+            searcher.search(index, SearchOptions(text, top_k=10, mode=mode, query_vector=vec))
+            times.append((time.perf_counter() - t) * 1000)
+        figures[f"{mode.value}_p50_ms"] = statistics.median(times)
+        figures[f"{mode.value}_p99_ms"] = percentile(times, 0.99)
+    allowed = index.allowed([])
+    hits = 0
+    for _, vec in qs:
+        approx = set(index.vector_top(vec, 10, allowed).tolist())
+        exact = set(index.vector_top(vec, 10, allowed, exact=True).tolist())
+        hits += len(approx & exact)
+    figures["recall_at_10"] = hits / (10 * len(qs))
+    return figures
+
+
+class PrecomputedEmbedder:
+    """Answers with a fixed random unit vector per text: the pipeline's cost without a model."""
+
+    def __init__(self) -> None:
+        self.rng = np.random.default_rng(1)
+
+    async def embed(self, texts: Sequence[str], model: str) -> np.ndarray:
+        v = self.rng.normal(size=(len(texts), DIM)).astype(np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    async def models(self) -> tuple[dict[str, int], str]:
+        return {"minilm-l6-v2-int8": DIM}, "minilm-l6-v2-int8"
+
+
+async def ingest_figures(documents: int, corpus: Corpus) -> dict[str, float]:
+    chunks, _ = corpus.chunks(documents * 3)
+    texts = ["\n\n".join(c.text for c in chunks[i * 3 : i * 3 + 3]) for i in range(documents)]
+    with local_redis() as redis_server:
+        embedder = PrecomputedEmbedder()
+        cfg = RetrievalConfig(port=0, key_prefix="tw:scale", follow_block_ms=100)
+        spec, retrieval = build(cfg, MeshConfig(redis_url=redis_server.url), embedder=embedder, catalog=embedder)
+        await retrieval.store.redis.ping()
+        await retrieval.start()
+        try:
+            await retrieval.create_collection(
+                "scale", embedding_model="", chunking=Chunking(Strategy.RECURSIVE, 80), fields={}
+            )
+            started = time.perf_counter()
+            ops = [await retrieval.upsert("collections/scale", f"d{i}", text=t) for i, t in enumerate(texts)]
+            while True:
+                col = await retrieval.get_collection("collections/scale")
+                index = retrieval.sync.get("scale", retrieval.sync.entries["scale"].uid) if (
+                    "scale" in retrieval.sync.entries) else None  # fmt: skip
+                done = [await retrieval.get_operation(op.name) for op in ops[-5:]]
+                if all(o.state.done for o in done) and index is not None and len(index) == col.chunk_count:
+                    break
+                await asyncio.sleep(0.2)
+            seconds = time.perf_counter() - started
+        finally:
+            await spec.on_stop()  # type: ignore[misc]
+    return {"documents": documents, "chunks": col.chunk_count, "seconds": seconds,
+            "chunks_per_s": col.chunk_count / seconds}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10000,100000", help="comma-separated chunk counts")
+    parser.add_argument("--queries", type=int, default=500, help="queries per size")
+    parser.add_argument("--ingest-documents", type=int, default=1000, help="documents for the ingestion rate (0: skip)")
+    args = parser.parse_args()
+    print(f"# {platform.platform()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')}, "
+          f"load {os.getloadavg()[0]:.2f}")  # fmt: skip
+    corpus = Corpus()
+    for n in (int(x) for x in args.sizes.split(",")):
+        f = search_figures(n, args.queries, corpus)
+        print(
+            f"{n:>7} chunks  build {f['build_s']:.1f}s  "
+            f"hybrid p50 {f['hybrid_p50_ms']:.2f} ms p99 {f['hybrid_p99_ms']:.2f} ms  "
+            f"vector p50 {f['vector_p50_ms']:.2f} p99 {f['vector_p99_ms']:.2f}  "
+            f"keyword p50 {f['keyword_p50_ms']:.2f} p99 {f['keyword_p99_ms']:.2f}  "
+            f"hnsw recall@10 {f['recall_at_10']:.4f}",
+            flush=True,
+        )
+    if args.ingest_documents:
+        g = asyncio.run(ingest_figures(args.ingest_documents, corpus))
+        print(
+            f"ingestion pipeline (model excluded): {g['documents']} documents, {g['chunks']} chunks "
+            f"in {g['seconds']:.1f}s = {g['chunks_per_s']:.0f} chunks/s",
+            flush=True,
+        )
+    print(f"# load at end {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
