@@ -17,7 +17,11 @@ import binascii
 import dataclasses
 import re
 import urllib.parse
+from collections import defaultdict
+from collections.abc import Callable
 from typing import Protocol
+
+import ahocorasick
 
 __all__ = ["SIGNALS", "Classifier", "HeuristicClassifier", "InjectionVerdict"]
 
@@ -358,45 +362,51 @@ TOOL_SIGNALS: tuple[tuple[str, float, tuple[str, ...], str], ...] = (
 )
 
 
-def _compile(
-    specs: tuple[tuple[str, float, tuple[str, ...], str], ...],
-) -> tuple[tuple[str, float, tuple[re.Pattern[str], ...]], ...]:
-    return tuple(
-        (name, weight, tuple(re.compile(re.escape(t) + rest, re.DOTALL) for t in triggers))
-        for name, weight, triggers, rest in specs
-    )
+_Signal = tuple[str, float, tuple[str, ...], str]
 
 
-_COMPILED = _compile(SIGNALS)
-_COMPILED_TOOL = _compile(TOOL_SIGNALS)
-_BASE64_RUN = re.compile(r"[A-Za-z0-9+/]{24,}={0,2}")
-_HEX_RUN = re.compile(r"(?:[0-9a-fA-F]{2}){16,}")
+def _automaton(specs: tuple[_Signal, ...]) -> ahocorasick.Automaton:
+    """One Aho-Corasick automaton over every trigger: each value lists, for the signals the
+    trigger starts, the signal's name, weight and the pattern that must follow the trigger."""
+    automaton = ahocorasick.Automaton()
+    entries: dict[str, list[tuple[str, float, re.Pattern[str]]]] = defaultdict(list)
+    for name, weight, triggers, rest in specs:
+        follow = re.compile(rest, re.DOTALL)
+        for trigger in triggers:
+            entries[trigger].append((name, weight, follow))
+    for trigger, signals in entries.items():
+        automaton.add_word(trigger, (len(trigger), tuple(signals)))
+    automaton.make_automaton()
+    return automaton
+
+
+# One pass over the text finds every trigger at once (pyahocorasick, C); only where one is
+# found does a pattern run, anchored right after it. A regex per trigger would read the
+# whole text once per trigger (186 of them).
+_USER = _automaton(SIGNALS)
+_TOOL = _automaton((*SIGNALS, *TOOL_SIGNALS))
+_PAYLOAD_RUN = re.compile(r"[A-Za-z0-9+/]{24,}={0,2}")
+_HEX = re.compile(r"(?:[0-9a-fA-F]{2})+")
 _A85 = re.compile(r"<~(.{8,4096}?)~>", re.DOTALL)
 _SMUGGLED = re.compile(r"ignore|instruction|system prompt|disregard|reveal|jailbreak|send_email|forward")
 _SPACED = re.compile(r"\b(?:\w ){3,}\w\b")
 _PERCENT = re.compile(r"%[0-9A-Fa-f]{2}")
+_LEET_WORD = re.compile(r"[a-z][0-9][a-z0-9]")
 _LEET = str.maketrans("013457@$", "oieastas")
 # Obfuscated variants (reversed, spaced out, leetspeak, URL-encoded) are tried on short
-# turns only: attacks are short, and a long document read twice costs twice.
-_VARIANT_MAX_CHARS = 4096
+# turns only: attacks are short, and a long document read several times costs as much.
+_VARIANT_MAX_CHARS = 2048
 
 
-def _found(pattern: re.Pattern[str], low: str) -> bool:
-    # The trigger must begin a word ("skip" yes, "whiskip" no); \b cannot lead the pattern
-    # without losing the fast substring search, so the boundary is checked here.
-    for m in pattern.finditer(low):
-        start = m.start()
-        if start == 0 or not low[start - 1].isalnum():
-            return True
-    return False
-
-
-def _scan(
-    low: str, compiled: tuple[tuple[str, float, tuple[re.Pattern[str], ...]], ...], out: dict[str, float]
-) -> None:
-    for name, weight, patterns in compiled:
-        if name not in out and any(_found(p, low) for p in patterns):
-            out[name] = weight
+def _scan(low: str, automaton: ahocorasick.Automaton, out: dict[str, float]) -> None:
+    for end, (length, signals) in automaton.iter(low):
+        start = end - length + 1
+        # The trigger must begin a word ("skip" yes, "whiskip" no).
+        if start and low[start - 1].isalnum():
+            continue
+        for name, weight, follow in signals:
+            if name not in out and follow.match(low, end + 1) is not None:
+                out[name] = weight
 
 
 def _variants(text: str) -> list[str]:
@@ -405,10 +415,8 @@ def _variants(text: str) -> list[str]:
     out = [low[::-1]]
     if _SPACED.search(low):
         out.append(_SPACED.sub(lambda m: m.group().replace(" ", ""), low))
-    if any(c.isdigit() for c in low):
-        leet = low.translate(_LEET)
-        if leet != low:
-            out.append(leet)
+    if _LEET_WORD.search(low):
+        out.append(low.translate(_LEET))
     if _PERCENT.search(text):
         out.append(urllib.parse.unquote(text).lower())
     return out
@@ -421,16 +429,12 @@ class HeuristicClassifier:
         """Scores ``text``; the verdict names each signal seen once."""
         low = text.lower()
         found: dict[str, float] = {}
-        _scan(low, _COMPILED, found)
-        tool = role == "tool"
-        if tool:
-            _scan(low, _COMPILED_TOOL, found)
+        automaton = _TOOL if role == "tool" else _USER
+        _scan(low, automaton, found)
         if len(text) <= _VARIANT_MAX_CHARS:
             hidden: dict[str, float] = {}
             for variant in _variants(text):
-                _scan(variant, _COMPILED, hidden)
-                if tool:
-                    _scan(variant, _COMPILED_TOOL, hidden)
+                _scan(variant, automaton, hidden)
             new = {k: v for k, v in hidden.items() if k not in found}
             if new:
                 found.update(new)
@@ -450,17 +454,30 @@ _CLEAN = InjectionVerdict(0.0)
 
 def _smuggled_payload(text: str) -> bool:
     # An instruction hidden in base64, hex or ascii85 reads as noise to the patterns above;
-    # decode the few long runs and look again. Bounded: at most 8 runs of at most 4 KiB each.
-    for decode, pattern in ((_b64, _BASE64_RUN), (_hex, _HEX_RUN), (_a85, _A85)):
-        for i, m in enumerate(pattern.finditer(text)):
-            if i >= 8:
-                break
-            try:
-                decoded = decode(m.group(1) if pattern is _A85 else m.group()[:4096])
-            except (binascii.Error, UnicodeDecodeError, ValueError):
-                continue
-            if _SMUGGLED.search(decoded.lower()) is not None:
-                return True
+    # decode the few long runs and look again. One pass finds base64 and hex runs alike (hex
+    # digits are base64 characters). Bounded: at most 8 runs of at most 4 KiB each.
+    runs: list[tuple[Callable[[str], str], str]] = []
+    # str.split and a length test run at C speed; a character-class regex over the whole
+    # text would look at every character in the interpreter's regex loop.
+    for token in text.split():
+        if len(token) < 24:
+            continue
+        m = _PAYLOAD_RUN.search(token)
+        if m is None:
+            continue
+        run = m.group()[:4096]
+        runs.append((_hex if _HEX.fullmatch(run) else _b64, run))
+        if len(runs) == 8:
+            break
+    if "<~" in text:
+        runs.extend((_a85, m.group(1)) for m in _A85.finditer(text))
+    for decode, run in runs:
+        try:
+            decoded = decode(run)
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            continue
+        if _SMUGGLED.search(decoded.lower()) is not None:
+            return True
     return False
 
 

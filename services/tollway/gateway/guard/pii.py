@@ -44,6 +44,7 @@ import itertools
 import re
 from collections.abc import Callable, Iterable, Sequence
 
+import ahocorasick
 import phonenumbers
 from stdnum import iban as stdnum_iban
 from stdnum import luhn
@@ -162,17 +163,16 @@ _SECRET_SPECS: tuple[tuple[str, str, str], ...] = (
     ("stripe", "rk_", r"(?:live|test)_[A-Za-z0-9]{16,}"),
     ("aws", "AKIA", r"[0-9A-Z]{16}\b"),
     ("aws", "ASIA", r"[0-9A-Z]{16}\b"),
-    ("github", "gh", r"[pousr]_[A-Za-z0-9]{36,}"),
+    *(("github", f"gh{c}_", r"[A-Za-z0-9]{36,}") for c in "pousr"),
     ("github", "github_pat_", r"[A-Za-z0-9_]{40,}"),
     ("gitlab", "glpat-", r"[A-Za-z0-9_-]{20,}"),
-    ("slack", "xox", r"[abposr]-[A-Za-z0-9-]{10,}"),
+    *(("slack", f"xox{c}-", r"[A-Za-z0-9-]{10,}") for c in "abposr"),
     ("google", "AIza", r"[0-9A-Za-z_-]{35}"),
     ("tollway", "tw-", r"[A-Za-z0-9_-]{40,}"),
     ("jwt", "eyJ", r"[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"),
 )
-_SECRETS = tuple((kind, re.compile(re.escape(prefix) + rest)) for kind, prefix, rest in _SECRET_SPECS)
-# `password = <value>`: the value only (group 1), when it looks generated. Matched on the
-# lower-cased text (one literal pattern per name), the value read from the original.
+# `password = <value>`: the value only (group 1), when it looks generated. Names are matched
+# in the three cases people write them (password, PASSWORD, Password).
 _ASSIGNMENT_NAMES = (
     "api_key",
     "api-key",
@@ -184,14 +184,36 @@ _ASSIGNMENT_NAMES = (
     "passwd",
     "client_secret",
 )
-_ASSIGNMENTS = tuple(
-    re.compile(re.escape(name) + r"[\"']?\s{0,3}[:=]\s{0,3}[\"']?([a-z0-9_\-/+=.]{16,})") for name in _ASSIGNMENT_NAMES
-)
+_ASSIGNMENT_VALUE = r"[\"']?\s{0,3}[:=]\s{0,3}[\"']?([A-Za-z0-9_\-/+=.]{16,})"
+
+
+def _secret_automaton() -> ahocorasick.Automaton:
+    """Every secret prefix and assignment name in one automaton: one pass over the text finds
+    them all (pyahocorasick, C), and only there does a pattern run, anchored after the prefix."""
+    entries: dict[str, list[tuple[str, re.Pattern[str]]]] = {}
+    for kind, prefix, rest in _SECRET_SPECS:
+        entries.setdefault(prefix, []).append((kind, re.compile(rest)))
+    value = re.compile(_ASSIGNMENT_VALUE)
+    for name in _ASSIGNMENT_NAMES:
+        for spelled in {name, name.upper(), name.capitalize()}:
+            entries.setdefault(spelled, []).append(("assignment", value))
+    automaton = ahocorasick.Automaton()
+    for prefix, kinds in entries.items():
+        automaton.add_word(prefix, (len(prefix), tuple(kinds)))
+    automaton.make_automaton()
+    return automaton
+
+
+_SECRET_TRIGGERS = _secret_automaton()
 _HAS_LETTER_AND_DIGIT = re.compile(r"(?=.*[A-Za-z])(?=.*\d)")
 
 # A run of digits and the separators numbers are written with; the digit-started items
 # below are looked for inside runs only.
-_DIGIT_RUN = re.compile(r"\d[\d \u00a0\-./()]*")
+# Maximal runs of 7 or more characters: no digit-started item is shorter.
+_LONG_DIGIT_RUN = re.compile(r"\d[\d \u00a0\-./()]{6,}")
+# A capital right before a digit (or one separator and a digit): where items that start with
+# capitals reach their first digits.
+_CAPITAL_THEN_DIGIT = re.compile(r"[A-Z](?=[ -]?\d)")
 _CARD = re.compile(r"\d(?:[ -]?\d){12,18}(?!\d)")
 _PHONE = re.compile(r"(?:\+|00)?\(?\d[\d \u00a0().\-]{5,22}\d(?!\w)")
 _DIGIT_IDS: tuple[tuple[str, re.Pattern[str], Callable[[str], bool]], ...] = (
@@ -201,7 +223,7 @@ _DIGIT_IDS: tuple[tuple[str, re.Pattern[str], Callable[[str], bool]], ...] = (
     ("br_cpf", re.compile(r"\d{3}\.\d{3}\.\d{3}-\d{2}(?!\w)"), cpf.is_valid),
     ("in_aadhaar", re.compile(r"[2-9]\d{3}[ -]\d{4}[ -]\d{4}(?!\w)"), aadhaar.is_valid),
 )
-# Items that start with capitals, in one pass over capitals followed by what they need.
+# Items that start with capitals, tried where a digit run follows capitals (see _digit_runs).
 _CAPS = re.compile(
     r"(?P<iban>[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}(?![A-Za-z0-9]))"
     r"|(?P<it_codice_fiscale>[A-Z]{6}\d{2}[A-EHLMPRST]\d{2}[A-Z]\d{3}[A-Z](?!\w))"
@@ -250,26 +272,24 @@ class Scanner:
         if PiiType.EMAIL in types and "@" in text:
             self._emails(text, found)
         # Everything below needs digits: most prose has few, so one search skips the rest.
-        if _DIGIT.search(text) is not None:
-            if PiiType.IBAN in types or PiiType.NATIONAL_ID in types:
-                self._capitals(text, found)
-            if types & _DIGIT_TYPES:
-                self._digit_runs(text, found)
+        if types & _DIGIT_TYPES and _DIGIT.search(text) is not None:
+            self._digit_runs(text, found)
         return _resolve(found) if len(found) > 1 else found
 
     def _secrets(self, text: str, out: list[Finding]) -> None:
-        for kind, pattern in _SECRETS:
-            for m in pattern.finditer(text):
-                if _starts_word(text, m.start()) or kind == "private_key":
-                    out.append(Finding(PiiType.SECRET, kind, m.start(), m.end()))
-        low = text.lower()
-        if len(low) != len(text):  # a few non-ASCII letters change length when lowered
-            return
-        for pattern in _ASSIGNMENTS:
-            for m in pattern.finditer(low):
-                s, e = m.span(1)
-                if _HAS_LETTER_AND_DIGIT.match(low, s, e) is not None:
-                    out.append(Finding(PiiType.SECRET, "assignment", s, e))
+        for end, (length, kinds) in _SECRET_TRIGGERS.iter(text):
+            start = end - length + 1
+            if not _starts_word(text, start) and kinds[0][0] != "private_key":
+                continue
+            for kind, rest in kinds:
+                m = rest.match(text, end + 1)
+                if m is None:
+                    continue
+                if kind != "assignment":
+                    out.append(Finding(PiiType.SECRET, kind, start, m.end()))
+                elif _HAS_LETTER_AND_DIGIT.match(text, *m.span(1)) is not None:
+                    out.append(Finding(PiiType.SECRET, kind, *m.span(1)))
+                break  # the first kind that matches at a prefix is the most specific
 
     def _emails(self, text: str, out: list[Finding]) -> None:
         at = text.find("@")
@@ -287,18 +307,22 @@ class Scanner:
             else:
                 at = text.find("@", at + 1)
 
-    def _capitals(self, text: str, out: list[Finding]) -> None:
-        want_iban = PiiType.IBAN in self.types
-        want_ids = PiiType.NATIONAL_ID in self.types
-        for m in _CAPS.finditer(text):
-            start = m.start()
-            if not _starts_word(text, start):
+    def _capitals(self, text: str, at: int, tried: set[int], out: list[Finding]) -> None:
+        """Items that start with capitals, around a capital followed by a digit at ``at``: an
+        IBAN ("DE89"), a codice fiscale ("RCCMNL83", six letters first), a NIE ("X-123"), a
+        NINO ("AB 12")."""
+        for start in range(max(0, at - 5), at + 1):
+            if start in tried or not text[start].isupper() or not _starts_word(text, start):
+                continue
+            tried.add(start)
+            m = _CAPS.match(text, start)
+            if m is None:
                 continue
             kind = m.lastgroup or ""
             if kind == "iban":
-                if want_iban:
+                if PiiType.IBAN in self.types:
                     self._iban(m.group(), start, out)
-            elif want_ids and _CAPS_CHECKS[kind](m.group()):
+            elif PiiType.NATIONAL_ID in self.types and _CAPS_CHECKS[kind](m.group()):
                 out.append(Finding(PiiType.NATIONAL_ID, kind, start, m.end()))
 
     @staticmethod
@@ -316,10 +340,14 @@ class Scanner:
 
     def _digit_runs(self, text: str, out: list[Finding]) -> None:
         types = self.types
-        for run in _DIGIT_RUN.finditer(text):
+        if PiiType.IBAN in types or PiiType.NATIONAL_ID in types:
+            tried: set[int] = set()
+            for hit in _CAPITAL_THEN_DIGIT.finditer(text):
+                self._capitals(text, hit.start(), tried, out)
+        if not types & _RUN_TYPES:
+            return
+        for run in _LONG_DIGIT_RUN.finditer(text):
             s, e = run.span()
-            if e - s < 7:
-                continue  # no item here has fewer than 7 characters of digits and separators
             # Items may begin just before the run ("+44", "(020") and end just after ("...15K").
             lo = s - 1 if s and text[s - 1] in "+(" else s
             if lo and text[lo - 1] == "+":
@@ -406,7 +434,8 @@ def _grouping_fits(candidate: str, number: phonenumbers.PhoneNumber) -> bool:
     return False
 
 
-_DIGIT_TYPES = frozenset({PiiType.CARD, PiiType.NATIONAL_ID, PiiType.PHONE})
+_DIGIT_TYPES = frozenset({PiiType.CARD, PiiType.NATIONAL_ID, PiiType.PHONE, PiiType.IBAN})
+_RUN_TYPES = frozenset({PiiType.CARD, PiiType.NATIONAL_ID, PiiType.PHONE})
 
 
 def _starts_number(text: str, start: int) -> bool:
