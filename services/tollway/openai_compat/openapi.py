@@ -68,6 +68,16 @@ VALUE_RULES: dict[str, dict[str, Any]] = {
 }
 # Request messages whose `model` and `messages` must be set (proto3 cannot say so itself).
 _CHAT_REQUESTS = ("tollway.gateway.v1.GenerateRequest", "tollway.gateway.v1.CompleteRequest")
+# google.protobuf.Struct is any JSON object in the proto3 JSON mapping, not its message form.
+_JSON_OBJECT = {"type": "object", "additionalProperties": True}
+
+
+def _messages_or_prompt(prompt_ref: dict[str, Any]) -> list[dict[str, Any]]:
+    """A chat request holds at least one message, or a ``prompt_ref`` (non-null) that brings them."""
+    return [
+        {"required": ["messages"], "properties": {"messages": {"minItems": 1}}},
+        {"required": ["prompt_ref"], "properties": {"prompt_ref": prompt_ref}},
+    ]
 
 
 def _chat_message(content: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -114,7 +124,10 @@ class _Schemas:
                 properties[name] = {**properties[name], **rules}
             for name in ("model", "messages"):
                 properties[name].pop("nullable")
-            schema["required"] = ["model", "messages"]
+            # At least one message, unless a prompt_ref brings them.
+            properties["messages"].pop("minItems")
+            schema["required"] = ["model"]
+            schema["anyOf"] = _messages_or_prompt(properties["prompt_ref"]["anyOf"][0])
         if output:
             # always_print_primitive_fields: every field but messages and oneof members is printed.
             required = [
@@ -127,8 +140,10 @@ class _Schemas:
         return schema
 
     def _field(self, field: FieldDescriptor, output: bool) -> dict[str, Any]:
-        if field.type == FieldDescriptor.TYPE_MESSAGE:
-            item: dict[str, Any] = self.ref(field.message_type, output)
+        if field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.full_name == "google.protobuf.Struct":
+            item: dict[str, Any] = dict(_JSON_OBJECT)
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            item = self.ref(field.message_type, output)
         elif field.type == FieldDescriptor.TYPE_ENUM:
             item = _enum(field.enum_type, output)
         elif field.type in _64_BIT:
@@ -244,12 +259,33 @@ _CHAT_MESSAGE = _chat_message(
     {"name": {"type": "string", "nullable": True}},
 )
 
+_PROMPT_REF = {
+    "type": "object",
+    "description": "Tollway's extension (OpenAI SDKs: `extra_body`): a template of the prompt store, whose "
+    "rendered messages go before `messages` and whose parameters fill in the ones the request leaves unset. "
+    "Name a label or a version, not both; neither means the `production` label.",
+    "properties": {
+        "template": {"type": "string", "description": "The template's id."},
+        "label": {"type": "string", "nullable": True},
+        "version": {**_INT64, "minimum": 1, "nullable": True},
+        "variables": {**_JSON_OBJECT, "nullable": True, "description": "Checked against the version's schema."},
+    },
+    "required": ["template"],
+    "additionalProperties": False,
+}
+
 _CHAT_REQUEST = {
     "type": "object",
     "description": "OpenAI's chat-completions request; other OpenAI fields are not read.",
     "properties": {
         "model": {"type": "string", **VALUE_RULES["model"], "description": "A model from GET /v1/models, or 'auto'."},
-        "messages": {"type": "array", **VALUE_RULES["messages"], "items": {"$ref": _REF + "openai.ChatMessage"}},
+        "messages": {
+            "type": "array",
+            **{k: v for k, v in VALUE_RULES["messages"].items() if k != "minItems"},
+            "items": {"$ref": _REF + "openai.ChatMessage"},
+            "description": "At least one message, unless `prompt_ref` brings them.",
+        },
+        "prompt_ref": {"anyOf": [{"$ref": _REF + "openai.PromptRef"}, {"type": "null"}]},
         "max_tokens": {**_INT32, **VALUE_RULES["max_tokens"], "nullable": True},
         "max_completion_tokens": {
             **_INT32, **VALUE_RULES["max_tokens"], "nullable": True, "description": "Wins over max_tokens."
@@ -277,7 +313,8 @@ _CHAT_REQUEST = {
             "properties": {"include_usage": {"type": "boolean", "nullable": True}},
         },
     },
-    "required": ["model", "messages"],
+    "required": ["model"],
+    "anyOf": _messages_or_prompt({"$ref": _REF + "openai.PromptRef"}),
 }
 
 _USAGE = {
@@ -359,6 +396,9 @@ _TOLLWAY_HEADERS = {
         ("x-tollway-degraded", "true when a stale answer was served because every provider failed."),
         ("x-tollway-model", "The model that answered."),
         ("x-tollway-fallback", "The models tried and left before it, joined by ' > ', or 'none'."),
+        ("x-tollway-prompt-template", "With prompt_ref: the template the messages were rendered from."),
+        ("x-tollway-prompt-version", "With prompt_ref: the version used (a number, never a label)."),
+        ("x-tollway-prompt-resolution", "With prompt_ref: why that version (version, tenant_pin, variant, label)."),
     )
 }
 
@@ -450,6 +490,7 @@ def document() -> dict[str, Any]:
             "openai.TextPart": _TEXT_PART,
             "openai.ChatMessage": _CHAT_MESSAGE,
             "openai.ChatCompletionRequest": _CHAT_REQUEST,
+            "openai.PromptRef": _PROMPT_REF,
             "openai.ChatCompletion": _COMPLETION,
             "openai.Usage": _USAGE,
             "openai.ModelList": _MODEL_LIST,

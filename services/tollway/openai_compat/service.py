@@ -238,6 +238,7 @@ class OpenAICompatApp:
                     "x-tollway-cache-tier": translate.tier(reply.cache_tier),
                     "x-tollway-degraded": "true" if reply.degraded else "false",
                     **_route_headers(reply.model, reply.fallback_path),
+                    **translate.prompt_headers(reply),
                     **budget,
                 },
             )
@@ -262,6 +263,7 @@ class OpenAICompatApp:
                 "x-tollway-cache-tier": translate.tier(started.cache_tier),
                 "x-tollway-degraded": "true" if started.degraded else "false",
                 **_route_headers(started.model, started.fallback_path),
+                **translate.prompt_headers(started),
                 **budget,
             },
         )

@@ -121,16 +121,88 @@ def chat_request(body: Any) -> tuple[gateway_pb2.GenerateRequest, bool, bool]:
         ) from None
 
 
+# The keys a prompt_ref object may hold; another one is refused, so a misspelt "lable" never
+# silently falls back to the production label.
+_PROMPT_REF_KEYS = frozenset({"template", "label", "version", "variables"})
+# Nesting of prompt_ref.variables, in JSON levels. Every level is two protobuf levels (Struct,
+# Value) and protobuf parses at most 100, so a deeper value could not reach the prompt store.
+MAX_VARIABLES_DEPTH = 32
+
+
+def _depth(value: Any) -> int:
+    """How deep JSON containers nest in ``value`` (0 for a scalar), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if type(item) is dict:
+            stack.extend((v, level + 1) for v in item.values())
+        elif type(item) is list:
+            stack.extend((v, level + 1) for v in item)
+        else:
+            deepest = max(deepest, level)
+            continue
+        deepest = max(deepest, level + 1)
+    return deepest
+
+
+def _prompt_ref(value: Any, out: gateway_pb2.PromptRef) -> None:
+    """Reads Tollway's ``prompt_ref`` extension (OpenAI SDKs send it through ``extra_body``).
+
+    Raises:
+        InvalidArgument: Not an object, an unknown key, a field of the wrong JSON type, both a
+            label and a version, a version below 1, or variables nested too deeply; each names
+            the field (``prompt_ref.version``...).
+    """
+    if type(value) is not dict:
+        raise _bad("prompt_ref", "an object {template, label | version, variables}", value)
+    unknown = sorted(set(value) - _PROMPT_REF_KEYS)
+    if unknown:
+        raise InvalidArgument(
+            f"'prompt_ref' has unknown key(s) {', '.join(map(repr, unknown))}; "
+            "it holds template, label or version, and variables",
+            [(f"prompt_ref.{k}", "unknown key") for k in unknown],
+        )
+    template = value.get("template")
+    if type(template) is not str:
+        raise _bad("prompt_ref.template", "a string (the template's id)", template)
+    out.template = template
+    label, version = value.get("label"), value.get("version")
+    if label is not None and version is not None:
+        raise InvalidArgument(
+            "'prompt_ref' names both a label and a version; name one (neither means the production label)",
+            [("prompt_ref.version", "set together with label")],
+        )
+    if label is not None:
+        out.label = _string(label, "prompt_ref.label")
+    elif version is not None:
+        out.version = _integer(version, "prompt_ref.version", 1, _INT64_MAX)
+    variables = value.get("variables")
+    if variables is not None:
+        if type(variables) is not dict:
+            raise _bad("prompt_ref.variables", "an object", variables)
+        if _depth(variables) > MAX_VARIABLES_DEPTH:
+            raise InvalidArgument(
+                f"'prompt_ref.variables' nests deeper than {MAX_VARIABLES_DEPTH} levels",
+                [("prompt_ref.variables", f"at most {MAX_VARIABLES_DEPTH} levels of nesting")],
+            )
+        out.variables.update(variables)
+
+
 def _chat_request(body: Any) -> tuple[gateway_pb2.GenerateRequest, bool, bool]:
     if type(body) is not dict:
         raise InvalidArgument("the request body must be a JSON object", [("body", "JSON object")])
     messages = body.get("messages")
+    prompt_ref = body.get("prompt_ref")
+    if messages is None and prompt_ref is not None:
+        messages = []  # the prompt brings the messages
     if type(messages) is not list:
         raise InvalidArgument("'messages' is required and must be a list", [("messages", "list of messages")])
     n = body.get("n")
     if n is not None and (type(n) is not int or n != 1):
         raise InvalidArgument("only n=1 is supported", [("n", "must be 1")])
     req = gateway_pb2.GenerateRequest(model=_string(body.get("model"), "model"))
+    if prompt_ref is not None:
+        _prompt_ref(prompt_ref, req.prompt_ref)
     for i, m in enumerate(messages):
         if type(m) is not dict:
             raise _bad(f"messages[{i}]", "an object", m)
@@ -254,6 +326,17 @@ def check_headers(raw: Iterable[tuple[bytes, bytes]]) -> None:
                 "header values must be printable ASCII",
                 [(header, "printable ASCII")],
             )
+
+
+_PROMPT_HEADERS = ("x-tollway-prompt-template", "x-tollway-prompt-version", "x-tollway-prompt-resolution")
+
+
+def prompt_headers(reply: gateway_pb2.Started | gateway_pb2.CompleteResponse) -> dict[str, str]:
+    """The ``x-tollway-prompt-*`` headers naming the prompt version used (none without one)."""
+    if not reply.prompt_template:
+        return {}
+    values = (reply.prompt_template, str(reply.prompt_version), reply.prompt_resolution)
+    return dict(zip(_PROMPT_HEADERS, values, strict=True))
 
 
 def complete_request(req: gateway_pb2.GenerateRequest) -> gateway_pb2.CompleteRequest:
