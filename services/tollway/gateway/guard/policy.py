@@ -166,6 +166,7 @@ class GuardPolicy:
     scanner: Scanner = dataclasses.field(init=False, repr=False, compare=False)
     output_scanner: Scanner | None = dataclasses.field(init=False, repr=False, compare=False)
     topic_pattern: re.Pattern[str] | None = dataclasses.field(init=False, repr=False, compare=False)
+    _topic_of: Mapping[str, str] = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Built once per policy, not per request: scanners and the topic pattern are immutable.
@@ -192,7 +193,7 @@ class GuardPolicy:
 
     def topic_of(self, phrase: str) -> str:
         """The denied topic a matched phrase belongs to."""
-        return self._topic_of.get(phrase.lower(), "")  # type: ignore[attr-defined]
+        return self._topic_of.get(phrase.lower(), "")
 
 
 # --- the file --------------------------------------------------------------------------------
