@@ -115,15 +115,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--shadow-rate", type=float, default=0.05)
     parser.add_argument("--judge-error", type=float, default=0.007, help="P(judge says agree | wrong hit)")
     parser.add_argument("--judge-miss", type=float, default=0.0, help="P(judge says disagree | right hit)")
-    parser.add_argument("--floor", type=float, default=0.30, help="lowest probability ever served")
+    parser.add_argument(
+        "--floor",
+        type=float,
+        default=None,
+        help="lowest probability ever served (default: the default preset's operating point)",
+    )
+    parser.add_argument("--cosine", type=float, default=None,
+                        help="the namespace's cosine threshold: the index returns nothing below it "
+                        "(default: the default preset's)")  # fmt: skip
     parser.add_argument("--qqp-pairs", type=int, default=20_000)
     args = parser.parse_args(argv)
+    from tollway.cache.learned_check import shipped
+    from tollway.cache.presets import PRESETS
+
+    # As in the service: a namespace declaring a rate keeps its preset's cosine threshold (the index search
+    # returns no candidate below it) and the controller's ladder starts at the preset's operating point.
+    cosine = PRESETS["default"]["threshold"] if args.cosine is None else args.cosine
+    args.floor = shipped().threshold("default") if args.floor is None else args.floor
+    print(f"cosine threshold {cosine:.2f}, probability floor {args.floor:.2f}")
 
     scores, labels = [], []
     for name in args.sets:
         pairs = load_pairs(name, args.data, args.qqp_pairs)
         embed(pairs, None)
         s, _ = learned_scores(pairs)
+        assert pairs.cosine is not None
+        s[pairs.cosine < cosine] = 0.0
         scores.append(s)
         labels.append(pairs.labels)
     score, label = np.concatenate(scores), np.concatenate(labels)
