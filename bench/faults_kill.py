@@ -41,6 +41,7 @@ import dataclasses
 import json
 import os
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -55,7 +56,7 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from tests.fakes.procs import FakeProvider  # noqa: E402
+from tests.fakes.procs import FakeProvider, Proc  # noqa: E402
 from tollway.cli import _create_key, _with_store  # noqa: E402
 from tollway.launcher.processes import Child, free_ports  # noqa: E402
 from tollway.launcher.stack import Stack, StackOptions  # noqa: E402
@@ -86,6 +87,8 @@ class Case:
             local model answers a few short requests per second on 2 cores).
         layouts: The stack layouts the row applies to (a co-located service is killed with its
             group: the group's row stands for it).
+        ready: For a part that is not one of the stack's children (the hosted provider): whether it
+            serves again; the stack's children are ready when the supervisor says so.
     """
 
     name: str
@@ -99,6 +102,7 @@ class Case:
     expect_errors: bool = True
     rate: float | None = None
     layouts: tuple[str, ...] = ("split", "colocated")
+    ready: Callable[[Bench], bool] | None = None
 
 
 def sigkill(bench: Bench, case: Case) -> int:
@@ -110,6 +114,31 @@ def sigkill(bench: Bench, case: Case) -> int:
 
 def kill_row(part: str, *names: str, expect_errors: bool = True, **extra: Any) -> Case:
     return Case(f"SIGKILL {part}", part, sigkill, names=(part, *names), expect_errors=expect_errors, **extra)
+
+
+def kill_provider(bench: Bench, case: Case) -> int:
+    """SIGKILLs the hosted provider (the fake OpenAI process); returns its pid."""
+    proc = bench.provider.proc
+    assert proc is not None
+    pid = proc.pid
+    proc.kill()
+    return pid
+
+
+def restart_provider(bench: Bench, case: Case, pid: int) -> None:
+    """Starts the provider again on its port, as its own supervisor would, without waiting for it
+    (the load goes on meanwhile; `provider_serves` says when it accepts connections)."""
+    p = bench.provider
+    argv = [sys.executable, "-m", f"tests.fakes.{p.wire}", "--port", str(p.port)]
+    p.proc = Proc(f"fake-{p.wire}-{p.port}-restarted", argv, p.workdir)
+
+
+def provider_serves(bench: Bench) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", bench.provider.port), 0.2).close()
+    except OSError:
+        return False
+    return True
 
 
 SPLIT = ("split",)
@@ -130,6 +159,18 @@ CASES: list[Case] = [
     # Nothing answers at the edge while Envoy itself restarts: its row shows what that costs.
     kill_row("envoy"),
     kill_row("local-model", "local", "smollm2", model="smollm2", needs_model=True, rate=2.0),
+    # The router's own part in recovery, apart from how long a model takes to answer: the hosted
+    # provider (a fake answering in milliseconds) dies and is back on its port 1 s later. Its
+    # connections are refused meanwhile, so its breaker opens with the short cooldown.
+    Case(
+        "SIGKILL hosted provider, restarted on its port after 1 s",
+        "provider",
+        kill_provider,
+        heal=restart_provider,
+        hold_s=1.0,
+        names=("fakeai",),
+        ready=provider_serves,
+    ),
 ]
 
 
@@ -295,7 +336,14 @@ class Bench:
         self.samples = []
         ack = self.acknowledge(case.model)
         fault: dict[str, Any] = {}
-        child = self.child(case.part)
+        child = self.child(case.part) if case.ready is None else None
+
+        def serves_again() -> bool:
+            if case.ready is not None:
+                return "healed" in fault and case.ready(self)
+            assert child is not None
+            back = child.process.pid != fault["pid"] or (case.heal is not None and "healed" in fault)
+            return back and self.state(case.part) == "running"
 
         def until() -> bool:
             now = time.monotonic()
@@ -307,8 +355,7 @@ class Bench:
             if case.heal is not None and "healed" not in fault and now - fault["at"] >= case.hold_s:
                 case.heal(self, case, fault["pid"])
                 fault["healed"] = time.monotonic()
-            back = child.process.pid != fault["pid"] or (case.heal is not None and "healed" in fault)
-            if back and "ready" not in fault and self.state(case.part) == "running":
+            if "ready" not in fault and serves_again():
                 fault["ready"] = now
             if "ready" in fault and "good" not in fault:
                 good = [s for s in self.samples if s.sent >= fault["ready"] and s.outcome == "200"]
@@ -323,13 +370,18 @@ class Bench:
         kept = self.verify(ack)
         return self.summarize(case, fault, child, kept)
 
-    def summarize(self, case: Case, fault: dict[str, Any], child: Child, kept: dict[str, bool]) -> dict[str, Any]:
+    def summarize(
+        self, case: Case, fault: dict[str, Any], child: Child | None, kept: dict[str, bool]
+    ) -> dict[str, Any]:
         at = fault["at"]
         after = [s for s in self.samples if s.done >= at]
         bad = [s for s in after if s.outcome != "200"]
         errors = Counter(s.outcome for s in bad)
         unnamed = [s for s in bad if not any(w.lower() in s.body.lower() for w in case.names)]
-        restart_at = child.started_monotonic if child.process.pid != fault["pid"] else None
+        if child is None:  # a part outside the stack: its restart is the heal
+            restart_at = fault.get("healed")
+        else:
+            restart_at = child.started_monotonic if child.process.pid != fault["pid"] else None
         ready_at = fault.get("ready")
         before = sorted(s.done - s.sent for s in self.samples if s.done < at and s.outcome == "200")
         # When traffic reached the part again: the send time of the first request that got a good
