@@ -154,3 +154,20 @@ def test_snippet_centres_on_the_query_and_keeps_words_whole() -> None:
     assert "answer" in cut and cut.startswith("…") and cut.endswith("…")
     assert all(w in text.split() for w in cut.strip("…").split())
     assert snippet("short text", "x") == "short text"
+
+
+def test_bigrams_rank_a_phrase_match_above_the_same_words_apart() -> None:
+    chunks = [
+        chunk("apart:1", "apart", "the bank of the river is far from the central square", unit(1)),
+        chunk("phrase:1", "phrase", "the central bank raised rates by the river", unit(1)),
+    ]
+    for bigrams, first in ((True, "phrase:1"), (False, None)):
+        idx = CollectionIndex(DIM, FIELDS, IndexParams(initial_capacity=16, bigrams=bigrams))
+        idx.add(chunks)
+        idx.rebuild_keyword_now()
+        out = Searcher().search(idx, SearchOptions("central bank", top_k=2, mode=Mode.KEYWORD))
+        scores = {h.chunk.chunk_id: h.keyword_score for h in out.hits}
+        if first:
+            assert ids(out)[0] == first and scores["phrase:1"] > scores["apart:1"]
+        else:
+            assert scores["phrase:1"] == pytest.approx(scores["apart:1"], rel=0.2)  # same words, similar lengths

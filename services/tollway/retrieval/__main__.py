@@ -48,6 +48,7 @@ def build(
         exact_below=cfg.exact_below,
         bm25_k1=cfg.bm25_k1,
         bm25_b=cfg.bm25_b,
+        bigrams=cfg.bm25_bigrams,
     )
     sync = IndexSync(store, params, snapshot_dir=cfg.snapshot_dir or None, follow_block_ms=cfg.follow_block_ms)
     embedding_client = EmbeddingClient(cfg.embedding_addr, timeout_s=cfg.embed_timeout_s)

@@ -32,6 +32,7 @@ class RetrievalConfig:
         exact_below: Filtered vector searches over at most this many chunks are exact.
         bm25_k1: BM25 k1.
         bm25_b: BM25 b.
+        bm25_bigrams: Whether neighbouring word pairs are BM25 terms too (phrase matches score higher).
         candidates: Chunks each ranking contributes to hybrid fusion.
         keyword_weight: Default keyword weight of hybrid fusion (0 to 1).
         fusion: Default fusion method: ``weighted`` or ``rrf``.
@@ -61,6 +62,7 @@ class RetrievalConfig:
     exact_below: int = 4096
     bm25_k1: float = 1.2
     bm25_b: float = 0.75
+    bm25_bigrams: bool = True
     candidates: int = 100
     keyword_weight: float = 0.5
     fusion: str = "weighted"

@@ -222,6 +222,7 @@ class IndexSync:
                 "last_seq": self.last_seq,
                 "prefix": self.store.prefix,
                 "m": self.params.m,
+                "bigrams": self.params.bigrams,
                 "collections": [
                     {"id": cid, "uid": e.uid, "dim": e.collection.dimension, "dir": f"c{i}"}
                     for i, (cid, e) in enumerate(sorted(self.entries.items()))
@@ -264,7 +265,13 @@ class IndexSync:
             manifest = json.loads((snapshot / _MANIFEST).read_text())
         except (OSError, ValueError):
             return False
-        expected = {"epoch": self.epoch, "prefix": self.store.prefix, "m": self.params.m}
+        # Saved BM25 tokens depend on the bigram setting: a snapshot made with another one is rebuilt.
+        expected = {
+            "epoch": self.epoch,
+            "prefix": self.store.prefix,
+            "m": self.params.m,
+            "bigrams": self.params.bigrams,
+        }
         if any(manifest.get(k) != v for k, v in expected.items()):
             log.info("snapshot is for another data set or index shape; rebuilding", extra={"path": str(snapshot)})
             return False
