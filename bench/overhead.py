@@ -53,7 +53,7 @@ from tollway.launcher.stack import Stack, StackOptions  # noqa: E402
 MODEL = "fake-words-20"
 LITELLM = ROOT / "peers" / "litellm-venv" / "bin" / "litellm"
 PORTKEY = ROOT / "peers" / "portkey" / "node_modules" / "@portkey-ai" / "gateway" / "build" / "start-server.js"
-PRELOADS = (ROOT / "bench" / "peer_preloads" / "loopback_only.mjs", ROOT / "bench" / "peer_preloads" / "mutable_fetch_headers.mjs")
+PRELOADS = tuple(ROOT / "bench" / "peer_preloads" / f for f in ("loopback_only.mjs", "mutable_fetch_headers.mjs"))
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Say hello in one short sentence."}], "max_tokens": 32}
 # The path's own cost is measured with the response cache skipped; exact hits are measured apart.
 NO_CACHE = {**CHAT, "cache_policy": {"mode": "CACHE_MODE_BYPASS"}}

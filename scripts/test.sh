@@ -18,8 +18,29 @@ cleanup() {
   done
 }
 trap cleanup EXIT
+# Two layouts (docs/architecture.md, "Co-location"): the whole suite runs co-located, as `make run` does;
+# then the tests whose requests cross the mesh's hops (edge, OpenAI surface, gateway to budget and cache)
+# run again with one process per service. TOLLWAY_TEST_LAYOUT set by the caller runs that layout once.
+SPLIT_TESTS=(
+  tests/integration/test_edge_http.py tests/integration/test_edge_grpc.py tests/integration/test_edge_envoy.py
+  tests/integration/test_openai_compat.py tests/integration/test_gateway_budget.py
+  tests/integration/test_gateway_cache.py
+)
+both=0
+if [ -z "${TOLLWAY_TEST_LAYOUT:-}" ]; then
+  case " ${*:-tests} " in *" tests "*|*" tests/ "*|*" tests/integration "*|*" tests/integration/ "*) both=1 ;; esac
+  export TOLLWAY_TEST_LAYOUT=colocated
+fi
+echo "layout: $TOLLWAY_TEST_LAYOUT"
 .venv/bin/python -m pytest -q -p no:cacheprovider "${@:-tests}"
 rc=$?
 # pytest exits 5 when it collected no test: that is a failure here.
 [ $rc -eq 5 ] && echo "no test ran" >&2
+if [ $both -eq 1 ]; then
+  cleanup
+  echo "layout: split (${#SPLIT_TESTS[@]} files)"
+  TOLLWAY_TEST_LAYOUT=split .venv/bin/python -m pytest -q -p no:cacheprovider "${SPLIT_TESTS[@]}"
+  split_rc=$?
+  [ $rc -eq 0 ] && rc=$split_rc
+fi
 exit $rc

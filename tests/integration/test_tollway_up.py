@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import TEST_RUN_DIR
+from tests.integration.conftest import LAYOUT
 from tests.support.polling import eventually_sync
 from tollway.launcher import runfile
 from tollway.launcher.processes import free_ports
@@ -24,6 +25,8 @@ from tollway.launcher.processes import free_ports
 pytestmark = pytest.mark.timeout(120)
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = ["edge", "admin", "mesh", "redis", "gateway", "router", "cache", "embedding", "openai_compat", "budget"]
+# The process that runs the cache, killed below: its own, or mesh.yaml's `core` group when co-located.
+CACHE_PROCESS = "core" if LAYOUT == "colocated" else "cache"
 
 
 @pytest.fixture
@@ -43,6 +46,8 @@ def up(tmp_path: Path, ports: dict[str, int], catalog: Path) -> subprocess.Popen
         str(catalog),
         "--run-dir",
         str(tmp_path),
+        "--layout",
+        LAYOUT,
     ]
     for name, port in ports.items():
         argv += ["--port", f"{name}={port}"]
@@ -105,16 +110,16 @@ def test_up_serves_restarts_what_dies_then_ctrl_c_stops_everything(up_dir: Path,
 
     code, table = status(up_dir)
     assert code == 0 and f"tollway up (pid {proc.pid}) running" in table, table
-    cache_pid = int(row(table, "cache")[2])
+    cache_pid = int(row(table, CACHE_PROCESS)[2])
     os.kill(cache_pid, signal.SIGKILL)
     eventually_sync(
-        lambda: row(status(up_dir)[1], "cache")[:2] == ["cache", "running"]
-        and int(row(status(up_dir)[1], "cache")[2]) != cache_pid,
+        lambda: row(status(up_dir)[1], CACHE_PROCESS)[:2] == [CACHE_PROCESS, "running"]
+        and int(row(status(up_dir)[1], CACHE_PROCESS)[2]) != cache_pid,
         timeout_s=60,
         interval_s=0.2,
         what="the cache restarted",
     )
-    cache = row(status(up_dir)[1], "cache")
+    cache = row(status(up_dir)[1], CACHE_PROCESS)
     assert cache[4] == "1" and " ".join(cache[5:]) == "killed by SIGKILL (signal 9)", cache
 
     children = pids(up_dir)
@@ -122,8 +127,8 @@ def test_up_serves_restarts_what_dies_then_ctrl_c_stops_everything(up_dir: Path,
     assert proc.wait(60) == 0
     assert proc.stdout is not None
     rest = proc.stdout.read()
-    assert "cache (pid" in rest and "killed by SIGKILL (signal 9)" in rest and "restart 1 in" in rest, rest
-    assert "cache (pid" in rest and "serving on" in rest and "again" in rest, rest
+    assert f"{CACHE_PROCESS} (pid" in rest and "killed by SIGKILL (signal 9)" in rest and "restart 1 in" in rest, rest
+    assert f"{CACHE_PROCESS} (pid" in rest and "serving on" in rest and "again" in rest, rest
     assert not [pid for pid in children if alive(pid)]
     assert status(up_dir)[0] == 3
     for port in ports.values():
@@ -140,7 +145,8 @@ def test_a_run_killed_without_clean_up_is_cleaned_up_by_the_next(up_dir: Path, c
     first.wait()
     # Envoy goes with its parent (it gets SIGTERM when the launcher dies); the others stay.
     leftovers = {pid: name for pid, name in pids(up_dir).items() if alive(pid) and name != "envoy"}
-    assert {"redis", "gateway", "router"} <= set(leftovers.values())
+    expected = {"redis", "core"} if LAYOUT == "colocated" else {"redis", "gateway", "router"}
+    assert expected <= set(leftovers.values())
     code, table = status(up_dir)
     assert code == 3 and "is gone without stopping its children" in table, table
 

@@ -416,7 +416,7 @@ class Stack:
                 path = member.health_path or "/healthz"
                 probes.append(lambda a=address, p=path: _http_ok(f"http://{a}{p}"))
         argv = [sys.executable, "-m", "tollway.colocate", group.name, *group.services]
-        what = "serving " + ", ".join(f"{m.name} on {m.endpoints[0].address}" for m in members)
+        what = "serving on " + ", ".join(f"{m.endpoints[0].address} ({m.name})" for m in members)
         child = self._spawn(group.name, argv, env, ready=lambda: all(p() for p in probes), what=what)
         wait_until(child, child.ready, self.options.startup_timeout_s, child.what)
 

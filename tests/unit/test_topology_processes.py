@@ -1,0 +1,80 @@
+"""mesh.yaml `processes`: co-location groups, read strictly, and which members run together."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tollway.mesh.topology import MeshError, ProcessGroup, load_mesh, parse_mesh
+
+ROOT = Path(__file__).resolve().parents[2]
+MESH_FILE = ROOT / "deploy" / "mesh.yaml"
+
+
+@pytest.fixture()
+def doc() -> dict[str, Any]:
+    return yaml.safe_load(MESH_FILE.read_text())
+
+
+def _svc(doc: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(s for s in doc["services"] if s["name"] == name)
+
+
+def test_committed_mesh_co_locates_the_request_path() -> None:
+    mesh = load_mesh(MESH_FILE)
+    assert mesh.processes == (ProcessGroup("core", ("gateway", "cache", "budget", "router", "openai_compat")),)
+    assert mesh.colocated() == mesh.processes
+    assert mesh.split().processes == () and mesh.split().colocated() == ()
+
+
+def test_members_are_kept_in_services_order(doc: dict[str, Any]) -> None:
+    doc["processes"] = {"core": ["router", "gateway"]}
+    assert parse_mesh(doc, base_dir=MESH_FILE.parent).processes == (ProcessGroup("core", ("gateway", "router")),)
+
+
+def test_a_member_with_replicas_or_a_canary_runs_apart(doc: dict[str, Any]) -> None:
+    doc["processes"] = {"core": ["gateway", "router", "cache"]}
+    _svc(doc, "gateway")["canary"] = {"port": 50061, "weight_percent": 10}
+    _svc(doc, "cache")["replicas"] = 2
+    mesh = parse_mesh(doc, base_dir=MESH_FILE.parent)
+    assert mesh.processes[0].services == ("gateway", "cache", "router")  # as written
+    assert mesh.colocated() == ()  # router alone: no group left
+
+
+def test_only_started_members_run_together(doc: dict[str, Any]) -> None:
+    mesh = parse_mesh(doc, base_dir=MESH_FILE.parent)
+    assert mesh.colocated({"gateway", "router", "embedding"}) == (ProcessGroup("core", ("gateway", "router")),)
+    assert mesh.colocated({"gateway", "embedding"}) == ()
+
+
+def test_a_disabled_member_runs_apart(doc: dict[str, Any]) -> None:
+    _svc(doc, "openai_compat")["enabled"] = False
+    mesh = parse_mesh(doc, base_dir=MESH_FILE.parent)
+    assert "openai_compat" not in mesh.colocated()[0].services
+
+
+def test_port_overrides_keep_the_groups(doc: dict[str, Any]) -> None:
+    mesh = parse_mesh(doc, base_dir=MESH_FILE.parent).with_ports({"gateway": 40000})
+    assert mesh.processes[0].name == "core"
+
+
+@pytest.mark.parametrize(
+    ("processes", "message"),
+    [
+        ({"Core": ["gateway", "router"]}, r"processes: 'Core' must be lowercase"),
+        ({"router": ["gateway", "cache"]}, r"processes: 'router' is a service's name"),
+        ({"core": ["gateway"]}, r"processes.core: \['gateway'\] must list at least two services"),
+        ({"core": "gateway"}, r"processes.core: 'gateway' must list at least two"),
+        ({"core": ["gateway", "nope"]}, r"processes.core\[1\]: 'nope' is not a service of this mesh"),
+        ({"core": ["gateway", "router", "gateway"]}, r"processes.core\[2\]: 'gateway' already runs in process 'core'"),
+        ({"a": ["gateway", "router"], "b": ["cache", "router"]}, r"processes.b\[1\]: 'router' already runs in process"),
+        (["gateway", "router"], r"processes: \['gateway', 'router'\] is not a mapping"),
+    ],
+)
+def test_bad_groups_name_the_key_and_the_value(doc: dict[str, Any], processes: Any, message: str) -> None:
+    doc["processes"] = processes
+    with pytest.raises(MeshError, match=message):
+        parse_mesh(doc, base_dir=MESH_FILE.parent)
