@@ -51,6 +51,7 @@ from tollway.retrieval.v1 import retrieval_pb2_grpc
 ROOT = Path(__file__).resolve().parents[2]
 PREFIX = "tw:rt-test"
 MODEL = "minilm-l6-v2-int8"
+MODEL_128 = "minilm-l6-v2-int8-128"
 DOCS = {
     "cats": ("Cats", "Cats are small furry animals. They purr when they are content and sleep most of the day."),
     "stocks": ("Markets", "The stock market fell sharply on Monday after the central bank raised interest rates."),
@@ -78,9 +79,9 @@ async def _serve(spec: Any) -> tuple[Any, int]:
 
 @pytest.fixture(scope="module")
 async def embedding_port(redis_server: LocalRedis) -> AsyncIterator[int]:
-    spec, _ = build_embedding(
-        EmbeddingConfig(port=0, redis_key_prefix="tw:rt-emb"), MeshConfig(redis_url=redis_server.url)
-    )
+    # Both models the service can load: the migration test moves a collection from one to the other.
+    cfg = EmbeddingConfig(port=0, redis_key_prefix="tw:rt-emb", models=(MODEL, MODEL_128))
+    spec, _ = build_embedding(cfg, MeshConfig(redis_url=redis_server.url))
     server, port = await _serve(spec)
     yield port
     await server.stop(0)
@@ -563,3 +564,68 @@ async def test_tollway_ingest_reports_and_skips_malformed_files(replicas: list[A
     assert (await search(stub, "kb", "what powers the widget"))[0] == "faq.html"
     assert await asyncio.to_thread(run) == 1
     assert "(0 indexed, 3 unchanged)" in out.read_text()
+
+
+async def test_embedding_model_migration_backfills_then_switches_atomically(
+    replicas: list[Any], embedding_port: int, sync_redis: redis.Redis
+) -> None:
+    a, b = replicas[0][0], replicas[1][0]
+    await create(a, "migrating", chunking=pb.ChunkingConfig(max_tokens=400))
+    # Long texts (> 128 tokens): the two models give different vectors for them.
+    long_text = {
+        f"d{i}": " ".join(f"Sentence {j} about topic {i}: tides, winds and the moon pull the sea." for j in range(14))
+        for i in range(3)
+    }
+    for did, text in long_text.items():
+        await finished(a, await upsert(a, "migrating", did, text))
+    col = (await a.GetCollection(pb.GetCollectionRequest(name="collections/migrating"))).collection
+    assert col.embedding_model == MODEL and not col.HasField("migration")
+
+    err = await _code(a.MigrateCollection(pb.MigrateCollectionRequest(name="collections/migrating",
+                                                                       embedding_model=MODEL)))  # fmt: skip
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    err = await _code(a.MigrateCollection(pb.MigrateCollectionRequest(name="collections/migrating",
+                                                                       embedding_model="nope")))  # fmt: skip
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+
+    started = await a.MigrateCollection(
+        pb.MigrateCollectionRequest(name="collections/migrating", embedding_model=MODEL_128)
+    )
+    assert started.collection.migration.target_model == MODEL_128
+    assert started.collection.migration.chunk_count == col.chunk_count
+    # A document upserted during the migration gets vectors of both models.
+    await finished(b, await upsert(b, "migrating", "late", "A late document about the tides and the moon."))
+
+    async def switched() -> pb.Collection | None:
+        c = (await b.GetCollection(pb.GetCollectionRequest(name="collections/migrating"))).collection
+        return c if c.embedding_model == MODEL_128 and not c.HasField("migration") else None
+
+    done = await eventually(switched, timeout_s=60, what="the back-fill and the switch")
+    assert done.chunk_count == col.chunk_count + 1
+    uid = sync_redis.hget(f"{PREFIX}:c:migrating", "uid").decode()
+    keys = list(sync_redis.scan_iter(f"{PREFIX}:u:{uid}:k:*"))
+    assert len(keys) == done.chunk_count
+    assert all(sync_redis.hexists(k, f"v:{MODEL_128}") for k in keys)
+
+    async def old_vectors_dropped() -> bool:
+        return all(not sync_redis.hexists(k, f"v:{MODEL}") for k in keys)
+
+    await eventually(old_vectors_dropped, what="the old model's vectors deleted")
+    async with channel(f"127.0.0.1:{embedding_port}") as ch:
+        emb = embedding_pb2_grpc.EmbeddingServiceStub(ch)
+        want = await emb.Embed(embedding_pb2.EmbedRequest(texts=[long_text["d1"]], model=MODEL_128))
+        vector = np.asarray(want.embeddings[0].values, np.float32)
+    for _, retrieval, _ in replicas:
+
+        async def rebuilt(retrieval: Retrieval = retrieval) -> bool:
+            entry = retrieval.sync.entries.get("migrating")
+            return entry is not None and entry.collection.embedding_model == MODEL_128
+
+        await eventually(rebuilt, what="every replica swapped in the new index")
+        entry = retrieval.sync.entries["migrating"]
+        row = next(r for cid, r in entry.index.row_of.items() if cid.startswith("d1:"))
+        assert float(entry.index.vectors[row] @ vector) > 0.999  # the new model's vector
+    reply = await a.Search(
+        pb.SearchRequest(collection="collections/migrating", query="topic 2 tides", mode=pb.SEARCH_MODE_VECTOR)
+    )
+    assert reply.embedding_model == MODEL_128 and len(reply.results) == 4

@@ -76,6 +76,7 @@ def build(
         workers=cfg.workers,
         snapshot_interval_s=cfg.snapshot_interval_s,
         consumer_prefix=consumer_prefix,
+        migration_poll_s=cfg.migration_poll_s,
         clock=clock,
     )
 

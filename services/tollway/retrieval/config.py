@@ -41,6 +41,7 @@ class RetrievalConfig:
         snapshot_interval_s: Seconds between snapshots while the indexes change (0: only at stop).
         events_maxlen: Approximate length the index event stream is trimmed to.
         follow_block_ms: How long one read of the index event stream waits for news.
+        migration_poll_s: Seconds between looks for embedding-model migrations to back-fill or switch.
     """
 
     port: int = 50057
@@ -71,12 +72,13 @@ class RetrievalConfig:
     snapshot_interval_s: float = 600.0
     events_maxlen: int = 1_000_000
     follow_block_ms: int = 1000
+    migration_poll_s: float = 1.0
 
     def __post_init__(self) -> None:
         positive = (
             "max_document_chars", "workers", "embed_batch", "embed_timeout_s", "claim_idle_ms", "max_attempts",
             "backoff_base_ms", "backoff_max_ms", "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search",
-            "candidates", "events_maxlen", "follow_block_ms", "bm25_k1",
+            "candidates", "events_maxlen", "follow_block_ms", "bm25_k1", "migration_poll_s",
         )  # fmt: skip
         for name in positive:
             value = getattr(self, name)

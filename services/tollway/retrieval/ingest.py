@@ -32,7 +32,7 @@ from typing import Protocol
 
 import numpy as np
 
-from tollway.mesh.errors import FailedPrecondition, InvalidArgument, NotFound, TollwayError
+from tollway.mesh.errors import FailedPrecondition, InvalidArgument, NotFound, TollwayError, Unavailable
 from tollway.retrieval import metrics
 from tollway.retrieval.chunking import chunk_text
 from tollway.retrieval.store import UNREACHABLE, IngestEvent, RetrievalStore
@@ -220,21 +220,35 @@ class Ingestor:
             )
             for n, piece in enumerate(pieces)
         ]
-        vectors: list[np.ndarray] = []
+        # During an embedding-model migration every new chunk gets a vector of both models, so
+        # that the switch never finds a chunk without one.
+        dims = {col.embedding_model: col.dimension}
+        if col.next_model:
+            dims[col.next_model] = col.next_dimension
+        vectors: dict[str, list[np.ndarray]] = {m: [] for m in dims}
         step = self.settings.embed_batch
         for start in range(0, len(drafts), step):
             batch = drafts[start : start + step]
-            got = await self.embedder.embed([c.indexed_text() for c in batch], col.embedding_model)
-            if got.shape != (len(batch), col.dimension):
-                raise FailedPrecondition(
-                    f"the embedding service returned vectors of shape {got.shape} for model "
-                    f"{col.embedding_model!r}; the collection expects dimension {col.dimension}",
-                    reason="EMBEDDING_DIMENSION_MISMATCH",
-                )
-            vectors += list(got)
-            await store.update_operation(event.operation_id, embedded=len(vectors), updated=self.clock())
-        chunks = [dataclasses.replace(c, vector=v) for c, v in zip(drafts, vectors, strict=True)]
-        outcome, replaced = await store.commit(event, chunks, self.clock())
+            for model, dim in dims.items():
+                got = await self.embedder.embed([c.indexed_text() for c in batch], model)
+                if got.shape != (len(batch), dim):
+                    raise FailedPrecondition(
+                        f"the embedding service returned vectors of shape {got.shape} for model "
+                        f"{model!r}; the collection expects dimension {dim}",
+                        reason="EMBEDDING_DIMENSION_MISMATCH",
+                    )
+                vectors[model] += list(got)
+            embedded = len(vectors[col.embedding_model])
+            await store.update_operation(event.operation_id, embedded=embedded, updated=self.clock())
+        chunks = [dataclasses.replace(c, vector=v) for c, v in zip(drafts, vectors[col.embedding_model], strict=True)]
+        outcome, replaced = await store.commit(event, chunks, vectors, self.clock())
+        if outcome == "models":
+            # A migration started or switched after the collection was read: embed again soon.
+            raise Unavailable(
+                "the collection's embedding models changed while indexing; retrying",
+                retry_after_s=0.1,
+                reason="EMBEDDING_MODELS_CHANGED",
+            )
         if outcome == "indexed":
             metrics.INGESTED_CHUNKS.inc(len(chunks))
             if replaced:

@@ -15,10 +15,11 @@ import numpy as np
 
 from tollway.common.paging import Page, page_size
 from tollway.mesh.background import Background
-from tollway.mesh.errors import AlreadyExists, InvalidArgument, NotFound, TollwayError
+from tollway.mesh.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, TollwayError
 from tollway.retrieval import metrics
 from tollway.retrieval.filters import check_filters, check_metadata
 from tollway.retrieval.ingest import Embedder, Ingestor, IngestSettings, Invalidator, wall_clock_ms
+from tollway.retrieval.migrate import Migrator
 from tollway.retrieval.search import Searcher
 from tollway.retrieval.store import RetrievalStore, decode_page_token, encode_page_token
 from tollway.retrieval.sync import IndexSync
@@ -109,6 +110,7 @@ class Retrieval:
         workers: int = 2,
         snapshot_interval_s: float = 600.0,
         consumer_prefix: str | None = None,
+        migration_poll_s: float = 1.0,
         clock: Callable[[], int] = wall_clock_ms,
     ) -> None:
         self.store = store
@@ -125,6 +127,8 @@ class Retrieval:
             store, embedder, invalidator, ingest or IngestSettings(),
             consumer_prefix=consumer_prefix or f"retrieval-{uuid.uuid4().hex[:8]}", clock=clock,
         )  # fmt: skip
+        self.migrator = Migrator(store, embedder)
+        self.migration_poll_s = migration_poll_s
         self.background = Background(log, jitter=0.1)
 
     async def start(self) -> None:
@@ -135,6 +139,7 @@ class Retrieval:
         for i in range(self.workers):
             self.background.run(lambda stop, i=i: self.ingestor.work(stop, i), name=f"ingest worker {i}")
         self.background.every(self.snapshot_interval_s, self.sync.snapshot_if_changed, name="index snapshot")
+        self.background.every(self.migration_poll_s, self.migrator.step, name="embedding migrations")
         self.background.start()
 
     async def stop(self) -> None:
@@ -253,6 +258,37 @@ class Retrieval:
         _, doc_ids = gone
         await self._invalidate([document_name(cid, d) for d in doc_ids])
         return len(doc_ids)
+
+    async def migrate(self, name: str, model: str) -> Collection:
+        """Starts moving a collection to another embedding model (see :mod:`.migrate`).
+
+        Raises:
+            InvalidArgument: Malformed name or no model given.
+            NotFound: No such collection, or a model the embedding service does not serve.
+            FailedPrecondition: The collection uses that model already, or is migrating.
+        """
+        cid = collection_id_of(name)
+        if not model:
+            raise InvalidArgument("embedding_model is required", [("embedding_model", "required")])
+        await self._collection(cid)
+        dims, _ = await self.catalog.models()
+        if model not in dims:
+            raise NotFound(
+                f"embedding model {model!r} is not served; served: {', '.join(sorted(dims))}",
+                reason="UNKNOWN_MODEL",
+                metadata={"model": model},
+            )
+        outcome = await self.store.start_migration(cid, model, dims[model], self.clock())
+        if outcome == "nocol":
+            await self._collection(cid)
+        if outcome == "same":
+            raise FailedPrecondition(f"collection {cid!r} already uses {model!r}", reason="SAME_MODEL")
+        if outcome == "busy":
+            raise FailedPrecondition(
+                f"collection {cid!r} is already migrating; wait until GetCollection shows no migration",
+                reason="MIGRATION_IN_PROGRESS",
+            )
+        return (await self._collection(cid))[0]
 
     async def _invalidate(self, names: Sequence[str]) -> None:
         if self.invalidator is None or not names:

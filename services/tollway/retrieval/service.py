@@ -120,6 +120,14 @@ def collection_to_proto(c: Collection) -> pb.Collection:
         chunk_count=c.chunk_count,
         create_time=_timestamp(c.created_ms),
         dimension=c.dimension,
+        migration=pb.EmbeddingMigration(
+            target_model=c.next_model,
+            backfilled_chunk_count=c.backfilled_count,
+            chunk_count=c.backfill_total,
+            start_time=_timestamp(c.migration_started_ms),
+        )
+        if c.next_model
+        else None,
     )
 
 
@@ -254,6 +262,13 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
         self, request: pb.DeleteCollectionRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteCollectionResponse:
         return pb.DeleteCollectionResponse(deleted_document_count=await self.retrieval.delete_collection(request.name))
+
+    @rpc_errors(DOMAIN)
+    async def MigrateCollection(
+        self, request: pb.MigrateCollectionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.MigrateCollectionResponse:
+        col = await self.retrieval.migrate(request.name, request.embedding_model)
+        return pb.MigrateCollectionResponse(collection=collection_to_proto(col))
 
     @rpc_errors(DOMAIN)
     async def UpsertDocument(

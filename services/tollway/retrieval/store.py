@@ -6,17 +6,20 @@ never meets the old one's leftovers while they are being removed)::
 
     {p}:epoch               random id of this data set (a snapshot from another one is ignored)
     {p}:cols                ZSET  collection ids (score 0: lexical order for paging)
-    {p}:c:{c}               HASH  collection: uid, model, dim, chunking, fields, desc, created
+    {p}:c:{c}               HASH  collection: uid, model, dim, chunking, fields, desc, created; during an
+                                  embedding-model migration also next, next_dim, mig_done, mig_total, mig_start
     {p}:u:{u}:docs          ZSET  document ids of the collection (score 0)
     {p}:u:{u}:d:{d}         HASH  document: title, text, meta, sv, hash, ihash, state, chunks,
                                   cids (JSON ids of the indexed chunks), updated, indexed, op
-    {p}:u:{u}:k:{chunk}     HASH  chunk: doc, text, title, parent, meta, vec (float32 bytes)
+    {p}:u:{u}:k:{chunk}     HASH  chunk: doc, text, title, parent, meta, v:{model} (float32 bytes, one per
+                                  model: two while a migration back-fills)
+    {p}:lock:{name}         STRING a lock (the replica back-filling a migration; expires)
     {p}:u:{u}:n             STRING chunks indexed in the collection
     {p}:op:{id}             HASH  operation (expires after a day)
     {p}:ingest              STREAM content_changed events (c, u, d, h, op, try), consumer group
     {p}:delayed             ZSET  events waiting for their next try (member: JSON, score: due ms)
     {p}:dead                STREAM events that failed every try
-    {p}:events              STREAM index changes for every replica's indexes (op=s|x, n)
+    {p}:events              STREAM index changes for every replica's indexes (op=s|x|m, n)
     {p}:evseq               INCR counter: n, the index event's number (a gap means trimming)
 
 Each change to what is indexed (commit of a document's chunks, deletion of a document or a
@@ -88,10 +91,18 @@ redis.call('XADD', p .. ':ingest', 'MAXLEN', '~', maxlen, '*', 'c', c, 'u', uid,
 return {'queued', op}
 """
 
-# ARGV: p, maxlen, c, uid, d, hash, now, op, then 6 values per chunk: id, text, title, parent, meta, vec.
+# ARGV: p, maxlen, c, uid, d, hash, now, op, models (JSON list), then per chunk: id, text, title, parent,
+# meta and one vector per model.
 _COMMIT = """
 local p, maxlen, c, uid, d, hash, now, op = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-if redis.call('HGET', p .. ':c:' .. c, 'uid') ~= uid then return {'gone', 0} end
+local models = cjson.decode(ARGV[9])
+local col = redis.call('HMGET', p .. ':c:' .. c, 'uid', 'model', 'next')
+if col[1] ~= uid then return {'gone', 0} end
+local has = {}
+for _, m in ipairs(models) do has[m] = true end
+-- Every chunk must carry a vector of the active model, and of the next one during a migration:
+-- a chunk without one would be missing from the index after the switch.
+if not has[col[2]] or (col[3] and not has[col[3]]) then return {'models', 0} end
 local dkey = p .. ':u:' .. uid .. ':d:' .. d
 local cur = redis.call('HMGET', dkey, 'hash', 'ihash', 'cids')
 if not cur[1] then return {'gone', 0} end
@@ -101,11 +112,13 @@ local old = cjson.decode(cur[3] or '[]')
 local base = p .. ':u:' .. uid .. ':k:'
 for _, id in ipairs(old) do redis.call('DEL', base .. id) end
 local new = {}
-for i = 9, #ARGV, 6 do
+local step = 5 + #models
+for i = 10, #ARGV, step do
   local id = ARGV[i]
   new[#new + 1] = id
   redis.call('HSET', base .. id, 'doc', d, 'text', ARGV[i + 1], 'title', ARGV[i + 2], 'parent', ARGV[i + 3],
-    'meta', ARGV[i + 4], 'vec', ARGV[i + 5])
+    'meta', ARGV[i + 4])
+  for j, m in ipairs(models) do redis.call('HSET', base .. id, 'v:' .. m, ARGV[i + 4 + j]) end
 end
 local encoded = '[]'
 if #new > 0 then encoded = cjson.encode(new) end
@@ -139,6 +152,46 @@ if #old > 0 then
     'add', '[]', 'drop', cjson.encode(old), 'n', redis.call('INCR', p .. ':evseq'))
 end
 return {'deleted', #old}
+"""
+
+_START_MIGRATION = """
+local p, c, model, dim, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local col = redis.call('HMGET', p .. ':c:' .. c, 'uid', 'model', 'next')
+if not col[1] then return 'nocol' end
+if col[3] then return 'busy' end
+if col[2] == model then return 'same' end
+local total = redis.call('GET', p .. ':u:' .. col[1] .. ':n') or '0'
+redis.call('HSET', p .. ':c:' .. c, 'next', model, 'next_dim', dim, 'mig_done', 0, 'mig_total', total, 'mig_start', now)
+return 'started'
+"""
+
+# ARGV: p, c, uid, model, then chunk id / vector pairs. Sets a vector of the migration's target
+# model on chunks that still exist, and counts them.
+_FILL = """
+local p, c, uid, model = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+if redis.call('HGET', p .. ':c:' .. c, 'next') ~= model then return -1 end
+local base = p .. ':u:' .. uid .. ':k:'
+local filled = 0
+for i = 5, #ARGV, 2 do
+  local key = base .. ARGV[i]
+  if redis.call('EXISTS', key) == 1 and redis.call('HEXISTS', key, 'v:' .. model) == 0 then
+    redis.call('HSET', key, 'v:' .. model, ARGV[i + 1])
+    filled = filled + 1
+  end
+end
+redis.call('HINCRBY', p .. ':c:' .. c, 'mig_done', filled)
+return filled
+"""
+
+_SWITCH_MODEL = """
+local p, maxlen, c, uid, model = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local col = redis.call('HMGET', p .. ':c:' .. c, 'uid', 'model', 'next', 'next_dim')
+if col[1] ~= uid or col[3] ~= model then return false end
+redis.call('HSET', p .. ':c:' .. c, 'model', model, 'dim', col[4])
+redis.call('HDEL', p .. ':c:' .. c, 'next', 'next_dim', 'mig_done', 'mig_total', 'mig_start')
+redis.call('XADD', p .. ':events', 'MAXLEN', '~', maxlen, '*', 'op', 'm', 'c', c, 'u', uid,
+  'n', redis.call('INCR', p .. ':evseq'))
+return col[2]
 """
 
 _DELETE_COLLECTION = """
@@ -322,6 +375,9 @@ class RetrievalStore:
         self._retry = client.register_script(_RETRY)
         self._dead = client.register_script(_DEAD)
         self._move_due = client.register_script(_MOVE_DUE)
+        self._start_migration = client.register_script(_START_MIGRATION)
+        self._fill = client.register_script(_FILL)
+        self._switch = client.register_script(_SWITCH_MODEL)
 
     async def epoch(self) -> str:
         """The random id of this data set, created on first use."""
@@ -369,6 +425,11 @@ class RetrievalStore:
             created_ms=_i(raw.get(b"created")),
             document_count=int(docs or 0),
             chunk_count=_i(chunks),
+            next_model=_s(raw.get(b"next")),
+            next_dimension=_i(raw.get(b"next_dim")),
+            backfilled_count=_i(raw.get(b"mig_done")),
+            backfill_total=_i(raw.get(b"mig_total")),
+            migration_started_ms=_i(raw.get(b"mig_start")),
         )
         return StoredCollection(col, uid)
 
@@ -473,34 +534,44 @@ class RetrievalStore:
         outcome, removed = await self._delete_doc(args=[self.prefix, self.events_maxlen, collection_id, document_id])
         return _s(outcome), int(removed)
 
-    async def commit(self, event: IngestEvent, chunks: Sequence[Chunk], now_ms: int) -> tuple[str, bool]:
+    async def commit(
+        self, event: IngestEvent, chunks: Sequence[Chunk], vectors: Mapping[str, Sequence[Any]], now_ms: int
+    ) -> tuple[str, bool]:
         """Replaces a document's indexed chunks with ``chunks`` if it still wants this content.
+
+        Args:
+            event: The event being handled.
+            chunks: The new chunks (their own ``vector`` is ignored).
+            vectors: Per embedding model, one vector per chunk: the active model's, and during a
+                migration the target model's too.
+            now_ms: The time of the commit.
 
         Returns:
             (outcome, replaced): ``indexed`` (and whether older chunks were replaced),
             ``unchanged`` (already indexed: nothing written), ``superseded`` (newer content
-            was upserted) or ``gone`` (the document or collection was deleted).
+            was upserted), ``gone`` (the document or collection was deleted) or ``models``
+            (the collection's models changed since it was read: embed again).
         """
+        models = sorted(vectors)
         args: list[Any] = [
             self.prefix, self.events_maxlen, event.collection_id, event.uid, event.document_id,
-            event.content_hash, now_ms, event.operation_id,
+            event.content_hash, now_ms, event.operation_id, json.dumps(models),
         ]  # fmt: skip
-        for c in chunks:
-            args += [
-                c.chunk_id, c.text, c.title, c.parent_text,
-                json.dumps(c.metadata, sort_keys=True, ensure_ascii=False), _vector_bytes(c.vector),
-            ]  # fmt: skip
+        for i, c in enumerate(chunks):
+            meta = json.dumps(c.metadata, sort_keys=True, ensure_ascii=False)
+            args += [c.chunk_id, c.text, c.title, c.parent_text, meta]
+            args += [_vector_bytes(vectors[m][i]) for m in models]
         outcome, had = await self._commit(args=args)
         return _s(outcome), bool(int(had))
 
-    async def chunks(self, uid: str, chunk_ids: Sequence[str], dim: int) -> list[Chunk]:
-        """The chunks of ``chunk_ids`` that still exist."""
+    async def chunks(self, uid: str, chunk_ids: Sequence[str], dim: int, model: str) -> list[Chunk]:
+        """The chunks of ``chunk_ids`` that still exist, with their vector of ``model``."""
         if not chunk_ids:
             return []
         base = f"{self.prefix}:u:{uid}:k:"
         async with self.redis.pipeline(transaction=False) as pipe:
             for cid in chunk_ids:
-                pipe.hmget(base + cid, "doc", "text", "title", "parent", "meta", "vec")
+                pipe.hmget(base + cid, "doc", "text", "title", "parent", "meta", f"v:{model}")
             rows = await pipe.execute()
         out = []
         for cid, (doc, text, title, parent, meta, vec) in zip(chunk_ids, rows, strict=True):
@@ -512,12 +583,75 @@ class RetrievalStore:
             out.append(Chunk(cid, _s(doc), _s(text), _s(title), _s(parent), json.loads(_s(meta) or "{}"), vector))
         return out
 
-    async def scan_chunks(self, uid: str, dim: int, batch: int = 1000) -> AsyncIterator[list[Chunk]]:
-        """Every chunk of a collection, in batches (order unspecified)."""
+    async def scan_chunks(self, uid: str, dim: int, model: str, batch: int = 1000) -> AsyncIterator[list[Chunk]]:
+        """Every chunk of a collection with its vector of ``model``, in batches (order unspecified)."""
+        async for ids in self.scan_chunk_ids(uid, batch):
+            yield await self.chunks(uid, ids, dim, model)
+
+    async def scan_chunk_ids(self, uid: str, batch: int = 1000) -> AsyncIterator[list[str]]:
+        """Every chunk id of a collection, in batches (order unspecified)."""
         prefix = f"{self.prefix}:u:{uid}:k:"
         async for keys in self._scan_batches(prefix + "*", batch):
-            ids = [_s(k)[len(prefix) :] for k in keys]
-            yield await self.chunks(uid, ids, dim)
+            yield [_s(k)[len(prefix) :] for k in keys]
+
+    # --- embedding-model migrations --------------------------------------------------------
+
+    async def start_migration(self, collection_id: str, model: str, dim: int, now_ms: int) -> str:
+        """Marks a collection as moving to ``model``: ``started``, ``nocol``, ``busy`` or ``same``."""
+        return _s(await self._start_migration(args=[self.prefix, collection_id, model, dim, now_ms]))
+
+    async def missing_vectors(self, uid: str, chunk_ids: Sequence[str], model: str) -> list[tuple[str, str]]:
+        """(chunk id, indexed text) of the chunks that exist and have no vector of ``model``."""
+        base = f"{self.prefix}:u:{uid}:k:"
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for cid in chunk_ids:
+                pipe.hmget(base + cid, "text", "title", f"v:{model}")
+            rows = await pipe.execute()
+        out = []
+        for cid, (text, title, vec) in zip(chunk_ids, rows, strict=True):
+            if text is not None and vec is None:
+                t, h = _s(text), _s(title)
+                out.append((cid, f"{h}\n{t}" if h else t))
+        return out
+
+    async def fill_vectors(self, collection_id: str, uid: str, model: str, filled: Mapping[str, Any]) -> int:
+        """Stores target-model vectors of existing chunks; -1 when the migration is over."""
+        args: list[Any] = [self.prefix, collection_id, uid, model]
+        for cid, vec in filled.items():
+            args += [cid, _vector_bytes(vec)]
+        return int(await self._fill(args=args))
+
+    async def switch_model(self, collection_id: str, uid: str, model: str) -> str | None:
+        """Makes ``model`` the active one (one step, announced on the index stream).
+
+        Returns the previous model, or None when the migration is no longer the one given.
+        """
+        old = await self._switch(args=[self.prefix, self.events_maxlen, collection_id, uid, model])
+        return _s(old) if old else None
+
+    async def drop_vectors(self, uid: str, chunk_ids: Sequence[str], model: str) -> None:
+        """Removes the vectors of a model no longer used."""
+        base = f"{self.prefix}:u:{uid}:k:"
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for cid in chunk_ids:
+                pipe.hdel(base + cid, f"v:{model}")
+            await pipe.execute()
+
+    async def lock(self, name: str, owner: str, ttl_ms: int) -> bool:
+        """Takes (or extends, for its owner) a lock that expires after ``ttl_ms``."""
+        key = f"{self.prefix}:lock:{name}"
+        if await self.redis.set(key, owner, nx=True, px=ttl_ms):
+            return True
+        if _s(await self.redis.get(key)) == owner:
+            await self.redis.pexpire(key, ttl_ms)
+            return True
+        return False
+
+    async def unlock(self, name: str, owner: str) -> None:
+        """Releases a lock this owner holds."""
+        key = f"{self.prefix}:lock:{name}"
+        if _s(await self.redis.get(key)) == owner:
+            await self.redis.delete(key)
 
     async def collection_ids(self) -> list[str]:
         return [_s(x) for x in await self.redis.zrange(f"{self.prefix}:cols", 0, -1)]

@@ -116,17 +116,20 @@ class IndexSync:
             stored = await self.store.get_collection(cid)
             if stored is None:
                 continue
-            col = stored.collection
-            index = CollectionIndex(col.dimension, col.fields, self.params, int(col.chunk_count * 1.1))
-            async for batch in self.store.scan_chunks(stored.uid, col.dimension):
-                await asyncio.to_thread(index.add, batch, None, self.rebuild_threads)
-            rows, freed = index.keyword_snapshot()
-            index.swap_keyword(await asyncio.to_thread(index.build_keyword, rows), freed)
-            entries[cid] = Entry(col, stored.uid, index)
+            entries[cid] = await self._build(stored.collection, stored.uid)
         async with self._mutate:
             self.entries = entries
             self.last_id, self.last_seq = last_id, last_seq
         self._export()
+
+    async def _build(self, col: Collection, uid: str) -> Entry:
+        """One collection's index, built from its chunks in Redis (vectors of its active model)."""
+        index = CollectionIndex(col.dimension, col.fields, self.params, int(col.chunk_count * 1.1))
+        async for batch in self.store.scan_chunks(uid, col.dimension, col.embedding_model):
+            await asyncio.to_thread(index.add, batch, None, self.rebuild_threads)
+        rows, freed = index.keyword_snapshot()
+        index.swap_keyword(await asyncio.to_thread(index.build_keyword, rows), freed)
+        return Entry(col, uid, index)
 
     async def catch_up(self) -> int:
         """Applies every event after ``last_id`` without waiting. Returns how many."""
@@ -180,15 +183,27 @@ class IndexSync:
                     if entry is not None and entry.uid == e.uid:
                         del self.entries[e.collection_id]
                     continue
+                if e.op == "m":
+                    # The collection switched embedding models: build the new model's index from
+                    # Redis, then swap it in whole (searches use the old one until then).
+                    stored = await self.store.get_collection(e.collection_id, counts=True)
+                    if stored is not None and stored.uid == e.uid:
+                        self.entries[e.collection_id] = await self._build(stored.collection, stored.uid)
+                        log.info(
+                            "embedding model switched",
+                            extra={"collection": e.collection_id, "model": stored.collection.embedding_model},
+                        )
+                    continue
                 index = self.get(e.collection_id, e.uid)
                 if index is None:
                     stored = await self.store.get_collection(e.collection_id, counts=False)
                     if stored is None or stored.uid != e.uid:
                         continue  # deleted since: a later "x" event follows, or already did
                     index = self.ensure(stored.collection, stored.uid)
+                model = self.entries[e.collection_id].collection.embedding_model
                 index.remove(e.dropped)
                 wanted = [cid for cid in e.added if cid not in index]
-                index.add(await self.store.chunks(e.uid, wanted, index.dim))
+                index.add(await self.store.chunks(e.uid, wanted, index.dim, model))
                 touched.add(e.collection_id)
             self.last_id, self.last_seq = events[-1].stream_id, events[-1].seq
             self.applied_since_snapshot += len(events)
@@ -224,7 +239,13 @@ class IndexSync:
                 "m": self.params.m,
                 "bigrams": self.params.bigrams,
                 "collections": [
-                    {"id": cid, "uid": e.uid, "dim": e.collection.dimension, "dir": f"c{i}"}
+                    {
+                        "id": cid,
+                        "uid": e.uid,
+                        "model": e.collection.embedding_model,
+                        "dim": e.collection.dimension,
+                        "dir": f"c{i}",
+                    }
                     for i, (cid, e) in enumerate(sorted(self.entries.items()))
                 ],
             }
@@ -286,6 +307,10 @@ class IndexSync:
                 if stored is None or stored.uid != c["uid"]:
                     continue  # deleted since; its "x" event is in the tail anyway
                 col = stored.collection
+                if col.embedding_model != c.get("model"):
+                    # Switched models since: the snapshot's vectors are the old model's.
+                    entries[c["id"]] = await self._build(col, stored.uid)
+                    continue
                 index = await asyncio.to_thread(CollectionIndex.load, snapshot / c["dir"], col.dimension, col.fields,
                                                 self.params)  # fmt: skip
                 entries[c["id"]] = Entry(col, stored.uid, index)

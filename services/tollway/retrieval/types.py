@@ -121,6 +121,11 @@ class Collection:
         created_ms: Creation time, Unix ms.
         document_count: Documents held (filled in when read).
         chunk_count: Chunks indexed (filled in when read).
+        next_model: The model a migration moves to ("" when none runs).
+        next_dimension: Its vector length.
+        backfilled_count: Chunks with a vector of ``next_model`` so far.
+        backfill_total: Chunks indexed when the migration started.
+        migration_started_ms: When it started.
     """
 
     collection_id: str
@@ -132,10 +137,20 @@ class Collection:
     created_ms: int = 0
     document_count: int = 0
     chunk_count: int = 0
+    next_model: str = ""
+    next_dimension: int = 0
+    backfilled_count: int = 0
+    backfill_total: int = 0
+    migration_started_ms: int = 0
 
     @property
     def name(self) -> str:
         return f"collections/{self.collection_id}"
+
+    @property
+    def models(self) -> list[str]:
+        """The models every new chunk needs a vector of: the active one, and a migration's target."""
+        return [self.embedding_model, self.next_model] if self.next_model else [self.embedding_model]
 
 
 @dataclasses.dataclass(frozen=True)
