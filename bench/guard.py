@@ -570,30 +570,41 @@ SCHEMAS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
-def bench_structured() -> None:
+def bench_structured(max_schemas: int, max_tokens: int) -> None:
     from llama_cpp import Llama
 
     from tollway.launcher.stack import gguf_path
 
     llm = Llama(model_path=str(gguf_path()), n_ctx=2048, n_threads=2, verbose=False, seed=7)
 
-    async def call(messages: tuple[ChatMessage, ...]) -> str:
+    def complete(messages: tuple[ChatMessage, ...], schema: dict[str, Any] | None = None) -> str:
+        extra: dict[str, Any] = {}
+        if schema is not None:  # llama.cpp enforces the schema with a grammar, as a provider would
+            extra["response_format"] = {"type": "json_object", "schema": schema}
         out = llm.create_chat_completion(
-            messages=[{"role": m.role, "content": m.content} for m in messages], max_tokens=96, temperature=0.2
+            messages=[{"role": m.role, "content": m.content} for m in messages],
+            max_tokens=max_tokens,
+            temperature=0.2,
+            **extra,
         )
         return out["choices"][0]["message"]["content"] or ""
 
-    counts = defaultdict(int)
+    async def call(messages: tuple[ChatMessage, ...]) -> str:
+        return complete(messages)
+
+    schemas = SCHEMAS[:max_schemas]
+    counts: dict[str, int] = defaultdict(int)
     attempts_total = 0
     t0 = time.perf_counter()
-    for prompt, schema in SCHEMAS:
+    print(f"\n## Structured output: SmolLM2-135M-Instruct Q4_1 (llama.cpp, T 0.2, max_tokens {max_tokens})")
+    for prompt, schema in schemas:
         compiled = compile_format(ResponseFormat("json_schema", schema=schema))
         assert compiled is not None
         system = "Answer with a single JSON value and nothing else. It must match this JSON Schema:\n" + json.dumps(
             schema
         )
         messages = (ChatMessage("system", system), ChatMessage("user", prompt))
-        first = asyncio.run(call(messages))
+        first = complete(messages)
         flags = []
         try:
             strict = json.loads(first)
@@ -620,11 +631,18 @@ def bench_structured() -> None:
             outcome = f"valid after {result.attempts} call(s){' (repaired)' if result.repaired else ''}"
         except StructuredOutputInvalid as exc:
             attempts_total += exc.attempts
-            outcome = f"invalid after {exc.attempts} calls: {exc.errors[0][:80]}"
-        print(f"  {prompt[:50]:50s} first answer: {','.join(flags) or 'no JSON'}; {outcome}", flush=True)
-    n = len(SCHEMAS)
+            outcome = f"invalid after {exc.attempts} calls"
+        enforced = lenient_parse(complete(messages, schema))
+        enforced_valid = enforced.ok and not compiled.errors(enforced.value)
+        counts["enforced_json"] += enforced.ok
+        counts["enforced_valid"] += enforced_valid
+        print(
+            f"  {prompt[:46]:46s} first: {','.join(flags) or 'no JSON'}; loop: {outcome}; "
+            f"enforced: {'valid' if enforced_valid else 'JSON, invalid' if enforced.ok else 'no JSON'}",
+            flush=True,
+        )
+    n = len(schemas)
     elapsed = time.perf_counter() - t0
-    print(f"\n## Structured output: SmolLM2-135M-Instruct Q4_1 (llama.cpp, T 0.2, max_tokens 96), {n} schemas")
     print("| stage | valid JSON | schema-valid |")
     print("|---|---:|---:|")
     print(f"| as returned (json.loads) | {counts['raw_json']}/{n} | {counts['raw_valid']}/{n} |")
@@ -633,7 +651,11 @@ def bench_structured() -> None:
         f"| {counts['lenient_valid']}/{n} |"
     )
     print(f"| + up to 2 retries with the errors fed back | — | {counts['final_valid']}/{n} |")
-    print(f"- model calls: {attempts_total} for {n} requests ({attempts_total / n:.2f} each); {elapsed:.0f} s in all")
+    print(
+        f"| provider-enforced (llama.cpp grammar from the schema), one call | {counts['enforced_json']}/{n} "
+        f"| {counts['enforced_valid']}/{n} |"
+    )
+    print(f"- model calls in the loop: {attempts_total} for {n} requests; {elapsed:.0f} s in all")
 
 
 def main() -> None:
@@ -641,6 +663,8 @@ def main() -> None:
     parser.add_argument("--only", default="pii,injection,latency,output,context,structured")
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--no-model", action="store_true", help="skip the structured-output run")
+    parser.add_argument("--schemas", type=int, default=len(SCHEMAS), help="structured: the first N schemas")
+    parser.add_argument("--max-tokens", type=int, default=96, help="structured: the answer's token limit")
     args = parser.parse_args()
     parts = set(args.only.split(","))
     load = os.getloadavg()
@@ -659,7 +683,7 @@ def main() -> None:
     if "context" in parts:
         bench_context(args.runs)
     if "structured" in parts and not args.no_model:
-        bench_structured()
+        bench_structured(args.schemas, args.max_tokens)
     load = os.getloadavg()
     print(f"\nload average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 

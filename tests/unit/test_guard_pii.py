@@ -250,3 +250,13 @@ def test_non_ascii_text_keeps_offsets() -> None:
     for f in SCANNER.scan(text):
         assert text[f.start : f.end].strip() == text[f.start : f.end]
     assert PiiType.PHONE in kinds
+
+
+def test_a_secret_name_inside_a_longer_word_is_not_an_assignment() -> None:
+    # "client_secret" is a name of its own; "mysecret=" is not "secret=".
+    assert found("client_secret=Zx81kLmnOpq2345RstUv") == [("secret", "assignment", "Zx81kLmnOpq2345RstUv")]
+    assert found("mysecret=Zx81kLmnOpq2345RstUv") == []
+
+
+def test_capitalised_assignment_names_are_seen() -> None:
+    assert [h[1] for h in found("PASSWORD: Zx81kLmnOpq2345RstUv")] == ["assignment"]
