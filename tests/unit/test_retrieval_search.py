@@ -171,3 +171,21 @@ def test_bigrams_rank_a_phrase_match_above_the_same_words_apart() -> None:
             assert ids(out)[0] == first and scores["phrase:1"] > scores["apart:1"]
         else:
             assert scores["phrase:1"] == pytest.approx(scores["apart:1"], rel=0.2)  # same words, similar lengths
+
+
+def test_tokenize_gives_the_terms_bm25s_gives() -> None:
+    import bm25s
+    import Stemmer
+
+    from tollway.retrieval.keyword import tokenize
+
+    texts = [
+        "The Running dogs weren't QUICKLY jumping over 3 fences in 2024!",
+        "Élan vital — naïve café résumé; e-mail addresses: a.b@example.com",
+        "",
+        "x y z a an the of",
+    ]
+    reference = bm25s.tokenize(
+        texts, stopwords="en", stemmer=Stemmer.Stemmer("english"), return_ids=False, show_progress=False
+    )
+    assert tokenize(texts) == [list(r) for r in reference]
