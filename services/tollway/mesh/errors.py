@@ -295,6 +295,9 @@ def rpc_errors(domain: str) -> Callable[[H], H]:
     def decorate(fn: H) -> H:
         method = fn.__name__
         service = domain.split(".", 1)[0]
+        # The histogram child of this method, looked up once: labels() costs ~15 us a call (a lock
+        # and a dict lookup), paid on every RPC, and several times per request when co-located.
+        seconds = metrics.RPC_SECONDS.labels(service, method)
 
         async def _fail(exc: BaseException, context: grpc.aio.ServicerContext) -> None:
             if isinstance(exc, TollwayError):
@@ -323,7 +326,7 @@ def rpc_errors(domain: str) -> Callable[[H], H]:
                 except Exception as exc:
                     await _fail(exc, context)
                 finally:
-                    metrics.RPC_SECONDS.labels(service, method).observe(time.perf_counter() - start)
+                    seconds.observe(time.perf_counter() - start)
 
             return stream  # type: ignore[return-value]
 
@@ -338,7 +341,7 @@ def rpc_errors(domain: str) -> Callable[[H], H]:
             except Exception as exc:
                 await _fail(exc, context)
             finally:
-                metrics.RPC_SECONDS.labels(service, method).observe(time.perf_counter() - start)
+                seconds.observe(time.perf_counter() - start)
 
         return unary  # type: ignore[return-value]
 

@@ -515,13 +515,12 @@ class _UnaryUnaryCall(_Call):
         self._response = result
 
     def __await__(self) -> Generator[Any, None, Any]:
-        try:
-            yield from asyncio.shield(self._task).__await__()
-        except asyncio.CancelledError:
-            if self._status is None or not self._locally_cancelled:
-                # The awaiting task was cancelled: so is the call (grpc.aio does the same).
-                self.cancel()
-                raise
+        # Awaited directly, not shielded: a cancelled awaiting task cancels the handler's task
+        # (asyncio cancels the future a task waits on), which is what grpc.aio does to the call.
+        with contextlib.suppress(asyncio.CancelledError):
+            yield from self._task.__await__()
+        if self._status is None or self._status.code == grpc.StatusCode.CANCELLED:
+            raise asyncio.CancelledError()
         self._raise_for_status()
         assert self._handler is not None
         return _convert(self._response, self._handler.response_serializer, self._response_deserializer)
@@ -574,6 +573,8 @@ class _UnaryStreamCall(_Call):
             grpc.aio.AioRpcError: The call ended with a non-OK status.
             asyncio.CancelledError: The call was cancelled by this side.
         """
+        if self._locally_cancelled:
+            raise asyncio.CancelledError()  # what is still buffered is dropped, as grpc.aio drops it
         while not self._buffer:
             if self._status is not None:
                 self._raise_for_status()
