@@ -175,7 +175,13 @@ async def ingest(stub: retrieval_pb2_grpc.RetrievalServiceStub, ds: Dataset) -> 
     while ops:
         still = []
         for name in ops:
-            op = (await stub.GetOperation(pb.GetOperationRequest(name=name))).operation
+            try:
+                op = (await stub.GetOperation(pb.GetOperationRequest(name=name))).operation
+            except grpc.aio.AioRpcError as err:
+                if err.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise
+                still.append(name)  # a loaded machine's Redis missed its deadline: ask again later
+                continue
             if not op.done:
                 still.append(name)
             elif op.HasField("error"):

@@ -77,6 +77,13 @@ class Corpus:
             out.append(Chunk(f"c{i}", f"d{i // 4}", text, "", "", {}, vectors[i]))
         return out, topics
 
+    def topic_queries(self, count: int) -> list[np.ndarray]:
+        """Vectors near a topic's centre, not near any one chunk: many chunks are almost as close,
+        which is where an approximate index loses neighbours."""
+        topics = self.rng.integers(0, TOPICS, size=count)
+        v = self.centroids[topics] + self.rng.normal(size=(count, DIM)).astype(np.float32) * 0.03
+        return list(v / np.linalg.norm(v, axis=1, keepdims=True))
+
     def queries(self, chunks: Sequence[Chunk], count: int) -> list[tuple[str, np.ndarray]]:
         out = []
         for i in self.rng.integers(0, len(chunks), size=count):
@@ -113,14 +120,42 @@ def search_figures(n: int, queries: int, corpus: Corpus) -> dict[str, float]:
             times.append((time.perf_counter() - t) * 1000)
         figures[f"{mode.value}_p50_ms"] = statistics.median(times)
         figures[f"{mode.value}_p99_ms"] = percentile(times, 0.99)
+    figures["recall_at_10"] = recall_at_10(index, [v for _, v in qs])
+    figures["recall_at_10_topic"] = recall_at_10(index, corpus.topic_queries(len(qs)))
+    return figures
+
+
+def recall_at_10(index: CollectionIndex, queries: Sequence[np.ndarray]) -> float:
+    """Share of the exact ten nearest chunks that hnswlib also returns."""
     allowed = index.allowed([])
     hits = 0
-    for _, vec in qs:
+    for vec in queries:
         approx = set(index.vector_top(vec, 10, allowed).tolist())
         exact = set(index.vector_top(vec, 10, allowed, exact=True).tolist())
         hits += len(approx & exact)
-    figures["recall_at_10"] = hits / (10 * len(qs))
-    return figures
+    return hits / (10 * len(queries))
+
+
+async def real_recall(redis_url: str, collection: str, dataset: str) -> tuple[int, float]:
+    """hnswlib recall@10 on a collection indexed by bench/retrieval_eval.py (real MiniLM chunk
+    vectors), with that data set's dev queries embedded by the same model."""
+    from bench.retrieval_eval import DATA, load
+    from tollway.embedding.model import load_model
+    from tollway.mesh import redis as mesh_redis
+    from tollway.retrieval.store import RetrievalStore
+
+    client = mesh_redis.connect(redis_url)
+    store = RetrievalStore(client)
+    stored = await store.get_collection(collection)
+    assert stored is not None, f"no collection {collection!r} in {redis_url}"
+    col = stored.collection
+    index = CollectionIndex(col.dimension, {}, IndexParams(), capacity=col.chunk_count)
+    async for batch in store.scan_chunks(stored.uid, col.dimension, col.embedding_model):
+        index.add(batch, num_threads=2)
+    await client.aclose()
+    ds = load(dataset, DATA)
+    vectors = load_model().embed(list(ds.queries.values())).vectors
+    return len(index), recall_at_10(index, list(vectors))
 
 
 class PrecomputedEmbedder:
@@ -172,6 +207,11 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000", help="comma-separated chunk counts")
     parser.add_argument("--queries", type=int, default=500, help="queries per size")
     parser.add_argument("--ingest-documents", type=int, default=1000, help="documents for the ingestion rate (0: skip)")
+    parser.add_argument("--real-redis", help="also measure recall@10 on a collection retrieval_eval.py indexed here")
+    parser.add_argument(
+        "--real-collection", default="eval-scifact-200", help="that collection (default eval-scifact-200)"
+    )
+    parser.add_argument("--real-dataset", default="scifact", help="whose dev queries to embed (scifact or squad)")
     args = parser.parse_args()
     print(f"# {platform.platform()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')}, "
           f"load {os.getloadavg()[0]:.2f}")  # fmt: skip
@@ -183,9 +223,12 @@ def main() -> None:
             f"hybrid p50 {f['hybrid_p50_ms']:.2f} ms p99 {f['hybrid_p99_ms']:.2f} ms  "
             f"vector p50 {f['vector_p50_ms']:.2f} p99 {f['vector_p99_ms']:.2f}  "
             f"keyword p50 {f['keyword_p50_ms']:.2f} p99 {f['keyword_p99_ms']:.2f}  "
-            f"hnsw recall@10 {f['recall_at_10']:.4f}",
+            f"hnsw recall@10 {f['recall_at_10']:.4f} (topic queries {f['recall_at_10_topic']:.4f})",
             flush=True,
         )
+    if args.real_redis:
+        n, r = asyncio.run(real_recall(args.real_redis, args.real_collection, args.real_dataset))
+        print(f"real MiniLM vectors: {n} chunks of {args.real_collection}, hnsw recall@10 {r:.4f}", flush=True)
     if args.ingest_documents:
         g = asyncio.run(ingest_figures(args.ingest_documents, corpus))
         print(
