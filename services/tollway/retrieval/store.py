@@ -16,7 +16,7 @@ never meets the old one's leftovers while they are being removed)::
     {p}:lock:{name}         STRING a lock (the replica back-filling a migration; expires)
     {p}:u:{u}:n             STRING chunks indexed in the collection
     {p}:op:{id}             HASH  operation (expires after a day)
-    {p}:ingest              STREAM content_changed events (c, u, d, h, op, try), consumer group
+    {p}:ingest              STREAM content_changed events (type, c, u, d, h, op, try), consumer group
     {p}:delayed             ZSET  events waiting for their next try (member: JSON, score: due ms)
     {p}:dead                STREAM events that failed every try
     {p}:events              STREAM index changes for every replica's indexes (op=s|x|m, n)
@@ -86,8 +86,8 @@ redis.call('ZADD', p .. ':u:' .. uid .. ':docs', 0, d)
 redis.call('HSET', p .. ':op:' .. op, 'c', c, 'd', d, 'h', hash, 'state', 'queued', 'created', now,
   'updated', now, 'tries', '0')
 redis.call('EXPIRE', p .. ':op:' .. op, op_ttl)
-redis.call('XADD', p .. ':ingest', 'MAXLEN', '~', maxlen, '*', 'c', c, 'u', uid, 'd', d, 'h', hash,
-  'op', op, 'try', '1')
+redis.call('XADD', p .. ':ingest', 'MAXLEN', '~', maxlen, '*', 'type', 'content_changed', 'c', c, 'u', uid,
+  'd', d, 'h', hash, 'op', op, 'try', '1')
 return {'queued', op}
 """
 
@@ -251,8 +251,8 @@ local p, now, maxlen = ARGV[1], ARGV[2], ARGV[3]
 local due = redis.call('ZRANGEBYSCORE', p .. ':delayed', '-inf', now, 'LIMIT', 0, 100)
 for _, event in ipairs(due) do
   local e = cjson.decode(event)
-  redis.call('XADD', p .. ':ingest', 'MAXLEN', '~', maxlen, '*', 'c', e.c, 'u', e.u, 'd', e.d, 'h', e.h,
-    'op', e.op, 'try', tostring(e.try))
+  redis.call('XADD', p .. ':ingest', 'MAXLEN', '~', maxlen, '*', 'type', 'content_changed', 'c', e.c, 'u', e.u,
+    'd', e.d, 'h', e.h, 'op', e.op, 'try', tostring(e.try))
   redis.call('ZREM', p .. ':delayed', event)
 end
 return #due
