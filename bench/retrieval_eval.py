@@ -248,23 +248,31 @@ def with_feedback(v: Variant, n: int) -> Variant:
     return dataclasses.replace(v, label=f"{v.label} + PRF {n}", feedback=n)
 
 
-async def evaluate(stub: retrieval_pb2_grpc.RetrievalServiceStub, ds: Dataset, quick: bool) -> dict:  # type: ignore[type-arg]
+async def evaluate(
+    stub: retrieval_pb2_grpc.RetrievalServiceStub, ds: Dataset, quick: bool, final: list[Variant] | None = None
+) -> dict:  # type: ignore[type-arg]
+    """Measures the variants on the tune half and the winner (and the baselines) on the held-out half.
+
+    With ``final``, only the baselines and those variants are measured (a re-run of a choice
+    already made on the tune half), and the best of them on the tune half is the winner.
+    """
     tune, held = split(ds)
     if quick:
         tune, held = tune[:300], held[:300]
     rows: list[dict] = []  # type: ignore[type-arg]
     results: dict[Variant, tuple[float, float]] = {}
-    for v in BASE + TUNING:
+    for v in BASE + (final if final is not None else TUNING):
         results[v] = await measure(stub, ds, tune, v)
         print(f"  {ds.name} tune  {v.label:45s} nDCG@10 {results[v][0]:.4f}  R@100 {results[v][1]:.4f}", flush=True)
     best_fusion = max((v for v in results if v.mode == pb.SEARCH_MODE_HYBRID), key=lambda v: results[v][0])
-    for n in (3, 5):
+    for n in (3, 5) if final is None else ():
         v = with_feedback(best_fusion, n)
         results[v] = await measure(stub, ds, tune, v)
         print(f"  {ds.name} tune  {v.label:45s} nDCG@10 {results[v][0]:.4f}  R@100 {results[v][1]:.4f}", flush=True)
-    v = dataclasses.replace(best_fusion, label=f"{best_fusion.label} + MMR 0.7", mmr=True)
-    results[v] = await measure(stub, ds, tune, v)
-    print(f"  {ds.name} tune  {v.label:45s} nDCG@10 {results[v][0]:.4f}  R@100 {results[v][1]:.4f}", flush=True)
+    if final is None:
+        v = dataclasses.replace(best_fusion, label=f"{best_fusion.label} + MMR 0.7", mmr=True)
+        results[v] = await measure(stub, ds, tune, v)
+        print(f"  {ds.name} tune  {v.label:45s} nDCG@10 {results[v][0]:.4f}  R@100 {results[v][1]:.4f}", flush=True)
     winner = max(results, key=lambda v: results[v][0])
     for v in [*BASE, winner]:
         held_scores = await measure(stub, ds, held, v)
@@ -286,7 +294,13 @@ async def run(args: argparse.Namespace) -> None:
                 print(f"{name}: {len(ds.docs)} documents, {len(ds.queries)} dev queries", flush=True)
                 report[name] = {"ingest": await ingest(stub, ds)}
                 print(f"  ingest: {report[name]['ingest']}", flush=True)
-                report[name].update(await evaluate(stub, ds, args.quick))
+                final = None
+                if args.final:
+                    final = [
+                        Variant(f"hybrid, weighted z-score {w}", pb.SEARCH_MODE_HYBRID, w, pb.FUSION_METHOD_WEIGHTED)
+                        for w in (float(x) for x in args.final.split(","))
+                    ]
+                report[name].update(await evaluate(stub, ds, args.quick, final))
             if args.out:
                 await asyncio.to_thread(Path(args.out).write_text, json.dumps(report, indent=1))
 
@@ -299,6 +313,9 @@ def main() -> None:
     parser.add_argument("--snapshot-dir", default="", help="index snapshot directory of the retrieval service")
     parser.add_argument("--quick", action="store_true", help="300 queries per half (a smoke run)")
     parser.add_argument("--out", help="write the figures as JSON here")
+    parser.add_argument(
+        "--final", help="comma-separated keyword weights chosen earlier: measure only those and the baselines"
+    )
     asyncio.run(run(parser.parse_args()))
 
 
