@@ -188,7 +188,8 @@ async def test_unknown_model_and_bad_input(served: Any) -> None:
     assert info.value.code() == grpc.StatusCode.NOT_FOUND and "small" in (info.value.details() or "")
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await events_of(stub, request("small", tools=[router_pb2.Tool(name="t")]))
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "does not support tools" in (info.value.details() or "")
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "does not support tools" in (info.value.details() or "")
 
 
 async def test_list_models_and_reload(served: Any, fakes: dict[str, FakeHTTPServer]) -> None:
