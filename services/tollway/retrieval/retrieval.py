@@ -136,6 +136,7 @@ class Retrieval:
         await self.store.ensure_group()
         await self.sync.start()
         self.background.run(self.sync.follow, name="index events")
+        self.background.run(self.sync.follow_keywords, name="keyword index builds")
         for i in range(self.workers):
             self.background.run(lambda stop, i=i: self.ingestor.work(stop, i), name=f"ingest worker {i}")
         self.background.every(self.snapshot_interval_s, self.sync.snapshot_if_changed, name="index snapshot")

@@ -78,6 +78,7 @@ class IndexSync:
         self.applied_since_snapshot = 0
         self.report: RebuildReport | None = None
         self._mutate = asyncio.Lock()
+        self._keyword_wakeup = asyncio.Event()
 
     def get(self, collection_id: str, uid: str) -> CollectionIndex | None:
         """The index of a collection when it was built for this uid."""
@@ -132,14 +133,19 @@ class IndexSync:
         return Entry(col, uid, index)
 
     async def catch_up(self) -> int:
-        """Applies every event after ``last_id`` without waiting. Returns how many."""
+        """Applies the events after ``last_id`` up to the stream's newest one at the time of the
+        call (the follower applies the rest: under steady ingestion "until none is left" might
+        never come), then brings BM25 up to date. Returns how many events were applied."""
+        _, head_seq = await self.store.stream_head()
         applied = 0
-        while True:
+        while self.last_seq < head_seq:
             events = await self.store.read_events(self.last_id, count=2000)
             if not events:
-                return applied
+                break
             await self._apply_or_rebuild(events)
             applied += len(events)
+        await self.refresh_keywords()
+        return applied
 
     async def follow(self, stop: asyncio.Event) -> None:
         """Applies the index event stream until ``stop`` is set; survives Redis outages.
@@ -173,8 +179,8 @@ class IndexSync:
         await self.apply(events)
 
     async def apply(self, events: Sequence[IndexEvent]) -> None:
-        """Applies chunk changes and collection deletions (idempotent), then rebuilds BM25
-        of the indexes that changed, off the event loop."""
+        """Applies chunk changes and collection deletions (idempotent) and wakes the BM25
+        builder for the indexes that changed."""
         touched: set[str] = set()
         async with self._mutate:
             for e in events:
@@ -207,14 +213,44 @@ class IndexSync:
                 touched.add(e.collection_id)
             self.last_id, self.last_seq = events[-1].stream_id, events[-1].seq
             self.applied_since_snapshot += len(events)
-            for cid in touched:
-                entry = self.entries.get(cid)
-                if entry is not None and entry.index.keyword_dirty:
-                    rows, freed = entry.index.keyword_snapshot()
-                    model = await asyncio.to_thread(entry.index.build_keyword, rows)
-                    entry.index.swap_keyword(model, freed)
+        if touched:
+            self._keyword_wakeup.set()
         metrics.INDEX_EVENTS.inc(len(events))
         self._export()
+
+    async def refresh_keywords(self) -> int:
+        """Rebuilds BM25 of every index that changed since its last build. Returns how many.
+
+        A build reads a copy of the token lists and runs in a worker thread; vector search and
+        the event follower go on meanwhile (chunks added during a build have no keyword score
+        until the next one).
+        """
+        built = 0
+        for entry in list(self.entries.values()):
+            index = entry.index
+            if not index.keyword_dirty:
+                continue
+            rows, freed = index.keyword_snapshot()
+            model = await asyncio.to_thread(index.build_keyword, rows)
+            if self.entries.get(entry.collection.collection_id) is entry:
+                index.swap_keyword(model, freed)
+                built += 1
+        return built
+
+    async def follow_keywords(self, stop: asyncio.Event) -> None:
+        """Rebuilds BM25 whenever applied events changed an index, until ``stop`` is set.
+
+        Apart from the event follower, so a build of a large collection (seconds at 100k
+        chunks) never holds back the vector index or other collections.
+        """
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._keyword_wakeup.wait(), 1.0)
+            self._keyword_wakeup.clear()
+            try:
+                await self.refresh_keywords()
+            except Exception:
+                log.exception("rebuilding BM25 failed; retrying")
 
     def _export(self) -> None:
         for cid, entry in self.entries.items():
