@@ -65,7 +65,7 @@ class RetrievalConfig:
     bm25_b: float = 0.75
     bm25_bigrams: bool = True
     candidates: int = 100
-    keyword_weight: float = 0.5
+    keyword_weight: float = 0.4
     fusion: str = "weighted"
     feedback_count: int = 0
     snapshot_dir: str = ""

@@ -70,7 +70,7 @@ class Limits:
     """
 
     max_document_chars: int = 1_000_000
-    default_keyword_weight: float = 0.5
+    default_keyword_weight: float = 0.4
     default_fusion: str = "weighted"
     default_feedback_count: int = 0
 

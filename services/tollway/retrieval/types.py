@@ -330,7 +330,7 @@ class SearchOptions:
     top_k: int = 10
     mode: Mode = Mode.HYBRID
     fusion: FusionMethod = FusionMethod.WEIGHTED
-    keyword_weight: float = 0.5
+    keyword_weight: float = 0.4
     rrf_k: int = 60
     filters: Sequence[Filter] = ()
     mmr: bool = False
