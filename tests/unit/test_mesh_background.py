@@ -158,3 +158,34 @@ def test_jitter_spreads_the_period() -> None:
     assert Background()._delay(10.0) == 10.0
     with pytest.raises(ValueError, match=r"jitter 1\.5"):
         Background(jitter=1.5)
+
+
+async def test_follow_stream_retries_every_failure_and_returns_when_stopped() -> None:
+    import logging
+
+    from tollway.mesh.background import follow_stream
+
+    stop = asyncio.Event()
+    calls: list[str] = []
+    outcomes = [ConnectionError("redis down"), ValueError("bad event"), None, None]
+
+    async def read_and_apply() -> None:
+        outcome = outcomes.pop(0)
+        calls.append(type(outcome).__name__)
+        if outcome is not None:
+            raise outcome
+        if not outcomes:
+            stop.set()
+
+    await asyncio.wait_for(
+        follow_stream(
+            read_and_apply,
+            stop,
+            what="a test stream",
+            unreachable=(ConnectionError,),
+            logger=logging.getLogger("test"),
+            retry_s=0.01,
+        ),
+        5,
+    )
+    assert calls == ["ConnectionError", "ValueError", "NoneType", "NoneType"]

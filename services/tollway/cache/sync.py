@@ -16,7 +16,6 @@ wrong answer.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import logging
@@ -31,6 +30,7 @@ from typing import Any
 from tollway.cache import metrics
 from tollway.cache.index import IndexParams, IndexRecord, IndexSet
 from tollway.cache.store import EVENTS_START, UNREACHABLE, CacheStore, Event
+from tollway.mesh.background import follow_stream
 
 log = logging.getLogger("tollway.cache.sync")
 
@@ -128,19 +128,12 @@ class IndexSync:
         Returns within about ``follow_block_ms`` of ``stop`` being set. (It is stopped this
         way rather than cancelled, so that no blocked XREAD is ever cancelled midway.)
         """
-        while not stop.is_set():
-            try:
-                events = await self.store.read_events(self.last_id, count=512, block_ms=self.follow_block_ms)
-                await self._apply_or_rebuild(events)
-            except UNREACHABLE as exc:
-                log.warning("event stream unreachable; retrying", extra={"error": str(exc)})
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 1.0)
-            except Exception:
-                # A follower that died would leave the index drifting away from Redis for good.
-                log.exception("applying the event stream failed; retrying")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 1.0)
+
+        async def read_and_apply() -> None:
+            events = await self.store.read_events(self.last_id, count=512, block_ms=self.follow_block_ms)
+            await self._apply_or_rebuild(events)
+
+        await follow_stream(read_and_apply, stop, what="the event stream", unreachable=UNREACHABLE, logger=log)
 
     async def _apply_or_rebuild(self, events: Sequence[Event]) -> None:
         if not events:

@@ -130,3 +130,33 @@ class Background:
                     await result
             except Exception:
                 self._log.exception("background job %s failed; it runs again in %.3gs", name, period_s)
+
+
+async def follow_stream(
+    read_and_apply: Callable[[], Awaitable[None]],
+    stop: asyncio.Event,
+    *,
+    what: str,
+    unreachable: tuple[type[BaseException], ...],
+    logger: logging.Logger,
+    retry_s: float = 1.0,
+) -> None:
+    """Runs ``read_and_apply`` (one blocking read of a stream and its application) until ``stop``.
+
+    A follower that died would leave its in-memory view drifting away from Redis for good, so
+    every failure is logged and retried after ``retry_s``: an ``unreachable`` error (Redis down)
+    as a warning, anything else with its traceback. Returns once ``stop`` is set, within one
+    read's block time; it is stopped this way rather than cancelled, so that no blocked read is
+    ever cancelled midway.
+    """
+    while not stop.is_set():
+        try:
+            await read_and_apply()
+        except unreachable as exc:
+            logger.warning(f"{what} unreachable; retrying", extra={"error": str(exc)})
+        except Exception:
+            logger.exception(f"applying {what} failed; retrying")
+        else:
+            continue
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), retry_s)

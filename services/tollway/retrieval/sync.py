@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tollway.mesh.background import follow_stream
 from tollway.retrieval import metrics
 from tollway.retrieval.index import CollectionIndex, IndexParams
 from tollway.retrieval.store import EVENTS_START, UNREACHABLE, IndexEvent, RetrievalStore
@@ -152,19 +153,12 @@ class IndexSync:
 
         Returns within about ``follow_block_ms`` of ``stop`` being set.
         """
-        while not stop.is_set():
-            try:
-                events = await self.store.read_events(self.last_id, count=1024, block_ms=self.follow_block_ms)
-                await self._apply_or_rebuild(events)
-            except UNREACHABLE as exc:
-                log.warning("index event stream unreachable; retrying", extra={"error": str(exc)})
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 1.0)
-            except Exception:
-                # A follower that died would leave the indexes drifting away from Redis for good.
-                log.exception("applying the index event stream failed; retrying")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 1.0)
+
+        async def read_and_apply() -> None:
+            events = await self.store.read_events(self.last_id, count=1024, block_ms=self.follow_block_ms)
+            await self._apply_or_rebuild(events)
+
+        await follow_stream(read_and_apply, stop, what="the index event stream", unreachable=UNREACHABLE, logger=log)
 
     async def _apply_or_rebuild(self, events: Sequence[IndexEvent]) -> None:
         if not events:
