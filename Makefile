@@ -32,6 +32,8 @@ lint: protos
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/buf lint
 	$(VENV)/bin/lint-imports --no-cache
+	promtool check rules deploy/prometheus/recording.yml deploy/prometheus/alerts.yml
+	cd deploy/prometheus && promtool test rules rules_test.yml
 	@./scripts/buf_breaking.sh main
 
 test: lint

@@ -2,6 +2,7 @@
 
     python -m tollway.edge --mesh deploy/mesh.yaml --out build/envoy.yaml [--port NAME=PORT ...]
     python -m tollway.edge --mesh deploy/mesh.yaml --k8s-out deploy/k8s
+    python -m tollway.edge --mesh deploy/mesh.yaml --prometheus-out deploy/prometheus [--layout split]
 
 Exit status: 0 on success, 2 on a bad mesh file, port override or descriptor set, 1 when
 `--validate` finds Envoy rejecting the config.
@@ -18,6 +19,7 @@ from pathlib import Path
 from tollway.edge.descriptor import DescriptorSetError, check_descriptor_set
 from tollway.edge.envoy_config import build_envoy_config
 from tollway.edge.k8s import build_k8s_manifests
+from tollway.edge.prometheus import build_prometheus_config, write_prometheus_dir
 from tollway.edge.render import envoy_binary, render_envoy_yaml, validate_with_envoy, write_k8s_dir
 from tollway.mesh.topology import MeshError, load_mesh, parse_port_overrides
 
@@ -29,6 +31,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="where to write the Envoy config (YAML)")
     parser.add_argument("--k8s-out", type=Path, help="directory to write the k8s manifests into")
     parser.add_argument(
+        "--prometheus-out", type=Path, help="directory to write prometheus.yml into (with the rule files)"
+    )
+    parser.add_argument(
+        "--layout", choices=("colocated", "split"), default="colocated",
+        help="the processes Prometheus scrapes: mesh.yaml's groups (colocated, as `tollway up`) or one per service",
+    )
+    parser.add_argument(
         "--port", action="append", default=[], metavar="NAME=PORT",
         help="override a port: edge, admin, mesh, redis, local_model, <service>, <service>.<i>, <service>.canary",
     )
@@ -37,8 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--validate", action="store_true", help="run `envoy --mode validate` on the written config",
     )
     args = parser.parse_args(argv)
-    if args.out is None and args.k8s_out is None:
-        parser.error("nothing to do: give --out and/or --k8s-out")
+    if args.out is None and args.k8s_out is None and args.prometheus_out is None:
+        parser.error("nothing to do: give --out, --k8s-out and/or --prometheus-out")
 
     try:
         mesh = load_mesh(args.mesh, ports=parse_port_overrides(args.port))
@@ -51,6 +60,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.k8s_out is not None:
         written = write_k8s_dir(build_k8s_manifests(mesh), args.k8s_out, source=str(args.mesh))
         print(f"wrote {len(written)} manifests to {args.k8s_out}")
+
+    if args.prometheus_out is not None:
+        name = "prometheus.yml" if args.layout == "colocated" else f"prometheus-{args.layout}.yml"
+        config = build_prometheus_config(mesh, args.layout)
+        print(f"wrote {write_prometheus_dir(config, args.prometheus_out, source=str(args.mesh), name=name)}")
 
     if args.out is not None:
         transcoded = [g for s in mesh.enabled_services if s.public and s.protocol == "grpc" for g in s.grpc_services]

@@ -216,6 +216,26 @@ class K8s:
 
 
 @dataclass(frozen=True)
+class Observability:
+    """Where metrics are served and scraped (mesh.yaml's `observability`).
+
+    Attributes:
+        prometheus: Where the launcher's Prometheus listens; loopback only (its API is unauthenticated).
+        metrics_port_offset: An instance's Prometheus endpoint listens on its own port plus this
+            (gateway 50051 -> 51051); a process group serves one, on its first gRPC member's.
+        scrape_interval_s: How often Prometheus scrapes every endpoint.
+    """
+
+    prometheus: Endpoint = Endpoint("127.0.0.1", 9095)
+    metrics_port_offset: int = 1000
+    scrape_interval_s: int = 5
+
+    def metrics_endpoint(self, endpoint: Endpoint) -> Endpoint:
+        """The metrics endpoint of the instance listening on ``endpoint``."""
+        return Endpoint(endpoint.host, endpoint.port + self.metrics_port_offset)
+
+
+@dataclass(frozen=True)
 class ProcessGroup:
     """Services that share one process (mesh.yaml's `processes`).
 
@@ -241,6 +261,7 @@ class Mesh:
     k8s: K8s
     services: tuple[Service, ...]
     processes: tuple[ProcessGroup, ...] = ()
+    observability: Observability = Observability()
 
     def colocated(self, running: Iterable[str] | None = None) -> tuple[ProcessGroup, ...]:
         """The process groups as they run: each with the members that can share a process.
@@ -346,7 +367,9 @@ def parse_mesh(
     """
     r = _Reader(source)
     root = r.mapping(data, "")
-    r.known_keys(root, "", {"version", "host", "edge", "redis", "local_model", "k8s", "services", "processes"})
+    r.known_keys(
+        root, "", {"version", "host", "edge", "redis", "local_model", "k8s", "services", "processes", "observability"}
+    )
     version = r.get(root, "", "version", int)
     if version != 1:
         raise r.fail("version", version, "unsupported; this loader reads version 1")
@@ -358,6 +381,7 @@ def parse_mesh(
         endpoint=_parse_local_model(r, r.get(root, "", "local_model", dict)),
     )
     k8s = _parse_k8s(r, r.get(root, "", "k8s", dict, default={}))
+    observability = _parse_observability(r, r.get(root, "", "observability", dict, default={}))
     raw_services = r.get(root, "", "services", list)
     if not raw_services:
         raise r.fail("services", raw_services, "must list at least one service")
@@ -372,7 +396,7 @@ def parse_mesh(
     processes = _parse_processes(r, r.get(root, "", "processes", dict, default={}), services)
     mesh = Mesh(
         source=source, host=host, edge=edge, redis=redis, local_model=local_model, k8s=k8s,
-        services=services, processes=processes,
+        services=services, processes=processes, observability=observability,
     )
     mesh = _apply_overrides(mesh, ports or {})
     _check_consistency(r, mesh)
@@ -450,6 +474,20 @@ def _parse_k8s(r: _Reader, raw: dict[str, Any]) -> K8s:
         image=r.get(raw, "k8s", "image", str, default="tollway:latest"),
         bind_host=r.get(raw, "k8s", "bind_host", str, default="0.0.0.0"),
         termination_grace_period_s=r.int_in(raw, "k8s", "termination_grace_period_s", 1, 3600, default=30),
+    )
+
+
+def _parse_observability(r: _Reader, raw: dict[str, Any]) -> Observability:
+    k = "observability"
+    r.known_keys(raw, k, {"prometheus", "metrics_port_offset", "scrape_interval_s"})
+    default = Observability()
+    prometheus = r.address(raw, k, "prometheus") if "prometheus" in raw else default.prometheus
+    if not prometheus.is_loopback():
+        raise r.fail(f"{k}.prometheus", prometheus.address, "must be a loopback address (its API is unauthenticated)")
+    return Observability(
+        prometheus=prometheus,
+        metrics_port_offset=r.int_in(raw, k, "metrics_port_offset", -60000, 60000, default=default.metrics_port_offset),
+        scrape_interval_s=r.int_in(raw, k, "scrape_interval_s", 1, 300, default=default.scrape_interval_s),
     )
 
 
@@ -599,6 +637,7 @@ def _port_users(mesh: Mesh) -> Iterator[tuple[str, int]]:
     yield "edge.mesh_listen", mesh.edge.mesh_listen.port
     yield "redis.port", mesh.redis.endpoint.port
     yield "local_model.listen", mesh.local_model.endpoint.port
+    yield "observability.prometheus", mesh.observability.prometheus.port
     # Disabled services keep their ports reserved, so enabling one later cannot collide.
     for s in mesh.services:
         for i, e in enumerate(s.endpoints):
@@ -614,7 +653,7 @@ def _port_users(mesh: Mesh) -> Iterator[tuple[str, int]]:
 def _apply_overrides(mesh: Mesh, ports: Mapping[str, int]) -> Mesh:
     if not ports:
         return mesh
-    edge, redis, model = mesh.edge, mesh.redis, mesh.local_model
+    edge, redis, model, observability = mesh.edge, mesh.redis, mesh.local_model, mesh.observability
     services = {s.name: s for s in mesh.services}
     replica_sets: dict[str, dict[int, int]] = {}
     canary_ports: dict[str, int] = {}
@@ -632,11 +671,13 @@ def _apply_overrides(mesh: Mesh, ports: Mapping[str, int]) -> Mesh:
             redis = dataclasses.replace(redis, endpoint=Endpoint(redis.endpoint.host, port))
         elif key == "local_model":
             model = LocalModel(endpoint=Endpoint(model.endpoint.host, port))
+        elif key == "prometheus":
+            observability = dataclasses.replace(observability, prometheus=Endpoint(observability.prometheus.host, port))
         else:
             name, _, sub = key.partition(".")
             if name not in services:
                 raise MeshError(
-                    f"{where}: unknown name {key!r}; use edge, admin, mesh, redis, local_model, "
+                    f"{where}: unknown name {key!r}; use edge, admin, mesh, redis, local_model, prometheus, "
                     f"<service>, <service>.<replica> or <service>.canary with a service among "
                     f"{', '.join(services)}"
                 )
@@ -670,7 +711,12 @@ def _apply_overrides(mesh: Mesh, ports: Mapping[str, int]) -> Mesh:
             s, canary=dataclasses.replace(s.canary, endpoint=Endpoint(s.canary.endpoint.host, port))
         )
     out = dataclasses.replace(
-        mesh, edge=edge, redis=redis, local_model=model, services=tuple(services[s.name] for s in mesh.services)
+        mesh,
+        edge=edge,
+        redis=redis,
+        local_model=model,
+        observability=observability,
+        services=tuple(services[s.name] for s in mesh.services),
     )
     _check_consistency(_Reader(f"{mesh.source} (with port overrides)"), out)
     return out
