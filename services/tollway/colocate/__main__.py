@@ -104,7 +104,14 @@ class Uvicorn:
     def __init__(self, name: str, app: Any, host: str, port: int) -> None:
         self.name = name
         self.config = uvicorn.Config(
-            app, host=host, port=port, access_log=False, log_config=None, lifespan="on", timeout_graceful_shutdown=10
+            app,
+            host=host,
+            port=port,
+            http="httptools",
+            access_log=False,
+            log_config=None,
+            lifespan="on",
+            timeout_graceful_shutdown=10,
         )
         self.server = uvicorn.Server(self.config)
         self._task: asyncio.Task[None] | None = None

@@ -20,6 +20,7 @@ def main() -> None:
         host=cfg.host or mesh.bind_host,
         port=cfg.port,
         loop="uvloop",
+        http="httptools",
         access_log=False,
         log_config=None,
         timeout_graceful_shutdown=10,
