@@ -68,6 +68,10 @@ class Deployment:
         capabilities: What this deployment can do beyond text ("tools", "json"); None means
             the model's. A deployment may state its own (a self-hosted replica may lack the
             tool calling that the hosted one has).
+        rpm: The provider's requests-per-minute limit for this deployment (its key or
+            region); 0 means none. The router keeps every replica's calls under it.
+        tpm: The provider's tokens-per-minute limit (prompt + max output tokens, as
+            providers count it when a request arrives); 0 means none.
     """
 
     provider: str
@@ -85,6 +89,8 @@ class Deployment:
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
     stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S
     capabilities: frozenset[str] | None = None
+    rpm: int = 0
+    tpm: int = 0
 
     @property
     def key(self) -> str:
@@ -250,6 +256,12 @@ class _ProviderSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class _LimitsSpec:
+    rpm: int = dataclasses.field(default=0, metadata=schema.rule(low=0))
+    tpm: int = dataclasses.field(default=0, metadata=schema.rule(low=0))
+
+
+@dataclasses.dataclass(frozen=True)
 class _DeploymentSpec:
     # None: inherited from the model or its provider.
     name: str | None = None
@@ -266,6 +278,8 @@ class _DeploymentSpec:
     capabilities: tuple[str, ...] | None = dataclasses.field(
         default=None, metadata=schema.rule(choices=CAPABILITIES, noun="a capability")
     )
+    # None: the model's limits (each deployment is its own key or region, limited on its own).
+    limits: _LimitsSpec | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -274,12 +288,6 @@ class _PriceSpec:
     output: float = dataclasses.field(default=0.0, metadata=schema.rule(low=0.0))
     cached_input: float = dataclasses.field(default=0.0, metadata=schema.rule(low=0.0))
     cache_write_input: float | None = dataclasses.field(default=None, metadata=schema.rule(low=0.0))
-
-
-@dataclasses.dataclass(frozen=True)
-class _LimitsSpec:
-    rpm: int = dataclasses.field(default=0, metadata=schema.rule(low=0))
-    tpm: int = dataclasses.field(default=0, metadata=schema.rule(low=0))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -313,6 +321,9 @@ class _CatalogSpec:
     models: dict[str, _ModelSpec] = dataclasses.field(default_factory=dict)
     aliases: dict[str, str] = dataclasses.field(default_factory=dict)
     routing: _RoutingSpec = _RoutingSpec()
+    # Per deployment key ("provider/model/name"): the limits of one key or region, set
+    # apart from the model entry (an operator's override); wins over the entry's own.
+    deployment_limits: dict[str, _LimitsSpec] = dataclasses.field(default_factory=dict)
 
 
 def _first(*values: Any) -> Any:
@@ -357,9 +368,35 @@ def _deployments(
                 connect_timeout_s=_first(dep.connect_timeout_s, prov.connect_timeout_s, DEFAULT_CONNECT_TIMEOUT_S),
                 stall_timeout_s=_first(dep.stall_timeout_s, prov.stall_timeout_s, DEFAULT_STALL_TIMEOUT_S),
                 capabilities=frozenset(spec.capabilities if dep.capabilities is None else dep.capabilities),
+                rpm=(dep.limits or spec.limits).rpm,
+                tpm=(dep.limits or spec.limits).tpm,
             )
         )
     return tuple(out)
+
+
+def _with_deployment_limits(
+    r: schema.Reader, models: dict[str, Model], limits: Mapping[str, _LimitsSpec]
+) -> dict[str, Model]:
+    """``models`` with the ``deployment_limits`` overrides applied; a key naming no deployment fails."""
+    known = {d.key for m in models.values() for d in m.deployments}
+    for key in limits:
+        if key not in known:
+            raise r.fail(
+                "deployment_limits",
+                key,
+                f"is not a deployment (provider/model/name); known: {', '.join(sorted(known)) or '(none)'}",
+            )
+    if not limits:
+        return models
+    out: dict[str, Model] = {}
+    for name, model in models.items():
+        deps = tuple(
+            dataclasses.replace(d, rpm=limits[d.key].rpm, tpm=limits[d.key].tpm) if d.key in limits else d
+            for d in model.deployments
+        )
+        out[name] = dataclasses.replace(model, deployments=deps)
+    return out
 
 
 def parse_catalog(doc: Any, env: Mapping[str, str] | None = None, source: str = "models.yaml") -> Catalog:
@@ -394,6 +431,7 @@ def parse_catalog(doc: Any, env: Mapping[str, str] | None = None, source: str = 
         for fb in model.fallbacks:
             if fb not in models:
                 raise r.fail(f"models.{name}.fallbacks", fb, "is not a model in this catalog")
+    models = _with_deployment_limits(r, models, spec.deployment_limits)
     for alias, target in spec.aliases.items():
         if target not in models:
             raise r.fail(f"aliases.{alias}", target, "is not a model in this catalog")

@@ -18,12 +18,13 @@ from tollway.router.balancer import Balancer
 from tollway.router.breaker import Breakers, BreakerSettings
 from tollway.router.config import RouterConfig
 from tollway.router.engine import Router
+from tollway.router.limits import ProviderLimits
 from tollway.router.policy import BACKGROUND, INTERACTIVE
 from tollway.router.providers.anthropic import AnthropicAdapter
 from tollway.router.providers.gemini import GeminiAdapter
 from tollway.router.providers.openai_compat import OpenAICompatAdapter
 from tollway.router.service import RouterServicer
-from tollway.router.store import RedisBreakerStore
+from tollway.router.store import RedisBreakerStore, RedisLimitStore
 from tollway.router.v1 import router_pb2_grpc
 
 SERVICE_NAME = "tollway.router.v1.RouterService"
@@ -33,13 +34,13 @@ log = logging.getLogger("tollway.router")
 def build(cfg: RouterConfig, mesh: MeshConfig | None = None) -> tuple[ServiceSpec, Router]:
     """The router's ServiceSpec (also used by tests to run it in-process).
 
-    Health turns SERVING only after Redis answered PING (when breakers are on).
+    Health turns SERVING only after Redis answered PING (when breakers or provider limits are on).
 
     Raises:
         CatalogError: The catalog file is missing or malformed; the message names the key.
     """
     mesh = mesh or load_config(MeshConfig)
-    client = mesh_redis.connect(mesh.redis_url) if cfg.breakers else None
+    client = mesh_redis.connect(mesh.redis_url) if cfg.breakers or cfg.provider_limits else None
     settings = BreakerSettings(
         failure_threshold=cfg.breaker_failure_threshold,
         error_rate=cfg.breaker_error_rate,
@@ -50,7 +51,8 @@ def build(cfg: RouterConfig, mesh: MeshConfig | None = None) -> tuple[ServiceSpe
         probe_timeout_s=cfg.breaker_probe_timeout_s,
         local_view_s=cfg.breaker_local_view_s,
     )
-    store = RedisBreakerStore(client) if client is not None else None
+    store = RedisBreakerStore(client) if client is not None and cfg.breakers else None
+    limit_store = RedisLimitStore(client) if client is not None and cfg.provider_limits else None
     router = Router(
         CatalogSource(cfg.catalog),
         {"openai_compat": OpenAICompatAdapter(), "anthropic": AnthropicAdapter(), "gemini": GeminiAdapter()},
@@ -63,6 +65,8 @@ def build(cfg: RouterConfig, mesh: MeshConfig | None = None) -> tuple[ServiceSpe
             ),
         },
         deadline_s={"interactive": cfg.interactive_deadline_s, "background": cfg.background_deadline_s},
+        limits=ProviderLimits(limit_store),
+        limit_wait_s={"interactive": cfg.interactive_limit_wait_s, "background": cfg.background_limit_wait_s},
     )
     background = Background(log)
     background.every(cfg.catalog_reload_s, lambda: _reload(router), name="catalog reload")  # 0 disables

@@ -36,6 +36,12 @@ class RouterConfig:
         background_base_backoff_s: Backoff ceiling of a background request's first retry
             (doubles each retry, full jitter).
         background_max_backoff_s: Highest backoff ceiling of a background request.
+        provider_limits: Whether the deployments' provider limits (rpm, tpm in the catalog)
+            are enforced across replicas through Redis (off: only a provider's own 429 is
+            handled).
+        interactive_limit_wait_s: Longest an interactive request waits in all for a
+            provider limit's window when every deployment that could answer is at its limit.
+        background_limit_wait_s: The same for a background request.
     """
 
     port: int = 50055
@@ -57,12 +63,18 @@ class RouterConfig:
     interactive_max_wait_s: float = 1.0
     background_base_backoff_s: float = 0.5
     background_max_backoff_s: float = 8.0
+    provider_limits: bool = True
+    interactive_limit_wait_s: float = 2.0
+    background_limit_wait_s: float = 30.0
 
     def __post_init__(self) -> None:
         if self.breaker_failure_threshold < 1:
             raise ValueError(f"breaker_failure_threshold is {self.breaker_failure_threshold}; it must be >= 1")
         if not 0 <= self.breaker_error_rate <= 1:
             raise ValueError(f"breaker_error_rate is {self.breaker_error_rate}; it must be in [0, 1]")
+        for name in ("interactive_limit_wait_s", "background_limit_wait_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} is {getattr(self, name)}; it must be >= 0")
         for name in ("breaker_window_s", "breaker_cooldown_s", "breaker_refused_cooldown_s", "breaker_probe_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} is {getattr(self, name)}; it must be > 0")

@@ -9,6 +9,13 @@ in ``fallback_path`` and ``attempt_count``. After the first text the answer belo
 that attempt; if it then fails, the stream ends with :class:`StreamFailed` carrying the
 partial usage, and no other model's text is ever spliced in.
 
+Each deployment may carry its provider's limits (requests and tokens per minute, shared
+by every replica through Redis, :mod:`tollway.router.limits`). A deployment at its limit
+is skipped for the next one, recorded in ``fallback_path`` as "<deployment> (LIMIT_RPM)"
+or "(LIMIT_TPM)"; when every deployment of the last model in the chain is at its limit the
+request waits for the window (at most the policy's ``limit_wait_s``), else it is refused
+with RESOURCE_EXHAUSTED naming the limits (QuotaFailure) and when one frees (RetryInfo).
+
 Which models the chain holds is the request's policy: a request that names a model stays
 on that model's deployments unless it (or the catalog's ``routing.model_fallback``) allows
 another model; ``auto`` follows its chain. Deployments that lack a capability the request
@@ -41,6 +48,7 @@ from tollway.router import metrics
 from tollway.router.balancer import Balancer
 from tollway.router.breaker import Breakers, Permit
 from tollway.router.classifier import ComplexityClassifier, load_classifier
+from tollway.router.limits import Pick, ProviderLimits, describe
 from tollway.router.policy import BACKGROUND, INTERACTIVE, RetryPolicy
 from tollway.router.providers.base import ProviderAdapter
 from tollway.router.routing import decide, required_capabilities, unfit_reason
@@ -58,7 +66,7 @@ _UNAVAILABLE = 14
 class _Failure:
     model: str
     deployment: str
-    kind: str  # an ErrorKind value, "BREAKER_OPEN" or "NO_API_KEY"
+    kind: str  # an ErrorKind value, "BREAKER_OPEN", "NO_API_KEY" or "DEPLOYMENT_LIMIT"
     message: str
     retry_after_s: float | None = None
     missing_env: str = ""  # for NO_API_KEY: the variable that is not set
@@ -79,6 +87,8 @@ class _Run:
     discarded: Usage = dataclasses.field(default_factory=Usage)
     done: bool = False
     last_error: ProviderError | None = None
+    prompt_tokens: int = 0
+    limit_waited_s: float = 0.0
 
     def remaining(self) -> float:
         return self.deadline - self.clock()
@@ -120,6 +130,9 @@ class Router:
         deadline_s: Deadline per policy name when the caller set none.
         rng: Jitter and balancing randomness (seeded in tests).
         sleep: How to wait between retries (recorded in tests).
+        limits: Provider limits per deployment; None (or no store) allows every call.
+        limit_wait_s: Per policy name, the longest a request waits in all for a provider
+            limit's window when every deployment of its last model is at its limit.
     """
 
     def __init__(
@@ -134,6 +147,8 @@ class Router:
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
+        limits: ProviderLimits | None = None,
+        limit_wait_s: dict[str, float] | None = None,
     ) -> None:
         self.source = catalog if isinstance(catalog, CatalogSource) else CatalogSource.fixed(catalog)
         self.adapters = adapters
@@ -145,6 +160,8 @@ class Router:
         self._sleep = sleep
         self._clock = clock
         self._classifiers: dict[str, ComplexityClassifier] = {}
+        self.limits = limits or ProviderLimits(None)
+        self.limit_wait_s = limit_wait_s or {"interactive": 2.0, "background": 30.0}
 
     @property
     def catalog(self) -> Catalog:
@@ -183,13 +200,13 @@ class Router:
         policy = self.policies.get(request.policy, INTERACTIVE)
         if deadline is None:
             deadline = self._clock() + self.deadline_s.get(policy.name, 60.0)
-        run = _Run(request, decision, policy, deadline, self._clock)
+        prompt_tokens = count_prompt_tokens([(m.role, m.content) for m in request.messages])
+        run = _Run(request, decision, policy, deadline, self._clock, prompt_tokens=prompt_tokens)
         if decision.cascade_from:
             async for event in self._cascade(run, catalog.models[decision.cascade_from]):
                 yield event
             if run.done:
                 return
-        prompt_tokens = count_prompt_tokens([(m.role, m.content) for m in request.messages])
         first = catalog.models[decision.model]
         chain = [first]
         if may_change_model(request, decision, catalog):
@@ -219,29 +236,44 @@ class Router:
         attempts = 0
         # Interactive requests keep half the remaining time for the rest of the chain.
         share = 1.0 if last or run.policy.name == "background" else 0.5
+        limited: set[str] = set()  # skipped for a limit at least once (recorded once)
+        tokens = self._limit_tokens(run, model)
         while attempts < run.policy.max_attempts and run.remaining() > 0:
-            picked: tuple[Deployment, Permit] | None = None
-            for _ in range(len(order)):
-                dep = order[cursor % len(order)]
-                cursor += 1
-                if dep.key in refused:
-                    continue
-                if dep.missing_key:
-                    refused.add(dep.key)
-                    run.failures.append(
-                        _Failure(
-                            model.name,
-                            dep.key,
-                            "NO_API_KEY",
-                            f"{dep.api_key_env} is not set for {dep.key}",
-                            missing_env=dep.api_key_env,
+            picked: tuple[Deployment, Permit, Pick] | None = None
+            while picked is None:
+                candidates: list[Deployment] = []
+                for j in range(len(order)):
+                    dep = order[(cursor + j) % len(order)]
+                    if dep.key in refused:
+                        continue
+                    if dep.missing_key:
+                        refused.add(dep.key)
+                        run.failures.append(
+                            _Failure(
+                                model.name,
+                                dep.key,
+                                "NO_API_KEY",
+                                f"{dep.api_key_env} is not set for {dep.key}",
+                                missing_env=dep.api_key_env,
+                            )
                         )
-                    )
+                        continue
+                    candidates.append(dep)
+                if not candidates:
+                    break
+                pick = await self.limits.pick(candidates, tokens)
+                self._note_skips(run, model, pick, tokens, limited, refused)
+                if pick.deployment is None:
+                    if not await self._wait_for_limit(run, model, pick, last):
+                        break
                     continue
+                dep = pick.deployment
+                cursor = order.index(dep) + 1
                 permit = await self.breakers.acquire(dep.key)
                 if permit.allowed:
-                    picked = (dep, permit)
+                    picked = (dep, permit, pick)
                     break
+                await self.limits.give_back(pick)
                 refused.add(dep.key)
                 run.failures.append(
                     _Failure(
@@ -254,7 +286,7 @@ class Router:
                 )
             if picked is None:
                 break
-            dep, permit = picked
+            dep, permit, _pick = picked
             attempts += 1
             run.attempts += 1
             tried.add(dep.key)
@@ -283,6 +315,46 @@ class Router:
         why = self._why_left(run, model)
         run.path.append(f"{model.name} ({why})")
         metrics.FALLBACKS.labels(model.name, why).inc()
+
+    @staticmethod
+    def _limit_tokens(run: _Run, model: Model) -> int:
+        """What a call counts against a tokens-per-minute limit: the prompt plus the output it
+        may produce, as providers count a request when it arrives."""
+        return run.prompt_tokens + (run.request.max_tokens or model.max_output_tokens)
+
+    @staticmethod
+    def _note_skips(run: _Run, model: Model, pick: Pick, tokens: int, limited: set[str], refused: set[str]) -> None:
+        """Records each deployment passed over for a limit (once per request and model)."""
+        for dep, verdict in pick.skipped:
+            if verdict.wait_ms < 0:
+                refused.add(dep.key)  # the request alone is over its tokens-per-minute limit
+            if dep.key in limited:
+                continue
+            limited.add(dep.key)
+            wait_s = verdict.wait_ms / 1000 if verdict.wait_ms >= 0 else None
+            run.failures.append(
+                _Failure(model.name, dep.key, "DEPLOYMENT_LIMIT", describe(dep, verdict, tokens), wait_s)
+            )
+            run.path.append(f"{dep.key} (LIMIT_{verdict.limit.upper()})")
+
+    async def _wait_for_limit(self, run: _Run, model: Model, pick: Pick, last: bool) -> bool:
+        """Waits for the soonest limit window to free, if the request may; False to give up.
+
+        Only the last model of the chain waits: an earlier one falls through to the next
+        model, which may be free now.
+        """
+        wait_ms = pick.shortest_wait_ms()
+        if wait_ms is None or not last:
+            return False
+        wait = wait_ms / 1000
+        allowed = self.limit_wait_s.get(run.policy.name, 0.0) - run.limit_waited_s
+        if wait > allowed or wait >= run.remaining():
+            return False
+        metrics.LIMIT_WAITS.labels(model.name).inc()
+        await self._sleep(wait)
+        run.limit_waited_s += wait
+        run.path.append(f"{model.name} (WAITED_{wait_ms}MS_FOR_LIMIT)")
+        return True
 
     @staticmethod
     def _why_left(run: _Run, model: Model) -> str:
@@ -589,6 +661,16 @@ class Router:
                 retry_after_s=retry_after,
                 reason="CIRCUIT_OPEN",
                 metadata=meta,
+            )
+        if "DEPLOYMENT_LIMIT" in kinds and kinds <= {"DEPLOYMENT_LIMIT", "BREAKER_OPEN", ErrorKind.RATE_LIMITED.value}:
+            limited = [f for f in run.failures if f.kind == "DEPLOYMENT_LIMIT"]
+            return errors.ResourceExhausted(
+                "every deployment that could answer is at its provider limit; "
+                f"{'; '.join(f.message for f in limited)}; retry after the retry-after delay",
+                retry_after_s=retry_after,
+                reason="DEPLOYMENT_LIMIT",
+                metadata={**meta, "deployments": ",".join(f.deployment for f in limited)},
+                quota_violations=[(f"deployment:{f.deployment}", f.message) for f in limited],
             )
         if kinds <= {ErrorKind.RATE_LIMITED.value, "BREAKER_OPEN"}:
             return errors.ResourceExhausted(

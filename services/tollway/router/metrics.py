@@ -65,3 +65,17 @@ CATALOG_RELOADS = Counter(
     "Catalog reload attempts, by result (ok or error).",
     ["result"],
 )
+LIMIT_SKIPS = Counter(
+    "tollway_router_limit_skips_total",
+    "Deployments passed over because a call would exceed their provider limit, by deployment and limit (rpm, tpm).",
+    ["deployment", "limit"],
+)
+LIMIT_WAITS = Counter(
+    "tollway_router_limit_waits_total",
+    "Requests that waited for a provider-limit window because every deployment was at its limit.",
+    ["model"],
+)
+LIMIT_STORE_ERRORS = Counter(
+    "tollway_router_limit_store_errors_total",
+    "Provider-limit reads or writes that failed against Redis (the call was allowed).",
+)

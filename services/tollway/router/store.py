@@ -1,4 +1,4 @@
-"""The router's only Redis module: circuit breaker state shared by every replica.
+"""The router's only Redis module: circuit breakers and provider limits shared by every replica.
 
 Layout (all keys share the ``{tollway:router:breakers}`` hash tag, so the script's keys
 live in one slot on a cluster too):
@@ -14,6 +14,14 @@ live in one slot on a cluster too):
 Every change goes through one Lua script, so concurrent replicas can never both take the
 half-open probe, both open a breaker, or lose a failure count. Times come from the Redis
 server's clock, the one clock all replicas share.
+
+Provider limits (:mod:`tollway.router.limits`) share the ``{tollway:router:limits}`` tag:
+
+    {tollway:router:limits}:d:<deployment>  hash: r:<second> calls and t:<second> tokens
+                                            counted in that second of the sliding minute
+
+One script checks a model's candidate deployments in order and charges the first that
+fits, so a pick is one round trip and two replicas can never both take the last call.
 """
 
 from __future__ import annotations
@@ -22,7 +30,9 @@ from collections.abc import Sequence
 
 import redis.asyncio as aioredis
 
+from tollway.common.catalog import Deployment
 from tollway.router.breaker import CLOSED, OPEN, BreakerSettings, BreakerSnapshot, StoreResult, Transition
+from tollway.router.limits import BUCKET_MS, WINDOW_MS, Taken, Verdict
 
 PREFIX = "{tollway:router:breakers}"
 NAMES = f"{PREFIX}:names"
@@ -319,3 +329,113 @@ class RedisBreakerStore:
                     break
             upper = f"({_str(batch[-1][0])}"
         return out
+
+
+LIMITS_PREFIX = "{tollway:router:limits}"
+
+# KEYS: one window hash per candidate deployment, in the order to try them.
+# ARGV: 1 tokens, 2 window_ms, 3 bucket_ms, then rpm, tpm per candidate (0 = no limit).
+# Returns {chosen (1-based; 0 = none fits), bucket, then wait_ms, limit per candidate passed
+# over}. The arithmetic is tollway.router.limits.check's; keep the two in step.
+_LIMITS_SCRIPT = r"""
+local tokens, window, bms = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local bucket = math.floor(now / bms)
+local oldest = math.floor((now - window) / bms)
+local passed = {}
+for i = 1, #KEYS do
+  local h = KEYS[i]
+  local rpm, tpm = tonumber(ARGV[2 + 2 * i]), tonumber(ARGV[3 + 2 * i])
+  local function over(r, tk)
+    if rpm > 0 and r + 1 > rpm then return 'rpm' end
+    if tpm > 0 and tk + tokens > tpm then return 'tpm' end
+    return ''
+  end
+  if tpm > 0 and tokens > tpm then
+    passed[#passed + 1] = -1
+    passed[#passed + 1] = 'tpm'
+  else
+    local fields = redis.call('HGETALL', h)
+    local by, list, ur, ut = {}, {}, 0, 0
+    for j = 1, #fields, 2 do
+      local kind, b = string.match(fields[j], '^([rt]):(%d+)$')
+      if kind then
+        b = tonumber(b)
+        if b < oldest then
+          redis.call('HDEL', h, fields[j])
+        else
+          local v = tonumber(fields[j + 1])
+          if not by[b] then by[b] = {0, 0}; list[#list + 1] = b end
+          if kind == 'r' then
+            by[b][1] = by[b][1] + v; ur = ur + v
+          else
+            by[b][2] = by[b][2] + v; ut = ut + v
+          end
+        end
+      end
+    end
+    local first = over(ur, ut)
+    if first == '' then
+      redis.call('HINCRBY', h, 'r:' .. bucket, 1)
+      redis.call('HINCRBY', h, 't:' .. bucket, tokens)
+      redis.call('PEXPIRE', h, window + 2 * bms)
+      local out = {i, bucket}
+      for j = 1, #passed do out[#out + 1] = passed[j] end
+      return out
+    end
+    table.sort(list)
+    local wait = -1
+    for _, b in ipairs(list) do
+      ur = ur - by[b][1]; ut = ut - by[b][2]
+      if over(ur, ut) == '' then
+        wait = math.max(1, (b + 1) * bms + window - now)
+        break
+      end
+    end
+    passed[#passed + 1] = wait
+    passed[#passed + 1] = first
+  end
+end
+local out = {0, bucket}
+for j = 1, #passed do out[#out + 1] = passed[j] end
+return out
+"""
+
+# KEYS: the window hash.  ARGV: bucket, tokens.  A bucket that already left the window
+# (and was deleted) is not recreated.
+_GIVE_BACK_SCRIPT = r"""
+local h = KEYS[1]
+if redis.call('HEXISTS', h, 'r:' .. ARGV[1]) == 1 then
+  redis.call('HINCRBY', h, 'r:' .. ARGV[1], -1)
+  redis.call('HINCRBY', h, 't:' .. ARGV[1], -tonumber(ARGV[2]))
+end
+return 1
+"""
+
+
+def limit_key(deployment_key: str) -> str:
+    """The window hash of one deployment."""
+    return f"{LIMITS_PREFIX}:d:{deployment_key}"
+
+
+class RedisLimitStore:
+    """Provider-limit windows in Redis; implements :class:`tollway.router.limits.LimitStore`."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.client = client
+        self._take = client.register_script(_LIMITS_SCRIPT)
+        self._give_back = client.register_script(_GIVE_BACK_SCRIPT)
+
+    async def take(self, candidates: Sequence[Deployment], tokens: int) -> Taken:
+        args: list[int] = [tokens, WINDOW_MS, BUCKET_MS]
+        for dep in candidates:
+            args += [dep.rpm, dep.tpm]
+        raw = await self._take(keys=[limit_key(d.key) for d in candidates], args=args)
+        chosen, bucket = int(raw[0]), int(raw[1])
+        rest = raw[2:]
+        verdicts = tuple(Verdict(False, int(rest[j]), _str(rest[j + 1])) for j in range(0, len(rest), 2))
+        return Taken(chosen - 1, verdicts, bucket)
+
+    async def give_back(self, deployment: Deployment, tokens: int, bucket: int) -> None:
+        await self._give_back(keys=[limit_key(deployment.key)], args=[bucket, tokens])
