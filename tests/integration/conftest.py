@@ -133,7 +133,11 @@ def catalog(run_dir: Path, fake_openai: str, killable_openai: tuple[subprocess.P
         "  unreachable: {provider: deadai}",
         "  falls-back: {provider: deadai, upstream_model: x, fallbacks: [fake-ok]}",
         "  fake-killable: {provider: killable}",
-        "  smollm2: {provider: local, upstream_model: smollm2}",
+        "  smollm2: {provider: local, upstream_model: smollm2, capabilities: [json]}",
+        "  fake-tools: {provider: fakeai, capabilities: [tools, json]}",
+        "  fake-json: {provider: fakeai, capabilities: [tools, json]}",
+        "  fake-bad-json: {provider: fakeai}",
+        "  fake-json-prose: {provider: fakeai, upstream_model: fake-ok}",
     ]
     path = run_dir / "models.yaml"
     path.write_text("\n".join(lines) + "\n")

@@ -137,7 +137,9 @@ def _mutate_leaf(msg: Message, field: FieldDescriptor) -> None:
     name = field.name
     if field.is_repeated:
         values = getattr(msg, name)
-        if field.type == FieldDescriptor.TYPE_STRING:
+        if field.type == FieldDescriptor.TYPE_MESSAGE:
+            values.add()
+        elif field.type == FieldDescriptor.TYPE_STRING:
             values.append("x")
         elif values:
             values[0] = values[0] + 0.5

@@ -100,6 +100,12 @@ GENERATE_EXCLUDE: Mapping[str, str] = {
     # first and keys the result instead (CacheRequest.of): the rendered messages and
     # parameters, and fingerprint.prompt_template and prompt_version (the number).
     "prompt_ref": "replaced before the key is made by the resolved template, version number and rendering",
+    # The fingerprint has no fields for these and a stored answer holds no tool calls, so the
+    # gateway bypasses the cache for any request that sets one (gateway.cache_client.cacheable).
+    "tools": "a request with tools bypasses the cache",
+    "tool_choice": "only meaningful with tools, which bypass the cache",
+    "response_format": "a request asking for a JSON answer bypasses the cache",
+    "message_extras": "a request with tool-call turns bypasses the cache",
 }
 
 _KEY_VERSION = b"tollway.cache.exact.v1\x00"

@@ -417,3 +417,88 @@ def fingerprint_to_proto(
     if req.seed is not None:
         fp.seed = req.seed
     return fp
+
+
+# --- tools and answer formats as the public API carries them (tollway.common.v1) --------
+# The gateway's requests carry these shared messages; the router's own copies have the same
+# fields and numbers, so the decoding rules (and field paths in errors) are the same.
+
+_COMMON_TOOL_CHOICE: dict[int, chat.ToolChoiceMode] = {
+    common_pb2.TOOL_CHOICE_MODE_UNSPECIFIED: "auto",
+    common_pb2.TOOL_CHOICE_MODE_AUTO: "auto",
+    common_pb2.TOOL_CHOICE_MODE_NONE: "none",
+    common_pb2.TOOL_CHOICE_MODE_REQUIRED: "required",
+    common_pb2.TOOL_CHOICE_MODE_TOOL: "tool",
+}
+_COMMON_FORMAT: dict[int, chat.ResponseFormatType] = {
+    common_pb2.RESPONSE_FORMAT_TYPE_UNSPECIFIED: "text",
+    common_pb2.RESPONSE_FORMAT_TYPE_TEXT: "text",
+    common_pb2.RESPONSE_FORMAT_TYPE_JSON_OBJECT: "json_object",
+    common_pb2.RESPONSE_FORMAT_TYPE_JSON_SCHEMA: "json_schema",
+}
+
+
+def tools_from_common(tools: Any) -> tuple[Tool, ...]:
+    """The domain tools of repeated ``tollway.common.v1.Tool``.
+
+    Raises:
+        InvalidArgument: A ``parameters_json`` that is not a JSON object, naming ``tools[i]``.
+    """
+    return tuple(
+        Tool(
+            t.name,
+            t.description,
+            _json_object(t.parameters_json, f"tools[{i}].parameters_json", {"type": "object", "properties": {}}) or {},
+            t.cache_breakpoint,
+        )
+        for i, t in enumerate(tools)
+    )
+
+
+def tool_choice_from_common(choice: common_pb2.ToolChoice) -> ToolChoice:
+    """The domain tool choice; an enum number this build lacks counts as automatic."""
+    return ToolChoice(_COMMON_TOOL_CHOICE.get(choice.mode, "auto"), choice.tool_name)
+
+
+def response_format_from_common(fmt: common_pb2.ResponseFormat) -> ResponseFormat:
+    """The domain response format (the schema parsed, not yet checked as a JSON Schema).
+
+    Raises:
+        InvalidArgument: ``schema_json`` is not a JSON object, or json_schema comes without one.
+    """
+    out = ResponseFormat(
+        _COMMON_FORMAT.get(fmt.type, "text"),
+        fmt.schema_name or "answer",
+        _json_object(fmt.schema_json, "response_format.schema_json", None),
+        fmt.strict,
+    )
+    chat.check_response_format(out)
+    return out
+
+
+def messages_from_common(messages: Any, extras: Any) -> tuple[ChatMessage, ...]:
+    """The conversation with its per-turn extras (tool calls, tool results) folded in.
+
+    Raises:
+        InvalidArgument: An extra naming no message, or tool-call arguments that are not a
+            JSON object; names the field.
+    """
+    chat.check_message_indexes([e.message_index for e in extras], len(messages))
+    by_index = {e.message_index: (k, e) for k, e in enumerate(extras)}
+    out = []
+    for i, m in enumerate(messages):
+        if i not in by_index:
+            out.append(ChatMessage(m.role, m.content, m.name))
+            continue
+        k, extra = by_index[i]
+        calls = tuple(
+            _tool_call_from_proto(c, f"message_extras[{k}].tool_calls[{j}]")  # type: ignore[arg-type]
+            for j, c in enumerate(extra.tool_calls)
+        )
+        out.append(ChatMessage(m.role, m.content, m.name, calls, extra.tool_call_id, extra.cache_breakpoint))
+    return tuple(out)
+
+
+def tool_call_to_common(call: ToolCall) -> common_pb2.ToolCall:
+    """The shared ToolCall message of a complete call."""
+    return common_pb2.ToolCall(id=call.id, name=call.name, arguments_json=call.arguments, index=call.index)

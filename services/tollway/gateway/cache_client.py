@@ -82,6 +82,19 @@ class CacheRequest:
         )
 
 
+def cacheable(chat: ChatRequest) -> bool:
+    """Whether the cache may answer or keep ``chat``.
+
+    Not with tools, a JSON answer format or tool turns: the cache's fingerprint has no
+    field for them (two requests differing only there would share a key), and a stored
+    answer is text with no tool calls. Such requests bypass the cache rather than risk
+    serving the wrong shape. A prompt-cache breakpoint changes no answer and does not count.
+    """
+    if chat.tools or chat.response_format.wants_json:
+        return False
+    return not any(m.tool_calls or m.tool_call_id for m in chat.messages)
+
+
 @dataclasses.dataclass
 class Lookup:
     """What one lookup learnt: a hit, or the vector to store the answer under later."""

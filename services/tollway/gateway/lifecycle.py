@@ -18,13 +18,13 @@ from typing import Any
 
 from tollway.common.caching import CacheMode, CacheTier
 from tollway.common.catalog import Catalog
-from tollway.common.chat import ChatRequest, FinishReason, TextDelta, Usage, merge_deltas
+from tollway.common.chat import ChatRequest, FinishReason, TextDelta, ToolCall, Usage, merge_deltas
 from tollway.common.route import RouteCompleted, RouteStarted, StreamFailed
 from tollway.gateway import metrics
 from tollway.gateway.auth import KeyRing
 from tollway.gateway.budget_client import BudgetHold
 from tollway.gateway.budgeting import Admission, Budgeting, settlement
-from tollway.gateway.cache_client import CacheClient, CacheHit, CacheRequest
+from tollway.gateway.cache_client import CacheClient, CacheHit, CacheRequest, cacheable
 from tollway.gateway.calllog import CallLog
 from tollway.gateway.callrecord import CallRecord
 from tollway.gateway.prompts_client import PromptsClient, ResolvedPrompt
@@ -73,6 +73,21 @@ class Completed:
     latency_ms: int
     ttft_ms: int
     fallback_path: tuple[str, ...] = ()
+    tool_calls: tuple[ToolCall, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class ToolCallDelta:
+    """A piece of a tool call: ``id`` and ``name`` on a call's first piece, then argument text.
+
+    The router hands over whole calls (its stream has no tool-call event yet), so each call
+    is one piece today; clients join fragments by ``index`` either way.
+    """
+
+    index: int
+    id: str
+    name: str
+    arguments_fragment: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +100,7 @@ class Failed:
     partial_usage: Usage
 
 
-GatewayEvent = Started | TextDelta | Completed | Failed
+GatewayEvent = Started | TextDelta | ToolCallDelta | Completed | Failed
 
 
 def _digest(text: str) -> str:
@@ -192,7 +207,7 @@ class Gateway:
         chat = request.chat
         call = _Call(chat, start, self._record(request), request.prompt)
         cache_req: CacheRequest | None = None
-        if self.cache is not None and request.cache.mode is not CacheMode.BYPASS:
+        if self.cache is not None and request.cache.mode is not CacheMode.BYPASS and cacheable(chat):
             cache_req = CacheRequest.of(request)
         try:
             lookup = await self.cache.lookup(cache_req) if self.cache and cache_req else None
@@ -342,9 +357,17 @@ class Gateway:
                 # The router prices with everything it knows (cache writes included).
                 call.cost = event.cost_usd_micros
                 record.finish_reason = event.finish_reason
+                for tool_call in event.tool_calls:
+                    yield ToolCallDelta(tool_call.index, tool_call.id, tool_call.name, tool_call.arguments)
                 latency_ms = call.elapsed_ms()
                 yield Completed(
-                    event.finish_reason, event.usage, call.cost, latency_ms, call.ttft_ms or latency_ms, fallback
+                    event.finish_reason,
+                    event.usage,
+                    call.cost,
+                    latency_ms,
+                    call.ttft_ms or latency_ms,
+                    fallback,
+                    event.tool_calls,
                 )
             elif isinstance(event, StreamFailed):
                 call.failed = True

@@ -10,16 +10,16 @@ import grpc
 from google.protobuf import json_format
 
 from tollway.common import codec
-from tollway.common.chat import ChatMessage, ChatRequest, TextDelta
+from tollway.common.chat import ChatRequest, TextDelta
 from tollway.common.v1 import common_pb2
 from tollway.gateway.auth import Tenant
 from tollway.gateway.budget_client import rate_limit_headers, refusal_headers
-from tollway.gateway.lifecycle import Completed, Failed, Gateway, GatewayEvent, Started
+from tollway.gateway.lifecycle import Completed, Failed, Gateway, GatewayEvent, Started, ToolCallDelta
 from tollway.gateway.models import list_models
 from tollway.gateway.prompts_client import PromptRef
 from tollway.gateway.request import GatewayRequest, Priority, check_budget_fields
 from tollway.gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from tollway.gateway.validation import ChatRequestLike, check
+from tollway.gateway.validation import ChatRequestLike, check, check_formats
 from tollway.mesh.errors import ResourceExhausted, Unavailable, rpc_errors, to_status
 
 DOMAIN = "gateway.tollway"
@@ -63,7 +63,7 @@ def request_from_proto(req: ChatRequestLike, tenant: Tenant, default_max_tokens:
     return GatewayRequest(
         chat=ChatRequest(
             model=req.model,
-            messages=tuple(ChatMessage(m.role, m.content, m.name) for m in req.messages),
+            messages=codec.messages_from_common(req.messages, req.message_extras),
             max_tokens=req.max_tokens or (0 if with_prompt else default_max_tokens),
             temperature=req.temperature if req.HasField("temperature") else None,
             top_p=req.top_p if req.HasField("top_p") else None,
@@ -71,6 +71,9 @@ def request_from_proto(req: ChatRequestLike, tenant: Tenant, default_max_tokens:
             seed=req.seed if req.HasField("seed") else None,
             request_id=req.request_id or uuid.uuid4().hex,
             tenant=tenant.name,
+            tools=codec.tools_from_common(req.tools),
+            tool_choice=codec.tool_choice_from_common(req.tool_choice),
+            response_format=codec.response_format_from_common(req.response_format),
         ),
         user=req.user,
         feature=req.feature,
@@ -99,6 +102,15 @@ def _completed(event: Completed) -> gateway_pb2.Completed:
         latency_ms=event.latency_ms,
         ttft_ms=event.ttft_ms,
         fallback_path=event.fallback_path,
+        tool_calls=[codec.tool_call_to_common(c) for c in event.tool_calls],
+    )
+
+
+def _tool_call_delta(event: ToolCallDelta) -> gateway_pb2.GenerateResponse:
+    return gateway_pb2.GenerateResponse(
+        tool_call=gateway_pb2.ToolCallDelta(
+            index=event.index, id=event.id, name=event.name, arguments_fragment=event.arguments_fragment
+        )
     )
 
 
@@ -147,6 +159,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         check(request, limits)
         admitted = request_from_proto(request, tenant, limits.default_max_tokens)
         check_budget_fields(admitted.priority, admitted.conversation_id)
+        check_formats(admitted.chat)
         return admitted
 
     async def _events(
@@ -191,6 +204,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 if event.prompt is not None:
                     _prompt_fields(response.started, event)
                 yield response
+            elif isinstance(event, ToolCallDelta):
+                yield _tool_call_delta(event)
             elif isinstance(event, Completed):
                 yield gateway_pb2.GenerateResponse(completed=_completed(event))
             elif isinstance(event, Failed):
@@ -227,6 +242,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 out.cost.CopyFrom(c.cost)
                 out.latency_ms = c.latency_ms
                 out.fallback_path.extend(c.fallback_path)
+                out.tool_calls.extend(c.tool_calls)
             elif isinstance(event, Failed):
                 # Nothing was sent yet, so the failure can be a real status here.
                 raise Unavailable(event.message, reason=event.reason)

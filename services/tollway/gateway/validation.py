@@ -7,7 +7,8 @@ import re
 from collections.abc import Sequence
 from typing import Protocol
 
-from tollway.common.chat import ChatRequest
+from tollway.common.chat import ChatRequest, check_tool_choice
+from tollway.gateway.guard.structured import compile_format
 from tollway.mesh.errors import InvalidArgument
 from tollway.mesh.propagation import FORWARDED
 
@@ -39,6 +40,20 @@ class _PromptRef(Protocol):
     def WhichOneof(self, name: str) -> str | None: ...
 
 
+class _Tool(Protocol):
+    name: str
+    description: str
+
+
+class _ToolChoice(Protocol):
+    mode: int
+    tool_name: str
+
+
+class _ResponseFormat(Protocol):
+    schema_name: str
+
+
 class ChatRequestLike(Protocol):
     """The fields GenerateRequest and CompleteRequest share."""
 
@@ -54,6 +69,9 @@ class ChatRequestLike(Protocol):
     request_id: str
     cache_policy: _CachePolicy
     prompt_ref: _PromptRef
+    tools: Sequence[_Tool]
+    tool_choice: _ToolChoice
+    response_format: _ResponseFormat
 
     def HasField(self, name: str) -> bool: ...
 
@@ -115,6 +133,48 @@ def validate(req: ChatRequestLike, limits: Limits) -> list[tuple[str, str]]:
     return bad
 
 
+_TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MAX_TOOLS = 128
+MAX_TOOL_DESCRIPTION_CHARS = 4096
+
+
+def tool_problems(req: ChatRequestLike) -> list[tuple[str, str]]:
+    """Every problem with the tool and format fields that needs no parsing, as (field, what to fix).
+
+    The JSON texts (tool parameters, the answer schema) are parsed and checked when the
+    request is translated (:mod:`tollway.common.codec`, :func:`check_formats`).
+    """
+    bad: list[tuple[str, str]] = []
+    if len(req.tools) > MAX_TOOLS:
+        bad.append(("tools", f"at most {MAX_TOOLS} tools, got {len(req.tools)}"))
+    seen: set[str] = set()
+    for i, t in enumerate(req.tools):
+        if not _TOOL_NAME.match(t.name):
+            bad.append((f"tools[{i}].name", "1 to 64 characters of letters, digits, '_' and '-'"))
+        elif t.name in seen:
+            bad.append((f"tools[{i}].name", f"{t.name!r} is given twice; tool names must be unique"))
+        seen.add(t.name)
+        if len(t.description) > MAX_TOOL_DESCRIPTION_CHARS:
+            bad.append((f"tools[{i}].description", f"at most {MAX_TOOL_DESCRIPTION_CHARS} characters"))
+    if req.tool_choice.tool_name and req.tool_choice.tool_name not in seen:
+        bad.append(("tool_choice.tool_name", f"{req.tool_choice.tool_name!r} is not one of the request's tools"))
+    name = req.response_format.schema_name
+    if name and not _TOOL_NAME.match(name):
+        bad.append(("response_format.schema_name", "1 to 64 characters of letters, digits, '_' and '-'"))
+    return bad
+
+
+def check_formats(chat: ChatRequest) -> None:
+    """Checks what only the decoded request shows: a forced tool that is offered, a valid schema.
+
+    Raises:
+        InvalidArgument: A forced tool missing from ``tools``; or an answer schema that is not
+            a valid JSON Schema (reason INVALID_JSON_SCHEMA, naming the path of the fault).
+    """
+    check_tool_choice(chat.tool_choice, chat.tools)
+    compile_format(chat.response_format)
+
+
 def _prompt_ref_problems(ref: _PromptRef) -> list[tuple[str, str]]:
     # The prompt store checks the id's spelling and the variables itself; these are the
     # checks that need no call, so a request that cannot resolve costs no round trip.
@@ -139,7 +199,7 @@ def _raise(bad: list[tuple[str, str]]) -> None:
 
 def check(req: ChatRequestLike, limits: Limits) -> None:
     """Raises InvalidArgument listing every problem with ``req``."""
-    _raise(validate(req, limits))
+    _raise(validate(req, limits) + tool_problems(req))
 
 
 def check_resolved(chat: ChatRequest, limits: Limits, template: str) -> None:

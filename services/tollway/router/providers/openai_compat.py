@@ -29,6 +29,10 @@ from tollway.router.providers.wire import (
 from tollway.router.tools import ToolCallAssembler, ToolCallError
 from tollway.router.types import Completion, ErrorKind, ProviderError, StreamEnd, StreamEvent, ToolCallDelta
 
+# Providers (catalog names) served by llama-cpp-python, which takes a schema as
+# {"type": "json_object", "schema": ...} instead of OpenAI's json_schema shape.
+SCHEMA_AS_JSON_OBJECT = frozenset({"local"})
+
 _FINISH: dict[str, FinishReason] = {
     "stop": "stop",
     "length": "length",
@@ -83,7 +87,12 @@ def request_body(request: ChatRequest, deployment: Deployment, *, stream: bool =
         else:
             body["tool_choice"] = choice.mode
     fmt = request.response_format
-    if fmt.type == "json_object":
+    if fmt.type == "json_schema" and deployment.provider in SCHEMA_AS_JSON_OBJECT:
+        # llama-cpp-python's server knows only "text" and "json_object" (its request model
+        # refuses "json_schema" with a 422) and compiles a "schema" given with json_object
+        # into a grammar, so the schema is still enforced token by token.
+        body["response_format"] = {"type": "json_object", "schema": fmt.schema or {"type": "object"}}
+    elif fmt.type == "json_object":
         body["response_format"] = {"type": "json_object"}
     elif fmt.type == "json_schema":
         body["response_format"] = {
