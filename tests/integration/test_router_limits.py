@@ -233,6 +233,9 @@ async def test_two_router_processes_share_a_deployments_limit(redis_server: Redi
     try:
         async with grpc.aio.insecure_channel(a.address) as ch_a, grpc.aio.insecure_channel(b.address) as ch_b:
             stubs = [router_pb2_grpc.RouterServiceStub(ch_a), router_pb2_grpc.RouterServiceStub(ch_b)]
+            listed = await stubs[0].ListModels(router_pb2.ListModelsRequest(), timeout=5)
+            [dep] = next(m for m in listed.models if m.name == "lim").deployments
+            assert (dep.requests_per_minute, dep.tokens_per_minute) == (4, 0)
             # Six concurrent requests, three per replica, against 4 a minute: exactly 4 served.
             results = await asyncio.gather(*(_generate(stubs[i % 2]) for i in range(6)), return_exceptions=True)
             served = [r for r in results if isinstance(r, list)]

@@ -71,6 +71,8 @@ def models_to_proto(catalog: Catalog, router: Router, reload_error: str) -> rout
                 ttft_ewma_ms=health.ttft_ewma_ms or 0.0,
                 failure_rate_ewma=health.failure_ewma,
                 has_api_key=bool(d.api_key),
+                requests_per_minute=d.rpm,
+                tokens_per_minute=d.tpm,
             )
     return out
 
