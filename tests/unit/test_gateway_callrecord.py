@@ -35,6 +35,20 @@ STREAM_FIELDS = (
     "ttft_ms",
     "status",
     "response_hash",
+    # Issue 17: appended, so the older fields keep their places.
+    "key_id",
+    "pricing_version",
+    "temperature",
+    "max_tokens",
+    "tools_called",
+    "error_message",
+    "cache_namespace",
+    "guard_decisions",
+    "retrieval_collection",
+    "cited_documents",
+    "raw_stored",
+    "total_tokens",
+    "tokens_per_second",
 )
 
 

@@ -167,7 +167,7 @@ class FakeStore:
     def __init__(self) -> None:
         self.records: list[dict[str, str]] = []
 
-    async def append_calls(self, records: list[dict[str, str]]) -> None:
+    async def append_calls(self, records: list[dict[str, str]], **totals: Any) -> None:
         self.records.extend(records)
 
 

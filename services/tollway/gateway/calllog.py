@@ -1,14 +1,42 @@
-"""Call records, written to Redis in batches off the response path."""
+"""Call records, written to Redis in batches off the response path, with the usage totals
+they add (``tollway.gateway.insights``) and, where the tenant allows, the raw text."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
+from collections.abc import Sequence
 
+from tollway.common.chat import ChatMessage
+from tollway.gateway import insights
 from tollway.gateway.callrecord import CallRecord
 from tollway.gateway.store import GatewayStore
 
 log = logging.getLogger("tollway.gateway.calls")
+
+
+@dataclasses.dataclass(frozen=True)
+class RawPolicy:
+    """Which tenants' raw prompts and answers are kept apart from the records, and how long.
+
+    Attributes:
+        tenants: The tenants that allow it; "*" among them allows every tenant. Empty: none.
+        retention_s: Seconds the raw text stays readable ("hot"); after that it is gone
+            ("expired") and only the record with its hashes remains.
+    """
+
+    tenants: frozenset[str] = frozenset()
+    retention_s: int = 7 * 86400
+
+    @classmethod
+    def parse(cls, tenants: str, retention_s: int) -> RawPolicy:
+        """From the config's comma-separated tenant list."""
+        return cls(frozenset(t.strip() for t in tenants.split(",") if t.strip()), retention_s)
+
+    def allows(self, tenant: str) -> bool:
+        return "*" in self.tenants or tenant in self.tenants
 
 
 class CallLog:
@@ -20,15 +48,35 @@ class CallLog:
     are lost (at most ``interval_s`` worth); :meth:`close` writes them on a clean stop.
     """
 
-    def __init__(self, store: GatewayStore, *, interval_s: float = 0.05, batch_size: int = 256) -> None:
+    def __init__(
+        self,
+        store: GatewayStore,
+        *,
+        interval_s: float = 0.05,
+        batch_size: int = 256,
+        raw: RawPolicy = RawPolicy(),
+        aggregate: bool = True,
+    ) -> None:
         self.store = store
         self.interval_s = interval_s
         self.batch_size = batch_size
+        self.raw = raw
+        # Off only to measure what the totals cost (bench/console.py); queries need them.
+        self.aggregate = aggregate
         self._waiting: list[CallRecord] = []
+        self._raw: dict[str, tuple[str, str]] = {}
         self._flusher: asyncio.Task[None] | None = None
 
-    def add(self, record: CallRecord) -> None:
-        """Queues ``record``; never blocks and never raises."""
+    def add(self, record: CallRecord, messages: Sequence[ChatMessage] = (), answer: str = "") -> None:
+        """Queues ``record``; never blocks and never raises.
+
+        ``messages`` (the prompt as sent) and ``answer`` are kept as raw text only when the
+        tenant's policy allows it, and the record then says so (``raw_stored``).
+        """
+        if (messages or answer) and self.raw.allows(record.tenant):
+            record.raw_stored = True
+            prompt = json.dumps([{"role": m.role, "content": m.content} for m in messages], ensure_ascii=False)
+            self._raw[record.request_id] = (prompt, answer)
         self._waiting.append(record)
         if len(self._waiting) >= self.batch_size:
             self._start(0.0)
@@ -48,11 +96,21 @@ class CallLog:
     async def flush(self) -> None:
         """Writes every waiting record now."""
         batch, self._waiting = self._waiting, []
+        raw, self._raw = self._raw, {}
         if not batch:
             return
         try:
-            # Serialised here, off the response path, like the write itself.
-            await self.store.append_calls([record.stream_fields() for record in batch])
+            # Serialised and summed here, off the response path, like the write itself.
+            fields = [record.stream_fields() for record in batch]
+            if not self.aggregate:
+                await self.store.append_calls(fields)
+                return
+            await self.store.append_calls(
+                fields,
+                usage=insights.batch_amounts(fields),
+                index={f["request_id"]: insights.attribution(f) for f in fields},
+                raw={rid: (p, a, self.raw.retention_s) for rid, (p, a) in raw.items()},
+            )
         except Exception:
             log.warning("could not store %d call records", len(batch), exc_info=True)
 

@@ -47,6 +47,21 @@ class CallRecord:
         ttft_ms: Time to the first text (0 when none came).
         status: "OK", "DEGRADED", "CANCELLED" or the failure's ErrorInfo reason.
         response_hash: A digest of the answer text ("" when there was none).
+        key_id: The id of the API key that made the call (never the key).
+        pricing_version: The version of the price table ``cost_usd`` was computed with.
+        temperature: The sampling temperature sent (None: the model's default).
+        max_tokens: The answer limit the provider was asked for.
+        tools_called: The tools the model called, in order.
+        error_message: What went wrong, in words ("" when nothing did).
+        cache_namespace: The cache namespace the request looked up ("" when the cache was not asked).
+        guard_decisions: What the guards did, as ``guard:action`` items (filled by the guards).
+        retrieval_collection: The collection the answer was grounded in ("" for none).
+        cited_documents: The ids of the documents the answer cited.
+        raw_stored: Whether the raw prompt and answer were kept apart (the tenant's policy
+            allows it); they expire after the gateway's raw retention, the record stays.
+
+    The stream form adds two derived values after the fields: ``total_tokens`` (input plus
+    output) and ``tokens_per_second`` (output tokens over the time after the first text).
     """
 
     request_id: str
@@ -75,6 +90,17 @@ class CallRecord:
     ttft_ms: int = 0
     status: str = "OK"
     response_hash: str = ""
+    key_id: str = ""
+    pricing_version: str = ""
+    temperature: float | None = None
+    max_tokens: int = 0
+    tools_called: tuple[str, ...] = ()
+    error_message: str = ""
+    cache_namespace: str = ""
+    guard_decisions: tuple[str, ...] = ()
+    retrieval_collection: str = ""
+    cited_documents: tuple[str, ...] = ()
+    raw_stored: bool = False
 
     @classmethod
     def begin(
@@ -102,9 +128,43 @@ class CallRecord:
             prompt_hash=prompt_hash,
         )
 
+    def note_request(self, key_id: str, temperature: float | None, max_tokens: int, pricing_version: str) -> None:
+        """Records the parameters the request runs with (after defaults and the prompt applied)."""
+        self.key_id, self.temperature, self.max_tokens = key_id, temperature, max_tokens
+        self.pricing_version = pricing_version
+
+    @property
+    def total_tokens(self) -> int:
+        """Input plus output tokens (cached input tokens are part of the input)."""
+        return self.input_tokens + self.output_tokens
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Output tokens per second of generation, after the first text (0 when unknown)."""
+        generating_ms = self.latency_ms - self.ttft_ms
+        if self.output_tokens <= 0 or generating_ms <= 0:
+            return 0.0
+        return round(self.output_tokens * 1000 / generating_ms, 1)
+
     def stream_fields(self) -> dict[str, str]:
-        """The record as the Redis stream stores it: every field, in order, as text."""
-        return {name: str(getattr(self, name)) for name in _FIELD_NAMES}
+        """The record as the Redis stream stores it: every field, in order, as text.
+
+        Lists are joined with ",", an unset temperature is "", a flag is "1" or "0".
+        """
+        out = {name: _text(getattr(self, name)) for name in _FIELD_NAMES}
+        out["total_tokens"] = str(self.total_tokens)
+        out["tokens_per_second"] = str(self.tokens_per_second)
+        return out
+
+
+def _text(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, tuple):
+        return ",".join(value)
+    return str(value)
 
 
 _FIELD_NAMES = tuple(f.name for f in dataclasses.fields(CallRecord))

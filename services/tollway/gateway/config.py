@@ -33,6 +33,11 @@ class GatewayConfig:
     prompts_addr: Where PromptsService listens; empty runs without the prompt store (a
         request with ``prompt_ref`` is then refused with FAILED_PRECONDITION).
     prompts_timeout_s: Deadline of one ResolvePrompt (the channel retries UNAVAILABLE within it).
+    admin_tenants: Comma-separated tenants whose keys see every tenant's usage and calls
+        (InsightsService, the console); every other key sees only its own tenant.
+    raw_log_tenants: Comma-separated tenants whose raw prompts and answers are kept apart
+        from the call records ("*": every tenant; empty: none, only hashes are kept).
+    raw_log_retention_s: Seconds a kept raw prompt and answer stay readable.
     """
 
     port: int = 50051
@@ -55,6 +60,9 @@ class GatewayConfig:
     budget_drain_interval_s: float = 1.0
     prompts_addr: str = ""
     prompts_timeout_s: float = 2.0
+    admin_tenants: str = "admin"
+    raw_log_tenants: str = ""
+    raw_log_retention_s: int = 7 * 86400
 
     def __post_init__(self) -> None:
         if self.budget_when_unavailable not in ("admit", "refuse"):
@@ -62,7 +70,7 @@ class GatewayConfig:
                 f"Config 'TOLLWAY_GATEWAY_BUDGET_WHEN_UNAVAILABLE' has value {self.budget_when_unavailable!r}. "
                 "Must be admit or refuse."
             )
-        for name in ("budget_timeout_s", "budget_drain_interval_s", "prompts_timeout_s"):
+        for name in ("budget_timeout_s", "budget_drain_interval_s", "prompts_timeout_s", "raw_log_retention_s"):
             value = getattr(self, name)
             if value <= 0:
                 raise ValueError(f"Config 'TOLLWAY_GATEWAY_{name.upper()}' has value {value!r}. Must be above 0.")

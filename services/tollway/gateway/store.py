@@ -1,9 +1,18 @@
 """The gateway's Redis: API keys (hashed), the call-record stream, and the budget outbox
-(settlements waiting for the budget service) with each tenant's policy while it is down."""
+(settlements waiting for the budget service) with each tenant's policy while it is down.
+
+Call insights (issue 17) keep, next to the global stream:
+- ``tollway:calls:tenant:<tenant>``: the tenant's own stream (what a tenant key lists);
+- ``tollway:call:<request_id>``: the call's attribution (tenant, day, dimensions), for feedback;
+- ``tollway:raw:<request_id>``: the raw prompt and answer, only where the tenant allows, with a TTL;
+- ``tollway:usage:<tenant>:<day>``: running totals per dimension value, bumped per batch;
+- ``tollway:feedback:<request_id>``: the latest feedback on a call.
+"""
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping, Sequence
 
 import redis.asyncio as aioredis
@@ -13,14 +22,55 @@ CALLS_STREAM = "tollway:calls"
 # Commits, releases and charges the budget service could not take yet; AOF keeps them.
 BUDGET_OUTBOX = "tollway:budget:outbox"
 BUDGET_POLICY_HASH = "tollway:budget:when_unavailable"
+TENANT_CALLS = "tollway:calls:tenant:"
+CALL_INDEX = "tollway:call:"
+RAW_CALL = "tollway:raw:"
+USAGE = "tollway:usage:"
+USAGE_TENANTS = "tollway:usage:tenants"
+FEEDBACK = "tollway:feedback:"
+
+# Adds every (field, amount) pair of ARGV[2..] to the hash KEYS[1], then sets its TTL (ARGV[1]):
+# one command per hash per batch instead of one per field.
+_BUMP = """
+for i = 2, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+"""
+# Replaces a call's feedback and moves the totals of the call's day by the difference, atomically
+# (a repeated or changed score counts once). KEYS: feedback hash, usage hash. ARGV: score (milli),
+# comment, time, ttl_s, then the count field and the score field of each dimension value.
+# Returns 1 when an earlier score was replaced.
+_FEEDBACK = """
+local old = redis.call('HGET', KEYS[1], 'score_milli')
+local delta = tonumber(ARGV[1]) - (old and tonumber(old) or 0)
+for i = 5, #ARGV, 2 do
+  if not old then redis.call('HINCRBY', KEYS[2], ARGV[i], 1) end
+  redis.call('HINCRBY', KEYS[2], ARGV[i + 1], delta)
+end
+redis.call('HSET', KEYS[1], 'score_milli', ARGV[1], 'comment', ARGV[2], 'time', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return old and 1 or 0
+"""
 
 
 class GatewayStore:
     """Every Redis access of the gateway."""
 
-    def __init__(self, client: aioredis.Redis, call_log_maxlen: int = 1_000_000) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        call_log_maxlen: int = 1_000_000,
+        *,
+        tenant_calls_maxlen: int = 100_000,
+        usage_ttl_s: int = 400 * 86400,
+        call_index_ttl_s: int = 30 * 86400,
+    ) -> None:
         self.redis = client
         self.call_log_maxlen = call_log_maxlen
+        self.tenant_calls_maxlen = tenant_calls_maxlen
+        self.usage_ttl_s = usage_ttl_s
+        self.call_index_ttl_s = call_index_ttl_s
+        self._bump = client.register_script(_BUMP)
+        self._feedback = client.register_script(_FEEDBACK)
 
     async def put_key(self, key_hash: str, record: Mapping[str, str]) -> None:
         await self.redis.hset(KEYS_HASH, key_hash, json.dumps(dict(record)))
@@ -40,12 +90,112 @@ class GatewayStore:
         rows = await self.redis.hgetall(KEYS_HASH)
         return [(h.decode() if isinstance(h, bytes) else h, json.loads(v)) for h, v in rows.items()]
 
-    async def append_calls(self, records: Sequence[Mapping[str, str]]) -> None:
-        """Appends call records (as ``CallRecord.stream_fields``) in one pipelined round trip."""
+    async def append_calls(
+        self,
+        records: Sequence[Mapping[str, str]],
+        *,
+        usage: Mapping[tuple[str, str], Mapping[str, int]] | None = None,
+        index: Mapping[str, Mapping[str, str]] | None = None,
+        raw: Mapping[str, tuple[str, str, int]] | None = None,
+    ) -> None:
+        """Appends call records (as ``CallRecord.stream_fields``) in one pipelined round trip.
+
+        Args:
+            records: The records; each also goes to its tenant's stream when ``index`` is given.
+            usage: Amounts to add, per (tenant, day), per usage field.
+            index: Each call's attribution, by request id (kept ``call_index_ttl_s``).
+            raw: (prompt, answer, retention in seconds) by request id, for tenants that allow it.
+        """
         async with self.redis.pipeline(transaction=False) as pipe:
             for record in records:
                 pipe.xadd(CALLS_STREAM, dict(record), maxlen=self.call_log_maxlen, approximate=True)
+                if index is not None:
+                    pipe.xadd(
+                        TENANT_CALLS + record["tenant"], dict(record),
+                        maxlen=self.tenant_calls_maxlen, approximate=True,
+                    )
+            for request_id, attribution in (index or {}).items():
+                pipe.hset(CALL_INDEX + request_id, mapping=dict(attribution))
+                pipe.expire(CALL_INDEX + request_id, self.call_index_ttl_s)
+            for request_id, (prompt, answer, ttl_s) in (raw or {}).items():
+                pipe.hset(RAW_CALL + request_id, mapping={"prompt": prompt, "response": answer})
+                pipe.expire(RAW_CALL + request_id, ttl_s)
+            if usage:
+                pipe.sadd(USAGE_TENANTS, *{tenant for tenant, _ in usage})
+            for (tenant, day), amounts in (usage or {}).items():
+                args: list[str | int] = [self.usage_ttl_s]
+                for name, amount in amounts.items():
+                    args += [name, amount]
+                await self._bump(keys=[f"{USAGE}{tenant}:{day}"], args=args, client=pipe)
             await pipe.execute()
+
+    async def usage_tenants(self) -> list[str]:
+        """Every tenant with usage totals, sorted."""
+        return sorted(t.decode() for t in await self.redis.smembers(USAGE_TENANTS))
+
+    async def usage_totals(self, tenants: Sequence[str], days: Sequence[str]) -> dict[tuple[str, str], dict[str, int]]:
+        """The usage totals of each (tenant, day) that has any, in one round trip."""
+        pairs = [(t, d) for t in tenants for d in days]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for tenant, day in pairs:
+                pipe.hgetall(f"{USAGE}{tenant}:{day}")
+            rows = await pipe.execute()
+        return {
+            pair: {k.decode(): int(v) for k, v in row.items()} for pair, row in zip(pairs, rows, strict=True) if row
+        }
+
+    async def calls_page(self, tenant: str | None, before: str, count: int) -> list[tuple[str, dict[str, str]]]:
+        """Up to ``count`` records, newest first, older than stream id ``before`` ("" for the newest).
+
+        Args:
+            tenant: The tenant whose stream to read; None reads every tenant's (the global stream).
+        """
+        stream = CALLS_STREAM if tenant is None else TENANT_CALLS + tenant
+        top = f"({before}" if before else "+"
+        rows = await self.redis.xrevrange(stream, max=top, min="-", count=count)
+        return [(i.decode(), {k.decode(): v.decode() for k, v in fields.items()}) for i, fields in rows]
+
+    async def call_extras(self, request_ids: Sequence[str]) -> list[tuple[bool, int | None]]:
+        """For each call, in one round trip: whether its raw text is still kept (not expired),
+        and its feedback score in thousandths (None without feedback)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for request_id in request_ids:
+                pipe.exists(RAW_CALL + request_id)
+                pipe.hget(FEEDBACK + request_id, "score_milli")
+            replies = await pipe.execute()
+        return [
+            (bool(replies[i]), None if replies[i + 1] is None else int(replies[i + 1]))
+            for i in range(0, len(replies), 2)
+        ]
+
+    async def raw_call(self, request_id: str) -> dict[str, str] | None:
+        """The raw prompt and answer of a call, or None when never kept or expired."""
+        row = await self.redis.hgetall(RAW_CALL + request_id)
+        return {k.decode(): v.decode() for k, v in row.items()} or None
+
+    async def call_attribution(self, request_id: str) -> dict[str, str] | None:
+        """A call's attribution as ``append_calls`` indexed it, or None (unknown or too old)."""
+        row = await self.redis.hgetall(CALL_INDEX + request_id)
+        return {k.decode(): v.decode() for k, v in row.items()} or None
+
+    async def put_feedback(
+        self, request_id: str, tenant: str, day: str, score_milli: int, comment: str, fields: Sequence[tuple[str, str]]
+    ) -> bool:
+        """Stores a call's feedback and moves its day's totals; True when it replaced earlier feedback.
+
+        Args:
+            fields: (count field, score field) of each dimension value the call counts under.
+        """
+        args: list[str | int] = [score_milli, comment, str(int(time.time())), self.call_index_ttl_s]
+        for count_field, score_field in fields:
+            args += [count_field, score_field]
+        replaced = await self._feedback(keys=[FEEDBACK + request_id, f"{USAGE}{tenant}:{day}"], args=args)
+        return bool(replaced)
+
+    async def feedback(self, request_id: str) -> dict[str, str] | None:
+        """The latest feedback on a call, or None."""
+        row = await self.redis.hgetall(FEEDBACK + request_id)
+        return {k.decode(): v.decode() for k, v in row.items()} or None
 
     async def recent_calls(self, count: int = 10) -> list[dict[str, str]]:
         rows = await self.redis.xrevrange(CALLS_STREAM, count=count)

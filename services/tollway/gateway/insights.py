@@ -1,0 +1,525 @@
+"""Call insights: usage totals kept at write time, who may see what, feedback and drift.
+
+Plain Python over call records in their stream form (``CallRecord.stream_fields``), so the
+same rules serve the gateway's InsightsService, ``tollway usage`` and the benches.
+
+Totals are kept per tenant and UTC day (one Redis hash each) under fields
+``<dimension>\\x1f<value>\\x1f<measure>``: a query reads one hash per tenant and day, never the
+records. The dimensions are the tenant as a whole (``tenant``, value ""), ``feature``,
+``user``, ``model``, ``prompt`` (``template@version``), ``tier`` (the cache tier) and
+``namespace`` (the cache namespace); ``day`` is the hash itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import enum
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+
+from tollway.gateway.store import GatewayStore
+from tollway.mesh.errors import InvalidArgument, NotFound, PermissionDenied
+
+SEP = "\x1f"
+# Cache tiers that answered without a provider call.
+_HIT_TIERS = frozenset({"exact", "semantic", "stale"})
+MAX_DAYS = 400
+MAX_COMMENT_CHARS = 2000
+MAX_PAGE_SIZE = 500
+DEFAULT_PAGE_SIZE = 50
+
+
+class Dimension(enum.StrEnum):
+    """What usage rows are grouped by."""
+
+    TENANT = "tenant"
+    FEATURE = "feature"
+    USER = "user"
+    MODEL = "model"
+    DAY = "day"
+    PROMPT = "prompt"
+    TIER = "tier"
+    NAMESPACE = "namespace"
+
+
+# The measures every dimension keeps, as stored (integers: Redis HINCRBY).
+MEASURES = (
+    "requests",
+    "input_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "cost_usd_micros",
+    "latency_ms",
+    "ttft_ms",
+    "errors",
+    "cache_hits",
+    "feedback_count",
+    "feedback_score_milli",
+)
+# Dimensions whose totals a record adds to; ``day`` is read from the tenant totals of each day.
+_STORED = (
+    Dimension.TENANT,
+    Dimension.FEATURE,
+    Dimension.USER,
+    Dimension.MODEL,
+    Dimension.PROMPT,
+    Dimension.TIER,
+    Dimension.NAMESPACE,
+)
+# Feedback is counted under these (a score belongs to what produced the answer, not to a tier).
+_FEEDBACK_DIMENSIONS = (
+    Dimension.TENANT,
+    Dimension.FEATURE,
+    Dimension.USER,
+    Dimension.MODEL,
+    Dimension.PROMPT,
+    Dimension.NAMESPACE,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Viewer:
+    """Who asks: the key's tenant, and whether that tenant is an admin (sees every tenant)."""
+
+    tenant: str
+    admin: bool
+
+
+def field(dimension: Dimension, value: str, measure: str) -> str:
+    """The hash field of one measure of one dimension value."""
+    return f"{dimension.value}{SEP}{value}{SEP}{measure}"
+
+
+def day_of(timestamp: float) -> str:
+    """The UTC day (``YYYY-MM-DD``) of a Unix time."""
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).strftime("%Y-%m-%d")
+
+
+def prompt_key(template: str, version: str) -> str:
+    """How a prompt version is named in the totals ("" without a template)."""
+    return f"{template}@{version}" if template else ""
+
+
+def _values(record: Mapping[str, str]) -> dict[Dimension, str]:
+    return {
+        Dimension.TENANT: "",
+        Dimension.FEATURE: record.get("feature", ""),
+        Dimension.USER: record.get("user", ""),
+        Dimension.MODEL: record.get("model", ""),
+        Dimension.PROMPT: prompt_key(record.get("prompt_template", ""), record.get("prompt_version", "")),
+        Dimension.TIER: record.get("cache_tier", "") or "none",
+        Dimension.NAMESPACE: record.get("cache_namespace", ""),
+    }
+
+
+def record_amounts(record: Mapping[str, str]) -> dict[str, int]:
+    """What one record adds to its tenant's totals of its day, by hash field."""
+    tier = record.get("cache_tier", "")
+    status = record.get("status", "OK")
+    measures = {
+        "requests": 1,
+        "input_tokens": int(record.get("input_tokens", "0") or 0),
+        "output_tokens": int(record.get("output_tokens", "0") or 0),
+        "cached_tokens": int(record.get("cached_tokens", "0") or 0),
+        "cost_usd_micros": round(float(record.get("cost_usd", "0") or 0) * 1_000_000),
+        "latency_ms": int(record.get("latency_ms", "0") or 0),
+        "ttft_ms": int(record.get("ttft_ms", "0") or 0),
+        "errors": 0 if status in ("OK", "DEGRADED") else 1,
+        "cache_hits": 1 if tier in _HIT_TIERS else 0,
+    }
+    out: dict[str, int] = {}
+    for dimension, value in _values(record).items():
+        for measure, amount in measures.items():
+            if amount:
+                out[field(dimension, value, measure)] = amount
+    return out
+
+
+def batch_amounts(records: Iterable[Mapping[str, str]]) -> dict[tuple[str, str], dict[str, int]]:
+    """The totals a batch of records adds, summed per (tenant, day) and field."""
+    out: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for record in records:
+        sums = out[(record["tenant"], day_of(float(record["timestamp"])))]
+        for name, amount in record_amounts(record).items():
+            sums[name] += amount
+    return {key: dict(sums) for key, sums in out.items()}
+
+
+def attribution(record: Mapping[str, str]) -> dict[str, str]:
+    """What feedback on a call needs to find its totals later: tenant, day and dimension values."""
+    values = _values(record)
+    return {
+        "tenant": record["tenant"],
+        "day": day_of(float(record["timestamp"])),
+        # The whole-tenant dimension's value is always "": the key "tenant" keeps the name.
+        **{d.value: values[d] for d in _FEEDBACK_DIMENSIONS if d is not Dimension.TENANT},
+    }
+
+
+def feedback_fields(attributed: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(count field, score field) of each dimension value a call's feedback counts under."""
+    values = {d: "" if d is Dimension.TENANT else attributed.get(d.value, "") for d in _FEEDBACK_DIMENSIONS}
+    return [(field(d, v, "feedback_count"), field(d, v, "feedback_score_milli")) for d, v in values.items()]
+
+
+# --------------------------------------------------------------------------------------------------
+# Queries
+
+
+@dataclasses.dataclass(frozen=True)
+class UsageQuery:
+    """A checked usage query: which tenants, which days, grouped how."""
+
+    by: Dimension
+    tenants: tuple[str, ...] | None  # None: every tenant (an admin asked for all)
+    days: tuple[str, ...]
+
+
+@dataclasses.dataclass
+class UsageRow:
+    """Totals of one group; averages are derived, never stored."""
+
+    group: str
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd_micros: int = 0
+    latency_ms: int = 0
+    ttft_ms: int = 0
+    errors: int = 0
+    cache_hits: int = 0
+    feedback_count: int = 0
+    feedback_score_milli: int = 0
+
+    @property
+    def mean_latency_ms(self) -> float:
+        return self.latency_ms / self.requests if self.requests else 0.0
+
+    @property
+    def mean_ttft_ms(self) -> float:
+        return self.ttft_ms / self.requests if self.requests else 0.0
+
+    @property
+    def cache_hit_rate(self) -> float:
+        return self.cache_hits / self.requests if self.requests else 0.0
+
+    @property
+    def mean_feedback(self) -> float | None:
+        """The mean feedback score in [0, 1], or None without feedback."""
+        return self.feedback_score_milli / 1000 / self.feedback_count if self.feedback_count else None
+
+    def add(self, measure: str, amount: int) -> None:
+        setattr(self, measure, getattr(self, measure) + amount)
+
+
+def parse_day(text: str, name: str) -> datetime.date:
+    """A ``YYYY-MM-DD`` date.
+
+    Raises:
+        InvalidArgument: ``text`` is not one, naming the field ``name``.
+    """
+    try:
+        return datetime.date.fromisoformat(text)
+    except ValueError:
+        raise InvalidArgument(
+            f"{name} {text!r} is not a date: use YYYY-MM-DD (UTC), for example 2026-12-01", [(name, "YYYY-MM-DD")]
+        ) from None
+
+
+def usage_query(
+    viewer: Viewer, by: str, since: str, tenant: str, *, today: datetime.date | None = None
+) -> UsageQuery:
+    """Checks a usage query and resolves what it may read.
+
+    Args:
+        viewer: Who asks. A tenant key sees only its tenant; an admin key sees all, or one.
+        by: A :class:`Dimension` value.
+        since: The first day, ``YYYY-MM-DD``; "" means 7 days before ``today``.
+        tenant: One tenant to read; "" means the viewer's own (every tenant for an admin).
+        today: The last day included (default: today, UTC).
+
+    Raises:
+        InvalidArgument: An unknown dimension, a bad or future date, or more than 400 days.
+        PermissionDenied: A tenant key asked for another tenant.
+    """
+    today = today or datetime.datetime.now(datetime.UTC).date()
+    try:
+        dimension = Dimension(by)
+    except ValueError:
+        names = ", ".join(d.value for d in Dimension)
+        raise InvalidArgument(f"group_by {by!r} is not one of {names}", [("group_by", names)]) from None
+    first = parse_day(since, "since") if since else today - datetime.timedelta(days=7)
+    if first > today:
+        raise InvalidArgument(f"since {since!r} is in the future (today is {today})", [("since", "today or before")])
+    span = (today - first).days + 1
+    if span > MAX_DAYS:
+        raise InvalidArgument(
+            f"since {since!r} asks for {span} days; at most {MAX_DAYS} are kept", [("since", f"within {MAX_DAYS} days")]
+        )
+    days = tuple((first + datetime.timedelta(days=i)).isoformat() for i in range(span))
+    return UsageQuery(dimension, scope(viewer, tenant), days)
+
+
+def scope(viewer: Viewer, tenant: str) -> tuple[str, ...] | None:
+    """The tenants a viewer reads: its own unless it is an admin (None: every tenant).
+
+    Raises:
+        PermissionDenied: A tenant key named another tenant.
+    """
+    if viewer.admin:
+        return (tenant,) if tenant else None
+    if tenant and tenant != viewer.tenant:
+        raise PermissionDenied(
+            f"this key belongs to tenant {viewer.tenant!r} and cannot read tenant {tenant!r}; "
+            "use an admin key, or leave tenant empty",
+            reason="TENANT_FORBIDDEN",
+        )
+    return (viewer.tenant,)
+
+
+def usage_rows(by: Dimension, totals: Mapping[tuple[str, str], Mapping[str, int]]) -> list[UsageRow]:
+    """Rows of ``totals`` (per (tenant, day), as kept) grouped by ``by``, most expensive first.
+
+    ``tenant`` and ``day`` group the whole-tenant totals by tenant or by day; the others
+    group the dimension's values across tenants and days.
+    """
+    rows: dict[str, UsageRow] = {}
+    for (tenant, day), fields in totals.items():
+        for name, amount in fields.items():
+            dimension, rest = name.split(SEP, 1)
+            value, measure = rest.rsplit(SEP, 1)
+            if measure not in MEASURES:
+                continue
+            if by in (Dimension.TENANT, Dimension.DAY):
+                if dimension != Dimension.TENANT.value:
+                    continue
+                group = tenant if by is Dimension.TENANT else day
+            elif dimension == by.value:
+                group = value
+            else:
+                continue
+            rows.setdefault(group, UsageRow(group)).add(measure, amount)
+    if by is Dimension.DAY:
+        return sorted(rows.values(), key=lambda r: r.group)
+    return sorted(rows.values(), key=lambda r: (-r.cost_usd_micros, -r.requests, r.group))
+
+
+# --------------------------------------------------------------------------------------------------
+# Feedback
+
+
+def check_feedback(request_id: str, score: float, comment: str) -> int:
+    """Checks feedback before anything is stored; returns the score in thousandths.
+
+    Raises:
+        InvalidArgument: No request id, a score outside [0, 1] (or not a number), or a
+            comment over 2000 characters; every bad field is named.
+    """
+    bad: list[tuple[str, str]] = []
+    if not request_id:
+        bad.append(("request_id", "required: the request_id of the call, from `started` or the call list"))
+    if not 0.0 <= score <= 1.0:  # also false for NaN
+        bad.append(("score", f"{score!r} is outside [0, 1]: 1 is good, 0 is bad"))
+    if len(comment) > MAX_COMMENT_CHARS:
+        bad.append(("comment", f"{len(comment)} characters; at most {MAX_COMMENT_CHARS}"))
+    if bad:
+        fields = ", ".join(f for f, _ in bad)
+        raise InvalidArgument(f"invalid feedback: {bad[0][0]}: {bad[0][1]} (problems in: {fields})", bad)
+    return round(score * 1000)
+
+
+def feedback_target(viewer: Viewer, request_id: str, attributed: Mapping[str, str] | None) -> Mapping[str, str]:
+    """The call feedback is about, if the viewer may give it.
+
+    A call of another tenant is NOT_FOUND for a tenant key, as an unknown one: a tenant
+    cannot learn which request ids exist elsewhere.
+
+    Raises:
+        NotFound: No such call (or too old), or another tenant's call.
+    """
+    if attributed is None or (not viewer.admin and attributed["tenant"] != viewer.tenant):
+        raise NotFound(
+            f"no call {request_id!r} of this tenant: feedback is taken for calls of the last 30 days, "
+            "by the request_id the gateway returned",
+            reason="CALL_NOT_FOUND",
+        )
+    return attributed
+
+
+# --------------------------------------------------------------------------------------------------
+# Paging and drift
+
+
+def page_size(requested: int) -> int:
+    """The page size to use (0: the default).
+
+    Raises:
+        InvalidArgument: Negative, or above 500.
+    """
+    if requested < 0 or requested > MAX_PAGE_SIZE:
+        raise InvalidArgument(
+            f"page_size {requested} is outside 0..{MAX_PAGE_SIZE} (0 means {DEFAULT_PAGE_SIZE})",
+            [("page_size", f"0 to {MAX_PAGE_SIZE}")],
+        )
+    return requested or DEFAULT_PAGE_SIZE
+
+
+def check_page_token(token: str) -> str:
+    """A page token is the stream id of the last call of the previous page.
+
+    Raises:
+        InvalidArgument: It is not one.
+    """
+    ms, _, seq = token.partition("-")
+    if token and not (ms.isdigit() and seq.isdigit()):
+        raise InvalidArgument(
+            f"page_token {token!r} is not one this API returned: pass next_page_token as it came",
+            [("page_token", "a next_page_token from the previous page")],
+        )
+    return token
+
+
+@dataclasses.dataclass(frozen=True)
+class DriftSignal:
+    """A prompt version or namespace whose mean feedback moved beyond the threshold."""
+
+    dimension: Dimension
+    value: str
+    baseline: float
+    recent: float
+    baseline_count: int
+    recent_count: int
+
+    @property
+    def change(self) -> float:
+        return self.recent - self.baseline
+
+
+@dataclasses.dataclass(frozen=True)
+class DriftRule:
+    """When a mean feedback score counts as drifted.
+
+    The recent window (the last ``recent_days`` days, today included) is compared with the
+    ``baseline_days`` before it; both need at least ``min_count`` scores, and the means
+    must differ by at least ``threshold`` (on the 0..1 score scale).
+    """
+
+    recent_days: int = 1
+    baseline_days: int = 7
+    threshold: float = 0.15
+    min_count: int = 5
+
+
+def drift(
+    rule: DriftRule, totals: Mapping[tuple[str, str], Mapping[str, int]], days: Sequence[str]
+) -> list[DriftSignal]:
+    """The drift signals per prompt version and per namespace, largest move first.
+
+    Args:
+        totals: Per (tenant, day) totals covering ``days``.
+        days: The baseline days then the recent ones, oldest first (``baseline_days +
+            recent_days`` of them).
+    """
+    recent_days = set(days[-rule.recent_days :])
+    sums: dict[tuple[str, str, bool], list[int]] = defaultdict(lambda: [0, 0])
+    for (_, day), fields in totals.items():
+        for name, amount in fields.items():
+            dimension, rest = name.split(SEP, 1)
+            if dimension not in (Dimension.PROMPT.value, Dimension.NAMESPACE.value):
+                continue
+            value, measure = rest.rsplit(SEP, 1)
+            if not value or measure not in ("feedback_count", "feedback_score_milli"):
+                continue
+            slot = sums[(dimension, value, day in recent_days)]
+            slot[0 if measure == "feedback_count" else 1] += amount
+    out = []
+    for dimension, value in sorted({(d, v) for d, v, _ in sums}):
+        (base_n, base_s), (new_n, new_s) = sums[(dimension, value, False)], sums[(dimension, value, True)]
+        if base_n < rule.min_count or new_n < rule.min_count:
+            continue
+        baseline, recent = base_s / 1000 / base_n, new_s / 1000 / new_n
+        if abs(recent - baseline) >= rule.threshold:
+            out.append(DriftSignal(Dimension(dimension), value, baseline, recent, base_n, new_n))
+    return sorted(out, key=lambda s: -abs(s.change))
+
+
+# --------------------------------------------------------------------------------------------------
+# The queries, over the gateway's store
+
+
+@dataclasses.dataclass(frozen=True)
+class CallView:
+    """One listed call: its record, whether its raw text is readable, its feedback."""
+
+    fields: Mapping[str, str]
+    raw_state: str  # "hot", "expired" or "not_kept"
+    feedback_score: float | None
+
+
+class Insights:
+    """Usage, calls, feedback and drift as a viewer may see them."""
+
+    def __init__(self, store: GatewayStore, admin_tenants: Iterable[str], rule: DriftRule = DriftRule()) -> None:
+        self.store = store
+        self.admin_tenants = frozenset(admin_tenants)
+        self.rule = rule
+
+    def viewer(self, tenant: str) -> Viewer:
+        """The viewer a key of ``tenant`` is."""
+        return Viewer(tenant, tenant in self.admin_tenants)
+
+    async def _totals(
+        self, tenants: tuple[str, ...] | None, days: Sequence[str]
+    ) -> dict[tuple[str, str], dict[str, int]]:
+        every = tenants if tenants is not None else tuple(await self.store.usage_tenants())
+        return await self.store.usage_totals(every, days)
+
+    async def usage(self, viewer: Viewer, by: str, since: str, tenant: str) -> tuple[list[UsageRow], tuple[str, ...]]:
+        """Usage rows and the days they cover (see :func:`usage_query` for the errors)."""
+        query = usage_query(viewer, by, since, tenant)
+        return usage_rows(query.by, await self._totals(query.tenants, query.days)), query.days
+
+    async def calls(
+        self, viewer: Viewer, tenant: str, requested_page_size: int, page_token: str
+    ) -> tuple[list[CallView], str]:
+        """A page of calls, newest first, and the next page's token ("" at the end).
+
+        Raises:
+            InvalidArgument: A bad page size or page token.
+            PermissionDenied: A tenant key named another tenant.
+        """
+        size = page_size(requested_page_size)
+        token = check_page_token(page_token)
+        tenants = scope(viewer, tenant)
+        rows = await self.store.calls_page(None if tenants is None else tenants[0], token, size + 1)
+        more = len(rows) > size
+        rows = rows[:size]
+        ids = [fields.get("request_id", "") for _, fields in rows]
+        views = []
+        for (_, fields), (hot, score_milli) in zip(rows, await self.store.call_extras(ids), strict=True):
+            state = "not_kept" if fields.get("raw_stored", "0") != "1" else ("hot" if hot else "expired")
+            views.append(CallView(fields, state, None if score_milli is None else score_milli / 1000))
+        return views, rows[-1][0] if more and rows else ""
+
+    async def raw(self, viewer: Viewer, request_id: str) -> dict[str, str] | None:
+        """A call's raw prompt and answer while hot, if the viewer may read the call."""
+        feedback_target(viewer, request_id, await self.store.call_attribution(request_id))
+        return await self.store.raw_call(request_id)
+
+    async def feedback(self, viewer: Viewer, request_id: str, score: float, comment: str) -> bool:
+        """Records feedback (see :func:`check_feedback` and :func:`feedback_target` for the
+        errors); True when it replaced earlier feedback on the call."""
+        score_milli = check_feedback(request_id, score, comment)
+        target = feedback_target(viewer, request_id, await self.store.call_attribution(request_id))
+        return await self.store.put_feedback(
+            request_id, target["tenant"], target["day"], score_milli, comment, feedback_fields(target)
+        )
+
+    async def drift(self, viewer: Viewer, tenant: str, *, today: datetime.date | None = None) -> list[DriftSignal]:
+        """Drift signals of the viewer's tenants (see :class:`DriftRule`)."""
+        today = today or datetime.datetime.now(datetime.UTC).date()
+        span = self.rule.baseline_days + self.rule.recent_days
+        days = [(today - datetime.timedelta(days=span - 1 - i)).isoformat() for i in range(span)]
+        return drift(self.rule, await self._totals(scope(viewer, tenant), days), days)
