@@ -521,9 +521,16 @@ class Router:
 
     async def _cascade(self, run: _Run, small: Model) -> AsyncIterator[RouteEvent]:
         """Asks the small model for a whole answer; keeps it only if it passes validation."""
+        tokens = self._limit_tokens(run, small)
         for dep in self.balancer.order(small.deployments):
+            pick = await self.limits.pick([dep], tokens)
+            if pick.deployment is None:
+                # The cascade never waits: the larger model is the better use of the time.
+                self._note_skips(run, small, pick, tokens, set(), set())
+                continue
             permit = await self.breakers.acquire(dep.key)
             if not permit.allowed:
+                await self.limits.give_back(pick)
                 run.failures.append(_Failure(small.name, dep.key, "BREAKER_OPEN", "circuit open", permit.retry_in_s))
                 continue
             run.attempts += 1
@@ -561,7 +568,7 @@ class Router:
             async for event in self._emit_whole(run, small, dep, completion, usage, reported, elapsed_ms):
                 yield event
             return
-        run.path.append(f"{small.name} (BREAKER_OPEN)")
+        run.path.append(f"{small.name} ({self._why_left(run, small)})")
 
     async def _emit_whole(
         self,
