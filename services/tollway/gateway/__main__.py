@@ -13,6 +13,7 @@ from tollway.gateway.budget_client import BudgetClient
 from tollway.gateway.budgeting import Budgeting
 from tollway.gateway.cache_client import CacheClient
 from tollway.gateway.config import GatewayConfig
+from tollway.gateway.embed import Embedder
 from tollway.gateway.lifecycle import Gateway
 from tollway.gateway.prompts_client import SERVICE_NAME as PROMPTS_SERVICE
 from tollway.gateway.prompts_client import PromptsClient
@@ -45,8 +46,10 @@ def build(cfg: GatewayConfig, mesh: MeshConfig) -> ServiceSpec:
         load_catalog(cfg.catalog),
     )
 
+    embedder = Embedder(gateway.calls, gateway.catalog, gateway.limits, None)
+
     def add(server: grpc.aio.Server) -> None:
-        gateway_pb2_grpc.add_GatewayServiceServicer_to_server(GatewayServicer(gateway), server)
+        gateway_pb2_grpc.add_GatewayServiceServicer_to_server(GatewayServicer(gateway, embedder), server)
 
     async def start() -> None:
         await wait_ready(redis)
@@ -95,9 +98,20 @@ def build(cfg: GatewayConfig, mesh: MeshConfig) -> ServiceSpec:
             )
             channels.append(prompts_channel)
             gateway.prompts = PromptsClient(prompts_channel, timeout_s=cfg.prompts_timeout_s)
+        if cfg.embedding_addr:
+            # The Embed RPC's own channel: its calls carry many texts, the cache's one each.
+            embedder_channel = clients.channel(
+                cfg.embedding_addr,
+                idempotent_services=["tollway.embedding.v1.EmbeddingService"],
+                tracer_provider=provider,
+            )
+            channels.append(embedder_channel)
+            embedder.connect(embedder_channel)
+            embedder.budget = gateway.budget
 
     async def stop() -> None:
         await gateway.drain()
+        await embedder.drain()
         await background.stop()
         for channel in channels:
             await channel.close()

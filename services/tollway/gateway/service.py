@@ -14,6 +14,7 @@ from tollway.common.chat import ChatRequest, TextDelta
 from tollway.common.v1 import common_pb2
 from tollway.gateway.auth import Tenant
 from tollway.gateway.budget_client import rate_limit_headers, refusal_headers
+from tollway.gateway.embed import EmbedCall, Embedder
 from tollway.gateway.lifecycle import Completed, Failed, Gateway, GatewayEvent, Started, ToolCallDelta
 from tollway.gateway.models import list_models
 from tollway.gateway.prompts_client import PromptRef
@@ -149,8 +150,9 @@ def _is_budget_refusal(exc: ResourceExhausted) -> bool:
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, embedder: Embedder | None = None) -> None:
         self.gateway = gateway
+        self.embedder = embedder
 
     async def _admit(self, request: ChatRequestLike, context: grpc.aio.ServicerContext) -> GatewayRequest:
         """Authenticates, then checks every field, before anything is spent."""
@@ -268,3 +270,39 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 for m in list_models(self.gateway.catalog)
             ]
         )
+
+    @rpc_errors(DOMAIN)
+    async def Embed(
+        self, request: gateway_pb2.EmbedRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.EmbedResponse:
+        tenant = await self.gateway.keys.authenticate(context.invocation_metadata() or ())
+        if self.embedder is None:
+            raise Unavailable("this gateway serves no embeddings", reason="EMBEDDING_UNAVAILABLE")
+        call = EmbedCall(
+            model=request.model,
+            inputs=tuple(request.inputs),
+            dimensions=request.dimensions,
+            user=request.user,
+            feature=request.feature,
+            request_id=request.request_id,
+            priority=_priority(request.priority, ""),
+        )
+        try:
+            result = await self.embedder.embed(call, tenant, _seconds_left(context))
+        except ResourceExhausted as exc:
+            if not _is_budget_refusal(exc):
+                raise
+            await _refuse(exc, context)
+            raise
+        reply = result.reply
+        out = gateway_pb2.EmbedResponse(
+            request_id=result.request_id,
+            model=result.model,
+            dimensions=reply.dimension,
+            usage=codec.usage_to_proto(result.usage),
+            cost=common_pb2.Cost(cost_usd_micros=result.cost_usd_micros),
+            cache_hit_count=reply.cache_hit_count,
+        )
+        for e in reply.embeddings:
+            out.embeddings.add(values=e.values, truncated=e.truncated)
+        return out

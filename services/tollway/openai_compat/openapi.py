@@ -288,7 +288,10 @@ _CHAT_REQUEST = {
         "prompt_ref": {"anyOf": [{"$ref": _REF + "openai.PromptRef"}, {"type": "null"}]},
         "max_tokens": {**_INT32, **VALUE_RULES["max_tokens"], "nullable": True},
         "max_completion_tokens": {
-            **_INT32, **VALUE_RULES["max_tokens"], "nullable": True, "description": "Wins over max_tokens."
+            **_INT32,
+            **VALUE_RULES["max_tokens"],
+            "nullable": True,
+            "description": "Wins over max_tokens.",
         },
         "temperature": {"type": "number", **VALUE_RULES["temperature"], "nullable": True},
         "top_p": {"type": "number", **VALUE_RULES["top_p"], "nullable": True},
@@ -472,6 +475,62 @@ _OPENAI_PATHS: dict[str, Any] = {
     },
 }
 
+
+def _surface_route(operation: str, summary: str, *, body: bool = True, error: str = "openai.Error") -> dict[str, Any]:
+    """A route of the other API surfaces (issue 16), described by its summary: its bodies are the
+    API's own (OpenAI or Anthropic), documented by their vendors, and any JSON object is accepted
+    for checking (a bad one gets a 400 naming the field)."""
+    verb = "post" if body else "get"
+    op: dict[str, Any] = {
+        "operationId": operation,
+        "summary": summary,
+        "tags": ["anthropic" if error == "anthropic.Error" else "openai"],
+        "responses": {
+            "200": {
+                "description": "The answer (or Server-Sent Events with `stream: true`).",
+                "content": {"application/json": {"schema": {}}, "text/event-stream": {"schema": _SSE_EVENT}},
+            },
+            "default": {
+                "description": "An error, in the API's own shape.",
+                "content": {"application/json": {"schema": {"$ref": _REF + error}}},
+            },
+        },
+    }
+    if body:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": _JSON_OBJECT}}}
+    return {verb: op}
+
+
+_ANTHROPIC_ERROR = {
+    "type": "object",
+    "description": "Anthropic's error object.",
+    "properties": {
+        "type": {"type": "string", "enum": ["error"]},
+        "error": {
+            "type": "object",
+            "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
+            "required": ["type", "message"],
+        },
+    },
+    "required": ["type", "error"],
+}
+
+_OPENAI_PATHS.update(
+    {
+        "/v1/models/{model_id}": {
+            "get": {
+                **_surface_route("openai.retrieveModel", "One model of the catalog, as OpenAI shows it.", body=False)[
+                    "get"
+                ],
+                "parameters": [{"name": "model_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            }
+        },
+        "/v1/embeddings": _surface_route(
+            "openai.createEmbedding", "OpenAI embeddings (float or base64), made by the embedding service."
+        ),
+    }
+)
+
 # The OpenAI routes, for the message of a 404 on the OpenAI surface.
 SERVED = "Tollway's OpenAI API serves " + ", ".join(
     f"{verb.upper()} {path}" for path, ops in _OPENAI_PATHS.items() if path != PATH for verb in ops
@@ -487,6 +546,7 @@ def document() -> dict[str, Any]:
         {
             "google.rpc.Status": _STATUS,
             "openai.Error": _OPENAI_ERROR,
+            "anthropic.Error": _ANTHROPIC_ERROR,
             "openai.TextPart": _TEXT_PART,
             "openai.ChatMessage": _CHAT_MESSAGE,
             "openai.ChatCompletionRequest": _CHAT_REQUEST,

@@ -26,7 +26,7 @@ from tollway.common import capabilities
 from tollway.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from tollway.mesh import clients
 from tollway.mesh.errors import InvalidArgument
-from tollway.openai_compat import openapi, translate
+from tollway.openai_compat import embeddings, openapi, translate
 
 log = logging.getLogger("tollway.openai_compat")
 
@@ -134,6 +134,10 @@ def _route_headers(model: str, fallback_path: Any) -> dict[str, str]:
     return {"x-tollway-model": model, "x-tollway-fallback": " > ".join(fallback_path) or "none"}
 
 
+def _model_json(m: gateway_pb2.ModelInfo) -> dict[str, Any]:
+    return {"id": m.name, "object": "model", "created": 0, "owned_by": m.provider}
+
+
 class OpenAICompatApp:
     """Holds the gateway stub; ``app`` is the ASGI application."""
 
@@ -146,6 +150,8 @@ class OpenAICompatApp:
             routes=[
                 Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
                 Route("/v1/models", self.models, methods=["GET"]),
+                Route("/v1/models/{model_id}", self.model, methods=["GET"]),
+                Route("/v1/embeddings", self.embeddings, methods=["POST"]),
                 Route("/healthz", self.health, methods=["GET"]),
                 Route(openapi.PATH, self.openapi, methods=["GET"]),
             ],
@@ -195,8 +201,38 @@ class OpenAICompatApp:
             reply = await self.stub.ListModels(gateway_pb2.ListModelsRequest(), metadata=metadata)
         except grpc.aio.AioRpcError as err:
             return _rpc_error_response(err)
-        data = [{"id": m.name, "object": "model", "created": 0, "owned_by": m.provider} for m in reply.models]
+        data = [_model_json(m) for m in reply.models]
         return JSONResponse({"object": "list", "data": data})
+
+    async def _catalog(self, request: Request) -> gateway_pb2.ListModelsResponse | Response:
+        assert self.stub is not None
+        try:
+            metadata = self._metadata(request)
+        except InvalidArgument as exc:
+            return _invalid(exc)
+        try:
+            return await self.stub.ListModels(gateway_pb2.ListModelsRequest(), metadata=metadata)
+        except grpc.aio.AioRpcError as err:
+            return _rpc_error_response(err)
+
+    async def model(self, request: Request) -> Response:
+        """``GET /v1/models/{id}``: one model of the catalog, 404 in OpenAI's shape for others."""
+        reply = await self._catalog(request)
+        if isinstance(reply, Response):
+            return reply
+        model_id = request.path_params["model_id"]
+        for m in reply.models:
+            if m.name == model_id:
+                return JSONResponse(_model_json(m))
+        known = ", ".join(m.name for m in reply.models)
+        return _error_response(
+            404, f"model {model_id!r} is not in the catalog; known models: {known}", "invalid_request_error",
+            "model_not_found",
+        )
+
+    async def embeddings(self, request: Request) -> Response:
+        assert self.stub is not None
+        return await embeddings.handle(self.stub, request, self.max_body_bytes)
 
     async def chat_completions(self, request: Request) -> Response:
         assert self.stub is not None
