@@ -26,15 +26,32 @@ grpc_json_transcoder -> router. Why each one sits where it does:
 After transcoding, the transcoder clears the route cache and the request is routed again on its
 gRPC path (`/tollway.gateway.v1.GatewayService/Generate`), so JSON, gRPC-Web and gRPC share the
 service routes and their canary split.
+
+Canaries started while Envoy runs (`tollway canary`, `DynamicCanaries`): a service named there gets
+a canary cluster `<name>_canary` whose endpoints come from a file (EDS from the filesystem), and two
+routes ahead of its stable one whose share comes from Envoy's runtime, read from a directory the
+launcher swaps atomically (`tollway.launcher.canary_envoy`): `tollway.canary.<name>.weight_percent`
+(0..100) and `tollway.canary.<name>.forced` (100 while a canary runs: `x-canary: 1` reaches it).
+Changing either file changes routing for the next request, with no restart of Envoy and no
+connection closed: nothing in flight is dropped (measured in docs/benchmarks.md, issue 20).
 """
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
 from typing import Any
 
 from tollway.mesh.topology import Endpoint, Mesh, Service
 
-__all__ = ["CANARY_HEADER", "build_envoy_config", "cluster_name"]
+__all__ = [
+    "CANARY_HEADER",
+    "DynamicCanaries",
+    "build_envoy_config",
+    "canary_runtime_keys",
+    "cluster_name",
+    "dynamic_canary_cluster",
+]
 
 CANARY_HEADER = "x-canary"
 
@@ -79,6 +96,39 @@ _GRPC_INVALID_ARGUMENT = 3
 _GRPC_NOT_FOUND = 5
 
 
+@dataclasses.dataclass(frozen=True)
+class DynamicCanaries:
+    """Services whose canary can be started, weighted and stopped while Envoy runs.
+
+    Attributes:
+        services: Their names. A service whose canary mesh.yaml declares keeps that static one.
+        eds_dir: Holds `<name>_canary.yaml`, each a DiscoveryResponse with the canary's endpoints.
+        runtime_root: A symlink to the current runtime directory (replaced atomically to change it).
+    """
+
+    services: frozenset[str]
+    eds_dir: Path
+    runtime_root: Path
+
+
+def dynamic_canary_cluster(service: str) -> str:
+    """The name of the canary cluster `DynamicCanaries` gives a service."""
+    return f"{service}_canary"
+
+
+def canary_runtime_keys(service: str) -> tuple[str, str]:
+    """The runtime keys of a dynamic canary: its share of requests (percent) and whether x-canary reaches it."""
+    return f"tollway.canary.{service}.weight_percent", f"tollway.canary.{service}.forced"
+
+
+# Finer than Envoy's default buckets (0.5, 1, 5, 10, 25, 50, 100 ms, ...), so that `tollway canary
+# status` can put the canary's and the stable version's latency side by side.
+_RQ_TIME_BUCKETS_MS = (
+    1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 60, 80, 100, 150, 200, 300, 500, 750,
+    1000, 2000, 5000, 10000, 30000, 60000, 300000,
+)
+
+
 def cluster_name(service: Service, canary: bool = False) -> str:
     """Names the Envoy cluster of a service's stable instances or of its canary."""
     if canary:
@@ -87,7 +137,7 @@ def cluster_name(service: Service, canary: bool = False) -> str:
     return service.name
 
 
-def build_envoy_config(mesh: Mesh) -> dict[str, Any]:
+def build_envoy_config(mesh: Mesh, dynamic: DynamicCanaries | None = None) -> dict[str, Any]:
     """Builds the Envoy bootstrap for `mesh` as plain data (dump it with yaml.safe_dump).
 
     The descriptor set path is written as given by the topology (absolute); Envoy reads it at
@@ -95,20 +145,39 @@ def build_envoy_config(mesh: Mesh) -> dict[str, Any]:
 
     Args:
         mesh: The validated topology.
+        dynamic: Services whose canaries are started while Envoy runs (`tollway canary`); None
+            for a static config (build/envoy.yaml, k8s).
 
     Returns:
         A dict that parses into envoy.config.bootstrap.v3.Bootstrap.
     """
     services = mesh.enabled_services
-    listeners = [_public_listener(mesh)]
+    listeners = [_public_listener(mesh, dynamic)]
     if any(s.protocol == "grpc" for s in services):
-        listeners.append(_mesh_listener(mesh))
+        listeners.append(_mesh_listener(mesh, dynamic))
     clusters = []
     for s in services:
         clusters.append(_cluster(mesh, s, cluster_name(s), s.endpoints))
         if s.canary:
             clusters.append(_cluster(mesh, s, cluster_name(s, canary=True), (s.canary.endpoint,)))
+        elif _is_dynamic(s, dynamic):
+            assert dynamic is not None
+            clusters.append(_eds_cluster(mesh, s, dynamic))
+    extra: dict[str, Any] = {}
+    if dynamic is not None and dynamic.services:
+        extra = {
+            "layered_runtime": {"layers": [{
+                "name": "canaries",
+                "disk_layer": {"symlink_root": str(dynamic.runtime_root), "subdirectory": "envoy"},
+            }]},
+            # Histograms reach the admin's /stats only when flushed; canary status wants them fresh.
+            "stats_flush_interval": "1s",
+            "stats_config": {"histogram_bucket_settings": [{
+                "match": {"suffix": "upstream_rq_time"}, "buckets": list(_RQ_TIME_BUCKETS_MS),
+            }]},
+        }
     return {
+        **extra,
         "admin": {"address": _socket(mesh.edge.admin)},
         "static_resources": {"listeners": listeners, "clusters": clusters},
         # Without a global cap Envoy warns at startup and an edge can be flooded with connections.
@@ -129,7 +198,7 @@ def build_envoy_config(mesh: Mesh) -> dict[str, Any]:
 # Listeners
 
 
-def _public_listener(mesh: Mesh) -> dict[str, Any]:
+def _public_listener(mesh: Mesh, dynamic: DynamicCanaries | None) -> dict[str, Any]:
     edge = mesh.edge
     public = [s for s in mesh.enabled_services if s.public]
     public_grpc = [s for s in public if s.protocol == "grpc"]
@@ -141,11 +210,11 @@ def _public_listener(mesh: Mesh) -> dict[str, Any]:
             # The transcoder would answer 404 for paths it cannot map; these are not its business.
             routes += _service_routes(
                 s, {"path_separated_prefix": path}, timeout_zero=True,
-                per_filter={TRANSCODER: {"@type": _FILTER_CONFIG, "disabled": True}},
+                per_filter={TRANSCODER: {"@type": _FILTER_CONFIG, "disabled": True}}, dynamic=dynamic,
             )
     for s in public_grpc:
         for prefix in s.grpc_path_prefixes:
-            routes += _service_routes(s, {"prefix": prefix}, timeout_zero=True)
+            routes += _service_routes(s, {"prefix": prefix}, timeout_zero=True, dynamic=dynamic)
     # gRPC (and gRPC-Web) for a service that is not public: answered here, never forwarded.
     routes.append({
         "name": "grpc_not_public",
@@ -193,13 +262,13 @@ def _public_listener(mesh: Mesh) -> dict[str, Any]:
     return _listener("public", edge.listen, hcm)
 
 
-def _mesh_listener(mesh: Mesh) -> dict[str, Any]:
+def _mesh_listener(mesh: Mesh, dynamic: DynamicCanaries | None) -> dict[str, Any]:
     routes: list[dict[str, Any]] = []
     for s in mesh.enabled_services:
         if s.protocol != "grpc":
             continue
         for prefix in s.grpc_path_prefixes:
-            routes += _service_routes(s, {"prefix": prefix}, timeout_zero=True)
+            routes += _service_routes(s, {"prefix": prefix}, timeout_zero=True, dynamic=dynamic)
     routes.append({
         "name": "not_found",
         "match": {"prefix": "/"},
@@ -237,8 +306,12 @@ def _service_routes(
     match: dict[str, Any],
     timeout_zero: bool,
     per_filter: dict[str, Any] | None = None,
+    dynamic: DynamicCanaries | None = None,
 ) -> list[dict[str, Any]]:
-    """Routes for one match: the `x-canary: 1` route first (when there is a canary), then the split."""
+    """Routes for one match: the `x-canary: 1` route first (when there is a canary), then the split.
+
+    A dynamic canary's two routes match only while the runtime says so (`canary_runtime_keys`).
+    """
     base_name = f"{s.name}:{match.get('prefix') or match.get('path_separated_prefix')}"
 
     def route(target: dict[str, Any]) -> dict[str, Any]:
@@ -264,8 +337,27 @@ def _service_routes(
             {"name": CANARY_HEADER, "string_match": {"exact": "1"}},
         ]
         out.append(entry(f"{base_name}:canary-forced", canary_match, {"cluster": cluster_name(s, canary=True)}))
+    elif _is_dynamic(s, dynamic):
+        weight_key, forced_key = canary_runtime_keys(s.name)
+        target = {"cluster": dynamic_canary_cluster(s.name)}
+        forced = {
+            **match,
+            "headers": [*match.get("headers", []), {"name": CANARY_HEADER, "string_match": {"exact": "1"}}],
+            "runtime_fraction": _runtime_percent(forced_key),
+        }
+        out.append(entry(f"{base_name}:canary-forced", forced, target))
+        out.append(entry(f"{base_name}:canary", {**match, "runtime_fraction": _runtime_percent(weight_key)}, target))
     out.append(entry(base_name, match, _split_target(s)))
     return out
+
+
+def _runtime_percent(key: str) -> dict[str, Any]:
+    # 0 % until the runtime says otherwise: no canary runs when Envoy starts.
+    return {"default_value": {"numerator": 0, "denominator": "HUNDRED"}, "runtime_key": key}
+
+
+def _is_dynamic(s: Service, dynamic: DynamicCanaries | None) -> bool:
+    return dynamic is not None and s.canary is None and s.name in dynamic.services
 
 
 def _json_api_route(public_grpc: list[Service]) -> dict[str, Any]:
@@ -571,6 +663,23 @@ def _cluster(mesh: Mesh, s: Service, name: str, endpoints: tuple[Endpoint, ...])
         elif s.health_path:
             hc["http_health_check"] = {"path": s.health_path}
             c["health_checks"] = [hc]
+    return c
+
+
+def _eds_cluster(mesh: Mesh, s: Service, dynamic: DynamicCanaries) -> dict[str, Any]:
+    """The dynamic canary's cluster: its endpoints from `<eds_dir>/<cluster>.yaml`, reread when a
+    file is moved into that directory (the writer renames a finished file over the old one)."""
+    name = dynamic_canary_cluster(s.name)
+    c = _cluster(mesh, s, name, ())
+    del c["load_assignment"]
+    c["type"] = "EDS"
+    c["eds_cluster_config"] = {"eds_config": {
+        "resource_api_version": "V3",
+        "path_config_source": {
+            "path": str(dynamic.eds_dir / f"{name}.yaml"),
+            "watched_directory": {"path": str(dynamic.eds_dir)},
+        },
+    }}
     return c
 
 
