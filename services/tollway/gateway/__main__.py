@@ -12,7 +12,10 @@ from tollway.gateway.budget_client import SERVICE_NAME as BUDGET_SERVICE
 from tollway.gateway.budget_client import BudgetClient
 from tollway.gateway.budgeting import Budgeting
 from tollway.gateway.cache_client import CacheClient
+from tollway.gateway.calllog import CallLog, RawPolicy
 from tollway.gateway.config import GatewayConfig
+from tollway.gateway.insights import Insights
+from tollway.gateway.insights_service import InsightsServicer
 from tollway.gateway.embed import Embedder
 from tollway.gateway.lifecycle import Gateway
 from tollway.gateway.prompts_client import SERVICE_NAME as PROMPTS_SERVICE
@@ -20,7 +23,7 @@ from tollway.gateway.prompts_client import PromptsClient
 from tollway.gateway.router_client import RouterClient
 from tollway.gateway.service import GatewayServicer
 from tollway.gateway.store import GatewayStore
-from tollway.gateway.v1 import gateway_pb2_grpc
+from tollway.gateway.v1 import gateway_pb2_grpc, insights_pb2_grpc
 from tollway.gateway.validation import Limits
 from tollway.mesh import clients
 from tollway.mesh.background import Background
@@ -45,10 +48,13 @@ def build(cfg: GatewayConfig, mesh: MeshConfig) -> ServiceSpec:
         cfg.request_timeout_s,
         load_catalog(cfg.catalog),
     )
+    gateway.calls = CallLog(store, raw=RawPolicy.parse(cfg.raw_log_tenants, cfg.raw_log_retention_s))
+    insights = Insights(store, (t.strip() for t in cfg.admin_tenants.split(",") if t.strip()))
 
     embedder = Embedder(gateway.calls, gateway.catalog, gateway.limits, None)
 
     def add(server: grpc.aio.Server) -> None:
+        insights_pb2_grpc.add_InsightsServiceServicer_to_server(InsightsServicer(gateway.keys, insights), server)
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(GatewayServicer(gateway, embedder), server)
 
     async def start() -> None:
@@ -121,7 +127,7 @@ def build(cfg: GatewayConfig, mesh: MeshConfig) -> ServiceSpec:
         name="gateway",
         port=cfg.port,
         add_servicers=add,
-        service_names=["tollway.gateway.v1.GatewayService"],
+        service_names=["tollway.gateway.v1.GatewayService", "tollway.gateway.v1.InsightsService"],
         on_start=start,
         on_stop=stop,
         metrics_port=cfg.metrics_port,

@@ -206,9 +206,11 @@ class Gateway:
             request = await self._with_prompt(request)
         chat = request.chat
         call = _Call(chat, start, self._record(request), request.prompt)
+        call.record.note_request(request.api_key_id, chat.temperature, chat.max_tokens, self.catalog.version)
         cache_req: CacheRequest | None = None
         if self.cache is not None and request.cache.mode is not CacheMode.BYPASS and cacheable(chat):
             cache_req = CacheRequest.of(request)
+            call.record.cache_namespace = cache_req.namespace
         try:
             lookup = await self.cache.lookup(cache_req) if self.cache and cache_req else None
             if lookup is not None and lookup.hit is not None:
@@ -258,7 +260,7 @@ class Gateway:
                     )
                 )
         except TollwayError as exc:
-            call.status = exc.reason
+            call.status, call.record.error_message = exc.reason, exc.message
             call.failed = call.routed
             if not call.started:
                 raise
@@ -357,6 +359,7 @@ class Gateway:
                 # The router prices with everything it knows (cache writes included).
                 call.cost = event.cost_usd_micros
                 record.finish_reason = event.finish_reason
+                record.tools_called = tuple(t.name for t in event.tool_calls)
                 for tool_call in event.tool_calls:
                     yield ToolCallDelta(tool_call.index, tool_call.id, tool_call.name, tool_call.arguments)
                 latency_ms = call.elapsed_ms()
@@ -372,6 +375,7 @@ class Gateway:
             elif isinstance(event, StreamFailed):
                 call.failed = True
                 call.status, call.usage = event.reason, event.partial_usage
+                record.error_message = event.message
                 call.cost = self._price(record.model, event.partial_usage)
                 yield Failed(event.code, event.message, event.reason, event.partial_usage)
 
@@ -449,7 +453,7 @@ class Gateway:
         record.status = call.status
         record.response_hash = _digest("".join(call.parts)) if call.parts else ""
         metrics.observe_request(record)
-        self.calls.add(record)
+        self.calls.add(record, call.chat.messages, "".join(call.parts))
 
     def _later(self, work: Coroutine[Any, Any, None]) -> None:
         # Off the response path: the client has its answer before this runs.
