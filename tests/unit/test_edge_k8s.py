@@ -114,14 +114,14 @@ def test_callers_reach_callees_through_envoys_mesh_listener() -> None:
 
 
 def test_a_service_added_to_the_mesh_gets_its_manifests() -> None:
-    jobs = {"name": "jobs", "port": 50058, "grpc_services": ["tollway.jobs.v1.JobsService"], "calls": ["gateway"]}
-    files = build_k8s_manifests(_mesh_with(_new=[jobs]))
-    kinds = [d["kind"] for d in files["jobs.yaml"]]
+    audit = {"name": "audit", "port": 50079, "grpc_services": ["tollway.audit.v1.AuditService"], "calls": ["gateway"]}
+    files = build_k8s_manifests(_mesh_with(_new=[audit]))
+    kinds = [d["kind"] for d in files["audit.yaml"]]
     assert kinds == ["Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler"]
     config = yaml.safe_load(_by_kind(files["envoy.yaml"], "ConfigMap")["envoy-config"]["data"]["envoy.yaml"])
     clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
-    address = clusters["jobs"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
-    assert address["socket_address"] == {"address": "jobs.tollway.svc.cluster.local", "port_value": 50058}
+    address = clusters["audit"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+    assert address["socket_address"] == {"address": "audit.tollway.svc.cluster.local", "port_value": 50079}
 
 
 def test_a_canary_is_a_second_deployment_weighted_in_envoys_routes() -> None:
