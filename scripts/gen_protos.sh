@@ -9,6 +9,8 @@ out=build/protos
 rm -rf "$out/py" && mkdir -p "$out/py" build/googleapis/google/api
 # buf resolves google/api imports from this copy, as the BSR cannot be reached.
 cp "$GOOGLEAPIS"/google/api/{annotations,http}.proto build/googleapis/google/api/
+# google.rpc.Status: a job's `error` (tollway.jobs.v1, AIP-151).
+mkdir -p build/googleapis/google/rpc && cp "$GOOGLEAPIS"/google/rpc/status.proto build/googleapis/google/rpc/
 mapfile -t files < <(cd protos && find tollway -name '*.proto' | sort)
 "$PY" -m grpc_tools.protoc -I protos -I "$GOOGLEAPIS" \
   --python_out="$out/py" --pyi_out="$out/py" --grpc_python_out="$out/py" "${files[@]}"

@@ -41,7 +41,7 @@ def build(cfg: GatewayConfig, mesh: MeshConfig) -> ServiceSpec:
     channels: list[grpc.aio.Channel] = []
     background = Background(logging.getLogger("tollway.gateway"), jitter=0.1)
     gateway = Gateway(
-        KeyRing(store, cfg.auth_cache_ttl_s),
+        KeyRing(store, cfg.auth_cache_ttl_s, mesh.delegation_secret.encode()),
         None,
         store,
         Limits(cfg.max_input_chars, cfg.max_messages, cfg.default_max_tokens),

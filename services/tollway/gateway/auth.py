@@ -9,6 +9,7 @@ import secrets
 import time
 from collections.abc import Sequence
 
+from tollway.common import delegation
 from tollway.gateway.store import GatewayStore
 from tollway.gateway.validation import check_metadata
 from tollway.mesh.errors import InvalidArgument, Unauthenticated
@@ -50,9 +51,12 @@ def bearer_token(metadata: Sequence[tuple[str, str | bytes]]) -> str | None:
 class KeyRing:
     """Creates and verifies API keys; verified keys are trusted for ``ttl_s`` in memory."""
 
-    def __init__(self, store: GatewayStore, ttl_s: float = 10.0) -> None:
+    def __init__(self, store: GatewayStore, ttl_s: float = 10.0, delegation_secret: bytes = b"") -> None:
         self.store = store
         self.ttl_s = ttl_s
+        # The mesh secret on-behalf-of tokens are signed with (tollway.common.delegation);
+        # empty: such tokens are refused.
+        self.delegation_secret = delegation_secret
         self._verified: dict[str, tuple[Tenant, float]] = {}
 
     async def create(self, tenant: str, priority: str = "") -> tuple[str, str]:
@@ -141,6 +145,8 @@ class KeyRing:
                 "`tollway keys create --tenant NAME`)",
                 reason="API_KEY_MISSING",
             )
+        if delegation.is_delegation(token):
+            return await self._delegated(token)
         digest = hash_key(token)
         now = time.monotonic()
         hit = self._verified.get(digest)
@@ -156,3 +162,30 @@ class KeyRing:
         tenant = Tenant(name=record["tenant"], key_id=record["key_id"], priority=record.get("priority", ""))
         self._verified[digest] = (tenant, now + self.ttl_s)
         return tenant
+
+    async def _delegated(self, token: str) -> Tenant:
+        """The tenant of an on-behalf-of token (a jobs worker running a submitted job).
+
+        The key it names is looked up each time (no in-memory trust): a job runs once, and a
+        revoked key must stop its queued jobs.
+
+        Raises:
+            Unauthenticated: Delegation is not configured here, the token is forged, expired or
+                malformed, or its key was revoked or now belongs to another tenant.
+        """
+        if not self.delegation_secret:
+            raise Unauthenticated(
+                "on-behalf-of tokens are not accepted: this gateway has no TOLLWAY_DELEGATION_SECRET",
+                reason="DELEGATION_NOT_CONFIGURED",
+            )
+        try:
+            d = delegation.verify(self.delegation_secret, token)
+        except delegation.DelegationError as exc:
+            raise Unauthenticated(f"invalid on-behalf-of token: {exc}", reason="DELEGATION_INVALID") from None
+        record = await self.store.get_key(d.key_sha256)
+        if record is None or record["tenant"] != d.tenant or record["key_id"] != d.key_id:
+            raise Unauthenticated(
+                f"the API key {d.key_id}… that submitted {d.subject} is revoked; submit again with a live key",
+                reason="API_KEY_INVALID",
+            )
+        return Tenant(name=d.tenant, key_id=d.key_id, priority=record.get("priority", ""))

@@ -272,6 +272,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         )
 
     @rpc_errors(DOMAIN)
+    async def GetCaller(
+        self, request: gateway_pb2.GetCallerRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.GetCallerResponse:
+        tenant = await self.gateway.keys.authenticate(context.invocation_metadata() or ())
+        priority = {name: value for value, name in PRIORITY_FROM_PROTO.items()}.get(tenant.priority, 0)
+        return gateway_pb2.GetCallerResponse(tenant=tenant.name, key_id=tenant.key_id, default_priority=priority)  # type: ignore[arg-type]
+
+    @rpc_errors(DOMAIN)
     async def Embed(
         self, request: gateway_pb2.EmbedRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.EmbedResponse:

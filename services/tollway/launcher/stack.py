@@ -21,6 +21,7 @@ import dataclasses
 import importlib
 import importlib.util
 import os
+import secrets
 import shutil
 import sys
 import urllib.request
@@ -132,6 +133,13 @@ class Stack:
         self._model: Child | None = None
         self.supervisor: Supervisor | None = None
         self.leftovers: list[str] = []  # processes of a previous run that start() stopped
+        # Signs on-behalf-of tokens between the jobs workers and the gateway (tollway.common.delegation):
+        # the caller's, else one made for this stack. Only the mesh's services ever see it.
+        self.delegation_secret = (
+            self.options.env.get("TOLLWAY_DELEGATION_SECRET")
+            or os.environ.get("TOLLWAY_DELEGATION_SECRET")
+            or secrets.token_hex(32)
+        )
 
     # -- public -------------------------------------------------------------------------------
 
@@ -355,7 +363,11 @@ class Stack:
     def _service_env(self, service: Service, port: int) -> dict[str, str]:
         prefix = f"TOLLWAY_{service.name.upper()}_"
         fields = _config_fields(service.name)
-        env = {"TOLLWAY_REDIS_URL": self.redis_url, **self.options.env}
+        env = {
+            "TOLLWAY_REDIS_URL": self.redis_url,
+            "TOLLWAY_DELEGATION_SECRET": self.delegation_secret,
+            **self.options.env,
+        }
         if "port" in fields:
             env[prefix + "PORT"] = str(port)
         # Who calls whom comes from mesh.yaml (`calls`), as for the k8s manifests.

@@ -37,11 +37,17 @@ class MeshConfig:
         otel_exporter: ``none``, ``console`` or ``otlp`` (``TOLLWAY_OTEL_EXPORTER``). Spans are
             created and propagated in every case; this only picks where they are sent.
         otel_endpoint: The OTLP/gRPC collector address when exporting with ``otlp``.
+        otel_sample_ratio: The share of new traces kept, 0 to 1 (``TOLLWAY_OTEL_SAMPLE_RATIO``); a
+            trace that arrives with a ``traceparent`` keeps its caller's decision.
         metrics_host: Interface of the Prometheus endpoint (loopback by default).
         shutdown_grace_s: How long in-flight RPCs may finish after SIGTERM.
         shutdown_drain_delay_s: How long health reports NOT_SERVING before the server stops
             taking new RPCs, so balancers (Envoy health checks, k8s endpoints) stop sending first.
         bind_host: The interface services listen on (``0.0.0.0`` in a pod).
+        delegation_secret: The mesh secret that signs on-behalf-of tokens
+            (``TOLLWAY_DELEGATION_SECRET``, :mod:`tollway.common.delegation`): a jobs worker
+            calls the gateway as the key that submitted the job. Empty: the gateway refuses
+            such tokens and the jobs service does not start.
     """
 
     redis_url: str = "redis://127.0.0.1:6390/0"
@@ -49,10 +55,12 @@ class MeshConfig:
     log_format: str = "json"
     otel_exporter: str = "none"
     otel_endpoint: str = "127.0.0.1:4317"
+    otel_sample_ratio: float = 1.0
     metrics_host: str = "127.0.0.1"
     shutdown_grace_s: float = 10.0
     shutdown_drain_delay_s: float = 0.0
     bind_host: str = "127.0.0.1"
+    delegation_secret: str = ""
 
 
 def _parse(name: str, raw: str, kind: Any) -> Any:

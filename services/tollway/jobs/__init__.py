@@ -1,0 +1,1 @@
+"""The jobs service: background generations and batches that survive disconnects and restarts."""
