@@ -33,6 +33,7 @@ LAYOUT = os.environ.get("TOLLWAY_TEST_LAYOUT", "colocated")
 if LAYOUT not in ("colocated", "split"):
     raise pytest.UsageError(f"TOLLWAY_TEST_LAYOUT has value {LAYOUT!r}; use colocated or split")
 FAKE_MODELS = ("fake-ok", "fake-words-20", "fake-gap-50", "fake-cut-mid-stream", "fake-500", "fake-429", "fake-400")
+FAKE_MODELS += ("fake-long", "fake-cached")  # issue 16: stop reasons and cache reads on every API surface
 
 
 @pytest.fixture(scope="session")

@@ -265,11 +265,14 @@ def test_body_limit_413_names_the_limit() -> None:
     assert _filter(cfg, BUFFER)["max_request_bytes"] == 4096
     mappers = _hcm(cfg, "public")["local_reply_config"]["mappers"]
     bodies = [m["body_format_override"] for m in mappers if "4096" in yaml.safe_dump(m["body_format_override"])]
-    # The OpenAI shape on the OpenAI paths, plain text for gRPC callers, the Status shape elsewhere.
-    assert len(bodies) == 3
+    # Anthropic's shape on its paths, the OpenAI shape on the OpenAI paths, plain text for gRPC callers,
+    # the Status shape elsewhere.
+    assert len(bodies) == 4
+    assert bodies[0]["json_format"]["error"]["type"] == "request_too_large"
     assert "4096 bytes" in bodies[0]["json_format"]["error"]["message"]
-    assert "4096 bytes" in bodies[1]["text_format"]
-    assert bodies[2]["json_format"]["code"] == 8 and "4096 bytes" in bodies[2]["json_format"]["message"]
+    assert "4096 bytes" in bodies[1]["json_format"]["error"]["message"]
+    assert "4096 bytes" in bodies[2]["text_format"]
+    assert bodies[3]["json_format"]["code"] == 8 and "4096 bytes" in bodies[3]["json_format"]["message"]
 
 
 # --------------------------------------------------------------------------------------------------

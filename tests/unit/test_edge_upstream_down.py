@@ -26,8 +26,10 @@ def test_upstream_down_replies_come_first_and_name_the_cluster() -> None:
     public = mappers("public")
     down = [m for m in public if is_upstream_down(m)]
     # The first matching mapper wins: these must precede the generic 503 of the OpenAI paths.
-    assert public[: len(down)] == down and len(down) == 3
-    openai, grpc_, json_ = down
+    assert public[: len(down)] == down and len(down) == 4
+    anthropic, openai, grpc_, json_ = down
+    assert anthropic["body_format_override"]["json_format"]["error"]["type"] == "api_error"
+    assert "%UPSTREAM_CLUSTER%" in anthropic["body_format_override"]["json_format"]["error"]["message"]
     assert openai["body_format_override"]["json_format"]["error"]["type"] == "service_unavailable"
     assert "%UPSTREAM_CLUSTER%" in openai["body_format_override"]["json_format"]["error"]["message"]
     assert "%UPSTREAM_CLUSTER%" in grpc_["body_format_override"]["text_format_source"]["inline_string"]

@@ -467,7 +467,10 @@ def _local_reply_config(mesh: Mesh, public_http: list[Service]) -> dict[str, Any
     too_large = f"request body is larger than the limit of {limit} bytes; send a smaller body"
     openai_paths = [p for s in public_http for p in s.public_paths]
     # First: the first mapper that matches wins, and an unreachable service is a 503 like any other.
-    mappers: list[dict[str, Any]] = _upstream_down_mappers(openai_paths)
+    # Anthropic's paths come before the OpenAI ones they are served with (issue 16).
+    anthropic_paths = [p for p in openai_paths if p.startswith(_ANTHROPIC_PREFIX)]
+    anthropic_down, anthropic_rest = _anthropic_mappers(anthropic_paths, too_large)
+    mappers: list[dict[str, Any]] = anthropic_down + _upstream_down_mappers(openai_paths) + anthropic_rest
     if openai_paths:
         # OpenAI SDKs parse {"error": {...}}: every reply Envoy makes itself on their paths (413, a
         # malformed request, no healthy upstream, a timeout) comes in that shape.
@@ -522,6 +525,51 @@ def _local_reply_config(mesh: Mesh, public_http: list[Service]) -> dict[str, Any
 # service died mid-request), UR the upstream reset the stream.
 _UPSTREAM_DOWN_FLAGS = ("UF", "UH", "URX", "UC", "UR")
 _GRPC_UNAVAILABLE = 14
+
+
+# Public paths of Anthropic's Messages API: its SDK parses {"type": "error", "error": {type, message}}.
+_ANTHROPIC_PREFIX = "/v1/messages"
+_ANTHROPIC_ERROR_TYPES = (
+    (400, "invalid_request_error"),
+    (404, "not_found_error"),
+    (413, "request_too_large"),
+    (429, "rate_limit_error"),
+    (504, "timeout_error"),
+)
+
+
+def _anthropic_mappers(paths: list[str], too_large: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Envoy's own replies on Anthropic's paths in Anthropic's shape: (service down, the rest)."""
+    if not paths:
+        return [], []
+    on_path = _path_filter(paths)
+    down = {"and_filter": {"filters": [
+        _status_is(503), {"response_flag_filter": {"flags": list(_UPSTREAM_DOWN_FLAGS)}}, on_path,
+    ]}}
+    down_mappers: list[dict[str, Any]] = [{
+        "filter": down,
+        "headers_to_add": [{
+            "header": {"key": "retry-after", "value": "1"}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+        }],
+        "body_format_override": {"json_format": {"type": "error", "error": {
+            "type": "api_error",
+            "message": "service %UPSTREAM_CLUSTER% is unavailable; retry shortly (%LOCAL_REPLY_BODY%)",
+        }}},
+    }]
+    mappers: list[dict[str, Any]] = []
+    for status, kind in _ANTHROPIC_ERROR_TYPES:
+        message = too_large if status == 413 else "%LOCAL_REPLY_BODY%"
+        mappers.append({
+            "filter": {"and_filter": {"filters": [_status_is(status), on_path]}},
+            "body_format_override": {"json_format": {"type": "error", "error": {"type": kind, "message": message}}},
+        })
+    mappers.append({
+        "filter": on_path,
+        "body_format_override": {"json_format": {"type": "error", "error": {
+            "type": "api_error", "message": "%LOCAL_REPLY_BODY%",
+        }}},
+    })
+    return down_mappers, mappers
 
 
 def _upstream_down_mappers(openai_paths: list[str]) -> list[dict[str, Any]]:

@@ -528,6 +528,12 @@ _OPENAI_PATHS.update(
         "/v1/embeddings": _surface_route(
             "openai.createEmbedding", "OpenAI embeddings (float or base64), made by the embedding service."
         ),
+        "/v1/messages": _surface_route(
+            "anthropic.createMessage", "Anthropic Messages, answered by the gateway.", error="anthropic.Error"
+        ),
+        "/v1/messages/count_tokens": _surface_route(
+            "anthropic.countTokens", "Anthropic's token count of a Messages request.", error="anthropic.Error"
+        ),
     }
 )
 

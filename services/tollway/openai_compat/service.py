@@ -26,7 +26,7 @@ from tollway.common import capabilities
 from tollway.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from tollway.mesh import clients
 from tollway.mesh.errors import InvalidArgument
-from tollway.openai_compat import embeddings, openapi, translate
+from tollway.openai_compat import anthropic, embeddings, openapi, translate
 
 log = logging.getLogger("tollway.openai_compat")
 
@@ -62,6 +62,7 @@ def _apply_budget_headers(req: gateway_pb2.GenerateRequest, request: Request) ->
     conversation = request.headers.get(_CONVERSATION_ID)
     if conversation:
         req.conversation_id = conversation
+
 
 # OpenAI's error type for each HTTP status Starlette itself answers (unknown path, wrong method).
 _HTTP_ERROR_TYPES = {404: "not_found_error", 405: "invalid_request_error"}
@@ -152,6 +153,8 @@ class OpenAICompatApp:
                 Route("/v1/models", self.models, methods=["GET"]),
                 Route("/v1/models/{model_id}", self.model, methods=["GET"]),
                 Route("/v1/embeddings", self.embeddings, methods=["POST"]),
+                Route("/v1/messages", self.messages, methods=["POST"]),
+                Route("/v1/messages/count_tokens", self.count_tokens, methods=["POST"]),
                 Route("/healthz", self.health, methods=["GET"]),
                 Route(openapi.PATH, self.openapi, methods=["GET"]),
             ],
@@ -226,13 +229,23 @@ class OpenAICompatApp:
                 return JSONResponse(_model_json(m))
         known = ", ".join(m.name for m in reply.models)
         return _error_response(
-            404, f"model {model_id!r} is not in the catalog; known models: {known}", "invalid_request_error",
+            404,
+            f"model {model_id!r} is not in the catalog; known models: {known}",
+            "invalid_request_error",
             "model_not_found",
         )
 
     async def embeddings(self, request: Request) -> Response:
         assert self.stub is not None
         return await embeddings.handle(self.stub, request, self.max_body_bytes)
+
+    async def messages(self, request: Request) -> Response:
+        assert self.stub is not None
+        return await anthropic.handle_messages(self.stub, request, self.max_body_bytes)
+
+    async def count_tokens(self, request: Request) -> Response:
+        assert self.stub is not None
+        return await anthropic.handle_count_tokens(self.stub, request, self.max_body_bytes)
 
     async def chat_completions(self, request: Request) -> Response:
         assert self.stub is not None

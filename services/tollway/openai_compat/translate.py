@@ -45,7 +45,12 @@ _INT32_MAX = 2**31 - 1
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 _JSON_TYPES = {
-    bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array", dict: "an object"
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    list: "an array",
+    dict: "an object",
 }
 
 
