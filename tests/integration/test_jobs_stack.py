@@ -381,7 +381,7 @@ async def test_a_webhook_that_never_answers_is_dead_lettered(jobs_stack: Stack, 
     assert receiver.accepted == []
     client = redis.Redis.from_url(jobs_stack.redis_url)
     try:
-        letters = [{k.decode(): v.decode() for k, v in f.items()} for _, f in client.xrange("tw:jobs:deadletter")]
+        letters = [{k.decode(): v.decode() for k, v in f.items()} for _, f in client.xrange("{tw:jobs}:deadletter")]
     finally:
         client.close()
     assert name in [letter["job"] for letter in letters]

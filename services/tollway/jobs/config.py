@@ -15,7 +15,9 @@ class JobsConfig:
         port: gRPC port.
         metrics_port: Prometheus endpoint port; 0 turns it off.
         gateway_addr: Where GatewayService listens: workers run every job through it.
-        key_prefix: Prefix of every Redis key the service writes.
+        key_prefix: Prefix of every Redis key the service writes. It is one Redis Cluster hash tag,
+            so that the scripts and transactions that move a job, its batch and the queue together
+            stay on one slot.
         workers: Jobs one replica runs at a time (each is one gateway call in flight).
         claim_idle_ms: How long a job given to a worker may go without that worker's heartbeat
             before another worker takes it over (the first one died). Also the wait before a
@@ -43,7 +45,7 @@ class JobsConfig:
     port: int = 50058
     metrics_port: int = 0
     gateway_addr: str = "127.0.0.1:50051"
-    key_prefix: str = "tw:jobs"
+    key_prefix: str = "{tw:jobs}"
     workers: int = 4
     claim_idle_ms: int = 30_000
     heartbeat_ms: int = 5_000

@@ -96,7 +96,7 @@ def _i(v: bytes | None) -> int:
 
 
 class JobsStore:
-    def __init__(self, client: aioredis.Redis, prefix: str = "tw:jobs") -> None:
+    def __init__(self, client: aioredis.Redis, prefix: str = "{tw:jobs}") -> None:
         self.r = client
         self.p = prefix
         self.queue = f"{prefix}:queue"
