@@ -96,6 +96,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         redis_url=os.environ.get("TOLLWAY_REDIS_URL"),
         ports=parse_port_overrides(args.port),
         layout=args.layout,
+        canary_ready=tuple(n for item in args.canary_ready for n in item.split(",") if n),
     )
     if args.catalog:
         options.catalog = Path(args.catalog)
@@ -203,6 +204,13 @@ def main(argv: list[str] | None = None) -> int:
         help="colocated (default): deploy/mesh.yaml's process groups each run as one process, with "
         "in-process calls between their services (the fastest here); split: one process per service",
     )
+    up.add_argument(
+        "--canary-ready",
+        action="append",
+        default=[],
+        metavar="SERVICE[,SERVICE]",
+        help="services `tollway canary start` may canary: each runs alone and is called through Envoy",
+    )
     up.set_defaults(func=cmd_up)
 
     status = sub.add_parser(
@@ -248,6 +256,10 @@ def main(argv: list[str] | None = None) -> int:
     from tollway.prompts import admin as prompts_admin
 
     prompts_admin.add_commands(sub)
+
+    from tollway.launcher import canary_cli
+
+    canary_cli.add_commands(sub)
 
     args = parser.parse_args(argv)
     from tollway.mesh.errors import TollwayError

@@ -166,6 +166,8 @@ def build_envoy_config(mesh: Mesh, dynamic: DynamicCanaries | None = None) -> di
     extra: dict[str, Any] = {}
     if dynamic is not None and dynamic.services:
         extra = {
+            # Configuration from files (EDS here) is refused without a node identity.
+            "node": {"id": "tollway-edge", "cluster": "tollway"},
             "layered_runtime": {"layers": [{
                 "name": "canaries",
                 "disk_layer": {"symlink_root": str(dynamic.runtime_root), "subdirectory": "envoy"},

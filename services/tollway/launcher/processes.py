@@ -70,6 +70,8 @@ class Child:
         what: What `ready` checks, for messages ("serving on 127.0.0.1:50055").
         started_monotonic: When the current process started (time.monotonic()).
         started_time: The same as a wall-clock time (time.time()), for status output.
+        service: The service it is an instance of, if it is one: a restart then runs the code of
+            that service's promoted canary, if there is one (`runfile.release_env`).
     """
 
     name: str
@@ -82,6 +84,7 @@ class Child:
     what: str = "ready"
     started_monotonic: float = dataclasses.field(default_factory=time.monotonic)
     started_time: float = dataclasses.field(default_factory=time.time)
+    service: str | None = None
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -92,7 +95,10 @@ class Child:
         Raises:
             OSError: The program could not be executed.
         """
-        self.process = _popen(self.argv, self.log, self.env, self.cwd)
+        env = self.env
+        if self.service is not None:
+            env = {**env, **runfile.release_env(self.log.parent.parent, self.service)}
+        self.process = _popen(self.argv, self.log, env, self.cwd)
         self.started_monotonic, self.started_time = time.monotonic(), time.time()
         runfile.record_pid(self.log.parent.parent, self.process.pid, self.name)
 

@@ -9,6 +9,10 @@ Two files:
   before it stops it. Lines with a PID only (written by test fixtures) are read too.
 - ``status.json``: the launcher's own PID and start time, and per child its PID, state, restart
   count, last exit and start time; rewritten (atomically) by the supervisor on every change.
+
+Canaries (`tollway canary`) add ``stack.json`` (how the launcher starts a service, so that another
+process can start one more instance the same way) and ``releases/<service>.json`` (the code and
+environment a promoted canary left for the service's stable instances, used when they restart).
 """
 
 from __future__ import annotations
@@ -182,3 +186,52 @@ def live_launcher(run_dir: Path, *, ticks: Callable[[int], int | None] = start_t
     if not isinstance(pid, int) or pid == os.getpid() or start is None:
         return None
     return pid if ticks(pid) == start else None
+
+
+# -- canaries -----------------------------------------------------------------------------------
+
+STACK = "stack.json"
+RELEASES = "releases"
+
+
+def write_stack(run_dir: Path, description: dict[str, Any]) -> None:
+    """Records how the running launcher starts services (`Stack.describe()`)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / (STACK + ".tmp")
+    tmp.write_text(json.dumps(description, indent=1) + "\n")
+    tmp.replace(run_dir / STACK)
+    # A new launcher starts every service from the checkout: releases of an earlier run are gone.
+    for old in (run_dir / RELEASES).glob("*.json"):
+        old.unlink()
+
+
+def read_stack(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads((run_dir / STACK).read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def write_release(run_dir: Path, service: str, code_dir: str | None, env: dict[str, str], version: str) -> None:
+    """Makes the service's instances run ``code_dir``'s code with ``env`` from their next restart."""
+    path = run_dir / RELEASES / f"{service}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"code_dir": code_dir, "env": env, "version": version}) + "\n")
+    tmp.replace(path)
+
+
+def release_env(run_dir: Path, service: str) -> dict[str, str]:
+    """The environment a restarting instance of ``service`` adds for its promoted release ({} if none).
+
+    The code comes first on PYTHONPATH, ahead of the checkout the venv points at.
+    """
+    try:
+        release = json.loads((run_dir / RELEASES / f"{service}.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    env = dict(release.get("env") or {})
+    if release.get("code_dir"):
+        env["PYTHONPATH"] = str(Path(release["code_dir"]) / "services")
+    return env

