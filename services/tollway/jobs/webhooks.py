@@ -83,8 +83,6 @@ def backoff_ms(attempt: int, base_ms: int, max_ms: int, rng: random.Random | Non
 
 
 def _forbidden(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
     return (
         addr.is_loopback
         or addr.is_private
@@ -133,6 +131,8 @@ def check_addresses(url: str, addresses: Sequence[str], allow: Sequence[Network]
         raise _refuse(url, "has a host that does not resolve")
     for text in addresses:
         addr = ipaddress.ip_address(text.split("%", 1)[0])
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped  # ::ffff:10.0.0.1 is 10.0.0.1
         if _forbidden(addr) and not any(addr in net for net in allow):
             raise _refuse(
                 url,
