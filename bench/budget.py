@@ -14,7 +14,13 @@ from this process.
   (``tpm_limit``). Then bursts again until one admits nothing ("drain"), and the same with
   ``min_output_tokens`` 1 (a request accepts a shorter max_tokens when only that fits).
 
-    .venv/bin/python bench/budget.py [--seconds 5] [--callers 1,64,512]
+    .venv/bin/python bench/budget.py [--seconds 5] [--callers 1,64,512] [--baseline DIR] [--no-exactness]
+
+The load tenant's plan has six quotas (requests, tokens per minute and day, dollars per month,
+tokens per key per minute, per conversation), like deploy/budget.yaml's, with limits nobody
+reaches, and every request names a key, a feature and a conversation: every counter applies.
+``--baseline DIR`` also starts replicas from another checkout's code (``DIR/services``, on their
+own Redis) and alternates the two at each load level, so both see the same machine.
 
 Never run it on a machine that serves anything else: it measures the machine.
 """
@@ -23,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
 import os
 import platform
 import statistics
@@ -64,7 +72,12 @@ tenants:
 plans:
   load:
     quotas:
+      - {{scope: tenant, window: minute, requests: 1000000000}}
+      - {{scope: tenant, window: minute, tokens: 1000000000000}}
       - {{scope: tenant, window: day, tokens: 1000000000000}}
+      - {{scope: tenant, window: month, usd: 1000000}}
+      - {{scope: key, window: minute, tokens: 1000000000000}}
+      - {{scope: conversation, window: conversation, tokens: 1000000000000}}
   dollars:
     quotas:
       - {{scope: tenant, window: month, usd: {BUDGET_REQUESTS * PER_REQUEST_NANOS / 1e9}}}
@@ -85,13 +98,15 @@ LITELLM = {
 
 
 def start_replicas(
-    redis_url: str, plans: Path, count: int, log_dir: Path
+    redis_url: str, plans: Path, count: int, log_dir: Path, code: Path | None = None
 ) -> tuple[list[subprocess.Popen[bytes]], list[int]]:
+    """``count`` budget replicas on ``redis_url``; ``code``: another checkout's ``services`` dir."""
     ports = free_ports(count)
     procs = []
     for port in ports:
         env = {
             **os.environ,
+            **({"PYTHONPATH": str(code)} if code else {}),
             "TOLLWAY_REDIS_URL": redis_url,
             "TOLLWAY_BUDGET_PORT": str(port),
             "TOLLWAY_BUDGET_PLANS": str(plans),
@@ -130,7 +145,7 @@ def round_trips(url: str, stubs: list[budget_pb2_grpc.BudgetServiceStub], loop: 
 
     async def requests() -> None:
         for _ in range(n):
-            r = await stubs[0].ReserveBudget(reserve_request("monitor"))
+            r = await stubs[0].ReserveBudget(reserve_request("monitor", conversation="conv-monitor"))
             await stubs[0].CommitBudget(
                 budget_pb2.CommitBudgetRequest(
                     name=r.reservation.name, input_tokens=PROMPT_TOKENS, output_tokens=OUTPUT_TOKENS
@@ -160,8 +175,9 @@ def commandstats(client: redis.Redis) -> dict[str, int]:
 
 
 def reserve_request(
-    tenant: str, request_id: str = "", min_out: int = 0, max_out: int = MAX_TOKENS
+    tenant: str, request_id: str = "", min_out: int = 0, max_out: int = MAX_TOKENS, conversation: str = ""
 ) -> budget_pb2.ReserveBudgetRequest:
+    """The harness's request; with ``conversation`` it also names a key and a feature (load)."""
     return budget_pb2.ReserveBudgetRequest(
         tenant_id=tenant,
         model="gpt-4o-mini",
@@ -170,6 +186,9 @@ def reserve_request(
         min_output_tokens=min_out,
         priority=budget_pb2.PRIORITY_INTERACTIVE,
         request_id=request_id,
+        api_key_id="key-1" if conversation else "",
+        feature="chat" if conversation else "",
+        conversation_id=conversation,
     )
 
 
@@ -182,7 +201,7 @@ async def load(stubs: list[budget_pb2_grpc.BudgetServiceStub], callers: int, sec
         n = 0
         while time.perf_counter() < stop:
             t0 = time.perf_counter()
-            r = await stub.ReserveBudget(reserve_request(tenant))
+            r = await stub.ReserveBudget(reserve_request(tenant, conversation=f"conv-{i}-{n % 50}"))
             await stub.CommitBudget(
                 budget_pb2.CommitBudgetRequest(
                     name=r.reservation.name, input_tokens=PROMPT_TOKENS, output_tokens=OUTPUT_TOKENS
@@ -254,39 +273,89 @@ async def exactness(stubs: list[budget_pb2_grpc.BudgetServiceStub], plan: str, m
     }
 
 
+@dataclasses.dataclass
+class Side:
+    """One set of replicas (this checkout's code, or the baseline's) on its own Redis."""
+
+    label: str
+    procs: list[subprocess.Popen[bytes]]
+    stubs: list[budget_pb2_grpc.BudgetServiceStub]
+    channels: list[grpc.aio.Channel]
+    url: str
+    rc: redis.Redis
+
+
+async def start_side(label: str, url: str, plans: Path, replicas: int, work: Path, code: Path | None) -> Side:
+    procs, ports = start_replicas(url, plans, replicas, work, code)
+    side = Side(label, procs, [], [], url, redis.Redis.from_url(url))
+    await wait_serving(ports)
+    side.channels = [grpc.aio.insecure_channel(f"127.0.0.1:{p}") for p in ports]
+    side.stubs = [budget_pb2_grpc.BudgetServiceStub(c) for c in side.channels]
+    await load(side.stubs, 8, 1.0, "warmup")  # scripts loaded, tenant remembered, connections open
+    return side
+
+
+async def stop_side(side: Side) -> None:
+    for c in side.channels:
+        await c.close()
+    side.rc.close()
+    for p in side.procs:
+        p.terminate()
+    for p in side.procs:
+        p.wait(10)
+
+
+def net_input_bytes(client: redis.Redis) -> int:
+    return int(client.info("stats")["total_net_input_bytes"])
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=5.0, help="load per concurrency level")
     ap.add_argument("--callers", default="1,64,512")
     ap.add_argument("--replicas", type=int, default=2)
+    ap.add_argument("--baseline", type=Path, help="another checkout, measured alternately with this one")
+    ap.add_argument("--rounds", type=int, default=1, help="measurements per level and side (alternated)")
+    ap.add_argument("--no-exactness", action="store_true", help="skip the LiteLLM harness's bursts")
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-budget-"))
     plans = work / "budget.yaml"
     plans.write_text(PLANS)
-    print(f"# {platform.machine()}, {os.cpu_count()} CPUs; python {platform.python_version()}")
-    with local_redis(appendonly=True) as server:
-        procs, ports = start_replicas(server.url, plans, a.replicas, work)
+    print(f"# {platform.machine()}, {os.cpu_count()} CPUs; python {platform.python_version()}; load {os.getloadavg()}")
+    with contextlib.ExitStack() as servers:
+        sides: list[Side] = []
         try:
-            await wait_serving(ports)
-            channels = [grpc.aio.insecure_channel(f"127.0.0.1:{p}") for p in ports]
-            stubs = [budget_pb2_grpc.BudgetServiceStub(c) for c in channels]
-            rc = redis.Redis.from_url(server.url)
-            await load(stubs, 8, 1.0, "warmup")  # scripts loaded, tenant remembered, connections open
-
-            trips = await asyncio.to_thread(round_trips, server.url, stubs, asyncio.get_running_loop())
-            print(f"\nRedis round trips per reserve+commit (MONITOR, 200 sequential): {trips}")
-            print("\n| callers | requests | reserve+commit/s | p50 ms | p99 ms | EVALSHA / request |")
-            print("|---|---|---|---|---|---|")
+            server = servers.enter_context(local_redis(appendonly=True))
+            sides.append(await start_side("this", server.url, plans, a.replicas, work, None))
+            if a.baseline:
+                base = servers.enter_context(local_redis(appendonly=True))
+                code = a.baseline.resolve() / "services"
+                sides.append(await start_side("baseline", base.url, plans, a.replicas, work, code))
+            for side in sides:
+                trips = await asyncio.to_thread(round_trips, side.url, side.stubs, asyncio.get_running_loop())
+                print(f"\n{side.label}: Redis round trips per reserve+commit (MONITOR, 200 sequential): {trips}")
+            print(
+                "\n| code | callers | requests | reserve+commit/s | p50 ms | p99 ms | EVALSHA / request "
+                "| bytes to Redis / request |"
+            )
+            print("|---|---|---|---|---|---|---|---|")
             for callers in (int(c) for c in a.callers.split(",")):
-                before = commandstats(rc)
-                r = await load(stubs, callers, a.seconds, "warmup")
-                after = commandstats(rc)
-                delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
-                print(
-                    f"| {callers} | {r['requests']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-                    f"{delta.get('evalsha', 0) / r['requests']:.2f} |"
-                )
-
+                for rnd in range(a.rounds):
+                    for side in sides if rnd % 2 == 0 else sides[::-1]:
+                        before, sent = commandstats(side.rc), net_input_bytes(side.rc)
+                        r = await load(side.stubs, callers, a.seconds, "warmup")
+                        after, sent = commandstats(side.rc), net_input_bytes(side.rc) - sent
+                        delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+                        print(
+                            f"| {side.label} | {callers} | {r['requests']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | "
+                            f"{r['p99_ms']:.2f} | {delta.get('evalsha', 0) / r['requests']:.2f} | "
+                            f"{sent / r['requests']:.0f} |",
+                            flush=True,
+                        )
+            print(f"# load after the latency runs: {os.getloadavg()}")
+            if a.no_exactness:
+                return
+            stubs = sides[0].stubs
             print(
                 "\n| budget | min_output_tokens | admitted in burst 1 | bursts until none admitted | total admitted | "
                 "counter / limit | reconciled | LiteLLM 1.106.2 |"
@@ -305,14 +374,9 @@ async def main() -> None:
                     f"{'+'.join(map(str, e['per_burst']))} | {e['total']} | {e['used']}/{e['limit']} {unit} | "
                     f"{'yes' if e['balanced'] and e['open'] == 0 else 'NO'} | {peer} |"
                 )
-            for c in channels:
-                await c.close()
-            rc.close()
         finally:
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                p.wait(10)
+            for side in sides:
+                await stop_side(side)
 
 
 if __name__ == "__main__":

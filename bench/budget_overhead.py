@@ -1,0 +1,154 @@
+"""What budgets add to a request through Envoy: the same request on a stack with the budget
+service and on one without it, in one interleaved run.
+
+    .venv/bin/python bench/budget_overhead.py [--pairs 1500] [--warmup 200] [--layout colocated]
+
+Starts the fake OpenAI upstream (no delay) and two stacks as ``make run`` starts them (Envoy,
+gateway, router, openai_compat, cache, embedding; ``on`` adds the budget service with
+bench/checkout_stack.py's plan of six quotas nobody reaches, so every request reserves against
+every tenant and key counter and commits; ``off`` has no budget service, so the gateway reserves
+nothing). Sends pairs of ``POST /v1/complete``, one to each stack, one request at a time, the
+order alternating within pairs so drift and warm-up favour neither. Both skip the response
+cache, so every request reaches the provider. Prints p50/p90/p99 of each, the difference of the
+p50s and the median per-pair difference, and the machine's load (``uptime``) before and after.
+
+Never run it on a machine that serves anything else: it measures the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import uvloop
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.checkout_stack import bench_services  # noqa: E402
+from bench.httpload import Connection, Endpoint, percentile  # noqa: E402
+from bench.overhead import MODEL, start_upstream  # noqa: E402
+from tollway.cli import _create_key  # noqa: E402
+from tollway.launcher.processes import free_ports  # noqa: E402
+from tollway.launcher.stack import Stack, StackOptions  # noqa: E402
+
+BODY = {
+    "model": MODEL,
+    "max_tokens": 32,
+    "messages": [{"role": "user", "content": "Say hello in one short sentence."}],
+    "cache_policy": {"mode": "CACHE_MODE_BYPASS"},
+}
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
+
+
+def stack_options(run: Path, upstream_port: int, with_budget: bool, layout: str) -> StackOptions:
+    run.mkdir(parents=True, exist_ok=True)
+    services, env = bench_services(ROOT, run)
+    if not with_budget:
+        services = tuple(s for s in services if s != "budget")
+        env = {}
+    assert with_budget == ("budget" in services), "this checkout's gateway does not call the budget service"
+    names = ["edge", "admin", "mesh", "redis", *services]
+    catalog = run / "models.yaml"
+    catalog.write_text(
+        f"providers:\n  upstream: {{wire: openai_compat, base_url: 'http://127.0.0.1:{upstream_port}/v1'}}\n"
+        f"models:\n  {MODEL}: {{provider: upstream}}\n"
+    )
+    return StackOptions(
+        ports=dict(zip(names, free_ports(len(names)), strict=True)),
+        run_dir=run,
+        catalog=catalog,
+        with_model=False,
+        services=services,
+        env={"TOLLWAY_LOG_LEVEL": "WARNING", **env},
+        layout=layout,  # type: ignore[arg-type]
+    )
+
+
+async def interleaved(on: Endpoint, off: Endpoint, pairs: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds per request of each stack, alternating which goes first, one request at a time."""
+    a, b = Connection(on), Connection(off)
+    await a.open()
+    await b.open()
+    out: dict[str, list[float]] = {"on": [], "off": [], "diff": []}
+    try:
+        for i in range(warmup + pairs):
+            first, second = (a, b) if i % 2 == 0 else (b, a)
+            t1, _ = await first.send()
+            t2, _ = await second.send()
+            t_on, t_off = (t1, t2) if first is a else (t2, t1)
+            if i >= warmup:
+                out["on"].append(t_on)
+                out["off"].append(t_off)
+                out["diff"].append(t_on - t_off)
+    finally:
+        await a.close()
+        await b.close()
+    return out
+
+
+def report(results: dict[str, list[float]], layout: str, before: str, after: str) -> str:
+    lines = [
+        f"layout {layout}; {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        f"uptime before: {before}",
+        f"uptime after:  {after}",
+        "",
+        "| stack | n | p50 ms | p90 ms | p99 ms |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, label in (("off", "budget off"), ("on", "budget on")):
+        v = results[name]
+        lines.append(
+            f"| {label} | {len(v)} | {percentile(v, 50) * 1e3:.2f} | {percentile(v, 90) * 1e3:.2f} "
+            f"| {percentile(v, 99) * 1e3:.2f} |"
+        )
+    added = (percentile(results["on"], 50) - percentile(results["off"], 50)) * 1e3
+    diff = results["diff"]
+    lines += [
+        "",
+        f"budgets add {added:.2f} ms at p50 (difference of the p50s); median per-pair difference "
+        f"{statistics.median(diff) * 1e3:.2f} ms, p90 per-pair difference {percentile(diff, 90) * 1e3:.2f} ms",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--pairs", type=int, default=1500)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--layout", choices=("colocated", "split"), default="colocated")
+    args = parser.parse_args()
+
+    run = Path(tempfile.mkdtemp(prefix="bench-budget-overhead-"))
+    upstream, upstream_port = start_upstream(run)
+    try:
+        with (
+            Stack(stack_options(run / "on", upstream_port, True, args.layout)) as on,
+            Stack(stack_options(run / "off", upstream_port, False, args.layout)) as off,
+        ):
+            endpoints = []
+            for label, stack in (("on", on), ("off", off)):
+                key, _ = asyncio.run(_create_key(stack.redis_url, "bench"))
+                edge = stack.mesh.edge.listen
+                headers = (("authorization", f"Bearer {key}"),)
+                endpoints.append(Endpoint(label, edge.host, edge.port, "/v1/complete", BODY, headers, ok_marker=b'"text"'))
+            before = uptime()
+            results = uvloop.run(interleaved(endpoints[0], endpoints[1], args.pairs, args.warmup))
+            print(report(results, args.layout, before, uptime()))
+    finally:
+        upstream.kill()
+        upstream.wait()
+
+
+if __name__ == "__main__":
+    main()
