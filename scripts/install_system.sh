@@ -6,6 +6,9 @@ need=()
 command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || need+=(redis-server)
 command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
+# The console's browser tests drive Debian's Chromium through Playwright; npm fetches the chart library.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 command -v g++ >/dev/null 2>&1 || need+=(g++)
 python3.11 -c 'import venv, ensurepip' >/dev/null 2>&1 || python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 [ ${#need[@]} -eq 0 ] && exit 0

@@ -6,6 +6,7 @@ Scenarios (the model name, or a dash-separated part of it after ``fake-``):
     fake-slow-<ms>           waits <ms> before the first byte (headers)
     fake-ttft-<ms>-words-<n> waits <ms> before the first byte, then answers n words
     fake-gap-<ms>            waits <ms> between chunks, 1000 chunks (for cancellation tests)
+    fake-gap-<ms>-words-<n>  waits <ms> between chunks, n chunks (a slow stream that ends: the console tests)
     fake-cut-mid-stream      sends 3 chunks, then drops the connection (unterminated body)
     fake-reset-mid-stream    sends 3 chunks, then resets the connection (TCP RST)
     fake-stall-before-first  sends the response head (and the wire's opening event), then
@@ -66,7 +67,7 @@ class Scenario:
     def words(self, schema: dict[str, Any] | None = None) -> list[str]:
         """The answer's text pieces, in order."""
         if self.gap_ms:
-            return [f"tick{i} " for i in range(1000)]
+            return [f"tick{i} " for i in range(1000 if self.n_words < 0 else self.n_words)]
         if self.json:
             text = json.dumps(sample(schema or {"type": "object", "properties": {"answer": {"type": "string"}}}))
             return [text[i : i + 7] for i in range(0, len(text), 7)]
@@ -87,6 +88,8 @@ def parse(model: str) -> Scenario:
         s["slow_ms"] = int(m.group(1))
     if m := re.fullmatch(r"fake-gap-(\d+)", model):
         s["gap_ms"] = int(m.group(1))
+    if m := re.fullmatch(r"fake-gap-(\d+)-words-(\d+)", model):
+        s["gap_ms"], s["n_words"] = int(m.group(1)), int(m.group(2))
     if m := re.fullmatch(r"fake-words-(\d+)", model):
         s["n_words"] = int(m.group(1))
     if m := re.fullmatch(r"fake-ttft-(\d+)-words-(\d+)", model):

@@ -57,6 +57,11 @@ message GenerateRequest { string prompt = 1; int32 chunk_count = 2; string fail_
 message GenerateResponse { string text = 1; int32 index = 2; string served_by = 3; }
 message CompleteRequest { string prompt = 1; string fail_with = 2; }
 message CompleteResponse { string text = 1; string served_by = 2; int32 header_count = 3; }
+service InsightsService {
+  rpc GetUsage(GetUsageRequest) returns (GetUsageResponse) { option (google.api.http) = { get: "/v1/usage" }; }
+}
+message GetUsageRequest { string since = 1; }
+message GetUsageResponse { string text = 1; }
 """
 
 
@@ -198,7 +203,7 @@ def test_filter_order() -> None:
 def test_transcoder_settings() -> None:
     t = _filter(build_envoy_config(load_mesh(MESH_FILE)), TRANSCODER)
     assert t["proto_descriptor"] == str(ROOT / "build" / "protos" / "tollway.pb")
-    assert t["services"] == ["tollway.gateway.v1.GatewayService"]
+    assert t["services"] == ["tollway.gateway.v1.GatewayService", "tollway.gateway.v1.InsightsService"]
     assert t["convert_grpc_status"] is True
     assert t["request_validation_options"] == {"reject_unknown_method": True}
     assert t["print_options"] == {
@@ -346,6 +351,7 @@ def test_mesh_listener_routes_every_enabled_grpc_service() -> None:
     targets = {r["match"]["prefix"]: r["route"]["cluster"] for r in _routes(cfg, "mesh") if "route" in r}
     assert targets == {
         "/tollway.gateway.v1.GatewayService/": "gateway",
+        "/tollway.gateway.v1.InsightsService/": "gateway",
         "/tollway.cache.v1.CacheService/": "cache",
         "/tollway.prompts.v1.PromptsService/": "prompts",
         "/tollway.budget.v1.BudgetService/": "budget",

@@ -42,6 +42,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from tollway.edge.console import MAX_BODY_BYTES as MAX_CONSOLE_FILE_BYTES
+from tollway.edge.console import WEB_ROOT, console_routes
 from tollway.mesh.topology import Endpoint, Mesh, Service
 
 __all__ = [
@@ -137,7 +139,9 @@ def cluster_name(service: Service, canary: bool = False) -> str:
     return service.name
 
 
-def build_envoy_config(mesh: Mesh, dynamic: DynamicCanaries | None = None) -> dict[str, Any]:
+def build_envoy_config(
+    mesh: Mesh, dynamic: DynamicCanaries | None = None, *, console_root: Path | None = WEB_ROOT
+) -> dict[str, Any]:
     """Builds the Envoy bootstrap for `mesh` as plain data (dump it with yaml.safe_dump).
 
     The descriptor set path is written as given by the topology (absolute); Envoy reads it at
@@ -147,12 +151,14 @@ def build_envoy_config(mesh: Mesh, dynamic: DynamicCanaries | None = None) -> di
         mesh: The validated topology.
         dynamic: Services whose canaries are started while Envoy runs (`tollway canary`); None
             for a static config (build/envoy.yaml, k8s).
+        console_root: The browser console's files, served under `/ui/` (`tollway.edge.console`);
+            None serves no console (k8s: the files are not in Envoy's pod).
 
     Returns:
         A dict that parses into envoy.config.bootstrap.v3.Bootstrap.
     """
     services = mesh.enabled_services
-    listeners = [_public_listener(mesh, dynamic)]
+    listeners = [_public_listener(mesh, dynamic, console_root)]
     if any(s.protocol == "grpc" for s in services):
         listeners.append(_mesh_listener(mesh, dynamic))
     clusters = []
@@ -200,13 +206,15 @@ def build_envoy_config(mesh: Mesh, dynamic: DynamicCanaries | None = None) -> di
 # Listeners
 
 
-def _public_listener(mesh: Mesh, dynamic: DynamicCanaries | None) -> dict[str, Any]:
+def _public_listener(mesh: Mesh, dynamic: DynamicCanaries | None, console_root: Path | None) -> dict[str, Any]:
     edge = mesh.edge
     public = [s for s in mesh.enabled_services if s.public]
     public_grpc = [s for s in public if s.protocol == "grpc"]
     public_http = [s for s in public if s.protocol == "http"]
 
-    routes: list[dict[str, Any]] = []
+    # The console first: its paths are no API's (the transcoder is off for them).
+    no_transcoder = {TRANSCODER: {"@type": _FILTER_CONFIG, "disabled": True}}
+    routes: list[dict[str, Any]] = console_routes(no_transcoder, console_root) if console_root else []
     for s in public_http:
         for path in s.public_paths:
             # The transcoder would answer 404 for paths it cannot map; these are not its business.
@@ -258,7 +266,9 @@ def _public_listener(mesh: Mesh, dynamic: DynamicCanaries | None) -> dict[str, A
             "initial_connection_window_size": 1048576,
         },
         "local_reply_config": _local_reply_config(mesh, public_http),
-        "route_config": {"name": "public", "virtual_hosts": [vhost]},
+        "route_config": {
+            "name": "public", "virtual_hosts": [vhost], "max_direct_response_body_size_bytes": MAX_CONSOLE_FILE_BYTES,
+        },
         "http_filters": filters,
     }
     return _listener("public", edge.listen, hcm)

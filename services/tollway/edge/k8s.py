@@ -316,7 +316,7 @@ def build_k8s_envoy_config(mesh: Mesh) -> dict[str, Any]:
         admin=Endpoint("127.0.0.1", mesh.edge.admin.port),
         descriptor_set=PurePosixPath(_DESCRIPTOR_DIR) / "tollway.pb",  # inside the Envoy pod
     )
-    config = build_envoy_config(dataclasses.replace(mesh, edge=edge, services=tuple(services)))
+    config = build_envoy_config(dataclasses.replace(mesh, edge=edge, services=tuple(services)), console_root=None)
     for cluster in config["static_resources"]["clusters"]:
         s = addresses[cluster["name"]]
         cluster["type"] = "STRICT_DNS"
