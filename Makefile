@@ -20,10 +20,12 @@ $(STAMP): requirements/base.txt requirements/dev.txt requirements/models.txt req
 	$(PIP) install -q -r requirements/llama.txt
 	$(PIP) install -q --no-deps -e .
 	@./scripts/install_reference.sh
+	@./scripts/vendor_web.sh
 	@touch $(STAMP)
 
 protos: install
 	@./scripts/gen_protos.sh
+	@./scripts/vendor_web.sh
 
 run: protos
 	@$(VENV)/bin/tollway up
