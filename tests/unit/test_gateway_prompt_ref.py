@@ -144,7 +144,7 @@ class FakeCache:
         self.lookups: list[CacheRequest] = []
         self.stored: list[CacheRequest] = []
 
-    async def lookup(self, req: CacheRequest) -> Lookup:
+    async def lookup(self, req: CacheRequest, vector: list[float] | None = None) -> Lookup:
         self.lookups.append(req)
         return Lookup()
 

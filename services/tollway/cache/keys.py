@@ -106,6 +106,9 @@ GENERATE_EXCLUDE: Mapping[str, str] = {
     "tool_choice": "only meaningful with tools, which bypass the cache",
     "response_format": "a request asking for a JSON answer bypasses the cache",
     "message_extras": "a request with tool-call turns bypasses the cache",
+    # Like prompt_ref: the gateway retrieves first and keys what the spec resolved to, the
+    # sources put into the messages as a system turn (gateway.grounding.ground).
+    "retrieval": "replaced before the key is made by the retrieved sources, which are part of the messages",
 }
 
 _KEY_VERSION = b"tollway.cache.exact.v1\x00"

@@ -20,6 +20,7 @@ from tollway.gateway.embed import Embedder
 from tollway.gateway.lifecycle import Gateway
 from tollway.gateway.prompts_client import SERVICE_NAME as PROMPTS_SERVICE
 from tollway.gateway.prompts_client import PromptsClient
+from tollway.gateway.retrieval_client import RetrievalClient
 from tollway.gateway.router_client import RouterClient
 from tollway.gateway.service import GatewayServicer
 from tollway.gateway.store import GatewayStore
@@ -104,6 +105,15 @@ def build(cfg: GatewayConfig, mesh: MeshConfig) -> ServiceSpec:
             )
             channels.append(prompts_channel)
             gateway.prompts = PromptsClient(prompts_channel, timeout_s=cfg.prompts_timeout_s)
+        if cfg.retrieval_addr:
+            # Search only reads, so the channel may retry it on UNAVAILABLE.
+            retrieval_channel = clients.channel(
+                cfg.retrieval_addr,
+                idempotent_services=["tollway.retrieval.v1.RetrievalService"],
+                tracer_provider=provider,
+            )
+            channels.append(retrieval_channel)
+            gateway.retrieval = RetrievalClient(retrieval_channel, timeout_s=cfg.retrieval_timeout_s)
         if cfg.embedding_addr:
             # The Embed RPC's own channel: its calls carry many texts, the cache's one each.
             embedder_channel = clients.channel(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 
 import grpc
 
@@ -193,8 +194,11 @@ class CacheClient:
             self.embedding_model = reply.model
         return list(reply.embeddings[0].values)
 
-    async def lookup(self, req: CacheRequest) -> Lookup:
+    async def lookup(self, req: CacheRequest, vector: list[float] | None = None) -> Lookup:
         """Tier 1; on a miss that tier 2 could answer, embeds the last message and tries tier 2.
+
+        ``vector`` is the last message's embedding when the caller already made it (for
+        retrieval), so the query is embedded once per request.
 
         The exact tier goes first and alone: an exact hit then costs one Redis read, not an
         embedding as well.
@@ -206,10 +210,10 @@ class CacheClient:
         hit = _hit(reply)
         if hit is None and reply.miss_reason == cache_pb2.MISS_REASON_REFRESH:
             # Nothing to look up, but the fresh answer is stored with its vector, so tier 2 finds it.
-            return Lookup(vector=await self.embed(req.chat.messages[-1].content))
+            return Lookup(vector=vector or await self.embed(req.chat.messages[-1].content))
         if hit is not None or reply.miss_reason not in _SEMANTIC_WORTHWHILE:
             return Lookup(hit=hit)
-        vector = await self.embed(req.chat.messages[-1].content)
+        vector = vector or await self.embed(req.chat.messages[-1].content)
         if vector is None:
             return Lookup()
         try:
@@ -238,8 +242,13 @@ class CacheClient:
         model: str,
         provider: str,
         finish_reason: FinishReason,
+        document_ids: Sequence[str] = (),
     ) -> None:
-        """Stores a complete answer (the caller never stores a partial or failed one)."""
+        """Stores a complete answer (the caller never stores a partial or failed one).
+
+        ``document_ids`` names the documents a grounded answer used
+        (``collections/{c}/documents/{d}``); the retrieval service removes the entry when one changes.
+        """
         try:
             await self.cache.Store(
                 cache_pb2.StoreRequest(
@@ -255,6 +264,7 @@ class CacheClient:
                     model=model,
                     provider=provider,
                     finish_reason=codec.finish_reason_to_proto(finish_reason),
+                    document_ids=document_ids,
                 ),
                 timeout=self.lookup_timeout_s * 4,
             )

@@ -33,6 +33,9 @@ class GatewayConfig:
     prompts_addr: Where PromptsService listens; empty runs without the prompt store (a
         request with ``prompt_ref`` is then refused with FAILED_PRECONDITION).
     prompts_timeout_s: Deadline of one ResolvePrompt (the channel retries UNAVAILABLE within it).
+    retrieval_addr: Where RetrievalService listens; empty runs without grounding (a request
+        with ``retrieval`` is then refused with FAILED_PRECONDITION).
+    retrieval_timeout_s: Deadline of one Search (the channel retries UNAVAILABLE within it).
     admin_tenants: Comma-separated tenants whose keys see every tenant's usage and calls
         (InsightsService, the console); every other key sees only its own tenant.
     raw_log_tenants: Comma-separated tenants whose raw prompts and answers are kept apart
@@ -60,6 +63,8 @@ class GatewayConfig:
     budget_drain_interval_s: float = 1.0
     prompts_addr: str = ""
     prompts_timeout_s: float = 2.0
+    retrieval_addr: str = ""
+    retrieval_timeout_s: float = 2.0
     admin_tenants: str = "admin"
     raw_log_tenants: str = ""
     raw_log_retention_s: int = 7 * 86400
@@ -70,7 +75,13 @@ class GatewayConfig:
                 f"Config 'TOLLWAY_GATEWAY_BUDGET_WHEN_UNAVAILABLE' has value {self.budget_when_unavailable!r}. "
                 "Must be admit or refuse."
             )
-        for name in ("budget_timeout_s", "budget_drain_interval_s", "prompts_timeout_s", "raw_log_retention_s"):
+        for name in (
+            "budget_timeout_s",
+            "budget_drain_interval_s",
+            "prompts_timeout_s",
+            "raw_log_retention_s",
+            "retrieval_timeout_s",
+        ):
             value = getattr(self, name)
             if value <= 0:
                 raise ValueError(f"Config 'TOLLWAY_GATEWAY_{name.upper()}' has value {value!r}. Must be above 0.")

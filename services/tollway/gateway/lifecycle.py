@@ -27,8 +27,10 @@ from tollway.gateway.budgeting import Admission, Budgeting, settlement
 from tollway.gateway.cache_client import CacheClient, CacheHit, CacheRequest, cacheable
 from tollway.gateway.calllog import CallLog
 from tollway.gateway.callrecord import CallRecord
+from tollway.gateway.grounding import ground, query_of
 from tollway.gateway.prompts_client import PromptsClient, ResolvedPrompt
 from tollway.gateway.request import GatewayRequest
+from tollway.gateway.retrieval_client import Citation, Context, RetrievalClient, assemble_context
 from tollway.gateway.router_client import RouterClient
 from tollway.gateway.store import GatewayStore
 from tollway.gateway.validation import Limits, check_resolved
@@ -100,7 +102,14 @@ class Failed:
     partial_usage: Usage
 
 
-GatewayEvent = Started | TextDelta | ToolCallDelta | Completed | Failed
+@dataclasses.dataclass(frozen=True)
+class Cited:
+    """The sources of a grounded answer, sent right after Started and before any text."""
+
+    citations: tuple[Citation, ...]
+
+
+GatewayEvent = Started | Cited | TextDelta | ToolCallDelta | Completed | Failed
 
 
 def _digest(text: str) -> str:
@@ -131,6 +140,8 @@ class _Call:
     routed: bool = False
     completed: bool = False
     failed: bool = False
+    # The sources of a grounded answer (empty without retrieval).
+    citations: tuple[Citation, ...] = ()
 
     def elapsed_ms(self) -> int:
         return int((time.perf_counter() - self.start) * 1000)
@@ -155,9 +166,11 @@ class Gateway:
         cache: CacheClient | None = None,
         budget: Budgeting | None = None,
         prompts: PromptsClient | None = None,
+        retrieval: RetrievalClient | None = None,
     ) -> None:
         self.catalog = catalog
         self.prompts = prompts
+        self.retrieval = retrieval
         self.keys = keys
         self.router = router
         self.budget = budget
@@ -204,15 +217,24 @@ class Gateway:
         start = time.perf_counter()
         if request.prompt_ref is not None:
             request = await self._with_prompt(request)
+        vector: list[float] | None = None
+        context: Context | None = None
+        if request.retrieval is not None:
+            request, context, vector = await self._ground(request)
         chat = request.chat
         call = _Call(chat, start, self._record(request), request.prompt)
+        if context is not None:
+            call.citations = tuple(context.citations)
+            assert request.retrieval is not None
+            call.record.retrieval_collection = request.retrieval.collection
+            call.record.cited_documents = tuple(context.document_ids)
         call.record.note_request(request.api_key_id, chat.temperature, chat.max_tokens, self.catalog.version)
         cache_req: CacheRequest | None = None
         if self.cache is not None and request.cache.mode is not CacheMode.BYPASS and cacheable(chat):
             cache_req = CacheRequest.of(request)
             call.record.cache_namespace = cache_req.namespace
         try:
-            lookup = await self.cache.lookup(cache_req) if self.cache and cache_req else None
+            lookup = await self.cache.lookup(cache_req, vector) if self.cache and cache_req else None
             if lookup is not None and lookup.hit is not None:
                 hit = lookup.hit
                 async for event in self._replay(call, hit, degraded=False, stream=stream):
@@ -257,6 +279,7 @@ class Gateway:
                         call.record.model,
                         call.record.provider,
                         call.record.finish_reason,
+                        context.document_ids if context is not None else (),
                     )
                 )
         except TollwayError as exc:
@@ -273,6 +296,43 @@ class Gateway:
             # Also reached when the consumer stops iterating (GeneratorExit): the client went away.
             self._settle(call)
             self._finish_record(call)
+
+    async def _ground(self, request: GatewayRequest) -> tuple[GatewayRequest, Context, list[float] | None]:
+        """``request`` grounded in its collection, the context used, and the query's vector.
+
+        The query is embedded once, by the cache's embedder, and that vector serves the
+        search and (later) the semantic tier; a collection with another embedding model
+        makes the retrieval service embed the query itself.
+
+        Raises:
+            FailedPrecondition: This gateway runs without a retrieval service.
+            NotFound, InvalidArgument, Unavailable: The retrieval service's refusal (unknown
+                collection, bad filter) or absence, before anything is spent.
+        """
+        spec = request.retrieval
+        assert spec is not None
+        if self.retrieval is None:
+            raise FailedPrecondition(
+                "this gateway runs without a retrieval service (TOLLWAY_GATEWAY_RETRIEVAL_ADDR is empty); "
+                "send the request without retrieval",
+                reason="RETRIEVAL_NOT_CONFIGURED",
+            )
+        query = query_of(request.chat)
+        vector = await self.cache.embed(query) if self.cache is not None else None
+        model = self.cache.embedding_model if self.cache is not None and vector is not None else ""
+        chunks = await self.retrieval.search(
+            spec.collection,
+            query,
+            top_k=spec.top_k,
+            filters=spec.filters,
+            query_embedding=vector or (),
+            query_embedding_model=model,
+        )
+        context = assemble_context(chunks, spec.max_context_tokens)
+        metrics.RETRIEVED_CHUNKS.observe(len(context.citations))
+        # The cache's vector is of the last message; reuse it only when that was the query.
+        same_query = request.chat.messages[-1].content == query
+        return dataclasses.replace(request, chat=ground(request.chat, context)), context, vector if same_query else None
 
     async def _with_prompt(self, request: GatewayRequest) -> GatewayRequest:
         """``request`` with its prompt_ref resolved and applied, checked again as a whole.
@@ -353,6 +413,8 @@ class Gateway:
                     hold,
                     call.prompt,
                 )
+                if call.citations:
+                    yield Cited(call.citations)
             elif isinstance(event, RouteCompleted):
                 call.completed = True
                 call.usage = event.usage
@@ -395,6 +457,8 @@ class Gateway:
         record.cache_tier, record.cache_entry = hit.tier, hit.entry_id
         call.started = True
         yield Started(call.chat.request_id, hit.model, hit.provider, 0, hit.tier, degraded, prompt=call.prompt)
+        if call.citations:
+            yield Cited(call.citations)
         for piece in replay_pieces(hit.text) if stream else [hit.text]:
             call.first_text()
             call.parts.append(piece)

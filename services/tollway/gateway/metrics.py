@@ -60,3 +60,9 @@ def observe_request(record: CallRecord) -> None:
 CACHE_ERRORS = Counter(
     "tollway_gateway_cache_errors_total", "Cache or embedding calls that failed (the request went on).", ["op"]
 )
+# Grounded requests (issue 15): how many sources fitted into the context.
+RETRIEVED_CHUNKS = Histogram(
+    "tollway_gateway_grounding_sources",
+    "Sources put into a grounded request's context.",
+    buckets=(0, 1, 2, 4, 8, 16, 32, 64, 100),
+)

@@ -11,6 +11,7 @@ from tollway.common.chat import ChatRequest
 from tollway.mesh.errors import InvalidArgument
 
 if TYPE_CHECKING:
+    from tollway.gateway.grounding import RetrievalSpec
     from tollway.gateway.prompts_client import PromptRef, ResolvedPrompt
 
 Priority = Literal["", "interactive", "normal", "batch"]
@@ -35,6 +36,7 @@ class GatewayRequest:
         prompt_ref: The stored prompt the request names, not yet resolved (None: none).
         prompt: The prompt version the lifecycle resolved ``prompt_ref`` to; ``chat`` then
             holds its rendered messages and parameters. None until resolved, or without one.
+        retrieval: The collection to ground the answer in (None: an ungrounded answer).
     """
 
     chat: ChatRequest
@@ -46,6 +48,7 @@ class GatewayRequest:
     conversation_id: str = ""
     prompt_ref: PromptRef | None = None
     prompt: ResolvedPrompt | None = None
+    retrieval: RetrievalSpec | None = None
 
 
 def check_budget_fields(priority: str, conversation_id: str) -> None:

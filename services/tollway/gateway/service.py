@@ -15,7 +15,8 @@ from tollway.common.v1 import common_pb2
 from tollway.gateway.auth import Tenant
 from tollway.gateway.budget_client import rate_limit_headers, refusal_headers
 from tollway.gateway.embed import EmbedCall, Embedder
-from tollway.gateway.lifecycle import Completed, Failed, Gateway, GatewayEvent, Started, ToolCallDelta
+from tollway.gateway.grounding import DEFAULT_MAX_CONTEXT_TOKENS, DEFAULT_TOP_K, RetrievalSpec
+from tollway.gateway.lifecycle import Cited, Completed, Failed, Gateway, GatewayEvent, Started, ToolCallDelta
 from tollway.gateway.models import list_models
 from tollway.gateway.prompts_client import PromptRef
 from tollway.gateway.request import GatewayRequest, Priority, check_budget_fields
@@ -47,6 +48,16 @@ def prompt_ref_from_proto(ref: gateway_pb2.PromptRef) -> PromptRef:
         label=ref.label,
         version=ref.version,
         variables=json_format.MessageToDict(ref.variables) if ref.HasField("variables") else {},
+    )
+
+
+def retrieval_from_proto(spec: gateway_pb2.Retrieval) -> RetrievalSpec:
+    """The domain retrieval spec, defaults filled in (filters as plain JSON values)."""
+    return RetrievalSpec(
+        collection=spec.collection,
+        top_k=spec.top_k or DEFAULT_TOP_K,
+        filters=json_format.MessageToDict(spec.filters) if spec.HasField("filters") else {},
+        max_context_tokens=spec.max_context_tokens or DEFAULT_MAX_CONTEXT_TOKENS,
     )
 
 
@@ -83,6 +94,7 @@ def request_from_proto(req: ChatRequestLike, tenant: Tenant, default_max_tokens:
         priority=_priority(req.priority, tenant.priority),  # type: ignore[arg-type]
         conversation_id=req.conversation_id,
         prompt_ref=prompt_ref_from_proto(req.prompt_ref) if with_prompt else None,  # type: ignore[arg-type]
+        retrieval=retrieval_from_proto(req.retrieval) if req.HasField("retrieval") else None,  # type: ignore[arg-type]
     )
 
 
@@ -105,6 +117,15 @@ def _completed(event: Completed) -> gateway_pb2.Completed:
         fallback_path=event.fallback_path,
         tool_calls=[codec.tool_call_to_common(c) for c in event.tool_calls],
     )
+
+
+def _citations(event: Cited) -> list[gateway_pb2.Citation]:
+    return [
+        gateway_pb2.Citation(
+            index=c.index, document=c.document, chunk_id=c.chunk_id, score=c.score, snippet=c.snippet, title=c.title
+        )
+        for c in event.citations
+    ]
 
 
 def _tool_call_delta(event: ToolCallDelta) -> gateway_pb2.GenerateResponse:
@@ -208,6 +229,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 yield response
             elif isinstance(event, ToolCallDelta):
                 yield _tool_call_delta(event)
+            elif isinstance(event, Cited):
+                yield gateway_pb2.GenerateResponse(citations=gateway_pb2.Citations(citations=_citations(event)))
             elif isinstance(event, Completed):
                 yield gateway_pb2.GenerateResponse(completed=_completed(event))
             elif isinstance(event, Failed):
@@ -245,6 +268,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 out.latency_ms = c.latency_ms
                 out.fallback_path.extend(c.fallback_path)
                 out.tool_calls.extend(c.tool_calls)
+            elif isinstance(event, Cited):
+                out.citations.extend(_citations(event))
             elif isinstance(event, Failed):
                 # Nothing was sent yet, so the failure can be a real status here.
                 raise Unavailable(event.message, reason=event.reason)

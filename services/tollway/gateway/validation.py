@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from tollway.common.chat import ChatRequest, check_tool_choice
+from tollway.gateway.grounding import spec_problems
 from tollway.gateway.guard.structured import compile_format
 from tollway.mesh.errors import InvalidArgument
 from tollway.mesh.propagation import FORWARDED
@@ -54,6 +55,12 @@ class _ResponseFormat(Protocol):
     schema_name: str
 
 
+class _Retrieval(Protocol):
+    collection: str
+    top_k: int
+    max_context_tokens: int
+
+
 class ChatRequestLike(Protocol):
     """The fields GenerateRequest and CompleteRequest share."""
 
@@ -72,6 +79,7 @@ class ChatRequestLike(Protocol):
     tools: Sequence[_Tool]
     tool_choice: _ToolChoice
     response_format: _ResponseFormat
+    retrieval: _Retrieval
 
     def HasField(self, name: str) -> bool: ...
 
@@ -199,7 +207,11 @@ def _raise(bad: list[tuple[str, str]]) -> None:
 
 def check(req: ChatRequestLike, limits: Limits) -> None:
     """Raises InvalidArgument listing every problem with ``req``."""
-    _raise(validate(req, limits) + tool_problems(req))
+    bad = validate(req, limits) + tool_problems(req)
+    if req.HasField("retrieval"):
+        r = req.retrieval
+        bad.extend(spec_problems(r.collection, r.top_k, r.max_context_tokens))
+    _raise(bad)
 
 
 def check_resolved(chat: ChatRequest, limits: Limits, template: str) -> None:
