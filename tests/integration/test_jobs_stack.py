@@ -15,7 +15,6 @@ import http.server
 import json
 import os
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -27,63 +26,42 @@ import pytest
 import redis
 
 from tests.conftest import TEST_RUN_DIR
+from tests.support.jobs import (
+    HOOK_SECRET,
+    SECRET,
+    assert_charged_once,
+    auth,
+    commits,
+    generate,
+    serving,
+    stack_options,
+    wait_done,
+    write_catalog,
+)
 from tests.support.polling import eventually
 from tollway.cli import _create_key
 from tollway.common import delegation
 from tollway.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from tollway.jobs import webhooks
 from tollway.jobs.v1 import jobs_pb2, jobs_pb2_grpc
-from tollway.launcher.processes import Child, free_ports
-from tollway.launcher.stack import Stack, StackOptions
-from tollway.launcher.supervisor import RestartPolicy
+from tollway.launcher.stack import Stack
 
 pytestmark = pytest.mark.timeout(180)
 
-SECRET = "jobs-test-delegation-secret-0123456789"
-HOOK_SECRET = "jobs-test-webhook-secret"
 SLOW_MODEL = "fake-gap-60-words-60"  # about 3.6 s of streaming: long enough to be killed mid-job
 SERVICES = ("gateway", "router", "cache", "budget", "jobs")
 
 
 @pytest.fixture(scope="module")
 def jobs_catalog(run_dir: Path, fake_openai: str) -> Path:
-    path = run_dir / "jobs-models.yaml"
-    models = ("fake-ok", "fake-words-20", "fake-400", SLOW_MODEL)
-    path.write_text(
-        "providers:\n"
-        f"  fakeai: {{wire: openai_compat, base_url: '{fake_openai}/v1', timeout_s: 30}}\n"
-        "models:\n" + "".join(f"  {m}: {{provider: fakeai}}\n" for m in models)
+    return write_catalog(
+        run_dir / "jobs-models.yaml", fake_openai, ("fake-ok", "fake-words-20", "fake-400", SLOW_MODEL)
     )
-    return path
 
 
 @pytest.fixture(scope="module")
 def jobs_stack(jobs_catalog: Path, budget_plans: Path, namespaces: Path) -> Iterator[Stack]:
-    names = ["edge", "admin", "mesh", "redis", "local_model", *SERVICES]
-    options = StackOptions(
-        ports=dict(zip(names, free_ports(len(names)), strict=True)),
-        run_dir=Path(tempfile.mkdtemp(prefix="jobs-", dir=TEST_RUN_DIR or None)),
-        catalog=jobs_catalog,
-        with_model=False,
-        services=SERVICES,
-        env={
-            "TOLLWAY_DELEGATION_SECRET": SECRET,
-            "TOLLWAY_BUDGET_PLANS": str(budget_plans),
-            "TOLLWAY_CACHE_NAMESPACES_PATH": str(namespaces),
-            "TOLLWAY_JOBS_WEBHOOK_SECRET": HOOK_SECRET,
-            "TOLLWAY_JOBS_WEBHOOK_ALLOW_CIDRS": "127.0.0.0/8",
-            "TOLLWAY_JOBS_WEBHOOK_BACKOFF_MS": "100",
-            "TOLLWAY_JOBS_WEBHOOK_MAX_ATTEMPTS": "4",
-            "TOLLWAY_JOBS_CLAIM_IDLE_MS": "1500",
-            "TOLLWAY_JOBS_HEARTBEAT_MS": "300",
-            "TOLLWAY_JOBS_POLL_MS": "200",
-            "TOLLWAY_JOBS_MAX_BATCH_ITEMS": "300",
-            "TOLLWAY_LOG_LEVEL": "WARNING",
-        },
-        restart_policy=RestartPolicy(initial_delay_s=0.2, max_delay_s=1.0, reset_after_s=5.0),
-        layout="split",
-    )
-    with Stack(options) as running:
+    with Stack(stack_options("jobs-", jobs_catalog, budget_plans, namespaces, TEST_RUN_DIR)) as running:
         yield running
 
 
@@ -91,44 +69,6 @@ def jobs_stack(jobs_catalog: Path, budget_plans: Path, namespaces: Path) -> Iter
 def tenant_key(jobs_stack: Stack) -> tuple[str, str]:
     tenant = "jobs-" + os.urandom(3).hex()
     return tenant, asyncio.run(_create_key(jobs_stack.redis_url, tenant))[0]
-
-
-def auth(key: str) -> tuple[tuple[str, str]]:
-    return (("authorization", f"Bearer {key}"),)
-
-
-def generate(model: str = "fake-ok", text: str = "") -> gateway_pb2.GenerateRequest:
-    return gateway_pb2.GenerateRequest(
-        model=model,
-        messages=[{"role": "user", "content": text or f"hello {os.urandom(6).hex()}"}],
-        max_tokens=64,
-        cache_policy={"mode": 1},  # CACHE_MODE_BYPASS: every job reaches the provider
-    )
-
-
-def ledger(redis_url: str, tenant: str, job_name: str) -> list[dict[str, str]]:
-    """The budget ledger's entries of one job (its request id is job-<id>)."""
-    rid = "job-" + job_name.removeprefix("jobs/")
-    client = redis.Redis.from_url(redis_url)
-    try:
-        entries = client.xrange(f"tw:budget:{{{tenant}}}:ledger")
-    finally:
-        client.close()
-    rows = [{k.decode(): v.decode() for k, v in f.items()} for _, f in entries]
-    return [r for r in rows if r.get("rid") == rid]
-
-
-def commits(redis_url: str, tenant: str, job_name: str) -> list[dict[str, str]]:
-    """The budget ledger's commit entries of one job."""
-    return [r for r in ledger(redis_url, tenant, job_name) if r.get("op") == "commit"]
-
-
-async def wait_done(stub: jobs_pb2_grpc.JobsServiceStub, key: str, name: str, timeout_s: float = 60) -> jobs_pb2.Job:
-    async def done() -> jobs_pb2.Job | None:
-        job = (await stub.GetJob(jobs_pb2.GetJobRequest(name=name), metadata=auth(key))).job
-        return job if job.done else None
-
-    return await eventually(done, timeout_s=timeout_s, interval_s=0.1, what=f"{name} done")
 
 
 async def test_a_job_completes_as_its_key_and_is_charged_once(jobs_stack: Stack, tenant_key: tuple[str, str]) -> None:
@@ -277,24 +217,6 @@ async def test_a_worker_killed_mid_job_is_reclaimed_and_the_job_finishes_once(
     assert job.metadata.attempt_count == 2
     assert job.response.text
     assert_charged_once(jobs_stack.redis_url, tenant, name)
-
-
-def assert_charged_once(redis_url: str, tenant: str, name: str) -> None:
-    """Never two commits for one job. Exactly one, unless its first run was released (killed before
-    the provider took it): then the budget hands the repeated request id its released reservation,
-    and the run that answers is not charged at all (a budget behaviour, reported in issue 19's notes)."""
-    entries = ledger(redis_url, tenant, name)
-    ops = [e["op"] for e in entries]
-    assert ops.count("commit") <= 1, entries
-    if "release" not in ops:
-        assert ops.count("commit") == 1, entries
-
-
-def serving(child: Child) -> bool:
-    try:
-        return bool(child.ready())
-    except Exception:  # refused while it starts
-        return False
 
 
 class Receiver:
