@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 
 import httpx
 import numpy as np
@@ -77,3 +78,132 @@ def test_models_retrieve(sdk: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as missing:
         sdk.models.retrieve("no-such-model")
     assert "fake-ok" in missing.value.message
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+TIME = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
+HI = [{"role": "user", "content": "hi"}]
+
+
+def test_tool_calls_whole_and_streamed(sdk: openai.OpenAI) -> None:
+    reply = sdk.chat.completions.create(model="fake-tools", messages=HI, tools=[WEATHER, TIME])
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    calls = choice.message.tool_calls or []
+    assert [c.function.name for c in calls] == ["get_weather", "get_time"]
+    assert json.loads(calls[0].function.arguments)["city"] == "Paris"
+    stream = sdk.chat.completions.create(model="fake-tools", messages=HI, tools=[WEATHER, TIME], stream=True)
+    pieces: dict[int, dict[str, str]] = {}
+    finish = None
+    for chunk in stream:
+        for delta_call in chunk.choices[0].delta.tool_calls or [] if chunk.choices else []:
+            entry = pieces.setdefault(delta_call.index, {"id": "", "name": "", "arguments": ""})
+            entry["id"] += delta_call.id or ""
+            entry["name"] += (delta_call.function.name or "") if delta_call.function else ""
+            entry["arguments"] += (delta_call.function.arguments or "") if delta_call.function else ""
+        if chunk.choices and chunk.choices[0].finish_reason:
+            finish = chunk.choices[0].finish_reason
+    assert finish == "tool_calls"
+    assert [pieces[i]["name"] for i in sorted(pieces)] == ["get_weather", "get_time"]
+    assert [json.loads(pieces[i]["arguments"]) for i in sorted(pieces)] == [
+        json.loads(c.function.arguments) for c in calls
+    ]
+    # The calls go back as an assistant turn with tool results: the request is accepted.
+    follow = sdk.chat.completions.create(
+        model="fake-tools",
+        tools=[WEATHER, TIME],
+        messages=[
+            *HI,
+            {"role": "assistant", "content": None, "tool_calls": [c.model_dump() for c in calls]},
+            *[{"role": "tool", "tool_call_id": c.id, "content": "sunny"} for c in calls],
+        ],
+    )
+    assert follow.choices[0].finish_reason == "tool_calls"
+
+
+def test_json_mode_and_schema(sdk: openai.OpenAI) -> None:
+    reply = sdk.chat.completions.create(model="fake-json", messages=HI, response_format={"type": "json_object"})
+    assert isinstance(json.loads(reply.choices[0].message.content or ""), dict)
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    shaped = sdk.chat.completions.create(
+        model="fake-json",
+        messages=HI,
+        response_format={"type": "json_schema", "json_schema": {"name": "place", "schema": schema, "strict": True}},
+    )
+    assert set(json.loads(shaped.choices[0].message.content or "")) == {"city"}
+    with pytest.raises(openai.BadRequestError) as no_json:
+        sdk.chat.completions.create(model="fake-ok", messages=HI, response_format={"type": "json_object"})
+    assert "json" in no_json.value.message
+
+
+def test_n_is_served_by_fan_out_and_refused_when_streamed(sdk: openai.OpenAI) -> None:
+    reply = sdk.chat.completions.create(model="fake-ok", messages=HI, n=3)
+    assert [c.index for c in reply.choices] == [0, 1, 2]
+    assert all(c.message.content == "Hello from fake-ok." for c in reply.choices)
+    assert reply.usage is not None and reply.usage.completion_tokens == 12
+    with pytest.raises(openai.BadRequestError) as streamed:
+        sdk.chat.completions.create(model="fake-ok", messages=HI, n=2, stream=True)
+    assert streamed.value.param == "n"
+    with pytest.raises(openai.BadRequestError) as logprobs:
+        sdk.chat.completions.create(model="fake-ok", messages=HI, logprobs=True)
+    assert logprobs.value.param == "logprobs"
+
+
+def test_parameters_options_and_headers(sdk: openai.OpenAI) -> None:
+    raw = sdk.chat.completions.with_raw_response.create(
+        model="fake-ok",
+        messages=[{"role": "user", "content": "sdk options test"}],
+        user="u-1",
+        seed=7,
+        stop=["zzz"],
+        max_completion_tokens=30,
+        extra_body={"cache": {"mode": "bypass"}, "feature": "sdk-test", "priority": "interactive"},
+    )
+    assert raw.parse().choices[0].message.content == "Hello from fake-ok."
+    headers = raw.headers
+    assert headers["x-tollway-cache-tier"] == "none"  # the body's cache option bypassed it
+    assert headers["x-tollway-model"] == "fake-ok" and headers["x-tollway-provider"] == "fakeai"
+    assert headers["x-tollway-attempts"] == "1"
+    assert float(headers["x-tollway-cost-usd"]) >= 0
+    with pytest.raises(openai.BadRequestError) as bad:
+        sdk.chat.completions.create(model="fake-ok", messages=HI, extra_body={"priority": "urgent"})
+    assert bad.value.param == "priority"
+
+
+def test_error_classes_for_each_status(sdk: openai.OpenAI, stack: Stack) -> None:
+    with pytest.raises(openai.BadRequestError):
+        sdk.chat.completions.create(model="fake-ok", messages=[{"role": "wizard", "content": "hi"}])
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=stack.edge_url + "/v1", api_key="tw-no", max_retries=0).models.list()
+    with pytest.raises(openai.NotFoundError):
+        sdk.chat.completions.create(model="no-such-model", messages=HI)
+    with pytest.raises(openai.APIStatusError) as large:
+        sdk.chat.completions.create(model="fake-ok", messages=[{"role": "user", "content": "x" * 2_000_000}])
+    assert large.value.status_code == 413
+    with pytest.raises(openai.RateLimitError) as limited:
+        sdk.chat.completions.create(model="fake-429", messages=HI, extra_headers=NO_CACHE)
+    assert limited.value.response.headers["retry-after"] == "1"
+    with pytest.raises(openai.InternalServerError) as down:
+        sdk.chat.completions.create(model="unreachable", messages=HI, extra_headers=NO_CACHE)
+    assert down.value.status_code == 503
+
+
+def test_raw_sse_framing_of_a_chat_stream(stack: Stack, api_key: str) -> None:
+    body = {"model": "fake-ok", "messages": HI, "stream": True, "stream_options": {"include_usage": True}}
+    headers = {"authorization": f"Bearer {api_key}", **NO_CACHE}
+    with httpx.stream("POST", stack.edge_url + "/v1/chat/completions", json=body, headers=headers) as r:
+        raw = b"".join(r.iter_raw())
+    frames = raw.split(b"\n\n")
+    assert frames[-2:] == [b"data: [DONE]", b""]
+    chunks = [json.loads(f.removeprefix(b"data: ")) for f in frames[:-2]]
+    assert all(f.startswith(b"data: {") and b"\n" not in f for f in frames[:-2])
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 4
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"}

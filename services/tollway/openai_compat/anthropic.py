@@ -25,7 +25,9 @@ from tollway.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from tollway.mesh.errors import InvalidArgument
 from tollway.openai_compat import http, translate
 from tollway.openai_compat.errors import ApiError, anthropic_body, from_invalid, from_rpc, sse, stream_failure
-from tollway.openai_compat.translate import _bad, _integer, _string
+from tollway.openai_compat.fields import bad as _bad
+from tollway.openai_compat.fields import integer as _integer
+from tollway.openai_compat.fields import string as _string
 
 # Tollway's finish reasons in Anthropic's words.
 STOP_REASONS = {

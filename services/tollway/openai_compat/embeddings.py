@@ -22,7 +22,9 @@ from tollway.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from tollway.mesh.errors import InvalidArgument
 from tollway.openai_compat import http
 from tollway.openai_compat.errors import ApiError, from_invalid, from_rpc, rate_limit_headers
-from tollway.openai_compat.translate import _bad, _integer, _string
+from tollway.openai_compat.fields import bad as _bad
+from tollway.openai_compat.fields import integer as _integer
+from tollway.openai_compat.fields import string as _string
 
 _FORMATS = ("float", "base64")
 # Keys of OpenAI's embeddings body; any other is refused rather than ignored.

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import grpc
@@ -189,3 +190,8 @@ async def open_stream(
         raise ApiError(502, "the gateway ended the stream before it started", "api_error")
     budget = rate_limit_headers(await call.initial_metadata())
     return call, first.started, {**tollway_headers(first.started), **budget}
+
+
+def data_line(payload: dict[str, Any]) -> bytes:
+    """One unnamed Server-Sent Event of compact JSON."""
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"

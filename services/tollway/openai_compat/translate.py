@@ -15,6 +15,11 @@ from tollway.common.caching import CacheMode
 from tollway.common.v1 import common_pb2
 from tollway.gateway.v1 import gateway_pb2
 from tollway.mesh.errors import InvalidArgument
+from tollway.openai_compat import tools
+from tollway.openai_compat.fields import INT32_MAX, INT64_MAX, INT64_MIN
+from tollway.openai_compat.fields import bad as _bad
+from tollway.openai_compat.fields import integer as _integer
+from tollway.openai_compat.fields import string as _string
 
 
 def finish(value: int) -> str:
@@ -40,44 +45,7 @@ HTTP_ERRORS: dict[grpc.StatusCode, tuple[int, str]] = {
 }
 
 
-# Proto field ranges: a JSON integer outside them cannot be set on the gateway request.
-_INT32_MAX = 2**31 - 1
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
-
-_JSON_TYPES = {
-    bool: "a boolean",
-    int: "an integer",
-    float: "a number",
-    str: "a string",
-    list: "an array",
-    dict: "an object",
-}
-
-
-def _bad(param: str, what: str, value: Any) -> InvalidArgument:
-    """The 400 for one field, naming it and the JSON type that arrived (never its whole value)."""
-    got = "null" if value is None else _JSON_TYPES.get(type(value), type(value).__name__)
-    return InvalidArgument(f"'{param}' must be {what}; got {got}", [(param, what)])
-
-
-def _string(value: Any, param: str) -> str:
-    """An optional string field: null and absent are ""."""
-    if value is None:
-        return ""
-    if type(value) is not str:
-        raise _bad(param, "a string", value)
-    return value
-
-
-def _integer(value: Any, param: str, low: int, high: int) -> int:
-    # bool is an int subclass, but `true` is not a JSON integer.
-    if type(value) is not int:
-        raise _bad(param, "an integer", value)
-    if not low <= value <= high:
-        raise InvalidArgument(
-            f"'{param}' is {value}, outside [{low}, {high}]", [(param, f"an integer in [{low}, {high}]")]
-        )
-    return value
+_INT32_MAX, _INT64_MIN, _INT64_MAX = INT32_MAX, INT64_MIN, INT64_MAX
 
 
 def _content(value: Any, where: str) -> str:
@@ -202,9 +170,7 @@ def _chat_request(body: Any) -> tuple[gateway_pb2.GenerateRequest, bool, bool]:
         messages = []  # the prompt brings the messages
     if type(messages) is not list:
         raise InvalidArgument("'messages' is required and must be a list", [("messages", "list of messages")])
-    n = body.get("n")
-    if n is not None and (type(n) is not int or n != 1):
-        raise InvalidArgument("only n=1 is supported", [("n", "must be 1")])
+    # n is read by the chat handler: above 1 it is served by fan-out (tollway.openai_compat.chat).
     req = gateway_pb2.GenerateRequest(model=_string(body.get("model"), "model"))
     if prompt_ref is not None:
         _prompt_ref(prompt_ref, req.prompt_ref)
@@ -216,6 +182,28 @@ def _chat_request(body: Any) -> tuple[gateway_pb2.GenerateRequest, bool, bool]:
             content=_content(m.get("content"), f"messages[{i}].content"),
             name=_string(m.get("name"), f"messages[{i}].name"),
         )
+        calls, call_id = m.get("tool_calls"), m.get("tool_call_id")
+        if calls or call_id is not None:
+            extras = req.message_extras.add(message_index=i)
+            if calls:
+                extras.tool_calls.extend(tools.openai_tool_calls(calls, f"messages[{i}].tool_calls"))
+            extras.tool_call_id = _string(call_id, f"messages[{i}].tool_call_id")
+    if body.get("tools"):
+        req.tools.extend(tools.openai_tools(body["tools"]))
+        if body.get("tool_choice") is not None:
+            req.tool_choice.CopyFrom(tools.openai_tool_choice(body["tool_choice"]))
+    elif body.get("tool_choice") not in (None, "none", "auto"):
+        raise InvalidArgument("'tool_choice' names a tool but 'tools' is empty", [("tool_choice", "needs tools")])
+    parallel = body.get("parallel_tool_calls")
+    if parallel is not None and parallel is not True:
+        raise InvalidArgument(
+            "'parallel_tool_calls' false is not supported: providers may return several calls; leave it out",
+            [("parallel_tool_calls", "true or absent")],
+            reason="CAPABILITY_UNSUPPORTED",
+        )
+    if body.get("response_format") is not None:
+        req.response_format.CopyFrom(tools.openai_response_format(body["response_format"]))
+    _tollway_options(body, req)
     for name in ("max_completion_tokens", "max_tokens"):
         value = body.get(name)
         if value is not None:
@@ -261,6 +249,43 @@ def _chat_request(body: Any) -> tuple[gateway_pb2.GenerateRequest, bool, bool]:
     return req, stream is True, include_usage is True
 
 
+# Tollway's own options, in the body (OpenAI SDKs send them with ``extra_body``).
+_CACHE_KEYS = frozenset({"mode", "namespace"})
+
+
+def _tollway_options(body: dict[str, Any], req: gateway_pb2.GenerateRequest) -> None:
+    """Reads ``cache {mode, namespace}``, ``feature`` and ``priority`` from the body (headers, read
+    after, may set the same; the header wins).
+
+    Raises:
+        InvalidArgument: A value of the wrong type or outside its choices, naming the field.
+    """
+    cache = body.get("cache")
+    if cache is not None:
+        if type(cache) is not dict or set(cache) - _CACHE_KEYS:
+            raise _bad("cache", "an object {mode, namespace}", cache)
+        mode = _string(cache.get("mode"), "cache.mode").strip().lower()
+        if mode and mode not in _HEADER_MODES:
+            raise InvalidArgument(
+                f"'cache.mode' is {mode!r}; use default, bypass or refresh",
+                [("cache.mode", "default, bypass or refresh")],
+            )
+        req.cache_policy.mode = _HEADER_MODES[mode or "default"]
+        req.cache_policy.namespace = _string(cache.get("namespace"), "cache.namespace").strip()
+    feature = body.get("feature")
+    if feature is not None:
+        req.feature = _string(feature, "feature")
+    priority = body.get("priority")
+    if priority is not None:
+        names = {"interactive": 1, "normal": 2, "batch": 3}
+        if priority not in names:
+            raise InvalidArgument(
+                f"'priority' is {priority!r}; use interactive, normal or batch",
+                [("priority", "interactive, normal or batch")],
+            )
+        req.priority = names[priority]
+
+
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
@@ -294,11 +319,14 @@ _HEADER_MODES = {
 
 
 def apply_cache_headers(req: gateway_pb2.GenerateRequest, headers: Any) -> None:
-    """Reads ``x-tollway-cache-mode`` and ``x-tollway-cache-namespace`` (the OpenAI body has no place for them).
+    """Reads ``x-tollway-cache-mode`` and ``x-tollway-cache-namespace``; each one sent wins over
+    the body's ``cache`` option.
 
     Raises:
         InvalidArgument: The mode is not default, bypass or refresh.
     """
+    if "x-tollway-cache-mode" not in headers and "x-tollway-cache-namespace" not in headers:
+        return
     mode = headers.get("x-tollway-cache-mode", "").strip().lower()
     if mode not in _HEADER_MODES:
         raise InvalidArgument(

@@ -1,0 +1,137 @@
+"""The chat extras, Anthropic Messages and Responses bodies -> gateway requests (issue 16)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from starlette.requests import Request
+
+from tollway.common.v1 import common_pb2
+from tollway.mesh.errors import InvalidArgument
+from tollway.openai_compat import anthropic, chat, tools
+
+
+def _request(headers: dict[str, str] | None = None) -> Request:
+    raw = [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    return Request({"type": "http", "method": "POST", "path": "/", "headers": raw})
+
+
+def _chat(**extra: Any) -> dict[str, Any]:
+    return {"model": "m", "messages": [{"role": "user", "content": "hi"}], **extra}
+
+
+def test_chat_tools_choice_format_and_tool_turns() -> None:
+    weather = {"type": "function", "function": {"name": "w", "parameters": {"type": "object"}}}
+    body = _chat(
+        tools=[weather],
+        tool_choice={"type": "function", "function": {"name": "w"}},
+        response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}},
+        messages=[
+            {"role": "user", "content": "hi"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "w", "arguments": "{}"}}],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+        ],
+    )
+    req, stream, _, n = chat.parse(body, _request())
+    assert (stream, n) == (False, 1)
+    assert [t.name for t in req.tools] == ["w"] and json.loads(req.tools[0].parameters_json) == {"type": "object"}
+    assert req.tool_choice.mode == common_pb2.TOOL_CHOICE_MODE_TOOL and req.tool_choice.tool_name == "w"
+    assert req.response_format.type == common_pb2.RESPONSE_FORMAT_TYPE_JSON_SCHEMA
+    assert [(e.message_index, [c.id for c in e.tool_calls], e.tool_call_id) for e in req.message_extras] == [
+        (1, ["c1"], ""),
+        (2, [], "c1"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"n": 9}, "n"),
+        ({"n": 2, "stream": True}, "n"),
+        ({"n": True}, "n"),
+        ({"logprobs": True}, "logprobs"),
+        ({"functions": [{"name": "f"}]}, "functions"),
+        ({"tools": [{"type": "code_interpreter"}]}, "tools[0]"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"response_format": {"type": "yaml"}}, "response_format"),
+        ({"parallel_tool_calls": False}, "parallel_tool_calls"),
+        ({"cache": {"mode": "sometimes"}}, "cache.mode"),
+        ({"cache": {"ttl": 3}}, "cache"),
+        ({"priority": "urgent"}, "priority"),
+    ],
+)
+def test_chat_refusals_name_the_field(extra: dict[str, Any], param: str) -> None:
+    with pytest.raises(InvalidArgument) as exc:
+        chat.parse(_chat(**extra), _request())
+    assert exc.value.violations[0][0] == param
+
+
+def test_chat_options_in_the_body_and_headers_winning() -> None:
+    req, *_ = chat.parse(_chat(cache={"mode": "bypass", "namespace": "ns"}, feature="f", priority="batch"), _request())
+    assert req.cache_policy.mode == common_pb2.CACHE_MODE_BYPASS and req.cache_policy.namespace == "ns"
+    assert req.feature == "f" and req.priority == 3
+    req, *_ = chat.parse(_chat(cache={"mode": "bypass"}), _request({"x-tollway-cache-mode": "refresh"}))
+    assert req.cache_policy.mode == common_pb2.CACHE_MODE_REFRESH
+    _, _, _, n = chat.parse(_chat(n=3), _request())
+    assert n == 3
+
+
+def test_messages_system_blocks_stops_and_user() -> None:
+    req, stream = anthropic.messages_request(
+        {
+            "model": "m",
+            "max_tokens": 9,
+            "system": [{"type": "text", "text": "be "}, {"type": "text", "text": "brief"}],
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+            "stop_sequences": ["END"],
+            "metadata": {"user_id": "u"},
+            "stream": True,
+        }
+    )
+    assert [(m.role, m.content) for m in req.messages] == [("system", "be brief"), ("user", "hi")]
+    assert req.max_tokens == 9 and list(req.stop) == ["END"] and req.user == "u" and stream
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": "m", "messages": [{"role": "user", "content": "x"}]}, "max_tokens"),
+        ({"max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}, "model"),
+        ({"model": "m", "max_tokens": 5, "messages": []}, "messages"),
+        ({"model": "m", "max_tokens": 5, "messages": [{"role": "system", "content": "x"}]}, "messages[0].role"),
+        (
+            {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "image"}]}]},
+            "messages[0].content[0].type",
+        ),
+        ({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}], "top_k": 3}, "top_k"),
+        (
+            {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}], "temprature": 1},
+            "temprature",
+        ),
+    ],
+)
+def test_messages_refusals_name_the_field(body: dict[str, Any], param: str) -> None:
+    with pytest.raises(InvalidArgument) as exc:
+        anthropic.messages_request(body)
+    assert exc.value.violations[0][0] == param
+
+
+def test_count_tokens_grows_with_the_prompt() -> None:
+    short = anthropic.count_tokens_request({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    longer = anthropic.count_tokens_request(
+        {"model": "m", "system": "be brief", "messages": [{"role": "user", "content": "hi"}]}
+    )
+    assert short[0] == "m" and 0 < short[1] < longer[1]
+
+
+def test_anthropic_tool_choices() -> None:
+    assert tools.anthropic_tool_choice({"type": "any"}).mode == common_pb2.TOOL_CHOICE_MODE_REQUIRED
+    assert tools.anthropic_tool_choice({"type": "tool", "name": "w"}).tool_name == "w"
+    with pytest.raises(InvalidArgument):
+        tools.anthropic_tool_choice({"type": "tool"})
