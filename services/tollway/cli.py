@@ -97,6 +97,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         ports=parse_port_overrides(args.port),
         layout=args.layout,
         canary_ready=tuple(n for item in args.canary_ready for n in item.split(",") if n),
+        with_prometheus=not args.no_prometheus,
     )
     if args.catalog:
         options.catalog = Path(args.catalog)
@@ -147,6 +148,7 @@ Tollway is up in {time.monotonic() - started:.1f}s.
   OpenAI API   {url}/v1  (model "smollm2")
   API key      {key}
   logs         {stack.log_dir}
+  Prometheus   {stack.prometheus_url if options.with_prometheus else "off (--no-prometheus)"}  (alerts: /alerts)
   status       tollway status{status_args}  (pid, uptime and restarts per process)
 
 Try it:
@@ -192,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
 
     up = sub.add_parser("up", help="start Redis, the local model, every service and Envoy")
     up.add_argument("--no-model", action="store_true", help="do not start the local llama.cpp model")
+    up.add_argument(
+        "--no-prometheus", action="store_true", help="serve no metrics endpoints and do not start Prometheus"
+    )
     up.add_argument("--catalog", help="model catalog to use (default deploy/models.yaml)")
     up.add_argument(
         "--port", action="append", default=[], metavar="NAME=PORT", help="override a port of deploy/mesh.yaml"

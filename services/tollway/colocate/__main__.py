@@ -135,12 +135,13 @@ class Uvicorn:
 
 def _openai_compat(mesh: MeshConfig) -> Companion:
     from tollway.openai_compat.config import OpenAICompatConfig
+    from tollway.openai_compat.metrics import RequestMetrics
     from tollway.openai_compat.service import OpenAICompatApp
 
     cfg = load_config(OpenAICompatConfig, "openai_compat")
     # The same app as `python -m tollway.openai_compat`; its gateway address is `inproc:gateway`
     # when the gateway is a member, so its calls go through the in-process channel.
-    app = OpenAICompatApp(cfg.gateway_addr, cfg.max_body_bytes).app
+    app = RequestMetrics(OpenAICompatApp(cfg.gateway_addr, cfg.max_body_bytes).app)
     return Uvicorn("openai_compat", app, cfg.host or mesh.bind_host, cfg.port)
 
 

@@ -24,6 +24,7 @@ from grpc_status import rpc_status
 from tollway.budget.v1 import budget_pb2, budget_pb2_grpc
 from tollway.common.chat import ChatRequest, Usage
 from tollway.common.tokens import count_request_tokens
+from tollway.mesh import tracing
 from tollway.mesh.errors import ResourceExhausted, TollwayError, from_rpc_error
 
 SERVICE_NAME = "tollway.budget.v1.BudgetService"
@@ -231,7 +232,8 @@ class BudgetClient:
             admitted_while_unavailable=admitted_while_unavailable,
         )
         try:
-            resp = await self._stub.ReserveBudget(req, timeout=self._timeout_s)
+            with tracing.stage("gateway", "budget.reserve"):
+                resp = await self._stub.ReserveBudget(req, timeout=self._timeout_s)
         except grpc.aio.AioRpcError as err:
             raise _error(err) from None
         now = self._clock()
@@ -273,7 +275,8 @@ class BudgetClient:
             partial=partial,
         )
         try:
-            return await self._stub.CommitBudget(req, timeout=self._timeout_s)
+            with tracing.stage("gateway", "budget.commit"):
+                return await self._stub.CommitBudget(req, timeout=self._timeout_s)
         except grpc.aio.AioRpcError as err:
             raise _error(err) from None
 
@@ -286,9 +289,10 @@ class BudgetClient:
         """
         name = hold if isinstance(hold, str) else hold.name
         try:
-            await self._stub.ReleaseBudget(
-                budget_pb2.ReleaseBudgetRequest(name=name, reason=reason[:64]), timeout=self._timeout_s
-            )
+            with tracing.stage("gateway", "budget.release"):
+                await self._stub.ReleaseBudget(
+                    budget_pb2.ReleaseBudgetRequest(name=name, reason=reason[:64]), timeout=self._timeout_s
+                )
         except grpc.aio.AioRpcError as err:
             raise _error(err) from None
 

@@ -19,7 +19,7 @@ from tollway.common.chat import ChatRequest, FinishReason, Usage
 from tollway.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 from tollway.gateway import metrics
 from tollway.gateway.request import GatewayRequest
-from tollway.mesh import propagation
+from tollway.mesh import propagation, tracing
 
 log = logging.getLogger("tollway.gateway.cache")
 
@@ -181,11 +181,12 @@ class CacheClient:
         if self.embedder is None or not text:
             return None
         try:
-            reply = await self.embedder.Embed(
-                embedding_pb2.EmbedRequest(texts=[text], model=self.embedding_model),
-                timeout=self.embed_timeout_s,
-                metadata=propagation.outgoing(),
-            )
+            with tracing.stage("gateway", "embed"):
+                reply = await self.embedder.Embed(
+                    embedding_pb2.EmbedRequest(texts=[text], model=self.embedding_model),
+                    timeout=self.embed_timeout_s,
+                    metadata=propagation.outgoing(),
+                )
         except grpc.aio.AioRpcError as exc:
             metrics.CACHE_ERRORS.labels("embed").inc()
             log.warning("embedding failed; going on without the semantic tier", extra={"code": exc.code().name})
@@ -204,10 +205,12 @@ class CacheClient:
         embedding as well.
         """
         try:
-            reply = await self._lookup(req, None, False)
+            with tracing.stage("gateway", "cache.tier1") as span:
+                reply = await self._lookup(req, None, False)
+                hit = _hit(reply)
+                tracing.annotate(span, {"tollway.cache.tier": hit.tier.value if hit else "miss"})
         except grpc.aio.AioRpcError as exc:
             return self._failed("lookup", exc)
-        hit = _hit(reply)
         if hit is None and reply.miss_reason == cache_pb2.MISS_REASON_REFRESH:
             # Nothing to look up, but the fresh answer is stored with its vector, so tier 2 finds it.
             return Lookup(vector=vector or await self.embed(req.chat.messages[-1].content))
@@ -217,12 +220,15 @@ class CacheClient:
         if vector is None:
             return Lookup()
         try:
-            reply = await self._lookup(req, vector, False, semantic_only=True)
+            with tracing.stage("gateway", "cache.tier2") as span:
+                reply = await self._lookup(req, vector, False, semantic_only=True)
+                hit = _hit(reply)
+                tracing.annotate(span, {"tollway.cache.tier": hit.tier.value if hit else "miss"})
         except grpc.aio.AioRpcError as exc:
             failed = self._failed("lookup", exc)
             failed.vector = vector
             return failed
-        return Lookup(hit=_hit(reply), vector=vector, semantic_possible=True)
+        return Lookup(hit=hit, vector=vector, semantic_possible=True)
 
     async def lookup_stale(self, req: CacheRequest, vector: list[float] | None) -> CacheHit | None:
         """The closest answer still inside its stale grace period, for when every provider failed."""

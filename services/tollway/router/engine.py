@@ -43,7 +43,7 @@ from tollway.common.catalog import Catalog, CatalogSource, Deployment, Model
 from tollway.common.chat import ChatRequest, TextDelta, ToolCall, Usage
 from tollway.common.route import RouteCompleted, RouteEvent, RouteStarted, RoutingDecision, StreamFailed
 from tollway.common.tokens import count_prompt_tokens, count_tokens
-from tollway.mesh import errors
+from tollway.mesh import errors, tracing
 from tollway.router import metrics
 from tollway.router.balancer import Balancer
 from tollway.router.breaker import Breakers, Permit
@@ -382,6 +382,15 @@ class Router:
         breaker_told = False  # a probe reports its success at the first token
         ttft_ms: float | None = None
         stream = adapter.stream(request, dep)
+        # One span per provider call, ended in `finally` (this generator yields: it is never current).
+        span = tracing.start(
+            "router",
+            "provider.attempt",
+            **{"tollway.provider": dep.provider, "tollway.model": model.name, "tollway.deployment": dep.key,
+               "tollway.attempt": run.attempts},
+        )
+        span_error = ""
+        span_attributes: dict[str, tracing.AttributeValue] = {}
         try:
             budget = min(dep.ttft_timeout_s, run.remaining() * share)
             try:
@@ -428,6 +437,11 @@ class Router:
                 elif isinstance(event, StreamEnd):
                     calls = tools.calls()
                     usage, reported = self._final_usage(request, event.usage, hint, "".join(text), calls)
+                    span_attributes = {
+                        "tollway.tokens.input": usage.input_tokens,
+                        "tollway.tokens.output": usage.output_tokens,
+                        "tollway.cost_usd": self._cost(model, usage) / 1e6,
+                    }
                     settled = True
                     await self._succeeded(model, dep, permit, ttft_ms, tell_breaker=not breaker_told)
                     if not started:
@@ -447,6 +461,7 @@ class Router:
                 event = await anext(stream)
         except (ProviderError, ToolCallError, StopAsyncIteration) as exc:
             err = self._as_provider_error(exc, dep)
+            span_error = f"{err.kind.value}: {err.message[:200]}"
             settled = True
             await self._failed(model, dep, permit, err, ttft_ms)
             if not started:
@@ -472,6 +487,10 @@ class Router:
                 # The caller went away: the outcome says nothing about the deployment.
                 self.balancer.finished(dep, ok=True, counted=False)
                 self.breakers.abandon(permit)
+                span_error = "CANCELLED"
+            if ttft_ms is not None:
+                span_attributes["tollway.ttft_ms"] = round(ttft_ms, 1)
+            tracing.end(span, span_error, **span_attributes)
             await stream.aclose()
 
     def _started(self, run: _Run, model: Model, dep: Deployment) -> RouteStarted:
