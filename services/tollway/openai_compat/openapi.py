@@ -528,6 +528,7 @@ _OPENAI_PATHS.update(
         "/v1/embeddings": _surface_route(
             "openai.createEmbedding", "OpenAI embeddings (float or base64), made by the embedding service."
         ),
+        "/v1/responses": _surface_route("openai.createResponse", "OpenAI Responses, stateless (store: false)."),
         "/v1/messages": _surface_route(
             "anthropic.createMessage", "Anthropic Messages, answered by the gateway.", error="anthropic.Error"
         ),

@@ -21,7 +21,8 @@ from starlette.routing import Route
 
 from tollway.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from tollway.mesh import clients
-from tollway.openai_compat import anthropic, chat, embeddings, http, openapi, translate
+from tollway.openai_compat import anthropic, chat, embeddings, http, openapi, responses, translate
+from tollway.openai_compat.batches import BatchesApi
 from tollway.openai_compat.errors import ApiError, from_rpc
 
 log = logging.getLogger("tollway.openai_compat")
@@ -60,11 +61,13 @@ def _model_json(m: gateway_pb2.ModelInfo) -> dict[str, Any]:
 class OpenAICompatApp:
     """Holds the gateway stub; ``app`` is the ASGI application."""
 
-    def __init__(self, gateway_addr: str, max_body_bytes: int) -> None:
+    def __init__(self, gateway_addr: str, max_body_bytes: int, jobs_addr: str = "") -> None:
         self.gateway_addr = gateway_addr
         self.max_body_bytes = max_body_bytes
         self.channel: grpc.aio.Channel | None = None
         self.stub: gateway_pb2_grpc.GatewayServiceStub | None = None
+        # /v1/files and /v1/batches, over the jobs service (issue 19).
+        self.batches = BatchesApi(jobs_addr, max_body_bytes)
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
@@ -72,7 +75,9 @@ class OpenAICompatApp:
                 Route("/v1/models/{model_id}", self.model, methods=["GET"]),
                 Route("/v1/embeddings", self.embeddings, methods=["POST"]),
                 Route("/v1/messages", self.messages, methods=["POST"]),
+                Route("/v1/responses", self.responses, methods=["POST"]),
                 Route("/v1/messages/count_tokens", self.count_tokens, methods=["POST"]),
+                *self.batches.routes,
                 Route("/healthz", self.health, methods=["GET"]),
                 Route(openapi.PATH, self.openapi, methods=["GET"]),
             ],
@@ -90,6 +95,7 @@ class OpenAICompatApp:
             yield
         finally:
             await self.channel.close()
+            await self.batches.close()
 
     async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -138,6 +144,10 @@ class OpenAICompatApp:
     async def embeddings(self, request: Request) -> Response:
         assert self.stub is not None
         return await embeddings.handle(self.stub, request, self.max_body_bytes)
+
+    async def responses(self, request: Request) -> Response:
+        assert self.stub is not None
+        return await responses.handle(self.stub, request, self.max_body_bytes)
 
     async def messages(self, request: Request) -> Response:
         assert self.stub is not None

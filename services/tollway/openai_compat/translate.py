@@ -203,7 +203,7 @@ def _chat_request(body: Any) -> tuple[gateway_pb2.GenerateRequest, bool, bool]:
         )
     if body.get("response_format") is not None:
         req.response_format.CopyFrom(tools.openai_response_format(body["response_format"]))
-    _tollway_options(body, req)
+    tollway_options(body, req)
     for name in ("max_completion_tokens", "max_tokens"):
         value = body.get(name)
         if value is not None:
@@ -253,7 +253,7 @@ def _chat_request(body: Any) -> tuple[gateway_pb2.GenerateRequest, bool, bool]:
 _CACHE_KEYS = frozenset({"mode", "namespace"})
 
 
-def _tollway_options(body: dict[str, Any], req: gateway_pb2.GenerateRequest) -> None:
+def tollway_options(body: dict[str, Any], req: gateway_pb2.GenerateRequest) -> None:
     """Reads ``cache {mode, namespace}``, ``feature`` and ``priority`` from the body (headers, read
     after, may set the same; the header wins).
 
