@@ -130,7 +130,8 @@ function resetPanel() {
 }
 
 const usd = (micros) => `$${(Number(micros || 0) / 1e6).toFixed(6)}`;
-const tierName = (t) => (t || "").replace("CACHE_TIER_", "").toLowerCase() || "–";
+// CACHE_TIER_UNSPECIFIED is a request the cache was not asked about (bypassed, or no cache).
+const tierName = (t) => (!t || t === "CACHE_TIER_UNSPECIFIED" ? "not consulted" : t.replace("CACHE_TIER_", "").toLowerCase());
 
 // One SSE message of the transcoded stream: {"started"|"delta"|"completed"|"error"|...: {...}}.
 function onEvent(event) {
