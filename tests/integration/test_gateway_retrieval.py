@@ -182,3 +182,4 @@ async def test_updating_a_document_removes_the_grounded_cache_entry(
 
 async def _is(read: Any, value: int) -> bool:
     return await read() == value
+
