@@ -169,18 +169,12 @@ def _names_query_embedding(error: InvalidArgument) -> bool:
     return any(field == "query_embedding" for field, _ in error.violations)
 
 
-def _names_query_embedding(error: InvalidArgument) -> bool:
-    return any(field == "query_embedding" for field, _ in error.violations)
-
-
 class RetrievalClient:
     """RetrievalService.Search for the gateway."""
 
     def __init__(self, channel: grpc.aio.Channel, *, timeout_s: float = 2.0) -> None:
         self.stub = retrieval_pb2_grpc.RetrievalServiceStub(channel)
         self.timeout_s = timeout_s
-        # Collections whose embedding model is not the caller's (learned from a refusal).
-        self._foreign_model: set[str] = set()
         # Collections whose embedding model is not the caller's (learned from a refusal).
         self._foreign_model: set[str] = set()
 
@@ -212,8 +206,6 @@ class RetrievalClient:
             Unavailable: The retrieval service (or, without an embedding, the embedding service).
         """
         name = collection if collection.startswith("collections/") else f"collections/{collection}"
-        if name in self._foreign_model:
-            query_embedding, query_embedding_model = (), ""
         if name in self._foreign_model:
             query_embedding, query_embedding_model = (), ""
         flt = _filters(filters) if isinstance(filters, Mapping) else list(filters)
