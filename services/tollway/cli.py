@@ -77,6 +77,50 @@ def cmd_calls(args: argparse.Namespace) -> int:
     return 0
 
 
+_USAGE_COLUMNS = (
+    "requests", "input_tokens", "output_tokens", "cached_tokens", "cost_usd", "mean_latency_ms", "mean_ttft_ms",
+    "errors", "cache_hits", "feedback_count", "mean_feedback",
+)
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    """Usage totals from the gateway's write-time aggregates (every tenant: an operator's view)."""
+    import csv
+
+    from tollway.gateway.insights import Insights, UsageRow, Viewer
+    from tollway.mesh.errors import TollwayError
+
+    async def read(store: GatewayStore) -> tuple[list[UsageRow], tuple[str, ...]]:
+        # Whoever can reach Redis is an operator: every tenant, like `tollway calls`.
+        return await Insights(store, ()).usage(Viewer("", admin=True), args.by, args.since, args.tenant)
+
+    try:
+        rows, days = asyncio.run(_with_store(_redis_url(args), read))
+    except TollwayError as exc:
+        print(f"tollway insights usage: {exc.message}", file=sys.stderr)
+        return 2
+    table = [
+        [
+            r.group, r.requests, r.input_tokens, r.output_tokens, r.cached_tokens, f"{r.cost_usd_micros / 1e6:.6f}",
+            f"{r.mean_latency_ms:.1f}", f"{r.mean_ttft_ms:.1f}", r.errors, r.cache_hits, r.feedback_count,
+            "" if r.mean_feedback is None else f"{r.mean_feedback:.3f}",
+        ]
+        for r in rows
+    ]
+    header = [args.by, *_USAGE_COLUMNS]
+    if args.csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(header)
+        writer.writerows(table)
+        return 0
+    print(f"usage by {args.by}, {days[0]} to {days[-1]} (UTC)")
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *table, strict=False)]
+    for line in [header, *table]:
+        first, *rest = (str(c) for c in line)
+        print("  ".join([first.ljust(widths[0]), *(c.rjust(w) for c, w in zip(rest, widths[1:], strict=True))]))
+    return 0
+
+
 def cmd_keys_create(args: argparse.Namespace) -> int:
     key, key_id = asyncio.run(_create_key(_redis_url(args), args.tenant))
     print(f"created key {key_id}… for tenant {args.tenant}; it is shown once, store it now:")
@@ -241,6 +285,21 @@ def main(argv: list[str] | None = None) -> int:
     calls = sub.add_parser("calls", help="print the most recent call records, oldest first, one JSON object a line")
     calls.add_argument("--last", type=int, default=20, help="how many records (default 20)")
     calls.set_defaults(func=cmd_calls)
+
+    # `tollway usage` is the budget ledger's view (one tenant, by day/key/feature/model); this one reads the
+    # call records' totals: every tenant, and users, prompt versions, cache tiers and namespaces too.
+    insights = sub.add_parser("insights", help="call-record totals and quality signals (issue 17)")
+    insights_sub = insights.add_subparsers(dest="insights_command", required=True)
+    usage = insights_sub.add_parser(
+        "usage", help="usage and cost by tenant, feature, user, model, day, prompt version, cache tier or namespace"
+    )
+    usage.add_argument(
+        "--by", default="tenant", choices=["tenant", "feature", "user", "model", "day", "prompt", "tier", "namespace"]
+    )
+    usage.add_argument("--since", default="", help="first day, YYYY-MM-DD (UTC); default 7 days ago")
+    usage.add_argument("--tenant", default="", help="one tenant (default: every tenant)")
+    usage.add_argument("--csv", action="store_true", help="CSV on stdout instead of a table")
+    usage.set_defaults(func=cmd_usage)
 
     from tollway.cache import purge
 

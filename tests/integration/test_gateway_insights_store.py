@@ -147,3 +147,30 @@ async def test_without_totals_only_the_records_are_written(store: GatewayStore) 
     await log.flush()
     assert len(await store.recent_calls(10)) == 1
     assert await store.usage_tenants() == []
+
+
+def test_tollway_insights_usage_prints_a_table_or_csv(capsys: pytest.CaptureFixture[str]) -> None:
+    from tollway.cli import main
+
+    with local_redis() as server:
+
+        async def write() -> None:
+            client = aioredis.Redis.from_url(server.url)
+            log = CallLog(GatewayStore(client))
+            for i in range(3):
+                log.add(call(f"c{i}", "acme" if i else "beta"))
+            await log.flush()
+            await client.aclose()
+
+        asyncio.run(write())
+        assert main(["--redis-url", server.url, "insights", "usage", "--by", "tenant", "--csv"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0].startswith("tenant,requests,input_tokens,output_tokens,cached_tokens,cost_usd")
+        assert sorted(lines[1:]) == sorted([
+            "acme,2,24,8,0,0.000200,100.0,20.0,0,0,0,", "beta,1,12,4,0,0.000100,100.0,20.0,0,0,0,",
+        ])
+        assert main(["--redis-url", server.url, "insights", "usage", "--by", "user", "--tenant", "acme"]) == 0
+        table = capsys.readouterr().out.splitlines()
+        assert table[0].startswith("usage by user") and table[2].split()[:2] == ["u1", "2"]
+        assert main(["--redis-url", server.url, "insights", "usage", "--since", "yesterday"]) == 2
+        assert "since 'yesterday' is not a date" in capsys.readouterr().err
