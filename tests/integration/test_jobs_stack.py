@@ -363,3 +363,58 @@ async def test_a_batch_runs_every_item_once(jobs_stack: Stack, tenant_key: tuple
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     for j in seen[:20]:
         await eventually(lambda j=j: len(commits(jobs_stack.redis_url, tenant, j.name)) == 1, what=f"{j.name} charged")
+
+
+def test_openai_batches_by_base_url(jobs_stack: Stack, tenant_key: tuple[str, str]) -> None:
+    """The OpenAI SDK's batch flow, unchanged but for the base URL: upload JSONL, create, poll,
+    read the output JSONL; a malformed line is refused naming it."""
+    import openai
+
+    _, key = tenant_key
+    client = openai.OpenAI(base_url=jobs_stack.edge_url + "/v1", api_key=key, max_retries=0)
+    lines = [
+        {
+            "custom_id": f"req-{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": "fake-ok", "messages": [{"role": "user", "content": f"batch line {i}"}]},
+        }
+        for i in range(5)
+    ]
+    upload = client.files.create(
+        file=("in.jsonl", "\n".join(json.dumps(line) for line in lines).encode()), purpose="batch"
+    )
+    assert upload.id.startswith("file-")
+    assert upload.purpose == "batch"
+    batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert batch.status == "in_progress"
+    assert batch.request_counts is not None
+    assert batch.request_counts.total == 5
+
+    deadline = time.monotonic() + 60
+    while batch.status != "completed" and time.monotonic() < deadline:
+        time.sleep(0.2)
+        batch = client.batches.retrieve(batch.id)
+    assert batch.status == "completed"
+    assert batch.request_counts is not None
+    assert (batch.request_counts.completed, batch.request_counts.failed) == (5, 0)
+    assert batch.output_file_id
+    out = [json.loads(line) for line in client.files.content(batch.output_file_id).text.splitlines()]
+    assert sorted(o["custom_id"] for o in out) == [f"req-{i}" for i in range(5)]
+    for o in out:
+        assert o["response"]["status_code"] == 200
+        assert o["response"]["body"]["object"] == "chat.completion"
+        assert o["response"]["body"]["choices"][0]["message"]["content"]
+
+    bad = "\n".join([json.dumps(lines[0]), "{not json", json.dumps(lines[1])]).encode()
+    with pytest.raises(openai.BadRequestError) as err:
+        client.files.create(file=("bad.jsonl", bad), purpose="batch")
+    assert "line 2" in str(err.value)
+    wrong_url = json.dumps({**lines[0], "url": "/v1/embeddings"}).encode()
+    with pytest.raises(openai.BadRequestError) as err:
+        client.files.create(file=("bad.jsonl", wrong_url), purpose="batch")
+    assert "line 1" in str(err.value)
+    with pytest.raises(openai.NotFoundError):
+        client.batches.retrieve("batch_0000000000000000000000")
+    with pytest.raises(openai.BadRequestError):
+        client.batches.cancel(batch.id)  # finished: nothing left to cancel

@@ -17,7 +17,7 @@ from tollway.launcher.supervisor import RestartPolicy
 
 SECRET = "jobs-test-delegation-secret-0123456789"
 HOOK_SECRET = "jobs-test-webhook-secret"
-SERVICES = ("gateway", "router", "cache", "budget", "jobs")
+SERVICES = ("gateway", "router", "cache", "budget", "jobs", "openai_compat")
 
 
 def write_catalog(path: Path, fake_openai: str, models: tuple[str, ...]) -> Path:

@@ -64,6 +64,18 @@ message GetUsageRequest { string since = 1; }
 message GetUsageResponse { string text = 1; }
 """
 
+# A stand-in for tollway.jobs.v1 (issue 19): the public JobsService must be in the descriptor too.
+MINI_JOBS_PROTO = """
+syntax = "proto3";
+package tollway.jobs.v1;
+import "google/api/annotations.proto";
+service JobsService {
+  rpc GetJob(GetJobRequest) returns (GetJobResponse) { option (google.api.http) = { get: "/v1/{name=jobs/*}" }; }
+}
+message GetJobRequest { string name = 1; }
+message GetJobResponse { string name = 1; }
+"""
+
 
 def build_mini_descriptor(out_dir: Path, with_error_details: bool = True) -> Path:
     """Compiles MINI_GATEWAY_PROTO into a descriptor set (with imports) in `out_dir`."""
@@ -74,10 +86,12 @@ def build_mini_descriptor(out_dir: Path, with_error_details: bool = True) -> Pat
     src = out_dir / "proto"
     (src / "tollway" / "gateway" / "v1").mkdir(parents=True, exist_ok=True)
     (src / "tollway" / "gateway" / "v1" / "gateway.proto").write_text(MINI_GATEWAY_PROTO)
+    (src / "tollway" / "jobs" / "v1").mkdir(parents=True, exist_ok=True)
+    (src / "tollway" / "jobs" / "v1" / "jobs.proto").write_text(MINI_JOBS_PROTO)
     googleapis = Path(google.api.annotations_pb2.__file__).parents[2]
     well_known = Path(grpc_tools.__file__).parent / "_proto"
     out = out_dir / ("mini.pb" if with_error_details else "mini-no-details.pb")
-    files = ["tollway/gateway/v1/gateway.proto"]
+    files = ["tollway/gateway/v1/gateway.proto", "tollway/jobs/v1/jobs.proto"]
     if with_error_details:
         files.append("google/rpc/error_details.proto")
     rc = protoc.main([
@@ -164,6 +178,7 @@ def test_committed_mesh_config_parses_into_bootstrap() -> None:
         "router",
         "embedding",
         "retrieval",
+        "jobs",
         "openai_compat",
     }
 
@@ -203,7 +218,11 @@ def test_filter_order() -> None:
 def test_transcoder_settings() -> None:
     t = _filter(build_envoy_config(load_mesh(MESH_FILE)), TRANSCODER)
     assert t["proto_descriptor"] == str(ROOT / "build" / "protos" / "tollway.pb")
-    assert t["services"] == ["tollway.gateway.v1.GatewayService", "tollway.gateway.v1.InsightsService"]
+    assert t["services"] == [
+        "tollway.gateway.v1.GatewayService",
+        "tollway.gateway.v1.InsightsService",
+        "tollway.jobs.v1.JobsService",
+    ]
     assert t["convert_grpc_status"] is True
     assert t["request_validation_options"] == {"reject_unknown_method": True}
     assert t["print_options"] == {
@@ -358,6 +377,7 @@ def test_mesh_listener_routes_every_enabled_grpc_service() -> None:
         "/tollway.router.v1.RouterService/": "router",
         "/tollway.embedding.v1.EmbeddingService/": "embedding",
         "/tollway.retrieval.v1.RetrievalService/": "retrieval",
+        "/tollway.jobs.v1.JobsService/": "jobs",
     }
     assert all(r["route"]["timeout"] == "0s" for r in _routes(cfg, "mesh") if "route" in r)
 

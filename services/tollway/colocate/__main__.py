@@ -141,7 +141,7 @@ def _openai_compat(mesh: MeshConfig) -> Companion:
     cfg = load_config(OpenAICompatConfig, "openai_compat")
     # The same app as `python -m tollway.openai_compat`; its gateway address is `inproc:gateway`
     # when the gateway is a member, so its calls go through the in-process channel.
-    app = RequestMetrics(OpenAICompatApp(cfg.gateway_addr, cfg.max_body_bytes).app)
+    app = RequestMetrics(OpenAICompatApp(cfg.gateway_addr, cfg.max_body_bytes, cfg.jobs_addr).app)
     return Uvicorn("openai_compat", app, cfg.host or mesh.bind_host, cfg.port)
 
 

@@ -43,7 +43,7 @@ def parse_name(name: str, collection: str, field: str = "name") -> str:
     ident = name.removeprefix(prefix)
     if not name.startswith(prefix) or not _ID.match(ident):
         raise InvalidArgument(
-            f"{field} {name[:100]!r} is not a {collection[:-1]} name: use {prefix}<id> as SubmitJob returned it",
+            f"{field} {name[:100]!r} is not a {collection[:-1]} name: use {prefix}<id> as the service returned it",
             [(field, f"must be {prefix}<22 hex digits>")],
             reason="BAD_NAME",
         )
@@ -242,8 +242,6 @@ class Jobs:
         if bad:
             raise InvalidArgument(f"the batch has {len(bad)} bad field(s): {bad[0][0]} {bad[0][1]}", bad)
         await self._check_webhook(webhook_url)
-        if input_file:
-            parse_name(input_file, "files", "input_file")
         batch_id = new_id()
         job_ids = [new_id() for _ in items]
         await self.store.submit_batch(batch_id, job_ids, owner, items, webhook_url, self.clock(), input_file, labels)

@@ -16,7 +16,7 @@ def main() -> None:
     cfg = load_config(OpenAICompatConfig, "openai_compat")
     mesh = load_config(MeshConfig)
     setup_logging("openai_compat", mesh)
-    app = RequestMetrics(OpenAICompatApp(cfg.gateway_addr, cfg.max_body_bytes).app)
+    app = RequestMetrics(OpenAICompatApp(cfg.gateway_addr, cfg.max_body_bytes, cfg.jobs_addr).app)
     if cfg.metrics_port:
         start_http_server(cfg.metrics_port, addr=mesh.metrics_host)
     uvicorn.run(

@@ -538,6 +538,50 @@ _OPENAI_PATHS.update(
     }
 )
 
+def _with_path_params(route: dict[str, Any], *names: str) -> dict[str, Any]:
+    """``route`` with its path parameters declared."""
+    for op in route.values():
+        op["parameters"] = [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}} for n in names]
+    return route
+
+
+# OpenAI's Files and Batch APIs over the jobs service (issue 19, tollway.openai_compat.batches).
+_FILE_UPLOAD = _surface_route("openai.createFile", "Stores a batch input file (JSONL, checked line by line).")
+_FILE_UPLOAD["post"]["requestBody"] = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"file": {"type": "string", "format": "binary"}, "purpose": {"type": "string"}},
+                "required": ["file", "purpose"],
+            }
+        }
+    },
+}
+_OPENAI_PATHS.update(
+    {
+        "/v1/files": _FILE_UPLOAD,
+        "/v1/files/{file_id}": _with_path_params(
+            _surface_route("openai.retrieveFile", "A stored file, or a batch's output or error file.", body=False),
+            "file_id",
+        ),
+        "/v1/files/{file_id}/content": _with_path_params(
+            _surface_route("openai.retrieveFileContent", "A file's content (a batch's output as JSONL).", body=False),
+            "file_id",
+        ),
+        "/v1/batches": _surface_route("openai.createBatch", "Runs every line of an input file as a job of one batch."),
+        "/v1/batches/{batch_id}": _with_path_params(
+            _surface_route("openai.retrieveBatch", "A batch, with its status and request counts.", body=False),
+            "batch_id",
+        ),
+        "/v1/batches/{batch_id}/cancel": _with_path_params(
+            _surface_route("openai.cancelBatch", "Cancels the requests of a batch that have not finished."),
+            "batch_id",
+        ),
+    }
+)
+
 # The OpenAI routes, for the message of a 404 on the OpenAI surface.
 SERVED = "Tollway's OpenAI API serves " + ", ".join(
     f"{verb.upper()} {path}" for path, ops in _OPENAI_PATHS.items() if path != PATH for verb in ops
