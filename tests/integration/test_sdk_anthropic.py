@@ -80,7 +80,7 @@ def test_raw_sse_framing(stack: Stack, api_key: str) -> None:
         "message_delta",
         "message_stop",
     ]
-    assert len(names) > 7
+    assert len(names) > 6
 
 
 def test_count_tokens(sdk: anthropic.Anthropic) -> None:
@@ -99,9 +99,9 @@ def test_error_classes(sdk: anthropic.Anthropic, stack: Stack) -> None:
         sdk.messages.create(model="fake-ok", max_tokens=10, messages=[{"role": "system", "content": "x"}])
     assert bad.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
     assert "messages[0].role" in bad.value.message
-    with pytest.raises(anthropic.BadRequestError, match="tool definitions"):
+    with pytest.raises(anthropic.BadRequestError, match="extended thinking"):
         sdk.messages.create(
-            model="fake-ok", max_tokens=10, messages=HI, tools=[{"name": "f", "input_schema": {"type": "object"}}]
+            model="fake-ok", max_tokens=10, messages=HI, thinking={"type": "enabled", "budget_tokens": 1024}
         )
     with pytest.raises(anthropic.NotFoundError):
         sdk.messages.create(model="no-such-model", max_tokens=10, messages=HI)
@@ -129,3 +129,37 @@ def test_anthropic_version_is_required(stack: Stack, api_key: str) -> None:
     )
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
     assert "anthropic-version" in r.json()["error"]["message"]
+
+
+TOOLS = [
+    {"name": "get_weather", "description": "The weather.", "input_schema": {"type": "object", "properties": {}}},
+    {"name": "get_time", "input_schema": {"type": "object", "properties": {}}},
+]
+
+
+def test_tool_use_whole_and_streamed(sdk: anthropic.Anthropic) -> None:
+    message = sdk.messages.create(model="fake-tools", max_tokens=100, messages=HI, tools=TOOLS)
+    assert message.stop_reason == "tool_use"
+    uses = [b for b in message.content if b.type == "tool_use"]
+    assert [u.name for u in uses] == ["get_weather", "get_time"]
+    assert uses[0].input["city"] == "Paris"  # type: ignore[index]
+    with sdk.messages.stream(model="fake-tools", max_tokens=100, messages=HI, tools=TOOLS) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_message()
+    assert final.stop_reason == "tool_use"
+    streamed = [b for b in final.content if b.type == "tool_use"]
+    assert [(u.id, u.name, u.input) for u in streamed] == [(u.id, u.name, u.input) for u in uses]
+    assert kinds[-2:] == ["message_delta", "message_stop"]
+    # The results go back as tool_result blocks.
+    follow = sdk.messages.create(
+        model="fake-tools",
+        max_tokens=100,
+        tools=TOOLS,
+        tool_choice={"type": "any"},
+        messages=[
+            *HI,
+            {"role": "assistant", "content": [u.model_dump() for u in uses]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": u.id, "content": "ok"} for u in uses]},
+        ],
+    )
+    assert follow.stop_reason == "tool_use"

@@ -135,3 +135,41 @@ def test_anthropic_tool_choices() -> None:
     assert tools.anthropic_tool_choice({"type": "tool", "name": "w"}).tool_name == "w"
     with pytest.raises(InvalidArgument):
         tools.anthropic_tool_choice({"type": "tool"})
+
+
+def test_messages_tool_blocks_become_tool_turns() -> None:
+    req, _ = anthropic.messages_request(
+        {
+            "model": "m",
+            "max_tokens": 9,
+            "tools": [{"name": "w", "input_schema": {"type": "object"}}],
+            "tool_choice": {"type": "any"},
+            "messages": [
+                {"role": "user", "content": "weather?"},
+                {
+                    "role": "assistant",
+                    "content": [
+                        {"type": "text", "text": "checking"},
+                        {"type": "tool_use", "id": "t1", "name": "w", "input": {"city": "Paris"}},
+                    ],
+                },
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "tool_result", "tool_use_id": "t1", "content": "sunny"},
+                        {"type": "text", "text": "thanks"},
+                    ],
+                },
+            ],
+        }
+    )
+    assert [(m.role, m.content) for m in req.messages] == [
+        ("user", "weather?"),
+        ("assistant", "checking"),
+        ("tool", "sunny"),
+        ("user", "thanks"),
+    ]
+    extras = {e.message_index: e for e in req.message_extras}
+    assert json.loads(extras[1].tool_calls[0].arguments_json) == {"city": "Paris"}
+    assert extras[2].tool_call_id == "t1"
+    assert req.tools[0].name == "w" and req.tool_choice.mode == common_pb2.TOOL_CHOICE_MODE_REQUIRED

@@ -12,6 +12,8 @@ What the gateway cannot carry yet (tool definitions and tool blocks, images, ext
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,11 +21,11 @@ import grpc
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from tollway.common.tokens import count_prompt_tokens
+from tollway.common.tokens import count_prompt_tokens, count_tokens
 from tollway.common.v1 import common_pb2
 from tollway.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from tollway.mesh.errors import InvalidArgument
-from tollway.openai_compat import http, translate
+from tollway.openai_compat import http, tools, translate
 from tollway.openai_compat.errors import ApiError, anthropic_body, from_invalid, from_rpc, sse, stream_failure
 from tollway.openai_compat.fields import bad as _bad
 from tollway.openai_compat.fields import integer as _integer
@@ -44,8 +46,6 @@ _KEYS = frozenset(
 )  # fmt: skip
 # Parameters of the API that the gateway cannot carry yet: refused, naming what would be lost.
 _NOT_CARRIED = {
-    "tools": "tool definitions",
-    "tool_choice": "a tool choice",
     "thinking": "extended thinking",
     "top_k": "top_k sampling",
     "container": "code-execution containers",
@@ -98,14 +98,66 @@ def _refuse_unknown(body: dict[str, Any], known: frozenset[str]) -> None:
             )
 
 
-def _turns(body: dict[str, Any]) -> list[tuple[str, str]]:
-    """``(role, text)`` of the system prompt and the messages, in order."""
-    turns: list[tuple[str, str]] = []
+@dataclasses.dataclass
+class _Turn:
+    role: str
+    text: str
+    calls: list[common_pb2.ToolCall] = dataclasses.field(default_factory=list)
+    call_id: str = ""
+
+
+def _message_turns(role: str, content: Any, where: str) -> list[_Turn]:
+    """The turns of one message: its text, the tool_use blocks of an assistant message as its
+    calls, the tool_result blocks of a user message as "tool" turns (before the user's text)."""
+    if type(content) is str:
+        return [_Turn(role, content)]
+    if type(content) is not list:
+        raise _bad(where, "a string or an array of content blocks", content)
+    texts: list[str] = []
+    calls: list[common_pb2.ToolCall] = []
+    results: list[_Turn] = []
+    for i, block in enumerate(content):
+        at = f"{where}[{i}]"
+        kind = block.get("type") if type(block) is dict else None
+        if kind == "tool_use" and role == "assistant":
+            arguments = block.get("input", {})
+            if type(arguments) is not dict:
+                raise _bad(f"{at}.input", "an object", arguments)
+            calls.append(
+                common_pb2.ToolCall(
+                    id=_string(block.get("id"), f"{at}.id"),
+                    name=_string(block.get("name"), f"{at}.name"),
+                    arguments_json=json.dumps(arguments, separators=(",", ":")),
+                    index=len(calls),
+                )
+            )
+        elif kind == "tool_result" and role == "user":
+            value = block.get("content", "")
+            text = value if type(value) is str else _text_blocks(value, f"{at}.content")
+            results.append(_Turn("tool", text, call_id=_string(block.get("tool_use_id"), f"{at}.tool_use_id")))
+        elif kind == "text":
+            texts.append(_string(block.get("text"), f"{at}.text"))
+        else:
+            raise InvalidArgument(
+                f"{at} is a {kind!r} block in a {role} message; Tollway's Messages API carries text, "
+                "tool_use (assistant) and tool_result (user) blocks (images and documents are not supported yet)",
+                [(f"{at}.type", "text, tool_use or tool_result")],
+                reason="CAPABILITY_UNSUPPORTED",
+            )
+    text = "".join(texts)
+    if role == "assistant":
+        return [_Turn(role, text, calls)]
+    return [*results, _Turn(role, text)] if text or not results else results
+
+
+def _turns(body: dict[str, Any]) -> list[_Turn]:
+    """The turns of the system prompt and the messages, in order."""
+    turns: list[_Turn] = []
     system = body.get("system")
     if system is not None:
         text = _text_blocks(system, "system")
         if text:
-            turns.append(("system", text))
+            turns.append(_Turn("system", text))
     messages = body.get("messages")
     if type(messages) is not list or not messages:
         raise InvalidArgument("'messages' is required: a non-empty array", [("messages", "a non-empty array")])
@@ -118,7 +170,7 @@ def _turns(body: dict[str, Any]) -> list[tuple[str, str]]:
                 f"messages[{i}].role is {role!r}; use 'user' or 'assistant' (the system prompt goes in 'system')",
                 [(f"messages[{i}].role", "user or assistant")],
             )
-        turns.append((role, _text_blocks(m.get("content"), f"messages[{i}].content")))
+        turns.extend(_message_turns(role, m.get("content"), f"messages[{i}].content"))
     return turns
 
 
@@ -141,8 +193,15 @@ def messages_request(body: Any) -> tuple[gateway_pb2.GenerateRequest, bool]:
     if max_tokens is None:
         raise InvalidArgument("'max_tokens' is required", [("max_tokens", "an integer, 1 or more")])
     req = gateway_pb2.GenerateRequest(model=model, max_tokens=_integer(max_tokens, "max_tokens", 1, 2**31 - 1))
-    for role, text in _turns(body):
-        req.messages.add(role=role, content=text)
+    for turn in _turns(body):
+        req.messages.add(role=turn.role, content=turn.text)
+        if turn.calls or turn.call_id:
+            extras = req.message_extras.add(message_index=len(req.messages) - 1, tool_call_id=turn.call_id)
+            extras.tool_calls.extend(turn.calls)
+    if body.get("tools"):
+        req.tools.extend(tools.anthropic_tools(body["tools"]))
+        if body.get("tool_choice") is not None:
+            req.tool_choice.CopyFrom(tools.anthropic_tool_choice(body["tool_choice"]))
     for name in ("temperature", "top_p"):
         value = body.get(name)
         if value is not None:
@@ -180,7 +239,16 @@ def count_tokens_request(body: Any) -> tuple[str, int]:
     model = body.get("model")
     if type(model) is not str or not model:
         raise InvalidArgument("'model' is required: a model from GET /v1/models", [("model", "a model name")])
-    return model, count_prompt_tokens(_turns(body))
+    turns = _turns(body)
+    tokens = count_prompt_tokens((t.role, t.text) for t in turns)
+    # Tool calls, results' ids and tool schemas are billed as input too.
+    tokens += sum(count_tokens(c.name) + count_tokens(c.arguments_json) for t in turns for c in t.calls)
+    if body.get("tools"):
+        tokens += sum(
+            count_tokens(t.name) + count_tokens(t.description) + count_tokens(t.parameters_json)
+            for t in tools.anthropic_tools(body["tools"])
+        )
+    return model, tokens
 
 
 def usage_json(usage: common_pb2.Usage) -> dict[str, int]:
@@ -193,13 +261,21 @@ def usage_json(usage: common_pb2.Usage) -> dict[str, int]:
     }
 
 
+def content_json(text: str, calls: Any) -> list[dict[str, Any]]:
+    """The content blocks of an answer: its text (unless it is only tool calls), then a tool_use per call."""
+    blocks: list[dict[str, Any]] = [{"type": "text", "text": text}] if text or not calls else []
+    for c in calls:
+        blocks.append({"type": "tool_use", "id": c.id, "name": c.name, "input": json.loads(c.arguments_json or "{}")})
+    return blocks
+
+
 def message_json(reply: gateway_pb2.CompleteResponse) -> dict[str, Any]:
     return {
         "id": f"msg_{reply.request_id}",
         "type": "message",
         "role": "assistant",
         "model": reply.model,
-        "content": [{"type": "text", "text": reply.text}],
+        "content": content_json(reply.text, reply.tool_calls),
         "stop_reason": STOP_REASONS.get(reply.finish_reason, "end_turn"),
         "stop_sequence": None,
         "usage": usage_json(reply.usage),
@@ -220,6 +296,8 @@ async def events(call: Any, started: gateway_pb2.Started) -> AsyncIterator[bytes
         "stop_sequence": None,
         "usage": {"input_tokens": 0, "output_tokens": 0},
     }
+    # Tool call index -> its content block (the text block is 0; each call opens the next).
+    blocks: dict[int, int] = {}
     try:
         yield sse("message_start", {"type": "message_start", "message": message})
         yield sse(
@@ -236,9 +314,21 @@ async def events(call: Any, started: gateway_pb2.Started) -> AsyncIterator[bytes
                     "delta": {"type": "text_delta", "text": event.delta.text},
                 }
                 yield sse("content_block_delta", delta)
+            elif kind == "tool_call":
+                piece = event.tool_call
+                if piece.index not in blocks:
+                    yield sse("content_block_stop", {"type": "content_block_stop", "index": len(blocks)})
+                    blocks[piece.index] = len(blocks) + 1
+                    block = {"type": "tool_use", "id": piece.id, "name": piece.name, "input": {}}
+                    start = {"type": "content_block_start", "index": blocks[piece.index], "content_block": block}
+                    yield sse("content_block_start", start)
+                if piece.arguments_fragment:
+                    delta = {"type": "input_json_delta", "partial_json": piece.arguments_fragment}
+                    payload = {"type": "content_block_delta", "index": blocks[piece.index], "delta": delta}
+                    yield sse("content_block_delta", payload)
             elif kind == "completed":
                 c = event.completed
-                yield sse("content_block_stop", {"type": "content_block_stop", "index": 0})
+                yield sse("content_block_stop", {"type": "content_block_stop", "index": len(blocks)})
                 stop = {"stop_reason": STOP_REASONS.get(c.finish_reason, "end_turn"), "stop_sequence": None}
                 yield sse("message_delta", {"type": "message_delta", "delta": stop, "usage": usage_json(c.usage)})
                 yield sse("message_stop", {"type": "message_stop"})
