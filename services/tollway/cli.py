@@ -321,6 +321,10 @@ def main(argv: list[str] | None = None) -> int:
 
     prompts_admin.add_commands(sub)
 
+    from tollway.jobs import admin as jobs_admin
+
+    jobs_admin.add_commands(sub)
+
     from tollway.launcher import canary_cli
 
     canary_cli.add_commands(sub)
