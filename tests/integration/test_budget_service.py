@@ -18,10 +18,10 @@ from typing import Any
 
 import grpc
 import pytest
-import redis
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from tests.support.redis_cluster import sync_client
 from tests.support.redis_server import local_redis
 from tollway.budget.__main__ import build
 from tollway.budget.budget import Budget
@@ -166,7 +166,7 @@ async def reconcile(stub: budget_pb2_grpc.BudgetServiceStub, tenant: str) -> bud
 
 
 def ledger_ops(redis_url: str, tenant: str) -> list[str]:
-    client = redis.Redis.from_url(redis_url)
+    client = sync_client(redis_url)  # a single Redis or a cluster (TOLLWAY_TEST_REDIS)
     try:
         return [f[b"op"].decode() for _, f in client.xrange(f"tw:budget:test:{{{tenant}}}:ledger")]
     finally:

@@ -21,12 +21,15 @@ from tests.fakes import openai as fake_openai
 from tests.fakes.http import FakeHTTPServer
 from tests.fakes.procs import RedisServer, RouterProcess
 from tests.support.polling import eventually
+from tests.support.redis_cluster import local_redis_cluster
+from tests.support.redis_server import TEST_REDIS
 from tollway.common.catalog import parse_catalog
 from tollway.common.chat import ChatMessage, ChatRequest
 from tollway.common.route import RouteStarted
 from tollway.common.v1 import common_pb2
 from tollway.mesh import errors
 from tollway.mesh.errors import from_rpc_error
+from tollway.mesh.redis import connect
 from tollway.router.breaker import CLOSED, HALF_OPEN, OPEN, Breakers, BreakerSettings, Permit
 from tollway.router.engine import Router
 from tollway.router.providers.openai_compat import OpenAICompatAdapter
@@ -45,9 +48,19 @@ def redis_server() -> Iterator[RedisServer]:
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def store_url(redis_server: RedisServer) -> Iterator[str]:
+    """The breakers' Redis: this server, or a Redis Cluster under TOLLWAY_TEST_REDIS=cluster."""
+    if TEST_REDIS == "cluster":
+        with local_redis_cluster() as cluster:
+            yield cluster.url
+    else:
+        yield redis_server.url
+
+
 @pytest.fixture
-async def client(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    c = aioredis.Redis.from_url(redis_server.url)
+async def client(store_url: str) -> AsyncIterator[aioredis.Redis]:
+    c = connect(store_url)
     yield c
     await c.aclose()
 

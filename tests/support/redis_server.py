@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import shutil
 import subprocess
 import tempfile
@@ -16,6 +17,12 @@ import redis
 from tests.fakes.procs import free_port
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+# TOLLWAY_TEST_REDIS=cluster: local_redis() hands out a 3-master Redis Cluster instead
+# (tests/support/redis_cluster.py), so the store suites run against both. Read at import, before
+# the tests' autouse fixture clears TOLLWAY_* variables.
+TEST_REDIS = os.environ.get("TOLLWAY_TEST_REDIS", "single")
+if TEST_REDIS not in ("single", "cluster"):
+    raise RuntimeError(f"TOLLWAY_TEST_REDIS has value {TEST_REDIS!r}; use single or cluster")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +45,12 @@ def local_redis(*, appendonly: bool = False, timeout_s: float = 10.0) -> Iterato
     Raises:
         RuntimeError: The server did not answer PING within ``timeout_s``.
     """
+    if TEST_REDIS == "cluster":
+        from tests.support.redis_cluster import local_redis_cluster
+
+        with local_redis_cluster(appendonly=appendonly) as cluster:
+            yield cluster  # type: ignore[misc]  # url and port as LocalRedis has them
+        return
     directory = Path(tempfile.mkdtemp(prefix="tollway-cache-redis-"))
     port = free_port()
     process = subprocess.Popen(

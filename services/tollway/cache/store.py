@@ -21,7 +21,9 @@ structure and the event stream together, so a replica following the stream never
 an entry the sets do not know, or the reverse. Entries carry no Redis TTL: the sweeper
 (:meth:`CacheStore.expired_ids` + :meth:`CacheStore.delete`) removes them with their
 secondary entries and a delete event, which a TTL could not do. The scripts build key
-names from the prefix, so this layout is for a single Redis, not Redis Cluster.
+names from the prefix, so the prefix is a Redis Cluster hash tag (``{tw:cache}``): every key of
+the cache is in one slot, on one master, and each script is sent there (its KEYS[1] is the event
+stream). On a single Redis the braces change nothing but the names.
 """
 
 from __future__ import annotations
@@ -272,12 +274,13 @@ class CacheStore:
                 falls further behind than this rebuilds its index from the entries.
         """
         self.redis = client
-        self.prefix = prefix
+        # One hash slot for the whole cache: the scripts touch keys they name from the prefix.
+        self.prefix = prefix if prefix.startswith("{") and prefix.endswith("}") else "{" + prefix + "}"
         self.events_maxlen = events_maxlen
         self._put = client.register_script(_PUT)
         self._delete = client.register_script(_DELETE)
         self._get_by_key = client.register_script(_GET_BY_KEY)
-        self.events_key = f"{prefix}:events"
+        self.events_key = f"{self.prefix}:events"
 
     async def ping(self) -> None:
         """Raises if Redis does not answer."""
@@ -335,12 +338,12 @@ class CacheStore:
         ]
         for name, value in fields.items():
             args += [name, value]
-        entry_id, replaced, evicted = await self._put(args=args)
+        entry_id, replaced, evicted = await self._put(keys=[self.events_key], args=args)
         return PutResult(int(entry_id), _pairs(replaced), _pairs(evicted))
 
     async def get_by_key(self, key: str) -> Entry | None:
         """The entry stored under a tier-1 key (without its vector), or None."""
-        found = await self._get_by_key(args=[self.prefix, key, *_ENTRY_FIELDS])
+        found = await self._get_by_key(keys=[self.events_key], args=[self.prefix, key, *_ENTRY_FIELDS])
         if not found:
             return None
         return _entry(int(found[0]), found[1])
@@ -394,7 +397,7 @@ class CacheStore:
         out: list[tuple[int, str]] = []
         for start in range(0, len(ids), chunk):
             part = ids[start : start + chunk]
-            flat = await self._delete(args=[self.prefix, self.events_maxlen, *part])
+            flat = await self._delete(keys=[self.events_key], args=[self.prefix, self.events_maxlen, *part])
             out += _pairs(flat)
         return out
 

@@ -11,12 +11,26 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 
-# Connection refused or reset, or a command past its deadline.
-OUTAGE_ERRORS: tuple[type[Exception], ...] = (redis_errors.ConnectionError, redis_errors.TimeoutError)
+# Connection refused or reset, or a command past its deadline; in a cluster also a failover in
+# progress (CLUSTERDOWN, TRYAGAIN, a MOVED the client has not caught up with yet).
+OUTAGE_ERRORS: tuple[type[Exception], ...] = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    redis_errors.ClusterDownError,
+    redis_errors.TryAgainError,
+    redis_errors.ClusterError,
+)
+
+# `redis+cluster://host:port,host:port,...`: Redis Cluster seed nodes (any of them will do; the
+# client learns the rest and the slot map from them).
+CLUSTER_SCHEME = "redis+cluster"
 
 # A command waits this long for its reply. Blocking reads (XREAD BLOCK) must block for less:
 # the cache's index follower blocks 1 s.
@@ -29,10 +43,19 @@ def connect(
     """Returns a pooled asyncio client for ``url`` (bytes in, bytes out).
 
     Args:
-        url: ``redis://host:port/db``.
+        url: ``redis://host:port/db``, or ``redis+cluster://host:port,host:port`` for Redis Cluster
+            (redis-py's cluster client: commands go to the node that owns their key's slot, and
+            every multi-key script and pipeline of the stores keeps its keys in one slot with a
+            hash tag).
         command_timeout_s: Longest wait for a command's reply (the socket read timeout).
         connect_timeout_s: Longest wait for a new connection.
+
+    Raises:
+        ValueError: A cluster URL names no node, or a node is not HOST:PORT; the message quotes it.
     """
+    if url.startswith(CLUSTER_SCHEME + "://"):
+        # Typed as the plain client: the stores use the commands both share.
+        return _cluster(url, command_timeout_s, connect_timeout_s)  # type: ignore[return-value]
     return aioredis.Redis.from_url(
         url,
         decode_responses=False,
@@ -41,6 +64,43 @@ def connect(
         socket_timeout=command_timeout_s,
         health_check_interval=30,
         max_connections=256,
+    )
+
+
+def cluster_nodes(url: str) -> list[tuple[str, int]]:
+    """The seed nodes of a ``redis+cluster://`` URL.
+
+    Raises:
+        ValueError: It names no node, or a node is not HOST:PORT.
+    """
+    netloc = urlsplit(url).netloc.rsplit("@", 1)[-1]
+    nodes = []
+    for item in filter(None, netloc.split(",")):
+        host, sep, port = item.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"TOLLWAY_REDIS_URL has value {url!r}: {item!r} is not HOST:PORT")
+        nodes.append((host.strip("[]"), int(port)))
+    if not nodes:
+        raise ValueError(f"TOLLWAY_REDIS_URL has value {url!r}: name at least one node (redis+cluster://HOST:PORT,...)")
+    return nodes
+
+
+def _cluster(url: str, command_timeout_s: float, connect_timeout_s: float) -> RedisCluster:
+    parts = urlsplit(url)
+    options: dict[str, Any] = {}
+    if parts.password:
+        options["password"] = parts.password
+    if parts.username:
+        options["username"] = parts.username
+    return RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in cluster_nodes(url)],
+        decode_responses=False,
+        socket_keepalive=True,
+        socket_connect_timeout=connect_timeout_s,
+        socket_timeout=command_timeout_s,
+        health_check_interval=30,
+        max_connections=256,
+        **options,
     )
 
 
@@ -64,7 +124,9 @@ async def wait_ready(client: aioredis.Redis, timeout_s: float = 10.0) -> None:
         except Exception as exc:  # every connection failure looks different; keep the last
             last = exc
             await asyncio.sleep(0.05)
-    kwargs = client.connection_pool.connection_kwargs
-    raise ConnectionError(
-        f"Redis at {kwargs.get('host')}:{kwargs.get('port')} did not answer PING within {timeout_s}s: {last}"
-    )
+    if isinstance(client, RedisCluster):
+        where = ",".join(f"{n.host}:{n.port}" for n in client.startup_nodes.values())
+    else:
+        kwargs = client.connection_pool.connection_kwargs
+        where = f"{kwargs.get('host')}:{kwargs.get('port')}"
+    raise ConnectionError(f"Redis at {where} did not answer PING within {timeout_s}s: {last}")

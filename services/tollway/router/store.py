@@ -264,16 +264,17 @@ class RedisBreakerStore:
         return sorted(_str(n) for n in await self.client.smembers(NAMES))
 
     async def snapshots(self, names: Sequence[str], settings: BreakerSettings) -> list[BreakerSnapshot]:
+        # TIME on its own: a Redis Cluster pipeline refuses commands that name no key. Snapshots are
+        # read by the periodic refresh and ListBreakers, not per request, so the extra trip is cheap.
+        seconds, micros = await self.client.time()
         async with self.client.pipeline(transaction=False) as pipe:
-            pipe.time()
             for name in names:
                 pipe.hgetall(_key(name))
             replies = await pipe.execute()
-        seconds, micros = replies[0]
         now = int(seconds) * 1000 + int(micros) // 1000
         oldest = (now - int(settings.window_s * 1000)) // settings.bucket_ms
         out: list[BreakerSnapshot] = []
-        for name, raw in zip(names, replies[1:], strict=True):
+        for name, raw in zip(names, replies, strict=True):
             fields = {_str(k): _str(v) for k, v in raw.items()}
             total = failed = 0
             for field, value in fields.items():
