@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from collections.abc import Iterator
-from concurrent import futures
 from pathlib import Path
 from typing import Any
 
-import grpc
 import httpx
 import pytest
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.trace.v1 import trace_pb2
 
+from tests.support.otlp import Receiver, otlp_receiver
 from tests.support.polling import eventually_sync
 from tollway.cli import _create_key
 from tollway.launcher.processes import free_ports, port_free
@@ -35,37 +32,10 @@ _SERVER = trace_pb2.Span.SPAN_KIND_SERVER
 _CLIENT = trace_pb2.Span.SPAN_KIND_CLIENT
 
 
-class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
-    """An OTLP/gRPC trace collector that keeps what it is sent: (service.name, span) pairs."""
-
-    def __init__(self) -> None:
-        self.spans: list[tuple[str, trace_pb2.Span]] = []
-        self._lock = threading.Lock()
-
-    def Export(
-        self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.ServicerContext
-    ) -> trace_service_pb2.ExportTraceServiceResponse:
-        with self._lock:
-            for resource_spans in request.resource_spans:
-                attrs = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
-                for scope in resource_spans.scope_spans:
-                    self.spans.extend((attrs.get("service.name", ""), s) for s in scope.spans)
-        return trace_service_pb2.ExportTraceServiceResponse()
-
-    def trace(self, trace_id: bytes) -> list[tuple[str, trace_pb2.Span]]:
-        with self._lock:
-            return [(svc, s) for svc, s in self.spans if s.trace_id == trace_id]
-
-
 @pytest.fixture(scope="module")
 def receiver() -> Iterator[tuple[Receiver, int]]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    kept = Receiver()
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(kept, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield kept, port
-    server.stop(None)
+    with otlp_receiver() as running:
+        yield running
 
 
 def _ports(offset: int) -> dict[str, int]:
@@ -216,12 +186,12 @@ def test_a_request_without_traceparent_gets_its_trace_from_envoy(
     observed: Stack, key: str, receiver: tuple[Receiver, int]
 ) -> None:
     kept = receiver[0]
-    before = {s.trace_id for _, s in kept.spans}
+    before = {s.trace_id for _, s in kept.all()}
     _generate(observed, key, "a request that brings no trace")
 
     def new_gateway_spans() -> list[trace_pb2.Span]:
         return [
-            s for svc, s in list(kept.spans)
+            s for svc, s in kept.all()
             if svc == "tollway-gateway" and s.kind == _SERVER and s.trace_id not in before
             and s.name.endswith("/Generate")
         ]
@@ -279,6 +249,10 @@ def test_prometheus_scrapes_every_process_and_loads_the_rules(observed: Stack, k
         return float(result[0]["value"][1]) if result else 0.0
 
     eventually_sync(lambda: stage_count() >= 1, timeout_s=30, what="the gateway's stage histogram")
+    # Queue depths: the embedding micro-batcher's queue, the gateway's work left after answers.
+    gauges = [("tollway_embedding_queued_calls", "embedding"), ("tollway_gateway_background_tasks", "gateway")]
+    for gauge, process in gauges:
+        assert [r["metric"]["process"] for r in _query(observed, gauge)] == [process], gauge
     envoy = _query(observed, 'envoy_server_live{job="envoy"}')
     assert envoy and envoy[0]["value"][1] == "1"
 

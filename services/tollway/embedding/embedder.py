@@ -259,6 +259,7 @@ class Embedder:
                 on_batch=on_batch,
             )
             self._batchers[model_id] = batcher
+            metrics.QUEUED_CALLS.labels(model_id).set_function(lambda b=batcher: b.queued_calls)
         return batcher
 
     async def _compute(self, model: EmbeddingModel, texts: list[str]) -> list[CachedEmbedding]:

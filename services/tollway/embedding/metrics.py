@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
+QUEUED_CALLS = Gauge(
+    "tollway_embedding_queued_calls",
+    "Embed calls waiting for the model worker (the micro-batcher's queue), by model.",
+    ["model"],
+)
 TEXTS = Counter(
     "tollway_embedding_texts_total",
     "Texts embedded, by model and by where the vector came from (lru, redis or model).",

@@ -183,6 +183,7 @@ class Gateway:
         self.limits = limits
         self.request_timeout_s = request_timeout_s
         self._background: set[asyncio.Task[None]] = set()
+        metrics.BACKGROUND_TASKS.set_function(lambda: len(self._background))
 
     async def generate(
         self, request: GatewayRequest, timeout_s: float | None = None, *, stream: bool = True

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from tollway.gateway.callrecord import CallRecord
 from tollway.mesh.metrics import LATENCY_BUCKETS
@@ -19,6 +19,10 @@ LATENCY_SECONDS = Histogram(
 )
 
 
+BACKGROUND_TASKS = Gauge(
+    "tollway_gateway_background_tasks",
+    "Work a request left for after its answer (cache stores, budget settlements, quality samples) still running.",
+)
 # Cost attribution (issue 17). The alerts in deploy/prometheus/alerts.yml read these names.
 COST_USD = Counter(
     "tollway_gateway_cost_usd_total", "Cost of answered requests in US dollars.", ["tenant", "feature", "model"]
