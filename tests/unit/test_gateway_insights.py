@@ -9,7 +9,7 @@ import pytest
 from tollway.gateway.calllog import RawPolicy
 from tollway.gateway.callrecord import CallRecord
 from tollway.gateway.insights import (
-    SEP,
+    MEASURES,
     Dimension,
     DriftRule,
     Viewer,
@@ -18,9 +18,8 @@ from tollway.gateway.insights import (
     check_feedback,
     check_page_token,
     drift,
-    feedback_fields,
     feedback_target,
-    field,
+    feedback_targets,
     page_size,
     record_amounts,
     usage_query,
@@ -42,57 +41,61 @@ def record(**over: object) -> dict[str, str]:
     return rec.stream_fields()
 
 
+def measure(measures: list[int], name: str) -> int:
+    return measures[MEASURES.index(name)]
+
+
 def test_one_record_adds_its_measures_under_every_dimension() -> None:
     amounts = record_amounts(record(prompt_template="triage", prompt_version="3", cache_namespace="default"))
-    assert amounts[field(Dimension.TENANT, "", "requests")] == 1
-    assert amounts[field(Dimension.MODEL, "gpt-x", "cost_usd_micros")] == 123
-    assert amounts[field(Dimension.FEATURE, "search", "input_tokens")] == 10
-    assert amounts[field(Dimension.USER, "u1", "output_tokens")] == 5
-    assert amounts[field(Dimension.PROMPT, "triage@3", "latency_ms")] == 200
-    assert amounts[field(Dimension.TIER, "none", "requests")] == 1
-    assert amounts[field(Dimension.NAMESPACE, "default", "ttft_ms")] == 50
-    # Zero amounts are not sent at all: an OK miss adds no errors and no hits.
-    assert field(Dimension.TENANT, "", "errors") not in amounts
-    assert field(Dimension.TENANT, "", "cache_hits") not in amounts
+    assert amounts[Dimension.TENANT][0] == "" and measure(amounts[Dimension.TENANT][1], "requests") == 1
+    assert amounts[Dimension.MODEL][0] == "gpt-x" and measure(amounts[Dimension.MODEL][1], "cost_usd_micros") == 123
+    assert measure(amounts[Dimension.FEATURE][1], "input_tokens") == 10
+    assert measure(amounts[Dimension.USER][1], "output_tokens") == 5
+    assert amounts[Dimension.PROMPT][0] == "triage@3" and measure(amounts[Dimension.PROMPT][1], "latency_ms") == 200
+    assert amounts[Dimension.TIER][0] == "none"
+    assert amounts[Dimension.NAMESPACE] == ("default", amounts[Dimension.TENANT][1])
+    assert measure(amounts[Dimension.TENANT][1], "errors") == 0
+    assert measure(amounts[Dimension.TENANT][1], "cache_hits") == 0
 
 
 def test_failures_and_cache_hits_are_counted() -> None:
     from tollway.common.caching import CacheTier
 
     failed = record_amounts(record(status="PROVIDER_UNAVAILABLE"))
-    assert failed[field(Dimension.TENANT, "", "errors")] == 1
+    assert measure(failed[Dimension.TENANT][1], "errors") == 1
     degraded = record_amounts(record(status="DEGRADED", cache_tier=CacheTier.STALE))
-    assert field(Dimension.TENANT, "", "errors") not in degraded
-    assert degraded[field(Dimension.TIER, "stale", "cache_hits")] == 1
+    assert measure(degraded[Dimension.TENANT][1], "errors") == 0
+    assert degraded[Dimension.TIER][0] == "stale" and measure(degraded[Dimension.TIER][1], "cache_hits") == 1
 
 
-def test_a_batch_is_summed_per_tenant_and_day() -> None:
+def test_a_batch_is_summed_per_tenant_day_and_dimension() -> None:
     day_before = NOON - 86400
     batch = [record(), record(), record(tenant="other"), record(timestamp=day_before)]
     sums = batch_amounts(batch)
-    assert set(sums) == {("acme", "2026-12-06"), ("other", "2026-12-06"), ("acme", "2026-12-05")}
-    assert sums[("acme", "2026-12-06")][field(Dimension.TENANT, "", "requests")] == 2
-    assert sums[("acme", "2026-12-06")][field(Dimension.MODEL, "gpt-x", "cost_usd_micros")] == 246
+    assert {(t, d) for t, d, _ in sums} == {("acme", "2026-12-06"), ("other", "2026-12-06"), ("acme", "2026-12-05")}
+    assert measure(sums[("acme", "2026-12-06", "tenant")][""], "requests") == 2
+    assert measure(sums[("acme", "2026-12-06", "model")]["gpt-x"], "cost_usd_micros") == 246
+    assert measure(sums[("acme", "2026-12-05", "model")]["gpt-x"], "cost_usd_micros") == 123
+
+
+def _totals(records: list[dict[str, str]], dimension: str) -> dict[tuple[str, str], dict[str, list[int]]]:
+    return {(t, d): values for (t, d, dim), values in batch_amounts(records).items() if dim == dimension}
 
 
 def test_rows_group_by_tenant_day_or_a_dimension() -> None:
-    totals = {
-        ("acme", "2026-12-05"): batch_amounts([record(timestamp=NOON - 86400)])[("acme", "2026-12-05")],
-        ("acme", "2026-12-06"): batch_amounts([record(), record(model="small")])[("acme", "2026-12-06")],
-        ("beta", "2026-12-06"): batch_amounts([record(tenant="beta")])[("beta", "2026-12-06")],
-    }
-    by_tenant = {r.group: r.requests for r in usage_rows(Dimension.TENANT, totals)}
+    records = [record(timestamp=NOON - 86400), record(), record(model="small"), record(tenant="beta")]
+    by_tenant = {r.group: r.requests for r in usage_rows(Dimension.TENANT, _totals(records, "tenant"))}
     assert by_tenant == {"acme": 3, "beta": 1}
-    by_day = [(r.group, r.requests) for r in usage_rows(Dimension.DAY, totals)]
+    by_day = [(r.group, r.requests) for r in usage_rows(Dimension.DAY, _totals(records, "tenant"))]
     assert by_day == [("2026-12-05", 1), ("2026-12-06", 3)]
-    by_model = usage_rows(Dimension.MODEL, totals)
+    by_model = usage_rows(Dimension.MODEL, _totals(records, "model"))
     assert [(r.group, r.requests) for r in by_model] == [("gpt-x", 3), ("small", 1)]
     assert by_model[0].mean_latency_ms == 200 and by_model[0].cost_usd_micros == 369
 
 
-def test_a_value_holding_the_separator_is_kept_whole() -> None:
-    totals = {("acme", "2026-12-06"): {field(Dimension.FEATURE, f"a{SEP}b", "requests"): 2}}
-    assert [r.group for r in usage_rows(Dimension.FEATURE, totals)] == [f"a{SEP}b"]
+def test_a_value_holding_commas_and_colons_is_kept_whole() -> None:
+    totals = _totals([record(feature="a,b:c")], "feature")
+    assert [r.group for r in usage_rows(Dimension.FEATURE, totals)] == ["a,b:c"]
 
 
 def test_a_tenant_key_reads_only_its_own_tenant() -> None:
@@ -138,9 +141,9 @@ def test_feedback_on_another_tenants_call_looks_like_an_unknown_call() -> None:
         feedback_target(Viewer("beta", False), "r1", attributed)
     with pytest.raises(NotFound):
         feedback_target(Viewer("acme", False), "r1", None)
-    count_fields = [c for c, _ in feedback_fields(attributed)]
-    assert field(Dimension.MODEL, "gpt-x", "feedback_count") in count_fields
-    assert not any(c.startswith("tier") for c in count_fields)
+    targets = feedback_targets(attributed)
+    assert ("model", "gpt-x") in targets and ("tenant", "") in targets
+    assert not any(d == "tier" for d, _ in targets)
 
 
 def test_paging_arguments_are_checked() -> None:
@@ -152,13 +155,11 @@ def test_paging_arguments_are_checked() -> None:
         check_page_token("abc")
 
 
-def _feedback_totals(day: str, value: str, count: int, mean: float) -> dict[tuple[str, str], dict[str, int]]:
-    return {
-        ("acme", day): {
-            field(Dimension.PROMPT, value, "feedback_count"): count,
-            field(Dimension.PROMPT, value, "feedback_score_milli"): round(mean * 1000 * count),
-        }
-    }
+def _feedback_totals(day: str, value: str, count: int, mean: float) -> dict[tuple[str, str], dict[str, list[int]]]:
+    measures = [0] * len(MEASURES)
+    measures[MEASURES.index("feedback_count")] = count
+    measures[MEASURES.index("feedback_score_milli")] = round(mean * 1000 * count)
+    return {("acme", day): {value: measures}}
 
 
 def test_drift_fires_when_recent_feedback_moves_beyond_the_threshold() -> None:
@@ -166,14 +167,14 @@ def test_drift_fires_when_recent_feedback_moves_beyond_the_threshold() -> None:
     days = ["2026-12-04", "2026-12-05", "2026-12-06"]
     before = _feedback_totals("2026-12-04", "triage@2", 10, 0.9)
     totals = {**before, **_feedback_totals("2026-12-06", "triage@2", 6, 0.5)}
-    [signal] = drift(rule, totals, days)
+    [signal] = drift(rule, {Dimension.PROMPT: totals}, days)
     assert (signal.dimension, signal.value) == (Dimension.PROMPT, "triage@2")
     assert signal.baseline == pytest.approx(0.9) and signal.recent == pytest.approx(0.5)
     # A small move, or too few scores, is no signal.
     steady = {**before, **_feedback_totals("2026-12-06", "triage@2", 6, 0.8)}
-    assert drift(rule, steady, days) == []
+    assert drift(rule, {Dimension.PROMPT: steady}, days) == []
     sparse = {**before, **_feedback_totals("2026-12-06", "triage@2", 2, 0.1)}
-    assert drift(rule, sparse, days) == []
+    assert drift(rule, {Dimension.PROMPT: sparse}, days) == []
 
 
 def test_raw_text_is_kept_only_for_tenants_that_allow_it() -> None:

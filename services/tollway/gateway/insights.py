@@ -3,11 +3,12 @@
 Plain Python over call records in their stream form (``CallRecord.stream_fields``), so the
 same rules serve the gateway's InsightsService, ``tollway usage`` and the benches.
 
-Totals are kept per tenant and UTC day (one Redis hash each) under fields
-``<dimension>\\x1f<value>\\x1f<measure>``: a query reads one hash per tenant and day, never the
-records. The dimensions are the tenant as a whole (``tenant``, value ""), ``feature``,
-``user``, ``model``, ``prompt`` (``template@version``), ``tier`` (the cache tier) and
-``namespace`` (the cache namespace); ``day`` is the hash itself.
+Totals are kept per tenant, UTC day and dimension (one Redis hash each): a field per value of
+the dimension, holding every measure of :data:`MEASURES` packed in one comma-separated string.
+A query grouped by model reads the model hashes of the days and tenants it covers, never the
+records nor the other dimensions. The dimensions are the tenant as a whole (``tenant``, value
+""), ``feature``, ``user``, ``model``, ``prompt`` (``template@version``), ``tier`` (the cache
+tier) and ``namespace`` (the cache namespace); ``day`` groups the tenant hashes by their day.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from tollway.gateway.store import GatewayStore
 from tollway.mesh.errors import InvalidArgument, NotFound, PermissionDenied
 
-SEP = "\x1f"
 # Cache tiers that answered without a provider call.
 _HIT_TIERS = frozenset({"exact", "semantic", "stale"})
 MAX_DAYS = 400
@@ -43,7 +43,7 @@ class Dimension(enum.StrEnum):
     NAMESPACE = "namespace"
 
 
-# The measures every dimension keeps, as stored (integers: Redis HINCRBY).
+# The measures every dimension value keeps, in their packed order (integers).
 MEASURES = (
     "requests",
     "input_tokens",
@@ -86,9 +86,10 @@ class Viewer:
     admin: bool
 
 
-def field(dimension: Dimension, value: str, measure: str) -> str:
-    """The hash field of one measure of one dimension value."""
-    return f"{dimension.value}{SEP}{value}{SEP}{measure}"
+_FEEDBACK_COUNT = MEASURES.index("feedback_count")
+_FEEDBACK_SCORE = MEASURES.index("feedback_score_milli")
+# Totals as kept: per (tenant, day) for one dimension, the measures of each value.
+Totals = Mapping[tuple[str, str], Mapping[str, Sequence[int]]]
 
 
 def day_of(timestamp: float) -> str:
@@ -113,37 +114,41 @@ def _values(record: Mapping[str, str]) -> dict[Dimension, str]:
     }
 
 
-def record_amounts(record: Mapping[str, str]) -> dict[str, int]:
-    """What one record adds to its tenant's totals of its day, by hash field."""
+def record_amounts(record: Mapping[str, str]) -> dict[Dimension, tuple[str, list[int]]]:
+    """What one record adds to its tenant's totals of its day: per dimension, its value and the
+    measures (in :data:`MEASURES` order)."""
     tier = record.get("cache_tier", "")
     status = record.get("status", "OK")
-    measures = {
-        "requests": 1,
-        "input_tokens": int(record.get("input_tokens", "0") or 0),
-        "output_tokens": int(record.get("output_tokens", "0") or 0),
-        "cached_tokens": int(record.get("cached_tokens", "0") or 0),
-        "cost_usd_micros": round(float(record.get("cost_usd", "0") or 0) * 1_000_000),
-        "latency_ms": int(record.get("latency_ms", "0") or 0),
-        "ttft_ms": int(record.get("ttft_ms", "0") or 0),
-        "errors": 0 if status in ("OK", "DEGRADED") else 1,
-        "cache_hits": 1 if tier in _HIT_TIERS else 0,
-    }
-    out: dict[str, int] = {}
-    for dimension, value in _values(record).items():
-        for measure, amount in measures.items():
-            if amount:
-                out[field(dimension, value, measure)] = amount
-    return out
+    measures = [
+        1,
+        int(record.get("input_tokens", "0") or 0),
+        int(record.get("output_tokens", "0") or 0),
+        int(record.get("cached_tokens", "0") or 0),
+        round(float(record.get("cost_usd", "0") or 0) * 1_000_000),
+        int(record.get("latency_ms", "0") or 0),
+        int(record.get("ttft_ms", "0") or 0),
+        0 if status in ("OK", "DEGRADED") else 1,
+        1 if tier in _HIT_TIERS else 0,
+        0,  # feedback comes later, by RecordFeedback
+        0,
+    ]
+    return {dimension: (value, measures) for dimension, value in _values(record).items()}
 
 
-def batch_amounts(records: Iterable[Mapping[str, str]]) -> dict[tuple[str, str], dict[str, int]]:
-    """The totals a batch of records adds, summed per (tenant, day) and field."""
-    out: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+def batch_amounts(records: Iterable[Mapping[str, str]]) -> dict[tuple[str, str, str], dict[str, list[int]]]:
+    """The totals a batch of records adds, summed per (tenant, day, dimension) and value."""
+    out: dict[tuple[str, str, str], dict[str, list[int]]] = defaultdict(dict)
     for record in records:
-        sums = out[(record["tenant"], day_of(float(record["timestamp"])))]
-        for name, amount in record_amounts(record).items():
-            sums[name] += amount
-    return {key: dict(sums) for key, sums in out.items()}
+        tenant, day = record["tenant"], day_of(float(record["timestamp"]))
+        for dimension, (value, measures) in record_amounts(record).items():
+            sums = out[(tenant, day, dimension.value)]
+            have = sums.get(value)
+            if have is None:
+                sums[value] = list(measures)  # every dimension of the record shares ``measures``
+            else:
+                for i, amount in enumerate(measures):
+                    have[i] += amount
+    return dict(out)
 
 
 def attribution(record: Mapping[str, str]) -> dict[str, str]:
@@ -157,10 +162,13 @@ def attribution(record: Mapping[str, str]) -> dict[str, str]:
     }
 
 
-def feedback_fields(attributed: Mapping[str, str]) -> list[tuple[str, str]]:
-    """(count field, score field) of each dimension value a call's feedback counts under."""
-    values = {d: "" if d is Dimension.TENANT else attributed.get(d.value, "") for d in _FEEDBACK_DIMENSIONS}
-    return [(field(d, v, "feedback_count"), field(d, v, "feedback_score_milli")) for d, v in values.items()]
+def feedback_targets(attributed: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(dimension, value) of each total a call's feedback counts under."""
+    return [(d.value, "" if d is Dimension.TENANT else attributed.get(d.value, "")) for d in _FEEDBACK_DIMENSIONS]
+
+
+FEEDBACK_POSITIONS = (_FEEDBACK_COUNT, _FEEDBACK_SCORE)
+"""Where the feedback count and score sum sit in the packed measures (0-based)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -210,8 +218,9 @@ class UsageRow:
         """The mean feedback score in [0, 1], or None without feedback."""
         return self.feedback_score_milli / 1000 / self.feedback_count if self.feedback_count else None
 
-    def add(self, measure: str, amount: int) -> None:
-        setattr(self, measure, getattr(self, measure) + amount)
+    def add(self, measures: Sequence[int]) -> None:
+        for name, amount in zip(MEASURES, measures, strict=False):
+            setattr(self, name, getattr(self, name) + amount)
 
 
 def parse_day(text: str, name: str) -> datetime.date:
@@ -279,28 +288,26 @@ def scope(viewer: Viewer, tenant: str) -> tuple[str, ...] | None:
     return (viewer.tenant,)
 
 
-def usage_rows(by: Dimension, totals: Mapping[tuple[str, str], Mapping[str, int]]) -> list[UsageRow]:
-    """Rows of ``totals`` (per (tenant, day), as kept) grouped by ``by``, most expensive first.
+def stored_dimension(by: Dimension) -> Dimension:
+    """The dimension whose totals a grouping reads (by day: the whole-tenant totals of each day)."""
+    return Dimension.TENANT if by is Dimension.DAY else by
+
+
+def usage_rows(by: Dimension, totals: Totals) -> list[UsageRow]:
+    """Rows of ``totals`` (the kept totals of ``stored_dimension(by)``, per (tenant, day)) grouped
+    by ``by``, most expensive first (by day: oldest first).
 
     ``tenant`` and ``day`` group the whole-tenant totals by tenant or by day; the others
     group the dimension's values across tenants and days.
     """
     rows: dict[str, UsageRow] = {}
-    for (tenant, day), fields in totals.items():
-        for name, amount in fields.items():
-            dimension, rest = name.split(SEP, 1)
-            value, measure = rest.rsplit(SEP, 1)
-            if measure not in MEASURES:
-                continue
-            if by in (Dimension.TENANT, Dimension.DAY):
-                if dimension != Dimension.TENANT.value:
-                    continue
-                group = tenant if by is Dimension.TENANT else day
-            elif dimension == by.value:
-                group = value
-            else:
-                continue
-            rows.setdefault(group, UsageRow(group)).add(measure, amount)
+    for (tenant, day), values in totals.items():
+        for value, measures in values.items():
+            group = tenant if by is Dimension.TENANT else day if by is Dimension.DAY else value
+            row = rows.get(group)
+            if row is None:
+                row = rows[group] = UsageRow(group)
+            row.add(measures)
     if by is Dimension.DAY:
         return sorted(rows.values(), key=lambda r: r.group)
     return sorted(rows.values(), key=lambda r: (-r.cost_usd_micros, -r.requests, r.group))
@@ -412,28 +419,24 @@ class DriftRule:
     min_count: int = 5
 
 
-def drift(
-    rule: DriftRule, totals: Mapping[tuple[str, str], Mapping[str, int]], days: Sequence[str]
-) -> list[DriftSignal]:
+def drift(rule: DriftRule, totals: Mapping[Dimension, Totals], days: Sequence[str]) -> list[DriftSignal]:
     """The drift signals per prompt version and per namespace, largest move first.
 
     Args:
-        totals: Per (tenant, day) totals covering ``days``.
+        totals: The kept totals of the prompt and namespace dimensions covering ``days``.
         days: The baseline days then the recent ones, oldest first (``baseline_days +
             recent_days`` of them).
     """
     recent_days = set(days[-rule.recent_days :])
     sums: dict[tuple[str, str, bool], list[int]] = defaultdict(lambda: [0, 0])
-    for (_, day), fields in totals.items():
-        for name, amount in fields.items():
-            dimension, rest = name.split(SEP, 1)
-            if dimension not in (Dimension.PROMPT.value, Dimension.NAMESPACE.value):
-                continue
-            value, measure = rest.rsplit(SEP, 1)
-            if not value or measure not in ("feedback_count", "feedback_score_milli"):
-                continue
-            slot = sums[(dimension, value, day in recent_days)]
-            slot[0 if measure == "feedback_count" else 1] += amount
+    for dimension, per_day in totals.items():
+        for (_, day), values in per_day.items():
+            for value, measures in values.items():
+                if not value or len(measures) <= _FEEDBACK_SCORE:
+                    continue
+                slot = sums[(dimension.value, value, day in recent_days)]
+                slot[0] += measures[_FEEDBACK_COUNT]
+                slot[1] += measures[_FEEDBACK_SCORE]
     out = []
     for dimension, value in sorted({(d, v) for d, v, _ in sums}):
         (base_n, base_s), (new_n, new_s) = sums[(dimension, value, False)], sums[(dimension, value, True)]
@@ -470,16 +473,15 @@ class Insights:
         """The viewer a key of ``tenant`` is."""
         return Viewer(tenant, tenant in self.admin_tenants)
 
-    async def _totals(
-        self, tenants: tuple[str, ...] | None, days: Sequence[str]
-    ) -> dict[tuple[str, str], dict[str, int]]:
+    async def _totals(self, tenants: tuple[str, ...] | None, days: Sequence[str], dimension: Dimension) -> Totals:
         every = tenants if tenants is not None else tuple(await self.store.usage_tenants())
-        return await self.store.usage_totals(every, days)
+        return await self.store.usage_totals(every, days, dimension.value)
 
     async def usage(self, viewer: Viewer, by: str, since: str, tenant: str) -> tuple[list[UsageRow], tuple[str, ...]]:
         """Usage rows and the days they cover (see :func:`usage_query` for the errors)."""
         query = usage_query(viewer, by, since, tenant)
-        return usage_rows(query.by, await self._totals(query.tenants, query.days)), query.days
+        totals = await self._totals(query.tenants, query.days, stored_dimension(query.by))
+        return usage_rows(query.by, totals), query.days
 
     async def calls(
         self, viewer: Viewer, tenant: str, requested_page_size: int, page_token: str
@@ -514,7 +516,8 @@ class Insights:
         score_milli = check_feedback(request_id, score, comment)
         target = feedback_target(viewer, request_id, await self.store.call_attribution(request_id))
         return await self.store.put_feedback(
-            request_id, target["tenant"], target["day"], score_milli, comment, feedback_fields(target)
+            request_id, target["tenant"], target["day"], score_milli, comment, feedback_targets(target),
+            FEEDBACK_POSITIONS, len(MEASURES),
         )
 
     async def drift(self, viewer: Viewer, tenant: str, *, today: datetime.date | None = None) -> list[DriftSignal]:
@@ -522,4 +525,6 @@ class Insights:
         today = today or datetime.datetime.now(datetime.UTC).date()
         span = self.rule.baseline_days + self.rule.recent_days
         days = [(today - datetime.timedelta(days=span - 1 - i)).isoformat() for i in range(span)]
-        return drift(self.rule, await self._totals(scope(viewer, tenant), days), days)
+        tenants = scope(viewer, tenant)
+        dimensions = (Dimension.PROMPT, Dimension.NAMESPACE)
+        return drift(self.rule, {d: await self._totals(tenants, days, d) for d in dimensions}, days)

@@ -5,7 +5,8 @@ Call insights (issue 17) keep, next to the global stream:
 - ``tollway:calls:tenant:<tenant>``: the tenant's own stream (what a tenant key lists);
 - ``tollway:call:<request_id>``: the call's attribution (tenant, day, dimensions), for feedback;
 - ``tollway:raw:<request_id>``: the raw prompt and answer, only where the tenant allows, with a TTL;
-- ``tollway:usage:<tenant>:<day>``: running totals per dimension value, bumped per batch;
+- ``tollway:usage:<tenant>:<day>:<dimension>``: running totals, a field per dimension value holding
+  its measures packed as comma-separated integers, bumped once per batch;
 - ``tollway:feedback:<request_id>``: the latest feedback on a call.
 """
 
@@ -29,22 +30,44 @@ USAGE = "tollway:usage:"
 USAGE_TENANTS = "tollway:usage:tenants"
 FEEDBACK = "tollway:feedback:"
 
-# Adds every (field, amount) pair of ARGV[2..] to the hash KEYS[1], then sets its TTL (ARGV[1]):
-# one command per hash per batch instead of one per field.
+# Adds packed measures ("1,20,5,...") to the fields of hash KEYS[1] element by element, then sets
+# its TTL (ARGV[1]); ARGV[2..] are (field, packed amounts) pairs. One packed field per dimension
+# value keeps a hash small (a query parses one string per value), and one script call per hash
+# per batch replaces a command per value and measure.
 _BUMP = """
-for i = 2, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 2, #ARGV, 2 do
+  local add = ARGV[i + 1]
+  local cur = redis.call('HGET', KEYS[1], ARGV[i])
+  if cur then
+    local have, out, j = {}, {}, 0
+    for x in string.gmatch(cur, '[^,]+') do have[#have + 1] = tonumber(x) end
+    for x in string.gmatch(add, '[^,]+') do j = j + 1; out[j] = string.format('%d', (have[j] or 0) + tonumber(x)) end
+    for m = j + 1, #have do out[m] = string.format('%d', have[m]) end
+    add = table.concat(out, ',')
+  end
+  redis.call('HSET', KEYS[1], ARGV[i], add)
+end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 """
 # Replaces a call's feedback and moves the totals of the call's day by the difference, atomically
-# (a repeated or changed score counts once). KEYS: feedback hash, usage hash. ARGV: score (milli),
-# comment, time, ttl_s, then the count field and the score field of each dimension value.
-# Returns 1 when an earlier score was replaced.
+# (a repeated or changed score counts once). KEYS: the feedback hash, then one usage hash per
+# dimension. ARGV: score (milli), comment, time, ttl_s, the 1-based positions of the feedback count
+# and score sum in the packed measures, the number of measures, then the field (dimension value)
+# in each usage hash. Returns 1 when an earlier score was replaced.
 _FEEDBACK = """
 local old = redis.call('HGET', KEYS[1], 'score_milli')
 local delta = tonumber(ARGV[1]) - (old and tonumber(old) or 0)
-for i = 5, #ARGV, 2 do
-  if not old then redis.call('HINCRBY', KEYS[2], ARGV[i], 1) end
-  redis.call('HINCRBY', KEYS[2], ARGV[i + 1], delta)
+local pc, ps, nm = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+for k = 2, #KEYS do
+  local cur = redis.call('HGET', KEYS[k], ARGV[6 + k])
+  local have = {}
+  if cur then for x in string.gmatch(cur, '[^,]+') do have[#have + 1] = tonumber(x) end end
+  for m = #have + 1, nm do have[m] = 0 end
+  if not old then have[pc] = have[pc] + 1 end
+  have[ps] = have[ps] + delta
+  local out = {}
+  for m = 1, #have do out[m] = string.format('%d', have[m]) end
+  redis.call('HSET', KEYS[k], ARGV[6 + k], table.concat(out, ','))
 end
 redis.call('HSET', KEYS[1], 'score_milli', ARGV[1], 'comment', ARGV[2], 'time', ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
@@ -94,7 +117,7 @@ class GatewayStore:
         self,
         records: Sequence[Mapping[str, str]],
         *,
-        usage: Mapping[tuple[str, str], Mapping[str, int]] | None = None,
+        usage: Mapping[tuple[str, str, str], Mapping[str, Sequence[int]]] | None = None,
         index: Mapping[str, Mapping[str, str]] | None = None,
         raw: Mapping[str, tuple[str, str, int]] | None = None,
     ) -> None:
@@ -102,7 +125,7 @@ class GatewayStore:
 
         Args:
             records: The records; each also goes to its tenant's stream when ``index`` is given.
-            usage: Amounts to add, per (tenant, day), per usage field.
+            usage: Measures to add, per (tenant, day, dimension), per dimension value.
             index: Each call's attribution, by request id (kept ``call_index_ttl_s``).
             raw: (prompt, answer, retention in seconds) by request id, for tenants that allow it.
         """
@@ -121,27 +144,32 @@ class GatewayStore:
                 pipe.hset(RAW_CALL + request_id, mapping={"prompt": prompt, "response": answer})
                 pipe.expire(RAW_CALL + request_id, ttl_s)
             if usage:
-                pipe.sadd(USAGE_TENANTS, *{tenant for tenant, _ in usage})
-            for (tenant, day), amounts in (usage or {}).items():
+                pipe.sadd(USAGE_TENANTS, *{tenant for tenant, _, _ in usage})
+            for (tenant, day, dimension), values in (usage or {}).items():
                 args: list[str | int] = [self.usage_ttl_s]
-                for name, amount in amounts.items():
-                    args += [name, amount]
-                await self._bump(keys=[f"{USAGE}{tenant}:{day}"], args=args, client=pipe)
+                for value, measures in values.items():
+                    args += [value, ",".join(map(str, measures))]
+                await self._bump(keys=[f"{USAGE}{tenant}:{day}:{dimension}"], args=args, client=pipe)
             await pipe.execute()
 
     async def usage_tenants(self) -> list[str]:
         """Every tenant with usage totals, sorted."""
         return sorted(t.decode() for t in await self.redis.smembers(USAGE_TENANTS))
 
-    async def usage_totals(self, tenants: Sequence[str], days: Sequence[str]) -> dict[tuple[str, str], dict[str, int]]:
-        """The usage totals of each (tenant, day) that has any, in one round trip."""
+    async def usage_totals(
+        self, tenants: Sequence[str], days: Sequence[str], dimension: str
+    ) -> dict[tuple[str, str], dict[str, list[int]]]:
+        """One dimension's totals of each (tenant, day) that has any, in one round trip: the
+        measures of each value, unpacked."""
         pairs = [(t, d) for t in tenants for d in days]
         async with self.redis.pipeline(transaction=False) as pipe:
             for tenant, day in pairs:
-                pipe.hgetall(f"{USAGE}{tenant}:{day}")
+                pipe.hgetall(f"{USAGE}{tenant}:{day}:{dimension}")
             rows = await pipe.execute()
         return {
-            pair: {k.decode(): int(v) for k, v in row.items()} for pair, row in zip(pairs, rows, strict=True) if row
+            pair: {k.decode(): [int(x) for x in v.split(b",")] for k, v in row.items()}
+            for pair, row in zip(pairs, rows, strict=True)
+            if row
         }
 
     async def calls_page(self, tenant: str | None, before: str, count: int) -> list[tuple[str, dict[str, str]]]:
@@ -179,18 +207,27 @@ class GatewayStore:
         return {k.decode(): v.decode() for k, v in row.items()} or None
 
     async def put_feedback(
-        self, request_id: str, tenant: str, day: str, score_milli: int, comment: str, fields: Sequence[tuple[str, str]]
+        self,
+        request_id: str,
+        tenant: str,
+        day: str,
+        score_milli: int,
+        comment: str,
+        targets: Sequence[tuple[str, str]],
+        positions: tuple[int, int],
+        measure_count: int,
     ) -> bool:
         """Stores a call's feedback and moves its day's totals; True when it replaced earlier feedback.
 
         Args:
-            fields: (count field, score field) of each dimension value the call counts under.
+            targets: (dimension, value) of each total the call counts under.
+            positions: Where the feedback count and score sum sit in the packed measures (0-based).
+            measure_count: How many measures a packed field holds.
         """
+        keys = [FEEDBACK + request_id, *(f"{USAGE}{tenant}:{day}:{dimension}" for dimension, _ in targets)]
         args: list[str | int] = [score_milli, comment, str(int(time.time())), self.call_index_ttl_s]
-        for count_field, score_field in fields:
-            args += [count_field, score_field]
-        replaced = await self._feedback(keys=[FEEDBACK + request_id, f"{USAGE}{tenant}:{day}"], args=args)
-        return bool(replaced)
+        args += [positions[0] + 1, positions[1] + 1, measure_count, *(value for _, value in targets)]
+        return bool(await self._feedback(keys=keys, args=args))
 
     async def feedback(self, request_id: str) -> dict[str, str] | None:
         """The latest feedback on a call, or None."""
