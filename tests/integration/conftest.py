@@ -34,7 +34,7 @@ if LAYOUT not in ("colocated", "split"):
     raise pytest.UsageError(f"TOLLWAY_TEST_LAYOUT has value {LAYOUT!r}; use colocated or split")
 FAKE_MODELS = ("fake-ok", "fake-words-20", "fake-gap-50", "fake-cut-mid-stream", "fake-500", "fake-429", "fake-400")
 FAKE_MODELS += ("fake-gap-60-words-12",)  # issue 17: a slow stream that ends (the console's browser tests)
-FAKE_MODELS += ("fake-long", "fake-cached")  # issue 16: stop reasons and cache reads on every API surface
+FAKE_MODELS += ("fake-long", "fake-cached", "fake-slow-5000")  # issue 16: stop reasons and cache reads on every API surface
 
 
 @pytest.fixture(scope="session")
@@ -176,6 +176,8 @@ def stack(run_dir: Path, catalog: Path, namespaces: Path, budget_plans: Path) ->
             "TOLLWAY_BUDGET_PLANS": str(budget_plans),
             # Co-located calls share messages: every call checks that neither side mutates them.
             "TOLLWAY_INPROCESS_CHECKS": "1",
+            # The test catalog has no last-resort model: embeddings are budgeted as smollm2 (issue 16).
+            "TOLLWAY_GATEWAY_EMBEDDING_BUDGET_MODEL": "smollm2",
         },
         startup_timeout_s=60,
         layout=LAYOUT,  # type: ignore[arg-type]  # checked above

@@ -52,7 +52,9 @@ def build(cfg: GatewayConfig, mesh: MeshConfig) -> ServiceSpec:
     gateway.calls = CallLog(store, raw=RawPolicy.parse(cfg.raw_log_tenants, cfg.raw_log_retention_s))
     insights = Insights(store, (t.strip() for t in cfg.admin_tenants.split(",") if t.strip()))
 
-    embedder = Embedder(gateway.calls, gateway.catalog, gateway.limits, None)
+    embedder = Embedder(
+        gateway.calls, gateway.catalog, gateway.limits, None, budget_model=cfg.embedding_budget_model
+    )
 
     def add(server: grpc.aio.Server) -> None:
         insights_pb2_grpc.add_InsightsServiceServicer_to_server(InsightsServicer(gateway.keys, insights), server)

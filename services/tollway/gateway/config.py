@@ -22,6 +22,9 @@ class GatewayConfig:
     cache_addr: Where CacheService listens; empty runs without a response cache.
     embedding_addr: Where EmbeddingService listens; empty turns the semantic tier off.
     embedding_model: The embedding model for cache vectors; empty means the service's default.
+    embedding_budget_model: The catalog model the Embed RPC reserves and prices embeddings as,
+        when the catalog does not list the embedding model itself; empty means the catalog's
+        ``routing.last_resort`` (the self-hosted model), and with neither nothing is reserved.
     cache_timeout_s: Deadline of one cache call; past it the request goes on without the cache.
     budget_addr: Where BudgetService listens; empty runs without budgets (nothing is reserved).
     budget_timeout_s: Deadline of one budget call (the channel retries UNAVAILABLE within it).
@@ -56,6 +59,7 @@ class GatewayConfig:
     cache_addr: str = ""
     embedding_addr: str = ""
     embedding_model: str = ""
+    embedding_budget_model: str = ""
     cache_timeout_s: float = 0.5
     budget_addr: str = ""
     budget_timeout_s: float = 2.0

@@ -7,9 +7,10 @@ after, prices the call and writes its call record.
 
 Budget and price: the budget service prices models of the catalog, which lists chat models
 only. An embedding model that the catalog names is reserved and priced as itself; any other
-(the self-hosted MiniLM) is reserved and priced as the catalog's self-hosted last-resort
-model (``routing.last_resort``, the local compute's price), so request and token quotas
-apply to embeddings exactly as to chat. With neither, nothing is reserved and the cost is 0.
+(the self-hosted MiniLM) is reserved and priced as ``TOLLWAY_GATEWAY_EMBEDDING_BUDGET_MODEL``,
+else as the catalog's self-hosted last-resort model (``routing.last_resort``, the local
+compute's price), so request and token quotas apply to embeddings exactly as to chat. With
+none of them, nothing is reserved and the cost is 0.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from tollway.common.tokens import count_tokens
 from tollway.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 from tollway.gateway import metrics
 from tollway.gateway.auth import Tenant
+from tollway.gateway.budget_client import BudgetHold
 from tollway.gateway.budgeting import Admission, Budgeting, Settlement
 from tollway.gateway.calllog import CallLog
 from tollway.gateway.callrecord import CallRecord
@@ -57,13 +59,15 @@ class EmbedCall:
 @dataclasses.dataclass(frozen=True)
 class EmbedResult:
     """The vectors and what they cost; ``reply`` is the embedding service's answer, kept as
-    it came so the vectors are not copied on their way out."""
+    it came so the vectors are not copied on their way out; ``hold`` is the reservation the
+    call ran on (for the remaining-budget headers), None without one."""
 
     request_id: str
     model: str
     reply: embedding_pb2.EmbedResponse
     usage: Usage
     cost_usd_micros: int
+    hold: BudgetHold | None = None
 
 
 def check(call: EmbedCall, limits: Limits) -> None:
@@ -135,11 +139,21 @@ class Embedder:
         limits: The gateway's request limits.
         budget: The gateway's budgeting, or None without a budget service.
         timeout_s: Deadline of each embedding service call.
+        budget_model: The catalog model embeddings are budgeted and priced as when the catalog
+            does not list the embedding model ("": the catalog's ``routing.last_resort``).
     """
 
     def __init__(
-        self, calls: CallLog, catalog: Catalog, limits: Limits, budget: Budgeting | None, timeout_s: float = 10.0
+        self,
+        calls: CallLog,
+        catalog: Catalog,
+        limits: Limits,
+        budget: Budgeting | None,
+        timeout_s: float = 10.0,
+        *,
+        budget_model: str = "",
     ) -> None:
+        self.budget_model = budget_model
         self.calls = calls
         self.catalog = catalog
         self.limits = limits
@@ -158,7 +172,7 @@ class Embedder:
         """The catalog model an embedding model is budgeted and priced as ("" for none)."""
         if self.catalog.resolve(model) is not None:
             return model
-        return self.catalog.routing.last_resort
+        return self.budget_model or self.catalog.routing.last_resort
 
     async def embed(self, call: EmbedCall, tenant: Tenant, timeout_s: float | None = None) -> EmbedResult:
         """Checks, reserves, embeds, settles and records one request.
@@ -213,7 +227,8 @@ class Embedder:
             outcome = Settlement(usage)
             cost = self._price(priced_as, usage)
             record.input_tokens, record.cost_usd = tokens, cost / 1e6
-            return EmbedResult(request_id, reply.model, reply, usage, cost)
+            hold = admission.hold if admission is not None else None
+            return EmbedResult(request_id, reply.model, reply, usage, cost, hold)
         except TollwayError as exc:
             record.status = exc.reason
             raise

@@ -327,6 +327,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 raise
             await _refuse(exc, context)
             raise
+        if result.hold is not None:
+            # The remaining-budget headers (x-ratelimit-*), as a chat answer sends them.
+            await context.send_initial_metadata(tuple(rate_limit_headers(result.hold).items()))
         reply = result.reply
         out = gateway_pb2.EmbedResponse(
             request_id=result.request_id,
