@@ -7,7 +7,8 @@ object in this process against a private redis-server, one at a time.
 The plan is bench/budget.py's load plan (six quotas nobody reaches) and every request names a
 key, a feature and a conversation, so every counter applies. Prints wall and CPU microseconds
 per reserve+commit (CPU: this process only, i.e. the budget's Python and the Redis client; the
-Redis server's work is not in it), and the arguments each script call sends to Redis.
+Redis server's work is not in it), the arguments each script call sends to Redis, and the
+time Redis spends per script call (``INFO commandstats``, reserve and commit averaged).
 Run it with another checkout's ``services`` on PYTHONPATH to compare that code on the same
 machine (alternate the two, as the numbers drift with the machine's load).
 """
@@ -21,9 +22,11 @@ import statistics
 import sys
 import tempfile
 import time
+import timeit
 from pathlib import Path
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import Connection
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -46,10 +49,12 @@ async def run(url: str, plans: Path, n: int) -> None:
     budget = Budget(BudgetStore(client), PlansSource(cfg.plans), CatalogSource(cfg.catalog), cfg)
     await budget.start()
     sent: list[int] = []
+    last: dict[int, tuple[object, ...]] = {}
     original = client.execute_command
 
     async def counting(*args: object, **kwargs: object) -> object:
         if args and args[0] in ("EVALSHA", "EVAL"):
+            last[len(sent) % 2] = args
             sent.append(len(args))
         return await original(*args, **kwargs)
 
@@ -73,6 +78,7 @@ async def run(url: str, plans: Path, n: int) -> None:
     for i in range(200):
         await one(i)
     sent.clear()
+    await client.config_resetstat()
     wall: list[float] = []
     cpu0, t0 = time.process_time(), time.perf_counter()
     for i in range(n):
@@ -82,12 +88,19 @@ async def run(url: str, plans: Path, n: int) -> None:
     cpu = time.process_time() - cpu0
     total = time.perf_counter() - t0
     reserve_args, commit_args = sent[0::2], sent[1::2]
+    evalsha = (await client.info("commandstats")).get("cmdstat_evalsha", {})
+    # Encoding one reserve's command for the wire (redis-py's pack_command), best of 5 x 2000:
+    # the Python cost that depends on how many arguments the script takes.
+    conn = Connection()
+    pack_us = min(timeit.repeat(lambda: conn.pack_command(*last[0]), number=2000, repeat=5)) / 2000 * 1e6
     print(
         f"{Path(budget_store.__file__).parents[2]}: {n} reserve+commit, "
         f"wall p50 {statistics.median(wall) * 1e6:.0f} us, mean {total / n * 1e6:.0f} us; "
         f"CPU {cpu / n * 1e6:.0f} us per reserve+commit; "
         f"Redis arguments per reserve {statistics.mean(reserve_args):.0f}, "
         f"per commit {statistics.mean(commit_args):.0f}; "
+        f"Redis time per script call {float(evalsha.get('usec_per_call', 0)):.1f} us; "
+        f"packing one reserve {pack_us:.1f} us; "
         f"load {os.getloadavg()[0]:.2f}"
     )
     await budget.stop()
