@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from tollway.common import delegation
 from tollway.gateway.store import GatewayStore
 from tollway.gateway.validation import check_metadata
+from tollway.mesh import tracing
 from tollway.mesh.errors import InvalidArgument, Unauthenticated
 
 KEY_PREFIX = "tw-"
@@ -137,6 +138,10 @@ class KeyRing:
             InvalidArgument: A header the gateway reads is not printable ASCII.
             Unauthenticated: No bearer token, or one that is not a live key.
         """
+        with tracing.stage("gateway", "auth"):
+            return await self._authenticate(metadata)
+
+    async def _authenticate(self, metadata: Sequence[tuple[str, str | bytes]]) -> Tenant:
         check_metadata(metadata)
         token = bearer_token(metadata)
         if token is None:
