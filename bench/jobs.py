@@ -13,10 +13,11 @@ Printed:
 2. latency: ``--pairs`` interleaved pairs of one job (SubmitJob, then GetJob every 5 ms until done)
    and one direct GatewayService.Complete of the same request; p50/p95 of each. The job's figure
    includes up to 5 ms of polling and the worker's wait for the stream (it blocks for new entries);
-3. recovery: a slow job (about 1 s of streaming) is SIGKILLed with its worker ``--kills`` times; per
-   kill, the time to the restarted process serving, to the job started again (reclaimed: its
-   `start_time` after the kill) and to the job done. TOLLWAY_JOBS_CLAIM_IDLE_MS is ``--claim-idle-ms``
-   (a reclaim waits for that much silence; the default in production is 30 s).
+3. recovery: a slow job (the provider answers after 1 s) is SIGKILLed with its worker ``--kills``
+   times; per kill, the time to the restarted process serving (polled), to the job started again
+   (reclaimed: its recorded `start_time`) and to the job done (its `end_time`).
+   TOLLWAY_JOBS_CLAIM_IDLE_MS is ``--claim-idle-ms`` (a reclaim waits for that much silence; the
+   default in production is 30 s).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from tollway.gateway.v1 import gateway_pb2, gateway_pb2_grpc  # noqa: E402
 from tollway.jobs.v1 import jobs_pb2, jobs_pb2_grpc  # noqa: E402
 from tollway.launcher.stack import Stack  # noqa: E402
 
-SLOW = "fake-gap-20-words-50"  # about 1 s of streaming
+SLOW = "fake-ttft-1000-words-20"  # the provider waits 1 s before answering
 MODELS = ("fake-ok", SLOW)
 
 
@@ -135,17 +136,17 @@ async def recovery(stack: Stack, key: str) -> tuple[float, float, float]:
         killed_wall = time.time()
         t0 = time.perf_counter()
         os.kill(dead, signal.SIGKILL)
-        ready = restarted = 0.0
+        ready = 0.0
         while True:
             now = time.perf_counter() - t0
             if not ready and child.process.pid != dead and serving(child):
                 ready = now
             j = await get()
-            if j is not None and not restarted and j.metadata.start_time.ToMilliseconds() > killed_wall * 1000:
-                restarted = now
             if j is not None and j.done:
                 assert j.metadata.state == jobs_pb2.JOB_STATE_SUCCEEDED, j.error
-                return ready, restarted or now, now
+                assert j.metadata.attempt_count >= 2, "the job ended before the kill reached it"
+                restarted = j.metadata.start_time.ToMilliseconds() / 1000 - killed_wall
+                return ready or now, restarted, j.metadata.end_time.ToMilliseconds() / 1000 - killed_wall
             await asyncio.sleep(0.01)
 
 

@@ -418,3 +418,26 @@ def test_openai_batches_by_base_url(jobs_stack: Stack, tenant_key: tuple[str, st
         client.batches.retrieve("batch_0000000000000000000000")
     with pytest.raises(openai.BadRequestError):
         client.batches.cancel(batch.id)  # finished: nothing left to cancel
+
+
+def test_the_cli_lists_shows_and_cancels(
+    jobs_stack: Stack, tenant_key: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tollway.cli import main
+
+    _, key = tenant_key
+    with grpc.insecure_channel(jobs_stack.address("jobs")) as ch:
+        stub = jobs_pb2_grpc.JobsServiceStub(ch)
+        slow = jobs_pb2.SubmitJobRequest(request=generate(SLOW_MODEL))
+        name = stub.SubmitJob(slow, metadata=auth(key)).job.name
+    base = ["jobs", "--target", jobs_stack.address("jobs"), "--key", key]
+    assert main([*base, "list", "--limit", "1000"]) == 0
+    assert name in capsys.readouterr().out
+    assert main([*base, "show", name.removeprefix("jobs/")]) == 0
+    assert json.loads(capsys.readouterr().out)["name"] == name
+    assert main([*base, "cancel", name]) == 0
+    assert "cancelled" in capsys.readouterr().out
+    assert main([*base, "list", "--state", "cancelled"]) == 0
+    assert name in capsys.readouterr().out
+    assert main([*base, "show", "jobs/0000000000000000000000"]) == 2
+    assert "does not exist" in capsys.readouterr().err

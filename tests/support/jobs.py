@@ -8,7 +8,7 @@ from pathlib import Path
 
 import redis
 
-from tests.support.polling import eventually
+from tests.support.polling import eventually, eventually_sync
 from tollway.gateway.v1 import gateway_pb2
 from tollway.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from tollway.launcher.processes import Child, free_ports
@@ -103,7 +103,12 @@ def assert_charged_once(redis_url: str, tenant: str, name: str) -> None:
     """Never two commits for one job. Exactly one, unless its first run was released (killed before
     the provider took it): then the budget hands the repeated request id its released reservation,
     and the run that answers is not charged at all (a budget behaviour, reported in issue 19's notes)."""
-    entries = ledger(redis_url, tenant, name)
+    # The gateway settles off the response path: wait for the settlement before judging it.
+    entries = eventually_sync(
+        lambda: (e := ledger(redis_url, tenant, name)) and any(x["op"] in ("commit", "release") for x in e) and e,
+        timeout_s=10,
+        what=f"a settlement of {name} in the ledger",
+    )
     ops = [e["op"] for e in entries]
     assert ops.count("commit") <= 1, entries
     if "release" not in ops:
