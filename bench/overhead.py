@@ -20,6 +20,12 @@ Starts everything it measures on free loopback ports and stops it at the end:
   measured as "before" in the same run, so a change's cost is read off one table.
 Targets and metrics are interleaved and rotated per repeat so drift hits all alike. Prints a
 markdown table of absolute figures and of overhead over the direct upstream.
+
+The API surfaces of issue 16 are targets of the same run: `tollway-anthropic` (`/v1/messages`) and
+`tollway-responses` (`/v1/responses`) beside `tollway` (native `/v1/complete`, `/v1/generate`) and
+`tollway-openai`; then (unless `--no-embeddings`) the embeddings call: sequential p50/p99 of the
+native `/v1/embed` and OpenAI's `/v1/embeddings`, and `/v1/embeddings` throughput at 1, 16 and 64
+callers (one short text, so after the first call it is an embedding-cache hit: the path, not ONNX).
 """
 
 from __future__ import annotations
@@ -97,7 +103,8 @@ def bench_stack(run: Path, upstream_port: int, layout: str = "colocated") -> Sta
             catalog=catalog,
             with_model=False,
             services=services,
-            env={"TOLLWAY_LOG_LEVEL": "WARNING", **env},
+            # Embeddings are budgeted as the one model (the bench catalog has no last-resort model).
+            env={"TOLLWAY_LOG_LEVEL": "WARNING", "TOLLWAY_GATEWAY_EMBEDDING_BUDGET_MODEL": MODEL, **env},
             layout=layout,  # type: ignore[arg-type]
         )
     )
@@ -246,6 +253,9 @@ def tollway_endpoints(label: str, host: str, port: int, key: str, *, exact_hits:
             ),
         },
     }
+    if label == "tollway":
+        # The other API surfaces of the same process (issue 16).
+        out |= surface_endpoints(label, host, port, key)
     if exact_hits:
         # The same request again and again: after the first, every one is a tier-1 hit.
         out[f"{label}-exact-hit"] = {
@@ -262,6 +272,74 @@ def tollway_endpoints(label: str, host: str, port: int, key: str, *, exact_hits:
             ),
         }
     return out
+
+
+def surface_endpoints(label: str, host: str, port: int, key: str) -> dict[str, dict]:
+    """Anthropic Messages and OpenAI Responses through the same stack, the same answer as CHAT."""
+    anthropic_auth = (("x-api-key", key), ("anthropic-version", "2023-06-01"), ("x-tollway-cache-mode", "bypass"))
+    openai_auth = (("authorization", f"Bearer {key}"), ("x-tollway-cache-mode", "bypass"))
+    messages = {"model": MODEL, "messages": CHAT["messages"], "max_tokens": CHAT["max_tokens"]}
+    responses = {"model": MODEL, "input": CHAT["messages"][0]["content"], "max_output_tokens": CHAT["max_tokens"]}
+    out: dict[str, dict] = {}
+    for name, path, body, auth, done in (
+        ("anthropic", "/v1/messages", messages, anthropic_auth, b"message_stop"),
+        ("responses", "/v1/responses", responses, openai_auth, b"response.completed"),
+    ):
+        target = f"{label}-{name}"
+        out[target] = {
+            "json": Endpoint(target, host, port, path, body, auth, ok_marker=b"w19"),
+            "stream": Endpoint(
+                target, host, port, path, {**body, "stream": True}, auth, first_text_marker=b"w0 ", ok_marker=done
+            ),
+        }
+    return out
+
+
+EMBED_MODEL = "minilm-l6-v2-int8"
+EMBED_TEXT = "What does Tollway add to an embeddings call?"
+
+
+async def measure_embeddings(host: str, port: int, key: str, args: argparse.Namespace) -> str:
+    """The embeddings call through the stack: native `/v1/embed` and OpenAI `/v1/embeddings`
+    (sequential p50/p99, alternated per repeat), then `/v1/embeddings` throughput at 1, 16, 64 callers."""
+    auth = (("authorization", f"Bearer {key}"),)
+    native = Endpoint(
+        "embed-native",
+        host,
+        port,
+        "/v1/embed",
+        {"model": EMBED_MODEL, "inputs": [EMBED_TEXT]},
+        auth,
+        ok_marker=b'"dimensions"',
+    )
+    body = {"model": EMBED_MODEL, "input": EMBED_TEXT, "encoding_format": "float"}
+    compat = Endpoint("embed-openai", host, port, "/v1/embeddings", body, auth, ok_marker=b'"embedding"')
+    seq: dict[str, dict[str, list[float]]] = {"embed-native": {}, "embed-openai": {}}
+    for repeat in range(args.repeats):
+        for target in (native, compat) if repeat % 2 == 0 else (compat, native):
+            r = await sequential(target, args.n, args.warmup)
+            for metric in ("p50_ms", "p99_ms"):
+                seq[target.name].setdefault(metric, []).append(r[metric])
+    rps: dict[int, list[float]] = {}
+    for conc in (1, 16, 64):
+        for _ in range(args.repeats):
+            r = await closed_loop(compat, conc, args.duration, args.max_requests)
+            rps.setdefault(conc, []).append(r["rps"])
+            if r["errors"]:
+                print(f"embeddings c{conc}: {r['errors']} errors", file=sys.stderr)
+    rng = lambda v: f"{min(v):.2f}" if len(v) == 1 else f"{min(v):.2f}-{max(v):.2f}"  # noqa: E731
+    lines = [
+        "| embeddings (sequential) | embed-native `/v1/embed` | embed-openai `/v1/embeddings` | added |",
+        "|---|---|---|---|",
+    ]
+    for metric in ("p50_ms", "p99_ms"):
+        added = [a - b for a, b in zip(seq["embed-openai"][metric], seq["embed-native"][metric], strict=True)]
+        lines.append(
+            f"| {metric} | {rng(seq['embed-native'][metric])} | {rng(seq['embed-openai'][metric])} | {rng(added)} |"
+        )
+    lines += ["", "| `/v1/embeddings` callers | requests/s |", "|---|---|"]
+    lines += [f"| {conc} | {rng(v)} |" for conc, v in rps.items()]
+    return "\n".join(lines)
 
 
 def endpoints(
@@ -407,6 +485,7 @@ def main() -> None:
     )
     parser.add_argument("--no-exact-hits", action="store_true", help="skip the tier-1 hit targets")
     parser.add_argument("--no-portkey", action="store_true")
+    parser.add_argument("--no-embeddings", action="store_true", help="skip the embeddings call (issue 16)")
     parser.add_argument(
         "--layouts",
         default="colocated,split",
@@ -448,6 +527,10 @@ def main() -> None:
         load_before = os.getloadavg()
         started = time.time()
         results = uvloop.run(measure(targets, args))
+        embeddings = None
+        if not args.no_embeddings:
+            edge = stacks[first].mesh.edge.listen
+            embeddings = uvloop.run(measure_embeddings(edge.host, edge.port, keys[first], args))
         load_after = os.getloadavg()
         print(
             f"\nmachine: {os.cpu_count()} cores; run took {time.time() - started:.0f}s; "
@@ -456,6 +539,9 @@ def main() -> None:
             f"{' '.join(f'{x:.2f}' for x in load_after)} at the end\n"
         )
         print(table(results))
+        if embeddings is not None:
+            print("\nThe embeddings call (same stack, after the table's run):\n")
+            print(embeddings)
         print("\nResident memory after the run (MiB, every process of each system; Tollway's without Redis):\n")
         print("| system | processes | RSS MiB |\n|---|---|---|")
         for layout, stack in stacks.items():
