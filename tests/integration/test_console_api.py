@@ -150,3 +150,28 @@ def test_envoy_serves_the_console_under_ui(stack: Stack) -> None:
         assert "Chart.js v4" in chart.text[:200]
         moved = client.get("/ui")
         assert moved.status_code == 301 and moved.headers["location"].endswith("/ui/")
+
+
+def test_the_overview_shows_budgets_breakers_prompts_and_admin_only_cache_quality(stack: Stack) -> None:
+    a, b = f"ov-a-{uuid.uuid4().hex[:6]}", f"ov-b-{uuid.uuid4().hex[:6]}"
+    with http(stack, key_for(stack, a)) as ca, http(stack, key_for(stack, b)) as cb, http(
+        stack, key_for(stack, "admin")
+    ) as admin:
+        complete(ca)
+        complete(cb)
+        eventually_sync(lambda: usage(ca, "TENANT") and usage(cb, "TENANT"), what="both tenants recorded")
+
+        mine = ca.get("/v1/overview").json()
+        assert mine["unavailable"] == []
+        assert mine["budgets"] and {x["tenant_id"] for x in mine["budgets"]} == {a}
+        requests = next(x for x in mine["budgets"] if x["unit"] == "QUOTA_UNIT_REQUESTS")
+        used, limit = int(requests["used"]), int(requests["limit"])
+        assert used >= 1 and int(requests["remaining"]) == limit - used
+        assert any(x["name"].startswith("fakeai/") for x in mine["breakers"])
+        assert mine["namespaces"] == []  # the cache's counts span tenants: admins only
+        assert ca.get("/v1/overview", params={"tenant_id": b}).status_code == 403
+
+        everyone = admin.get("/v1/overview").json()
+        assert {a, b} <= {x["tenant_id"] for x in everyone["budgets"]}
+        assert "default" in {n["namespace"] for n in everyone["namespaces"]}
+        assert everyone["unavailable"] == []

@@ -520,6 +520,19 @@ class Insights:
             FEEDBACK_POSITIONS, len(MEASURES),
         )
 
+    async def overview_scope(self, viewer: Viewer, tenant: str) -> tuple[tuple[str, ...], bool]:
+        """Whose budgets the overview shows (an admin asking for all: every tenant with recorded
+        calls), and whether it shows the cache's per-namespace counts (admins only: they span
+        tenants).
+
+        Raises:
+            PermissionDenied: A tenant key named another tenant.
+        """
+        tenants = scope(viewer, tenant)
+        if tenants is None:
+            tenants = tuple(await self.store.usage_tenants())
+        return tenants, viewer.admin
+
     async def drift(self, viewer: Viewer, tenant: str, *, today: datetime.date | None = None) -> list[DriftSignal]:
         """Drift signals of the viewer's tenants (see :class:`DriftRule`)."""
         today = today or datetime.datetime.now(datetime.UTC).date()

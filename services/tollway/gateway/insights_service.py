@@ -6,6 +6,7 @@ import grpc
 
 from tollway.gateway.auth import KeyRing
 from tollway.gateway.insights import Dimension, Insights, UsageRow, Viewer
+from tollway.gateway.insights_peers import OverviewPeers
 from tollway.gateway.v1 import insights_pb2, insights_pb2_grpc
 from tollway.mesh.errors import rpc_errors
 
@@ -41,9 +42,10 @@ def usage_row_to_proto(row: UsageRow) -> insights_pb2.UsageRow:
 
 
 class InsightsServicer(insights_pb2_grpc.InsightsServiceServicer):
-    def __init__(self, keys: KeyRing, insights: Insights) -> None:
+    def __init__(self, keys: KeyRing, insights: Insights, peers: OverviewPeers | None = None) -> None:
         self.keys = keys
         self.insights = insights
+        self.peers = peers or OverviewPeers()
 
     async def _viewer(self, context: grpc.aio.ServicerContext) -> Viewer:
         tenant = await self.keys.authenticate(context.invocation_metadata() or ())
@@ -99,3 +101,11 @@ class InsightsServicer(insights_pb2_grpc.InsightsServiceServicer):
                 for s in signals
             ]
         )
+
+    @rpc_errors(DOMAIN)
+    async def GetOverview(
+        self, request: insights_pb2.GetOverviewRequest, context: grpc.aio.ServicerContext
+    ) -> insights_pb2.GetOverviewResponse:
+        viewer = await self._viewer(context)
+        tenants, with_cache = await self.insights.overview_scope(viewer, request.tenant_id)
+        return await self.peers.overview(tenants, with_cache)

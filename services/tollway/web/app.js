@@ -287,7 +287,7 @@ async function refreshDashboard(event) {
       options: { scales: { score: { position: "right", min: 0, max: 1 } } },
     });
     fillCompare([["model", model.rows], ["prompt", prompts]]);
-    await Promise.all([loadDrift(), loadCalls(true)]);
+    await Promise.all([loadDrift(), loadCalls(true), loadOverview()]);
     $("dash-state").textContent = `updated ${new Date().toLocaleTimeString()}`;
   } catch (err) {
     $("dash-state").textContent = "";
@@ -311,6 +311,43 @@ function fillCompare(kinds) {
       ]);
     }
   }
+}
+
+const shortEnum = (v, prefix) => (v || "").replace(prefix, "").toLowerCase();
+
+async function loadOverview() {
+  const q = $("tenant-filter").value.trim() ? `?tenant_id=${encodeURIComponent($("tenant-filter").value.trim())}` : "";
+  const o = await getJSON(`/v1/overview${q}`);
+  const fill = (id, rows) => {
+    const body = document.querySelector(`#${id} tbody`);
+    body.replaceChildren();
+    for (const r of rows) cells(body.insertRow(), r);
+  };
+  const amount = (b, v) => (b.unit === "QUOTA_UNIT_USD_NANOS" ? usd(Number(v) / 1000) : String(v));
+  fill("budgets", o.budgets.map((b) => [
+    b.tenant_id, b.plan, shortEnum(b.window, "WINDOW_"), shortEnum(b.unit, "QUOTA_UNIT_"),
+    amount(b, b.limit), amount(b, b.used), amount(b, b.remaining),
+  ]));
+  draw("chart-budget", {
+    type: "bar",
+    data: {
+      labels: o.budgets.map((b) => `${b.tenant_id} ${shortEnum(b.window, "WINDOW_")} ${shortEnum(b.unit, "QUOTA_UNIT_")}`),
+      datasets: [{ label: "% used", data: o.budgets.map((b) => (Number(b.limit) ? (100 * Number(b.used)) / Number(b.limit) : 0)) }],
+    },
+    options: { indexAxis: "y", scales: { x: { min: 0, max: 100 } } },
+  });
+  fill("breakers", o.breakers.map((b) => [b.name, shortEnum(b.state, "BREAKER_STATE_"), b.consecutive_failures, b.last_error]));
+  fill("prompts", o.prompts.map((p) => [
+    p.template, p.latest_version, Object.entries(p.labels).map(([l, v]) => `${l} → v${v}`).join(", "),
+  ]));
+  fill("namespaces", o.namespaces.map((n) => {
+    const hits = Number(n.exact_hit_count) + Number(n.semantic_hit_count);
+    const all = hits + Number(n.miss_count);
+    return [n.namespace, n.exact_hit_count, n.semantic_hit_count, n.miss_count,
+      all ? `${((100 * hits) / all).toFixed(1)} %` : "–", n.quality_sample_count,
+      Number(n.quality_sample_count) ? `${n.agreement_token_f1.toFixed(2)} / ${n.agreement_cosine.toFixed(2)}` : "–"];
+  }));
+  $("overview-state").textContent = o.unavailable.length ? `not answering: ${o.unavailable.join(", ")}` : "";
 }
 
 async function loadDrift() {
