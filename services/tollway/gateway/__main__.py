@@ -15,6 +15,7 @@ from tollway.gateway.cache_client import CacheClient
 from tollway.gateway.calllog import CallLog, RawPolicy
 from tollway.gateway.config import GatewayConfig
 from tollway.gateway.insights import Insights
+from tollway.gateway.insights_peers import OverviewPeers
 from tollway.gateway.insights_service import InsightsServicer
 from tollway.gateway.embed import Embedder
 from tollway.gateway.lifecycle import Gateway
@@ -51,18 +52,24 @@ def build(cfg: GatewayConfig, mesh: MeshConfig) -> ServiceSpec:
     )
     gateway.calls = CallLog(store, raw=RawPolicy.parse(cfg.raw_log_tenants, cfg.raw_log_retention_s))
     insights = Insights(store, (t.strip() for t in cfg.admin_tenants.split(",") if t.strip()))
+    peers = OverviewPeers()
 
     embedder = Embedder(
         gateway.calls, gateway.catalog, gateway.limits, None, budget_model=cfg.embedding_budget_model
     )
 
     def add(server: grpc.aio.Server) -> None:
-        insights_pb2_grpc.add_InsightsServiceServicer_to_server(InsightsServicer(gateway.keys, insights), server)
+        insights_pb2_grpc.add_InsightsServiceServicer_to_server(InsightsServicer(gateway.keys, insights, peers), server)
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(GatewayServicer(gateway, embedder), server)
 
     async def start() -> None:
         await wait_ready(redis)
         provider = tracer_provider("gateway", mesh) if tracing_enabled(mesh) else None
+        # The console's overview reads budgets, breakers, prompt labels and cache stats on channels of its own.
+        channels.extend(peers.connect(
+            router=cfg.router_addr, cache=cfg.cache_addr, budget=cfg.budget_addr, prompts=cfg.prompts_addr,
+            tracer_provider=provider,
+        ))
         channel = clients.channel(cfg.router_addr, tracer_provider=provider)
         channels.append(channel)
         gateway.router = RouterClient(channel)
