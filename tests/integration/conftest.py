@@ -34,7 +34,6 @@ if LAYOUT not in ("colocated", "split"):
     raise pytest.UsageError(f"TOLLWAY_TEST_LAYOUT has value {LAYOUT!r}; use colocated or split")
 FAKE_MODELS = ("fake-ok", "fake-words-20", "fake-gap-50", "fake-cut-mid-stream", "fake-500", "fake-429", "fake-400")
 FAKE_MODELS += ("fake-gap-40-words-40",)  # issue 17: a slow stream that ends (the console's browser tests)
-FAKE_MODELS += ("fake-gap-60-words-12",)  # issue 17: a slow stream that ends (the console's browser tests)
 FAKE_MODELS += ("fake-long", "fake-cached", "fake-slow-5000")  # issue 16: stop reasons and cache reads on every API surface
 
 
@@ -136,8 +135,6 @@ def catalog(run_dir: Path, fake_openai: str, killable_openai: tuple[subprocess.P
         "  unreachable: {provider: deadai}",
         "  falls-back: {provider: deadai, upstream_model: x, fallbacks: [fake-ok]}",
         "  fake-killable: {provider: killable}",
-        # Priced (the fakes are free): usage and cost attribution must agree with the budget ledger.
-        "  fake-priced: {provider: fakeai, upstream_model: fake-words-20, price_per_1m_tokens: {input: 2, output: 8}}",
         # Priced (the fakes are free): usage and cost attribution must agree with the budget ledger.
         "  fake-priced: {provider: fakeai, upstream_model: fake-words-20, price_per_1m_tokens: {input: 2, output: 8}}",
         "  smollm2: {provider: local, upstream_model: smollm2, capabilities: [json]}",
