@@ -21,9 +21,9 @@ structure and the event stream together, so a replica following the stream never
 an entry the sets do not know, or the reverse. Entries carry no Redis TTL: the sweeper
 (:meth:`CacheStore.expired_ids` + :meth:`CacheStore.delete`) removes them with their
 secondary entries and a delete event, which a TTL could not do. The scripts build key
-names from the prefix, so the prefix is a Redis Cluster hash tag (``{tw:cache}``): every key of
+names from the prefix, so on Redis Cluster the prefix is a hash tag (``{tw:cache}``): every key of
 the cache is in one slot, on one master, and each script is sent there (its KEYS[1] is the event
-stream). On a single Redis the braces change nothing but the names.
+stream).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from tollway.cache.index import IndexRecord
 from tollway.cache.keys import context_tag
 from tollway.cache.scope import Scope
 from tollway.cache.stats import Counters, Stat
+from tollway.mesh.redis import hash_tagged
 
 _DELETE_FN = """
 local p = ARGV[1]
@@ -274,8 +275,8 @@ class CacheStore:
                 falls further behind than this rebuilds its index from the entries.
         """
         self.redis = client
-        # One hash slot for the whole cache: the scripts touch keys they name from the prefix.
-        self.prefix = prefix if prefix.startswith("{") and prefix.endswith("}") else "{" + prefix + "}"
+        # On Redis Cluster one hash slot for the whole cache: the scripts name keys from the prefix.
+        self.prefix = hash_tagged(client, prefix)
         self.events_maxlen = events_maxlen
         self._put = client.register_script(_PUT)
         self._delete = client.register_script(_DELETE)

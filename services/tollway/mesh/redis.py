@@ -104,6 +104,18 @@ def _cluster(url: str, command_timeout_s: float, connect_timeout_s: float) -> Re
     )
 
 
+def hash_tagged(client: aioredis.Redis, prefix: str) -> str:
+    """``prefix`` as a Redis Cluster hash tag (``{tw:cache}``) when ``client`` is a cluster client.
+
+    For a store whose Lua scripts name keys from its prefix: every key then sits in one slot, on
+    one master. On a single Redis the prefix stays as it is, so the keys of an existing
+    deployment keep their names.
+    """
+    if isinstance(client, RedisCluster) and not (prefix.startswith("{") and prefix.endswith("}")):
+        return "{" + prefix + "}"
+    return prefix
+
+
 def is_outage(exc: BaseException) -> bool:
     """Whether ``exc`` says Redis is unreachable or stalled (not that a command was wrong)."""
     return isinstance(exc, OUTAGE_ERRORS)

@@ -43,6 +43,7 @@ import numpy as np
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
+from tollway.mesh.redis import hash_tagged
 from tollway.retrieval.types import (
     Chunk,
     Chunking,
@@ -361,7 +362,8 @@ class RetrievalStore:
         operation_ttl_s: int = 86400,
     ) -> None:
         self.redis = client
-        self.prefix = prefix
+        # On Redis Cluster one hash slot for all of it: the scripts name keys from the prefix.
+        self.prefix = prefix = hash_tagged(client, prefix)
         self.events_maxlen = events_maxlen
         self.operation_ttl_s = operation_ttl_s
         self.events_key = f"{prefix}:events"
@@ -399,7 +401,8 @@ class RetrievalStore:
             "desc", col.description,
             "created", str(col.created_ms),
         ]  # fmt: skip
-        done = await self._create_col(args=[self.prefix, self.events_maxlen, col.collection_id, *fields])
+        done = await self._create_col(
+            keys=[self.events_key], args=[self.prefix, self.events_maxlen, col.collection_id, *fields])
         return bool(done)
 
     async def get_collection(self, collection_id: str, *, counts: bool = True) -> StoredCollection | None:
@@ -449,7 +452,7 @@ class RetrievalStore:
             return None
         uid = _s(stored)
         doc_ids = [_s(x) for x in await self.redis.zrange(f"{self.prefix}:u:{uid}:docs", 0, -1)]
-        gone = await self._delete_col(args=[self.prefix, self.events_maxlen, collection_id])
+        gone = await self._delete_col(keys=[self.events_key], args=[self.prefix, self.events_maxlen, collection_id])
         if not gone:
             return None
         base = f"{self.prefix}:u:{uid}:"
@@ -489,6 +492,7 @@ class RetrievalStore:
             queued: its existing operation) or ``queued`` (a new event).
         """
         outcome, op = await self._upsert(
+            keys=[self.events_key],
             args=[
                 self.prefix, collection_id, document_id, title, text,
                 json.dumps(metadata, sort_keys=True, ensure_ascii=False), source_version, digest, now_ms,
@@ -531,7 +535,8 @@ class RetrievalStore:
 
     async def delete_document(self, collection_id: str, document_id: str) -> tuple[str, int]:
         """Deletes a document and its chunks. Returns (``nocol``|``nodoc``|``deleted``, chunks removed)."""
-        outcome, removed = await self._delete_doc(args=[self.prefix, self.events_maxlen, collection_id, document_id])
+        outcome, removed = await self._delete_doc(
+            keys=[self.events_key], args=[self.prefix, self.events_maxlen, collection_id, document_id])
         return _s(outcome), int(removed)
 
     async def commit(
@@ -561,7 +566,7 @@ class RetrievalStore:
             meta = json.dumps(c.metadata, sort_keys=True, ensure_ascii=False)
             args += [c.chunk_id, c.text, c.title, c.parent_text, meta]
             args += [_vector_bytes(vectors[m][i]) for m in models]
-        outcome, had = await self._commit(args=args)
+        outcome, had = await self._commit(keys=[self.events_key], args=args)
         return _s(outcome), bool(int(had))
 
     async def chunks(self, uid: str, chunk_ids: Sequence[str], dim: int, model: str) -> list[Chunk]:
@@ -739,6 +744,7 @@ class RetrievalStore:
         """Acknowledges this delivery and schedules try ``event.attempt + 1`` at ``due_ms``."""
         attempt = event.attempt + 1
         await self._retry(
+            keys=[self.events_key],
             args=[
                 self.prefix, GROUP, event.stream_id, due_ms, event.payload(attempt), event.operation_id,
                 event.attempt, now_ms, error[:500],
@@ -748,6 +754,7 @@ class RetrievalStore:
     async def dead_letter(self, event: IngestEvent, now_ms: int, code: int, reason: str, message: str) -> None:
         """Parks an event in the dead-letter stream and fails its operation and document."""
         await self._dead(
+            keys=[self.events_key],
             args=[
                 self.prefix, GROUP, event.stream_id, event.operation_id, event.attempt, now_ms, code, reason,
                 message[:500], self.events_maxlen, event.collection_id, event.uid, event.document_id,
@@ -757,7 +764,7 @@ class RetrievalStore:
 
     async def move_due(self, now_ms: int) -> int:
         """Puts delayed events whose time has come back on the ingest stream. Returns how many."""
-        return int(await self._move_due(args=[self.prefix, now_ms, self.events_maxlen]))
+        return int(await self._move_due(keys=[self.events_key], args=[self.prefix, now_ms, self.events_maxlen]))
 
     async def dead_letters(self, count: int = 100) -> list[dict[str, str]]:
         """The most recent dead letters, oldest first."""
