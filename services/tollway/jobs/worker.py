@@ -10,7 +10,9 @@ A job's life on the queue:
    itself), so a long generation is never taken over while its worker lives, and looks for a cancel.
 4. The answer or a final error ends the job (the finish script: once, whoever calls it first), then
    the entry is acknowledged and deleted. A retryable error (UNAVAILABLE, RESOURCE_EXHAUSTED, ...)
-   leaves the entry pending: it is tried again once it has been idle ``claim_idle_ms``.
+   leaves the entry pending: it is tried again once it has been idle ``claim_idle_ms``; the worker
+   then waits before its next job, longer after each such failure, so an outage of the gateway does
+   not spend the attempts of the whole queue.
 
 The job name is the gateway request id, so the budget reserves and charges a job once however many
 times it runs (a repeated reserve finds the first reservation).
@@ -94,13 +96,22 @@ class Workers:
         self._tasks = []
 
     async def _loop(self, consumer: str) -> None:
+        # Consecutive retryable failures of this worker. While the gateway (or what it needs) is
+        # down, taking job after job would only move the whole queue into the pending list and
+        # spend every job's attempts: the worker waits longer after each failure instead (up to
+        # claim_idle_ms), and goes back to full speed with the first success.
+        failures = 0
         while not self._stop.is_set():
             try:
                 entries = await self.store.reclaim(consumer, self.s.claim_idle_ms)
                 if not entries:
                     entries = await self.store.read_new(consumer, self.s.poll_ms)
                 for entry_id, job_id in entries:
-                    await self._handle(consumer, entry_id, job_id)
+                    if await self._handle(consumer, entry_id, job_id):
+                        failures += 1
+                        await asyncio.sleep(min(self.s.claim_idle_ms, self.s.poll_ms * 2 ** min(failures, 10)) / 1000)
+                    else:
+                        failures = 0
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis down, or a bug: log, wait, go on
@@ -110,10 +121,11 @@ class Workers:
                     log.exception("jobs worker %s failed; retrying", consumer)
                 await asyncio.sleep(self.s.poll_ms / 1000)
 
-    async def _handle(self, consumer: str, entry_id: str, job_id: str) -> None:
+    async def _handle(self, consumer: str, entry_id: str, job_id: str) -> bool:
+        """Runs one entry's job; True when it failed in a way worth another attempt (left pending)."""
         if not job_id:
             await self.store.ack(entry_id)
-            return
+            return False
         outcome = await self.store.start(job_id, self.clock(), self.s.max_attempts)
         if outcome != "run":
             if outcome == "exhausted":
@@ -129,11 +141,11 @@ class Workers:
                     ),
                 )
             await self.store.ack(entry_id)
-            return
+            return False
         job = await self.store.get(job_id)
         if job is None:
             await self.store.ack(entry_id)
-            return
+            return False
         call = asyncio.create_task(self.run(job))
         cancelled = await self._watch(consumer, entry_id, job_id, call)
         try:
@@ -142,19 +154,20 @@ class Workers:
             if not cancelled:
                 raise  # this worker is stopping: the entry stays pending for another
             await self.store.ack(entry_id)
-            return
+            return False
         except RunFailure as f:
             if f.retryable:
                 log.info("job %s: retryable failure %s (%s); it will be reclaimed", job_id, f.code, f.reason)
-                return
+                return True
             await self.store.finish(
                 job_id, State.FAILED, self.clock(), self.s.retention_ms, error=JobError(f.code, f.message, f.reason)
             )
             await self.store.ack(entry_id)
-            return
+            return False
         await self.store.finish(job_id, State.SUCCEEDED, self.clock(), self.s.retention_ms, response=response)
         await self.store.ack(entry_id)
         self.completed += 1
+        return False
 
     async def _watch(self, consumer: str, entry_id: str, job_id: str, call: asyncio.Task[bytes]) -> bool:
         """Renews the claim until the call ends; cancels the call if the job is cancelled.
