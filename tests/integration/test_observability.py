@@ -275,3 +275,44 @@ def test_the_launcher_lists_prometheus_as_a_supervised_child(observed: Stack) ->
     assert child.alive()
     assert observed.supervisor is not None
     assert "prometheus" in {c["name"] for c in observed.supervisor.status()["children"]}
+
+
+def test_retrieval_carries_the_trace_on_to_embedding(observed: Stack, receiver: tuple[Receiver, int]) -> None:
+    import grpc
+
+    from tollway.retrieval.v1 import retrieval_pb2 as pb
+    from tollway.retrieval.v1 import retrieval_pb2_grpc
+
+    kept = receiver[0]
+    trace_id, caller_span = bytes.fromhex("7a1c00ffee0000000000000000000017"), bytes.fromhex("1111222233334444")
+    with grpc.insecure_channel(observed.address("retrieval")) as channel:
+        stub = retrieval_pb2_grpc.RetrievalServiceStub(channel)
+        stub.CreateCollection(pb.CreateCollectionRequest(collection_id="traced-kb"), timeout=30)
+        # A search embeds its query first (the collection is empty: nothing is found, the embed is made).
+        stub.Search(
+            pb.SearchRequest(collection="collections/traced-kb", query="where do the traces go"),
+            metadata=(("traceparent", f"00-{trace_id.hex()}-{caller_span.hex()}-01"),),
+            timeout=30,
+        )
+    embed = "/tollway.embedding.v1.EmbeddingService/Embed"
+
+    def embedding_servers() -> list[trace_pb2.Span]:
+        return [s for svc, s in kept.trace(trace_id) if svc == "tollway-embedding" and s.name == embed]
+
+    def processes_done() -> set[str]:
+        return {svc for svc, s in kept.trace(trace_id) if s.kind == _SERVER}
+
+    # Each process sends its spans in its own batches: wait for both.
+    eventually_sync(
+        lambda: processes_done() >= {"tollway-retrieval", "tollway-embedding"},
+        timeout_s=30,
+        what="both processes' spans",
+    )
+    assert len(embedding_servers()) == 1
+    spans = kept.trace(trace_id)
+    by_id = {s.span_id: (svc, s) for svc, s in spans}
+    search = _only(spans, "tollway-retrieval", "/tollway.retrieval.v1.RetrievalService/Search", _SERVER)
+    assert search.parent_span_id == caller_span
+    client_svc, client = by_id[embedding_servers()[0].parent_span_id]
+    assert (client_svc, client.kind, client.name) == ("tollway-retrieval", _CLIENT, embed)
+    assert client.parent_span_id == search.span_id

@@ -100,3 +100,19 @@ def test_the_sampler_keeps_the_configured_share_of_new_traces(monkeypatch: pytes
         assert 250 < kept < 550  # 10 % of 4000 is 400; the bounds are ~7 standard deviations apart
     finally:
         tracing.disable()
+
+
+def test_clients_made_later_find_the_process_provider(monkeypatch: pytest.MonkeyPatch) -> None:
+    from opentelemetry import trace
+
+    from tollway.mesh import telemetry
+    from tollway.mesh.config import MeshConfig, load_config
+
+    monkeypatch.setattr(telemetry, "_provider", None)
+    assert telemetry.current_provider() is None  # tracing off: channels get no interceptors
+    monkeypatch.setattr(trace, "set_tracer_provider", lambda provider: None)
+    provider = telemetry.tracer_provider("svc", load_config(MeshConfig, env={"TOLLWAY_OTEL_EXPORTER": "none"}))
+    try:
+        assert telemetry.current_provider() is provider
+    finally:
+        tracing.disable()

@@ -91,6 +91,15 @@ def tracing_enabled(cfg: MeshConfig) -> bool:
     return cfg.otel_exporter != "none"
 
 
+def current_provider() -> TracerProvider | None:
+    """The provider :func:`tracer_provider` made in this process, or None while tracing is off.
+
+    For clients made after the server started (lazily, on first use): given to
+    ``tollway.mesh.clients.channel``, their calls carry the trace on.
+    """
+    return _provider
+
+
 def tracer_provider(service: str, cfg: MeshConfig) -> TracerProvider:
     """The process's tracer provider (made on first call, then reused); stages become spans.
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from tollway.cache.v1 import cache_pb2, cache_pb2_grpc
 from tollway.embedding.v1 import embedding_pb2, embedding_pb2_grpc
-from tollway.mesh import clients, propagation
+from tollway.mesh import clients, propagation, telemetry
 from tollway.mesh.errors import Unavailable, from_rpc_error
 
 # EmbeddingService accepts at most this many texts per call (its default limit).
@@ -33,7 +33,11 @@ class EmbeddingClient:
     @property
     def stub(self) -> embedding_pb2_grpc.EmbeddingServiceStub:
         if self._stub is None:
-            self._channel = clients.channel(self.target, idempotent_services=["tollway.embedding.v1.EmbeddingService"])
+            self._channel = clients.channel(
+                self.target,
+                idempotent_services=["tollway.embedding.v1.EmbeddingService"],
+                tracer_provider=telemetry.current_provider(),
+            )
             self._stub = embedding_pb2_grpc.EmbeddingServiceStub(self._channel)
         return self._stub
 
@@ -94,7 +98,7 @@ class CacheInvalidator:
     @property
     def stub(self) -> cache_pb2_grpc.CacheServiceStub:
         if self._stub is None:
-            self._channel = clients.channel(self.target)
+            self._channel = clients.channel(self.target, tracer_provider=telemetry.current_provider())
             self._stub = cache_pb2_grpc.CacheServiceStub(self._channel)
         return self._stub
 
