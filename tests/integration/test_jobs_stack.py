@@ -441,3 +441,21 @@ def test_the_cli_lists_shows_and_cancels(
     assert name in capsys.readouterr().out
     assert main([*base, "show", "jobs/0000000000000000000000"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+async def test_a_revoked_key_stops_its_queued_jobs(jobs_stack: Stack) -> None:
+    """The gateway checks the key an on-behalf-of token names on every run, not only its signature."""
+    from tollway.cli import _with_store
+    from tollway.gateway.auth import KeyRing
+
+    tenant = "jobs-revoked-" + os.urandom(2).hex()
+    key = (await _create_key(jobs_stack.redis_url, tenant))[0]
+    token = delegation.mint(SECRET.encode(), tenant, key[:9], delegation.key_sha256(key), "test")
+    async with grpc.aio.insecure_channel(jobs_stack.address("gateway")) as ch:
+        stub = gateway_pb2_grpc.GatewayServiceStub(ch)
+        assert (await stub.GetCaller(gateway_pb2.GetCallerRequest(), metadata=auth(token))).tenant == tenant
+        await _with_store(jobs_stack.redis_url, lambda store: KeyRing(store).revoke(key))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.GetCaller(gateway_pb2.GetCallerRequest(), metadata=auth(token))
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "revoked" in (err.value.details() or "")

@@ -134,6 +134,7 @@ def test_priority_is_the_first_set_else_batch() -> None:
 def test_generate_and_complete_requests_share_every_field() -> None:
     """A job stores a GenerateRequest and runs it as a CompleteRequest by its wire form: a field
     added to one and not the other would be dropped silently. This fails first."""
+
     def shape(message: type) -> dict[str, tuple[object, ...]]:
         return {
             f.name: (f.number, f.type, f.is_repeated, f.message_type and f.message_type.full_name)
