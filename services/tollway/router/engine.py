@@ -307,10 +307,12 @@ class Router:
             fresh = [d for d in order if d.key not in refused and d.key not in tried]
             if fresh:
                 cursor = order.index(fresh[0])  # another deployment: no reason to wait
+                metrics.RETRIES.labels(model.name, error.kind.value, "another_deployment").inc()
                 continue
             wait = run.policy.delay(attempts, error.retry_after_s, run.remaining(), self._rng)
             if wait is None:
                 break
+            metrics.RETRIES.labels(model.name, error.kind.value, "backoff").inc()
             await self._sleep(wait)
         why = self._why_left(run, model)
         run.path.append(f"{model.name} ({why})")

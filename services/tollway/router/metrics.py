@@ -33,6 +33,12 @@ ATTEMPTS = Counter(
     "Provider calls, by provider, model and outcome (ok, or the error kind).",
     ["provider", "model", "outcome"],
 )
+RETRIES = Counter(
+    "tollway_router_retries_total",
+    "Calls made again for the same model after a retryable failure, by model, the failure's kind and how "
+    "(another_deployment at once, or backoff on the same ones).",
+    ["model", "kind", "how"],
+)
 FALLBACKS = Counter(
     "tollway_router_fallbacks_total",
     "Requests that left a model for the next one in its chain, by the model left and why.",
