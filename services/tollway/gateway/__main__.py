@@ -14,6 +14,8 @@ from tollway.gateway.budgeting import Budgeting
 from tollway.gateway.cache_client import CacheClient
 from tollway.gateway.calllog import CallLog, RawPolicy
 from tollway.gateway.config import GatewayConfig
+from tollway.gateway.guard.policy import GuardPolicySource
+from tollway.gateway.guarding import Guards
 from tollway.gateway.insights import Insights
 from tollway.gateway.insights_peers import OverviewPeers
 from tollway.gateway.insights_service import InsightsServicer
@@ -51,6 +53,9 @@ def build(cfg: GatewayConfig, mesh: MeshConfig) -> ServiceSpec:
         load_catalog(cfg.catalog),
     )
     gateway.calls = CallLog(store, raw=RawPolicy.parse(cfg.raw_log_tenants, cfg.raw_log_retention_s))
+    if cfg.guard_policy:
+        # Read now: a malformed policy file stops the gateway at start, naming the key.
+        gateway.guards = Guards(GuardPolicySource(cfg.guard_policy), summariser=gateway.summarise)
     insights = Insights(store, (t.strip() for t in cfg.admin_tenants.split(",") if t.strip()))
     peers = OverviewPeers()
 
@@ -123,6 +128,14 @@ def build(cfg: GatewayConfig, mesh: MeshConfig) -> ServiceSpec:
             )
             channels.append(retrieval_channel)
             gateway.retrieval = RetrievalClient(retrieval_channel, timeout_s=cfg.retrieval_timeout_s)
+        if gateway.guards is not None:
+            guards = gateway.guards
+
+            async def reload_guards() -> None:
+                guards.reload()
+
+            background.every(cfg.guard_reload_interval_s, reload_guards, name="guard policy reload")
+            background.start()
         if cfg.embedding_addr:
             # The Embed RPC's own channel: its calls carry many texts, the cache's one each.
             embedder_channel = clients.channel(

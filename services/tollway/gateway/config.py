@@ -39,6 +39,10 @@ class GatewayConfig:
     retrieval_addr: Where RetrievalService listens; empty runs without grounding (a request
         with ``retrieval`` is then refused with FAILED_PRECONDITION).
     retrieval_timeout_s: Deadline of one Search (the channel retries UNAVAILABLE within it).
+    guard_policy: The guard policy file (``deploy/guard.yaml``); empty runs without guards. A
+        malformed file stops the gateway at start, naming the key; a bad edit later keeps the
+        policies in force.
+    guard_reload_interval_s: Seconds between checks for a changed guard policy file (0: never).
     admin_tenants: Comma-separated tenants whose keys see every tenant's usage and calls
         (InsightsService, the console); every other key sees only its own tenant.
     raw_log_tenants: Comma-separated tenants whose raw prompts and answers are kept apart
@@ -69,6 +73,8 @@ class GatewayConfig:
     prompts_timeout_s: float = 2.0
     retrieval_addr: str = ""
     retrieval_timeout_s: float = 2.0
+    guard_policy: str = "deploy/guard.yaml"
+    guard_reload_interval_s: float = 5.0
     admin_tenants: str = "admin"
     raw_log_tenants: str = ""
     raw_log_retention_s: int = 7 * 86400

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import json
 import logging
 import re
 import time
@@ -18,7 +19,16 @@ from typing import Any
 
 from tollway.common.caching import CacheMode, CacheTier
 from tollway.common.catalog import Catalog
-from tollway.common.chat import ChatRequest, FinishReason, TextDelta, ToolCall, Usage, merge_deltas
+from tollway.common.chat import (
+    ChatMessage,
+    ChatRequest,
+    FinishReason,
+    ResponseFormat,
+    TextDelta,
+    ToolCall,
+    Usage,
+    merge_deltas,
+)
 from tollway.common.route import RouteCompleted, RouteStarted, StreamFailed
 from tollway.gateway import metrics
 from tollway.gateway.auth import KeyRing
@@ -28,6 +38,11 @@ from tollway.gateway.cache_client import CacheClient, CacheHit, CacheRequest, ca
 from tollway.gateway.calllog import CallLog
 from tollway.gateway.callrecord import CallRecord
 from tollway.gateway.grounding import ground, query_of
+from tollway.gateway.guard import metrics as guard_metrics
+from tollway.gateway.guard.decisions import GuardRejected, GuardTooLarge
+from tollway.gateway.guard.output import OutputGuard
+from tollway.gateway.guard.structured import StructuredOutputInvalid, compile_format, generate_structured
+from tollway.gateway.guarding import GuardRun, Guards, structured_instruction
 from tollway.gateway.prompts_client import PromptsClient, ResolvedPrompt
 from tollway.gateway.request import GatewayRequest
 from tollway.gateway.retrieval_client import Citation, Context, RetrievalClient, assemble_context
@@ -117,6 +132,16 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+def _released(call: _Call, guard: OutputGuard | None, guarded: str) -> TextDelta | None:
+    """Notes text the output guard released (kept guarded for the cache and the record) and
+    returns the delta for the client, placeholders mapped back; None when nothing was released."""
+    if not guarded:
+        return None
+    call.first_text()
+    call.parts.append(guarded)
+    return TextDelta(guard.restore(guarded) if guard is not None else guarded)
+
+
 def replay_pieces(text: str) -> list[str]:
     """Splits a cached answer into stream pieces that join back to exactly ``text``."""
     return _REPLAY_PIECE.findall(text) or [text]
@@ -143,6 +168,8 @@ class _Call:
     failed: bool = False
     # The sources of a grounded answer (empty without retrieval).
     citations: tuple[Citation, ...] = ()
+    # The guards' state (None when this gateway runs without guards).
+    guard: GuardRun | None = None
     # The span of the router's stream (tollway.mesh.tracing), ended with the record.
     stream_span: tracing.Span | None = None
 
@@ -170,10 +197,12 @@ class Gateway:
         budget: Budgeting | None = None,
         prompts: PromptsClient | None = None,
         retrieval: RetrievalClient | None = None,
+        guards: Guards | None = None,
     ) -> None:
         self.catalog = catalog
         self.prompts = prompts
         self.retrieval = retrieval
+        self.guards = guards
         self.keys = keys
         self.router = router
         self.budget = budget
@@ -221,12 +250,19 @@ class Gateway:
         start = time.perf_counter()
         if request.prompt_ref is not None:
             request = await self._with_prompt(request)
+        guard: GuardRun | None = None
+        if self.guards is not None:
+            # Before retrieval, the cache and the budget: a refusal spends nothing, and the key
+            # and prompt_hash are taken over the guarded (redacted) turns.
+            guard = self._guard_input(request, start)
+            request = dataclasses.replace(request, chat=guard.chat)
         vector: list[float] | None = None
         context: Context | None = None
         if request.retrieval is not None:
             request, context, vector = await self._ground(request)
         chat = request.chat
         call = _Call(chat, start, self._record(request), request.prompt)
+        call.guard = guard
         if context is not None:
             call.citations = tuple(context.citations)
             assert request.retrieval is not None
@@ -250,10 +286,20 @@ class Gateway:
                 return
             tier = CacheTier.MISS if cache_req else CacheTier.NOT_CONSULTED
             call.record.cache_tier = tier
+            entry = self.catalog.resolve(chat.model)
+            if self.guards is not None and guard is not None and entry is not None:
+                # Before the estimate: the budget reserves what is sent. The cache keeps the
+                # untrimmed request's key.
+                call.chat = await self.guards.fit(guard, call.chat, entry.context_window)
+                request = dataclasses.replace(request, chat=call.chat)
+            if guard is not None and call.chat.response_format.wants_json and not call.chat.tools:
+                async for event in self._structured(call, request, timeout_s, tier):
+                    yield event
+                return
             if self.budget is not None:
                 call.admission = await self.budget.admit(request)
-                if call.admission.max_tokens != chat.max_tokens:
-                    call.chat = dataclasses.replace(chat, max_tokens=call.admission.max_tokens)
+                if call.admission.max_tokens != call.chat.max_tokens:
+                    call.chat = dataclasses.replace(call.chat, max_tokens=call.admission.max_tokens)
             try:
                 async for event in self._from_router(call, timeout_s, tier, stream):
                     yield event
@@ -300,6 +346,171 @@ class Gateway:
             # Also reached when the consumer stops iterating (GeneratorExit): the client went away.
             self._settle(call)
             self._finish_record(call)
+
+    def _guard_input(self, request: GatewayRequest, start: float) -> GuardRun:
+        """The input guard's verdict on ``request``; a refusal is recorded, counted and raised.
+
+        Raises:
+            GuardTooLarge, GuardRejected: As the input guard raised them (nothing was spent).
+        """
+        assert self.guards is not None
+        try:
+            return self.guards.check_input(request.chat, request.chat.tenant, request.api_key_id)
+        except (GuardRejected, GuardTooLarge) as exc:
+            guard_metrics.observe_decisions(exc.decisions)
+            record = self._record(request)  # prompt_hash is a digest; the turns themselves are not kept
+            record.note_request(
+                request.api_key_id, request.chat.temperature, request.chat.max_tokens, self.catalog.version
+            )
+            record.status, record.error_message = exc.reason, exc.message
+            record.guard_decisions = tuple(d.text() for d in exc.decisions)
+            record.latency_ms = int((time.perf_counter() - start) * 1000)
+            metrics.observe_request(record)
+            self.calls.add(record)
+            raise
+
+    async def _structured(
+        self, call: _Call, request: GatewayRequest, timeout_s: float | None, tier: CacheTier
+    ) -> AsyncIterator[GatewayEvent]:
+        """A JSON answer: the attempt loop of :func:`generate_structured`, then the JSON in one delta.
+
+        The model is asked to enforce the format when its catalog entry has the "json"
+        capability (llama.cpp compiles the schema into a grammar; hosted providers use
+        their structured outputs); otherwise the schema goes in as a system turn. Either way
+        the answer is parsed leniently and validated, and a failure is fed back for at most
+        two more calls. Each call reserves and settles its own budget, so retries are charged.
+        Nothing is streamed before the answer is valid: a retry replaces the answer, and text
+        already sent cannot be taken back.
+
+        Raises:
+            StructuredOutputInvalid: INTERNAL ``STRUCTURED_OUTPUT_INVALID`` after the last attempt.
+            TollwayError: A budget refusal or the router's failure, as they came.
+        """
+        assert self.router is not None and call.guard is not None
+        timeout = min(timeout_s, self.request_timeout_s) if timeout_s else self.request_timeout_s
+        chat = call.chat
+        compiled = compile_format(chat.response_format)
+        assert compiled is not None
+        entry = self.catalog.resolve(chat.model)
+        enforced = entry is not None and "json" in entry.capabilities
+        if not enforced:
+            schema = chat.response_format.schema
+            turn = structured_instruction(json.dumps(schema) if schema is not None else None)
+            chat = dataclasses.replace(chat, response_format=ResponseFormat(), messages=(turn, *chat.messages))
+        first: list[RouteStarted] = []
+        attempts = 0
+
+        async def attempt(turns: tuple[ChatMessage, ...]) -> str:
+            nonlocal attempts
+            attempts += 1
+            asked = dataclasses.replace(chat, messages=turns)
+            if attempts > 1:
+                # Its own id: the budget takes one reservation per request id, and a retry is a
+                # new charge (the ledger shows "<id>:2", "<id>:3").
+                asked = dataclasses.replace(asked, request_id=f"{chat.request_id[:60]}:{attempts}")
+            admission = None
+            if self.budget is not None:
+                admission = await self.budget.admit(dataclasses.replace(request, chat=asked))
+                asked = dataclasses.replace(asked, max_tokens=admission.max_tokens)
+            parts: list[str] = []
+            done: RouteCompleted | None = None
+            started: RouteStarted | None = None
+            try:
+                async for event in self.router.complete(asked, timeout):
+                    if isinstance(event, RouteStarted):
+                        started = event
+                        if not first:
+                            first.append(event)
+                    elif isinstance(event, TextDelta):
+                        parts.append(event.text)
+                    elif isinstance(event, RouteCompleted):
+                        done = event
+                    elif isinstance(event, StreamFailed):
+                        raise Unavailable(event.message, reason=event.reason)
+            finally:
+                usage = done.usage if done is not None else Usage()
+                call.usage = call.usage + usage
+                call.cost += done.cost_usd_micros if done is not None else 0
+                if admission is not None and self.budget is not None:
+                    outcome = settlement(
+                        completed=done is not None,
+                        failed=done is None and started is not None,
+                        routed=started is not None,
+                        usage=usage,
+                        produced_text="".join(parts),
+                        input_tokens=admission.input_tokens,
+                        reason="structured_attempt",
+                    )
+                    model = started.model if started is not None and started.model != asked.model else ""
+                    provider = started.provider if started is not None else ""
+                    self._later(self.budget.settle(admission, outcome, model=model, provider=provider))
+            return "".join(parts)
+
+        model_name = chat.model
+        try:
+            result = await generate_structured(attempt, chat.messages, compiled, model=model_name)
+        except StructuredOutputInvalid as exc:
+            call.guard.structured = f"failedx{exc.attempts}"
+            guard_metrics.observe_structured(model_name, exc.attempts, False, False)
+            raise
+        how = "retried" if result.attempts > 1 else "repaired" if result.repaired else "valid"
+        call.guard.structured = how + (f"x{result.attempts}" if result.attempts > 1 else "")
+        guard_metrics.observe_structured(model_name, result.attempts, result.repaired, True)
+        started = first[0]
+        record = call.record
+        record.model, record.provider = started.model, started.provider
+        record.attempts, record.deployment = started.attempt_count, started.deployment
+        record.fallback_path = " > ".join(started.fallback_path)
+        record.finish_reason = "stop"
+        call.started = call.routed = call.completed = True
+        yield Started(
+            call.chat.request_id,
+            started.model,
+            started.provider,
+            started.attempt_count,
+            tier,
+            False,
+            started.fallback_path,
+            None,
+            call.prompt,
+        )
+        if call.citations:
+            yield Cited(call.citations)
+        guard = call.guard.output_guard()
+        for piece in (guard.feed(result.text), guard.flush()) if guard else (result.text,):
+            delta = _released(call, guard, piece)
+            if delta is not None:
+                yield delta
+        latency_ms = call.elapsed_ms()
+        yield Completed("stop", call.usage, call.cost, latency_ms, call.ttft_ms or latency_ms, started.fallback_path)
+
+    async def summarise(self, turns: tuple[ChatMessage, ...], max_tokens: int) -> str:
+        """Condenses ``turns`` through the router's small tier (the context guard's summariser).
+
+        Not charged to a tenant's budget: the summary is cached per conversation prefix and
+        made by the cheapest model; the call record of the request notes the trim.
+        """
+        assert self.router is not None
+        model = self.catalog.routing.tiers.get("small", "auto")
+        ask = ChatRequest(
+            model,
+            (
+                ChatMessage(
+                    "system",
+                    "Summarise the conversation below in a few sentences: keep names, numbers, decisions and "
+                    "open questions; write nothing else.",
+                ),
+                ChatMessage("user", "\n\n".join(f"{m.role}: {m.content}" for m in turns)),
+            ),
+            max_tokens=max_tokens,
+        )
+        parts: list[str] = []
+        async for event in self.router.complete(ask, self.request_timeout_s):
+            if isinstance(event, TextDelta):
+                parts.append(event.text)
+            elif isinstance(event, StreamFailed):
+                raise Unavailable(event.message, reason=event.reason)
+        return "".join(parts).strip()
 
     async def _ground(self, request: GatewayRequest) -> tuple[GatewayRequest, Context, list[float] | None]:
         """``request`` grounded in its collection, the context used, and the query's vector.
@@ -394,12 +605,18 @@ class Gateway:
             events = coalesce(self.router.generate(call.chat, timeout), merge_deltas)
         else:
             events = self.router.complete(call.chat, timeout)
+        guard = call.guard.output_guard() if call.guard is not None else None
         async for event in events:
             if isinstance(event, TextDelta):
-                call.first_text()
-                call.parts.append(event.text)
-                yield event
-            elif isinstance(event, RouteStarted):
+                delta = _released(call, guard, guard.feed(event.text) if guard else event.text)
+                if delta is not None:
+                    yield delta
+                continue
+            if guard is not None and isinstance(event, RouteCompleted | StreamFailed):
+                delta = _released(call, guard, guard.flush())
+                if delta is not None:
+                    yield delta
+            if isinstance(event, RouteStarted):
                 record.model, record.provider = event.model, event.provider
                 record.attempts, record.deployment = event.attempt_count, event.deployment
                 record.fallback_path = " > ".join(event.fallback_path)
@@ -465,10 +682,15 @@ class Gateway:
         yield Started(call.chat.request_id, hit.model, hit.provider, 0, hit.tier, degraded, prompt=call.prompt)
         if call.citations:
             yield Cited(call.citations)
+        guard = call.guard.output_guard() if call.guard is not None else None
         for piece in replay_pieces(hit.text) if stream else [hit.text]:
-            call.first_text()
-            call.parts.append(piece)
-            yield TextDelta(piece)
+            delta = _released(call, guard, guard.feed(piece) if guard else piece)
+            if delta is not None:
+                yield delta
+        if guard is not None:
+            delta = _released(call, guard, guard.flush())
+            if delta is not None:
+                yield delta
         latency_ms = call.elapsed_ms()
         yield Completed(hit.finish_reason, Usage(), 0, latency_ms, call.ttft_ms or latency_ms)
 
@@ -522,6 +744,9 @@ class Gateway:
         record.ttft_ms = call.ttft_ms
         record.status = call.status
         record.response_hash = _digest("".join(call.parts)) if call.parts else ""
+        if call.guard is not None:
+            record.guard_decisions = call.guard.record_items()
+            call.guard.observe(record.model or call.chat.model)
         metrics.observe_request(record)
         attributes = {
             "tollway.model": record.model,
