@@ -34,7 +34,7 @@ if LAYOUT not in ("colocated", "split"):
     raise pytest.UsageError(f"TOLLWAY_TEST_LAYOUT has value {LAYOUT!r}; use colocated or split")
 FAKE_MODELS = ("fake-ok", "fake-words-20", "fake-gap-50", "fake-cut-mid-stream", "fake-500", "fake-429", "fake-400")
 FAKE_MODELS += ("fake-gap-40-words-40",)  # issue 17: a slow stream that ends (the console's browser tests)
-FAKE_MODELS += ("fake-long", "fake-cached", "fake-slow-5000")  # issue 16: stop reasons and cache reads on every API surface
+FAKE_MODELS += ("fake-long", "fake-cached", "fake-slow-5000")  # issue 16: stop reasons, cache reads, cancels
 
 
 @pytest.fixture(scope="session")

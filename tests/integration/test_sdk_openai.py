@@ -138,9 +138,10 @@ def test_json_mode_and_schema(sdk: openai.OpenAI) -> None:
         response_format={"type": "json_schema", "json_schema": {"name": "place", "schema": schema, "strict": True}},
     )
     assert set(json.loads(shaped.choices[0].message.content or "")) == {"city"}
-    with pytest.raises(openai.BadRequestError) as no_json:
-        sdk.chat.completions.create(model="fake-ok", messages=HI, response_format={"type": "json_object"})
-    assert "json" in no_json.value.message
+    # A model that never answers JSON: the gateway's retries end in a 500 that says so.
+    with pytest.raises(openai.InternalServerError) as no_json:
+        sdk.chat.completions.create(model="fake-bad-json", messages=HI, response_format={"type": "json_object"})
+    assert "JSON" in no_json.value.message
 
 
 def test_n_is_served_by_fan_out_and_refused_when_streamed(sdk: openai.OpenAI) -> None:
@@ -207,3 +208,11 @@ def test_raw_sse_framing_of_a_chat_stream(stack: Stack, api_key: str) -> None:
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 4
     assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
+
+
+def test_retrieval_option_reaches_the_gateway(sdk: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as missing:
+        sdk.chat.completions.create(
+            model="fake-ok", messages=HI, extra_body={"retrieval": {"collection": "no-such-collection"}}
+        )
+    assert "no-such-collection" in missing.value.message

@@ -173,3 +173,16 @@ def test_messages_tool_blocks_become_tool_turns() -> None:
     assert json.loads(extras[1].tool_calls[0].arguments_json) == {"city": "Paris"}
     assert extras[2].tool_call_id == "t1"
     assert req.tools[0].name == "w" and req.tool_choice.mode == common_pb2.TOOL_CHOICE_MODE_REQUIRED
+
+
+def test_retrieval_option_is_carried_and_checked() -> None:
+    req, *_ = chat.parse(
+        _chat(retrieval={"collection": "docs", "top_k": 4, "filters": {"team": ["a", "b"]}, "max_context_tokens": 500}),
+        _request(),
+    )
+    assert req.retrieval.collection == "docs" and req.retrieval.top_k == 4
+    assert req.retrieval.max_context_tokens == 500 and dict(req.retrieval.filters)["team"] == ["a", "b"]
+    for bad, param in (({"top_k": 3}, "retrieval.collection"), ({"collection": "d", "k": 1}, "retrieval.k")):
+        with pytest.raises(InvalidArgument) as exc:
+            chat.parse(_chat(retrieval=bad), _request())
+        assert exc.value.violations[0][0] == param

@@ -1,5 +1,7 @@
 """``POST /v1/chat/completions``: the body translated (:mod:`translate`), the gateway called, the
-answer in OpenAI's shape, whole or as chunks (text and tool-call deltas, the usage chunk).
+answer in OpenAI's shape, whole or as chunks (text and tool-call deltas, the usage chunk). A
+grounded answer (the ``retrieval`` option) also carries Tollway's ``citations``: a top-level list
+in the whole answer, a chunk without choices before the first text in a stream.
 
 ``n`` above 1 is served by fan-out: n gateway calls at once, each its own request (its own
 budget reservation and call record, the cache bypassed so the choices differ), their answers
@@ -81,7 +83,7 @@ def completion_json(replies: list[gateway_pb2.CompleteResponse]) -> dict[str, An
         usage.input_tokens += r.usage.input_tokens
         usage.output_tokens += r.usage.output_tokens
         usage.cached_input_tokens += r.usage.cached_input_tokens
-    return {
+    out = {
         "id": f"chatcmpl-{first.request_id}",
         "object": "chat.completion",
         "created": int(time.time()),
@@ -90,6 +92,9 @@ def completion_json(replies: list[gateway_pb2.CompleteResponse]) -> dict[str, An
         "choices": [message_json(r, i) for i, r in enumerate(replies)],
         "usage": translate.usage_json(usage),
     }
+    if first.citations:
+        out["citations"] = translate.citations_json(first.citations)
+    return out
 
 
 async def _fan_out(
@@ -164,6 +169,19 @@ async def chunks(call: Any, started: gateway_pb2.Started, include_usage: bool) -
                 yield translate.chunk_bytes(chunk_id, model, created, {"content": event.delta.text}, None)
             elif kind == "tool_call":
                 yield translate.chunk_bytes(chunk_id, model, created, _tool_delta(event.tool_call, announced), None)
+            elif kind == "citations":
+                # Tollway's extension: a chunk without choices (as the usage chunk is) naming the sources.
+                cited = translate.citations_json(event.citations.citations)
+                yield http.data_line(
+                    {
+                        "id": chunk_id,
+                        "object": "chat.completion.chunk",
+                        "created": created,
+                        "model": model,
+                        "choices": [],
+                        "citations": cited,
+                    }
+                )
             elif kind == "completed":
                 c = event.completed
                 yield translate.chunk_bytes(chunk_id, model, created, {}, translate.finish(c.finish_reason))

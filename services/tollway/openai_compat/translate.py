@@ -272,6 +272,9 @@ def tollway_options(body: dict[str, Any], req: gateway_pb2.GenerateRequest) -> N
             )
         req.cache_policy.mode = _HEADER_MODES[mode or "default"]
         req.cache_policy.namespace = _string(cache.get("namespace"), "cache.namespace").strip()
+    retrieval = body.get("retrieval")
+    if retrieval is not None:
+        _retrieval(retrieval, req.retrieval)
     feature = body.get("feature")
     if feature is not None:
         req.feature = _string(feature, "feature")
@@ -284,6 +287,54 @@ def tollway_options(body: dict[str, Any], req: gateway_pb2.GenerateRequest) -> N
                 [("priority", "interactive, normal or batch")],
             )
         req.priority = names[priority]
+
+
+_RETRIEVAL_KEYS = frozenset({"collection", "top_k", "filters", "max_context_tokens"})
+
+
+def _retrieval(value: Any, out: gateway_pb2.Retrieval) -> None:
+    """Reads Tollway's ``retrieval {collection, top_k, filters, max_context_tokens}`` option (the
+    gateway checks the collection and the filters before anything is spent).
+
+    Raises:
+        InvalidArgument: Not an object, an unknown key or a value of the wrong type; names the field.
+    """
+    if type(value) is not dict:
+        raise _bad("retrieval", "an object {collection, top_k, filters, max_context_tokens}", value)
+    unknown = sorted(set(value) - _RETRIEVAL_KEYS)
+    if unknown:
+        raise InvalidArgument(
+            f"'retrieval' has unknown key(s) {', '.join(map(repr, unknown))}; "
+            "it holds collection, top_k, filters and max_context_tokens",
+            [(f"retrieval.{k}", "unknown key") for k in unknown],
+        )
+    collection = value.get("collection")
+    if type(collection) is not str or not collection:
+        raise _bad("retrieval.collection", "a collection id", collection)
+    out.collection = collection
+    for name in ("top_k", "max_context_tokens"):
+        if value.get(name) is not None:
+            setattr(out, name, _integer(value[name], f"retrieval.{name}", 0, _INT32_MAX))
+    filters = value.get("filters")
+    if filters is not None:
+        if type(filters) is not dict:
+            raise _bad("retrieval.filters", "an object of field: value", filters)
+        out.filters.update(filters)
+
+
+def citations_json(citations: Iterable[gateway_pb2.Citation]) -> list[dict[str, Any]]:
+    """The sources a grounded answer cites (Tollway's extension of the answer objects)."""
+    return [
+        {
+            "index": c.index,
+            "document": c.document,
+            "chunk_id": c.chunk_id,
+            "score": c.score,
+            "title": c.title,
+            "snippet": c.snippet,
+        }
+        for c in citations
+    ]
 
 
 def _no_constant(name: str) -> Any:
