@@ -1,4 +1,4 @@
-"""Gateway metrics from a finished call record: cost by tenant/feature/model and user, tokens per request and per second."""
+"""Gateway metrics from a finished call record: cost by tenant, feature, model and user; tokens."""
 
 from __future__ import annotations
 
