@@ -41,8 +41,10 @@ async def store(redis_server: LocalRedis) -> AsyncIterator[JobsStore]:
     await client.aclose()
 
 
-def new(model: str = "m", custom_id: str = "") -> NewJob:
-    return NewJob(request=b"\x0a\x01m", model=model, priority=3, custom_id=custom_id)
+def new(model: str = "m", custom_id: str = "", lane: str = "batch") -> NewJob:
+    return NewJob(
+        request=b"\x0a\x01m", model=model, priority=3 if lane == "batch" else 2, custom_id=custom_id, lane=lane
+    )
 
 
 async def test_a_finished_job_is_removed_after_the_retention(store: JobsStore) -> None:
@@ -127,11 +129,11 @@ async def test_a_submit_with_a_request_id_is_idempotent(store: JobsStore) -> Non
 async def test_a_silent_worker_s_entry_is_reclaimed_by_another(store: JobsStore) -> None:
     jobs = Jobs(store, JobsConfig())
     job = await jobs.submit(ACME, new())
-    [(entry, job_id)] = await store.read_new("worker-a", 100)
-    assert job_id == job.id
+    [entry] = await store.read_new("worker-a", "batch", 100)
+    assert entry.job_id == job.id
     assert await store.reclaim("worker-b", 60_000) == []  # worker-a is not silent long enough
     await asyncio.sleep(0.05)  # the idle time itself is what is tested
-    assert await store.reclaim("worker-b", 10) == [(entry, job.id)]
+    assert await store.reclaim("worker-b", 10) == [entry]
     assert await store.heartbeat("worker-b", entry)
     await store.ack(entry)
     assert not await store.heartbeat("worker-b", entry)
@@ -179,3 +181,26 @@ async def test_workers_retry_retryable_failures_and_fail_final_ones(store: JobsS
     assert d.error.reason == "JOB_ATTEMPTS_EXHAUSTED"
     assert calls == {"flaky": 2, "bad": 1, "down": 3}
     assert await store.queue_depth() == (0, 0)
+
+
+async def test_the_main_lane_goes_before_the_batch_lane(store: JobsStore) -> None:
+    jobs = Jobs(store, JobsConfig())
+    batch = await jobs.submit_batch(ACME, [new(custom_id=f"c{i}") for i in range(3)])
+    urgent = await jobs.submit(ACME, new(lane="main"))
+    order: list[str] = []
+
+    async def run(job: Job) -> bytes:
+        order.append(job.id)
+        return b"ok"
+
+    settings = WorkerSettings(
+        workers=1, claim_idle_ms=1000, heartbeat_ms=100, max_attempts=3, retention_ms=60_000, poll_ms=50
+    )
+    workers = Workers(store, run, settings, now_ms)
+    workers.start()
+    try:
+        await eventually(lambda: len(order) == 4, timeout_s=10, what="every job run")
+    finally:
+        await workers.stop()
+    assert order[0] == urgent.id  # submitted last, run first
+    assert order[1:] == await store.batch_ids(batch.id, 0, 10)

@@ -55,6 +55,11 @@ def resolve_priority(*choices: int) -> int:
     return next((c for c in choices if c), PRIORITY_BATCH)
 
 
+def lane_of(priority: int) -> str:
+    """The queue a job waits in: batch work in its own, read only when no other job waits."""
+    return "batch" if priority == PRIORITY_BATCH else "main"
+
+
 def _page_token(kind: str, value: str) -> str:
     return base64.urlsafe_b64encode(f"{kind}:{value}".encode()).decode()
 

@@ -99,11 +99,13 @@ def file_to_proto(f: StoredFile) -> jobs_pb2.File:
 
 
 def _new_job(req: gateway_pb2.GenerateRequest, *priorities: int, custom_id: str = "") -> NewJob:
+    priority = jobs_domain.resolve_priority(*priorities, req.priority)
     return NewJob(
         request=req.SerializeToString(),
         model=req.model,
-        priority=jobs_domain.resolve_priority(*priorities, req.priority),
+        priority=priority,
         custom_id=custom_id,
+        lane=jobs_domain.lane_of(priority),
     )
 
 

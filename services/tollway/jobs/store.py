@@ -6,7 +6,10 @@ Keys (``{p}`` is the configured prefix)::
     {p}:job:<id>:hooks    LIST    its webhook attempts as "ms|status|error"; expires with it
     {p}:tenant:<tenant>   ZSET    a tenant's single jobs, all score 0, ids in time order (lex range)
     {p}:idem:<tenant>:<r> STRING  the job a submit with request id <r> made
-    {p}:queue             STREAM  one entry per job to run ({id}); consumer group ``workers``
+    {p}:queue             STREAM  one entry per job to run ({id}) at priority interactive or normal;
+                                  consumer group ``workers``
+    {p}:queue:batch       STREAM  the same for priority batch: workers read it only when the first
+                                  stream has nothing waiting, so a big batch never holds up a job
     {p}:batch:<id>        HASH    a batch's counts; expires ``retention`` after its last item ends
     {p}:batch:<id>:items  LIST    its job ids in order; expires with it
     {p}:hooks:due         ZSET    job ids whose webhook is due, by due time (ms); a deliverer leases
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
@@ -29,6 +33,16 @@ from redis.exceptions import ResponseError
 from tollway.jobs.types import Batch, Delivery, Job, JobError, NewJob, Owner, State, StoredFile
 
 GROUP = "workers"
+LANES = ("main", "batch")
+
+
+class Entry(NamedTuple):
+    """A queue entry: its stream, its id there, and the job it runs."""
+
+    stream: str
+    id: str
+    job_id: str
+
 
 # KEYS: job, hooks-due ZSET. ARGV: now_ms, max_attempts.
 # Returns 'run' (attempts counted, state running), 'exhausted', 'missing' or the ended state.
@@ -100,6 +114,7 @@ class JobsStore:
         self.r = client
         self.p = prefix
         self.queue = f"{prefix}:queue"
+        self.streams = {"main": self.queue, "batch": f"{prefix}:queue:batch"}
         self.due = f"{prefix}:hooks:due"
         self._start = client.register_script(_START)
         self._finish = client.register_script(_FINISH)
@@ -112,12 +127,13 @@ class JobsStore:
         return f"{self.p}:batch:{batch_id}"
 
     async def ensure_group(self) -> None:
-        """Creates the queue and its consumer group unless they exist."""
-        try:
-            await self.r.xgroup_create(self.queue, GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        """Creates the queues and their consumer group unless they exist."""
+        for stream in self.streams.values():
+            try:
+                await self.r.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
 
     # -- writes ---------------------------------------------------------------------------------
 
@@ -151,7 +167,7 @@ class JobsStore:
         async with self.r.pipeline(transaction=True) as pipe:
             pipe.hset(self._job(job_id), mapping=self._job_fields(job_id, owner, new, webhook, now_ms))  # type: ignore[arg-type]
             pipe.zadd(f"{self.p}:tenant:{owner.tenant}", {job_id: 0})
-            pipe.xadd(self.queue, {"id": job_id})
+            pipe.xadd(self.streams[new.lane], {"id": job_id})
             await pipe.execute()
         return job_id
 
@@ -188,8 +204,8 @@ class JobsStore:
                 fields["batch"], fields["idx"] = batch_id, str(i)
                 pipe.hset(self._job(job_id), mapping=fields)  # type: ignore[arg-type]
             pipe.rpush(self._batch(batch_id) + ":items", *job_ids)
-            for job_id in job_ids:
-                pipe.xadd(self.queue, {"id": job_id})
+            for job_id, new in zip(job_ids, items, strict=True):
+                pipe.xadd(self.streams[new.lane], {"id": job_id})
             await pipe.execute()
 
     async def start(self, job_id: str, now_ms: int, max_attempts: int) -> str:
@@ -218,35 +234,44 @@ class JobsStore:
 
     # -- the queue ------------------------------------------------------------------------------
 
-    async def read_new(self, consumer: str, block_ms: int) -> list[tuple[str, str]]:
-        """At most one new queue entry for ``consumer`` as (entry id, job id); [] after ``block_ms``."""
-        got = await self.r.xreadgroup(GROUP, consumer, {self.queue: ">"}, count=1, block=block_ms)
-        return [(e.decode(), _s(f.get(b"id"))) for _, entries in got or [] for e, f in entries]
+    async def read_new(self, consumer: str, lane: str, block_ms: int | None = None) -> list[Entry]:
+        """At most one new entry of a lane's stream for ``consumer``; [] at once (``block_ms`` None)
+        or after ``block_ms``."""
+        stream = self.streams[lane]
+        got = await self.r.xreadgroup(GROUP, consumer, {stream: ">"}, count=1, block=block_ms)
+        return [Entry(stream, e.decode(), _s(f.get(b"id"))) for _, entries in got or [] for e, f in entries]
 
-    async def reclaim(self, consumer: str, min_idle_ms: int) -> list[tuple[str, str]]:
-        """At most one entry whose worker has been silent ``min_idle_ms``, now ``consumer``'s."""
-        _, claimed, *_ = await self.r.xautoclaim(self.queue, GROUP, consumer, min_idle_ms, "0-0", count=1)
-        return [(e.decode(), _s(f.get(b"id"))) for e, f in claimed if f]
+    async def reclaim(self, consumer: str, min_idle_ms: int) -> list[Entry]:
+        """At most one entry whose worker has been silent ``min_idle_ms``, now ``consumer``'s (the
+        main lane's first)."""
+        for stream in self.streams.values():
+            _, claimed, *_ = await self.r.xautoclaim(stream, GROUP, consumer, min_idle_ms, "0-0", count=1)
+            found = [Entry(stream, e.decode(), _s(f.get(b"id"))) for e, f in claimed if f]
+            if found:
+                return found
+        return []
 
-    async def heartbeat(self, consumer: str, entry_id: str) -> bool:
+    async def heartbeat(self, consumer: str, entry: Entry) -> bool:
         """Renews ``consumer``'s claim on an entry (its idle time goes back to 0). False when the
         entry is no longer pending (acknowledged, or deleted)."""
-        got = await self.r.xclaim(self.queue, GROUP, consumer, 0, [entry_id], justid=True)
+        got = await self.r.xclaim(entry.stream, GROUP, consumer, 0, [entry.id], justid=True)
         return bool(got)
 
-    async def ack(self, entry_id: str) -> None:
+    async def ack(self, entry: Entry) -> None:
         async with self.r.pipeline(transaction=True) as pipe:
-            pipe.xack(self.queue, GROUP, entry_id)
-            pipe.xdel(self.queue, entry_id)
+            pipe.xack(entry.stream, GROUP, entry.id)
+            pipe.xdel(entry.stream, entry.id)
             await pipe.execute()
 
     async def queue_depth(self) -> tuple[int, int]:
-        """(entries never read, entries read and not acknowledged)."""
-        groups = await self.r.xinfo_groups(self.queue)
-        for g in groups:
-            if g["name"] in (GROUP, GROUP.encode()):
-                return int(g.get("lag") or 0), int(g["pending"])
-        return 0, 0
+        """(entries never read, entries read and not acknowledged), over both lanes."""
+        lag = pending = 0
+        for stream in self.streams.values():
+            for g in await self.r.xinfo_groups(stream):
+                if g["name"] in (GROUP, GROUP.encode()):
+                    lag += int(g.get("lag") or 0)
+                    pending += int(g["pending"])
+        return lag, pending
 
     # -- reads ----------------------------------------------------------------------------------
 

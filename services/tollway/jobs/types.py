@@ -114,6 +114,7 @@ class NewJob:
     model: str
     priority: int
     custom_id: str = ""
+    lane: str = "batch"  # the queue it waits in: "main" (interactive, normal) or "batch"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,8 +2,10 @@
 
 A job's life on the queue:
 
-1. A worker reads the entry (XREADGROUP), or takes over one whose worker has been silent for
-   ``claim_idle_ms`` (XAUTOCLAIM: that worker died, or gave the job back after a retryable failure).
+1. A worker takes over an entry whose worker has been silent for ``claim_idle_ms`` (XAUTOCLAIM: that
+   worker died, or gave the job back after a retryable failure), else reads a new one (XREADGROUP):
+   from the main lane (interactive and normal jobs) first, from the batch lane only when the main
+   lane has nothing waiting, then it blocks on the main lane for ``poll_ms``.
 2. The start script counts the attempt; a job that already ended (cancelled, or finished by a worker
    that died before acknowledging) is only acknowledged. Past ``max_attempts`` it fails.
 3. While the gateway call runs, the worker renews its claim every ``heartbeat_ms`` (XCLAIM to
@@ -28,7 +30,7 @@ import os
 import socket
 from collections.abc import Awaitable, Callable
 
-from tollway.jobs.store import JobsStore
+from tollway.jobs.store import Entry, JobsStore
 from tollway.jobs.types import Job, JobError, State
 from tollway.mesh import redis as mesh_redis
 
@@ -103,11 +105,14 @@ class Workers:
         failures = 0
         while not self._stop.is_set():
             try:
-                entries = await self.store.reclaim(consumer, self.s.claim_idle_ms)
-                if not entries:
-                    entries = await self.store.read_new(consumer, self.s.poll_ms)
-                for entry_id, job_id in entries:
-                    if await self._handle(consumer, entry_id, job_id):
+                entries = (
+                    await self.store.reclaim(consumer, self.s.claim_idle_ms)
+                    or await self.store.read_new(consumer, "main")
+                    or await self.store.read_new(consumer, "batch")
+                    or await self.store.read_new(consumer, "main", self.s.poll_ms)
+                )
+                for entry in entries:
+                    if await self._handle(consumer, entry):
                         failures += 1
                         await asyncio.sleep(min(self.s.claim_idle_ms, self.s.poll_ms * 2 ** min(failures, 10)) / 1000)
                     else:
@@ -121,10 +126,11 @@ class Workers:
                     log.exception("jobs worker %s failed; retrying", consumer)
                 await asyncio.sleep(self.s.poll_ms / 1000)
 
-    async def _handle(self, consumer: str, entry_id: str, job_id: str) -> bool:
+    async def _handle(self, consumer: str, entry: Entry) -> bool:
         """Runs one entry's job; True when it failed in a way worth another attempt (left pending)."""
+        job_id = entry.job_id
         if not job_id:
-            await self.store.ack(entry_id)
+            await self.store.ack(entry)
             return False
         outcome = await self.store.start(job_id, self.clock(), self.s.max_attempts)
         if outcome != "run":
@@ -140,20 +146,20 @@ class Workers:
                         "JOB_ATTEMPTS_EXHAUSTED",
                     ),
                 )
-            await self.store.ack(entry_id)
+            await self.store.ack(entry)
             return False
         job = await self.store.get(job_id)
         if job is None:
-            await self.store.ack(entry_id)
+            await self.store.ack(entry)
             return False
         call = asyncio.create_task(self.run(job))
-        cancelled = await self._watch(consumer, entry_id, job_id, call)
+        cancelled = await self._watch(consumer, entry, call)
         try:
             response = await call
         except asyncio.CancelledError:
             if not cancelled:
                 raise  # this worker is stopping: the entry stays pending for another
-            await self.store.ack(entry_id)
+            await self.store.ack(entry)
             return False
         except RunFailure as f:
             if f.retryable:
@@ -162,14 +168,14 @@ class Workers:
             await self.store.finish(
                 job_id, State.FAILED, self.clock(), self.s.retention_ms, error=JobError(f.code, f.message, f.reason)
             )
-            await self.store.ack(entry_id)
+            await self.store.ack(entry)
             return False
         await self.store.finish(job_id, State.SUCCEEDED, self.clock(), self.s.retention_ms, response=response)
-        await self.store.ack(entry_id)
+        await self.store.ack(entry)
         self.completed += 1
         return False
 
-    async def _watch(self, consumer: str, entry_id: str, job_id: str, call: asyncio.Task[bytes]) -> bool:
+    async def _watch(self, consumer: str, entry: Entry, call: asyncio.Task[bytes]) -> bool:
         """Renews the claim until the call ends; cancels the call if the job is cancelled.
         Returns True when it cancelled the call for that reason."""
         period = self.s.heartbeat_ms / 1000
@@ -179,8 +185,8 @@ class Workers:
                 if done:
                     return False
                 with contextlib.suppress(Exception):  # a missed beat is retried at the next one
-                    await self.store.heartbeat(consumer, entry_id)
-                    if await self.store.state(job_id) == State.CANCELLED:
+                    await self.store.heartbeat(consumer, entry)
+                    if await self.store.state(entry.job_id) == State.CANCELLED:
                         call.cancel()
                         return True
         except asyncio.CancelledError:
