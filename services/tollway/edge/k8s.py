@@ -26,6 +26,7 @@ first gRPC service name for readiness).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 from pathlib import PurePosixPath
@@ -167,6 +168,25 @@ def _container_security() -> dict[str, Any]:
     return {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
 
 
+def _secret_env(name: str, secret: str, key: str, *, optional: bool = False) -> dict[str, Any]:
+    ref: dict[str, Any] = {"name": secret, "key": key}
+    if optional:
+        ref["optional"] = True
+    return {"name": name, "valueFrom": {"secretKeyRef": ref}}
+
+
+# Secrets are referenced, never generated (create them with kubectl, see docs/architecture.md): the
+# on-behalf-of signing secret only where tokens are minted (jobs) and verified (gateway), the webhook
+# signing secret only where webhooks are sent.
+_SECRET_ENV: dict[str, list[dict[str, Any]]] = {
+    "gateway": [_secret_env("TOLLWAY_DELEGATION_SECRET", "tollway-mesh", "delegation-secret")],
+    "jobs": [
+        _secret_env("TOLLWAY_DELEGATION_SECRET", "tollway-mesh", "delegation-secret"),
+        _secret_env("TOLLWAY_JOBS_WEBHOOK_SECRET", "tollway-jobs", "webhook-secret", optional=True),
+    ],
+}
+
+
 def _deployment(mesh: Mesh, s: Service, canary: bool) -> dict[str, Any]:
     version = s.canary.version if (canary and s.canary) else "stable"
     selector = _selector(s, version)
@@ -181,6 +201,7 @@ def _deployment(mesh: Mesh, s: Service, canary: bool) -> dict[str, Any]:
     ]
     # Every callee through Envoy's mesh listener: per-request balancing over its pods, and its canary.
     env += [{"name": f"TOLLWAY_{s.name.upper()}_{callee.upper()}_ADDR", "value": mesh_address} for callee in s.calls]
+    env += copy.deepcopy(_SECRET_ENV.get(s.name, []))  # a copy: shared dicts become YAML anchors
     resources = _RESOURCES.get(s.name, _DEFAULT_RESOURCES)
     container: dict[str, Any] = {
         "name": k8s_name(s),
