@@ -18,6 +18,14 @@ Two modes, run one after the other on fresh clusters:
 Prints one JSON object: per mode, writes acknowledged, errors by type, how many writers wrote again
 after the kill and the longest pause between two writes of one writer across it, and acknowledged
 writes missing afterwards.
+
+    .venv/bin/python bench/redis_cluster.py --compare [--ops 3000] [--concurrency 16]
+
+instead runs the cache's and the budget's store paths, the same code the services run, against a
+single Redis and against a 3-master cluster (AOF on, fsync every second, in both): the cache's
+`put` then `get_by_key` of distinct entries, and the budget's reserve + commit for 64 tenants
+(each tenant's keys in its own slot), with `--concurrency` callers in this process. Prints ops/s and
+latency per path and Redis.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import asyncio
 import json
 import os
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -36,7 +45,18 @@ sys.path.insert(0, str(ROOT))
 
 from redis.asyncio.cluster import RedisCluster  # noqa: E402
 
+from bench.budget import PLANS  # noqa: E402
 from tests.support.redis_cluster import local_redis_cluster  # noqa: E402
+from tests.support.redis_server import local_redis  # noqa: E402
+from tollway.budget.budget import Budget  # noqa: E402
+from tollway.budget.config import BudgetConfig  # noqa: E402
+from tollway.budget.plans import PlansSource  # noqa: E402
+from tollway.budget.store import BudgetStore  # noqa: E402
+from tollway.budget.types import CommitCommand, Priority, ReserveCommand  # noqa: E402
+from tollway.cache.entries import Answer, Entry  # noqa: E402
+from tollway.cache.scope import Scope  # noqa: E402
+from tollway.cache.store import CacheStore  # noqa: E402
+from tollway.common.catalog import CatalogSource  # noqa: E402
 from tollway.mesh.redis import connect  # noqa: E402
 
 
@@ -113,13 +133,99 @@ async def run_mode(mode: str, writers: int, seconds: float, kill_after_s: float)
         }
 
 
+async def timed(ops: int, concurrency: int, one: object) -> dict[str, float]:
+    latencies: list[float] = []
+    next_i = 0
+
+    async def worker() -> None:
+        nonlocal next_i
+        while next_i < ops:
+            i = next_i
+            next_i += 1
+            t = time.perf_counter()
+            await one(i)  # type: ignore[operator]
+            latencies.append(time.perf_counter() - t)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    latencies.sort()
+    return {
+        "ops_per_s": round(ops / elapsed, 1),
+        "p50_ms": round(1000 * latencies[len(latencies) // 2], 2),
+        "p99_ms": round(1000 * latencies[int(len(latencies) * 0.99)], 2),
+    }
+
+
+async def compare_one(url: str, ops: int, concurrency: int, scratch: Path) -> dict[str, object]:
+    client = connect(url)
+    cache = CacheStore(client, prefix="bench:cache")
+    now = int(time.time() * 1000)
+
+    def entry(i: int) -> Entry:
+        return Entry(
+            entry_id=0, namespace="bench", key=f"k{i}", context="c", scope=Scope.TENANT, tenant_id=f"t{i % 64}",
+            user_id="", prompt_template="", prompt_version="", query=f"question {i}", embedding_model="",
+            created_ms=now, expires_ms=now + 3_600_000, stale_until_ms=now + 7_200_000, document_ids=(),
+            answer=Answer(text="an answer of a few words " * 8, model="m", input_tokens=8, output_tokens=40),
+        )
+
+    async def put(i: int) -> None:
+        await cache.put(entry(i), max_entries=0, eviction="oldest")
+
+    async def get(i: int) -> None:
+        assert await cache.get_by_key(f"k{i}") is not None
+
+    plans = scratch / "budget.yaml"
+    plans.write_text(PLANS)
+    cfg = BudgetConfig(plans=str(plans), catalog=str(ROOT / "deploy" / "models.yaml"))
+    budget = Budget(BudgetStore(client), PlansSource(cfg.plans), CatalogSource(cfg.catalog), cfg)
+    await budget.start()
+
+    async def reserve_commit(i: int) -> None:
+        granted = await budget.reserve(ReserveCommand(
+            tenant=f"tenant-{i % 64}", model="gpt-4o-mini", input_tokens=8, max_output_tokens=16,
+            api_key_id="key-1", feature="chat", conversation_id=f"conv-{i % 50}", priority=Priority.INTERACTIVE,
+        ))
+        await budget.commit(CommitCommand(name=granted.reservation.name, input_tokens=8, output_tokens=6))
+
+    await timed(200, concurrency, reserve_commit)  # warm-up: scripts loaded, connections open
+    out = {
+        "cache_put": await timed(ops, concurrency, put),
+        "cache_get_by_key": await timed(ops, concurrency, get),
+        "budget_reserve_commit": await timed(ops, concurrency, reserve_commit),
+    }
+    await budget.stop()
+    await client.aclose()
+    return out
+
+
+def compare(ops: int, concurrency: int) -> dict[str, object]:
+    scratch = Path(tempfile.mkdtemp(prefix="tollway-rc-compare-"))
+    out: dict[str, object] = {"loadavg_before": os.getloadavg()}
+    # Alternated twice, as the machine's load drifts.
+    for round_ in (1, 2):
+        with local_redis(appendonly=True) as single:
+            out[f"single_{round_}"] = asyncio.run(compare_one(single.url, ops, concurrency, scratch))
+        with local_redis_cluster(masters=3, replicas=0, appendonly=True, appendfsync="everysec") as cluster:
+            out[f"cluster_{round_}"] = asyncio.run(compare_one(cluster.url, ops, concurrency, scratch))
+    out["loadavg_after"] = os.getloadavg()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--writers", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=12.0)
     parser.add_argument("--kill-after-s", type=float, default=4.0)
     parser.add_argument("--modes", default="ack,wait")
+    parser.add_argument("--compare", action="store_true", help="cache and budget paths: single Redis vs cluster")
+    parser.add_argument("--ops", type=int, default=3000)
+    parser.add_argument("--concurrency", type=int, default=16)
     args = parser.parse_args()
+    if args.compare:
+        print(json.dumps(compare(args.ops, args.concurrency), indent=1))
+        return
     load_before = os.getloadavg()
     results = [
         asyncio.run(run_mode(mode, args.writers, args.seconds, args.kill_after_s)) for mode in args.modes.split(",")

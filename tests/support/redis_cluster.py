@@ -35,10 +35,11 @@ class ClusterNode:
     directory: Path
     process: subprocess.Popen[bytes]
     appendonly: bool
+    appendfsync: str = "always"
 
     def start(self) -> None:
         """Starts the node (again), with the same ports, data directory and nodes.conf."""
-        self.process = _spawn(self.port, self.bus_port, self.directory, self.appendonly)
+        self.process = _spawn(self.port, self.bus_port, self.directory, self.appendonly, self.appendfsync)
 
     def kill(self) -> None:
         """SIGKILL: the node dies as in a crash (no AOF rewrite, no goodbye to the cluster)."""
@@ -89,11 +90,23 @@ class LocalRedisCluster:
                     states.append(info.get("cluster_state") == "ok" and int(info.get("cluster_slots_ok", 0)) == 16384)
                 except redis.RedisError:
                     states.append(False)
-            if states and all(states):
+            if states and all(states) and all(self._replica_synced(n) for n in self.nodes):
                 return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the Redis Cluster in {self.directory} is not ok after {timeout_s:.0f}s")
             time.sleep(0.1)
+
+    @staticmethod
+    def _replica_synced(node: ClusterNode) -> bool:
+        """A live replica has finished its first sync (only then can it take over its master)."""
+        if node.process.poll() is not None:
+            return True
+        try:
+            with contextlib.closing(node.client()) as c:
+                info = c.info("replication")
+        except redis.RedisError:
+            return False
+        return info.get("role") != "slave" or info.get("master_link_status") == "up"
 
     def flush(self) -> None:
         for n in self.masters():
@@ -101,7 +114,7 @@ class LocalRedisCluster:
                 c.flushall()
 
 
-def _spawn(port: int, bus_port: int, directory: Path, appendonly: bool) -> subprocess.Popen[bytes]:
+def _spawn(port: int, bus_port: int, directory: Path, appendonly: bool, appendfsync: str) -> subprocess.Popen[bytes]:
     directory.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
         [
@@ -113,10 +126,13 @@ def _spawn(port: int, bus_port: int, directory: Path, appendonly: bool) -> subpr
             "--dir", str(directory),
             "--save", "",
             "--appendonly", "yes" if appendonly else "no",
-            "--appendfsync", "always" if appendonly else "everysec",
+            "--appendfsync", appendfsync,
             "--cluster-enabled", "yes",
             "--cluster-config-file", "nodes.conf",
             "--cluster-node-timeout", "1000",  # a dead master is failed over within seconds
+            # A replica may always take over (Redis refuses by default when its link to the master
+            # has been down "too long", which on a loaded machine happens within seconds).
+            "--cluster-replica-validity-factor", "0",
             "--daemonize", "no",
             "--hz", "100",
             "--logfile", str(directory / "redis.log"),
@@ -128,15 +144,17 @@ def _spawn(port: int, bus_port: int, directory: Path, appendonly: bool) -> subpr
 
 @contextlib.contextmanager
 def local_redis_cluster(
-    *, masters: int = 3, replicas: int = 0, appendonly: bool = False, timeout_s: float = 30.0
+    *, masters: int = 3, replicas: int = 0, appendonly: bool = False, appendfsync: str = "always",
+    timeout_s: float = 30.0,
 ) -> Iterator[LocalRedisCluster]:
     """Starts a Redis Cluster of ``masters`` masters, each with ``replicas`` replicas; stops it after.
 
     Args:
         masters: Masters (3 is the least `redis-cli --cluster create` accepts).
         replicas: Replicas per master (1 to survive a master's death by failover).
-        appendonly: AOF on, fsynced on every write (`appendfsync always`): an acknowledged write
-            is on disk, which is what the failover bench checks.
+        appendonly: AOF on.
+        appendfsync: `always` (the default: an acknowledged write is on disk, which the failover
+            bench checks) or `everysec` (as deploy/mesh.yaml's Redis, for like-for-like timings).
         timeout_s: How long the cluster may take to form.
 
     Raises:
@@ -148,7 +166,8 @@ def local_redis_cluster(
         for i in range(masters * (1 + replicas)):
             port, bus = free_port(), free_port()
             node_dir = directory / f"node-{i}"
-            nodes.append(ClusterNode(port, bus, node_dir, _spawn(port, bus, node_dir, appendonly), appendonly))
+            process = _spawn(port, bus, node_dir, appendonly, appendfsync)
+            nodes.append(ClusterNode(port, bus, node_dir, process, appendonly, appendfsync))
         deadline = time.monotonic() + timeout_s
         for n in nodes:
             while True:
