@@ -532,7 +532,9 @@ def test_k8s_deployments_follow_the_mesh() -> None:
     assert container["ports"] == [{"name": "grpc", "containerPort": 50051, "protocol": "TCP"}]
     assert container["readinessProbe"]["grpc"] == {"port": 50051, "service": "tollway.gateway.v1.GatewayService"}
     assert container["livenessProbe"]["grpc"] == {"port": 50051, "service": ""}
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e.get("value") or e["valueFrom"] for e in container["env"]}
+    # Secrets by reference, never by value (issue 19).
+    assert env["TOLLWAY_DELEGATION_SECRET"] == {"secretKeyRef": {"name": "tollway-mesh", "key": "delegation-secret"}}
     assert env["TOLLWAY_GATEWAY_PORT"] == "50051"
     # Through Envoy's mesh listener, which holds the canary weight (tests/unit/test_edge_k8s.py).
     assert env["TOLLWAY_GATEWAY_ROUTER_ADDR"] == "envoy-mesh.tollway.svc.cluster.local:8081"
