@@ -168,8 +168,8 @@ def test_one_trace_spans_envoy_gateway_cache_embedding_and_router(
     # A span per stage, under the request, with what the stage found.
     tier1 = _only(spans, "tollway-gateway", "gateway.cache.tier1")
     assert _attrs(tier1)["tollway.cache.tier"] == "miss"
-    for stage in ("gateway.auth", "gateway.embed", "gateway.cache.tier2", "gateway.budget.reserve", "gateway.stream",
-                  "gateway.budget.commit"):
+    stages = ("auth", "guard.input", "embed", "cache.tier2", "budget.reserve", "stream", "budget.commit")
+    for stage in (f"gateway.{s}" for s in stages):
         assert chain_to(_only(spans, "tollway-gateway", stage), gateway), stage
     router = _only(spans, "tollway-router", "/tollway.router.v1.RouterService/Generate", _SERVER)
     attempt = _only(spans, "tollway-router", "router.provider.attempt")

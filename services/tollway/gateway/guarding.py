@@ -26,6 +26,7 @@ from tollway.gateway.guard.inputs import InputGuard
 from tollway.gateway.guard.output import OutputGuard
 from tollway.gateway.guard.policy import GuardPolicies, GuardPolicy, GuardPolicySource
 from tollway.gateway.guard.redaction import Vault
+from tollway.mesh import tracing
 
 __all__ = ["GuardRun", "Guards", "structured_instruction"]
 
@@ -69,9 +70,11 @@ class Guards:
             GuardRejected: A denied topic, an injection signal or a rejected PII type
                 (PERMISSION_DENIED with the rule in ErrorInfo). Both carry ``decisions``.
         """
-        policy = self.policy(tenant, key_id)
-        verdict = self.input_guard.check(chat.messages, policy)
-        return GuardRun(policy, verdict.apply(chat), list(verdict.decisions), verdict.vault)
+        with tracing.stage("gateway", "guard.input") as span:
+            policy = self.policy(tenant, key_id)
+            verdict = self.input_guard.check(chat.messages, policy)
+            tracing.annotate(span, {"tollway.guard.decisions": len(verdict.decisions)})
+            return GuardRun(policy, verdict.apply(chat), list(verdict.decisions), verdict.vault)
 
     async def fit(self, run: GuardRun, chat: ChatRequest, context_window: int) -> ChatRequest:
         """``chat`` fitted into ``context_window`` (older turns summarised or dropped); noted on ``run``.
@@ -80,7 +83,8 @@ class Guards:
             InvalidArgument: CONTEXT_WINDOW_EXCEEDED when the system prefix, or it with the
                 last turn, cannot fit.
         """
-        fitted = await fit_context(chat, context_window, summariser=self.summariser, cache=self.summaries)
+        with tracing.stage("gateway", "guard.context"):
+            fitted = await fit_context(chat, context_window, summariser=self.summariser, cache=self.summaries)
         run.trim = fitted.report
         return fitted.request
 
