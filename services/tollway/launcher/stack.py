@@ -553,6 +553,9 @@ class Stack:
             "-l",
             "warn",
             "--use-dynamic-base-id",
+            # The id a hot restart (`--restart-epoch 1 --base-id N`) must name; bench/canary.py uses it.
+            "--base-id-path",
+            str(self.options.run_dir / "envoy.base_id"),
         ]
         admin = self.mesh.edge.admin.address
         child = self._spawn("envoy", argv, {}, cwd=ROOT, ready=lambda: _http_ok(f"http://{admin}/ready"), what="ready")
@@ -603,4 +606,3 @@ class Stack:
         child.ready, child.what = ready, what
         self.children.append(child)
         return child
-
