@@ -141,7 +141,9 @@ def main() -> None:
                 key, _ = asyncio.run(_create_key(stack.redis_url, "bench"))
                 edge = stack.mesh.edge.listen
                 headers = (("authorization", f"Bearer {key}"),)
-                endpoints.append(Endpoint(label, edge.host, edge.port, "/v1/complete", BODY, headers, ok_marker=b'"text"'))
+                endpoints.append(
+                    Endpoint(label, edge.host, edge.port, "/v1/complete", BODY, headers, ok_marker=b'"text"')
+                )
             before = uptime()
             results = uvloop.run(interleaved(endpoints[0], endpoints[1], args.pairs, args.warmup))
             print(report(results, args.layout, before, uptime()))
