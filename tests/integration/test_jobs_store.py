@@ -11,6 +11,7 @@ import pytest
 
 from tests.support.polling import eventually
 from tests.support.redis_server import LocalRedis, local_redis
+from tollway.jobs import metrics
 from tollway.jobs.config import JobsConfig
 from tollway.jobs.jobs import Jobs, now_ms
 from tollway.jobs.store import JobsStore
@@ -158,6 +159,7 @@ async def test_workers_retry_retryable_failures_and_fail_final_ones(store: JobsS
         workers=2, claim_idle_ms=200, heartbeat_ms=50, max_attempts=3, retention_ms=60_000, poll_ms=50
     )
     workers = Workers(store, run, settings, now_ms)
+    before = {k: metrics.RUN_FAILURES.labels(k)._value.get() for k in ("retryable", "final")}
     flaky = await jobs.submit(ACME, new("flaky"))
     bad = await jobs.submit(ACME, new("bad"))
     down = await jobs.submit(ACME, new("down"))
@@ -180,6 +182,8 @@ async def test_workers_retry_retryable_failures_and_fail_final_ones(store: JobsS
     assert d.error is not None
     assert d.error.reason == "JOB_ATTEMPTS_EXHAUSTED"
     assert calls == {"flaky": 2, "bad": 1, "down": 3}
+    after = {k: metrics.RUN_FAILURES.labels(k)._value.get() - before[k] for k in before}
+    assert after == {"retryable": 1 + 3, "final": 1}
     assert await store.queue_depth() == (0, 0)
 
 

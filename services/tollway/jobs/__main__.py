@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import grpc
 
 from tollway.common.delegation import check_secret
+from tollway.jobs import metrics
 from tollway.jobs.auth import Callers
 from tollway.jobs.config import JobsConfig
 from tollway.jobs.delivery import Deliverer
@@ -19,6 +21,7 @@ from tollway.jobs.v1 import jobs_pb2_grpc
 from tollway.jobs.worker import Workers, WorkerSettings
 from tollway.mesh import clients
 from tollway.mesh import redis as mesh_redis
+from tollway.mesh.background import Background
 from tollway.mesh.config import ConfigError, MeshConfig, load_config
 from tollway.mesh.server import ServiceSpec, run, serve
 from tollway.mesh.telemetry import tracer_provider, tracing_enabled
@@ -59,6 +62,12 @@ def build(cfg: JobsConfig, mesh: MeshConfig | None = None) -> tuple[ServiceSpec,
         return await parts.gateway.caller(api_key)
 
     callers = Callers(lookup, cfg.auth_cache_ttl_s)
+    background = Background(logging.getLogger("tollway.jobs"), jitter=0.1)
+
+    async def sample_queue() -> None:
+        waiting, pending = await store.queue_depth()
+        metrics.QUEUE_WAITING.set(waiting)
+        metrics.QUEUE_PENDING.set(pending)
 
     def add(server: grpc.aio.Server) -> None:
         jobs_pb2_grpc.add_JobsServiceServicer_to_server(JobsServicer(jobs, callers), server)
@@ -85,6 +94,8 @@ def build(cfg: JobsConfig, mesh: MeshConfig | None = None) -> tuple[ServiceSpec,
             now_ms,
         )
         parts.workers.start()
+        background.every(5.0, sample_queue, name="queue depth")
+        background.start()
         if cfg.webhook_secret:
             parts.deliverer = Deliverer(
                 store,
@@ -101,6 +112,7 @@ def build(cfg: JobsConfig, mesh: MeshConfig | None = None) -> tuple[ServiceSpec,
             parts.deliverer.start()
 
     async def stop() -> None:
+        await background.stop()
         if parts.workers is not None:
             await parts.workers.stop()
         if parts.deliverer is not None:

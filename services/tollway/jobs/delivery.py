@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import httpx
 
-from tollway.jobs import webhooks
+from tollway.jobs import metrics, webhooks
 from tollway.jobs.store import JobsStore
 from tollway.jobs.types import Delivery, Job
 from tollway.mesh import redis as mesh_redis
@@ -106,6 +106,7 @@ class Deliverer:
             log.warning("webhook of job %s dead-lettered after %d attempts: %s", job_id, n, error)
         else:
             outcome = "pending"
+        metrics.WEBHOOK_DELIVERIES.labels("retry" if outcome == "pending" else outcome).inc()
         next_due = self.clock() + webhooks.backoff_ms(n, self.backoff_ms, self.backoff_max_ms)
         await self.store.record_delivery(
             job_id,

@@ -28,8 +28,10 @@ import dataclasses
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
 
+from tollway.jobs import metrics
 from tollway.jobs.store import Entry, JobsStore
 from tollway.jobs.types import Job, JobError, State
 from tollway.mesh import redis as mesh_redis
@@ -153,6 +155,7 @@ class Workers:
             await self.store.ack(entry)
             return False
         call = asyncio.create_task(self.run(job))
+        started = time.perf_counter()
         cancelled = await self._watch(consumer, entry, call)
         try:
             response = await call
@@ -162,15 +165,19 @@ class Workers:
             await self.store.ack(entry)
             return False
         except RunFailure as f:
+            metrics.RUN_FAILURES.labels("retryable" if f.retryable else "final").inc()
             if f.retryable:
                 log.info("job %s: retryable failure %s (%s); it will be reclaimed", job_id, f.code, f.reason)
                 return True
+            metrics.JOBS_ENDED.labels("failed").inc()
             await self.store.finish(
                 job_id, State.FAILED, self.clock(), self.s.retention_ms, error=JobError(f.code, f.message, f.reason)
             )
             await self.store.ack(entry)
             return False
+        metrics.RUN_SECONDS.observe(time.perf_counter() - started)
         await self.store.finish(job_id, State.SUCCEEDED, self.clock(), self.s.retention_ms, response=response)
+        metrics.JOBS_ENDED.labels("succeeded").inc()
         await self.store.ack(entry)
         self.completed += 1
         return False
