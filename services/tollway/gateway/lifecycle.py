@@ -404,13 +404,15 @@ class Gateway:
             nonlocal attempts
             attempts += 1
             asked = dataclasses.replace(chat, messages=turns)
-            if attempts > 1:
-                # Its own id: the budget takes one reservation per request id, and a retry is a
-                # new charge (the ledger shows "<id>:2", "<id>:3").
-                asked = dataclasses.replace(asked, request_id=f"{chat.request_id[:60]}:{attempts}")
             admission = None
             if self.budget is not None:
-                admission = await self.budget.admit(dataclasses.replace(request, chat=asked))
+                charged = asked
+                if attempts > 1:
+                    # Its own id: the budget takes one reservation per request id, and a retry is
+                    # a new charge (the ledger shows "<id>:2", "<id>:3"). The provider keeps the
+                    # request's id (llama.cpp's server refuses an x-request-id that is not a UUID).
+                    charged = dataclasses.replace(asked, request_id=f"{chat.request_id[:60]}:{attempts}")
+                admission = await self.budget.admit(dataclasses.replace(request, chat=charged))
                 asked = dataclasses.replace(asked, max_tokens=admission.max_tokens)
             parts: list[str] = []
             done: RouteCompleted | None = None
