@@ -26,6 +26,11 @@ SPLIT_TESTS=(
   tests/integration/test_openai_compat.py tests/integration/test_gateway_budget.py
   tests/integration/test_gateway_cache.py
 )
+# The stores again on a real 3-master Redis Cluster (issue 20; tests/support/redis_cluster.py).
+CLUSTER_TESTS=(
+  tests/integration/test_cache_service.py tests/integration/test_budget_service.py
+  tests/integration/test_router_breakers.py tests/integration/test_gateway_store_redis.py
+)
 both=0
 if [ -z "${TOLLWAY_TEST_LAYOUT:-}" ]; then
   case " ${*:-tests} " in *" tests "*|*" tests/ "*|*" tests/integration "*|*" tests/integration/ "*) both=1 ;; esac
@@ -42,5 +47,10 @@ if [ $both -eq 1 ]; then
   TOLLWAY_TEST_LAYOUT=split .venv/bin/python -m pytest -q -p no:cacheprovider "${SPLIT_TESTS[@]}"
   split_rc=$?
   [ $rc -eq 0 ] && rc=$split_rc
+  cleanup
+  echo "redis: cluster (${#CLUSTER_TESTS[@]} files)"
+  TOLLWAY_TEST_REDIS=cluster .venv/bin/python -m pytest -q -p no:cacheprovider "${CLUSTER_TESTS[@]}"
+  cluster_rc=$?
+  [ $rc -eq 0 ] && rc=$cluster_rc
 fi
 exit $rc
