@@ -316,3 +316,29 @@ def test_retrieval_carries_the_trace_on_to_embedding(observed: Stack, receiver: 
     client_svc, client = by_id[embedding_servers()[0].parent_span_id]
     assert (client_svc, client.kind, client.name) == ("tollway-retrieval", _CLIENT, embed)
     assert client.parent_span_id == search.span_id
+
+
+def test_an_openai_request_is_one_trace_through_the_openai_surface(
+    observed: Stack, key: str, receiver: tuple[Receiver, int]
+) -> None:
+    kept = receiver[0]
+    trace_id, caller_span = bytes.fromhex("0af7651916cd43dd8448eb211c80319c"), bytes.fromhex("b7ad6b7169203331")
+    body = {"model": "fake-ok", "messages": [{"role": "user", "content": "trace the OpenAI path"}]}
+    headers = {"authorization": f"Bearer {key}", "traceparent": f"00-{trace_id.hex()}-{caller_span.hex()}-01"}
+    with httpx.Client(base_url=observed.edge_url, timeout=30) as client:
+        r = client.post("/v1/chat/completions", json=body, headers=headers)
+    assert r.status_code == 200, r.text
+
+    def servers() -> set[str]:
+        return {svc for svc, s in kept.trace(trace_id) if s.kind == _SERVER}
+
+    wanted = {"tollway-envoy", "tollway-openai_compat", "tollway-gateway", "tollway-router"}
+    eventually_sync(lambda: wanted <= servers(), timeout_s=30, what="server spans of every hop")
+    spans = kept.trace(trace_id)
+    by_id = {s.span_id: (svc, s) for svc, s in spans}
+    surface = next(s for svc, s in spans if svc == "tollway-openai_compat" and s.kind == _SERVER)
+    assert by_id[surface.parent_span_id][0] == "tollway-envoy"
+    gateway = next(s for svc, s in spans if svc == "tollway-gateway" and s.kind == _SERVER)
+    client_svc, client = by_id[gateway.parent_span_id]
+    assert (client_svc, client.kind) == ("tollway-openai_compat", _CLIENT)
+    assert client.parent_span_id == surface.span_id

@@ -22,6 +22,7 @@ import uvicorn
 
 from tollway.mesh.config import MeshConfig, load_config
 from tollway.mesh.server import Companion, ServiceSpec, run, serve_group
+from tollway.mesh.telemetry import tracer_provider, tracing_enabled
 
 # A service's spec and what SIGHUP should reload in it (None: nothing).
 Built = tuple[ServiceSpec, Callable[[], None] | None]
@@ -134,6 +135,7 @@ class Uvicorn:
 
 
 def _openai_compat(mesh: MeshConfig) -> Companion:
+    from tollway.mesh.tracing import TraceContextMiddleware
     from tollway.openai_compat.config import OpenAICompatConfig
     from tollway.openai_compat.metrics import RequestMetrics
     from tollway.openai_compat.service import OpenAICompatApp
@@ -141,7 +143,9 @@ def _openai_compat(mesh: MeshConfig) -> Companion:
     cfg = load_config(OpenAICompatConfig, "openai_compat")
     # The same app as `python -m tollway.openai_compat`; its gateway address is `inproc:gateway`
     # when the gateway is a member, so its calls go through the in-process channel.
-    app = RequestMetrics(OpenAICompatApp(cfg.gateway_addr, cfg.max_body_bytes, cfg.jobs_addr).app)
+    app = TraceContextMiddleware(
+        RequestMetrics(OpenAICompatApp(cfg.gateway_addr, cfg.max_body_bytes, cfg.jobs_addr).app), "openai_compat"
+    )
     return Uvicorn("openai_compat", app, cfg.host or mesh.bind_host, cfg.port)
 
 
@@ -178,6 +182,9 @@ async def main_async(process: str, services: list[str]) -> None:
         known = ", ".join([*GRPC_BUILDERS, *HTTP_SERVICES])
         raise SystemExit(f"tollway.colocate {process}: unknown service(s) {', '.join(unknown)}; known: {known}")
     mesh = load_config(MeshConfig)
+    if tracing_enabled(mesh):
+        # Before the members' builders (which ask for it too): the spans are the process's (`core`).
+        tracer_provider(process, mesh)
     rank = {name: i for i, name in enumerate(_ORDER)}
     specs, reloads = [], []
     for name in sorted((s for s in services if s in GRPC_BUILDERS), key=lambda s: rank.get(s, len(rank))):

@@ -180,6 +180,9 @@ async def serve_group(
     if registry is None and (len(specs) > 1 or companions):
         registry = process_registry()
     setup_logging(name, mesh)
+    if tracing_enabled(mesh):
+        # Named after the process (`core` for a group): its members' spans all come from it.
+        tracer_provider(name, mesh)
     for spec in specs:
         if spec.metrics_port:
             start_http_server(spec.metrics_port, addr=spec.mesh.metrics_host)

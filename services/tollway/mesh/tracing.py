@@ -16,9 +16,9 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.trace import Span, StatusCode
+from opentelemetry.trace import Span, SpanKind, StatusCode
 from prometheus_client import Histogram
 
 from tollway.mesh.metrics import LATENCY_BUCKETS
@@ -117,3 +117,28 @@ def annotate(span: Span | None = None, attributes: Mapping[str, AttributeValue] 
     target = span if span is not None else trace.get_current_span()
     if target.is_recording():
         target.set_attributes(dict(attributes))
+
+
+class TraceContextMiddleware:
+    """ASGI middleware for an HTTP surface: with tracing on, each request is a server span that
+    continues the W3C trace context of its headers (``traceparent``, as Envoy sends it), and is the
+    current span while the app runs, so the gRPC calls it makes are its children. With tracing off
+    it passes requests through untouched.
+    """
+
+    def __init__(self, app: Any, service: str) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if _tracer is None or scope.get("type") != "http":
+            await self.app(scope, receive, send)
+            return
+        carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())}
+        with _tracer.start_as_current_span(
+            f"{self.service} {scope.get('method', '')}",
+            context=propagate.extract(carrier),
+            kind=SpanKind.SERVER,
+            attributes={"http.method": scope.get("method", ""), "http.target": scope.get("path", "")},
+        ):
+            await self.app(scope, receive, send)

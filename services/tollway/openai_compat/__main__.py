@@ -6,7 +6,8 @@ import uvicorn
 from prometheus_client import start_http_server
 
 from tollway.mesh.config import MeshConfig, load_config
-from tollway.mesh.telemetry import setup_logging
+from tollway.mesh.telemetry import setup_logging, tracer_provider, tracing_enabled
+from tollway.mesh.tracing import TraceContextMiddleware
 from tollway.openai_compat.config import OpenAICompatConfig
 from tollway.openai_compat.metrics import RequestMetrics
 from tollway.openai_compat.service import OpenAICompatApp
@@ -16,7 +17,11 @@ def main() -> None:
     cfg = load_config(OpenAICompatConfig, "openai_compat")
     mesh = load_config(MeshConfig)
     setup_logging("openai_compat", mesh)
-    app = RequestMetrics(OpenAICompatApp(cfg.gateway_addr, cfg.max_body_bytes, cfg.jobs_addr).app)
+    if tracing_enabled(mesh):
+        tracer_provider("openai_compat", mesh)  # before the app: its gateway channel then carries the trace
+    app = TraceContextMiddleware(
+        RequestMetrics(OpenAICompatApp(cfg.gateway_addr, cfg.max_body_bytes, cfg.jobs_addr).app), "openai_compat"
+    )
     if cfg.metrics_port:
         start_http_server(cfg.metrics_port, addr=mesh.metrics_host)
     uvicorn.run(

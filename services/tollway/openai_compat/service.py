@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tollway.gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from tollway.mesh import clients
+from tollway.mesh import clients, telemetry
 from tollway.openai_compat import anthropic, chat, embeddings, http, openapi, responses, translate
 from tollway.openai_compat.batches import BatchesApi
 from tollway.openai_compat.errors import ApiError, from_rpc
@@ -89,7 +89,7 @@ class OpenAICompatApp:
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         # The channel belongs to the server's event loop, so it is made here, not in __init__.
-        self.channel = clients.channel(self.gateway_addr)
+        self.channel = clients.channel(self.gateway_addr, tracer_provider=telemetry.current_provider())
         self.stub = gateway_pb2_grpc.GatewayServiceStub(self.channel)
         try:
             yield
