@@ -144,6 +144,11 @@ async def test_bad_input_is_refused_and_changes_nothing(jobs_stack: Stack, tenan
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.SubmitJob(jobs_pb2.SubmitJobRequest(), metadata=auth(key))
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        no_messages = jobs_pb2.SubmitJobRequest(request=gateway_pb2.GenerateRequest(model="fake-ok"))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.SubmitJob(no_messages, metadata=auth(key))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "request.messages" in (err.value.details() or "")
         items = [jobs_pb2.BatchItem(request=generate()) for _ in range(301)]
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.SubmitBatch(jobs_pb2.SubmitBatchRequest(items=items), metadata=auth(key))

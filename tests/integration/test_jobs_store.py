@@ -43,9 +43,8 @@ async def store(redis_server: LocalRedis) -> AsyncIterator[JobsStore]:
 
 
 def new(model: str = "m", custom_id: str = "", lane: str = "batch") -> NewJob:
-    return NewJob(
-        request=b"\x0a\x01m", model=model, priority=3 if lane == "batch" else 2, custom_id=custom_id, lane=lane
-    )
+    priority = 3 if lane == "batch" else 2
+    return NewJob(b"\x0a\x01m", model, priority, custom_id=custom_id, lane=lane, message_count=1)
 
 
 async def test_a_finished_job_is_removed_after_the_retention(store: JobsStore) -> None:
@@ -208,3 +207,15 @@ async def test_the_main_lane_goes_before_the_batch_lane(store: JobsStore) -> Non
         await workers.stop()
     assert order[0] == urgent.id  # submitted last, run first
     assert order[1:] == await store.batch_ids(batch.id, 0, 10)
+
+
+async def test_a_request_that_cannot_run_is_refused_at_submit(store: JobsStore) -> None:
+    jobs = Jobs(store, JobsConfig())
+    with pytest.raises(InvalidArgument) as err:
+        await jobs.submit(ACME, NewJob(b"", "", 3))
+    assert [f for f, _ in err.value.violations] == ["request.model", "request.messages"]
+    with pytest.raises(InvalidArgument) as err:
+        await jobs.submit_batch(ACME, [new(), NewJob(b"", "m", 3)])
+    assert [f for f, _ in err.value.violations] == ["items[1].request.messages"]
+    await jobs.submit(ACME, NewJob(b"", "", 3, has_prompt_ref=True))  # the prompt brings both
+    assert await store.queue_depth() == (1, 0)  # only that one was queued

@@ -60,6 +60,18 @@ def lane_of(priority: int) -> str:
     return "batch" if priority == PRIORITY_BATCH else "main"
 
 
+def request_violations(new: NewJob, field: str) -> list[tuple[str, str]]:
+    """What makes a request unrunnable whatever the gateway's limits: no model and no prompt (whose
+    version may name one), no message and no prompt to bring them. The gateway checks the rest (sizes,
+    ranges, the catalog) when the job runs, and a job it refuses fails with its status."""
+    bad = []
+    if not new.model and not new.has_prompt_ref:
+        bad.append((f"{field}.model", "required (or a prompt_ref whose version names one)"))
+    if not new.message_count and not new.has_prompt_ref:
+        bad.append((f"{field}.messages", "at least one message (or a prompt_ref)"))
+    return bad
+
+
 def _page_token(kind: str, value: str) -> str:
     return base64.urlsafe_b64encode(f"{kind}:{value}".encode()).decode()
 
@@ -113,7 +125,8 @@ class Jobs:
         """Queues one job.
 
         Raises:
-            InvalidArgument: A bad webhook URL or request id (nothing is stored).
+            InvalidArgument: A request with no model or no messages (and no prompt_ref), a bad
+                webhook URL or request id (nothing is stored).
             FailedPrecondition: A webhook was asked for and no signing secret is configured.
         """
         if request_id and not _REQUEST_ID.match(request_id):
@@ -121,6 +134,9 @@ class Jobs:
                 f"request_id {request_id[:80]!r} must be 1-64 letters, digits, '-' or '_'",
                 [("request_id", "1-64 characters of [A-Za-z0-9_-]")],
             )
+        bad = request_violations(new, "request")
+        if bad:
+            raise InvalidArgument(f"request cannot run: {bad[0][0]} is {bad[0][1]}", bad)
         await self._check_webhook(webhook_url)
         job_id = await self.store.submit(new_id(), owner, new, webhook_url, self.clock(), request_id, self.retention_ms)
         return await self.get(owner, job_id)
@@ -237,6 +253,8 @@ class Jobs:
             for i, it in enumerate(items)
             if len(it.custom_id) > MAX_CUSTOM_ID_CHARS
         ]
+        for i, it in enumerate(items):
+            bad += request_violations(it, f"items[{i}].request")
         if len(labels) > MAX_LABELS:
             bad.append(("labels", f"more than {MAX_LABELS}"))
         bad += [

@@ -10,7 +10,7 @@ from tollway.gateway.v1 import gateway_pb2
 from tollway.jobs import jobs as jobs_domain
 from tollway.jobs.auth import Callers
 from tollway.jobs.jobs import Jobs, parse_name
-from tollway.jobs.types import Batch, Job, NewJob, State, StoredFile
+from tollway.jobs.types import Batch, Job, NewJob, Owner, State, StoredFile
 from tollway.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from tollway.mesh.errors import InvalidArgument, rpc_errors
 
@@ -106,6 +106,8 @@ def _new_job(req: gateway_pb2.GenerateRequest, *priorities: int, custom_id: str 
         priority=priority,
         custom_id=custom_id,
         lane=jobs_domain.lane_of(priority),
+        message_count=len(req.messages),
+        has_prompt_ref=req.HasField("prompt_ref"),
     )
 
 
@@ -114,7 +116,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
         self.jobs = jobs
         self.callers = callers
 
-    async def _owner(self, context: grpc.aio.ServicerContext):
+    async def _owner(self, context: grpc.aio.ServicerContext) -> Owner:
         return await self.callers.authenticate(context.invocation_metadata() or ())
 
     @rpc_errors(DOMAIN)

@@ -115,6 +115,9 @@ class NewJob:
     priority: int
     custom_id: str = ""
     lane: str = "batch"  # the queue it waits in: "main" (interactive, normal) or "batch"
+    # What the submit-time check reads of the request (the gateway checks the rest when the job runs).
+    message_count: int = 0
+    has_prompt_ref: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
