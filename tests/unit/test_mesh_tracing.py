@@ -116,3 +116,32 @@ def test_clients_made_later_find_the_process_provider(monkeypatch: pytest.Monkey
         assert telemetry.current_provider() is provider
     finally:
         tracing.disable()
+
+
+async def test_an_http_request_continues_the_trace_of_its_traceparent(spans: InMemorySpanExporter) -> None:
+    from opentelemetry.trace import SpanKind, get_current_span
+
+    seen = {}
+
+    async def app(scope: object, receive: object, send: object) -> None:
+        seen["span"] = get_current_span().get_span_context()
+
+    middleware = tracing.TraceContextMiddleware(app, "surface")
+    header = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": [(b"traceparent", header)]}
+    await middleware(scope, None, None)
+    (span,) = spans.get_finished_spans()
+    assert span.kind is SpanKind.SERVER and span.name == "surface POST"
+    assert f"{span.context.trace_id:032x}" == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert f"{span.parent.span_id:016x}" == "00f067aa0ba902b7"
+    assert seen["span"].span_id == span.context.span_id  # current while the app runs
+
+
+async def test_with_tracing_off_http_requests_pass_through() -> None:
+    calls = []
+
+    async def app(scope: object, receive: object, send: object) -> None:
+        calls.append(scope)
+
+    await tracing.TraceContextMiddleware(app, "surface")({"type": "http", "headers": []}, None, None)
+    assert len(calls) == 1
