@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ import grpc
 import pytest
 
 from tests.conftest import TEST_RUN_DIR
+from tollway.cli import _create_key
 from tollway.common.v1 import common_pb2
 from tollway.launcher import runfile
 from tollway.launcher.canary import Phase, read_history, read_record
@@ -270,3 +272,48 @@ def test_history_is_json_lines(canary_stack: Stack) -> None:
     out = _cli(canary_stack, "history")
     for line in out.stdout.splitlines():
         assert json.loads(line)["service"] == "router"
+
+
+@pytest.fixture(scope="module")
+def edge_stack(catalog: Path) -> Iterator[Stack]:
+    """The gateway canary-ready: a public service, split at the edge's public listener."""
+    run_dir = Path(tempfile.mkdtemp(prefix="canary-edge-", dir=TEST_RUN_DIR or None))
+    names = ["edge", "admin", "mesh", "redis", "local_model", "gateway", "router"]
+    options = StackOptions(
+        ports=dict(zip(names, free_ports(len(names)), strict=True)),
+        run_dir=run_dir,
+        catalog=catalog,
+        with_model=False,
+        services=("gateway", "router"),
+        canary_ready=("gateway",),
+        layout="split",
+    )
+    with Stack(options) as stack:
+        yield stack
+        record = read_record(run_dir, "gateway")
+        if record is not None and not record.phase.final:
+            _cli(stack, "rollback", "gateway", check=False)
+
+
+def test_a_public_service_is_split_at_the_edge_too(edge_stack: Stack) -> None:
+    key, _ = asyncio.run(_create_key(edge_stack.redis_url, "acme"))
+    _cli(edge_stack, "start", "gateway", "--version", "v2", "--weight", "50")
+
+    def get(headers: dict[str, str]) -> int:
+        request = urllib.request.Request(
+            f"{edge_stack.edge_url}/v1/catalog/models", headers={"authorization": f"Bearer {key}", **headers}
+        )
+        with urllib.request.urlopen(request, timeout=20) as response:
+            return response.status
+
+    clusters = ("gateway", "gateway_canary")
+    admin = edge_stack.mesh.edge.admin.address
+    before = {c: s.requests for c, s in sample_clusters(admin, clusters).items()}
+    assert [get({}) for _ in range(200)] == [200] * 200
+    middle = {c: s.requests for c, s in sample_clusters(admin, clusters).items()}
+    assert [get({"x-canary": "1"}) for _ in range(50)] == [200] * 50
+    after = {c: s.requests for c, s in sample_clusters(admin, clusters).items()}
+    canary = middle["gateway_canary"] - before["gateway_canary"]
+    assert 60 <= canary <= 140, f"{canary} of 200 JSON requests reached the 50 % canary"
+    assert (after["gateway"] - middle["gateway"], after["gateway_canary"] - middle["gateway_canary"]) == (0, 50)
+    assert "rolled_back" in _cli(edge_stack, "rollback", "gateway").stdout
