@@ -153,6 +153,9 @@ class _Schemas:
         else:
             item = dict(_SCALARS[field.type])
         schema = {"type": "array", "items": item} if _repeated(field) else item
+        if not output and _repeated(field) and field.type != FieldDescriptor.TYPE_MESSAGE:
+            # The transcoder also reads one scalar as a list of one ("stop": "END").
+            schema = {"anyOf": [schema, item]}
         if not output:
             # The proto3 JSON mapping reads null as "the default".
             schema = {"anyOf": [schema, {"type": "null"}]} if "$ref" in schema else {**schema, "nullable": True}
@@ -537,6 +540,7 @@ _OPENAI_PATHS.update(
         ),
     }
 )
+
 
 def _with_path_params(route: dict[str, Any], *names: str) -> dict[str, Any]:
     """``route`` with its path parameters declared."""
