@@ -7,6 +7,8 @@ Scenarios (the model name, or a dash-separated part of it after ``fake-``):
     fake-ttft-<ms>-words-<n> waits <ms> before the first byte, then answers n words
     fake-gap-<ms>            waits <ms> between chunks, 1000 chunks (for cancellation tests)
     fake-gap-<ms>-words-<n>  waits <ms> between chunks, n chunks (a slow stream that ends: the console tests)
+    fake-prose-gap-<ms>      an English sentence of 31 words, one chunk per word with its leading space
+                             (as model tokenizers cut text), <ms> apart (the output guard's bench)
     fake-cut-mid-stream      sends 3 chunks, then drops the connection (unterminated body)
     fake-reset-mid-stream    sends 3 chunks, then resets the connection (TCP RST)
     fake-stall-before-first  sends the response head (and the wire's opening event), then
@@ -42,6 +44,12 @@ TOOL_CALLS = (
 )
 
 
+PROSE = (
+    "Proration credits the unused part of the monthly plan against the annual price, so the corrected "
+    "invoice shows the difference as account credit, which is applied to your next payment automatically."
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class Scenario:
     """The behaviour picked by a model name."""
@@ -63,9 +71,12 @@ class Scenario:
     cached: bool = False
     length: bool = False
     n_words: int = -1
+    prose: bool = False
 
     def words(self, schema: dict[str, Any] | None = None) -> list[str]:
         """The answer's text pieces, in order."""
+        if self.prose:
+            return [("" if i == 0 else " ") + w for i, w in enumerate(PROSE.split())]
         if self.gap_ms:
             return [f"tick{i} " for i in range(1000 if self.n_words < 0 else self.n_words)]
         if self.json:
@@ -90,6 +101,8 @@ def parse(model: str) -> Scenario:
         s["gap_ms"] = int(m.group(1))
     if m := re.fullmatch(r"fake-gap-(\d+)-words-(\d+)", model):
         s["gap_ms"], s["n_words"] = int(m.group(1)), int(m.group(2))
+    if m := re.fullmatch(r"fake-prose-gap-(\d+)", model):
+        s["gap_ms"], s["prose"] = int(m.group(1)), True
     if m := re.fullmatch(r"fake-words-(\d+)", model):
         s["n_words"] = int(m.group(1))
     if m := re.fullmatch(r"fake-ttft-(\d+)-words-(\d+)", model):
