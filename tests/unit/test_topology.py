@@ -48,15 +48,25 @@ def test_committed_mesh_has_the_documented_ports() -> None:
     ports = {s.name: s.port for s in mesh.services}
     assert ports == {
         "gateway": 50051, "cache": 50052, "prompts": 50053, "budget": 50054, "router": 50055,
-        "embedding": 50056, "retrieval": 50057, "openai_compat": 8090,
+        "embedding": 50056, "retrieval": 50057, "openai_compat": 8090, "jobs": 50058,
     }
 
 
 def test_committed_mesh_enables_and_exposes_the_right_services() -> None:
     mesh = load_mesh(MESH_FILE)
     enabled = [s.name for s in mesh.enabled_services]
-    assert enabled == ["gateway", "cache", "prompts", "budget", "router", "embedding", "retrieval", "openai_compat"]
-    assert {s.name for s in mesh.services if s.public} == {"gateway", "openai_compat"}
+    assert enabled == [
+        "gateway",
+        "cache",
+        "prompts",
+        "budget",
+        "router",
+        "embedding",
+        "retrieval",
+        "openai_compat",
+        "jobs",
+    ]
+    assert {s.name for s in mesh.services if s.public} == {"gateway", "openai_compat", "jobs"}
     gateway = mesh.service("gateway")
     assert gateway.grpc_services == ("tollway.gateway.v1.GatewayService",)
     assert gateway.grpc_path_prefixes == ("/tollway.gateway.v1.GatewayService/",)
