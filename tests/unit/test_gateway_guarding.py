@@ -111,7 +111,9 @@ class FakeStore:
 
 
 class Rig:
-    def __init__(self, router: FakeRouter, cat: Catalog | None = None, summariser: Any = None) -> None:
+    def __init__(
+        self, router: FakeRouter, cat: Catalog | None = None, summariser: Any = None, *, guards: bool = True
+    ) -> None:
         self.cache, self.budget, self.router, self.store = FakeCache(), FakeBudget(), router, FakeStore()
         self.gw = Gateway(
             keys=None,  # type: ignore[arg-type]
@@ -122,7 +124,7 @@ class Rig:
             catalog=cat or catalog(),
             cache=self.cache,  # type: ignore[arg-type]
             budget=self.budget,  # type: ignore[arg-type]
-            guards=Guards(parse_policies(POLICY), summariser=summariser),
+            guards=Guards(parse_policies(POLICY), summariser=summariser) if guards else None,
         )
 
     async def run(self, req: GatewayRequest) -> list[Any]:
@@ -251,6 +253,12 @@ async def test_a_model_that_enforces_schemas_gets_the_format() -> None:
     assert rig.router.asked[0].response_format.schema == SCHEMA
     assert json.loads(text_of(events)) == {"city": "Paris"}
     assert "output:structured=repaired" in rig.record()["guard_decisions"]
+
+
+async def test_structured_answers_are_checked_in_a_gateway_without_guards_too() -> None:
+    rig = Rig(FakeRouter(["sunny"], ['{"city": "Paris"}']), guards=False)
+    events = await rig.run(json_request())
+    assert json.loads(text_of(events)) == {"city": "Paris"} and len(rig.budget.admitted) == 2
 
 
 async def test_three_invalid_answers_are_a_structured_error_after_three_charged_calls() -> None:

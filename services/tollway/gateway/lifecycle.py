@@ -292,7 +292,7 @@ class Gateway:
                 # untrimmed request's key.
                 call.chat = await self.guards.fit(guard, call.chat, entry.context_window)
                 request = dataclasses.replace(request, chat=call.chat)
-            if guard is not None and call.chat.response_format.wants_json and not call.chat.tools:
+            if call.chat.response_format.wants_json and not call.chat.tools:
                 async for event in self._structured(call, request, timeout_s, tier):
                     yield event
                 return
@@ -386,7 +386,7 @@ class Gateway:
             StructuredOutputInvalid: INTERNAL ``STRUCTURED_OUTPUT_INVALID`` after the last attempt.
             TollwayError: A budget refusal or the router's failure, as they came.
         """
-        assert self.router is not None and call.guard is not None
+        assert self.router is not None
         timeout = min(timeout_s, self.request_timeout_s) if timeout_s else self.request_timeout_s
         chat = call.chat
         compiled = compile_format(chat.response_format)
@@ -452,11 +452,13 @@ class Gateway:
         try:
             result = await generate_structured(attempt, chat.messages, compiled, model=model_name)
         except StructuredOutputInvalid as exc:
-            call.guard.structured = f"failedx{exc.attempts}"
+            if call.guard is not None:
+                call.guard.structured = f"failedx{exc.attempts}"
             guard_metrics.observe_structured(model_name, exc.attempts, False, False)
             raise
         how = "retried" if result.attempts > 1 else "repaired" if result.repaired else "valid"
-        call.guard.structured = how + (f"x{result.attempts}" if result.attempts > 1 else "")
+        if call.guard is not None:
+            call.guard.structured = how + (f"x{result.attempts}" if result.attempts > 1 else "")
         guard_metrics.observe_structured(model_name, result.attempts, result.repaired, True)
         started = first[0]
         record = call.record
@@ -478,7 +480,7 @@ class Gateway:
         )
         if call.citations:
             yield Cited(call.citations)
-        guard = call.guard.output_guard()
+        guard = call.guard.output_guard() if call.guard is not None else None
         for piece in (guard.feed(result.text), guard.flush()) if guard else (result.text,):
             delta = _released(call, guard, piece)
             if delta is not None:
