@@ -118,12 +118,17 @@ async def drain(system: str, kind: str, budget: float, urls: list[str], key: str
     d = Drain(system, kind, budget)
     if kind == "tokens":
         await top_of_minute()
+    minute = int(time.time() // 60)
     for _ in range(MAX_BURSTS):
         statuses = await burst(urls, key, n)
         d.per_burst.append(statuses.get(200, 0))
         d.other.update({s: c for s, c in statuses.items() if s not in (200, 429, 422)})
         d.spent.append(await spent())  # type: ignore[operator]
         if not d.per_burst[-1]:
+            break
+        if kind == "tokens" and int(time.time() // 60) != minute:
+            # A per-minute quota starts afresh: later bursts would measure the next minute.
+            d.note = f"stopped: the minute ended after burst {len(d.per_burst)}"
             break
         await asyncio.sleep(GAP_S)
     return d
@@ -184,7 +189,8 @@ async def tollway_drain(stack: Stack, tenant: str, kind: str, n: int) -> Drain:
 
         budget = PER_REQUEST_NANOS * 20 if kind == "usd" else PER_REQUEST_TOKENS * 20
         d = await drain("Tollway", kind, budget, [stack.edge_url], key, n, spent)
-        d.note = "counters = ledger after every burst" if all(balanced) else "COUNTERS != LEDGER"
+        ledger = "counters = ledger after every burst" if all(balanced) else "COUNTERS != LEDGER"
+        d.note = f"{d.note}; {ledger}" if d.note else ledger
         return d
 
 
