@@ -84,7 +84,7 @@ def test_each_service_gets_deployment_service_pdb_and_hpa() -> None:
         resources = container["resources"]
         assert set(resources) == {"requests", "limits"}
         assert set(resources["requests"]) == set(resources["limits"]) == {"cpu", "memory"}
-        env = {e["name"]: e["value"] for e in container["env"]}
+        env = {e["name"]: e.get("value") for e in container["env"]}  # secrets come by reference (valueFrom)
         assert env["TOLLWAY_REDIS_URL"] == redis_cluster_url(mesh)
         assert env["TOLLWAY_REDIS_URL"].startswith("redis+cluster://redis-0.redis.tollway.svc.cluster.local:")
         port = container["ports"][0]
@@ -107,7 +107,7 @@ def test_each_service_gets_deployment_service_pdb_and_hpa() -> None:
 def test_callers_reach_callees_through_envoys_mesh_listener() -> None:
     files = build_k8s_manifests(load_mesh(MESH_FILE))
     container = files["gateway.yaml"][0]["spec"]["template"]["spec"]["containers"][0]
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}  # secrets come by reference (valueFrom)
     assert env["TOLLWAY_GATEWAY_ROUTER_ADDR"] == "envoy-mesh.tollway.svc.cluster.local:8081"
     mesh_service = _by_kind(files["envoy.yaml"], "Service")["envoy-mesh"]
     assert mesh_service["spec"]["ports"][0]["port"] == 8081

@@ -133,12 +133,16 @@ def test_canary_ready_services_run_alone_are_called_through_envoy_and_get_runtim
     assert clusters["router_canary"]["type"] == "EDS" and "cache_canary" not in clusters
     mesh_routes = next(x for x in config["static_resources"]["listeners"] if x["name"] == "mesh")
     routes = mesh_routes["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]
-    names = [r["name"] for r in routes["routes"] if r["name"].startswith("router:")]
-    assert names == [
+    router_routes = [r for r in routes["routes"] if r["name"].startswith("router:")]
+    assert [r["name"] for r in router_routes] == [
         "router:/tollway.router.v1.RouterService/:canary-forced",
         "router:/tollway.router.v1.RouterService/:canary",
         "router:/tollway.router.v1.RouterService/",
     ]
+    # A request the split sent to the canary goes on with x-canary: 1, so its path stays on canaries.
+    [mark] = router_routes[1]["request_headers_to_add"]
+    assert mark["header"] == {"key": "x-canary", "value": "1"}
+    assert "request_headers_to_add" not in router_routes[2]
 
 
 def test_canary_ready_must_name_an_enabled_service(tmp_path: Path) -> None:

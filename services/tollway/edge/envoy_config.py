@@ -358,9 +358,18 @@ def _service_routes(
             "runtime_fraction": _runtime_percent(forced_key),
         }
         out.append(entry(f"{base_name}:canary-forced", forced, target))
-        out.append(entry(f"{base_name}:canary", {**match, "runtime_fraction": _runtime_percent(weight_key)}, target))
+        split = entry(f"{base_name}:canary", {**match, "runtime_fraction": _runtime_percent(weight_key)}, target)
+        # A request the split sent to a canary carries x-canary onwards: every service it then calls
+        # (tollway.mesh.propagation forwards the header) answers it from its own canary, if it has one.
+        split["request_headers_to_add"] = [_CANARY_MARK]
+        out.append(split)
     out.append(entry(base_name, match, _split_target(s)))
     return out
+
+
+_CANARY_MARK = {
+    "header": {"key": CANARY_HEADER, "value": "1"}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+}
 
 
 def _runtime_percent(key: str) -> dict[str, Any]:
@@ -404,7 +413,11 @@ def _split_target(s: Service) -> dict[str, Any]:
         "weighted_clusters": {
             "clusters": [
                 {"name": cluster_name(s), "weight": 100 - s.canary.weight_percent},
-                {"name": cluster_name(s, canary=True), "weight": s.canary.weight_percent},
+                {
+                    "name": cluster_name(s, canary=True),
+                    "weight": s.canary.weight_percent,
+                    "request_headers_to_add": [_CANARY_MARK],  # the rest of its path stays on canaries
+                },
             ],
         },
     }
