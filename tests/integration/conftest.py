@@ -164,13 +164,15 @@ def stack(run_dir: Path, catalog: Path, namespaces: Path, budget_plans: Path) ->
         "budget",
         "prompts",
         "retrieval",
+        "jobs",
     ]
     options = StackOptions(
         ports=dict(zip(names, free_ports(len(names)), strict=True)),
         run_dir=run_dir,
         catalog=catalog,
         with_model=False,  # started on demand by `local_model`
-        services=("gateway", "router", "openai_compat", "cache", "embedding", "budget", "prompts", "retrieval"),
+        # jobs: openai_compat's /v1/files and /v1/batches run on it (issue 19).
+        services=("gateway", "router", "openai_compat", "cache", "embedding", "budget", "prompts", "retrieval", "jobs"),
         env={
             "TOLLWAY_CACHE_NAMESPACES_PATH": str(namespaces),
             "TOLLWAY_BUDGET_PLANS": str(budget_plans),

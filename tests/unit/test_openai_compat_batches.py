@@ -83,10 +83,13 @@ def test_a_multipart_upload_is_read() -> None:
 
 
 def test_ids_map_both_ways_and_derived_files_are_not_stored_ones() -> None:
-    assert files.file_id("files/abc") == "file-abc"
-    assert files.file_name("file-abc") == "files/abc"
-    assert batches.batch_name(batches.batch_id("jobbatches/abc")) == "jobbatches/abc"
-    for bad in ("abc", "file-", files.OUTPUT_PREFIX + "abc"):
+    ident = "01a2496a7fc933dde4bc12"
+    assert files.file_id(f"files/{ident}") == f"file-{ident}"
+    assert files.file_name(f"file-{ident}") == f"files/{ident}"
+    assert batches.batch_name(batches.batch_id(f"jobbatches/{ident}")) == f"jobbatches/{ident}"
+    with pytest.raises(ApiError):
+        batches.batch_name("batch_abc")
+    for bad in ("abc", "file-", "file-abc", files.OUTPUT_PREFIX + ident):
         with pytest.raises(ApiError) as err:
             files.file_name(bad)
         assert err.value.status == 404

@@ -95,7 +95,7 @@ def batch_id(name: str) -> str:
 
 def batch_name(openai_id: str) -> str:
     ident = openai_id.removeprefix("batch_")
-    if not openai_id.startswith("batch_") or not ident:
+    if not files.ID.fullmatch(ident):
         raise ApiError(404, f"no such batch: {openai_id}", "invalid_request_error", param="batch_id")
     return f"jobbatches/{ident}"
 
@@ -272,6 +272,8 @@ class BatchesApi:
         """The JSONL of a batch's output or error file, and the batch's creation time."""
         output = openai_id.startswith(files.OUTPUT_PREFIX)
         ident = openai_id.removeprefix(files.OUTPUT_PREFIX if output else files.ERROR_PREFIX)
+        if not files.ID.fullmatch(ident):
+            raise ApiError(404, f"no such file: {openai_id}", "invalid_request_error", param="file_id")
         name = f"jobbatches/{ident}"
         batch = (await self._call(request, "GetBatch", jobs_pb2.GetBatchRequest(name=name))).batch
         if not batch.done:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
+import re
 from typing import Any
 
 from tollway.jobs.v1 import jobs_pb2
@@ -16,6 +17,8 @@ from tollway.openai_compat.errors import ApiError
 
 PURPOSES = ("batch", "batch_output")
 OUTPUT_PREFIX = "file-batchout-"
+# The jobs service's ids (time-ordered hex); anything else names nothing there.
+ID = re.compile(r"[0-9a-f]{22}")
 ERROR_PREFIX = "file-batcherr-"
 
 
@@ -65,7 +68,7 @@ def file_name(openai_id: str) -> str:
         ApiError: 404 for an id that names no stored file.
     """
     ident = openai_id.removeprefix("file-")
-    if not openai_id.startswith("file-") or openai_id.startswith((OUTPUT_PREFIX, ERROR_PREFIX)) or not ident:
+    if openai_id.startswith((OUTPUT_PREFIX, ERROR_PREFIX)) or not ID.fullmatch(ident):
         raise ApiError(404, f"no such file: {openai_id}", "invalid_request_error", param="file_id")
     return f"files/{ident}"
 

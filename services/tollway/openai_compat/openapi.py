@@ -563,6 +563,13 @@ _FILE_UPLOAD["post"]["requestBody"] = {
         }
     },
 }
+_FILE_CONTENT = _surface_route(
+    "openai.retrieveFileContent", "A file's content (a batch's output as JSONL).", body=False
+)
+_FILE_CONTENT["get"]["responses"]["200"] = {
+    "description": "The file's bytes: JSON Lines for batch files.",
+    "content": {"application/jsonl": {"schema": {"type": "string"}}},
+}
 _OPENAI_PATHS.update(
     {
         "/v1/files": _FILE_UPLOAD,
@@ -570,10 +577,7 @@ _OPENAI_PATHS.update(
             _surface_route("openai.retrieveFile", "A stored file, or a batch's output or error file.", body=False),
             "file_id",
         ),
-        "/v1/files/{file_id}/content": _with_path_params(
-            _surface_route("openai.retrieveFileContent", "A file's content (a batch's output as JSONL).", body=False),
-            "file_id",
-        ),
+        "/v1/files/{file_id}/content": _with_path_params(_FILE_CONTENT, "file_id"),
         "/v1/batches": _surface_route("openai.createBatch", "Runs every line of an input file as a job of one batch."),
         "/v1/batches/{batch_id}": _with_path_params(
             _surface_route("openai.retrieveBatch", "A batch, with its status and request counts.", body=False),
