@@ -153,7 +153,9 @@ def tollway_stack(run: Path, upstream: int, tenants: list[str]) -> Stack:
         f"      - {{scope: tenant, window: month, usd: {usd}}}\n"
         f"  tokens:\n    default_priority: interactive\n    quotas:\n"
         f"      - {{scope: tenant, window: minute, tokens: {PER_REQUEST_TOKENS * 20}}}\n"
-        "tenants:\n" + "".join(f"  {t}: {{plan: {t.split('-')[1]}}}\n" for t in tenants)
+        "  roomy:\n    default_priority: interactive\n    quotas:\n"
+        "      - {scope: tenant, window: day, tokens: 1000000000}\n"
+        "tenants:\n  peers-warmup: {plan: roomy}\n" + "".join(f"  {t}: {{plan: {t.split('-')[1]}}}\n" for t in tenants)
     )
     services = ("gateway", "router", "budget", "openai_compat")
     names = ["edge", "admin", "mesh", "redis", *services]
@@ -281,8 +283,13 @@ async def run_all(args: argparse.Namespace, run: Path, upstream: int) -> None:
             stack.start()
             children, urls = start_litellm(run / "litellm", litellm_env(lredis.port, upstream))
             client = redis.Redis.from_url(lredis.url)
-            # Warm both: imports, connections (a throwaway LiteLLM key; a Tollway tenant not measured).
+            # Warm both: imports and connection pools (a throwaway LiteLLM key; a Tollway tenant not
+            # measured). A cold gateway opening its Redis connections for 200 requests at once on a
+            # loaded machine times some of them out (2 s) and answers 503.
             await burst(urls, f"sk-bench-tpm-warmup-{uuid.uuid4().hex[:8]}", 4)
+            warm_key, _ = await _create_key(stack.redis_url, "peers-warmup")
+            for _ in range(2):
+                await burst([stack.edge_url], warm_key, args.n)
             print(f"# {os.cpu_count()} CPUs; uptime before: {uptime()}", flush=True)
             results: list[Drain] = []
             for r in rounds:
