@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from tollway.embedding.cache import CachedEmbedding, decode_entry, encode_entry
+from tollway.mesh.redis import hash_tagged
 
 __all__ = ["EmbeddingStore", "StoreUnavailableError"]
 
@@ -39,7 +40,8 @@ class EmbeddingStore:
             raise ValueError(f"ttl_s must be >= 1, got {ttl_s}")
         self._client = client
         self._ttl_s = ttl_s
-        self._prefix = prefix
+        # On Redis Cluster one slot for every entry: a lookup is one MGET of many keys.
+        self._prefix = hash_tagged(client, prefix)
 
     def key(self, model_id: str, digest: bytes) -> str:
         """Returns the Redis key of one entry."""
