@@ -170,7 +170,11 @@ class Controller:
             return "the tollway up it belongs to stopped"
         if self.child is not None and not self.child.alive():
             return f"the canary's process exited with code {self.child.process.returncode}: {tail(self.child.log, 3)}"
-        self._sample()
+        try:
+            self._sample()
+        except OSError as exc:  # Envoy restarting (its supervisor brings it back): judge on the next tick
+            log.warning("cannot read Envoy's counters (%s); trying again", exc)
+            return None
         command = self._take_command()
         if command is not None:
             kind = command.get("command")
@@ -214,7 +218,10 @@ class Controller:
         deadline = time.monotonic() + _DRAIN_TIMEOUT_S
         quiet = 0
         while time.monotonic() < deadline and quiet < 2:
-            active = sample_clusters(self.admin, (cluster,))[cluster].active
+            try:
+                active = sample_clusters(self.admin, (cluster,))[cluster].active
+            except OSError:
+                return  # Envoy is gone (the stack is stopping): nothing is in flight through it
             quiet = quiet + 1 if active == 0 else 0
             time.sleep(0.1)
 

@@ -199,6 +199,7 @@ def write_stack(run_dir: Path, description: dict[str, Any]) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     tmp = run_dir / (STACK + ".tmp")
     tmp.write_text(json.dumps(description, indent=1) + "\n")
+    tmp.chmod(0o600)  # the services' extra environment may hold settings others should not read
     tmp.replace(run_dir / STACK)
     # A new launcher starts every service from the checkout: releases of an earlier run are gone.
     for old in (run_dir / RELEASES).glob("*.json"):
