@@ -419,6 +419,8 @@ def test_openai_batches_by_base_url(jobs_stack: Stack, tenant_key: tuple[str, st
     with pytest.raises(openai.BadRequestError) as err:
         client.files.create(file=("bad.jsonl", wrong_url), purpose="batch")
     assert "line 1" in str(err.value)
+    listed = client.batches.list(limit=100)
+    assert batch.id in [b.id for b in listed.data]
     with pytest.raises(openai.NotFoundError):
         client.batches.retrieve("batch_0000000000000000000000")
     with pytest.raises(openai.BadRequestError):

@@ -219,3 +219,20 @@ async def test_a_request_that_cannot_run_is_refused_at_submit(store: JobsStore) 
     assert [f for f, _ in err.value.violations] == ["items[1].request.messages"]
     await jobs.submit(ACME, NewJob(b"", "", 3, has_prompt_ref=True))  # the prompt brings both
     assert await store.queue_depth() == (1, 0)  # only that one was queued
+
+
+async def test_batches_list_newest_first_and_a_batch_id_is_a_page_token(store: JobsStore) -> None:
+    jobs = Jobs(store, JobsConfig())
+    made = [(await jobs.submit_batch(ACME, [new()])).id for _ in range(5)]
+    await jobs.submit_batch(OTHER, [new()])
+    seen, token = [], ""
+    while True:
+        page = await jobs.list_batches(ACME, 2, token)
+        seen += [b.id for b in page.items]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == made[::-1]
+    assert [b.id for b in (await jobs.list_batches(ACME, 10, made[2])).items] == made[1::-1]
+    with pytest.raises(InvalidArgument):
+        await jobs.list_batches(ACME, 10, "nope")

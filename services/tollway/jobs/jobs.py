@@ -280,6 +280,35 @@ class Jobs:
             )
         return batch
 
+    async def list_batches(self, owner: Owner, size: int, token: str) -> Page[Batch]:
+        """A page of the owner's batches, newest first. The page token is the id of the last batch
+        shown (a batch's own id is therefore a valid token: the page starts after it).
+
+        Raises:
+            InvalidArgument: ``size`` out of range, or a token that is not a batch id.
+        """
+        size = page_size(size)
+        if token and not _ID.match(token):
+            raise InvalidArgument(
+                "page_token is not one this list returned: pass next_page_token unchanged",
+                [("page_token", "not a token of this list")],
+            )
+        found: list[Batch] = []
+        before = token
+        scanned = 0
+        while len(found) <= size and scanned < _SCAN_LIMIT:
+            ids = await self.store.list_batch_ids(owner.tenant, before, size + 1)
+            if not ids:
+                break
+            scanned += len(ids)
+            got = [await self.store.get_batch(i) for i in ids]
+            await self.store.forget_batches(owner.tenant, [i for i, b in zip(ids, got, strict=True) if b is None])
+            found += [b for b in got if b is not None]
+            before = ids[-1]
+        if len(found) > size:
+            return Page(found[:size], found[size - 1].id)
+        return Page(found, before if scanned >= _SCAN_LIMIT else "")
+
     async def cancel_batch(self, owner: Owner, batch_id: str) -> Batch:
         """Cancels every item not yet ended.
 

@@ -184,6 +184,18 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
         return jobs_pb2.GetBatchResponse(batch=batch_to_proto(batch))
 
     @rpc_errors(DOMAIN)
+    async def ListBatches(
+        self, request: jobs_pb2.ListBatchesRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.ListBatchesResponse:
+        owner = await self._owner(context)
+        token = parse_name(request.page_token, "jobbatches", "page_token") if request.page_token else ""
+        page = await self.jobs.list_batches(owner, request.page_size, token)
+        return jobs_pb2.ListBatchesResponse(
+            batches=[batch_to_proto(b) for b in page.items],
+            next_page_token=f"jobbatches/{page.next_page_token}" if page.next_page_token else "",
+        )
+
+    @rpc_errors(DOMAIN)
     async def CancelBatch(
         self, request: jobs_pb2.CancelBatchRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.CancelBatchResponse:

@@ -11,6 +11,7 @@ Keys (``{p}`` is the configured prefix)::
     {p}:queue:batch       STREAM  the same for priority batch: workers read it only when the first
                                   stream has nothing waiting, so a big batch never holds up a job
     {p}:batch:<id>        HASH    a batch's counts; expires ``retention`` after its last item ends
+    {p}:batches:<tenant>  ZSET    a tenant's batch ids, all score 0, in time order (lex range)
     {p}:batch:<id>:items  LIST    its job ids in order; expires with it
     {p}:hooks:due         ZSET    job ids whose webhook is due, by due time (ms); a deliverer leases
                                   one by moving its score ahead
@@ -204,6 +205,7 @@ class JobsStore:
                 fields["batch"], fields["idx"] = batch_id, str(i)
                 pipe.hset(self._job(job_id), mapping=fields)  # type: ignore[arg-type]
             pipe.rpush(self._batch(batch_id) + ":items", *job_ids)
+            pipe.zadd(f"{self.p}:batches:{owner.tenant}", {batch_id: 0})
             for job_id, new in zip(job_ids, items, strict=True):
                 pipe.xadd(self.streams[new.lane], {"id": job_id})
             await pipe.execute()
@@ -304,6 +306,17 @@ class JobsStore:
         """Drops listed ids whose jobs the retention removed."""
         if job_ids:
             await self.r.zrem(f"{self.p}:tenant:{tenant}", *job_ids)
+
+    async def list_batch_ids(self, tenant: str, before: str, count: int) -> list[str]:
+        """Up to ``count`` of a tenant's batch ids, newest first, older than ``before`` ("": from the newest)."""
+        top = f"({before}" if before else "+"
+        ids = await self.r.zrange(f"{self.p}:batches:{tenant}", top, "-", desc=True, bylex=True, offset=0, num=count)
+        return [i.decode() for i in ids]
+
+    async def forget_batches(self, tenant: str, batch_ids: Sequence[str]) -> None:
+        """Drops listed batch ids that the retention removed."""
+        if batch_ids:
+            await self.r.zrem(f"{self.p}:batches:{tenant}", *batch_ids)
 
     async def batch_ids(self, batch_id: str, start: int, count: int) -> list[str]:
         return [i.decode() for i in await self.r.lrange(self._batch(batch_id) + ":items", start, start + count - 1)]

@@ -5,6 +5,7 @@ Existing batch code works by base URL:
     POST /v1/files (purpose=batch)        -> JobsService.CreateFile
     POST /v1/batches {input_file_id, ...} -> the file's lines checked here, then SubmitBatch
     GET  /v1/batches/{id}                 -> GetBatch (status and request_counts)
+    GET  /v1/batches?limit=&after=        -> ListBatches (newest first)
     POST /v1/batches/{id}/cancel          -> CancelBatch
     GET  /v1/files/{id}, /content         -> GetFile, or a batch's output/error JSONL from ListJobs
 
@@ -184,6 +185,7 @@ class BatchesApi:
             Route("/v1/files/{file_id}", self.get_file, methods=["GET"]),
             Route("/v1/files/{file_id}/content", self.file_content, methods=["GET"]),
             Route("/v1/batches", self.create_batch, methods=["POST"]),
+            Route("/v1/batches", self.list_batches, methods=["GET"]),
             Route("/v1/batches/{batch_id}", self.get_batch, methods=["GET"]),
             Route("/v1/batches/{batch_id}/cancel", self.cancel_batch, methods=["POST"]),
         ]
@@ -321,6 +323,30 @@ class BatchesApi:
         except ApiError as exc:
             return exc.openai()
         return JSONResponse(batch_json(reply.batch))
+
+    async def list_batches(self, request: Request) -> Response:
+        """``GET /v1/batches?limit=&after=``: the caller's batches, newest first, in OpenAI's list shape."""
+        try:
+            raw_limit = request.query_params.get("limit", "20")
+            if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100:
+                raise ApiError(400, f"limit {raw_limit!r} must be 1 to 100", "invalid_request_error", param="limit")
+            after = request.query_params.get("after")
+            token = batch_name(after) if after else ""
+            reply = await self._call(
+                request, "ListBatches", jobs_pb2.ListBatchesRequest(page_size=int(raw_limit), page_token=token)
+            )
+        except ApiError as exc:
+            return exc.openai()
+        data = [batch_json(b) for b in reply.batches]
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": data,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+                "has_more": bool(reply.next_page_token),
+            }
+        )
 
     async def get_batch(self, request: Request) -> Response:
         try:

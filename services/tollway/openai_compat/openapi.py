@@ -578,7 +578,10 @@ _OPENAI_PATHS.update(
             "file_id",
         ),
         "/v1/files/{file_id}/content": _with_path_params(_FILE_CONTENT, "file_id"),
-        "/v1/batches": _surface_route("openai.createBatch", "Runs every line of an input file as a job of one batch."),
+        "/v1/batches": {
+            **_surface_route("openai.createBatch", "Runs every line of an input file as a job of one batch."),
+            **_surface_route("openai.listBatches", "The caller's batches, newest first (limit, after).", body=False),
+        },
         "/v1/batches/{batch_id}": _with_path_params(
             _surface_route("openai.retrieveBatch", "A batch, with its status and request counts.", body=False),
             "batch_id",
