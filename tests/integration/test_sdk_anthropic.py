@@ -105,10 +105,8 @@ def test_error_classes(sdk: anthropic.Anthropic, stack: Stack) -> None:
         )
     with pytest.raises(anthropic.NotFoundError):
         sdk.messages.create(model="no-such-model", max_tokens=10, messages=HI)
-    with pytest.raises(anthropic.RateLimitError) as limited:
-        sdk.messages.create(model="fake-429", max_tokens=10, messages=HI, extra_headers=NO_CACHE)
-    assert limited.value.response.headers["retry-after"] == "1"
-    assert limited.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
+    # 429 on this surface: test_sdk_budget_and_disconnect.py (a budget refusal); a provider's own 429
+    # here would count toward the fake's shared circuit breaker and turn other tests' 429 into 503.
     with pytest.raises(anthropic.InternalServerError) as down:
         sdk.messages.create(model="unreachable", max_tokens=10, messages=HI, extra_headers=NO_CACHE)
     assert down.value.status_code == 503

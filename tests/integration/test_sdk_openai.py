@@ -188,9 +188,8 @@ def test_error_classes_for_each_status(sdk: openai.OpenAI, stack: Stack) -> None
     with pytest.raises(openai.APIStatusError) as large:
         sdk.chat.completions.create(model="fake-ok", messages=[{"role": "user", "content": "x" * 2_000_000}])
     assert large.value.status_code == 413
-    with pytest.raises(openai.RateLimitError) as limited:
-        sdk.chat.completions.create(model="fake-429", messages=HI, extra_headers=NO_CACHE)
-    assert limited.value.response.headers["retry-after"] == "1"
+    # 429 on this surface: test_sdk_budget_and_disconnect.py (a budget refusal); a provider's own 429
+    # here would count toward the fake's shared circuit breaker and turn other tests' 429 into 503.
     with pytest.raises(openai.InternalServerError) as down:
         sdk.chat.completions.create(model="unreachable", messages=HI, extra_headers=NO_CACHE)
     assert down.value.status_code == 503
