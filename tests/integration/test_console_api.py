@@ -134,6 +134,10 @@ def test_feedback_is_checked_scoped_and_counted_once(stack: Stack) -> None:
         assert int(row["feedback_count"]) == 1 and row["mean_feedback_score"] == pytest.approx(0.5)
         [call] = ca.get("/v1/calls").json()["calls"]
         assert call["feedback_score"] == pytest.approx(0.5)
+        one = ca.get(f"/v1/calls/{rid}")
+        assert one.status_code == 200 and one.json()["call"]["fields"]["request_id"] == rid
+        assert one.json()["call"]["feedback_score"] == pytest.approx(0.5) and one.json()["raw_response"] == ""
+        assert cb.get(f"/v1/calls/{rid}").status_code == 404
         assert call["fields"]["key_id"].startswith("tw-") and call["raw_state"] == "not_kept"
 
 

@@ -105,12 +105,21 @@ async def test_raw_text_is_kept_apart_only_where_allowed_and_expires(store: Gate
     assert "my secret question" not in str(listed.fields)
     with pytest.raises(NotFound):
         await insights.raw(BETA, "kept")
+    view, raw_text = await insights.call(ACME, "kept")
+    assert view.fields["request_id"] == "kept" and view.raw_state == "hot"
+    assert raw_text is not None and raw_text["response"] == "the answer"
+    other_view, nothing = await insights.call(BETA, "not-kept")
+    assert other_view.raw_state == "not_kept" and nothing is None
+    with pytest.raises(NotFound):
+        await insights.call(BETA, "kept")
     # The retention is a Redis TTL: waiting for time to pass is the test (nothing to poll).
     deadline = time.monotonic() + 5
     while (await insights.calls(ACME, "", 10, ""))[0][0].raw_state != "expired":
         assert time.monotonic() < deadline, "the raw text never expired"
         await asyncio.sleep(0.2)
     assert await insights.raw(ACME, "kept") is None
+    view, raw_text = await insights.call(ACME, "kept")
+    assert view.raw_state == "expired" and raw_text is None
 
 
 async def test_feedback_counts_once_per_call_and_only_for_its_tenant(store: GatewayStore) -> None:

@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import time
 from collections.abc import Sequence
 
 from tollway.common.chat import ChatMessage
@@ -102,13 +103,15 @@ class CallLog:
         try:
             # Serialised and summed here, off the response path, like the write itself.
             fields = [record.stream_fields() for record in batch]
+            written_ms = int(time.time() * 1000)
             if not self.aggregate:
                 await self.store.append_calls(fields)
                 return
             await self.store.append_calls(
                 fields,
                 usage=insights.batch_amounts(fields),
-                index={f["request_id"]: insights.attribution(f) for f in fields},
+                # When the batch is written: the records' ids in the tenant stream are close to it.
+                index={f["request_id"]: {**insights.attribution(f), "written_ms": str(written_ms)} for f in fields},
                 raw={rid: (p, a, self.raw.retention_s) for rid, (p, a) in raw.items()},
             )
         except Exception:

@@ -510,6 +510,25 @@ class Insights:
         feedback_target(viewer, request_id, await self.store.call_attribution(request_id))
         return await self.store.raw_call(request_id)
 
+    async def call(self, viewer: Viewer, request_id: str) -> tuple[CallView, dict[str, str] | None]:
+        """One call and its raw text (None when not kept or expired).
+
+        Raises:
+            NotFound: No such call of the viewer's tenant in the last 30 days (or its record
+                was trimmed from the tenant's stream).
+        """
+        target = feedback_target(viewer, request_id, await self.store.call_attribution(request_id))
+        fields = await self.store.find_call(target["tenant"], request_id, int(target.get("written_ms", "0") or 0))
+        if fields is None:
+            raise NotFound(
+                f"call {request_id!r} is no longer in its tenant's call list (trimmed); its totals remain",
+                reason="CALL_NOT_FOUND",
+            )
+        [(hot, score_milli)] = await self.store.call_extras([request_id])
+        raw = await self.store.raw_call(request_id) if hot else None
+        state = "not_kept" if fields.get("raw_stored", "0") != "1" else ("hot" if raw else "expired")
+        return CallView(fields, state, None if score_milli is None else score_milli / 1000), raw
+
     async def feedback(self, viewer: Viewer, request_id: str, score: float, comment: str) -> bool:
         """Records feedback (see :func:`check_feedback` and :func:`feedback_target` for the
         errors); True when it replaced earlier feedback on the call."""

@@ -75,6 +75,19 @@ class InsightsServicer(insights_pb2_grpc.InsightsServiceServicer):
         return out
 
     @rpc_errors(DOMAIN)
+    async def GetCall(
+        self, request: insights_pb2.GetCallRequest, context: grpc.aio.ServicerContext
+    ) -> insights_pb2.GetCallResponse:
+        viewer = await self._viewer(context)
+        call, raw = await self.insights.call(viewer, request.request_id)
+        out = insights_pb2.GetCallResponse(call=insights_pb2.CallRecord(fields=call.fields, raw_state=call.raw_state))
+        if call.feedback_score is not None:
+            out.call.feedback_score = call.feedback_score
+        if raw is not None:
+            out.raw_prompt, out.raw_response = raw.get("prompt", ""), raw.get("response", "")
+        return out
+
+    @rpc_errors(DOMAIN)
     async def RecordFeedback(
         self, request: insights_pb2.RecordFeedbackRequest, context: grpc.aio.ServicerContext
     ) -> insights_pb2.RecordFeedbackResponse:

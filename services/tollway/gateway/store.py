@@ -196,6 +196,19 @@ class GatewayStore:
             for i in range(0, len(replies), 2)
         ]
 
+    async def find_call(
+        self, tenant: str, request_id: str, around_ms: int, window_ms: int = 5000
+    ) -> dict[str, str] | None:
+        """The record of ``request_id`` in the tenant's stream, looked for among the entries
+        written within ``window_ms`` of ``around_ms`` (the index keeps when its batch was written)."""
+        rows = await self.redis.xrange(
+            TENANT_CALLS + tenant, min=str(max(around_ms - window_ms, 0)), max=str(around_ms + window_ms)
+        )
+        for _, fields in rows:
+            if fields.get(b"request_id") == request_id.encode():
+                return {k.decode(): v.decode() for k, v in fields.items()}
+        return None
+
     async def raw_call(self, request_id: str) -> dict[str, str] | None:
         """The raw prompt and answer of a call, or None when never kept or expired."""
         row = await self.redis.hgetall(RAW_CALL + request_id)
