@@ -64,6 +64,10 @@ def test_chat_tools_choice_format_and_tool_turns() -> None:
         ({"cache": {"mode": "sometimes"}}, "cache.mode"),
         ({"cache": {"ttl": 3}}, "cache"),
         ({"priority": "urgent"}, "priority"),
+        ({"tier": "small"}, "tier"),
+        ({"presence_penalty": 0.5}, "presence_penalty"),
+        ({"logit_bias": {"50256": -100}}, "logit_bias"),
+        ({"modalities": ["text", "audio"]}, "modalities"),
     ],
 )
 def test_chat_refusals_name_the_field(extra: dict[str, Any], param: str) -> None:
@@ -186,3 +190,7 @@ def test_retrieval_option_is_carried_and_checked() -> None:
         with pytest.raises(InvalidArgument) as exc:
             chat.parse(_chat(retrieval=bad), _request())
         assert exc.value.violations[0][0] == param
+
+
+def test_harmless_defaults_of_uncarried_parameters_pass() -> None:
+    chat.parse(_chat(frequency_penalty=0, presence_penalty=0.0, logit_bias={}, modalities=["text"]), _request())

@@ -49,6 +49,32 @@ def _choices(body: dict[str, Any], stream: bool) -> int:
     return count
 
 
+# Parameters of OpenAI's API that the gateway cannot carry, with the values that change nothing:
+# any other value is refused, never dropped (the answer would not be the one asked for).
+_UNCARRIED: dict[str, tuple[Any, ...]] = {
+    "frequency_penalty": (None, 0, 0.0),
+    "presence_penalty": (None, 0, 0.0),
+    "logit_bias": (None, {}),
+    "modalities": (None, ["text"]),
+    "audio": (None,),
+    "prediction": (None,),
+    "reasoning_effort": (None,),
+    "web_search_options": (None,),
+}
+
+
+def _refuse_uncarried(body: dict[str, Any]) -> None:
+    asked = [k for k, harmless in _UNCARRIED.items() if body.get(k) not in harmless]
+    if asked:
+        raise InvalidArgument(
+            f"{', '.join(map(repr, asked))}: not supported through this API (the gateway cannot carry "
+            f"{'it' if len(asked) == 1 else 'them'} to the provider); the request was not sent. Remove "
+            "the parameter (Tollway never answers without honouring it)",
+            [(k, "not supported") for k in asked],
+            reason=capabilities.REASON,
+        )
+
+
 def parse(body: Any, request: Request) -> tuple[gateway_pb2.GenerateRequest, bool, bool, int]:
     """The gateway request, stream, include_usage and n of a chat body.
 
@@ -57,6 +83,7 @@ def parse(body: Any, request: Request) -> tuple[gateway_pb2.GenerateRequest, boo
     """
     if isinstance(body, dict):
         capabilities.check_openai_body({k: v for k, v in body.items() if k not in _CARRIED})
+        _refuse_uncarried(body)
     req, stream, include_usage = translate.chat_request(body)
     translate.apply_cache_headers(req, request.headers)
     http.apply_budget_headers(req, request)
