@@ -183,3 +183,24 @@ def test_tollway_insights_usage_prints_a_table_or_csv(capsys: pytest.CaptureFixt
         assert table[0].startswith("usage by user") and table[2].split()[:2] == ["u1", "2"]
         assert main(["--redis-url", server.url, "insights", "usage", "--since", "yesterday"]) == 2
         assert "since 'yesterday' is not a date" in capsys.readouterr().err
+
+
+async def test_quality_samples_add_agreement_per_model_and_prompt(store: GatewayStore) -> None:
+    log = CallLog(store)
+    log.add(call("a0", "acme", model="big"))
+    log.add_agreement("acme", "default", "big", "triage", "2", 0.9)
+    log.add_agreement("acme", "default", "big", "triage", "2", 0.5)
+    await log.flush()
+    log.add_agreement("acme", "default", "big", "triage", "2", 0.4)  # alone in a batch: still written
+    await log.flush()
+    insights = Insights(store, ["admin"])
+    [big] = (await insights.usage(ACME, "model", "", ""))[0]
+    assert big.requests == 1 and big.agreement_samples == 3 and big.mean_agreement == pytest.approx(0.6)
+    [prompt] = (await insights.usage(ACME, "prompt", "", ""))[0]
+    assert prompt.group == "triage@2" and prompt.agreement_samples == 3
+    by_namespace = {r.group: r.agreement_samples for r in (await insights.usage(ACME, "namespace", "", ""))[0]}
+    assert by_namespace["default"] == 3
+    # Feedback on a call still lands in the packed fields the agreement grew.
+    assert await insights.feedback(ACME, "a0", 1.0, "") is False
+    [big] = (await insights.usage(ACME, "model", "", ""))[0]
+    assert big.feedback_count == 1 and big.agreement_samples == 3

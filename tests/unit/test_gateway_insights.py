@@ -189,3 +189,41 @@ def test_the_record_derives_total_tokens_and_tokens_per_second() -> None:
     assert fields["total_tokens"] == "40" and fields["tokens_per_second"] == "30.0"
     assert fields["tools_called"] == "search,fetch" and fields["temperature"] == "" and fields["raw_stored"] == "0"
     assert record(output_tokens=0)["tokens_per_second"] == "0.0"
+
+
+def test_a_quality_sample_counts_agreement_under_model_prompt_and_namespace() -> None:
+    from tollway.gateway.insights import agreement_amounts, merge_amounts
+
+    amounts = agreement_amounts("acme", "faq", "gpt-x", "triage@2", 0.8, NOON)
+    assert set(amounts) == {("acme", "2026-12-06", d) for d in ("tenant", "model", "prompt", "namespace")}
+    [model] = amounts[("acme", "2026-12-06", "model")].items()
+    assert model[0] == "gpt-x" and measure(model[1], "agreement_samples") == 1
+    assert measure(model[1], "agreement_f1_milli") == 800 and measure(model[1], "requests") == 0
+    into = batch_amounts([record()])
+    merge_amounts(into, amounts)
+    merge_amounts(into, agreement_amounts("acme", "faq", "gpt-x", "triage@2", 0.4, NOON))
+    [row] = usage_rows(Dimension.MODEL, _totals_of(into, "model"))
+    assert row.requests == 1 and row.agreement_samples == 2 and row.mean_agreement == pytest.approx(0.6)
+
+
+def _totals_of(amounts: dict, dimension: str) -> dict:  # type: ignore[type-arg]
+    return {(t, d): values for (t, d, dim), values in amounts.items() if dim == dimension}
+
+
+def test_drift_fires_on_agreement_as_on_feedback() -> None:
+    rule = DriftRule(recent_days=1, baseline_days=2, threshold=0.15, min_count=5)
+    days = ["2026-12-04", "2026-12-05", "2026-12-06"]
+
+    def samples(day: str, count: int, mean: float) -> dict:  # type: ignore[type-arg]
+        measures = [0] * len(MEASURES)
+        measures[MEASURES.index("agreement_samples")] = count
+        measures[MEASURES.index("agreement_f1_milli")] = round(mean * 1000 * count)
+        return {("acme", day): {"faq": measures}}
+
+    totals = {**samples("2026-12-04", 8, 0.85), **samples("2026-12-06", 5, 0.55)}
+    [signal] = drift(rule, {Dimension.NAMESPACE: totals}, days)
+    assert (signal.signal, signal.dimension, signal.value) == ("agreement", Dimension.NAMESPACE, "faq")
+    assert signal.recent == pytest.approx(0.55)
+    # Totals kept before agreement existed are shorter: read as no samples, not as an error.
+    old = {("acme", "2026-12-06"): {"faq": [1] * MEASURES.index("agreement_samples")}}
+    assert drift(rule, {Dimension.NAMESPACE: old}, days) == []

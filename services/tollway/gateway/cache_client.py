@@ -277,8 +277,9 @@ class CacheClient:
         except grpc.aio.AioRpcError as exc:
             self._failed("store", exc)
 
-    async def record_quality(self, namespace: str, hit: CacheHit, fresh_text: str) -> None:
-        """Reports how far a semantic hit was from a fresh answer to the same request."""
+    async def record_quality(self, namespace: str, hit: CacheHit, fresh_text: str) -> float | None:
+        """Reports how far a semantic hit was from a fresh answer to the same request; returns
+        the cache's token F1 between the two (None when the cache did not answer)."""
         cached_vec, fresh_vec = await self.embed(hit.text), await self.embed(fresh_text)
         request = cache_pb2.RecordQualitySampleRequest(
             namespace=namespace, cached_text=hit.text, fresh_text=fresh_text, entry_id=hit.entry_id
@@ -287,9 +288,11 @@ class CacheClient:
             request.cached_embedding.extend(cached_vec)
             request.fresh_embedding.extend(fresh_vec)
         try:
-            await self.cache.RecordQualitySample(request, timeout=self.lookup_timeout_s * 4)
+            reply = await self.cache.RecordQualitySample(request, timeout=self.lookup_timeout_s * 4)
         except grpc.aio.AioRpcError as exc:
             self._failed("quality", exc)
+            return None
+        return reply.token_f1
 
     @staticmethod
     def _failed(what: str, exc: grpc.aio.AioRpcError) -> Lookup:

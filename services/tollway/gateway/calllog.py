@@ -66,6 +66,7 @@ class CallLog:
         self.aggregate = aggregate
         self._waiting: list[CallRecord] = []
         self._raw: dict[str, tuple[str, str]] = {}
+        self._agreement: dict[tuple[str, str, str], dict[str, list[int]]] = {}
         self._flusher: asyncio.Task[None] | None = None
 
     def add(self, record: CallRecord, messages: Sequence[ChatMessage] = (), answer: str = "") -> None:
@@ -79,6 +80,20 @@ class CallLog:
             prompt = json.dumps([{"role": m.role, "content": m.content} for m in messages], ensure_ascii=False)
             self._raw[record.request_id] = (prompt, answer)
         self._waiting.append(record)
+        self._schedule()
+
+    def add_agreement(
+        self, tenant: str, namespace: str, model: str, prompt_template: str, prompt_version: str, token_f1: float
+    ) -> None:
+        """Counts a quality sample (a semantic hit answered again fresh, and how far the two
+        agreed) under the model, the prompt version and the namespace; written with the next batch."""
+        amounts = insights.agreement_amounts(
+            tenant, namespace, model, insights.prompt_key(prompt_template, prompt_version), token_f1, time.time()
+        )
+        insights.merge_amounts(self._agreement, amounts)
+        self._schedule()
+
+    def _schedule(self) -> None:
         if len(self._waiting) >= self.batch_size:
             self._start(0.0)
         elif self._flusher is None or self._flusher.done():
@@ -98,7 +113,8 @@ class CallLog:
         """Writes every waiting record now."""
         batch, self._waiting = self._waiting, []
         raw, self._raw = self._raw, {}
-        if not batch:
+        agreement, self._agreement = self._agreement, {}
+        if not batch and not agreement:
             return
         try:
             # Serialised and summed here, off the response path, like the write itself.
@@ -107,9 +123,11 @@ class CallLog:
             if not self.aggregate:
                 await self.store.append_calls(fields)
                 return
+            usage = insights.batch_amounts(fields)
+            insights.merge_amounts(usage, agreement)
             await self.store.append_calls(
                 fields,
-                usage=insights.batch_amounts(fields),
+                usage=usage,
                 # When the batch is written: the records' ids in the tenant stream are close to it.
                 index={f["request_id"]: {**insights.attribution(f), "written_ms": str(written_ms)} for f in fields},
                 raw={rid: (p, a, self.raw.retention_s) for rid, (p, a) in raw.items()},

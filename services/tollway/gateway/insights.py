@@ -56,6 +56,10 @@ MEASURES = (
     "cache_hits",
     "feedback_count",
     "feedback_score_milli",
+    # Semantic cache hits answered again fresh (the cache's quality samples) and the token F1
+    # between the cached and the fresh answer, in thousandths: agreement per model and prompt.
+    "agreement_samples",
+    "agreement_f1_milli",
 )
 # Dimensions whose totals a record adds to; ``day`` is read from the tenant totals of each day.
 _STORED = (
@@ -88,6 +92,8 @@ class Viewer:
 
 _FEEDBACK_COUNT = MEASURES.index("feedback_count")
 _FEEDBACK_SCORE = MEASURES.index("feedback_score_milli")
+_AGREEMENT_COUNT = MEASURES.index("agreement_samples")
+_AGREEMENT_SUM = MEASURES.index("agreement_f1_milli")
 # Totals as kept: per (tenant, day) for one dimension, the measures of each value.
 Totals = Mapping[tuple[str, str], Mapping[str, Sequence[int]]]
 
@@ -131,6 +137,8 @@ def record_amounts(record: Mapping[str, str]) -> dict[Dimension, tuple[str, list
         1 if tier in _HIT_TIERS else 0,
         0,  # feedback comes later, by RecordFeedback
         0,
+        0,  # agreement comes from quality samples (agreement_amounts)
+        0,
     ]
     return {dimension: (value, measures) for dimension, value in _values(record).items()}
 
@@ -149,6 +157,37 @@ def batch_amounts(records: Iterable[Mapping[str, str]]) -> dict[tuple[str, str, 
                 for i, amount in enumerate(measures):
                     have[i] += amount
     return dict(out)
+
+
+_AGREEMENT_DIMENSIONS = (Dimension.TENANT, Dimension.MODEL, Dimension.PROMPT, Dimension.NAMESPACE)
+
+
+def agreement_amounts(
+    tenant: str, namespace: str, model: str, prompt: str, token_f1: float, timestamp: float
+) -> dict[tuple[str, str, str], dict[str, list[int]]]:
+    """What one quality sample (a semantic hit answered again fresh) adds: a sample and its
+    agreement, under the tenant, the model that answered, the prompt version and the namespace."""
+    measures = [0] * len(MEASURES)
+    measures[MEASURES.index("agreement_samples")] = 1
+    measures[MEASURES.index("agreement_f1_milli")] = round(max(0.0, min(1.0, token_f1)) * 1000)
+    values = {Dimension.TENANT: "", Dimension.MODEL: model, Dimension.PROMPT: prompt, Dimension.NAMESPACE: namespace}
+    day = day_of(timestamp)
+    return {(tenant, day, d.value): {values[d]: list(measures)} for d in _AGREEMENT_DIMENSIONS}
+
+
+def merge_amounts(
+    into: dict[tuple[str, str, str], dict[str, list[int]]], more: Mapping[tuple[str, str, str], Mapping[str, list[int]]]
+) -> None:
+    """Adds ``more`` to ``into`` (both as :func:`batch_amounts` returns them)."""
+    for key, values in more.items():
+        sums = into.setdefault(key, {})
+        for value, measures in values.items():
+            have = sums.get(value)
+            if have is None:
+                sums[value] = list(measures)
+            else:
+                for i, amount in enumerate(measures):
+                    have[i] += amount
 
 
 def attribution(record: Mapping[str, str]) -> dict[str, str]:
@@ -200,6 +239,8 @@ class UsageRow:
     cache_hits: int = 0
     feedback_count: int = 0
     feedback_score_milli: int = 0
+    agreement_samples: int = 0
+    agreement_f1_milli: int = 0
 
     @property
     def mean_latency_ms(self) -> float:
@@ -217,6 +258,11 @@ class UsageRow:
     def mean_feedback(self) -> float | None:
         """The mean feedback score in [0, 1], or None without feedback."""
         return self.feedback_score_milli / 1000 / self.feedback_count if self.feedback_count else None
+
+    @property
+    def mean_agreement(self) -> float | None:
+        """The mean token F1 of sampled cache hits against fresh answers, or None without samples."""
+        return self.agreement_f1_milli / 1000 / self.agreement_samples if self.agreement_samples else None
 
     def add(self, measures: Sequence[int]) -> None:
         for name, amount in zip(MEASURES, measures, strict=False):
@@ -390,7 +436,8 @@ def check_page_token(token: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class DriftSignal:
-    """A prompt version or namespace whose mean feedback moved beyond the threshold."""
+    """A prompt version or namespace whose mean feedback or cache-hit agreement moved beyond
+    the threshold (``signal``: "feedback" or "agreement")."""
 
     dimension: Dimension
     value: str
@@ -398,6 +445,7 @@ class DriftSignal:
     recent: float
     baseline_count: int
     recent_count: int
+    signal: str = "feedback"
 
     @property
     def change(self) -> float:
@@ -406,11 +454,11 @@ class DriftSignal:
 
 @dataclasses.dataclass(frozen=True)
 class DriftRule:
-    """When a mean feedback score counts as drifted.
+    """When a mean feedback score (or a mean cache-hit agreement) counts as drifted.
 
     The recent window (the last ``recent_days`` days, today included) is compared with the
-    ``baseline_days`` before it; both need at least ``min_count`` scores, and the means
-    must differ by at least ``threshold`` (on the 0..1 score scale).
+    ``baseline_days`` before it; both need at least ``min_count`` scores (samples), and the
+    means must differ by at least ``threshold`` (both are on a 0..1 scale).
     """
 
     recent_days: int = 1
@@ -428,23 +476,27 @@ def drift(rule: DriftRule, totals: Mapping[Dimension, Totals], days: Sequence[st
             recent_days`` of them).
     """
     recent_days = set(days[-rule.recent_days :])
-    sums: dict[tuple[str, str, bool], list[int]] = defaultdict(lambda: [0, 0])
+    signals = {"feedback": (_FEEDBACK_COUNT, _FEEDBACK_SCORE), "agreement": (_AGREEMENT_COUNT, _AGREEMENT_SUM)}
+    sums: dict[tuple[str, str, str, bool], list[int]] = defaultdict(lambda: [0, 0])
     for dimension, per_day in totals.items():
         for (_, day), values in per_day.items():
             for value, measures in values.items():
-                if not value or len(measures) <= _FEEDBACK_SCORE:
+                if not value:
                     continue
-                slot = sums[(dimension.value, value, day in recent_days)]
-                slot[0] += measures[_FEEDBACK_COUNT]
-                slot[1] += measures[_FEEDBACK_SCORE]
+                for signal, (count_at, sum_at) in signals.items():
+                    if len(measures) > sum_at:  # fields kept before a measure existed are shorter
+                        slot = sums[(signal, dimension.value, value, day in recent_days)]
+                        slot[0] += measures[count_at]
+                        slot[1] += measures[sum_at]
     out = []
-    for dimension, value in sorted({(d, v) for d, v, _ in sums}):
-        (base_n, base_s), (new_n, new_s) = sums[(dimension, value, False)], sums[(dimension, value, True)]
+    for signal, dimension, value in sorted({(s, d, v) for s, d, v, _ in sums}):
+        (base_n, base_s) = sums[(signal, dimension, value, False)]
+        (new_n, new_s) = sums[(signal, dimension, value, True)]
         if base_n < rule.min_count or new_n < rule.min_count:
             continue
         baseline, recent = base_s / 1000 / base_n, new_s / 1000 / new_n
         if abs(recent - baseline) >= rule.threshold:
-            out.append(DriftSignal(Dimension(dimension), value, baseline, recent, base_n, new_n))
+            out.append(DriftSignal(Dimension(dimension), value, baseline, recent, base_n, new_n, signal))
     return sorted(out, key=lambda s: -abs(s.change))
 
 

@@ -38,6 +38,8 @@ def usage_row_to_proto(row: UsageRow) -> insights_pb2.UsageRow:
         cache_hit_count=row.cache_hits,
         feedback_count=row.feedback_count,
         mean_feedback_score=row.mean_feedback or 0.0,
+        agreement_sample_count=row.agreement_samples,
+        mean_agreement=row.mean_agreement or 0.0,
     )
 
 
@@ -110,6 +112,7 @@ class InsightsServicer(insights_pb2_grpc.InsightsServiceServicer):
                     recent_score=s.recent,
                     baseline_count=s.baseline_count,
                     recent_count=s.recent_count,
+                    signal=s.signal,
                 )
                 for s in signals
             ]

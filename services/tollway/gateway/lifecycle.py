@@ -710,7 +710,13 @@ class Gateway:
                     return
         except TollwayError:
             return
-        await self.cache.record_quality(cache_req.namespace, hit, "".join(parts))
+        token_f1 = await self.cache.record_quality(cache_req.namespace, hit, "".join(parts))
+        if token_f1 is not None:
+            # Agreement per model and prompt version too, beside the cache's per-namespace mean.
+            self.calls.add_agreement(
+                cache_req.tenant, cache_req.namespace, hit.model, cache_req.prompt_template, cache_req.prompt_version,
+                token_f1,
+            )
 
     @staticmethod
     def _record(request: GatewayRequest) -> CallRecord:

@@ -308,6 +308,7 @@ function fillCompare(kinds) {
         kind, r.group, r.request_count, usd(r.cost_usd_micros), r.mean_latency_ms.toFixed(0), r.mean_ttft_ms.toFixed(0),
         r.cache_hit_count, r.error_count,
         Number(r.feedback_count) ? `${r.mean_feedback_score.toFixed(2)} (${r.feedback_count})` : "–",
+        Number(r.agreement_sample_count) ? `${r.mean_agreement.toFixed(2)} (${r.agreement_sample_count})` : "–",
       ]);
     }
   }
@@ -357,7 +358,7 @@ async function loadDrift() {
   list.replaceChildren();
   for (const s of body.signals) {
     const li = document.createElement("li");
-    li.textContent = `${s.dimension} ${s.value}: feedback ${s.baseline_score.toFixed(2)} → ${s.recent_score.toFixed(2)}`;
+    li.textContent = `${s.dimension} ${s.value}: ${s.signal} ${s.baseline_score.toFixed(2)} → ${s.recent_score.toFixed(2)}`;
     list.append(li);
   }
   if (!body.signals.length) list.append(Object.assign(document.createElement("li"), { textContent: "no drift" }));
