@@ -79,6 +79,7 @@ class Drain:
     per_burst: list[int] = field(default_factory=list)
     spent: list[float] = field(default_factory=list)
     other: collections.Counter[int] = field(default_factory=collections.Counter)
+    samples: dict[int, str] = field(default_factory=dict)  # the first body of each other status
     note: str = ""
 
 
@@ -86,8 +87,9 @@ def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
 
 
-async def burst(urls: list[str], key: str, n: int) -> collections.Counter[int]:
-    """``n`` chat completions released at once, alternating over ``urls``; their statuses."""
+async def burst(urls: list[str], key: str, n: int, samples: dict[int, str] | None = None) -> collections.Counter[int]:
+    """``n`` chat completions released at once, alternating over ``urls``; their statuses. The
+    first body of each status other than 200 and 429 goes to ``samples``."""
     body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": MAX_TOKENS}
     limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
     async with httpx.AsyncClient(headers={"authorization": f"Bearer {key}"}, limits=limits, timeout=120) as http:
@@ -96,9 +98,14 @@ async def burst(urls: list[str], key: str, n: int) -> collections.Counter[int]:
         async def one(i: int) -> int:
             await go.wait()
             try:
-                return (await http.post(f"{urls[i % len(urls)]}/v1/chat/completions", json=body)).status_code
-            except httpx.HTTPError:
+                r = await http.post(f"{urls[i % len(urls)]}/v1/chat/completions", json=body)
+            except httpx.HTTPError as exc:
+                if samples is not None:
+                    samples.setdefault(-1, repr(exc)[:200])
                 return -1
+            if samples is not None and r.status_code not in (200, 429):
+                samples.setdefault(r.status_code, r.text[:300])
+            return r.status_code
 
         tasks = [asyncio.create_task(one(i)) for i in range(n)]
         await asyncio.sleep(0.2)  # every task at the start line
@@ -120,7 +127,7 @@ async def drain(system: str, kind: str, budget: float, urls: list[str], key: str
         await top_of_minute()
     minute = int(time.time() // 60)
     for _ in range(MAX_BURSTS):
-        statuses = await burst(urls, key, n)
+        statuses = await burst(urls, key, n, d.samples)
         d.per_burst.append(statuses.get(200, 0))
         d.other.update({s: c for s, c in statuses.items() if s not in (200, 429, 422)})
         d.spent.append(await spent())  # type: ignore[operator]
@@ -306,6 +313,9 @@ async def run_all(args: argparse.Namespace, run: Path, upstream: int) -> None:
             print("|---|---|---|---|---|---|---|---|---|---|")
             for d in results:
                 print(row(d, args.budget_requests))
+            for d in results:
+                for status, text in d.samples.items():
+                    print(f"# {d.system} ({d.kind}): first {status} said: {text}")
         finally:
             for child in children:
                 child.stop()

@@ -164,6 +164,11 @@ class Budgeting:
                     extra={"tenant": chat.tenant, "request_id": chat.request_id, "error": exc.message},
                 )
                 return Admission(request, None, input_tokens, max_tokens)
+            # Said here because the client only sees a 503: an operator must learn why.
+            log.warning(
+                "budget service unreachable; refusing under the tenant's policy",
+                extra={"tenant": chat.tenant, "request_id": chat.request_id, "error": exc.message},
+            )
             raise Unavailable(
                 f"the budget service cannot be reached ({exc.message}) and tenant {chat.tenant!r} "
                 "is refused while it is down; retry shortly",
