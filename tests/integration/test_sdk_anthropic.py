@@ -161,3 +161,14 @@ def test_tool_use_whole_and_streamed(sdk: anthropic.Anthropic) -> None:
         ],
     )
     assert follow.stop_reason == "tool_use"
+
+
+@pytest.mark.model
+def test_messages_against_the_local_model(sdk: anthropic.Anthropic) -> None:
+    ask = [{"role": "user", "content": "Name one colour."}]
+    message = sdk.messages.create(model="smollm2", max_tokens=12, messages=ask, extra_headers=NO_CACHE)
+    assert message.content[0].type == "text" and message.content[0].text
+    assert message.stop_reason in ("end_turn", "max_tokens") and message.usage.output_tokens > 0
+    with sdk.messages.stream(model="smollm2", max_tokens=12, messages=ask, extra_headers=NO_CACHE) as stream:
+        text = "".join(stream.text_stream)
+    assert text and stream.get_final_message().usage.output_tokens > 0

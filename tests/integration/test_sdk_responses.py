@@ -140,3 +140,11 @@ def test_raw_sse_framing(stack: Stack, api_key: str) -> None:
         numbers.append(payload["sequence_number"])
     assert numbers == list(range(len(numbers)))
     assert json.loads(frames[-2].split(b"\n")[1].removeprefix(b"data: "))["response"]["status"] == "completed"
+
+
+@pytest.mark.model
+def test_responses_against_the_local_model(sdk: openai.OpenAI) -> None:
+    response = sdk.responses.create(
+        model="smollm2", input="Name one colour.", max_output_tokens=16, extra_headers=NO_CACHE
+    )
+    assert response.output_text and response.status in ("completed", "incomplete")
