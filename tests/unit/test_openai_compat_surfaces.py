@@ -194,3 +194,12 @@ def test_retrieval_option_is_carried_and_checked() -> None:
 
 def test_harmless_defaults_of_uncarried_parameters_pass() -> None:
     chat.parse(_chat(frequency_penalty=0, presence_penalty=0.0, logit_bias={}, modalities=["text"]), _request())
+
+
+def test_messages_carry_tollway_options() -> None:
+    req, _ = anthropic.messages_request(
+        {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}], "cache": {"mode": "bypass"},
+         "feature": "f", "retrieval": {"collection": "docs"}}
+    )  # fmt: skip
+    assert req.cache_policy.mode == common_pb2.CACHE_MODE_BYPASS and req.feature == "f"
+    assert req.retrieval.collection == "docs"

@@ -42,6 +42,7 @@ _KEYS = frozenset(
     {
         "model", "messages", "max_tokens", "system", "stop_sequences", "temperature", "top_p", "top_k",
         "stream", "metadata", "tools", "tool_choice", "thinking", "service_tier", "container", "mcp_servers",
+        "cache", "feature", "priority", "retrieval",
     }
 )  # fmt: skip
 # Parameters of the API that the gateway cannot carry yet: refused, naming what would be lost.
@@ -221,6 +222,8 @@ def messages_request(body: Any) -> tuple[gateway_pb2.GenerateRequest, bool]:
         if type(metadata) is not dict:
             raise _bad("metadata", "an object", metadata)
         req.user = _string(metadata.get("user_id"), "metadata.user_id")
+    # Tollway's own options (the SDK sends them with extra_body), as on the OpenAI surfaces.
+    translate.tollway_options(body, req)
     stream = body.get("stream")
     if stream is not None and type(stream) is not bool:
         raise _bad("stream", "a boolean", stream)

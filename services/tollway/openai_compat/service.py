@@ -1,8 +1,10 @@
-"""The OpenAI-compatible HTTP API (Starlette), translated to tollway.gateway.v1.
+"""The HTTP APIs clients already speak (Starlette), translated to tollway.gateway.v1.
 
-Switching an OpenAI SDK client to Tollway is a base-URL change: the same paths, bodies,
-SSE chunks, ``[DONE]`` terminator and error objects. The caller's API key is passed
-through to the gateway, which authenticates it.
+Switching an OpenAI or Anthropic SDK client to Tollway is a base-URL change: the same paths,
+bodies, SSE events and error objects. Routes only: each API lives in its own module
+(:mod:`chat`, :mod:`embeddings`, :mod:`responses`, :mod:`anthropic`), and what they share in
+:mod:`http` and :mod:`errors`. The caller's API key is passed through to the gateway, which
+authenticates it.
 """
 
 from __future__ import annotations
