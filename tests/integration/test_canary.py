@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -317,3 +319,42 @@ def test_a_public_service_is_split_at_the_edge_too(edge_stack: Stack) -> None:
     assert 60 <= canary <= 140, f"{canary} of 200 JSON requests reached the 50 % canary"
     assert (after["gateway"] - middle["gateway"], after["gateway_canary"] - middle["gateway_canary"]) == (0, 50)
     assert "rolled_back" in _cli(edge_stack, "rollback", "gateway").stdout
+
+
+def test_a_canary_whose_process_dies_is_rolled_back_and_traffic_returns(canary_stack: Stack) -> None:
+    run_dir = canary_stack.options.run_dir
+    _cli(canary_stack, "start", "router", "--version", "crash", "--weight", "50")
+    record = read_record(run_dir, "router")
+    assert record is not None and record.phase is Phase.RUNNING
+    os.kill(record.canary_pid, signal.SIGKILL)
+    for _ in range(200):
+        record = read_record(run_dir, "router")
+        if record is not None and record.phase.final:
+            break
+        time.sleep(0.1)
+    assert record is not None and record.phase is Phase.ROLLED_BACK and record.automatic
+    assert "the canary's process exited" in record.reason
+    assert asyncio.run(_load(canary_stack, 100)) == Counter({"OK": 100})
+
+
+def test_a_canary_ends_with_its_stack(catalog: Path) -> None:
+    run_dir = Path(tempfile.mkdtemp(prefix="canary-stop-", dir=TEST_RUN_DIR or None))
+    names = ["edge", "admin", "mesh", "redis", "local_model", "router"]
+    options = StackOptions(
+        ports=dict(zip(names, free_ports(len(names)), strict=True)), run_dir=run_dir, catalog=catalog,
+        with_model=False, services=("router",), canary_ready=("router",), layout="split",
+    )
+    with Stack(options) as stack:
+        _cli(stack, "start", "router", "--version", "v2", "--weight", "10")
+        record = read_record(run_dir, "router")
+        assert record is not None
+        canary_pid, controller_pid = record.canary_pid, record.controller_pid
+    for _ in range(200):
+        record = read_record(run_dir, "router")
+        done = runfile.start_ticks(canary_pid) is None and runfile.start_ticks(controller_pid) is None
+        if record is not None and record.phase.final and done:
+            break
+        time.sleep(0.1)
+    assert record is not None and record.phase is Phase.ROLLED_BACK, record
+    assert record.reason == "the tollway up it belongs to stopped"
+    assert runfile.start_ticks(canary_pid) is None and runfile.start_ticks(controller_pid) is None

@@ -166,7 +166,8 @@ class Controller:
     def _tick(self) -> str | None:
         """Samples, obeys a command, and says why to roll back (None: carry on)."""
         r = self.record
-        if runfile.live_launcher(self.run_dir) is None:
+        if runfile.live_launcher(self.run_dir) is None or (runfile.read_status(self.run_dir) or {}).get("stopped"):
+            # Gone, or stopped by a process that goes on (a stack run inside a test or a bench).
             return "the tollway up it belongs to stopped"
         if self.child is not None and not self.child.alive():
             return f"the canary's process exited with code {self.child.process.returncode}: {tail(self.child.log, 3)}"
