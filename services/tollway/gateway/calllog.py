@@ -108,6 +108,11 @@ class CallLog:
         if delay_s:
             await asyncio.sleep(delay_s)
         await self.flush()
+        # What arrived while this batch was being written found this task still running and
+        # scheduled nothing: it goes in the next batch, not whenever another call comes.
+        while self._waiting or self._agreement:
+            await asyncio.sleep(self.interval_s)
+            await self.flush()
 
     async def flush(self) -> None:
         """Writes every waiting record now."""
