@@ -396,7 +396,10 @@ def _envoy(mesh: Mesh) -> list[dict[str, Any]]:
                     "containers": [{
                         "name": "envoy",
                         "image": ENVOY_IMAGE,
-                        "args": ["-c", "/etc/envoy/envoy.yaml", "--concurrency", "2", "-l", "warn"],
+                        # A new config rolls the pods, never a hot restart: no shared memory to set up.
+                        "args": [
+                            "-c", "/etc/envoy/envoy.yaml", "--concurrency", "2", "-l", "warn", "--disable-hot-restart",
+                        ],
                         "ports": [
                             {"name": "http", "containerPort": _ENVOY_PUBLIC_PORT, "protocol": "TCP"},
                             {"name": "grpc-mesh", "containerPort": _ENVOY_MESH_PORT, "protocol": "TCP"},
