@@ -240,12 +240,16 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--loads", type=int, default=10)
     parser.add_argument("--skip-write-cost", action="store_true", help="only part 2 and 3")
+    parser.add_argument("--write-cost-only", action="store_true", help="only part 1")
     args = parser.parse_args()
 
     print(f"before: {uptime()}")
     if not args.skip_write_cost:
         print(asyncio.run(write_cost(args.rounds, args.batch)))
         print()
+    if args.write_cost_only:
+        print(f"after: {uptime()}")
+        return
     run = Path(tempfile.mkdtemp(prefix="bench-console-"))
     services = ("gateway", "router", "cache", "budget", "prompts")  # everything the dashboard asks
     names = ["edge", "admin", "mesh", "redis", *services]
