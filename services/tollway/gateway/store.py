@@ -2,8 +2,9 @@
 (settlements waiting for the budget service) with each tenant's policy while it is down.
 
 Call insights (issue 17) keep, next to the global stream:
-- ``tollway:calls:tenant:<tenant>``: the tenant's own stream (what a tenant key lists);
-- ``tollway:call:<request_id>``: the call's attribution (tenant, day, dimensions), for feedback;
+- ``tollway:calls:tenant:<tenant>``: the tenant's own stream (what a tenant key lists), each record as
+  one JSON field ``r`` (one argument to encode instead of two per field: half the write's CPU);
+- ``tollway:call:<request_id>``: the call's attribution (tenant, day, dimensions) as JSON, for feedback;
 - ``tollway:raw:<request_id>``: the raw prompt and answer, only where the tenant allows, with a TTL;
 - ``tollway:usage:<tenant>:<day>:<dimension>``: running totals, a field per dimension value holding
   its measures packed as comma-separated integers, bumped once per batch;
@@ -134,12 +135,12 @@ class GatewayStore:
                 pipe.xadd(CALLS_STREAM, dict(record), maxlen=self.call_log_maxlen, approximate=True)
                 if index is not None:
                     pipe.xadd(
-                        TENANT_CALLS + record["tenant"], dict(record),
+                        TENANT_CALLS + record["tenant"], {"r": json.dumps(record, separators=(",", ":"))},
                         maxlen=self.tenant_calls_maxlen, approximate=True,
                     )
             for request_id, attribution in (index or {}).items():
-                pipe.hset(CALL_INDEX + request_id, mapping=dict(attribution))
-                pipe.expire(CALL_INDEX + request_id, self.call_index_ttl_s)
+                # One JSON string with its TTL: one command per call instead of HSET + EXPIRE.
+                pipe.set(CALL_INDEX + request_id, json.dumps(attribution), ex=self.call_index_ttl_s)
             for request_id, (prompt, answer, ttl_s) in (raw or {}).items():
                 pipe.hset(RAW_CALL + request_id, mapping={"prompt": prompt, "response": answer})
                 pipe.expire(RAW_CALL + request_id, ttl_s)
@@ -178,9 +179,11 @@ class GatewayStore:
         Args:
             tenant: The tenant whose stream to read; None reads every tenant's (the global stream).
         """
-        stream = CALLS_STREAM if tenant is None else TENANT_CALLS + tenant
         top = f"({before}" if before else "+"
-        rows = await self.redis.xrevrange(stream, max=top, min="-", count=count)
+        if tenant is not None:
+            rows = await self.redis.xrevrange(TENANT_CALLS + tenant, max=top, min="-", count=count)
+            return [(i.decode(), json.loads(fields[b"r"])) for i, fields in rows]
+        rows = await self.redis.xrevrange(CALLS_STREAM, max=top, min="-", count=count)
         return [(i.decode(), {k.decode(): v.decode() for k, v in fields.items()}) for i, fields in rows]
 
     async def call_extras(self, request_ids: Sequence[str]) -> list[tuple[bool, int | None]]:
@@ -204,9 +207,13 @@ class GatewayStore:
         rows = await self.redis.xrange(
             TENANT_CALLS + tenant, min=str(max(around_ms - window_ms, 0)), max=str(around_ms + window_ms)
         )
+        wanted = json.dumps(request_id)
         for _, fields in rows:
-            if fields.get(b"request_id") == request_id.encode():
-                return {k.decode(): v.decode() for k, v in fields.items()}
+            # Cheap test on the text first: most entries of the window are other calls.
+            if wanted.encode() in fields[b"r"]:
+                record: dict[str, str] = json.loads(fields[b"r"])
+                if record.get("request_id") == request_id:
+                    return record
         return None
 
     async def raw_call(self, request_id: str) -> dict[str, str] | None:
@@ -216,8 +223,8 @@ class GatewayStore:
 
     async def call_attribution(self, request_id: str) -> dict[str, str] | None:
         """A call's attribution as ``append_calls`` indexed it, or None (unknown or too old)."""
-        row = await self.redis.hgetall(CALL_INDEX + request_id)
-        return {k.decode(): v.decode() for k, v in row.items()} or None
+        raw = await self.redis.get(CALL_INDEX + request_id)
+        return None if raw is None else json.loads(raw)
 
     async def put_feedback(
         self,
