@@ -45,7 +45,7 @@ function showSignedIn() {
   const key = apiKey();
   $("whoami").textContent = key ? `key ${key.slice(0, 9)}…` : "";
   $("signout").hidden = !key;
-  $("api-key").hidden = !!key;
+  $("api-key").closest("label").hidden = !!key;
   document.querySelector("#signin button[type=submit]").hidden = !!key;
 }
 
@@ -235,6 +235,10 @@ function draw(id, config) {
 const dollars = (rows) => rows.map((r) => Number(r.cost_usd_micros) / 1e6);
 const label = (g, empty) => g || empty;
 
+// A left axis for the first dataset and a right one for calls. Both named: with only the right one
+// declared, Chart.js puts an unbound dataset on it too.
+const twoAxes = () => ({ y: { position: "left", beginAtZero: true }, calls: { position: "right", beginAtZero: true } });
+
 function costBar(id, rows, empty) {
   draw(id, {
     type: "bar",
@@ -253,10 +257,10 @@ async function refreshDashboard(event) {
       type: "line",
       data: {
         labels: day.rows.map((r) => r.group),
-        datasets: [{ label: "cost (USD)", data: dollars(day.rows) },
+        datasets: [{ label: "cost (USD)", data: dollars(day.rows), yAxisID: "y" },
                    { label: "calls", data: day.rows.map((r) => Number(r.request_count)), yAxisID: "calls" }],
       },
-      options: { scales: { calls: { position: "right", beginAtZero: true } } },
+      options: { scales: twoAxes() },
     });
     costBar("chart-tenant", tenant.rows, "(none)");
     costBar("chart-feature", feature.rows, "(no feature)");
@@ -264,10 +268,10 @@ async function refreshDashboard(event) {
       type: "bar",
       data: {
         labels: model.rows.map((r) => r.group),
-        datasets: [{ label: "cost (USD)", data: dollars(model.rows) },
+        datasets: [{ label: "cost (USD)", data: dollars(model.rows), yAxisID: "y" },
                    { label: "calls", data: model.rows.map((r) => Number(r.request_count)), yAxisID: "calls" }],
       },
-      options: { scales: { calls: { position: "right", beginAtZero: true } } },
+      options: { scales: twoAxes() },
     });
     const hits = tier.rows.reduce((n, r) => n + Number(r.cache_hit_count), 0);
     const calls = tier.rows.reduce((n, r) => n + Number(r.request_count), 0);
@@ -281,10 +285,10 @@ async function refreshDashboard(event) {
       type: "bar",
       data: {
         labels: prompts.map((r) => r.group),
-        datasets: [{ label: "mean latency (ms)", data: prompts.map((r) => r.mean_latency_ms) },
+        datasets: [{ label: "mean latency (ms)", data: prompts.map((r) => r.mean_latency_ms), yAxisID: "y" },
                    { label: "mean feedback", data: prompts.map((r) => r.mean_feedback_score), yAxisID: "score" }],
       },
-      options: { scales: { score: { position: "right", min: 0, max: 1 } } },
+      options: { scales: { y: { position: "left", beginAtZero: true }, score: { position: "right", min: 0, max: 1 } } },
     });
     fillCompare([["model", model.rows], ["prompt", prompts]]);
     await Promise.all([loadDrift(), loadCalls(true), loadOverview()]);
