@@ -91,7 +91,8 @@ def chart(page: Page, canvas_id: str) -> dict[str, Any]:
             const ch = Chart.getChart(c);
             const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
             let painted = 0; for (let i = 3; i < d.length; i += 4) if (d[i] !== 0) painted++;
-            return {labels: ch.data.labels, data: ch.data.datasets.map(s => s.data), painted};
+            const axes = ch.data.datasets.map((_, i) => (ch.getDatasetMeta(i).yScale || {}).id);
+            return {labels: ch.data.labels, data: ch.data.datasets.map(s => s.data), painted, axes};
         }""",
         canvas_id,
     )
@@ -169,6 +170,7 @@ def test_the_dashboard_charts_the_calls_the_test_made(browser: Browser, stack: S
     assert model["labels"] == ["fake-priced"] and model["data"][1] == [3]
     assert model["data"][0][0] > 0  # cost in dollars
     assert model["painted"] > 1000
+    assert model["axes"] == ["y", "calls"]  # cost and calls each on their own scale, not cost crushed to 0
     assert chart(page, "chart-feature")["labels"] == [feature]
     assert chart(page, "chart-tenant")["labels"] == [tenant]
     day = chart(page, "chart-day")
