@@ -139,6 +139,8 @@ def test_feedback_is_checked_scoped_and_counted_once(stack: Stack) -> None:
         assert one.json()["call"]["feedback_score"] == pytest.approx(0.5) and one.json()["raw_response"] == ""
         assert cb.get(f"/v1/calls/{rid}").status_code == 404
         assert call["fields"]["key_id"].startswith("tw-") and call["raw_state"] == "not_kept"
+        # The fake reports usage the way OpenAI does: the record says the counts are the provider's.
+        assert call["fields"]["usage_from_provider"] == "1"
 
 
 def test_envoy_serves_the_console_under_ui(stack: Stack) -> None:

@@ -47,6 +47,7 @@ STREAM_FIELDS = (
     "retrieval_collection",
     "cited_documents",
     "raw_stored",
+    "usage_from_provider",
     "total_tokens",
     "tokens_per_second",
 )

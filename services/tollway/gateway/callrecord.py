@@ -59,6 +59,8 @@ class CallRecord:
         cited_documents: The ids of the documents the answer cited.
         raw_stored: Whether the raw prompt and answer were kept apart (the tenant's policy
             allows it); they expire after the gateway's raw retention, the record stays.
+        usage_from_provider: Whether the token counts are the provider's own report (else the
+            router counted them): what reconciling against a provider's invoice needs.
 
     The stream form adds two derived values after the fields: ``total_tokens`` (input plus
     output) and ``tokens_per_second`` (output tokens over the time after the first text).
@@ -101,6 +103,7 @@ class CallRecord:
     retrieval_collection: str = ""
     cited_documents: tuple[str, ...] = ()
     raw_stored: bool = False
+    usage_from_provider: bool = False
 
     @classmethod
     def begin(

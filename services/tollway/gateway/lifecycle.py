@@ -649,6 +649,7 @@ class Gateway:
                 call.cost = event.cost_usd_micros
                 record.finish_reason = event.finish_reason
                 record.tools_called = tuple(t.name for t in event.tool_calls)
+                record.usage_from_provider = event.usage_reported
                 for tool_call in event.tool_calls:
                     yield ToolCallDelta(tool_call.index, tool_call.id, tool_call.name, tool_call.arguments)
                 latency_ms = call.elapsed_ms()
