@@ -1,4 +1,5 @@
-"""Cutting documents into chunks: fixed-size windows, recursive by structure, hierarchical.
+"""Cutting documents into chunks: fixed-size windows, recursive by structure, hierarchical
+(children cut by size, or sentence windows).
 
 Every chunk is a slice of the original text, so its formatting (newlines, Markdown, code
 indentation) survives. The smallest pieces are *units*: a word (a run of non-space
@@ -196,6 +197,33 @@ class _Cutter:
     def _split_words(self, start: int, end: int) -> list[tuple[int, int]]:
         return list(fixed_windows(_units(self.text, start, end, self.fences), self.max_tokens, 0))
 
+    def sentence_windows(self, start: int, end: int, size: int) -> list[tuple[int, int]]:
+        """Every run of 1 to ``size`` consecutive sentences of ``text[start:end]`` that fits
+        ``max_tokens``, in order of its first sentence (shortest first).
+
+        A code block counts as one sentence; a sentence longer than the limit is cut into word
+        windows first. Windows span paragraph breaks: neighbouring sentences of one section
+        are what the windows exist to join.
+        """
+        sentences: list[tuple[int, int, int]] = []
+        for bs, be, is_code in self._blocks(start, end):
+            pieces = [(bs, be)] if is_code else self._sentences(bs, be)
+            for s, e in pieces:
+                tokens = self._tokens(s, e)
+                if tokens > self.max_tokens and not is_code:
+                    sentences += [(ws, we, self._tokens(ws, we)) for ws, we in self._split_words(s, e)]
+                else:
+                    sentences.append((s, e, tokens))
+        out = []
+        for i, (s, _, _) in enumerate(sentences):
+            total = 0
+            for _, e, tokens in sentences[i : i + size]:
+                total += tokens
+                if e != sentences[i][1] and total > self.max_tokens:
+                    break
+                out.append((s, e))
+        return out
+
 
 def _trimmed(text: str, start: int, end: int) -> str:
     return text[start:end].strip()
@@ -220,5 +248,9 @@ def chunk_text(text: str, chunking: Chunking) -> tuple[list[ChunkText], list[str
     children = _Cutter(text, chunking.max_tokens)
     chunks: list[ChunkText] = []
     for i, (ps, pe, heading) in enumerate(parents):
-        chunks += [ChunkText(_trimmed(text, s, e), i, heading or h) for s, e, h in children.cut(ps, pe)]
+        if chunking.sentence_window > 0:
+            windows = children.sentence_windows(ps, pe, chunking.sentence_window)
+            chunks += [ChunkText(_trimmed(text, s, e), i, heading) for s, e in windows]
+        else:
+            chunks += [ChunkText(_trimmed(text, s, e), i, heading or h) for s, e, h in children.cut(ps, pe)]
     return chunks, [_trimmed(text, s, e) for s, e, _ in parents]

@@ -52,12 +52,35 @@ class IndexParams:
     bigrams: bool = False
 
 
-class CollectionIndex:
-    """The indexes of one collection and embedding model."""
+@dataclasses.dataclass(frozen=True)
+class KeywordRows:
+    """What a BM25 build reads, taken on the loop: token lists and, when BM25 scores parent
+    sections, the group (parent section) of every row; ``tokens`` then holds one list per group."""
 
-    def __init__(self, dim: int, fields: Mapping[str, FieldType], params: IndexParams, capacity: int = 0) -> None:
+    tokens: list[list[str]]
+    row_group: np.ndarray | None = None
+
+
+class CollectionIndex:
+    """The indexes of one collection and embedding model.
+
+    With ``keyword_on_parent`` (sentence-window collections), a row's BM25 tokens are its parent
+    section's (with the title), and BM25 is built over the distinct parent sections, each
+    chunk taking its section's score; vectors stay per chunk.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        fields: Mapping[str, FieldType],
+        params: IndexParams,
+        capacity: int = 0,
+        *,
+        keyword_on_parent: bool = False,
+    ) -> None:
         self.dim = dim
         self.params = params
+        self.keyword_on_parent = keyword_on_parent
         capacity = max(16, capacity or params.initial_capacity)
         self._hnsw = hnswlib.Index(space="ip", dim=dim)
         self._hnsw.init_index(max_elements=capacity, M=params.m, ef_construction=params.ef_construction)
@@ -120,11 +143,7 @@ class CollectionIndex:
         if not fresh_pairs:
             return 0
         fresh = [chunks[i] for i in fresh_pairs]
-        toks = (
-            [tokens[i] for i in fresh_pairs]
-            if tokens is not None
-            else tokenize([c.indexed_text() for c in fresh], bigrams=self.params.bigrams)
-        )
+        toks = [tokens[i] for i in fresh_pairs] if tokens is not None else self._tokenize(fresh)
         reuse = min(len(fresh), len(self._free))
         rows = [self._free.pop() for _ in range(reuse)]
         extra = len(fresh) - reuse
@@ -146,6 +165,15 @@ class CollectionIndex:
         self.live[rows_arr] = True
         self.keyword_dirty = True
         return len(fresh)
+
+    def _tokenize(self, chunks: Sequence[Chunk]) -> list[list[str]]:
+        if not self.keyword_on_parent:
+            return tokenize([c.indexed_text() for c in chunks], bigrams=self.params.bigrams)
+        # Siblings share one parent: tokenize each section once and share the list.
+        texts = {_parent_key(c): _parent_text(c) for c in chunks}
+        keys = list(texts)
+        done = dict(zip(keys, tokenize([texts[k] for k in keys], bigrams=self.params.bigrams), strict=True))
+        return [done[_parent_key(c)] for c in chunks]
 
     def remove(self, chunk_ids: Iterable[str]) -> int:
         """Drops chunks (absent ids are ignored). Returns how many were present."""
@@ -178,14 +206,30 @@ class CollectionIndex:
 
     # --- keyword -----------------------------------------------------------------------
 
-    def keyword_snapshot(self) -> tuple[list[list[str]], list[int]]:
+    def keyword_snapshot(self) -> tuple[KeywordRows, list[int]]:
         """What a rebuild needs, taken on the loop: the token lists and the rows it frees."""
         self.keyword_dirty = False
-        return list(self.tokens[: self.next_row]), list(self._pending_free)
+        freed = list(self._pending_free)
+        if not self.keyword_on_parent:
+            return KeywordRows(list(self.tokens[: self.next_row])), freed
+        row_group = np.full(self.next_row, -1, np.int64)
+        groups: dict[tuple[str, str], int] = {}
+        tokens: list[list[str]] = []
+        for row in range(self.next_row):
+            chunk = self.chunks[row]
+            if chunk is None:
+                continue
+            key = _parent_key(chunk)
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = len(tokens)
+                tokens.append(self.tokens[row])
+            row_group[row] = group
+        return KeywordRows(tokens, row_group), freed
 
-    def build_keyword(self, rows: Sequence[Sequence[str]]) -> KeywordModel:
+    def build_keyword(self, rows: KeywordRows) -> KeywordModel:
         """Builds a BM25 model over ``rows`` (safe in a worker thread)."""
-        return KeywordModel(rows, self.params.bm25_k1, self.params.bm25_b)
+        return KeywordModel(rows.tokens, self.params.bm25_k1, self.params.bm25_b, rows.row_group)
 
     def swap_keyword(self, model: KeywordModel, freed: Sequence[int]) -> None:
         """Installs a build; rows that were free when it was taken may now be reused."""
@@ -266,11 +310,19 @@ class CollectionIndex:
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
 
     @classmethod
-    def load(cls, directory: Path, dim: int, fields: Mapping[str, FieldType], params: IndexParams) -> CollectionIndex:
+    def load(
+        cls,
+        directory: Path,
+        dim: int,
+        fields: Mapping[str, FieldType],
+        params: IndexParams,
+        *,
+        keyword_on_parent: bool = False,
+    ) -> CollectionIndex:
         """Reads what :meth:`save` wrote and rebuilds BM25 from the saved tokens."""
         vectors = np.load(directory / "vectors.npy")
         live = np.load(directory / "live.npy")
-        index = cls(dim, fields, params, capacity=max(len(live), 16))
+        index = cls(dim, fields, params, capacity=max(len(live), 16), keyword_on_parent=keyword_on_parent)
         index._hnsw = hnswlib.Index(space="ip", dim=dim)
         index._hnsw.load_index(str(directory / "hnsw.bin"), max_elements=index.capacity)
         index._hnsw.set_ef(params.ef_search)
@@ -300,3 +352,13 @@ class CollectionIndex:
                 index.live[row] = True
         index.rebuild_keyword_now()
         return index
+
+
+def _parent_key(chunk: Chunk) -> tuple[str, str]:
+    return chunk.document_id, chunk.parent_text
+
+
+def _parent_text(chunk: Chunk) -> str:
+    """What BM25 reads for a chunk scored by its parent section."""
+    body = chunk.parent_text or chunk.text
+    return f"{chunk.title}\n{body}" if chunk.title else body

@@ -61,13 +61,19 @@ class KeywordModel:
     """One immutable bm25s build over rows ``0..row_count-1``.
 
     Args:
-        rows: Every row's tokens (an empty list for a free row).
+        rows: Every row's tokens (an empty list for a free row); with ``row_group``, the
+            tokens of each *group* instead (a group is scored as one BM25 document).
         k1: BM25 term-frequency saturation.
         b: BM25 length normalisation.
+        row_group: The group of each index row (-1 for none): :meth:`scores` then gives
+            every row its group's score. Sentence-window chunks use it so that BM25 sees
+            each parent section once, with the section's own length and document frequencies,
+            rather than once per window that points into it.
     """
 
-    def __init__(self, rows: Sequence[Sequence[str]], k1: float, b: float) -> None:
+    def __init__(self, rows: Sequence[Sequence[str]], k1: float, b: float, row_group: np.ndarray | None = None) -> None:
         self.row_count = len(rows)
+        self._row_group = row_group
         self._bm25: bm25s.BM25 | None = None
         self._vocab: dict[str, int] = {}
         self._df: np.ndarray = np.zeros(0, np.int64)
@@ -88,6 +94,9 @@ class KeywordModel:
         if not ids:
             return out
         got = np.asarray(self._bm25.get_scores_from_ids(ids), np.float32)
+        if self._row_group is not None:
+            # Rows outside any group get the appended 0.
+            got = np.append(got, np.float32(0.0))[self._row_group]
         n = min(size, len(got))
         out[:n] = got[:n]
         return out

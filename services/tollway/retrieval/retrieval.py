@@ -28,6 +28,7 @@ from tollway.retrieval.types import (
     DOCUMENT_ID,
     FIELD_NAME,
     MAX_FILTERABLE_FIELDS,
+    MAX_SENTENCE_WINDOW,
     MAX_TITLE_CHARS,
     OPERATION_ID,
     Chunking,
@@ -186,6 +187,11 @@ class Retrieval:
             parent = chunking.parent_max_tokens or 4 * max_tokens
             if not max_tokens <= parent <= 8192:
                 violations.append(("collection.chunking.parent_max_tokens", f"must be {max_tokens} to 8192"))
+        window = chunking.sentence_window
+        if chunking.strategy is Strategy.HIERARCHICAL and not 0 <= window <= MAX_SENTENCE_WINDOW:
+            violations.append(("collection.chunking.sentence_window", f"must be 0 to {MAX_SENTENCE_WINDOW}"))
+        elif chunking.strategy is not Strategy.HIERARCHICAL and window:
+            violations.append(("collection.chunking.sentence_window", "must be 0 unless the strategy is hierarchical"))
         if len(fields) > MAX_FILTERABLE_FIELDS:
             violations.append(("collection.filterable_fields", f"at most {MAX_FILTERABLE_FIELDS}"))
         for i, (name, kind) in enumerate(fields.items()):
@@ -207,7 +213,7 @@ class Retrieval:
             collection_id=collection_id,
             embedding_model=model,
             dimension=dims[model],
-            chunking=Chunking(chunking.strategy, max_tokens, overlap, parent),
+            chunking=Chunking(chunking.strategy, max_tokens, overlap, parent, window),
             fields={k: v for k, v in fields.items() if v is not None},
             description=description,
             created_ms=self.clock(),

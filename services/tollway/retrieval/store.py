@@ -396,7 +396,8 @@ class RetrievalStore:
             "uid", uuid.uuid4().hex,
             "model", col.embedding_model,
             "dim", str(col.dimension),
-            "chunking", json.dumps([c.strategy.value, c.max_tokens, c.overlap_tokens, c.parent_max_tokens]),
+            "chunking", json.dumps([c.strategy.value, c.max_tokens, c.overlap_tokens, c.parent_max_tokens,
+                                  c.sentence_window]),
             "fields", json.dumps({k: v.value for k, v in col.fields.items()}),
             "desc", col.description,
             "created", str(col.created_ms),
@@ -417,12 +418,13 @@ class RetrievalStore:
                 pipe.zcard(f"{self.prefix}:u:{uid}:docs")
                 pipe.get(f"{self.prefix}:u:{uid}:n")
                 docs, chunks = await pipe.execute()
-        strategy, max_tokens, overlap, parent = json.loads(_s(raw[b"chunking"]))
+        # Collections stored before sentence windows existed hold four values.
+        strategy, max_tokens, overlap, parent, *window = json.loads(_s(raw[b"chunking"]))
         col = Collection(
             collection_id=collection_id,
             embedding_model=_s(raw.get(b"model")),
             dimension=_i(raw.get(b"dim")),
-            chunking=Chunking(Strategy(strategy), max_tokens, overlap, parent),
+            chunking=Chunking(Strategy(strategy), max_tokens, overlap, parent, window[0] if window else 0),
             fields={k: FieldType(v) for k, v in json.loads(_s(raw.get(b"fields")) or "{}").items()},
             description=_s(raw.get(b"desc")),
             created_ms=_i(raw.get(b"created")),

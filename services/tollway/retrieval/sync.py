@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -90,7 +91,8 @@ class IndexSync:
         """The collection's index, created empty when missing or built for an older uid."""
         entry = self.entries.get(collection.collection_id)
         if entry is None or entry.uid != uid:
-            index = CollectionIndex(collection.dimension, collection.fields, self.params, capacity)
+            index = CollectionIndex(collection.dimension, collection.fields, self.params, capacity,
+                                    keyword_on_parent=collection.chunking.keyword_on_parent)  # fmt: skip
             entry = self.entries[collection.collection_id] = Entry(collection, uid, index)
         return entry.index
 
@@ -126,7 +128,8 @@ class IndexSync:
 
     async def _build(self, col: Collection, uid: str) -> Entry:
         """One collection's index, built from its chunks in Redis (vectors of its active model)."""
-        index = CollectionIndex(col.dimension, col.fields, self.params, int(col.chunk_count * 1.1))
+        index = CollectionIndex(col.dimension, col.fields, self.params, int(col.chunk_count * 1.1),
+                                keyword_on_parent=col.chunking.keyword_on_parent)  # fmt: skip
         async for batch in self.store.scan_chunks(uid, col.dimension, col.embedding_model):
             await asyncio.to_thread(index.add, batch, None, self.rebuild_threads)
         rows, freed = index.keyword_snapshot()
@@ -341,8 +344,9 @@ class IndexSync:
                     # Switched models since: the snapshot's vectors are the old model's.
                     entries[c["id"]] = await self._build(col, stored.uid)
                     continue
-                index = await asyncio.to_thread(CollectionIndex.load, snapshot / c["dir"], col.dimension, col.fields,
-                                                self.params)  # fmt: skip
+                index = await asyncio.to_thread(
+                    functools.partial(CollectionIndex.load, keyword_on_parent=col.chunking.keyword_on_parent),
+                    snapshot / c["dir"], col.dimension, col.fields, self.params)  # fmt: skip
                 entries[c["id"]] = Entry(col, stored.uid, index)
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
             log.warning("snapshot unreadable; rebuilding", extra={"error": str(exc)})

@@ -99,12 +99,25 @@ class Chunking:
         max_tokens: The most tokens in an indexed chunk.
         overlap_tokens: For FIXED: tokens repeated from the previous window.
         parent_max_tokens: For HIERARCHICAL: the most tokens in a parent section.
+        sentence_window: For HIERARCHICAL: 0 cuts children by ``max_tokens``; 1 to
+            :data:`MAX_SENTENCE_WINDOW` makes every window of 1 up to this many sentences
+            a child, and BM25 then scores parent sections, not children.
     """
 
     strategy: Strategy = Strategy.RECURSIVE
     max_tokens: int = 200
     overlap_tokens: int = 0
     parent_max_tokens: int = 0
+    sentence_window: int = 0
+
+    @property
+    def keyword_on_parent(self) -> bool:
+        """Whether BM25 scores a chunk by its parent section (sentence-window children are
+        too short for term statistics: most query words are in a neighbouring sentence)."""
+        return self.strategy is Strategy.HIERARCHICAL and self.sentence_window > 0
+
+
+MAX_SENTENCE_WINDOW = 4
 
 
 @dataclasses.dataclass(frozen=True)
