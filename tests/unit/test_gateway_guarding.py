@@ -19,6 +19,7 @@ from tollway.common.route import RouteCompleted, RouteStarted
 from tollway.gateway.budgeting import Admission
 from tollway.gateway.cache_client import CacheRequest, Lookup
 from tollway.gateway.guard.decisions import GuardRejected, GuardTooLarge
+from tollway.gateway.guard.output import OutputGuard
 from tollway.gateway.guard.policy import parse_policies
 from tollway.gateway.guard.structured import StructuredOutputInvalid
 from tollway.gateway.guarding import Guards
@@ -221,6 +222,16 @@ async def test_a_card_number_split_across_deltas_never_reaches_the_client() -> N
     assert "[removed]" in text and text.endswith("is on file.")
     assert isinstance(events[-1], Completed)
     assert "output:pii.card=block" in rig.record()["guard_decisions"]
+
+
+def test_words_with_digits_go_out_at_once_while_numbers_are_held() -> None:
+    guard = OutputGuard(parse_policies(POLICY).resolve("acme"))
+    # "tick3" cannot continue a number: each delta is released when the next shows it complete.
+    released = [guard.feed(f"tick{i} ") for i in range(5)]
+    assert released == [f"tick{i} " for i in range(5)]
+    # Digits alone may be a card number still arriving: held until it is complete, then removed.
+    assert guard.feed("card 4111 ") == "card " and guard.feed("1111 ") == ""
+    assert guard.feed("1111 1111 ok ") == "[removed] ok "
 
 
 # --- structured output ----------------------------------------------------------------------------

@@ -6,8 +6,9 @@ holds back the end of the stream until what is held can no longer grow into an i
 - the last token (text after the last whitespace) is always held: it may still become an
   e-mail address or a key;
 - before it, tokens that could belong to the same item are held with it: a token with a
-  digit, an '@' or a '[', a short all-capitals token ("GB29 NWBK 6016 ..."), an
-  assignment ("password =") or bare punctuation;
+  digit and no lower-case letter ("4111", "+44", "GB29"), an '@' or a '[', a short
+  all-capitals token ("GB29 NWBK 6016 ..."), an assignment ("password =") or bare
+  punctuation; "tick0" or "v2" cannot continue a number and goes out at once;
 - never more than ``lookbehind_chars`` (the policy's N): past that the oldest text goes
   out, but never through the middle of an item already seen whole.
 
@@ -38,10 +39,12 @@ from tollway.gateway.guard.redaction import Vault, label
 __all__ = ["OutputGuard", "guard_stream"]
 
 _WS = re.compile(r"\s")
-# A token that may be part of an item continuing into the next one: a digit, '@' or '[';
-# a short capitals-and-digits group; an assignment; punctuation alone.
+# A token that may be part of an item continuing into the next one: digits without lower-case
+# letters (the scanner's numbers, IBAN groups and ids are digits, separators and capitals, so
+# "tick0" or "v2" cannot continue one), an '@' or '['; a short capitals-and-digits group; an
+# assignment; punctuation alone.
 _CHAINABLE = re.compile(
-    r".*[\d@\[]|[A-Z0-9]{1,4}$|.*[:=]$|[=:+\-()/.]+$|(?i:.*(?:key|secret|token|passw))",
+    r"[^a-z]*\d[^a-z]*$|.*[@\[]|[A-Z0-9]{1,4}$|.*[:=]$|[=:+\-()/.]+$|(?i:.*(?:key|secret|token|passw))",
     re.DOTALL,
 )
 
