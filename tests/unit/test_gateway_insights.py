@@ -227,3 +227,13 @@ def test_drift_fires_on_agreement_as_on_feedback() -> None:
     # Totals kept before agreement existed are shorter: read as no samples, not as an error.
     old = {("acme", "2026-12-06"): {"faq": [1] * MEASURES.index("agreement_samples")}}
     assert drift(rule, {Dimension.NAMESPACE: old}, days) == []
+
+
+def test_a_usage_row_holds_every_measure_in_the_packed_order() -> None:
+    import dataclasses
+
+    from tollway.gateway.insights import UsageRow
+
+    # Rows are built positionally from the packed measures: a measure added to one and not the
+    # other, or out of order, would land in the wrong column.
+    assert tuple(f.name for f in dataclasses.fields(UsageRow))[1:] == MEASURES

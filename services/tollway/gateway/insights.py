@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import enum
+import operator
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -264,10 +265,6 @@ class UsageRow:
         """The mean token F1 of sampled cache hits against fresh answers, or None without samples."""
         return self.agreement_f1_milli / 1000 / self.agreement_samples if self.agreement_samples else None
 
-    def add(self, measures: Sequence[int]) -> None:
-        for name, amount in zip(MEASURES, measures, strict=False):
-            setattr(self, name, getattr(self, name) + amount)
-
 
 def parse_day(text: str, name: str) -> datetime.date:
     """A ``YYYY-MM-DD`` date.
@@ -346,14 +343,17 @@ def usage_rows(by: Dimension, totals: Totals) -> list[UsageRow]:
     ``tenant`` and ``day`` group the whole-tenant totals by tenant or by day; the others
     group the dimension's values across tenants and days.
     """
-    rows: dict[str, UsageRow] = {}
+    # Summed as plain lists (map(add) runs in C): a grouping by user sums ~80k fields at 100k calls.
+    sums: dict[str, list[int]] = {}
+    width = len(MEASURES)
     for (tenant, day), values in totals.items():
         for value, measures in values.items():
             group = tenant if by is Dimension.TENANT else day if by is Dimension.DAY else value
-            row = rows.get(group)
-            if row is None:
-                row = rows[group] = UsageRow(group)
-            row.add(measures)
+            acc = sums.get(group)
+            if acc is None:
+                acc = sums[group] = [0] * width
+            acc[: len(measures)] = map(operator.add, acc, measures)
+    rows = {group: UsageRow(group, *acc[:width]) for group, acc in sums.items()}
     if by is Dimension.DAY:
         return sorted(rows.values(), key=lambda r: r.group)
     return sorted(rows.values(), key=lambda r: (-r.cost_usd_micros, -r.requests, r.group))

@@ -168,7 +168,7 @@ class GatewayStore:
                 pipe.hgetall(f"{USAGE}{tenant}:{day}:{dimension}")
             rows = await pipe.execute()
         return {
-            pair: {k.decode(): [int(x) for x in v.split(b",")] for k, v in row.items()}
+            pair: {k.decode(): list(map(int, v.split(b","))) for k, v in row.items()}
             for pair, row in zip(pairs, rows, strict=True)
             if row
         }
