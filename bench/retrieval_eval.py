@@ -2,6 +2,11 @@
 
     .venv/bin/python bench/retrieval_eval.py                      # both sets, own Redis + services
     .venv/bin/python bench/retrieval_eval.py --sets squad --redis-url redis://127.0.0.1:6399/0
+    .venv/bin/python bench/retrieval_eval.py --sets squad --final 0.4 --no-baselines  # default vs sentences
+
+Each set is indexed in one collection per layout (``--layouts``): ``fixed`` (200-token chunks,
+the default) and ``sentences`` (hierarchical chunking whose children are windows of one and
+two sentences; a search scores each window's vector and its whole section's BM25).
 
 The collections are read from ``../shared/data/`` (BEIR layout; never copied into the
 project): ``beir-scifact`` (5,183 abstracts, the 775 dev claims, CC BY-NC 2.0: evaluation
@@ -142,14 +147,27 @@ async def services(redis_url: str, snapshot_dir: str) -> AsyncIterator[str]:
         await espec.on_stop()
 
 
-CHUNKING = pb.ChunkingConfig(strategy=pb.CHUNKING_STRATEGY_FIXED, max_tokens=200, overlap_tokens=32)
+# A layout is one way of indexing a corpus, each in its own collection (name suffix, chunking).
+LAYOUTS = {
+    "fixed": ("", pb.ChunkingConfig(strategy=pb.CHUNKING_STRATEGY_FIXED, max_tokens=200, overlap_tokens=32)),
+    # Sentence windows of one and two sentences under sections of up to 1,024 tokens: a SQuAD
+    # paragraph or a SciFact abstract is one section, so BM25 scores the whole document.
+    "sentences": (
+        "-sent",
+        pb.ChunkingConfig(
+            strategy=pb.CHUNKING_STRATEGY_HIERARCHICAL, max_tokens=200, parent_max_tokens=1024, sentence_window=2
+        ),
+    ),
+}
 
 
-async def ingest(stub: retrieval_pb2_grpc.RetrievalServiceStub, ds: Dataset) -> dict[str, float]:
+async def ingest(stub: retrieval_pb2_grpc.RetrievalServiceStub, ds: Dataset, layout: str) -> dict[str, float]:
     """Upserts the corpus (unchanged documents cost nothing) and waits for every operation."""
+    suffix, chunking = LAYOUTS[layout]
+    collection = ds.collection + suffix
     try:
         await stub.CreateCollection(
-            pb.CreateCollectionRequest(collection_id=ds.collection, collection=pb.Collection(chunking=CHUNKING))
+            pb.CreateCollectionRequest(collection_id=collection, collection=pb.Collection(chunking=chunking))
         )
     except grpc.aio.AioRpcError as err:
         if err.code() != grpc.StatusCode.ALREADY_EXISTS:
@@ -162,7 +180,7 @@ async def ingest(stub: retrieval_pb2_grpc.RetrievalServiceStub, ds: Dataset) -> 
         async with sem:
             reply = await stub.UpsertDocument(
                 pb.UpsertDocumentRequest(
-                    parent=f"collections/{ds.collection}",
+                    parent=f"collections/{collection}",
                     document_id=doc_id,
                     document=pb.Document(title=title, text=text or title),
                 )
@@ -190,7 +208,7 @@ async def ingest(stub: retrieval_pb2_grpc.RetrievalServiceStub, ds: Dataset) -> 
         if ops:
             print(f"  {ds.name}: {queued - len(ops)}/{queued} documents indexed", file=sys.stderr, flush=True)
             await asyncio.sleep(5)
-    col = (await stub.GetCollection(pb.GetCollectionRequest(name=f"collections/{ds.collection}"))).collection
+    col = (await stub.GetCollection(pb.GetCollectionRequest(name=f"collections/{collection}"))).collection
     seconds = time.perf_counter() - started
     return {"documents": col.document_count, "chunks": col.chunk_count, "queued": queued, "seconds": seconds}
 
@@ -204,8 +222,10 @@ class Variant:
     rrf_k: int = 0
     feedback: int = 0
     mmr: bool = False
+    layout: str = "fixed"
 
     def request(self, collection: str, query: str) -> pb.SearchRequest:
+        collection += LAYOUTS[self.layout][0]
         fusion = pb.Fusion(method=self.fusion, rrf_k=self.rrf_k)
         if self.keyword_weight is not None:
             fusion.keyword_weight = self.keyword_weight
@@ -220,7 +240,7 @@ async def measure(
     stub: retrieval_pb2_grpc.RetrievalServiceStub, ds: Dataset, qids: list[str], v: Variant, concurrency: int = 4
 ) -> tuple[float, float]:
     sem = asyncio.Semaphore(concurrency)
-    prefix = f"collections/{ds.collection}/documents/"
+    prefix = f"collections/{ds.collection}{LAYOUTS[v.layout][0]}/documents/"
 
     async def one(q: str) -> tuple[float, float]:
         async with sem:
@@ -244,12 +264,30 @@ TUNING = [
 ]  # fmt: skip
 
 
+SENTENCE_WEIGHTS = (0.2, 0.25, 0.3, 0.4, 0.5)
+
+
+def sentence_variants(weights: tuple[float, ...] = SENTENCE_WEIGHTS) -> list[Variant]:
+    """Sentence-window vectors (max-sim per document) alone and fused with section-level BM25."""
+    return [
+        Variant("sentence windows: vector", pb.SEARCH_MODE_VECTOR, layout="sentences"),
+        *[Variant(f"sentence windows + section BM25 {w}", pb.SEARCH_MODE_HYBRID, w, pb.FUSION_METHOD_WEIGHTED,
+                  layout="sentences") for w in weights],
+    ]  # fmt: skip
+
+
 def with_feedback(v: Variant, n: int) -> Variant:
     return dataclasses.replace(v, label=f"{v.label} + PRF {n}", feedback=n)
 
 
 async def evaluate(
-    stub: retrieval_pb2_grpc.RetrievalServiceStub, ds: Dataset, quick: bool, final: list[Variant] | None = None
+    stub: retrieval_pb2_grpc.RetrievalServiceStub,
+    ds: Dataset,
+    quick: bool,
+    final: list[Variant] | None = None,
+    layouts: tuple[str, ...] = ("fixed",),
+    sentence_weights: tuple[float, ...] = SENTENCE_WEIGHTS,
+    baselines: bool = True,
 ) -> dict:  # type: ignore[type-arg]
     """Measures the variants on the tune half and the winner (and the baselines) on the held-out half.
 
@@ -261,10 +299,16 @@ async def evaluate(
         tune, held = tune[:300], held[:300]
     rows: list[dict] = []  # type: ignore[type-arg]
     results: dict[Variant, tuple[float, float]] = {}
-    for v in BASE + (final if final is not None else TUNING):
+    base = BASE if baselines else []
+    candidates = base + (final if final is not None else TUNING)
+    if "sentences" in layouts:
+        candidates += sentence_variants(sentence_weights)
+    for v in [c for c in candidates if c.layout in layouts]:
         results[v] = await measure(stub, ds, tune, v)
         print(f"  {ds.name} tune  {v.label:45s} nDCG@10 {results[v][0]:.4f}  R@100 {results[v][1]:.4f}", flush=True)
-    best_fusion = max((v for v in results if v.mode == pb.SEARCH_MODE_HYBRID), key=lambda v: results[v][0])
+    best_fusion = max(
+        (v for v in results if v.mode == pb.SEARCH_MODE_HYBRID and v.layout == "fixed"), key=lambda v: results[v][0]
+    )
     for n in (3, 5) if final is None else ():
         v = with_feedback(best_fusion, n)
         results[v] = await measure(stub, ds, tune, v)
@@ -274,7 +318,10 @@ async def evaluate(
         results[v] = await measure(stub, ds, tune, v)
         print(f"  {ds.name} tune  {v.label:45s} nDCG@10 {results[v][0]:.4f}  R@100 {results[v][1]:.4f}", flush=True)
     winner = max(results, key=lambda v: results[v][0])
-    for v in [*BASE, winner]:
+    # The current default (fixed chunks, keyword weight 0.4) is measured beside the winner.
+    default = Variant("hybrid, weighted z-score 0.4", pb.SEARCH_MODE_HYBRID, 0.4, pb.FUSION_METHOD_WEIGHTED)
+    compare = [default] if "fixed" in layouts and default != winner else []
+    for v in [*(b for b in base if b.layout in layouts), *compare, winner]:
         held_scores = await measure(stub, ds, held, v)
         rows.append({"variant": v.label, "tune": results[v], "held_out": held_scores, "winner": v == winner})
         print(f"  {ds.name} HELD  {v.label:45s} nDCG@10 {held_scores[0]:.4f}  R@100 {held_scores[1]:.4f}", flush=True)
@@ -286,14 +333,19 @@ async def run(args: argparse.Namespace) -> None:
     redis_ctx = contextlib.nullcontext(args.redis_url) if args.redis_url else local_redis()
     report: dict = {"machine": platform.platform(), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}  # type: ignore[type-arg]
     sets = [load(name, Path(args.data)) for name in args.sets.split(",")]
+    layouts = tuple(args.layouts.split(","))
+    if unknown := set(layouts) - set(LAYOUTS):
+        raise SystemExit(f"--layouts: unknown {sorted(unknown)}; known: {', '.join(LAYOUTS)}")
     with redis_ctx as redis_handle:
         url = redis_handle if isinstance(redis_handle, str) else redis_handle.url
         async with services(url, args.snapshot_dir) as target, channel(target) as ch:
             stub = retrieval_pb2_grpc.RetrievalServiceStub(ch)
             for ds in sets:
                 print(f"{ds.name}: {len(ds.docs)} documents, {len(ds.queries)} dev queries", flush=True)
-                report[ds.name] = {"ingest": await ingest(stub, ds)}
-                print(f"  ingest: {report[ds.name]['ingest']}", flush=True)
+                report[ds.name] = {}
+                for layout in layouts:
+                    report[ds.name][f"ingest {layout}"] = got = await ingest(stub, ds, layout)
+                    print(f"  ingest ({layout}): {got}", flush=True)
         # Searched through a freshly started service: it reports SERVING only once its indexes
         # are built from Redis, so no search meets an index still catching up with ingestion.
         async with services(url, args.snapshot_dir) as target, channel(target) as ch:
@@ -304,8 +356,11 @@ async def run(args: argparse.Namespace) -> None:
                     Variant(f"hybrid, weighted z-score {w}", pb.SEARCH_MODE_HYBRID, w, pb.FUSION_METHOD_WEIGHTED)
                     for w in (float(x) for x in args.final.split(","))
                 ]
+            sentence_weights = tuple(float(x) for x in args.sentence_weights.split(","))
             for ds in sets:
-                report[ds.name].update(await evaluate(stub, ds, args.quick, final))
+                report[ds.name].update(
+                    await evaluate(stub, ds, args.quick, final, layouts, sentence_weights, not args.no_baselines)
+                )
     if args.out:
         await asyncio.to_thread(Path(args.out).write_text, json.dumps(report, indent=1))
 
@@ -317,9 +372,21 @@ def main() -> None:
     parser.add_argument("--redis-url", help="use this Redis (kept between runs) instead of a private one")
     parser.add_argument("--snapshot-dir", default="", help="index snapshot directory of the retrieval service")
     parser.add_argument("--quick", action="store_true", help="300 queries per half (a smoke run)")
+    parser.add_argument(
+        "--layouts", default="fixed,sentences",
+        help="comma-separated collections per set: fixed (200-token chunks), sentences (sentence windows "
+        "under whole-document sections, BM25 per section)",
+    )  # fmt: skip
     parser.add_argument("--out", help="write the figures as JSON here")
     parser.add_argument(
         "--final", help="comma-separated keyword weights chosen earlier: measure only those and the baselines"
+    )
+    parser.add_argument(
+        "--sentence-weights", default=",".join(map(str, SENTENCE_WEIGHTS)),
+        help="keyword weights tried on the sentence-window layout",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-baselines", action="store_true", help="skip vector, BM25 and hybrid 0.5 on fixed chunks (measured before)"
     )
     asyncio.run(run(parser.parse_args()))
 
