@@ -34,7 +34,9 @@ log = logging.getLogger("tollway.router")
 def build(cfg: RouterConfig, mesh: MeshConfig | None = None) -> tuple[ServiceSpec, Router]:
     """The router's ServiceSpec (also used by tests to run it in-process).
 
-    Health turns SERVING only after Redis answered PING (when breakers or provider limits are on).
+    Health turns SERVING only after Redis answered PING (when breakers are on). Provider limits
+    use the same client lazily: only a deployment that states limits sends anything to Redis,
+    and if Redis cannot be reached the call is allowed (see :mod:`tollway.router.limits`).
 
     Raises:
         CatalogError: The catalog file is missing or malformed; the message names the key.
@@ -79,7 +81,7 @@ def build(cfg: RouterConfig, mesh: MeshConfig | None = None) -> tuple[ServiceSpe
     async def start() -> None:
         # Load the tokenizer now: the first request must not pay for it (~0.5 s).
         count_tokens("warm up")
-        if client is not None:
+        if client is not None and cfg.breakers:
             await mesh_redis.wait_ready(client)
         background.start()
 

@@ -38,7 +38,9 @@ class RouterConfig:
         background_max_backoff_s: Highest backoff ceiling of a background request.
         provider_limits: Whether the deployments' provider limits (rpm, tpm in the catalog)
             are enforced across replicas through Redis (off: only a provider's own 429 is
-            handled).
+            handled). Only deployments that state limits use Redis; while it cannot be
+            reached their calls are allowed and counted in
+            ``tollway_router_limit_store_errors_total``.
         interactive_limit_wait_s: Longest an interactive request waits in all for a
             provider limit's window when every deployment that could answer is at its limit.
         background_limit_wait_s: The same for a background request.
