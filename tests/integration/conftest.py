@@ -141,7 +141,6 @@ def catalog(run_dir: Path, fake_openai: str, killable_openai: tuple[subprocess.P
         "  fake-tools: {provider: fakeai, capabilities: [tools, json]}",
         "  fake-json: {provider: fakeai, capabilities: [tools, json]}",
         "  fake-bad-json: {provider: fakeai}",
-        "  fake-json-prose: {provider: fakeai, upstream_model: fake-ok}",
     ]
     path = run_dir / "models.yaml"
     path.write_text("\n".join(lines) + "\n")
