@@ -406,7 +406,12 @@ class Budget:
             demands=demands,
             counters=[(c.field, _NO_LIMIT if forced else c.allowed) for c in counters],
         )
-        if outcome.status == "dup":
+        if outcome.status in ("dup", "committed"):
+            # An open reservation under this request id is returned as is (a retried reserve).
+            # A committed one too, in state COMMITTED and holding nothing: the request id was
+            # charged once and is not charged again; the caller's commit of a rerun answers
+            # ALREADY_COMMITTED (or the first result), so a retried job item still gets its
+            # answer. A released or expired one never reaches here: the store reserved anew.
             record = await self.store.get(cmd.tenant, rid)
             if record is None:  # finished and forgotten between the two calls
                 raise FailedPrecondition(f"request_id {cmd.request_id!r} was reserved before and is finished")

@@ -55,14 +55,18 @@ end
 # field, allowed]. Packed because encoding each value as its own Redis argument was the
 # largest Python cost of a reserve (~70 arguments with six quotas); json.dumps of a list of
 # strings is one C call, and cjson.decode in the script costs microseconds.
-# Returns {'ok', granted_out, tok, usd, req, used_before...} | {'refused', used...} | {'dup'}.
+# Returns {'ok', granted_out, tok, usd, req, used_before...} | {'refused', used...} | {'dup'}
+# (open under this id: idempotent) | {'committed'} (charged under this id: holds nothing).
+# A released or expired record under this id does not answer 'dup': the id reserves anew.
 _RESERVE = (
     _COMMON
     + r"""
 local ctr, rec, open, ledger, convt = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local id, now, exp = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local max_out, min_out = tonumber(ARGV[4]), tonumber(ARGV[5])
-if redis.call('EXISTS', rec) == 1 then return {'dup'} end
+local prior = redis.call('HGET', rec, 'st')
+if prior == 'reserved' then return {'dup'} end
+if prior == 'committed' then return {'committed'} end
 local A = cjson.decode(ARGV[6])
 local i = 2
 local meta = {}
@@ -118,6 +122,11 @@ for j = 1, #fields do
   if string.find(fields[j], '|conversation|', 1, true) then redis.call('ZADD', convt, now, fields[j]) end
 end
 local flist = table.concat(fields, ',')
+-- A released or expired record: the request id's earlier attempt ended uncharged, and this one
+-- may be the attempt that answers (a job item retried after its router died). Handed the old
+-- record, that answer would go uncharged, so it holds anew on a clean record (no TTL, no
+-- fields of the old attempt). Deleted only here, so that a refusal changes nothing.
+if prior then redis.call('DEL', rec) end
 redis.call('HSET', rec, 'st', 'reserved', 'gout', s(grant), 'tok', s(amt.tok), 'usd', s(amt.usd),
   'req', s(amt.req), 'f', flist, 'c_ms', s(now), 'e_ms', s(exp), unpack(meta))
 redis.call('ZADD', open, exp, id)
@@ -330,8 +339,10 @@ class ReserveOutcome:
     """What the reserve script did.
 
     ``status`` is ``ok`` (held: ``granted_out`` and the amounts per unit), ``refused``
-    (nothing changed; ``used`` is each counter's value) or ``dup`` (a reservation with this
-    id exists; read it with :meth:`BudgetStore.get`).
+    (nothing changed; ``used`` is each counter's value), ``dup`` (an open reservation with
+    this id exists) or ``committed`` (this id was charged already; nothing held). Read the
+    record of either with :meth:`BudgetStore.get`. A released or expired reservation with
+    this id is replaced: ``ok`` or ``refused``, as for a new id.
     """
 
     status: str

@@ -248,6 +248,14 @@ class Budgeting:
             entry |= {"partial": "1" if outcome.partial else "0", **_usage_fields(outcome.usage or Usage())}
             await self._queue(entry)
         except TollwayError as exc:
+            if exc.reason == "ALREADY_COMMITTED":
+                # A rerun of a request id already charged (a job item retried after its first
+                # answer was committed): the budget charges a request id once, by design.
+                log.info(
+                    "request id already charged; this run is not charged again",
+                    extra={"reservation": hold.name, "error": exc.message},
+                )
+                return
             log.error(
                 "the budget service refused a settlement; the reservation will expire",
                 extra={"reservation": hold.name, "reason": exc.reason, "error": exc.message},
