@@ -1,6 +1,6 @@
 """A 200-item batch while every service of the stack is SIGKILLed, one at a time, in the middle of it:
 nothing is lost. Every item ends exactly once (succeeded; the batch counters, moved only by the script
-that ends an item, add up to exactly 200) and no item is charged twice in the budget ledger.
+that ends an item, add up to exactly 200) and every item is charged exactly once in the budget ledger.
 
 The supervisor restarts each killed process (as `tollway up` does). Redis is not killed: with the
 stack's `appendfsync everysec` a kill may lose the last second of writes, which no service can make
@@ -101,8 +101,8 @@ async def test_a_batch_loses_nothing_while_each_service_is_killed(fault_stack: S
     )
     for j in seen:
         assert_charged_once(fault_stack.redis_url, tenant, j.name)
-    uncharged = [
-        j.name for j in seen if not any(e["op"] == "commit" for e in ledger(fault_stack.redis_url, tenant, j.name))
-    ]
-    # Shown with -s; see assert_charged_once for why an item can end uncharged.
-    print(f"\n{len(reclaimed)} of {ITEMS} items ran more than once; {len(uncharged)} ended uncharged")
+    commits = {j.name: [e["op"] for e in ledger(fault_stack.redis_url, tenant, j.name)].count("commit") for j in seen}
+    print(f"\n{len(reclaimed)} of {ITEMS} items ran more than once")  # shown with -s
+    # Every item that succeeded is charged exactly once: a run whose attempt was released (or
+    # expired) reserves anew under the same request id, so the run that answers commits (issue 19).
+    assert {n: c for n, c in commits.items() if c != 1} == {}

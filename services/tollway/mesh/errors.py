@@ -62,6 +62,9 @@ class TollwayError(Exception):
         self.message = message
         self.reason = reason or self.default_reason
         self.metadata = {k: str(v) for k, v in (metadata or {}).items()}
+        # Details of a callee's status this error has no typed field for (a QuotaFailure on an
+        # UNAVAILABLE, a PreconditionFailure): re-raised across the mesh, they reach the client.
+        self.carried_details: list[any_pb2.Any] = []
 
 
 class InvalidArgument(TollwayError):
@@ -206,6 +209,8 @@ def to_status(exc: TollwayError, domain: str) -> grpc.Status:
                 )
             )
         )
+    built = {d.type_url for d in details}
+    details += [d for d in exc.carried_details if d.type_url not in built]
     status = rpc_status.to_status(status_pb2.Status(code=exc.code.value[0], message=exc.message, details=details))
     if retry_after is None:
         return status
@@ -222,10 +227,18 @@ class _Status(grpc.Status):
 
 
 def from_rpc_error(err: grpc.aio.AioRpcError) -> TollwayError:
-    """Rebuilds the typed error a downstream service raised, keeping reason and details."""
+    """Rebuilds the typed error a downstream service raised, keeping reason and details.
+
+    ErrorInfo gives the reason and metadata, RetryInfo the retry delay; a BadRequest becomes an
+    InvalidArgument's violations and a QuotaFailure a ResourceExhausted's quota violations
+    (which limit was hit). Those on another code, and a PreconditionFailure, are carried as
+    they came (``carried_details``), so a service that re-raises the error passes them on.
+    """
     info: error_details_pb2.ErrorInfo | None = None
     violations: list[tuple[str, str]] = []
+    quota: list[tuple[str, str]] = []
     retry_after: float | None = None
+    other: list[any_pb2.Any] = []
     status = rpc_status.from_call(err)
     if status is not None:
         for detail in status.details:
@@ -236,21 +249,38 @@ def from_rpc_error(err: grpc.aio.AioRpcError) -> TollwayError:
                 br = error_details_pb2.BadRequest()
                 detail.Unpack(br)
                 violations = [(v.field, v.description) for v in br.field_violations]
+                other.append(detail)
+            elif detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
+                qf = error_details_pb2.QuotaFailure()
+                detail.Unpack(qf)
+                quota = [(v.subject, v.description) for v in qf.violations]
+                other.append(detail)
             elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
                 ri = error_details_pb2.RetryInfo()
                 detail.Unpack(ri)
                 retry_after = ri.retry_delay.seconds + ri.retry_delay.nanos / 1e9
+            elif detail.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
+                other.append(detail)
     message = err.details() or err.code().name
     reason = info.reason if info else None
     metadata = dict(info.metadata) if info else None
     cls = _BY_CODE.get(err.code(), Internal)
+    typed: TollwayError
     if cls is InvalidArgument:
-        return InvalidArgument(message, violations, reason=reason, metadata=metadata)
-    if cls in (ResourceExhausted, Unavailable):
-        return cls(message, retry_after_s=retry_after, reason=reason, metadata=metadata)
-    if err.code() == grpc.StatusCode.CANCELLED:
-        return Unavailable(message, reason=reason or "CANCELLED", metadata=metadata)
-    return cls(message, reason=reason, metadata=metadata)
+        typed = InvalidArgument(message, violations, reason=reason, metadata=metadata)
+    elif cls is ResourceExhausted:
+        typed = ResourceExhausted(
+            message, retry_after_s=retry_after, quota_violations=quota, reason=reason, metadata=metadata
+        )
+    elif cls is Unavailable:
+        typed = Unavailable(message, retry_after_s=retry_after, reason=reason, metadata=metadata)
+    elif err.code() == grpc.StatusCode.CANCELLED:
+        typed = Unavailable(message, reason=reason or "CANCELLED", metadata=metadata)
+    else:
+        typed = cls(message, reason=reason, metadata=metadata)
+    # to_status rebuilds the typed ones (and skips a carried detail of a type it built).
+    typed.carried_details = other
+    return typed
 
 
 _BY_CODE: dict[grpc.StatusCode, type[TollwayError]] = {
