@@ -90,6 +90,10 @@ GRPC_BUILDERS: dict[str, Callable[[MeshConfig], Built]] = {
     "retrieval": _retrieval,
 }
 HTTP_SERVICES = ("openai_compat",)
+# Above Envoy's upstream idle timeout (tollway.edge.envoy_config.UPSTREAM_IDLE_TIMEOUT_S, 60 s):
+# Envoy, not this server, closes an idle connection, so it never sends a request on one this
+# server is closing (uvicorn's default of 5 s made that race a 503 under bursts; issue 13).
+KEEP_ALIVE_S = 75
 # Callees before callers: a caller's on_start may already call a member (none does today, but the
 # order also makes shutdown's reverse order callers-first).
 _ORDER = ("embedding", "cache", "prompts", "budget", "router", "retrieval", "gateway")
@@ -113,6 +117,7 @@ class Uvicorn:
             log_config=None,
             lifespan="on",
             timeout_graceful_shutdown=10,
+            timeout_keep_alive=KEEP_ALIVE_S,
         )
         self.server = uvicorn.Server(self.config)
         self._task: asyncio.Task[None] | None = None

@@ -78,6 +78,14 @@ _CORS_ALLOW_HEADERS = (
 )
 _CORS_EXPOSE_HEADERS = "grpc-status, grpc-message, grpc-status-details-bin, retry-after, x-request-id"
 
+# Envoy closes an upstream connection idle this long, before the service's own keep-alive can:
+# a server that closes an idle connection races Envoy reusing it, and a request Envoy has just
+# sent on it fails as a 503 "reset before headers ... connection termination" (issue 13: 47 of
+# 200 on the OpenAI surface after 3 s idle under load). Not retried: the request may have
+# reached the service. The HTTP services' keep-alive (uvicorn's timeout_keep_alive, 75 s, in
+# openai_compat and colocate) stays above this; tests/unit/test_edge_keepalive.py holds that.
+UPSTREAM_IDLE_TIMEOUT_S = 60
+
 # Retried only when the request provably never reached a service, so even non-idempotent calls
 # (Generate, which reserves budget) are safe to retry on another replica.
 _RETRY_POLICY = {
@@ -713,6 +721,7 @@ def _cluster(mesh: Mesh, s: Service, name: str, endpoints: tuple[Endpoint, ...])
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": _HTTP_OPTIONS,
+                "common_http_protocol_options": {"idle_timeout": f"{UPSTREAM_IDLE_TIMEOUT_S}s"},
                 "explicit_http_config": protocol,
             },
         },

@@ -12,6 +12,11 @@ from tollway.openai_compat.config import OpenAICompatConfig
 from tollway.openai_compat.metrics import RequestMetrics
 from tollway.openai_compat.service import OpenAICompatApp
 
+# Above Envoy's upstream idle timeout (tollway.edge.envoy_config.UPSTREAM_IDLE_TIMEOUT_S, 60 s):
+# Envoy, not this server, closes an idle connection, so it never sends a request on one this
+# server is closing (uvicorn's default of 5 s made that race a 503 under bursts; issue 13).
+KEEP_ALIVE_S = 75
+
 
 def main() -> None:
     cfg = load_config(OpenAICompatConfig, "openai_compat")
@@ -33,6 +38,7 @@ def main() -> None:
         access_log=False,
         log_config=None,
         timeout_graceful_shutdown=10,
+        timeout_keep_alive=KEEP_ALIVE_S,
     )
 
 
