@@ -53,24 +53,40 @@ def stopped(pid: int) -> Iterator[None]:
 
 
 @pytest.mark.parametrize(
-    ("extra", "param"),
+    ("extra", "param", "stream", "names"),
     [
-        ({"tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]}, "tools"),
+        # fake-ok's catalog entry has no "tools" capability: refused before anything is sent.
+        (
+            {"tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]},
+            "tools",
+            stream,
+            "fake-ok",
+        )
+        for stream in (False, True)
+    ]
+    + [
         # response_format is honoured for any model since issue 18: where the provider cannot enforce it the
         # gateway asks in a system turn, validates and retries (tests/integration/test_gateway_guards.py).
-        ({"logprobs": True, "top_logprobs": 2}, "logprobs"),
-        ({"n": 2}, "n"),
+        ({"logprobs": True, "top_logprobs": 2}, "logprobs", False, "fake-ok"),
+        ({"logprobs": True, "top_logprobs": 2}, "logprobs", True, "fake-ok"),
+        # n > 1 is served by fan-out without streaming (below); a stream of n answers is refused.
+        ({"n": 2}, "n", True, "stream"),
     ],
 )
-@pytest.mark.parametrize("stream", [False, True])
 def test_what_cannot_be_honoured_is_a_400_naming_it(
-    client: httpx.Client, extra: dict[str, Any], param: str, stream: bool
+    client: httpx.Client, extra: dict[str, Any], param: str, stream: bool, names: str
 ) -> None:
     r = client.post("/v1/chat/completions", json=chat("fake-ok", stream=stream, **extra))
     assert r.status_code == 400, r.text
     error = r.json()["error"]
     assert error["type"] == "invalid_request_error" and error["code"] == "capability_unsupported"
-    assert error["param"] == param and "'fake-ok'" in error["message"]
+    assert error["param"] == param and names in error["message"], error
+
+
+def test_n_answers_without_streaming_are_n_choices(client: httpx.Client) -> None:
+    r = client.post("/v1/chat/completions", json=chat("fake-ok", n=2))
+    assert r.status_code == 200, r.text
+    assert [c["index"] for c in r.json()["choices"]] == [0, 1]
 
 
 def test_the_answering_model_and_any_fallback_are_in_the_headers(client: httpx.Client) -> None:

@@ -68,8 +68,11 @@ def test_committed_mesh_enables_and_exposes_the_right_services() -> None:
     ]
     assert {s.name for s in mesh.services if s.public} == {"gateway", "openai_compat", "jobs"}
     gateway = mesh.service("gateway")
-    assert gateway.grpc_services == ("tollway.gateway.v1.GatewayService",)
-    assert gateway.grpc_path_prefixes == ("/tollway.gateway.v1.GatewayService/",)
+    assert gateway.grpc_services == ("tollway.gateway.v1.GatewayService", "tollway.gateway.v1.InsightsService")
+    assert gateway.grpc_path_prefixes == (
+        "/tollway.gateway.v1.GatewayService/",
+        "/tollway.gateway.v1.InsightsService/",
+    )
     compat = mesh.service("openai_compat")
     assert compat.protocol == "http"
     assert compat.public_paths[:3] == ("/v1/chat/completions", "/v1/models", "/openapi.json")
