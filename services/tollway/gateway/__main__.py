@@ -14,12 +14,12 @@ from tollway.gateway.budgeting import Budgeting
 from tollway.gateway.cache_client import CacheClient
 from tollway.gateway.calllog import CallLog, RawPolicy
 from tollway.gateway.config import GatewayConfig
+from tollway.gateway.embed import Embedder
 from tollway.gateway.guard.policy import GuardPolicySource
 from tollway.gateway.guarding import Guards
 from tollway.gateway.insights import Insights
 from tollway.gateway.insights_peers import OverviewPeers
 from tollway.gateway.insights_service import InsightsServicer
-from tollway.gateway.embed import Embedder
 from tollway.gateway.lifecycle import Gateway
 from tollway.gateway.prompts_client import SERVICE_NAME as PROMPTS_SERVICE
 from tollway.gateway.prompts_client import PromptsClient
