@@ -101,8 +101,10 @@ async def test_replicas_see_each_others_stores_and_deletes(replica: Callable[...
         replaced = await b.stub.Store(store("refund policy", v, answer="30 days"))
         index_a = a.cache.sync.indexes.get("default")
         assert index_a is not None
-        await eventually(lambda: int(replaced.entry_id) in index_a)
-        assert int(stored.entry_id) not in index_a and len(index_a) == 1
+        # The add and the removal are two events of the stream: wait for both.
+        await eventually(
+            lambda: int(replaced.entry_id) in index_a and int(stored.entry_id) not in index_a and len(index_a) == 1
+        )
 
         removed = await b.stub.Invalidate(cache_pb2.InvalidateRequest(document_ids=["policy-doc"]))
         assert removed.removed_count == 0  # the replacing store carried no document ids
