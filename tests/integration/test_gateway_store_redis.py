@@ -52,3 +52,18 @@ async def test_call_records_are_appended_and_read_back_newest_first(store: Gatew
     assert [fields["request_id"] for _, fields in page][:3] == ["r29", "r28", "r27"]
     older = await store.calls_page(None, page[-1][0], 10)
     assert older[0][1]["request_id"] == "r19"
+
+
+async def test_feedback_moves_the_usage_totals_once_in_one_script(store: GatewayStore) -> None:
+    # One Lua script touches the feedback hash and every usage hash of the call: on a cluster
+    # they must share a slot, or RecordFeedback fails with CROSSSLOT.
+    usage = {("acme", "2026-12-06", "model"): {"m1": [1, 0, 0]}, ("acme", "2026-12-06", "feature"): {"f1": [1, 0, 0]}}
+    await store.append_calls([{"request_id": "fb-1", "tenant": "acme", "status": "OK"}], usage=usage)
+    targets = [("model", "m1"), ("feature", "f1")]
+    assert not await store.put_feedback("fb-1", "acme", "2026-12-06", 800, "good", targets, (1, 2), 3)
+    assert await store.put_feedback("fb-1", "acme", "2026-12-06", 300, "changed my mind", targets, (1, 2), 3)
+    assert (await store.feedback("fb-1") or {})["score_milli"] == "300"
+    totals = await store.usage_totals(["acme"], ["2026-12-06"], "model")
+    # One call, counted once as feedback, with the latest score.
+    assert totals[("acme", "2026-12-06")]["m1"] == [1, 1, 300]
+    assert "acme" in await store.usage_tenants()

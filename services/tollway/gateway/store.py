@@ -13,11 +13,14 @@ Call insights (issue 17) keep, next to the global stream:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Mapping, Sequence
 
 import redis.asyncio as aioredis
+
+from tollway.mesh.redis import hash_tagged
 
 KEYS_HASH = "tollway:apikeys"
 CALLS_STREAM = "tollway:calls"
@@ -27,6 +30,10 @@ BUDGET_POLICY_HASH = "tollway:budget:when_unavailable"
 TENANT_CALLS = "tollway:calls:tenant:"
 CALL_INDEX = "tollway:call:"
 RAW_CALL = "tollway:raw:"
+# The usage totals and feedback: the feedback script moves a call's totals with its score, so on a
+# Redis Cluster they share one hash tag (INSIGHTS_TAG, see ``hash_tagged``); a single Redis keeps
+# these names.
+INSIGHTS_TAG = "tollway:insights"
 USAGE = "tollway:usage:"
 USAGE_TENANTS = "tollway:usage:tenants"
 FEEDBACK = "tollway:feedback:"
@@ -95,6 +102,11 @@ class GatewayStore:
         self.call_index_ttl_s = call_index_ttl_s
         self._bump = client.register_script(_BUMP)
         self._feedback = client.register_script(_FEEDBACK)
+        tag = hash_tagged(client, INSIGHTS_TAG)
+        self._clustered = clustered = tag != INSIGHTS_TAG
+        self._usage = f"{tag}:usage:" if clustered else USAGE
+        self._usage_tenants = f"{tag}:usage:tenants" if clustered else USAGE_TENANTS
+        self._feedback_key = f"{tag}:feedback:" if clustered else FEEDBACK
 
     async def put_key(self, key_hash: str, record: Mapping[str, str]) -> None:
         await self.redis.hset(KEYS_HASH, key_hash, json.dumps(dict(record)))
@@ -145,17 +157,24 @@ class GatewayStore:
                 pipe.hset(RAW_CALL + request_id, mapping={"prompt": prompt, "response": answer})
                 pipe.expire(RAW_CALL + request_id, ttl_s)
             if usage:
-                pipe.sadd(USAGE_TENANTS, *{tenant for tenant, _, _ in usage})
+                pipe.sadd(self._usage_tenants, *{tenant for tenant, _, _ in usage})
+            bumps = []
             for (tenant, day, dimension), values in (usage or {}).items():
                 args: list[str | int] = [self.usage_ttl_s]
                 for value, measures in values.items():
                     args += [value, ",".join(map(str, measures))]
-                await self._bump(keys=[f"{USAGE}{tenant}:{day}:{dimension}"], args=args, client=pipe)
+                bumps.append(([f"{self._usage}{tenant}:{day}:{dimension}"], args))
+            if not self._clustered:
+                for keys, args in bumps:
+                    await self._bump(keys=keys, args=args, client=pipe)
             await pipe.execute()
+        if self._clustered:
+            # redis-py's cluster pipeline refuses scripts: each runs on its own (one slot, see INSIGHTS_TAG).
+            await asyncio.gather(*(self._bump(keys=keys, args=args) for keys, args in bumps))
 
     async def usage_tenants(self) -> list[str]:
         """Every tenant with usage totals, sorted."""
-        return sorted(t.decode() for t in await self.redis.smembers(USAGE_TENANTS))
+        return sorted(t.decode() for t in await self.redis.smembers(self._usage_tenants))
 
     async def usage_totals(
         self, tenants: Sequence[str], days: Sequence[str], dimension: str
@@ -165,7 +184,7 @@ class GatewayStore:
         pairs = [(t, d) for t in tenants for d in days]
         async with self.redis.pipeline(transaction=False) as pipe:
             for tenant, day in pairs:
-                pipe.hgetall(f"{USAGE}{tenant}:{day}:{dimension}")
+                pipe.hgetall(f"{self._usage}{tenant}:{day}:{dimension}")
             rows = await pipe.execute()
         return {
             pair: {k.decode(): list(map(int, v.split(b","))) for k, v in row.items()}
@@ -192,7 +211,7 @@ class GatewayStore:
         async with self.redis.pipeline(transaction=False) as pipe:
             for request_id in request_ids:
                 pipe.exists(RAW_CALL + request_id)
-                pipe.hget(FEEDBACK + request_id, "score_milli")
+                pipe.hget(self._feedback_key + request_id, "score_milli")
             replies = await pipe.execute()
         return [
             (bool(replies[i]), None if replies[i + 1] is None else int(replies[i + 1]))
@@ -244,14 +263,15 @@ class GatewayStore:
             positions: Where the feedback count and score sum sit in the packed measures (0-based).
             measure_count: How many measures a packed field holds.
         """
-        keys = [FEEDBACK + request_id, *(f"{USAGE}{tenant}:{day}:{dimension}" for dimension, _ in targets)]
+        usage = (f"{self._usage}{tenant}:{day}:{dimension}" for dimension, _ in targets)
+        keys = [self._feedback_key + request_id, *usage]
         args: list[str | int] = [score_milli, comment, str(int(time.time())), self.call_index_ttl_s]
         args += [positions[0] + 1, positions[1] + 1, measure_count, *(value for _, value in targets)]
         return bool(await self._feedback(keys=keys, args=args))
 
     async def feedback(self, request_id: str) -> dict[str, str] | None:
         """The latest feedback on a call, or None."""
-        row = await self.redis.hgetall(FEEDBACK + request_id)
+        row = await self.redis.hgetall(self._feedback_key + request_id)
         return {k.decode(): v.decode() for k, v in row.items()} or None
 
     async def recent_calls(self, count: int = 10) -> list[dict[str, str]]:
