@@ -151,3 +151,13 @@ def test_a_stopped_redis_is_a_503_naming_redis_then_recovers(stack: Stack) -> No
             return c.post("/v1/chat/completions", json=chat()).status_code == 200
 
         eventually_sync(answers, timeout_s=30, interval_s=0.2, what="an answer after Redis continued")
+
+
+def test_a_tier_the_catalog_does_not_route_is_a_400_naming_it(client: httpx.Client) -> None:
+    # The test catalog routes no tiers (make run's does): the gateway says so before spending anything.
+    r = client.post("/v1/chat/completions", json={**chat("auto"), "tier": "small"})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == "tier" and "routes no model for tier 'small'" in error["message"]
+    r = client.post("/v1/chat/completions", json={**chat("fake-ok"), "tier": "small"})
+    assert r.status_code == 400 and "both given" in r.json()["error"]["message"]

@@ -64,7 +64,7 @@ def test_chat_tools_choice_format_and_tool_turns() -> None:
         ({"cache": {"mode": "sometimes"}}, "cache.mode"),
         ({"cache": {"ttl": 3}}, "cache"),
         ({"priority": "urgent"}, "priority"),
-        ({"tier": "small"}, "tier"),
+        ({"tier": 3}, "tier"),
         ({"presence_penalty": 0.5}, "presence_penalty"),
         ({"logit_bias": {"50256": -100}}, "logit_bias"),
         ({"modalities": ["text", "audio"]}, "modalities"),
@@ -84,6 +84,9 @@ def test_chat_options_in_the_body_and_headers_winning() -> None:
     assert req.cache_policy.mode == common_pb2.CACHE_MODE_REFRESH
     _, _, _, n = chat.parse(_chat(n=3), _request())
     assert n == 3
+    # A tier goes to the gateway, which picks the catalog's model for it (tollway.gateway.tiers).
+    req, *_ = chat.parse(_chat(model="auto", tier="small"), _request())
+    assert (req.model, req.tier) == ("auto", "small")
 
 
 def test_messages_system_blocks_stops_and_user() -> None:

@@ -20,6 +20,7 @@ from tollway.gateway.lifecycle import Cited, Completed, Failed, Gateway, Gateway
 from tollway.gateway.models import list_models
 from tollway.gateway.prompts_client import PromptRef
 from tollway.gateway.request import GatewayRequest, Priority, check_budget_fields
+from tollway.gateway.tiers import model_for_tier
 from tollway.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from tollway.gateway.validation import ChatRequestLike, check, check_formats
 from tollway.mesh.errors import ResourceExhausted, Unavailable, rpc_errors, to_status
@@ -179,6 +180,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         """Authenticates, then checks every field, before anything is spent."""
         tenant = await self.gateway.keys.authenticate(context.invocation_metadata() or ())
         limits = self.gateway.limits
+        if request.tier:
+            request.model = model_for_tier(request.model, request.tier, self.gateway.catalog.routing.tiers)
         check(request, limits)
         admitted = request_from_proto(request, tenant, limits.default_max_tokens)
         check_budget_fields(admitted.priority, admitted.conversation_id)

@@ -65,6 +65,7 @@ class ChatRequestLike(Protocol):
     """The fields GenerateRequest and CompleteRequest share."""
 
     model: str
+    tier: str
     messages: Sequence[_Message]
     max_tokens: int
     temperature: float

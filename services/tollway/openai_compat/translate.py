@@ -254,7 +254,7 @@ _CACHE_KEYS = frozenset({"mode", "namespace"})
 
 
 def tollway_options(body: dict[str, Any], req: gateway_pb2.GenerateRequest) -> None:
-    """Reads ``cache {mode, namespace}``, ``feature`` and ``priority`` from the body (headers, read
+    """Reads ``cache {mode, namespace}``, ``tier``, ``feature`` and ``priority`` from the body (headers, read
     after, may set the same; the header wins).
 
     Raises:
@@ -272,14 +272,10 @@ def tollway_options(body: dict[str, Any], req: gateway_pb2.GenerateRequest) -> N
             )
         req.cache_policy.mode = _HEADER_MODES[mode or "default"]
         req.cache_policy.namespace = _string(cache.get("namespace"), "cache.namespace").strip()
-    if body.get("tier") is not None:
-        # The gateway API names models, not tiers: a tier quietly dropped would answer with another model.
-        raise InvalidArgument(
-            "'tier' is not carried by the gateway API yet; name a model of that tier (GET /v1/catalog/models "
-            "lists each model's tier) or 'auto' to let the router choose",
-            [("tier", "not supported yet: name a model, or 'auto'")],
-            reason="CAPABILITY_UNSUPPORTED",
-        )
+    tier = body.get("tier")
+    if tier is not None:
+        # With model "auto": the gateway picks the catalog's model for that tier, or says why it cannot.
+        req.tier = _string(tier, "tier")
     retrieval = body.get("retrieval")
     if retrieval is not None:
         _retrieval(retrieval, req.retrieval)
