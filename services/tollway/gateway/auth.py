@@ -31,6 +31,9 @@ class Tenant:
     name: str
     key_id: str
     priority: str = ""
+    # A jobs worker running a submitted job (an on-behalf-of token): its answer waits for the
+    # budget settlement, so a gateway killed right after answering cannot leave a job unbilled.
+    delegated: bool = False
 
 
 def hash_key(key: str) -> str:
@@ -193,4 +196,4 @@ class KeyRing:
                 f"the API key {d.key_id}… that submitted {d.subject} is revoked; submit again with a live key",
                 reason="API_KEY_INVALID",
             )
-        return Tenant(name=d.tenant, key_id=d.key_id, priority=record.get("priority", ""))
+        return Tenant(name=d.tenant, key_id=d.key_id, priority=record.get("priority", ""), delegated=True)

@@ -344,7 +344,12 @@ class Gateway:
             raise
         finally:
             # Also reached when the consumer stops iterating (GeneratorExit): the client went away.
-            self._settle(call)
+            if request.settle_before_answer:
+                # The caller's answer waits for this (it is read to its end first): no window in
+                # which the gateway has answered but not billed.
+                await self._settle_now(call)
+            else:
+                self._settle(call)
             self._finish_record(call)
 
     def _guard_input(self, request: GatewayRequest, start: float) -> GuardRun:
@@ -581,9 +586,21 @@ class Gateway:
     def _settle(self, call: _Call) -> None:
         """Commits or releases the call's reservation, once, in a task of its own (a client
         that goes away cancels the request, never the settlement)."""
+        work = self._settlement(call)
+        if work is not None:
+            self._later(work)
+
+    async def _settle_now(self, call: _Call) -> None:
+        """:meth:`_settle`, awaited; shielded, so a caller that goes away does not cancel it."""
+        work = self._settlement(call)
+        if work is not None:
+            await asyncio.shield(asyncio.ensure_future(work))
+
+    def _settlement(self, call: _Call) -> Coroutine[Any, Any, None] | None:
+        """The work that settles the call's reservation, once (None when there is none)."""
         admission, call.admission = call.admission, None
         if admission is None or self.budget is None:
-            return
+            return None
         outcome = settlement(
             completed=call.completed,
             failed=call.failed,
@@ -594,7 +611,7 @@ class Gateway:
             reason=call.status.lower() if call.status != "OK" else "cancelled",
         )
         model = call.record.model if call.record.model and call.record.model != call.chat.model else ""
-        self._later(self.budget.settle(admission, outcome, model=model, provider=call.record.provider))
+        return self.budget.settle(admission, outcome, model=model, provider=call.record.provider)
 
     async def _from_router(
         self, call: _Call, timeout_s: float | None, tier: CacheTier, stream: bool

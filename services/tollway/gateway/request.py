@@ -37,6 +37,8 @@ class GatewayRequest:
         prompt: The prompt version the lifecycle resolved ``prompt_ref`` to; ``chat`` then
             holds its rendered messages and parameters. None until resolved, or without one.
         retrieval: The collection to ground the answer in (None: an ungrounded answer).
+        settle_before_answer: Settle the budget before the answer's last event (a jobs worker's
+            request: durable billing over latency); otherwise it is settled off the response path.
     """
 
     chat: ChatRequest
@@ -49,6 +51,7 @@ class GatewayRequest:
     prompt_ref: PromptRef | None = None
     prompt: ResolvedPrompt | None = None
     retrieval: RetrievalSpec | None = None
+    settle_before_answer: bool = False
 
 
 def check_budget_fields(priority: str, conversation_id: str) -> None:

@@ -96,6 +96,7 @@ def request_from_proto(req: ChatRequestLike, tenant: Tenant, default_max_tokens:
         conversation_id=req.conversation_id,
         prompt_ref=prompt_ref_from_proto(req.prompt_ref) if with_prompt else None,  # type: ignore[arg-type]
         retrieval=retrieval_from_proto(req.retrieval) if req.HasField("retrieval") else None,  # type: ignore[arg-type]
+        settle_before_answer=tenant.delegated,
     )
 
 
