@@ -109,6 +109,7 @@ GENERATE_EXCLUDE: Mapping[str, str] = {
     # Like prompt_ref: the gateway retrieves first and keys what the spec resolved to, the
     # sources put into the messages as a system turn (gateway.grounding.ground).
     "retrieval": "replaced before the key is made by the retrieved sources, which are part of the messages",
+    "tier": "replaced before the key is made by the tier's model, which is `model`",
 }
 
 _KEY_VERSION = b"tollway.cache.exact.v1\x00"
