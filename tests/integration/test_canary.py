@@ -25,6 +25,7 @@ import grpc
 import pytest
 
 from tests.conftest import TEST_RUN_DIR
+from tests.support.polling import eventually_sync
 from tollway.cli import _create_key
 from tollway.common.v1 import common_pb2
 from tollway.launcher import runfile
@@ -155,10 +156,16 @@ def test_a_canary_at_10_percent_gets_10_percent_and_the_header_reaches_it(canary
     assert asyncio.run(_load(canary_stack, 100, canary_header=True)) == Counter({"OK": 100})
     after = _counts(canary_stack)
     assert (after["router"] - before["router"], after["router_canary"] - before["router_canary"]) == (0, 100)
-    status = _cli(canary_stack, "status", "router").stdout
-    stable_line = next(line for line in status.splitlines() if line.strip().startswith("stable"))
-    canary_line = next(line for line in status.splitlines() if line.strip().startswith("canary"))
-    assert int(stable_line.split()[1]) >= stable and int(canary_line.split()[1]) >= canary + 100
+
+    def status_counts() -> tuple[int, int] | None:
+        # Envoy's counters the status reads can trail the last responses by a moment.
+        status = _cli(canary_stack, "status", "router").stdout
+        stable_line = next(line for line in status.splitlines() if line.strip().startswith("stable"))
+        canary_line = next(line for line in status.splitlines() if line.strip().startswith("canary"))
+        counts = int(stable_line.split()[1]), int(canary_line.split()[1])
+        return counts if counts[0] >= stable and counts[1] >= canary + 100 else None
+
+    eventually_sync(status_counts, timeout_s=15, interval_s=0.5, what="status counting every request")
 
     # Shifting the weight takes effect without a restart.
     _cli(canary_stack, "weight", "router", "100")
