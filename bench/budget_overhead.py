@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.checkout_stack import bench_services  # noqa: E402
-from bench.httpload import Connection, Endpoint, percentile  # noqa: E402
+from bench.httpload import Endpoint, alternating_pairs, percentile  # noqa: E402
 from bench.overhead import MODEL, start_upstream  # noqa: E402
 from tollway.cli import _create_key  # noqa: E402
 from tollway.launcher.processes import free_ports  # noqa: E402
@@ -77,23 +77,11 @@ def stack_options(run: Path, upstream_port: int, with_budget: bool, layout: str)
 
 async def interleaved(on: Endpoint, off: Endpoint, pairs: int, warmup: int) -> dict[str, list[float]]:
     """Seconds per request of each stack, alternating which goes first, one request at a time."""
-    a, b = Connection(on), Connection(off)
-    await a.open()
-    await b.open()
     out: dict[str, list[float]] = {"on": [], "off": [], "diff": []}
-    try:
-        for i in range(warmup + pairs):
-            first, second = (a, b) if i % 2 == 0 else (b, a)
-            t1, _ = await first.send()
-            t2, _ = await second.send()
-            t_on, t_off = (t1, t2) if first is a else (t2, t1)
-            if i >= warmup:
-                out["on"].append(t_on)
-                out["off"].append(t_off)
-                out["diff"].append(t_on - t_off)
-    finally:
-        await a.close()
-        await b.close()
+    for (t_on, _), (t_off, _) in await alternating_pairs(on, off, pairs, warmup):
+        out["on"].append(t_on)
+        out["off"].append(t_off)
+        out["diff"].append(t_on - t_off)
     return out
 
 

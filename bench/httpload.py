@@ -175,3 +175,25 @@ async def closed_loop(endpoint: Endpoint, concurrency: int, duration_s: float, m
         "p50_ms": percentile(latencies, 50) * 1e3 if latencies else 0.0,
         "p99_ms": percentile(latencies, 99) * 1e3 if latencies else 0.0,
     }
+
+
+async def alternating_pairs(
+    base: Endpoint, other: Endpoint, pairs: int, warmup: int
+) -> list[tuple[tuple[float, float | None], tuple[float, float | None]]]:
+    """``pairs`` (base, other) results of ``Connection.send`` (seconds, first-text seconds), one
+    request at a time on one connection each, alternating which goes first so drift hits both."""
+    a, b = Connection(base), Connection(other)
+    await a.open()
+    await b.open()
+    out = []
+    try:
+        for i in range(warmup + pairs):
+            first, second = (a, b) if i % 2 == 0 else (b, a)
+            r1 = await first.send()
+            r2 = await second.send()
+            if i >= warmup:
+                out.append((r1, r2) if first is a else (r2, r1))
+    finally:
+        await a.close()
+        await b.close()
+    return out

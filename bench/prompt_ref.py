@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.checkout_stack import bench_services  # noqa: E402
-from bench.httpload import Connection, Endpoint, percentile  # noqa: E402
+from bench.httpload import Endpoint, alternating_pairs, percentile  # noqa: E402
 from bench.overhead import MODEL, start_upstream  # noqa: E402
 from tollway.cli import _create_key  # noqa: E402
 from tollway.launcher.processes import free_ports  # noqa: E402
@@ -119,23 +119,11 @@ def endpoints(host: str, port: int, key: str, template: str) -> tuple[Endpoint, 
 
 async def interleaved(plain: Endpoint, named: Endpoint, pairs: int, warmup: int) -> dict[str, list[float]]:
     """Seconds per request of each endpoint, sent in alternating order, one request at a time."""
-    a, b = Connection(plain), Connection(named)
-    await a.open()
-    await b.open()
     out: dict[str, list[float]] = {"plain": [], "prompt_ref": [], "diff": []}
-    try:
-        for i in range(warmup + pairs):
-            first, second = (a, b) if i % 2 == 0 else (b, a)
-            t1, _ = await first.send()
-            t2, _ = await second.send()
-            t_plain, t_named = (t1, t2) if first is a else (t2, t1)
-            if i >= warmup:
-                out["plain"].append(t_plain)
-                out["prompt_ref"].append(t_named)
-                out["diff"].append(t_named - t_plain)
-    finally:
-        await a.close()
-        await b.close()
+    for (t_plain, _), (t_named, _) in await alternating_pairs(plain, named, pairs, warmup):
+        out["plain"].append(t_plain)
+        out["prompt_ref"].append(t_named)
+        out["diff"].append(t_named - t_plain)
     return out
 
 

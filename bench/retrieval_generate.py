@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.checkout_stack import bench_services  # noqa: E402
-from bench.httpload import Connection, Endpoint, percentile  # noqa: E402
+from bench.httpload import Endpoint, alternating_pairs, percentile  # noqa: E402
 from bench.overhead import MODEL, start_upstream  # noqa: E402
 from bench.prompt_ref import uptime  # noqa: E402
 from tollway.cli import _create_key  # noqa: E402
@@ -132,25 +132,13 @@ def endpoints(host: str, port: int, key: str, collection: str) -> tuple[Endpoint
 
 async def interleaved(plain: Endpoint, grounded: Endpoint, pairs: int, warmup: int) -> dict[str, list[float]]:
     """Seconds per request (and to the first delta) of each endpoint, in alternating order."""
-    a, b = Connection(plain), Connection(grounded)
-    await a.open()
-    await b.open()
     out: dict[str, list[float]] = {k: [] for k in ("plain", "grounded", "plain_ttft", "grounded_ttft", "diff")}
-    try:
-        for i in range(warmup + pairs):
-            first, second = (a, b) if i % 2 == 0 else (b, a)
-            r1 = await first.send()
-            r2 = await second.send()
-            (tp, fp), (tg, fg) = (r1, r2) if first is a else (r2, r1)
-            if i >= warmup:
-                out["plain"].append(tp)
-                out["grounded"].append(tg)
-                out["plain_ttft"].append(fp or tp)
-                out["grounded_ttft"].append(fg or tg)
-                out["diff"].append(tg - tp)
-    finally:
-        await a.close()
-        await b.close()
+    for (tp, fp), (tg, fg) in await alternating_pairs(plain, grounded, pairs, warmup):
+        out["plain"].append(tp)
+        out["grounded"].append(tg)
+        out["plain_ttft"].append(fp or tp)
+        out["grounded_ttft"].append(fg or tg)
+        out["diff"].append(tg - tp)
     return out
 
 
