@@ -14,18 +14,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import http.client
-import os
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.support.small_stack import roomy_stack
 from tollway.cli import _create_key
-from tollway.launcher.processes import free_ports
-from tollway.launcher.stack import Stack, StackOptions
+from tollway.launcher.stack import Stack
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -35,35 +32,12 @@ OLD_KEEP_ALIVE_S = 5  # uvicorn's default, what the surface ran with before
 
 @pytest.fixture(scope="module")
 def surface_stack(fake_openai: str) -> Iterator[Stack]:
-    run = Path(tempfile.mkdtemp(prefix="edge-keepalive-", dir=os.environ.get("TOLLWAY_TEST_RUN_DIR") or None))
-    catalog = run / "models.yaml"
-    catalog.write_text(
-        f"providers:\n  fakeai: {{wire: openai_compat, base_url: '{fake_openai}/v1', timeout_s: 30}}\n"
-        "models:\n  fake-ok: {provider: fakeai, upstream_model: fake-ok}\n"
-    )
-    plans = run / "budget.yaml"
-    plans.write_text(
-        "version: 1\ndefault_plan: ''\nplans:\n  roomy:\n    default_priority: interactive\n    quotas:\n"
-        "      - {scope: tenant, window: day, tokens: 1000000000}\n"
-        f"tenants:\n  {TENANT}: {{plan: roomy}}\n"
-    )
+    models = "  fake-ok: {provider: fakeai, upstream_model: fake-ok}\n"
     services = ("gateway", "router", "budget", "openai_compat")
-    names = ["edge", "admin", "mesh", "redis", *services]
-    stack = Stack(
-        StackOptions(
-            ports=dict(zip(names, free_ports(len(names)), strict=True)),
-            run_dir=run,
-            catalog=catalog,
-            with_model=False,
-            services=services,
-            env={"TOLLWAY_LOG_LEVEL": "WARNING", "TOLLWAY_BUDGET_PLANS": str(plans)},
-        )
-    )
-    stack.start()
-    try:
+    with roomy_stack(
+        "edge-keepalive-", models, fake_openai, TENANT, services=services, tokens=1_000_000_000, timeout_s=30
+    ) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 def test_the_surface_keeps_an_idle_connection_past_the_old_keep_alive(surface_stack: Stack) -> None:

@@ -7,10 +7,7 @@ wire-exact fake provider (the only stand-in: a hosted LLM)."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -18,11 +15,11 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from tests.support.jobs import auth
+from tests.support.small_stack import roomy_stack
 from tollway.cli import _create_key
 from tollway.common.v1 import common_pb2
 from tollway.gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from tollway.launcher.processes import free_ports
-from tollway.launcher.stack import Stack, StackOptions
+from tollway.launcher.stack import Stack
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -31,35 +28,10 @@ TENANT = "relay-co"
 
 @pytest.fixture(scope="module")
 def one_rpm_stack(fake_openai: str) -> Iterator[Stack]:
-    run = Path(tempfile.mkdtemp(prefix="quota-relay-", dir=os.environ.get("TOLLWAY_TEST_RUN_DIR") or None))
-    catalog = run / "models.yaml"
-    catalog.write_text(
-        f"providers:\n  fakeai: {{wire: openai_compat, base_url: '{fake_openai}/v1', timeout_s: 10}}\n"
-        "models:\n  one-rpm: {provider: fakeai, upstream_model: fake-ok, limits: {rpm: 1}}\n"
-    )
-    plans = run / "budget.yaml"
-    plans.write_text(
-        "version: 1\ndefault_plan: ''\nplans:\n  roomy:\n    default_priority: interactive\n    quotas:\n"
-        "      - {scope: tenant, window: day, tokens: 1000000}\n"
-        f"tenants:\n  {TENANT}: {{plan: roomy}}\n"
-    )
+    models = "  one-rpm: {provider: fakeai, upstream_model: fake-ok, limits: {rpm: 1}}\n"
     services = ("gateway", "router", "budget")
-    names = ["edge", "admin", "mesh", "redis", *services]
-    stack = Stack(
-        StackOptions(
-            ports=dict(zip(names, free_ports(len(names)), strict=True)),
-            run_dir=run,
-            catalog=catalog,
-            with_model=False,
-            services=services,
-            env={"TOLLWAY_LOG_LEVEL": "WARNING", "TOLLWAY_BUDGET_PLANS": str(plans)},
-        )
-    )
-    stack.start()
-    try:
+    with roomy_stack("quota-relay-", models, fake_openai, TENANT, services=services, tokens=1_000_000) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 def _complete() -> gateway_pb2.CompleteRequest:

@@ -6,20 +6,17 @@ budget reservation is released."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 import redis
 
 from tests.support.polling import eventually
+from tests.support.small_stack import roomy_stack
 from tollway.budget.v1 import budget_pb2, budget_pb2_grpc
 from tollway.cli import _create_key
-from tollway.launcher.processes import free_ports
-from tollway.launcher.stack import Stack, StackOptions
+from tollway.launcher.stack import Stack
 from tollway.mesh import clients
 
 pytestmark = pytest.mark.timeout(120)
@@ -29,39 +26,15 @@ TENANT = "limited-co"
 
 @pytest.fixture(scope="module")
 def limited_stack(fake_openai: str) -> Iterator[Stack]:
-    run = Path(tempfile.mkdtemp(prefix="router-limits-", dir=os.environ.get("TOLLWAY_TEST_RUN_DIR") or None))
-    catalog = run / "models.yaml"
-    catalog.write_text(
-        f"providers:\n  fakeai: {{wire: openai_compat, base_url: '{fake_openai}/v1', timeout_s: 10}}\n"
-        "models:\n"
+    models = (
         "  lim-one: {provider: fakeai, upstream_model: fake-ok, limits: {rpm: 2}}\n"
         "  lim-two:\n    provider: fakeai\n    upstream_model: fake-ok\n    deployments:\n"
         "      - {name: k1, weight: 100, limits: {rpm: 1}}\n"
         "      - {name: k2, weight: 0.01}\n"
     )
-    plans = run / "budget.yaml"
-    plans.write_text(
-        "version: 1\ndefault_plan: ''\nplans:\n  roomy:\n    default_priority: interactive\n    quotas:\n"
-        "      - {scope: tenant, window: day, tokens: 1000000}\n"
-        f"tenants:\n  {TENANT}: {{plan: roomy}}\n"
-    )
     services = ("gateway", "router", "budget", "openai_compat")
-    names = ["edge", "admin", "mesh", "redis", *services]
-    stack = Stack(
-        StackOptions(
-            ports=dict(zip(names, free_ports(len(names)), strict=True)),
-            run_dir=run,
-            catalog=catalog,
-            with_model=False,
-            services=services,
-            env={"TOLLWAY_LOG_LEVEL": "WARNING", "TOLLWAY_BUDGET_PLANS": str(plans)},
-        )
-    )
-    stack.start()
-    try:
+    with roomy_stack("router-limits-", models, fake_openai, TENANT, services=services, tokens=1_000_000) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 def _chat(model: str) -> dict[str, object]:

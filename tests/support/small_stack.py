@@ -1,0 +1,65 @@
+"""A small stack on free ports: the fake provider's models, one tenant on a roomy budget plan, and
+the services a test names (with Envoy and Redis), for integration tests that need their own catalog."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from tollway.launcher.processes import free_ports
+from tollway.launcher.stack import Stack, StackOptions
+
+
+@contextlib.contextmanager
+def roomy_stack(
+    prefix: str,
+    models_yaml: str,
+    fake_openai: str,
+    tenant: str,
+    *,
+    services: tuple[str, ...],
+    tokens: int,
+    timeout_s: float = 10,
+) -> Iterator[Stack]:
+    """Starts the stack, yields it, stops it.
+
+    Args:
+        prefix: The run directory's name prefix (under TOLLWAY_TEST_RUN_DIR when set).
+        models_yaml: The ``models:`` entries, indented by two spaces; provider ``fakeai`` is the fake.
+        fake_openai: The fake provider's base URL.
+        tenant: The one tenant of the budget plan ``roomy``.
+        services: The services to start.
+        tokens: The tenant's daily token quota.
+        timeout_s: The fake provider's timeout.
+    """
+    run = Path(tempfile.mkdtemp(prefix=prefix, dir=os.environ.get("TOLLWAY_TEST_RUN_DIR") or None))
+    catalog = run / "models.yaml"
+    catalog.write_text(
+        f"providers:\n  fakeai: {{wire: openai_compat, base_url: '{fake_openai}/v1', timeout_s: {timeout_s:g}}}\n"
+        f"models:\n{models_yaml}"
+    )
+    plans = run / "budget.yaml"
+    plans.write_text(
+        "version: 1\ndefault_plan: ''\nplans:\n  roomy:\n    default_priority: interactive\n    quotas:\n"
+        f"      - {{scope: tenant, window: day, tokens: {tokens}}}\n"
+        f"tenants:\n  {tenant}: {{plan: roomy}}\n"
+    )
+    names = ["edge", "admin", "mesh", "redis", *services]
+    stack = Stack(
+        StackOptions(
+            ports=dict(zip(names, free_ports(len(names)), strict=True)),
+            run_dir=run,
+            catalog=catalog,
+            with_model=False,
+            services=services,
+            env={"TOLLWAY_LOG_LEVEL": "WARNING", "TOLLWAY_BUDGET_PLANS": str(plans)},
+        )
+    )
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
