@@ -7,16 +7,26 @@ helpers these tests share); time is a clock the tests move by hand.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
+import redis.asyncio as aioredis
 
+from tests.fakes.procs import free_port
 from tests.integration.test_budget_service import PLANS, Clock, details, expect, reconcile, replicas, reserve_req
 from tests.support.redis_cluster import sync_client
 from tests.support.redis_server import local_redis
 from tollway.budget.v1 import budget_pb2, budget_pb2_grpc
+from tollway.common.caching import CachePolicy
+from tollway.common.chat import ChatMessage, ChatRequest
+from tollway.gateway.budget_client import BudgetClient
+from tollway.gateway.budgeting import Budgeting, Settlement
+from tollway.gateway.request import GatewayRequest
+from tollway.gateway.store import BUDGET_OUTBOX, GatewayStore
 
 # gpt-4o-mini, 8 input + 16 output tokens reserved; 8 + 6 committed.
 HELD = 24
@@ -145,3 +155,116 @@ async def test_a_refused_reserve_anew_changes_nothing(redis_url: str, plans_file
         assert kept is not None and kept["st"] == "released"
         await rep.stub.ReleaseBudget(budget_pb2.ReleaseBudgetRequest(name=filler.name))
         await reconcile(rep.stub, "beta")
+
+
+# --- attempts: a late settlement of an earlier attempt never settles a later one's hold -------
+
+
+def reason_of(err: grpc.aio.AioRpcError) -> str:
+    return details(err)["ErrorInfo"].reason
+
+
+async def expire_first_attempt(rep: Any, clock: Clock, request_id: str) -> budget_pb2.Reservation:
+    """Reserves ``request_id`` (attempt 1), lets the sweeper expire it, reserves it again."""
+    first = (await rep.stub.ReserveBudget(reserve_req("gamma", request_id=request_id, ttl_seconds=5))).reservation
+    assert first.attempt == 1
+    clock.advance(6)
+    assert await rep.budget.sweep() >= 1
+    again = (await rep.stub.ReserveBudget(reserve_req("gamma", request_id=request_id))).reservation
+    assert (again.name, again.attempt, again.state) == (first.name, 2, budget_pb2.RESERVATION_STATE_RESERVED)
+    return again
+
+
+async def test_a_late_release_of_an_earlier_attempt_leaves_the_later_hold_alone(
+    redis_url: str, plans_file: Path
+) -> None:
+    clock = Clock()
+    async with replicas(redis_url, plans_file, clock, count=1) as (rep,):
+        start = await used(rep.stub, "gamma")
+        again = await expire_first_attempt(rep, clock, "attempts-1")
+        err = await expect(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            rep.stub.ReleaseBudget(budget_pb2.ReleaseBudgetRequest(name=again.name, reason="late", attempt=1)),
+        )
+        assert reason_of(err) == "STALE_ATTEMPT" and "attempt 2 holds it" in err.details()
+        assert await used(rep.stub, "gamma") == start + HELD  # attempt 2 still holds its estimate
+        done = await rep.stub.CommitBudget(
+            budget_pb2.CommitBudgetRequest(name=again.name, input_tokens=8, output_tokens=6, attempt=2)
+        )
+        assert (done.reservation.state, done.reservation.attempt) == (budget_pb2.RESERVATION_STATE_COMMITTED, 2)
+        assert await used(rep.stub, "gamma") == start + CHARGED
+        assert ops_of(redis_url, "gamma", again.name) == ["reserve", "expire", "reserve", "commit"]
+        await reconcile(rep.stub, "gamma")
+
+
+async def test_a_late_commit_of_an_earlier_attempt_changes_nothing(redis_url: str, plans_file: Path) -> None:
+    clock = Clock()
+    async with replicas(redis_url, plans_file, clock, count=1) as (rep,):
+        start = await used(rep.stub, "gamma")
+        again = await expire_first_attempt(rep, clock, "attempts-2")
+        late = budget_pb2.CommitBudgetRequest(name=again.name, input_tokens=8, output_tokens=9, attempt=1)
+        assert reason_of(await expect(grpc.StatusCode.FAILED_PRECONDITION, rep.stub.CommitBudget(late))) == (
+            "STALE_ATTEMPT"
+        )
+        assert await used(rep.stub, "gamma") == start + HELD
+        # The attempt that holds it releases; a replay of the stale commit still changes nothing.
+        await rep.stub.ReleaseBudget(budget_pb2.ReleaseBudgetRequest(name=again.name, attempt=2))
+        await expect(grpc.StatusCode.FAILED_PRECONDITION, rep.stub.CommitBudget(late))
+        assert await used(rep.stub, "gamma") == start
+        assert ops_of(redis_url, "gamma", again.name) == ["reserve", "expire", "reserve", "release"]
+        await reconcile(rep.stub, "gamma")
+
+
+async def test_a_settlement_without_an_attempt_settles_whichever_attempt_holds_the_id(
+    redis_url: str, plans_file: Path
+) -> None:
+    clock = Clock()
+    async with replicas(redis_url, plans_file, clock, count=1) as (rep,):
+        start = await used(rep.stub, "gamma")
+        again = await expire_first_attempt(rep, clock, "attempts-3")
+        await rep.stub.CommitBudget(budget_pb2.CommitBudgetRequest(name=again.name, input_tokens=8, output_tokens=6))
+        assert await used(rep.stub, "gamma") == start + CHARGED
+        err = await expect(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            rep.stub.ReleaseBudget(budget_pb2.ReleaseBudgetRequest(name=again.name, attempt=-1)),
+        )
+        assert "attempt" in err.details()
+        await reconcile(rep.stub, "gamma")
+
+
+async def test_the_gateways_outbox_replays_a_release_for_its_own_attempt_only(redis_url: str, plans_file: Path) -> None:
+    """The edge end to end: the gateway's release of attempt 1 waits in its (real) outbox while
+    the budget service is unreachable; attempt 1 expires and a retry holds attempt 2; the replay
+    must not return attempt 2's estimate."""
+    clock = Clock()
+    gateway_redis = aioredis.Redis.from_url(redis_url)
+    outbox = GatewayStore(gateway_redis)
+    await gateway_redis.delete(BUDGET_OUTBOX)
+    async with replicas(redis_url, plans_file, clock, count=1) as (rep,):
+        start = await used(rep.stub, "gamma")
+        chat = ChatRequest("gpt-4o-mini", (ChatMessage("user", "hi"),), max_tokens=16, request_id="attempts-4")
+        chat = dataclasses.replace(chat, tenant="gamma")
+        request = GatewayRequest(chat, "", "", CachePolicy(), priority="interactive")
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{rep.port}") as live:
+            admitted = await Budgeting(BudgetClient(live, count_prompt_tokens=lambda _: 8), outbox).admit(request)
+        assert admitted.hold is not None and admitted.hold.attempt == 1
+
+        # The budget service cannot be reached: the release goes to the outbox, naming attempt 1.
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{free_port()}") as dead:
+            down = Budgeting(BudgetClient(dead, timeout_s=0.5), outbox)
+            await down.settle(admitted, Settlement(None, reason="provider_unavailable"))
+        [(_, entry)] = await outbox.budget_pending()
+        assert (entry["op"], entry["attempt"]) == ("release", "1")
+
+        clock.advance(601)  # the default TTL: attempt 1 expires, and a retry reserves attempt 2
+        assert await rep.budget.sweep() >= 1
+        again = (await rep.stub.ReserveBudget(reserve_req("gamma", request_id="attempts-4"))).reservation
+        assert again.attempt == 2
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{rep.port}") as live:
+            assert await Budgeting(BudgetClient(live), outbox).drain() == 1
+        assert await outbox.budget_pending() == []
+        assert await used(rep.stub, "gamma") == start + HELD  # attempt 2's hold is intact
+        assert ops_of(redis_url, "gamma", again.name) == ["reserve", "expire", "reserve"]
+        await rep.stub.ReleaseBudget(budget_pb2.ReleaseBudgetRequest(name=again.name, attempt=2))
+        await reconcile(rep.stub, "gamma")
+    await gateway_redis.aclose()

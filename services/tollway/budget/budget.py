@@ -21,8 +21,8 @@ from collections.abc import Callable, Sequence
 from tollway.budget import metrics, quota, windows
 from tollway.budget.config import BudgetConfig
 from tollway.budget.plans import Plans, PlansSource, check_quota, merge_quotas
-from tollway.budget.pricing import Priced, PriceTable
-from tollway.budget.store import BudgetStore, ScriptOutcome
+from tollway.budget.pricing import PICOS_PER_NANO, Priced, PriceTable
+from tollway.budget.store import BudgetStore, ScriptOutcome, join_meta, pack_counters, pack_meta, pack_model
 from tollway.budget.types import (
     RESERVATION_NAME,
     SUBJECT_ID,
@@ -68,6 +68,10 @@ _METRICS = {
 # A quota limit no counter reaches: a call admitted while the service was down is charged
 # whatever its quotas say (it happened). Below 2^53, where Lua's doubles stop being exact.
 _NO_LIMIT = 2**52
+_COMMITTED = metrics.FINISHED.labels("committed")
+_COMMITTED_LATE = metrics.FINISHED.labels("committed_late")
+# Counter sets kept for reuse (see Budget._counters); more are made again, not piled up.
+_SHAPES_KEPT = 10_000
 
 
 def wall_clock_ms() -> int:
@@ -152,6 +156,7 @@ def reservation_from_record(tenant: str, reservation_id: str, r: dict[str, str])
         pricing_version=r.get("cpv", "") if committed else r.get("pv", ""),
         created_ms=int(r.get("c_ms") or 0),
         expires_ms=int(r.get("e_ms") or 0),
+        attempt=int(r.get("att") or 1),
     )
 
 
@@ -216,6 +221,13 @@ class Budget:
         self.clock = clock
         self._overrides: dict[str, Override] = {}
         self._known_tenants: set[str] = set()
+        # Per-request work done once and reused (the request path is the hot one):
+        self._policies: dict[str, tuple[Plans, Override | None, Policy]] = {}
+        self._shapes: dict[tuple[object, ...], tuple[Policy, list[quota.Counter], str]] = {}
+        self._model_metas: dict[tuple[str, str], str] = {}
+        self._commit_models: dict[tuple[str, str], str] = {}
+        self._granted_children: dict[tuple[bool, Priority], object] = {}
+        self._day: tuple[int, str] = (-1, "")
         self._background = Background(log, jitter=0.1)
 
     # --- life -----------------------------------------------------------------------------
@@ -275,7 +287,15 @@ class Budget:
         Raises:
             NotFound: Neither the plans file nor an override puts the tenant on a plan.
         """
-        policy = self.plans.policy(tenant, self._overrides.get(tenant))
+        plans, override = self.plans, self._overrides.get(tenant)
+        cached = self._policies.get(tenant)
+        if cached is not None and cached[0] is plans and cached[1] is override:
+            return cached[2]
+        policy = plans.policy(tenant, override)
+        if policy is not None:
+            if len(self._policies) > 100_000:
+                self._policies.clear()
+            self._policies[tenant] = (plans, override, policy)
         if policy is None:
             raise NotFound(
                 f"tenant {tenant!r} has no budget: it is not in the plans file, the file has no default_plan, "
@@ -357,54 +377,42 @@ class Budget:
             )
         priority = cmd.priority or policy.default_priority
         now = self.clock()
-        counters = quota.counters(
-            policy,
-            priority,
-            now,
-            api_key_id=cmd.api_key_id,
-            feature=cmd.feature,
-            conversation_id=cmd.conversation_id,
-        )
-        demands = quota.demands(priced.rates, cmd.input_tokens)
+        counters, packed_counters = self._counters(policy, priority, now, cmd, forced)
+        rates = priced.rates
         if cmd.request_id:
             # The same request id maps to the same reservation: a retried reserve finds it.
             rid = hashlib.sha256(f"{cmd.tenant}\0{cmd.request_id}".encode()).hexdigest()[:32]
         else:
             rid = uuid.uuid4().hex
-        ttl_ms = (cmd.ttl_s or self.cfg.reservation_ttl_s) * 1000
-        meta = {
+        expires = now + (cmd.ttl_s or self.cfg.reservation_ttl_s) * 1000
+        asked = {
             "tenant": cmd.tenant,
             "key": cmd.api_key_id,
             "feat": cmd.feature,
-            "model": priced.name,
             "prov": cmd.provider,
             "conv": cmd.conversation_id,
             "prio": priority.value,
             "rid": cmd.request_id,
             "in": str(cmd.input_tokens),
             "maxout": str(cmd.max_output_tokens),
-            "pv": self.prices.version,
-            "r_in": str(priced.rates.input_picos),
-            "r_out": str(priced.rates.output_picos),
-            "r_cached": str(priced.rates.cached_input_picos),
-            "ctx": str(priced.context_window),
-            "mout": str(priced.max_output_tokens),
         }
         if forced:
-            meta["unav"] = "1"  # the ledger says which charges bypassed the quotas, and why
+            asked["unav"] = "1"  # the ledger says which charges bypassed the quotas, and why
         if cmd.tenant not in self._known_tenants:
             await self.store.remember_tenant(cmd.tenant)
             self._known_tenants.add(cmd.tenant)
+        # quota.demands(rates, input_tokens) as the script's nine numbers, without the objects.
+        n = cmd.input_tokens
         outcome = await self.store.reserve(
             cmd.tenant,
             rid,
             now_ms=now,
-            expires_ms=now + ttl_ms,
+            expires_ms=expires,
             max_out=cmd.max_output_tokens,
             min_out=cmd.min_output_tokens,
-            meta=meta,
-            demands=demands,
-            counters=[(c.field, _NO_LIMIT if forced else c.allowed) for c in counters],
+            meta=join_meta(pack_meta(asked), self._model_meta(priced)),
+            demands=(n, 1, 1, n * rates.input_picos, rates.output_picos, PICOS_PER_NANO, 1, 0, 1),
+            counters=packed_counters,
         )
         if outcome.status in ("dup", "committed"):
             # An open reservation under this request id is returned as is (a retried reserve).
@@ -418,17 +426,24 @@ class Budget:
             return Granted(reservation_from_record(cmd.tenant, rid, record), {}, policy.when_unavailable)
         if outcome.status == "refused":
             metrics.RESERVATIONS.labels("refused", priority.value).inc()
-            raise self._refusal(cmd, policy, priority, counters, outcome.used, demands, now)
+            raise self._refusal(
+                cmd, policy, priority, counters, outcome.used, quota.demands(rates, cmd.input_tokens), now
+            )
         granted = outcome.granted_out
-        metrics.RESERVATIONS.labels(
-            "granted" if granted == cmd.max_output_tokens else "granted_fewer_tokens", priority.value
-        ).inc()
-        tightest: dict[Unit, QuotaState] = {}
+        self._reserved_metric(granted == cmd.max_output_tokens, priority).inc()
+        amounts = outcome.amounts
+        # The tightest counter of each unit, for rate-limit headers: one QuotaState per unit.
+        least: dict[Unit, tuple[int, quota.Counter, int]] = {}
         for c, used in zip(counters, outcome.used, strict=True):
-            after = used + outcome.amounts[c.unit]
-            state = QuotaState(c.quota, c.subject, after, quota.remaining(c, after), c.reset_ms)
-            if c.unit not in tightest or state.remaining < tightest[c.unit].remaining:
-                tightest[c.unit] = state
+            after = used + amounts[c.quota.unit]
+            left = c.allowed - after
+            best = least.get(c.quota.unit)
+            if best is None or left < best[0]:
+                least[c.quota.unit] = (left, c, after)
+        tightest = {
+            unit: QuotaState(c.quota, c.subject, after, max(0, left), c.reset_ms)
+            for unit, (left, c, after) in least.items()
+        }
         reservation = Reservation(
             tenant=cmd.tenant,
             id=rid,
@@ -441,13 +456,66 @@ class Budget:
             request_id=cmd.request_id,
             input_tokens=cmd.input_tokens,
             granted_output_tokens=granted,
-            tokens=outcome.amounts[Unit.TOKENS],
-            cost_usd_nanos=outcome.amounts[Unit.USD_NANOS],
+            tokens=amounts[Unit.TOKENS],
+            cost_usd_nanos=amounts[Unit.USD_NANOS],
             pricing_version=self.prices.version,
             created_ms=now,
-            expires_ms=now + ttl_ms,
+            expires_ms=expires,
+            attempt=outcome.attempt,
         )
         return Granted(reservation, tightest, policy.when_unavailable)
+
+    def _counters(
+        self, policy: Policy, priority: Priority, now: int, cmd: ReserveCommand, forced: bool
+    ) -> tuple[list[quota.Counter], str]:
+        """The counters a reserve checks and their packed form, made once per minute for each
+        tenant, priority and subject set: every window starts on a minute, so the counters of
+        one minute are the same for every request of that shape."""
+        key = (cmd.tenant, priority, cmd.api_key_id, cmd.feature, cmd.conversation_id, forced, now // 60_000)
+        hit = self._shapes.get(key)
+        if hit is not None and hit[0] is policy:
+            return hit[1], hit[2]
+        counters = quota.counters(
+            policy,
+            priority,
+            now,
+            api_key_id=cmd.api_key_id,
+            feature=cmd.feature,
+            conversation_id=cmd.conversation_id,
+        )
+        packed = pack_counters([(c.field, _NO_LIMIT if forced else c.allowed) for c in counters])
+        if len(self._shapes) >= _SHAPES_KEPT:
+            self._shapes.clear()  # a new minute, or many conversations: start over
+        self._shapes[key] = (policy, counters, packed)
+        return counters, packed
+
+    def _model_meta(self, priced: Priced) -> str:
+        """The reservation metadata of ``priced`` under the current prices, made once per model."""
+        key = (priced.name, self.prices.version)
+        packed = self._model_metas.get(key)
+        if packed is None:
+            r = priced.rates
+            packed = self._model_metas[key] = pack_meta(
+                {
+                    "model": priced.name,
+                    "pv": self.prices.version,
+                    "r_in": str(r.input_picos),
+                    "r_out": str(r.output_picos),
+                    "r_cached": str(r.cached_input_picos),
+                    "ctx": str(priced.context_window),
+                    "mout": str(priced.max_output_tokens),
+                }
+            )
+        return packed
+
+    def _reserved_metric(self, whole: bool, priority: Priority):  # type: ignore[no-untyped-def]
+        # prometheus_client's labels() looks the child up by a tuple of strings on every call.
+        key = (whole, priority)
+        child = self._granted_children.get(key)
+        if child is None:
+            outcome = "granted" if whole else "granted_fewer_tokens"
+            child = self._granted_children[key] = metrics.RESERVATIONS.labels(outcome, priority.value)
+        return child
 
     def _refusal(
         self,
@@ -513,7 +581,9 @@ class Budget:
             InvalidArgument: Malformed name, negative tokens, cached above input, or usage the
                 model cannot have produced (beyond its context window or output limit).
             NotFound: No such reservation (or the model named is not in the catalog).
-            FailedPrecondition: It was released, or committed with other usage.
+            FailedPrecondition: It was released, or committed with other usage, or
+                ``cmd.attempt`` is over and a later attempt holds the request id (STALE_ATTEMPT;
+                nothing changed).
         """
         tenant, rid = parse_name(cmd.name)
         bad = [
@@ -527,27 +597,18 @@ class Budget:
         ]
         if cmd.cached_input_tokens > cmd.input_tokens:
             bad.append(("cached_input_tokens", f"{cmd.cached_input_tokens} is above input_tokens ({cmd.input_tokens})"))
+        if cmd.attempt < 0:
+            bad.append(("attempt", f"{cmd.attempt} is below 0"))
         if bad:
             raise InvalidArgument("; ".join(f"{f}: {why}" for f, why in bad), bad)
-        model = None
-        if cmd.model:
-            priced = self._priced(cmd.model)
-            r = priced.rates
-            model = (
-                priced.name,
-                r.input_picos,
-                r.output_picos,
-                r.cached_input_picos,
-                self.prices.version,
-                priced.context_window,
-                priced.max_output_tokens,
-            )
+        model = self._commit_model(cmd.model) if cmd.model else ""
         now = self.clock()
         out = await self.store.commit(
             tenant,
             rid,
             now_ms=now,
-            day=windows.day_of(now),
+            day=self._day_of(now),
+            attempt=cmd.attempt,
             input_tokens=cmd.input_tokens,
             output_tokens=cmd.output_tokens,
             cached_input_tokens=cmd.cached_input_tokens,
@@ -565,15 +626,49 @@ class Budget:
                 reason="USAGE_BEYOND_MODEL",
                 metadata={"model": model_name, "limit": limit},
             )
-        self._finished_or_raise(cmd.name, out, committing=True)
+        self._finished_or_raise(cmd.name, out, committing=True, attempt=cmd.attempt)
         reservation = reservation_from_record(tenant, rid, out.record)
         if out.status == "ok":
-            metrics.FINISHED.labels("committed_late" if out.record.get("late") == "1" else "committed").inc()
+            (_COMMITTED_LATE if out.record.get("late") == "1" else _COMMITTED).inc()
             metrics.CHARGED_TOKENS.inc(reservation.tokens)
             metrics.CHARGED_USD_NANOS.inc(reservation.cost_usd_nanos)
         return Committed(reservation, int(out.record.get("dtok") or 0), int(out.record.get("dusd") or 0))
 
-    def _finished_or_raise(self, name: str, out: ScriptOutcome, *, committing: bool) -> None:
+    def _commit_model(self, name: str) -> str:
+        """The answering model of a commit in the store's form, made once per model and prices."""
+        key = (name, self.prices.version)
+        packed = self._commit_models.get(key)
+        if packed is None:
+            priced = self._priced(name)
+            r = priced.rates
+            packed = self._commit_models[key] = pack_model(
+                priced.name,
+                (r.input_picos, r.output_picos, r.cached_input_picos),
+                self.prices.version,
+                priced.context_window,
+                priced.max_output_tokens,
+            )
+        return packed
+
+    def _day_of(self, now_ms: int) -> str:
+        """windows.day_of, formatted once a day."""
+        day = now_ms // 86_400_000
+        if self._day[0] != day:
+            self._day = (day, windows.day_of(now_ms))
+        return self._day[1]
+
+    def _finished_or_raise(self, name: str, out: ScriptOutcome, *, committing: bool, attempt: int) -> None:
+        if out.status == "stale":
+            # A settlement of an earlier attempt of the request id (replayed from an outbox,
+            # say) after a later attempt reserved anew: it must not touch the later hold.
+            held, state = out.detail
+            raise FailedPrecondition(
+                f"attempt {attempt} of reservation {name!r} is over: its request id reserved again and "
+                f"attempt {held} holds it now ({state}); nothing was changed. A request id is charged "
+                "once, by the attempt that holds it",
+                reason="STALE_ATTEMPT",
+                metadata={"name": name, "attempt": str(attempt), "current_attempt": held},
+            )
         if out.status == "missing":
             raise NotFound(
                 f"no reservation {name!r}: it never existed, or it finished more than "
@@ -602,19 +697,31 @@ class Budget:
                 metadata={"name": name},
             )
 
-    async def release(self, name: str, reason: str = "") -> Reservation:
+    async def release(self, name: str, reason: str = "", attempt: int = 0) -> Reservation:
         """Returns a reservation's whole estimate (the call failed before using anything).
 
+        Args:
+            name: The reservation.
+            reason: Why, for the ledger.
+            attempt: The attempt of the request id the hold was made for (``Reservation.attempt``);
+                0 releases whichever attempt holds it.
+
         Raises:
-            InvalidArgument: Malformed name or reason.
+            InvalidArgument: Malformed name, reason or attempt.
             NotFound: No such reservation.
-            FailedPrecondition: It is committed.
+            FailedPrecondition: It is committed (ALREADY_COMMITTED), or ``attempt`` is over and a
+                later attempt holds the request id (STALE_ATTEMPT; nothing changed).
         """
         tenant, rid = parse_name(name)
+        bad = []
         if len(reason) > 64:
-            raise InvalidArgument("reason is longer than 64 characters", [("reason", "at most 64 characters")])
-        out = await self.store.release(tenant, rid, now_ms=self.clock(), reason=reason)
-        self._finished_or_raise(name, out, committing=False)
+            bad.append(("reason", "longer than 64 characters"))
+        if attempt < 0:
+            bad.append(("attempt", f"{attempt} is below 0"))
+        if bad:
+            raise InvalidArgument("; ".join(f"{f}: {why}" for f, why in bad), bad)
+        out = await self.store.release(tenant, rid, now_ms=self.clock(), attempt=attempt, reason=reason)
+        self._finished_or_raise(name, out, committing=False, attempt=attempt)
         if out.status == "ok":
             metrics.FINISHED.labels("released").inc()
         return reservation_from_record(tenant, rid, out.record)

@@ -73,13 +73,23 @@ class PriceTable:
         self._rates = {name: Rates.from_price(m.price) for name, m in catalog.models.items()}
         canonical = json.dumps({n: dataclasses.astuple(r) for n, r in sorted(self._rates.items())})
         self.version = "p-" + hashlib.sha256(canonical.encode()).hexdigest()[:12]
+        self._resolved: dict[str, Priced] = {}
 
     def resolve(self, name: str) -> Priced | None:
         """The model ``name`` names (aliases followed), or None when the catalog has none.
 
         ``auto`` is priced as the dearest model ``auto`` may route to (the routing tiers,
         or every model when there are none): the estimate must cover whichever answers.
+        Known names are resolved once per table (a catalog reload makes a new table).
         """
+        priced = self._resolved.get(name)
+        if priced is None:
+            priced = self._resolve(name)
+            if priced is not None:
+                self._resolved[name] = priced
+        return priced
+
+    def _resolve(self, name: str) -> Priced | None:
         if name == AUTO:
             names = list(self.catalog.routing.tiers.values()) or list(self.catalog.models)
             if not names:

@@ -114,7 +114,7 @@ def status_to_proto(s: QuotaState) -> budget_pb2.QuotaStatus:
 
 
 def reservation_to_proto(r: Reservation) -> budget_pb2.Reservation:
-    return budget_pb2.Reservation(
+    out = budget_pb2.Reservation(
         name=r.name,
         state=STATE_TO_PROTO[r.state],
         tenant_id=r.tenant,
@@ -129,9 +129,11 @@ def reservation_to_proto(r: Reservation) -> budget_pb2.Reservation:
         tokens=r.tokens,
         cost_usd_nanos=r.cost_usd_nanos,
         pricing_version=r.pricing_version,
-        create_time=_timestamp(r.created_ms),
-        expire_time=_timestamp(r.expires_ms),
+        attempt=r.attempt,
     )
+    out.create_time.FromMilliseconds(r.created_ms)
+    out.expire_time.FromMilliseconds(r.expires_ms)
+    return out
 
 
 def budget_to_proto(p: Policy, plans_version: str, pricing_version: str) -> budget_pb2.Budget:
@@ -219,6 +221,7 @@ class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):
                 model=request.model,
                 provider=request.provider,
                 partial=request.partial,
+                attempt=request.attempt,
             )
         )
         return budget_pb2.CommitBudgetResponse(
@@ -231,7 +234,7 @@ class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):
     async def ReleaseBudget(
         self, request: budget_pb2.ReleaseBudgetRequest, context: grpc.aio.ServicerContext
     ) -> budget_pb2.ReleaseBudgetResponse:
-        reservation = await self.budget.release(request.name, request.reason)
+        reservation = await self.budget.release(request.name, request.reason, request.attempt)
         return budget_pb2.ReleaseBudgetResponse(reservation=reservation_to_proto(reservation))
 
     @rpc_errors(DOMAIN)

@@ -30,9 +30,15 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 
 import redis.asyncio as aioredis
 
-from tollway.budget.quota import Demand
 from tollway.budget.types import Unit
 
+# The reservation's metadata (tenant, key, feature, conversation, priority, request id, model,
+# rates, limits, ...) travels as ONE JSON object of strings (ARGV ``meta``): the record keeps it
+# as is in its field ``m`` and the scripts decode it where they need it. Encoding each value as
+# a Redis argument, and reading each back as a record field, was most of a reserve's and a
+# commit's Python cost. Records written before this layout hold the same values as separate
+# fields; ``meta_of`` reads both. Every element is a string: cjson turns numbers into doubles
+# and prints large ones in exponent form; tonumber() of a string is exact up to 2^53.
 _COMMON = r"""
 local function s(n) return string.format('%d', n) end
 local function unit_of(f) return string.match(f, '^[^|]*|(%a+)|') end
@@ -47,31 +53,50 @@ local function apply(ctr, fields, delta)
     if d ~= 0 then redis.call('HINCRBY', ctr, f, s(d)) end
   end
 end
+local function hash(flat)
+  local r = {}
+  for j = 1, #flat, 2 do r[flat[j]] = flat[j + 1] end
+  return r
+end
+local function meta_of(r)
+  if r.m then return cjson.decode(r.m) end
+  return r
+end
+-- The metadata a ledger entry repeats, in a fixed order (absent ones left out).
+local META = {'tenant', 'key', 'feat', 'model', 'prov', 'conv', 'prio', 'rid', 'in', 'maxout', 'pv',
+  'r_in', 'r_out', 'r_cached', 'ctx', 'mout', 'unav'}
+local function pairs_of(m, names)
+  local out = {}
+  for _, k in ipairs(names) do
+    local v = m[k]
+    if v ~= nil then out[#out + 1] = k; out[#out + 1] = v end
+  end
+  return out
+end
+local WHO = {'tenant', 'key', 'feat', 'conv', 'prio', 'rid'}
 """
 
 # KEYS: ctr, record, open, ledger, convt.
-# ARGV: id, now_ms, expires_ms, max_out, min_out, then ONE JSON array of strings:
-# [n_meta, meta pairs..., per unit (tok, usd, req) fixed, per_output, scale, then per counter
-# field, allowed]. Packed because encoding each value as its own Redis argument was the
-# largest Python cost of a reserve (~70 arguments with six quotas); json.dumps of a list of
-# strings is one C call, and cjson.decode in the script costs microseconds.
-# Returns {'ok', granted_out, tok, usd, req, used_before...} | {'refused', used...} | {'dup'}
-# (open under this id: idempotent) | {'committed'} (charged under this id: holds nothing).
-# A released or expired record under this id does not answer 'dup': the id reserves anew.
+# ARGV: id, now_ms, expires_ms, max_out, min_out, meta (JSON object of strings), then ONE
+# JSON array of strings: per unit (tok, usd, req) fixed, per_output, scale, then per counter
+# field, allowed.
+# Returns {'ok', attempt, granted_out, tok, usd, req, used_before...} | {'refused', used...} |
+# {'dup'} (open under this id: idempotent) | {'committed'} (charged under this id: holds nothing).
+# A released or expired record under this id does not answer 'dup': the id reserves anew, as
+# the next attempt (its number in the record, ``att``), so that a settlement made for the
+# earlier attempt can no longer touch this hold.
 _RESERVE = (
     _COMMON
     + r"""
 local ctr, rec, open, ledger, convt = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local id, now, exp = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local max_out, min_out = tonumber(ARGV[4]), tonumber(ARGV[5])
-local prior = redis.call('HGET', rec, 'st')
-if prior == 'reserved' then return {'dup'} end
-if prior == 'committed' then return {'committed'} end
-local A = cjson.decode(ARGV[6])
-local i = 2
-local meta = {}
-for j = 1, tonumber(A[1]) * 2 do meta[j] = A[i]; i = i + 1 end
+local prior = redis.call('HMGET', rec, 'st', 'att')
+if prior[1] == 'reserved' then return {'dup'} end
+if prior[1] == 'committed' then return {'committed'} end
+local A = cjson.decode(ARGV[7])
 local dem = {}
+local i = 1
 for _, u in ipairs({'tok', 'usd', 'req'}) do
   dem[u] = {tonumber(A[i]), tonumber(A[i + 1]), tonumber(A[i + 2])}
   i = i + 3
@@ -125,70 +150,81 @@ local flist = table.concat(fields, ',')
 -- A released or expired record: the request id's earlier attempt ended uncharged, and this one
 -- may be the attempt that answers (a job item retried after its router died). Handed the old
 -- record, that answer would go uncharged, so it holds anew on a clean record (no TTL, no
--- fields of the old attempt). Deleted only here, so that a refusal changes nothing.
-if prior then redis.call('DEL', rec) end
-redis.call('HSET', rec, 'st', 'reserved', 'gout', s(grant), 'tok', s(amt.tok), 'usd', s(amt.usd),
-  'req', s(amt.req), 'f', flist, 'c_ms', s(now), 'e_ms', s(exp), unpack(meta))
+-- fields of the old attempt), numbered one past it. Deleted only here, so that a refusal
+-- changes nothing.
+local att = 1
+if prior[1] then
+  att = tonumber(prior[2] or '1') + 1
+  redis.call('DEL', rec)
+end
+redis.call('HSET', rec, 'st', 'reserved', 'att', s(att), 'gout', s(grant), 'tok', s(amt.tok), 'usd', s(amt.usd),
+  'req', s(amt.req), 'f', flist, 'c_ms', s(now), 'e_ms', s(exp), 'm', ARGV[6])
 redis.call('ZADD', open, exp, id)
-redis.call('XADD', ledger, '*', 'op', 'reserve', 'res', id, 'tok', s(amt.tok), 'usd', s(amt.usd),
-  'req', s(amt.req), 'f', flist, 'at', s(now), 'gout', s(grant), unpack(meta))
-local out = {'ok', s(grant), s(amt.tok), s(amt.usd), s(amt.req)}
+redis.call('XADD', ledger, '*', 'op', 'reserve', 'res', id, 'att', s(att), 'tok', s(amt.tok), 'usd', s(amt.usd),
+  'req', s(amt.req), 'f', flist, 'at', s(now), 'gout', s(grant), unpack(pairs_of(cjson.decode(ARGV[6]), META)))
+local out = {'ok', s(att), s(grant), s(amt.tok), s(amt.usd), s(amt.req)}
 for j = 1, #fields do out[#out + 1] = s(used[j]) end
 return out
 """
 )
 
 # KEYS: ctr, record, open, ledger, usage day.
-# ARGV: id, now_ms, in, out, cached, model ('' = reserved), provider, partial,
-#       r_in, r_out, r_cached, pricing_version, context_window, max_output (all '' with model ''),
-#       record_ttl_ms, usage_ttl_ms.
+# ARGV: id, now_ms, attempt (0: whichever holds the id), in, out, cached, provider, partial,
+#       the answering model ('' = the reserved one, else a JSON array of strings: name, r_in,
+#       r_out, r_cached, pricing_version, context_window, max_output), record_ttl_ms,
+#       usage_ttl_ms.
+# Returns {'ok', attempt, late, dtok, dusd, ctok, cusd, model, pv, in, gout, c_ms, e_ms, meta}
+# (just what the caller reports, not the whole record: reading ~40 record fields back was as
+# costly as the rest of a commit); the rare answers carry the whole record (HGETALL):
+# {'dup' | 'conflict' | 'released', record}, {'stale', attempt held, state}, {'missing'},
+# {'too_large', field, limit, model}.
 _COMMIT = (
     _COMMON
     + r"""
 local ctr, rec, open, ledger, day = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local id, now = ARGV[1], tonumber(ARGV[2])
-local tin, tout, tcached = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local st = redis.call('HGET', rec, 'st')
-if not st then return {'missing'} end
-local r = {}
+local id, now, want = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local tin, tout, tcached = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local flat = redis.call('HGETALL', rec)
-for j = 1, #flat, 2 do r[flat[j]] = flat[j + 1] end
+if #flat == 0 then return {'missing'} end
+local r = hash(flat)
+local st, att = r.st, r.att or '1'
+if want > 0 and want ~= tonumber(att) then return {'stale', att, st} end
+local m = meta_of(r)
 if st == 'committed' then
   if tonumber(r.cin) == tin and tonumber(r.cout) == tout and tonumber(r.ccached) == tcached
-     and (ARGV[6] == '' or ARGV[6] == r.cmodel) then
+     and (ARGV[9] == '' or cjson.decode(ARGV[9])[1] == r.cmodel) then
     return {'dup', flat}
   end
   return {'conflict', flat}
 end
 if st == 'released' then return {'released', flat} end
-local model, ri, ro, rc, pv, ctx, mout = r.model, r.r_in, r.r_out, r.r_cached, r.pv, r.ctx, r.mout
-if ARGV[6] ~= '' then
-  model, ri, ro, rc, pv, ctx, mout = ARGV[6], ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14]
+local model, ri, ro, rc, pv, ctx, mout = m.model, m.r_in, m.r_out, m.r_cached, m.pv, m.ctx, m.mout
+if ARGV[9] ~= '' then
+  local a = cjson.decode(ARGV[9])
+  model, ri, ro, rc, pv, ctx, mout = a[1], a[2], a[3], a[4], a[5], a[6], a[7]
 end
 ri, ro, rc, ctx, mout = tonumber(ri), tonumber(ro), tonumber(rc), tonumber(ctx), tonumber(mout)
 if tout > mout then return {'too_large', 'output_tokens', s(mout), model} end
 if tin + tout > ctx then return {'too_large', 'input_tokens', s(ctx), model} end
 local cost = math.floor(((tin - tcached) * ri + tcached * rc + tout * ro + 999) / 1000)
 local tok = tin + tout
-local late = st == 'expired'
+local late = st == 'expired' and '1' or '0'
 local held = {tok = tonumber(r.tok), usd = tonumber(r.usd), req = tonumber(r.req)}
-if late then held = {tok = 0, usd = 0, req = 0} end
+if late == '1' then held = {tok = 0, usd = 0, req = 0} end
 local delta = {tok = tok - held.tok, usd = cost - held.usd, req = 1 - held.req}
-local fields = split(r.f)
-apply(ctr, fields, delta)
+apply(ctr, split(r.f), delta)
 redis.call('HSET', rec, 'st', 'committed', 'cin', s(tin), 'cout', s(tout), 'ccached', s(tcached),
   'cmodel', model, 'cprov', ARGV[7], 'ctok', s(tok), 'cusd', s(cost), 'cpv', pv,
-  'dtok', s(delta.tok), 'dusd', s(delta.usd), 'done_ms', s(now), 'partial', ARGV[8], 'late', late and '1' or '0')
-redis.call('PEXPIRE', rec, ARGV[15])
+  'dtok', s(delta.tok), 'dusd', s(delta.usd), 'done_ms', s(now), 'partial', ARGV[8], 'late', late)
+redis.call('PEXPIRE', rec, ARGV[10])
 redis.call('ZREM', open, id)
-redis.call('XADD', ledger, '*', 'op', 'commit', 'res', id, 'tok', s(delta.tok), 'usd', s(delta.usd),
-  'req', s(delta.req), 'f', r.f, 'at', s(now), 'tenant', r.tenant, 'key', r.key, 'feat', r.feat,
-  'conv', r.conv, 'prio', r.prio, 'rid', r.rid, 'model', model, 'prov', ARGV[7], 'in', s(tin),
-  'out', s(tout), 'cached', s(tcached), 'cost', s(cost), 'pv', pv, 'partial', ARGV[8],
-  'late', late and '1' or '0')
+redis.call('XADD', ledger, '*', 'op', 'commit', 'res', id, 'att', att, 'tok', s(delta.tok), 'usd', s(delta.usd),
+  'req', s(delta.req), 'f', r.f, 'at', s(now), 'model', model, 'prov', ARGV[7], 'in', s(tin),
+  'out', s(tout), 'cached', s(tcached), 'cost', s(cost), 'pv', pv, 'partial', ARGV[8], 'late', late,
+  unpack(pairs_of(m, WHO)))
 local groups = {''}
-if r.key ~= '' then groups[#groups + 1] = 'k:' .. r.key end
-if r.feat ~= '' then groups[#groups + 1] = 'f:' .. r.feat end
+if (m.key or '') ~= '' then groups[#groups + 1] = 'k:' .. m.key end
+if (m.feat or '') ~= '' then groups[#groups + 1] = 'f:' .. m.feat end
 groups[#groups + 1] = 'm:' .. model
 for _, g in ipairs(groups) do
   redis.call('HINCRBY', day, g .. '|req', 1)
@@ -197,33 +233,36 @@ for _, g in ipairs(groups) do
   redis.call('HINCRBY', day, g .. '|cached', s(tcached))
   redis.call('HINCRBY', day, g .. '|usd', s(cost))
 end
-redis.call('PEXPIRE', day, ARGV[16])
-return {'ok', redis.call('HGETALL', rec)}
+redis.call('PEXPIRE', day, ARGV[11])
+return {'ok', att, late, s(delta.tok), s(delta.usd), s(tok), s(cost), model, pv, s(tin), r.gout, r.c_ms, r.e_ms,
+  r.m or cjson.encode({tenant = r.tenant, key = r.key, feat = r.feat, conv = r.conv, prio = r.prio, rid = r.rid})}
 """
 )
 
-# KEYS: ctr, record, open, ledger.  ARGV: id, now_ms, reason, record_ttl_ms.
+# KEYS: ctr, record, open, ledger.  ARGV: id, now_ms, attempt (0: whichever holds the id),
+# reason, record_ttl_ms. Returns {status, record}: 'ok', 'dup' (released or expired before),
+# 'committed'; or {'stale', attempt held, state}, {'missing'}.
 _RELEASE = (
     _COMMON
     + r"""
 local ctr, rec, open, ledger = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local id, now = ARGV[1], tonumber(ARGV[2])
-local st = redis.call('HGET', rec, 'st')
-if not st then return {'missing'} end
-if st == 'committed' then return {'committed', redis.call('HGETALL', rec)} end
-if st ~= 'reserved' then return {'dup', redis.call('HGETALL', rec)} end
-local r = {}
+local id, now, want = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local flat = redis.call('HGETALL', rec)
-for j = 1, #flat, 2 do r[flat[j]] = flat[j + 1] end
+if #flat == 0 then return {'missing'} end
+local r = hash(flat)
+local st, att = r.st, r.att or '1'
+if want > 0 and want ~= tonumber(att) then return {'stale', att, st} end
+if st == 'committed' then return {'committed', flat} end
+if st ~= 'reserved' then return {'dup', flat} end
+local m = meta_of(r)
 local delta = {tok = -tonumber(r.tok), usd = -tonumber(r.usd), req = -tonumber(r.req)}
 apply(ctr, split(r.f), delta)
-redis.call('HSET', rec, 'st', 'released', 'done_ms', s(now), 'reason', ARGV[3])
-redis.call('PEXPIRE', rec, ARGV[4])
+redis.call('HSET', rec, 'st', 'released', 'done_ms', s(now), 'reason', ARGV[4])
+redis.call('PEXPIRE', rec, ARGV[5])
 redis.call('ZREM', open, id)
-redis.call('XADD', ledger, '*', 'op', 'release', 'res', id, 'tok', s(delta.tok), 'usd', s(delta.usd),
-  'req', s(delta.req), 'f', r.f, 'at', s(now), 'tenant', r.tenant, 'key', r.key, 'feat', r.feat,
-  'conv', r.conv, 'prio', r.prio, 'rid', r.rid, 'model', r.model, 'prov', r.prov, 'pv', r.pv,
-  'reason', ARGV[3])
+redis.call('XADD', ledger, '*', 'op', 'release', 'res', id, 'att', att, 'tok', s(delta.tok), 'usd', s(delta.usd),
+  'req', s(delta.req), 'f', r.f, 'at', s(now), 'model', m.model, 'prov', m.prov or '', 'pv', m.pv,
+  'reason', ARGV[4], unpack(pairs_of(m, WHO)))
 return {'ok', redis.call('HGETALL', rec)}
 """
 )
@@ -241,18 +280,16 @@ for j = 5, #KEYS do
   local score = redis.call('ZSCORE', open, id)
   if score and tonumber(score) <= now then
     redis.call('ZREM', open, id)
-    local flat = redis.call('HGETALL', rec)
-    local r = {}
-    for k = 1, #flat, 2 do r[flat[k]] = flat[k + 1] end
+    local r = hash(redis.call('HGETALL', rec))
     if r.st == 'reserved' then
+      local m = meta_of(r)
       local delta = {tok = -tonumber(r.tok), usd = -tonumber(r.usd), req = -tonumber(r.req)}
       apply(ctr, split(r.f), delta)
       redis.call('HSET', rec, 'st', 'expired', 'done_ms', s(now))
       redis.call('PEXPIRE', rec, ARGV[2])
-      redis.call('XADD', ledger, '*', 'op', 'expire', 'res', id, 'tok', s(delta.tok), 'usd', s(delta.usd),
-        'req', s(delta.req), 'f', r.f, 'at', s(now), 'tenant', r.tenant, 'key', r.key, 'feat', r.feat,
-        'conv', r.conv, 'prio', r.prio, 'rid', r.rid, 'model', r.model, 'prov', r.prov, 'pv', r.pv,
-        'in', r['in'], 'gout', r.gout, 'expired_ms', r.e_ms)
+      redis.call('XADD', ledger, '*', 'op', 'expire', 'res', id, 'att', r.att or '1', 'tok', s(delta.tok),
+        'usd', s(delta.usd), 'req', s(delta.req), 'f', r.f, 'at', s(now), 'model', m.model, 'prov', m.prov or '',
+        'pv', m.pv, 'in', m['in'], 'gout', r.gout, 'expired_ms', r.e_ms, unpack(pairs_of(m, WHO)))
       redis.call('HINCRBY', day, '|exp', 1)
       redis.call('PEXPIRE', day, ARGV[3])
       expired = expired + 1
@@ -334,26 +371,65 @@ def _record(flat: Sequence[bytes]) -> dict[str, str]:
     return {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
 
 
+def _with_meta(record: dict[str, str]) -> dict[str, str]:
+    # A record's metadata is one JSON field (``m``) since the attempt layout; older records
+    # hold the same names as fields of their own.
+    packed = record.pop("m", None)
+    if packed is not None:
+        record.update(json.loads(packed))
+    return record
+
+
+def pack_model(name: str, rates: tuple[int, int, int], pricing_version: str, context: int, max_out: int) -> str:
+    """A commit's answering model in the commit script's form (callers cache it per model)."""
+    return json.dumps([name, *map(str, rates), pricing_version, str(context), str(max_out)], separators=(",", ":"))
+
+
+def pack_meta(fields: Mapping[str, str]) -> str:
+    """The stored form of a reservation's metadata (a JSON object of strings), or a fragment
+    of it: :meth:`BudgetStore.reserve` takes ``join_meta`` of the request's part and a
+    part cached per model."""
+    return json.dumps(fields, separators=(",", ":"))
+
+
+def join_meta(*parts: str) -> str:
+    """One metadata object from the objects ``pack_meta`` made (no key in two of them)."""
+    return "{" + ",".join(p[1:-1] for p in parts if p != "{}") + "}"
+
+
+def pack_counters(counters: Sequence[tuple[str, int]]) -> str:
+    """The counters a reservation checks, ``(field, allowed)`` each, in the reserve script's
+    form (callers cache it: it changes only with the plan and the windows)."""
+    return json.dumps([x for field, allowed in counters for x in (field, str(allowed))], separators=(",", ":"))
+
+
+# Names of the values of a commit's compact answer, in the script's order (after the status).
+_COMMITTED = ("att", "late", "dtok", "dusd", "ctok", "cusd", "cmodel", "cpv", "cin", "gout", "c_ms", "e_ms")
+
+
 @dataclasses.dataclass(frozen=True)
 class ReserveOutcome:
     """What the reserve script did.
 
-    ``status`` is ``ok`` (held: ``granted_out`` and the amounts per unit), ``refused``
-    (nothing changed; ``used`` is each counter's value), ``dup`` (an open reservation with
-    this id exists) or ``committed`` (this id was charged already; nothing held). Read the
-    record of either with :meth:`BudgetStore.get`. A released or expired reservation with
-    this id is replaced: ``ok`` or ``refused``, as for a new id.
+    ``status`` is ``ok`` (held: ``granted_out``, the amounts per unit and the ``attempt``),
+    ``refused`` (nothing changed; ``used`` is each counter's value), ``dup`` (an open
+    reservation with this id exists) or ``committed`` (this id was charged already; nothing
+    held). Read the record of either with :meth:`BudgetStore.get`. A released or expired
+    reservation with this id is replaced by the next attempt: ``ok`` or ``refused``, as for a
+    new id.
     """
 
     status: str
     used: tuple[int, ...] = ()
     granted_out: int = 0
     amounts: Mapping[Unit, int] = dataclasses.field(default_factory=dict)
+    attempt: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
 class ScriptOutcome:
-    """What a commit or release script did: a status and the reservation record after it."""
+    """What a commit or release script did: a status and the reservation's record after it
+    (its metadata merged in; after a commit, only the fields a caller reports)."""
 
     status: str
     record: dict[str, str]
@@ -397,10 +473,26 @@ class BudgetStore:
         self._expire = client.register_script(_EXPIRE)
         self._prune = client.register_script(_PRUNE)
         self._saved = client.register_script(_SAVED)
+        self._tenant_keys: dict[str, tuple[str, str, str, str, str]] = {}
 
     def key(self, tenant: str, suffix: str) -> str:
         """The key ``{prefix}:{tenant}:suffix`` (the tenant is the hash tag)."""
         return f"{self.prefix}:{{{tenant}}}:{suffix}"
+
+    def _keys(self, tenant: str) -> tuple[str, str, str, str, str]:
+        # ctr, open, ledger, convt and the record prefix, formatted once per tenant.
+        keys = self._tenant_keys.get(tenant)
+        if keys is None:
+            if len(self._tenant_keys) > 100_000:
+                self._tenant_keys.clear()
+            keys = self._tenant_keys[tenant] = (
+                self.key(tenant, "ctr"),
+                self.key(tenant, "open"),
+                self.key(tenant, "ledger"),
+                self.key(tenant, "convt"),
+                self.key(tenant, "r:"),
+            )
+        return keys
 
     # --- tenants and overrides ------------------------------------------------------------
 
@@ -435,9 +527,9 @@ class BudgetStore:
         expires_ms: int,
         max_out: int,
         min_out: int,
-        meta: Mapping[str, str],
-        demands: Mapping[Unit, Demand],
-        counters: Sequence[tuple[str, int]],
+        meta: str,
+        demands: Sequence[int],
+        counters: str,
     ) -> ReserveOutcome:
         """Checks every counter and, if all fit, holds the amounts and ledgers it (one script).
 
@@ -448,44 +540,42 @@ class BudgetStore:
             expires_ms: When the reservation expires if not committed or released.
             max_out: Output tokens asked for.
             min_out: The fewest output tokens the caller accepts (0: all of ``max_out``).
-            meta: Fields stored on the reservation and its ledger entry.
-            demands: Per unit, what the request needs as a function of its output tokens.
-            counters: ``(field, allowed)`` of every counter that applies.
+            meta: Fields stored on the reservation and its ledger entry (:func:`pack_meta`).
+            demands: What the request needs of a counter of each unit as a function of its
+                output tokens: ``fixed, per_output, scale`` of tokens, dollars and requests
+                (:class:`tollway.budget.quota.Demand`), nine numbers.
+            counters: ``(field, allowed)`` of every counter that applies (:func:`pack_counters`).
         """
-        # Every element a string: cjson would turn numbers into doubles and print large
-        # ones in exponent form; tonumber() of a string is exact up to 2^53, as before.
-        packed: list[str] = [str(len(meta))]
-        for k, v in meta.items():
-            packed += (k, v)
-        for unit in (Unit.TOKENS, Unit.USD_NANOS, Unit.REQUESTS):
-            d = demands[unit]
-            packed += (str(d.fixed), str(d.per_output), str(d.scale))
-        for field, allowed in counters:
-            packed += (field, str(allowed))
-        args = [reservation_id, now_ms, expires_ms, max_out, min_out, json.dumps(packed, separators=(",", ":"))]
-        keys = [
-            self.key(tenant, "ctr"),
-            self.key(tenant, f"r:{reservation_id}"),
-            self.key(tenant, "open"),
-            self.key(tenant, "ledger"),
-            self.key(tenant, "convt"),
-        ]
-        reply = await self._reserve(keys=keys, args=args)
-        status = _text(reply[0])
-        if status == "ok":
-            granted, tok, usd, req = (int(_text(x)) for x in reply[1:5])
+        terms = '"' + '","'.join(map(str, demands)) + '"'
+        ctr, open_, ledger, convt, rec = self._keys(tenant)
+        reply = await self._reserve(
+            keys=(ctr, rec + reservation_id, open_, ledger, convt),
+            args=(
+                reservation_id,
+                now_ms,
+                expires_ms,
+                max_out,
+                min_out,
+                meta,
+                f"[{terms},{counters[1:]}" if len(counters) > 2 else f"[{terms}]",
+            ),
+        )
+        status = reply[0]
+        if status == b"ok":
+            attempt, granted, tok, usd, req = map(int, reply[1:6])
             return ReserveOutcome(
                 "ok",
-                tuple(int(_text(x)) for x in reply[5:]),
+                tuple(map(int, reply[6:])),
                 granted,
                 {Unit.TOKENS: tok, Unit.USD_NANOS: usd, Unit.REQUESTS: req},
+                attempt,
             )
-        return ReserveOutcome(status, tuple(int(_text(x)) for x in reply[1:]))
+        return ReserveOutcome(status.decode(), tuple(map(int, reply[1:])))
 
     async def get(self, tenant: str, reservation_id: str) -> dict[str, str] | None:
-        """A reservation's record, or None when there is none."""
+        """A reservation's record (its metadata merged in), or None when there is none."""
         raw = await self.client.hgetall(self.key(tenant, f"r:{reservation_id}"))
-        return {_text(k): _text(v) for k, v in raw.items()} or None
+        return _with_meta({_text(k): _text(v) for k, v in raw.items()}) or None
 
     async def commit(
         self,
@@ -494,58 +584,63 @@ class BudgetStore:
         *,
         now_ms: int,
         day: str,
+        attempt: int,
         input_tokens: int,
         output_tokens: int,
         cached_input_tokens: int,
         provider: str,
         partial: bool,
-        model: tuple[str, int, int, int, str, int, int] | None,
+        model: str,
     ) -> ScriptOutcome:
         """Replaces the estimate with the real usage, ledgers it and adds it to ``day``'s totals.
 
         Args:
-            model: The answering model when it differs from the reserved one:
-                ``(name, input_picos, output_picos, cached_input_picos, pricing_version,
-                context_window, max_output_tokens)``; None prices with the reserved model.
+            attempt: The attempt of the request id this usage belongs to; 0: whichever holds it.
+            model: The answering model when it differs from the reserved one (:func:`pack_model`);
+                "" prices with the reserved model.
 
         Returns:
             Status ``ok``, ``dup`` (already committed with this usage), ``conflict``
-            (committed with other usage), ``released``, ``missing`` or ``too_large`` (detail:
-            the field, the limit and the model).
+            (committed with other usage), ``released``, ``missing``, ``stale`` (detail: the
+            attempt holding the id and its state) or ``too_large`` (detail: the field, the
+            limit and the model).
         """
-        m: Sequence[str | int] = model or ("", "", "", "", "", "", "")
-        args = [
-            reservation_id,
-            now_ms,
-            input_tokens,
-            output_tokens,
-            cached_input_tokens,
-            m[0],
-            provider,
-            "1" if partial else "0",
-            *m[1:],
-            self._record_ttl_ms,
-            self._usage_ttl_ms,
-        ]
-        keys = [
-            self.key(tenant, "ctr"),
-            self.key(tenant, f"r:{reservation_id}"),
-            self.key(tenant, "open"),
-            self.key(tenant, "ledger"),
-            self.key(tenant, f"u:{day}"),
-        ]
-        return self._outcome(await self._commit(keys=keys, args=args))
+        ctr, open_, ledger, _, rec = self._keys(tenant)
+        reply = await self._commit(
+            keys=(ctr, rec + reservation_id, open_, ledger, f"{self.prefix}:{{{tenant}}}:u:{day}"),
+            args=(
+                reservation_id,
+                now_ms,
+                attempt,
+                input_tokens,
+                output_tokens,
+                cached_input_tokens,
+                provider,
+                "1" if partial else "0",
+                model,
+                self._record_ttl_ms,
+                self._usage_ttl_ms,
+            ),
+        )
+        if reply[0] == b"ok":
+            record = json.loads(reply[13])
+            record.update(zip(_COMMITTED, (x.decode() for x in reply[1:13]), strict=True))
+            record["st"] = "committed"
+            return ScriptOutcome("ok", record)
+        return self._outcome(reply)
 
-    async def release(self, tenant: str, reservation_id: str, *, now_ms: int, reason: str) -> ScriptOutcome:
+    async def release(
+        self, tenant: str, reservation_id: str, *, now_ms: int, attempt: int, reason: str
+    ) -> ScriptOutcome:
         """Returns a held estimate and ledgers it. Status ``ok``, ``dup`` (already released or
-        expired), ``committed`` or ``missing``."""
-        keys = [
-            self.key(tenant, "ctr"),
-            self.key(tenant, f"r:{reservation_id}"),
-            self.key(tenant, "open"),
-            self.key(tenant, "ledger"),
-        ]
-        return self._outcome(await self._release(keys=keys, args=[reservation_id, now_ms, reason, self._record_ttl_ms]))
+        expired), ``committed``, ``missing`` or ``stale`` (another attempt holds the id;
+        ``attempt`` 0 releases whichever does)."""
+        ctr, open_, ledger, _, rec = self._keys(tenant)
+        reply = await self._release(
+            keys=(ctr, rec + reservation_id, open_, ledger),
+            args=(reservation_id, now_ms, attempt, reason, self._record_ttl_ms),
+        )
+        return self._outcome(reply)
 
     async def record_saved(
         self,
@@ -569,9 +664,9 @@ class BudgetStore:
     @staticmethod
     def _outcome(reply: Sequence[object]) -> ScriptOutcome:
         status = _text(reply[0])  # type: ignore[arg-type]
-        if status == "too_large":
+        if status in ("too_large", "stale"):
             return ScriptOutcome(status, {}, tuple(_text(x) for x in reply[1:]))  # type: ignore[arg-type]
-        record = _record(reply[1]) if len(reply) > 1 else {}  # type: ignore[arg-type]
+        record = _with_meta(_record(reply[1])) if len(reply) > 1 else {}  # type: ignore[arg-type]
         return ScriptOutcome(status, record)
 
     # --- the sweeper ----------------------------------------------------------------------

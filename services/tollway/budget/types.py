@@ -190,7 +190,8 @@ class Saved:
 
 @dataclasses.dataclass(frozen=True)
 class CommitCommand:
-    """The usage a provider reported for a reserved call."""
+    """The usage a provider reported for a reserved call; ``attempt`` is the attempt of the
+    request id it was made for (0: whichever holds the reservation)."""
 
     name: str
     input_tokens: int
@@ -199,6 +200,7 @@ class CommitCommand:
     model: str = ""
     provider: str = ""
     partial: bool = False
+    attempt: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,7 +208,8 @@ class Reservation:
     """A reservation as stored.
 
     ``tokens`` and ``cost_usd_nanos`` are what is held while reserved and what was charged
-    once committed.
+    once committed. ``attempt`` counts the holds of one request id: 1, then one more each
+    time the id reserves anew after its hold was released or expired.
     """
 
     tenant: str
@@ -225,6 +228,7 @@ class Reservation:
     pricing_version: str
     created_ms: int
     expires_ms: int
+    attempt: int = 1
 
     @property
     def name(self) -> str:

@@ -65,6 +65,8 @@ class BudgetHold:
         requests_limit: The tightest request quota left, if any applies.
         admit_when_unavailable: The tenant's policy while the budget service is down:
             True admits (and charges later), False refuses, None when the service did not say.
+        attempt: Which hold of the request id this is; its commit or release names it, so a
+            late settlement of this hold cannot settle a later attempt's.
     """
 
     name: str
@@ -76,6 +78,7 @@ class BudgetHold:
     tokens_limit: Limit | None = None
     requests_limit: Limit | None = None
     admit_when_unavailable: bool | None = None
+    attempt: int = 0
 
 
 def _limit(status: budget_pb2.QuotaStatus, has: bool, now_s: float) -> Limit | None:
@@ -110,6 +113,12 @@ def refusal_headers(metadata: Mapping[str, str], retry_after_s: float | None) ->
         if retry_after_s is not None:
             out[f"x-ratelimit-reset-{unit}"] = f"{math.ceil(retry_after_s)}s"
     return out
+
+
+def _attempt(hold: BudgetHold | str, attempt: int | None) -> int:
+    if attempt is not None:
+        return attempt
+    return 0 if isinstance(hold, str) else hold.attempt
 
 
 def _error(err: grpc.aio.AioRpcError) -> TollwayError:
@@ -248,15 +257,25 @@ class BudgetClient:
             tokens_limit=_limit(resp.tightest_tokens, resp.HasField("tightest_tokens"), now),
             requests_limit=_limit(resp.tightest_requests, resp.HasField("tightest_requests"), now),
             admit_when_unavailable=_ADMIT.get(resp.unavailable_policy),
+            attempt=r.attempt,
         )
 
     async def commit(
-        self, hold: BudgetHold | str, usage: Usage, *, model: str = "", provider: str = "", partial: bool = False
+        self,
+        hold: BudgetHold | str,
+        usage: Usage,
+        *,
+        model: str = "",
+        provider: str = "",
+        partial: bool = False,
+        attempt: int | None = None,
     ) -> budget_pb2.CommitBudgetResponse:
         """Commits the usage the provider reported (or counted, for a cut stream). Idempotent.
 
         Args:
             hold: The reservation (or its name).
+            attempt: The attempt it was made for; by default the hold's (0, whichever holds
+                the reservation, for a name).
             usage: Input (cached included), output and cached input tokens.
             model: The model that answered, when routing or fallback changed it.
             provider: The provider that answered.
@@ -273,6 +292,7 @@ class BudgetClient:
             output_tokens=usage.output_tokens,
             cached_input_tokens=usage.cached_input_tokens,
             partial=partial,
+            attempt=_attempt(hold, attempt),
         )
         try:
             with tracing.stage("gateway", "budget.commit"):
@@ -280,19 +300,25 @@ class BudgetClient:
         except grpc.aio.AioRpcError as err:
             raise _error(err) from None
 
-    async def release(self, hold: BudgetHold | str, reason: str) -> None:
+    async def release(self, hold: BudgetHold | str, reason: str, *, attempt: int | None = None) -> None:
         """Returns the whole estimate (the call failed before the provider produced anything).
         Idempotent.
 
+        Args:
+            hold: The reservation (or its name).
+            reason: Why, for the ledger.
+            attempt: The attempt it was made for; by default the hold's (0, whichever holds
+                the reservation, for a name).
+
         Raises:
-            TollwayError: As the service reported it (FailedPrecondition when committed).
+            TollwayError: As the service reported it (FailedPrecondition when committed, or
+                STALE_ATTEMPT when a later attempt of the request id holds it).
         """
         name = hold if isinstance(hold, str) else hold.name
+        req = budget_pb2.ReleaseBudgetRequest(name=name, reason=reason[:64], attempt=_attempt(hold, attempt))
         try:
             with tracing.stage("gateway", "budget.release"):
-                await self._stub.ReleaseBudget(
-                    budget_pb2.ReleaseBudgetRequest(name=name, reason=reason[:64]), timeout=self._timeout_s
-                )
+                await self._stub.ReleaseBudget(req, timeout=self._timeout_s)
         except grpc.aio.AioRpcError as err:
             raise _error(err) from None
 

@@ -33,6 +33,8 @@ log = logging.getLogger("tollway.gateway.budget")
 
 # What "the budget service cannot be reached" looks like to a caller.
 _DOWN = (Unavailable, DeadlineExceeded)
+# Settlements refused because another attempt of the request id is (or will be) the one charged.
+_ONCE = ("ALREADY_COMMITTED", "STALE_ATTEMPT")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,17 +245,20 @@ class Budgeting:
             else:
                 await self.client.commit(hold, outcome.usage, model=model, provider=provider, partial=outcome.partial)
         except _DOWN:
+            # The attempt goes with it: replayed after a retry of the request id reserved anew,
+            # this settlement must not settle the retry's hold.
             entry = {"op": "release" if outcome.usage is None else "commit", "name": hold.name}
-            entry |= {"reason": outcome.reason, "model": model, "provider": provider}
+            entry |= {"attempt": str(hold.attempt), "reason": outcome.reason, "model": model, "provider": provider}
             entry |= {"partial": "1" if outcome.partial else "0", **_usage_fields(outcome.usage or Usage())}
             await self._queue(entry)
         except TollwayError as exc:
-            if exc.reason == "ALREADY_COMMITTED":
+            if exc.reason in _ONCE:
                 # A rerun of a request id already charged (a job item retried after its first
-                # answer was committed): the budget charges a request id once, by design.
+                # answer was committed), or a run whose hold expired and whose request id a
+                # later attempt holds: the budget charges a request id once, by design.
                 log.info(
-                    "request id already charged; this run is not charged again",
-                    extra={"reservation": hold.name, "error": exc.message},
+                    "request id charged by another attempt; this run is not charged again",
+                    extra={"reservation": hold.name, "attempt": hold.attempt, "error": exc.message},
                 )
                 return
             log.error(
@@ -299,7 +304,7 @@ class Budgeting:
             except _DOWN:
                 break
             except TollwayError as exc:
-                log.error(
+                (log.info if exc.reason in _ONCE else log.error)(
                     "dropping a budget settlement the service refuses",
                     extra={"entry": fields, "reason": exc.reason, "error": exc.message},
                 )
@@ -310,6 +315,8 @@ class Budgeting:
     async def _replay(self, f: dict[str, str]) -> None:
         op = f["op"]
         name = f.get("name", "")
+        # Entries queued before attempts were recorded settle whichever attempt holds the id.
+        attempt = int(f.get("attempt") or 0)
         if op == "charge":
             hold = await self.client.reserve_counted(
                 model=f["model"],
@@ -323,16 +330,18 @@ class Budgeting:
                 priority=f.get("priority", ""),
                 admitted_while_unavailable=True,
             )
-            name = hold.name
+            name, attempt = hold.name, hold.attempt
             op = "release" if f.get("release") == "1" else "commit"
         if op == "release":
-            # FailedPrecondition: committed meanwhile by another path, nothing to return.
+            # FailedPrecondition: committed meanwhile by another path, or a later attempt holds
+            # the request id (STALE_ATTEMPT): nothing of this attempt's is held any more.
             with contextlib.suppress(FailedPrecondition):
-                await self.client.release(name, f.get("reason", ""))
+                await self.client.release(name, f.get("reason", ""), attempt=attempt)
             return
         await self.client.commit(
             name,
             _usage_of(f),
+            attempt=attempt,
             model=f.get("answered_model", "") if f["op"] == "charge" else f.get("model", ""),
             provider=f.get("provider", ""),
             partial=f.get("partial") == "1",
