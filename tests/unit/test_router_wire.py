@@ -32,13 +32,19 @@ def req(**kw: object) -> ChatRequest:
     return ChatRequest("m", **kw)  # type: ignore[arg-type]
 
 
-async def _lines(text: str):  # type: ignore[no-untyped-def]
-    for line in text.splitlines():
-        yield line
+async def _pieces(text: str, size: int = 0):  # type: ignore[no-untyped-def]
+    """The body as network reads: whole, or cut every ``size`` bytes (mid-line, mid-character)."""
+    body = text.encode()
+    step = size or len(body) or 1
+    for i in range(0, len(body), step):
+        yield body[i : i + step]
 
 
 async def parse(text: str) -> list[tuple[str, str]]:
-    return [(e.event, e.data) async for e in sse_events(_lines(text))]
+    whole = [(e.event, e.data) async for e in sse_events(_pieces(text))]
+    for size in (1, 2, 7):
+        assert [(e.event, e.data) async for e in sse_events(_pieces(text, size))] == whole
+    return whole
 
 
 # -- OpenAI ---------------------------------------------------------------------------

@@ -73,9 +73,8 @@ class _Response:
     async def aread(self) -> bytes:
         return self._body
 
-    async def aiter_lines(self) -> AsyncIterator[str]:
-        for line in self._body.decode(errors="replace").split("\n"):
-            yield line
+    async def aiter_bytes(self) -> AsyncIterator[bytes]:
+        yield self._body
 
 
 class _Client:
@@ -174,10 +173,14 @@ _LINE_TEXT = st.text(alphabet=st.characters(blacklist_characters="\r\n"), max_si
 _FIELD_LINES = st.lists(st.tuples(st.sampled_from(["data", "event", "id", "retry", ""]), _LINE_TEXT), max_size=4)
 
 
-async def _events(lines: list[str]) -> list[SSEEvent]:
-    async def source() -> AsyncIterator[str]:
-        for line in lines:
-            yield line
+async def _events(lines: list[str], piece: int = 0) -> list[SSEEvent]:
+    """The events of a body of ``lines``, read whole or ``piece`` bytes at a time."""
+    body = "".join(line + "\n" for line in lines).encode()
+
+    async def source() -> AsyncIterator[bytes]:
+        step = piece or len(body) or 1
+        for i in range(0, len(body), step):
+            yield body[i : i + step]
 
     return [e async for e in sse_events(source())]
 
@@ -199,6 +202,7 @@ def test_sse_events_come_back_as_they_were_written(written: list[list[tuple[str,
         if data:
             expected.append(SSEEvent((events[-1] if events else "") or "message", "\n".join(data)))
     assert asyncio.run(_events(lines)) == expected
+    assert asyncio.run(_events(lines, piece=3)) == expected  # reads cut mid-line and mid-character
 
 
 @SETTINGS

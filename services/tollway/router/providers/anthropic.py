@@ -219,7 +219,7 @@ class AnthropicAdapter:
         # Content block index -> tool call number; text blocks are not tool calls.
         tool_blocks: dict[int, int] = {}
         json_blocks: set[int] = set()
-        async for sse in sse_events(response.aiter_lines()):
+        async for sse in sse_events(response.aiter_bytes()):
             doc = parse_json(provider, sse.data)
             kind = doc.get("type") if isinstance(doc, dict) else None
             if kind == "message_start":

@@ -186,7 +186,7 @@ class GeminiAdapter:
         usage: Usage | None = None
         finish = ""
         calls = 0
-        async for sse in sse_events(response.aiter_lines()):
+        async for sse in sse_events(response.aiter_bytes()):
             doc = parse_json(provider, sse.data)
             if not isinstance(doc, dict):
                 raise ProviderError(provider, f"malformed SSE data: {sse.data[:200]!r}", kind=ErrorKind.MALFORMED)

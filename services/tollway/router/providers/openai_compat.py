@@ -22,7 +22,7 @@ from tollway.router.providers.wire import (
     parses_answer,
     post,
     raise_for_status,
-    sse_events,
+    sse_batches,
     stream_call,
     stream_cut,
 )
@@ -146,33 +146,48 @@ class OpenAICompatAdapter:
     async def _events(self, response: Response, provider: str) -> AsyncIterator[StreamEvent]:
         finish: FinishReason = ""
         usage: Usage | None = None
-        async for sse in sse_events(response.aiter_lines()):
-            if sse.data == "[DONE]":
-                yield StreamEnd(finish, usage)
-                return
-            chunk = parse_json(provider, sse.data)
-            if not isinstance(chunk, dict):
-                raise ProviderError(provider, f"malformed SSE data: {sse.data[:200]!r}", kind=ErrorKind.MALFORMED)
-            if "error" in chunk:
-                err = chunk["error"]
-                text = err.get("message") if isinstance(err, dict) else err
-                raise ProviderError(provider, f"stream error: {text}", kind=ErrorKind.SERVER_ERROR)
-            for choice in chunk.get("choices") or ():
-                delta = choice.get("delta") or {}
-                if delta.get("content"):
-                    yield TextDelta(delta["content"])
-                for call in delta.get("tool_calls") or ():
-                    fn = call.get("function") or {}
-                    yield ToolCallDelta(
-                        index=int(call.get("index") or 0),
-                        id=call.get("id") or "",
-                        name=fn.get("name") or "",
-                        arguments=fn.get("arguments") or "",
-                    )
-                if choice.get("finish_reason"):
-                    finish = _FINISH.get(choice["finish_reason"], "stop")
-            if chunk.get("usage"):
-                usage = _usage(chunk["usage"])
+        async for batch in sse_batches(response.aiter_bytes()):
+            # The text of one read leaves as one delta: the events came together anyway. What
+            # came before a bad event still leaves first, so the failure is one mid-answer.
+            text: list[str] = []
+            try:
+                for sse in batch:
+                    if sse.data == "[DONE]":
+                        if text:
+                            yield TextDelta("".join(text))
+                        yield StreamEnd(finish, usage)
+                        return
+                    chunk = parse_json(provider, sse.data)
+                    if not isinstance(chunk, dict):
+                        raise ProviderError(
+                            provider, f"malformed SSE data: {sse.data[:200]!r}", kind=ErrorKind.MALFORMED
+                        )
+                    if "error" in chunk:
+                        err = chunk["error"]
+                        message = err.get("message") if isinstance(err, dict) else err
+                        raise ProviderError(provider, f"stream error: {message}", kind=ErrorKind.SERVER_ERROR)
+                    for choice in chunk.get("choices") or ():
+                        delta = choice.get("delta") or {}
+                        if delta.get("content"):
+                            text.append(delta["content"])
+                        for call in delta.get("tool_calls") or ():
+                            fn = call.get("function") or {}
+                            yield ToolCallDelta(
+                                index=int(call.get("index") or 0),
+                                id=call.get("id") or "",
+                                name=fn.get("name") or "",
+                                arguments=fn.get("arguments") or "",
+                            )
+                        if choice.get("finish_reason"):
+                            finish = _FINISH.get(choice["finish_reason"], "stop")
+                    if chunk.get("usage"):
+                        usage = _usage(chunk["usage"])
+            except Exception:
+                if text:
+                    yield TextDelta("".join(text))
+                raise
+            if text:
+                yield TextDelta("".join(text))
         if finish:
             # Some servers close after the finishing chunk without `[DONE]`: the answer is whole.
             yield StreamEnd(finish, usage)
