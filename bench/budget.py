@@ -7,7 +7,9 @@ from this process.
 * latency: reserve + commit (the gateway's two calls per request) p50 / p99 and requests/s
   at 1, 64 and 512 concurrent callers, spread over the two replicas.
 * round trips: Redis commands per request, from ``INFO commandstats`` before and after (every
-  command Redis executed, whichever client sent it), and EVALSHA calls per request.
+  command Redis executed, whichever client sent it), EVALSHA calls per request, and Redis reads
+  per request (``total_reads_processed``: one per batch of commands a client sent at once, so
+  the round trips; a replica sends the scripts called in one turn of its event loop together).
 * exactness: the LiteLLM harness's burst (``../shared/notes/recipes/peers-budget``): 200
   concurrent requests of 8 prompt + 6 output tokens on gpt-4o-mini with max_tokens 16,
   against a budget worth 20 such requests: $0.000096 (``max_budget``) or 280 tokens
@@ -305,8 +307,11 @@ async def stop_side(side: Side) -> None:
         p.wait(10)
 
 
-def net_input_bytes(client: redis.Redis) -> int:
-    return int(client.info("stats")["total_net_input_bytes"])
+def net_stats(client: redis.Redis) -> tuple[int, int]:
+    """Bytes Redis received, and the reads it made to receive them: a read per batch of commands
+    a client sent at once, i.e. per round trip."""
+    stats = client.info("stats")
+    return int(stats["total_net_input_bytes"]), int(stats["total_reads_processed"])
 
 
 async def main() -> None:
@@ -336,20 +341,22 @@ async def main() -> None:
                 print(f"\n{side.label}: Redis round trips per reserve+commit (MONITOR, 200 sequential): {trips}")
             print(
                 "\n| code | callers | requests | reserve+commit/s | p50 ms | p99 ms | EVALSHA / request "
-                "| bytes to Redis / request |"
+                "| Redis reads (round trips) / request | bytes to Redis / request |"
             )
-            print("|---|---|---|---|---|---|---|---|")
+            print("|---|---|---|---|---|---|---|---|---|")
             for callers in (int(c) for c in a.callers.split(",")):
                 for rnd in range(a.rounds):
                     for side in sides if rnd % 2 == 0 else sides[::-1]:
-                        before, sent = commandstats(side.rc), net_input_bytes(side.rc)
+                        before, (sent, reads) = commandstats(side.rc), net_stats(side.rc)
                         r = await load(side.stubs, callers, a.seconds, "warmup")
-                        after, sent = commandstats(side.rc), net_input_bytes(side.rc) - sent
+                        after, (sent_after, reads_after) = commandstats(side.rc), net_stats(side.rc)
+                        # This process's own INFO and commandstats calls are 4 reads.
+                        sent, reads = sent_after - sent, reads_after - reads - 4
                         delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
                         print(
                             f"| {side.label} | {callers} | {r['requests']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | "
                             f"{r['p99_ms']:.2f} | {delta.get('evalsha', 0) / r['requests']:.2f} | "
-                            f"{sent / r['requests']:.0f} |",
+                            f"{reads / r['requests']:.2f} | {sent / r['requests']:.0f} |",
                             flush=True,
                         )
             print(f"# load after the latency runs: {os.getloadavg()}")

@@ -24,11 +24,15 @@ doubles are exact for them up to 2^53.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
 
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from tollway.budget.types import Unit
 
@@ -407,6 +411,77 @@ def pack_counters(counters: Sequence[tuple[str, int]]) -> str:
 _COMMITTED = ("att", "late", "dtok", "dusd", "ctok", "cusd", "cmodel", "cpv", "cin", "gout", "c_ms", "e_ms")
 
 
+_Call = tuple[AsyncScript, Sequence[str], Sequence[Any], "asyncio.Future[Any]"]
+
+
+class _Batcher:
+    """Sends the reserve, commit and release scripts called in one turn of the event loop as
+    one pipeline: one round trip (one wakeup of Redis) for all of them.
+
+    A call made alone goes out as it always did, after one yield to the loop; under
+    concurrency the calls of a turn share the round trip, which on this kind of machine costs
+    more CPU than everything else a reserve or commit does in Python. Each script stays atomic
+    on its own (the pipeline is no transaction), so nothing about exactness changes. Not used
+    on Redis Cluster, whose pipelines refuse EVALSHA.
+    """
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._client = client
+        self._gathering: list[_Call] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+
+    async def call(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._gathering is not None:  # another call of this turn leads: ride along
+            future: asyncio.Future[Any] = loop.create_future()
+            self._gathering.append((script, keys, args, future))
+            return await future
+        self._gathering = riders = []
+        try:
+            await asyncio.sleep(0)  # one turn: the calls made meanwhile join this one
+        except BaseException:  # cancelled before anything was sent: serve the riders only
+            self._gathering = None
+            if riders:
+                self._spawn(riders)
+            raise
+        self._gathering = None
+        if not riders:
+            return await script(keys=keys, args=args)
+        own: asyncio.Future[Any] = loop.create_future()
+        self._spawn([(script, keys, args, own), *riders])
+        return await own
+
+    def _spawn(self, batch: list[_Call]) -> None:
+        # A task of its own, so that the batch is served whoever of its callers is cancelled.
+        task = asyncio.get_running_loop().create_task(self._pipeline(batch))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _pipeline(self, batch: list[_Call]) -> None:
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for script, keys, args, _ in batch:
+                    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                replies = await pipe.execute(raise_on_error=False)
+        except Exception as exc:  # the connection: every call of the batch fails with it
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (script, keys, args, future), reply in zip(batch, replies, strict=True):
+            if isinstance(reply, NoScriptError):  # Redis restarted empty: load it, run it alone
+                try:
+                    reply = await script(keys=keys, args=args)
+                except Exception as exc:
+                    reply = exc
+            if future.done():
+                continue
+            if isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+
+
 @dataclasses.dataclass(frozen=True)
 class ReserveOutcome:
     """What the reserve script did.
@@ -474,6 +549,12 @@ class BudgetStore:
         self._prune = client.register_script(_PRUNE)
         self._saved = client.register_script(_SAVED)
         self._tenant_keys: dict[str, tuple[str, str, str, str, str]] = {}
+        self._batcher = None if isinstance(client, aioredis.RedisCluster) else _Batcher(client)
+
+    async def _run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        if self._batcher is None:
+            return await script(keys=keys, args=args)
+        return await self._batcher.call(script, keys, args)
 
     def key(self, tenant: str, suffix: str) -> str:
         """The key ``{prefix}:{tenant}:suffix`` (the tenant is the hash tag)."""
@@ -548,9 +629,10 @@ class BudgetStore:
         """
         terms = '"' + '","'.join(map(str, demands)) + '"'
         ctr, open_, ledger, convt, rec = self._keys(tenant)
-        reply = await self._reserve(
-            keys=(ctr, rec + reservation_id, open_, ledger, convt),
-            args=(
+        reply = await self._run(
+            self._reserve,
+            (ctr, rec + reservation_id, open_, ledger, convt),
+            (
                 reservation_id,
                 now_ms,
                 expires_ms,
@@ -606,9 +688,10 @@ class BudgetStore:
             limit and the model).
         """
         ctr, open_, ledger, _, rec = self._keys(tenant)
-        reply = await self._commit(
-            keys=(ctr, rec + reservation_id, open_, ledger, f"{self.prefix}:{{{tenant}}}:u:{day}"),
-            args=(
+        reply = await self._run(
+            self._commit,
+            (ctr, rec + reservation_id, open_, ledger, f"{self.prefix}:{{{tenant}}}:u:{day}"),
+            (
                 reservation_id,
                 now_ms,
                 attempt,
@@ -636,9 +719,10 @@ class BudgetStore:
         expired), ``committed``, ``missing`` or ``stale`` (another attempt holds the id;
         ``attempt`` 0 releases whichever does)."""
         ctr, open_, ledger, _, rec = self._keys(tenant)
-        reply = await self._release(
-            keys=(ctr, rec + reservation_id, open_, ledger),
-            args=(reservation_id, now_ms, attempt, reason, self._record_ttl_ms),
+        reply = await self._run(
+            self._release,
+            (ctr, rec + reservation_id, open_, ledger),
+            (reservation_id, now_ms, attempt, reason, self._record_ttl_ms),
         )
         return self._outcome(reply)
 

@@ -1,0 +1,142 @@
+"""The CPU one reserve + commit costs in Python, as the co-located gateway pays it, against a
+private redis-server (AOF on).
+
+    .venv/bin/python bench/budget_cpu.py [--requests 2000] [--path gateway|domain]
+    PYTHONPATH=/path/to/other/checkout/services .venv/bin/python bench/budget_cpu.py
+
+``--path gateway`` (the default) goes the way a request of the co-located core goes: the
+gateway's ``Budgeting.admit`` (estimate, reserve through ``BudgetClient``) and ``settle`` (the
+commit), over an in-process channel (``inproc:budget``) to the budget's servicer, its domain
+object and its store. ``--path domain`` calls ``Budget.reserve`` and ``Budget.commit`` alone.
+Either way one request at a time, with bench/budget.py's load plan (six quotas nobody reaches)
+and a key, a feature and a conversation on every request, so every counter applies.
+
+Prints, per reserve + commit: CPU of this process (``time.process_time``; the Redis server's
+work is not in it), the least and the median over 10 slices of the run (the least is the one the
+machine's other load disturbed least), wall p50, Python function calls (counted by cProfile on
+200 more requests: a figure the machine's load cannot move) and the Redis time per script call
+(``INFO commandstats``). Run it against another checkout's ``services`` on PYTHONPATH,
+alternating, to compare two versions on the same machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import os
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.budget import PLANS
+from tests.support.redis_server import local_redis
+from tollway.budget import store as budget_store
+from tollway.budget.__main__ import build
+from tollway.budget.config import BudgetConfig
+from tollway.budget.types import CommitCommand, Priority, ReserveCommand
+from tollway.common.caching import CachePolicy
+from tollway.common.chat import ChatMessage, ChatRequest, Usage
+from tollway.gateway.budget_client import BudgetClient
+from tollway.gateway.budgeting import Budgeting, Settlement
+from tollway.gateway.request import GatewayRequest
+from tollway.gateway.store import GatewayStore
+from tollway.mesh.config import MeshConfig
+from tollway.mesh.inprocess import InProcessChannel, process_registry
+from tollway.mesh.server import create_server
+
+ROOT = Path(__file__).resolve().parents[1]
+SLICES = 10
+
+
+async def run(url: str, plans: Path, n: int, path: str) -> None:
+    spec, budget = build(
+        BudgetConfig(plans=str(plans), catalog=str(ROOT / "deploy" / "models.yaml")), MeshConfig(redis_url=url)
+    )
+    server, _, _ = await create_server(spec, "127.0.0.1:0", registry=process_registry())
+    gateway_redis = aioredis.Redis.from_url(url)
+    budgeting = Budgeting(BudgetClient(InProcessChannel("budget")), GatewayStore(gateway_redis))  # type: ignore[arg-type]
+
+    async def through_gateway(i: int) -> None:
+        chat = ChatRequest(
+            "gpt-4o-mini",
+            (ChatMessage("user", "Say hello in one short sentence."),),
+            max_tokens=16,
+            request_id=f"bench-{i}",
+            tenant="warmup",
+        )
+        request = GatewayRequest(
+            chat, "", "chat", CachePolicy(), api_key_id="key-1", priority="interactive", conversation_id=f"c{i % 50}"
+        )
+        admission = await budgeting.admit(request)
+        await budgeting.settle(admission, Settlement(Usage(13, 6)))
+
+    async def domain_only(i: int) -> None:
+        granted = await budget.reserve(
+            ReserveCommand(
+                tenant="warmup",
+                model="gpt-4o-mini",
+                input_tokens=13,
+                max_output_tokens=16,
+                api_key_id="key-1",
+                feature="chat",
+                conversation_id=f"c{i % 50}",
+                priority=Priority.INTERACTIVE,
+            )
+        )
+        await budget.commit(CommitCommand(name=granted.reservation.name, input_tokens=13, output_tokens=6))
+
+    one: Callable[[int], Awaitable[None]] = through_gateway if path == "gateway" else domain_only
+    for i in range(300):
+        await one(-1 - i)
+    await gateway_redis.config_resetstat()
+    wall: list[float] = []
+    cpu: list[float] = []
+    size = max(1, n // SLICES)
+    for s in range(SLICES):
+        c0 = time.process_time()
+        for i in range(s * size, (s + 1) * size):
+            t0 = time.perf_counter()
+            await one(i)
+            wall.append(time.perf_counter() - t0)
+        cpu.append((time.process_time() - c0) / size)
+    evalsha = (await gateway_redis.info("commandstats")).get("cmdstat_evalsha", {})
+    profile = cProfile.Profile()
+    profile.enable()
+    for i in range(200):
+        await one(n + i)
+    profile.disable()
+    calls = pstats.Stats(profile).total_calls / 200  # type: ignore[attr-defined]
+    print(
+        f"{Path(budget_store.__file__).parents[2]} ({path}): {SLICES * size} reserve+commit; CPU per reserve+commit "
+        f"least {min(cpu) * 1e6:.0f} us, median {statistics.median(cpu) * 1e6:.0f} us; "
+        f"wall p50 {statistics.median(wall) * 1e6:.0f} us; {calls:.0f} Python calls; "
+        f"Redis {float(evalsha.get('usec_per_call', 0)):.1f} us per script call; load {os.getloadavg()[0]:.2f}"
+    )
+    await server.stop(None)
+    assert spec.on_stop is not None
+    await spec.on_stop()
+    await gateway_redis.aclose()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--path", choices=("gateway", "domain"), default="gateway")
+    a = ap.parse_args()
+    plans = Path(tempfile.mkdtemp(prefix="bench-budget-cpu-")) / "budget.yaml"
+    plans.write_text(PLANS)
+    with local_redis(appendonly=True) as server:
+        asyncio.run(run(server.url, plans, a.requests, a.path))
+
+
+if __name__ == "__main__":
+    main()
