@@ -9,6 +9,7 @@ Which version answered is read from Envoy's own per-cluster counters.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import signal
@@ -128,8 +129,10 @@ def test_bad_canary_commands_say_what_to_fix_and_change_nothing(canary_stack: St
         (("rollback", "router"), "no canary of router is running"),
         (("weight", "router", "50"), "no canary of router is running"),
     ]
-    for args, message in cases:
-        out = _cli(canary_stack, *args, check=False)
+    # Each refusal changes nothing, so the commands may run side by side (a CLI start is ~1 s of imports).
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(lambda args: _cli(canary_stack, *args, check=False), [args for args, _ in cases]))
+    for (args, message), out in zip(cases, outs, strict=True):
         assert out.returncode == 2, (args, out.stdout, out.stderr)
         assert message in out.stderr, (args, out.stderr)
     assert read_record(canary_stack.options.run_dir, "router") is None
