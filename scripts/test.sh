@@ -3,7 +3,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export TOLLWAY_TEST_RUN_DIR=${TOLLWAY_TEST_RUN_DIR:-$(mktemp -d /tmp/tollway-test-XXXXXX)}
+passes=()  # the split and cluster passes, which run in the background side by side
 cleanup() {
+  for pid in "${passes[@]}"; do kill "$pid" 2>/dev/null; done
   # The launcher records every child as "PID START_TICKS NAME" (fixtures: "PID"), and `tollway up`
   # itself too; kill whatever is still alive. A launcher left running may restart a child in the
   # moment before our SIGTERM reaches it; the restarted child is appended to the same file, so
@@ -37,21 +39,39 @@ if [ -z "${TOLLWAY_TEST_LAYOUT:-}" ]; then
   case " ${*:-tests} " in *" tests "*|*" tests/ "*|*" tests/integration "*|*" tests/integration/ "*) both=1 ;; esac
   export TOLLWAY_TEST_LAYOUT=colocated
 fi
-echo "layout: $TOLLWAY_TEST_LAYOUT"
-.venv/bin/python -m pytest -q -p no:cacheprovider "${@:-tests}"
+# A whole-suite run uses two pytest workers (pytest-xdist), each taking one test file at a time, so a
+# file's module-scoped stacks stay in one process; each worker starts its own session stack. Most of an
+# integration test is waiting on other processes, so two workers nearly halve the time on two cores.
+# TOLLWAY_TEST_WORKERS=N sets the number for any run (0: no workers, as single-file runs default to).
+workers=${TOLLWAY_TEST_WORKERS:-$([ $both -eq 1 ] && echo 2 || echo 0)}
+xdist=()
+[ "$workers" != 0 ] && xdist=(-n "$workers" --dist loadfile)
+echo "layout: $TOLLWAY_TEST_LAYOUT${xdist[*]:+ (workers: $workers)}"
+.venv/bin/python -m pytest -q -p no:cacheprovider "${xdist[@]}" "${@:-tests}"
 rc=$?
 # pytest exits 5 when it collected no test: that is a failure here.
 [ $rc -eq 5 ] && echo "no test ran" >&2
 if [ $both -eq 1 ]; then
   cleanup
-  echo "layout: split (${#SPLIT_TESTS[@]} files)"
-  TOLLWAY_TEST_LAYOUT=split .venv/bin/python -m pytest -q -p no:cacheprovider "${SPLIT_TESTS[@]}"
+  # The two short passes share nothing (each starts its own stack on free ports): they run side by
+  # side, each into its own file, printed when both are done.
+  echo "layout: split (${#SPLIT_TESTS[@]} files) and redis: cluster (${#CLUSTER_TESTS[@]} files), side by side"
+  TOLLWAY_TEST_LAYOUT=split .venv/bin/python -m pytest -q -p no:cacheprovider "${SPLIT_TESTS[@]}" \
+    >"$TOLLWAY_TEST_RUN_DIR/split.out" 2>&1 &
+  passes+=($!)
+  TOLLWAY_TEST_REDIS=cluster .venv/bin/python -m pytest -q -p no:cacheprovider "${CLUSTER_TESTS[@]}" \
+    >"$TOLLWAY_TEST_RUN_DIR/cluster.out" 2>&1 &
+  passes+=($!)
+  wait "${passes[0]}"
   split_rc=$?
-  [ $rc -eq 0 ] && rc=$split_rc
-  cleanup
-  echo "redis: cluster (${#CLUSTER_TESTS[@]} files)"
-  TOLLWAY_TEST_REDIS=cluster .venv/bin/python -m pytest -q -p no:cacheprovider "${CLUSTER_TESTS[@]}"
+  wait "${passes[1]}"
   cluster_rc=$?
+  passes=()
+  echo "layout: split (${#SPLIT_TESTS[@]} files)"
+  cat "$TOLLWAY_TEST_RUN_DIR/split.out"
+  echo "redis: cluster (${#CLUSTER_TESTS[@]} files)"
+  cat "$TOLLWAY_TEST_RUN_DIR/cluster.out"
+  [ $rc -eq 0 ] && rc=$split_rc
   [ $rc -eq 0 ] && rc=$cluster_rc
 fi
 exit $rc

@@ -24,7 +24,10 @@ from tollway.launcher.processes import free_ports
 
 pytestmark = pytest.mark.timeout(120)
 ROOT = Path(__file__).resolve().parents[2]
+# Every port `tollway up` opens (deploy/mesh.yaml's services and their metrics ports): one left at its
+# default collides with any other stack on this machine that uses the defaults.
 NAMES = ["edge", "admin", "mesh", "redis", "gateway", "router", "cache", "embedding", "openai_compat", "budget"]
+NAMES += ["prompts", "retrieval", "jobs", "local_model"]
 # The process that runs the cache, killed below: its own, or mesh.yaml's `core` group when co-located.
 CACHE_PROCESS = "core" if LAYOUT == "colocated" else "cache"
 
@@ -112,14 +115,16 @@ def test_up_serves_restarts_what_dies_then_ctrl_c_stops_everything(up_dir: Path,
     assert code == 0 and f"tollway up (pid {proc.pid}) running" in table, table
     cache_pid = int(row(table, CACHE_PROCESS)[2])
     os.kill(cache_pid, signal.SIGKILL)
-    eventually_sync(
-        lambda: row(status(up_dir)[1], CACHE_PROCESS)[:2] == [CACHE_PROCESS, "running"]
-        and int(row(status(up_dir)[1], CACHE_PROCESS)[2]) != cache_pid,
-        timeout_s=60,
-        interval_s=0.2,
-        what="the cache restarted",
-    )
+
+    def restarted() -> bool:
+        # Polls the status file `tollway status` prints: a CLI run per poll costs a second of imports.
+        children = (runfile.read_status(up_dir) or {}).get("children", [])
+        child = next(c for c in children if c["name"] == CACHE_PROCESS)
+        return child["state"] == "running" and int(child["pid"]) != cache_pid
+
+    eventually_sync(restarted, timeout_s=60, interval_s=0.2, what="the cache restarted")
     cache = row(status(up_dir)[1], CACHE_PROCESS)
+    assert cache[:2] == [CACHE_PROCESS, "running"] and int(cache[2]) != cache_pid, cache
     assert cache[4] == "1" and " ".join(cache[5:]) == "killed by SIGKILL (signal 9)", cache
 
     children = pids(up_dir)
