@@ -172,7 +172,12 @@ async def test_bursts_over_three_gateways_never_exceed_the_quotas_and_reach_them
         clients.channel(stack.address("budget")) as channel,
     ):
         stub = budget_pb2_grpc.BudgetServiceStub(channel)
-        assert (await _burst(http, 3 * GATEWAYS, warm_key))[200] == 3 * GATEWAYS
+        # A cold gateway's first Redis connections may miss their deadline on a loaded machine
+        # (503 REDIS_UNAVAILABLE): warm until a round is all answered.
+        warm = [await _burst(http, 3 * GATEWAYS, warm_key) for _ in range(1)]
+        while warm[-1][200] < 3 * GATEWAYS and len(warm) < 5:
+            warm.append(await _burst(http, 3 * GATEWAYS, warm_key))
+        assert warm[-1][200] == 3 * GATEWAYS, warm
 
         first = await _burst(http, 500, key)
         await _settled(stub)
