@@ -73,6 +73,8 @@ class Balancer:
 
     def order(self, deployments: Sequence[Deployment]) -> list[Deployment]:
         """All deployments, in the order to try them: weighted random, cooling-down ones last."""
+        if len(deployments) == 1:
+            return list(deployments)  # most models have one: there is no order to draw
         now = self._clock()
         ready = [d for d in deployments if self.health(d).cooldown_until <= now and d.weight > 0]
         later = [d for d in deployments if d not in ready]
