@@ -5,7 +5,8 @@ keys one script touches sit in one Redis Cluster slot and every script runs unch
 cluster)::
 
     {p}:{T}:ctr          HASH   every counter of the tenant: subject|unit|window|start|end -> used
-    {p}:{T}:r:<id>       HASH   one reservation (state, amounts held, rates, counters, result)
+    {p}:{T}:r:<id>       HASH   one reservation (state, attempt, amounts held, counters, result, and
+                                its metadata as one JSON field ``m``: tenant, key, rates, limits...)
     {p}:{T}:open         ZSET   reservations still held, by the time they expire (ms)
     {p}:{T}:ledger       STREAM one entry per reserve, commit, release, expiry, prune and saved
     {p}:{T}:convt        ZSET   conversation counters by last use (ms), to forget idle ones
@@ -18,8 +19,9 @@ Reserve, commit, release, expiry and prune are each ONE Lua script: the counters
 the ledger entry that explains the change is appended in the same atomic step, so the two
 cannot disagree, and every ledger entry lists the counters it changed and by how much per
 unit (``tok``, ``usd``, ``req``). The steady state costs one round trip per reserve and one
-per commit (EVALSHA). Counter amounts are integers (tokens, nano-dollars, requests); Lua's
-doubles are exact for them up to 2^53.
+per commit (EVALSHA); calls made while others are in flight share one (a pipeline). Counter
+amounts are integers (tokens, nano-dollars, requests); Lua's doubles are exact for them up to
+2^53.
 """
 
 from __future__ import annotations
