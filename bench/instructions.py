@@ -118,11 +118,13 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkout", type=Path, default=ROOT, help="the checkout whose code runs (default: this)")
-    parser.add_argument("workloads", nargs="*", default=list(COUNTS), choices=list(COUNTS))
+    parser.add_argument("workloads", nargs="*", help=f"any of {', '.join(COUNTS)} (default: all)")
     args = parser.parse_args()
+    for unknown in set(args.workloads) - set(COUNTS):
+        parser.error(f"unknown workload {unknown!r}: choose from {', '.join(COUNTS)}")
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
-    for workload in args.workloads:
+    for workload in args.workloads or list(COUNTS):
         run = Path(tempfile.mkdtemp(prefix="tollway-instr-"))
         server, port = _server(workload, run)
         try:
