@@ -45,7 +45,8 @@ fi
 # TOLLWAY_TEST_WORKERS=N sets the number for any run (0: no workers, as single-file runs default to).
 workers=${TOLLWAY_TEST_WORKERS:-$([ $both -eq 1 ] && echo 2 || echo 0)}
 xdist=()
-[ "$workers" != 0 ] && xdist=(-n "$workers" --dist loadfile)
+# In collection order (tests/conftest.py puts the longest files first), not xdist's biggest-file-first.
+[ "$workers" != 0 ] && xdist=(-n "$workers" --dist loadfile --no-loadscope-reorder)
 echo "layout: $TOLLWAY_TEST_LAYOUT${xdist[*]:+ (workers: $workers)}"
 .venv/bin/python -m pytest -q -p no:cacheprovider "${xdist[@]}" "${@:-tests}"
 rc=$?

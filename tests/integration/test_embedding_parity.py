@@ -6,6 +6,7 @@ that torch never enters the service venv.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -103,7 +104,32 @@ np.save(sys.argv[2], vectors.astype(np.float32))
 """
 
 
+# The reference's vectors are a pure function of the texts, the script and the reference venv's packages
+# (torch, sentence-transformers, the model's package), and computing them is ~20 s of loading torch: they
+# are kept under build/ by a key over all of those, so a changed text, script or package recomputes them.
+CACHE_DIR = REPO / "build" / "test-cache" / "embedding-parity"
+
+
+def _reference_key(texts: list[str]) -> str:
+    site = next((REF_PYTHON.parent.parent / "lib").glob("python*/site-packages"))
+    packages = sorted(p.name for p in site.glob("*.dist-info"))
+    blob = json.dumps({"texts": texts, "script": REFERENCE_SCRIPT, "packages": packages}, ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
 def reference_vectors(texts: list[str], tmp_path: Path) -> np.ndarray:
+    cached = CACHE_DIR / f"{_reference_key(texts)}.npy"
+    if cached.is_file():
+        return np.load(cached)
+    vectors = _run_reference(texts, tmp_path)
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    partial = cached.with_suffix(f".{os.getpid()}.tmp.npy")
+    np.save(partial, vectors)
+    partial.replace(cached)  # whole or absent, even with two runs at once
+    return vectors
+
+
+def _run_reference(texts: list[str], tmp_path: Path) -> np.ndarray:
     texts_file, out_file = tmp_path / "texts.json", tmp_path / "ref.npy"
     texts_file.write_text(json.dumps(texts), encoding="utf-8")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # Every port `tollway up` opens (deploy/mesh.yaml's services and their metrics ports): one left at its
 # default collides with any other stack on this machine that uses the defaults.
 NAMES = ["edge", "admin", "mesh", "redis", "gateway", "router", "cache", "embedding", "openai_compat", "budget"]
-NAMES += ["prompts", "retrieval", "jobs", "local_model"]
+NAMES += ["prompts", "retrieval", "jobs", "local_model", "prometheus"]
 # The process that runs the cache, killed below: its own, or mesh.yaml's `core` group when co-located.
 CACHE_PROCESS = "core" if LAYOUT == "colocated" else "cache"
 
@@ -38,7 +38,7 @@ def up_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="up-", dir=TEST_RUN_DIR or None))
 
 
-def up(tmp_path: Path, ports: dict[str, int], catalog: Path) -> subprocess.Popen[str]:
+def up(tmp_path: Path, ports: dict[str, int], catalog: Path, *extra: str) -> subprocess.Popen[str]:
     argv = [
         sys.executable,
         "-m",
@@ -51,6 +51,7 @@ def up(tmp_path: Path, ports: dict[str, int], catalog: Path) -> subprocess.Popen
         str(tmp_path),
         "--layout",
         LAYOUT,
+        *extra,
     ]
     for name, port in ports.items():
         argv += ["--port", f"{name}={port}"]
@@ -143,7 +144,8 @@ def test_up_serves_restarts_what_dies_then_ctrl_c_stops_everything(up_dir: Path,
 
 def test_a_run_killed_without_clean_up_is_cleaned_up_by_the_next(up_dir: Path, catalog: Path) -> None:
     ports = dict(zip(NAMES, free_ports(len(NAMES)), strict=True))
-    first = up(up_dir, ports, catalog)
+    # Prometheus is no part of the clean-up under test: two processes fewer per start (it and its scrapes).
+    first = up(up_dir, ports, catalog, "--no-prometheus")
     wait_up(first)
     # SIGKILL: the launcher cannot stop its children, which keep the ports.
     first.kill()
@@ -155,7 +157,7 @@ def test_a_run_killed_without_clean_up_is_cleaned_up_by_the_next(up_dir: Path, c
     code, table = status(up_dir)
     assert code == 3 and "is gone without stopping its children" in table, table
 
-    second = up(up_dir, ports, catalog)
+    second = up(up_dir, ports, catalog, "--no-prometheus")
     try:
         out = "".join(wait_up(second))
         for pid, name in leftovers.items():
