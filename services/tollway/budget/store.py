@@ -232,12 +232,13 @@ local groups = {''}
 if (m.key or '') ~= '' then groups[#groups + 1] = 'k:' .. m.key end
 if (m.feat or '') ~= '' then groups[#groups + 1] = 'f:' .. m.feat end
 groups[#groups + 1] = 'm:' .. model
+-- Zero amounts are left out (a missing total reads as 0): most commits have no cached tokens.
+local sums = {{'|in', tin}, {'|out', tout}, {'|cached', tcached}, {'|usd', cost}}
 for _, g in ipairs(groups) do
   redis.call('HINCRBY', day, g .. '|req', 1)
-  redis.call('HINCRBY', day, g .. '|in', s(tin))
-  redis.call('HINCRBY', day, g .. '|out', s(tout))
-  redis.call('HINCRBY', day, g .. '|cached', s(tcached))
-  redis.call('HINCRBY', day, g .. '|usd', s(cost))
+  for _, m in ipairs(sums) do
+    if m[2] ~= 0 then redis.call('HINCRBY', day, g .. m[1], s(m[2])) end
+  end
 end
 redis.call('PEXPIRE', day, ARGV[11])
 return {'ok', att, late, s(delta.tok), s(delta.usd), s(tok), s(cost), model, pv, s(tin), r.gout, r.c_ms, r.e_ms,
