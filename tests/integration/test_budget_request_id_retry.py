@@ -14,7 +14,6 @@ from typing import Any
 
 import grpc
 import pytest
-import redis.asyncio as aioredis
 
 from tests.fakes.procs import free_port
 from tests.integration.test_budget_service import PLANS, Clock, details, expect, reconcile, replicas, reserve_req
@@ -27,6 +26,7 @@ from tollway.gateway.budget_client import BudgetClient
 from tollway.gateway.budgeting import Budgeting, Settlement
 from tollway.gateway.request import GatewayRequest
 from tollway.gateway.store import BUDGET_OUTBOX, GatewayStore
+from tollway.mesh import redis as mesh_redis
 
 # gpt-4o-mini, 8 input + 16 output tokens reserved; 8 + 6 committed.
 HELD = 24
@@ -237,7 +237,7 @@ async def test_the_gateways_outbox_replays_a_release_for_its_own_attempt_only(re
     the budget service is unreachable; attempt 1 expires and a retry holds attempt 2; the replay
     must not return attempt 2's estimate."""
     clock = Clock()
-    gateway_redis = aioredis.Redis.from_url(redis_url)
+    gateway_redis = mesh_redis.connect(redis_url)  # a single Redis or a cluster, as the gateway's
     outbox = GatewayStore(gateway_redis)
     await gateway_redis.delete(BUDGET_OUTBOX)
     async with replicas(redis_url, plans_file, clock, count=1) as (rep,):
