@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from tollway.budget import metrics, quota, windows
 from tollway.budget.config import BudgetConfig
 from tollway.budget.plans import Plans, PlansSource, check_quota, merge_quotas
-from tollway.budget.pricing import PICOS_PER_NANO, Priced, PriceTable
+from tollway.budget.pricing import Priced, PriceTable
 from tollway.budget.store import BudgetStore, ScriptOutcome, join_meta, pack_counters, pack_meta, pack_model
 from tollway.budget.types import (
     RESERVATION_NAME,
@@ -401,8 +401,6 @@ class Budget:
         if cmd.tenant not in self._known_tenants:
             await self.store.remember_tenant(cmd.tenant)
             self._known_tenants.add(cmd.tenant)
-        # quota.demands(rates, input_tokens) as the script's nine numbers, without the objects.
-        n = cmd.input_tokens
         outcome = await self.store.reserve(
             cmd.tenant,
             rid,
@@ -411,7 +409,7 @@ class Budget:
             max_out=cmd.max_output_tokens,
             min_out=cmd.min_output_tokens,
             meta=join_meta(pack_meta(asked), self._model_meta(priced)),
-            demands=(n, 1, 1, n * rates.input_picos, rates.output_picos, PICOS_PER_NANO, 1, 0, 1),
+            demands=quota.demand_terms(rates, cmd.input_tokens),
             counters=packed_counters,
         )
         if outcome.status in ("dup", "committed"):

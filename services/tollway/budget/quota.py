@@ -38,11 +38,14 @@ def demands(rates: Rates, input_tokens: int) -> dict[Unit, Demand]:
     will serve some from its cache is known only afterwards (the commit charges the
     cached rate).
     """
-    return {
-        Unit.TOKENS: Demand(input_tokens, 1, 1),
-        Unit.USD_NANOS: Demand(input_tokens * rates.input_picos, rates.output_picos, PICOS_PER_NANO),
-        Unit.REQUESTS: Demand(1, 0, 1),
-    }
+    t = demand_terms(rates, input_tokens)
+    return {Unit.TOKENS: Demand(*t[0:3]), Unit.USD_NANOS: Demand(*t[3:6]), Unit.REQUESTS: Demand(*t[6:9])}
+
+
+def demand_terms(rates: Rates, input_tokens: int) -> tuple[int, int, int, int, int, int, int, int, int]:
+    """:func:`demands` as nine numbers, ``fixed, per_output, scale`` of tokens, dollars and
+    requests in turn: what the store's reserve script takes (no objects on the request path)."""
+    return (input_tokens, 1, 1, input_tokens * rates.input_picos, rates.output_picos, PICOS_PER_NANO, 1, 0, 1)
 
 
 def allowed(limit: int, threshold: float) -> int:
