@@ -158,6 +158,14 @@ LAYOUTS = {
             strategy=pb.CHUNKING_STRATEGY_HIERARCHICAL, max_tokens=200, parent_max_tokens=1024, sentence_window=2
         ),
     ),
+    # Single sentences under whole-document sections: half the windows of "sentences" (SciFact's
+    # 5,183 abstracts make ~48,000 sentences against ~91,000 windows of one and two).
+    "sent1": (
+        "-sent1",
+        pb.ChunkingConfig(
+            strategy=pb.CHUNKING_STRATEGY_HIERARCHICAL, max_tokens=200, parent_max_tokens=1024, sentence_window=1
+        ),
+    ),
 }
 
 
@@ -223,6 +231,7 @@ class Variant:
     feedback: int = 0
     mmr: bool = False
     layout: str = "fixed"
+    bigram_weight: float | None = None  # None: the service's default
 
     def request(self, collection: str, query: str) -> pb.SearchRequest:
         collection += LAYOUTS[self.layout][0]
@@ -230,10 +239,13 @@ class Variant:
         if self.keyword_weight is not None:
             fusion.keyword_weight = self.keyword_weight
         rerank = pb.RerankOptions(mmr=self.mmr, feedback_count=self.feedback)
-        return pb.SearchRequest(
+        req = pb.SearchRequest(
             collection=f"collections/{collection}", query=query, top_k=100, mode=self.mode, fusion=fusion,
             rerank=rerank, group_by_document=True,
         )  # fmt: skip
+        if self.bigram_weight is not None:
+            req.keyword_bigram_weight = self.bigram_weight
+        return req
 
 
 async def measure(
@@ -276,6 +288,22 @@ def sentence_variants(weights: tuple[float, ...] = SENTENCE_WEIGHTS) -> list[Var
     ]  # fmt: skip
 
 
+def bigram_variants(
+    layouts: tuple[str, ...], weights: tuple[float, ...], keyword_weights: list[float]
+) -> list[Variant]:
+    """BM25 alone and hybrid at each keyword weight, for each weight of word-pair matches, per layout."""
+    out = []
+    for layout in layouts:
+        name = "" if layout == "fixed" else f"{layout}: "
+        for b in weights:
+            out.append(
+                Variant(f"{name}BM25, bigram weight {b}", pb.SEARCH_MODE_KEYWORD, layout=layout, bigram_weight=b)
+            )
+            out += [Variant(f"{name}hybrid {w}, bigram weight {b}", pb.SEARCH_MODE_HYBRID, w, pb.FUSION_METHOD_WEIGHTED,
+                            layout=layout, bigram_weight=b) for w in keyword_weights]  # fmt: skip
+    return out
+
+
 def with_feedback(v: Variant, n: int) -> Variant:
     return dataclasses.replace(v, label=f"{v.label} + PRF {n}", feedback=n)
 
@@ -288,6 +316,7 @@ async def evaluate(
     layouts: tuple[str, ...] = ("fixed",),
     sentence_weights: tuple[float, ...] = SENTENCE_WEIGHTS,
     baselines: bool = True,
+    extra: list[Variant] | None = None,
 ) -> dict:  # type: ignore[type-arg]
     """Measures the variants on the tune half and the winner (and the baselines) on the held-out half.
 
@@ -301,19 +330,20 @@ async def evaluate(
     results: dict[Variant, tuple[float, float]] = {}
     base = BASE if baselines else []
     candidates = base + (final if final is not None else TUNING)
-    if "sentences" in layouts:
+    if "sentences" in layouts and extra is None:
         candidates += sentence_variants(sentence_weights)
+    if extra is not None:
+        candidates = base + extra
     for v in [c for c in candidates if c.layout in layouts]:
         results[v] = await measure(stub, ds, tune, v)
         print(f"  {ds.name} tune  {v.label:45s} nDCG@10 {results[v][0]:.4f}  R@100 {results[v][1]:.4f}", flush=True)
-    best_fusion = max(
-        (v for v in results if v.mode == pb.SEARCH_MODE_HYBRID and v.layout == "fixed"), key=lambda v: results[v][0]
-    )
-    for n in (3, 5) if final is None else ():
+    fused = [v for v in results if v.mode == pb.SEARCH_MODE_HYBRID and v.layout == "fixed"]
+    best_fusion = max(fused, key=lambda v: results[v][0]) if fused else None
+    for n in (3, 5) if final is None and extra is None and best_fusion else ():
         v = with_feedback(best_fusion, n)
         results[v] = await measure(stub, ds, tune, v)
         print(f"  {ds.name} tune  {v.label:45s} nDCG@10 {results[v][0]:.4f}  R@100 {results[v][1]:.4f}", flush=True)
-    if final is None:
+    if final is None and extra is None and best_fusion:
         v = dataclasses.replace(best_fusion, label=f"{best_fusion.label} + MMR 0.7", mmr=True)
         results[v] = await measure(stub, ds, tune, v)
         print(f"  {ds.name} tune  {v.label:45s} nDCG@10 {results[v][0]:.4f}  R@100 {results[v][1]:.4f}", flush=True)
@@ -321,7 +351,11 @@ async def evaluate(
     # The current default (fixed chunks, keyword weight 0.4) is measured beside the winner.
     default = Variant("hybrid, weighted z-score 0.4", pb.SEARCH_MODE_HYBRID, 0.4, pb.FUSION_METHOD_WEIGHTED)
     compare = [default] if "fixed" in layouts and default != winner else []
-    for v in [*(b for b in base if b.layout in layouts), *compare, winner]:
+    # With a grid of bigram weights, the tune half's best BM25-alone is measured on the held-out half too.
+    keyword_best = [max((v for v in results if v.mode == pb.SEARCH_MODE_KEYWORD and v.bigram_weight is not None),
+                        key=lambda v: results[v][0])] if extra else []  # fmt: skip
+    held_out = [*(b for b in base if b.layout in layouts), *compare, *keyword_best, winner]
+    for v in dict.fromkeys(held_out):
         held_scores = await measure(stub, ds, held, v)
         rows.append({"variant": v.label, "tune": results[v], "held_out": held_scores, "winner": v == winner})
         print(f"  {ds.name} HELD  {v.label:45s} nDCG@10 {held_scores[0]:.4f}  R@100 {held_scores[1]:.4f}", flush=True)
@@ -346,6 +380,8 @@ async def run(args: argparse.Namespace) -> None:
                 for layout in layouts:
                     report[ds.name][f"ingest {layout}"] = got = await ingest(stub, ds, layout)
                     print(f"  ingest ({layout}): {got}", flush=True)
+        if args.ingest_only:
+            return
         # Searched through a freshly started service: it reports SERVING only once its indexes
         # are built from Redis, so no search meets an index still catching up with ingestion.
         async with services(url, args.snapshot_dir) as target, channel(target) as ch:
@@ -357,9 +393,14 @@ async def run(args: argparse.Namespace) -> None:
                     for w in (float(x) for x in args.final.split(","))
                 ]
             sentence_weights = tuple(float(x) for x in args.sentence_weights.split(","))
+            extra = None
+            if args.bigram_weights:
+                weights = tuple(float(x) for x in args.bigram_weights.split(","))
+                keyword_weights = [float(x) for x in (args.final or "0.4").split(",")]
+                extra = bigram_variants(layouts, weights, keyword_weights)
             for ds in sets:
                 report[ds.name].update(
-                    await evaluate(stub, ds, args.quick, final, layouts, sentence_weights, not args.no_baselines)
+                    await evaluate(stub, ds, args.quick, final, layouts, sentence_weights, not args.no_baselines, extra)
                 )
     if args.out:
         await asyncio.to_thread(Path(args.out).write_text, json.dumps(report, indent=1))
@@ -378,6 +419,12 @@ def main() -> None:
         "under whole-document sections, BM25 per section)",
     )  # fmt: skip
     parser.add_argument("--out", help="write the figures as JSON here")
+    parser.add_argument("--ingest-only", action="store_true", help="ingest the layouts into --redis-url and stop")
+    parser.add_argument(
+        "--bigram-weights",
+        help="comma-separated weights of word-pair matches in BM25: measure BM25 alone and hybrid at the --final "
+        "keyword weights (default 0.4) with each, on every layout, instead of the usual grid",
+    )
     parser.add_argument(
         "--final", help="comma-separated keyword weights chosen earlier: measure only those and the baselines"
     )

@@ -71,6 +71,7 @@ def build(
             default_keyword_weight=cfg.keyword_weight,
             default_fusion=cfg.fusion,
             default_feedback_count=cfg.feedback_count,
+            default_bigram_weight=cfg.bm25_bigram_weight,
         ),
         searcher=Searcher(Tuning(candidates=cfg.candidates)),
         workers=cfg.workers,

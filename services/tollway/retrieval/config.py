@@ -33,6 +33,7 @@ class RetrievalConfig:
         bm25_k1: BM25 k1.
         bm25_b: BM25 b.
         bm25_bigrams: Whether neighbouring word pairs are BM25 terms too (phrase matches score higher).
+        bm25_bigram_weight: Default weight of word-pair matches, added to the words' BM25 score (0 to 1).
         candidates: Chunks each ranking contributes to hybrid fusion.
         keyword_weight: Default keyword weight of hybrid fusion (0 to 1).
         fusion: Default fusion method: ``weighted`` or ``rrf``.
@@ -64,6 +65,7 @@ class RetrievalConfig:
     bm25_k1: float = 1.2
     bm25_b: float = 0.75
     bm25_bigrams: bool = True
+    bm25_bigram_weight: float = 0.25
     candidates: int = 100
     keyword_weight: float = 0.4
     fusion: str = "weighted"
@@ -92,6 +94,10 @@ class RetrievalConfig:
         if not 0.0 <= self.keyword_weight <= 1.0:
             raise ValueError(
                 f"Config 'TOLLWAY_RETRIEVAL_KEYWORD_WEIGHT' has value {self.keyword_weight!r}. Must be 0 to 1."
+            )
+        if not 0.0 <= self.bm25_bigram_weight <= 1.0:
+            raise ValueError(
+                f"Config 'TOLLWAY_RETRIEVAL_BM25_BIGRAM_WEIGHT' has value {self.bm25_bigram_weight!r}. Must be 0 to 1."
             )
         if self.fusion not in ("weighted", "rrf"):
             raise ValueError(f"Config 'TOLLWAY_RETRIEVAL_FUSION' has value {self.fusion!r}. Use weighted or rrf.")

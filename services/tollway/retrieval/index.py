@@ -243,9 +243,10 @@ class CollectionIndex:
         rows, freed = self.keyword_snapshot()
         self.swap_keyword(self.build_keyword(rows), freed)
 
-    def keyword_scores(self, tokens: Sequence[str]) -> np.ndarray:
-        """BM25 score of every row ``0..next_row-1`` (0 for rows the last build lacks)."""
-        return self.keyword.scores(tokens, self.next_row)
+    def keyword_scores(self, tokens: Sequence[str], bigram_weight: float = 1.0) -> np.ndarray:
+        """BM25 score of every row ``0..next_row-1`` (0 for rows the last build lacks); word
+        pairs count ``bigram_weight`` times their own BM25 (see :class:`KeywordModel`)."""
+        return self.keyword.scores(tokens, self.next_row, bigram_weight)
 
     # --- vector ------------------------------------------------------------------------
 

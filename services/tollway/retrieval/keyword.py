@@ -45,7 +45,8 @@ def tokenize(texts: Sequence[str], *, bigrams: bool = False) -> list[list[str]]:
     than the tokenizing itself for a one-line query.
 
     With ``bigrams``, each pair of neighbouring words (after stop words are dropped) is a
-    term too (``a_b``): a query that repeats a phrase of a chunk then scores above one that
+    term too (``"a b"``, joined by a space, which no word contains, so :func:`is_bigram` tells
+    the two kinds apart): a query that repeats a phrase of a chunk then scores above one that
     only shares its words.
     """
     stop = _stopwords()
@@ -53,16 +54,66 @@ def tokenize(texts: Sequence[str], *, bigrams: bool = False) -> list[list[str]]:
     out = []
     for text in texts:
         words = stem([w for w in _SPLIT(text.lower()) if w not in stop])
-        out.append([*words, *(f"{a}_{b}" for a, b in itertools.pairwise(words))] if bigrams else list(words))
+        out.append([*words, *(f"{a} {b}" for a, b in itertools.pairwise(words))] if bigrams else list(words))
     return out
 
 
+def is_bigram(term: str) -> bool:
+    """Whether a term of :func:`tokenize` is a word pair."""
+    return " " in term
+
+
+def _split(terms: Sequence[str]) -> tuple[list[str], list[str]]:
+    words = [t for t in terms if not is_bigram(t)]
+    pairs = [t for t in terms if is_bigram(t)]
+    return words, pairs
+
+
+class _Bm25:
+    """One bm25s build over one kind of term."""
+
+    def __init__(self, rows: Sequence[Sequence[str]], k1: float, b: float) -> None:
+        self.row_count = len(rows)
+        self.bm25: bm25s.BM25 | None = None
+        self.vocab: dict[str, int] = {}
+        self.df: np.ndarray = np.zeros(0, np.int64)
+        if any(rows):
+            bm25 = bm25s.BM25(k1=k1, b=b, method="lucene")
+            bm25.index([list(r) for r in rows], show_progress=False)
+            self.bm25 = bm25
+            self.vocab = dict(bm25.vocab_dict)
+            self.df = np.diff(np.asarray(bm25.scores["indptr"]))
+
+    def scores(self, tokens: Sequence[str]) -> np.ndarray | None:
+        """Scores of every build row, or None when no token is known."""
+        if self.bm25 is None:
+            return None
+        ids = [self.vocab[t] for t in tokens if t in self.vocab]
+        if not ids:
+            return None
+        return np.asarray(self.bm25.get_scores_from_ids(ids), np.float32)
+
+    def idf(self, token: str) -> float:
+        i = self.vocab.get(token)
+        if i is None or self.row_count == 0:
+            return 0.0
+        df = float(self.df[i])
+        return float(np.log(1.0 + (self.row_count - df + 0.5) / (df + 0.5)))
+
+
 class KeywordModel:
-    """One immutable bm25s build over rows ``0..row_count-1``.
+    """One immutable BM25 build over rows ``0..row_count-1``.
+
+    Words and word pairs (bigrams) are two separate BM25 fields: each has its own document
+    lengths and frequencies, and a pair's score is added to the words' score with a weight
+    the search chooses. Mixed into one bag, pairs doubled every row's length and counted a
+    phrase match twice at full weight; kept apart, BM25 over words alone is what it was, and
+    a phrase match is a bonus on top (docs/benchmarks.md, issue 15, third pass).
 
     Args:
-        rows: Every row's tokens (an empty list for a free row); with ``row_group``, the
-            tokens of each *group* instead (a group is scored as one BM25 document).
+        rows: Every row's terms from :func:`tokenize` (an empty list for a free row); with
+            ``row_group``, the terms of each *group* instead (a group is scored as one BM25
+            document).
         k1: BM25 term-frequency saturation.
         b: BM25 length normalisation.
         row_group: The group of each index row (-1 for none): :meth:`scores` then gives
@@ -74,26 +125,24 @@ class KeywordModel:
     def __init__(self, rows: Sequence[Sequence[str]], k1: float, b: float, row_group: np.ndarray | None = None) -> None:
         self.row_count = len(rows)
         self._row_group = row_group
-        self._bm25: bm25s.BM25 | None = None
-        self._vocab: dict[str, int] = {}
-        self._df: np.ndarray = np.zeros(0, np.int64)
-        if any(rows):
-            bm25 = bm25s.BM25(k1=k1, b=b, method="lucene")
-            bm25.index([list(r) for r in rows], show_progress=False)
-            self._bm25 = bm25
-            self._vocab = dict(bm25.vocab_dict)
-            indptr = np.asarray(bm25.scores["indptr"])
-            self._df = np.diff(indptr)
+        split = [_split(r) for r in rows]
+        self._words = _Bm25([w for w, _ in split], k1, b)
+        self._pairs = _Bm25([p for _, p in split], k1, b)
 
-    def scores(self, tokens: Sequence[str], size: int) -> np.ndarray:
-        """BM25 scores of every row for the query ``tokens``, padded with 0 to ``size`` rows."""
+    def scores(self, tokens: Sequence[str], size: int, bigram_weight: float = 1.0) -> np.ndarray:
+        """BM25 scores of every row for the query ``tokens``, padded with 0 to ``size`` rows.
+
+        A row's score is its words' BM25 plus ``bigram_weight`` times its word pairs' BM25.
+        """
         out = np.zeros(size, np.float32)
-        if self._bm25 is None:
+        words, pairs = _split(tokens)
+        got = self._words.scores(words)
+        if bigram_weight > 0:
+            paired = self._pairs.scores(pairs)
+            if paired is not None:
+                got = bigram_weight * paired if got is None else got + np.float32(bigram_weight) * paired
+        if got is None:
             return out
-        ids = [self._vocab[t] for t in tokens if t in self._vocab]
-        if not ids:
-            return out
-        got = np.asarray(self._bm25.get_scores_from_ids(ids), np.float32)
         if self._row_group is not None:
             # Rows outside any group get the appended 0.
             got = np.append(got, np.float32(0.0))[self._row_group]
@@ -102,12 +151,8 @@ class KeywordModel:
         return out
 
     def idf(self, token: str) -> float:
-        """Lucene's BM25 idf of ``token`` in this build (0 when unknown)."""
-        i = self._vocab.get(token)
-        if i is None or self.row_count == 0:
-            return 0.0
-        df = float(self._df[i])
-        return float(np.log(1.0 + (self.row_count - df + 0.5) / (df + 0.5)))
+        """Lucene's BM25 idf of ``token`` (a word or a word pair) in this build (0 when unknown)."""
+        return (self._pairs if is_bigram(token) else self._words).idf(token)
 
 
 def expansion_terms(

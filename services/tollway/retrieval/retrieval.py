@@ -68,12 +68,14 @@ class Limits:
         default_keyword_weight: Keyword weight of hybrid fusion when a search sets none.
         default_fusion: Fusion method when a search sets none ("weighted" or "rrf").
         default_feedback_count: Pseudo-relevance feedback results when a search sets none.
+        default_bigram_weight: Weight of word-pair matches in BM25 when a search sets none.
     """
 
     max_document_chars: int = 1_000_000
     default_keyword_weight: float = 0.4
     default_fusion: str = "weighted"
     default_feedback_count: int = 0
+    default_bigram_weight: float = 0.25
 
 
 def _name_part(name: str, pattern: str, field: str) -> list[str]:
@@ -454,6 +456,8 @@ class Retrieval:
             violations.append(("rerank.mmr_lambda", "must be 0 to 1"))
         if not 0 <= opts.feedback_count <= 20:
             violations.append(("rerank.feedback_count", "must be 0 to 20"))
+        if not 0.0 <= opts.bigram_weight <= 1.0:
+            violations.append(("keyword_bigram_weight", "must be 0 to 1"))
         if violations:
             raise InvalidArgument(f"bad search: {violations[0][0]}: {violations[0][1]}", violations)
         col, uid = await self._collection(cid)

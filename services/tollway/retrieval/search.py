@@ -127,9 +127,10 @@ class Searcher:
         """One retrieval round: candidate rows best first, with fused, vector and BM25 scores."""
         keyword_all = None
         if opts.mode is not Mode.VECTOR:
-            keyword_all = index.keyword_scores(query_tokens)
+            keyword_all = index.keyword_scores(query_tokens, opts.bigram_weight)
             if extra_terms:
-                keyword_all = keyword_all + self.tuning.feedback_term_weight * index.keyword_scores(extra_terms)
+                extra = index.keyword_scores(extra_terms, opts.bigram_weight)
+                keyword_all = keyword_all + self.tuning.feedback_term_weight * extra
         if opts.mode is Mode.KEYWORD:
             assert keyword_all is not None
             rows = _top(keyword_all, allowed, want)

@@ -207,6 +207,9 @@ def search_from_proto(req: pb.SearchRequest, retrieval: Retrieval) -> SearchOpti
         if req.rerank.HasField("feedback_count")
         else limits.default_feedback_count,
         group_by_document=req.group_by_document,
+        bigram_weight=req.keyword_bigram_weight
+        if req.HasField("keyword_bigram_weight")
+        else limits.default_bigram_weight,
     )
 
 

@@ -35,6 +35,9 @@ log = logging.getLogger("tollway.retrieval.sync")
 
 _CURRENT = "CURRENT"
 _MANIFEST = "manifest.json"
+# The saved BM25 terms' spelling: 2 since word pairs are joined by a space ("a b"), which
+# keyword.is_bigram relies on; a snapshot with another spelling is rebuilt from Redis.
+TERMS_FORMAT = 2
 
 
 @dataclasses.dataclass
@@ -271,6 +274,7 @@ class IndexSync:
                 "prefix": self.store.prefix,
                 "m": self.params.m,
                 "bigrams": self.params.bigrams,
+                "terms": TERMS_FORMAT,
                 "collections": [
                     {
                         "id": cid,
@@ -325,6 +329,7 @@ class IndexSync:
             "prefix": self.store.prefix,
             "m": self.params.m,
             "bigrams": self.params.bigrams,
+            "terms": TERMS_FORMAT,
         }
         if any(manifest.get(k) != v for k, v in expected.items()):
             log.info("snapshot is for another data set or index shape; rebuilding", extra={"path": str(snapshot)})

@@ -337,6 +337,7 @@ class SearchOptions:
         feedback_count: Top results the pseudo-relevance feedback round uses (0: none).
         group_by_document: One result per document (its best chunk).
         query_vector: The query embedding (None for keyword search).
+        bigram_weight: Weight of word-pair (phrase) matches in BM25, added to the words' score.
     """
 
     query: str
@@ -351,6 +352,7 @@ class SearchOptions:
     feedback_count: int = 0
     group_by_document: bool = False
     query_vector: Any = None
+    bigram_weight: float = 0.25
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
