@@ -363,11 +363,7 @@ class Budget:
         priced = self._priced(cmd.model)
         policy = self.policy(cmd.tenant)
         forced = cmd.admitted_while_unavailable
-        if (
-            not forced
-            and policy.max_tokens_per_request
-            and cmd.max_output_tokens > policy.max_tokens_per_request
-        ):
+        if not forced and policy.max_tokens_per_request and cmd.max_output_tokens > policy.max_tokens_per_request:
             raise InvalidArgument(
                 f"max_output_tokens {cmd.max_output_tokens} is above the per-request cap of plan "
                 f"{policy.plan!r} ({policy.max_tokens_per_request})",
