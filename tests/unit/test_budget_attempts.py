@@ -5,7 +5,10 @@ layouts (metadata packed in one field, or one field each as before)."""
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
+
+import pytest
 
 from tollway.budget.budget import reservation_from_record
 from tollway.budget.store import _with_meta, join_meta, pack_counters, pack_meta
@@ -131,3 +134,12 @@ def test_packed_arguments_are_json_of_strings() -> None:
         "a": "1",
         "b": 'x"y',
     }
+
+
+async def test_a_settlement_refused_as_stale_is_not_queued_and_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    service, outbox = Service(holder=2), Outbox()
+    with caplog.at_level(logging.INFO, logger="tollway.gateway.budget"):
+        await Budgeting(service, outbox).settle(admission(1), Settlement(Usage(5, 3)))  # type: ignore[arg-type]
+    assert outbox.entries == [] and service.settled == []
+    [record] = [r for r in caplog.records if "another attempt" in r.getMessage()]
+    assert record.levelno == logging.INFO  # by design, not an error: the id is charged once
