@@ -13,7 +13,8 @@ and a key, a feature and a conversation on every request, so every counter appli
 
 Prints, per reserve + commit: CPU of this process (``time.process_time``; the Redis server's
 work is not in it), the least and the median over 10 slices of the run (the least is the one the
-machine's other load disturbed least), wall p50, Python function calls (counted by cProfile on
+machine's other load disturbed least), wall p50 (and of the reserve alone: what the request
+path waits for; the commit runs after the answer), Python function calls (counted by cProfile on
 200 more requests: a figure the machine's load cannot move) and the Redis time per script call
 (``INFO commandstats``). Run it against another checkout's ``services`` on PYTHONPATH,
 alternating, to compare two versions on the same machine.
@@ -76,10 +77,13 @@ async def run(url: str, plans: Path, n: int, path: str) -> None:
         request = GatewayRequest(
             chat, "", "chat", CachePolicy(), api_key_id="key-1", priority="interactive", conversation_id=f"c{i % 50}"
         )
+        t0 = time.perf_counter()
         admission = await budgeting.admit(request)
+        reserve_wall.append(time.perf_counter() - t0)  # what the request path waits for
         await budgeting.settle(admission, Settlement(Usage(13, 6)))
 
     async def domain_only(i: int) -> None:
+        t0 = time.perf_counter()
         granted = await budget.reserve(
             ReserveCommand(
                 tenant="warmup",
@@ -92,11 +96,14 @@ async def run(url: str, plans: Path, n: int, path: str) -> None:
                 priority=Priority.INTERACTIVE,
             )
         )
+        reserve_wall.append(time.perf_counter() - t0)
         await budget.commit(CommitCommand(name=granted.reservation.name, input_tokens=13, output_tokens=6))
 
+    reserve_wall: list[float] = []
     one: Callable[[int], Awaitable[None]] = through_gateway if path == "gateway" else domain_only
     for i in range(300):
         await one(-1 - i)
+    reserve_wall.clear()
     await gateway_redis.config_resetstat()
     wall: list[float] = []
     cpu: list[float] = []
@@ -114,11 +121,13 @@ async def run(url: str, plans: Path, n: int, path: str) -> None:
     for i in range(200):
         await one(n + i)
     profile.disable()
+    reserve_p50 = statistics.median(reserve_wall[: len(wall)])
     calls = pstats.Stats(profile).total_calls / 200  # type: ignore[attr-defined]
     print(
         f"{Path(budget_store.__file__).parents[2]} ({path}): {SLICES * size} reserve+commit; CPU per reserve+commit "
         f"least {min(cpu) * 1e6:.0f} us, median {statistics.median(cpu) * 1e6:.0f} us; "
-        f"wall p50 {statistics.median(wall) * 1e6:.0f} us; {calls:.0f} Python calls; "
+        f"wall p50 {statistics.median(wall) * 1e6:.0f} us (the reserve alone {reserve_p50 * 1e6:.0f} us); "
+        f"{calls:.0f} Python calls; "
         f"Redis {float(evalsha.get('usec_per_call', 0)):.1f} us per script call; load {os.getloadavg()[0]:.2f}"
     )
     await server.stop(None)
