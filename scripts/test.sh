@@ -3,7 +3,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export TOLLWAY_TEST_RUN_DIR=${TOLLWAY_TEST_RUN_DIR:-$(mktemp -d /tmp/tollway-test-XXXXXX)}
-passes=()  # the split and cluster passes, which run in the background side by side
+passes=()  # the split and cluster passes, which run in the background beside the main one
 cleanup() {
   for pid in "${passes[@]}"; do kill "$pid" 2>/dev/null; done
   # The launcher records every child as "PID START_TICKS NAME" (fixtures: "PID"), and `tollway up`
@@ -21,8 +21,8 @@ cleanup() {
 }
 trap cleanup EXIT
 # Two layouts (docs/architecture.md, "Co-location"): the whole suite runs co-located, as `make run` does;
-# then the tests whose requests cross the mesh's hops (edge, OpenAI surface, gateway to budget and cache)
-# run again with one process per service. TOLLWAY_TEST_LAYOUT set by the caller runs that layout once.
+# beside it, the tests whose requests cross the mesh's hops (edge, OpenAI surface, gateway to budget and
+# cache) run again with one process per service. TOLLWAY_TEST_LAYOUT set by the caller runs that layout once.
 SPLIT_TESTS=(
   tests/integration/test_edge_http.py tests/integration/test_edge_grpc.py tests/integration/test_edge_envoy.py
   tests/integration/test_openai_compat.py tests/integration/test_gateway_budget.py
@@ -47,22 +47,24 @@ workers=${TOLLWAY_TEST_WORKERS:-$([ $both -eq 1 ] && echo 2 || echo 0)}
 xdist=()
 # In collection order (tests/conftest.py puts the longest files first), not xdist's biggest-file-first.
 [ "$workers" != 0 ] && xdist=(-n "$workers" --dist loadfile --no-loadscope-reorder)
-echo "layout: $TOLLWAY_TEST_LAYOUT${xdist[*]:+ (workers: $workers)}"
-.venv/bin/python -m pytest -q -p no:cacheprovider "${xdist[@]}" "${@:-tests}"
-rc=$?
-# pytest exits 5 when it collected no test: that is a failure here.
-[ $rc -eq 5 ] && echo "no test ran" >&2
 if [ $both -eq 1 ]; then
-  cleanup
-  # The two short passes share nothing (each starts its own stack on free ports): they run side by
-  # side, each into its own file, printed when both are done.
-  echo "layout: split (${#SPLIT_TESTS[@]} files) and redis: cluster (${#CLUSTER_TESTS[@]} files), side by side"
+  # The split and cluster passes share nothing with the main one (each starts its own stack on free
+  # ports) and spend most of their time waiting too: they run beside it, each into a file printed at
+  # the end, so the whole run takes about as long as the main pass.
+  echo "layout: split (${#SPLIT_TESTS[@]} files) and redis: cluster (${#CLUSTER_TESTS[@]} files), in the background"
   TOLLWAY_TEST_LAYOUT=split .venv/bin/python -m pytest -q -p no:cacheprovider "${SPLIT_TESTS[@]}" \
     >"$TOLLWAY_TEST_RUN_DIR/split.out" 2>&1 &
   passes+=($!)
   TOLLWAY_TEST_REDIS=cluster .venv/bin/python -m pytest -q -p no:cacheprovider "${CLUSTER_TESTS[@]}" \
     >"$TOLLWAY_TEST_RUN_DIR/cluster.out" 2>&1 &
   passes+=($!)
+fi
+echo "layout: $TOLLWAY_TEST_LAYOUT${xdist[*]:+ (workers: $workers)}"
+.venv/bin/python -m pytest -q -p no:cacheprovider "${xdist[@]}" "${@:-tests}"
+rc=$?
+# pytest exits 5 when it collected no test: that is a failure here.
+[ $rc -eq 5 ] && echo "no test ran" >&2
+if [ $both -eq 1 ]; then
   wait "${passes[0]}"
   split_rc=$?
   wait "${passes[1]}"
