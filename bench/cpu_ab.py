@@ -54,7 +54,7 @@ def serve(upstream_port: int) -> None:
 
 def start_baseline(checkout: Path, upstream_port: int) -> tuple[subprocess.Popen[str], dict]:
     checkout = checkout.resolve()
-    env = {**os.environ, "PYTHONPATH": f"{checkout / 'services'}:{checkout}"}
+    env = {**os.environ, "PYTHONPATH": f"{checkout / 'services'}:{checkout}", "PY": sys.executable}
     if not (checkout / "services" / "tollway" / "gateway" / "v1").exists():
         subprocess.run([str(checkout / "scripts" / "gen_protos.sh")], cwd=checkout, env=env, check=True)
     # This file's copy runs there, importing that checkout's bench.overhead and tollway.
