@@ -300,6 +300,12 @@ async def test_bad_input_is_refused_and_changes_nothing(a: Any) -> None:
     err = await _code(a.Search(pb.SearchRequest(collection="collections/strict", query="x", top_k=101)))
     assert details(err)[1][0][0] == "top_k"
 
+    err = await _code(
+        a.Search(pb.SearchRequest(collection="collections/strict", query="gardens", keyword_bigram_weight=1.5))
+    )
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert details(err)[1][0] == ("keyword_bigram_weight", "must be 0 to 1")
+
     after = (await a.GetCollection(pb.GetCollectionRequest(name="collections/strict"))).collection
     assert (after.document_count, after.chunk_count) == (before.document_count, before.chunk_count) == (1, 1)
 

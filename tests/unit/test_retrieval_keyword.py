@@ -114,3 +114,14 @@ def test_without_indexed_pairs_the_weight_changes_nothing() -> None:
     idx = _index(bigrams=False)
     got = [idx.keyword_scores(tokenize(["central bank"], bigrams=False)[0], weight).tolist() for weight in (0.0, 1.0)]
     assert got[0] == got[1] and max(got[0]) > 0
+
+
+def test_the_default_weight_comes_from_config_and_is_checked() -> None:
+    from tollway.mesh.config import load_config
+    from tollway.retrieval.config import RetrievalConfig
+
+    cfg = load_config(RetrievalConfig, "retrieval", env={"TOLLWAY_RETRIEVAL_BM25_BIGRAM_WEIGHT": "0.5"})
+    assert cfg.bm25_bigram_weight == 0.5
+    assert RetrievalConfig().bm25_bigram_weight == SearchOptions("q").bigram_weight == 0.25
+    with pytest.raises(ValueError, match=r"TOLLWAY_RETRIEVAL_BM25_BIGRAM_WEIGHT' has value 1\.5"):
+        load_config(RetrievalConfig, "retrieval", env={"TOLLWAY_RETRIEVAL_BM25_BIGRAM_WEIGHT": "1.5"})
