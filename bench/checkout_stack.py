@@ -4,7 +4,7 @@
 
 It is started by ``bench/overhead.py --baseline CHECKOUT`` with ``PYTHONPATH`` pointing at that
 checkout's ``tollway`` package, so everything it imports (and every service it starts) is the
-other version's code. It prints one JSON line ``{"host", "port", "key"}`` once the stack answers,
+other version's code. It prints one JSON line ``{"host", "port", "key", "pids"}`` once the stack answers,
 then keeps the stack up until its stdin closes. Only the launcher API both versions share is used
 (``Stack``, ``StackOptions``, ``free_ports``, the CLI's key helper).
 """
@@ -66,6 +66,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--upstream-port", type=int, required=True)
     parser.add_argument("--run-dir", type=Path, required=True)
+    parser.add_argument(
+        "--layout", choices=["colocated", "split"], help="the checkout's launcher default when not given"
+    )
     args = parser.parse_args()
     args.run_dir.mkdir(parents=True, exist_ok=True)
     catalog = args.run_dir / "models.yaml"
@@ -75,6 +78,8 @@ def main() -> None:
     )
     services, env = bench_services(Path.cwd(), args.run_dir)
     names = ["edge", "admin", "mesh", "redis", *services]
+    # Only when asked: checkouts from before co-location have no `layout` option.
+    layout = {"layout": args.layout} if args.layout else {}
     options = StackOptions(
         ports=dict(zip(names, free_ports(len(names)), strict=True)),
         run_dir=args.run_dir,
@@ -82,11 +87,13 @@ def main() -> None:
         with_model=False,
         services=services,
         env={"TOLLWAY_LOG_LEVEL": "WARNING", **env},
+        **layout,
     )
     with Stack(options) as stack:
         key, _ = asyncio.run(_create_key(stack.redis_url, "bench"))
         edge = stack.mesh.edge.listen
-        print(json.dumps({"host": edge.host, "port": edge.port, "key": key}), flush=True)
+        pids = {c.name: c.process.pid for c in getattr(stack, "children", ())}
+        print(json.dumps({"host": edge.host, "port": edge.port, "key": key, "pids": pids}), flush=True)
         sys.stdin.read()
 
 

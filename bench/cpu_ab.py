@@ -4,17 +4,17 @@
     .venv/bin/python bench/cpu_ab.py BASELINE_CHECKOUT [--blocks 6] [-n 1000] [--target tollway-openai]
 
 Both stacks are the co-located bench stack of bench/overhead.py (Envoy, the core process, embedding,
-Redis; the zero-delay fake upstream shared), each from its own checkout's code: the baseline's is started
-by that checkout's own ``bench/overhead.py`` in a child process. Blocks of ``n`` sequential requests go to
-one stack then the other (the order flips every block); for each block it prints the p50 and the
-user+system CPU per request of the core process, Redis and Envoy read from /proc, then the medians.
+Redis; the zero-delay fake upstream shared), each from its own checkout's code: the baseline's is
+started by ``bench/checkout_stack.py`` with that checkout's package on the path, as
+``overhead.py --baseline`` does. Blocks of ``n`` sequential requests go to one stack then the other
+(the order flips every block); for each block it prints the p50 and the user+system CPU per request of
+the core process, Redis and Envoy read from /proc, then the medians.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import subprocess
@@ -32,50 +32,10 @@ from bench.cpu_per_request import cpu_seconds  # noqa: E402
 from bench.httpload import Endpoint, sequential  # noqa: E402
 from tollway.cli import _create_key  # noqa: E402
 
-# Run as `python bench/cpu_ab.py --serve PORT` from the baseline checkout (its code on the path).
-_SERVE = "--serve"
 MEASURED = ("core", "redis", "envoy")
 
 
-def serve(upstream_port: int) -> None:
-    """Starts this checkout's co-located bench stack, prints its address, key and pids, then
-    keeps it up until stdin closes."""
-    run = Path(tempfile.mkdtemp(prefix="tollway-cpu-ab-"))
-    stack = overhead.bench_stack(run, upstream_port, "colocated")
-    try:
-        stack.start()
-        key, _ = asyncio.run(_create_key(stack.redis_url, "bench"))
-        pids = {c.name: c.process.pid for c in stack.children}
-        print(json.dumps({"port": stack.options.ports["edge"], "key": key, "pids": pids}), flush=True)
-        sys.stdin.read()
-    finally:
-        stack.stop()
-
-
-def start_baseline(checkout: Path, upstream_port: int) -> tuple[subprocess.Popen[str], dict]:
-    checkout = checkout.resolve()
-    env = {**os.environ, "PYTHONPATH": f"{checkout / 'services'}:{checkout}", "PY": sys.executable}
-    if not (checkout / "services" / "tollway" / "gateway" / "v1").exists():
-        subprocess.run([str(checkout / "scripts" / "gen_protos.sh")], cwd=checkout, env=env, check=True)
-    # This file's copy runs there, importing that checkout's bench.overhead and tollway.
-    script = Path(tempfile.mkdtemp(prefix="tollway-cpu-ab-")) / "serve.py"
-    here = Path(__file__).read_text()
-    script.write_text(here.replace("sys.path.insert(0, str(ROOT))", "sys.path.insert(0, os.getcwd())"))
-    proc = subprocess.Popen(
-        [sys.executable, str(script), _SERVE, str(upstream_port)],
-        cwd=checkout, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line:
-        raise SystemExit(f"the stack of {checkout} did not start")
-    return proc, json.loads(line)
-
-
 def main() -> None:
-    if sys.argv[1:2] == [_SERVE]:
-        serve(int(sys.argv[2]))
-        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("baseline", type=Path)
     parser.add_argument("--blocks", type=int, default=6)
@@ -89,7 +49,7 @@ def main() -> None:
     try:
         stack.start()
         key, _ = asyncio.run(_create_key(stack.redis_url, "bench"))
-        baseline, info = start_baseline(args.baseline, port)
+        baseline, info = overhead.start_baseline(args.baseline, run, port, layout="colocated")
         mine = overhead.tollway_endpoints("tollway", "127.0.0.1", stack.options.ports["edge"], key, exact_hits=False)
         theirs = overhead.tollway_endpoints("tollway", "127.0.0.1", info["port"], info["key"], exact_hits=False)
         sides: dict[str, tuple[Endpoint, dict[str, int]]] = {

@@ -44,6 +44,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import uvloop
 
@@ -121,8 +122,11 @@ def package_parent(checkout: Path, run: Path) -> Path:
     return shim
 
 
-def start_baseline(checkout: Path, run: Path, upstream: int) -> tuple[subprocess.Popen[str], dict[str, str | int]]:
-    """The bench stack of another checkout (its own code in every process), on its own ports."""
+def start_baseline(
+    checkout: Path, run: Path, upstream: int, layout: str | None = None
+) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """The bench stack of another checkout (its own code in every process), on its own ports:
+    its address, key and the pid of each process (``layout``: that checkout's default when None)."""
     checkout = checkout.resolve()
     parent = package_parent(checkout, run)
     env = {**os.environ, "PYTHONPATH": str(parent), "PY": sys.executable}
@@ -130,7 +134,7 @@ def start_baseline(checkout: Path, run: Path, upstream: int) -> tuple[subprocess
         subprocess.run([str(checkout / "scripts" / "gen_protos.sh")], cwd=checkout, env=env, check=True)
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "bench" / "checkout_stack.py"), "--upstream-port", str(upstream),
-         "--run-dir", str(run / "baseline")],
+         "--run-dir", str(run / "baseline"), *(["--layout", layout] if layout else [])],
         cwd=checkout, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert proc.stdout is not None
