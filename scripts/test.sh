@@ -3,9 +3,10 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export TOLLWAY_TEST_RUN_DIR=${TOLLWAY_TEST_RUN_DIR:-$(mktemp -d /tmp/tollway-test-XXXXXX)}
-# With PYTHONDONTWRITEBYTECODE set (some shells set it), every pytest process rewrites and compiles all
-# ~530 modules again (tests, their helpers, pytest plugins) (~7 s of CPU each, four such processes per run) and every service
-# start compiles tollway's sources: let them keep their bytecode (__pycache__, which git ignores).
+# With PYTHONDONTWRITEBYTECODE set (some shells set it), every pytest process rewrites and compiles
+# ~530 modules again (tests, their helpers, pytest plugins: ~7 s of CPU each, four such processes per
+# run) and every service start compiles tollway's sources: let them keep their bytecode (__pycache__,
+# which git ignores).
 unset PYTHONDONTWRITEBYTECODE
 passes=()  # the split and cluster passes, which run in the background beside the main one
 cleanup() {
