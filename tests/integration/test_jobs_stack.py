@@ -427,6 +427,37 @@ def test_openai_batches_by_base_url(jobs_stack: Stack, tenant_key: tuple[str, st
         client.batches.cancel(batch.id)  # finished: nothing left to cancel
 
 
+def test_openai_files_list_and_delete_by_base_url(jobs_stack: Stack, tenant_key: tuple[str, str]) -> None:
+    """The OpenAI SDK's files.list (paged by `after`) and files.delete; another key's tenant sees none."""
+    import openai
+
+    _, key = tenant_key
+    client = openai.OpenAI(base_url=jobs_stack.edge_url + "/v1", api_key=key, max_retries=0)
+    body = {"model": "fake-ok", "messages": [{"role": "user", "content": "hi"}]}
+    line = json.dumps({"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": body})
+    uploaded = [client.files.create(file=(f"list-{i}.jsonl", line.encode()), purpose="batch").id for i in range(3)]
+    listed = [f.id for f in client.files.list(purpose="batch", limit=2)]  # the SDK follows `after` across pages
+    assert listed[:3] == uploaded[::-1]
+    assert client.files.list(purpose="batch", limit=1).has_more
+
+    deleted = client.files.delete(uploaded[1])
+    assert (deleted.id, deleted.deleted) == (uploaded[1], True)
+    assert uploaded[1] not in [f.id for f in client.files.list(purpose="batch")]
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(uploaded[1])
+    with pytest.raises(openai.NotFoundError):
+        client.files.delete(uploaded[1])
+    with pytest.raises(openai.BadRequestError) as err:
+        client.files.list(limit=0)
+    assert "limit" in str(err.value)
+
+    other_key, _ = asyncio.run(_create_key(jobs_stack.redis_url, "files-other-tenant"))
+    other = openai.OpenAI(base_url=jobs_stack.edge_url + "/v1", api_key=other_key, max_retries=0)
+    assert not set(uploaded) & {f.id for f in other.files.list()}
+    with pytest.raises(openai.NotFoundError):
+        other.files.delete(uploaded[0])
+
+
 def test_the_cli_lists_shows_and_cancels(
     jobs_stack: Stack, tenant_key: tuple[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -236,3 +236,32 @@ async def test_batches_list_newest_first_and_a_batch_id_is_a_page_token(store: J
     assert [b.id for b in (await jobs.list_batches(ACME, 10, made[2])).items] == made[1::-1]
     with pytest.raises(InvalidArgument):
         await jobs.list_batches(ACME, 10, "nope")
+
+
+async def test_files_list_newest_first_by_purpose_and_deleted_or_expired_ones_drop_out(store: JobsStore) -> None:
+    jobs = Jobs(store, JobsConfig())
+    made = [(await jobs.create_file(ACME, f"f{i}.jsonl", "batch" if i % 2 else "other", b"x")).id for i in range(5)]
+    await jobs.create_file(OTHER, "theirs.jsonl", "batch", b"y")
+    seen, token = [], ""
+    while True:
+        page = await jobs.list_files(ACME, 2, token)
+        seen += [f.id for f in page.items]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == made[::-1]  # newest first, every page; the other tenant's file is not among them
+    assert all(f.content == b"" for f in (await jobs.list_files(ACME, 10, "")).items)  # descriptions only
+    assert [f.id for f in (await jobs.list_files(ACME, 10, "", purpose="batch")).items] == [made[3], made[1]]
+
+    await jobs.delete_file(ACME, made[4])
+    with pytest.raises(NotFound):
+        await jobs.get_file(ACME, made[4])
+    with pytest.raises(NotFound):
+        await jobs.delete_file(OTHER, made[3])  # another tenant's file reads as missing and stays
+    assert (await jobs.get_file(ACME, made[3])).content == b"x"
+    # A file the retention removed leaves the listing, and its id the index.
+    await store.r.delete(f"{store.p}:file:{made[0]}")
+    assert [f.id for f in (await jobs.list_files(ACME, 10, "")).items] == made[3:0:-1]
+    assert made[0].encode() not in await store.r.zrange(f"{store.p}:files:{ACME.tenant}", 0, -1)
+    with pytest.raises(InvalidArgument):
+        await jobs.list_files(ACME, 10, "nope")

@@ -9,7 +9,8 @@ from __future__ import annotations
 import base64
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
 from tollway.common.paging import Page, page_size
 from tollway.jobs.config import JobsConfig
@@ -27,6 +28,8 @@ MAX_LABELS = 16
 PRIORITY_BATCH = 3
 # A filtered page scans at most this many jobs, then returns what it found with a token to go on.
 _SCAN_LIMIT = 2000
+# Stands in for an item a listing filters out (it exists, so its id is not forgotten).
+_SKIP: Any = object()
 
 
 def now_ms() -> int:
@@ -287,27 +290,31 @@ class Jobs:
         Raises:
             InvalidArgument: ``size`` out of range, or a token that is not a batch id.
         """
-        size = page_size(size)
-        if token and not _ID.match(token):
-            raise InvalidArgument(
-                "page_token is not one this list returned: pass next_page_token unchanged",
-                [("page_token", "not a token of this list")],
-            )
-        found: list[Batch] = []
-        before = token
-        scanned = 0
-        while len(found) <= size and scanned < _SCAN_LIMIT:
-            ids = await self.store.list_batch_ids(owner.tenant, before, size + 1)
-            if not ids:
-                break
-            scanned += len(ids)
-            got = [await self.store.get_batch(i) for i in ids]
-            await self.store.forget_batches(owner.tenant, [i for i, b in zip(ids, got, strict=True) if b is None])
-            found += [b for b in got if b is not None]
-            before = ids[-1]
-        if len(found) > size:
-            return Page(found[:size], found[size - 1].id)
-        return Page(found, before if scanned >= _SCAN_LIMIT else "")
+
+        async def batches(ids: list[str]) -> list[Batch | None]:
+            return [await self.store.get_batch(i) for i in ids]
+
+        return await _newest_first(
+            owner.tenant, size, token, self.store.list_batch_ids, batches, self.store.forget_batches
+        )
+
+    async def list_files(self, owner: Owner, size: int, token: str, purpose: str = "") -> Page[StoredFile]:
+        """A page of the owner's stored files, newest first, without their content (only those of
+        ``purpose`` when given). The page token is the id of the last file shown.
+
+        Raises:
+            InvalidArgument: ``size`` out of range, or a token that is not a file id.
+        """
+
+        async def described(ids: list[str]) -> list[StoredFile | None]:
+            got = await self.store.files_without_content(ids)
+            # Another purpose's file is skipped, not forgotten: only a missing one is dropped.
+            return [f if f is None or not purpose or f.purpose == purpose else _SKIP for f in got]
+
+        page = await _newest_first(
+            owner.tenant, size, token, self.store.list_file_ids, described, self.store.forget_files
+        )
+        return Page([f for f in page.items if f is not _SKIP], page.next_page_token)
 
     async def cancel_batch(self, owner: Owner, batch_id: str) -> Batch:
         """Cancels every item not yet ended.
@@ -354,9 +361,61 @@ class Jobs:
         return StoredFile(f.id, f.tenant, f.filename, f.purpose, f.size_bytes, f.created_ms)
 
     async def get_file(self, owner: Owner, file_id: str) -> StoredFile:
+        """The owner's file with its content.
+
+        Raises:
+            NotFound: No such file of the owner's (another tenant's reads as missing).
+        """
         f = await self.store.get_file(file_id)
         if f is None or f.tenant != owner.tenant:
             raise NotFound(
                 f"file files/{file_id} does not exist (or was removed after the retention)", reason="FILE_NOT_FOUND"
             )
         return f
+
+    async def delete_file(self, owner: Owner, file_id: str) -> None:
+        """Deletes the owner's file now.
+
+        Raises:
+            NotFound: No such file of the owner's.
+        """
+        await self.get_file(owner, file_id)
+        await self.store.delete_file(owner.tenant, file_id)
+
+
+async def _newest_first(
+    tenant: str,
+    size: int,
+    token: str,
+    ids_before: Callable[[str, str, int], Awaitable[list[str]]],
+    fetch: Callable[[list[str]], Awaitable[list[Any]]],
+    forget: Callable[[str, Sequence[str]], Awaitable[None]],
+) -> Page[Any]:
+    """A page of a tenant's time-ordered index (batches, files), newest first, whose token is the id
+    of the last item shown. Ids whose item the retention removed (``fetch`` gives None) are dropped
+    from the index as they are met; at most ``_SCAN_LIMIT`` ids are read per page.
+
+    Raises:
+        InvalidArgument: ``size`` out of range, or a token that is not an id.
+    """
+    size = page_size(size)
+    if token and not _ID.match(token):
+        raise InvalidArgument(
+            "page_token is not one this list returned: pass next_page_token unchanged",
+            [("page_token", "not a token of this list")],
+        )
+    found: list[tuple[str, Any]] = []
+    before = token
+    scanned = 0
+    while len(found) <= size and scanned < _SCAN_LIMIT:
+        ids = await ids_before(tenant, before, size + 1)
+        if not ids:
+            break
+        scanned += len(ids)
+        got = await fetch(ids)
+        await forget(tenant, [i for i, item in zip(ids, got, strict=True) if item is None])
+        found += [(i, item) for i, item in zip(ids, got, strict=True) if item is not None]
+        before = ids[-1]
+    if len(found) > size:
+        return Page([item for _, item in found[:size]], found[size - 1][0])
+    return Page([item for _, item in found], before if scanned >= _SCAN_LIMIT else "")

@@ -218,3 +218,23 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
         owner = await self._owner(context)
         f = await self.jobs.get_file(owner, parse_name(request.name, "files"))
         return jobs_pb2.GetFileResponse(file=file_to_proto(f))
+
+    @rpc_errors(DOMAIN)
+    async def ListFiles(
+        self, request: jobs_pb2.ListFilesRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.ListFilesResponse:
+        owner = await self._owner(context)
+        token = parse_name(request.page_token, "files", "page_token") if request.page_token else ""
+        page = await self.jobs.list_files(owner, request.page_size, token, request.purpose)
+        return jobs_pb2.ListFilesResponse(
+            files=[file_to_proto(f) for f in page.items],
+            next_page_token=f"files/{page.next_page_token}" if page.next_page_token else "",
+        )
+
+    @rpc_errors(DOMAIN)
+    async def DeleteFile(
+        self, request: jobs_pb2.DeleteFileRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.DeleteFileResponse:
+        owner = await self._owner(context)
+        await self.jobs.delete_file(owner, parse_name(request.name, "files"))
+        return jobs_pb2.DeleteFileResponse(name=request.name)

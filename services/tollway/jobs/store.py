@@ -17,6 +17,8 @@ Keys (``{p}`` is the configured prefix)::
                                   one by moving its score ahead
     {p}:deadletter        STREAM  webhooks that failed every attempt ({job, tenant, url})
     {p}:file:<id>         HASH    a stored file; expires ``retention`` after it was stored
+    {p}:files:<tenant>    ZSET    a tenant's file ids, all score 0, in time order (lex range); an id
+                                  whose file expired is dropped when a listing meets it
 
 A job ends exactly once: the finish script changes nothing when the job has already ended, and the
 batch counters, the expiry and the webhook schedule move in that same script.
@@ -307,11 +309,15 @@ class JobsStore:
         if job_ids:
             await self.r.zrem(f"{self.p}:tenant:{tenant}", *job_ids)
 
+    async def _ids_before(self, key: str, before: str, count: int) -> list[str]:
+        """Up to ``count`` ids of a time-ordered index, newest first, older than ``before`` ("": from the newest)."""
+        top = f"({before}" if before else "+"
+        ids = await self.r.zrange(key, top, "-", desc=True, bylex=True, offset=0, num=count)
+        return [i.decode() for i in ids]
+
     async def list_batch_ids(self, tenant: str, before: str, count: int) -> list[str]:
         """Up to ``count`` of a tenant's batch ids, newest first, older than ``before`` ("": from the newest)."""
-        top = f"({before}" if before else "+"
-        ids = await self.r.zrange(f"{self.p}:batches:{tenant}", top, "-", desc=True, bylex=True, offset=0, num=count)
-        return [i.decode() for i in ids]
+        return await self._ids_before(f"{self.p}:batches:{tenant}", before, count)
 
     async def forget_batches(self, tenant: str, batch_ids: Sequence[str]) -> None:
         """Drops listed batch ids that the retention removed."""
@@ -386,6 +392,34 @@ class JobsStore:
                 },
             )
             pipe.pexpire(key, retention_ms)
+            pipe.zadd(f"{self.p}:files:{f.tenant}", {f.id: 0})
+            await pipe.execute()
+
+    async def list_file_ids(self, tenant: str, before: str, count: int) -> list[str]:
+        """Up to ``count`` of a tenant's file ids, newest first, older than ``before`` ("": from the newest)."""
+        return await self._ids_before(f"{self.p}:files:{tenant}", before, count)
+
+    async def files_without_content(self, file_ids: Sequence[str]) -> list[StoredFile | None]:
+        """Each file's description (its content left in Redis), None for one that expired; one round trip."""
+        fields = ("tenant", "filename", "purpose", "size", "created_ms")
+        async with self.r.pipeline(transaction=False) as pipe:
+            for file_id in file_ids:
+                pipe.hmget(f"{self.p}:file:{file_id}", fields)
+            rows = await pipe.execute()
+        return [
+            None if row[0] is None else StoredFile(file_id, _s(row[0]), _s(row[1]), _s(row[2]), _i(row[3]), _i(row[4]))
+            for file_id, row in zip(file_ids, rows, strict=True)
+        ]
+
+    async def forget_files(self, tenant: str, file_ids: Sequence[str]) -> None:
+        """Drops listed file ids whose file the retention removed."""
+        if file_ids:
+            await self.r.zrem(f"{self.p}:files:{tenant}", *file_ids)
+
+    async def delete_file(self, tenant: str, file_id: str) -> None:
+        async with self.r.pipeline(transaction=True) as pipe:
+            pipe.delete(f"{self.p}:file:{file_id}")
+            pipe.zrem(f"{self.p}:files:{tenant}", file_id)
             await pipe.execute()
 
     async def get_file(self, file_id: str) -> StoredFile | None:

@@ -182,7 +182,9 @@ class BatchesApi:
         self._channel: grpc.aio.Channel | None = None
         self.routes = [
             Route("/v1/files", self.create_file, methods=["POST"]),
+            Route("/v1/files", self.list_files, methods=["GET"]),
             Route("/v1/files/{file_id}", self.get_file, methods=["GET"]),
+            Route("/v1/files/{file_id}", self.delete_file, methods=["DELETE"]),
             Route("/v1/files/{file_id}/content", self.file_content, methods=["GET"]),
             Route("/v1/batches", self.create_batch, methods=["POST"]),
             Route("/v1/batches", self.list_batches, methods=["GET"]),
@@ -327,26 +329,55 @@ class BatchesApi:
     async def list_batches(self, request: Request) -> Response:
         """``GET /v1/batches?limit=&after=``: the caller's batches, newest first, in OpenAI's list shape."""
         try:
-            raw_limit = request.query_params.get("limit", "20")
-            if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100:
-                raise ApiError(400, f"limit {raw_limit!r} must be 1 to 100", "invalid_request_error", param="limit")
+            limit = _limit(request)
             after = request.query_params.get("after")
             token = batch_name(after) if after else ""
             reply = await self._call(
-                request, "ListBatches", jobs_pb2.ListBatchesRequest(page_size=int(raw_limit), page_token=token)
+                request, "ListBatches", jobs_pb2.ListBatchesRequest(page_size=limit, page_token=token)
             )
         except ApiError as exc:
             return exc.openai()
-        data = [batch_json(b) for b in reply.batches]
-        return JSONResponse(
-            {
-                "object": "list",
-                "data": data,
-                "first_id": data[0]["id"] if data else None,
-                "last_id": data[-1]["id"] if data else None,
-                "has_more": bool(reply.next_page_token),
-            }
-        )
+        return JSONResponse(_list_json([batch_json(b) for b in reply.batches], reply.next_page_token))
+
+    async def list_files(self, request: Request) -> Response:
+        """``GET /v1/files?purpose=&limit=&after=``: the caller's uploaded files, newest first, in
+        OpenAI's list shape (a batch's output and error files are reached through the batch)."""
+        try:
+            limit = _limit(request)
+            after = request.query_params.get("after")
+            order = request.query_params.get("order", "desc")
+            if order != "desc":
+                raise ApiError(
+                    400,
+                    f"order {order!r} is not supported: files list newest first",
+                    "invalid_request_error",
+                    param="order",
+                )
+            if after and not files.ID.fullmatch(after.removeprefix("file-")):
+                raise ApiError(
+                    400,
+                    f"after {after[:80]!r} is not a file id this list returned",
+                    "invalid_request_error",
+                    param="after",
+                )
+            query = jobs_pb2.ListFilesRequest(
+                page_size=limit,
+                page_token=files.file_name(after) if after else "",
+                purpose=request.query_params.get("purpose", ""),
+            )
+            reply = await self._call(request, "ListFiles", query)
+        except ApiError as exc:
+            return exc.openai()
+        return JSONResponse(_list_json([files.file_json(f) for f in reply.files], reply.next_page_token))
+
+    async def delete_file(self, request: Request) -> Response:
+        """``DELETE /v1/files/{file_id}``: removes an uploaded file now."""
+        openai_id = request.path_params["file_id"]
+        try:
+            await self._call(request, "DeleteFile", jobs_pb2.DeleteFileRequest(name=files.file_name(openai_id)))
+        except ApiError as exc:
+            return exc.openai()
+        return JSONResponse({"id": openai_id, "object": "file", "deleted": True})
 
     async def get_batch(self, request: Request) -> Response:
         try:
@@ -363,3 +394,26 @@ class BatchesApi:
         except ApiError as exc:
             return exc.openai()
         return JSONResponse(batch_json(reply.batch))
+
+
+def _limit(request: Request) -> int:
+    """The ``limit`` query parameter of a list (1 to 100, 20 when absent).
+
+    Raises:
+        ApiError: 400 naming the parameter.
+    """
+    raw = request.query_params.get("limit", "20")
+    if not raw.isdigit() or not 1 <= int(raw) <= 100:
+        raise ApiError(400, f"limit {raw!r} must be 1 to 100", "invalid_request_error", param="limit")
+    return int(raw)
+
+
+def _list_json(data: list[dict[str, Any]], next_page_token: str) -> dict[str, Any]:
+    """OpenAI's list object around ``data`` (newest first)."""
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": bool(next_page_token),
+    }

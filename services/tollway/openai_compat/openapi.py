@@ -572,9 +572,19 @@ _FILE_CONTENT["get"]["responses"]["200"] = {
 }
 _OPENAI_PATHS.update(
     {
-        "/v1/files": _FILE_UPLOAD,
+        "/v1/files": {
+            **_FILE_UPLOAD,
+            **_surface_route(
+                "openai.listFiles", "The caller's uploaded files, newest first (purpose, limit, after).", body=False
+            ),
+        },
         "/v1/files/{file_id}": _with_path_params(
-            _surface_route("openai.retrieveFile", "A stored file, or a batch's output or error file.", body=False),
+            {
+                **_surface_route(
+                    "openai.retrieveFile", "A stored file, or a batch's output or error file.", body=False
+                ),
+                "delete": _surface_route("openai.deleteFile", "Deletes an uploaded file now.", body=False)["get"],
+            },
             "file_id",
         ),
         "/v1/files/{file_id}/content": _with_path_params(_FILE_CONTENT, "file_id"),
