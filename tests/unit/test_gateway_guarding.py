@@ -287,9 +287,11 @@ async def test_three_invalid_answers_are_a_structured_error_after_three_charged_
 
 async def test_a_long_conversation_is_trimmed_before_the_estimate() -> None:
     asked: list[tuple[ChatMessage, ...]] = []
+    charged: list[Any] = []
 
-    async def summarise(turns: tuple[ChatMessage, ...], max_tokens: int) -> str:
+    async def summarise(turns: tuple[ChatMessage, ...], max_tokens: int, *, charge: Any = None) -> str:
         asked.append(turns)
+        charged.append(charge)
         return "They discussed invoices."
 
     rig = Rig(FakeRouter(), catalog(context_window=400), summariser=summarise)
@@ -298,6 +300,22 @@ async def test_a_long_conversation_is_trimmed_before_the_estimate() -> None:
     sent = rig.router.asked[0].messages
     assert len(sent) < 21 and sent[-1].content == "and now?" and asked
     assert rig.budget.admitted[0].messages == sent  # the estimate is of what is sent
+    assert "context:window=summarised" in rig.record()["guard_decisions"]
+    assert [c.chat.request_id for c in charged] == ["r1"]  # told which request the summary serves
+
+
+async def test_the_gateway_s_summary_is_reserved_and_settled_under_the_request_it_serves() -> None:
+    rig = Rig(FakeRouter(["They discussed invoices."], ["ok"]), catalog(context_window=400), guards=False)
+    rig.gw.guards = Guards(parse_policies(POLICY), summariser=rig.gw.summarise)
+    turns = [f"turn {i}: " + "words " * 30 for i in range(20)]
+    await rig.run(request(*turns, "and now?"))
+    summary, answer = rig.router.asked
+    assert summary.messages[0].content.startswith("Summarise the conversation")
+    assert answer.messages[-1].content == "and now?" and len(answer.messages) < 21
+    # The summary's own charge first, under the request's tenant, then the request's.
+    assert [(c.request_id, c.tenant) for c in rig.budget.admitted] == [("r1:summary", "acme"), ("r1", "acme")]
+    assert summary.request_id == ""  # the provider never sees the charge id
+    assert len(rig.budget.settled) == 2
     assert "context:window=summarised" in rig.record()["guard_decisions"]
 
 

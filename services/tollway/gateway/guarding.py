@@ -16,11 +16,13 @@ What a request's record gets (``CallRecord.guard_decisions``), never a matched v
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import functools
+from collections.abc import Awaitable, Sequence
+from typing import Any, Protocol
 
 from tollway.common.chat import ChatMessage, ChatRequest
 from tollway.gateway.guard import metrics as guard_metrics
-from tollway.gateway.guard.context import MemorySummaryCache, Summariser, TrimReport, fit_context
+from tollway.gateway.guard.context import MemorySummaryCache, TrimReport, fit_context
 from tollway.gateway.guard.decisions import GuardDecision
 from tollway.gateway.guard.inputs import InputGuard
 from tollway.gateway.guard.output import OutputGuard
@@ -29,6 +31,13 @@ from tollway.gateway.guard.redaction import Vault
 from tollway.mesh import tracing
 
 __all__ = ["GuardRun", "Guards", "structured_instruction"]
+
+
+class ChargingSummariser(Protocol):
+    """Condenses turns into a summary of at most ``max_tokens``; ``charge`` is the request the
+    summary serves, whose tenant it may bill (the gateway's ``Gateway.summarise`` does)."""
+
+    def __call__(self, turns: tuple[ChatMessage, ...], max_tokens: int, *, charge: Any = None) -> Awaitable[str]: ...
 
 
 class Guards:
@@ -44,7 +53,7 @@ class Guards:
         self,
         policies: GuardPolicySource | GuardPolicies,
         input_guard: InputGuard | None = None,
-        summariser: Summariser | None = None,
+        summariser: ChargingSummariser | None = None,
     ) -> None:
         self.policies = policies
         self.input_guard = input_guard or InputGuard()
@@ -76,15 +85,22 @@ class Guards:
             tracing.annotate(span, {"tollway.guard.decisions": len(verdict.decisions)})
             return GuardRun(policy, verdict.apply(chat), list(verdict.decisions), verdict.vault)
 
-    async def fit(self, run: GuardRun, chat: ChatRequest, context_window: int) -> ChatRequest:
+    async def fit(self, run: GuardRun, chat: ChatRequest, context_window: int, charge: Any = None) -> ChatRequest:
         """``chat`` fitted into ``context_window`` (older turns summarised or dropped); noted on ``run``.
+
+        Args:
+            charge: The request a summary serves, passed on to the summariser (which charges its
+                tenant for the summary).
 
         Raises:
             InvalidArgument: CONTEXT_WINDOW_EXCEEDED when the system prefix, or it with the
                 last turn, cannot fit.
         """
         with tracing.stage("gateway", "guard.context"):
-            fitted = await fit_context(chat, context_window, summariser=self.summariser, cache=self.summaries)
+            summariser = self.summariser
+            if summariser is not None and charge is not None:
+                summariser = functools.partial(summariser, charge=charge)
+            fitted = await fit_context(chat, context_window, summariser=summariser, cache=self.summaries)
         run.trim = fitted.report
         return fitted.request
 

@@ -8,6 +8,7 @@ stays there and in the *_client modules.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -29,7 +30,7 @@ from tollway.common.chat import (
     Usage,
     merge_deltas,
 )
-from tollway.common.route import RouteCompleted, RouteStarted, StreamFailed
+from tollway.common.route import RouteCompleted, RouteEvent, RouteStarted, StreamFailed
 from tollway.gateway import metrics
 from tollway.gateway.auth import KeyRing
 from tollway.gateway.budget_client import BudgetHold
@@ -290,7 +291,7 @@ class Gateway:
             if self.guards is not None and guard is not None and entry is not None:
                 # Before the estimate: the budget reserves what is sent. The cache keeps the
                 # untrimmed request's key.
-                call.chat = await self.guards.fit(guard, call.chat, entry.context_window)
+                call.chat = await self.guards.fit(guard, call.chat, entry.context_window, charge=request)
                 request = dataclasses.replace(request, chat=call.chat)
             if call.chat.response_format.wants_json and not call.chat.tools:
                 async for event in self._structured(call, request, timeout_s, tier):
@@ -409,48 +410,27 @@ class Gateway:
             nonlocal attempts
             attempts += 1
             asked = dataclasses.replace(chat, messages=turns)
-            admission = None
-            if self.budget is not None:
-                charged = asked
-                if attempts > 1:
-                    # Its own id: the budget takes one reservation per request id, and a retry is
-                    # a new charge (the ledger shows "<id>:2", "<id>:3"). The provider keeps the
-                    # request's id (llama.cpp's server refuses an x-request-id that is not a UUID).
-                    charged = dataclasses.replace(asked, request_id=f"{chat.request_id[:60]}:{attempts}")
-                admission = await self.budget.admit(dataclasses.replace(request, chat=charged))
-                asked = dataclasses.replace(asked, max_tokens=admission.max_tokens)
+            # A retry is its own charge: the budget takes one reservation per request id (the
+            # ledger shows "<id>:2", "<id>:3").
+            charge_id = chat.request_id if attempts == 1 else f"{chat.request_id[:60]}:{attempts}"
             parts: list[str] = []
             done: RouteCompleted | None = None
-            started: RouteStarted | None = None
             try:
-                async for event in self.router.complete(asked, timeout):
-                    if isinstance(event, RouteStarted):
-                        started = event
-                        if not first:
-                            first.append(event)
-                    elif isinstance(event, TextDelta):
-                        parts.append(event.text)
-                    elif isinstance(event, RouteCompleted):
-                        done = event
-                    elif isinstance(event, StreamFailed):
-                        raise Unavailable(event.message, reason=event.reason)
+                answer = self._charged_answer(request, asked, charge_id, timeout, "structured_attempt")
+                async with contextlib.aclosing(answer) as events:
+                    async for event in events:
+                        if isinstance(event, RouteStarted):
+                            if not first:
+                                first.append(event)
+                        elif isinstance(event, TextDelta):
+                            parts.append(event.text)
+                        elif isinstance(event, RouteCompleted):
+                            done = event
+                        elif isinstance(event, StreamFailed):
+                            raise Unavailable(event.message, reason=event.reason)
             finally:
-                usage = done.usage if done is not None else Usage()
-                call.usage = call.usage + usage
+                call.usage = call.usage + (done.usage if done is not None else Usage())
                 call.cost += done.cost_usd_micros if done is not None else 0
-                if admission is not None and self.budget is not None:
-                    outcome = settlement(
-                        completed=done is not None,
-                        failed=done is None and started is not None,
-                        routed=started is not None,
-                        usage=usage,
-                        produced_text="".join(parts),
-                        input_tokens=admission.input_tokens,
-                        reason="structured_attempt",
-                    )
-                    model = started.model if started is not None and started.model != asked.model else ""
-                    provider = started.provider if started is not None else ""
-                    self._later(self.budget.settle(admission, outcome, model=model, provider=provider))
             return "".join(parts)
 
         model_name = chat.model
@@ -493,11 +473,16 @@ class Gateway:
         latency_ms = call.elapsed_ms()
         yield Completed("stop", call.usage, call.cost, latency_ms, call.ttft_ms or latency_ms, started.fallback_path)
 
-    async def summarise(self, turns: tuple[ChatMessage, ...], max_tokens: int) -> str:
+    async def summarise(
+        self, turns: tuple[ChatMessage, ...], max_tokens: int, charge: GatewayRequest | None = None
+    ) -> str:
         """Condenses ``turns`` through the router's small tier (the context guard's summariser).
 
-        Not charged to a tenant's budget: the summary is cached per conversation prefix and
-        made by the cheapest model; the call record of the request notes the trim.
+        With ``charge`` (the request the summary serves) and budgets on, the call is reserved and
+        settled under that request's tenant, key, feature and conversation, as
+        ``<request id>:summary``; a refusal fails the summary (the context guard then drops the
+        turns, and the request's own reservation meets the same quota). A summary the context
+        guard's cache already holds costs nothing.
         """
         assert self.router is not None
         model = self.catalog.routing.tiers.get("small", "auto")
@@ -514,12 +499,65 @@ class Gateway:
             max_tokens=max_tokens,
         )
         parts: list[str] = []
-        async for event in self.router.complete(ask, self.request_timeout_s):
-            if isinstance(event, TextDelta):
-                parts.append(event.text)
-            elif isinstance(event, StreamFailed):
-                raise Unavailable(event.message, reason=event.reason)
+        if charge is None:
+            answer = self.router.complete(ask, self.request_timeout_s)
+        else:
+            asked = dataclasses.replace(ask, tenant=charge.chat.tenant)
+            charge_id = f"{charge.chat.request_id[:60]}:summary"
+            answer = self._charged_answer(charge, asked, charge_id, self.request_timeout_s, "context_summary")
+        async with contextlib.aclosing(answer) as events:
+            async for event in events:
+                if isinstance(event, TextDelta):
+                    parts.append(event.text)
+                elif isinstance(event, StreamFailed):
+                    raise Unavailable(event.message, reason=event.reason)
         return "".join(parts).strip()
+
+    async def _charged_answer(
+        self, request: GatewayRequest, asked: ChatRequest, charge_id: str, deadline_s: float, reason: str
+    ) -> AsyncIterator[RouteEvent]:
+        """The router's events for a whole answer to ``asked``, reserved first under ``request``'s
+        budget as ``charge_id`` and settled off the path whatever happens (read it under
+        ``contextlib.aclosing``, so a consumer that stops early settles at once).
+
+        ``asked`` keeps its own request id for the provider: llama.cpp's server refuses an
+        ``x-request-id`` that is not a UUID, and a charge id is "<id>:<n>".
+
+        Raises:
+            ResourceExhausted, Unavailable, InvalidArgument: The budget's refusal, before any call.
+        """
+        assert self.router is not None
+        admission: Admission | None = None
+        if self.budget is not None:
+            charged = dataclasses.replace(asked, request_id=charge_id)
+            admission = await self.budget.admit(dataclasses.replace(request, chat=charged))
+            asked = dataclasses.replace(asked, max_tokens=admission.max_tokens)
+        parts: list[str] = []
+        done: RouteCompleted | None = None
+        started: RouteStarted | None = None
+        try:
+            async for event in self.router.complete(asked, deadline_s):
+                if isinstance(event, RouteStarted):
+                    started = event
+                elif isinstance(event, TextDelta):
+                    parts.append(event.text)
+                elif isinstance(event, RouteCompleted):
+                    done = event
+                yield event
+        finally:
+            if admission is not None and self.budget is not None:
+                outcome = settlement(
+                    completed=done is not None,
+                    failed=done is None and started is not None,
+                    routed=started is not None,
+                    usage=done.usage if done is not None else Usage(),
+                    produced_text="".join(parts),
+                    input_tokens=admission.input_tokens,
+                    reason=reason,
+                )
+                model = started.model if started is not None and started.model != asked.model else ""
+                provider = started.provider if started is not None else ""
+                self._later(self.budget.settle(admission, outcome, model=model, provider=provider))
 
     async def _ground(self, request: GatewayRequest) -> tuple[GatewayRequest, Context, list[float] | None]:
         """``request`` grounded in its collection, the context used, and the query's vector.
@@ -732,7 +770,11 @@ class Gateway:
         if token_f1 is not None:
             # Agreement per model and prompt version too, beside the cache's per-namespace mean.
             self.calls.add_agreement(
-                cache_req.tenant, cache_req.namespace, hit.model, cache_req.prompt_template, cache_req.prompt_version,
+                cache_req.tenant,
+                cache_req.namespace,
+                hit.model,
+                cache_req.prompt_template,
+                cache_req.prompt_version,
                 token_f1,
             )
 
