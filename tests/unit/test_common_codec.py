@@ -23,6 +23,7 @@ from tollway.common.codec import chat_request_from_router as request_from_proto
 from tollway.common.route import RouteCompleted, RouteStarted, RoutingDecision, StreamFailed
 from tollway.common.v1 import common_pb2
 from tollway.mesh.errors import InvalidArgument
+from tollway.openai_compat.anthropic import usage_json
 from tollway.router.v1 import router_pb2
 
 
@@ -204,3 +205,19 @@ def test_every_fingerprint_field_is_filled_from_the_request() -> None:
 def test_unset_sampling_parameters_stay_unset_in_the_fingerprint() -> None:
     fp = codec.fingerprint_to_proto(ChatRequest("m", (ChatMessage("user", "hi"),)))
     assert not fp.HasField("temperature") and not fp.HasField("top_p") and not fp.HasField("seed")
+
+
+def test_cache_writes_travel_in_usage_and_reach_the_anthropic_surface_apart() -> None:
+    usage = Usage(input_tokens=1200, output_tokens=7, cached_input_tokens=800, cache_write_input_tokens=300)
+    wire = codec.usage_to_proto(usage)
+    assert codec.usage_from_proto(wire) == usage
+    # A message that carried the writes in its own field (the router's Completed) still decodes.
+    old = common_pb2.Usage(input_tokens=1200, output_tokens=7, cached_input_tokens=800)
+    assert codec.usage_from_proto(old, 300) == usage
+    # Anthropic counts read and written prompt tokens apart from its input_tokens.
+    assert usage_json(wire) == {
+        "input_tokens": 100,
+        "output_tokens": 7,
+        "cache_creation_input_tokens": 300,
+        "cache_read_input_tokens": 800,
+    }

@@ -56,17 +56,20 @@ def finish_reason_from_proto(value: int, unknown: FinishReason = "") -> FinishRe
 
 
 def usage_to_proto(usage: Usage) -> common_pb2.Usage:
-    """The shared Usage message (cache writes travel in their own field where a message has one)."""
+    """The shared Usage message, cache writes included."""
     return common_pb2.Usage(
         input_tokens=usage.input_tokens,
         output_tokens=usage.output_tokens,
         cached_input_tokens=usage.cached_input_tokens,
+        cache_write_input_tokens=usage.cache_write_input_tokens,
     )
 
 
 def usage_from_proto(usage: common_pb2.Usage, cache_write_input_tokens: int = 0) -> Usage:
-    """The domain usage; ``cache_write_input_tokens`` comes from the enclosing message when it has it."""
-    return Usage(usage.input_tokens, usage.output_tokens, usage.cached_input_tokens, cache_write_input_tokens)
+    """The domain usage; cache writes from the message, or from the enclosing message's own field
+    (``cache_write_input_tokens``: the router's Completed had one before Usage did)."""
+    writes = usage.cache_write_input_tokens or cache_write_input_tokens
+    return Usage(usage.input_tokens, usage.output_tokens, usage.cached_input_tokens, writes)
 
 
 # --- cache tiers, modes, policy ---------------------------------------------------------

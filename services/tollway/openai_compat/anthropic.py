@@ -255,11 +255,12 @@ def count_tokens_request(body: Any) -> tuple[str, int]:
 
 
 def usage_json(usage: common_pb2.Usage) -> dict[str, int]:
-    """Anthropic's usage: its ``input_tokens`` leave out the tokens read from the prompt cache."""
+    """Anthropic's usage: its ``input_tokens`` leave out the tokens read from and written to the
+    prompt cache, which it reports apart."""
     return {
-        "input_tokens": usage.input_tokens - usage.cached_input_tokens,
+        "input_tokens": usage.input_tokens - usage.cached_input_tokens - usage.cache_write_input_tokens,
         "output_tokens": usage.output_tokens,
-        "cache_creation_input_tokens": 0,
+        "cache_creation_input_tokens": usage.cache_write_input_tokens,
         "cache_read_input_tokens": usage.cached_input_tokens,
     }
 
