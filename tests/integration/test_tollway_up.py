@@ -96,10 +96,16 @@ def row(table: str, name: str) -> list[str]:
     return next(line.split() for line in table.splitlines() if line.split()[:1] == [name])
 
 
-def test_up_serves_restarts_what_dies_then_ctrl_c_stops_everything(up_dir: Path, catalog: Path) -> None:
+def test_up_serves_is_cleaned_up_after_a_kill_restarts_what_dies_and_ctrl_c_stops_everything(
+    up_dir: Path, catalog: Path
+) -> None:
+    """One scenario, so that it starts `tollway up` twice rather than three times (each start is the
+    whole mesh): the first run serves and is SIGKILLed; the second cleans up what the first left
+    running, restarts a child killed under it, and Ctrl-C stops everything, the restarted child too."""
     ports = dict(zip(NAMES, free_ports(len(NAMES)), strict=True))
-    proc = up(up_dir, ports, catalog)
-    lines = wait_up(proc)
+    # The second run is the full default one (Prometheus too), which Ctrl-C must stop entirely.
+    first = up(up_dir, ports, catalog, "--no-prometheus")
+    lines = wait_up(first)
     out = "".join(lines)
     key = next(line.split()[-1] for line in lines if line.strip().startswith("API key"))
     url = f"http://127.0.0.1:{ports['edge']}"
@@ -111,42 +117,9 @@ def test_up_serves_restarts_what_dies_then_ctrl_c_stops_everything(up_dir: Path,
     )
     assert r.status_code == 200 and r.json()["text"] == "Hello from fake-ok."
     assert len(pids(up_dir)) >= 7
-
     code, table = status(up_dir)
-    assert code == 0 and f"tollway up (pid {proc.pid}) running" in table, table
-    cache_pid = int(row(table, CACHE_PROCESS)[2])
-    os.kill(cache_pid, signal.SIGKILL)
+    assert code == 0 and f"tollway up (pid {first.pid}) running" in table, table
 
-    def restarted() -> bool:
-        # Polls the status file `tollway status` prints: a CLI run per poll costs a second of imports.
-        children = (runfile.read_status(up_dir) or {}).get("children", [])
-        child = next(c for c in children if c["name"] == CACHE_PROCESS)
-        return child["state"] == "running" and int(child["pid"]) != cache_pid
-
-    eventually_sync(restarted, timeout_s=60, interval_s=0.2, what="the cache restarted")
-    cache = row(status(up_dir)[1], CACHE_PROCESS)
-    assert cache[:2] == [CACHE_PROCESS, "running"] and int(cache[2]) != cache_pid, cache
-    assert cache[4] == "1" and " ".join(cache[5:]) == "killed by SIGKILL (signal 9)", cache
-
-    children = pids(up_dir)
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(60) == 0
-    assert proc.stdout is not None
-    rest = proc.stdout.read()
-    assert f"{CACHE_PROCESS} (pid" in rest and "killed by SIGKILL (signal 9)" in rest and "restart 1 in" in rest, rest
-    assert f"{CACHE_PROCESS} (pid" in rest and "serving on" in rest and "again" in rest, rest
-    assert not [pid for pid in children if alive(pid)]
-    assert status(up_dir)[0] == 3
-    for port in ports.values():
-        with socket.socket() as s:
-            assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still answers"
-
-
-def test_a_run_killed_without_clean_up_is_cleaned_up_by_the_next(up_dir: Path, catalog: Path) -> None:
-    ports = dict(zip(NAMES, free_ports(len(NAMES)), strict=True))
-    # Prometheus is no part of the clean-up under test: two processes fewer per start (it and its scrapes).
-    first = up(up_dir, ports, catalog, "--no-prometheus")
-    wait_up(first)
     # SIGKILL: the launcher cannot stop its children, which keep the ports.
     first.kill()
     first.wait()
@@ -157,7 +130,7 @@ def test_a_run_killed_without_clean_up_is_cleaned_up_by_the_next(up_dir: Path, c
     code, table = status(up_dir)
     assert code == 3 and "is gone without stopping its children" in table, table
 
-    second = up(up_dir, ports, catalog, "--no-prometheus")
+    second = up(up_dir, ports, catalog)
     try:
         out = "".join(wait_up(second))
         for pid, name in leftovers.items():
@@ -165,9 +138,35 @@ def test_a_run_killed_without_clean_up_is_cleaned_up_by_the_next(up_dir: Path, c
             assert f"stopped {name} (pid {pid}), left running by a previous run" in out, out
         # The pid file was emptied at the start: it lists this run's processes only.
         assert not set(pids(up_dir)) & set(leftovers)
+
+        code, table = status(up_dir)
+        assert code == 0 and f"tollway up (pid {second.pid}) running" in table, table
+        cache_pid = int(row(table, CACHE_PROCESS)[2])
+        os.kill(cache_pid, signal.SIGKILL)
+
+        def restarted() -> bool:
+            # Polls the status file `tollway status` prints: a CLI run per poll costs a second of imports.
+            children = (runfile.read_status(up_dir) or {}).get("children", [])
+            child = next(c for c in children if c["name"] == CACHE_PROCESS)
+            return child["state"] == "running" and int(child["pid"]) != cache_pid
+
+        eventually_sync(restarted, timeout_s=60, interval_s=0.2, what="the cache restarted")
+        cache = row(status(up_dir)[1], CACHE_PROCESS)
+        assert cache[:2] == [CACHE_PROCESS, "running"] and int(cache[2]) != cache_pid, cache
+        assert cache[4] == "1" and " ".join(cache[5:]) == "killed by SIGKILL (signal 9)", cache
+        children = pids(up_dir)
     finally:
         second.send_signal(signal.SIGINT)
         assert second.wait(60) == 0
+    assert second.stdout is not None
+    rest = second.stdout.read()
+    assert f"{CACHE_PROCESS} (pid" in rest and "killed by SIGKILL (signal 9)" in rest and "restart 1 in" in rest, rest
+    assert f"{CACHE_PROCESS} (pid" in rest and "serving on" in rest and "again" in rest, rest
+    assert not [pid for pid in children if alive(pid)]
+    assert status(up_dir)[0] == 3
+    for port in ports.values():
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still answers"
 
 
 def test_a_taken_port_is_named(tmp_path: Path, catalog: Path) -> None:
