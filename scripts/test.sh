@@ -25,6 +25,8 @@ cleanup() {
   done
 }
 trap cleanup EXIT
+# Ctrl-C ends pytest with KeyboardInterrupt (an ordinary exit): end here too, not wait for the background passes.
+trap 'exit 130' INT
 # Two layouts (docs/architecture.md, "Co-location"): the whole suite runs co-located, as `make run` does;
 # beside it, the tests whose requests cross the mesh's hops (edge, OpenAI surface, gateway to budget and
 # cache) run again with one process per service. TOLLWAY_TEST_LAYOUT set by the caller runs that layout once.
