@@ -47,8 +47,9 @@ if [ -z "${TOLLWAY_TEST_LAYOUT:-}" ]; then
   export TOLLWAY_TEST_LAYOUT=colocated
 fi
 # A whole-suite run uses two pytest workers (pytest-xdist), each taking one test file at a time, so a
-# file's module-scoped stacks stay in one process; each worker starts its own session stack. Most of an
-# integration test is waiting on other processes, so two workers nearly halve the time on two cores.
+# file's module-scoped stacks stay in one process; each worker starts its own session stack. Much of an
+# integration test is waiting on other processes, which the other worker uses (docs/benchmarks.md, "Test
+# suite time").
 # TOLLWAY_TEST_WORKERS=N sets the number for any run (0: no workers, as single-file runs default to).
 workers=${TOLLWAY_TEST_WORKERS:-$([ $both -eq 1 ] && echo 2 || echo 0)}
 xdist=()
