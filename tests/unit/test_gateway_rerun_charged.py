@@ -36,7 +36,7 @@ async def test_a_rerun_of_a_charged_request_id_is_settled_quietly(caplog: pytest
     assert [c[0] for c in client.calls] == ["reserve", "commit"]
     assert store.outbox == []
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert any("already charged" in r.getMessage() for r in caplog.records)
+    assert any("charged by another attempt" in r.getMessage() for r in caplog.records)
 
 
 async def test_another_refused_settlement_is_still_an_error(caplog: pytest.LogCaptureFixture) -> None:
