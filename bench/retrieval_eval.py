@@ -357,7 +357,7 @@ async def evaluate(
     held_out = [*(b for b in base if b.layout in layouts), *compare, *keyword_best, winner]
     for v in dict.fromkeys(held_out):
         held_scores = await measure(stub, ds, held, v)
-        rows.append({"variant": v.label, "tune": results[v], "held_out": held_scores, "winner": v == winner})
+        rows.append({"variant": v.label, "tune": results.get(v), "held_out": held_scores, "winner": v == winner})
         print(f"  {ds.name} HELD  {v.label:45s} nDCG@10 {held_scores[0]:.4f}  R@100 {held_scores[1]:.4f}", flush=True)
     return {"tune_queries": len(tune), "held_out_queries": len(held), "tune": {v.label: r for v, r in results.items()},
             "rows": rows}  # fmt: skip
