@@ -166,6 +166,9 @@ LAYOUTS = {
             strategy=pb.CHUNKING_STRATEGY_HIERARCHICAL, max_tokens=200, parent_max_tokens=1024, sentence_window=1
         ),
     ),
+    # One chunk per document (recursive chunking cuts only documents over 1,024 tokens): one vector per
+    # abstract, which the embedder truncates at 256 of its tokens, and BM25 over the whole document.
+    "whole": ("-whole", pb.ChunkingConfig(strategy=pb.CHUNKING_STRATEGY_RECURSIVE, max_tokens=1024)),
 }
 
 
