@@ -5,8 +5,9 @@
     .venv/bin/python bench/retrieval_eval.py --sets squad --final 0.4 --no-baselines  # default vs sentences
 
 Each set is indexed in one collection per layout (``--layouts``): ``fixed`` (200-token chunks,
-the default) and ``sentences`` (hierarchical chunking whose children are windows of one and
-two sentences; a search scores each window's vector and its whole section's BM25).
+the default), ``sentences`` (hierarchical chunking whose children are windows of one and
+two sentences; a search scores each window's vector and its whole section's BM25), ``sent1``
+(single sentences) and ``whole`` (one chunk per document).
 
 The collections are read from ``../shared/data/`` (BEIR layout; never copied into the
 project): ``beir-scifact`` (5,183 abstracts, the 775 dev claims, CC BY-NC 2.0: evaluation
