@@ -487,6 +487,12 @@ def main() -> None:
         type=Path,
         help="another checkout (e.g. `git worktree add ../before <ref>`), measured in the same run as 'before'",
     )
+    parser.add_argument(
+        "--baseline-layout",
+        choices=["colocated", "split", "default"],
+        default="colocated",
+        help="the baseline's layout ('default': its launcher's, for checkouts from before co-location, which is split)",
+    )
     parser.add_argument("--no-exact-hits", action="store_true", help="skip the tier-1 hit targets")
     parser.add_argument("--no-portkey", action="store_true")
     parser.add_argument("--no-embeddings", action="store_true", help="skip the embeddings call (issue 16)")
@@ -514,7 +520,8 @@ def main() -> None:
             keys[layout] = asyncio.run(_create_key(stack.redis_url, "bench"))[0]
         litellm = None if args.no_litellm else start_litellm(run, port)
         portkey = None if args.no_portkey else start_portkey(run, port)
-        baseline = start_baseline(args.baseline, run, port) if args.baseline else None
+        layout = None if args.baseline_layout == "default" else args.baseline_layout
+        baseline = start_baseline(args.baseline, run, port, layout) if args.baseline else None
         first = layouts[0]
         split = (stacks["split"], keys["split"]) if "split" in stacks and first != "split" else None
         targets = endpoints(
