@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
-import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,10 +24,11 @@ import httpx
 import pytest
 import redis
 
+from tests.support.small_stack import mesh_with_gateways
 from tollway.budget.v1 import budget_pb2, budget_pb2_grpc
 from tollway.cli import _create_key
 from tollway.launcher.processes import free_ports
-from tollway.launcher.stack import ROOT, Stack, StackOptions
+from tollway.launcher.stack import Stack, StackOptions
 from tollway.mesh import clients
 
 pytestmark = pytest.mark.timeout(240)
@@ -44,15 +44,6 @@ EST_TOKENS = 13 + MAX_TOKENS
 EST_NANOS = 13 * 150 + MAX_TOKENS * 600
 FITS = 40  # each quota holds this many estimates; a burst of 500 fits only some
 GATEWAYS = 3
-
-
-def _mesh(run: Path) -> Path:
-    text = (ROOT / "deploy" / "mesh.yaml").read_text().replace("descriptor_set: ../", f"descriptor_set: {ROOT}/")
-    text, n = re.subn(r"(- name: gateway\n(?:    .*\n)*?    replicas: )1", rf"\g<1>{GATEWAYS}", text, count=1)
-    assert n == 1, "the gateway entry of deploy/mesh.yaml has no `replicas: 1` line"
-    path = run / "mesh.yaml"
-    path.write_text(text)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +66,7 @@ def burst_stack(fake_openai: str) -> Iterator[Stack]:
     names = ["edge", "admin", "mesh", "redis", *services]
     stack = Stack(
         StackOptions(
-            mesh_path=_mesh(run),
+            mesh_path=mesh_with_gateways(run, GATEWAYS),
             ports=dict(zip(names, free_ports(len(names)), strict=True)),
             run_dir=run,
             catalog=catalog,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
-import re
 import signal
 import tempfile
 from collections.abc import Iterator
@@ -21,10 +20,11 @@ import pytest
 import redis
 
 from tests.support.polling import eventually
+from tests.support.small_stack import mesh_with_gateways
 from tollway.budget.v1 import budget_pb2, budget_pb2_grpc
 from tollway.cli import _create_key
 from tollway.launcher.processes import free_ports
-from tollway.launcher.stack import ROOT, Stack, StackOptions
+from tollway.launcher.stack import Stack, StackOptions
 from tollway.mesh import clients
 
 pytestmark = pytest.mark.timeout(150)
@@ -33,15 +33,6 @@ TENANT = "killed-mid-burst"
 MODEL = "fake-slow-2500"  # every answer's head arrives 2.5 s after the request: the kill lands in flight
 REQUESTS = 40
 TTL_S = 8
-
-
-def _mesh_with_two_gateways(run: Path) -> Path:
-    text = (ROOT / "deploy" / "mesh.yaml").read_text().replace("descriptor_set: ../", f"descriptor_set: {ROOT}/")
-    text, n = re.subn(r"(- name: gateway\n(?:    .*\n)*?    replicas: )1", r"\g<1>2", text, count=1)
-    assert n == 1, "the gateway entry of deploy/mesh.yaml has no `replicas: 1` line"
-    path = run / "mesh.yaml"
-    path.write_text(text)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +53,7 @@ def killable_stack(fake_openai: str) -> Iterator[Stack]:
     names = ["edge", "admin", "mesh", "redis", *services]
     stack = Stack(
         StackOptions(
-            mesh_path=_mesh_with_two_gateways(run),
+            mesh_path=mesh_with_gateways(run, 2),
             ports=dict(zip(names, free_ports(len(names)), strict=True)),
             run_dir=run,
             catalog=catalog,

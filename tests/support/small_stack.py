@@ -5,12 +5,27 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from tollway.launcher.processes import free_ports
-from tollway.launcher.stack import Stack, StackOptions
+from tollway.launcher.stack import ROOT, Stack, StackOptions
+
+
+def mesh_with_gateways(run: Path, replicas: int) -> Path:
+    """A copy of deploy/mesh.yaml in ``run`` whose gateway has ``replicas`` (Envoy balances over them).
+
+    Raises:
+        AssertionError: The gateway entry no longer has its ``replicas: 1`` line.
+    """
+    text = (ROOT / "deploy" / "mesh.yaml").read_text().replace("descriptor_set: ../", f"descriptor_set: {ROOT}/")
+    text, n = re.subn(r"(- name: gateway\n(?:    .*\n)*?    replicas: )1", rf"\g<1>{replicas}", text, count=1)
+    assert n == 1, "the gateway entry of deploy/mesh.yaml has no `replicas: 1` line"
+    path = run / "mesh.yaml"
+    path.write_text(text)
+    return path
 
 
 @contextlib.contextmanager
