@@ -368,9 +368,7 @@ class Jobs:
         """
         f = await self.store.get_file(file_id)
         if f is None or f.tenant != owner.tenant:
-            raise NotFound(
-                f"file files/{file_id} does not exist (or was removed after the retention)", reason="FILE_NOT_FOUND"
-            )
+            raise _file_not_found(file_id)
         return f
 
     async def delete_file(self, owner: Owner, file_id: str) -> None:
@@ -379,8 +377,16 @@ class Jobs:
         Raises:
             NotFound: No such file of the owner's.
         """
-        await self.get_file(owner, file_id)
+        # Its description only: whose file it is, without reading its content back.
+        (f,) = await self.store.files_without_content([file_id])
+        if f is None or f.tenant != owner.tenant:
+            raise _file_not_found(file_id)
         await self.store.delete_file(owner.tenant, file_id)
+
+
+def _file_not_found(file_id: str) -> NotFound:
+    message = f"file files/{file_id} does not exist (or was removed after the retention)"
+    return NotFound(message, reason="FILE_NOT_FOUND")
 
 
 async def _newest_first(
