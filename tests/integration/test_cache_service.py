@@ -529,6 +529,30 @@ async def test_quality_sampling_is_recorded_per_namespace(svc: RunningCache) -> 
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+async def test_stats_read_during_a_flush_count_each_store_once(svc: RunningCache) -> None:
+    for i in range(3):
+        await svc.stub.Store(store_req(f"q{i}", "a", unit(70 + i)))
+    store = svc.cache.store
+    write, release = store.flush_stats, asyncio.Event()
+
+    async def slow_write(*args: object) -> None:
+        await release.wait()  # the counters are taken from the buffer, not yet in Redis
+        await write(*args)
+
+    store.flush_stats = slow_write  # type: ignore[method-assign]
+    try:
+        flush = asyncio.create_task(svc.cache.flush_stats())
+        await asyncio.sleep(0)
+        reading = asyncio.create_task(svc.cache.stats("default"))
+        await asyncio.sleep(0.05)
+        release.set()
+        during = (await reading)[0].store_count
+        await flush
+    finally:
+        store.flush_stats = write  # type: ignore[method-assign]
+    assert during == (await svc.cache.stats("default"))[0].store_count == 3
+
+
 async def test_namespaces_reload_when_the_file_changes(svc: RunningCache, namespaces_file: Path) -> None:
     with pytest.raises(grpc.aio.AioRpcError):
         await svc.stub.Lookup(lookup_req("q", namespace="late"))

@@ -8,6 +8,7 @@ says is trusted on its own: it only proposes candidates.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import dataclasses
@@ -154,6 +155,9 @@ class Cache:
         self.clock = clock
         self.rng = rng or random.Random()
         self.stats_buffer = StatsBuffer()
+        # Held while a flush is on its way to Redis, so a stats read never sees its
+        # counters neither pending nor written (or both).
+        self._stats_flushing = asyncio.Lock()
         self._background = Background(log)
 
     # --- lifecycle -----------------------------------------------------------------
@@ -594,12 +598,13 @@ class Cache:
 
     async def flush_stats(self) -> None:
         """Writes pending counters to Redis (kept for the next flush when Redis fails)."""
-        counters, touches = self.stats_buffer.take()
-        try:
-            await self.store.flush_stats(counters, touches)
-        except BaseException:
-            self.stats_buffer.give_back(counters, touches)
-            raise
+        async with self._stats_flushing:
+            counters, touches = self.stats_buffer.take()
+            try:
+                await self.store.flush_stats(counters, touches)
+            except BaseException:
+                self.stats_buffer.give_back(counters, touches)
+                raise
 
     # --- stats and quality -----------------------------------------------------------
 
@@ -618,11 +623,13 @@ class Cache:
         else:
             names = sorted(set(self.namespaces.names) | set(stored))
         counts = await self.store.counts(names)
-        summed = await self.store.read_stats(names)
+        async with self._stats_flushing:
+            summed = await self.store.read_stats(names)
+            pending = {ns: self.stats_buffer.pending(ns) for ns in names}
         out = []
         for ns in names:
             c = dict(summed.get(ns, {}))
-            for name, delta in self.stats_buffer.pending(ns).items():
+            for name, delta in pending[ns].items():
                 c[name] = c.get(name, 0) + delta
             samples = int(c.get(Stat.QUALITY_SAMPLES, 0))
             cos_samples = int(c.get(Stat.QUALITY_COS_SAMPLES, 0))
