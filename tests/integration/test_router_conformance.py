@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import json
+import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -288,6 +290,32 @@ async def test_closing_the_stream_closes_the_provider_connection(h: Harness) -> 
             break
         await asyncio.sleep(0.02)
     assert h.server.stats.streams_aborted_by_client == 1
+
+
+async def test_no_generator_is_left_for_the_event_loop_to_close(h: Harness) -> None:
+    # A generator dropped unfinished is closed by the loop's finalizer hook: a thread-safe
+    # wakeup and a task per generator, on every request. Every layer must close its own.
+    first, finalizer = sys.get_asyncgen_hooks()
+    dropped: list[str] = []
+
+    def hook(agen: Any) -> None:
+        dropped.append(agen.__qualname__)
+        finalizer(agen)
+
+    sys.set_asyncgen_hooks(first, hook)
+    try:
+        for _ in range(3):
+            assert isinstance((await collect(h, "fake-words-3"))[-1], StreamEnd)
+        stream = h.adapter.stream(chat("fake-gap-20"), h.deployment("fake-gap-20"))
+        async for event in stream:
+            if isinstance(event, TextDelta):
+                break
+        await stream.aclose()
+        await fails(h, "fake-cut-mid-stream")
+        gc.collect()
+    finally:
+        sys.set_asyncgen_hooks(first, finalizer)
+    assert dropped == []
 
 
 async def test_usage_updates_are_cumulative_snapshots(h: Harness) -> None:

@@ -16,7 +16,7 @@ import contextlib
 import json as jsonlib
 import ssl
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -94,12 +94,15 @@ class Response:
         except (asyncio.IncompleteReadError, ConnectionError) as exc:
             raise HttpError(f"connection closed mid-body: {exc!r}") from exc
 
-    async def aiter_bytes(self) -> AsyncIterator[bytes]:
+    async def aiter_bytes(self) -> AsyncGenerator[bytes, None]:
         """Yields body pieces as they arrive."""
         reader = self._conn.reader
         if self._chunked:
-            async for piece in self._dechunk(reader):
-                yield piece
+            # Closed here, not left to the garbage collector (whose close goes through the
+            # event loop's thread-safe wakeup and a task of its own) when a reader stops early.
+            async with contextlib.aclosing(self._dechunk(reader)) as pieces:
+                async for piece in pieces:
+                    yield piece
             return
         while not self.complete:
             if self._until_close:
@@ -116,7 +119,7 @@ class Response:
                 self.complete = self._remaining == 0
                 yield data
 
-    async def _dechunk(self, reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
+    async def _dechunk(self, reader: asyncio.StreamReader) -> AsyncGenerator[bytes, None]:
         """Chunked transfer decoding from a buffer: one await per network read, not two per chunk.
 
         A streamed answer arrives as many small chunks, often several in one TCP segment;
@@ -173,16 +176,17 @@ class Response:
                 raise HttpError("connection closed mid-body (chunked)")
             pending += data
 
-    async def aiter_lines(self) -> AsyncIterator[str]:
+    async def aiter_lines(self) -> AsyncGenerator[str, None]:
         """Yields body lines without their line ends, as each line completes."""
         pending = b""
-        async for piece in self.aiter_bytes():
-            pending += piece
-            if b"\n" not in pending:
-                continue
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                yield line.rstrip(b"\r").decode()
+        async with contextlib.aclosing(self.aiter_bytes()) as pieces:
+            async for piece in pieces:
+                pending += piece
+                if b"\n" not in pending:
+                    continue
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    yield line.rstrip(b"\r").decode()
         if pending:
             yield pending.rstrip(b"\r").decode()
 
@@ -226,9 +230,7 @@ class HttpClient:
         return _Conn(key, reader, writer)
 
     def _release(self, conn: _Conn, response: Response) -> None:
-        reusable = (
-            response.complete and response.reusable and response.headers.get("connection", "").lower() != "close"
-        )
+        reusable = response.complete and response.reusable and response.headers.get("connection", "").lower() != "close"
         if reusable and len(self._idle[conn.key]) < self.max_idle_per_host:
             self._idle[conn.key].append(conn)
         else:
@@ -321,10 +323,11 @@ class HttpClient:
     @staticmethod
     async def _drain(response: Response, limit: int = 64 * 1024) -> None:
         seen = 0
-        async for piece in response.aiter_bytes():
-            seen += len(piece)
-            if seen > limit:
-                return
+        async with contextlib.aclosing(response.aiter_bytes()) as pieces:
+            async for piece in pieces:
+                seen += len(piece)
+                if seen > limit:
+                    return
 
     async def aclose(self) -> None:
         """Closes idle connections. Safe to call more than once."""

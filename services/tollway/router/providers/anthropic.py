@@ -14,8 +14,9 @@ answer text.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from tollway.common.catalog import Deployment
@@ -199,72 +200,72 @@ class AnthropicAdapter:
             headers["x-request-id"] = request.request_id
         return headers
 
-    async def stream(self, request: ChatRequest, deployment: Deployment) -> AsyncIterator[StreamEvent]:
+    def stream(self, request: ChatRequest, deployment: Deployment) -> AsyncGenerator[StreamEvent, None]:
         url = deployment.base_url.rstrip("/") + "/v1/messages"
         headers = self._headers(request, deployment, True)
         json_tool = json_tool_name(request)
-        async for event in stream_call(
+        return stream_call(
             self._client,
             deployment,
             url,
             request_body(request, deployment),
             headers,
             lambda response: self._events(response, deployment.provider, json_tool),
-        ):
-            yield event
+        )
 
-    async def _events(self, response: Response, provider: str, json_tool: str) -> AsyncIterator[StreamEvent]:
+    async def _events(self, response: Response, provider: str, json_tool: str) -> AsyncGenerator[StreamEvent, None]:
         usage = Usage()
         finish: FinishReason = ""
         # Content block index -> tool call number; text blocks are not tool calls.
         tool_blocks: dict[int, int] = {}
         json_blocks: set[int] = set()
-        async for sse in sse_events(response.aiter_bytes()):
-            doc = parse_json(provider, sse.data)
-            kind = doc.get("type") if isinstance(doc, dict) else None
-            if kind == "message_start":
-                usage = _usage((doc.get("message") or {}).get("usage") or {}, usage)
-                yield UsageUpdate(usage)
-            elif kind == "content_block_start":
-                block = doc.get("content_block") or {}
-                index = int(doc.get("index") or 0)
-                if block.get("type") == "tool_use":
-                    if json_tool and block.get("name") == json_tool:
-                        json_blocks.add(index)
-                        continue
-                    tool_blocks[index] = len(tool_blocks)
-                    yield ToolCallDelta(tool_blocks[index], id=block.get("id") or "", name=block.get("name") or "")
-                elif block.get("type") == "text" and block.get("text"):
-                    yield TextDelta(block["text"])
-            elif kind == "content_block_delta":
-                delta = doc.get("delta") or {}
-                index = int(doc.get("index") or 0)
-                if delta.get("type") == "text_delta" and delta.get("text"):
-                    yield TextDelta(delta["text"])
-                elif delta.get("type") == "input_json_delta":
-                    fragment = delta.get("partial_json") or ""
-                    if index in json_blocks:
-                        if fragment:
-                            yield TextDelta(fragment)
-                    elif index in tool_blocks and fragment:
-                        yield ToolCallDelta(tool_blocks[index], arguments=fragment)
-                # thinking_delta and signature_delta are not part of the answer.
-            elif kind == "message_delta":
-                stop = (doc.get("delta") or {}).get("stop_reason")
-                if stop:
-                    finish = _STOP.get(stop, "stop")
-                    if finish == "tool_calls" and not tool_blocks:
-                        finish = "stop"  # the forced JSON tool is the answer, not a call
-                usage = _usage(doc.get("usage") or {}, usage)
-                yield UsageUpdate(usage)
-            elif kind == "message_stop":
-                yield StreamEnd(finish or "stop", usage)
-                return
-            elif kind == "error":
-                err_kind, message = _error_kind(doc)
-                raise ProviderError(provider, f"stream error: {message}", kind=err_kind)
-            elif kind is None:
-                raise ProviderError(provider, f"malformed SSE data: {sse.data[:200]!r}", kind=ErrorKind.MALFORMED)
+        async with contextlib.aclosing(sse_events(response.aiter_bytes())) as events:
+            async for sse in events:
+                doc = parse_json(provider, sse.data)
+                kind = doc.get("type") if isinstance(doc, dict) else None
+                if kind == "message_start":
+                    usage = _usage((doc.get("message") or {}).get("usage") or {}, usage)
+                    yield UsageUpdate(usage)
+                elif kind == "content_block_start":
+                    block = doc.get("content_block") or {}
+                    index = int(doc.get("index") or 0)
+                    if block.get("type") == "tool_use":
+                        if json_tool and block.get("name") == json_tool:
+                            json_blocks.add(index)
+                            continue
+                        tool_blocks[index] = len(tool_blocks)
+                        yield ToolCallDelta(tool_blocks[index], id=block.get("id") or "", name=block.get("name") or "")
+                    elif block.get("type") == "text" and block.get("text"):
+                        yield TextDelta(block["text"])
+                elif kind == "content_block_delta":
+                    delta = doc.get("delta") or {}
+                    index = int(doc.get("index") or 0)
+                    if delta.get("type") == "text_delta" and delta.get("text"):
+                        yield TextDelta(delta["text"])
+                    elif delta.get("type") == "input_json_delta":
+                        fragment = delta.get("partial_json") or ""
+                        if index in json_blocks:
+                            if fragment:
+                                yield TextDelta(fragment)
+                        elif index in tool_blocks and fragment:
+                            yield ToolCallDelta(tool_blocks[index], arguments=fragment)
+                    # thinking_delta and signature_delta are not part of the answer.
+                elif kind == "message_delta":
+                    stop = (doc.get("delta") or {}).get("stop_reason")
+                    if stop:
+                        finish = _STOP.get(stop, "stop")
+                        if finish == "tool_calls" and not tool_blocks:
+                            finish = "stop"  # the forced JSON tool is the answer, not a call
+                    usage = _usage(doc.get("usage") or {}, usage)
+                    yield UsageUpdate(usage)
+                elif kind == "message_stop":
+                    yield StreamEnd(finish or "stop", usage)
+                    return
+                elif kind == "error":
+                    err_kind, message = _error_kind(doc)
+                    raise ProviderError(provider, f"stream error: {message}", kind=err_kind)
+                elif kind is None:
+                    raise ProviderError(provider, f"malformed SSE data: {sse.data[:200]!r}", kind=ErrorKind.MALFORMED)
         raise stream_cut(provider, "message_stop")
 
     @parses_answer

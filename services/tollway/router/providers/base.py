@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Protocol
 
 from tollway.common.catalog import Deployment
@@ -13,7 +13,7 @@ from tollway.router.types import Completion, StreamEvent
 class ProviderAdapter(Protocol):
     """Speaks one provider wire format; one instance serves every deployment of it."""
 
-    def stream(self, request: ChatRequest, deployment: Deployment) -> AsyncIterator[StreamEvent]:
+    def stream(self, request: ChatRequest, deployment: Deployment) -> AsyncGenerator[StreamEvent, None]:
         """Yields deltas as they arrive, then exactly one StreamEnd.
 
         Text arrives as TextDelta, tool calls as ToolCallDelta fragments, and whatever the

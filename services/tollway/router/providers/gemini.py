@@ -11,9 +11,10 @@ from the assistant turn that made it).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from tollway.common.catalog import Deployment
@@ -168,10 +169,10 @@ class GeminiAdapter:
     def _url(deployment: Deployment, method: str) -> str:
         return f"{deployment.base_url.rstrip('/')}/models/{deployment.upstream_model}:{method}"
 
-    async def stream(self, request: ChatRequest, deployment: Deployment) -> AsyncIterator[StreamEvent]:
+    def stream(self, request: ChatRequest, deployment: Deployment) -> AsyncGenerator[StreamEvent, None]:
         url = self._url(deployment, "streamGenerateContent") + "?alt=sse"
         headers = self._headers(request, deployment, True)
-        async for event in stream_call(
+        return stream_call(
             self._client,
             deployment,
             url,
@@ -179,49 +180,49 @@ class GeminiAdapter:
             headers,
             lambda response: self._events(response, deployment.provider),
             retry_delay,
-        ):
-            yield event
+        )
 
-    async def _events(self, response: Response, provider: str) -> AsyncIterator[StreamEvent]:
+    async def _events(self, response: Response, provider: str) -> AsyncGenerator[StreamEvent, None]:
         usage: Usage | None = None
         finish = ""
         calls = 0
-        async for sse in sse_events(response.aiter_bytes()):
-            doc = parse_json(provider, sse.data)
-            if not isinstance(doc, dict):
-                raise ProviderError(provider, f"malformed SSE data: {sse.data[:200]!r}", kind=ErrorKind.MALFORMED)
-            if "error" in doc:
-                err = doc["error"] or {}
-                status = int(err.get("code") or 500)
-                raise ProviderError.from_status(provider, status, str(err.get("message") or err))
-            if doc.get("usageMetadata"):
-                usage = _usage(doc["usageMetadata"])
-                yield UsageUpdate(usage)
-            blocked = (doc.get("promptFeedback") or {}).get("blockReason")
-            if blocked and not doc.get("candidates"):
-                yield StreamEnd("content_filter", usage)
-                return
-            for candidate in (doc.get("candidates") or ())[:1]:
-                for part in (candidate.get("content") or {}).get("parts") or ():
-                    if part.get("thought"):
-                        continue
-                    if part.get("text"):
-                        yield TextDelta(part["text"])
-                    elif part.get("functionCall"):
-                        fc = part["functionCall"]
-                        yield ToolCallDelta(
-                            calls,
-                            id=fc.get("id") or f"call_{calls}",
-                            name=fc.get("name") or "",
-                            arguments=json.dumps(fc.get("args") or {}),
-                        )
-                        calls += 1
-                if candidate.get("finishReason"):
-                    finish = str(candidate["finishReason"])
-                    if finish == "MALFORMED_FUNCTION_CALL":
-                        raise ProviderError(
-                            provider, "the model produced a malformed function call", kind=ErrorKind.MALFORMED
-                        )
+        async with contextlib.aclosing(sse_events(response.aiter_bytes())) as events:
+            async for sse in events:
+                doc = parse_json(provider, sse.data)
+                if not isinstance(doc, dict):
+                    raise ProviderError(provider, f"malformed SSE data: {sse.data[:200]!r}", kind=ErrorKind.MALFORMED)
+                if "error" in doc:
+                    err = doc["error"] or {}
+                    status = int(err.get("code") or 500)
+                    raise ProviderError.from_status(provider, status, str(err.get("message") or err))
+                if doc.get("usageMetadata"):
+                    usage = _usage(doc["usageMetadata"])
+                    yield UsageUpdate(usage)
+                blocked = (doc.get("promptFeedback") or {}).get("blockReason")
+                if blocked and not doc.get("candidates"):
+                    yield StreamEnd("content_filter", usage)
+                    return
+                for candidate in (doc.get("candidates") or ())[:1]:
+                    for part in (candidate.get("content") or {}).get("parts") or ():
+                        if part.get("thought"):
+                            continue
+                        if part.get("text"):
+                            yield TextDelta(part["text"])
+                        elif part.get("functionCall"):
+                            fc = part["functionCall"]
+                            yield ToolCallDelta(
+                                calls,
+                                id=fc.get("id") or f"call_{calls}",
+                                name=fc.get("name") or "",
+                                arguments=json.dumps(fc.get("args") or {}),
+                            )
+                            calls += 1
+                    if candidate.get("finishReason"):
+                        finish = str(candidate["finishReason"])
+                        if finish == "MALFORMED_FUNCTION_CALL":
+                            raise ProviderError(
+                                provider, "the model produced a malformed function call", kind=ErrorKind.MALFORMED
+                            )
         if finish:
             yield StreamEnd(_finish(finish, calls > 0), usage)
             return

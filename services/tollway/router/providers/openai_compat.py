@@ -9,8 +9,9 @@ ToolCallDelta for the router to reassemble. Servers that ignore ``include_usage`
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from tollway.common.catalog import Deployment
@@ -130,64 +131,64 @@ class OpenAICompatAdapter:
             headers["x-request-id"] = request.request_id
         return headers
 
-    async def stream(self, request: ChatRequest, deployment: Deployment) -> AsyncIterator[StreamEvent]:
+    def stream(self, request: ChatRequest, deployment: Deployment) -> AsyncGenerator[StreamEvent, None]:
         url = deployment.base_url.rstrip("/") + "/chat/completions"
         headers = self._headers(request, deployment, True)
-        async for event in stream_call(
+        return stream_call(
             self._client,
             deployment,
             url,
             request_body(request, deployment),
             headers,
             lambda response: self._events(response, deployment.provider),
-        ):
-            yield event
+        )
 
-    async def _events(self, response: Response, provider: str) -> AsyncIterator[StreamEvent]:
+    async def _events(self, response: Response, provider: str) -> AsyncGenerator[StreamEvent, None]:
         finish: FinishReason = ""
         usage: Usage | None = None
-        async for batch in sse_batches(response.aiter_bytes()):
-            # The text of one read leaves as one delta: the events came together anyway. What
-            # came before a bad event still leaves first, so the failure is one mid-answer.
-            text: list[str] = []
-            try:
-                for sse in batch:
-                    if sse.data == "[DONE]":
-                        if text:
-                            yield TextDelta("".join(text))
-                        yield StreamEnd(finish, usage)
-                        return
-                    chunk = parse_json(provider, sse.data)
-                    if not isinstance(chunk, dict):
-                        raise ProviderError(
-                            provider, f"malformed SSE data: {sse.data[:200]!r}", kind=ErrorKind.MALFORMED
-                        )
-                    if "error" in chunk:
-                        err = chunk["error"]
-                        message = err.get("message") if isinstance(err, dict) else err
-                        raise ProviderError(provider, f"stream error: {message}", kind=ErrorKind.SERVER_ERROR)
-                    for choice in chunk.get("choices") or ():
-                        delta = choice.get("delta") or {}
-                        if delta.get("content"):
-                            text.append(delta["content"])
-                        for call in delta.get("tool_calls") or ():
-                            fn = call.get("function") or {}
-                            yield ToolCallDelta(
-                                index=int(call.get("index") or 0),
-                                id=call.get("id") or "",
-                                name=fn.get("name") or "",
-                                arguments=fn.get("arguments") or "",
+        async with contextlib.aclosing(sse_batches(response.aiter_bytes())) as batches:
+            async for batch in batches:
+                # The text of one read leaves as one delta: the events came together anyway. What
+                # came before a bad event still leaves first, so the failure is one mid-answer.
+                text: list[str] = []
+                try:
+                    for sse in batch:
+                        if sse.data == "[DONE]":
+                            if text:
+                                yield TextDelta("".join(text))
+                            yield StreamEnd(finish, usage)
+                            return
+                        chunk = parse_json(provider, sse.data)
+                        if not isinstance(chunk, dict):
+                            raise ProviderError(
+                                provider, f"malformed SSE data: {sse.data[:200]!r}", kind=ErrorKind.MALFORMED
                             )
-                        if choice.get("finish_reason"):
-                            finish = _FINISH.get(choice["finish_reason"], "stop")
-                    if chunk.get("usage"):
-                        usage = _usage(chunk["usage"])
-            except Exception:
+                        if "error" in chunk:
+                            err = chunk["error"]
+                            message = err.get("message") if isinstance(err, dict) else err
+                            raise ProviderError(provider, f"stream error: {message}", kind=ErrorKind.SERVER_ERROR)
+                        for choice in chunk.get("choices") or ():
+                            delta = choice.get("delta") or {}
+                            if delta.get("content"):
+                                text.append(delta["content"])
+                            for call in delta.get("tool_calls") or ():
+                                fn = call.get("function") or {}
+                                yield ToolCallDelta(
+                                    index=int(call.get("index") or 0),
+                                    id=call.get("id") or "",
+                                    name=fn.get("name") or "",
+                                    arguments=fn.get("arguments") or "",
+                                )
+                            if choice.get("finish_reason"):
+                                finish = _FINISH.get(choice["finish_reason"], "stop")
+                        if chunk.get("usage"):
+                            usage = _usage(chunk["usage"])
+                except Exception:
+                    if text:
+                        yield TextDelta("".join(text))
+                    raise
                 if text:
                     yield TextDelta("".join(text))
-                raise
-            if text:
-                yield TextDelta("".join(text))
         if finish:
             # Some servers close after the finishing chunk without `[DONE]`: the answer is whole.
             yield StreamEnd(finish, usage)

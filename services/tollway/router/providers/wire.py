@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import functools
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 import orjson
@@ -76,25 +76,31 @@ class SSEParser:
         return out
 
 
-async def sse_batches(pieces: AsyncIterator[bytes]) -> AsyncIterator[list[SSEEvent]]:
+async def sse_batches(pieces: AsyncGenerator[bytes, None]) -> AsyncGenerator[list[SSEEvent], None]:
     """The events of each network read of an SSE body, as one list per read (never empty).
 
     A fast provider's events arrive several to a read: handing them on together costs one
     pass through the adapter's generators per read instead of one per event, which is most
     of what a streamed answer costs the router.
+
+    Closing it closes ``pieces``: an adapter stops at its end marker, and a body generator
+    left to the garbage collector is closed by the event loop instead, through a thread-safe
+    wakeup and a task of its own.
     """
     parser = SSEParser()
-    async for piece in pieces:
-        events = parser.feed(piece)
-        if events:
-            yield events
+    async with contextlib.aclosing(pieces):
+        async for piece in pieces:
+            events = parser.feed(piece)
+            if events:
+                yield events
 
 
-async def sse_events(pieces: AsyncIterator[bytes]) -> AsyncIterator[SSEEvent]:
-    """The events of an SSE body one by one (see :class:`SSEParser`)."""
-    async for batch in sse_batches(pieces):
-        for event in batch:
-            yield event
+async def sse_events(pieces: AsyncGenerator[bytes, None]) -> AsyncGenerator[SSEEvent, None]:
+    """The events of an SSE body one by one (see :class:`SSEParser`); closing it closes ``pieces``."""
+    async with contextlib.aclosing(sse_batches(pieces)) as batches:
+        async for batch in batches:
+            for event in batch:
+                yield event
 
 
 def parse_json(provider: str, data: str) -> Any:
@@ -215,9 +221,9 @@ async def stream_call(
     url: str,
     body: Any,
     headers: Mapping[str, str],
-    parse: Callable[[Response], AsyncIterator[StreamEvent]],
+    parse: Callable[[Response], AsyncGenerator[StreamEvent, None]],
     retry_after: Callable[[bytes], float | None] | None = None,
-) -> AsyncIterator[StreamEvent]:
+) -> AsyncGenerator[StreamEvent, None]:
     """POSTs a streaming call and yields ``parse``'s events.
 
     The end event is held back until the response body has been read to its end, so the
