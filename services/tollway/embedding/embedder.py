@@ -19,7 +19,7 @@ import numpy as np
 from tollway.embedding import metrics
 from tollway.embedding.batcher import BatcherClosedError, MicroBatcher
 from tollway.embedding.cache import CachedEmbedding, EmbeddingLRU, text_digest
-from tollway.embedding.model import EmbeddingModel, ModelRegistry, UnknownModelError
+from tollway.embedding.model import InputType, LoadedModel, ModelRegistry, UnknownModelError
 from tollway.embedding.store import EmbeddingStore, StoreUnavailableError
 from tollway.mesh.errors import InvalidArgument, NotFound, Unavailable
 
@@ -60,6 +60,7 @@ class ModelInfo:
     dimension: int
     max_tokens: int
     description: str
+    asymmetric: bool = False
 
 
 class Embedder:
@@ -104,6 +105,7 @@ class Embedder:
         # One worker thread for every model: ONNX Runtime already spreads one run over both cores, so two
         # runs at once would only contend.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedding-model")
+        # One batcher per model and input form: a batch is one model call, and a call embeds one form.
         self._batchers: dict[str, MicroBatcher[str, CachedEmbedding]] = {}
         self._closed = False
         self._last_store_warning = -_STORE_WARNING_INTERVAL_S
@@ -121,7 +123,9 @@ class Embedder:
         """
         await asyncio.get_running_loop().run_in_executor(self._executor, self._registry.load_all)
         for spec in self._registry.specs:
-            self._batcher(self._registry.get(spec.model_id))
+            forms = (InputType.QUERY, InputType.DOCUMENT) if spec.asymmetric else (None,)
+            for form in forms:
+                self._batcher(self._registry.get(spec.model_id), form)
 
     async def aclose(self) -> None:
         """Fails queued calls with UNAVAILABLE, lets a running model call finish, stops the worker.
@@ -136,14 +140,18 @@ class Embedder:
     def list_models(self) -> list[ModelInfo]:
         """Returns the served models, the default first."""
         specs = sorted(self._registry.specs, key=lambda s: s.model_id != self.default_model_id)
-        return [ModelInfo(s.model_id, s.dimension, s.max_tokens, s.description) for s in specs]
+        return [ModelInfo(s.model_id, s.dimension, s.max_tokens, s.description, s.asymmetric) for s in specs]
 
-    async def embed(self, texts: Sequence[str], model_id: str = "") -> EmbedOutcome:
+    async def embed(
+        self, texts: Sequence[str], model_id: str = "", input_type: InputType | None = None
+    ) -> EmbedOutcome:
         """Embeds texts with one model.
 
         Args:
             texts: 1 to ``max_texts_per_call`` non-empty texts of at most ``max_text_chars`` characters each.
             model_id: A served model's id; empty means the default.
+            input_type: Whether the texts are queries or documents, for models that embed them differently;
+                None is the model's form for comparing texts of one kind (see :class:`InputType`).
 
         Returns:
             The vectors in input order, truncation flags and the number of cache hits.
@@ -155,6 +163,8 @@ class Embedder:
         """
         self._validate(texts)
         model = await self._model(model_id)
+        # Vectors are cached per model *and* form: E5's query and passage vectors of one text differ.
+        cache_id = model.spec.cache_id(input_type)
         digests = [text_digest(t) for t in texts]
         first_index: dict[bytes, int] = {}
         for i, digest in enumerate(digests):
@@ -162,23 +172,23 @@ class Embedder:
 
         found: dict[bytes, CachedEmbedding] = {}
         for digest in first_index:
-            entry = self._lru.get(model.model_id, digest)
+            entry = self._lru.get(cache_id, digest)
             if entry is not None:
                 found[digest] = entry
         from_lru = len(found)
         missing = [d for d in first_index if d not in found]
         from_redis = 0
         if missing and self._store is not None:
-            from_redis = await self._read_store(model, missing, found)
+            from_redis = await self._read_store(model, cache_id, missing, found)
         from_cache = set(found)
 
         to_compute = [d for d in first_index if d not in found]
         if to_compute:
-            computed = await self._compute(model, [texts[first_index[d]] for d in to_compute])
+            computed = await self._compute(model, input_type, [texts[first_index[d]] for d in to_compute])
             for digest, entry in zip(to_compute, computed, strict=True):
                 found[digest] = entry
-                self._lru.put(model.model_id, digest, entry)
-            await self._write_store(model, list(zip(to_compute, computed, strict=True)))
+                self._lru.put(cache_id, digest, entry)
+            await self._write_store(cache_id, list(zip(to_compute, computed, strict=True)))
             metrics.TRUNCATED.labels(model.model_id).inc(sum(e.truncated for e in computed))
 
         metrics.TEXTS.labels(model.model_id, "lru").inc(from_lru)
@@ -227,7 +237,7 @@ class Embedder:
                 metadata={"limit": str(limit), "count": str(len(long))},
             )
 
-    async def _model(self, model_id: str) -> EmbeddingModel:
+    async def _model(self, model_id: str) -> LoadedModel:
         try:
             spec = self._registry.spec(model_id)
         except UnknownModelError as exc:
@@ -241,8 +251,9 @@ class Embedder:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._registry.get, spec.model_id)
         return self._registry.get(spec.model_id)
 
-    def _batcher(self, model: EmbeddingModel) -> MicroBatcher[str, CachedEmbedding]:
-        batcher = self._batchers.get(model.model_id)
+    def _batcher(self, model: LoadedModel, input_type: InputType | None) -> MicroBatcher[str, CachedEmbedding]:
+        cache_id = model.spec.cache_id(input_type)
+        batcher = self._batchers.get(cache_id)
         if batcher is None:
             model_id = model.model_id
 
@@ -251,35 +262,37 @@ class Embedder:
                 metrics.BATCH_TEXTS.labels(model_id).observe(texts)
 
             batcher = MicroBatcher(
-                lambda texts: _run_model(model, texts),
+                lambda texts: _run_model(model, texts, input_type),
                 self._executor,
                 max_batch=self._batch_max_texts,
                 max_wait_s=self._batch_max_wait_s,
                 enabled=self._batching,
                 on_batch=on_batch,
             )
-            self._batchers[model_id] = batcher
-            metrics.QUEUED_CALLS.labels(model_id).set_function(lambda b=batcher: b.queued_calls)
+            self._batchers[cache_id] = batcher
+            metrics.QUEUED_CALLS.labels(cache_id).set_function(lambda b=batcher: b.queued_calls)
         return batcher
 
-    async def _compute(self, model: EmbeddingModel, texts: list[str]) -> list[CachedEmbedding]:
+    async def _compute(
+        self, model: LoadedModel, input_type: InputType | None, texts: list[str]
+    ) -> list[CachedEmbedding]:
         if self._closed:
             raise Unavailable(
                 "the embedding service is shutting down; retry on another replica", reason="SHUTTING_DOWN"
             )
         try:
-            return await self._batcher(model).submit(texts)
+            return await self._batcher(model, input_type).submit(texts)
         except BatcherClosedError:
             raise Unavailable(
                 "the embedding service is shutting down; retry on another replica", reason="SHUTTING_DOWN"
             ) from None
 
     async def _read_store(
-        self, model: EmbeddingModel, digests: list[bytes], found: dict[bytes, CachedEmbedding]
+        self, model: LoadedModel, cache_id: str, digests: list[bytes], found: dict[bytes, CachedEmbedding]
     ) -> int:
         assert self._store is not None
         try:
-            fetched = await self._store.get_many(model.model_id, digests, model.dimension)
+            fetched = await self._store.get_many(cache_id, digests, model.dimension)
         except StoreUnavailableError as exc:
             self._store_failed("read", exc)
             return 0
@@ -287,15 +300,15 @@ class Embedder:
         for digest, entry in zip(digests, fetched, strict=True):
             if entry is not None:
                 found[digest] = entry
-                self._lru.put(model.model_id, digest, entry)
+                self._lru.put(cache_id, digest, entry)
                 hits += 1
         return hits
 
-    async def _write_store(self, model: EmbeddingModel, entries: list[tuple[bytes, CachedEmbedding]]) -> None:
+    async def _write_store(self, cache_id: str, entries: list[tuple[bytes, CachedEmbedding]]) -> None:
         if self._store is None:
             return
         try:
-            await self._store.put_many(model.model_id, entries)
+            await self._store.put_many(cache_id, entries)
         except StoreUnavailableError as exc:
             self._store_failed("write", exc)
 
@@ -309,12 +322,12 @@ class Embedder:
             )
 
 
-def _run_model(model: EmbeddingModel, texts: list[str]) -> list[CachedEmbedding]:
+def _run_model(model: LoadedModel, texts: list[str], input_type: InputType | None) -> list[CachedEmbedding]:
     """Runs on the worker thread: one model call, split into read-only per-text copies (a row view would keep
     the whole batch matrix alive in the LRU)."""
     # Concurrent calls asking for the same new text land in one batch: embed it once.
     unique = list(dict.fromkeys(texts))
-    result = model.embed(unique)
+    result = model.embed(unique, input_type)
     by_text = {}
     for text, row, truncated in zip(unique, result.vectors, result.truncated, strict=True):
         vector = row.copy()

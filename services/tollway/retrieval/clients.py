@@ -16,9 +16,11 @@ from tollway.cache.v1 import cache_pb2, cache_pb2_grpc
 from tollway.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 from tollway.mesh import clients, propagation, telemetry
 from tollway.mesh.errors import Unavailable, from_rpc_error
+from tollway.retrieval.ingest import DOCUMENT, InputType
 
 # EmbeddingService accepts at most this many texts per call (its default limit).
 _MAX_TEXTS = 256
+_INPUT_TYPES = {"query": embedding_pb2.INPUT_TYPE_QUERY, "document": embedding_pb2.INPUT_TYPE_DOCUMENT}
 
 
 class EmbeddingClient:
@@ -47,8 +49,8 @@ class EmbeddingClient:
             await self._channel.close()
             self._channel, self._stub = None, None
 
-    async def embed(self, texts: Sequence[str], model: str) -> np.ndarray:
-        """Unit vectors of ``texts`` (float32, one row each).
+    async def embed(self, texts: Sequence[str], model: str, input_type: InputType = DOCUMENT) -> np.ndarray:
+        """Unit vectors of ``texts`` (float32, one row each), embedded as queries or documents.
 
         Raises:
             TollwayError: The embedding service's error, rebuilt (UNAVAILABLE when unreachable).
@@ -57,7 +59,9 @@ class EmbeddingClient:
         for start in range(0, len(texts), _MAX_TEXTS):
             try:
                 reply = await self.stub.Embed(
-                    embedding_pb2.EmbedRequest(texts=list(texts[start : start + _MAX_TEXTS]), model=model),
+                    embedding_pb2.EmbedRequest(
+                        texts=list(texts[start : start + _MAX_TEXTS]), model=model, input_type=_INPUT_TYPES[input_type]
+                    ),
                     timeout=self.timeout_s,
                     metadata=propagation.outgoing(),
                 )

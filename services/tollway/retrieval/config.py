@@ -36,6 +36,8 @@ class RetrievalConfig:
         bm25_bigram_weight: Default weight of word-pair matches, added to the words' BM25 score (0 to 1).
         candidates: Chunks each ranking contributes to hybrid fusion.
         keyword_weight: Default keyword weight of hybrid fusion (0 to 1).
+        ensemble_weight: Default share of the vector rankings' weight given to a collection's
+            ensemble models (0 to 1).
         fusion: Default fusion method: ``weighted`` or ``rrf``.
         feedback_count: Default pseudo-relevance feedback results (0: off).
         snapshot_dir: Where this replica writes index snapshots; empty turns them off.
@@ -68,6 +70,7 @@ class RetrievalConfig:
     bm25_bigram_weight: float = 0.25
     candidates: int = 100
     keyword_weight: float = 0.4
+    ensemble_weight: float = 0.5
     fusion: str = "weighted"
     feedback_count: int = 0
     snapshot_dir: str = ""
@@ -94,6 +97,10 @@ class RetrievalConfig:
         if not 0.0 <= self.keyword_weight <= 1.0:
             raise ValueError(
                 f"Config 'TOLLWAY_RETRIEVAL_KEYWORD_WEIGHT' has value {self.keyword_weight!r}. Must be 0 to 1."
+            )
+        if not 0.0 <= self.ensemble_weight <= 1.0:
+            raise ValueError(
+                f"Config 'TOLLWAY_RETRIEVAL_ENSEMBLE_WEIGHT' has value {self.ensemble_weight!r}. Must be 0 to 1."
             )
         if not 0.0 <= self.bm25_bigram_weight <= 1.0:
             raise ValueError(

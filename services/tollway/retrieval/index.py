@@ -1,7 +1,8 @@
 """One collection's in-memory indexes on this replica: hnswlib vectors, BM25, metadata columns.
 
-Chunks live in *rows*. A row holds the chunk, its vector (also kept in a numpy matrix, for
-exact search over a small filtered subset, for fusion scores of any candidate and for MMR),
+Chunks live in *rows*. A row holds the chunk, its vector (in a :class:`~.dense.VectorSpace`:
+hnswlib plus a numpy matrix, for exact search over a small filtered subset, for fusion scores
+of any candidate and for MMR), its vectors of the collection's ensemble models (a space each),
 its stemmed tokens, and its filterable metadata. Rows are reused after deletion, but only
 once a keyword rebuild has seen them empty, so a BM25 build never scores one chunk's words
 for another chunk.
@@ -18,9 +19,9 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-import hnswlib
 import numpy as np
 
+from tollway.retrieval.dense import VectorSpace
 from tollway.retrieval.filters import Columns
 from tollway.retrieval.keyword import KeywordModel, tokenize
 from tollway.retrieval.types import Chunk, FieldType, Filter
@@ -62,7 +63,7 @@ class KeywordRows:
 
 
 class CollectionIndex:
-    """The indexes of one collection and embedding model.
+    """The indexes of one collection and embedding model (plus its ensemble models).
 
     With ``keyword_on_parent`` (sentence-window collections), a row's BM25 tokens are its parent
     section's (with the title), and BM25 is built over the distinct parent sections, each
@@ -77,15 +78,15 @@ class CollectionIndex:
         capacity: int = 0,
         *,
         keyword_on_parent: bool = False,
+        ensemble: Mapping[str, int] | None = None,
     ) -> None:
         self.dim = dim
         self.params = params
         self.keyword_on_parent = keyword_on_parent
         capacity = max(16, capacity or params.initial_capacity)
-        self._hnsw = hnswlib.Index(space="ip", dim=dim)
-        self._hnsw.init_index(max_elements=capacity, M=params.m, ef_construction=params.ef_construction)
-        self._hnsw.set_ef(params.ef_search)
-        self.vectors = np.zeros((capacity, dim), np.float32)
+        self.space = self._space(dim, capacity)
+        # Ensemble models, by id, in a fixed order (the snapshot's file names follow it).
+        self.ensemble = {m: self._space(d, capacity) for m, d in sorted((ensemble or {}).items())}
         self.live = np.zeros(capacity, bool)
         self.columns = Columns(fields, capacity)
         self.chunks: list[Chunk | None] = [None] * capacity
@@ -97,6 +98,19 @@ class CollectionIndex:
         self._pending_free: list[int] = []
         self.keyword = KeywordModel([], params.bm25_k1, params.bm25_b)
         self.keyword_dirty = False
+
+    def _space(self, dim: int, capacity: int) -> VectorSpace:
+        p = self.params
+        return VectorSpace(dim, capacity, m=p.m, ef_construction=p.ef_construction, ef_search=p.ef_search)
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """The main model's vectors by row."""
+        return self.space.vectors
+
+    def vectors_of(self, model: str | None) -> np.ndarray:
+        """The vectors by row of an ensemble model (None: the main model)."""
+        return self.space.vectors if model is None else self.ensemble[model].vectors
 
     def __len__(self) -> int:
         return len(self.row_of)
@@ -116,23 +130,26 @@ class CollectionIndex:
         if needed <= self.capacity:
             return
         new = max(needed, self.capacity * 2)
-        self._hnsw.resize_index(new)
-        vectors = np.zeros((new, self.dim), np.float32)
-        vectors[: self.capacity] = self.vectors
+        for space in (self.space, *self.ensemble.values()):
+            space.grow(new)
         live = np.zeros(new, bool)
         live[: self.capacity] = self.live
         self.chunks += [None] * (new - self.capacity)
         self.tokens += [[] for _ in range(new - self.capacity)]
-        self.vectors, self.live = vectors, live
+        self.live = live
         self.columns.grow(new)
 
     def add(self, chunks: Sequence[Chunk], tokens: Sequence[list[str]] | None = None, num_threads: int = 1) -> int:
         """Indexes chunks not yet present (re-adding a present id is a no-op). Returns how many.
 
         Args:
-            chunks: The chunks, each with a unit-norm vector of this index's dimension.
+            chunks: The chunks, each with a unit-norm vector of this index's dimension, and one of
+                every ensemble model.
             tokens: Their BM25 tokens when already computed (a snapshot); else tokenized here.
             num_threads: hnswlib insertion threads (start-up rebuilds only).
+
+        Raises:
+            ValueError: A vector of the wrong dimension, or a chunk without an ensemble model's vector.
         """
         fresh_pairs = []
         seen: set[str] = set()
@@ -143,25 +160,34 @@ class CollectionIndex:
         if not fresh_pairs:
             return 0
         fresh = [chunks[i] for i in fresh_pairs]
-        toks = [tokens[i] for i in fresh_pairs] if tokens is not None else self._tokenize(fresh)
-        reuse = min(len(fresh), len(self._free))
-        rows = [self._free.pop() for _ in range(reuse)]
-        extra = len(fresh) - reuse
-        rows += list(range(self.next_row, self.next_row + extra))
-        self._grow(self.next_row + extra)
-        self.next_row += extra
         matrix = np.stack([np.asarray(c.vector, np.float32).reshape(-1) for c in fresh])
         if matrix.shape[1] != self.dim:
             raise ValueError(f"vector dimension {matrix.shape[1]} differs from the index's {self.dim}")
+        extra = {}
+        for model, space in self.ensemble.items():
+            lacking = [c.chunk_id for c in fresh if model not in c.ensemble_vectors]
+            if lacking:
+                raise ValueError(f"chunk {lacking[0]!r} has no vector of the ensemble model {model!r}")
+            extra[model] = np.stack([np.asarray(c.ensemble_vectors[model], np.float32).reshape(-1) for c in fresh])
+            if extra[model].shape[1] != space.dim:
+                raise ValueError(f"{model!r} vectors have dimension {extra[model].shape[1]}, expected {space.dim}")
+        toks = [tokens[i] for i in fresh_pairs] if tokens is not None else self._tokenize(fresh)
+        reuse = min(len(fresh), len(self._free))
+        rows = [self._free.pop() for _ in range(reuse)]
+        added = len(fresh) - reuse
+        rows += list(range(self.next_row, self.next_row + added))
+        self._grow(self.next_row + added)
+        self.next_row += added
         rows_arr = np.asarray(rows, np.int64)
-        self.vectors[rows_arr] = matrix
         for c, row, t in zip(fresh, rows, toks, strict=True):
             self.chunks[row] = c
             self.tokens[row] = t
             self.columns.set_row(row, c.metadata)
             self.row_of[c.chunk_id] = row
             self.doc_rows.setdefault(c.document_id, set()).add(row)
-        self._hnsw.add_items(matrix, rows_arr, num_threads=num_threads, replace_deleted=False)
+        self.space.add(matrix, rows_arr, num_threads)
+        for model, space in self.ensemble.items():
+            space.add(extra[model], rows_arr, num_threads)
         self.live[rows_arr] = True
         self.keyword_dirty = True
         return len(fresh)
@@ -170,7 +196,7 @@ class CollectionIndex:
         if not self.keyword_on_parent:
             return tokenize([c.indexed_text() for c in chunks], bigrams=self.params.bigrams)
         # Siblings share one parent: tokenize each section once and share the list.
-        texts = {_parent_key(c): _parent_text(c) for c in chunks}
+        texts = {_parent_key(c): c.section_text() for c in chunks}
         keys = list(texts)
         done = dict(zip(keys, tokenize([texts[k] for k in keys], bigrams=self.params.bigrams), strict=True))
         return [done[_parent_key(c)] for c in chunks]
@@ -189,7 +215,8 @@ class CollectionIndex:
                     rows.discard(row)
                     if not rows:
                         del self.doc_rows[chunk.document_id]
-            self._hnsw.mark_deleted(row)
+            for space in (self.space, *self.ensemble.values()):
+                space.delete(row)
             self.live[row] = False
             self.chunks[row] = None
             self.tokens[row] = []
@@ -257,8 +284,11 @@ class CollectionIndex:
             keep &= self.columns.mask(filters, self.next_row)
         return keep
 
-    def vector_top(self, query: np.ndarray, n: int, allowed: np.ndarray, *, exact: bool = False) -> np.ndarray:
-        """Up to ``n`` allowed rows nearest to ``query`` (unit norm), best first.
+    def vector_top(
+        self, query: np.ndarray, n: int, allowed: np.ndarray, *, exact: bool = False, model: str | None = None
+    ) -> np.ndarray:
+        """Up to ``n`` allowed rows nearest to ``query`` (unit norm), best first, in the main
+        model's space or an ensemble ``model``'s.
 
         Exact when asked, or when few rows are allowed; otherwise hnswlib, widened until
         ``n`` allowed rows are found or every row was seen.
@@ -267,31 +297,19 @@ class CollectionIndex:
         if count == 0 or n <= 0:
             return np.zeros(0, np.int64)
         n = min(n, count)
-        everything = count == len(self.row_of)
-        if exact or (not everything and count <= self.params.exact_below):
-            rows = np.nonzero(allowed)[0]
-            sims = self.vectors[rows] @ query
-            top = np.argpartition(-sims, n - 1)[:n] if n < len(rows) else np.arange(len(rows))
-            return rows[top[np.argsort(-sims[top])]]
         live = len(self.row_of)
-        k = min(live, n if everything else n * 4)
-        q = query.reshape(1, -1)
-        while True:
-            self._hnsw.set_ef(max(self.params.ef_search, k))
-            labels, _ = self._hnsw.knn_query(q, k=k, num_threads=1)
-            rows = labels[0].astype(np.int64)
-            rows = rows[allowed[rows]]
-            if len(rows) >= n or k >= live:
-                return rows[:n]
-            k = min(live, k * 4)
+        exact = exact or (count != live and count <= self.params.exact_below)
+        space = self.space if model is None else self.ensemble[model]
+        return space.top(query, n, allowed, exact=exact, live=live)
 
     # --- snapshots ---------------------------------------------------------------------
 
     def save(self, directory: Path) -> None:
         """Writes the index under ``directory`` (which must exist)."""
-        self._hnsw.save_index(str(directory / "hnsw.bin"))
         n = self.next_row
-        np.save(directory / "vectors.npy", self.vectors[:n])
+        self.space.save(directory / "hnsw.bin", directory / "vectors.npy", n)
+        for i, space in enumerate(self.ensemble.values()):
+            space.save(directory / f"ensemble-{i}.bin", directory / f"ensemble-{i}.npy", n)
         np.save(directory / "live.npy", self.live[:n])
         with (directory / "rows.jsonl").open("w") as out:
             for row in range(n):
@@ -319,16 +337,22 @@ class CollectionIndex:
         params: IndexParams,
         *,
         keyword_on_parent: bool = False,
+        ensemble: Mapping[str, int] | None = None,
     ) -> CollectionIndex:
-        """Reads what :meth:`save` wrote and rebuilds BM25 from the saved tokens."""
-        vectors = np.load(directory / "vectors.npy")
+        """Reads what :meth:`save` wrote and rebuilds BM25 from the saved tokens.
+
+        Raises:
+            OSError: A file is missing (an ensemble model's among them).
+            ValueError: Saved vectors of another dimension.
+        """
         live = np.load(directory / "live.npy")
-        index = cls(dim, fields, params, capacity=max(len(live), 16), keyword_on_parent=keyword_on_parent)
-        index._hnsw = hnswlib.Index(space="ip", dim=dim)
-        index._hnsw.load_index(str(directory / "hnsw.bin"), max_elements=index.capacity)
-        index._hnsw.set_ef(params.ef_search)
+        index = cls(dim, fields, params, capacity=max(len(live), 16), keyword_on_parent=keyword_on_parent,
+                    ensemble=ensemble)  # fmt: skip
+        index.space.load(directory / "hnsw.bin", directory / "vectors.npy")
+        for i, space in enumerate(index.ensemble.values()):
+            space.load(directory / f"ensemble-{i}.bin", directory / f"ensemble-{i}.npy")
         n = len(live)
-        index.vectors[:n] = vectors
+        vectors = index.vectors
         index.next_row = n
         with (directory / "rows.jsonl").open() as rows:
             for row, line in enumerate(rows):
@@ -344,6 +368,7 @@ class CollectionIndex:
                     record["parent"],
                     record["meta"],
                     vectors[row],
+                    {m: space.vectors[row] for m, space in index.ensemble.items()},
                 )
                 index.chunks[row] = chunk
                 index.tokens[row] = record["tok"]
@@ -357,9 +382,3 @@ class CollectionIndex:
 
 def _parent_key(chunk: Chunk) -> tuple[str, str]:
     return chunk.document_id, chunk.parent_text
-
-
-def _parent_text(chunk: Chunk) -> str:
-    """What BM25 reads for a chunk scored by its parent section."""
-    body = chunk.parent_text or chunk.text
-    return f"{chunk.title}\n{body}" if chunk.title else body

@@ -28,7 +28,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -36,7 +36,7 @@ from tollway.mesh.errors import FailedPrecondition, InvalidArgument, NotFound, T
 from tollway.retrieval import metrics
 from tollway.retrieval.chunking import chunk_text
 from tollway.retrieval.store import UNREACHABLE, IngestEvent, RetrievalStore
-from tollway.retrieval.types import Chunk, OpState, chunk_id
+from tollway.retrieval.types import Chunk, Collection, OpState, chunk_id
 
 log = logging.getLogger("tollway.retrieval.ingest")
 
@@ -44,12 +44,28 @@ log = logging.getLogger("tollway.retrieval.ingest")
 _PERMANENT = (InvalidArgument, NotFound, FailedPrecondition)
 
 
+# What a text is, for models that embed queries and documents differently (E5); others ignore it.
+InputType = Literal["query", "document"]
+DOCUMENT: InputType = "document"
+QUERY: InputType = "query"
+
+
 class Embedder(Protocol):
     """Turns texts into unit vectors with a named model (the embedding service)."""
 
-    async def embed(self, texts: Sequence[str], model: str) -> np.ndarray:
+    async def embed(self, texts: Sequence[str], model: str, input_type: InputType = DOCUMENT) -> np.ndarray:
         """float32 array (len(texts), dim). Raises TollwayError subclasses."""
         ...
+
+
+def _embedded_texts(chunks: Sequence[Chunk], model: str, col: Collection) -> list[str]:
+    """What ``model`` embeds of each chunk: its indexed text, except that an ensemble model of a
+    sentence-window collection embeds the whole parent section, as BM25 reads it. The windows
+    stay the main model's units; the ensemble model (E5 reads 512 tokens) judges the section,
+    which on the SQuAD tune half beat nothing else tried (docs/benchmarks.md, issue 15)."""
+    if model in col.ensemble and col.chunking.keyword_on_parent:
+        return [c.section_text() for c in chunks]
+    return [c.indexed_text() for c in chunks]
 
 
 class Invalidator(Protocol):
@@ -221,16 +237,17 @@ class Ingestor:
             for n, piece in enumerate(pieces)
         ]
         # During an embedding-model migration every new chunk gets a vector of both models, so
-        # that the switch never finds a chunk without one.
+        # that the switch never finds a chunk without one; and one of every ensemble model.
         dims = {col.embedding_model: col.dimension}
         if col.next_model:
             dims[col.next_model] = col.next_dimension
+        dims.update(col.ensemble)
         vectors: dict[str, list[np.ndarray]] = {m: [] for m in dims}
         step = self.settings.embed_batch
         for start in range(0, len(drafts), step):
             batch = drafts[start : start + step]
             for model, dim in dims.items():
-                got = await self.embedder.embed([c.indexed_text() for c in batch], model)
+                got = await self.embedder.embed(_embedded_texts(batch, model, col), model, input_type=DOCUMENT)
                 if got.shape != (len(batch), dim):
                     raise FailedPrecondition(
                         f"the embedding service returned vectors of shape {got.shape} for model "

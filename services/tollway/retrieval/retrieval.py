@@ -4,6 +4,7 @@ workers. No gRPC here (the servicer translates), no Redis (the store does).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -18,7 +19,7 @@ from tollway.mesh.background import Background
 from tollway.mesh.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, TollwayError
 from tollway.retrieval import metrics
 from tollway.retrieval.filters import check_filters, check_metadata
-from tollway.retrieval.ingest import Embedder, Ingestor, IngestSettings, Invalidator, wall_clock_ms
+from tollway.retrieval.ingest import QUERY, Embedder, Ingestor, IngestSettings, Invalidator, wall_clock_ms
 from tollway.retrieval.migrate import Migrator
 from tollway.retrieval.search import Searcher
 from tollway.retrieval.store import RetrievalStore, decode_page_token, encode_page_token
@@ -27,6 +28,7 @@ from tollway.retrieval.types import (
     COLLECTION_ID,
     DOCUMENT_ID,
     FIELD_NAME,
+    MAX_ENSEMBLE_MODELS,
     MAX_FILTERABLE_FIELDS,
     MAX_SENTENCE_WINDOW,
     MAX_TITLE_CHARS,
@@ -69,6 +71,8 @@ class Limits:
         default_fusion: Fusion method when a search sets none ("weighted" or "rrf").
         default_feedback_count: Pseudo-relevance feedback results when a search sets none.
         default_bigram_weight: Weight of word-pair matches in BM25 when a search sets none.
+        default_ensemble_weight: Share of the vector side given to a collection's ensemble models
+            when a search sets none.
     """
 
     max_document_chars: int = 1_000_000
@@ -76,6 +80,7 @@ class Limits:
     default_fusion: str = "weighted"
     default_feedback_count: int = 0
     default_bigram_weight: float = 0.25
+    default_ensemble_weight: float = 0.5
 
 
 def _name_part(name: str, pattern: str, field: str) -> list[str]:
@@ -165,11 +170,14 @@ class Retrieval:
         chunking: Chunking,
         fields: Mapping[str, FieldType | None],
         description: str = "",
+        ensemble_models: Sequence[str] = (),
     ) -> Collection:
         """Creates a collection (defaults applied, everything checked first).
 
         Raises:
-            InvalidArgument: A malformed id, chunk sizes out of range, bad field declarations.
+            InvalidArgument: A malformed id, chunk sizes out of range, bad field declarations,
+                ensemble models that are unknown (named with the served ones), repeated, the
+                main model, or too many.
             NotFound: The embedding service does not serve ``embedding_model``.
             AlreadyExists: The id is taken.
         """
@@ -201,6 +209,8 @@ class Retrieval:
                 violations.append((f"collection.filterable_fields[{i}].name", "1 to 64 of A-Z a-z 0-9 _ - ."))
             if kind is None:
                 violations.append((f"collection.filterable_fields[{i}].type", "required"))
+        if len(ensemble_models) > MAX_ENSEMBLE_MODELS:
+            violations.append(("collection.ensemble_models", f"at most {MAX_ENSEMBLE_MODELS} models"))
         if violations:
             raise InvalidArgument(f"bad collection: {violations[0][0]}: {violations[0][1]}", violations)
         dims, default = await self.catalog.models()
@@ -211,6 +221,7 @@ class Retrieval:
                 reason="UNKNOWN_MODEL",
                 metadata={"model": model},
             )
+        ensemble = _check_ensemble(ensemble_models, model, dims)
         col = Collection(
             collection_id=collection_id,
             embedding_model=model,
@@ -219,6 +230,7 @@ class Retrieval:
             fields={k: v for k, v in fields.items() if v is not None},
             description=description,
             created_ms=self.clock(),
+            ensemble=ensemble,
         )
         if not await self.store.create_collection(col):
             raise AlreadyExists(f"collection {collection_id!r} already exists", reason="COLLECTION_EXISTS",
@@ -279,7 +291,14 @@ class Retrieval:
         cid = collection_id_of(name)
         if not model:
             raise InvalidArgument("embedding_model is required", [("embedding_model", "required")])
-        await self._collection(cid)
+        col, _ = await self._collection(cid)
+        if model in col.ensemble:
+            # Its vectors would be the main and an ensemble model's at once, and the switch would drop them.
+            raise FailedPrecondition(
+                f"collection {cid!r} already fuses {model!r} as an ensemble model; migrate to another model",
+                reason="MODEL_IN_ENSEMBLE",
+                metadata={"model": model},
+            )
         dims, _ = await self.catalog.models()
         if model not in dims:
             raise NotFound(
@@ -458,6 +477,8 @@ class Retrieval:
             violations.append(("rerank.feedback_count", "must be 0 to 20"))
         if not 0.0 <= opts.bigram_weight <= 1.0:
             violations.append(("keyword_bigram_weight", "must be 0 to 1"))
+        if not 0.0 <= opts.ensemble_weight <= 1.0:
+            violations.append(("ensemble_weight", "must be 0 to 1"))
         if violations:
             raise InvalidArgument(f"bad search: {violations[0][0]}: {violations[0][1]}", violations)
         col, uid = await self._collection(cid)
@@ -473,8 +494,13 @@ class Retrieval:
                     )
                 vector = np.asarray(query_embedding, np.float32)
                 vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
-            else:
-                vector = (await self.embedder.embed([opts.query], col.embedding_model))[0]
+            # The query is embedded by every model it still needs, concurrently.
+            wanted = ([] if vector is not None else [col.embedding_model]) + list(col.ensemble)
+            got = await asyncio.gather(*(self.embedder.embed([opts.query], m, input_type=QUERY) for m in wanted))
+            by_model = {m: v[0] for m, v in zip(wanted, got, strict=True)}
+            if vector is None:
+                vector = by_model.pop(col.embedding_model)
+            opts = dataclasses.replace(opts, ensemble_vectors=by_model)
         opts = dataclasses.replace(opts, query_vector=vector)
         index = self.sync.get(cid, uid)
         if index is None:
@@ -483,3 +509,25 @@ class Retrieval:
         outcome = self.searcher.search(index, opts)
         metrics.SEARCH_SECONDS.labels(opts.mode.value).observe(time.perf_counter() - started)
         return col, outcome
+
+
+def _check_ensemble(models: Sequence[str], main: str, dims: Mapping[str, int]) -> dict[str, int]:
+    """The ensemble models with their dimensions.
+
+    Raises:
+        InvalidArgument: A model that is not served (the violation names the served ones), the
+            main model, or one named twice.
+    """
+    violations = []
+    for i, m in enumerate(models):
+        field = f"collection.ensemble_models[{i}]"
+        if m not in dims:
+            violations.append((field, f"model {m!r} is not served; served: {', '.join(sorted(dims))}"))
+        elif m == main:
+            violations.append((field, f"{m!r} is the collection's embedding_model; name a different model"))
+        elif m in models[:i]:
+            violations.append((field, f"{m!r} is named twice"))
+    if violations:
+        raise InvalidArgument(f"bad collection: {violations[0][0]}: {violations[0][1]}", violations,
+                              reason="BAD_ENSEMBLE")  # fmt: skip
+    return {m: dims[m] for m in models}

@@ -2,7 +2,10 @@
 
 Hybrid search takes the best ``candidates`` rows of each ranking, scores every row of the
 union on *both* (the cosine from the vector matrix, BM25 from the full score array), and
-fuses: a weighted sum of z-scores (default) or reciprocal-rank fusion. Optional steps:
+fuses: a weighted sum of z-scores (default) or reciprocal-rank fusion. A collection with
+ensemble models has one more vector ranking per model, fused the same way (vector search
+then fuses the vector rankings alone); the vector side's weight is shared between the main
+model and the ensemble by ``ensemble_weight``. Optional steps:
 
 * pseudo-relevance feedback: the query vector moves towards the mean vector of the top
   results (Rocchio) and the keyword query gains the top results' most telling terms; the
@@ -70,6 +73,20 @@ def _top(scores: np.ndarray, allowed: np.ndarray, n: int) -> np.ndarray:
     return top[np.argsort(-masked[top], kind="stable")].astype(np.int64)
 
 
+def fuse(rankings: list[tuple[float, np.ndarray]], method: FusionMethod, rrf_k: int) -> np.ndarray:
+    """One score per candidate from several rankings' scores of the same candidates.
+
+    Args:
+        rankings: (weight, scores) per ranking, every ``scores`` over the same candidates.
+        method: A weighted sum of each ranking's z-scores, or reciprocal-rank fusion
+            (the sum of weight / (rrf_k + rank)).
+        rrf_k: RRF's rank offset.
+    """
+    if method is FusionMethod.RRF:
+        return sum((w / (rrf_k + _ranks(x)) for w, x in rankings), np.zeros(len(rankings[0][1])))
+    return sum((w * _zscore(x) for w, x in rankings), np.zeros(len(rankings[0][1])))
+
+
 class Searcher:
     """Runs searches over a collection index with fixed tuning."""
 
@@ -84,23 +101,27 @@ class Searcher:
             return SearchOutcome([], 0)
         want = max(self.tuning.candidates, opts.top_k * (4 if opts.group_by_document or opts.mmr else 1))
         query_tokens = tokenize([opts.query], bigrams=index.params.bigrams)[0] if opts.mode is not Mode.VECTOR else []
-        vector = None
+        # The query vector of each vector space: None is the main model, then the ensemble's.
+        vectors: dict[str | None, np.ndarray] = {}
         if opts.mode is not Mode.KEYWORD:
-            vector = np.asarray(opts.query_vector, np.float32).reshape(-1)
-        rows, fused, vsims, kscores = self._round(index, opts, allowed, vector, query_tokens, None, want)
+            vectors[None] = np.asarray(opts.query_vector, np.float32).reshape(-1)
+            for model in index.ensemble:
+                if model in opts.ensemble_vectors:
+                    vectors[model] = np.asarray(opts.ensemble_vectors[model], np.float32).reshape(-1)
+        rows, fused, vsims, kscores = self._round(index, opts, allowed, vectors, query_tokens, None, want)
         if opts.feedback_count > 0 and len(rows):
             top_rows = self._group(index, rows, fused, opts.group_by_document)[: opts.feedback_count]
-            if vector is not None:
-                centroid = index.vectors[top_rows].mean(axis=0)
+            for model, vector in vectors.items():
+                centroid = index.vectors_of(model)[top_rows].mean(axis=0)
                 moved = vector + self.tuning.feedback_vector_weight * centroid
-                vector = moved / max(float(np.linalg.norm(moved)), 1e-12)
+                vectors[model] = moved / max(float(np.linalg.norm(moved)), 1e-12)
             extra = None
             if query_tokens:
                 terms = expansion_terms(
                     index.keyword, [index.tokens[r] for r in top_rows], query_tokens, self.tuning.feedback_terms
                 )
                 extra = terms or None
-            rows, fused, vsims, kscores = self._round(index, opts, allowed, vector, query_tokens, extra, want)
+            rows, fused, vsims, kscores = self._round(index, opts, allowed, vectors, query_tokens, extra, want)
         order = self._group(index, rows, fused, opts.group_by_document)
         position = {int(r): i for i, r in enumerate(rows)}
         if opts.mmr and len(order) > 1:
@@ -119,7 +140,7 @@ class Searcher:
         index: CollectionIndex,
         opts: SearchOptions,
         allowed: np.ndarray,
-        vector: np.ndarray | None,
+        vectors: dict[str | None, np.ndarray],
         query_tokens: list[str],
         extra_terms: list[str] | None,
         want: int,
@@ -136,23 +157,30 @@ class Searcher:
             rows = _top(keyword_all, allowed, want)
             scores = keyword_all[rows].astype(np.float64)
             return rows, scores, np.full(len(rows), -1.0), scores
-        assert vector is not None
+        vector = vectors[None]
         vrows = index.vector_top(vector, want, allowed)
-        if opts.mode is Mode.VECTOR:
+        if opts.mode is Mode.VECTOR and len(vectors) == 1:
             sims = (index.vectors[vrows] @ vector).astype(np.float64)
             return vrows, sims, sims, np.zeros(len(vrows))
-        assert keyword_all is not None
-        krows = _top(keyword_all, allowed, want)
-        rows = np.unique(np.concatenate([vrows, krows]))
-        sims = (index.vectors[rows] @ vector).astype(np.float64)
-        kw = keyword_all[rows].astype(np.float64)
-        w = opts.keyword_weight
-        if opts.fusion is FusionMethod.RRF:
-            fused = (1 - w) / (opts.rrf_k + _ranks(sims)) + w / (opts.rrf_k + _ranks(kw))
-        else:
-            fused = (1 - w) * _zscore(sims) + w * _zscore(kw)
+        candidates = [vrows] + [index.vector_top(q, want, allowed, model=m) for m, q in vectors.items() if m]
+        if keyword_all is not None:
+            candidates.append(_top(keyword_all, allowed, want))
+        rows = np.unique(np.concatenate(candidates))
+        # Each ranking's scores over the union, with its weight in the fusion.
+        w = opts.keyword_weight if keyword_all is not None else 0.0
+        share = opts.ensemble_weight if len(vectors) > 1 else 0.0
+        rankings = [((1 - w) * (1 - share), (index.vectors[rows] @ vector).astype(np.float64))]
+        rankings += [
+            ((1 - w) * share / (len(vectors) - 1), (index.vectors_of(m)[rows] @ q).astype(np.float64))
+            for m, q in vectors.items()
+            if m
+        ]
+        kw = keyword_all[rows].astype(np.float64) if keyword_all is not None else np.zeros(len(rows))
+        if keyword_all is not None:
+            rankings.append((w, kw))
+        fused = fuse(rankings, opts.fusion, opts.rrf_k)
         order = np.argsort(-fused, kind="stable")
-        return rows[order], fused[order], sims[order], kw[order]
+        return rows[order], fused[order], rankings[0][1][order], kw[order]
 
     @staticmethod
     def _group(index: CollectionIndex, rows: np.ndarray, scores: np.ndarray, by_document: bool) -> list[int]:

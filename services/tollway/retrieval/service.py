@@ -121,6 +121,7 @@ def collection_to_proto(c: Collection) -> pb.Collection:
         chunk_count=c.chunk_count,
         create_time=_timestamp(c.created_ms),
         dimension=c.dimension,
+        ensemble_models=list(c.ensemble),
         migration=pb.EmbeddingMigration(
             target_model=c.next_model,
             backfilled_chunk_count=c.backfilled_count,
@@ -210,6 +211,7 @@ def search_from_proto(req: pb.SearchRequest, retrieval: Retrieval) -> SearchOpti
         bigram_weight=req.keyword_bigram_weight
         if req.HasField("keyword_bigram_weight")
         else limits.default_bigram_weight,
+        ensemble_weight=req.ensemble_weight if req.HasField("ensemble_weight") else limits.default_ensemble_weight,
     )
 
 
@@ -242,6 +244,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
             ),
             fields=fields,
             description=c.description,
+            ensemble_models=list(c.ensemble_models),
         )
         return pb.CreateCollectionResponse(collection=collection_to_proto(col))
 
@@ -348,4 +351,5 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
             mode=MODE_TO_PROTO[opts.mode],
             embedding_model="" if opts.mode is Mode.KEYWORD else col.embedding_model,
             candidate_count=outcome.candidate_count,
+            ensemble_models=[] if opts.mode is Mode.KEYWORD else list(col.ensemble),
         )

@@ -6,13 +6,14 @@ never meets the old one's leftovers while they are being removed)::
 
     {p}:epoch               random id of this data set (a snapshot from another one is ignored)
     {p}:cols                ZSET  collection ids (score 0: lexical order for paging)
-    {p}:c:{c}               HASH  collection: uid, model, dim, chunking, fields, desc, created; during an
-                                  embedding-model migration also next, next_dim, mig_done, mig_total, mig_start
+    {p}:c:{c}               HASH  collection: uid, model, dim, chunking, fields, desc, created, ens (JSON
+                                  ensemble model -> dim, absent when none); during an embedding-model
+                                  migration also next, next_dim, mig_done, mig_total, mig_start
     {p}:u:{u}:docs          ZSET  document ids of the collection (score 0)
     {p}:u:{u}:d:{d}         HASH  document: title, text, meta, sv, hash, ihash, state, chunks,
                                   cids (JSON ids of the indexed chunks), updated, indexed, op
     {p}:u:{u}:k:{chunk}     HASH  chunk: doc, text, title, parent, meta, v:{model} (float32 bytes, one per
-                                  model: two while a migration back-fills)
+                                  model: one more while a migration back-fills, one per ensemble model)
     {p}:lock:{name}         STRING a lock (the replica back-filling a migration; expires)
     {p}:u:{u}:n             STRING chunks indexed in the collection
     {p}:op:{id}             HASH  operation (expires after a day)
@@ -97,13 +98,19 @@ return {'queued', op}
 _COMMIT = """
 local p, maxlen, c, uid, d, hash, now, op = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local models = cjson.decode(ARGV[9])
-local col = redis.call('HMGET', p .. ':c:' .. c, 'uid', 'model', 'next')
+local col = redis.call('HMGET', p .. ':c:' .. c, 'uid', 'model', 'next', 'ens')
 if col[1] ~= uid then return {'gone', 0} end
 local has = {}
 for _, m in ipairs(models) do has[m] = true end
 -- Every chunk must carry a vector of the active model, and of the next one during a migration:
--- a chunk without one would be missing from the index after the switch.
+-- a chunk without one would be missing from the index after the switch. Likewise one of every
+-- ensemble model, whose index holds every chunk too.
 if not has[col[2]] or (col[3] and not has[col[3]]) then return {'models', 0} end
+if col[4] then
+  for m, _ in pairs(cjson.decode(col[4])) do
+    if not has[m] then return {'models', 0} end
+  end
+end
 local dkey = p .. ':u:' .. uid .. ':d:' .. d
 local cur = redis.call('HMGET', dkey, 'hash', 'ihash', 'cids')
 if not cur[1] then return {'gone', 0} end
@@ -402,6 +409,8 @@ class RetrievalStore:
             "desc", col.description,
             "created", str(col.created_ms),
         ]  # fmt: skip
+        if col.ensemble:
+            fields += ["ens", json.dumps(dict(col.ensemble), sort_keys=True)]
         done = await self._create_col(
             keys=[self.events_key], args=[self.prefix, self.events_maxlen, col.collection_id, *fields])
         return bool(done)
@@ -435,6 +444,7 @@ class RetrievalStore:
             backfilled_count=_i(raw.get(b"mig_done")),
             backfill_total=_i(raw.get(b"mig_total")),
             migration_started_ms=_i(raw.get(b"mig_start")),
+            ensemble={k: int(v) for k, v in json.loads(_s(raw.get(b"ens")) or "{}").items()},
         )
         return StoredCollection(col, uid)
 
@@ -571,29 +581,39 @@ class RetrievalStore:
         outcome, had = await self._commit(keys=[self.events_key], args=args)
         return _s(outcome), bool(int(had))
 
-    async def chunks(self, uid: str, chunk_ids: Sequence[str], dim: int, model: str) -> list[Chunk]:
-        """The chunks of ``chunk_ids`` that still exist, with their vector of ``model``."""
+    async def chunks(
+        self, uid: str, chunk_ids: Sequence[str], dim: int, model: str, ensemble: Mapping[str, int] | None = None
+    ) -> list[Chunk]:
+        """The chunks of ``chunk_ids`` that still exist, with their vector of ``model`` and of
+        every ``ensemble`` model (id -> dimension); a chunk lacking one is left out."""
         if not chunk_ids:
             return []
+        extra = sorted((ensemble or {}).items())
         base = f"{self.prefix}:u:{uid}:k:"
         async with self.redis.pipeline(transaction=False) as pipe:
             for cid in chunk_ids:
-                pipe.hmget(base + cid, "doc", "text", "title", "parent", "meta", f"v:{model}")
+                pipe.hmget(base + cid, "doc", "text", "title", "parent", "meta", f"v:{model}",
+                           *(f"v:{m}" for m, _ in extra))  # fmt: skip
             rows = await pipe.execute()
         out = []
-        for cid, (doc, text, title, parent, meta, vec) in zip(chunk_ids, rows, strict=True):
-            if doc is None or vec is None:
+        for cid, (doc, text, title, parent, meta, vec, *more) in zip(chunk_ids, rows, strict=True):
+            if doc is None or vec is None or any(v is None for v in more):
                 continue
             vector = np.frombuffer(vec, np.float32)
-            if len(vector) != dim:
+            others = {m: np.frombuffer(v, np.float32) for (m, _), v in zip(extra, more, strict=True)}
+            if len(vector) != dim or any(len(others[m]) != d for m, d in extra):
                 continue
-            out.append(Chunk(cid, _s(doc), _s(text), _s(title), _s(parent), json.loads(_s(meta) or "{}"), vector))
+            out.append(Chunk(cid, _s(doc), _s(text), _s(title), _s(parent), json.loads(_s(meta) or "{}"), vector,
+                             others))  # fmt: skip
         return out
 
-    async def scan_chunks(self, uid: str, dim: int, model: str, batch: int = 1000) -> AsyncIterator[list[Chunk]]:
-        """Every chunk of a collection with its vector of ``model``, in batches (order unspecified)."""
+    async def scan_chunks(
+        self, uid: str, dim: int, model: str, batch: int = 1000, ensemble: Mapping[str, int] | None = None
+    ) -> AsyncIterator[list[Chunk]]:
+        """Every chunk of a collection with its vector of ``model`` (and of each ``ensemble``
+        model), in batches (order unspecified)."""
         async for ids in self.scan_chunk_ids(uid, batch):
-            yield await self.chunks(uid, ids, dim, model)
+            yield await self.chunks(uid, ids, dim, model, ensemble)
 
     async def scan_chunk_ids(self, uid: str, batch: int = 1000) -> AsyncIterator[list[str]]:
         """Every chunk id of a collection, in batches (order unspecified)."""

@@ -95,7 +95,8 @@ class IndexSync:
         entry = self.entries.get(collection.collection_id)
         if entry is None or entry.uid != uid:
             index = CollectionIndex(collection.dimension, collection.fields, self.params, capacity,
-                                    keyword_on_parent=collection.chunking.keyword_on_parent)  # fmt: skip
+                                    keyword_on_parent=collection.chunking.keyword_on_parent,
+                                    ensemble=collection.ensemble)  # fmt: skip
             entry = self.entries[collection.collection_id] = Entry(collection, uid, index)
         return entry.index
 
@@ -130,10 +131,11 @@ class IndexSync:
         self._export()
 
     async def _build(self, col: Collection, uid: str) -> Entry:
-        """One collection's index, built from its chunks in Redis (vectors of its active model)."""
+        """One collection's index, built from its chunks in Redis (vectors of its active model
+        and of its ensemble models)."""
         index = CollectionIndex(col.dimension, col.fields, self.params, int(col.chunk_count * 1.1),
-                                keyword_on_parent=col.chunking.keyword_on_parent)  # fmt: skip
-        async for batch in self.store.scan_chunks(uid, col.dimension, col.embedding_model):
+                                keyword_on_parent=col.chunking.keyword_on_parent, ensemble=col.ensemble)  # fmt: skip
+        async for batch in self.store.scan_chunks(uid, col.dimension, col.embedding_model, ensemble=col.ensemble):
             await asyncio.to_thread(index.add, batch, None, self.rebuild_threads)
         rows, freed = index.keyword_snapshot()
         index.swap_keyword(await asyncio.to_thread(index.build_keyword, rows), freed)
@@ -206,10 +208,10 @@ class IndexSync:
                     if stored is None or stored.uid != e.uid:
                         continue  # deleted since: a later "x" event follows, or already did
                     index = self.ensure(stored.collection, stored.uid)
-                model = self.entries[e.collection_id].collection.embedding_model
+                col = self.entries[e.collection_id].collection
                 index.remove(e.dropped)
                 wanted = [cid for cid in e.added if cid not in index]
-                index.add(await self.store.chunks(e.uid, wanted, index.dim, model))
+                index.add(await self.store.chunks(e.uid, wanted, index.dim, col.embedding_model, col.ensemble))
                 touched.add(e.collection_id)
             self.last_id, self.last_seq = events[-1].stream_id, events[-1].seq
             self.applied_since_snapshot += len(events)
@@ -281,6 +283,7 @@ class IndexSync:
                         "uid": e.uid,
                         "model": e.collection.embedding_model,
                         "dim": e.collection.dimension,
+                        "ensemble": dict(e.collection.ensemble),
                         "dir": f"c{i}",
                     }
                     for i, (cid, e) in enumerate(sorted(self.entries.items()))
@@ -345,13 +348,13 @@ class IndexSync:
                 if stored is None or stored.uid != c["uid"]:
                     continue  # deleted since; its "x" event is in the tail anyway
                 col = stored.collection
-                if col.embedding_model != c.get("model"):
+                if col.embedding_model != c.get("model") or dict(col.ensemble) != c.get("ensemble", {}):
                     # Switched models since: the snapshot's vectors are the old model's.
                     entries[c["id"]] = await self._build(col, stored.uid)
                     continue
-                index = await asyncio.to_thread(
-                    functools.partial(CollectionIndex.load, keyword_on_parent=col.chunking.keyword_on_parent),
-                    snapshot / c["dir"], col.dimension, col.fields, self.params)  # fmt: skip
+                load = functools.partial(CollectionIndex.load, keyword_on_parent=col.chunking.keyword_on_parent,
+                                         ensemble=col.ensemble)  # fmt: skip
+                index = await asyncio.to_thread(load, snapshot / c["dir"], col.dimension, col.fields, self.params)
                 entries[c["id"]] = Entry(col, stored.uid, index)
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
             log.warning("snapshot unreadable; rebuilding", extra={"error": str(exc)})

@@ -23,6 +23,9 @@ OPERATION_ID = re.compile(r"^[0-9a-f]{32}$")
 
 MAX_TITLE_CHARS = 1024
 MAX_FILTERABLE_FIELDS = 32
+# Each ensemble model costs a vector per chunk in Redis, an hnswlib graph per replica and a query
+# embedding per search: two are the most that the measured gain (one model) justifies trying.
+MAX_ENSEMBLE_MODELS = 2
 
 
 class Strategy(enum.Enum):
@@ -139,6 +142,8 @@ class Collection:
         backfilled_count: Chunks with a vector of ``next_model`` so far.
         backfill_total: Chunks indexed when the migration started.
         migration_started_ms: When it started.
+        ensemble: Further embedding models (id -> dimension) whose vector rankings vector and
+            hybrid search fuse with ``embedding_model``'s. Fixed at creation.
     """
 
     collection_id: str
@@ -155,6 +160,7 @@ class Collection:
     backfilled_count: int = 0
     backfill_total: int = 0
     migration_started_ms: int = 0
+    ensemble: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -162,8 +168,10 @@ class Collection:
 
     @property
     def models(self) -> list[str]:
-        """The models every new chunk needs a vector of: the active one, and a migration's target."""
-        return [self.embedding_model, self.next_model] if self.next_model else [self.embedding_model]
+        """The models every new chunk needs a vector of: the active one, a migration's target and
+        the ensemble's."""
+        active = [self.embedding_model, self.next_model] if self.next_model else [self.embedding_model]
+        return active + list(self.ensemble)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -249,6 +257,7 @@ class Chunk:
         parent_text: The parent section (hierarchical collections), else "".
         metadata: The document's metadata at indexing time.
         vector: Its embedding (unit norm), float32.
+        ensemble_vectors: Its vectors of the collection's ensemble models, by model id.
     """
 
     chunk_id: str
@@ -258,10 +267,18 @@ class Chunk:
     parent_text: str
     metadata: Mapping[str, Any]
     vector: Any  # np.ndarray; typed loosely so this module needs no numpy
+    ensemble_vectors: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def indexed_text(self) -> str:
         """What is embedded and keyword-indexed: the title gives every chunk its context."""
         return f"{self.title}\n{self.text}" if self.title else self.text
+
+    def section_text(self) -> str:
+        """The parent section with the title (the chunk itself when it has no parent): what BM25
+        reads for a sentence window, and what an ensemble model embeds for one (see
+        :meth:`Chunking.keyword_on_parent`)."""
+        body = self.parent_text or self.text
+        return f"{self.title}\n{body}" if self.title else body
 
 
 def chunk_id(document_id: str, digest: str, n: int) -> str:
@@ -338,6 +355,9 @@ class SearchOptions:
         group_by_document: One result per document (its best chunk).
         query_vector: The query embedding (None for keyword search).
         bigram_weight: Weight of word-pair (phrase) matches in BM25, added to the words' score.
+        ensemble_weight: The share of the vector side of the fusion given to the collection's
+            ensemble models (split evenly among them); the main model gets the rest. 0 to 1.
+        ensemble_vectors: The query embedded by each ensemble model, by model id.
     """
 
     query: str
@@ -353,6 +373,8 @@ class SearchOptions:
     group_by_document: bool = False
     query_vector: Any = None
     bigram_weight: float = 0.25
+    ensemble_weight: float = 0.5
+    ensemble_vectors: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
