@@ -21,6 +21,7 @@ from typing import Any
 import uvicorn
 
 from tollway.mesh.config import MeshConfig, load_config
+from tollway.mesh.httpserver import HeadWithBodyProtocol
 from tollway.mesh.server import Companion, ServiceSpec, run, serve_group
 from tollway.mesh.telemetry import tracer_provider, tracing_enabled
 
@@ -112,7 +113,7 @@ class Uvicorn:
             app,
             host=host,
             port=port,
-            http="httptools",
+            http=HeadWithBodyProtocol,
             access_log=False,
             log_config=None,
             lifespan="on",

@@ -6,6 +6,7 @@ import uvicorn
 from prometheus_client import start_http_server
 
 from tollway.mesh.config import MeshConfig, load_config
+from tollway.mesh.httpserver import HeadWithBodyProtocol
 from tollway.mesh.telemetry import setup_logging, tracer_provider, tracing_enabled
 from tollway.mesh.tracing import TraceContextMiddleware
 from tollway.openai_compat.config import OpenAICompatConfig
@@ -34,7 +35,7 @@ def main() -> None:
         host=cfg.host or mesh.bind_host,
         port=cfg.port,
         loop="uvloop",
-        http="httptools",
+        http=HeadWithBodyProtocol,
         access_log=False,
         log_config=None,
         timeout_graceful_shutdown=10,
