@@ -128,3 +128,10 @@ async def test_chunked_bodies_decode_however_the_bytes_are_split(split: str) -> 
     assert connections == 1  # the connection went back to the pool after a complete body
     await client.aclose()
     server.close()
+
+
+def test_json_bodies_take_integers_beyond_64_bits() -> None:
+    # orjson refuses them; a tool schema may hold one ("maximum": 10**30).
+    from tollway.mesh.httpclient import _json_bytes
+
+    assert json.loads(_json_bytes({"maximum": 10**30, "t": [0.5, "é"]})) == {"maximum": 10**30, "t": [0.5, "é"]}

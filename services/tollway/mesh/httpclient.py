@@ -20,7 +20,18 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
+
 _MAX_HEADER_BYTES = 64 * 1024
+
+
+def _json_bytes(value: Any) -> bytes:
+    """``value`` as JSON: orjson (a provider request is encoded on every call), or the standard
+    library's encoder for what orjson refuses (an integer beyond 64 bits in a tool's schema)."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return jsonlib.dumps(value, separators=(",", ":")).encode()
 
 
 class HttpError(Exception):
@@ -272,7 +283,7 @@ class HttpClient:
         host = parts.hostname or "127.0.0.1"
         port = parts.port or (443 if scheme == "https" else 80)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        body = content if content is not None else (jsonlib.dumps(json).encode() if json is not None else b"")
+        body = content if content is not None else (_json_bytes(json) if json is not None else b"")
         head = [f"{method} {target} HTTP/1.1", f"host: {parts.netloc}", f"content-length: {len(body)}"]
         if json is not None:
             head.append("content-type: application/json")
