@@ -7,25 +7,33 @@ import contextlib
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Literal
 
 from tollway.launcher.processes import free_ports
 from tollway.launcher.stack import ROOT, Stack, StackOptions
 
 
-def mesh_with_gateways(run: Path, replicas: int) -> Path:
-    """A copy of deploy/mesh.yaml in ``run`` whose gateway has ``replicas`` (Envoy balances over them).
+def mesh_with_replicas(run: Path, replicas: Mapping[str, int]) -> Path:
+    """A copy of deploy/mesh.yaml in ``run`` where each service named in ``replicas`` has that many
+    (Envoy balances over them; co-located members that share a count run as that many processes).
 
     Raises:
-        AssertionError: The gateway entry no longer has its ``replicas: 1`` line.
+        AssertionError: A named service's entry no longer has its ``replicas: 1`` line.
     """
     text = (ROOT / "deploy" / "mesh.yaml").read_text().replace("descriptor_set: ../", f"descriptor_set: {ROOT}/")
-    text, n = re.subn(r"(- name: gateway\n(?:    .*\n)*?    replicas: )1", rf"\g<1>{replicas}", text, count=1)
-    assert n == 1, "the gateway entry of deploy/mesh.yaml has no `replicas: 1` line"
+    for name, count in replicas.items():
+        text, n = re.subn(rf"(- name: {name}\b.*\n(?:    .*\n)*?    replicas: )1", rf"\g<1>{count}", text, count=1)
+        assert n == 1, f"the {name} entry of deploy/mesh.yaml has no `replicas: 1` line"
     path = run / "mesh.yaml"
     path.write_text(text)
     return path
+
+
+def mesh_with_gateways(run: Path, replicas: int) -> Path:
+    """A copy of deploy/mesh.yaml in ``run`` whose gateway has ``replicas`` (Envoy balances over them)."""
+    return mesh_with_replicas(run, {"gateway": replicas})
 
 
 @contextlib.contextmanager
@@ -38,6 +46,8 @@ def roomy_stack(
     services: tuple[str, ...],
     tokens: int,
     timeout_s: float = 10,
+    replicas: Mapping[str, int] | None = None,
+    layout: Literal["split", "colocated"] = "split",
 ) -> Iterator[Stack]:
     """Starts the stack, yields it, stops it.
 
@@ -49,6 +59,8 @@ def roomy_stack(
         services: The services to start.
         tokens: The tenant's daily token quota.
         timeout_s: The fake provider's timeout.
+        replicas: Replica counts of services (see :func:`mesh_with_replicas`); deploy/mesh.yaml's otherwise.
+        layout: The launcher's layout (``colocated`` runs mesh.yaml's process groups).
     """
     run = Path(tempfile.mkdtemp(prefix=prefix, dir=os.environ.get("TOLLWAY_TEST_RUN_DIR") or None))
     catalog = run / "models.yaml"
@@ -70,7 +82,9 @@ def roomy_stack(
             catalog=catalog,
             with_model=False,
             services=services,
+            layout=layout,
             env={"TOLLWAY_LOG_LEVEL": "WARNING", "TOLLWAY_BUDGET_PLANS": str(plans)},
+            **({"mesh_path": mesh_with_replicas(run, replicas)} if replicas else {}),
         )
     )
     stack.start()

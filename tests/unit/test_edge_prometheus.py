@@ -54,6 +54,16 @@ def test_split_layout_scrapes_every_service() -> None:
     }
 
 
+def test_each_instance_of_a_replicated_group_is_scraped(doc: dict[str, Any]) -> None:
+    for name in ("gateway", "router", "cache", "budget", "openai_compat"):
+        _svc(doc, name)["replicas"] = 2
+    mesh = parse_mesh(doc, base_dir=MESH_FILE.parent)
+    targets = {t.process: t for t in scrape_targets(mesh, "colocated")}
+    assert "core" not in targets
+    assert (targets["core-0"].metrics.port, targets["core-1"].metrics.port) == (51051, 51151)
+    assert targets["core-1"].metrics_owner == "gateway" and len(targets["core-1"].services) == 5
+
+
 def test_replicas_and_canaries_are_scraped_one_by_one_and_leave_their_group(doc: dict[str, Any]) -> None:
     _svc(doc, "cache")["replicas"] = 3
     _svc(doc, "router")["canary"] = {"version": "v2", "port": 50065, "weight_percent": 10}

@@ -44,6 +44,26 @@ def test_a_member_with_replicas_or_a_canary_runs_apart(doc: dict[str, Any]) -> N
     assert mesh.colocated() == ()  # router alone: no group left
 
 
+def test_members_sharing_a_replica_count_run_as_that_many_processes(doc: dict[str, Any]) -> None:
+    doc["processes"] = {"core": ["gateway", "router", "cache"]}
+    for name in ("gateway", "router", "cache"):
+        _svc(doc, name)["replicas"] = 2
+    mesh = parse_mesh(doc, base_dir=MESH_FILE.parent)
+    (core,) = mesh.colocated()
+    assert core == ProcessGroup("core", ("gateway", "cache", "router"), replicas=2)
+    assert core.instance_names() == ("core-0", "core-1")
+    # Instance 1 serves each member on its replica-1 port (port + 100).
+    assert [mesh.service(m).endpoints[1].port for m in core.services] == [50151, 50152, 50155]
+
+
+def test_a_member_with_another_replica_count_runs_apart(doc: dict[str, Any]) -> None:
+    doc["processes"] = {"core": ["gateway", "router", "cache"]}
+    _svc(doc, "gateway")["replicas"] = 3  # most members have 1: the group is theirs
+    mesh = parse_mesh(doc, base_dir=MESH_FILE.parent)
+    assert mesh.colocated() == (ProcessGroup("core", ("cache", "router")),)
+    assert mesh.colocated()[0].instance_names() == ("core",)
+
+
 def test_only_started_members_run_together(doc: dict[str, Any]) -> None:
     mesh = parse_mesh(doc, base_dir=MESH_FILE.parent)
     assert mesh.colocated({"gateway", "router", "embedding"}) == (ProcessGroup("core", ("gateway", "router")),)

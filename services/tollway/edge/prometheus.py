@@ -73,9 +73,10 @@ def scrape_targets(mesh: Mesh, layout: Layout, running: Iterable[str] | None = N
             done.add(group.name)
             members = [mesh.service(m) for m in group.services]
             owner = next((m for m in members if m.protocol == "grpc"), members[0])
-            out.append(
-                ScrapeTarget(group.name, group.services, offset.metrics_endpoint(owner.endpoints[0]), owner.name)
-            )
+            for i, process in enumerate(group.instance_names()):
+                out.append(
+                    ScrapeTarget(process, group.services, offset.metrics_endpoint(owner.endpoints[i]), owner.name)
+                )
             continue
         for process, endpoint in instances(service):
             out.append(ScrapeTarget(process, (service.name,), offset.metrics_endpoint(endpoint), service.name))

@@ -182,9 +182,10 @@ class Stack:
         Raises:
             KeyError: No started child runs it.
         """
-        group = next((g.name for g in self.groups() if service in g.services), None)
+        group = next((g for g in self.groups() if service in g.services), None)
+        names = {service, *(group.instance_names() if group else ())}
         for child in self.children:
-            if child.name in (service, group):
+            if child.name in names:
                 return child
         raise KeyError(f"no started process runs {service!r}")
 
@@ -512,24 +513,27 @@ class Stack:
             wait_until(child, child.ready, self.options.startup_timeout_s, child.what)
 
     def _start_group(self, group: ProcessGroup) -> None:
-        """One process for the group's members (`python -m tollway.colocate`), ready when every
-        member serves on its own port."""
+        """One process per instance of the group (`python -m tollway.colocate`), instance i serving
+        each member on the member's replica-i port; each is ready when every member serves."""
         members = [self.mesh.service(m) for m in group.services]
-        env: dict[str, str] = {}
-        for member in members:
-            env |= self._service_env(member, member.port)
-        probes: list[Callable[[], bool]] = []
-        for member in members:
-            address = member.endpoints[0].address
-            if member.protocol == "grpc":
-                probes.append(lambda a=address: _grpc_serving(a))
-            else:
-                path = member.health_path or "/healthz"
-                probes.append(lambda a=address, p=path: _http_ok(f"http://{a}{p}"))
         argv = [sys.executable, "-m", "tollway.colocate", group.name, *group.services]
-        what = "serving on " + ", ".join(f"{m.endpoints[0].address} ({m.name})" for m in members)
-        child = self._spawn(group.name, argv, env, ready=lambda: all(p() for p in probes), what=what)
-        wait_until(child, child.ready, self.options.startup_timeout_s, child.what)
+        started = []
+        for i, name in enumerate(group.instance_names()):
+            env: dict[str, str] = {}
+            for member in members:
+                env |= self._service_env(member, member.endpoints[i].port)
+            probes: list[Callable[[], bool]] = []
+            for member in members:
+                address = member.endpoints[i].address
+                if member.protocol == "grpc":
+                    probes.append(lambda a=address: _grpc_serving(a))
+                else:
+                    path = member.health_path or "/healthz"
+                    probes.append(lambda a=address, p=path: _http_ok(f"http://{a}{p}"))
+            what = "serving on " + ", ".join(f"{m.endpoints[i].address} ({m.name})" for m in members)
+            started.append(self._spawn(name, argv, env, ready=lambda ps=probes: all(p() for p in ps), what=what))
+        for child in started:
+            wait_until(child, child.ready, self.options.startup_timeout_s, child.what)
 
     def _start_envoy(self) -> None:
         from tollway.edge.envoy_config import build_envoy_config

@@ -11,8 +11,9 @@ Typical use:
     mesh.service("gateway").endpoints  # (Endpoint(host='127.0.0.1', port=40123),)
 
 Co-location: a top-level `processes:` mapping names groups of services that share one process
-(`core: [gateway, router, cache, budget, openai_compat]`); a member with replicas or a canary, or
-disabled, runs apart (`Mesh.colocated`). It is a deployment choice, not a code
+(`core: [gateway, router, cache, budget, openai_compat]`); a member with a canary, disabled, or with
+another replica count than the group's, runs apart (`Mesh.colocated`); members that all have
+`replicas: N` run as N such processes. It is a deployment choice, not a code
 fork: `tollway up` starts one process per group (`tollway.colocate`), each service keeps its port
 and health there, and a caller reaches a callee of its own group through an in-process channel
 (`inproc:<service>`, `tollway.mesh.inprocess`). A service in no group runs alone, as every service
@@ -243,10 +244,21 @@ class ProcessGroup:
         name: The process's name (in logs, `tollway status` and the pid file); not a service's name.
         services: Its services, in file order of `services:` (callees of one another need no order:
             every servicer is registered before any starts).
+        replicas: How many such processes run (``Mesh.colocated``: the members' common replica
+            count). Instance i serves each member on the member's replica-i port, so Envoy balances
+            over the instances as over any replicas, and each instance's calls between its members
+            stay in-process.
     """
 
     name: str
     services: tuple[str, ...]
+    replicas: int = 1
+
+    def instance_names(self) -> tuple[str, ...]:
+        """The launcher's name of each instance: the group's name alone, or ``name-<i>``."""
+        if self.replicas == 1:
+            return (self.name,)
+        return tuple(f"{self.name}-{i}" for i in range(self.replicas))
 
 
 @dataclass(frozen=True)
@@ -266,10 +278,13 @@ class Mesh:
     def colocated(self, running: Iterable[str] | None = None) -> tuple[ProcessGroup, ...]:
         """The process groups as they run: each with the members that can share a process.
 
-        A member runs apart, as if it were in no group, when it is disabled, not among ``running``
-        (the services a launcher starts), or has replicas or a canary: one process holds one
-        instance of each member, while replicas and canaries are separate instances behind Envoy.
-        A group left with fewer than two members runs none of them together.
+        One process holds one instance of each member, so the members of a group share a replica
+        count, which becomes the group's: with ``replicas: 2`` on every member, two processes run,
+        the second serving each member on its replica-1 port. A member runs apart, as if it were in
+        no group, when it is disabled, not among ``running`` (the services a launcher starts), has a
+        canary (a separate instance behind Envoy), or has another replica count than most members
+        (the count most members share; on a tie, the first member's). A group left with fewer than
+        two members runs none of them together.
 
         Args:
             running: The services started; every enabled one when None.
@@ -277,16 +292,18 @@ class Mesh:
         wanted = None if running is None else set(running)
         out = []
         for group in self.processes:
-            members = tuple(
-                m
+            eligible = [
+                s
                 for m in group.services
-                if (s := self.service(m)).enabled
-                and s.replicas == 1
-                and s.canary is None
-                and (wanted is None or m in wanted)
-            )
+                if (s := self.service(m)).enabled and s.canary is None and (wanted is None or m in wanted)
+            ]
+            counts = [s.replicas for s in eligible]
+            if not counts:
+                continue
+            replicas = max(counts, key=lambda n: (counts.count(n), -counts.index(n)))
+            members = tuple(s.name for s in eligible if s.replicas == replicas)
             if len(members) >= 2:
-                out.append(ProcessGroup(group.name, members))
+                out.append(ProcessGroup(group.name, members, replicas))
         return tuple(out)
 
     def split(self) -> Mesh:
