@@ -1,14 +1,15 @@
 """What the Tollway path (Envoy -> gateway -> router) adds over calling the upstream directly,
 side by side with LiteLLM proxy and the Portkey gateway against the same zero-delay upstream, in one run.
 
-    .venv/bin/python bench/overhead.py [--repeats 2] [--quick] [--layouts colocated,split] [--baseline ../before]
+    .venv/bin/python bench/overhead.py [--repeats 2] [--quick] [--layouts colocated,split,colocated2]
+                                       [--baseline ../before]
 
 Starts everything it measures on free loopback ports and stops it at the end:
 - the upstream: tests/fakes/openai.py (OpenAI wire format, no delay, 20 content chunks);
 - Tollway: Redis, router, gateway, openai_compat, cache, embedding, budget and Envoy (the launcher, as
   `make run`), once per layout: `tollway` is the co-located layout (mesh.yaml's process groups:
   gateway, router, cache, budget and openai_compat in one process, `make run`'s), `tollway-split`
-  one process per service;
+  one process per service, `tollway-2core` the co-located group as two processes (`colocated2`);
 - the Portkey gateway (one Node process) from `peers/portkey` (git-ignored, never a project
   dependency): `npm install --prefix peers/portkey @portkey-ai/gateway@1.15.2`. It runs offline with
   two preloads of ours in bench/peer_preloads/ (loopback only; mutable fetch headers, without which its
@@ -43,6 +44,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +82,10 @@ def start_upstream(run: Path) -> tuple[subprocess.Popen[bytes], int]:
     return proc, port
 
 
+# Each layout a run can start, and its label in the tables.
+LAYOUT_LABELS = {"colocated": "tollway", "split": "tollway-split", "colocated2": "tollway-2core"}
+
+
 def bench_stack(run: Path, upstream_port: int, layout: str = "colocated") -> Stack:
     """The stack as `make run` starts it, with the fake upstream as its only model (not started yet);
     with the budget service when this checkout's gateway calls it.
@@ -87,11 +93,22 @@ def bench_stack(run: Path, upstream_port: int, layout: str = "colocated") -> Sta
     Args:
         run: Its run dir (logs, Redis data).
         upstream_port: The fake upstream's port.
-        layout: `colocated` (mesh.yaml's process groups, as `make run`) or `split`.
+        layout: `colocated` (mesh.yaml's process groups, as `make run`), `split`, or `colocated2`:
+            the co-located group run as two processes (every member given ``replicas: 2``; Envoy
+            balances over the two).
     """
     run.mkdir(parents=True, exist_ok=True)
     services, env = bench_services(ROOT, run)
     names = ["edge", "admin", "mesh", "redis", *services]
+    extra: dict[str, Any] = {}
+    if layout == "colocated2":
+        from tests.support.small_stack import mesh_with_replicas
+        from tollway.mesh.topology import load_mesh
+
+        core = [m for g in load_mesh(ROOT / "deploy" / "mesh.yaml").processes for m in g.services if m in services]
+        extra["mesh_path"] = mesh_with_replicas(run, dict.fromkeys(core, 2))
+        names += [f"{m}.1" for m in core]  # the second instance's ports, free ones too
+        layout = "colocated"
     catalog = run / "models.yaml"
     catalog.write_text(
         f"providers:\n  upstream: {{wire: openai_compat, base_url: 'http://127.0.0.1:{upstream_port}/v1'}}\n"
@@ -107,6 +124,7 @@ def bench_stack(run: Path, upstream_port: int, layout: str = "colocated") -> Sta
             # Embeddings are budgeted as the one model (the bench catalog has no last-resort model).
             env={"TOLLWAY_LOG_LEVEL": "WARNING", "TOLLWAY_GATEWAY_EMBEDDING_BUDGET_MODEL": MODEL, **env},
             layout=layout,  # type: ignore[arg-type]
+            **extra,
         )
     )
 
@@ -356,9 +374,10 @@ def endpoints(
     portkey: tuple[Child, int] | None = None,
     split: tuple[Stack, str] | None = None,
     label: str = "tollway",
+    others: Sequence[tuple[str, Stack, str]] = (),
 ) -> dict[str, dict]:
-    """Every target of the run: direct, Tollway (``label``, and ``tollway-split`` when ``split`` is
-    given), the baseline and the peers."""
+    """Every target of the run: direct, Tollway (``label``, ``tollway-split`` when ``split`` is
+    given, and each of ``others``: label, stack, key), the baseline and the peers."""
     edge = stack.mesh.edge.listen
     stream = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
     out = {
@@ -379,6 +398,9 @@ def endpoints(
     if split is not None:
         split_edge = split[0].mesh.edge.listen
         out |= tollway_endpoints("tollway-split", split_edge.host, split_edge.port, split[1], exact_hits=False)
+    for other_label, other, other_key in others:
+        other_edge = other.mesh.edge.listen
+        out |= tollway_endpoints(other_label, other_edge.host, other_edge.port, other_key, exact_hits=False)
     if baseline is not None:
         out |= tollway_endpoints(
             "before", str(baseline["host"]), int(baseline["port"]), str(baseline["key"]), exact_hits=False
@@ -499,14 +521,15 @@ def main() -> None:
     parser.add_argument(
         "--layouts",
         default="colocated,split",
-        help="Tollway layouts to start, comma-separated: colocated (`tollway`), split (`tollway-split`)",
+        help="Tollway layouts to start, comma-separated: colocated (`tollway`), split (`tollway-split`), "
+        "colocated2 (`tollway-2core`: the co-located group as two processes)",
     )
     args = parser.parse_args()
     if args.quick:
         args.repeats, args.n, args.stream_n, args.warmup, args.duration = 1, 100, 30, 20, 2.0
     layouts = [x for x in args.layouts.split(",") if x]
-    if not layouts or set(layouts) - {"colocated", "split"}:
-        raise SystemExit(f"--layouts has value {args.layouts!r}; use colocated, split or both")
+    if not layouts or set(layouts) - set(LAYOUT_LABELS):
+        raise SystemExit(f"--layouts has value {args.layouts!r}; use any of {', '.join(LAYOUT_LABELS)}")
     run = Path(tempfile.mkdtemp(prefix="tollway-bench-"))
     upstream, port = start_upstream(run)
     stacks = {layout: bench_stack(run / layout, port, layout) for layout in layouts}
@@ -533,7 +556,8 @@ def main() -> None:
             exact_hits=not args.no_exact_hits,
             portkey=portkey,
             split=split,
-            label="tollway" if first == "colocated" else "tollway-split",
+            label=LAYOUT_LABELS[first],
+            others=[(LAYOUT_LABELS[x], stacks[x], keys[x]) for x in layouts[1:] if x != "split"],
         )
         load_before = os.getloadavg()
         started = time.time()
@@ -557,7 +581,7 @@ def main() -> None:
         print("| system | processes | RSS MiB |\n|---|---|---|")
         for layout, stack in stacks.items():
             children = [c for c in stack.children if c.name != "redis"]
-            label = "tollway" if layout == "colocated" else "tollway-split"
+            label = LAYOUT_LABELS[layout]
             names = ", ".join(c.name for c in children)
             print(f"| {label} | {names} | {rss_mib([c.process.pid for c in children]):.0f} |")
         for label, peer in (("litellm", litellm), ("portkey", portkey)):
