@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from tollway.mesh.topology import MeshError, load_mesh, parse_port_overrides
+from tollway.mesh.topology import MeshError, load_mesh, parse_port_overrides, parse_replica_overrides
 
 if TYPE_CHECKING:
     from tollway.gateway.store import GatewayStore
@@ -135,11 +135,17 @@ def cmd_up(args: argparse.Namespace) -> int:
     from tollway.launcher.processes import LaunchError
     from tollway.launcher.stack import Stack, StackOptions
 
+    try:
+        replicas = parse_replica_overrides(args.replicas)
+    except MeshError as exc:
+        print(f"tollway up: {exc}", file=sys.stderr)
+        return 2
     options = StackOptions(
         with_model=not args.no_model,
         redis_url=os.environ.get("TOLLWAY_REDIS_URL"),
         ports=parse_port_overrides(args.port),
         layout=args.layout,
+        replicas=replicas,
         canary_ready=tuple(n for item in args.canary_ready for n in item.split(",") if n),
         with_prometheus=not args.no_prometheus,
     )
@@ -244,6 +250,14 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--catalog", help="model catalog to use (default deploy/models.yaml)")
     up.add_argument(
         "--port", action="append", default=[], metavar="NAME=PORT", help="override a port of deploy/mesh.yaml"
+    )
+    up.add_argument(
+        "--replicas",
+        action="append",
+        default=[],
+        metavar="NAME=N",
+        help="replica count of a service, or of a process group's every member (core=2: the co-located "
+        "group as two processes behind Envoy), instead of deploy/mesh.yaml's",
     )
     up.add_argument("--run-dir", help="where logs and Redis data go (default .run/)")
     up.add_argument(

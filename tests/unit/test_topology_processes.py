@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tollway.mesh.topology import MeshError, ProcessGroup, load_mesh, parse_mesh
+from tollway.mesh.topology import MeshError, ProcessGroup, load_mesh, parse_mesh, parse_replica_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
 MESH_FILE = ROOT / "deploy" / "mesh.yaml"
@@ -98,3 +99,34 @@ def test_bad_groups_name_the_key_and_the_value(doc: dict[str, Any], processes: A
     doc["processes"] = processes
     with pytest.raises(MeshError, match=message):
         parse_mesh(doc, base_dir=MESH_FILE.parent)
+
+
+def test_replicas_given_by_group_set_every_member(tmp_path: Path) -> None:
+    mesh = load_mesh(MESH_FILE, replicas={"core": 2})
+    (core,) = mesh.colocated()
+    assert core.replicas == 2 and core.instance_names() == ("core-0", "core-1")
+    assert mesh.service("embedding").replicas == 1  # not a member
+    assert load_mesh(MESH_FILE, replicas={"router": 3}).service("router").replicas == 3
+    assert load_mesh(MESH_FILE).service("gateway").replicas == 1  # the file itself is unchanged
+
+
+@pytest.mark.parametrize(
+    ("replicas", "message"),
+    [
+        ({"nope": 2}, "'nope' is neither a service nor a process group (budget, cache, core"),
+        ({"core": 0}, "must be a whole number of at least 1"),
+    ],
+)
+def test_bad_replica_overrides_name_what_is_wrong(replicas: dict[str, int], message: str) -> None:
+    with pytest.raises(MeshError, match=re.escape(message)):
+        load_mesh(MESH_FILE, replicas=replicas)
+
+
+@pytest.mark.parametrize(
+    ("items", "message"),
+    [(["core"], "expected NAME=N"), (["core=two"], "'two' is not a whole number"), (["core=0"], "at least 1")],
+)
+def test_replica_flags_are_read_strictly(items: list[str], message: str) -> None:
+    assert parse_replica_overrides(["core=2", "router=3"]) == {"core": 2, "router": 3}
+    with pytest.raises(MeshError, match=message):
+        parse_replica_overrides(items)

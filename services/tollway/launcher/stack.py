@@ -53,6 +53,8 @@ class StackOptions:
 
     Attributes:
         mesh_path: The topology file.
+        replicas: Replica counts that replace the file's, by service or process group
+            (`tollway up --replicas core=2`: the co-located group as two processes).
         ports: Port overrides, as `tollway.mesh.topology` names them (`edge`, `gateway`, ...).
         run_dir: Logs, Redis data and the generated Envoy config go here.
         catalog: The model catalog the router reads (default deploy/models.yaml).
@@ -82,6 +84,7 @@ class StackOptions:
     """
 
     mesh_path: Path = ROOT / "deploy" / "mesh.yaml"
+    replicas: dict[str, int] = dataclasses.field(default_factory=dict)
     ports: dict[str, int] = dataclasses.field(default_factory=dict)
     run_dir: Path = ROOT / ".run"
     catalog: Path | None = None
@@ -138,7 +141,7 @@ class Stack:
         self.options = options or StackOptions()
         if self.options.layout not in ("split", "colocated"):
             raise LaunchError(f"StackOptions.layout has value {self.options.layout!r}; use split or colocated")
-        self.mesh: Mesh = load_mesh(self.options.mesh_path, ports=self.options.ports)
+        self.mesh: Mesh = load_mesh(self.options.mesh_path, ports=self.options.ports, replicas=self.options.replicas)
         for name in self.options.canary_ready:
             if name not in {s.name for s in self.mesh.enabled_services}:
                 known = ", ".join(s.name for s in self.mesh.enabled_services)
@@ -294,6 +297,7 @@ class Stack:
         o = self.options
         return {
             "mesh_path": str(o.mesh_path),
+            "replicas": dict(o.replicas),
             "ports": dict(o.ports),
             "run_dir": str(o.run_dir),
             "catalog": str(o.catalog) if o.catalog else None,
@@ -312,6 +316,7 @@ class Stack:
         d = description
         options = StackOptions(
             mesh_path=Path(d["mesh_path"]),
+            replicas=dict(d.get("replicas") or {}),
             ports=dict(d["ports"]),
             run_dir=Path(d["run_dir"]),
             catalog=Path(d["catalog"]) if d.get("catalog") else None,

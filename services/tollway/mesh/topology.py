@@ -343,7 +343,9 @@ class Mesh:
 # Loading
 
 
-def load_mesh(path: str | Path, ports: Mapping[str, int] | None = None) -> Mesh:
+def load_mesh(
+    path: str | Path, ports: Mapping[str, int] | None = None, replicas: Mapping[str, int] | None = None
+) -> Mesh:
     """Loads and validates a mesh.yaml file.
 
     Relative paths inside it (the descriptor set) are resolved against the file's directory.
@@ -351,6 +353,8 @@ def load_mesh(path: str | Path, ports: Mapping[str, int] | None = None) -> Mesh:
     Args:
         path: The mesh.yaml file.
         ports: Port overrides (see the module docstring), applied before the uniqueness check.
+        replicas: Replica counts that replace the file's, by service or by process group (every
+            member of ``core``, say; see :func:`with_replicas`).
 
     Returns:
         The validated topology.
@@ -359,7 +363,40 @@ def load_mesh(path: str | Path, ports: Mapping[str, int] | None = None) -> Mesh:
         MeshError: The file is missing, is not YAML, or holds a bad value (the message names it).
     """
     doc = schema.load_yaml(path, what="the mesh file", error=MeshError)
-    return parse_mesh(doc.data, base_dir=doc.path.resolve().parent, source=str(path), ports=ports)
+    data = with_replicas(doc.data, replicas, str(path)) if replicas else doc.data
+    return parse_mesh(data, base_dir=doc.path.resolve().parent, source=str(path), ports=ports)
+
+
+def with_replicas(data: Any, replicas: Mapping[str, int], source: str = "mesh.yaml") -> Any:
+    """A copy of a mesh document with other replica counts (``tollway up --replicas core=2``).
+
+    A key names a service, or a process group, which sets every member (so that the group runs as
+    that many processes). Later replicas take the usual ports (``port + 100 * i``).
+
+    Raises:
+        MeshError: An unknown name, a count below 1, or a service whose ``replica_ports`` the file
+            lists (change the file instead).
+    """
+    r = _Reader(source)
+    root = r.mapping(data, "")
+    services = [dict(s) for s in r.get(root, "", "services", list) if isinstance(s, dict)]
+    by_name = {s["name"]: s for s in services if isinstance(s.get("name"), str)}
+    groups = r.get(root, "", "processes", dict, default={})
+    for name, count in replicas.items():
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise r.fail(f"replicas.{name}", count, "must be a whole number of at least 1")
+        if name in by_name:
+            members = [name]
+        elif isinstance(groups.get(name), list):
+            members = [m for m in groups[name] if m in by_name]
+        else:
+            known = ", ".join(sorted([*by_name, *groups]))
+            raise r.fail("replicas", name, f"is neither a service nor a process group ({known})")
+        for member in members:
+            if "replica_ports" in by_name[member]:
+                raise r.fail(f"replicas.{name}", count, f"{member} lists replica_ports in the file; change them there")
+            by_name[member]["replicas"] = count
+    return {**root, "services": services}
 
 
 def parse_mesh(
@@ -435,6 +472,23 @@ def parse_port_overrides(items: list[str] | tuple[str, ...]) -> dict[str, int]:
             out[name] = int(value)
         except ValueError:
             raise MeshError(f"--port {item!r}: port {value!r} is not an integer") from None
+    return out
+
+
+def parse_replica_overrides(items: list[str] | tuple[str, ...]) -> dict[str, int]:
+    """Parses `NAME=N` strings (`tollway up --replicas`) into a mapping (see :func:`with_replicas`).
+
+    Raises:
+        MeshError: An item is not `NAME=N` or N is not a whole number of at least 1.
+    """
+    out: dict[str, int] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise MeshError(f"--replicas {item!r}: expected NAME=N, e.g. core=2")
+        if not value.isdigit() or int(value) < 1:
+            raise MeshError(f"--replicas {item!r}: {value!r} is not a whole number of at least 1")
+        out[name] = int(value)
     return out
 
 
