@@ -8,7 +8,8 @@ what a change saved.
 The bench stack of ``bench/overhead.py`` (co-located layout: Envoy, the core process, Redis, the
 zero-delay fake upstream) is started as usual; then its core process is replaced by the same
 command under ``valgrind --tool=callgrind`` with instrumentation off (``--checkout``: that checkout's
-code, its protos generated first). After a warm-up, instrumentation is switched on (and the counts zeroed) for ``n`` sequential
+code, its protos generated first). After a warm-up, instrumentation is switched on (and the counts
+zeroed) for ``n`` sequential
 requests and dumped (``callgrind_control``); the figure is the dump's total divided by ``n``. The
 core's background loops (call-log flushes, breaker syncs, stream followers) run during the window
 too; they wake a few times a second and cost well under 1 % of the total. Needs ``valgrind``.
@@ -43,7 +44,7 @@ def _proc_env(pid: int) -> dict[str, str]:
     return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
 
 
-def _under_valgrind(pid: int, checkout: Path, run: Path) -> tuple[subprocess.Popen[bytes], Path]:
+def _under_valgrind(pid: int, checkout: Path, run: Path) -> subprocess.Popen[bytes]:
     """Stops the core process ``pid`` and starts its command again under callgrind."""
     argv = [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
     env, cwd = _proc_env(pid), os.readlink(f"/proc/{pid}/cwd")
@@ -57,12 +58,12 @@ def _under_valgrind(pid: int, checkout: Path, run: Path) -> tuple[subprocess.Pop
         if not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]:
             break
         time.sleep(0.05)
-    out = run / "callgrind.out"
-    proc = subprocess.Popen(
-        ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}", *argv],
-        env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=open(run / "valgrind.log", "wb"),
-    )  # fmt: skip
-    return proc, out
+    with (run / "valgrind.log").open("wb") as log:
+        return subprocess.Popen(
+            ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={run / 'callgrind.out'}",
+             *argv],
+            env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=log,
+        )  # fmt: skip
 
 
 async def _ready(endpoint: Endpoint, grind: subprocess.Popen[bytes], log: Path, timeout_s: float) -> None:
@@ -74,7 +75,7 @@ async def _ready(endpoint: Endpoint, grind: subprocess.Popen[bytes], log: Path, 
             return
         except Exception:
             if grind.poll() is not None:
-                raise SystemExit(f"the core under valgrind exited: {log.read_text()[-2000:]}") from None
+                raise SystemExit(f"the core under valgrind exited; see {log}") from None
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(2)
@@ -105,7 +106,7 @@ def main() -> None:
         targets = overhead.tollway_endpoints("tollway", "127.0.0.1", stack.options.ports["edge"], key, exact_hits=False)
         endpoint = targets[args.target]["stream" if args.stream else "json"]
         core = next(c for c in stack.children if c.name == "core")
-        grind, out = _under_valgrind(core.process.pid, args.checkout.resolve(), run)
+        grind = _under_valgrind(core.process.pid, args.checkout.resolve(), run)
         uvloop.run(_ready(endpoint, grind, run / "valgrind.log", 600))
         uvloop.run(sequential(endpoint, 30, 0))  # warm: connections, caches, first-call imports
         _control("-i", "on", str(grind.pid))
