@@ -30,7 +30,7 @@ from tollway.retrieval.v1 import retrieval_pb2_grpc
 from .test_retrieval_service import details
 
 PREFIX = "tw:rt-ens"
-MINILM, E5 = "minilm-l6-v2-int8", "e5-small-q4"
+MINILM, MINILM_128, E5 = "minilm-l6-v2-int8", "minilm-l6-v2-int8-128", "e5-small-q4"
 DOCS = {
     "radon": ("Radon", "Radon gas that seeps into basements is the leading cause of lung cancer in non-smokers."),
     "smog": ("Air quality", "Fine particles from traffic and smog raise the risk of lung disease in cities."),
@@ -48,7 +48,8 @@ def redis_server() -> Iterator[LocalRedis]:
 
 @pytest.fixture(scope="module")
 async def embedding(redis_server: LocalRedis) -> AsyncIterator[tuple[int, embedding_pb2_grpc.EmbeddingServiceStub]]:
-    cfg = EmbeddingConfig(port=0, redis_key_prefix="tw:rt-ens-emb", models=(MINILM, E5))
+    # MiniLM cut at 128 tokens too: the migration test moves an ensemble collection's main model to it.
+    cfg = EmbeddingConfig(port=0, redis_key_prefix="tw:rt-ens-emb", models=(MINILM, MINILM_128, E5))
     spec, _ = build_embedding(cfg, MeshConfig(redis_url=redis_server.url))
     server, port, _ = await create_server(spec, "127.0.0.1:0")
     async with channel(f"127.0.0.1:{port}") as ch:
@@ -253,3 +254,27 @@ async def test_a_restarted_replica_rebuilds_both_indexes_from_redis_and_from_its
         finally:
             await server.stop(0)
             await spec.on_stop()
+
+
+async def test_migrating_the_main_model_keeps_the_ensemble_index(replicas: list[Any]) -> None:
+    (a, _), (b, _) = replicas
+    await _ingest(a, "ens-migrate", ensemble_models=[E5])
+    e5_only = _ids(await _search(a, "ens-migrate", mode=pb.SEARCH_MODE_VECTOR, ensemble_weight=1.0))
+    await a.MigrateCollection(pb.MigrateCollectionRequest(name="collections/ens-migrate", embedding_model=MINILM_128))
+
+    async def switched() -> pb.Collection | None:
+        c = (await b.GetCollection(pb.GetCollectionRequest(name="collections/ens-migrate"))).collection
+        return c if c.embedding_model == MINILM_128 and not c.HasField("migration") else None
+
+    done = await eventually(switched, timeout_s=60, what="the back-fill and the switch")
+    assert list(done.ensemble_models) == [E5] and done.chunk_count == len(DOCS)
+    for replica, retrieval in replicas:  # every replica rebuilt its indexes with the E5 one
+
+        async def rebuilt(r: Retrieval = retrieval) -> bool:
+            entry = r.sync.entries.get("ens-migrate")
+            return bool(entry and entry.collection.embedding_model == MINILM_128 and len(entry.index) == len(DOCS))
+
+        await eventually(rebuilt, what="the switched index")
+        assert set(retrieval.sync.entries["ens-migrate"].index.ensemble) == {E5}
+        reply = await _search(replica, "ens-migrate", mode=pb.SEARCH_MODE_VECTOR, ensemble_weight=1.0)
+        assert reply.embedding_model == MINILM_128 and _ids(reply) == e5_only
