@@ -144,6 +144,11 @@ async def test_an_ensemble_collection_ingests_searches_and_fuses_both_models(
     hybrid = await _search(a, "ens")
     assert list(hybrid.ensemble_models) == [E5] and hybrid.embedding_model == MINILM
     assert _ids(hybrid)[0] == "radon"
+    # Unset, an ensemble collection's keyword weight is the ensemble default (0.3), not the service's (0.4).
+    scores = [r.score for r in hybrid.results]
+    at = {w: [r.score for r in (await _search(a, "ens", fusion=pb.Fusion(keyword_weight=w))).results]
+          for w in (0.3, 0.4)}  # fmt: skip
+    assert scores == at[0.3] and scores != at[0.4]
 
     # Vector search with all the weight on one model ranks as that model alone does; E5 must
     # have embedded the chunks as passages and the query as a query.

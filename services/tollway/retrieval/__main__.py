@@ -69,6 +69,7 @@ def build(
         limits=Limits(
             max_document_chars=cfg.max_document_chars,
             default_keyword_weight=cfg.keyword_weight,
+            default_ensemble_keyword_weight=cfg.ensemble_keyword_weight,
             default_fusion=cfg.fusion,
             default_feedback_count=cfg.feedback_count,
             default_bigram_weight=cfg.bm25_bigram_weight,

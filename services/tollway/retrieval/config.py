@@ -36,6 +36,9 @@ class RetrievalConfig:
         bm25_bigram_weight: Default weight of word-pair matches, added to the words' BM25 score (0 to 1).
         candidates: Chunks each ranking contributes to hybrid fusion.
         keyword_weight: Default keyword weight of hybrid fusion (0 to 1).
+        ensemble_keyword_weight: The same for a collection with ensemble models (0 to 1): with two
+            vector rankings the keyword ranking does best with less weight (0.3 on both tune halves of
+            docs/benchmarks.md, issue 15).
         ensemble_weight: Default share of the vector rankings' weight given to a collection's
             ensemble models (0 to 1).
         fusion: Default fusion method: ``weighted`` or ``rrf``.
@@ -70,6 +73,7 @@ class RetrievalConfig:
     bm25_bigram_weight: float = 0.25
     candidates: int = 100
     keyword_weight: float = 0.4
+    ensemble_keyword_weight: float = 0.3
     ensemble_weight: float = 0.5
     fusion: str = "weighted"
     feedback_count: int = 0
@@ -94,10 +98,11 @@ class RetrievalConfig:
                 raise ValueError(
                     f"Config 'TOLLWAY_RETRIEVAL_{name.upper()}' has value {getattr(self, name)!r}. Must be 0 or more."
                 )
-        if not 0.0 <= self.keyword_weight <= 1.0:
-            raise ValueError(
-                f"Config 'TOLLWAY_RETRIEVAL_KEYWORD_WEIGHT' has value {self.keyword_weight!r}. Must be 0 to 1."
-            )
+        for name in ("keyword_weight", "ensemble_keyword_weight"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(
+                    f"Config 'TOLLWAY_RETRIEVAL_{name.upper()}' has value {getattr(self, name)!r}. Must be 0 to 1."
+                )
         if not 0.0 <= self.ensemble_weight <= 1.0:
             raise ValueError(
                 f"Config 'TOLLWAY_RETRIEVAL_ENSEMBLE_WEIGHT' has value {self.ensemble_weight!r}. Must be 0 to 1."

@@ -68,6 +68,7 @@ class Limits:
     Attributes:
         max_document_chars: The longest document text accepted.
         default_keyword_weight: Keyword weight of hybrid fusion when a search sets none.
+        default_ensemble_keyword_weight: The same for a collection with ensemble models.
         default_fusion: Fusion method when a search sets none ("weighted" or "rrf").
         default_feedback_count: Pseudo-relevance feedback results when a search sets none.
         default_bigram_weight: Weight of word-pair matches in BM25 when a search sets none.
@@ -77,6 +78,7 @@ class Limits:
 
     max_document_chars: int = 1_000_000
     default_keyword_weight: float = 0.4
+    default_ensemble_keyword_weight: float = 0.3
     default_fusion: str = "weighted"
     default_feedback_count: int = 0
     default_bigram_weight: float = 0.25
@@ -467,7 +469,7 @@ class Retrieval:
             violations.append(("query", f"at most {MAX_QUERY_CHARS} characters"))
         if not 1 <= opts.top_k <= MAX_TOP_K:
             violations.append(("top_k", f"must be 1 to {MAX_TOP_K} (0 means 10)"))
-        if not 0.0 <= opts.keyword_weight <= 1.0:
+        if opts.keyword_weight is not None and not 0.0 <= opts.keyword_weight <= 1.0:
             violations.append(("fusion.keyword_weight", "must be 0 to 1"))
         if not 1 <= opts.rrf_k <= 1000:
             violations.append(("fusion.rrf_k", "must be 1 to 1000 (0 means 60)"))
@@ -483,6 +485,13 @@ class Retrieval:
             raise InvalidArgument(f"bad search: {violations[0][0]}: {violations[0][1]}", violations)
         col, uid = await self._collection(cid)
         check_filters(opts.filters, col.fields)
+        if opts.keyword_weight is None:
+            default = (
+                self.limits.default_ensemble_keyword_weight
+                if col.ensemble
+                else self.limits.default_keyword_weight
+            )
+            opts = dataclasses.replace(opts, keyword_weight=default)
         vector = None
         if opts.mode is not Mode.KEYWORD:
             if query_embedding:

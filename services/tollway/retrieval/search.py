@@ -167,7 +167,7 @@ class Searcher:
             candidates.append(_top(keyword_all, allowed, want))
         rows = np.unique(np.concatenate(candidates))
         # Each ranking's scores over the union, with its weight in the fusion.
-        w = opts.keyword_weight if keyword_all is not None else 0.0
+        w = (opts.keyword_weight or 0.0) if keyword_all is not None else 0.0
         share = opts.ensemble_weight if len(vectors) > 1 else 0.0
         rankings = [((1 - w) * (1 - share), (index.vectors[rows] @ vector).astype(np.float64))]
         rankings += [

@@ -197,9 +197,7 @@ def search_from_proto(req: pb.SearchRequest, retrieval: Retrieval) -> SearchOpti
         top_k=req.top_k or 10,
         mode=_enum(MODE_FROM_PROTO, req.mode, "mode"),
         fusion=fusion,
-        keyword_weight=req.fusion.keyword_weight
-        if req.fusion.HasField("keyword_weight")
-        else limits.default_keyword_weight,
+        keyword_weight=req.fusion.keyword_weight if req.fusion.HasField("keyword_weight") else None,
         rrf_k=req.fusion.rrf_k or 60,
         filters=filters,
         mmr=req.rerank.mmr,

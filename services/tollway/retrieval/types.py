@@ -346,7 +346,8 @@ class SearchOptions:
         top_k: Results wanted.
         mode: Indexes used.
         fusion: Fusion method for hybrid search.
-        keyword_weight: Weight of the keyword ranking in the fusion (0 to 1).
+        keyword_weight: Weight of the keyword ranking in the fusion (0 to 1); None takes the
+            collection's default (the service's, or its ensemble collections' when it has ensemble models).
         rrf_k: RRF's rank offset.
         filters: Conditions every result meets.
         mmr: Whether MMR re-ranks the fused candidates.
@@ -364,7 +365,7 @@ class SearchOptions:
     top_k: int = 10
     mode: Mode = Mode.HYBRID
     fusion: FusionMethod = FusionMethod.WEIGHTED
-    keyword_weight: float = 0.4
+    keyword_weight: float | None = 0.4
     rrf_k: int = 60
     filters: Sequence[Filter] = ()
     mmr: bool = False
