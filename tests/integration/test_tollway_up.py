@@ -84,6 +84,26 @@ def wait_up(proc: subprocess.Popen[str]) -> list[str]:
     return lines
 
 
+def up_on_free_ports(
+    run_dir: Path, catalog: Path, *args: str
+) -> tuple[subprocess.Popen[str], dict[str, int], list[str]]:
+    """Starts `tollway up` on free ports and waits until it is up; returns it, its ports and its output.
+
+    A port found free can be taken before `tollway up` binds it (the suite's other passes start stacks
+    beside this one): the launcher then refuses at once, naming it, and this tries new ports (3 tries).
+    """
+    for attempt in range(3):
+        ports = dict(zip(NAMES, free_ports(len(NAMES)), strict=True))
+        proc = up(run_dir, ports, catalog, *args)
+        try:
+            return proc, ports, wait_up(proc)
+        except AssertionError as exc:
+            proc.wait(timeout=30)
+            if "already in use: port" not in str(exc) or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
 def status(run_dir: Path) -> tuple[int, str]:
     r = subprocess.run(
         [sys.executable, "-m", "tollway.cli", "status", "--run-dir", str(run_dir)],
@@ -102,10 +122,8 @@ def test_up_serves_is_cleaned_up_after_a_kill_restarts_what_dies_and_ctrl_c_stop
     """One scenario, so that it starts `tollway up` twice rather than three times (each start is the
     whole mesh): the first run serves and is SIGKILLed; the second cleans up what the first left
     running, restarts a child killed under it, and Ctrl-C stops everything, the restarted child too."""
-    ports = dict(zip(NAMES, free_ports(len(NAMES)), strict=True))
     # The second run is the full default one (Prometheus too), which Ctrl-C must stop entirely.
-    first = up(up_dir, ports, catalog, "--no-prometheus")
-    lines = wait_up(first)
+    first, ports, lines = up_on_free_ports(up_dir, catalog, "--no-prometheus")
     out = "".join(lines)
     key = next(line.split()[-1] for line in lines if line.strip().startswith("API key"))
     url = f"http://127.0.0.1:{ports['edge']}"
