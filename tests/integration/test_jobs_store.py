@@ -5,7 +5,8 @@ can (a retryable failure is retried from the pending list; a final one fails the
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -221,18 +222,22 @@ async def test_a_request_that_cannot_run_is_refused_at_submit(store: JobsStore) 
     assert await store.queue_depth() == (1, 0)  # only that one was queued
 
 
+async def _every_page(list_page: Callable[[str], Awaitable[Any]]) -> list[str]:
+    """The ids of every page, following next_page_token from the first."""
+    seen, token = [], ""
+    while True:
+        page = await list_page(token)
+        seen += [item.id for item in page.items]
+        token = page.next_page_token
+        if not token:
+            return seen
+
+
 async def test_batches_list_newest_first_and_a_batch_id_is_a_page_token(store: JobsStore) -> None:
     jobs = Jobs(store, JobsConfig())
     made = [(await jobs.submit_batch(ACME, [new()])).id for _ in range(5)]
     await jobs.submit_batch(OTHER, [new()])
-    seen, token = [], ""
-    while True:
-        page = await jobs.list_batches(ACME, 2, token)
-        seen += [b.id for b in page.items]
-        token = page.next_page_token
-        if not token:
-            break
-    assert seen == made[::-1]
+    assert await _every_page(lambda token: jobs.list_batches(ACME, 2, token)) == made[::-1]
     assert [b.id for b in (await jobs.list_batches(ACME, 10, made[2])).items] == made[1::-1]
     with pytest.raises(InvalidArgument):
         await jobs.list_batches(ACME, 10, "nope")
@@ -242,13 +247,7 @@ async def test_files_list_newest_first_by_purpose_and_deleted_or_expired_ones_dr
     jobs = Jobs(store, JobsConfig())
     made = [(await jobs.create_file(ACME, f"f{i}.jsonl", "batch" if i % 2 else "other", b"x")).id for i in range(5)]
     await jobs.create_file(OTHER, "theirs.jsonl", "batch", b"y")
-    seen, token = [], ""
-    while True:
-        page = await jobs.list_files(ACME, 2, token)
-        seen += [f.id for f in page.items]
-        token = page.next_page_token
-        if not token:
-            break
+    seen = await _every_page(lambda token: jobs.list_files(ACME, 2, token))
     assert seen == made[::-1]  # newest first, every page; the other tenant's file is not among them
     assert all(f.content == b"" for f in (await jobs.list_files(ACME, 10, "")).items)  # descriptions only
     assert [f.id for f in (await jobs.list_files(ACME, 10, "", purpose="batch")).items] == [made[3], made[1]]

@@ -98,6 +98,16 @@ def file_to_proto(f: StoredFile) -> jobs_pb2.File:
     )
 
 
+def _page_in(token: str, collection: str) -> str:
+    """A page token as the domain takes it: the resource id, from ``<collection>/<id>`` (or "")."""
+    return parse_name(token, collection, "page_token") if token else ""
+
+
+def _page_out(next_id: str, collection: str) -> str:
+    """The domain's next page (an id, or "") as the resource name clients pass back."""
+    return f"{collection}/{next_id}" if next_id else ""
+
+
 def _new_job(req: gateway_pb2.GenerateRequest, *priorities: int, custom_id: str = "") -> NewJob:
     priority = jobs_domain.resolve_priority(*priorities, req.priority)
     return NewJob(
@@ -188,11 +198,10 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
         self, request: jobs_pb2.ListBatchesRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.ListBatchesResponse:
         owner = await self._owner(context)
-        token = parse_name(request.page_token, "jobbatches", "page_token") if request.page_token else ""
-        page = await self.jobs.list_batches(owner, request.page_size, token)
+        page = await self.jobs.list_batches(owner, request.page_size, _page_in(request.page_token, "jobbatches"))
         return jobs_pb2.ListBatchesResponse(
             batches=[batch_to_proto(b) for b in page.items],
-            next_page_token=f"jobbatches/{page.next_page_token}" if page.next_page_token else "",
+            next_page_token=_page_out(page.next_page_token, "jobbatches"),
         )
 
     @rpc_errors(DOMAIN)
@@ -224,11 +233,10 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
         self, request: jobs_pb2.ListFilesRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.ListFilesResponse:
         owner = await self._owner(context)
-        token = parse_name(request.page_token, "files", "page_token") if request.page_token else ""
+        token = _page_in(request.page_token, "files")
         page = await self.jobs.list_files(owner, request.page_size, token, request.purpose)
         return jobs_pb2.ListFilesResponse(
-            files=[file_to_proto(f) for f in page.items],
-            next_page_token=f"files/{page.next_page_token}" if page.next_page_token else "",
+            files=[file_to_proto(f) for f in page.items], next_page_token=_page_out(page.next_page_token, "files")
         )
 
     @rpc_errors(DOMAIN)
