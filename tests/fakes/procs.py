@@ -21,15 +21,15 @@ from pathlib import Path
 
 import redis
 
+from tollway.launcher.processes import free_ports
+
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
 def free_port() -> int:
-    """A port nobody listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nobody listens on now, below the ephemeral range (see `free_ports`)."""
+    return free_ports(1)[0]
 
 
 def _wait(check: object, what: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 30.0) -> None:

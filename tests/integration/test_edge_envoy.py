@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
-import socket
 import struct
 import subprocess
 import threading
@@ -34,6 +33,7 @@ from tests.fakes.http import FakeHTTPServer, Request, Response
 from tests.unit.test_edge_config import build_mini_descriptor
 from tollway.edge.envoy_config import build_envoy_config
 from tollway.edge.render import envoy_binary
+from tollway.launcher.processes import free_ports
 from tollway.mesh.topology import Mesh, parse_mesh
 
 pytestmark = [
@@ -47,16 +47,9 @@ BODY_LIMIT = 64 * 1024
 CANARY_PERCENT = 25
 
 
-def free_ports(names: list[str]) -> dict[str, int]:
-    """Distinct free loopback ports: all sockets stay bound until every port is picked."""
-    socks = [socket.socket() for _ in names]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return {n: s.getsockname()[1] for n, s in zip(names, socks, strict=True)}
-    finally:
-        for s in socks:
-            s.close()
+def named_free_ports(names: list[str]) -> dict[str, int]:
+    """Distinct free loopback ports, one per name."""
+    return dict(zip(names, free_ports(len(names)), strict=True))
 
 
 @dataclass
@@ -185,7 +178,7 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
     fds = descriptor_pb2.FileDescriptorSet.FromString(descriptor.read_bytes())
     up = Upstreams(classes=message_factory.GetMessages(list(fds.file)))
     names = ["edge", "admin", "mesh", "redis", "model", "v1a", "v1b", "dead", "v2", "cache", "compat"]
-    ports = free_ports(names)
+    ports = named_free_ports(names)
     served_by_port = {ports["v1a"]: "v1-a", ports["v1b"]: "v1-b", ports["v2"]: "v2"}
 
     # Upstreams on their own loop in a thread, so that blocking clients in the tests cannot stall them.

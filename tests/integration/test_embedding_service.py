@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -21,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from tests.conftest import TEST_RUN_DIR
+from tests.fakes.procs import free_port
 from tollway.embedding.__main__ import build
 from tollway.embedding.cache import CachedEmbedding, text_digest
 from tollway.embedding.config import EmbeddingConfig
@@ -37,12 +37,6 @@ from tollway.mesh.server import create_server
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 PREFIX = "test:embedding"
 LONG_TEXT = " ".join(f"token{i} with filler words" for i in range(200))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -34,11 +35,38 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct free ports: all sockets stay open until all are picked."""
-    sockets = []
+def ephemeral_range() -> tuple[int, int]:
+    """The ports the kernel hands to outgoing connections (Linux's ``ip_local_port_range``)."""
     try:
-        for _ in range(count):
+        low, high = (int(v) for v in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports, all held until all are picked.
+
+    Picked below the ephemeral range: a port from that range, once free again (a process restarted on
+    it, a stack stopped and started anew), can become the local end of any outgoing connection on the
+    machine and then cannot be bound until that connection ends. Below it only another listener can
+    take the port. Falls back to the kernel's pick when no such port is found.
+    """
+    low, _ = ephemeral_range()
+    candidates = range(10000, low) if low - 10000 >= 4 * count else range(0)
+    sockets: list[socket.socket] = []
+    try:
+        for port in random.sample(candidates, min(len(candidates), 64 * count)):
+            if len(sockets) == count:
+                break
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                s.close()
+                continue
+            sockets.append(s)
+        while len(sockets) < count:
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             s.bind(("127.0.0.1", 0))
             sockets.append(s)
