@@ -1,7 +1,7 @@
 """The CPU one reserve + commit costs in Python, as the co-located gateway pays it, against a
 private redis-server (AOF on).
 
-    .venv/bin/python bench/budget_cpu.py [--requests 2000] [--path gateway|domain]
+    .venv/bin/python bench/budget_cpu.py [--requests 2000] [--path gateway|domain] [--leases 64]
     PYTHONPATH=/path/to/other/checkout/services .venv/bin/python bench/budget_cpu.py
 
 ``--path gateway`` (the default) goes the way a request of the co-located core goes: the
@@ -9,7 +9,13 @@ gateway's ``Budgeting.admit`` (estimate, reserve through ``BudgetClient``) and `
 commit), over an in-process channel (``inproc:budget``) to the budget's servicer, its domain
 object and its store. ``--path domain`` calls ``Budget.reserve`` and ``Budget.commit`` alone.
 Either way one request at a time, with bench/budget.py's load plan (six quotas nobody reaches)
-and a key, a feature and a conversation on every request, so every counter applies.
+and a key, a feature and a conversation on every request, so every counter applies. The gateway
+path settles in a task of its own, as the gateway does (off the answer's path); each slice ends
+when every settlement has finished, so its CPU is in the slice.
+
+``--leases N`` admits from leases of N estimates (tollway.budget.leases; the co-located core uses
+64); a lease covers no conversation, so with it requests name none (``--no-conversations`` gives
+the Redis-per-reserve path the same counters, to compare).
 
 Prints, per reserve + commit: CPU of this process (``time.process_time``; the Redis server's
 work is not in it), the least and the median over 10 slices of the run (the least is the one the
@@ -58,9 +64,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SLICES = 10
 
 
-async def run(url: str, plans: Path, n: int, path: str) -> None:
+async def run(url: str, plans: Path, n: int, path: str, leases: int, conversations: bool) -> None:
     spec, budget = build(
-        BudgetConfig(plans=str(plans), catalog=str(ROOT / "deploy" / "models.yaml")), MeshConfig(redis_url=url)
+        BudgetConfig(plans=str(plans), catalog=str(ROOT / "deploy" / "models.yaml"), lease_requests=leases),
+        MeshConfig(redis_url=url),
     )
     server, _, _ = await create_server(spec, "127.0.0.1:0", registry=process_registry())
     gateway_redis = aioredis.Redis.from_url(url)
@@ -75,12 +82,13 @@ async def run(url: str, plans: Path, n: int, path: str) -> None:
             tenant="warmup",
         )
         request = GatewayRequest(
-            chat, "", "chat", CachePolicy(), api_key_id="key-1", priority="interactive", conversation_id=f"c{i % 50}"
+            chat, "", "chat", CachePolicy(), api_key_id="key-1", priority="interactive", conversation_id=conversation(i)
         )
         t0 = time.perf_counter()
         admission = await budgeting.admit(request)
         reserve_wall.append(time.perf_counter() - t0)  # what the request path waits for
-        await budgeting.settle(admission, Settlement(Usage(13, 6)))
+        # Off the path, in a task of its own, as the gateway settles.
+        settling.add(asyncio.ensure_future(budgeting.settle(admission, Settlement(Usage(13, 6)))))
 
     async def domain_only(i: int) -> None:
         t0 = time.perf_counter()
@@ -92,17 +100,30 @@ async def run(url: str, plans: Path, n: int, path: str) -> None:
                 max_output_tokens=16,
                 api_key_id="key-1",
                 feature="chat",
-                conversation_id=f"c{i % 50}",
+                conversation_id=conversation(i),
                 priority=Priority.INTERACTIVE,
             )
         )
         reserve_wall.append(time.perf_counter() - t0)
         await budget.commit(CommitCommand(name=granted.reservation.name, input_tokens=13, output_tokens=6))
 
+    def conversation(i: int) -> str:
+        # A conversation's counter is reserved in Redis one by one (no lease covers it).
+        return f"c{i % 50}" if conversations and not leases else ""
+
+    settling: set[asyncio.Future[None]] = set()
+
+    async def settled() -> None:
+        while settling:
+            done = set(settling)
+            await asyncio.gather(*done)
+            settling.difference_update(done)
+
     reserve_wall: list[float] = []
     one: Callable[[int], Awaitable[None]] = through_gateway if path == "gateway" else domain_only
     for i in range(300):
         await one(-1 - i)
+    await settled()
     reserve_wall.clear()
     await gateway_redis.config_resetstat()
     wall: list[float] = []
@@ -114,21 +135,25 @@ async def run(url: str, plans: Path, n: int, path: str) -> None:
             t0 = time.perf_counter()
             await one(i)
             wall.append(time.perf_counter() - t0)
+        await settled()
         cpu.append((time.process_time() - c0) / size)
     evalsha = (await gateway_redis.info("commandstats")).get("cmdstat_evalsha", {})
     profile = cProfile.Profile()
     profile.enable()
     for i in range(200):
         await one(n + i)
+    await settled()
     profile.disable()
     reserve_p50 = statistics.median(reserve_wall[: len(wall)])
     calls = pstats.Stats(profile).total_calls / 200  # type: ignore[attr-defined]
     print(
-        f"{Path(budget_store.__file__).parents[2]} ({path}): {SLICES * size} reserve+commit; CPU per reserve+commit "
+        f"{Path(budget_store.__file__).parents[2]} ({path}, leases {leases}): {SLICES * size} reserve+commit; "
+        "CPU per reserve+commit "
         f"least {min(cpu) * 1e6:.0f} us, median {statistics.median(cpu) * 1e6:.0f} us; "
         f"wall p50 {statistics.median(wall) * 1e6:.0f} us (the reserve alone {reserve_p50 * 1e6:.0f} us); "
         f"{calls:.0f} Python calls; "
-        f"Redis {float(evalsha.get('usec_per_call', 0)):.1f} us per script call; load {os.getloadavg()[0]:.2f}"
+        f"Redis {float(evalsha.get('usec_per_call', 0)):.1f} us per script call, "
+        f"{int(evalsha.get('calls', 0)) / (SLICES * size):.2f} calls per reserve+commit; load {os.getloadavg()[0]:.2f}"
     )
     await server.stop(None)
     assert spec.on_stop is not None
@@ -140,11 +165,23 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--path", choices=("gateway", "domain"), default="gateway")
+    ap.add_argument(
+        "--leases",
+        type=int,
+        default=0,
+        help="TOLLWAY_BUDGET_LEASE_REQUESTS (0: every reserve goes to Redis; the co-located core uses 16). "
+        "With leases on, requests name no conversation, whose counter no lease covers",
+    )
+    ap.add_argument(
+        "--no-conversations",
+        action="store_true",
+        help="requests name no conversation (to compare with --leases on the same counters)",
+    )
     a = ap.parse_args()
     plans = Path(tempfile.mkdtemp(prefix="bench-budget-cpu-")) / "budget.yaml"
     plans.write_text(PLANS)
     with local_redis(appendonly=True) as server:
-        asyncio.run(run(server.url, plans, a.requests, a.path))
+        asyncio.run(run(server.url, plans, a.requests, a.path, a.leases, not a.no_conversations))
 
 
 if __name__ == "__main__":

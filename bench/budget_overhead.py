@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import os
 import platform
 import statistics
@@ -27,6 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import redis
 import uvloop
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,8 +36,9 @@ sys.path.insert(0, str(ROOT))
 
 from bench.checkout_stack import bench_services  # noqa: E402
 from bench.httpload import Endpoint, alternating_pairs, percentile  # noqa: E402
-from bench.overhead import MODEL, start_upstream  # noqa: E402
+from bench.overhead import CHAT, MODEL, start_upstream  # noqa: E402
 from tollway.cli import _create_key  # noqa: E402
+from tollway.launcher import runfile  # noqa: E402
 from tollway.launcher.processes import free_ports  # noqa: E402
 from tollway.launcher.stack import Stack, StackOptions  # noqa: E402
 
@@ -110,11 +113,51 @@ def report(results: dict[str, list[float]], layout: str, before: str, after: str
     return "\n".join(lines)
 
 
+def process_cpu(run_dir: Path) -> dict[str, float]:
+    """User + system CPU seconds of each process of a stack so far, by name."""
+    out: dict[str, float] = {}
+    for child in (runfile.read_status(run_dir) or {}).get("children", []):
+        try:
+            fields = Path(f"/proc/{child['pid']}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[child["name"]] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+def cpu_report(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]], n: int) -> str:
+    """CPU per request of each process of each stack (µs): what the machine's load cannot inflate
+    as much as it inflates latency."""
+    names = sorted({name for label in ("on", "off") for name in after[label]})
+    lines = ["", "| CPU µs per request | " + " | ".join(names) + " | sum |", "|---|" + "---:|" * (len(names) + 1)]
+    for label in ("off", "on"):
+        per = {k: (after[label].get(k, 0.0) - before[label].get(k, 0.0)) / n * 1e6 for k in names}
+        cells = " | ".join(f"{per[k]:.0f}" for k in names)
+        lines.append(f"| budget {label} | {cells} | {sum(per.values()):.0f} |")
+    return "\n".join(lines)
+
+
+def ledger_summary(redis_url: str) -> str:
+    """How the budget admitted: ledger entries per kind (a ``lease`` serves many ``reserve``)."""
+    client = redis.Redis.from_url(redis_url)
+    kinds: collections.Counter[str] = collections.Counter()
+    for key in client.scan_iter(match="tw:budget:*:ledger"):
+        for _, fields in client.xrange(key):
+            kinds[fields[b"op"].decode()] += 1
+    return "budget ledger entries: " + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pairs", type=int, default=1500)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--layout", choices=("colocated", "split"), default="colocated")
+    parser.add_argument(
+        "--surface",
+        choices=("native", "openai"),
+        default="native",
+        help="POST /v1/complete (gRPC transcoded by Envoy) or /v1/chat/completions (the OpenAI surface)",
+    )
     args = parser.parse_args()
 
     run = Path(tempfile.mkdtemp(prefix="bench-budget-overhead-"))
@@ -129,12 +172,27 @@ def main() -> None:
                 key, _ = asyncio.run(_create_key(stack.redis_url, "bench"))
                 edge = stack.mesh.edge.listen
                 headers = (("authorization", f"Bearer {key}"),)
-                endpoints.append(
-                    Endpoint(label, edge.host, edge.port, "/v1/complete", BODY, headers, ok_marker=b'"text"')
-                )
+                if args.surface == "openai":
+                    endpoint = Endpoint(
+                        label,
+                        edge.host,
+                        edge.port,
+                        "/v1/chat/completions",
+                        CHAT,
+                        (*headers, ("x-tollway-cache-mode", "bypass")),
+                        ok_marker=b'"choices"',
+                    )
+                else:
+                    endpoint = Endpoint(label, edge.host, edge.port, "/v1/complete", BODY, headers, ok_marker=b'"text"')
+                endpoints.append(endpoint)
             before = uptime()
+            cpu_before = {label: process_cpu(run / label) for label in ("on", "off")}
             results = uvloop.run(interleaved(endpoints[0], endpoints[1], args.pairs, args.warmup))
+            cpu_after = {label: process_cpu(run / label) for label in ("on", "off")}
+            print(f"surface {args.surface}")
             print(report(results, args.layout, before, uptime()))
+            print(cpu_report(cpu_before, cpu_after, args.pairs + args.warmup))
+            print(ledger_summary(on.redis_url))
     finally:
         upstream.kill()
         upstream.wait()

@@ -11,6 +11,7 @@ import base64
 import binascii
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import json
 import logging
@@ -20,6 +21,8 @@ from collections.abc import Callable, Sequence
 
 from tollway.budget import metrics, quota, windows
 from tollway.budget.config import BudgetConfig
+from tollway.budget.leases import Block
+from tollway.budget.leasing import Leasing
 from tollway.budget.plans import Plans, PlansSource, check_quota, merge_quotas
 from tollway.budget.pricing import Priced, PriceTable
 from tollway.budget.store import BudgetStore, ScriptOutcome, join_meta, pack_counters, pack_meta, pack_model
@@ -229,6 +232,20 @@ class Budget:
         self._granted_children: dict[tuple[bool, Priority], object] = {}
         self._day: tuple[int, str] = (-1, "")
         self._background = Background(log, jitter=0.1)
+        self.leasing = (
+            Leasing(
+                store,
+                requests=cfg.lease_requests,
+                spread=cfg.lease_spread,
+                idle_ms=int(cfg.lease_idle_s * 1000),
+                max_age_ms=int(cfg.lease_max_age_s * 1000),
+                record_delay_s=cfg.lease_record_delay_s,
+                lease_ttl_ms=cfg.reservation_ttl_s * 1000 + 60_000,
+                clock=clock,
+            )
+            if cfg.lease_requests > 0
+            else None
+        )
 
     # --- life -----------------------------------------------------------------------------
 
@@ -247,11 +264,16 @@ class Budget:
         self._background.every(self.cfg.prune_interval_s, self.prune, name="counter pruner")
         self._background.every(self.cfg.overrides_poll_s, self.refresh_overrides, name="overrides poll")
         self._background.every(self.cfg.reload_s, self.reload_if_changed, name="plans and catalog reload")
+        if self.leasing is not None:
+            self._background.every(min(0.25, self.cfg.lease_idle_s / 2), self.leasing.tick, name="leases")
         self._background.start()
 
     async def stop(self) -> None:
-        """Stops the background loops. Safe to call more than once, or before start."""
+        """Stops the background loops and gives leases back. Safe to call more than once, or
+        before start."""
         await self._background.stop()
+        if self.leasing is not None:
+            await self.leasing.stop()
 
     def reload_if_changed(self) -> None:
         """Re-reads the plans file and the catalog when they changed (bad files are kept out)."""
@@ -397,17 +419,41 @@ class Budget:
         if cmd.tenant not in self._known_tenants:
             await self.store.remember_tenant(cmd.tenant)
             self._known_tenants.add(cmd.tenant)
-        outcome = await self.store.reserve(
+        meta = join_meta(pack_meta(asked), self._model_meta(priced))
+        terms = quota.demand_terms(rates, cmd.input_tokens)
+        if (
+            self.leasing is not None
+            and counters
+            and not forced
+            and not cmd.min_output_tokens
+            and not cmd.conversation_id
+            and cmd.ttl_s <= self.cfg.reservation_ttl_s
+        ):
+            if self.leasing.book.child(cmd.tenant, rid) is not None:
+                # The same request id again while this replica holds it: recorded now, so that
+                # Redis answers it as for any reservation.
+                await self.leasing.record_holds()
+            else:
+                leased = await self._reserve_leased(
+                    cmd, policy, priority, priced, counters, rid, now, expires, meta, terms
+                )
+                if leased is not None:
+                    return leased
+        reserve = functools.partial(
+            self.store.reserve,
             cmd.tenant,
             rid,
             now_ms=now,
             expires_ms=expires,
             max_out=cmd.max_output_tokens,
             min_out=cmd.min_output_tokens,
-            meta=join_meta(pack_meta(asked), self._model_meta(priced)),
-            demands=quota.demand_terms(rates, cmd.input_tokens),
+            meta=meta,
+            demands=terms,
             counters=packed_counters,
         )
+        outcome = await reserve()
+        if outcome.status == "refused" and self.leasing is not None and await self.leasing.give_back_tenant(cmd.tenant):
+            outcome = await reserve()  # what this replica's own leases held may be the room
         if outcome.status in ("dup", "committed"):
             # An open reservation under this request id is returned as is (a retried reserve).
             # A committed one too, in state COMMITTED and holding nothing: the request id was
@@ -458,6 +504,73 @@ class Budget:
             attempt=outcome.attempt,
         )
         return Granted(reservation, tightest, policy.when_unavailable)
+
+    async def _reserve_leased(
+        self,
+        cmd: ReserveCommand,
+        policy: Policy,
+        priority: Priority,
+        priced: Priced,
+        counters: list[quota.Counter],
+        rid: str,
+        now: int,
+        expires: int,
+        meta: str,
+        terms: tuple[int, ...],
+    ) -> Granted | None:
+        """Admits the call from this replica's lease of its shape (no Redis on the way when the
+        lease has room); None when no lease can be had: the caller reserves in Redis."""
+        assert self.leasing is not None
+        out = cmd.max_output_tokens
+        amounts = (
+            -(-(terms[0] + out * terms[1]) // terms[2]),
+            -(-(terms[3] + out * terms[4]) // terms[5]),
+            -(-(terms[6] + out * terms[7]) // terms[8]),
+        )
+        lowest = min(Priority, key=policy.threshold)
+
+        def lowest_counters() -> str:
+            return pack_counters(
+                [
+                    (c.field, c.allowed)
+                    for c in quota.counters(policy, lowest, now, api_key_id=cmd.api_key_id, feature=cmd.feature)
+                ]
+            )
+
+        block = await self.leasing.admit(
+            (cmd.tenant, cmd.api_key_id, cmd.feature, now // 60_000, id(policy)),
+            rid,
+            amounts,
+            now_ms=now,
+            expires_ms=expires,
+            granted_out=out,
+            meta=meta,
+            lowest_counters=lowest_counters,
+            lease_meta=pack_meta({"tenant": cmd.tenant, "key": cmd.api_key_id, "feat": cmd.feature}),
+        )
+        if block is None:
+            return None
+        self._reserved_metric(True, priority).inc()
+        reservation = Reservation(
+            tenant=cmd.tenant,
+            id=rid,
+            state=State.RESERVED,
+            model=priced.name,
+            api_key_id=cmd.api_key_id,
+            feature=cmd.feature,
+            conversation_id="",
+            priority=priority,
+            request_id=cmd.request_id,
+            input_tokens=cmd.input_tokens,
+            granted_output_tokens=out,
+            tokens=amounts[0],
+            cost_usd_nanos=amounts[1],
+            pricing_version=self.prices.version,
+            created_ms=now,
+            expires_ms=expires,
+            attempt=1,  # as the caller knows it; settled as the attempt the hold is recorded as
+        )
+        return Granted(reservation, _tightest_in_block(block, counters), policy.when_unavailable)
 
     def _counters(
         self, policy: Policy, priority: Priority, now: int, cmd: ReserveCommand, forced: bool
@@ -597,19 +710,20 @@ class Budget:
             raise InvalidArgument("; ".join(f"{f}: {why}" for f, why in bad), bad)
         model = self._commit_model(cmd.model) if cmd.model else ""
         now = self.clock()
-        out = await self.store.commit(
-            tenant,
-            rid,
-            now_ms=now,
-            day=self._day_of(now),
-            attempt=cmd.attempt,
-            input_tokens=cmd.input_tokens,
-            output_tokens=cmd.output_tokens,
-            cached_input_tokens=cmd.cached_input_tokens,
-            provider=cmd.provider,
-            partial=cmd.partial,
-            model=model,
-        )
+        usage = {
+            "now_ms": now,
+            "day": self._day_of(now),
+            "attempt": cmd.attempt,
+            "input_tokens": cmd.input_tokens,
+            "output_tokens": cmd.output_tokens,
+            "cached_input_tokens": cmd.cached_input_tokens,
+            "provider": cmd.provider,
+            "partial": cmd.partial,
+            "model": model,
+        }
+        out = await self.leasing.commit(tenant, rid, **usage) if self.leasing is not None else None
+        if out is None:
+            out = await self.store.commit(tenant, rid, **usage)  # type: ignore[arg-type]
         if out.status == "too_large":
             field, limit, model_name = out.detail
             what = "context window" if field == "input_tokens" else "output limit"
@@ -714,7 +828,10 @@ class Budget:
             bad.append(("attempt", f"{attempt} is below 0"))
         if bad:
             raise InvalidArgument("; ".join(f"{f}: {why}" for f, why in bad), bad)
-        out = await self.store.release(tenant, rid, now_ms=self.clock(), attempt=attempt, reason=reason)
+        args = {"now_ms": self.clock(), "attempt": attempt, "reason": reason}
+        out = await self.leasing.release(tenant, rid, **args) if self.leasing is not None else None
+        if out is None:
+            out = await self.store.release(tenant, rid, **args)  # type: ignore[arg-type]
         self._finished_or_raise(name, out, committing=False, attempt=attempt)
         if out.status == "ok":
             metrics.FINISHED.labels("released").inc()
@@ -969,6 +1086,22 @@ class Budget:
                 if have != want:
                     differences.append(CounterDifference(t, f, have, want))
         return Reconciliation(len(tenants), counter_count, entries, open_count, tuple(differences))
+
+
+_UNIT_INDEX = {Unit.TOKENS: 0, Unit.USD_NANOS: 1, Unit.REQUESTS: 2}
+
+
+def _tightest_in_block(block: Block, counters: Sequence[quota.Counter]) -> dict[Unit, QuotaState]:
+    """The tightest counter of each unit as this replica sees it: its value when the block was
+    taken plus what the block admitted since (for rate-limit headers)."""
+    least: dict[Unit, QuotaState] = {}
+    for c, base in zip(counters, block.base, strict=False):
+        used = base + block.used_view(_UNIT_INDEX[c.unit])
+        left = c.allowed - used
+        best = least.get(c.unit)
+        if best is None or left < best.remaining:
+            least[c.unit] = QuotaState(c.quota, c.subject, used, max(0, left), c.reset_ms)
+    return least
 
 
 def _encode_token(token: _PageToken) -> str:

@@ -31,6 +31,16 @@ class BudgetConfig:
         conversation_idle_s: How long an unused conversation's counter is kept.
         usage_retention_days: How long daily usage totals are kept.
         overrides_poll_s: Seconds between reads of SetBudget overrides made by other replicas.
+        lease_requests: A replica admits from leases of this many estimates (0: every reserve
+            goes to Redis). Only for a budget whose callers settle every hold with the replica
+            that admitted it: a gateway in the same process (the co-located core turns it on).
+            See :mod:`tollway.budget.leases`.
+        lease_spread: A lease takes at most 1/spread of the room left below a counter's lowest
+            priority share; none when that is below one request.
+        lease_idle_s: A lease nobody admitted from for this long goes back.
+        lease_max_age_s: A lease stops admitting after this long and goes back.
+        lease_record_delay_s: How long a hold admitted from a lease may wait to be recorded with
+            its commit before it is recorded on its own.
     """
 
     port: int = 50054
@@ -48,6 +58,11 @@ class BudgetConfig:
     conversation_idle_s: int = 7 * 86400
     usage_retention_days: int = 400
     overrides_poll_s: float = 1.0
+    lease_requests: int = 0
+    lease_spread: int = 4
+    lease_idle_s: float = 1.0
+    lease_max_age_s: float = 10.0
+    lease_record_delay_s: float = 0.05
 
     def __post_init__(self) -> None:
         positive = (
@@ -59,12 +74,16 @@ class BudgetConfig:
             "conversation_idle_s",
             "usage_retention_days",
             "overrides_poll_s",
+            "lease_spread",
+            "lease_idle_s",
+            "lease_max_age_s",
+            "lease_record_delay_s",
         )
         for name in positive:
             value = getattr(self, name)
             if value <= 0:
                 raise ValueError(f"Config 'TOLLWAY_BUDGET_{name.upper()}' has value {value!r}. Must be above 0.")
-        for name in ("reload_s", "counter_grace_s"):
+        for name in ("reload_s", "counter_grace_s", "lease_requests"):
             if getattr(self, name) < 0:
                 raise ValueError(
                     f"Config 'TOLLWAY_BUDGET_{name.upper()}' has value {getattr(self, name)!r}. Must be 0 or more."

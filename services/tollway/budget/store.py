@@ -29,12 +29,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from tollway.budget.types import Unit
 
@@ -174,11 +174,11 @@ return out
 """
 )
 
-# KEYS: ctr, record, open, ledger, usage day.
+# KEYS: ctr, record, open, ledger, usage day, the lease record (the record again when none).
 # ARGV: id, now_ms, attempt (0: whichever holds the id), in, out, cached, provider, partial,
 #       the answering model ('' = the reserved one, else a JSON array of strings: name, r_in,
 #       r_out, r_cached, pricing_version, context_window, max_output), record_ttl_ms,
-#       usage_ttl_ms.
+#       usage_ttl_ms, the lease that still covers the hold ('' when none does).
 # Returns {'ok', attempt, late, dtok, dusd, ctok, cusd, model, pv, in, gout, c_ms, e_ms, meta}
 # (just what the caller reports, not the whole record: reading ~40 record fields back was as
 # costly as the rest of a commit); the rare answers carry the whole record (HGETALL):
@@ -216,8 +216,26 @@ local cost = math.floor(((tin - tcached) * ri + tcached * rc + tout * ro + 999) 
 local tok = tin + tout
 local late = st == 'expired' and '1' or '0'
 local held = {tok = tonumber(r.tok), usd = tonumber(r.usd), req = tonumber(r.req)}
-if late == '1' then held = {tok = 0, usd = 0, req = 0} end
+-- A hold made under a lease is not in the counters itself: its lease's block is.
+if late == '1' or (r.lease or '') ~= '' then held = {tok = 0, usd = 0, req = 0} end
 local delta = {tok = tok - held.tok, usd = cost - held.usd, req = 1 - held.req}
+-- Covered by its lease (the holder still counts the hold in the block): the usage moves from
+-- the block to this reservation, and only what the block cannot cover reaches the counters.
+local lease, took = '', {tok = 0, usd = 0, req = 0}
+if ARGV[12] ~= '' and r.lease == ARGV[12] then
+  local L = redis.call('HMGET', KEYS[6], 'st', 'tok', 'usd', 'req')
+  if L[1] == 'lease' then
+    lease = ARGV[12]
+    local rem = {tok = tonumber(L[2]), usd = tonumber(L[3]), req = tonumber(L[4])}
+    for _, u in ipairs({'tok', 'usd', 'req'}) do
+      took[u] = math.max(0, math.min(delta[u], rem[u]))
+      delta[u] = delta[u] - took[u]
+    end
+    redis.call('HINCRBY', KEYS[6], 'tok', s(-took.tok))
+    redis.call('HINCRBY', KEYS[6], 'usd', s(-took.usd))
+    redis.call('HINCRBY', KEYS[6], 'req', s(-took.req))
+  end
+end
 apply(ctr, split(r.f), delta)
 redis.call('HSET', rec, 'st', 'committed', 'cin', s(tin), 'cout', s(tout), 'ccached', s(tcached),
   'cmodel', model, 'cprov', ARGV[7], 'ctok', s(tok), 'cusd', s(cost), 'cpv', pv,
@@ -227,7 +245,7 @@ redis.call('ZREM', open, id)
 redis.call('XADD', ledger, '*', 'op', 'commit', 'res', id, 'att', att, 'tok', s(delta.tok), 'usd', s(delta.usd),
   'req', s(delta.req), 'f', r.f, 'at', s(now), 'model', model, 'prov', ARGV[7], 'in', s(tin),
   'out', s(tout), 'cached', s(tcached), 'cost', s(cost), 'pv', pv, 'partial', ARGV[8], 'late', late,
-  unpack(pairs_of(m, WHO)))
+  'lease', lease, 'ltok', s(took.tok), 'lusd', s(took.usd), 'lreq', s(took.req), unpack(pairs_of(m, WHO)))
 local groups = {''}
 if (m.key or '') ~= '' then groups[#groups + 1] = 'k:' .. m.key end
 if (m.feat or '') ~= '' then groups[#groups + 1] = 'f:' .. m.feat end
@@ -242,7 +260,8 @@ for _, g in ipairs(groups) do
 end
 redis.call('PEXPIRE', day, ARGV[11])
 return {'ok', att, late, s(delta.tok), s(delta.usd), s(tok), s(cost), model, pv, s(tin), r.gout, r.c_ms, r.e_ms,
-  r.m or cjson.encode({tenant = r.tenant, key = r.key, feat = r.feat, conv = r.conv, prio = r.prio, rid = r.rid})}
+  r.m or cjson.encode({tenant = r.tenant, key = r.key, feat = r.feat, conv = r.conv, prio = r.prio, rid = r.rid}),
+  lease}
 """
 )
 
@@ -263,6 +282,7 @@ if st == 'committed' then return {'committed', flat} end
 if st ~= 'reserved' then return {'dup', flat} end
 local m = meta_of(r)
 local delta = {tok = -tonumber(r.tok), usd = -tonumber(r.usd), req = -tonumber(r.req)}
+if (r.lease or '') ~= '' then delta = {tok = 0, usd = 0, req = 0} end  -- its lease's block holds it
 apply(ctr, split(r.f), delta)
 redis.call('HSET', rec, 'st', 'released', 'done_ms', s(now), 'reason', ARGV[4])
 redis.call('PEXPIRE', rec, ARGV[5])
@@ -288,9 +308,19 @@ for j = 5, #KEYS do
   if score and tonumber(score) <= now then
     redis.call('ZREM', open, id)
     local r = hash(redis.call('HGETALL', rec))
-    if r.st == 'reserved' then
+    if r.st == 'lease' then
+      -- Its holder is gone (it renews and closes its leases while it runs): what the block
+      -- still holds goes back.
+      local delta = {tok = -tonumber(r.tok), usd = -tonumber(r.usd), req = -tonumber(r.req)}
+      apply(ctr, split(r.f), delta)
+      redis.call('HSET', rec, 'st', 'expired', 'done_ms', s(now), 'tok', '0', 'usd', '0', 'req', '0')
+      redis.call('PEXPIRE', rec, ARGV[2])
+      redis.call('XADD', ledger, '*', 'op', 'lease_expire', 'res', id, 'tok', s(delta.tok), 'usd', s(delta.usd),
+        'req', s(delta.req), 'f', r.f, 'at', s(now))
+    elseif r.st == 'reserved' then
       local m = meta_of(r)
       local delta = {tok = -tonumber(r.tok), usd = -tonumber(r.usd), req = -tonumber(r.req)}
+      if (r.lease or '') ~= '' then delta = {tok = 0, usd = 0, req = 0} end  -- its lease's block holds it
       apply(ctr, split(r.f), delta)
       redis.call('HSET', rec, 'st', 'expired', 'done_ms', s(now))
       redis.call('PEXPIRE', rec, ARGV[2])
@@ -306,6 +336,122 @@ end
 return expired
 """
 )
+
+# KEYS: ctr, lease record, open, ledger.
+# ARGV: id, now_ms, expires_ms, spread, meta (JSON object of strings), then ONE JSON array of
+# strings: per unit (tok, usd, req) the amount wanted and the least worth taking, then per
+# counter field, allowed (for the lowest priority). Each unit's block is what is wanted, cut
+# to 1/spread of the room left in its tightest counter. Returns {'ok', tok, usd, req, used...}
+# or {'short', used...} (some unit's room is below its least: nothing changed).
+_LEASE = (
+    _COMMON
+    + r"""
+local ctr, rec, open, ledger = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local id, now, exp, spread = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local A = cjson.decode(ARGV[6])
+local want, least = {}, {}
+local i = 1
+for _, u in ipairs({'tok', 'usd', 'req'}) do
+  want[u], least[u] = tonumber(A[i]), tonumber(A[i + 1])
+  i = i + 2
+end
+local fields, allowed, units = {}, {}, {}
+while i <= #A do
+  fields[#fields + 1] = A[i]
+  allowed[#allowed + 1] = tonumber(A[i + 1])
+  units[#units + 1] = unit_of(A[i])
+  i = i + 2
+end
+local vals = redis.call('HMGET', ctr, unpack(fields))
+local used, take, counted = {}, {tok = 0, usd = 0, req = 0}, {}
+for j = 1, #fields do
+  used[j] = tonumber(vals[j] or '0')
+  local u = units[j]
+  if not counted[u] then counted[u] = true; take[u] = want[u] end
+  local room = math.floor((allowed[j] - used[j]) / spread)
+  if room < take[u] then take[u] = room end
+end
+for u in pairs(counted) do
+  if take[u] < least[u] then
+    local out = {'short'}
+    for j = 1, #fields do out[#out + 1] = s(used[j]) end
+    return out
+  end
+end
+for j = 1, #fields do redis.call('HINCRBY', ctr, fields[j], s(take[units[j]])) end
+local flist = table.concat(fields, ',')
+redis.call('HSET', rec, 'st', 'lease', 'tok', s(take.tok), 'usd', s(take.usd), 'req', s(take.req), 'f', flist,
+  'c_ms', s(now), 'e_ms', s(exp), 'm', ARGV[5])
+redis.call('ZADD', open, exp, id)
+redis.call('XADD', ledger, '*', 'op', 'lease', 'res', id, 'tok', s(take.tok), 'usd', s(take.usd),
+  'req', s(take.req), 'f', flist, 'at', s(now), unpack(pairs_of(cjson.decode(ARGV[5]), WHO)))
+local out = {'ok', s(take.tok), s(take.usd), s(take.req)}
+for j = 1, #fields do out[#out + 1] = s(used[j]) end
+return out
+"""
+)
+
+# KEYS: ctr, lease record, open, ledger.  ARGV: id, now_ms, tok, usd, req (to give back; ignored
+# when closing), close ('1' gives back all the block holds and ends the lease), record_ttl_ms.
+# Returns {'ok', tok, usd, req} (what went back) or {'gone'} (expired or closed before).
+_LEASE_RETURN = (
+    _COMMON
+    + r"""
+local ctr, rec, open, ledger = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local id, now, close = ARGV[1], tonumber(ARGV[2]), ARGV[6] == '1'
+local L = hash(redis.call('HGETALL', rec))
+if L.st ~= 'lease' then return {'gone'} end
+local give = {tok = tonumber(L.tok), usd = tonumber(L.usd), req = tonumber(L.req)}
+if not close then
+  give = {tok = math.min(give.tok, tonumber(ARGV[3])), usd = math.min(give.usd, tonumber(ARGV[4])),
+    req = math.min(give.req, tonumber(ARGV[5]))}
+end
+for _, u in ipairs({'tok', 'usd', 'req'}) do give[u] = math.max(0, give[u]) end
+apply(ctr, split(L.f), {tok = -give.tok, usd = -give.usd, req = -give.req})
+redis.call('HINCRBY', rec, 'tok', s(-give.tok))
+redis.call('HINCRBY', rec, 'usd', s(-give.usd))
+redis.call('HINCRBY', rec, 'req', s(-give.req))
+if close then
+  redis.call('HSET', rec, 'st', 'closed', 'done_ms', s(now))
+  redis.call('PEXPIRE', rec, ARGV[7])
+  redis.call('ZREM', open, id)
+end
+if close or give.tok ~= 0 or give.usd ~= 0 or give.req ~= 0 then
+  redis.call('XADD', ledger, '*', 'op', close and 'lease_close' or 'lease_return', 'res', id,
+    'tok', s(-give.tok), 'usd', s(-give.usd), 'req', s(-give.req), 'f', L.f, 'at', s(now))
+end
+return {'ok', s(give.tok), s(give.usd), s(give.req)}
+"""
+)
+
+# KEYS: record, open, ledger.  ARGV: id, now_ms, expires_ms, lease id, granted_out, tok, usd,
+# req (what the hold takes of its lease's block), counter fields, meta.
+# Records a hold a replica admitted from a lease: a reservation like any other (commit, release,
+# expiry, request-id rules), except that no counter changes: the lease's block already holds it.
+# Returns {'ok', attempt} | {'dup'} | {'committed'} (as the reserve script: nothing changed).
+_HOLD = (
+    _COMMON
+    + r"""
+local rec, open, ledger = KEYS[1], KEYS[2], KEYS[3]
+local id, now = ARGV[1], tonumber(ARGV[2])
+local prior = redis.call('HMGET', rec, 'st', 'att')
+if prior[1] == 'reserved' then return {'dup'} end
+if prior[1] == 'committed' then return {'committed'} end
+local att = 1
+if prior[1] then
+  att = tonumber(prior[2] or '1') + 1
+  redis.call('DEL', rec)
+end
+redis.call('HSET', rec, 'st', 'reserved', 'att', s(att), 'gout', ARGV[5], 'tok', ARGV[6], 'usd', ARGV[7],
+  'req', ARGV[8], 'f', ARGV[9], 'c_ms', ARGV[2], 'e_ms', ARGV[3], 'm', ARGV[10], 'lease', ARGV[4])
+redis.call('ZADD', open, ARGV[3], id)
+redis.call('XADD', ledger, '*', 'op', 'reserve', 'res', id, 'att', s(att), 'tok', '0', 'usd', '0', 'req', '0',
+  'f', ARGV[9], 'at', ARGV[2], 'gout', ARGV[5], 'lease', ARGV[4], 'ltok', ARGV[6], 'lusd', ARGV[7],
+  'lreq', ARGV[8], unpack(pairs_of(cjson.decode(ARGV[10]), META)))
+return {'ok', s(att)}
+"""
+)
+
 
 # KEYS: ctr, convt, ledger.  ARGV: now_ms, grace_s, conversations idle since (ms).
 # Deletes counters whose window ended more than grace_s ago and conversation counters idle
@@ -414,6 +560,10 @@ def pack_counters(counters: Sequence[tuple[str, int]]) -> str:
 _COMMITTED = ("att", "late", "dtok", "dusd", "ctok", "cusd", "cmodel", "cpv", "cin", "gout", "c_ms", "e_ms")
 
 
+# A lease's id starts with it (a reservation's is 32 lowercase hex digits); leases share the
+# open set with reservations, so that one sweeper expires both.
+LEASE_MARK = b"L"
+
 _Call = tuple[AsyncScript, Sequence[str], Sequence[Any], "asyncio.Future[Any]"]
 
 
@@ -470,6 +620,10 @@ class _Batcher:
         task = asyncio.get_running_loop().create_task(self._pipeline(batch))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
+
+    async def send_now(self, batch: list[_Call]) -> None:
+        """Sends ``batch`` as one pipeline now, in its order; each future gets its reply."""
+        await self._pipeline(batch)
 
     async def _pipeline(self, batch: list[_Call]) -> None:
         self._in_flight += len(batch)
@@ -532,9 +686,39 @@ class ScriptOutcome:
     detail: tuple[str, ...] = ()
 
 
+_Script = tuple[AsyncScript, Sequence[str], Sequence[Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Op:
+    """One script call and how to read its reply, for :meth:`BudgetStore.run_ops`."""
+
+    call: _Script
+    parse: Callable[[Sequence[Any]], Any]
+
+
+def _held(reply: Sequence[Any]) -> tuple[str, int]:
+    return _text(reply[0]), int(reply[1]) if reply[0] == b"ok" else 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Hold:
+    """A hold a replica admitted from its lease, to record as a reservation (see ``_HOLD``)."""
+
+    reservation_id: str
+    lease_id: str
+    now_ms: int
+    expires_ms: int
+    granted_out: int
+    amounts: tuple[int, int, int]  # tokens, nano-dollars, requests taken from the block
+    fields: str  # the counters the lease covers, comma-separated
+    meta: str
+
+
 @dataclasses.dataclass(frozen=True)
 class Snapshot:
-    """A tenant's counters and the ledger position they correspond to, read at one instant."""
+    """A tenant's counters and the ledger position they correspond to, read at one instant,
+    and how many reservations are open (leases left out)."""
 
     counters: dict[str, int]
     last_ledger_id: str
@@ -569,6 +753,9 @@ class BudgetStore:
         self._expire = client.register_script(_EXPIRE)
         self._prune = client.register_script(_PRUNE)
         self._saved = client.register_script(_SAVED)
+        self._lease = client.register_script(_LEASE)
+        self._lease_return = client.register_script(_LEASE_RETURN)
+        self._hold = client.register_script(_HOLD)
         self._tenant_keys: dict[str, tuple[str, str, str, str, str]] = {}
         self._batcher = None if isinstance(client, aioredis.RedisCluster) else _Batcher(client)
 
@@ -694,6 +881,7 @@ class BudgetStore:
         provider: str,
         partial: bool,
         model: str,
+        lease: str = "",
     ) -> ScriptOutcome:
         """Replaces the estimate with the real usage, ledgers it and adds it to ``day``'s totals.
 
@@ -701,17 +889,60 @@ class BudgetStore:
             attempt: The attempt of the request id this usage belongs to; 0: whichever holds it.
             model: The answering model when it differs from the reserved one (:func:`pack_model`);
                 "" prices with the reserved model.
+            lease: The lease whose block still counts this hold ("" when none does): the usage
+                is taken from the block, and only what it cannot cover reaches the counters.
 
         Returns:
             Status ``ok``, ``dup`` (already committed with this usage), ``conflict``
             (committed with other usage), ``released``, ``missing``, ``stale`` (detail: the
             attempt holding the id and its state) or ``too_large`` (detail: the field, the
-            limit and the model).
+            limit and the model). After ``ok`` the record's ``covered_by`` names the lease that
+            paid for it ("" when the counters did).
         """
+        op = self.commit_op(
+            tenant,
+            reservation_id,
+            now_ms=now_ms,
+            day=day,
+            attempt=attempt,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cached_input_tokens=cached_input_tokens,
+            provider=provider,
+            partial=partial,
+            model=model,
+            lease=lease,
+        )
+        return op.parse(await self._run(*op.call))  # type: ignore[no-any-return]
+
+    def commit_op(
+        self,
+        tenant: str,
+        reservation_id: str,
+        *,
+        now_ms: int,
+        day: str,
+        attempt: int,
+        input_tokens: int,
+        output_tokens: int,
+        cached_input_tokens: int,
+        provider: str,
+        partial: bool,
+        model: str,
+        lease: str = "",
+    ) -> Op:
+        """:meth:`commit` as an operation for :meth:`run_ops` (same arguments, same outcome)."""
         ctr, open_, ledger, _, rec = self._keys(tenant)
-        reply = await self._run(
+        call = (
             self._commit,
-            (ctr, rec + reservation_id, open_, ledger, f"{self.prefix}:{{{tenant}}}:u:{day}"),
+            (
+                ctr,
+                rec + reservation_id,
+                open_,
+                ledger,
+                f"{self.prefix}:{{{tenant}}}:u:{day}",
+                rec + (lease or reservation_id),
+            ),
             (
                 reservation_id,
                 now_ms,
@@ -724,12 +955,17 @@ class BudgetStore:
                 model,
                 self._record_ttl_ms,
                 self._usage_ttl_ms,
+                lease,
             ),
         )
+        return Op(call, self._committed)
+
+    def _committed(self, reply: Sequence[Any]) -> ScriptOutcome:
         if reply[0] == b"ok":
             record = json.loads(reply[13])
             record.update(zip(_COMMITTED, (x.decode() for x in reply[1:13]), strict=True))
             record["st"] = "committed"
+            record["covered_by"] = reply[14].decode()
             return ScriptOutcome("ok", record)
         return self._outcome(reply)
 
@@ -738,14 +974,129 @@ class BudgetStore:
     ) -> ScriptOutcome:
         """Returns a held estimate and ledgers it. Status ``ok``, ``dup`` (already released or
         expired), ``committed``, ``missing`` or ``stale`` (another attempt holds the id;
-        ``attempt`` 0 releases whichever does)."""
+        ``attempt`` 0 releases whichever does). A lease's hold changes no counter (its block
+        holds it)."""
+        op = self.release_op(tenant, reservation_id, now_ms=now_ms, attempt=attempt, reason=reason)
+        return op.parse(await self._run(*op.call))  # type: ignore[no-any-return]
+
+    def release_op(self, tenant: str, reservation_id: str, *, now_ms: int, attempt: int, reason: str) -> Op:
+        """:meth:`release` as an operation for :meth:`run_ops`."""
         ctr, open_, ledger, _, rec = self._keys(tenant)
-        reply = await self._run(
+        call = (
             self._release,
             (ctr, rec + reservation_id, open_, ledger),
             (reservation_id, now_ms, attempt, reason, self._record_ttl_ms),
         )
-        return self._outcome(reply)
+        return Op(call, self._outcome)
+
+    async def run_ops(self, ops: Sequence[Op]) -> list[Any]:
+        """Runs operations in order in one round trip (one by one on Redis Cluster, whose
+        pipelines refuse EVALSHA); each stays atomic on its own. Returns each one's outcome, or
+        the exception its script raised."""
+        replies = await self._together([op.call for op in ops])
+        return [
+            reply if isinstance(reply, Exception) else op.parse(reply) for op, reply in zip(ops, replies, strict=True)
+        ]
+
+    # --- leases -----------------------------------------------------------------------------
+
+    async def take_lease(
+        self,
+        tenant: str,
+        lease_id: str,
+        *,
+        now_ms: int,
+        expires_ms: int,
+        spread: int,
+        meta: str,
+        wanted: Sequence[tuple[int, int]],
+        counters: str,
+    ) -> tuple[bool, tuple[int, int, int], tuple[int, ...]]:
+        """Holds a block of every counter in ``counters`` for one replica to admit from (one script).
+
+        Args:
+            wanted: Per unit (tokens, dollars, requests), the block wanted and the least worth
+                taking.
+            spread: The block is at most 1/spread of the room left below each counter's limit.
+            counters: ``(field, allowed)`` of every counter, allowed for the lowest priority
+                (:func:`pack_counters`).
+
+        Returns:
+            Whether it was taken, the block per unit and each counter's value before.
+        """
+        ctr, open_, ledger, _, rec = self._keys(tenant)
+        terms = ",".join(f'"{w}","{least}"' for w, least in wanted)
+        reply = await self._run(
+            self._lease,
+            (ctr, rec + lease_id, open_, ledger),
+            (
+                lease_id,
+                now_ms,
+                expires_ms,
+                spread,
+                meta,
+                f"[{terms},{counters[1:]}" if len(counters) > 2 else f"[{terms}]",
+            ),
+        )
+        if reply[0] == b"ok":
+            return True, (int(reply[1]), int(reply[2]), int(reply[3])), tuple(map(int, reply[4:]))
+        return False, (0, 0, 0), tuple(map(int, reply[1:]))
+
+    async def return_lease(
+        self, tenant: str, lease_id: str, *, now_ms: int, amounts: tuple[int, int, int], close: bool
+    ) -> tuple[int, int, int] | None:
+        """Gives back part of a lease's block (``close``: all of it, and ends the lease).
+
+        Returns what went back per unit, or None when the lease was no longer open (expired by
+        a sweeper, or closed before)."""
+        ctr, open_, ledger, _, rec = self._keys(tenant)
+        reply = await self._run(
+            self._lease_return,
+            (ctr, rec + lease_id, open_, ledger),
+            (lease_id, now_ms, *amounts, "1" if close else "0", self._record_ttl_ms),
+        )
+        if reply[0] != b"ok":
+            return None
+        return int(reply[1]), int(reply[2]), int(reply[3])
+
+    def hold_op(self, tenant: str, hold: Hold) -> Op:
+        """Records a hold admitted from a lease (see ``_HOLD``); its outcome is ``(status,
+        attempt)``: ``ok`` (recorded as that attempt of its request id), ``dup`` (the id is held
+        by another reservation) or ``committed`` (the id was charged before), with attempt 0."""
+        _, open_, ledger, _, rec = self._keys(tenant)
+        call = (
+            self._hold,
+            (rec + hold.reservation_id, open_, ledger),
+            (
+                hold.reservation_id,
+                hold.now_ms,
+                hold.expires_ms,
+                hold.lease_id,
+                hold.granted_out,
+                *hold.amounts,
+                hold.fields,
+                hold.meta,
+            ),
+        )
+        return Op(call, _held)
+
+    async def _together(self, calls: Sequence[_Script]) -> list[Any]:
+        """Runs scripts in order in one round trip; each one's reply or exception."""
+        if self._batcher is None:
+            out: list[Any] = []
+            for script, keys, args in calls:
+                try:
+                    out.append(await script(keys=keys, args=args))
+                except ResponseError as exc:
+                    out.append(exc)
+            return out
+        loop = asyncio.get_running_loop()
+        batch: list[_Call] = [(script, keys, args, loop.create_future()) for script, keys, args in calls]
+        await self._batcher.send_now(batch)
+        for *_, future in batch:  # the connection failed: every call failed with it
+            if isinstance(future.exception(), ConnectionError | OSError | TimeoutError):
+                raise future.exception()  # type: ignore[misc]
+        return [future.exception() or future.result() for *_, future in batch]
 
     async def record_saved(
         self,
@@ -827,12 +1178,12 @@ class BudgetStore:
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.hgetall(self.key(tenant, "ctr"))
             pipe.xrevrange(self.key(tenant, "ledger"), "+", "-", count=1)
-            pipe.zcard(self.key(tenant, "open"))
-            counters, last, open_count = await pipe.execute()
+            pipe.zrange(self.key(tenant, "open"), 0, -1)
+            counters, last, open_ids = await pipe.execute()
         return Snapshot(
             {_text(k): int(v) for k, v in counters.items()},
             _text(last[0][0]) if last else "",
-            int(open_count),
+            sum(1 for i in open_ids if not i.startswith(LEASE_MARK)),  # leases are not reservations
         )
 
     async def ledger(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -97,6 +98,8 @@ HTTP_SERVICES = ("openai_compat",)
 KEEP_ALIVE_S = 75
 # Callees before callers: a caller's on_start may already call a member (none does today, but the
 # order also makes shutdown's reverse order callers-first).
+# Estimates per lease of a budget co-located with its gateway.
+COLOCATED_LEASE_REQUESTS = 64
 _ORDER = ("embedding", "cache", "prompts", "budget", "router", "retrieval", "gateway")
 
 
@@ -187,6 +190,11 @@ async def main_async(process: str, services: list[str]) -> None:
     if unknown:
         known = ", ".join([*GRPC_BUILDERS, *HTTP_SERVICES])
         raise SystemExit(f"tollway.colocate {process}: unknown service(s) {', '.join(unknown)}; known: {known}")
+    if "budget" in services and "gateway" in services:
+        # The gateway settles every hold with its own in-process budget, the one that admitted
+        # it: the budget may admit from leases (tollway.budget.leases). Apart, settlements may
+        # reach another budget replica, so leases stay off unless configured.
+        os.environ.setdefault("TOLLWAY_BUDGET_LEASE_REQUESTS", str(COLOCATED_LEASE_REQUESTS))
     mesh = load_config(MeshConfig)
     if tracing_enabled(mesh):
         # Before the members' builders (which ask for it too): the spans are the process's (`core`).

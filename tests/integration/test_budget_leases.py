@@ -1,0 +1,224 @@
+"""Admission from leases (tollway.budget.leases) over a real redis-server: two budget replicas
+with leases on, as two co-located cores run them. Exactness against the quota, counters equal
+to the ledger at every step, blocks given back, a holder that dies, settlements of every kind.
+
+Time is a clock the tests move by hand; the background loops are not started: the tests call
+the lease tick and the sweeper themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.integration.test_budget_service import PLANS, ROOT, Clock
+from tests.support.redis_server import local_redis
+from tollway.budget.__main__ import build
+from tollway.budget.budget import Budget
+from tollway.budget.config import BudgetConfig
+from tollway.budget.types import CommitCommand, Priority, ReserveCommand
+from tollway.mesh.config import MeshConfig
+from tollway.mesh.errors import ResourceExhausted
+
+PREFIX = "tw:budget:leases"
+# gpt-4o-mini, 8 prompt tokens and 6 output tokens asked: 14 tokens, 4,800 nano-dollars held.
+ASK = {"model": "gpt-4o-mini", "input_tokens": 8, "max_output_tokens": 6}
+EACH_TOKENS, EACH_NANOS, FITS = 14, 4_800, 100  # plan "burst": 100 such requests a day / month
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    with local_redis() as server:
+        yield server.url
+
+
+@pytest.fixture
+def plans_file(tmp_path: Path) -> Path:
+    path = tmp_path / "budget.yaml"
+    path.write_text(PLANS)
+    return path
+
+
+@contextlib.asynccontextmanager
+async def budgets(redis_url: str, plans: Path, clock: Clock, count: int = 2) -> AsyncIterator[list[Budget]]:
+    made = []
+    try:
+        for _ in range(count):
+            cfg = BudgetConfig(
+                plans=str(plans),
+                catalog=str(ROOT / "deploy" / "models.yaml"),
+                key_prefix=PREFIX,
+                lease_requests=16,
+                lease_record_delay_s=0.01,
+            )
+            spec, budget = build(cfg, MeshConfig(redis_url=redis_url), clock=clock)
+            await budget.refresh_overrides()
+            made.append((spec, budget))
+        yield [b for _, b in made]
+    finally:
+        for spec, budget in made:
+            await budget.stop()
+            assert spec.on_stop is not None
+            await spec.on_stop()
+
+
+def ledger_ops(redis_url: str, tenant: str) -> list[dict[str, str]]:
+    client = redis.Redis.from_url(redis_url)
+    rows = client.xrange(f"{PREFIX}:{{{tenant}}}:ledger")
+    return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in rows]
+
+
+def counters(redis_url: str, tenant: str) -> dict[str, int]:
+    raw = redis.Redis.from_url(redis_url).hgetall(f"{PREFIX}:{{{tenant}}}:ctr")
+    return {k.decode(): int(v) for k, v in raw.items()}
+
+
+async def balanced(budget: Budget, tenant: str) -> None:
+    result = await budget.reconcile(tenant)
+    assert not result.differences, result.differences
+
+
+async def test_one_lease_serves_many_reserves_and_goes_back_exactly(redis_url: str, plans_file: Path) -> None:
+    clock = Clock()
+    async with budgets(redis_url, plans_file, clock, count=1) as (budget,):
+        assert budget.leasing is not None
+        granted = [await budget.reserve(ReserveCommand("acme", request_id=f"one-{i}", **ASK)) for i in range(10)]
+        ops = [e["op"] for e in ledger_ops(redis_url, "acme")]
+        assert ops.count("lease") == 1 and "reserve" not in ops  # nothing recorded yet: one round trip
+        assert all(g.reservation.attempt == 1 for g in granted)
+        await balanced(budget, "acme")
+        # Headers see what this replica admitted: ten estimates of the day's tokens.
+        assert granted[-1].tightest[next(iter(granted[-1].tightest))].remaining >= 0
+        await budget.leasing.record_holds()
+        for i, g in enumerate(granted):
+            out = 6 if i % 2 else 3  # half use less than asked
+            await budget.commit(CommitCommand(g.reservation.name, input_tokens=8, output_tokens=out))
+        await balanced(budget, "acme")
+        ops = [e["op"] for e in ledger_ops(redis_url, "acme")]
+        assert ops.count("reserve") == 10 and ops.count("commit") == 10
+        clock.advance(2)  # idle past lease_idle_s
+        await budget.leasing.tick()
+        await balanced(budget, "acme")
+        charged = 5 * (8 + 6) + 5 * (8 + 3)
+        assert [v for f, v in counters(redis_url, "acme").items() if "|tok|" in f] == [charged]
+        assert ledger_ops(redis_url, "acme")[-1]["op"] == "lease_close"
+        assert not budget.leasing.book.blocks
+
+
+async def test_two_replicas_never_admit_past_the_quota_and_then_reach_it_exactly(
+    redis_url: str, plans_file: Path
+) -> None:
+    clock = Clock()
+    async with budgets(redis_url, plans_file, clock) as replicas:
+        admitted: list[str] = []
+
+        async def one(i: int) -> None:
+            budget = replicas[i % 2]
+            try:
+                g = await budget.reserve(
+                    ReserveCommand("delta", request_id=f"burst-{i}", priority=Priority.INTERACTIVE, **ASK)
+                )
+            except ResourceExhausted:
+                return
+            admitted.append(g.reservation.name)
+            await asyncio.sleep(0)
+            await budget.commit(CommitCommand(g.reservation.name, input_tokens=8, output_tokens=6))
+
+        # A burst of 3x what fits, in rounds, giving leases back between them as time passes.
+        for round_ in range(6):
+            await asyncio.gather(*(one(round_ * 50 + i) for i in range(50)))
+            assert len(admitted) <= FITS
+            for budget in replicas:
+                await balanced(budget, "delta")
+            clock.advance(2)
+            for budget in replicas:
+                await budget.leasing.tick()  # type: ignore[union-attr]
+        # Every request used its estimate: the quota is reached exactly, no false refusal left.
+        assert len(admitted) == FITS
+        values = counters(redis_url, "delta")
+        assert sorted(values.values()) == [FITS * EACH_TOKENS, FITS * EACH_NANOS]
+        for budget in replicas:
+            with pytest.raises(ResourceExhausted):
+                await budget.reserve(
+                    ReserveCommand("delta", request_id="one-more", priority=Priority.INTERACTIVE, **ASK)
+                )
+        ops = [e["op"] for e in ledger_ops(redis_url, "delta")]
+        assert ops.count("commit") == FITS and ops.count("lease") >= 2
+
+
+async def test_the_end_of_a_quota_and_batch_priority_go_one_by_one(redis_url: str, plans_file: Path) -> None:
+    clock = Clock()
+    async with budgets(redis_url, plans_file, clock, count=1) as (budget,):
+        # Batch may fill 80 %: blocks are cut from what batch may use, so an interactive request
+        # past 80 % is admitted one by one, and a batch one refused.
+        names = []
+        while True:
+            try:
+                g = await budget.reserve(ReserveCommand("kilo", priority=Priority.BATCH, **ASK))
+            except ResourceExhausted:
+                break
+            names.append(g.reservation.name)
+        assert len(names) == 80
+        g = await budget.reserve(ReserveCommand("kilo", priority=Priority.INTERACTIVE, **ASK))
+        assert g.reservation.attempt == 1
+        for name in [*names, g.reservation.name]:
+            await budget.commit(CommitCommand(name, input_tokens=8, output_tokens=6))
+        await balanced(budget, "kilo")
+        clock.advance(2)
+        await budget.leasing.tick()  # type: ignore[union-attr]
+        assert sorted(counters(redis_url, "kilo").values()) == [81 * EACH_TOKENS, 81 * EACH_NANOS]
+
+
+async def test_a_holder_that_dies_leaves_a_lease_the_sweeper_gives_back(redis_url: str, plans_file: Path) -> None:
+    clock = Clock()
+    before = sum(v for f, v in counters(redis_url, "acme").items() if "|tok|" in f)  # earlier tests' charges
+    async with budgets(redis_url, plans_file, clock, count=2) as (holder, survivor):
+        kept = await holder.reserve(ReserveCommand("acme", request_id="dies-1", **ASK))
+        lost = await holder.reserve(ReserveCommand("acme", request_id="dies-2", **ASK))
+        await holder.commit(CommitCommand(kept.reservation.name, input_tokens=8, output_tokens=5))
+        await holder.leasing.record_holds()  # type: ignore[union-attr]
+        # The holder dies: nothing of it runs again (its book is dropped, not given back).
+        assert holder.leasing is not None
+        holder.leasing.book.blocks.clear()
+        holder.leasing.book.active.clear()
+        holder.leasing.book.by_child.clear()
+        assert lost.reservation.state.name == "RESERVED"
+        clock.advance(holder.cfg.reservation_ttl_s + holder.cfg.lease_max_age_s + 61)
+        assert await survivor.sweep() == 1  # the open hold (and, not counted as one, the lease)
+        await balanced(survivor, "acme")
+        ops = [e["op"] for e in ledger_ops(redis_url, "acme")]
+        assert "lease_expire" in ops and "expire" in ops
+        assert [v for f, v in counters(redis_url, "acme").items() if "|tok|" in f] == [before + 8 + 5]
+
+
+async def test_release_usage_beyond_the_estimate_and_a_closed_lease(redis_url: str, plans_file: Path) -> None:
+    clock = Clock()
+    async with budgets(redis_url, plans_file, clock, count=1) as (budget,):
+        assert budget.leasing is not None
+        a = await budget.reserve(ReserveCommand("gamma", request_id="r-a", **ASK))
+        b = await budget.reserve(ReserveCommand("gamma", request_id="r-b", **ASK))
+        c = await budget.reserve(ReserveCommand("gamma", request_id="r-c", **ASK))
+        same = await budget.reserve(ReserveCommand("gamma", request_id="r-c", **ASK))
+        assert same.reservation.name == c.reservation.name  # the same request id: the same hold
+        released = await budget.release(a.reservation.name, "router failed")
+        assert released.state.name == "RELEASED"
+        # 500 output tokens against 6 asked: the block pays what it can, the counters the rest.
+        await budget.commit(CommitCommand(b.reservation.name, input_tokens=8, output_tokens=500))
+        await balanced(budget, "gamma")
+        # The lease closes with c still open (shut down): c's commit is then charged directly.
+        await budget.leasing.stop()
+        assert budget.leasing.book.child("gamma", c.reservation.id) is not None
+        await budget.commit(CommitCommand(c.reservation.name, input_tokens=8, output_tokens=6))
+        await balanced(budget, "gamma")
+        clock.advance(2)
+        await budget.leasing.tick()
+        await budget.leasing.stop()
+        assert [v for f, v in counters(redis_url, "gamma").items() if "|tok|" in f] == [(8 + 500) + (8 + 6)]
+        ops = [(e["op"], e.get("res", "")) for e in ledger_ops(redis_url, "gamma")]
+        assert ("release", a.reservation.id) in ops
+        assert sum(1 for op, res in ops if op == "commit" and res == c.reservation.id) == 1
