@@ -39,7 +39,7 @@ SPLIT_TESTS=(
 CLUSTER_TESTS=(
   tests/integration/test_cache_service.py tests/integration/test_budget_service.py
   tests/integration/test_router_breakers.py tests/integration/test_gateway_store_redis.py
-  tests/integration/test_embedding_store_redis.py
+  tests/integration/test_embedding_store_redis.py tests/integration/test_budget_leases.py
 )
 both=0
 if [ -z "${TOLLWAY_TEST_LAYOUT:-}" ]; then

@@ -1,7 +1,8 @@
 """Exactness through the real request path (issue 13): 500 concurrent requests through Envoy,
 spread over 3 gateway processes (the launcher's replicas), against token and dollar quotas
 that fit only some of them; then, once the burst is settled and reconciled, more bursts until
-one admits nothing.
+one admits nothing. Twice: split (three gateways, one budget) and co-located (three core
+processes, each budget admitting from leases of the same quota).
 
 Proven from the ledger, whose entries are appended in the same atomic step as the counter
 changes they explain (so its order is the order the counters changed in): replaying it, no
@@ -24,7 +25,8 @@ import httpx
 import pytest
 import redis
 
-from tests.support.small_stack import mesh_with_gateways
+from tests.support.budget_leases import leases_back
+from tests.support.small_stack import mesh_with_replicas
 from tollway.budget.v1 import budget_pb2, budget_pb2_grpc
 from tollway.cli import _create_key
 from tollway.launcher.processes import free_ports
@@ -46,8 +48,14 @@ FITS = 40  # each quota holds this many estimates; a burst of 500 fits only some
 GATEWAYS = 3
 
 
-@pytest.fixture(scope="module")
-def burst_stack(fake_openai: str) -> Iterator[Stack]:
+CORE = ("gateway", "router", "cache", "budget", "openai_compat")
+
+
+@pytest.fixture(scope="module", params=["split", "colocated"])
+def burst_stack(request: pytest.FixtureRequest, fake_openai: str) -> Iterator[Stack]:
+    """Three gateways: three gateway processes and one budget (split), or three core processes,
+    each with its own gateway and its own budget, which admits from leases (colocated)."""
+    layout = request.param
     run = Path(tempfile.mkdtemp(prefix="budget-burst-", dir=os.environ.get("TOLLWAY_TEST_RUN_DIR") or None))
     catalog = run / "models.yaml"
     catalog.write_text(
@@ -62,17 +70,17 @@ def burst_stack(fake_openai: str) -> Iterator[Stack]:
         "  warm:\n    quotas:\n      - {scope: tenant, window: month, tokens: 1000000}\n"
         f"tenants:\n  {TENANT}: {{plan: burst}}\n  {WARM}: {{plan: warm}}\n"
     )
-    services = ("gateway", "router", "budget")
+    services = ("gateway", "router", "budget") if layout == "split" else CORE
     names = ["edge", "admin", "mesh", "redis", *services]
     stack = Stack(
         StackOptions(
-            mesh_path=mesh_with_gateways(run, GATEWAYS),
+            mesh_path=mesh_with_replicas(run, dict.fromkeys(("gateway",) if layout == "split" else CORE, GATEWAYS)),
             ports=dict(zip(names, free_ports(len(names)), strict=True)),
             run_dir=run,
             catalog=catalog,
             with_model=False,
             services=services,
-            layout="split",  # gateway replicas are processes of their own
+            layout=layout,  # type: ignore[arg-type]
             env={"TOLLWAY_LOG_LEVEL": "WARNING", "TOLLWAY_BUDGET_PLANS": str(plans)},
         )
     )
@@ -172,10 +180,13 @@ async def test_bursts_over_three_gateways_never_exceed_the_quotas_and_reach_them
 
         first = await _burst(http, 500, key)
         await _settled(stub)
+        await leases_back(stack.redis_url, TENANT)
         entries = _ledger(stack.redis_url)
         assert set(first) <= {200, 429, 503}, first
         assert 0 < first[200] < 500 and first[429] > 0, first
         _check_every_reservation(entries, first[200], first[503])
+        # Co-located, the budgets admitted from leases: the path this run is there to prove exact.
+        assert any(e["op"] == "lease" for e in entries) == (stack.options.layout == "colocated")
         quota = {"tok": FITS * EST_TOKENS, "usd": FITS * EST_NANOS}
         high = _highest(entries)
         assert high and all(v <= quota[f.split("|")[1]] for f, v in high.items()), (high, quota)
@@ -197,6 +208,8 @@ async def test_bursts_over_three_gateways_never_exceed_the_quotas_and_reach_them
                 ],
             )
         )
+        # Every budget replica reads overrides made through another within overrides_poll_s (1 s).
+        await asyncio.sleep(1.5)
         second = await _burst(http, 5 * FITS, key)
         # No stale reservation holds room: the burst admits at least the room's worth of estimates.
         assert second[200] >= FITS, second
@@ -207,6 +220,9 @@ async def test_bursts_over_three_gateways_never_exceed_the_quotas_and_reach_them
             rounds.append(await _burst(http, 50, key))
         assert rounds[-1][200] == 0, rounds
         await _settled(stub)
+        # What leases held goes back once idle: then the room left is the counters' own, and
+        # less than one estimate is left, so the last round's refusals were not false.
+        await leases_back(stack.redis_url, TENANT)
         entries = _ledger(stack.redis_url)
         _check_every_reservation(entries, sum(r[200] for r in (first, *rounds)), sum(r[503] for r in (first, *rounds)))
         limit = {"tok": room[budget_pb2.QUOTA_UNIT_TOKENS], "usd": room[budget_pb2.QUOTA_UNIT_USD_NANOS]}

@@ -1,5 +1,6 @@
 """A gateway SIGKILLed mid-burst, through the real stack: two gateway processes behind Envoy,
-the budget service and the router in their own processes (split layout), real Redis, the
+the budget service and the router in their own processes (split layout), or two core processes
+whose budgets admit from leases (co-located, the victim's budget dies with it), real Redis, the
 wire-exact fake provider answering slowly. The killed gateway's reservations are never
 committed or released by it; the budget's sweeper expires them after their TTL and ledgers
 each expiry; the surviving gateway's calls are committed once; nothing is charged twice and
@@ -19,8 +20,9 @@ import httpx
 import pytest
 import redis
 
+from tests.support.budget_leases import leases_back
 from tests.support.polling import eventually
-from tests.support.small_stack import mesh_with_gateways
+from tests.support.small_stack import mesh_with_replicas
 from tollway.budget.v1 import budget_pb2, budget_pb2_grpc
 from tollway.cli import _create_key
 from tollway.launcher.processes import free_ports
@@ -33,10 +35,18 @@ TENANT = "killed-mid-burst"
 MODEL = "fake-slow-2500"  # every answer's head arrives 2.5 s after the request: the kill lands in flight
 REQUESTS = 40
 TTL_S = 8
+LEASE_MAX_AGE_S = 2
 
 
-@pytest.fixture(scope="module")
-def killable_stack(fake_openai: str) -> Iterator[Stack]:
+CORE = ("gateway", "router", "cache", "budget", "openai_compat")
+
+
+@pytest.fixture(scope="module", params=["split", "colocated"])
+def killable_stack(request: pytest.FixtureRequest, fake_openai: str) -> Iterator[Stack]:
+    """Two gateways: two gateway processes beside one budget (split), or two core processes, each
+    with its own gateway and its own budget admitting from leases, one of which is killed with
+    its budget, its holds and its lease (colocated)."""
+    layout = request.param
     run = Path(tempfile.mkdtemp(prefix="budget-kill-", dir=os.environ.get("TOLLWAY_TEST_RUN_DIR") or None))
     catalog = run / "models.yaml"
     catalog.write_text(
@@ -49,22 +59,24 @@ def killable_stack(fake_openai: str) -> Iterator[Stack]:
         "      - {scope: tenant, window: day, tokens: 1000000}\n"
         f"tenants:\n  {TENANT}: {{plan: roomy}}\n"
     )
-    services = ("gateway", "router", "budget")
+    services = ("gateway", "router", "budget") if layout == "split" else CORE
     names = ["edge", "admin", "mesh", "redis", *services]
     stack = Stack(
         StackOptions(
-            mesh_path=mesh_with_gateways(run, 2),
+            mesh_path=mesh_with_replicas(run, dict.fromkeys(("gateway",) if layout == "split" else CORE, 2)),
             ports=dict(zip(names, free_ports(len(names)), strict=True)),
             run_dir=run,
             catalog=catalog,
             with_model=False,
             services=services,
-            layout="split",
+            layout=layout,  # type: ignore[arg-type]
             env={
                 "TOLLWAY_LOG_LEVEL": "WARNING",
                 "TOLLWAY_BUDGET_PLANS": str(plans),
                 "TOLLWAY_BUDGET_RESERVATION_TTL_S": str(TTL_S),
                 "TOLLWAY_BUDGET_SWEEP_INTERVAL_S": "0.2",
+                # A dead holder's lease expires LEASE_MAX_AGE_S + TTL_S + 5 s after it was taken.
+                "TOLLWAY_BUDGET_LEASE_MAX_AGE_S": str(LEASE_MAX_AGE_S),
             },
         )
     )
@@ -119,7 +131,7 @@ async def test_a_gateway_killed_mid_burst_leaves_reservations_that_expire_and_ar
             return steady or count == REQUESTS
 
         await eventually(reserved_all_it_will, timeout_s=20, interval_s=0.3)
-        victim = next(c for c in stack.children if c.name.startswith("gateway"))
+        victim = next(c for c in stack.children if c.name.startswith(("gateway", "core")))
         os.kill(victim.process.pid, signal.SIGKILL)
         statuses = collections.Counter(await asyncio.gather(*tasks))
 
@@ -134,11 +146,15 @@ async def test_a_gateway_killed_mid_burst_leaves_reservations_that_expire_and_ar
             return result.open_reservation_count == 0
 
         await eventually(swept, timeout_s=TTL_S + 30)
+        # The dead core's lease too: the sweeper gives its block back once it expires.
+        await leases_back(stack.redis_url, TENANT, timeout_s=TTL_S + LEASE_MAX_AGE_S + 30)
         result = await stub.ReconcileBudget(budget_pb2.ReconcileBudgetRequest(tenant_id=TENANT))
         assert result.balanced, result.differences  # counters = ledger sums
         status = await stub.GetBudget(budget_pb2.GetBudgetRequest(tenant_id=TENANT))
 
     entries = _ledger(stack.redis_url)
+    if stack.options.layout == "colocated":  # both cores admitted from leases; the dead one's expired
+        assert {"lease", "lease_expire"} <= {e["op"] for e in entries}
     ends: dict[str, list[str]] = collections.defaultdict(list)
     for e in entries:
         if e["op"] in ("commit", "release", "expire"):

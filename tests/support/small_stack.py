@@ -31,11 +31,6 @@ def mesh_with_replicas(run: Path, replicas: Mapping[str, int]) -> Path:
     return path
 
 
-def mesh_with_gateways(run: Path, replicas: int) -> Path:
-    """A copy of deploy/mesh.yaml in ``run`` whose gateway has ``replicas`` (Envoy balances over them)."""
-    return mesh_with_replicas(run, {"gateway": replicas})
-
-
 @contextlib.contextmanager
 def roomy_stack(
     prefix: str,

@@ -240,7 +240,9 @@ class Budget:
                 idle_ms=int(cfg.lease_idle_s * 1000),
                 max_age_ms=int(cfg.lease_max_age_s * 1000),
                 record_delay_s=cfg.lease_record_delay_s,
-                lease_ttl_ms=cfg.reservation_ttl_s * 1000 + 60_000,
+                # A lease outlives the holds it covers (they expire after the reservation TTL) by
+                # a few seconds for the replicas' clocks: then a sweeper gives a dead holder's block back.
+                lease_ttl_ms=cfg.reservation_ttl_s * 1000 + 5_000,
                 clock=clock,
             )
             if cfg.lease_requests > 0
@@ -484,7 +486,25 @@ class Budget:
             unit: QuotaState(c.quota, c.subject, after, max(0, left), c.reset_ms)
             for unit, (left, c, after) in least.items()
         }
-        reservation = Reservation(
+        reservation = self._held(
+            cmd, rid, priced, priority, granted, (amounts[Unit.TOKENS], amounts[Unit.USD_NANOS]), now, expires
+        )
+        return Granted(dataclasses.replace(reservation, attempt=outcome.attempt), tightest, policy.when_unavailable)
+
+    def _held(
+        self,
+        cmd: ReserveCommand,
+        rid: str,
+        priced: Priced,
+        priority: Priority,
+        granted_out: int,
+        amounts: tuple[int, int],
+        now: int,
+        expires: int,
+    ) -> Reservation:
+        """A hold just granted, as its caller learns it (``amounts``: tokens and nano-dollars);
+        attempt 1 (a reserve in Redis sets the one its script gave)."""
+        return Reservation(
             tenant=cmd.tenant,
             id=rid,
             state=State.RESERVED,
@@ -495,15 +515,13 @@ class Budget:
             priority=priority,
             request_id=cmd.request_id,
             input_tokens=cmd.input_tokens,
-            granted_output_tokens=granted,
-            tokens=amounts[Unit.TOKENS],
-            cost_usd_nanos=amounts[Unit.USD_NANOS],
+            granted_output_tokens=granted_out,
+            tokens=amounts[0],
+            cost_usd_nanos=amounts[1],
             pricing_version=self.prices.version,
             created_ms=now,
             expires_ms=expires,
-            attempt=outcome.attempt,
         )
-        return Granted(reservation, tightest, policy.when_unavailable)
 
     async def _reserve_leased(
         self,
@@ -551,25 +569,8 @@ class Budget:
         if block is None:
             return None
         self._reserved_metric(True, priority).inc()
-        reservation = Reservation(
-            tenant=cmd.tenant,
-            id=rid,
-            state=State.RESERVED,
-            model=priced.name,
-            api_key_id=cmd.api_key_id,
-            feature=cmd.feature,
-            conversation_id="",
-            priority=priority,
-            request_id=cmd.request_id,
-            input_tokens=cmd.input_tokens,
-            granted_output_tokens=out,
-            tokens=amounts[0],
-            cost_usd_nanos=amounts[1],
-            pricing_version=self.prices.version,
-            created_ms=now,
-            expires_ms=expires,
-            attempt=1,  # as the caller knows it; settled as the attempt the hold is recorded as
-        )
+        # Attempt 1 as the caller knows it; settled as the attempt the hold is recorded as.
+        reservation = self._held(cmd, rid, priced, priority, out, amounts[:2], now, expires)
         return Granted(reservation, _tightest_in_block(block, counters), policy.when_unavailable)
 
     def _counters(

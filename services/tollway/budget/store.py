@@ -867,30 +867,9 @@ class BudgetStore:
         raw = await self.client.hgetall(self.key(tenant, f"r:{reservation_id}"))
         return _with_meta({_text(k): _text(v) for k, v in raw.items()}) or None
 
-    async def commit(
-        self,
-        tenant: str,
-        reservation_id: str,
-        *,
-        now_ms: int,
-        day: str,
-        attempt: int,
-        input_tokens: int,
-        output_tokens: int,
-        cached_input_tokens: int,
-        provider: str,
-        partial: bool,
-        model: str,
-        lease: str = "",
-    ) -> ScriptOutcome:
-        """Replaces the estimate with the real usage, ledgers it and adds it to ``day``'s totals.
-
-        Args:
-            attempt: The attempt of the request id this usage belongs to; 0: whichever holds it.
-            model: The answering model when it differs from the reserved one (:func:`pack_model`);
-                "" prices with the reserved model.
-            lease: The lease whose block still counts this hold ("" when none does): the usage
-                is taken from the block, and only what it cannot cover reaches the counters.
+    async def commit(self, tenant: str, reservation_id: str, **usage: Any) -> ScriptOutcome:
+        """Replaces the estimate with the real usage, ledgers it and adds it to the day's totals
+        (the arguments of :meth:`commit_op`).
 
         Returns:
             Status ``ok``, ``dup`` (already committed with this usage), ``conflict``
@@ -899,20 +878,7 @@ class BudgetStore:
             limit and the model). After ``ok`` the record's ``covered_by`` names the lease that
             paid for it ("" when the counters did).
         """
-        op = self.commit_op(
-            tenant,
-            reservation_id,
-            now_ms=now_ms,
-            day=day,
-            attempt=attempt,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            cached_input_tokens=cached_input_tokens,
-            provider=provider,
-            partial=partial,
-            model=model,
-            lease=lease,
-        )
+        op = self.commit_op(tenant, reservation_id, **usage)
         return op.parse(await self._run(*op.call))  # type: ignore[no-any-return]
 
     def commit_op(
@@ -931,7 +897,16 @@ class BudgetStore:
         model: str,
         lease: str = "",
     ) -> Op:
-        """:meth:`commit` as an operation for :meth:`run_ops` (same arguments, same outcome)."""
+        """:meth:`commit` as an operation for :meth:`run_ops`.
+
+        Args:
+            day: The UTC day whose usage totals the usage is added to.
+            attempt: The attempt of the request id this usage belongs to; 0: whichever holds it.
+            model: The answering model when it differs from the reserved one (:func:`pack_model`);
+                "" prices with the reserved model.
+            lease: The lease whose block still counts this hold ("" when none does): the usage
+                is taken from the block, and only what it cannot cover reaches the counters.
+        """
         ctr, open_, ledger, _, rec = self._keys(tenant)
         call = (
             self._commit,
