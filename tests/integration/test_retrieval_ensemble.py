@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+import redis.asyncio as redis
 
 from tests.support.polling import eventually
 from tests.support.redis_server import LocalRedis, local_redis
@@ -175,20 +176,80 @@ async def test_an_ensemble_collection_ingests_searches_and_fuses_both_models(
         np.testing.assert_allclose(entry.index.vectors_of(E5)[row], e5_docs[i], atol=1e-6)
 
 
-async def test_sentence_windows_give_the_ensemble_model_their_whole_section(
-    replicas: list[Any], embedding: tuple[int, Any]
+SENTENCE_WINDOWS = pb.ChunkingConfig(
+    strategy=pb.CHUNKING_STRATEGY_HIERARCHICAL, max_tokens=64, parent_max_tokens=512, sentence_window=2
+)
+# Two sentences: three windows (each sentence alone, then both), one section.
+TWO_SENTENCES = ("Radon", "Radon gas seeps into basements from the soil. It causes lung cancer in non-smokers.")
+
+
+async def _ingest_one(stub: Any, cid: str, title: str, text: str) -> None:
+    op = (
+        await stub.UpsertDocument(
+            pb.UpsertDocumentRequest(
+                parent=f"collections/{cid}", document_id="radon", document=pb.Document(title=title, text=text)
+            )
+        )
+    ).operation
+
+    async def done() -> pb.Operation | None:
+        got = (await stub.GetOperation(pb.GetOperationRequest(name=op.name))).operation
+        return got if got.done else None
+
+    finished = await eventually(done, timeout_s=120, interval_s=0.05, what="radon indexed")
+    assert not finished.HasField("error"), finished.error
+
+
+async def test_sentence_windows_give_the_ensemble_model_each_window_or_on_request_its_section(
+    replicas: list[Any], embedding: tuple[int, Any], redis_server: LocalRedis
 ) -> None:
     a, retrieval = replicas[0]
-    chunking = pb.ChunkingConfig(
-        strategy=pb.CHUNKING_STRATEGY_HIERARCHICAL, max_tokens=64, parent_max_tokens=512, sentence_window=2
-    )
-    await _ingest(a, "ens-sent", ensemble_models=[E5], chunking=chunking)
-    index = retrieval.sync.entries["ens-sent"].index
-    title, text = DOCS["radon"]
-    section = await _embed(embedding[1], [f"{title}\n{text}"], E5, embedding_pb2.INPUT_TYPE_DOCUMENT)
-    for row in index.doc_rows["radon"]:
-        np.testing.assert_allclose(index.vectors_of(E5)[row], section[0], atol=1e-6)
-    assert _ids(await _search(a, "ens-sent", group_by_document=True))[0] == "radon"
+    title, text = TWO_SENTENCES
+    units = {"ens-win": pb.ENSEMBLE_UNIT_UNSPECIFIED, "ens-sec": pb.ENSEMBLE_UNIT_SECTION}
+    for cid, unit in units.items():
+        created = (
+            await a.CreateCollection(
+                pb.CreateCollectionRequest(
+                    collection_id=cid,
+                    collection=pb.Collection(chunking=SENTENCE_WINDOWS, ensemble_models=[E5], ensemble_unit=unit),
+                )
+            )
+        ).collection
+        # Unspecified is the window; either way it reads back as set.
+        assert created.ensemble_unit == (unit or pb.ENSEMBLE_UNIT_WINDOW)
+        await _ingest_one(a, cid, title, text)
+    section = (await _embed(embedding[1], [f"{title}\n{text}"], E5, embedding_pb2.INPUT_TYPE_DOCUMENT))[0]
+    for cid in units:
+        index = retrieval.sync.entries[cid].index
+        rows = sorted(index.doc_rows["radon"])
+        windows = [index.chunks[r].indexed_text() for r in rows]
+        assert len(windows) == 3 and windows[0] == f"{title}\nRadon gas seeps into basements from the soil."
+        if cid == "ens-win":
+            expected = await _embed(embedding[1], windows, E5, embedding_pb2.INPUT_TYPE_DOCUMENT)
+        else:
+            expected = np.stack([section] * len(rows))
+        np.testing.assert_allclose(index.vectors_of(E5)[rows], expected, atol=1e-6)
+        assert _ids(await _search(a, cid, group_by_document=True)) == ["radon"]
+
+    # A collection stored before the choice existed has no unit in Redis: its vectors are of sections.
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        await client.hdel(f"{retrieval.store.prefix}:c:ens-sec", "ens_unit")
+    finally:
+        await client.aclose()
+    got = (await a.GetCollection(pb.GetCollectionRequest(name="collections/ens-sec"))).collection
+    assert got.ensemble_unit == pb.ENSEMBLE_UNIT_SECTION
+
+    # Where no window could be embedded the unit is refused, naming the field.
+    for cid, collection in {
+        "bad-unit-1": pb.Collection(chunking=SENTENCE_WINDOWS, ensemble_unit=pb.ENSEMBLE_UNIT_WINDOW),
+        "bad-unit-2": pb.Collection(ensemble_models=[E5], ensemble_unit=pb.ENSEMBLE_UNIT_SECTION),
+    }.items():
+        err = await _code(a.CreateCollection(pb.CreateCollectionRequest(collection_id=cid, collection=collection)))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
+        assert details(err)[1][0][0] == "collection.ensemble_unit"
+    plain = (await a.GetCollection(pb.GetCollectionRequest(name="collections/ens"))).collection
+    assert plain.ensemble_unit == pb.ENSEMBLE_UNIT_UNSPECIFIED
 
 
 async def test_bad_ensemble_input_is_refused_and_changes_nothing(replicas: list[Any]) -> None:

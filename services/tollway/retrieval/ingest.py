@@ -59,12 +59,11 @@ class Embedder(Protocol):
 
 
 def _embedded_texts(chunks: Sequence[Chunk], model: str, col: Collection) -> list[str]:
-    """What ``model`` embeds of each chunk: its indexed text, except that an ensemble model of a
-    sentence-window collection embeds the whole parent section, as BM25 reads it. The windows
-    stay the main model's units; the ensemble model (E5 reads 512 tokens) judges the section,
-    which on the SQuAD tune half beat nothing else tried (docs/benchmarks.md, issue 15)."""
-    if model in col.ensemble and col.chunking.keyword_on_parent:
-        return [c.section_text() for c in chunks]
+    """What ``model`` embeds of each chunk: its indexed text, except that in a sentence-window
+    collection an ensemble model embeds what the collection's ``ensemble_unit`` says (the window
+    by default; its parent section in collections stored before the choice existed)."""
+    if model in col.ensemble:
+        return [col.ensemble_text(c) for c in chunks]
     return [c.indexed_text() for c in chunks]
 
 

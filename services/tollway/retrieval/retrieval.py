@@ -36,6 +36,7 @@ from tollway.retrieval.types import (
     Chunking,
     Collection,
     Document,
+    EnsembleUnit,
     FieldType,
     Mode,
     Operation,
@@ -173,13 +174,17 @@ class Retrieval:
         fields: Mapping[str, FieldType | None],
         description: str = "",
         ensemble_models: Sequence[str] = (),
+        ensemble_unit: EnsembleUnit | None = None,
     ) -> Collection:
         """Creates a collection (defaults applied, everything checked first).
+
+        ``ensemble_unit`` applies to a collection with ensemble models and sentence windows only;
+        there None means :attr:`EnsembleUnit.WINDOW`.
 
         Raises:
             InvalidArgument: A malformed id, chunk sizes out of range, bad field declarations,
                 ensemble models that are unknown (named with the served ones), repeated, the
-                main model, or too many.
+                main model, or too many; an ``ensemble_unit`` where it does not apply.
             NotFound: The embedding service does not serve ``embedding_model``.
             AlreadyExists: The id is taken.
         """
@@ -213,6 +218,12 @@ class Retrieval:
                 violations.append((f"collection.filterable_fields[{i}].type", "required"))
         if len(ensemble_models) > MAX_ENSEMBLE_MODELS:
             violations.append(("collection.ensemble_models", f"at most {MAX_ENSEMBLE_MODELS} models"))
+        windows = chunking.strategy is Strategy.HIERARCHICAL and window > 0
+        if ensemble_unit is not None and not (windows and ensemble_models):
+            # Anywhere else every model embeds the chunk itself: a unit there would be ignored silently.
+            violations.append(
+                ("collection.ensemble_unit", "applies only with ensemble_models and chunking.sentence_window > 0")
+            )
         if violations:
             raise InvalidArgument(f"bad collection: {violations[0][0]}: {violations[0][1]}", violations)
         dims, default = await self.catalog.models()
@@ -233,6 +244,7 @@ class Retrieval:
             description=description,
             created_ms=self.clock(),
             ensemble=ensemble,
+            ensemble_unit=(ensemble_unit or EnsembleUnit.WINDOW) if windows and ensemble else None,
         )
         if not await self.store.create_collection(col):
             raise AlreadyExists(f"collection {collection_id!r} already exists", reason="COLLECTION_EXISTS",

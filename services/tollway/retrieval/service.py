@@ -15,6 +15,7 @@ from tollway.retrieval.types import (
     Collection,
     DocState,
     Document,
+    EnsembleUnit,
     FieldType,
     Filter,
     FusionMethod,
@@ -36,6 +37,16 @@ STRATEGY_FROM_PROTO = {
     pb.CHUNKING_STRATEGY_FIXED: Strategy.FIXED,
     pb.CHUNKING_STRATEGY_RECURSIVE: Strategy.RECURSIVE,
     pb.CHUNKING_STRATEGY_HIERARCHICAL: Strategy.HIERARCHICAL,
+}
+ENSEMBLE_UNIT_FROM_PROTO = {
+    pb.ENSEMBLE_UNIT_UNSPECIFIED: None,
+    pb.ENSEMBLE_UNIT_WINDOW: EnsembleUnit.WINDOW,
+    pb.ENSEMBLE_UNIT_SECTION: EnsembleUnit.SECTION,
+}
+ENSEMBLE_UNIT_TO_PROTO = {
+    None: pb.ENSEMBLE_UNIT_UNSPECIFIED,
+    EnsembleUnit.WINDOW: pb.ENSEMBLE_UNIT_WINDOW,
+    EnsembleUnit.SECTION: pb.ENSEMBLE_UNIT_SECTION,
 }
 STRATEGY_TO_PROTO = {
     Strategy.FIXED: pb.CHUNKING_STRATEGY_FIXED,
@@ -122,6 +133,7 @@ def collection_to_proto(c: Collection) -> pb.Collection:
         create_time=_timestamp(c.created_ms),
         dimension=c.dimension,
         ensemble_models=list(c.ensemble),
+        ensemble_unit=ENSEMBLE_UNIT_TO_PROTO[c.ensemble_unit],
         migration=pb.EmbeddingMigration(
             target_model=c.next_model,
             backfilled_chunk_count=c.backfilled_count,
@@ -243,6 +255,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
             fields=fields,
             description=c.description,
             ensemble_models=list(c.ensemble_models),
+            ensemble_unit=_enum(ENSEMBLE_UNIT_FROM_PROTO, c.ensemble_unit, "collection.ensemble_unit"),
         )
         return pb.CreateCollectionResponse(collection=collection_to_proto(col))
 

@@ -7,7 +7,8 @@ never meets the old one's leftovers while they are being removed)::
     {p}:epoch               random id of this data set (a snapshot from another one is ignored)
     {p}:cols                ZSET  collection ids (score 0: lexical order for paging)
     {p}:c:{c}               HASH  collection: uid, model, dim, chunking, fields, desc, created, ens (JSON
-                                  ensemble model -> dim, absent when none); during an embedding-model
+                                  ensemble model -> dim, absent when none), ens_unit (what the ensemble
+                                  embeds of a sentence window; absent: section); during an embedding-model
                                   migration also next, next_dim, mig_done, mig_total, mig_start
     {p}:u:{u}:docs          ZSET  document ids of the collection (score 0)
     {p}:u:{u}:d:{d}         HASH  document: title, text, meta, sv, hash, ihash, state, chunks,
@@ -51,6 +52,7 @@ from tollway.retrieval.types import (
     Collection,
     DocState,
     Document,
+    EnsembleUnit,
     FieldType,
     Operation,
     OpState,
@@ -411,6 +413,8 @@ class RetrievalStore:
         ]  # fmt: skip
         if col.ensemble:
             fields += ["ens", json.dumps(dict(col.ensemble), sort_keys=True)]
+        if col.ensemble_unit is not None:
+            fields += ["ens_unit", col.ensemble_unit.value]
         done = await self._create_col(
             keys=[self.events_key], args=[self.prefix, self.events_maxlen, col.collection_id, *fields])
         return bool(done)
@@ -446,6 +450,10 @@ class RetrievalStore:
             migration_started_ms=_i(raw.get(b"mig_start")),
             ensemble={k: int(v) for k, v in json.loads(_s(raw.get(b"ens")) or "{}").items()},
         )
+        if col.ensemble and col.chunking.keyword_on_parent:
+            # Sentence-window ensembles stored before the choice existed embedded sections.
+            unit = EnsembleUnit(_s(raw.get(b"ens_unit")) or EnsembleUnit.SECTION.value)
+            col = dataclasses.replace(col, ensemble_unit=unit)
         return StoredCollection(col, uid)
 
     async def list_collection_ids(self, after: str, limit: int) -> list[str]:

@@ -36,6 +36,16 @@ class Strategy(enum.Enum):
     HIERARCHICAL = "hierarchical"
 
 
+class EnsembleUnit(enum.Enum):
+    """What an ensemble model embeds of a sentence window (values are stored in Redis)."""
+
+    # The window, as the main model does: on the SQuAD tune half E5 over windows ranked alone
+    # 0.906 against 0.849 over sections, and 0.931 against 0.926 fused (docs/benchmarks.md).
+    WINDOW = "window"
+    # The whole parent section: what collections stored before the choice existed embed.
+    SECTION = "section"
+
+
 class FieldType(enum.Enum):
     """The type of a filterable metadata field (values are stored in Redis)."""
 
@@ -144,6 +154,8 @@ class Collection:
         migration_started_ms: When it started.
         ensemble: Further embedding models (id -> dimension) whose vector rankings vector and
             hybrid search fuse with ``embedding_model``'s. Fixed at creation.
+        ensemble_unit: What the ensemble models embed of a sentence window; None in any
+            collection without both ensemble models and sentence windows. Fixed at creation.
     """
 
     collection_id: str
@@ -161,10 +173,20 @@ class Collection:
     backfill_total: int = 0
     migration_started_ms: int = 0
     ensemble: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    ensemble_unit: EnsembleUnit | None = None
 
     @property
     def name(self) -> str:
         return f"collections/{self.collection_id}"
+
+    @property
+    def ensemble_embeds_sections(self) -> bool:
+        """Whether the ensemble models embed each window's parent section rather than the window."""
+        return self.chunking.keyword_on_parent and self.ensemble_unit is EnsembleUnit.SECTION
+
+    def ensemble_text(self, chunk: Chunk) -> str:
+        """What an ensemble model embeds of ``chunk``: the section or the chunk's own text."""
+        return chunk.section_text() if self.ensemble_embeds_sections else chunk.indexed_text()
 
     @property
     def models(self) -> list[str]:
@@ -275,8 +297,8 @@ class Chunk:
 
     def section_text(self) -> str:
         """The parent section with the title (the chunk itself when it has no parent): what BM25
-        reads for a sentence window, and what an ensemble model embeds for one (see
-        :meth:`Chunking.keyword_on_parent`)."""
+        reads for a sentence window, and what an ensemble model embeds for one when the
+        collection's ``ensemble_unit`` is SECTION (see :meth:`Chunking.keyword_on_parent`)."""
         body = self.parent_text or self.text
         return f"{self.title}\n{body}" if self.title else body
 
