@@ -2,6 +2,7 @@
 service and on one without it, in one interleaved run.
 
     .venv/bin/python bench/budget_overhead.py [--pairs 1500] [--warmup 200] [--layout colocated]
+        [--surface native|openai] [--lease-requests N]
 
 Starts the fake OpenAI upstream (no delay) and two stacks as ``make run`` starts them (Envoy,
 gateway, router, openai_compat, cache, embedding; ``on`` adds the budget service with
@@ -10,7 +11,9 @@ every tenant and key counter and commits; ``off`` has no budget service, so the 
 nothing). Sends pairs of ``POST /v1/complete``, one to each stack, one request at a time, the
 order alternating within pairs so drift and warm-up favour neither. Both skip the response
 cache, so every request reaches the provider. Prints p50/p90/p99 of each, the difference of the
-p50s and the median per-pair difference, and the machine's load (``uptime``) before and after.
+p50s and the median per-pair difference, the machine's load (``uptime``) before and after, each
+process's CPU per request in each stack (from /proc: what load inflates less than latency) and how
+the budget admitted (its ledger's entries by kind: one ``lease`` serves many ``reserve``).
 
 Never run it on a machine that serves anything else: it measures the machine.
 """
@@ -54,9 +57,13 @@ def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
 
 
-def stack_options(run: Path, upstream_port: int, with_budget: bool, layout: str) -> StackOptions:
+def stack_options(
+    run: Path, upstream_port: int, with_budget: bool, layout: str, lease_requests: int | None = None
+) -> StackOptions:
     run.mkdir(parents=True, exist_ok=True)
     services, env = bench_services(ROOT, run)
+    if lease_requests is not None:
+        env = {**env, "TOLLWAY_BUDGET_LEASE_REQUESTS": str(lease_requests)}
     if not with_budget:
         services = tuple(s for s in services if s != "budget")
         env = {}
@@ -153,6 +160,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--layout", choices=("colocated", "split"), default="colocated")
     parser.add_argument(
+        "--lease-requests",
+        type=int,
+        default=None,
+        help="TOLLWAY_BUDGET_LEASE_REQUESTS of the budget-on stack (default: the layout's; 0: every reserve in Redis)",
+    )
+    parser.add_argument(
         "--surface",
         choices=("native", "openai"),
         default="native",
@@ -164,7 +177,7 @@ def main() -> None:
     upstream, upstream_port = start_upstream(run)
     try:
         with (
-            Stack(stack_options(run / "on", upstream_port, True, args.layout)) as on,
+            Stack(stack_options(run / "on", upstream_port, True, args.layout, args.lease_requests)) as on,
             Stack(stack_options(run / "off", upstream_port, False, args.layout)) as off,
         ):
             endpoints = []
@@ -189,7 +202,8 @@ def main() -> None:
             cpu_before = {label: process_cpu(run / label) for label in ("on", "off")}
             results = uvloop.run(interleaved(endpoints[0], endpoints[1], args.pairs, args.warmup))
             cpu_after = {label: process_cpu(run / label) for label in ("on", "off")}
-            print(f"surface {args.surface}")
+            leases = "default" if args.lease_requests is None else args.lease_requests
+            print(f"surface {args.surface}, lease requests {leases}")
             print(report(results, args.layout, before, uptime()))
             print(cpu_report(cpu_before, cpu_after, args.pairs + args.warmup))
             print(ledger_summary(on.redis_url))

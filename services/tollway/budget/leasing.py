@@ -76,6 +76,7 @@ class Leasing:
         self.book = LeaseBook(idle_ms=idle_ms, max_age_ms=max_age_ms)
         self._taking: dict[ShapeKey, asyncio.Future[None]] = {}
         self._settling: list[_Write] = []
+        self._unrecorded: dict[int, tuple[Block, Child]] = {}  # holds not written yet, by id(child)
         self._record_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -161,6 +162,7 @@ class Leasing:
         return block
 
     def _admitted(self, block: Block, child: Child, granted_out: int, meta: str) -> Block:
+        self._unrecorded[id(child)] = (block, child)
         child.hold = Hold(
             child.reservation_id,
             block.id,
@@ -204,12 +206,12 @@ class Leasing:
         ops: list[Op] = []
         writes: list[tuple[Block, Child, Hold | None, _Write | None]] = []
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        for block in list(self.book.blocks.values()):
-            for child in block.children.values():
-                if child.hold is not None and id(child) not in queued:
-                    ops.append(self.store.hold_op(block.tenant, child.hold))
-                    writes.append((block, child, child.hold, None))
-                    child.hold, child.recording = None, done
+        unrecorded, self._unrecorded = self._unrecorded, {}
+        for key, (block, child) in unrecorded.items():
+            if child.hold is not None and key not in queued:
+                ops.append(self.store.hold_op(block.tenant, child.hold))
+                writes.append((block, child, child.hold, None))
+                child.hold, child.recording = None, done
         for w in settling:
             hold, w.child.hold = w.child.hold, None
             if hold is not None:
@@ -223,9 +225,10 @@ class Leasing:
         try:
             results = await self.store.run_ops(ops)
         except Exception as exc:  # the connection: nothing was written; holds wait for the next try
-            for _, child, hold, w in writes:
+            for block, child, hold, w in writes:
                 if hold is not None:
                     child.hold = hold
+                    self._unrecorded[id(child)] = (block, child)
                 child.recording = None
                 if w is not None and not w.future.done():
                     w.future.set_exception(exc)
