@@ -142,13 +142,22 @@ async def test_an_ensemble_collection_ingests_searches_and_fuses_both_models(
     got = (await b.GetCollection(pb.GetCollectionRequest(name="collections/ens"))).collection
     assert list(got.ensemble_models) == [E5] and got.chunk_count == len(DOCS)
 
-    hybrid = await _search(a, "ens")
+    # Unset, an ensemble collection's keyword weight is the ensemble default (0.3), not the service's (0.4).
+    # Compared once the indexes are settled (the keyword index may still catch up after ingestion):
+    # the unset search gives the same scores before and after the two weighted ones.
+    async def settled() -> tuple[pb.SearchResponse, list[float], dict[float, list[float]]] | None:
+        hybrid = await _search(a, "ens")
+        at = {w: [r.score for r in (await _search(a, "ens", fusion=pb.Fusion(keyword_weight=w))).results]
+              for w in (0.3, 0.4)}  # fmt: skip
+        again = await _search(a, "ens")
+        scores = [r.score for r in hybrid.results]
+        if len(hybrid.results) != len(DOCS) or scores != [r.score for r in again.results]:
+            return None
+        return hybrid, scores, at
+
+    hybrid, scores, at = await eventually(settled, what="the indexes settled")
     assert list(hybrid.ensemble_models) == [E5] and hybrid.embedding_model == MINILM
     assert _ids(hybrid)[0] == "radon"
-    # Unset, an ensemble collection's keyword weight is the ensemble default (0.3), not the service's (0.4).
-    scores = [r.score for r in hybrid.results]
-    at = {w: [r.score for r in (await _search(a, "ens", fusion=pb.Fusion(keyword_weight=w))).results]
-          for w in (0.3, 0.4)}  # fmt: skip
     assert scores == at[0.3] and scores != at[0.4]
 
     # Vector search with all the weight on one model ranks as that model alone does; E5 must
