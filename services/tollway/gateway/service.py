@@ -190,11 +190,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         return admitted
 
     async def _events(
-        self, admitted: GatewayRequest, context: grpc.aio.ServicerContext, stream: bool, unary: bool = False
+        self, admitted: GatewayRequest, context: grpc.aio.ServicerContext, stream: bool
     ) -> AsyncIterator[GatewayEvent]:
-        """The lifecycle's events, with a budget refusal turned into a 429 with its headers.
-
-        ``unary``: the caller sends the headers (:func:`_started_headers`) itself, with its answer."""
+        """The lifecycle's events, with a budget refusal turned into a 429 with its headers."""
         try:
             # aclosing: if our consumer stops early, the lifecycle's own cleanup (settling the
             # budget, the call record) runs now rather than whenever the generator is collected.
@@ -202,7 +200,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 self.gateway.generate(admitted, _seconds_left(context), stream=stream)
             ) as events:
                 async for event in events:
-                    if isinstance(event, Started) and not unary:
+                    if isinstance(event, Started):
                         await _started_headers(event, context)
                     yield event
         except ResourceExhausted as exc:
@@ -256,12 +254,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         admitted = await self._admit(request, context)
         out = gateway_pb2.CompleteResponse()
         parts: list[str] = []
-        started: Started | None = None
-        async for event in self._events(admitted, context, stream=False, unary=True):
+        async for event in self._events(admitted, context, stream=False):
             if isinstance(event, TextDelta):
                 parts.append(event.text)
             elif isinstance(event, Started):
-                started = event
                 out.request_id, out.model, out.provider = event.request_id, event.model, event.provider
                 out.attempt_count = event.attempt_count
                 out.cache_tier = codec.cache_tier_to_proto(event.cache_tier)
@@ -282,10 +278,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 # Nothing was sent yet, so the failure can be a real status here.
                 raise Unavailable(event.message, reason=event.reason)
         out.text = "".join(parts)
-        if started is not None:
-            # Sent with the answer, not when the call started: sent early, the headers leave in a
-            # write of their own, which wakes the edge twice for one answer.
-            await _started_headers(started, context)
         return out
 
     @rpc_errors(DOMAIN)
