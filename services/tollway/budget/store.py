@@ -80,6 +80,17 @@ local function pairs_of(m, names)
   return out
 end
 local WHO = {'tenant', 'key', 'feat', 'conv', 'prio', 'rid'}
+-- The (field, allowed) pairs of a packed argument from position i on, with each field's unit.
+local function counters_from(A, i)
+  local fields, allowed, units = {}, {}, {}
+  while i <= #A do
+    fields[#fields + 1] = A[i]
+    allowed[#allowed + 1] = tonumber(A[i + 1])
+    units[#units + 1] = unit_of(A[i])
+    i = i + 2
+  end
+  return fields, allowed, units
+end
 """
 
 # KEYS: ctr, record, open, ledger, convt.
@@ -107,13 +118,7 @@ for _, u in ipairs({'tok', 'usd', 'req'}) do
   dem[u] = {tonumber(A[i]), tonumber(A[i + 1]), tonumber(A[i + 2])}
   i = i + 3
 end
-local fields, allowed, units = {}, {}, {}
-while i <= #A do
-  fields[#fields + 1] = A[i]
-  allowed[#allowed + 1] = tonumber(A[i + 1])
-  units[#units + 1] = unit_of(A[i])
-  i = i + 2
-end
+local fields, allowed, units = counters_from(A, i)
 local function amount(u, o)
   local d = dem[u]
   return math.floor((d[1] + o * d[2] + d[3] - 1) / d[3])
@@ -355,13 +360,7 @@ for _, u in ipairs({'tok', 'usd', 'req'}) do
   want[u], least[u] = tonumber(A[i]), tonumber(A[i + 1])
   i = i + 2
 end
-local fields, allowed, units = {}, {}, {}
-while i <= #A do
-  fields[#fields + 1] = A[i]
-  allowed[#allowed + 1] = tonumber(A[i + 1])
-  units[#units + 1] = unit_of(A[i])
-  i = i + 2
-end
+local fields, allowed, units = counters_from(A, i)
 local vals = redis.call('HMGET', ctr, unpack(fields))
 local used, take, counted = {}, {tok = 0, usd = 0, req = 0}, {}
 for j = 1, #fields do
