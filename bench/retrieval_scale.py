@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/retrieval_scale.py                 # 10k and 100k chunks
     .venv/bin/python bench/retrieval_scale.py --sizes 10000 --queries 300
+    .venv/bin/python bench/retrieval_scale.py --ensemble      # a second vector space per chunk
 
 Search latency is measured on the service's own index and search code (``CollectionIndex``
 + ``Searcher``, what the Search RPC runs after it has the query vector), so the query
@@ -16,6 +17,12 @@ noisy copies of a random chunk's vector and a few of its words.
 Recall@10: hnswlib's ten nearest chunks against the exact ten (a matrix product), for the
 same queries, at the service's default M and ef.
 
+Ensemble (``--ensemble``): the collection also has an ensemble model, so every chunk has a
+second 384-d vector in its own hnswlib space and hybrid and vector searches rank in both
+(ensemble weight 0.5, keyword weight 0.3: the service's defaults for such a collection).
+The second vectors are derived from the first (see ``Corpus.second_space``); recall@10 is
+reported for both spaces.
+
 Ingestion: the pipeline rate (chunk, commit to Redis, follow the event stream, index) with
 an embedder that returns precomputed vectors, so the figure is the service's own cost; the
 end-to-end rate with the real model is the one bench/retrieval_eval.py prints while it
@@ -26,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import platform
 import statistics
@@ -50,6 +58,10 @@ from tollway.retrieval.types import Chunk, Chunking, Mode, SearchOptions, Strate
 DIM = 384
 TOPICS = 500
 VOCAB = 30_000
+ENSEMBLE_MODEL = "second-model"
+# Per-coordinate noise added in the second space: about 0.4 in norm, a third of the chunks' spread
+# around their topic (0.06 a coordinate), so neighbours mostly agree across the spaces but not in order.
+ENSEMBLE_NOISE = 0.02
 
 
 class Corpus:
@@ -63,6 +75,30 @@ class Corpus:
         self.p = (1.0 / ranks) / (1.0 / ranks).sum()
         self.words = np.asarray([f"w{i}" for i in range(VOCAB)])
         self.topic_words = self.rng.integers(200, VOCAB, size=(TOPICS, 20))
+        # A generator of its own for the second space, so that the first space's corpus and queries
+        # are the same draws with or without --ensemble (the two runs compare like for like).
+        self.ensemble_rng = np.random.default_rng(seed + 1)
+        q, r = np.linalg.qr(self.ensemble_rng.normal(size=(DIM, DIM)))
+        # Sign-fixing makes the rotation uniformly random (QR alone is biased by its sign convention).
+        self.rotation = (q * np.sign(np.diag(r))).astype(np.float32)
+
+    def second_space(self, vectors: np.ndarray) -> np.ndarray:
+        """Unit vectors of a second embedding model for ``vectors`` (rows, unit norm).
+
+        A real second model ranks much like the first but not identically. A fixed orthogonal
+        rotation keeps every distance (the clustering, hence hnswlib's difficulty, is the same),
+        and independent noise per vector makes the two spaces' near neighbours differ a little, so
+        the fusion and the second graph do real work instead of repeating the first space.
+        """
+        rows = np.atleast_2d(vectors).astype(np.float32) @ self.rotation
+        rows = rows + self.ensemble_rng.normal(size=rows.shape).astype(np.float32) * ENSEMBLE_NOISE
+        return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+    def with_second_space(self, chunks: Sequence[Chunk]) -> list[Chunk]:
+        second = self.second_space(np.stack([np.asarray(c.vector) for c in chunks]))
+        return [
+            dataclasses.replace(c, ensemble_vectors={ENSEMBLE_MODEL: v}) for c, v in zip(chunks, second, strict=True)
+        ]
 
     def chunks(self, n: int) -> tuple[list[Chunk], np.ndarray]:
         topics = self.rng.integers(0, TOPICS, size=n)
@@ -100,44 +136,69 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def search_figures(
-    n: int, queries: int, corpus: Corpus, bigrams: bool = True, bigram_weights: Sequence[float] = (0.25,)
+    n: int,
+    queries: int,
+    corpus: Corpus,
+    bigrams: bool = True,
+    bigram_weights: Sequence[float] = (0.25,),
+    ensemble: bool = False,
 ) -> dict[str, float]:
-    """Build time, latency per mode (hybrid and keyword once per bigram weight) and hnswlib recall."""
+    """Build time, latency per mode (hybrid and keyword once per bigram weight) and hnswlib recall;
+    with ``ensemble``, every chunk and query also has a vector in a second space."""
     chunks, _ = corpus.chunks(n)
+    if ensemble:
+        chunks = corpus.with_second_space(chunks)
     started = time.perf_counter()
-    index = CollectionIndex(DIM, {}, IndexParams(bigrams=bigrams), capacity=n)
+    index = CollectionIndex(
+        DIM, {}, IndexParams(bigrams=bigrams), capacity=n, ensemble={ENSEMBLE_MODEL: DIM} if ensemble else None
+    )
     for start in range(0, n, 5000):
         index.add(chunks[start : start + 5000], num_threads=2)
     index.rebuild_keyword_now()
     build_s = time.perf_counter() - started
     searcher = Searcher()
     qs = corpus.queries(chunks, queries)
+    # The query's second vector is made like a chunk's, from its first, as a second model would embed it.
+    second = corpus.second_space(np.stack([v for _, v in qs])) if ensemble else None
+    # The service's defaults for a collection with ensemble models (empty: the one-model runs as before).
+    extra: dict[str, float] = {"keyword_weight": 0.3, "ensemble_weight": 0.5} if ensemble else {}
     figures: dict[str, float] = {"chunks": n, "build_s": build_s}
     runs = [(Mode.VECTOR, 0.0, "vector")]
     for w in bigram_weights:
         runs += [(Mode.HYBRID, w, f"hybrid@{w}"), (Mode.KEYWORD, w, f"keyword@{w}")]
     for mode, weight, key in runs:
+        # The second query vectors by query; empty for one-model runs, which search as they always did.
+        seconds = [{ENSEMBLE_MODEL: v} for v in second] if second is not None else [{} for _ in qs]
         times = []
-        for text, vec in qs[:20]:  # warm-up
-            searcher.search(index, SearchOptions(text, top_k=10, mode=mode, query_vector=vec, bigram_weight=weight))
-        for text, vec in qs:
+        for (text, vec), ev in zip(qs[:20], seconds[:20], strict=True):  # warm-up
+            searcher.search(index, SearchOptions(text, top_k=10, mode=mode, query_vector=vec, bigram_weight=weight,
+                                                 ensemble_vectors=ev, **extra))  # type: ignore[arg-type]  # fmt: skip
+        for (text, vec), ev in zip(qs, seconds, strict=True):
             t = time.perf_counter()
-            searcher.search(index, SearchOptions(text, top_k=10, mode=mode, query_vector=vec, bigram_weight=weight))
+            searcher.search(index, SearchOptions(text, top_k=10, mode=mode, query_vector=vec, bigram_weight=weight,
+                                                 ensemble_vectors=ev, **extra))  # type: ignore[arg-type]  # fmt: skip
             times.append((time.perf_counter() - t) * 1000)
         figures[f"{key}_p50_ms"] = statistics.median(times)
         figures[f"{key}_p99_ms"] = percentile(times, 0.99)
     figures["recall_at_10"] = recall_at_10(index, [v for _, v in qs])
-    figures["recall_at_10_topic"] = recall_at_10(index, corpus.topic_queries(len(qs)))
+    topic = corpus.topic_queries(len(qs))
+    figures["recall_at_10_topic"] = recall_at_10(index, topic)
+    if second is not None:
+        figures["ensemble_recall_at_10"] = recall_at_10(index, list(second), ENSEMBLE_MODEL)
+        figures["ensemble_recall_at_10_topic"] = recall_at_10(
+            index, list(corpus.second_space(np.stack(topic))), ENSEMBLE_MODEL
+        )
     return figures
 
 
-def recall_at_10(index: CollectionIndex, queries: Sequence[np.ndarray]) -> float:
-    """Share of the exact ten nearest chunks that hnswlib also returns."""
+def recall_at_10(index: CollectionIndex, queries: Sequence[np.ndarray], model: str | None = None) -> float:
+    """Share of the exact ten nearest chunks that hnswlib also returns (in ``model``'s space;
+    None: the main model's)."""
     allowed = index.allowed([])
     hits = 0
     for vec in queries:
-        approx = set(index.vector_top(vec, 10, allowed).tolist())
-        exact = set(index.vector_top(vec, 10, allowed, exact=True).tolist())
+        approx = set(index.vector_top(vec, 10, allowed, model=model).tolist())
+        exact = set(index.vector_top(vec, 10, allowed, exact=True, model=model).tolist())
         hits += len(approx & exact)
     return hits / (10 * len(queries))
 
@@ -224,13 +285,16 @@ def main() -> None:
     parser.add_argument(
         "--bigram-weights", default="0.25", help="comma-separated weights of word-pair matches to time searches at"
     )
+    parser.add_argument(
+        "--ensemble", action="store_true", help="give every chunk and query a second vector (an ensemble model)"
+    )
     args = parser.parse_args()
     weights = [float(x) for x in args.bigram_weights.split(",")]
     print(f"# {platform.platform()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')}, "
           f"load {os.getloadavg()[0]:.2f}")  # fmt: skip
     corpus = Corpus()
     for n in (int(x) for x in args.sizes.split(",")):
-        f = search_figures(n, args.queries, corpus, not args.no_bigrams, weights)
+        f = search_figures(n, args.queries, corpus, not args.no_bigrams, weights, args.ensemble)
         timed = " ".join(
             f"{k.removesuffix('_p50_ms')} p50 {f[k]:.2f} p99 {f[k.replace('p50', 'p99')]:.2f} ms "
             for k in f
@@ -238,7 +302,13 @@ def main() -> None:
         )
         print(
             f"{n:>7} chunks (word pairs {'off' if args.no_bigrams else 'on'})  build {f['build_s']:.1f}s  {timed} "
-            f"hnsw recall@10 {f['recall_at_10']:.4f} (topic queries {f['recall_at_10_topic']:.4f})",
+            f"hnsw recall@10 {f['recall_at_10']:.4f} (topic queries {f['recall_at_10_topic']:.4f})"
+            + (
+                f"  ensemble space recall@10 {f['ensemble_recall_at_10']:.4f} "
+                f"(topic queries {f['ensemble_recall_at_10_topic']:.4f})"
+                if args.ensemble
+                else ""
+            ),
             flush=True,
         )
     if args.real_redis:
