@@ -35,7 +35,7 @@ TENANT = "killed-mid-burst"
 MODEL = "fake-slow-2500"  # every answer's head arrives 2.5 s after the request: the kill lands in flight
 REQUESTS = 40
 TTL_S = 8
-LEASE_MAX_AGE_S = 2
+LEASE_MAX_AGE_S = 1
 
 
 CORE = ("gateway", "router", "cache", "budget", "openai_compat")
@@ -75,7 +75,7 @@ def killable_stack(request: pytest.FixtureRequest, fake_openai: str) -> Iterator
                 "TOLLWAY_BUDGET_PLANS": str(plans),
                 "TOLLWAY_BUDGET_RESERVATION_TTL_S": str(TTL_S),
                 "TOLLWAY_BUDGET_SWEEP_INTERVAL_S": "0.2",
-                # A dead holder's lease expires LEASE_MAX_AGE_S + TTL_S + 5 s after it was taken.
+                # A dead holder's lease expires LEASE_MAX_AGE_S + TTL_S + 2 s after it was taken.
                 "TOLLWAY_BUDGET_LEASE_MAX_AGE_S": str(LEASE_MAX_AGE_S),
             },
         )

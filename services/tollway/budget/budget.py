@@ -241,8 +241,8 @@ class Budget:
                 max_age_ms=int(cfg.lease_max_age_s * 1000),
                 record_delay_s=cfg.lease_record_delay_s,
                 # A lease outlives the holds it covers (they expire after the reservation TTL) by
-                # a few seconds for the replicas' clocks: then a sweeper gives a dead holder's block back.
-                lease_ttl_ms=cfg.reservation_ttl_s * 1000 + 5_000,
+                # two seconds for the replicas' clocks: then a sweeper gives a dead holder's block back.
+                lease_ttl_ms=cfg.reservation_ttl_s * 1000 + 2_000,
                 clock=clock,
             )
             if cfg.lease_requests > 0
