@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.test_budget_service import PLANS, ROOT, Clock
+from tests.integration.test_budget_service import (  # the suite's Redis and plans fixtures too
+    ROOT,
+    Clock,
+    fixture_plans_file,  # noqa: F401
+    fixture_redis_url,  # noqa: F401
+)
 from tests.support.redis_cluster import sync_client
-from tests.support.redis_server import local_redis
 from tollway.budget.__main__ import build
 from tollway.budget.budget import Budget
 from tollway.budget.config import BudgetConfig
@@ -30,19 +34,6 @@ PREFIX = "tw:budget:leases"
 # gpt-4o-mini, 8 prompt tokens and 6 output tokens asked: 14 tokens, 4,800 nano-dollars held.
 ASK = {"model": "gpt-4o-mini", "input_tokens": 8, "max_output_tokens": 6}
 EACH_TOKENS, EACH_NANOS, FITS = 14, 4_800, 100  # plan "burst": 100 such requests a day / month
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    with local_redis() as server:
-        yield server.url
-
-
-@pytest.fixture
-def plans_file(tmp_path: Path) -> Path:
-    path = tmp_path / "budget.yaml"
-    path.write_text(PLANS)
-    return path
 
 
 @contextlib.asynccontextmanager
@@ -94,7 +85,7 @@ async def test_one_lease_serves_many_reserves_and_goes_back_exactly(redis_url: s
         await balanced(budget, "acme")
         # Headers see what this replica admitted: ten estimates of the day's tokens.
         assert granted[-1].tightest[next(iter(granted[-1].tightest))].remaining >= 0
-        await budget.leasing.record_holds()
+        await budget.leasing.flush()
         for i, g in enumerate(granted):
             out = 6 if i % 2 else 3  # half use less than asked
             await budget.commit(CommitCommand(g.reservation.name, input_tokens=8, output_tokens=out))
@@ -181,7 +172,7 @@ async def test_a_holder_that_dies_leaves_a_lease_the_sweeper_gives_back(redis_ur
         kept = await holder.reserve(ReserveCommand("acme", request_id="dies-1", **ASK))
         lost = await holder.reserve(ReserveCommand("acme", request_id="dies-2", **ASK))
         await holder.commit(CommitCommand(kept.reservation.name, input_tokens=8, output_tokens=5))
-        await holder.leasing.record_holds()  # type: ignore[union-attr]
+        await holder.leasing.flush()  # type: ignore[union-attr]
         # The holder dies: nothing of it runs again (its book is dropped, not given back).
         assert holder.leasing is not None
         holder.leasing.book.blocks.clear()

@@ -8,17 +8,23 @@ helpers these tests share); time is a clock the tests move by hand.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
-import pytest
 
 from tests.fakes.procs import free_port
-from tests.integration.test_budget_service import PLANS, Clock, details, expect, reconcile, replicas, reserve_req
+from tests.integration.test_budget_service import (  # the suite's Redis and plans fixtures too
+    Clock,
+    details,
+    expect,
+    fixture_plans_file,  # noqa: F401
+    fixture_redis_url,  # noqa: F401
+    reconcile,
+    replicas,
+    reserve_req,
+)
 from tests.support.redis_cluster import sync_client
-from tests.support.redis_server import local_redis
 from tollway.budget.v1 import budget_pb2, budget_pb2_grpc
 from tollway.common.caching import CachePolicy
 from tollway.common.chat import ChatMessage, ChatRequest
@@ -31,19 +37,6 @@ from tollway.mesh import redis as mesh_redis
 # gpt-4o-mini, 8 input + 16 output tokens reserved; 8 + 6 committed.
 HELD = 24
 CHARGED = 14
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    with local_redis() as server:
-        yield server.url
-
-
-@pytest.fixture
-def plans_file(tmp_path: Path) -> Path:
-    path = tmp_path / "budget.yaml"
-    path.write_text(PLANS)
-    return path
 
 
 def ops_of(redis_url: str, tenant: str, name: str) -> list[str]:

@@ -86,14 +86,16 @@ class Replica:
         self.budget, self.stub, self.port = budget, stub, port
 
 
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
+# Named apart from their fixtures, so that the budget suites that import them (the request-id and
+# lease tests) take them by fixture name without the import shadowing their arguments.
+@pytest.fixture(scope="module", name="redis_url")
+def fixture_redis_url() -> Iterator[str]:
     with local_redis() as server:
         yield server.url
 
 
-@pytest.fixture
-def plans_file(tmp_path: Path) -> Path:
+@pytest.fixture(name="plans_file")
+def fixture_plans_file(tmp_path: Path) -> Path:
     path = tmp_path / "budget.yaml"
     path.write_text(PLANS)
     return path

@@ -434,7 +434,7 @@ class Budget:
             if self.leasing.book.child(cmd.tenant, rid) is not None:
                 # The same request id again while this replica holds it: recorded now, so that
                 # Redis answers it as for any reservation.
-                await self.leasing.record_holds()
+                await self.leasing.flush()
             else:
                 leased = await self._reserve_leased(
                     cmd, policy, priority, priced, counters, rid, now, expires, meta, terms

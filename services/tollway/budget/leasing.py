@@ -194,10 +194,6 @@ class Leasing:
         elif self._record_timer is None:
             self._record_timer = asyncio.get_running_loop().call_later(self.record_delay_s, self._record_soon)
 
-    async def record_holds(self) -> None:
-        """Writes every hold, commit and release waiting now (one round trip)."""
-        await self.flush()
-
     async def flush(self) -> None:
         """Writes what waits: every settlement queued, each after its hold if that is not
         recorded yet, and every other hold not recorded yet; one round trip for all."""
