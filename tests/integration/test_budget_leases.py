@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from redis.exceptions import ResponseError
 
 from tests.integration.test_budget_service import (  # the suite's Redis and plans fixtures too
     ROOT,
@@ -29,6 +30,7 @@ from tollway.budget.config import BudgetConfig
 from tollway.budget.types import CommitCommand, Priority, ReserveCommand
 from tollway.mesh.config import MeshConfig
 from tollway.mesh.errors import ResourceExhausted
+from tollway.mesh.redis import is_outage
 
 PREFIX = "tw:budget:leases"
 # gpt-4o-mini, 8 prompt tokens and 6 output tokens asked: 14 tokens, 4,800 nano-dollars held.
@@ -213,3 +215,80 @@ async def test_release_usage_beyond_the_estimate_and_a_closed_lease(redis_url: s
         ops = [(e["op"], e.get("res", "")) for e in ledger_ops(redis_url, "gamma")]
         assert ("release", a.reservation.id) in ops
         assert sum(1 for op, res in ops if op == "commit" and res == c.reservation.id) == 1
+
+
+def _one_node(redis_url: str) -> None:
+    if redis_url.startswith("redis+cluster://"):
+        pytest.skip("stalls and fills one Redis server; the cluster pass has three")
+
+
+async def test_a_batch_lost_to_a_stalled_redis_leaves_nobody_waiting_and_charges_once(
+    redis_url: str, plans_file: Path
+) -> None:
+    _one_node(redis_url)
+    clock = Clock()
+    async with budgets(redis_url, plans_file, clock, count=1) as (budget,):
+        assert budget.leasing is not None
+        # A stall becomes a timeout quickly (the connections open now and any opened later).
+        pool = budget.store.client.connection_pool
+        pool.connection_kwargs["socket_timeout"] = 0.2
+        for connection in pool._available_connections:
+            connection.socket_timeout = 0.2
+        a = await budget.reserve(ReserveCommand("stall", request_id="st-a", **ASK))
+        b = await budget.reserve(ReserveCommand("stall", request_id="st-b", **ASK))
+        sync_client(redis_url).execute_command("CLIENT", "PAUSE", "500", "ALL")
+        # The batch (both holds and a's commit) times out; Redis runs it when the pause ends.
+        with pytest.raises(Exception) as failed:
+            await asyncio.wait_for(budget.commit(CommitCommand(a.reservation.name, input_tokens=8, output_tokens=5)), 5)
+        assert is_outage(failed.value)
+        await asyncio.sleep(0.6)
+        # Tried again: the holds are found written, the commit answered as the one that ran.
+        again = await asyncio.wait_for(
+            budget.commit(CommitCommand(a.reservation.name, input_tokens=8, output_tokens=5)), 5
+        )
+        assert again.reservation.tokens == 8 + 5
+        # The block may disagree with Redis about what is left: it admits no more.
+        c = await budget.reserve(ReserveCommand("stall", request_id="st-c", **ASK))
+        blocks = [budget.leasing.book.child("stall", g.reservation.id) for g in (b, c)]
+        assert blocks[0] is not None and blocks[1] is not None and blocks[0][0] is not blocks[1][0]
+        for g in (b, c):
+            await budget.commit(CommitCommand(g.reservation.name, input_tokens=8, output_tokens=6))
+        await balanced(budget, "stall")
+        clock.advance(2)
+        await budget.leasing.tick()
+        await budget.leasing.tick()
+        assert not budget.leasing.book.blocks
+        await balanced(budget, "stall")
+        assert [v for f, v in counters(redis_url, "stall").items() if "|tok|" in f] == [(8 + 5) + 2 * (8 + 6)]
+        ops = [(e["op"], e.get("res", "")) for e in ledger_ops(redis_url, "stall")]
+        assert sum(1 for op, res in ops if op == "commit" and res == a.reservation.id) == 1
+
+
+async def test_a_hold_redis_refuses_to_write_is_written_later_and_its_commit_fails_cleanly(
+    redis_url: str, plans_file: Path
+) -> None:
+    _one_node(redis_url)
+    clock = Clock()
+    admin = sync_client(redis_url)
+    async with budgets(redis_url, plans_file, clock, count=1) as (budget,):
+        assert budget.leasing is not None
+        a = await budget.reserve(ReserveCommand("full", request_id="oom-a", **ASK))
+        b = await budget.reserve(ReserveCommand("full", request_id="oom-b", **ASK))
+        admin.config_set("maxmemory", "1")  # every write refused (OOM), per script
+        try:
+            with pytest.raises(ResponseError, match="maxmemory"):
+                await asyncio.wait_for(
+                    budget.commit(CommitCommand(a.reservation.name, input_tokens=8, output_tokens=5)), 5
+                )
+        finally:
+            admin.config_set("maxmemory", "0")
+        await asyncio.sleep(0.1)  # the holds refused wait for the next batch, a moment later
+        recorded = [e["res"] for e in ledger_ops(redis_url, "full") if e["op"] == "reserve"]
+        assert sorted(recorded) == sorted([a.reservation.id, b.reservation.id])
+        for g, out in ((a, 5), (b, 6)):
+            await budget.commit(CommitCommand(g.reservation.name, input_tokens=8, output_tokens=out))
+        await balanced(budget, "full")
+        clock.advance(2)
+        await budget.leasing.tick()
+        await balanced(budget, "full")
+        assert [v for f, v in counters(redis_url, "full").items() if "|tok|" in f] == [(8 + 5) + (8 + 6)]

@@ -65,6 +65,8 @@ tenants:
   gamma: {{plan: roomy}}
   delta: {{plan: burst}}
   kilo: {{plan: burst}}
+  stall: {{plan: roomy}}
+  full: {{plan: roomy}}
 """
 
 

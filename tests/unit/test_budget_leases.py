@@ -120,3 +120,18 @@ def test_expired_holds_are_listed() -> None:
     book.admit(b, early, T0)
     book.admit(b, late, T0)
     assert book.expired(T0 + 10) == [(b, early)]
+
+
+def test_retiring_one_block_keeps_its_holds_and_the_shape_free_for_a_new_block() -> None:
+    book = LeaseBook(idle_ms=1000, max_age_ms=10_000)
+    first, second = block(), block()
+    second.id = "L2"
+    book.add(first)
+    assert book.admit(first, child("a"), T0)
+    book.retire(first)
+    assert first.retired and first.key not in book.active
+    assert not book.admit(first, child("b"), T0)
+    assert book.child("acme", "a") == (first, first.children["a"])  # still settles through it
+    book.add(second)
+    book.retire(first)  # again, with another block active for the shape: that one stays
+    assert book.active[second.key] is second and not second.retired

@@ -142,6 +142,12 @@ class LeaseBook:
                 block.retired = True
                 del self.active[key]
 
+    def retire(self, block: Block) -> None:
+        """Stops ``block`` admitting (what it has left goes back at the next tick)."""
+        block.retired = True
+        if self.active.get(block.key) is block:
+            del self.active[block.key]
+
     def retire_tenant(self, tenant: str) -> list[Block]:
         """Retires every block of ``tenant`` (a reserve found no room: ours may hold it)."""
         for key, block in list(self.active.items()):

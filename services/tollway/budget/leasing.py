@@ -218,33 +218,66 @@ class Leasing:
         if not ops:
             done.set_result(None)
             return
+        # Whatever happens below, nobody is left waiting: a settlement's caller on its future,
+        # a later settlement of the same hold on ``done``.
         try:
-            results = await self.store.run_ops(ops)
-        except Exception as exc:  # the connection: nothing was written; holds wait for the next try
-            for block, child, hold, w in writes:
-                if hold is not None:
-                    child.hold = hold
-                    self._unrecorded[id(child)] = (block, child)
-                child.recording = None
+            try:
+                results = await self.store.run_ops(ops)
+            except Exception as exc:  # the connection: see _unwritten
+                self._unwritten(writes, exc)
+                return
+            self._written(writes, results)
+        finally:
+            for *_, w in writes:
                 if w is not None and not w.future.done():
-                    w.future.set_exception(exc)
+                    w.future.set_exception(RuntimeError("the lease batch ended without an answer"))
             done.set_result(None)
-            if any(w is None for *_, w in writes):
-                self._arm()
-            return
-        i = 0
+
+    def _unwritten(self, writes: list[tuple[Block, Child, Hold | None, _Write | None]], exc: Exception) -> None:
+        """The batch failed as a whole. Its holds wait for the next batch: had one been written
+        after all (a timeout), writing it again finds it and the block lets it go; a settlement
+        fails to its caller, who tries again (a commit or release done twice is answered as such).
+
+        A commit that ran after all took its usage from the lease in Redis, which this replica
+        cannot know: its blocks stop admitting, and give back what Redis says they still hold."""
         for block, child, hold, w in writes:
+            self.book.retire(block)
             if hold is not None:
-                status, attempt = results[i]
+                self._requeue(block, child, hold)
+            child.recording = None
+            if w is not None and not w.future.done():
+                w.future.set_exception(exc)
+        if any(w is None for *_, w in writes):
+            self._arm()
+
+    def _requeue(self, block: Block, child: Child, hold: Hold) -> None:
+        child.hold = hold
+        self._unrecorded[id(child)] = (block, child)
+
+    def _written(self, writes: list[tuple[Block, Child, Hold | None, _Write | None]], results: list[Any]) -> None:
+        """Applies each outcome of a batch: holds recorded, settlements answered, blocks freed."""
+        i = 0
+        retry = False
+        for block, child, hold, w in writes:
+            child.recording = None
+            if hold is not None:
+                held = results[i]
                 i += 1
+                if isinstance(held, Exception):  # its script did not run: write it again later
+                    self._requeue(block, child, hold)
+                    retry = True
+                    if w is not None:
+                        i += 1  # its settlement ran without its hold: its answer is not this hold's
+                        w.future.set_exception(held)
+                    continue
+                status, attempt = held
                 if status == "ok":
                     child.attempt = attempt
-            child.recording = None
-            if w is None:
-                if hold is not None and results[i - 1][0] != "ok":
+                elif w is None:
                     # The request id is held or was charged by another reservation: the caller
                     # settles that one (no longer through this block).
                     self.book.finish(block, child, None)
+            if w is None:
                 continue
             out = results[i]
             i += 1
@@ -257,7 +290,8 @@ class Leasing:
                     used = (int(out.record["ctok"]), int(out.record["cusd"]), 1)
                 self.book.finish(block, child, used)
             w.future.set_result(out)
-        done.set_result(None)
+        if retry:
+            self._arm()
 
     # --- settling -------------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, ResponseError
 
 from tollway.budget.types import Unit
+from tollway.mesh.redis import is_outage
 
 # The reservation's metadata (tenant, key, feature, conversation, priority, request id, model,
 # rates, limits, ...) travels as ONE JSON object of strings (ARGV ``meta``): the record keeps it
@@ -1067,10 +1068,11 @@ class BudgetStore:
         loop = asyncio.get_running_loop()
         batch: list[_Call] = [(script, keys, args, loop.create_future()) for script, keys, args in calls]
         await self._batcher.send_now(batch)
-        for *_, future in batch:  # the connection failed: every call failed with it
-            if isinstance(future.exception(), ConnectionError | OSError | TimeoutError):
-                raise future.exception()  # type: ignore[misc]
-        return [future.exception() or future.result() for *_, future in batch]
+        out = [future.exception() or future.result() for *_, future in batch]
+        for reply in out:  # the connection failed: every call failed with it
+            if isinstance(reply, Exception) and (is_outage(reply) or isinstance(reply, OSError | TimeoutError)):
+                raise reply
+        return out
 
     async def record_saved(
         self,
