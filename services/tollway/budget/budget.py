@@ -421,7 +421,7 @@ class Budget:
         if cmd.tenant not in self._known_tenants:
             await self.store.remember_tenant(cmd.tenant)
             self._known_tenants.add(cmd.tenant)
-        meta = join_meta(pack_meta(asked), self._model_meta(priced))
+        model_meta = self._model_meta(priced)
         terms = quota.demand_terms(rates, cmd.input_tokens)
         if (
             self.leasing is not None
@@ -437,7 +437,7 @@ class Budget:
                 await self.leasing.flush()
             else:
                 leased = await self._reserve_leased(
-                    cmd, policy, priority, priced, counters, rid, now, expires, meta, terms
+                    cmd, policy, priority, priced, counters, rid, now, expires, (asked, model_meta), terms
                 )
                 if leased is not None:
                     return leased
@@ -449,7 +449,7 @@ class Budget:
             expires_ms=expires,
             max_out=cmd.max_output_tokens,
             min_out=cmd.min_output_tokens,
-            meta=meta,
+            meta=join_meta(pack_meta(asked), model_meta),
             demands=terms,
             counters=packed_counters,
         )
@@ -533,7 +533,7 @@ class Budget:
         rid: str,
         now: int,
         expires: int,
-        meta: str,
+        meta: tuple[dict[str, str], str],
         terms: tuple[int, ...],
     ) -> Granted | None:
         """Admits the call from this replica's lease of its shape (no Redis on the way when the
@@ -545,9 +545,9 @@ class Budget:
             -(-(terms[3] + out * terms[4]) // terms[5]),
             -(-(terms[6] + out * terms[7]) // terms[8]),
         )
-        lowest = min(Priority, key=policy.threshold)
 
-        def lowest_counters() -> str:
+        def lowest_counters() -> str:  # these two only when a block is taken
+            lowest = min(Priority, key=policy.threshold)
             return pack_counters(
                 [
                     (c.field, c.allowed)
@@ -562,9 +562,10 @@ class Budget:
             now_ms=now,
             expires_ms=expires,
             granted_out=out,
-            meta=meta,
+            asked=meta[0],
+            model_meta=meta[1],
             lowest_counters=lowest_counters,
-            lease_meta=pack_meta({"tenant": cmd.tenant, "key": cmd.api_key_id, "feat": cmd.feature}),
+            lease_meta=lambda: pack_meta({"tenant": cmd.tenant, "key": cmd.api_key_id, "feat": cmd.feature}),
         )
         if block is None:
             return None
@@ -1089,20 +1090,27 @@ class Budget:
         return Reconciliation(len(tenants), counter_count, entries, open_count, tuple(differences))
 
 
-_UNIT_INDEX = {Unit.TOKENS: 0, Unit.USD_NANOS: 1, Unit.REQUESTS: 2}
+_UNITS = (Unit.TOKENS, Unit.USD_NANOS, Unit.REQUESTS)  # the order of a block's amounts
 
 
 def _tightest_in_block(block: Block, counters: Sequence[quota.Counter]) -> dict[Unit, QuotaState]:
     """The tightest counter of each unit as this replica sees it: its value when the block was
     taken plus what the block admitted since (for rate-limit headers)."""
-    least: dict[Unit, QuotaState] = {}
+    # By the unit's index, not the enum: an enum's hash is a Python call, and this runs per reserve.
+    least: dict[int, tuple[int, quota.Counter, int]] = {}
+    admitted = [h - f for h, f in zip(block.held, block.free, strict=True)]
     for c, base in zip(counters, block.base, strict=False):
-        used = base + block.used_view(_UNIT_INDEX[c.unit])
+        unit = c.quota.unit
+        u = 0 if unit is Unit.TOKENS else 1 if unit is Unit.USD_NANOS else 2
+        used = base + admitted[u]
         left = c.allowed - used
-        best = least.get(c.unit)
-        if best is None or left < best.remaining:
-            least[c.unit] = QuotaState(c.quota, c.subject, used, max(0, left), c.reset_ms)
-    return least
+        best = least.get(u)
+        if best is None or left < best[0]:
+            least[u] = (left, c, used)
+    return {
+        _UNITS[u]: QuotaState(c.quota, c.subject, used, max(0, left), c.reset_ms)
+        for u, (left, c, used) in least.items()
+    }
 
 
 def _encode_token(token: _PageToken) -> str:

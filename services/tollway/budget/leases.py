@@ -70,10 +70,6 @@ class Block:
     def fits(self, amounts: Amounts) -> bool:
         return all(not counted or free >= a for counted, free, a in zip(self.units, self.free, amounts, strict=True))
 
-    def used_view(self, unit: int) -> int:
-        """How much of a counter of ``unit`` this block has admitted (for headers)."""
-        return self.held[unit] - self.free[unit]
-
 
 class LeaseBook:
     """The blocks of one replica and the holds admitted from them.

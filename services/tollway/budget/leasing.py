@@ -12,7 +12,7 @@ import dataclasses
 import json
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from tollway.budget.leases import UNITS, Amounts, Block, Child, LeaseBook, ShapeKey
@@ -91,9 +91,10 @@ class Leasing:
         now_ms: int,
         expires_ms: int,
         granted_out: int,
-        meta: str,
+        asked: Mapping[str, str],
+        model_meta: str,
         lowest_counters: Callable[[], str],
-        lease_meta: str,
+        lease_meta: Callable[[], str],
     ) -> Block | None:
         """Admits a hold from the shape's block, taking a new block when it has no room.
 
@@ -101,13 +102,15 @@ class Leasing:
         is too small to lease), and the caller reserves in Redis as usual.
 
         Args:
+            asked, model_meta: The hold's metadata (:class:`tollway.budget.store.Hold`).
             lowest_counters: The shape's counters, allowed for the lowest priority, packed
                 (asked only when a block is taken).
+            lease_meta: The lease's metadata, packed (asked only when a block is taken).
         """
         child = Child(reservation_id, amounts, expires_ms, None)
         block = self.book.active.get(key)
         if block is not None and self.book.admit(block, child, now_ms):
-            return self._admitted(block, child, granted_out, meta)
+            return self._admitted(block, child, granted_out, asked, model_meta)
         if self.book.short_until.get(key, 0) > now_ms:
             return None
         taking = self._taking.get(key)
@@ -115,12 +118,12 @@ class Leasing:
             await asyncio.shield(taking)
             block = self.book.active.get(key)
             if block is not None and self.book.admit(block, child, now_ms):
-                return self._admitted(block, child, granted_out, meta)
+                return self._admitted(block, child, granted_out, asked, model_meta)
             return None
-        block = await self._take(key, amounts, now_ms, lowest_counters(), lease_meta)
+        block = await self._take(key, amounts, now_ms, lowest_counters(), lease_meta())
         if block is None or not self.book.admit(block, child, now_ms):
             return None
-        return self._admitted(block, child, granted_out, meta)
+        return self._admitted(block, child, granted_out, asked, model_meta)
 
     async def _take(self, key: ShapeKey, amounts: Amounts, now_ms: int, counters: str, meta: str) -> Block | None:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -161,7 +164,9 @@ class Leasing:
         self.book.add(block)
         return block
 
-    def _admitted(self, block: Block, child: Child, granted_out: int, meta: str) -> Block:
+    def _admitted(
+        self, block: Block, child: Child, granted_out: int, asked: Mapping[str, str], model_meta: str
+    ) -> Block:
         self._unrecorded[id(child)] = (block, child)
         child.hold = Hold(
             child.reservation_id,
@@ -171,7 +176,8 @@ class Leasing:
             granted_out,
             child.amounts,
             block.fields,
-            meta,
+            asked,
+            model_meta,
         )
         if self._record_timer is None:
             loop = asyncio.get_running_loop()

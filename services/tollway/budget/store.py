@@ -712,7 +712,8 @@ class Hold:
     granted_out: int
     amounts: tuple[int, int, int]  # tokens, nano-dollars, requests taken from the block
     fields: str  # the counters the lease covers, comma-separated
-    meta: str
+    asked: Mapping[str, str]  # the request's metadata, packed when the hold is written (off the path)
+    model_meta: str  # the model's part of the metadata, packed once per model (pack_meta)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1050,7 +1051,7 @@ class BudgetStore:
                 hold.granted_out,
                 *hold.amounts,
                 hold.fields,
-                hold.meta,
+                join_meta(pack_meta(hold.asked), hold.model_meta),
             ),
         )
         return Op(call, _held)

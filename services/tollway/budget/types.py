@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import re
 
 # Ids that end up inside Redis key names and counter names: no separators of ours
@@ -116,7 +117,7 @@ class Policy:
     overridden: bool = False
     unavailable: UnavailablePolicy | None = None
 
-    @property
+    @functools.cached_property  # read on every reserve; a policy never changes once made
     def when_unavailable(self) -> UnavailablePolicy:
         """What callers do while the budget service is down: as the plans file says, else
         refuse when a dollar quota applies (money must not be spent unchecked) and admit
