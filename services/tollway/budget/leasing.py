@@ -216,10 +216,10 @@ class Leasing:
                 child.hold, child.recording = None, done
         for w in settling:
             hold, w.child.hold = w.child.hold, None
-            if hold is not None:
-                ops.append(self.store.hold_op(w.block.tenant, hold))
-            # Recorded in the same round trip, the hold is whichever attempt holds the id (0).
-            ops.append(w.op(0 if hold is not None else w.child.attempt))
+            if hold is None:
+                ops.append(w.op(w.child.attempt))
+            else:  # recorded and settled in one script: the hold is whichever attempt holds the id (0)
+                ops.append(self.store.hold_then(self.store.hold_op(w.block.tenant, hold), w.op(0)))
             writes.append((w.block, w.child, hold, w))
         if not ops:
             done.set_result(None)
@@ -261,21 +261,20 @@ class Leasing:
         self._unrecorded[id(child)] = (block, child)
 
     def _written(self, writes: list[tuple[Block, Child, Hold | None, _Write | None]], results: list[Any]) -> None:
-        """Applies each outcome of a batch: holds recorded, settlements answered, blocks freed."""
-        i = 0
+        """Applies each outcome of a batch (one per write): holds recorded, settlements
+        answered, blocks freed."""
         retry = False
-        for block, child, hold, w in writes:
+        for (block, child, hold, w), result in zip(writes, results, strict=True):
             child.recording = None
-            if hold is not None:
-                held = results[i]
-                i += 1
-                if isinstance(held, Exception):  # its script did not run: write it again later
+            if isinstance(result, Exception):
+                if hold is not None:  # its script did not run (or stopped at an error): write it again later
                     self._requeue(block, child, hold)
                     retry = True
-                    if w is not None:
-                        i += 1  # its settlement ran without its hold: its answer is not this hold's
-                        w.future.set_exception(held)
-                    continue
+                if w is not None:
+                    w.future.set_exception(result)
+                continue
+            if hold is not None:
+                held, out = (result, None) if w is None else result
                 status, attempt = held
                 if status == "ok":
                     child.attempt = attempt
@@ -283,12 +282,9 @@ class Leasing:
                     # The request id is held or was charged by another reservation: the caller
                     # settles that one (no longer through this block).
                     self.book.finish(block, child, None)
+            else:
+                out = result
             if w is None:
-                continue
-            out = results[i]
-            i += 1
-            if isinstance(out, Exception):
-                w.future.set_exception(out)
                 continue
             if out.status in _FINISHED:
                 used = None

@@ -190,9 +190,7 @@ return out
 # costly as the rest of a commit); the rare answers carry the whole record (HGETALL):
 # {'dup' | 'conflict' | 'released', record}, {'stale', attempt held, state}, {'missing'},
 # {'too_large', field, limit, model}.
-_COMMIT = (
-    _COMMON
-    + r"""
+_COMMIT_BODY = r"""
 local ctr, rec, open, ledger, day = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local id, now, want = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local tin, tout, tcached = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -269,14 +267,12 @@ return {'ok', att, late, s(delta.tok), s(delta.usd), s(tok), s(cost), model, pv,
   r.m or cjson.encode({tenant = r.tenant, key = r.key, feat = r.feat, conv = r.conv, prio = r.prio, rid = r.rid}),
   lease}
 """
-)
+_COMMIT = _COMMON + _COMMIT_BODY
 
 # KEYS: ctr, record, open, ledger.  ARGV: id, now_ms, attempt (0: whichever holds the id),
 # reason, record_ttl_ms. Returns {status, record}: 'ok', 'dup' (released or expired before),
 # 'committed'; or {'stale', attempt held, state}, {'missing'}.
-_RELEASE = (
-    _COMMON
-    + r"""
+_RELEASE_BODY = r"""
 local ctr, rec, open, ledger = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, now, want = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local flat = redis.call('HGETALL', rec)
@@ -298,7 +294,7 @@ redis.call('XADD', ledger, '*', 'op', 'release', 'res', id, 'att', att, 'tok', s
   'reason', ARGV[4], unpack(pairs_of(m, WHO)))
 return {'ok', redis.call('HGETALL', rec)}
 """
-)
+_RELEASE = _COMMON + _RELEASE_BODY
 
 # KEYS: ctr, open, ledger, usage day, then the records of the due reservations.
 # ARGV: now_ms, record_ttl_ms, usage_ttl_ms, then their ids (same order as the records).
@@ -429,9 +425,7 @@ return {'ok', s(give.tok), s(give.usd), s(give.req)}
 # Records a hold a replica admitted from a lease: a reservation like any other (commit, release,
 # expiry, request-id rules), except that no counter changes: the lease's block already holds it.
 # Returns {'ok', attempt} | {'dup'} | {'committed'} (as the reserve script: nothing changed).
-_HOLD = (
-    _COMMON
-    + r"""
+_HOLD_BODY = r"""
 local rec, open, ledger = KEYS[1], KEYS[2], KEYS[3]
 local id, now = ARGV[1], tonumber(ARGV[2])
 local prior = redis.call('HMGET', rec, 'st', 'att')
@@ -450,7 +444,36 @@ redis.call('XADD', ledger, '*', 'op', 'reserve', 'res', id, 'att', s(att), 'tok'
   'lreq', ARGV[8], unpack(pairs_of(cjson.decode(ARGV[10]), META)))
 return {'ok', s(att)}
 """
-)
+_HOLD = _COMMON + _HOLD_BODY
+
+
+def _then(first: str, second: str) -> str:
+    """One script that runs two scripts' bodies, one after the other, atomically: a hold recorded
+    and settled in one call, as two calls would, for one script run and one reply to read.
+
+    KEYS: the first's, then the second's. ARGV: how many of the KEYS and of the ARGV after these
+    two are the first's, its ARGV, then the second's. Returns {first's reply, second's reply}.
+    """
+    return (
+        _COMMON
+        + f"""
+local function first(KEYS, ARGV)
+{first}
+end
+local function second(KEYS, ARGV)
+{second}
+end
+local nk, na = tonumber(ARGV[1]), tonumber(ARGV[2])
+local k1, a1, k2, a2 = {{}}, {{}}, {{}}, {{}}
+for i = 1, #KEYS do if i <= nk then k1[#k1 + 1] = KEYS[i] else k2[#k2 + 1] = KEYS[i] end end
+for i = 3, #ARGV do if i <= na + 2 then a1[#a1 + 1] = ARGV[i] else a2[#a2 + 1] = ARGV[i] end end
+return {{first(k1, a1), second(k2, a2)}}
+"""
+    )
+
+
+_HOLD_THEN_COMMIT = _then(_HOLD_BODY, _COMMIT_BODY)
+_HOLD_THEN_RELEASE = _then(_HOLD_BODY, _RELEASE_BODY)
 
 
 # KEYS: ctr, convt, ledger.  ARGV: now_ms, grace_s, conversations idle since (ms).
@@ -757,6 +780,10 @@ class BudgetStore:
         self._lease = client.register_script(_LEASE)
         self._lease_return = client.register_script(_LEASE_RETURN)
         self._hold = client.register_script(_HOLD)
+        self._then = {
+            self._commit: client.register_script(_HOLD_THEN_COMMIT),
+            self._release: client.register_script(_HOLD_THEN_RELEASE),
+        }
         self._tenant_keys: dict[str, tuple[str, str, str, str, str]] = {}
         self._batcher = None if isinstance(client, aioredis.RedisCluster) else _Batcher(client)
 
@@ -1055,6 +1082,14 @@ class BudgetStore:
             ),
         )
         return Op(call, _held)
+
+    def hold_then(self, hold: Op, then: Op) -> Op:
+        """:meth:`hold_op` and the commit or release of that hold as one operation (one script
+        call); its outcome is both outcomes, as a pair."""
+        (_, h_keys, h_args), (t_script, t_keys, t_args) = hold.call, then.call
+        call = (self._then[t_script], (*h_keys, *t_keys), (len(h_keys), len(h_args), *h_args, *t_args))
+        first, second = hold.parse, then.parse
+        return Op(call, lambda reply: (first(reply[0]), second(reply[1])))
 
     async def _together(self, calls: Sequence[_Script]) -> list[Any]:
         """Runs scripts in order in one round trip; each one's reply or exception."""
