@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from tollway.budget.budget import _tightest_in_block
 from tollway.budget.leases import Block, Child, LeaseBook
+from tollway.budget.quota import Counter
+from tollway.budget.types import Quota, Scope, Unit, Window
 
 MINUTE = 60_000
 T0 = 1_000 * MINUTE
@@ -135,3 +138,26 @@ def test_retiring_one_block_keeps_its_holds_and_the_shape_free_for_a_new_block()
     book.add(second)
     book.retire(first)  # again, with another block active for the shape: that one stays
     assert book.active[second.key] is second and not second.retired
+
+
+def test_the_headers_view_takes_each_units_tightest_counter_as_the_block_admits() -> None:
+    day = Quota(Scope.TENANT, Window.DAY, Unit.TOKENS, 1000)
+    key = Quota(Scope.KEY, Window.MINUTE, Unit.TOKENS, 300)
+    month = Quota(Scope.TENANT, Window.MONTH, Unit.USD_NANOS, 10_000)
+    counters = [
+        Counter("t|tok|day|0|1", day, "", 1000, 86_400_000),
+        Counter("k|tok|minute|0|1", key, "k1", 300, 60_000),
+        Counter("t|usd|month|0|1", month, "", 10_000, 2_592_000_000),
+    ]
+    b = block(free=(200, 2000, 0))
+    b.base = (500, 250, 4000)  # the key's minute has 50 tokens left, the day 500
+    first = _tightest_in_block(b, counters)
+    assert (first[Unit.TOKENS].quota, first[Unit.TOKENS].used, first[Unit.TOKENS].remaining) == (key, 250, 50)
+    assert (first[Unit.USD_NANOS].used, first[Unit.USD_NANOS].remaining) == (4000, 6000)
+    assert Unit.REQUESTS not in first
+    LeaseBook(idle_ms=1000, max_age_ms=10_000).admit(b, child("a", (30, 300, 1)), T0)
+    after = _tightest_in_block(b, counters)  # from the memo, with what the block admitted since
+    assert (after[Unit.TOKENS].used, after[Unit.TOKENS].remaining) == (280, 20)
+    assert (after[Unit.USD_NANOS].used, after[Unit.USD_NANOS].remaining) == (4300, 5700)
+    other = [counters[0], counters[2]]  # another list of counters: its own view
+    assert _tightest_in_block(b, other)[Unit.TOKENS].quota == day

@@ -1096,21 +1096,23 @@ _UNITS = (Unit.TOKENS, Unit.USD_NANOS, Unit.REQUESTS)  # the order of a block's 
 def _tightest_in_block(block: Block, counters: Sequence[quota.Counter]) -> dict[Unit, QuotaState]:
     """The tightest counter of each unit as this replica sees it: its value when the block was
     taken plus what the block admitted since (for rate-limit headers)."""
-    # By the unit's index, not the enum: an enum's hash is a Python call, and this runs per reserve.
-    least: dict[int, tuple[int, quota.Counter, int]] = {}
-    admitted = [h - f for h, f in zip(block.held, block.free, strict=True)]
-    for c, base in zip(counters, block.base, strict=False):
-        unit = c.quota.unit
-        u = 0 if unit is Unit.TOKENS else 1 if unit is Unit.USD_NANOS else 2
-        used = base + admitted[u]
-        left = c.allowed - used
-        best = least.get(u)
-        if best is None or left < best[0]:
-            least[u] = (left, c, used)
-    return {
-        _UNITS[u]: QuotaState(c.quota, c.subject, used, max(0, left), c.reset_ms)
-        for u, (left, c, used) in least.items()
-    }
+    # What the block admitted adds to every counter of a unit alike, so the tightest counter of
+    # each unit is the same for the block's whole life: found once per block and counters.
+    hit = block.memo.get(id(counters))
+    if hit is None or hit[0] is not counters:
+        best: dict[int, tuple[int, quota.Counter, int]] = {}
+        for c, base in zip(counters, block.base, strict=False):
+            u = _UNITS.index(c.quota.unit)
+            room = c.allowed - base
+            if u not in best or room < best[u][0]:
+                best[u] = (room, c, base)
+        hit = block.memo[id(counters)] = (counters, [(u, c, base) for u, (_, c, base) in best.items()])
+    out: dict[Unit, QuotaState] = {}
+    held, free = block.held, block.free
+    for u, c, base in hit[1]:
+        used = base + held[u] - free[u]
+        out[_UNITS[u]] = QuotaState(c.quota, c.subject, used, max(0, c.allowed - used), c.reset_ms)
+    return out
 
 
 def _encode_token(token: _PageToken) -> str:

@@ -18,6 +18,7 @@ This module is the bookkeeping only (pure, no I/O); :mod:`tollway.budget.leasing
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from tollway.budget.store import Hold
 
@@ -66,6 +67,9 @@ class Block:
     last_admit_ms: int
     children: dict[str, Child] = dataclasses.field(default_factory=dict)
     retired: bool = False
+    # What the caller derives once per block and list of counters (the tightest counter of each
+    # unit, for headers), by the list's id; the list is kept with it, so the id stays its own.
+    memo: dict[int, Any] = dataclasses.field(default_factory=dict)
 
     def fits(self, amounts: Amounts) -> bool:
         return all(not counted or free >= a for counted, free, a in zip(self.units, self.free, amounts, strict=True))
