@@ -217,6 +217,14 @@ async def test_release_usage_beyond_the_estimate_and_a_closed_lease(redis_url: s
         assert sum(1 for op, res in ops if op == "commit" and res == c.reservation.id) == 1
 
 
+def read_timeout(budget: Budget, seconds: float) -> None:
+    """Sets the budget's Redis read timeout, on its connections and on those it opens later."""
+    pool = budget.store.client.connection_pool
+    pool.connection_kwargs["socket_timeout"] = seconds
+    for connection in [*pool._available_connections, *pool._in_use_connections]:
+        connection.socket_timeout = seconds
+
+
 def _one_node(redis_url: str) -> None:
     if redis_url.startswith("redis+cluster://"):
         pytest.skip("stalls and fills one Redis server; the cluster pass has three")
@@ -229,19 +237,16 @@ async def test_a_batch_lost_to_a_stalled_redis_leaves_nobody_waiting_and_charges
     clock = Clock()
     async with budgets(redis_url, plans_file, clock, count=1) as (budget,):
         assert budget.leasing is not None
-        # A stall becomes a timeout quickly (the connections open now and any opened later).
-        pool = budget.store.client.connection_pool
-        pool.connection_kwargs["socket_timeout"] = 0.2
-        for connection in pool._available_connections:
-            connection.socket_timeout = 0.2
         a = await budget.reserve(ReserveCommand("stall", request_id="st-a", **ASK))
         b = await budget.reserve(ReserveCommand("stall", request_id="st-b", **ASK))
+        read_timeout(budget, 0.2)  # the stall becomes a timeout quickly
         sync_client(redis_url).execute_command("CLIENT", "PAUSE", "500", "ALL")
         # The batch (both holds and a's commit) times out; Redis runs it when the pause ends.
         with pytest.raises(Exception) as failed:
             await asyncio.wait_for(budget.commit(CommitCommand(a.reservation.name, input_tokens=8, output_tokens=5)), 5)
         assert is_outage(failed.value)
         await asyncio.sleep(0.6)
+        read_timeout(budget, 2.0)  # the default again: a busy machine is not a stalled Redis
         # Tried again: the holds are found written, the commit answered as the one that ran.
         again = await asyncio.wait_for(
             budget.commit(CommitCommand(a.reservation.name, input_tokens=8, output_tokens=5)), 5
