@@ -23,6 +23,7 @@ from tests.integration.test_budget_service import (  # the suite's Redis and pla
     fixture_plans_file,  # noqa: F401
     fixture_redis_url,  # noqa: F401
 )
+from tests.support.polling import eventually
 from tests.support.redis_cluster import sync_client
 from tollway.budget.__main__ import build
 from tollway.budget.budget import Budget
@@ -291,9 +292,14 @@ async def test_a_hold_redis_refuses_to_write_is_written_later_and_its_commit_fai
                 )
         finally:
             admin.config_set("maxmemory", "0")
-        await asyncio.sleep(0.1)  # the holds refused wait for the next batch, a moment later
-        recorded = [e["res"] for e in ledger_ops(redis_url, "full") if e["op"] == "reserve"]
-        assert sorted(recorded) == sorted([a.reservation.id, b.reservation.id])
+        # The holds refused are written by a later batch.
+        await eventually(
+            lambda: (
+                sorted(e["res"] for e in ledger_ops(redis_url, "full") if e["op"] == "reserve")
+                == sorted([a.reservation.id, b.reservation.id])
+            ),
+            what="both holds recorded",
+        )
         for g, out in ((a, 5), (b, 6)):
             await budget.commit(CommitCommand(g.reservation.name, input_tokens=8, output_tokens=out))
         await balanced(budget, "full")
