@@ -253,8 +253,8 @@ class Leasing:
             child.recording = None
             if w is not None and not w.future.done():
                 w.future.set_exception(exc)
-        if any(w is None for *_, w in writes):
-            self._arm()
+        if any(hold is not None for _, _, hold, _ in writes):
+            self._arm()  # recorded soon, whether or not their settlements are tried again
 
     def _requeue(self, block: Block, child: Child, hold: Hold) -> None:
         child.hold = hold
