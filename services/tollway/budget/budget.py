@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 from tollway.budget import metrics, quota, windows
 from tollway.budget.config import BudgetConfig
-from tollway.budget.leases import Block
+from tollway.budget.leases import AMOUNT_UNITS, Block
 from tollway.budget.leasing import Leasing
 from tollway.budget.plans import Plans, PlansSource, check_quota, merge_quotas
 from tollway.budget.pricing import Priced, PriceTable
@@ -540,11 +540,7 @@ class Budget:
         lease has room); None when no lease can be had: the caller reserves in Redis."""
         assert self.leasing is not None
         out = cmd.max_output_tokens
-        amounts = (
-            -(-(terms[0] + out * terms[1]) // terms[2]),
-            -(-(terms[3] + out * terms[4]) // terms[5]),
-            -(-(terms[6] + out * terms[7]) // terms[8]),
-        )
+        amounts = quota.demand_amounts(terms, out)
 
         def lowest_counters() -> str:  # these two only when a block is taken
             lowest = min(Priority, key=policy.threshold)
@@ -1090,9 +1086,6 @@ class Budget:
         return Reconciliation(len(tenants), counter_count, entries, open_count, tuple(differences))
 
 
-_UNITS = (Unit.TOKENS, Unit.USD_NANOS, Unit.REQUESTS)  # the order of a block's amounts
-
-
 def _tightest_in_block(block: Block, counters: Sequence[quota.Counter]) -> dict[Unit, QuotaState]:
     """The tightest counter of each unit as this replica sees it: its value when the block was
     taken plus what the block admitted since (for rate-limit headers)."""
@@ -1102,7 +1095,7 @@ def _tightest_in_block(block: Block, counters: Sequence[quota.Counter]) -> dict[
     if hit is None or hit[0] is not counters:
         best: dict[int, tuple[int, quota.Counter, int]] = {}
         for c, base in zip(counters, block.base, strict=False):
-            u = _UNITS.index(c.quota.unit)
+            u = AMOUNT_UNITS.index(c.quota.unit)
             room = c.allowed - base
             if u not in best or room < best[u][0]:
                 best[u] = (room, c, base)
@@ -1111,7 +1104,7 @@ def _tightest_in_block(block: Block, counters: Sequence[quota.Counter]) -> dict[
     held, free = block.held, block.free
     for u, c, base in hit[1]:
         used = base + held[u] - free[u]
-        out[_UNITS[u]] = QuotaState(c.quota, c.subject, used, max(0, c.allowed - used), c.reset_ms)
+        out[AMOUNT_UNITS[u]] = QuotaState(c.quota, c.subject, used, max(0, c.allowed - used), c.reset_ms)
     return out
 
 

@@ -21,8 +21,10 @@ import dataclasses
 from typing import Any
 
 from tollway.budget.store import Hold
+from tollway.budget.types import Unit
 
-UNITS = 3  # tokens, nano-dollars, requests: the order of every amount tuple here
+AMOUNT_UNITS = (Unit.TOKENS, Unit.USD_NANOS, Unit.REQUESTS)  # the order of every amount tuple here
+UNITS = len(AMOUNT_UNITS)
 Amounts = tuple[int, int, int]
 ShapeKey = tuple[str, str, str, int, int]  # tenant, key id, feature, minute, policy (its id())
 

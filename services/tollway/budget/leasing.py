@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from tollway.budget.leases import UNITS, Amounts, Block, Child, LeaseBook, ShapeKey
+from tollway.budget.leases import AMOUNT_UNITS, UNITS, Amounts, Block, Child, LeaseBook, ShapeKey
 from tollway.budget.store import LEASE_MARK, BudgetStore, Hold, Op, ScriptOutcome
 
 log = logging.getLogger("tollway.budget")
@@ -148,7 +148,7 @@ class Leasing:
             # The room left is too small to lease: reserve one by one for a while.
             self.book.short_until[key] = now_ms + self.book.idle_ms
             return None
-        units = tuple(any(f.split("|")[1] == u for f in fields) for u in ("tok", "usd", "req"))
+        units = tuple(any(f.split("|")[1] == u.value for f in fields) for u in AMOUNT_UNITS)
         block = Block(
             id=lease_id,
             tenant=key[0],
@@ -179,9 +179,7 @@ class Leasing:
             asked,
             model_meta,
         )
-        if self._record_timer is None:
-            loop = asyncio.get_running_loop()
-            self._record_timer = loop.call_later(self.record_delay_s, self._record_soon)
+        self._arm()
         return block
 
     # --- writing: holds, commits and releases, batched ----------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
 from tollway.budget import windows
 from tollway.budget.pricing import PICOS_PER_NANO, Rates
@@ -28,7 +29,11 @@ class Demand:
     scale: int
 
     def amount(self, output_tokens: int) -> int:
-        return -(-(self.fixed + output_tokens * self.per_output) // self.scale)
+        return _amount(self.fixed, self.per_output, self.scale, output_tokens)
+
+
+def _amount(fixed: int, per_output: int, scale: int, output_tokens: int) -> int:
+    return -(-(fixed + output_tokens * per_output) // scale)
 
 
 def demands(rates: Rates, input_tokens: int) -> dict[Unit, Demand]:
@@ -46,6 +51,16 @@ def demand_terms(rates: Rates, input_tokens: int) -> tuple[int, int, int, int, i
     """:func:`demands` as nine numbers, ``fixed, per_output, scale`` of tokens, dollars and
     requests in turn: what the store's reserve script takes (no objects on the request path)."""
     return (input_tokens, 1, 1, input_tokens * rates.input_picos, rates.output_picos, PICOS_PER_NANO, 1, 0, 1)
+
+
+def demand_amounts(terms: Sequence[int], output_tokens: int) -> tuple[int, int, int]:
+    """What :func:`demand_terms` ask of tokens, dollars and requests at ``output_tokens``
+    (:meth:`Demand.amount` of each, without the objects: this runs on the request path)."""
+    return (
+        _amount(terms[0], terms[1], terms[2], output_tokens),
+        _amount(terms[3], terms[4], terms[5], output_tokens),
+        _amount(terms[6], terms[7], terms[8], output_tokens),
+    )
 
 
 def allowed(limit: int, threshold: float) -> int:

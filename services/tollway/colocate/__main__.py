@@ -96,10 +96,10 @@ HTTP_SERVICES = ("openai_compat",)
 # Envoy, not this server, closes an idle connection, so it never sends a request on one this
 # server is closing (uvicorn's default of 5 s made that race a 503 under bursts; issue 13).
 KEEP_ALIVE_S = 75
-# Callees before callers: a caller's on_start may already call a member (none does today, but the
-# order also makes shutdown's reverse order callers-first).
 # Estimates per lease of a budget co-located with its gateway.
 COLOCATED_LEASE_REQUESTS = 64
+# Callees before callers: a caller's on_start may already call a member (none does today, but the
+# order also makes shutdown's reverse order callers-first).
 _ORDER = ("embedding", "cache", "prompts", "budget", "router", "retrieval", "gateway")
 
 
