@@ -1,10 +1,15 @@
-"""Free ports are picked below the kernel's ephemeral range, distinct, and bindable."""
+"""Free ports are picked below the kernel's ephemeral range, distinct, bindable, and claimed against other pickers."""
 
 from __future__ import annotations
 
+import json
+import random
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
-from tollway.launcher.processes import ephemeral_range, free_ports
+from tollway.launcher.processes import claim_ports, ephemeral_range, free_ports, port_claims, port_free
 
 
 def test_free_ports_are_distinct_bindable_and_below_the_ephemeral_range() -> None:
@@ -37,3 +42,59 @@ def test_a_port_someone_listens_on_is_never_picked() -> None:
     finally:
         for s in held:
             s.close()
+
+
+def _span(width: int) -> range:
+    """A window of ports below the ephemeral range that nobody listens on now."""
+    low, _ = ephemeral_range()
+    while True:
+        base = random.randrange(10000, low - width)
+        span = range(base, base + width)
+        if all(port_free("127.0.0.1", p) for p in span):
+            return span
+
+
+def _pick_in_child(count: int, span: range) -> list[int]:
+    code = (
+        "import json, sys\n"
+        "from tollway.launcher.processes import free_ports\n"
+        f"print(json.dumps(free_ports({count}, span=range({span.start}, {span.stop}))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def test_a_port_another_live_process_picked_is_not_picked_again_before_it_is_bound() -> None:
+    # Nothing listens on the ports between the pick and the bind; only the claim keeps a second
+    # picker (another test worker, a canary controller) off them.
+    span = _span(8)
+    mine = free_ports(4, span=span)
+    assert set(mine) <= set(span)
+    theirs = _pick_in_child(4, span)
+    assert not set(mine) & set(theirs), (mine, theirs)
+    # And this process does not hand out its own unbound picks twice.
+    again = free_ports(4, span=span)
+    assert not set(mine) & set(again), (mine, again)
+
+
+def test_the_picks_of_a_process_that_exited_are_free_again() -> None:
+    span = _span(6)
+    theirs = _pick_in_child(6, span)
+    assert sorted(theirs) == list(span)
+    assert sorted(free_ports(6, span=span)) == list(span)
+
+
+def test_picks_go_on_unclaimed_where_the_claims_folder_cannot_be_made(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    with port_claims(blocker / "claims") as claims:
+        assert not claims.held(12345)
+        claims.claim(12345)
+        assert not claims.held(12345)
+
+
+def test_ports_a_stack_derives_are_claimed_like_picked_ones() -> None:
+    span = _span(4)
+    claim_ports(span)
+    theirs = _pick_in_child(2, span)
+    assert not set(theirs) & set(span), theirs

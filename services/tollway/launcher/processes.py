@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import os
 import random
 import signal
 import socket
 import subprocess
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from tollway.launcher import runfile
@@ -44,36 +47,122 @@ def ephemeral_range() -> tuple[int, int]:
         return 32768, 60999  # Linux's default
 
 
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct free ports, all held until all are picked.
+def free_ports(count: int, *, span: range | None = None) -> list[int]:
+    """``count`` distinct free ports, all held until all are picked, and claimed for this process.
 
     Picked below the ephemeral range: a port from that range, once free again (a process restarted on
     it, a stack stopped and started anew), can become the local end of any outgoing connection on the
     machine and then cannot be bound until that connection ends. Below it only another listener can
     take the port. Falls back to the kernel's pick when no such port is found.
+
+    A port is only bound some seconds after it is picked (the last of a stack's processes starts after
+    the others are ready). So that another process picking in that window (a second test worker, a
+    canary controller, a second stack) cannot take it, each pick is claimed on disk
+    (`port_claims`) for as long as the picking process lives, and claimed ports are skipped.
+
+    Args:
+        count: How many ports.
+        span: Where to look first; by default 10000 up to the ephemeral range.
     """
-    low, _ = ephemeral_range()
-    candidates = range(10000, low) if low - 10000 >= 4 * count else range(0)
+    if span is None:
+        low, _ = ephemeral_range()
+        span = range(10000, low) if low - 10000 >= 4 * count else range(0)
     sockets: list[socket.socket] = []
-    try:
-        for port in random.sample(candidates, min(len(candidates), 64 * count)):
-            if len(sockets) == count:
-                break
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
+    with port_claims() as claims:
+        try:
+            for port in random.sample(span, min(len(span), 64 * count)):
+                if len(sockets) == count:
+                    break
+                if claims.held(port):
+                    continue
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    s.close()
+                    continue
+                sockets.append(s)
+            while len(sockets) < count:
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                s.bind(("127.0.0.1", 0))
+                sockets.append(s)
+            ports = [int(s.getsockname()[1]) for s in sockets]
+            for port in ports:
+                claims.claim(port)
+            return ports
+        finally:
+            for s in sockets:
                 s.close()
-                continue
-            sockets.append(s)
-        while len(sockets) < count:
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [int(s.getsockname()[1]) for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+
+
+def claim_ports(ports: Iterable[int]) -> None:
+    """Claims ``ports`` for this process (see `free_ports`), e.g. ports derived from picked ones."""
+    with port_claims() as claims:
+        for port in ports:
+            claims.claim(port)
+
+
+class PortClaims:
+    """Ports picked by live processes of this user, one file per port naming the picking pid.
+
+    Read and written only under `port_claims`' lock. A claim lapses when its process has exited or
+    after `CLAIM_MAX_AGE_S` (a pid may be reused by then); a lapsed file is removed when met.
+    """
+
+    CLAIM_MAX_AGE_S = 6 * 3600
+
+    def __init__(self, folder: Path | None) -> None:
+        self.folder = folder
+
+    def held(self, port: int) -> bool:
+        if self.folder is None:
+            return False
+        path = self.folder / str(port)
+        try:
+            pid = int(path.read_text() or 0)
+            age = time.time() - path.stat().st_mtime
+        except (OSError, ValueError):
+            return False
+        if pid == os.getpid() or (age < self.CLAIM_MAX_AGE_S and _alive(pid)):
+            return True
+        path.unlink(missing_ok=True)
+        return False
+
+    def claim(self, port: int) -> None:
+        if self.folder is not None:
+            with contextlib.suppress(OSError):
+                (self.folder / str(port)).write_text(str(os.getpid()))
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process; it exists
+    return True
+
+
+@contextlib.contextmanager
+def port_claims(folder: Path | None = None) -> Iterator[PortClaims]:
+    """The machine's port claims, locked against every other picker for the duration.
+
+    ``folder`` defaults to ``$TMPDIR/tollway-port-claims-<uid>``. Where it cannot be made or locked
+    (a read-only temp folder), picks go on unclaimed, as before claims existed.
+    """
+    folder = folder or Path(tempfile.gettempdir()) / f"tollway-port-claims-{os.getuid()}"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        lock = open(folder / ".lock", "a")  # noqa: SIM115  # held open for the block below
+    except OSError:
+        yield PortClaims(None)
+        return
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield PortClaims(folder)
 
 
 def tail(path: Path, lines: int = 15) -> str:

@@ -36,7 +36,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tollway.edge.prometheus import build_prometheus_config, scrape_targets, write_prometheus_dir
 from tollway.edge.tracing import TracingConfigError, tracing_settings, with_tracing
 from tollway.launcher import canary_envoy, runfile
-from tollway.launcher.processes import Child, LaunchError, port_free, spawn, wait_until
+from tollway.launcher.processes import Child, LaunchError, claim_ports, port_free, spawn, wait_until
 from tollway.launcher.store import answers_ping
 from tollway.launcher.supervisor import RestartPolicy, Supervisor
 from tollway.mesh.inprocess import SCHEME as INPROCESS
@@ -399,6 +399,9 @@ class Stack:
                 + "; ".join(taken)
                 + ". Stop whatever listens there (another `tollway up`?) or change the port in deploy/mesh.yaml."
             )
+        # Replica, canary and metrics ports are derived, not picked: claimed so no picker takes one
+        # before its process binds it.
+        claim_ports(port for _, _, port in wanted)
 
     def _start_redis(self) -> None:
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
