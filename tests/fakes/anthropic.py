@@ -22,7 +22,15 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from tests.fakes.http import FakeHTTPServer, Request, Response, main
-from tests.fakes.scenarios import TOOL_CALLS, SeenRequests, parse, prompt_tokens, split_awkwardly, stall_forever
+from tests.fakes.scenarios import (
+    TOOL_CALLS,
+    SeenRequests,
+    parse,
+    play_whole,
+    prompt_tokens,
+    split_awkwardly,
+    stall_forever,
+)
 
 _seen = SeenRequests()
 _ERROR_TYPES = {
@@ -180,7 +188,7 @@ async def handle(request: Request) -> Response:
             "stop_sequence": None,
             "usage": {**usage_start, "output_tokens": output_tokens},
         }
-        return Response(body=json.dumps(payload).encode())
+        return await play_whole(sc, len(words), json.dumps(payload).encode(), _error(500, "Internal server error"))
 
     async def events() -> AsyncIterator[bytes]:
         message = {

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from tests.fakes.http import FakeHTTPServer, Request, Response, main
-from tests.fakes.scenarios import TOOL_CALLS, SeenRequests, parse, prompt_tokens, stall_forever
+from tests.fakes.scenarios import TOOL_CALLS, SeenRequests, parse, play_whole, prompt_tokens, stall_forever
 
 _seen = SeenRequests()
 _ROUTE = re.compile(r"^/(v1|v1beta)/models/(?P<model>[^/:]+):(?P<method>generateContent|streamGenerateContent)$")
@@ -143,7 +143,8 @@ async def handle(request: Request) -> Response:
     call_parts = [{"functionCall": {"name": name, "args": args}} for _, name, args in calls]
     if method == "generateContent":
         parts = call_parts or [{"text": "".join(words)}]
-        return Response(body=json.dumps(_chunk(parts, usage(len(words) + 12 * len(calls)), finish, model)).encode())
+        whole = json.dumps(_chunk(parts, usage(len(words) + 12 * len(calls)), finish, model)).encode()
+        return await play_whole(sc, len(words), whole, _error(500, "An internal error has occurred."))
 
     if request.query.get("alt") != "sse":
         # Without alt=sse the API streams one JSON array of responses.

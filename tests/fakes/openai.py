@@ -18,7 +18,15 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from tests.fakes.http import FakeHTTPServer, Request, Response, main
-from tests.fakes.scenarios import TOOL_CALLS, SeenRequests, parse, prompt_tokens, split_awkwardly, stall_forever
+from tests.fakes.scenarios import (
+    TOOL_CALLS,
+    SeenRequests,
+    parse,
+    play_whole,
+    prompt_tokens,
+    split_awkwardly,
+    stall_forever,
+)
 
 _seen = SeenRequests()
 
@@ -123,7 +131,8 @@ async def handle(request: Request) -> Response:
             "choices": [{"index": 0, "message": message, "finish_reason": finish}],
             "usage": usage,
         }
-        return Response(body=json.dumps(payload).encode())
+        error = _error(500, "The server had an error while processing your request.", "server_error")
+        return await play_whole(sc, len(words), json.dumps(payload).encode(), error)
 
     async def events() -> AsyncIterator[bytes]:
         yield _chunk(cid, model, {"role": "assistant", "content": ""})

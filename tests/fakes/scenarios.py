@@ -36,7 +36,10 @@ import asyncio
 import dataclasses
 import json
 import re
+from collections.abc import AsyncIterator
 from typing import Any
+
+from tests.fakes.http import Response
 
 TOOL_CALLS = (
     ("call_w1", "get_weather", {"city": "Paris", "unit": "celsius", "note": 'say "hi" \\ bye'}),
@@ -197,3 +200,25 @@ async def stall_forever() -> None:
     server stops.
     """
     await asyncio.Event().wait()
+
+
+async def play_whole(sc: Scenario, pieces: int, body: bytes, server_error: Response) -> Response:
+    """A whole (non-streamed) answer played as the scenario plays a stream, as a real provider's
+    would go: a slow model is as slow before its whole answer (``pieces`` gaps), a stopped one sends
+    no head, a cut connection ends inside the body, a bad answer is not JSON, and a failure while
+    generating is the wire's server error."""
+    if sc.gap_ms:
+        await asyncio.sleep(sc.gap_ms * pieces / 1000)
+    if sc.stall_after >= 0:
+        await stall_forever()
+    if sc.cut_after >= 0:
+
+        async def half() -> AsyncIterator[bytes]:
+            yield body[: len(body) // 2]
+
+        return Response(headers={"content-type": "application/json"}, stream=half(), cut=True, reset=sc.reset)
+    if sc.malformed_after >= 0:
+        return Response(headers={"content-type": "application/json"}, body=b"{not json")
+    if sc.error_after >= 0:
+        return server_error
+    return Response(headers={"content-type": "application/json"}, body=body)

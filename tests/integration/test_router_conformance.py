@@ -267,6 +267,53 @@ async def test_error_event_mid_stream_is_retryable(h: Harness) -> None:
     assert err.retryable and ("stream error" in err.message or "HTTP 500" in err.message)
 
 
+async def whole_fails(h: Harness, model: str, **dep: Any) -> ProviderError:
+    with pytest.raises(ProviderError) as info:
+        await h.adapter.complete(chat(model), h.deployment(model, **dep))
+    return info.value
+
+
+# A whole answer (what the router asks for when its caller wants one, `Complete`) fails the way the
+# same stream does, only before anything leaves: every failure is one the router can still retry.
+
+
+@pytest.mark.parametrize("model", ["fake-cut-mid-stream", "fake-reset-mid-stream"])
+async def test_a_whole_answer_cut_mid_body_is_a_connection_failure(h: Harness, model: str) -> None:
+    err = await whole_fails(h, model)
+    assert err.kind is ErrorKind.CONNECTION and err.retryable, err
+
+
+async def test_a_whole_answer_that_is_not_json_is_malformed(h: Harness) -> None:
+    err = await whole_fails(h, "fake-malformed-sse")
+    assert err.kind is ErrorKind.MALFORMED, err
+
+
+async def test_a_whole_answer_failing_while_generated_is_a_retryable_server_error(h: Harness) -> None:
+    err = await whole_fails(h, "fake-stream-error")
+    assert err.kind is ErrorKind.SERVER_ERROR and err.retryable and err.status == 500, err
+
+
+@pytest.mark.parametrize("model", ["fake-stall-before-first", "fake-stall-mid-stream"])
+async def test_a_stopped_provider_times_out_a_whole_answer_after_timeout_s(h: Harness, model: str) -> None:
+    err = await whole_fails(h, model, timeout_s=0.2)
+    assert err.kind is ErrorKind.TIMEOUT and err.retryable and "0.2" in err.message, err
+
+
+@pytest.mark.parametrize("model", ["fake-ok", "fake-words-7", "fake-long", "fake-cached"])
+async def test_a_whole_answer_says_what_the_same_stream_says(h: Harness, model: str) -> None:
+    events = await collect(h, model, max_tokens=5 if model == "fake-long" else 0)
+    whole = await h.adapter.complete(chat(model, max_tokens=5 if model == "fake-long" else 0), h.deployment(model))
+    end = events[-1]
+    assert isinstance(end, StreamEnd)
+    assert whole.text == text_of(events)
+    assert whole.finish_reason == end.finish_reason
+    if end.usage is not None:
+        assert whole.usage is not None
+        assert whole.usage.input_tokens == end.usage.input_tokens
+        assert whole.usage.output_tokens == end.usage.output_tokens
+        assert whole.usage.cached_input_tokens == end.usage.cached_input_tokens
+
+
 async def test_slow_first_byte_times_out(h: Harness) -> None:
     err, seen = await fails(h, "fake-slow-2000", dep={"timeout_s": 0.2})
     assert not seen and err.kind is ErrorKind.TIMEOUT and err.retryable

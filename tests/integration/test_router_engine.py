@@ -520,3 +520,97 @@ async def test_cost_uses_the_catalog_prices_with_cache_reads(fakes: Fakes) -> No
     u = done.usage
     expected = (u.input_tokens - u.cached_input_tokens) * 2 + u.cached_input_tokens * 1 + u.output_tokens * 10
     assert done.cost_usd_micros == expected
+
+
+# -- whole answers (Complete) -----------------------------------------------------------
+
+
+async def run_whole(router: Router, request: ChatRequest) -> list[RouteEvent]:
+    return [e async for e in router.generate(request, whole=True)]
+
+
+def asked_to_stream(server: FakeHTTPServer) -> list[bool]:
+    """Whether each request the fake got asked for a stream (Gemini says so in its path)."""
+    return [bool(r.json().get("stream")) or ":streamGenerateContent" in r.path for r in server.log if r.body]
+
+
+@pytest.mark.parametrize("provider", ["oa", "an", "gg"])
+async def test_a_whole_answer_is_asked_for_whole_and_says_what_the_stream_says(fakes: Fakes, provider: str) -> None:
+    router = make_router(fakes, {"m": {"provider": provider, "upstream_model": "fake-words-7"}})
+    server = {"oa": fakes.openai, "an": fakes.anthropic, "gg": fakes.gemini}[provider]
+    whole = await run_whole(router, chat("m"))
+    streamed = await run(router, chat("m"))
+    assert asked_to_stream(server) == [False, True]
+    assert started(whole).model == "m" and started(whole).deployment == started(streamed).deployment
+    assert text(whole) == text(streamed) and text(whole).split() == [f"w{i}" for i in range(7)]
+    done, done_streamed = whole[-1], streamed[-1]
+    assert isinstance(done, RouteCompleted) and isinstance(done_streamed, RouteCompleted)
+    assert done.usage == done_streamed.usage and done.usage_reported
+    assert done.finish_reason == done_streamed.finish_reason and done.cost_usd_micros == done_streamed.cost_usd_micros
+
+
+@pytest.mark.parametrize("provider", ["oa", "an", "gg"])
+async def test_a_whole_answer_cut_mid_body_falls_through_instead_of_failing_mid_answer(
+    fakes: Fakes, provider: str
+) -> None:
+    # Streamed, the same cut is a failure after text (nothing may be spliced); whole, nothing left
+    # yet, so the next model answers.
+    router = make_router(
+        fakes,
+        {
+            "cut": {"provider": provider, "upstream_model": "fake-cut-mid-stream", "fallbacks": ["fb"]},
+            "fb": {"provider": "local", "upstream_model": "fake-ok"},
+        },
+    )
+    events = await run_whole(router, chat("cut"))
+    assert started(events).model == "fb"
+    assert "cut (CONNECTION)" in started(events).fallback_path
+    assert text(events) == "Hello from fake-ok."
+    assert isinstance(events[-1], RouteCompleted)
+    assert not any(isinstance(e, StreamFailed) for e in events)
+
+
+def router_with(fakes: Fakes, models: dict[str, Any], **oa: Any) -> Router:
+    """A router whose "oa" provider has ``oa``'s settings."""
+    providers = fakes.providers()
+    providers["oa"] |= oa
+    catalog = parse_catalog({"providers": providers, "models": models, "routing": {"model_fallback": True}}, env={})
+    return keep(Router(catalog, {"openai_compat": OpenAICompatAdapter()}, sleep=Sleeps()))
+
+
+async def test_a_deployment_with_a_first_token_timeout_is_still_streamed_for_a_whole_answer(fakes: Fakes) -> None:
+    # A stall is caught at the first token only in a stream; the catalog asked for that.
+    router = router_with(fakes, {"m": {"provider": "oa", "upstream_model": "fake-words-3"}}, first_token_timeout_s=2)
+    events = await run_whole(router, chat("m"))
+    assert text(events).split() == ["w0", "w1", "w2"] and isinstance(events[-1], RouteCompleted)
+    assert asked_to_stream(fakes.openai) == [True]
+
+
+async def test_a_stalled_whole_answer_falls_through_after_the_deployments_timeout(fakes: Fakes) -> None:
+    router = router_with(
+        fakes,
+        {
+            "stall": {"provider": "oa", "upstream_model": "fake-stall-before-first", "fallbacks": ["fb"]},
+            "fb": {"provider": "local", "upstream_model": "fake-ok"},
+        },
+        timeout_s=0.3,
+    )
+    events = await run_whole(router, chat("stall"))
+    assert started(events).model == "fb" and isinstance(events[-1], RouteCompleted)
+    assert started(events).fallback_path == ("stall (TIMEOUT)",)
+
+
+async def test_leaving_a_whole_answer_cancels_the_provider_call_and_blames_nobody(fakes: Fakes) -> None:
+    router = make_router(fakes, {"g": {"provider": "oa", "upstream_model": "fake-gap-20"}})
+    task = asyncio.create_task(run_whole(router, chat("g")))
+    for _ in range(100):
+        if fakes.openai.stats.requests:
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # The deployment is not blamed (no failure recorded): it is free and answers the next call.
+    health = router.balancer.health(router.catalog.models["g"].deployments[0])
+    assert health.in_flight == 0 and health.failures == 0 and health.failure_ewma == 0

@@ -308,6 +308,12 @@ class HttpClient:
                 # A pooled connection the server closed while idle: retry once on a new one.
                 if fresh or isinstance(exc, asyncio.LimitOverrunError):
                     raise HttpError(f"{host}:{port} closed the connection before answering: {exc!r}") from exc
+            except BaseException:
+                # The caller left while the answer was awaited (a whole answer is awaited for as long
+                # as it takes to generate): closing tells the server, and the connection, its
+                # answer still due, can never be reused.
+                conn.close()
+                raise
         lines = raw.decode("latin-1").split("\r\n")
         try:
             status = int(lines[0].split(" ", 2)[1])

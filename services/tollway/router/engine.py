@@ -89,6 +89,7 @@ class _Run:
     last_error: ProviderError | None = None
     prompt_tokens: int = 0
     limit_waited_s: float = 0.0
+    whole: bool = False
 
     def remaining(self) -> float:
         return self.deadline - self.clock()
@@ -179,13 +180,21 @@ class Router:
         catalog = self.catalog
         return decide(request, catalog, self.classifier(catalog))
 
-    async def generate(self, request: ChatRequest, deadline: float | None = None) -> AsyncIterator[RouteEvent]:
+    async def generate(
+        self, request: ChatRequest, deadline: float | None = None, *, whole: bool = False
+    ) -> AsyncIterator[RouteEvent]:
         """Streams RouteStarted, TextDelta..., then RouteCompleted or StreamFailed.
 
         Args:
             request: The provider-neutral request.
             deadline: When the caller gives up, on ``time.monotonic()``'s clock; None uses
                 the policy's default deadline.
+            whole: The caller wants the answer only once it is whole (``Complete``): each
+                deployment is asked for a whole answer instead of a stream (one body to read
+                and parse instead of an event per token), except one that sets
+                ``first_token_timeout_s``, which is streamed so that a stall is still caught at
+                its first token. A whole attempt either answers or fails before any event
+                leaves, so its failure always falls through to the next deployment or model.
 
         Raises:
             errors.NotFound: The model is not in the catalog.
@@ -201,7 +210,7 @@ class Router:
         if deadline is None:
             deadline = self._clock() + self.deadline_s.get(policy.name, 60.0)
         prompt_tokens = count_prompt_tokens([(m.role, m.content) for m in request.messages])
-        run = _Run(request, decision, policy, deadline, self._clock, prompt_tokens=prompt_tokens)
+        run = _Run(request, decision, policy, deadline, self._clock, prompt_tokens=prompt_tokens, whole=whole)
         if decision.cascade_from:
             async for event in self._cascade(run, catalog.models[decision.cascade_from]):
                 yield event
@@ -290,7 +299,11 @@ class Router:
             attempts += 1
             run.attempts += 1
             tried.add(dep.key)
-            async for event in self._attempt(run, model, dep, permit, share):
+            if run.whole and not dep.first_token_timeout_s:
+                attempt = self._attempt_whole(run, model, dep, permit, share)
+            else:
+                attempt = self._attempt(run, model, dep, permit, share)
+            async for event in attempt:
                 yield event
             if run.done:
                 return
@@ -388,8 +401,12 @@ class Router:
         span = tracing.start(
             "router",
             "provider.attempt",
-            **{"tollway.provider": dep.provider, "tollway.model": model.name, "tollway.deployment": dep.key,
-               "tollway.attempt": run.attempts},
+            **{
+                "tollway.provider": dep.provider,
+                "tollway.model": model.name,
+                "tollway.deployment": dep.key,
+                "tollway.attempt": run.attempts,
+            },
         )
         span_error = ""
         span_attributes: dict[str, tracing.AttributeValue] = {}
@@ -495,11 +512,77 @@ class Router:
             tracing.end(span, span_error, **span_attributes)
             await stream.aclose()
 
+    async def _attempt_whole(
+        self, run: _Run, model: Model, dep: Deployment, permit: Permit, share: float = 1.0
+    ) -> AsyncIterator[RouteEvent]:
+        """Asks one deployment for a whole answer (not streamed). Sets ``run.done`` once it is
+        answered; otherwise leaves the failure in ``run.last_error`` (nothing has left yet)."""
+        start = self._clock()
+        self.balancer.started(dep)
+        span = tracing.start(
+            "router",
+            "provider.attempt",
+            **{
+                "tollway.provider": dep.provider,
+                "tollway.model": model.name,
+                "tollway.deployment": dep.key,
+                "tollway.attempt": run.attempts,
+                "tollway.whole": True,
+            },
+        )
+        try:
+            completion = await self._whole_answer(run, dep, run.remaining() * share)
+        except (ProviderError, ToolCallError) as exc:
+            err = self._as_provider_error(exc, dep)
+            tracing.end(span, f"{err.kind.value}: {err.message[:200]}")
+            await self._failed(model, dep, permit, err, None)
+            run.last_error = err
+            run.failures.append(_Failure(model.name, dep.key, err.kind.value, err.message, err.retry_after_s))
+            return
+        except BaseException:
+            # The caller went away: the outcome says nothing about the deployment.
+            self.balancer.finished(dep, ok=True, counted=False)
+            self.breakers.abandon(permit)
+            tracing.end(span, "CANCELLED")
+            raise
+        elapsed_ms = (self._clock() - start) * 1000
+        usage, reported = self._final_usage(run.request, completion.usage, None, completion.text, completion.tool_calls)
+        tracing.end(
+            span,
+            "",
+            **{
+                "tollway.tokens.input": usage.input_tokens,
+                "tollway.tokens.output": usage.output_tokens,
+                "tollway.cost_usd": self._cost(model, usage) / 1e6,
+            },
+        )
+        # No first token to time: the balancer's speed estimate is of streams' first tokens.
+        await self._succeeded(model, dep, permit, None)
+        started = self._started(run, model, dep)
+        async for event in self._emit_whole(run, started, model, completion, usage, reported, elapsed_ms):
+            yield event
+
+    async def _whole_answer(self, run: _Run, dep: Deployment, budget: float) -> Completion:
+        """``dep``'s whole answer, within ``budget`` seconds; each read also waits at most the
+        deployment's ``timeout_s`` (the adapter's own limit)."""
+        if budget <= 0:
+            raise ProviderError(dep.provider, "no time left before the request deadline", kind=ErrorKind.TIMEOUT)
+        try:
+            async with asyncio.timeout(budget):
+                return await self.adapters[dep.wire].complete(run.request, dep)
+        except TimeoutError:
+            raise ProviderError(
+                dep.provider,
+                f"no whole answer from {dep.key} within {budget:.2f}s (request deadline)",
+                kind=ErrorKind.TIMEOUT,
+                timeout="request deadline",
+            ) from None
+
     def _started(self, run: _Run, model: Model, dep: Deployment) -> RouteStarted:
         return RouteStarted(model.name, dep.provider, run.attempts, tuple(run.path), run.decision, dep.key)
 
     async def _succeeded(
-        self, model: Model, dep: Deployment, permit: Permit, ttft_ms: float, tell_breaker: bool = True
+        self, model: Model, dep: Deployment, permit: Permit, ttft_ms: float | None, tell_breaker: bool = True
     ) -> None:
         metrics.ATTEMPTS.labels(dep.provider, model.name, "ok").inc()
         self.balancer.finished(dep, ok=True, ttft_ms=ttft_ms)
@@ -586,7 +669,11 @@ class Router:
                 run.path.append(f"{small.name} (CASCADE_REJECTED: {verdict})")
                 metrics.FALLBACKS.labels(small.name, "CASCADE_REJECTED").inc()
                 return
-            async for event in self._emit_whole(run, small, dep, completion, usage, reported, elapsed_ms):
+            decision = dataclasses.replace(
+                run.decision, model=small.name, tier=small.tier, reason=run.decision.reason + "; small answer accepted"
+            )
+            started = RouteStarted(small.name, dep.provider, run.attempts, tuple(run.path), decision, dep.key)
+            async for event in self._emit_whole(run, started, small, completion, usage, reported, elapsed_ms):
                 yield event
             return
         run.path.append(f"{small.name} ({self._why_left(run, small)})")
@@ -594,24 +681,14 @@ class Router:
     async def _emit_whole(
         self,
         run: _Run,
+        started: RouteStarted,
         model: Model,
-        dep: Deployment,
         completion: Completion,
         usage: Usage,
         reported: bool,
         elapsed_ms: float,
     ) -> AsyncIterator[RouteEvent]:
         run.done = True
-        started = RouteStarted(
-            model.name,
-            dep.provider,
-            run.attempts,
-            tuple(run.path),
-            dataclasses.replace(
-                run.decision, model=model.name, tier=model.tier, reason=run.decision.reason + "; small answer accepted"
-            ),
-            dep.key,
-        )
         yield started
         if completion.text:
             yield TextDelta(completion.text)

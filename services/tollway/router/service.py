@@ -115,7 +115,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             raise InvalidArgument("'request' is required", [("request", "the GenerateRequest to answer")])
         out = router_pb2.CompleteResponse()
         parts: list[str] = []
-        async for event in self.router.generate(_chat_request(request.request, context), _monotonic_deadline(context)):
+        chat = _chat_request(request.request, context)
+        async for event in self.router.generate(chat, _monotonic_deadline(context), whole=True):
             if isinstance(event, TextDelta):
                 parts.append(event.text)
                 continue
