@@ -578,12 +578,21 @@ def router_with(fakes: Fakes, models: dict[str, Any], **oa: Any) -> Router:
     return keep(Router(catalog, {"openai_compat": OpenAICompatAdapter()}, sleep=Sleeps()))
 
 
-async def test_a_deployment_with_a_first_token_timeout_is_still_streamed_for_a_whole_answer(fakes: Fakes) -> None:
-    # A stall is caught at the first token only in a stream; the catalog asked for that.
-    router = router_with(fakes, {"m": {"provider": "oa", "upstream_model": "fake-words-3"}}, first_token_timeout_s=2)
-    events = await run_whole(router, chat("m"))
+async def test_a_provider_may_ask_for_whole_answers_to_be_streamed(fakes: Fakes) -> None:
+    # Streamed, a stall is caught at the first token (first_token_timeout_s) instead of timeout_s.
+    router = router_with(
+        fakes,
+        {
+            "stall": {"provider": "oa", "upstream_model": "fake-stall-before-first", "fallbacks": ["m"]},
+            "m": {"provider": "oa", "upstream_model": "fake-words-3"},
+        },
+        stream_whole_answers=True,
+        first_token_timeout_s=0.3,
+    )
+    events = await run_whole(router, chat("stall"))
+    assert started(events).fallback_path == ("stall (TIMEOUT)",)
     assert text(events).split() == ["w0", "w1", "w2"] and isinstance(events[-1], RouteCompleted)
-    assert asked_to_stream(fakes.openai) == [True]
+    assert asked_to_stream(fakes.openai) == [True, True]
 
 
 async def test_a_stalled_whole_answer_falls_through_after_the_deployments_timeout(fakes: Fakes) -> None:

@@ -36,6 +36,7 @@ DEFAULT_CONNECT_TIMEOUT_S = 2.0
 DEFAULT_STALL_TIMEOUT_S = 30.0
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")
 
+
 class CatalogError(SchemaError):
     """The catalog file is malformed; the message names the key and the value."""
 
@@ -72,6 +73,12 @@ class Deployment:
             region); 0 means none. The router keeps every replica's calls under it.
         tpm: The provider's tokens-per-minute limit (prompt + max output tokens, as
             providers count it when a request arrives); 0 means none.
+        stream_whole_answers: Ask for a stream even when the caller wants the answer only once
+            it is whole (``Complete``). False (the default) asks for a whole answer, one body to
+            read instead of an event per token, as a direct call would; its wait is then
+            ``timeout_s``, since a whole answer has no first token to time. True keeps
+            ``first_token_timeout_s`` in force for such calls too, at the cost of reading the
+            stream.
     """
 
     provider: str
@@ -91,6 +98,7 @@ class Deployment:
     capabilities: frozenset[str] | None = None
     rpm: int = 0
     tpm: int = 0
+    stream_whole_answers: bool = False
 
     @property
     def key(self) -> str:
@@ -253,6 +261,7 @@ class _ProviderSpec:
     first_token_timeout_s: float | None = dataclasses.field(default=None, metadata=schema.rule(low=0.0))
     connect_timeout_s: float | None = dataclasses.field(default=None, metadata=schema.rule(low=0.001))
     stall_timeout_s: float | None = dataclasses.field(default=None, metadata=schema.rule(low=0.001))
+    stream_whole_answers: bool | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -274,6 +283,7 @@ class _DeploymentSpec:
     first_token_timeout_s: float | None = dataclasses.field(default=None, metadata=schema.rule(low=0.0))
     connect_timeout_s: float | None = dataclasses.field(default=None, metadata=schema.rule(low=0.001))
     stall_timeout_s: float | None = dataclasses.field(default=None, metadata=schema.rule(low=0.001))
+    stream_whole_answers: bool | None = None
     # None: the model's capabilities.
     capabilities: tuple[str, ...] | None = dataclasses.field(
         default=None, metadata=schema.rule(choices=CAPABILITIES, noun="a capability")
@@ -367,6 +377,7 @@ def _deployments(
                 wire=prov.wire,
                 connect_timeout_s=_first(dep.connect_timeout_s, prov.connect_timeout_s, DEFAULT_CONNECT_TIMEOUT_S),
                 stall_timeout_s=_first(dep.stall_timeout_s, prov.stall_timeout_s, DEFAULT_STALL_TIMEOUT_S),
+                stream_whole_answers=_first(dep.stream_whole_answers, prov.stream_whole_answers, False),
                 capabilities=frozenset(spec.capabilities if dep.capabilities is None else dep.capabilities),
                 rpm=(dep.limits or spec.limits).rpm,
                 tpm=(dep.limits or spec.limits).tpm,

@@ -191,10 +191,10 @@ class Router:
                 the policy's default deadline.
             whole: The caller wants the answer only once it is whole (``Complete``): each
                 deployment is asked for a whole answer instead of a stream (one body to read
-                and parse instead of an event per token), except one that sets
-                ``first_token_timeout_s``, which is streamed so that a stall is still caught at
-                its first token. A whole attempt either answers or fails before any event
-                leaves, so its failure always falls through to the next deployment or model.
+                and parse instead of an event per token), unless it sets
+                ``stream_whole_answers``. A whole attempt either answers or fails before any
+                event leaves, so its failure always falls through to the next deployment or
+                model; it waits ``timeout_s`` for its answer (no first token to time).
 
         Raises:
             errors.NotFound: The model is not in the catalog.
@@ -299,7 +299,7 @@ class Router:
             attempts += 1
             run.attempts += 1
             tried.add(dep.key)
-            if run.whole and not dep.first_token_timeout_s:
+            if run.whole and not dep.stream_whole_answers:
                 attempt = self._attempt_whole(run, model, dep, permit, share)
             else:
                 attempt = self._attempt(run, model, dep, permit, share)
