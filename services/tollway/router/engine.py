@@ -397,17 +397,8 @@ class Router:
         breaker_told = False  # a probe reports its success at the first token
         ttft_ms: float | None = None
         stream = adapter.stream(request, dep)
-        # One span per provider call, ended in `finally` (this generator yields: it is never current).
-        span = tracing.start(
-            "router",
-            "provider.attempt",
-            **{
-                "tollway.provider": dep.provider,
-                "tollway.model": model.name,
-                "tollway.deployment": dep.key,
-                "tollway.attempt": run.attempts,
-            },
-        )
+        # Ended in `finally`.
+        span = self._attempt_span(run, model, dep, whole=False)
         span_error = ""
         span_attributes: dict[str, tracing.AttributeValue] = {}
         try:
@@ -519,17 +510,7 @@ class Router:
         answered; otherwise leaves the failure in ``run.last_error`` (nothing has left yet)."""
         start = self._clock()
         self.balancer.started(dep)
-        span = tracing.start(
-            "router",
-            "provider.attempt",
-            **{
-                "tollway.provider": dep.provider,
-                "tollway.model": model.name,
-                "tollway.deployment": dep.key,
-                "tollway.attempt": run.attempts,
-                "tollway.whole": True,
-            },
-        )
+        span = self._attempt_span(run, model, dep, whole=True)
         try:
             completion = await self._whole_answer(run, dep, run.remaining() * share)
         except (ProviderError, ToolCallError) as exc:
@@ -577,6 +558,21 @@ class Router:
                 kind=ErrorKind.TIMEOUT,
                 timeout="request deadline",
             ) from None
+
+    @staticmethod
+    def _attempt_span(run: _Run, model: Model, dep: Deployment, *, whole: bool) -> tracing.Span | None:
+        """One span per provider call (its caller ends it: an attempt yields, so it is never current)."""
+        return tracing.start(
+            "router",
+            "provider.attempt",
+            **{
+                "tollway.provider": dep.provider,
+                "tollway.model": model.name,
+                "tollway.deployment": dep.key,
+                "tollway.attempt": run.attempts,
+                "tollway.whole": whole,
+            },
+        )
 
     def _started(self, run: _Run, model: Model, dep: Deployment) -> RouteStarted:
         return RouteStarted(model.name, dep.provider, run.attempts, tuple(run.path), run.decision, dep.key)
