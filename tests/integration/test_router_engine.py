@@ -623,3 +623,19 @@ async def test_leaving_a_whole_answer_cancels_the_provider_call_and_blames_nobod
     # The deployment is not blamed (no failure recorded): it is free and answers the next call.
     health = router.balancer.health(router.catalog.models["g"].deployments[0])
     assert health.in_flight == 0 and health.failures == 0 and health.failure_ewma == 0
+
+
+async def test_a_whole_answer_may_take_the_rest_of_the_deadline_not_only_its_share(fakes: Fakes) -> None:
+    # An interactive request's first model gets half the time to its first token, to leave time
+    # for the chain; a whole answer has no first token before it is whole, so it is not cut there.
+    router = make_router(
+        fakes,
+        {
+            "long": {"provider": "oa", "upstream_model": "fake-slow-800", "fallbacks": ["fb"]},
+            "fb": {"provider": "local", "upstream_model": "fake-ok"},
+        },
+    )
+    deadline = time.monotonic() + 1.4
+    events = [e async for e in router.generate(chat("long"), deadline, whole=True)]
+    assert started(events).model == "long" and started(events).fallback_path == ()
+    assert isinstance(events[-1], RouteCompleted) and len(fakes.local.log) == 0

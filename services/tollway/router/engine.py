@@ -300,7 +300,7 @@ class Router:
             run.attempts += 1
             tried.add(dep.key)
             if run.whole and not dep.stream_whole_answers:
-                attempt = self._attempt_whole(run, model, dep, permit, share)
+                attempt = self._attempt_whole(run, model, dep, permit)
             else:
                 attempt = self._attempt(run, model, dep, permit, share)
             async for event in attempt:
@@ -504,15 +504,20 @@ class Router:
             await stream.aclose()
 
     async def _attempt_whole(
-        self, run: _Run, model: Model, dep: Deployment, permit: Permit, share: float = 1.0
+        self, run: _Run, model: Model, dep: Deployment, permit: Permit
     ) -> AsyncIterator[RouteEvent]:
         """Asks one deployment for a whole answer (not streamed). Sets ``run.done`` once it is
-        answered; otherwise leaves the failure in ``run.last_error`` (nothing has left yet)."""
+        answered; otherwise leaves the failure in ``run.last_error`` (nothing has left yet).
+
+        It may take the rest of the request's deadline, as a stream may once its first token came:
+        a long answer is not cut to leave time for the chain. A provider that sends nothing is given
+        up after the deployment's ``timeout_s`` (the adapter's wait for each read).
+        """
         start = self._clock()
         self.balancer.started(dep)
         span = self._attempt_span(run, model, dep, whole=True)
         try:
-            completion = await self._whole_answer(run, dep, run.remaining() * share)
+            completion = await self._whole_answer(run, dep, run.remaining())
         except (ProviderError, ToolCallError) as exc:
             err = self._as_provider_error(exc, dep)
             tracing.end(span, f"{err.kind.value}: {err.message[:200]}")
