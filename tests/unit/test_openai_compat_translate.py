@@ -123,16 +123,25 @@ _JSON = st.recursive(
 )
 _FIELDS = st.sampled_from(
     [
-        "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "seed",
-        "user", "metadata", "n", "stream", "stream_options",
+        "model",
+        "messages",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "stop",
+        "seed",
+        "user",
+        "metadata",
+        "n",
+        "stream",
+        "stream_options",
     ]
 )
-_MESSAGE = st.fixed_dictionaries(
-    {}, optional={"role": _JSON | st.just("user"), "content": _JSON, "name": _JSON}
+_MESSAGE = st.fixed_dictionaries({}, optional={"role": _JSON | st.just("user"), "content": _JSON, "name": _JSON})
+_BODIES = _JSON | st.fixed_dictionaries({"messages": st.lists(_MESSAGE | _JSON, max_size=3)}, optional={}).flatmap(
+    lambda base: st.dictionaries(_FIELDS, _JSON, max_size=6).map(lambda extra: {**base, **extra})
 )
-_BODIES = _JSON | st.fixed_dictionaries(
-    {"messages": st.lists(_MESSAGE | _JSON, max_size=3)}, optional={}
-).flatmap(lambda base: st.dictionaries(_FIELDS, _JSON, max_size=6).map(lambda extra: {**base, **extra}))
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -147,3 +156,19 @@ def test_any_json_is_translated_or_refused_with_invalid_argument(value: Any) -> 
     else:
         assert isinstance(stream, bool) and isinstance(usage, bool)
         req.SerializeToString()
+
+
+def test_an_sse_event_is_compact_json_the_standard_library_reads_back() -> None:
+    payload = {"a": [1, 2.5, None, True], "text": 'héllo \u2028 "quoted"\n', "nested": {"k": "v"}}
+    named = translate.sse("content_block_delta", payload)
+    assert named.startswith(b"event: content_block_delta\ndata: {") and named.endswith(b"}\n\n")
+    assert json.loads(named.split(b"data: ", 1)[1]) == payload
+    plain = translate.sse(None, payload)
+    assert plain.startswith(b"data: {") and b", " not in plain.split(b'"text"')[0]
+    assert json.loads(plain[len(b"data: ") :]) == payload
+
+
+def test_an_sse_event_keeps_integers_beyond_64_bits() -> None:
+    # orjson refuses them; a tool's arguments may carry one, and it must arrive exactly.
+    payload = {"arguments": {"id": 2**70}}
+    assert json.loads(translate.sse(None, payload)[len(b"data: ") :]) == payload

@@ -26,10 +26,11 @@ from tollway.common.v1 import common_pb2
 from tollway.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from tollway.mesh.errors import InvalidArgument
 from tollway.openai_compat import http, tools, translate
-from tollway.openai_compat.errors import ApiError, anthropic_body, from_invalid, from_rpc, sse, stream_failure
+from tollway.openai_compat.errors import ApiError, anthropic_body, from_invalid, from_rpc, stream_failure
 from tollway.openai_compat.fields import bad as _bad
 from tollway.openai_compat.fields import integer as _integer
 from tollway.openai_compat.fields import string as _string
+from tollway.openai_compat.translate import sse
 
 # Tollway's finish reasons in Anthropic's words.
 STOP_REASONS = {

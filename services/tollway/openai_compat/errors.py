@@ -10,7 +10,6 @@ gateway's ``retry-after`` and ``x-ratelimit-*`` headers on every surface.
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any
 
 import grpc
@@ -140,9 +139,3 @@ def stream_failure(err: grpc.aio.AioRpcError) -> tuple[str, str]:
     if unreachable(err):
         return unreachable_message(err), "gateway_unavailable"
     return err.details() or "stream failed", err.code().name.lower()
-
-
-def sse(event: str | None, payload: dict[str, Any]) -> bytes:
-    """One Server-Sent Event (``event:`` line only when named), compact JSON."""
-    data = b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
-    return b"event: " + event.encode() + b"\n" + data if event else data

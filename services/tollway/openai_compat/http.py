@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import grpc
@@ -190,4 +189,4 @@ async def open_stream(
 
 def data_line(payload: dict[str, Any]) -> bytes:
     """One unnamed Server-Sent Event of compact JSON."""
-    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+    return translate.sse(None, payload)

@@ -24,8 +24,9 @@ from tollway.common.v1 import common_pb2
 from tollway.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from tollway.mesh.errors import InvalidArgument
 from tollway.openai_compat import http, tools, translate
-from tollway.openai_compat.errors import ApiError, from_invalid, sse, stream_failure
+from tollway.openai_compat.errors import ApiError, from_invalid, stream_failure
 from tollway.openai_compat.fields import bad, integer, string
+from tollway.openai_compat.translate import sse
 
 _KEYS = frozenset(
     {

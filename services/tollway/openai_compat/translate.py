@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import grpc
+import orjson
 
 from tollway.common import codec
 from tollway.common.caching import CacheMode
@@ -469,7 +470,7 @@ def chunk_bytes(chunk_id: str, model: str, created: int, delta: dict[str, Any], 
         "system_fingerprint": None,
         "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
     }
-    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+    return sse(None, payload)
 
 
 def usage_chunk_bytes(chunk_id: str, model: str, created: int, usage: common_pb2.Usage) -> bytes:
@@ -481,8 +482,22 @@ def usage_chunk_bytes(chunk_id: str, model: str, created: int, usage: common_pb2
         "choices": [],
         "usage": usage_json(usage),
     }
-    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+    return sse(None, payload)
 
 
 def error_json(message: str, kind: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def sse(event: str | None, payload: dict[str, Any]) -> bytes:
+    """One Server-Sent Event (an ``event:`` line only when named) of compact JSON.
+
+    Every streamed delta pays for this encoding, so it is orjson's; the standard library's encoder
+    takes only what orjson refuses (an integer beyond 64 bits in a tool call's arguments).
+    """
+    try:
+        body = orjson.dumps(payload)
+    except TypeError:
+        body = json.dumps(payload, separators=(",", ":")).encode()
+    data = b"data: " + body + b"\n\n"
+    return b"event: " + event.encode() + b"\n" + data if event else data
