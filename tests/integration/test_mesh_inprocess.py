@@ -17,7 +17,7 @@ from tests.support.polling import eventually
 from tollway.mesh import clients, propagation
 from tollway.mesh.config import MeshConfig
 from tollway.mesh.errors import ResourceExhausted, rpc_errors, to_status
-from tollway.mesh.inprocess import InProcessChannel, Registry
+from tollway.mesh.inprocess import InProcessChannel, Registry, served_in_process
 from tollway.mesh.server import ServiceSpec, create_server
 from tollway.router.v1 import router_pb2, router_pb2_grpc
 
@@ -67,6 +67,8 @@ class Probe(router_pb2_grpc.RouterServiceServicer):
         if model == "mutate":
             request.request.model = "changed"
             return router_pb2.CompleteResponse()
+        if model == "where":
+            return router_pb2.CompleteResponse(text="in-process" if served_in_process(context) else "network")
         return router_pb2.CompleteResponse(text=model)
 
     @rpc_errors("probe.tollway")
@@ -248,9 +250,7 @@ async def test_the_request_is_shared_not_copied(probe: Any) -> None:
     assert seen[0] is request
 
 
-async def test_checks_catch_a_handler_that_mutates_the_request(
-    probe: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_checks_catch_a_handler_that_mutates_the_request(probe: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     _, _, _, registry = probe
     assert (await _unary(InProcessChannel("probe", registry=registry), "mutate"))[0] == "ok"
     monkeypatch.setenv("TOLLWAY_INPROCESS_CHECKS", "1")
@@ -276,3 +276,11 @@ async def test_clients_channel_gives_the_in_process_channel() -> None:
     await channel.close()
     with pytest.raises(grpc.aio.UsageError):
         router_pb2_grpc.RouterServiceStub(channel).Complete(router_pb2.CompleteRequest())
+
+
+async def test_a_handler_knows_whether_its_caller_shares_the_process(probe: Any) -> None:
+    _, real, inproc, _ = probe
+    for channel, expected in ((real, "network"), (inproc, "in-process")):
+        stub = router_pb2_grpc.RouterServiceStub(channel)
+        answer = await stub.Complete(router_pb2.CompleteRequest(request=router_pb2.GenerateRequest(model="where")))
+        assert answer.text == expected

@@ -56,6 +56,7 @@ __all__ = [
     "Registry",
     "is_inprocess",
     "process_registry",
+    "served_in_process",
 ]
 
 SCHEME = "inproc:"
@@ -74,6 +75,15 @@ MetadataLike = Sequence[tuple[str, str | bytes]] | grpc.aio.Metadata | None
 def is_inprocess(target: str) -> bool:
     """Whether ``target`` names a co-located service (``inproc:<service>``)."""
     return target.startswith(SCHEME)
+
+
+def served_in_process(context: Any) -> bool:
+    """Whether a handler's call came over an in-process channel (its caller shares the process).
+
+    A streaming handler may then skip work whose only purpose is fewer network messages: its
+    messages reach a buffer the caller reads, not a socket.
+    """
+    return isinstance(context, _ServicerContext)
 
 
 class _Recorder:

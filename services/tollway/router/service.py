@@ -14,6 +14,7 @@ from tollway.common.catalog import Catalog
 from tollway.common.chat import ChatRequest, TextDelta, merge_deltas
 from tollway.common.paging import Page, page_size
 from tollway.mesh.errors import InvalidArgument, rpc_errors
+from tollway.mesh.inprocess import served_in_process
 from tollway.mesh.streams import coalesce
 from tollway.router.breaker import HALF_OPEN, OPEN
 from tollway.router.engine import Router
@@ -103,8 +104,12 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self, request: router_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[router_pb2.GenerateResponse]:
         events = self.router.generate(_chat_request(request, context), _monotonic_deadline(context))
-        # Deltas that arrive together leave as one message: per-message cost dominates fast streams.
-        async for event in coalesce(events, merge_deltas):
+        if not served_in_process(context):
+            # Deltas that arrive together leave as one message: per-message cost dominates fast
+            # streams. In-process the caller coalesces what it reads (the gateway does), so a
+            # second coalescing here would only add a task and a queue hop to every token.
+            events = coalesce(events, merge_deltas)
+        async for event in events:
             yield codec.route_event_to_proto(event)
 
     @rpc_errors(_DOMAIN)
