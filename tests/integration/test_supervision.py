@@ -25,6 +25,7 @@ import pytest
 from tests.conftest import TEST_RUN_DIR
 from tests.support.polling import eventually_sync
 from tollway.cli import _create_key, _with_store
+from tollway.gateway.auth import hash_key
 from tollway.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from tollway.launcher import runfile
 from tollway.launcher.processes import Child, free_ports
@@ -156,6 +157,12 @@ def test_a_killed_gateway_is_a_503_naming_it_at_the_edge_for_json_and_grpc(small
             assert r.json()["details"][0]["metadata"] == {"dependency": "gateway"}
 
 
+def in_append_only_file(stack: Stack, needle: bytes) -> bool:
+    """Whether ``needle`` was written to the stack's Redis append-only files."""
+    folder = stack.options.run_dir / "redis" / "appendonlydir"
+    return any(needle in f.read_bytes() for f in folder.glob("*.aof"))
+
+
 def test_a_killed_redis_comes_back_with_every_acknowledged_write(small_stack: Stack, key: str) -> None:
     # Acknowledged before the kill: an answer (cached and recorded) and a key that was never used,
     # so no gateway has it in its in-memory auth cache: only Redis can vouch for it afterwards.
@@ -169,6 +176,14 @@ def test_a_killed_redis_comes_back_with_every_acknowledged_write(small_stack: St
     )
     eventually_sync(lambda: recorded(small_stack, request_id), what="the call record was written")
     fresh_key = asyncio.run(_create_key(small_stack.redis_url, "supervised"))[0]
+    # With appendfsync everysec, Redis acknowledges a write before it reaches the append-only file
+    # and, while a slow fsync runs (a busy disk, as on a fresh clone's install), may hold it back for
+    # up to 2 s: a kill then loses it. What survives a kill is what reached the file, in order; so
+    # wait until the last write (the fresh key) is there, rather than for a fixed time.
+    eventually_sync(
+        lambda: in_append_only_file(small_stack, hash_key(fresh_key).encode()),
+        what="the fresh key reached Redis's append-only file",
+    )
 
     c, pid, _ = kill(small_stack, "redis")
     seen = wait_for_recovery(small_stack, key, c, pid)
