@@ -314,17 +314,22 @@ async def test_nothing_answers_before_the_deadline_is_deadline_exceeded(fakes: F
         await run(router, chat("slow"), deadline_s=0.6)
 
 
-@pytest.mark.parametrize("provider", ["oa", "an", "gg"])
-async def test_a_cut_after_tokens_ends_with_an_error_and_partial_usage_not_a_fallback(
-    fakes: Fakes, provider: str
-) -> None:
-    router = make_router(
+def cut_then_fallback(fakes: Fakes, provider: str) -> Router:
+    """Model "cut" (on ``provider``) cuts its answer after three words; its fallback "fb" answers."""
+    return make_router(
         fakes,
         {
             "cut": {"provider": provider, "upstream_model": "fake-cut-mid-stream", "fallbacks": ["fb"]},
             "fb": {"provider": "local", "upstream_model": "fake-ok"},
         },
     )
+
+
+@pytest.mark.parametrize("provider", ["oa", "an", "gg"])
+async def test_a_cut_after_tokens_ends_with_an_error_and_partial_usage_not_a_fallback(
+    fakes: Fakes, provider: str
+) -> None:
+    router = cut_then_fallback(fakes, provider)
     events = await run(router, chat("cut"))
     assert started(events).model == "cut"
     assert text(events) == "Hello from fake-cut-mid-stream"
@@ -555,13 +560,7 @@ async def test_a_whole_answer_cut_mid_body_falls_through_instead_of_failing_mid_
 ) -> None:
     # Streamed, the same cut is a failure after text (nothing may be spliced); whole, nothing left
     # yet, so the next model answers.
-    router = make_router(
-        fakes,
-        {
-            "cut": {"provider": provider, "upstream_model": "fake-cut-mid-stream", "fallbacks": ["fb"]},
-            "fb": {"provider": "local", "upstream_model": "fake-ok"},
-        },
-    )
+    router = cut_then_fallback(fakes, provider)
     events = await run_whole(router, chat("cut"))
     assert started(events).model == "fb"
     assert "cut (CONNECTION)" in started(events).fallback_path
