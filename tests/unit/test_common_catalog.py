@@ -154,6 +154,23 @@ def test_timeouts_inherit_from_the_provider_and_default_when_unset() -> None:
     assert (tiny.connect_timeout_s, tiny.ttft_timeout_s, tiny.stall_timeout_s) == (2.0, 60.0, 30.0)
 
 
+def test_streaming_whole_answers_is_off_unless_a_provider_or_deployment_asks() -> None:
+    raw = doc()
+    raw["providers"]["an"]["stream_whole_answers"] = True
+    raw["models"]["claude"]["deployments"] = [{"name": "x"}, {"name": "y", "stream_whole_answers": False}]
+    catalog = parse_catalog(raw, env={})
+    x, y = catalog.models["claude"].deployments
+    assert (x.stream_whole_answers, y.stream_whole_answers) == (True, False)
+    assert not catalog.models["tiny"].deployments[0].stream_whole_answers
+
+
+def test_streaming_whole_answers_must_be_true_or_false() -> None:
+    raw = doc()
+    raw["providers"]["oa"]["stream_whole_answers"] = "yes"
+    with pytest.raises(CatalogError, match=r"providers\.oa\.stream_whole_answers"):
+        parse_catalog(raw, env={})
+
+
 @pytest.mark.parametrize("key", ["connect_timeout_s", "stall_timeout_s"])
 def test_a_timeout_must_be_positive_and_is_named(key: str) -> None:
     raw = doc()
