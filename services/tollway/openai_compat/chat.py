@@ -199,7 +199,8 @@ async def chunks(call: Any, started: gateway_pb2.Started, include_usage: bool) -
             elif kind == "citations":
                 # Tollway's extension: a chunk without choices (as the usage chunk is) naming the sources.
                 cited = translate.citations_json(event.citations.citations)
-                yield http.data_line(
+                yield translate.sse(
+                    None,
                     {
                         "id": chunk_id,
                         "object": "chat.completion.chunk",
@@ -207,7 +208,7 @@ async def chunks(call: Any, started: gateway_pb2.Started, include_usage: bool) -
                         "model": model,
                         "choices": [],
                         "citations": cited,
-                    }
+                    },
                 )
             elif kind == "completed":
                 c = event.completed
@@ -216,12 +217,12 @@ async def chunks(call: Any, started: gateway_pb2.Started, include_usage: bool) -
                     yield translate.usage_chunk_bytes(chunk_id, model, created, c.usage)
             elif kind == "error":
                 body = translate.error_json(event.error.message, "api_error", event.error.reason.lower())
-                yield http.data_line(body)
+                yield translate.sse(None, body)
                 return
         yield b"data: [DONE]\n\n"
     except grpc.aio.AioRpcError as err:
         message, code = stream_failure(err)
-        yield http.data_line(translate.error_json(message, "api_error", code))
+        yield translate.sse(None, translate.error_json(message, "api_error", code))
     finally:
         call.cancel()
 

@@ -185,8 +185,3 @@ async def open_stream(
         raise ApiError(502, "the gateway ended the stream before it started", "api_error")
     budget = rate_limit_headers(await call.initial_metadata())
     return call, first.started, {**tollway_headers(first.started), **budget}
-
-
-def data_line(payload: dict[str, Any]) -> bytes:
-    """One unnamed Server-Sent Event of compact JSON."""
-    return translate.sse(None, payload)
