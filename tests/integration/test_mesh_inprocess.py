@@ -284,3 +284,43 @@ async def test_a_handler_knows_whether_its_caller_shares_the_process(probe: Any)
         stub = router_pb2_grpc.RouterServiceStub(channel)
         answer = await stub.Complete(router_pb2.CompleteRequest(request=router_pb2.GenerateRequest(model="where")))
         assert answer.text == expected
+
+
+async def test_call_cancel_from_another_task_ends_a_unary_call_without_cancelling_its_caller(probe: Any) -> None:
+    """What openai_compat does when its client leaves: a watcher cancels the awaited call."""
+    servicer, real, inproc, _ = probe
+    for channel in (real, inproc):
+        call = router_pb2_grpc.RouterServiceStub(channel).Complete(
+            router_pb2.CompleteRequest(request=router_pb2.GenerateRequest(model="slow")), timeout=5
+        )
+        asyncio.get_running_loop().call_later(0.1, call.cancel)
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert call.cancelled() and await call.code() == grpc.StatusCode.CANCELLED
+        # The awaiting task (this test's) was not left marked as cancelled.
+        task = asyncio.current_task()
+        assert task is not None and task.cancelling() == 0
+        assert (await _unary(channel, "plain"))[0] == "ok"
+    await eventually(lambda: len(servicer.cancelled) == 2, timeout_s=15, what="both handlers cancelled")
+
+
+async def test_an_outcome_asked_before_the_call_is_awaited_starts_it(probe: Any) -> None:
+    _, real, inproc, _ = probe
+    for channel in (real, inproc):
+        call = router_pb2_grpc.RouterServiceStub(channel).Complete(
+            router_pb2.CompleteRequest(request=router_pb2.GenerateRequest(model="echo")), timeout=5
+        )
+        assert ("x-init", "i") in _md(await asyncio.wait_for(call.initial_metadata(), 5))
+        assert await asyncio.wait_for(call.code(), 5) == grpc.StatusCode.OK
+        assert json.loads((await call).text)["deadline"]
+
+
+async def test_a_unary_call_awaited_twice_gives_the_same_answer(probe: Any) -> None:
+    _, real, inproc, _ = probe
+    for channel in (real, inproc):
+        call = router_pb2_grpc.RouterServiceStub(channel).Complete(
+            router_pb2.CompleteRequest(request=router_pb2.GenerateRequest(model="twice"))
+        )
+        first, second = await asyncio.gather(asyncio.ensure_future(call), asyncio.ensure_future(call))
+        assert first.text == second.text == "twice"
+        assert (await call).text == "twice"

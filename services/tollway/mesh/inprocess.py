@@ -7,8 +7,8 @@ stubs work on it unchanged: it has the ``grpc.aio.Channel`` methods they use, an
 makes behave as a ``grpc.aio`` call does, as seen from both ends:
 
 - the servicer's handler, found in the :class:`Registry` that the process's servers filled
-  (``create_server(..., registry=...)``), runs in a task of its own, with a copy of the caller's
-  context variables (as a server's handler runs apart from the client), and a context that has the
+  (``create_server(..., registry=...)``), runs with a copy of the caller's context variables (as a
+  server's handler runs apart from the client: what it sets does not leak back), and a context that has the
   ``grpc.aio.ServicerContext`` methods servicers use: ``invocation_metadata``, ``time_remaining``
   (from the caller's timeout), ``abort``, ``send_initial_metadata``, ``set_trailing_metadata``,
   ``set_code``/``set_details``, ``cancelled``/``done``/``add_done_callback``, ``peer``, ``write``;
@@ -18,8 +18,14 @@ makes behave as a ``grpc.aio`` call does, as seen from both ends:
   cancelled, as a server's is); UNAVAILABLE when the callee is not (or no longer) registered;
   UNIMPLEMENTED for a method it does not have;
 - cancelling the call (``call.cancel()``, or cancelling the task that awaits or reads it) cancels
-  the handler's task, so a streaming handler's generator is closed at its current ``await`` and its
+  the handler, so a streaming handler's generator is closed at its current ``await`` and its
   ``finally`` blocks run (the router closes the provider connection);
+- a unary call's handler runs in the task that awaits the call, stepped in its own copy of the
+  context variables, not in a task of its own: a task costs its creation, a turn of the event loop
+  to start and another to wake the caller, which on the request path (four unary calls a request)
+  was more than some handlers' own work. So a unary call starts when it is awaited (every Tollway
+  caller awaits it at once), or when its outcome (``initial_metadata()``, ``code()``...) is asked
+  first, which starts it in a task. A stream's handler runs in a task of its own, ahead of its reader;
 - a stream is bounded (:data:`STREAM_BUFFER` messages): a slow reader pauses the handler, as HTTP/2
   flow control does. A caller must cancel a stream it stops reading (Tollway's clients do, in a
   ``finally``), or let its timeout end it: unlike a ``grpc.aio`` call, an in-process call is not
@@ -41,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import os
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Mapping, Sequence
 from typing import Any
@@ -382,9 +389,14 @@ class _Call:
         self._request = request
         self._check = channel._checks
         self._request_print = _fingerprint(request) if self._check else None
-        # A task of its own: the handler runs apart from the caller (its context variables are a
-        # copy of the caller's, so what it sets does not leak back), and can be cancelled alone.
-        self._task = loop.create_task(self._run())
+        # The handler's context variables: a copy of the caller's, so what it sets does not leak back.
+        self._vars = contextvars.copy_context()
+        self._task: asyncio.Task[None] | None = None
+        self._start()
+
+    def _start(self) -> None:
+        """Starts the handler in a task of its own, apart from the caller."""
+        self._task = self._loop.create_task(self._run(), context=self._vars)
 
     # -- the handler side --------------------------------------------------------------------------
 
@@ -467,8 +479,12 @@ class _Call:
             return False
         self._locally_cancelled = True
         self._finish(grpc.StatusCode.CANCELLED, _CANCELLED_DETAILS, ())
-        self._task.cancel()
+        self._cancel_handler()
         return True
+
+    def _cancel_handler(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
 
     def cancelled(self) -> bool:
         return self._status is not None and self._status.code == grpc.StatusCode.CANCELLED
@@ -486,14 +502,24 @@ class _Call:
         return self._context.time_remaining()
 
     async def initial_metadata(self) -> grpc.aio.Metadata:
+        self._ensure_running()
         return _metadata(await asyncio.shield(self._initial))
+
+    def _ensure_running(self) -> None:
+        """Starts the handler if nothing has yet (a unary call asked for an outcome before it is awaited)."""
 
     async def _wait_done(self) -> _Status:
         if self._status is None:
+            self._ensure_running()
             with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(self._task)
+                await asyncio.shield(self._ended())
         assert self._status is not None
         return self._status
+
+    def _ended(self) -> asyncio.Future[Any]:
+        """A future done when the handler has ended."""
+        assert self._task is not None
+        return self._task
 
     async def trailing_metadata(self) -> grpc.aio.Metadata:
         return _metadata((await self._wait_done()).trailing)
@@ -516,6 +542,38 @@ class _Call:
 
 class _UnaryUnaryCall(_Call):
     _response: Any = None
+    # The task the handler runs in while the call is awaited (see the module docstring).
+    _awaiter: asyncio.Task[Any] | None = None
+    _cancelled_awaiter = False
+    _done: asyncio.Future[None] | None = None
+
+    def _start(self) -> None:
+        """Nothing yet: the handler runs when the call is awaited."""
+
+    def _ensure_running(self) -> None:
+        if self._task is None and self._awaiter is None and self._status is None:
+            super()._start()
+
+    def _ended(self) -> asyncio.Future[Any]:
+        if self._task is not None:
+            return self._task
+        if self._done is None:
+            self._done = self._loop.create_future()
+            if self._status is not None:
+                self._done.set_result(None)
+        return self._done
+
+    def _on_finish(self) -> None:
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
+
+    def _cancel_handler(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        elif self._awaiter is not None and not self._awaiter.done():
+            # The handler runs in the awaiting task: cancelling that task cancels it at its current await.
+            self._cancelled_awaiter = True
+            self._awaiter.cancel()
 
     async def _invoke(self) -> None:
         assert self._handler is not None
@@ -524,11 +582,55 @@ class _UnaryUnaryCall(_Call):
             result = await result
         self._response = result
 
+    def _step_in_context(self) -> Generator[Any, Any, None]:
+        """Runs the handler in the awaiting task, each step in the call's own context variables.
+
+        What the handler waits for (a future) is passed up to the task, and what the task is sent
+        or thrown (a cancellation) is passed down, as a task does with the coroutine it runs.
+        """
+        coro = self._run()
+        run = self._vars.run
+        sent: Any = None
+        thrown: BaseException | None = None
+        while True:
+            try:
+                if thrown is None:
+                    waited = run(coro.send, sent)
+                else:
+                    waited, thrown = run(coro.throw, thrown), None
+            except StopIteration:
+                return
+            try:
+                sent = yield waited
+            except GeneratorExit:
+                run(coro.close)
+                raise
+            except BaseException as exc:  # a cancellation (or anything else) thrown into the task: the handler's
+                sent, thrown = None, exc
+
     def __await__(self) -> Generator[Any, None, Any]:
-        # Awaited directly, not shielded: a cancelled awaiting task cancels the handler's task
-        # (asyncio cancels the future a task waits on), which is what grpc.aio does to the call.
-        with contextlib.suppress(asyncio.CancelledError):
-            yield from self._task.__await__()
+        # Awaited directly, not shielded: a cancelled awaiting task cancels the handler (its
+        # current await, in that task, is cancelled), which is what grpc.aio does to the call.
+        if self._status is None:
+            if self._task is None and self._awaiter is None:
+                self._awaiter = asyncio.current_task(self._loop)
+                try:
+                    yield from self._step_in_context()
+                except asyncio.CancelledError:
+                    if not self._cancelled_awaiter:
+                        raise  # the awaiting task itself was cancelled, not only the call
+                finally:
+                    self._awaiter = None
+                if self._cancelled_awaiter:
+                    # call.cancel() cancelled this task only to reach the handler: the caller sees
+                    # the call's CancelledError below, not a cancellation of its own task.
+                    self._cancelled_awaiter = False
+                    task = asyncio.current_task(self._loop)
+                    if task is not None:
+                        task.uncancel()
+            else:
+                with contextlib.suppress(asyncio.CancelledError):
+                    yield from self._ended().__await__()
         if self._status is None or self._status.code == grpc.StatusCode.CANCELLED:
             raise asyncio.CancelledError()
         self._raise_for_status()
