@@ -120,6 +120,8 @@ class Uvicorn:
             access_log=False,
             log_config=None,
             lifespan="on",
+            # Nothing reads the client's address (Envoy's X-Forwarded-For): no middleware to rewrite it.
+            proxy_headers=False,
             timeout_graceful_shutdown=10,
             timeout_keep_alive=KEEP_ALIVE_S,
         )
@@ -146,14 +148,14 @@ class Uvicorn:
 def _openai_compat(mesh: MeshConfig) -> Companion:
     from tollway.mesh.tracing import TraceContextMiddleware
     from tollway.openai_compat.config import OpenAICompatConfig
-    from tollway.openai_compat.metrics import RequestMetrics
+    from tollway.openai_compat.dispatch import Dispatch
     from tollway.openai_compat.service import OpenAICompatApp
 
     cfg = load_config(OpenAICompatConfig, "openai_compat")
     # The same app as `python -m tollway.openai_compat`; its gateway address is `inproc:gateway`
     # when the gateway is a member, so its calls go through the in-process channel.
     app = TraceContextMiddleware(
-        RequestMetrics(OpenAICompatApp(cfg.gateway_addr, cfg.max_body_bytes, cfg.jobs_addr).app), "openai_compat"
+        Dispatch(OpenAICompatApp(cfg.gateway_addr, cfg.max_body_bytes, cfg.jobs_addr)), "openai_compat"
     )
     return Uvicorn("openai_compat", app, cfg.host or mesh.bind_host, cfg.port)
 

@@ -10,7 +10,7 @@ from tollway.mesh.httpserver import HeadWithBodyProtocol
 from tollway.mesh.telemetry import setup_logging, tracer_provider, tracing_enabled
 from tollway.mesh.tracing import TraceContextMiddleware
 from tollway.openai_compat.config import OpenAICompatConfig
-from tollway.openai_compat.metrics import RequestMetrics
+from tollway.openai_compat.dispatch import Dispatch
 from tollway.openai_compat.service import OpenAICompatApp
 
 # Above Envoy's upstream idle timeout (tollway.edge.envoy_config.UPSTREAM_IDLE_TIMEOUT_S, 60 s):
@@ -26,7 +26,7 @@ def main() -> None:
     if tracing_enabled(mesh):
         tracer_provider("openai_compat", mesh)  # before the app: its gateway channel then carries the trace
     app = TraceContextMiddleware(
-        RequestMetrics(OpenAICompatApp(cfg.gateway_addr, cfg.max_body_bytes, cfg.jobs_addr).app), "openai_compat"
+        Dispatch(OpenAICompatApp(cfg.gateway_addr, cfg.max_body_bytes, cfg.jobs_addr)), "openai_compat"
     )
     if cfg.metrics_port:
         start_http_server(cfg.metrics_port, addr=mesh.metrics_host)
@@ -37,6 +37,8 @@ def main() -> None:
         loop="uvloop",
         http=HeadWithBodyProtocol,
         access_log=False,
+        # Nothing reads the client's address (Envoy's X-Forwarded-For): no middleware to rewrite it.
+        proxy_headers=False,
         log_config=None,
         timeout_graceful_shutdown=10,
         timeout_keep_alive=KEEP_ALIVE_S,

@@ -19,7 +19,7 @@ from typing import Any
 
 import grpc
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from tollway.common.tokens import count_prompt_tokens, count_tokens
 from tollway.common.v1 import common_pb2
@@ -30,6 +30,7 @@ from tollway.openai_compat.errors import ApiError, anthropic_body, from_invalid,
 from tollway.openai_compat.fields import bad as _bad
 from tollway.openai_compat.fields import integer as _integer
 from tollway.openai_compat.fields import string as _string
+from tollway.openai_compat.json_response import JsonResponse
 from tollway.openai_compat.translate import sse
 
 # Tollway's finish reasons in Anthropic's words.
@@ -375,7 +376,7 @@ async def handle_messages(stub: gateway_pb2_grpc.GatewayServiceStub, request: Re
             raise from_invalid(exc) from None
         if not stream:
             reply, headers = await http.complete(stub, translate.complete_request(req), metadata, request)
-            return JSONResponse(message_json(reply), headers={"request-id": f"req_{reply.request_id}", **headers})
+            return JsonResponse(message_json(reply), headers={"request-id": f"req_{reply.request_id}", **headers})
         call, started, headers = await http.open_stream(stub, req, metadata)
     except ApiError as exc:
         return exc.anthropic()
@@ -410,4 +411,4 @@ async def handle_count_tokens(
             raise ApiError(404, f"model: {model!r} is not in the catalog; known models: {known}", "not_found_error")
     except ApiError as exc:
         return exc.anthropic()
-    return JSONResponse({"input_tokens": tokens})
+    return JsonResponse({"input_tokens": tokens})

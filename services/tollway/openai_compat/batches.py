@@ -22,7 +22,7 @@ from typing import Any
 
 import grpc
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from tollway.gateway.v1 import gateway_pb2
@@ -32,6 +32,7 @@ from tollway.mesh.errors import InvalidArgument
 from tollway.openai_compat import files, translate
 from tollway.openai_compat.errors import ApiError, from_invalid, from_rpc, unreachable
 from tollway.openai_compat.http import json_body, metadata
+from tollway.openai_compat.json_response import JsonResponse
 
 ENDPOINT = "/v1/chat/completions"
 # OpenAI's own limit per batch; the jobs service may set a lower one (its refusal names it).
@@ -233,7 +234,7 @@ class BatchesApi:
             )
         except ApiError as exc:
             return exc.openai()
-        return JSONResponse(files.file_json(reply.file))
+        return JsonResponse(files.file_json(reply.file))
 
     async def _batch_items(self, request: Request, batch: str) -> list[jobs_pb2.Job]:
         items: list[jobs_pb2.Job] = []
@@ -252,13 +253,13 @@ class BatchesApi:
         try:
             if openai_id.startswith((files.OUTPUT_PREFIX, files.ERROR_PREFIX)):
                 content, created = await self._derived(request, openai_id)
-                return JSONResponse(files.derived_file_json(openai_id, created, len(content)))
+                return JsonResponse(files.derived_file_json(openai_id, created, len(content)))
             reply = await self._call(request, "GetFile", jobs_pb2.GetFileRequest(name=files.file_name(openai_id)))
         except ApiError as exc:
             return exc.openai()
         f = reply.file
         f.ClearField("content")
-        return JSONResponse(files.file_json(f))
+        return JsonResponse(files.file_json(f))
 
     async def file_content(self, request: Request) -> Response:
         openai_id = request.path_params["file_id"]
@@ -324,7 +325,7 @@ class BatchesApi:
             return from_invalid(exc).openai()
         except ApiError as exc:
             return exc.openai()
-        return JSONResponse(batch_json(reply.batch))
+        return JsonResponse(batch_json(reply.batch))
 
     async def list_batches(self, request: Request) -> Response:
         """``GET /v1/batches?limit=&after=``: the caller's batches, newest first, in OpenAI's list shape."""
@@ -337,7 +338,7 @@ class BatchesApi:
             )
         except ApiError as exc:
             return exc.openai()
-        return JSONResponse(_list_json([batch_json(b) for b in reply.batches], reply.next_page_token))
+        return JsonResponse(_list_json([batch_json(b) for b in reply.batches], reply.next_page_token))
 
     async def list_files(self, request: Request) -> Response:
         """``GET /v1/files?purpose=&limit=&after=``: the caller's uploaded files, newest first, in
@@ -368,7 +369,7 @@ class BatchesApi:
             reply = await self._call(request, "ListFiles", query)
         except ApiError as exc:
             return exc.openai()
-        return JSONResponse(_list_json([files.file_json(f) for f in reply.files], reply.next_page_token))
+        return JsonResponse(_list_json([files.file_json(f) for f in reply.files], reply.next_page_token))
 
     async def delete_file(self, request: Request) -> Response:
         """``DELETE /v1/files/{file_id}``: removes an uploaded file now."""
@@ -377,7 +378,7 @@ class BatchesApi:
             await self._call(request, "DeleteFile", jobs_pb2.DeleteFileRequest(name=files.file_name(openai_id)))
         except ApiError as exc:
             return exc.openai()
-        return JSONResponse({"id": openai_id, "object": "file", "deleted": True})
+        return JsonResponse({"id": openai_id, "object": "file", "deleted": True})
 
     async def get_batch(self, request: Request) -> Response:
         try:
@@ -385,7 +386,7 @@ class BatchesApi:
             reply = await self._call(request, "GetBatch", jobs_pb2.GetBatchRequest(name=name))
         except ApiError as exc:
             return exc.openai()
-        return JSONResponse(batch_json(reply.batch))
+        return JsonResponse(batch_json(reply.batch))
 
     async def cancel_batch(self, request: Request) -> Response:
         try:
@@ -393,7 +394,7 @@ class BatchesApi:
             reply = await self._call(request, "CancelBatch", jobs_pb2.CancelBatchRequest(name=name))
         except ApiError as exc:
             return exc.openai()
-        return JSONResponse(batch_json(reply.batch))
+        return JsonResponse(batch_json(reply.batch))
 
 
 def _limit(request: Request) -> int:

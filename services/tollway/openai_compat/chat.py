@@ -19,7 +19,7 @@ from typing import Any
 
 import grpc
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from tollway.common import capabilities
 from tollway.common.v1 import common_pb2
@@ -28,6 +28,7 @@ from tollway.mesh.errors import InvalidArgument
 from tollway.openai_compat import http, tools, translate
 from tollway.openai_compat.errors import ApiError, from_invalid, stream_failure
 from tollway.openai_compat.fields import integer
+from tollway.openai_compat.json_response import JsonResponse
 
 # Parameters this surface now carries; capabilities.check_openai_body still refuses the rest
 # (logprobs, top_logprobs, functions).
@@ -169,7 +170,7 @@ async def handle(stub: gateway_pb2_grpc.GatewayServiceStub, request: Request, ma
                 replies = [reply]
             else:
                 replies, headers = await _fan_out(stub, unary, metadata, request, n)
-            return JSONResponse(completion_json(replies), headers=headers)
+            return JsonResponse(completion_json(replies), headers=headers)
         call, started, headers = await http.open_stream(stub, req, metadata)
     except ApiError as exc:
         return exc.openai()

@@ -15,10 +15,10 @@ from typing import Any
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from starlette.responses import JSONResponse
 
 from tollway.mesh.errors import InvalidArgument
 from tollway.openai_compat import translate
+from tollway.openai_compat.json_response import JsonResponse
 
 _RATE_LIMIT_PREFIX = "x-ratelimit-"
 
@@ -55,12 +55,12 @@ class ApiError(Exception):
     param: str | None = None
     headers: dict[str, str] = dataclasses.field(default_factory=dict)
 
-    def openai(self) -> JSONResponse:
+    def openai(self) -> JsonResponse:
         body = translate.error_json(self.message, self.kind, self.code, self.param)
-        return JSONResponse(body, status_code=self.status, headers=self.headers)
+        return JsonResponse(body, status_code=self.status, headers=self.headers)
 
-    def anthropic(self) -> JSONResponse:
-        return JSONResponse(anthropic_body(self.status, self.message), status_code=self.status, headers=self.headers)
+    def anthropic(self) -> JsonResponse:
+        return JsonResponse(anthropic_body(self.status, self.message), status_code=self.status, headers=self.headers)
 
 
 def anthropic_body(status: int, message: str) -> dict[str, Any]:

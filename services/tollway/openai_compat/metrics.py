@@ -10,14 +10,12 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from prometheus_client import Counter, Histogram
+from tollway.mesh.metrics import LATENCY_BUCKETS, LoopCounter, LoopHistogram
 
-from tollway.mesh.metrics import LATENCY_BUCKETS
-
-REQUESTS = Counter(
+REQUESTS = LoopCounter(
     "tollway_openai_compat_requests_total", "HTTP requests by route and status code.", ["route", "status"]
 )
-REQUEST_SECONDS = Histogram(
+REQUEST_SECONDS = LoopHistogram(
     "tollway_openai_compat_request_seconds",
     "Time from the request to the end of the response (the whole stream for stream: true), by route.",
     ["route"],
@@ -64,6 +62,11 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_counted)
         finally:
-            route = route_of(scope.get("path", ""))
-            REQUESTS.labels(route, str(status)).inc()
-            REQUEST_SECONDS.labels(route).observe(time.perf_counter() - start)
+            observe(scope.get("path", ""), status, time.perf_counter() - start)
+
+
+def observe(path: str, status: int, seconds: float) -> None:
+    """Counts one response to ``path`` and its time."""
+    route = route_of(path)
+    REQUESTS.labels(route, str(status)).inc()
+    REQUEST_SECONDS.labels(route).observe(seconds)

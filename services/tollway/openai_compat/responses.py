@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from tollway.common.v1 import common_pb2
 from tollway.gateway.v1 import gateway_pb2, gateway_pb2_grpc
@@ -26,6 +26,7 @@ from tollway.mesh.errors import InvalidArgument
 from tollway.openai_compat import http, tools, translate
 from tollway.openai_compat.errors import ApiError, from_invalid, stream_failure
 from tollway.openai_compat.fields import bad, integer, string
+from tollway.openai_compat.json_response import JsonResponse
 from tollway.openai_compat.translate import sse
 
 _KEYS = frozenset(
@@ -420,7 +421,7 @@ async def handle(stub: gateway_pb2_grpc.GatewayServiceStub, request: Request, ma
             raise from_invalid(exc) from None
         if not stream:
             reply, headers = await http.complete(stub, translate.complete_request(req), metadata, request)
-            return JSONResponse(whole_json(reply), headers=headers)
+            return JsonResponse(whole_json(reply), headers=headers)
         call, started, headers = await http.open_stream(stub, req, metadata)
     except ApiError as exc:
         return exc.openai()

@@ -18,7 +18,7 @@ import grpc
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from tollway.gateway.v1 import gateway_pb2, gateway_pb2_grpc
@@ -26,6 +26,7 @@ from tollway.mesh import clients, telemetry
 from tollway.openai_compat import anthropic, chat, embeddings, http, openapi, responses, translate
 from tollway.openai_compat.batches import BatchesApi
 from tollway.openai_compat.errors import ApiError, from_rpc
+from tollway.openai_compat.json_response import JsonResponse
 
 log = logging.getLogger("tollway.openai_compat")
 
@@ -35,8 +36,8 @@ _HTTP_ERROR_TYPES = {404: "not_found_error", 405: "invalid_request_error"}
 
 def _error_response(
     status: int, message: str, kind: str, code: str | None = None, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    return JSONResponse(translate.error_json(message, kind, code), status_code=status, headers=headers)
+) -> JsonResponse:
+    return JsonResponse(translate.error_json(message, kind, code), status_code=status, headers=headers)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -50,10 +51,15 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return _error_response(exc.status_code, message, kind, headers=dict(exc.headers or {}))
 
 
-async def _server_error(request: Request, exc: Exception) -> Response:
+def server_error(request: Request, exc: Exception) -> Response:
     """A bug, answered in OpenAI's shape without its text (the traceback goes to the log)."""
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return _error_response(500, "internal error in openai_compat; see the service log", "api_error")
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    # Starlette runs a synchronous exception handler in a thread.
+    return server_error(request, exc)
 
 
 def _model_json(m: gateway_pb2.ModelInfo) -> dict[str, Any]:
@@ -100,10 +106,10 @@ class OpenAICompatApp:
             await self.batches.close()
 
     async def health(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+        return JsonResponse({"status": "ok"})
 
     async def openapi(self, request: Request) -> Response:
-        return JSONResponse(self._openapi)
+        return JsonResponse(self._openapi)
 
     async def _catalog(self, request: Request) -> gateway_pb2.ListModelsResponse:
         """The catalog, as the caller's key may see it.
@@ -123,7 +129,7 @@ class OpenAICompatApp:
             reply = await self._catalog(request)
         except ApiError as exc:
             return exc.openai()
-        return JSONResponse({"object": "list", "data": [_model_json(m) for m in reply.models]})
+        return JsonResponse({"object": "list", "data": [_model_json(m) for m in reply.models]})
 
     async def model(self, request: Request) -> Response:
         """``GET /v1/models/{id}``: one model of the catalog, 404 in OpenAI's shape for others."""
@@ -134,7 +140,7 @@ class OpenAICompatApp:
         model_id = request.path_params["model_id"]
         for m in reply.models:
             if m.name == model_id:
-                return JSONResponse(_model_json(m))
+                return JsonResponse(_model_json(m))
         known = ", ".join(m.name for m in reply.models)
         return _error_response(
             404,

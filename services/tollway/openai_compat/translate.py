@@ -489,15 +489,20 @@ def error_json(message: str, kind: str, code: str | None = None, param: str | No
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-def sse(event: str | None, payload: dict[str, Any]) -> bytes:
-    """One Server-Sent Event (an ``event:`` line only when named) of compact JSON.
+def json_bytes(payload: Any) -> bytes:
+    """Compact UTF-8 JSON.
 
-    Every streamed delta pays for this encoding, so it is orjson's; the standard library's encoder
-    takes only what orjson refuses (an integer beyond 64 bits in a tool call's arguments).
+    Every answer and every streamed delta pays for this encoding, so it is orjson's; the standard
+    library's encoder takes only what orjson refuses (an integer beyond 64 bits in a tool call's
+    arguments).
     """
     try:
-        body = orjson.dumps(payload)
+        return orjson.dumps(payload)
     except TypeError:
-        body = json.dumps(payload, separators=(",", ":")).encode()
-    data = b"data: " + body + b"\n\n"
+        return json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+def sse(event: str | None, payload: dict[str, Any]) -> bytes:
+    """One Server-Sent Event (an ``event:`` line only when named) of compact JSON."""
+    data = b"data: " + json_bytes(payload) + b"\n\n"
     return b"event: " + event.encode() + b"\n" + data if event else data
