@@ -18,11 +18,10 @@ from typing import Any
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Span, SpanKind, StatusCode
-from prometheus_client import Histogram
 
-from tollway.mesh.metrics import LATENCY_BUCKETS
+from tollway.mesh.metrics import LATENCY_BUCKETS, LoopHistogram
 
-STAGE_SECONDS = Histogram(
+STAGE_SECONDS = LoopHistogram(
     "tollway_stage_seconds",
     "Time spent in one stage of a request, by service and stage (auth, cache.tier1, embed, provider.attempt...).",
     ["service", "stage"],
