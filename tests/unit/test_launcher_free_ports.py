@@ -9,7 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tollway.launcher.processes import claim_ports, ephemeral_range, free_ports, port_claims, port_free
+from tollway.launcher.processes import (
+    DERIVED_OFFSETS,
+    claim_ports,
+    ephemeral_range,
+    free_ports,
+    port_claims,
+    port_free,
+)
 
 
 def test_free_ports_are_distinct_bindable_and_below_the_ephemeral_range() -> None:
@@ -44,13 +51,17 @@ def test_a_port_someone_listens_on_is_never_picked() -> None:
             s.close()
 
 
-def _span(width: int) -> range:
-    """A window of ports below the ephemeral range that nobody listens on now."""
+def _span(width: int, margin: int = 0) -> range:
+    """A window of ports below the ephemeral range that nobody listens on now, and whose ports and
+    the ports derived from them nobody has claimed (another test worker may be picking); ``margin``
+    ports below it stay above 10000."""
     low, _ = ephemeral_range()
     while True:
-        base = random.randrange(10000, low - width)
+        base = random.randrange(10000 + margin, low - width - max(DERIVED_OFFSETS))
         span = range(base, base + width)
-        if all(port_free("127.0.0.1", p) for p in span):
+        with port_claims() as claims:
+            claimed = any(claims.held(p + o) for p in span for o in (0, *DERIVED_OFFSETS))
+        if not claimed and all(port_free("127.0.0.1", p) for p in span):
             return span
 
 
@@ -98,3 +109,37 @@ def test_ports_a_stack_derives_are_claimed_like_picked_ones() -> None:
     claim_ports(span)
     theirs = _pick_in_child(2, span)
     assert not set(theirs) & set(span), theirs
+
+
+def test_a_port_derived_from_a_live_process_pick_is_never_picked() -> None:
+    # Another stack's replica (port + 100) or metrics (port + 1000) port is bound only when that
+    # stack starts; picking it in the meantime made two stacks collide (a CI failure).
+    span = _span(1, margin=max(DERIVED_OFFSETS))
+    code = (
+        "import sys\n"
+        "from tollway.launcher.processes import free_ports\n"
+        f"print(free_ports(1, span=range({span.start}, {span.stop}))[0], flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        theirs = int(holder.stdout.readline())
+        for offset in DERIVED_OFFSETS:
+            derived = theirs + offset
+            assert free_ports(1, span=range(derived, derived + 1)) != [derived], offset
+        # Nor a port from which a stack would derive the holder's pick.
+        for offset in DERIVED_OFFSETS:
+            below = theirs - offset
+            assert free_ports(1, span=range(below, below + 1)) != [below], offset
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=10)
+
+
+def test_a_pick_claims_the_ports_derived_from_it() -> None:
+    span = _span(1)
+    (mine,) = free_ports(1, span=span)
+    with port_claims() as claims:
+        assert all(claims.held(mine + o) for o in DERIVED_OFFSETS)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from tollway.launcher import runfile
+from tollway.mesh.topology import REPLICA_PORT_STEP, Observability
 
 
 class LaunchError(RuntimeError):
@@ -47,6 +48,16 @@ def ephemeral_range() -> tuple[int, int]:
         return 32768, 60999  # Linux's default
 
 
+# A stack listens on ports derived from a picked one: replica i on `port + i * REPLICA_PORT_STEP`, each
+# instance's metrics on its port plus the metrics offset. A pick claims those of up to this many
+# replicas too, so that one stack's derived port is never another picker's pick.
+DERIVED_REPLICAS = 4
+_METRICS_OFFSET = Observability().metrics_port_offset
+DERIVED_OFFSETS = tuple(
+    base + i * REPLICA_PORT_STEP for base in (0, _METRICS_OFFSET) for i in range(DERIVED_REPLICAS) if base or i
+)
+
+
 def free_ports(count: int, *, span: range | None = None) -> list[int]:
     """``count`` distinct free ports, all held until all are picked, and claimed for this process.
 
@@ -58,7 +69,9 @@ def free_ports(count: int, *, span: range | None = None) -> list[int]:
     A port is only bound some seconds after it is picked (the last of a stack's processes starts after
     the others are ready). So that another process picking in that window (a second test worker, a
     canary controller, a second stack) cannot take it, each pick is claimed on disk
-    (`port_claims`) for as long as the picking process lives, and claimed ports are skipped.
+    (`port_claims`) for as long as the picking process lives, and claimed ports are skipped. So are the
+    ports a stack would derive from it (`DERIVED_OFFSETS`: replicas, metrics), claimed with it: one
+    stack's replica port is then never another's picked port.
 
     Args:
         count: How many ports.
@@ -66,14 +79,16 @@ def free_ports(count: int, *, span: range | None = None) -> list[int]:
     """
     if span is None:
         low, _ = ephemeral_range()
-        span = range(10000, low) if low - 10000 >= 4 * count else range(0)
+        top = low - max(DERIVED_OFFSETS)  # derived ports below the ephemeral range too
+        span = range(10000, top) if top - 10000 >= 4 * count else range(0)
     sockets: list[socket.socket] = []
     with port_claims() as claims:
         try:
             for port in random.sample(span, min(len(span), 64 * count)):
                 if len(sockets) == count:
                     break
-                if claims.held(port):
+                family = [port, *(port + offset for offset in DERIVED_OFFSETS)]
+                if any(claims.held(p) for p in family if p <= 65535):
                     continue
                 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 try:
@@ -88,7 +103,9 @@ def free_ports(count: int, *, span: range | None = None) -> list[int]:
                 sockets.append(s)
             ports = [int(s.getsockname()[1]) for s in sockets]
             for port in ports:
-                claims.claim(port)
+                for p in (port, *(port + offset for offset in DERIVED_OFFSETS)):
+                    if p <= 65535:
+                        claims.claim(p)
             return ports
         finally:
             for s in sockets:
