@@ -181,6 +181,29 @@ async def test_deadline_exceeded_cancels_the_handler(probe: Any) -> None:
         assert outcome[:3] == ("error", grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
     await eventually(lambda: len(servicer.cancelled) == 2, timeout_s=15, what="both handlers cancelled")
     assert servicer.cancelled == ["slow", "slow"]
+    # The deadline cancelled the handler, not the task that awaited the call (where an in-process
+    # handler runs): it goes on as after any failed call.
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
+    await asyncio.sleep(0.01)
+    assert (await _unary(inproc, "plain"))[0] == "ok"
+
+
+async def test_a_deadline_and_a_cancellation_of_the_caller_together_leave_the_caller_cancelled(probe: Any) -> None:
+    """The deadline and a cancellation from elsewhere reach the awaiting task in the same turn: the
+    caller must end cancelled, as with ``asyncio.timeout``, not with the call's deadline error."""
+    servicer, _, inproc, _ = probe
+    call = router_pb2_grpc.RouterServiceStub(inproc).Complete(
+        router_pb2.CompleteRequest(request=router_pb2.GenerateRequest(model="slow")), timeout=30
+    )
+    task = asyncio.ensure_future(call)
+    await asyncio.sleep(0.05)  # the handler is waiting now
+    call._expire()  # what the deadline's timer does
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await call.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert servicer.cancelled == ["slow"]
 
 
 @pytest.mark.parametrize("how", ["cancel", "task"])

@@ -392,6 +392,7 @@ class _Call:
         # The handler's context variables: a copy of the caller's, so what it sets does not leak back.
         self._vars = contextvars.copy_context()
         self._task: asyncio.Task[None] | None = None
+        self._expired = False  # an inline unary call's deadline passed (its driver cancelled the handler)
         self._start()
 
     def _start(self) -> None:
@@ -403,7 +404,13 @@ class _Call:
     async def _invoke(self) -> Any:
         raise NotImplementedError
 
-    async def _run(self) -> None:
+    async def _run(self, timed: bool = True) -> None:
+        """Runs the handler and sets the call's status from how it ended.
+
+        Args:
+            timed: Whether to enforce the deadline here; a unary call run inline enforces it in
+                its driver instead (see `_UnaryUnaryCall._step_in_context`).
+        """
         if self._lookup_error is not None:
             err = self._lookup_error
             self._finish(err.code(), err.details() or "", ())
@@ -411,7 +418,7 @@ class _Call:
         span_scope = trace.use_span(self._span, end_on_exit=False) if self._span else contextlib.nullcontext()
         try:
             with span_scope:
-                if self._deadline is None:
+                if self._deadline is None or not timed:
                     await self._invoke()
                 else:
                     async with asyncio.timeout_at(self._deadline):
@@ -424,6 +431,9 @@ class _Call:
             self._finish(ctx._code or grpc.StatusCode.UNKNOWN, ctx._details or "", ctx._trailing)
             return
         except asyncio.CancelledError:
+            if self._expired:
+                self._finish(grpc.StatusCode.DEADLINE_EXCEEDED, _DEADLINE_DETAILS, ())
+                return
             # Cancelled by cancel() (which set the status already), or the loop is closing.
             self._finish(grpc.StatusCode.CANCELLED, _CANCELLED_DETAILS, ())
             raise
@@ -587,33 +597,51 @@ class _UnaryUnaryCall(_Call):
 
         What the handler waits for (a future) is passed up to the task, and what the task is sent
         or thrown (a cancellation) is passed down, as a task does with the coroutine it runs.
+
+        The deadline is enforced here rather than by an ``asyncio.timeout`` around the handler: a
+        timer is armed only when the handler first waits, so a handler that answers without
+        waiting (a budget admitted from its lease) costs none; when it fires, the awaiting task is
+        cancelled, and the handler's cancellation is read as DEADLINE_EXCEEDED.
         """
-        coro = self._run()
+        coro = self._run(timed=False)
         run = self._vars.run
         sent: Any = None
         thrown: BaseException | None = None
-        while True:
-            try:
-                if thrown is None:
-                    waited = run(coro.send, sent)
-                else:
-                    waited, thrown = run(coro.throw, thrown), None
-            except StopIteration:
-                return
-            try:
-                sent = yield waited
-            except GeneratorExit:
-                run(coro.close)
-                raise
-            except BaseException as exc:  # a cancellation (or anything else) thrown into the task: the handler's
-                sent, thrown = None, exc
+        timer: asyncio.TimerHandle | None = None
+        try:
+            while True:
+                try:
+                    if thrown is None:
+                        waited = run(coro.send, sent)
+                    else:
+                        waited, thrown = run(coro.throw, thrown), None
+                except StopIteration:
+                    return
+                if timer is None and self._deadline is not None:
+                    timer = self._loop.call_at(self._deadline, self._expire)
+                try:
+                    sent = yield waited
+                except GeneratorExit:
+                    run(coro.close)
+                    raise
+                except BaseException as exc:  # a cancellation (or anything else) thrown into the task: the handler's
+                    sent, thrown = None, exc
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _expire(self) -> None:
+        if self._status is None and self._awaiter is not None and not self._awaiter.done():
+            self._expired = True
+            self._awaiter.cancel()
 
     def __await__(self) -> Generator[Any, None, Any]:
         # Awaited directly, not shielded: a cancelled awaiting task cancels the handler (its
         # current await, in that task, is cancelled), which is what grpc.aio does to the call.
         if self._status is None:
             if self._task is None and self._awaiter is None:
-                self._awaiter = asyncio.current_task(self._loop)
+                task = self._awaiter = asyncio.current_task(self._loop)
+                cancelling = task.cancelling() if task is not None else 0
                 try:
                     yield from self._step_in_context()
                 except asyncio.CancelledError:
@@ -621,13 +649,13 @@ class _UnaryUnaryCall(_Call):
                         raise  # the awaiting task itself was cancelled, not only the call
                 finally:
                     self._awaiter = None
-                if self._cancelled_awaiter:
-                    # call.cancel() cancelled this task only to reach the handler: the caller sees
-                    # the call's CancelledError below, not a cancellation of its own task.
+                if (self._cancelled_awaiter or self._expired) and task is not None:
+                    # This task was cancelled only to reach the handler (call.cancel(), or the
+                    # deadline): the caller sees the call's outcome below, not a cancellation of its
+                    # own, unless the task was also cancelled from elsewhere meanwhile.
                     self._cancelled_awaiter = False
-                    task = asyncio.current_task(self._loop)
-                    if task is not None:
-                        task.uncancel()
+                    if task.uncancel() > cancelling:
+                        raise asyncio.CancelledError()
             else:
                 with contextlib.suppress(asyncio.CancelledError):
                     yield from self._ended().__await__()
