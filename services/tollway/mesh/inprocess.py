@@ -49,6 +49,7 @@ import collections
 import contextlib
 import contextvars
 import os
+import weakref
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -256,7 +257,9 @@ class _ServicerContext:
     """What a servicer sees of an in-process call: ``grpc.aio.ServicerContext``'s methods."""
 
     def __init__(self, call: _Call, metadata: tuple[tuple[str, str | bytes], ...], deadline: float | None) -> None:
-        self._call = call
+        # Weak: the call holds its context, and a cycle between the two left every call (with its
+        # request and response) for the cyclic garbage collector. The call outlives its handler.
+        self._call_ref = weakref.ref(call)
         self._metadata = metadata
         self._deadline = deadline
         self._code: grpc.StatusCode | None = None
@@ -265,6 +268,12 @@ class _ServicerContext:
         self._callbacks: list[Callable[[Any], None]] = []
 
     # -- request side ------------------------------------------------------------------------------
+
+    @property
+    def _call(self) -> _Call:
+        call = self._call_ref()
+        assert call is not None, "an in-process call's context was used after its call was gone"
+        return call
 
     def invocation_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
         return self._metadata

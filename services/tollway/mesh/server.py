@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -202,6 +203,11 @@ async def serve_group(
         for companion in companions:
             await companion.start()
             started.append(companion)
+        # What start-up built (modules, catalogs, models, indexes: ~90k objects in the core group)
+        # lives as long as the process: frozen out of the cyclic collector's reach, each full
+        # collection then walks only what requests made since (it was ~30 us a request).
+        gc.collect()
+        gc.freeze()
         waiters = {asyncio.ensure_future(server.wait_for_termination()) for _, server, _ in running}
         waiters.add(asyncio.ensure_future(stop.wait()))
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
