@@ -14,7 +14,15 @@ SUBJECT_ID = re.compile(r"^[^|,/{}\s]{1,128}$")
 RESERVATION_NAME = re.compile(r"^tenants/([A-Za-z0-9][A-Za-z0-9._-]{0,63})/reservations/([0-9a-f]{32})$")
 
 
-class Window(enum.Enum):
+class _Member(enum.Enum):
+    """An enum hashed by identity. Its members are singletons, equal only to themselves, so that
+    hash agrees with equality; ``enum.Enum``'s own hash is a Python call (the hash of the member's
+    name), made ~25 times for each reserved and committed request by the service's lookups."""
+
+    __hash__ = object.__hash__
+
+
+class Window(_Member):
     """The calendar period (UTC) a quota counts over."""
 
     MINUTE = "minute"
@@ -24,7 +32,7 @@ class Window(enum.Enum):
     CONVERSATION = "conversation"
 
 
-class Scope(enum.Enum):
+class Scope(_Member):
     """Who a quota applies to."""
 
     TENANT = "tenant"
@@ -33,7 +41,7 @@ class Scope(enum.Enum):
     CONVERSATION = "conversation"
 
 
-class Unit(enum.Enum):
+class Unit(_Member):
     """What a quota counts. The values are the tags used in counter names."""
 
     TOKENS = "tok"
@@ -41,7 +49,7 @@ class Unit(enum.Enum):
     REQUESTS = "req"
 
 
-class Priority(enum.Enum):
+class Priority(_Member):
     """How urgent a request is; lower priorities see less of each quota."""
 
     INTERACTIVE = "interactive"
@@ -49,14 +57,14 @@ class Priority(enum.Enum):
     BATCH = "batch"
 
 
-class UnavailablePolicy(enum.Enum):
+class UnavailablePolicy(_Member):
     """What callers do with a tenant's requests while the budget service cannot be reached."""
 
     ADMIT = "admit"
     REFUSE = "refuse"
 
 
-class State(enum.Enum):
+class State(_Member):
     """Where a reservation is in its life (the values are stored in Redis)."""
 
     RESERVED = "reserved"
