@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tollway.common.chat import ChatMessage, ChatRequest, ToolCall
-from tollway.common.tokens import count_request_tokens
+from tollway.common.chat import ChatMessage, ChatRequest, Tool, ToolCall
+from tollway.common.tokens import count_fixed_tokens, count_request_tokens
 from tollway.gateway.guard.context import SUMMARY_HEADER, MemorySummaryCache, fit_context
 from tollway.mesh.errors import InvalidArgument, Unavailable
 
@@ -201,3 +201,13 @@ async def test_trimming_invariants(
     # No tool result without the call that asked for it.
     if rest:
         assert rest[0].role != "tool"
+
+
+@pytest.mark.parametrize("with_tools", [False, True])
+def test_the_fixed_part_is_the_request_counted_without_its_turns(with_tools: bool) -> None:
+    tools = (Tool("lookup", "Finds an order", {"type": "object", "properties": {"id": {"type": "string"}}}),)
+    request = ChatRequest(
+        model="m", messages=(ChatMessage("user", "where is my order 42?"),), tools=tools if with_tools else ()
+    )
+    assert count_fixed_tokens(request) == count_request_tokens(dataclasses.replace(request, messages=()))
+    assert count_request_tokens(request) > count_fixed_tokens(request)

@@ -49,8 +49,17 @@ def count_request_tokens(request: ChatRequest, encoding: str = DEFAULT_ENCODING)
             total += enc.count(m.name)
         for call in m.tool_calls:
             total += enc.count(call.name) + enc.count(call.arguments)
-    for tool in request.tools:
-        total += enc.count(
-            json.dumps({"name": tool.name, "description": tool.description, "parameters": tool.parameters})
-        )
-    return total
+    return total + _tools_tokens(request, enc)
+
+
+def count_fixed_tokens(request: ChatRequest, encoding: str = DEFAULT_ENCODING) -> int:
+    """What :func:`count_request_tokens` counts besides the turns: the answer's framing and the
+    tool schemas offered (the request's cost with no turns)."""
+    return PER_REPLY_TOKENS + _tools_tokens(request, _encoding(encoding))
+
+
+def _tools_tokens(request: ChatRequest, enc: quicktok.Tokenizer) -> int:
+    return sum(
+        enc.count(json.dumps({"name": t.name, "description": t.description, "parameters": t.parameters}))
+        for t in request.tools
+    )

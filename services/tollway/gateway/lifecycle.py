@@ -256,7 +256,8 @@ class Gateway:
             # Before retrieval, the cache and the budget: a refusal spends nothing, and the key
             # and prompt_hash are taken over the guarded (redacted) turns.
             guard = self._guard_input(request, start)
-            request = dataclasses.replace(request, chat=guard.chat)
+            if guard.chat is not request.chat:
+                request = dataclasses.replace(request, chat=guard.chat)
         vector: list[float] | None = None
         context: Context | None = None
         if request.retrieval is not None:
@@ -292,7 +293,8 @@ class Gateway:
                 # Before the estimate: the budget reserves what is sent. The cache keeps the
                 # untrimmed request's key.
                 call.chat = await self.guards.fit(guard, call.chat, entry.context_window, charge=request)
-                request = dataclasses.replace(request, chat=call.chat)
+                if call.chat is not request.chat:
+                    request = dataclasses.replace(request, chat=call.chat)
             if call.chat.response_format.wants_json and not call.chat.tools:
                 async for event in self._structured(call, request, timeout_s, tier):
                     yield event

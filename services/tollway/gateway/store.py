@@ -18,6 +18,7 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 
+import orjson
 import redis.asyncio as aioredis
 
 from tollway.mesh.redis import hash_tagged
@@ -147,12 +148,14 @@ class GatewayStore:
                 pipe.xadd(CALLS_STREAM, dict(record), maxlen=self.call_log_maxlen, approximate=True)
                 if index is not None:
                     pipe.xadd(
-                        TENANT_CALLS + record["tenant"], {"r": json.dumps(record, separators=(",", ":"))},
-                        maxlen=self.tenant_calls_maxlen, approximate=True,
+                        TENANT_CALLS + record["tenant"],
+                        {"r": orjson.dumps(record)},
+                        maxlen=self.tenant_calls_maxlen,
+                        approximate=True,
                     )
             for request_id, attribution in (index or {}).items():
                 # One JSON string with its TTL: one command per call instead of HSET + EXPIRE.
-                pipe.set(CALL_INDEX + request_id, json.dumps(attribution), ex=self.call_index_ttl_s)
+                pipe.set(CALL_INDEX + request_id, orjson.dumps(attribution), ex=self.call_index_ttl_s)
             for request_id, (prompt, answer, ttl_s) in (raw or {}).items():
                 pipe.hset(RAW_CALL + request_id, mapping={"prompt": prompt, "response": answer})
                 pipe.expire(RAW_CALL + request_id, ttl_s)
@@ -226,10 +229,10 @@ class GatewayStore:
         rows = await self.redis.xrange(
             TENANT_CALLS + tenant, min=str(max(around_ms - window_ms, 0)), max=str(around_ms + window_ms)
         )
-        wanted = json.dumps(request_id)
+        wanted = orjson.dumps(request_id)  # as append_calls wrote it
         for _, fields in rows:
             # Cheap test on the text first: most entries of the window are other calls.
-            if wanted.encode() in fields[b"r"]:
+            if wanted in fields[b"r"]:
                 record: dict[str, str] = json.loads(fields[b"r"])
                 if record.get("request_id") == request_id:
                     return record

@@ -217,7 +217,7 @@ async def fit_context(
     limit = context_window - max_out
     if input_budget is not None:
         limit = min(limit, input_budget)
-    fixed = tokens.count_request_tokens(dataclasses.replace(request, messages=()), encoding)
+    fixed = tokens.count_fixed_tokens(request, encoding)
     costs = [_message_tokens(m, encoding) for m in messages]
     before = fixed + sum(costs)
     if before <= limit:
