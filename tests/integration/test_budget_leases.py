@@ -307,3 +307,30 @@ async def test_a_hold_redis_refuses_to_write_is_written_later_and_its_commit_fai
         await budget.leasing.tick()
         await balanced(budget, "full")
         assert [v for f, v in counters(redis_url, "full").items() if "|tok|" in f] == [(8 + 5) + (8 + 6)]
+
+
+async def test_a_block_given_back_twice_at_once_is_returned_once(redis_url: str, plans_file: Path) -> None:
+    """The lease tick and a reserve that found no room may give the same block back at once. Both
+    read its free part before either return lowered it: the block was returned twice, and Redis,
+    which does not know the holds not yet written, took both; those holds' commits were then
+    charged past the quota (a burst test over three gateways caught it)."""
+    clock = Clock()
+    async with budgets(redis_url, plans_file, clock, count=1) as (budget,):
+        leasing = budget.leasing
+        assert leasing is not None
+        held = [await budget.reserve(ReserveCommand("delta", request_id=f"twice-{i}", **ASK)) for i in range(3)]
+        (block,) = leasing.book.blocks.values()
+        block.retired = True
+        free = block.free[0]
+        assert free > 0
+        outcomes = await asyncio.gather(leasing.give_back(block), leasing.give_back(block))
+        assert outcomes == [True, True]  # the second shares the first's outcome
+        returns = [e for e in ledger_ops(redis_url, "delta") if e["op"] == "lease_return"]
+        assert [int(e["tok"]) for e in returns] == [-free]
+        # The holds admitted before the return are still covered by the lease: no counter goes over.
+        for g in held:
+            await budget.commit(CommitCommand(g.reservation.name, input_tokens=8, output_tokens=6))
+        await leasing.flush()
+        await balanced(budget, "delta")
+        commits = [e for e in ledger_ops(redis_url, "delta") if e["op"] == "commit"]
+        assert [e["tok"] for e in commits] == ["0", "0", "0"]  # paid from the lease, not the counters

@@ -75,6 +75,7 @@ class Leasing:
         self.clock = clock
         self.book = LeaseBook(idle_ms=idle_ms, max_age_ms=max_age_ms)
         self._taking: dict[ShapeKey, asyncio.Future[None]] = {}
+        self._giving: dict[str, asyncio.Future[bool]] = {}  # give-backs in flight, by block id
         self._settling: list[_Write] = []
         self._unrecorded: dict[int, tuple[Block, Child]] = {}  # holds not written yet, by id(child)
         self._record_timer: asyncio.TimerHandle | None = None
@@ -364,7 +365,28 @@ class Leasing:
         return gave
 
     async def give_back(self, block: Block) -> bool:
-        """Gives back a retired block's free part, and closes its lease once it has no holds."""
+        """Gives back a retired block's free part, and closes its lease once it has no holds.
+
+        One give-back of a block at a time: the free part is read before the return is awaited
+        and lowered after it, so a second give-back meanwhile (the tick, and a reserve that found
+        no room) returned it again; Redis, which does not know the holds not written yet, took
+        both, and the holds' commits were then charged past the quota. A caller that finds one in
+        flight gets its outcome (False if it failed: the block stays retired, and a later tick
+        gives it back).
+        """
+        pending = self._giving.get(block.id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        pending = self._giving[block.id] = asyncio.get_running_loop().create_future()
+        given = False
+        try:
+            given = await self._give_back(block)
+            return given
+        finally:
+            del self._giving[block.id]
+            pending.set_result(given)
+
+    async def _give_back(self, block: Block) -> bool:
         now = self.clock()
         if not block.children:
             given = await self.store.return_lease(block.tenant, block.id, now_ms=now, amounts=(0, 0, 0), close=True)
