@@ -318,19 +318,19 @@ async def test_a_block_given_back_twice_at_once_is_returned_once(redis_url: str,
     async with budgets(redis_url, plans_file, clock, count=1) as (budget,):
         leasing = budget.leasing
         assert leasing is not None
-        held = [await budget.reserve(ReserveCommand("delta", request_id=f"twice-{i}", **ASK)) for i in range(3)]
+        held = [await budget.reserve(ReserveCommand("twice", request_id=f"twice-{i}", **ASK)) for i in range(3)]
         (block,) = leasing.book.blocks.values()
         block.retired = True
         free = block.free[0]
         assert free > 0
         outcomes = await asyncio.gather(leasing.give_back(block), leasing.give_back(block))
         assert outcomes == [True, True]  # the second shares the first's outcome
-        returns = [e for e in ledger_ops(redis_url, "delta") if e["op"] == "lease_return"]
+        returns = [e for e in ledger_ops(redis_url, "twice") if e["op"] == "lease_return"]
         assert [int(e["tok"]) for e in returns] == [-free]
         # The holds admitted before the return are still covered by the lease: no counter goes over.
         for g in held:
             await budget.commit(CommitCommand(g.reservation.name, input_tokens=8, output_tokens=6))
         await leasing.flush()
-        await balanced(budget, "delta")
-        commits = [e for e in ledger_ops(redis_url, "delta") if e["op"] == "commit"]
+        await balanced(budget, "twice")
+        commits = [e for e in ledger_ops(redis_url, "twice") if e["op"] == "commit"]
         assert [e["tok"] for e in commits] == ["0", "0", "0"]  # paid from the lease, not the counters

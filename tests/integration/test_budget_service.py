@@ -67,6 +67,7 @@ tenants:
   kilo: {{plan: burst}}
   stall: {{plan: roomy}}
   full: {{plan: roomy}}
+  twice: {{plan: roomy}}
 """
 
 
