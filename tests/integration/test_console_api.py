@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests.support.polling import eventually_sync
+from tests.support.text import unique_words
 from tollway.budget.v1 import budget_pb2, budget_pb2_grpc
 from tollway.cli import _create_key
 from tollway.launcher.stack import Stack
@@ -33,7 +34,7 @@ def http(stack: Stack, key: str) -> httpx.Client:
 def complete(client: httpx.Client, **extra: Any) -> dict[str, Any]:
     body = {
         "model": "fake-ok",
-        "messages": [{"role": "user", "content": f"hello {uuid.uuid4().hex}"}],
+        "messages": [{"role": "user", "content": f"hello {unique_words()}"}],
         "max_tokens": 16,
         "cache_policy": {"mode": "CACHE_MODE_BYPASS"},
         **extra,

@@ -23,6 +23,7 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.support.polling import eventually_sync
+from tests.support.text import unique_words
 from tollway.cli import _create_key
 from tollway.launcher.stack import Stack
 
@@ -66,7 +67,7 @@ def make_calls(stack: Stack, key: str, count: int, **extra: Any) -> list[str]:
         for _ in range(count):
             body = {
                 "model": "fake-priced",
-                "messages": [{"role": "user", "content": f"chart me {uuid.uuid4().hex}"}],
+                "messages": [{"role": "user", "content": f"chart me {unique_words()}"}],
                 "max_tokens": 16,
                 "cache_policy": {"mode": "CACHE_MODE_BYPASS"},
                 **extra,

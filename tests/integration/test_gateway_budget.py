@@ -20,6 +20,7 @@ from grpc_status import rpc_status
 
 from tests.support.polling import eventually
 from tests.support.redis_server import local_redis
+from tests.support.text import unique_words
 from tollway.budget.__main__ import build as build_budget
 from tollway.budget.config import BudgetConfig
 from tollway.budget.v1 import budget_pb2, budget_pb2_grpc
@@ -309,7 +310,7 @@ async def test_a_cache_hit_reserves_nothing_and_is_recorded_as_saved_cost(stack:
     tenant = "saver"
     key, _ = await _create_key(stack.redis_url, tenant)
     request = gateway_pb2.CompleteRequest(
-        model="fake-ok", messages=[common_pb2.Message(role="user", content=f"cache me {uuid.uuid4().hex}")]
+        model="fake-ok", messages=[common_pb2.Message(role="user", content=f"cache me {unique_words()}")]
     )
     async with gateway_stub(stack) as stub:
         first = await stub.Complete(request, metadata=auth(key))
