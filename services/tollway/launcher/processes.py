@@ -58,6 +58,11 @@ DERIVED_OFFSETS = tuple(
 )
 
 
+def _family(port: int) -> list[int]:
+    """``port`` and the ports a stack may derive from it."""
+    return [p for p in (port, *(port + offset for offset in DERIVED_OFFSETS)) if p <= 65535]
+
+
 def free_ports(count: int, *, span: range | None = None) -> list[int]:
     """``count`` distinct free ports, all held until all are picked, and claimed for this process.
 
@@ -87,8 +92,7 @@ def free_ports(count: int, *, span: range | None = None) -> list[int]:
             for port in random.sample(span, min(len(span), 64 * count)):
                 if len(sockets) == count:
                     break
-                family = [port, *(port + offset for offset in DERIVED_OFFSETS)]
-                if any(claims.held(p) for p in family if p <= 65535):
+                if any(claims.held(p) for p in _family(port)):
                     continue
                 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 try:
@@ -103,9 +107,8 @@ def free_ports(count: int, *, span: range | None = None) -> list[int]:
                 sockets.append(s)
             ports = [int(s.getsockname()[1]) for s in sockets]
             for port in ports:
-                for p in (port, *(port + offset for offset in DERIVED_OFFSETS)):
-                    if p <= 65535:
-                        claims.claim(p)
+                for p in _family(port):
+                    claims.claim(p)
             return ports
         finally:
             for s in sockets:
