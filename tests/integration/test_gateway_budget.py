@@ -129,7 +129,8 @@ async def test_a_quota_is_hit_through_envoy_as_429_with_retry_after_and_rate_lim
     async with httpx.AsyncClient(base_url=stack.edge_url, headers={"authorization": f"Bearer {key}"}) as http:
         ok = await http.post("/v1/complete", json=body())
         assert ok.status_code == 200, ok.text
-        # The remaining-budget headers of a success, sent by the gateway as initial metadata.
+        # The remaining-budget headers of a success: the gateway's trailing metadata, copied
+        # into the JSON answer's headers by the edge.
         assert ok.headers["x-ratelimit-limit-tokens"] == str(PER_REQUEST)
         assert ok.headers["x-ratelimit-remaining-tokens"] == "0"
         assert ok.headers["x-ratelimit-reset-tokens"].endswith("s")
@@ -147,6 +148,38 @@ async def test_a_quota_is_hit_through_envoy_as_429_with_retry_after_and_rate_lim
         assert streamed.status_code == 429 and "retry-after" in streamed.headers
     # A refused request never reached a provider: one reservation, committed, nothing more.
     assert [e["op"] for e in ledger(stack.redis_url, tenant)] == ["reserve", "commit"]
+
+
+async def test_a_success_carries_the_remaining_budget_over_grpc_and_in_a_native_stream(stack: Stack) -> None:
+    tenant = "quota-success"
+    await set_quota(stack, tenant, "capped", 4 * PER_REQUEST)
+    key, _ = await _create_key(stack.redis_url, tenant)
+    auth = [("authorization", f"Bearer {key}")]
+    async with clients.channel(stack.address("gateway")) as channel:
+        stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+        call = stub.Complete(
+            gateway_pb2.CompleteRequest(
+                model="fake-ok", messages=messages(), max_tokens=MAX_TOKENS, priority=gateway_pb2.PRIORITY_INTERACTIVE
+            ),
+            metadata=auth,
+        )
+        await call
+        # A unary answer's budget is trailing metadata (sent with the answer), not initial.
+        trailing = dict(await call.trailing_metadata() or ())
+        assert trailing["x-ratelimit-limit-tokens"] == str(4 * PER_REQUEST)
+        assert trailing["x-ratelimit-remaining-tokens"] == str(3 * PER_REQUEST)
+        assert not any(k.startswith("x-ratelimit-") for k, _ in await call.initial_metadata() or ())
+    # A stream sends its headers before its events: initial metadata.
+    async with (
+        httpx.AsyncClient(base_url=stack.edge_url, headers={"authorization": f"Bearer {key}"}) as http,
+        http.stream("POST", "/v1/generate", json=body()) as streamed,
+    ):
+        assert streamed.status_code == 200
+        assert streamed.headers["x-ratelimit-limit-tokens"] == str(4 * PER_REQUEST)
+        # What is left after the first answer's usage and this request's own reservation.
+        assert int(streamed.headers["x-ratelimit-remaining-tokens"]) < 3 * PER_REQUEST
+        await streamed.aread()
+    await settled(stack, tenant)
 
 
 async def test_a_refusal_over_grpc_carries_quota_failure_and_retry_info(stack: Stack) -> None:

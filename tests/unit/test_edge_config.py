@@ -26,6 +26,7 @@ from tollway.edge.envoy_config import (
     GRPC_WEB,
     HEADER_MUTATION,
     ROUTER,
+    TRAILER_HEADERS,
     TRANSCODER,
     build_envoy_config,
 )
@@ -212,7 +213,7 @@ def test_public_listener_and_admin() -> None:
 
 def test_filter_order() -> None:
     names = [f["name"] for f in _hcm(build_envoy_config(load_mesh(MESH_FILE)), "public")["http_filters"]]
-    assert names == [CORS, HEADER_MUTATION, BUFFER, GRPC_WEB, TRANSCODER, ROUTER]
+    assert names == [CORS, HEADER_MUTATION, BUFFER, GRPC_WEB, TRAILER_HEADERS, TRANSCODER, ROUTER]
 
 
 def test_transcoder_settings() -> None:
@@ -248,9 +249,9 @@ def test_openai_paths_bypass_the_transcoder() -> None:
     for r in compat:
         assert r["route"]["cluster"] == "openai_compat"
         assert r["route"]["timeout"] == "0s"  # chat completions stream too
-        assert r["typed_per_filter_config"][TRANSCODER] == {
-            "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": True,
-        }
+        off = {"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": True}
+        # Neither the transcoder nor the copy of a unary JSON answer's trailers into its headers.
+        assert r["typed_per_filter_config"][TRANSCODER] == r["typed_per_filter_config"][TRAILER_HEADERS] == off
     # They come before the catch-all that sends everything else through the transcoder.
     assert routes.index(compat[-1]) < len(routes) - 1
 

@@ -70,6 +70,7 @@ BUFFER = "envoy.filters.http.buffer"
 GRPC_WEB = "envoy.filters.http.grpc_web"
 TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
 ROUTER = "envoy.filters.http.router"
+TRAILER_HEADERS = "envoy.filters.http.lua"
 
 # Request headers a browser may send (CORS). grpc-web clients send x-grpc-web and x-user-agent.
 _CORS_ALLOW_HEADERS = (
@@ -221,14 +222,13 @@ def _public_listener(mesh: Mesh, dynamic: DynamicCanaries | None, console_root: 
     public_http = [s for s in public if s.protocol == "http"]
 
     # The console first: its paths are no API's (the transcoder is off for them).
-    no_transcoder = {TRANSCODER: {"@type": _FILTER_CONFIG, "disabled": True}}
-    routes: list[dict[str, Any]] = console_routes(no_transcoder, console_root) if console_root else []
+    routes: list[dict[str, Any]] = console_routes(_not_json_api(), console_root) if console_root else []
     for s in public_http:
         for path in s.public_paths:
             # The transcoder would answer 404 for paths it cannot map; these are not its business.
             routes += _service_routes(
                 s, {"path_separated_prefix": path}, timeout_zero=True,
-                per_filter={TRANSCODER: {"@type": _FILTER_CONFIG, "disabled": True}}, dynamic=dynamic,
+                per_filter=_not_json_api(), dynamic=dynamic,
             )
     for s in public_grpc:
         for prefix in s.grpc_path_prefixes:
@@ -256,6 +256,7 @@ def _public_listener(mesh: Mesh, dynamic: DynamicCanaries | None, console_root: 
     ))
     if public_grpc:
         filters.append(_http_filter(GRPC_WEB, "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"))
+        filters.append(_trailer_headers_filter())
         filters.append(_transcoder(mesh, public_grpc))
     filters.append(_http_filter(ROUTER, "envoy.extensions.filters.http.router.v3.Router"))
 
@@ -389,6 +390,15 @@ def _is_dynamic(s: Service, dynamic: DynamicCanaries | None) -> bool:
     return dynamic is not None and s.canary is None and s.name in dynamic.services
 
 
+def _not_json_api() -> dict[str, Any]:
+    """The per-route config of a path that is no transcoded JSON API's (a fresh dict each time,
+    so the rendered YAML has no anchors)."""
+    return {
+        TRANSCODER: {"@type": _FILTER_CONFIG, "disabled": True},
+        TRAILER_HEADERS: {"@type": _FILTER_CONFIG, "disabled": True},
+    }
+
+
 def _json_api_route(public_grpc: list[Service]) -> dict[str, Any]:
     """The route JSON requests (`POST /v1/generate`) match *before* transcoding, and the catch-all.
 
@@ -408,7 +418,9 @@ def _json_api_route(public_grpc: list[Service]) -> dict[str, Any]:
         "name": "json_api",
         "match": {"prefix": "/"},
         "route": {"cluster": cluster_name(public_grpc[0]), "timeout": "0s"},
-        "typed_per_filter_config": {HEADER_MUTATION: _json_api_header_mutations()},
+        "typed_per_filter_config": {
+            HEADER_MUTATION: _json_api_header_mutations(),
+        },
     }
 
 
@@ -463,6 +475,33 @@ _NOT_GRPC_KEY = ".+[^0-9a-z_.-].*|[^0-9a-z_.:-].*"
 
 def _http_filter(name: str, type_name: str, **config: Any) -> dict[str, Any]:
     return {"name": name, "typed_config": {"@type": _TYPE + type_name, **config}}
+
+
+# A unary JSON answer's headers wait in the transcoder for the gRPC trailers (it sets the
+# content length then), so they can still take the gateway's x-ratelimit-* and x-tollway-*
+# trailing metadata: a gRPC server sends those with the answer, where initial metadata would
+# cost a send of its own. A streamed answer has no content length and is passed on at once.
+_TRAILER_HEADERS_LUA = """
+function envoy_on_response(h)
+  if h:headers():get("content-length") == nil then return end
+  h:body()
+  local trailers = h:trailers()
+  if trailers == nil then return end
+  local headers = h:headers()
+  for k, v in pairs(trailers) do
+    if (k:sub(1, 12) == "x-ratelimit-" or k:sub(1, 10) == "x-tollway-") and headers:get(k) == nil then
+      headers:add(k, v)
+    end
+  end
+end
+"""
+
+
+def _trailer_headers_filter() -> dict[str, Any]:
+    """Copies a unary JSON answer's ``x-ratelimit-*``/``x-tollway-*`` trailers into its headers
+    (off except on the JSON API route)."""
+    return _http_filter(TRAILER_HEADERS, "envoy.extensions.filters.http.lua.v3.Lua",
+                        default_source_code={"inline_string": _TRAILER_HEADERS_LUA})
 
 
 def _transcoder(mesh: Mesh, public_grpc: list[Service]) -> dict[str, Any]:

@@ -147,15 +147,23 @@ def _prompt_fields(out: gateway_pb2.Started | gateway_pb2.CompleteResponse, even
     out.prompt_resolution = event.prompt.resolution
 
 
-async def _started_headers(event: Started, context: grpc.aio.ServicerContext) -> None:
+async def _started_headers(event: Started, context: grpc.aio.ServicerContext, stream: bool) -> None:
     """Sends the remaining-budget headers (``x-ratelimit-*``) and the prompt version's
-    (``x-tollway-prompt-*``) as initial metadata, in the one send gRPC allows: Envoy passes
-    them on as HTTP response headers."""
+    (``x-tollway-prompt-*``): Envoy passes them on as HTTP response headers.
+
+    A stream sends them as initial metadata, ahead of its events. A unary answer carries them as
+    trailing metadata: grpcio sends those with the answer itself, where initial metadata would
+    be a send (and a wait) of its own, and the edge copies them into the JSON answer's headers.
+    """
     headers = rate_limit_headers(event.budget) if event.budget is not None else None
     if event.prompt is not None:
         headers = {**(headers or {}), **event.prompt.headers()}
-    if headers:
+    if not headers:
+        return
+    if stream:
         await context.send_initial_metadata(tuple(headers.items()))
+    else:
+        context.set_trailing_metadata(tuple(headers.items()))
 
 
 async def _refuse(exc: ResourceExhausted, context: grpc.aio.ServicerContext) -> None:
@@ -201,7 +209,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             ) as events:
                 async for event in events:
                     if isinstance(event, Started):
-                        await _started_headers(event, context)
+                        await _started_headers(event, context, stream)
                     yield event
         except ResourceExhausted as exc:
             if not _is_budget_refusal(exc):
@@ -332,8 +340,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             await _refuse(exc, context)
             raise
         if result.hold is not None:
-            # The remaining-budget headers (x-ratelimit-*), as a chat answer sends them.
-            await context.send_initial_metadata(tuple(rate_limit_headers(result.hold).items()))
+            # The remaining-budget headers (x-ratelimit-*), as a unary chat answer sends them.
+            context.set_trailing_metadata(tuple(rate_limit_headers(result.hold).items()))
         reply = result.reply
         out = gateway_pb2.EmbedResponse(
             request_id=result.request_id,

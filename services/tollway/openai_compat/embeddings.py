@@ -144,7 +144,7 @@ async def handle(stub: gateway_pb2_grpc.GatewayServiceStub, request: Request, ma
         try:
             call = stub.Embed(req, metadata=metadata)
             reply = await call
-            budget = rate_limit_headers(await call.initial_metadata())
+            budget = rate_limit_headers(await call.trailing_metadata())
         except grpc.aio.AioRpcError as err:
             raise from_rpc(err) from None
     except ApiError as exc:

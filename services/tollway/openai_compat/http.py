@@ -151,7 +151,7 @@ async def complete(
     gone.add_done_callback(lambda watcher: watcher.cancelled() or call.cancel())
     try:
         reply = await call
-        budget = rate_limit_headers(await call.initial_metadata())
+        budget = rate_limit_headers(await call.trailing_metadata())
     except asyncio.CancelledError:
         if gone.done() and not gone.cancelled():
             raise ClientGone from None
