@@ -38,7 +38,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, ResponseError
 
 from tollway.budget.types import Unit
-from tollway.mesh.redis import is_outage
+from tollway.mesh.redis import is_outage, pipelined
 
 # The reservation's metadata (tenant, key, feature, conversation, priority, request id, model,
 # rates, limits, ...) travels as ONE JSON object of strings (ARGV ``meta``): the record keeps it
@@ -659,10 +659,9 @@ class _Batcher:
 
     async def _send(self, batch: list[_Call]) -> None:
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for script, keys, args, _ in batch:
-                    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-                replies = await pipe.execute(raise_on_error=False)
+            replies = await pipelined(
+                self._client, [("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args, _ in batch]
+            )
         except Exception as exc:  # the connection: every call of the batch fails with it
             for *_, future in batch:
                 if not future.done():

@@ -20,8 +20,9 @@ from collections.abc import Mapping, Sequence
 
 import orjson
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError, ResponseError
 
-from tollway.mesh.redis import hash_tagged
+from tollway.mesh.redis import Command, hash_tagged, pipelined
 
 KEYS_HASH = "tollway:apikeys"
 CALLS_STREAM = "tollway:calls"
@@ -143,37 +144,50 @@ class GatewayStore:
             index: Each call's attribution, by request id (kept ``call_index_ttl_s``).
             raw: (prompt, answer, retention in seconds) by request id, for tenants that allow it.
         """
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for record in records:
-                pipe.xadd(CALLS_STREAM, dict(record), maxlen=self.call_log_maxlen, approximate=True)
-                if index is not None:
-                    pipe.xadd(
-                        TENANT_CALLS + record["tenant"],
-                        {"r": orjson.dumps(record)},
-                        maxlen=self.tenant_calls_maxlen,
-                        approximate=True,
+        commands: list[Command] = []
+        for record in records:
+            xadd: list[str | bytes | int] = ["XADD", CALLS_STREAM, "MAXLEN", "~", self.call_log_maxlen, "*"]
+            for pair in record.items():
+                xadd += pair
+            commands.append(xadd)
+            if index is not None:
+                commands.append(
+                    (
+                        "XADD", TENANT_CALLS + record["tenant"], "MAXLEN", "~", self.tenant_calls_maxlen, "*",
+                        "r", orjson.dumps(record),
                     )
-            for request_id, attribution in (index or {}).items():
-                # One JSON string with its TTL: one command per call instead of HSET + EXPIRE.
-                pipe.set(CALL_INDEX + request_id, orjson.dumps(attribution), ex=self.call_index_ttl_s)
-            for request_id, (prompt, answer, ttl_s) in (raw or {}).items():
-                pipe.hset(RAW_CALL + request_id, mapping={"prompt": prompt, "response": answer})
-                pipe.expire(RAW_CALL + request_id, ttl_s)
-            if usage:
-                pipe.sadd(self._usage_tenants, *{tenant for tenant, _, _ in usage})
-            bumps = []
-            for (tenant, day, dimension), values in (usage or {}).items():
-                args: list[str | int] = [self.usage_ttl_s]
-                for value, measures in values.items():
-                    args += [value, ",".join(map(str, measures))]
-                bumps.append(([f"{self._usage}{tenant}:{day}:{dimension}"], args))
-            if not self._clustered:
-                for keys, args in bumps:
-                    await self._bump(keys=keys, args=args, client=pipe)
-            await pipe.execute()
+                )  # fmt: skip
+        for request_id, attribution in (index or {}).items():
+            # One JSON string with its TTL: one command per call instead of HSET + EXPIRE.
+            commands.append(("SET", CALL_INDEX + request_id, orjson.dumps(attribution), "EX", self.call_index_ttl_s))
+        for request_id, (prompt, answer, ttl_s) in (raw or {}).items():
+            commands.append(("HSET", RAW_CALL + request_id, "prompt", prompt, "response", answer))
+            commands.append(("EXPIRE", RAW_CALL + request_id, ttl_s))
+        if usage:
+            commands.append(("SADD", self._usage_tenants, *{tenant for tenant, _, _ in usage}))
+        bumps = []
+        for (tenant, day, dimension), values in (usage or {}).items():
+            args: list[str | int] = [self.usage_ttl_s]
+            for value, measures in values.items():
+                args += [value, ",".join(map(str, measures))]
+            bumps.append(([f"{self._usage}{tenant}:{day}:{dimension}"], args))
         if self._clustered:
-            # redis-py's cluster pipeline refuses scripts: each runs on its own (one slot, see INSIGHTS_TAG).
+            # redis-py's cluster pipeline sends each command to its slot's node; it refuses scripts:
+            # each bump runs on its own (one slot, see INSIGHTS_TAG).
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for command in commands:
+                    pipe.execute_command(*command)
+                await pipe.execute()
             await asyncio.gather(*(self._bump(keys=keys, args=args) for keys, args in bumps))
+            return
+        commands += [("EVALSHA", self._bump.sha, len(keys), *keys, *args) for keys, args in bumps]
+        replies = await pipelined(self.redis, commands)
+        for reply, (keys, args) in zip(replies[len(replies) - len(bumps) :], bumps, strict=True):
+            if isinstance(reply, NoScriptError):  # Redis restarted empty: load the script, bump again
+                await self._bump(keys=keys, args=args)
+        failed = next((r for r in replies if isinstance(r, ResponseError) and not isinstance(r, NoScriptError)), None)
+        if failed is not None:
+            raise failed
 
     async def usage_tenants(self) -> list[str]:
         """Every tenant with usage totals, sorted."""

@@ -10,7 +10,9 @@ UNAVAILABLE naming Redis, and callers with a degraded path catch them.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
+from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -65,6 +67,80 @@ class PackedConnection(aioredis.Connection):
             raise redis_errors.DataError(
                 f"Invalid input of type: {type(bad).__name__!r}. Convert to a bytes, string, int or float first."
             ) from None
+
+    async def send_packed_command(self, command: bytes | str | Iterable[bytes], check_health: bool = True) -> None:
+        """redis-py's send, its deadline kept by ``asyncio.timeout`` (a timer) rather than
+        ``asyncio.wait_for``, which in Python 3.11 makes a task for every command sent."""
+        if not self.is_connected:
+            await self.connect_check_health(check_health=False)
+        if check_health:
+            await self.check_health()
+        if isinstance(command, str):
+            command = command.encode()
+        if isinstance(command, bytes):
+            command = [command]
+        try:
+            async with asyncio.timeout(self.socket_timeout):
+                await self._send_packed_command(command)
+        except TimeoutError:  # before OSError, of which it is a subclass
+            await self.disconnect(nowait=True)
+            raise redis_errors.TimeoutError("Timeout writing to socket") from None
+        except OSError as exc:
+            await self.disconnect(nowait=True)
+            raise redis_errors.ConnectionError(f"Error {exc.errno} while writing to socket. {exc.strerror}.") from exc
+        except BaseException:
+            # Part of the command may be on the wire: the connection cannot be trusted any more.
+            await self.disconnect(nowait=True)
+            raise
+
+
+Command = Sequence[str | bytes | int | float]
+
+
+async def pipelined(client: aioredis.Redis, commands: Sequence[Command]) -> list[Any]:
+    """Sends ``commands`` in one write on one pooled connection and returns their raw replies
+    (bytes, ints, lists), an error reply as its ``ResponseError`` rather than raised.
+
+    redis-py's pipeline spends Python on each command (its argument handling, a timer for every
+    reply, reply callbacks, a SCRIPT EXISTS round trip before any EVALSHA); a batch of call
+    records is hundreds of commands. Here they are packed by hiredis in one go and their replies
+    read under one deadline. For a plain client only (a cluster client splits by slot).
+
+    A connection that fails before any reply arrived (a pooled connection the server closed while
+    idle) is replaced and the batch sent once more; a failure after that raises, as then some
+    commands may have run.
+
+    Raises:
+        redis.exceptions.ConnectionError, redis.exceptions.TimeoutError: see :data:`OUTAGE_ERRORS`.
+    """
+    packed = [hiredis.pack_command(tuple(c)) for c in commands]
+    pool = client.connection_pool
+    for attempt in (0, 1):
+        conn = await pool.get_connection()
+        replies: list[Any] = []
+        try:
+            await conn.send_packed_command(packed)
+            async with asyncio.timeout(conn.socket_timeout):
+                for _ in packed:
+                    try:
+                        # math.inf: no timer of its own, the batch's deadline above covers it.
+                        replies.append(await conn.read_response(timeout=math.inf))
+                    except redis_errors.ResponseError as exc:
+                        replies.append(exc)
+            return replies
+        except TimeoutError:
+            await conn.disconnect(nowait=True)
+            raise redis_errors.TimeoutError(f"no reply from Redis within {conn.socket_timeout}s") from None
+        except redis_errors.ConnectionError:
+            await conn.disconnect(nowait=True)
+            if attempt or replies:
+                raise
+        except BaseException:
+            await conn.disconnect(nowait=True)  # replies left unread would answer the next command
+            raise
+        finally:
+            await pool.release(conn)
+    raise AssertionError("unreachable")
 
 
 def connect(
