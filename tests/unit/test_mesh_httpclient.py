@@ -135,3 +135,52 @@ def test_json_bodies_take_integers_beyond_64_bits() -> None:
     from tollway.mesh.httpclient import _json_bytes
 
     assert json.loads(_json_bytes({"maximum": 10**30, "t": [0.5, "é"]})) == {"maximum": 10**30, "t": [0.5, "é"]}
+
+
+async def test_a_whole_request_reads_the_body_and_keeps_the_connection(server: FakeHTTPServer) -> None:
+    client = HttpClient()
+    url = f"http://127.0.0.1:{server.port}"
+    for i in range(3):
+        response, body = await client.request("POST", url + "/json", json={"i": i})
+        assert response.status_code == 200 and json.loads(body) == {"echo": {"i": i}, "ua": None}
+    response, body = await client.request("GET", url + "/missing")
+    assert response.status_code == 404 and json.loads(body) == {"error": "nope"}
+    # A chunked answer is read whole too.
+    response, body = await client.request("POST", url + "/sse")
+    assert body.endswith(b"data: [DONE]\n\n")
+    assert server.stats.open_connections == 1  # every answer was read to its end: one connection
+    with pytest.raises(HttpTimeout):
+        await client.request("GET", url + "/slow", timeout_s=0.1)
+    await client.aclose()
+
+
+async def _one_answer_server(answer: bytes) -> tuple[asyncio.Server, int]:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def test_a_body_cut_short_says_how_much_is_missing() -> None:
+    server, port = await _one_answer_server(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc")
+    client = HttpClient()
+    with pytest.raises(HttpError, match="7 body bytes missing"):
+        await client.request("GET", f"http://127.0.0.1:{port}/")
+    async with client.stream("GET", f"http://127.0.0.1:{port}/") as r:
+        with pytest.raises(HttpError, match="7 body bytes missing"):
+            await r.aread()
+    await client.aclose()
+    server.close()
+
+
+async def test_a_body_without_a_length_is_read_until_the_server_closes() -> None:
+    server, port = await _one_answer_server(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nto the end")
+    client = HttpClient()
+    response, body = await client.request("GET", f"http://127.0.0.1:{port}/")
+    assert (response.status_code, body) == (200, b"to the end")
+    await client.aclose()
+    server.close()

@@ -203,7 +203,21 @@ class Response:
 
     async def aread(self) -> bytes:
         """The rest of the body."""
-        return b"".join([piece async for piece in self.aiter_bytes()])
+        if self._chunked or self._until_close:
+            return b"".join([piece async for piece in self.aiter_bytes()])
+        if self.complete:
+            return b""
+        # Its length is known: one read, with no generator between it and the caller.
+        try:
+            data = await self._read(self._conn.reader.readexactly(self._remaining))
+        except HttpError as exc:
+            if isinstance(exc.__cause__, asyncio.IncompleteReadError):
+                missing = self._remaining - len(exc.__cause__.partial)
+                raise HttpError(f"connection closed with {missing} body bytes missing") from exc.__cause__
+            raise
+        self._remaining = 0
+        self.complete = True
+        return data
 
 
 class HttpClient:
@@ -247,37 +261,18 @@ class HttpClient:
         else:
             conn.close()
 
-    @contextlib.asynccontextmanager
-    async def stream(
+    async def _send(
         self,
         method: str,
         url: str,
-        *,
-        json: Any = None,
-        content: bytes | None = None,
-        headers: Mapping[str, str] | None = None,
-        timeout_s: float = 60.0,
-        connect_timeout_s: float | None = None,
-        read_timeout_s: float | None = None,
-    ) -> AsyncIterator[Response]:
-        """Sends a request and yields the response with its body unread.
-
-        Args:
-            timeout_s: Longest wait for the response head after the request was sent.
-            connect_timeout_s: Longest wait for a new connection; None uses the client's.
-            read_timeout_s: Longest wait for each read of the body (the gap between two
-                pieces of a stream); None uses ``timeout_s``. Each read costs one timer
-                (``asyncio.timeout``), never a task.
-
-        The connection goes back to the pool when the body was read to its end (a short
-        tail still in flight, such as a chunked terminator after an SSE ``[DONE]``, is read
-        first); otherwise it is closed, which also tells the server the client is gone.
-
-        Raises:
-            HttpConnectError: Connecting failed at once; nothing was sent.
-            HttpError: Connecting, sending or reading the response head failed.
-            HttpTimeout: Connecting or a read took longer than allowed.
-        """
+        json: Any,
+        content: bytes | None,
+        headers: Mapping[str, str] | None,
+        timeout_s: float,
+        connect_timeout_s: float | None,
+        read_timeout_s: float | None,
+    ) -> tuple[_Conn, Response]:
+        """Sends a request and reads the response head (see :meth:`stream`)."""
         parts = urlsplit(url)
         scheme = parts.scheme or "http"
         host = parts.hostname or "127.0.0.1"
@@ -325,7 +320,42 @@ class HttpClient:
             name, sep, value = line.partition(":")
             if sep:
                 response_headers[name.strip().lower()] = value.strip()
-        response = Response(conn, status, response_headers, timeout_s if read_timeout_s is None else read_timeout_s)
+        return conn, Response(conn, status, response_headers, timeout_s if read_timeout_s is None else read_timeout_s)
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self,
+        method: str,
+        url: str,
+        *,
+        json: Any = None,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout_s: float = 60.0,
+        connect_timeout_s: float | None = None,
+        read_timeout_s: float | None = None,
+    ) -> AsyncIterator[Response]:
+        """Sends a request and yields the response with its body unread.
+
+        Args:
+            timeout_s: Longest wait for the response head after the request was sent.
+            connect_timeout_s: Longest wait for a new connection; None uses the client's.
+            read_timeout_s: Longest wait for each read of the body (the gap between two
+                pieces of a stream); None uses ``timeout_s``. Each read costs one timer
+                (``asyncio.timeout``), never a task.
+
+        The connection goes back to the pool when the body was read to its end (a short
+        tail still in flight, such as a chunked terminator after an SSE ``[DONE]``, is read
+        first); otherwise it is closed, which also tells the server the client is gone.
+
+        Raises:
+            HttpConnectError: Connecting failed at once; nothing was sent.
+            HttpError: Connecting, sending or reading the response head failed.
+            HttpTimeout: Connecting or a read took longer than allowed.
+        """
+        conn, response = await self._send(
+            method, url, json, content, headers, timeout_s, connect_timeout_s, read_timeout_s
+        )
         try:
             yield response
             if not response.complete:
@@ -336,6 +366,34 @@ class HttpClient:
             conn.close()
             raise
         self._release(conn, response)
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        json: Any = None,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout_s: float = 60.0,
+        connect_timeout_s: float | None = None,
+        read_timeout_s: float | None = None,
+    ) -> tuple[Response, bytes]:
+        """Sends a request and reads the whole response: the response (its body read) and the body.
+
+        What :meth:`stream` and :meth:`Response.aread` do together, without the context manager
+        and generators between them (a whole answer is the common call). Same arguments and errors.
+        """
+        conn, response = await self._send(
+            method, url, json, content, headers, timeout_s, connect_timeout_s, read_timeout_s
+        )
+        try:
+            body = await response.aread()
+        except BaseException:
+            conn.close()
+            raise
+        self._release(conn, response)
+        return response, body
 
     @staticmethod
     async def _drain(response: Response, limit: int = 64 * 1024) -> None:

@@ -26,8 +26,7 @@ from tollway.router.providers.wire import (
     new_client,
     parse_json,
     parses_answer,
-    post,
-    raise_for_status,
+    post_whole,
     sse_events,
     stream_call,
     stream_cut,
@@ -272,9 +271,7 @@ class AnthropicAdapter:
     async def complete(self, request: ChatRequest, deployment: Deployment) -> Completion:
         url = deployment.base_url.rstrip("/") + "/v1/messages"
         body = request_body(request, deployment, stream=False)
-        async with post(self._client, deployment, url, body, self._headers(request, deployment, False)) as response:
-            await raise_for_status(response, deployment.provider)
-            raw = (await response.aread()).decode(errors="replace")
+        raw = await post_whole(self._client, deployment, url, body, self._headers(request, deployment, False))
         doc = parse_json(deployment.provider, raw)
         if not isinstance(doc, dict) or not isinstance(doc.get("content"), list):
             raise ProviderError(deployment.provider, f"answer without content: {raw[:200]!r}", kind=ErrorKind.MALFORMED)

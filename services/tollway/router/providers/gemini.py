@@ -24,8 +24,7 @@ from tollway.router.providers.wire import (
     new_client,
     parse_json,
     parses_answer,
-    post,
-    raise_for_status,
+    post_whole,
     sse_events,
     stream_call,
     stream_cut,
@@ -232,9 +231,7 @@ class GeminiAdapter:
     async def complete(self, request: ChatRequest, deployment: Deployment) -> Completion:
         url = self._url(deployment, "generateContent")
         headers = self._headers(request, deployment, False)
-        async with post(self._client, deployment, url, request_body(request), headers) as response:
-            await raise_for_status(response, deployment.provider, retry_delay)
-            raw = (await response.aread()).decode(errors="replace")
+        raw = await post_whole(self._client, deployment, url, request_body(request), headers, retry_delay)
         doc = parse_json(deployment.provider, raw)
         if not isinstance(doc, dict):
             raise ProviderError(deployment.provider, f"malformed answer: {raw[:200]!r}", kind=ErrorKind.MALFORMED)

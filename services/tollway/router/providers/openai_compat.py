@@ -21,8 +21,7 @@ from tollway.router.providers.wire import (
     new_client,
     parse_json,
     parses_answer,
-    post,
-    raise_for_status,
+    post_whole,
     sse_batches,
     stream_call,
     stream_cut,
@@ -199,9 +198,7 @@ class OpenAICompatAdapter:
     async def complete(self, request: ChatRequest, deployment: Deployment) -> Completion:
         url = deployment.base_url.rstrip("/") + "/chat/completions"
         body = request_body(request, deployment, stream=False)
-        async with post(self._client, deployment, url, body, self._headers(request, deployment, False)) as response:
-            await raise_for_status(response, deployment.provider)
-            raw = (await response.aread()).decode(errors="replace")
+        raw = await post_whole(self._client, deployment, url, body, self._headers(request, deployment, False))
         doc = parse_json(deployment.provider, raw)
         try:
             choice = doc["choices"][0]

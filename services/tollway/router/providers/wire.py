@@ -181,20 +181,61 @@ async def post(
         ) as response:
             yield response
     except HttpTimeout as exc:
-        setting = _timeout_setting(exc, progress)
-        raise ProviderError(
-            deployment.provider,
-            f"{deployment.key} timed out ({setting} {exc.timeout_s:g}s): {exc}",
-            kind=ErrorKind.TIMEOUT,
-            timeout=setting,
-        ) from exc
+        raise _timed_out(deployment, exc, progress) from exc
     except HttpError as exc:
-        raise ProviderError(
-            deployment.provider,
-            f"connection to {url} failed: {exc}",
-            kind=ErrorKind.CONNECTION,
-            refused=isinstance(exc, HttpConnectError),
-        ) from exc
+        raise _failed(deployment, url, exc) from exc
+
+
+async def post_whole(
+    client: HttpClient,
+    deployment: Deployment,
+    url: str,
+    body: Any,
+    headers: Mapping[str, str],
+    retry_after: Callable[[bytes], float | None] | None = None,
+) -> str:
+    """POSTs ``body`` as JSON and returns the whole answer's text, a non-200 answer raised as
+    :func:`raise_for_status` raises it.
+
+    :func:`post`, :func:`raise_for_status` and a read of the body, without the context managers
+    and generators between them: a whole answer is read in one go. The same limits and errors.
+    """
+    try:
+        response, raw = await client.request(
+            "POST",
+            url,
+            json=body,
+            headers=headers,
+            timeout_s=deployment.timeout_s,
+            connect_timeout_s=deployment.connect_timeout_s,
+            read_timeout_s=deployment.timeout_s,
+        )
+    except HttpTimeout as exc:
+        raise _timed_out(deployment, exc, None) from exc
+    except HttpError as exc:
+        raise _failed(deployment, url, exc) from exc
+    if response.status_code != 200:
+        raise _refusal(response, raw, deployment.provider, retry_after)
+    return raw.decode(errors="replace")
+
+
+def _timed_out(deployment: Deployment, exc: HttpTimeout, progress: StreamProgress | None) -> ProviderError:
+    setting = _timeout_setting(exc, progress)
+    return ProviderError(
+        deployment.provider,
+        f"{deployment.key} timed out ({setting} {exc.timeout_s:g}s): {exc}",
+        kind=ErrorKind.TIMEOUT,
+        timeout=setting,
+    )
+
+
+def _failed(deployment: Deployment, url: str, exc: HttpError) -> ProviderError:
+    return ProviderError(
+        deployment.provider,
+        f"connection to {url} failed: {exc}",
+        kind=ErrorKind.CONNECTION,
+        refused=isinstance(exc, HttpConnectError),
+    )
 
 
 async def raise_for_status(
@@ -208,11 +249,16 @@ async def raise_for_status(
     """
     if response.status_code == 200:
         return
-    raw = await response.aread()
+    raise _refusal(response, await response.aread(), provider, retry_after)
+
+
+def _refusal(
+    response: Response, raw: bytes, provider: str, retry_after: Callable[[bytes], float | None] | None
+) -> ProviderError:
     delay = parse_retry_after(response.headers.get("retry-after"))
     if delay is None and retry_after is not None:
         delay = retry_after(raw)
-    raise ProviderError.from_status(provider, response.status_code, error_text(raw), delay)
+    return ProviderError.from_status(provider, response.status_code, error_text(raw), delay)
 
 
 async def stream_call(
