@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from tollway.mesh.httpserver import HeadWithBodyTransport
+from tollway.mesh.httpserver import DisconnectWatch, HeadWithBodyTransport
 
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"
 
@@ -77,3 +77,17 @@ async def test_bodies_and_other_bytes_are_never_held() -> None:
     assert t.get_write_buffer_size() == 0
     t.write(HEAD)
     assert t.get_write_buffer_size() == len(HEAD)  # a held head counts as buffered
+
+
+def test_a_disconnect_watch_calls_back_once_while_watched() -> None:
+    calls: list[str] = []
+    watch = DisconnectWatch()
+    watch.watch(lambda: calls.append("first"))
+    watch.clear()  # that request got its answer
+    watch.watch(lambda: calls.append("second"))
+    watch.connection_lost()
+    watch.connection_lost()
+    assert calls == ["second"]
+    # Watching a connection already lost calls back at once.
+    watch.watch(lambda: calls.append("late"))
+    assert calls == ["second", "late"]

@@ -7,17 +7,25 @@ for every whole answer. On a small VM, waking another process is most of what a 
 the head is held until the body's first bytes (or the end of the event loop's turn, for a
 stream whose first event comes later) and leaves with them.
 
+It also tells a handler that its client left without a task to wait for it: the request's
+scope holds a :class:`DisconnectWatch` (under :data:`DISCONNECT_WATCH`) whose callback runs when
+the connection is lost.
+
 Use it with ``uvicorn.Config(..., http=HeadWithBodyProtocol)``.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-__all__ = ["HeadWithBodyProtocol", "HeadWithBodyTransport"]
+__all__ = ["DISCONNECT_WATCH", "DisconnectWatch", "HeadWithBodyProtocol", "HeadWithBodyTransport"]
+
+# The scope key of a request's DisconnectWatch (absent under another server).
+DISCONNECT_WATCH = "tollway.disconnect_watch"
 
 _HEAD_START = b"HTTP/1.1 "
 _HEAD_END = b"\r\n\r\n"
@@ -84,8 +92,49 @@ class HeadWithBodyTransport:
         return getattr(self._transport, name)
 
 
+class DisconnectWatch:
+    """Runs one callback when the client's connection is lost: what a handler waiting on
+    something else (a whole answer) needs, where a task reading ``http.disconnect`` would cost a
+    task, its first step and its cancellation on every request.
+
+    One per connection; an HTTP/1.1 connection serves one request at a time, so one callback.
+    """
+
+    __slots__ = ("_callback", "lost")
+
+    def __init__(self) -> None:
+        self._callback: Callable[[], object] | None = None
+        self.lost = False
+
+    def watch(self, callback: Callable[[], object]) -> None:
+        """Calls ``callback`` when the connection is lost (at once if it is already), until :meth:`clear`."""
+        if self.lost:
+            callback()
+            return
+        self._callback = callback
+
+    def clear(self) -> None:
+        self._callback = None
+
+    def connection_lost(self) -> None:
+        self.lost = True
+        callback, self._callback = self._callback, None
+        if callback is not None:
+            callback()
+
+
 class HeadWithBodyProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol on a :class:`HeadWithBodyTransport`."""
+    """uvicorn's httptools protocol on a :class:`HeadWithBodyTransport`, with a
+    :class:`DisconnectWatch` in each request's scope."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._watch = DisconnectWatch()
         super().connection_made(HeadWithBodyTransport(transport, self.loop))  # type: ignore[arg-type]
+
+    def on_headers_complete(self) -> None:
+        self.scope[DISCONNECT_WATCH] = self._watch  # type: ignore[literal-required]
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._watch.connection_lost()

@@ -11,6 +11,7 @@ from starlette.requests import Request
 
 from tollway.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from tollway.mesh.errors import InvalidArgument
+from tollway.mesh.httpserver import DISCONNECT_WATCH, DisconnectWatch
 from tollway.openai_compat import translate
 from tollway.openai_compat.errors import ApiError, bad_json, from_invalid, from_rpc, rate_limit_headers, too_large
 
@@ -145,21 +146,33 @@ async def complete(
         ClientGone: The client left; the call (and so the provider's) was cancelled.
     """
     call = stub.Complete(req, metadata=metadata)
-    # One watcher task, and the answer awaited here: a task and a wait for the answer as well
-    # cost more than the rest of this function on a fast path.
-    gone = asyncio.ensure_future(_disconnected(request))
-    gone.add_done_callback(lambda watcher: watcher.cancelled() or call.cancel())
+    watch: DisconnectWatch | None = request.scope.get(DISCONNECT_WATCH)
+    watcher: asyncio.Future[None] | None = None
+    if watch is None:  # another server than the mesh's: a task waits for the disconnect
+        watch = DisconnectWatch()
+        watcher = asyncio.ensure_future(_disconnected(request))
+        watcher.add_done_callback(lambda task: task.cancelled() or watch.connection_lost())
+    gone = False
+
+    def left() -> None:
+        nonlocal gone
+        gone = True
+        call.cancel()
+
+    watch.watch(left)
     try:
         reply = await call
         budget = rate_limit_headers(await call.trailing_metadata())
     except asyncio.CancelledError:
-        if gone.done() and not gone.cancelled():
+        if gone:
             raise ClientGone from None
         raise
     except grpc.aio.AioRpcError as err:
         raise from_rpc(err) from None
     finally:
-        gone.cancel()
+        watch.clear()
+        if watcher is not None:
+            watcher.cancel()
     return reply, {**tollway_headers(reply), **budget}
 
 
