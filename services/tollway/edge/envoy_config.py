@@ -418,9 +418,7 @@ def _json_api_route(public_grpc: list[Service]) -> dict[str, Any]:
         "name": "json_api",
         "match": {"prefix": "/"},
         "route": {"cluster": cluster_name(public_grpc[0]), "timeout": "0s"},
-        "typed_per_filter_config": {
-            HEADER_MUTATION: _json_api_header_mutations(),
-        },
+        "typed_per_filter_config": {HEADER_MUTATION: _json_api_header_mutations()},
     }
 
 
@@ -498,8 +496,10 @@ end
 
 
 def _trailer_headers_filter() -> dict[str, Any]:
-    """Copies a unary JSON answer's ``x-ratelimit-*``/``x-tollway-*`` trailers into its headers
-    (off except on the JSON API route)."""
+    """Copies a unary JSON answer's ``x-ratelimit-*``/``x-tollway-*`` trailers into its headers.
+
+    Off on the HTTP surfaces' and the console's routes; a gRPC answer (no content length) and a
+    stream pass through at once."""
     return _http_filter(TRAILER_HEADERS, "envoy.extensions.filters.http.lua.v3.Lua",
                         default_source_code={"inline_string": _TRAILER_HEADERS_LUA})
 
