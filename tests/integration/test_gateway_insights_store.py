@@ -60,6 +60,19 @@ async def test_the_batch_keeps_totals_that_usage_reads_per_tenant(store: Gateway
         await insights.usage(BETA, "model", "", "acme")
 
 
+async def test_totals_are_kept_when_redis_lost_its_scripts_between_batches(store: GatewayStore) -> None:
+    log = CallLog(store)
+    log.add(call("s0", "acme"))
+    await log.flush()
+    await store.redis.script_flush()  # as a Redis restarted empty: the next batch's EVALSHA finds no script
+    log.add(call("s1", "acme"))
+    log.add(call("s2", "acme"))
+    await log.flush()
+    rows, _ = await Insights(store, ["admin"]).usage(ACME, "model", "", "")
+    assert [(r.group, r.requests) for r in rows] == [("fake-ok", 3)]
+    assert len(await store.redis.xrange("tollway:calls")) == 3
+
+
 async def test_calls_are_paged_newest_first_and_scoped_to_the_tenant(store: GatewayStore) -> None:
     log = CallLog(store)
     for i in range(5):
