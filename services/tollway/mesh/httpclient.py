@@ -102,7 +102,9 @@ class Response:
         except TimeoutError as exc:
             limit = self.read_timeout_s
             raise HttpTimeout(f"no data for {limit:g}s", phase="body", timeout_s=limit) from exc
-        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+        except asyncio.IncompleteReadError as exc:  # a read of a known length
+            raise HttpError(f"connection closed with {exc.expected - len(exc.partial)} body bytes missing") from exc
+        except ConnectionError as exc:
             raise HttpError(f"connection closed mid-body: {exc!r}") from exc
 
     async def aiter_bytes(self) -> AsyncGenerator[bytes, None]:
@@ -208,13 +210,7 @@ class Response:
         if self.complete:
             return b""
         # Its length is known: one read, with no generator between it and the caller.
-        try:
-            data = await self._read(self._conn.reader.readexactly(self._remaining))
-        except HttpError as exc:
-            if isinstance(exc.__cause__, asyncio.IncompleteReadError):
-                missing = self._remaining - len(exc.__cause__.partial)
-                raise HttpError(f"connection closed with {missing} body bytes missing") from exc.__cause__
-            raise
+        data = await self._read(self._conn.reader.readexactly(self._remaining))
         self._remaining = 0
         self.complete = True
         return data
