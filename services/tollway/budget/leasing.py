@@ -76,7 +76,7 @@ class Leasing:
         self.book = LeaseBook(idle_ms=idle_ms, max_age_ms=max_age_ms)
         self._taking: dict[ShapeKey, asyncio.Future[None]] = {}
         self._giving: dict[str, asyncio.Future[bool]] = {}  # give-backs in flight, by block id
-        self._settling: list[_Write] = []
+        self._settling: dict[int, _Write] = {}  # by id(child): a second settlement of a hold finds the first
         self._unrecorded: dict[int, tuple[Block, Child]] = {}  # holds not written yet, by id(child)
         self._record_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -202,7 +202,7 @@ class Leasing:
     async def flush(self) -> None:
         """Writes what waits: every settlement queued, each after its hold if that is not
         recorded yet, and every other hold not recorded yet; one round trip for all."""
-        settling, self._settling = self._settling, []
+        settling, self._settling = list(self._settling.values()), {}
         queued = {id(w.child) for w in settling}
         ops: list[Op] = []
         writes: list[tuple[Block, Child, Hold | None, _Write | None]] = []
@@ -324,7 +324,7 @@ class Leasing:
         return await self._queue(_Write(block, child, op, False))
 
     async def _queue(self, write: _Write) -> ScriptOutcome:
-        self._settling.append(write)
+        self._settling[id(write.child)] = write
         self._arm()
         return await asyncio.shield(write.future)
 
@@ -334,7 +334,7 @@ class Leasing:
             await asyncio.shield(found[1].recording)  # type: ignore[arg-type]
             found = self.book.child(tenant, reservation_id)
         if found is not None:
-            first = next((w for w in self._settling if w.child is found[1]), None)
+            first = self._settling.get(id(found[1]))
             if first is not None:  # settled twice at once: the second goes to Redis after the first
                 with contextlib.suppress(Exception):
                     await asyncio.shield(first.future)

@@ -19,7 +19,10 @@ _current: contextvars.ContextVar[tuple[tuple[str, str], ...]] = contextvars.Cont
 
 def capture(metadata: Sequence[tuple[str, str | bytes]] | None) -> None:
     """Remembers the forwarded headers of the request being served (this task and its children)."""
-    found = tuple((k, v if isinstance(v, str) else v.decode()) for k, v in (metadata or ()) if k in FORWARDED)
+    if not metadata:  # most in-process calls carry none
+        _current.set(())
+        return
+    found = tuple((k, v if isinstance(v, str) else v.decode()) for k, v in metadata if k in FORWARDED)
     _current.set(found)
 
 
