@@ -487,8 +487,8 @@ function envoy_on_response(h)
   if trailers == nil then return end
   local headers = h:headers()
   for k, v in pairs(trailers) do
-    if (k:sub(1, 12) == "x-ratelimit-" or k:sub(1, 10) == "x-tollway-") and headers:get(k) == nil then
-      headers:add(k, v)
+    if k:sub(1, 12) == "x-ratelimit-" or k:sub(1, 10) == "x-tollway-" then
+      headers:replace(k, v)
     end
   end
 end
