@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from tests.unit.test_gateway_budgeting import FakeClient
 from tests.unit.test_gateway_budgeting import FakeStore as FakeBudgetStore
 from tests.unit.test_gateway_prompt_ref import LIMITS, FakeCache, FakeRouter, FakeStore
@@ -12,6 +14,7 @@ from tollway.common.caching import CachePolicy
 from tollway.common.catalog import Catalog
 from tollway.common.chat import ChatMessage, ChatRequest
 from tollway.gateway.budgeting import Budgeting
+from tollway.gateway.config import GatewayConfig
 from tollway.gateway.lifecycle import Gateway
 from tollway.gateway.request import GatewayRequest
 
@@ -58,3 +61,9 @@ async def test_drain_starts_the_settlements_still_waiting() -> None:
     assert ops(client) == ["reserve"]
     await gw.drain()
     assert ops(client) == ["reserve", "commit"]
+
+
+def test_a_settle_delay_out_of_range_names_its_variable() -> None:
+    with pytest.raises(ValueError, match="TOLLWAY_GATEWAY_BUDGET_SETTLE_DELAY_S"):
+        GatewayConfig(budget_settle_delay_s=-0.01)
+    assert GatewayConfig(budget_settle_delay_s=0).budget_settle_delay_s == 0

@@ -51,6 +51,7 @@ def build(cfg: GatewayConfig, mesh: MeshConfig) -> ServiceSpec:
         Limits(cfg.max_input_chars, cfg.max_messages, cfg.default_max_tokens),
         cfg.request_timeout_s,
         load_catalog(cfg.catalog),
+        settle_delay_s=cfg.budget_settle_delay_s,
     )
     gateway.calls = CallLog(store, raw=RawPolicy.parse(cfg.raw_log_tenants, cfg.raw_log_retention_s))
     if cfg.guard_policy:

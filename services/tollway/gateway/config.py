@@ -33,6 +33,8 @@ class GatewayConfig:
         budget service sends it with every reservation).
     budget_drain_interval_s: Seconds between replays of budget settlements queued while the
         budget service was down.
+    budget_settle_delay_s: How long a finished call's commit or release waits, with the others
+        of that moment, before it starts (0: at once); see ``tollway.gateway.lifecycle``.
     prompts_addr: Where PromptsService listens; empty runs without the prompt store (a
         request with ``prompt_ref`` is then refused with FAILED_PRECONDITION).
     prompts_timeout_s: Deadline of one ResolvePrompt (the channel retries UNAVAILABLE within it).
@@ -69,6 +71,7 @@ class GatewayConfig:
     budget_timeout_s: float = 2.0
     budget_when_unavailable: str = "refuse"
     budget_drain_interval_s: float = 1.0
+    budget_settle_delay_s: float = 0.02
     prompts_addr: str = ""
     prompts_timeout_s: float = 2.0
     retrieval_addr: str = ""
@@ -84,6 +87,11 @@ class GatewayConfig:
             raise ValueError(
                 f"Config 'TOLLWAY_GATEWAY_BUDGET_WHEN_UNAVAILABLE' has value {self.budget_when_unavailable!r}. "
                 "Must be admit or refuse."
+            )
+        if not 0 <= self.budget_settle_delay_s <= 1:
+            raise ValueError(
+                f"Config 'TOLLWAY_GATEWAY_BUDGET_SETTLE_DELAY_S' has value {self.budget_settle_delay_s!r}. "
+                "Must be 0 to 1 (seconds)."
             )
         for name in (
             "budget_timeout_s",
