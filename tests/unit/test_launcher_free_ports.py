@@ -143,3 +143,18 @@ def test_a_pick_claims_the_ports_derived_from_it() -> None:
     (mine,) = free_ports(1, span=span)
     with port_claims() as claims:
         assert all(claims.held(mine + o) for o in DERIVED_OFFSETS)
+
+
+def test_one_call_never_picks_a_port_derived_from_another_of_its_picks() -> None:
+    # A stack's ports come from one call: openai_compat was picked on the embedding service's
+    # metrics port (its port + 1000), and could never bind it.
+    metrics = max(DERIVED_OFFSETS)
+    base = _span(1, margin=0).start
+    span = [base, base + metrics]
+    while not all(port_free("127.0.0.1", p) for p in span):
+        base = _span(1, margin=0).start
+        span = [base, base + metrics]
+    picked = free_ports(2, span=range(base, base + metrics + 1, metrics))
+    assert len(set(picked)) == 2
+    derived = {p + o for p in picked for o in DERIVED_OFFSETS}
+    assert not set(picked) & derived, picked

@@ -87,12 +87,16 @@ def free_ports(count: int, *, span: range | None = None) -> list[int]:
         top = low - max(DERIVED_OFFSETS)  # derived ports below the ephemeral range too
         span = range(10000, top) if top - 10000 >= 4 * count else range(0)
     sockets: list[socket.socket] = []
+    taken: set[int] = set()  # this call's picks and the ports derived from them
     with port_claims() as claims:
         try:
             for port in random.sample(span, min(len(span), 64 * count)):
                 if len(sockets) == count:
                     break
-                if any(claims.held(p) for p in _family(port)):
+                family = _family(port)
+                # Not only other processes' claims: a pick must not be a port derived from another
+                # pick of the same stack (openai_compat picked on the embedding's metrics port).
+                if taken.intersection(family) or any(claims.held(p) for p in family):
                     continue
                 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 try:
@@ -101,6 +105,7 @@ def free_ports(count: int, *, span: range | None = None) -> list[int]:
                     s.close()
                     continue
                 sockets.append(s)
+                taken.update(family)
             while len(sockets) < count:
                 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 s.bind(("127.0.0.1", 0))
