@@ -6,7 +6,10 @@ cannot move (issue 12). Compare two checkouts to see what a change saved.
 - ``router``: one request through the router's engine (``Router.generate``) to the zero-delay fake
   OpenAI upstream (tests/fakes/openai.py, ``fake-words-20``: 23 SSE events), no gRPC, no Redis;
 - ``call-log``: one call record written by the gateway's ``CallLog`` (the call stream, the tenant's
-  stream, the call index, the usage totals) to a real Redis, in batches of 32.
+  stream, the call index, the usage totals) to a real Redis, in batches of 32;
+- ``budget``: one request's reserve and commit as the co-located gateway makes them (``Budgeting.admit``
+  and ``settle`` over an in-process channel to the budget's servicer, its domain object and its store,
+  leases of 64 estimates, bench/budget.py's plan of six quotas), written to Redis 64 at a time.
 
 Each workload runs twice under ``valgrind --tool=callgrind`` with a small and a large count; the
 difference in instructions, divided by the difference in count, is the cost of one unit with the
@@ -27,7 +30,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-COUNTS = {"router": (30, 130), "call-log": (64, 320)}
+COUNTS = {"router": (30, 130), "call-log": (64, 320), "budget": (64, 320)}
 BATCH = 32
 
 
@@ -73,10 +76,62 @@ async def _call_log(port: int, n: int) -> None:
     await client.aclose()
 
 
+async def _budget(port: int, n: int) -> None:
+    import asyncio
+
+    from bench.budget import PLANS
+    from tollway.budget.__main__ import build
+    from tollway.budget.config import BudgetConfig
+    from tollway.common.caching import CachePolicy
+    from tollway.common.chat import ChatMessage, ChatRequest, Usage
+    from tollway.gateway.budget_client import BudgetClient
+    from tollway.gateway.budgeting import Budgeting, Settlement
+    from tollway.gateway.request import GatewayRequest
+    from tollway.gateway.store import GatewayStore
+    from tollway.mesh.config import MeshConfig
+    from tollway.mesh.inprocess import InProcessChannel, process_registry
+    from tollway.mesh.redis import connect
+    from tollway.mesh.server import create_server
+
+    url = f"redis://127.0.0.1:{port}/0"
+    plans = Path(tempfile.mkdtemp(prefix="tollway-instr-plans-")) / "budget.yaml"
+    plans.write_text(PLANS)
+    # Holds and settlements are written when 64 wait (never on the clock), so every run batches alike.
+    cfg = BudgetConfig(
+        plans=str(plans),
+        catalog=str(ROOT / "deploy" / "models.yaml"),
+        lease_requests=64,
+        lease_record_delay_s=3600,
+    )
+    spec, _ = build(cfg, MeshConfig(redis_url=url))
+    server, _, _ = await create_server(spec, "127.0.0.1:0", registry=process_registry())
+    client = connect(url)
+    budgeting = Budgeting(BudgetClient(InProcessChannel("budget")), GatewayStore(client))  # type: ignore[arg-type]
+    settling = []
+    for i in range(n):
+        chat = ChatRequest(
+            "gpt-4o-mini",
+            (ChatMessage("user", "Say hello in one short sentence."),),
+            max_tokens=16,
+            request_id=f"instr-{i}",
+            tenant="warmup",
+        )
+        request = GatewayRequest(chat, "", "chat", CachePolicy(), api_key_id="key-1", priority="interactive")
+        admission = await budgeting.admit(request)
+        settling.append(asyncio.ensure_future(budgeting.settle(admission, Settlement(Usage(13, 6)))))
+        if (i + 1) % 64 == 0:
+            await asyncio.gather(*settling)
+            settling.clear()
+    await server.stop(None)
+    assert spec.on_stop is not None
+    await spec.on_stop()
+    await client.aclose()
+
+
 def _worker(workload: str, port: int, n: int) -> None:
     import uvloop
 
-    run = _router if workload == "router" else _call_log
+    run = {"router": _router, "call-log": _call_log, "budget": _budget}[workload]
     uvloop.run(run(port, n))
 
 
@@ -133,7 +188,7 @@ def main() -> None:
             b = _instructions(args.checkout.resolve(), workload, port, high)
         finally:
             server.kill()
-        unit = "request" if workload == "router" else "record"
+        unit = {"router": "request", "call-log": "record", "budget": "reserve and commit"}[workload]
         print(f"{workload}: {(b - a) / (high - low):,.0f} instructions per {unit} ({args.checkout})", flush=True)
 
 

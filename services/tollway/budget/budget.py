@@ -53,6 +53,7 @@ from tollway.budget.types import (
 from tollway.common.catalog import CatalogError, CatalogSource
 from tollway.mesh.background import Background
 from tollway.mesh.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from tollway.mesh.frozen import frozen
 
 log = logging.getLogger("tollway.budget")
 
@@ -189,7 +190,7 @@ def check_tenant(tenant: str, field: str = "tenant_id") -> None:
         )
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class _PageToken:
     offset: int
     query: str

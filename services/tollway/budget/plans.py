@@ -53,6 +53,7 @@ from tollway.budget.types import (
     Unit,
     Window,
 )
+from tollway.mesh.frozen import frozen
 from tollway.mesh.schema import Reader, SchemaError, load_yaml, rule
 
 log = logging.getLogger("tollway.budget.plans")
@@ -64,7 +65,7 @@ class PlansError(SchemaError):
     """The plans file is unreadable or malformed; the message names the key and the value."""
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class _QuotaSpec:
     scope: Scope = dataclasses.field(metadata=rule(noun="a quota scope"))
     window: Window = dataclasses.field(metadata=rule(noun="a window"))
@@ -74,13 +75,13 @@ class _QuotaSpec:
     requests: int | None = dataclasses.field(default=None, metadata=rule(low=0))
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class _Thresholds:
     normal: float = dataclasses.field(default=0.9, metadata=rule(low=0, high=1, low_open=True))
     batch: float = dataclasses.field(default=0.8, metadata=rule(low=0, high=1, low_open=True))
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class _PlanSpec:
     quotas: tuple[_QuotaSpec, ...] = ()
     max_tokens_per_request: int = dataclasses.field(default=0, metadata=rule(low=0))
@@ -91,7 +92,7 @@ class _PlanSpec:
     )
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class _TenantSpec:
     plan: str
     quotas: tuple[_QuotaSpec, ...] = ()
@@ -101,7 +102,7 @@ class _TenantSpec:
     )
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class _FileSpec:
     plans: Mapping[str, _PlanSpec]
     version: int = dataclasses.field(default=1, metadata=rule(low=1, high=1))
@@ -110,7 +111,7 @@ class _FileSpec:
     tenants: Mapping[str, _TenantSpec] = dataclasses.field(default_factory=dict)
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Plan:
     """A plan: its quotas, per-request cap, thresholds, default priority and outage policy
     (None: derived from its quotas, see :attr:`Policy.when_unavailable`)."""

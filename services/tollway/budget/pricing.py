@@ -14,12 +14,13 @@ import hashlib
 import json
 
 from tollway.common.catalog import Catalog, Model, Price
+from tollway.mesh.frozen import frozen
 
 PICOS_PER_NANO = 1000
 AUTO = "auto"
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Rates:
     """Pico-dollars per token (catalog prices are dollars per million tokens, so
     ``$0.15/1M`` is 150,000 picos a token; six decimals of a catalog price are kept)."""
@@ -55,7 +56,7 @@ def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Priced:
     """A model as the budget sees it: its name, rates and size limits."""
 

@@ -9,16 +9,16 @@ end, so expired counters can be pruned without knowing the plan that made them.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
 
 from tollway.budget import windows
 from tollway.budget.pricing import PICOS_PER_NANO, Rates
 from tollway.budget.types import Policy, Priority, Quota, Scope, Unit, Window
+from tollway.mesh.frozen import frozen
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Demand:
     """What a request asks of a counter of each unit, as a function of its output tokens ``o``:
     ``ceil((fixed + o * per_output) / scale)``. Linear, so the store can work out the most
@@ -72,7 +72,7 @@ def allowed(limit: int, threshold: float) -> int:
     return limit * round(threshold * 1_000_000) // 1_000_000
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Counter:
     """One counter a reservation checks and holds.
 

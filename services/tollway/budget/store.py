@@ -38,6 +38,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, ResponseError
 
 from tollway.budget.types import Unit
+from tollway.mesh.frozen import frozen
 from tollway.mesh.redis import is_outage, pipelined
 
 # The reservation's metadata (tenant, key, feature, conversation, priority, request id, model,
@@ -681,7 +682,7 @@ class _Batcher:
                 future.set_result(reply)
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class ReserveOutcome:
     """What the reserve script did.
 
@@ -700,7 +701,7 @@ class ReserveOutcome:
     attempt: int = 1
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class ScriptOutcome:
     """What a commit or release script did: a status and the reservation's record after it
     (its metadata merged in; after a commit, only the fields a caller reports)."""
@@ -713,7 +714,7 @@ class ScriptOutcome:
 _Script = tuple[AsyncScript, Sequence[str], Sequence[Any]]
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Op:
     """One script call and how to read its reply, for :meth:`BudgetStore.run_ops`."""
 
@@ -725,7 +726,7 @@ def _held(reply: Sequence[Any]) -> tuple[str, int]:
     return _text(reply[0]), int(reply[1]) if reply[0] == b"ok" else 0
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Hold:
     """A hold a replica admitted from its lease, to record as a reservation (see ``_HOLD``)."""
 
@@ -740,7 +741,7 @@ class Hold:
     model_meta: str  # the model's part of the metadata, packed once per model (pack_meta)
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Snapshot:
     """A tenant's counters and the ledger position they correspond to, read at one instant,
     and how many reservations are open (leases left out)."""

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import functools
 import re
+
+from tollway.mesh.frozen import frozen
 
 # Ids that end up inside Redis key names and counter names: no separators of ours
 # ("|", ",", "/" in names, "{}" of hash tags) and no whitespace.
@@ -73,7 +74,7 @@ class State(_Member):
     EXPIRED = "expired"
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Quota:
     """One limit: at most ``limit`` of ``unit`` per ``window`` for ``scope``.
 
@@ -98,7 +99,7 @@ class Quota:
         return f"{self.window.value} {unit} quota"
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Policy:
     """A tenant's budget in force: its plan with the overrides applied.
 
@@ -145,7 +146,7 @@ class Policy:
         return 1.0
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Override:
     """What SetBudget changed for one tenant (stored in Redis, shared by the replicas)."""
 
@@ -155,7 +156,7 @@ class Override:
     unavailable: UnavailablePolicy | None = None
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class ReserveCommand:
     """A request to hold the estimated cost of one model call."""
 
@@ -174,7 +175,7 @@ class ReserveCommand:
     admitted_while_unavailable: bool = False
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class SavedCommand:
     """A request the response cache answered: what it would have cost."""
 
@@ -188,7 +189,7 @@ class SavedCommand:
     cache_tier: str = ""
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Saved:
     """What a recorded cache hit saved; ``recorded`` is False for a repeated request id."""
 
@@ -197,7 +198,7 @@ class Saved:
     recorded: bool
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class CommitCommand:
     """The usage a provider reported for a reserved call; ``attempt`` is the attempt of the
     request id it was made for (0: whichever holds the reservation)."""
@@ -212,7 +213,7 @@ class CommitCommand:
     attempt: int = 0
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Reservation:
     """A reservation as stored.
 
@@ -245,7 +246,7 @@ class Reservation:
         return f"tenants/{self.tenant}/reservations/{self.id}"
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class QuotaState:
     """One counter's state after a reservation or for GetBudget."""
 
@@ -256,7 +257,7 @@ class QuotaState:
     reset_ms: int  # 0 for a conversation quota
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Granted:
     """A granted reservation, the tightest quota left per unit (for rate-limit headers) and
     the tenant's policy while the budget service is down (callers remember it)."""
@@ -266,7 +267,7 @@ class Granted:
     when_unavailable: UnavailablePolicy = UnavailablePolicy.REFUSE
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Committed:
     """A committed reservation and the difference charged (below 0: returned)."""
 
@@ -275,7 +276,7 @@ class Committed:
     delta_cost_usd_nanos: int
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class UsageRow:
     """One day of committed usage, for the tenant or one key, feature or model."""
 
@@ -291,7 +292,7 @@ class UsageRow:
     saved_cost_usd_nanos: int = 0
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class CounterDifference:
     """A counter that does not equal the sum of its ledger entries."""
 
@@ -301,7 +302,7 @@ class CounterDifference:
     ledger_sum: int
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Reconciliation:
     """What a reconciliation found."""
 

@@ -47,6 +47,7 @@ from tollway.cache.sync import IndexSync
 from tollway.common.caching import CacheMode, CacheTier
 from tollway.mesh.background import Background
 from tollway.mesh.errors import InvalidArgument
+from tollway.mesh.frozen import frozen
 
 log = logging.getLogger("tollway.cache")
 
@@ -64,7 +65,7 @@ class Verdict(Protocol):
 Verifier = Callable[[str, str, float, float], Verdict]
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class _Accept:
     accept: bool = True
     reason: str = "no second check installed"
@@ -86,7 +87,7 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class CacheSettings:
     """Tuning that is not per namespace.
 

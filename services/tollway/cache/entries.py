@@ -11,6 +11,7 @@ from tollway.cache.index import IndexRecord
 from tollway.cache.keys import Fingerprint, context_tag
 from tollway.cache.scope import Scope
 from tollway.common.caching import CacheMode, CacheTier
+from tollway.mesh.frozen import frozen
 
 
 class MissReason(enum.IntEnum):
@@ -34,7 +35,7 @@ class SkipReason(enum.IntEnum):
     NONDETERMINISTIC = 2
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen(slots=True)
 class Answer:
     """A complete model answer and what producing it cost."""
 
@@ -47,7 +48,7 @@ class Answer:
     cached_input_tokens: int = 0
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen(slots=True)
 class Entry:
     """One cached answer as stored in Redis.
 
@@ -110,7 +111,7 @@ class Entry:
         )
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen(slots=True)
 class Requester:
     """Who asks, and how strictly they want their answers kept."""
 
@@ -120,7 +121,7 @@ class Requester:
     scope: Scope = Scope.UNSPECIFIED
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen(slots=True)
 class LookupQuery:
     """A lookup: who asks, what they ask, and how."""
 
@@ -133,7 +134,7 @@ class LookupQuery:
     semantic_only: bool = False
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen(slots=True)
 class Rejection:
     """A semantic candidate the second check turned down, and which check did.
 
@@ -152,7 +153,7 @@ class Rejection:
     score: float | None = None
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen(slots=True)
 class LookupOutcome:
     """The result of a lookup; ``entry`` is set exactly when ``tier`` is a hit tier."""
 
@@ -166,7 +167,7 @@ class LookupOutcome:
     rejections: tuple[Rejection, ...] = ()
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen(slots=True)
 class StoreCommand:
     """A complete answer to store for a request."""
 
@@ -179,7 +180,7 @@ class StoreCommand:
     document_ids: tuple[str, ...] = ()
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen(slots=True)
 class StoreOutcome:
     """The result of a store."""
 
@@ -191,7 +192,7 @@ class StoreOutcome:
     evicted_count: int = 0
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen(slots=True)
 class InvalidateTarget:
     """What to remove; exactly one field is set (the cache validates that)."""
 
@@ -202,7 +203,7 @@ class InvalidateTarget:
     everything: bool = False
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen(slots=True)
 class NamespaceStats:
     """Figures for one namespace (see tollway.cache.v1.NamespaceStats)."""
 
@@ -227,7 +228,7 @@ class NamespaceStats:
     false_hit_threshold: float = 0.0
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen(slots=True)
 class QualitySample:
     """A semantic hit's cached answer next to a fresh answer to the same request."""
 
@@ -239,7 +240,7 @@ class QualitySample:
     entry_id: str = ""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen(slots=True)
 class QualityResult:
     """Agreement between a cached and a fresh answer."""
 

@@ -18,7 +18,6 @@ candidate against the entry it reads from Redis before serving it.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -27,11 +26,12 @@ import hnswlib
 import numpy as np
 
 from tollway.cache.scope import Scope
+from tollway.mesh.frozen import frozen
 
 _NO_ID = -2  # a tenant or user id that matches nothing
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class IndexParams:
     """hnswlib settings shared by every namespace's index.
 
@@ -55,7 +55,7 @@ class IndexParams:
     max_k: int = 256
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen(slots=True)
 class IndexRecord:
     """What the index keeps about one entry."""
 
@@ -69,7 +69,7 @@ class IndexRecord:
     vector: np.ndarray
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen(slots=True)
 class Candidate:
     """A neighbour that passed the pre-filter, best first in a SearchResult."""
 
@@ -78,7 +78,7 @@ class Candidate:
     stale: bool
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen(slots=True)
 class SearchResult:
     """Candidates above the threshold that pass the filter, and what was seen at all.
 

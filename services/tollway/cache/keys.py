@@ -27,6 +27,7 @@ from typing import Any
 
 from tollway.cache.scope import Scope
 from tollway.common.chat import ChatMessage
+from tollway.mesh.frozen import frozen
 
 # --- tollway.cache.v1.LookupRequest and StoreRequest -------------------------------
 
@@ -123,7 +124,7 @@ _CONTEXT_VERSION = b"tollway.cache.context.v1\x00"
 MESSAGE_KEY_FIELDS = ("role", "content", "name")
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen(slots=True)
 class Fingerprint:
     """Every part of a request that changes the answer (tollway.cache.v1.RequestFingerprint).
 
@@ -151,7 +152,7 @@ class Fingerprint:
         return self.messages[-1].content if self.messages else ""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen(slots=True)
 class CacheKeyInput:
     """Everything the tier-1 key is made of. Build it with :meth:`build`."""
 

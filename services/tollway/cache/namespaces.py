@@ -33,6 +33,7 @@ from typing import Any
 from tollway.cache.scope import Scope
 from tollway.mesh import schema
 from tollway.mesh.errors import NotFound
+from tollway.mesh.frozen import frozen
 from tollway.mesh.schema import SchemaError
 
 log = logging.getLogger("tollway.cache.namespaces")
@@ -60,7 +61,7 @@ def _eviction(text: str) -> Eviction:
         raise ValueError(f"{text!r} is not an eviction policy (use lru or oldest)") from None
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen(slots=True)
 class Namespace:
     """One namespace's policy; the fields after ``name`` are the file's settings.
 
@@ -110,7 +111,7 @@ class Namespace:
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_-.")
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class _File:
     defaults: Any = None  # read as settings below, after the presets are known
     namespaces: dict[str, Any] = dataclasses.field(default_factory=dict)

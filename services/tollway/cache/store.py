@@ -28,7 +28,6 @@ stream).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -43,6 +42,7 @@ from tollway.cache.index import IndexRecord
 from tollway.cache.keys import context_tag
 from tollway.cache.scope import Scope
 from tollway.cache.stats import Counters, Stat
+from tollway.mesh.frozen import frozen
 from tollway.mesh.redis import hash_tagged
 
 _DELETE_FN = """
@@ -175,7 +175,7 @@ EVENTS_START = "0-0"
 _STATS = {s.value: s for s in Stat}
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen(slots=True)
 class PutResult:
     """What one store did: the new id, and entries it removed (id, namespace)."""
 
@@ -184,7 +184,7 @@ class PutResult:
     evicted: list[tuple[int, str]]
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen(slots=True)
 class Event:
     """One add or delete from the event stream; ``seq`` counts events without gaps."""
 

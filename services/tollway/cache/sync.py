@@ -31,6 +31,7 @@ from tollway.cache import metrics
 from tollway.cache.index import IndexParams, IndexRecord, IndexSet
 from tollway.cache.store import EVENTS_START, UNREACHABLE, CacheStore, Event
 from tollway.mesh.background import follow_stream
+from tollway.mesh.frozen import frozen
 
 log = logging.getLogger("tollway.cache.sync")
 
@@ -39,7 +40,7 @@ _MANIFEST = "manifest.json"
 _LOOP_CHUNK = 256  # adds applied between yields to the event loop
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class RebuildReport:
     """How the index was built at start."""
 

@@ -7,8 +7,9 @@ names call records, metrics and the ``x-tollway-cache-tier`` header show;
 
 from __future__ import annotations
 
-import dataclasses
 import enum
+
+from tollway.mesh.frozen import frozen
 
 
 class CacheTier(enum.StrEnum):
@@ -37,7 +38,7 @@ class CacheMode(enum.StrEnum):
     REFRESH = "refresh"  # skip the lookup, store the fresh answer
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen(slots=True)
 class CachePolicy:
     """A request's cache settings.
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tollway.mesh import schema
+from tollway.mesh.frozen import frozen
 from tollway.mesh.schema import SchemaError
 
 log = logging.getLogger("tollway.common.catalog")
@@ -41,7 +42,7 @@ class CatalogError(SchemaError):
     """The catalog file is malformed; the message names the key and the value."""
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Deployment:
     """One place a model can be called: a base URL and key serving one upstream model.
 
@@ -116,7 +117,7 @@ class Deployment:
         return self.first_token_timeout_s or self.timeout_s
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Price:
     """US dollars per million tokens.
 
@@ -143,7 +144,7 @@ class Price:
         )
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Limits:
     """The provider's limits for this model: requests and tokens per minute (0 = not stated)."""
 
@@ -151,7 +152,7 @@ class Limits:
     tpm: int = 0
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Model:
     """A model requests may name.
 
@@ -191,7 +192,7 @@ class Model:
         return self.deployments[0].provider
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Routing:
     """How ``auto`` is routed.
 
@@ -214,7 +215,7 @@ class Routing:
     model_fallback: bool = False
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Catalog:
     """Every model, the aliases pointing at them, and the routing of ``auto``."""
 
@@ -252,7 +253,7 @@ def _expand(value: str, env: Mapping[str, str]) -> str:
 # --- the file's shape (read by tollway.mesh.schema; the domain values above are built from it)
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class _ProviderSpec:
     wire: str = dataclasses.field(default="openai_compat", metadata=schema.rule(choices=WIRES, noun="a wire format"))
     base_url: str = ""
@@ -264,13 +265,13 @@ class _ProviderSpec:
     stream_whole_answers: bool | None = None
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class _LimitsSpec:
     rpm: int = dataclasses.field(default=0, metadata=schema.rule(low=0))
     tpm: int = dataclasses.field(default=0, metadata=schema.rule(low=0))
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class _DeploymentSpec:
     # None: inherited from the model or its provider.
     name: str | None = None
@@ -292,7 +293,7 @@ class _DeploymentSpec:
     limits: _LimitsSpec | None = None
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class _PriceSpec:
     input: float = dataclasses.field(default=0.0, metadata=schema.rule(low=0.0))
     output: float = dataclasses.field(default=0.0, metadata=schema.rule(low=0.0))
@@ -300,7 +301,7 @@ class _PriceSpec:
     cache_write_input: float | None = dataclasses.field(default=None, metadata=schema.rule(low=0.0))
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class _ModelSpec:
     provider: str | None = None
     upstream_model: str | None = None
@@ -316,7 +317,7 @@ class _ModelSpec:
     deployments: tuple[_DeploymentSpec, ...] = ()
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class _RoutingSpec:
     tiers: dict[str, str] = dataclasses.field(default_factory=dict)
     classifier: str = ""
@@ -325,7 +326,7 @@ class _RoutingSpec:
     model_fallback: bool = False
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class _CatalogSpec:
     providers: dict[str, _ProviderSpec] = dataclasses.field(default_factory=dict)
     models: dict[str, _ModelSpec] = dataclasses.field(default_factory=dict)

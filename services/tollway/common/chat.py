@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from tollway.mesh.errors import InvalidArgument
+from tollway.mesh.frozen import frozen
 
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", ""]
 Policy = Literal["interactive", "background"]
@@ -19,7 +20,7 @@ ToolChoiceMode = Literal["auto", "none", "required", "tool"]
 ResponseFormatType = Literal["text", "json_object", "json_schema"]
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class ToolCall:
     """A complete call the model asks the caller to make.
 
@@ -36,7 +37,7 @@ class ToolCall:
     index: int = 0
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class ChatMessage:
     """One conversation turn.
 
@@ -70,7 +71,7 @@ def _empty_object_schema() -> dict[str, Any]:
     return {"type": "object", "properties": {}}
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Tool:
     """A function the model may call.
 
@@ -87,7 +88,7 @@ class Tool:
     cache_breakpoint: bool = False
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class ToolChoice:
     """Whether and which tool the model must call; ``name`` is set when mode is "tool"."""
 
@@ -95,7 +96,7 @@ class ToolChoice:
     name: str = ""
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class ResponseFormat:
     """The shape the answer must have.
 
@@ -117,7 +118,7 @@ class ResponseFormat:
         return self.type != "text"
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class ChatRequest:
     """A provider-neutral chat request; adapters translate it to their wire format.
 
@@ -148,7 +149,7 @@ class ChatRequest:
     allow_model_fallback: bool | None = None
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Usage:
     """Token counts of one call.
 
@@ -174,7 +175,7 @@ class Usage:
         )
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class TextDelta:
     """The next piece of the answer."""
 

@@ -18,11 +18,12 @@ jobs too. A token is short-lived (minted per call), so one that leaks from a log
 from __future__ import annotations
 
 import base64
-import dataclasses
 import hashlib
 import hmac
 import json
 import time
+
+from tollway.mesh.frozen import frozen
 
 PREFIX = "twobo."
 # Long enough for one gateway call; a worker mints a fresh token per attempt.
@@ -35,7 +36,7 @@ class DelegationError(ValueError):
     """A token that is malformed, wrongly signed or expired (the message says which)."""
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Delegation:
     """Whom a token speaks for, and about what.
 

@@ -6,11 +6,11 @@ exists there is a next page, and the last item shown is where it starts.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 from tollway.mesh.errors import InvalidArgument
+from tollway.mesh.frozen import frozen
 
 T = TypeVar("T")
 
@@ -35,7 +35,7 @@ def page_size(requested: int) -> int:
     return requested or DEFAULT_PAGE_SIZE
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Page(Generic[T]):
     """One page of results.
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 
 from tollway.common.chat import FinishReason, TextDelta, ToolCall, Usage
+from tollway.mesh.frozen import frozen
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class RoutingDecision:
     """The routing decision for one request.
 
@@ -38,7 +39,7 @@ class RoutingDecision:
     cascade_from: str = ""
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class RouteStarted:
     """An attempt produced its first output; everything after belongs to it.
 
@@ -57,7 +58,7 @@ class RouteStarted:
     deployment: str = ""
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class RouteCompleted:
     """The answer is complete.
 
@@ -77,7 +78,7 @@ class RouteCompleted:
     discarded_usage: Usage = dataclasses.field(default_factory=Usage)
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class StreamFailed:
     """The provider failed after text was streamed.
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import re
 import secrets
@@ -14,6 +13,7 @@ from tollway.gateway.store import GatewayStore
 from tollway.gateway.validation import check_metadata
 from tollway.mesh import tracing
 from tollway.mesh.errors import InvalidArgument, Unauthenticated
+from tollway.mesh.frozen import frozen
 
 KEY_PREFIX = "tw-"
 # A key's id is its first characters (`tw-AbC123`): enough to tell keys apart in a list, and
@@ -24,7 +24,7 @@ MIN_ID_PREFIX = 4
 _TENANT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Tenant:
     """Who a request is billed to; ``priority`` is the key's default budget priority ("": the plan's)."""
 

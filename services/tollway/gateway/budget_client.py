@@ -12,7 +12,6 @@ its retry-after), ready for the gateway's own error path; :func:`rate_limit_head
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -26,6 +25,7 @@ from tollway.common.chat import ChatRequest, Usage
 from tollway.common.tokens import count_request_tokens
 from tollway.mesh import tracing
 from tollway.mesh.errors import ResourceExhausted, TollwayError, from_rpc_error
+from tollway.mesh.frozen import frozen
 
 SERVICE_NAME = "tollway.budget.v1.BudgetService"
 _ADMIT = {
@@ -40,7 +40,7 @@ PRIORITIES = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Limit:
     """The tightest quota of one unit after a reservation (for ``x-ratelimit-*`` headers)."""
 
@@ -49,7 +49,7 @@ class Limit:
     reset_s: float | None
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class BudgetHold:
     """A granted reservation.
 

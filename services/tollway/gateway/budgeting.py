@@ -18,7 +18,6 @@ A request admitted that way is charged later through the outbox (a reservation m
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 
 from tollway.common.chat import Usage
@@ -28,6 +27,7 @@ from tollway.gateway.request import GatewayRequest
 from tollway.gateway.store import GatewayStore
 from tollway.mesh import redis as mesh_redis
 from tollway.mesh.errors import DeadlineExceeded, FailedPrecondition, TollwayError, Unavailable
+from tollway.mesh.frozen import frozen
 
 log = logging.getLogger("tollway.gateway.budget")
 
@@ -37,7 +37,7 @@ _DOWN = (Unavailable, DeadlineExceeded)
 _ONCE = ("ALREADY_COMMITTED", "STALE_ATTEMPT")
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Admission:
     """A request the budget let through.
 
@@ -55,7 +55,7 @@ class Admission:
     max_tokens: int
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Settlement:
     """What the budget is told about a finished call: commit ``usage``, or release (None)."""
 

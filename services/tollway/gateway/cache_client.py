@@ -20,6 +20,7 @@ from tollway.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 from tollway.gateway import metrics
 from tollway.gateway.request import GatewayRequest
 from tollway.mesh import propagation, tracing
+from tollway.mesh.frozen import frozen
 
 log = logging.getLogger("tollway.gateway.cache")
 
@@ -27,7 +28,7 @@ log = logging.getLogger("tollway.gateway.cache")
 _SEMANTIC_WORTHWHILE = {cache_pb2.MISS_REASON_NOT_FOUND, cache_pb2.MISS_REASON_EXPIRED}
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class CacheHit:
     """A cached answer and how it was found."""
 
@@ -42,7 +43,7 @@ class CacheHit:
     sample_for_quality: bool
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class CacheRequest:
     """Who asks, where, and how.
 

@@ -4,7 +4,6 @@ they add (``tollway.gateway.insights``) and, where the tenant allows, the raw te
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import time
@@ -14,11 +13,12 @@ from tollway.common.chat import ChatMessage
 from tollway.gateway import insights
 from tollway.gateway.callrecord import CallRecord
 from tollway.gateway.store import GatewayStore
+from tollway.mesh.frozen import frozen
 
 log = logging.getLogger("tollway.gateway.calls")
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class RawPolicy:
     """Which tenants' raw prompts and answers are kept apart from the records, and how long.
 

@@ -16,7 +16,6 @@ none of them, nothing is reserved and the cost is 0.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 import uuid
 from collections.abc import Sequence
@@ -37,13 +36,14 @@ from tollway.gateway.callrecord import CallRecord
 from tollway.gateway.request import GatewayRequest, check_budget_fields
 from tollway.gateway.validation import Limits
 from tollway.mesh.errors import InvalidArgument, TollwayError, Unavailable, from_rpc_error
+from tollway.mesh.frozen import frozen
 
 # The embedding service's own limit on texts per call (EmbedRequest.texts).
 MAX_INPUTS = 256
 PROVIDER = "embedding"
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class EmbedCall:
     """One embeddings request, as the client sent it (not yet checked)."""
 
@@ -56,7 +56,7 @@ class EmbedCall:
     priority: str = ""
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class EmbedResult:
     """The vectors and what they cost; ``reply`` is the embedding service's answer, kept as
     it came so the vectors are not copied on their way out; ``hold`` is the reservation the

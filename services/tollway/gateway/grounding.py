@@ -17,6 +17,7 @@ from typing import Any
 
 from tollway.common.chat import ChatMessage, ChatRequest
 from tollway.gateway.retrieval_client import Context
+from tollway.mesh.frozen import frozen
 
 DEFAULT_TOP_K = 8
 MAX_TOP_K = 100
@@ -32,7 +33,7 @@ INSTRUCTIONS = (
 )
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen(slots=True)
 class RetrievalSpec:
     """What to retrieve for one request, with the defaults filled in.
 

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from tollway.gateway.store import GatewayStore
 from tollway.mesh.errors import InvalidArgument, NotFound, PermissionDenied
+from tollway.mesh.frozen import frozen
 
 # Cache tiers that answered without a provider call.
 _HIT_TIERS = frozenset({"exact", "semantic", "stale"})
@@ -85,7 +86,7 @@ _FEEDBACK_DIMENSIONS = (
 )
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Viewer:
     """Who asks: the key's tenant, and whether that tenant is an admin (sees every tenant)."""
 
@@ -235,7 +236,7 @@ FEEDBACK_POSITIONS = (_FEEDBACK_COUNT, _FEEDBACK_SCORE)
 # Queries
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class UsageQuery:
     """A checked usage query: which tenants, which days, grouped how."""
 
@@ -452,7 +453,7 @@ def check_page_token(token: str) -> str:
     return token
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class DriftSignal:
     """A prompt version or namespace whose mean feedback or cache-hit agreement moved beyond
     the threshold (``signal``: "feedback" or "agreement")."""
@@ -470,7 +471,7 @@ class DriftSignal:
         return self.recent - self.baseline
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class DriftRule:
     """When a mean feedback score (or a mean cache-hit agreement) counts as drifted.
 
@@ -522,7 +523,7 @@ def drift(rule: DriftRule, totals: Mapping[Dimension, Totals], days: Sequence[st
 # The queries, over the gateway's store
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class CallView:
     """One listed call: its record, whether its raw text is readable, its feedback."""
 

@@ -52,6 +52,7 @@ from tollway.gateway.store import GatewayStore
 from tollway.gateway.validation import Limits, check_resolved
 from tollway.mesh import tracing
 from tollway.mesh.errors import FailedPrecondition, ResourceExhausted, TollwayError, Unavailable
+from tollway.mesh.frozen import frozen
 from tollway.mesh.streams import coalesce
 
 log = logging.getLogger("tollway.gateway")
@@ -67,7 +68,7 @@ SETTLE_DELAY_S = 0.02
 _REPLAY_PIECE = re.compile(r".{1,48}(?:\s+|$)|\S+", re.DOTALL)
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Started:
     """The answer begins: who answers, and whether the cache did (``degraded`` for a stale fallback).
 
@@ -89,7 +90,7 @@ class Started:
     prompt: ResolvedPrompt | None = None
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Completed:
     """The answer is complete; ``ttft_ms`` is the whole latency when no text came."""
 
@@ -102,7 +103,7 @@ class Completed:
     tool_calls: tuple[ToolCall, ...] = ()
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class ToolCallDelta:
     """A piece of a tool call: ``id`` and ``name`` on a call's first piece, then argument text.
 
@@ -116,7 +117,7 @@ class ToolCallDelta:
     arguments_fragment: str
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Failed:
     """The answer broke off after Started (``code`` is a gRPC status code number)."""
 
@@ -126,7 +127,7 @@ class Failed:
     partial_usage: Usage
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Cited:
     """The sources of a grounded answer, sent right after Started and before any text."""
 

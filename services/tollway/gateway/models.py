@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 from tollway.common.catalog import Catalog
+from tollway.mesh.frozen import frozen
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen(slots=True)
 class ListedModel:
     """One name a request may use.
 

@@ -26,6 +26,7 @@ from google.protobuf import struct_pb2
 from tollway.common.chat import ChatMessage, ChatRequest, ResponseFormat
 from tollway.mesh import propagation, tracing
 from tollway.mesh.errors import InvalidArgument, TollwayError, Unavailable, from_rpc_error
+from tollway.mesh.frozen import frozen
 from tollway.prompts.v1 import prompts_pb2, prompts_pb2_grpc
 
 SERVICE_NAME = "tollway.prompts.v1.PromptsService"
@@ -38,7 +39,7 @@ _RESOLUTIONS = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class PromptRef:
     """What a request names: a template, a label or a version (neither: ``production``), and
     the variables (plain JSON values)."""
@@ -49,7 +50,7 @@ class PromptRef:
     variables: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class ResolvedPrompt:
     """A resolved ``prompt_ref``.
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from typing import TYPE_CHECKING, Literal
 
 from tollway.common.caching import CachePolicy
 from tollway.common.chat import ChatRequest
 from tollway.mesh.errors import InvalidArgument
+from tollway.mesh.frozen import frozen
 
 if TYPE_CHECKING:
     from tollway.gateway.grounding import RetrievalSpec
@@ -20,7 +20,7 @@ PRIORITIES: tuple[Priority, ...] = ("", "interactive", "normal", "batch")
 _CONVERSATION_ID = re.compile(r"^[^|,/{}\s]{1,128}$")
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen(slots=True)
 class GatewayRequest:
     """A checked request, ready to run.
 

@@ -27,6 +27,7 @@ from google.protobuf import json_format
 from tollway.common.tokens import count_tokens
 from tollway.mesh import propagation, tracing
 from tollway.mesh.errors import InvalidArgument, Unavailable, from_rpc_error
+from tollway.mesh.frozen import frozen
 from tollway.retrieval.v1 import retrieval_pb2 as pb
 from tollway.retrieval.v1 import retrieval_pb2_grpc
 
@@ -34,7 +35,7 @@ from tollway.retrieval.v1 import retrieval_pb2_grpc
 _FRAMING_TOKENS = 12
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen(slots=True)
 class RetrievedChunk:
     """One search result as the gateway uses it.
 
@@ -64,7 +65,7 @@ class RetrievedChunk:
         return self.parent_text or self.text
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen(slots=True)
 class Citation:
     """A source the answer was grounded in, sent to the client before the answer.
 
@@ -85,7 +86,7 @@ class Citation:
     title: str = ""
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Context:
     """Retrieved context ready for the prompt.
 

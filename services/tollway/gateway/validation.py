@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Sequence
 from typing import Protocol
@@ -11,6 +10,7 @@ from tollway.common.chat import ChatRequest, check_tool_choice
 from tollway.gateway.grounding import spec_problems
 from tollway.gateway.guard.structured import compile_format
 from tollway.mesh.errors import InvalidArgument
+from tollway.mesh.frozen import frozen
 from tollway.mesh.propagation import FORWARDED
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -85,7 +85,7 @@ class ChatRequestLike(Protocol):
     def HasField(self, name: str) -> bool: ...
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Limits:
     """Size limits a request must respect."""
 

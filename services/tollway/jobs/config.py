@@ -3,11 +3,12 @@ secret from ``TOLLWAY_DELEGATION_SECRET``)."""
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 
+from tollway.mesh.frozen import frozen
 
-@dataclasses.dataclass(frozen=True)
+
+@frozen
 class JobsConfig:
     """Jobs service settings; each field is ``TOLLWAY_JOBS_<FIELD>``.
 

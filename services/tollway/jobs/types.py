@@ -12,6 +12,8 @@ import enum
 import os
 import time
 
+from tollway.mesh.frozen import frozen
+
 
 class State(enum.StrEnum):
     QUEUED = "queued"
@@ -48,7 +50,7 @@ def new_id() -> str:
     return f"{ms:012x}{seq:04x}{os.urandom(3).hex()}"
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Owner:
     """Who submitted a job: the key's tenant and id, and the key's SHA-256 (never the key)."""
 
@@ -58,7 +60,7 @@ class Owner:
     default_priority: int = 0
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class JobError:
     """Why a job ended without an answer: a google.rpc code, a message and a stable reason."""
 
@@ -67,7 +69,7 @@ class JobError:
     reason: str
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Delivery:
     """One webhook delivery attempt."""
 
@@ -76,7 +78,7 @@ class Delivery:
     error: str
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Job:
     """A job as stored.
 
@@ -119,7 +121,7 @@ class Job:
     deliveries: tuple[Delivery, ...] = ()
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class NewJob:
     """What a submit gives for one job (a batch gives one per item)."""
 
@@ -133,7 +135,7 @@ class NewJob:
     has_prompt_ref: bool = False
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Batch:
     """A batch as stored; the counts are of items that reached each end."""
 
@@ -155,7 +157,7 @@ class Batch:
         return self.succeeded + self.failed + self.cancelled >= self.total
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class StoredFile:
     """A stored file; ``content`` is empty unless it was asked for."""
 

@@ -35,6 +35,7 @@ from tollway.jobs import metrics
 from tollway.jobs.store import Entry, JobsStore
 from tollway.jobs.types import Job, JobError, State
 from tollway.mesh import redis as mesh_redis
+from tollway.mesh.frozen import frozen
 
 log = logging.getLogger("tollway.jobs.worker")
 
@@ -61,7 +62,7 @@ class RunFailure(Exception):
 Runner = Callable[[Job], Awaitable[bytes]]
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class WorkerSettings:
     workers: int
     claim_idle_ms: int

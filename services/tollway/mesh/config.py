@@ -16,6 +16,8 @@ import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+from tollway.mesh.frozen import frozen
+
 T = TypeVar("T")
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -26,7 +28,7 @@ class ConfigError(ValueError):
     """A configuration value is missing, malformed or unknown."""
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class MeshConfig:
     """Settings shared by every service.
 

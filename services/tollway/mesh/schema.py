@@ -13,7 +13,7 @@ nested dataclass, ``tuple[X, ...]``, ``frozenset[X]``, ``Mapping[str, X]`` / ``d
 ``X | None`` and ``Any`` (taken as is). Limits and choices go in the field's metadata with
 :func:`rule`::
 
-    @dataclasses.dataclass(frozen=True)
+    @frozen
     class Limits:
         rpm: int = dataclasses.field(default=0, metadata=schema.rule(low=0))
 
@@ -39,6 +39,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from tollway.mesh.frozen import frozen
+
 __all__ = ["REQUIRED", "Reader", "Rule", "SchemaError", "YamlDocument", "load_yaml", "rule"]
 
 T = TypeVar("T")
@@ -63,7 +65,7 @@ REQUIRED: Any = _Required()
 """Passed as ``default`` to :meth:`Reader.get`: the key must be present."""
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Rule:
     """Limits on one value; for a tuple or frozenset they apply to each element.
 
@@ -97,7 +99,7 @@ def rule(**limits: Any) -> dict[str, Rule]:
     return {_RULE_KEY: Rule(**limits)}
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class _Field:
     name: str
     key: str
@@ -342,7 +344,7 @@ class Reader:
             raise self.fail(path, value, f"is not {limits.noun or 'a valid choice'}; use one of {names}") from None
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class YamlDocument:
     """A YAML file as read: its text (for version hashes) and the parsed data."""
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
+from tollway.mesh.frozen import frozen
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class OpenAICompatConfig:
     """Attributes:
     port: HTTP port.

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
+
+from tollway.mesh.frozen import frozen
 
 _DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class PromptsConfig:
     """Prompts service settings; each field is ``TOLLWAY_PROMPTS_<FIELD>``.
 

@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from tollway.mesh.frozen import frozen
 from tollway.mesh.schema import Reader, SchemaError, load_yaml, rule
 from tollway.prompts.types import ID_PATTERN, ROLES, Content, MessageTemplate, ModelDefaults
 from tollway.prompts.variables import canonical_json
@@ -41,13 +42,13 @@ class PromptFileError(SchemaError):
     """A prompt file is unreadable or malformed; the message names the file, key and value."""
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class _MessageSpec:
     role: str = dataclasses.field(metadata=rule(choices=ROLES, noun="a role"))
     content: str
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class _ParametersSpec:
     model: str = ""
     tier: str = dataclasses.field(default="", metadata=rule(choices=("", "small", "medium", "large"), noun="a tier"))
@@ -61,7 +62,7 @@ class _ParametersSpec:
     response_schema: Any = None
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class _FileSpec:
     id: str
     messages: tuple[_MessageSpec, ...]
@@ -74,7 +75,7 @@ class _FileSpec:
     example: Any = None
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class PromptFile:
     """One prompt file, read.
 

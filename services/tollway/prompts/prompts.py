@@ -27,6 +27,7 @@ from typing import Any
 from tollway.common.paging import Page, page_size
 from tollway.common.tokens import count_prompt_tokens
 from tollway.mesh.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from tollway.mesh.frozen import frozen
 from tollway.prompts import metrics
 from tollway.prompts.config import PromptsConfig
 from tollway.prompts.render import LRU, Renderer
@@ -117,7 +118,7 @@ def _untoken(kind: str, token: str) -> str:
     return value
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class _Prepared:
     """A version as kept in memory: itself and its parsed schema."""
 

@@ -19,7 +19,6 @@ version is compiled once per process, whichever request renders it first.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import numbers
 import operator
 import threading
@@ -34,6 +33,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from tollway.common.tokens import count_prompt_tokens
 from tollway.mesh.errors import InvalidArgument
+from tollway.mesh.frozen import frozen
 from tollway.prompts.types import Content, Rendered
 
 # Names a template may use without declaring them: Jinja's harmless globals. `lipsum` is
@@ -47,7 +47,7 @@ class LimitExceeded(SecurityError):
     """A render went past one of the configured limits (named in the message)."""
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Checked:
     """What publishing needs to know about a version's messages.
 

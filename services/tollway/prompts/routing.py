@@ -11,14 +11,14 @@ so a caller in the first 10 % of ``staging`` is in the first 10 % of ``productio
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from collections.abc import Mapping, Sequence
 
+from tollway.mesh.frozen import frozen
 from tollway.prompts.types import Label, Resolution, Variant
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Choice:
     """A routing decision: the version, why, and with a variant its index among the arms."""
 

@@ -25,11 +25,12 @@ another slot); a listed id whose template does not exist is skipped when listing
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Sequence
 
 import redis.asyncio as aioredis
+
+from tollway.mesh.frozen import frozen
 
 # KEYS: meta. ARGV: desc, created_ms. Returns {'created'} | {'exists', desc, created_ms, latest}.
 _CREATE = r"""
@@ -145,7 +146,7 @@ def _s(value: bytes | str | int | None) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class ScriptResult:
     """A script's reply: its outcome word and the values after it, as text."""
 
@@ -153,7 +154,7 @@ class ScriptResult:
     values: tuple[str, ...] = ()
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class TemplateRow:
     """A template's stored state."""
 
@@ -166,7 +167,7 @@ class TemplateRow:
     pins: dict[str, int]
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class RouteRow:
     """What ResolvePrompt reads per request: the label's version and split, the tenant's pin."""
 
@@ -175,7 +176,7 @@ class RouteRow:
     pin: int | None
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class HistoryRow:
     """One history stream entry."""
 

@@ -8,6 +8,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from tollway.mesh.frozen import frozen
+
 ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 """Template ids, labels and metric names: safe in Redis keys, URLs and file names."""
 
@@ -31,7 +33,7 @@ class ChangeKind(enum.Enum):
     ROLLBACK = "rollback"
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class MessageTemplate:
     """One message of a version, before rendering: ``role`` and a Jinja2 ``content``."""
 
@@ -39,7 +41,7 @@ class MessageTemplate:
     content: str
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class ModelDefaults:
     """The model parameters a version brings; the request's own values win over them.
 
@@ -60,7 +62,7 @@ class ModelDefaults:
         return dataclasses.asdict(self) | {"stop": list(self.stop)}
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Content:
     """What a version is: the part that is hashed.
 
@@ -75,7 +77,7 @@ class Content:
     parameters: ModelDefaults = ModelDefaults()
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Version:
     """One immutable version.
 
@@ -108,7 +110,7 @@ class Version:
     evaluations: Mapping[str, tuple[int, float]] = dataclasses.field(default_factory=dict)
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Variant:
     """One arm of a label's A/B split: a version and its relative weight."""
 
@@ -116,7 +118,7 @@ class Variant:
     weight: int
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Label:
     """Where a label points, and its split (empty: none)."""
 
@@ -125,7 +127,7 @@ class Label:
     variants: tuple[Variant, ...] = ()
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Template:
     """A template and its routing state.
 
@@ -146,7 +148,7 @@ class Template:
     pins: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class LabelChange:
     """One recorded move of a label (``from_version`` 0: the label was new)."""
 
@@ -160,7 +162,7 @@ class LabelChange:
     cursor: str = ""  # where the history page after this entry starts (the store's id)
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Rendered:
     """A rendered prompt.
 
@@ -175,7 +177,7 @@ class Rendered:
     token_count: int
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Resolved:
     """The result of ResolvePrompt: the version chosen, why, and its rendering."""
 
@@ -186,7 +188,7 @@ class Resolved:
     variant_index: int = 0
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Published:
     """The result of a publish: the version, whether it is new, and advice."""
 

@@ -14,12 +14,12 @@ the sum can differ from counting a whole chunk by a token or two at boundaries.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import re
 from collections.abc import Iterator
 
 from tollway.common.tokens import count_tokens
+from tollway.mesh.frozen import frozen
 from tollway.retrieval.types import Chunking, ChunkText, Strategy
 
 _FENCE = re.compile(r"^[ \t]{0,3}(`{3,}|~{3,})[^\n]*\n.*?(?:^[ \t]{0,3}\1[ \t]*$|\Z)", re.MULTILINE | re.DOTALL)
@@ -30,7 +30,7 @@ _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+")
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen(slots=True)
 class _Unit:
     start: int
     end: int

@@ -8,10 +8,11 @@ and navigation are dropped, so the chunker sees the page's structure.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from html.parser import HTMLParser
 from pathlib import Path
+
+from tollway.mesh.frozen import frozen
 
 FORMATS = {".txt": "text", ".text": "text", ".md": "markdown", ".markdown": "markdown", ".html": "html", ".htm": "html"}
 
@@ -25,7 +26,7 @@ class ExtractError(ValueError):
     """A file that cannot be ingested; the message says why."""
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Extracted:
     """A file's text, title and format."""
 

@@ -14,20 +14,20 @@ copy of the token lists, and is swapped in on the loop.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from tollway.mesh.frozen import frozen
 from tollway.retrieval.dense import VectorSpace
 from tollway.retrieval.filters import Columns
 from tollway.retrieval.keyword import KeywordModel, tokenize
 from tollway.retrieval.types import Chunk, FieldType, Filter
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class IndexParams:
     """Index settings shared by every collection.
 
@@ -53,7 +53,7 @@ class IndexParams:
     bigrams: bool = False
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class KeywordRows:
     """What a BM25 build reads, taken on the loop: token lists and, when BM25 scores parent
     sections, the group (parent section) of every row; ``tokens`` then holds one list per group."""

@@ -33,6 +33,7 @@ from typing import Literal, Protocol
 import numpy as np
 
 from tollway.mesh.errors import FailedPrecondition, InvalidArgument, NotFound, TollwayError, Unavailable
+from tollway.mesh.frozen import frozen
 from tollway.retrieval import metrics
 from tollway.retrieval.chunking import chunk_text
 from tollway.retrieval.store import UNREACHABLE, IngestEvent, RetrievalStore
@@ -75,7 +76,7 @@ class Invalidator(Protocol):
         ...
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class IngestSettings:
     """How workers read, batch and retry.
 

@@ -17,6 +17,7 @@ import numpy as np
 from tollway.common.paging import Page, page_size
 from tollway.mesh.background import Background
 from tollway.mesh.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, TollwayError
+from tollway.mesh.frozen import frozen
 from tollway.retrieval import metrics
 from tollway.retrieval.filters import check_filters, check_metadata
 from tollway.retrieval.ingest import QUERY, Embedder, Ingestor, IngestSettings, Invalidator, wall_clock_ms
@@ -62,7 +63,7 @@ class ModelCatalog(Protocol):
         ...
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Limits:
     """Input limits and search defaults.
 

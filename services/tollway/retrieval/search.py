@@ -19,11 +19,11 @@ Everything is numpy over at most a few hundred candidates, apart from the BM25 s
 
 from __future__ import annotations
 
-import dataclasses
 import re
 
 import numpy as np
 
+from tollway.mesh.frozen import frozen
 from tollway.retrieval.index import CollectionIndex
 from tollway.retrieval.keyword import expansion_terms, tokenize
 from tollway.retrieval.types import FusionMethod, Hit, Mode, SearchOptions, SearchOutcome
@@ -32,7 +32,7 @@ SNIPPET_CHARS = 320
 _QUERY_WORD = re.compile(r"\w{3,}")
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Tuning:
     """Search constants a deployment may tune (defaults chosen on the dev sets, see
     docs/benchmarks.md).

@@ -45,6 +45,7 @@ import numpy as np
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
+from tollway.mesh.frozen import frozen
 from tollway.mesh.redis import hash_tagged
 from tollway.retrieval.types import (
     Chunk,
@@ -280,7 +281,7 @@ def _i(value: bytes | str | None) -> int:
     return int(s) if s else 0
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen(slots=True)
 class IngestEvent:
     """One delivery of a ``content_changed`` event from the ingest stream.
 
@@ -317,7 +318,7 @@ class IngestEvent:
         )
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen(slots=True)
 class IndexEvent:
     """One change to what is indexed, from the index event stream.
 
@@ -335,7 +336,7 @@ class IndexEvent:
     seq: int
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class StoredCollection:
     """A collection and its uid."""
 

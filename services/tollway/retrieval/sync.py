@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tollway.mesh.background import follow_stream
+from tollway.mesh.frozen import frozen
 from tollway.retrieval import metrics
 from tollway.retrieval.index import CollectionIndex, IndexParams
 from tollway.retrieval.store import EVENTS_START, UNREACHABLE, IndexEvent, RetrievalStore
@@ -49,7 +50,7 @@ class Entry:
     index: CollectionIndex
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class RebuildReport:
     """How the indexes were built at start."""
 

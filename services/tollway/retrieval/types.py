@@ -14,6 +14,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from tollway.mesh.frozen import frozen
+
 # Ids end up in Redis key names and resource names: no "/" (a name separator), no whitespace,
 # no braces (Redis hash tags).
 COLLECTION_ID = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
@@ -103,7 +105,7 @@ class Op(enum.Enum):
     LTE = "lte"
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Chunking:
     """A collection's chunking settings, with defaults already applied.
 
@@ -133,7 +135,7 @@ class Chunking:
 MAX_SENTENCE_WINDOW = 4
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Collection:
     """A collection as stored.
 
@@ -196,7 +198,7 @@ class Collection:
         return active + list(self.ensemble)
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Document:
     """A document as stored.
 
@@ -250,7 +252,7 @@ def content_hash(title: str, text: str, metadata: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen(slots=True)
 class ChunkText:
     """One chunk as the chunker cuts it.
 
@@ -266,7 +268,7 @@ class ChunkText:
     section: str = ""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen(slots=True)
 class Chunk:
     """One indexed chunk as stored in Redis and held by the indexes.
 
@@ -308,7 +310,7 @@ def chunk_id(document_id: str, digest: str, n: int) -> str:
     return f"{document_id}:{digest[:12]}:{n}"
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Operation:
     """The progress of one upsert's indexing.
 
@@ -349,7 +351,7 @@ class Operation:
         return f"operations/{self.operation_id}"
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Filter:
     """One metadata condition of a search (already checked against the collection)."""
 
@@ -359,7 +361,7 @@ class Filter:
     values: Sequence[Any] = ()
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class SearchOptions:
     """A search, with every default applied.
 
@@ -400,7 +402,7 @@ class SearchOptions:
     ensemble_vectors: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen(slots=True)
 class Hit:
     """One search result.
 
@@ -417,7 +419,7 @@ class Hit:
     keyword_score: float
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class SearchOutcome:
     """What a search found: the hits, best first, and how many chunks passed the filters."""
 

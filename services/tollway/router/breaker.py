@@ -33,7 +33,6 @@ few requests, not a stall to every one.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import socket
@@ -43,6 +42,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from tollway.mesh import errors
+from tollway.mesh.frozen import frozen
 from tollway.router import metrics
 
 log = logging.getLogger("tollway.router.breaker")
@@ -53,7 +53,7 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 _HALF_OPEN_RETRY_S = 1.0
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class BreakerSettings:
     """Attributes:
     failure_threshold: Consecutive failures that open a closed breaker.
@@ -86,7 +86,7 @@ class BreakerSettings:
         return max(100, int(self.window_s * 100))
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class StoreResult:
     """What the shared store answered.
 
@@ -107,7 +107,7 @@ class StoreResult:
     transitioned_from: str = ""
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class BreakerSnapshot:
     """A breaker's shared state, for listings."""
 
@@ -122,7 +122,7 @@ class BreakerSnapshot:
     last_error: str = ""
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Transition:
     """One recorded state change."""
 
@@ -159,7 +159,7 @@ class BreakerStore(Protocol):
     async def transitions(self, limit: int, before_id: str = "", breaker: str = "") -> list[Transition]: ...
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Permit:
     """The answer to "may I call this deployment?".
 

@@ -9,16 +9,16 @@ method can replace it: the catalog names it as ``routing.classifier:
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import re
 from typing import Protocol
 
 from tollway.common.chat import ChatRequest
 from tollway.common.tokens import count_tokens
+from tollway.mesh.frozen import frozen
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Classification:
     """A classifier's verdict.
 

@@ -20,13 +20,13 @@ script, which must agree with it (an integration test compares them on real Redi
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from tollway.common.catalog import Deployment
+from tollway.mesh.frozen import frozen
 from tollway.router import metrics
 
 log = logging.getLogger("tollway.router.limits")
@@ -36,7 +36,7 @@ BUCKET_MS = 1_000
 NEVER = -1  # a wait that no amount of waiting ends: the request alone exceeds the limit
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Verdict:
     """Whether one more call fits a deployment's window now.
 
@@ -100,7 +100,7 @@ def check(buckets: Mapping[int, tuple[int, int]], now_ms: int, rpm: int, tpm: in
     return Verdict(False, NEVER, first)  # unreachable: an empty window fits any call under the limits
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Taken:
     """What the store answered to one pick.
 
@@ -127,7 +127,7 @@ class LimitStore(Protocol):
         ...
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Pick:
     """A pick among a model's deployments.
 

@@ -9,13 +9,13 @@ same outage spread out), never sooner than the provider's ``retry-after``.
 
 from __future__ import annotations
 
-import dataclasses
 import random
 
 from tollway.common.chat import Policy
+from tollway.mesh.frozen import frozen
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class RetryPolicy:
     """Attributes:
     name: "interactive" or "background".

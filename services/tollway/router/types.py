@@ -9,13 +9,13 @@ values other services speak too (the request, usage, text deltas) live in
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 
 from tollway.common.chat import FinishReason, TextDelta, ToolCall, Usage
+from tollway.mesh.frozen import frozen
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class ToolCallDelta:
     """A fragment of a tool call; fragments with the same index belong to one call.
 
@@ -29,7 +29,7 @@ class ToolCallDelta:
     arguments: str = ""
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class UsageUpdate:
     """What the provider has reported about usage so far (cumulative, not a delta).
 
@@ -39,7 +39,7 @@ class UsageUpdate:
     usage: Usage
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class StreamEnd:
     """The provider finished the answer.
 
@@ -55,7 +55,7 @@ class StreamEnd:
 StreamEvent = TextDelta | ToolCallDelta | UsageUpdate | StreamEnd
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class Completion:
     """A whole answer from a non-streaming call."""
 

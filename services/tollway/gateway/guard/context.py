@@ -34,6 +34,7 @@ from typing import Protocol
 from tollway.common import tokens
 from tollway.common.chat import ChatMessage, ChatRequest
 from tollway.mesh.errors import InvalidArgument, TollwayError
+from tollway.mesh.frozen import frozen
 
 log = logging.getLogger("tollway.gateway.guard")
 
@@ -82,7 +83,7 @@ class MemorySummaryCache:
             self._entries.popitem(last=False)
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class TrimReport:
     """What fitting the context did, for the call record.
 
@@ -130,7 +131,7 @@ class TrimReport:
         return text
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class ContextFit:
     """The request to send on, and what was done to it."""
 

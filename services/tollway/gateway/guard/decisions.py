@@ -6,11 +6,11 @@ never carries the text that triggered it, so a call record holding decisions hol
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable
 from typing import Literal
 
 from tollway.mesh.errors import InvalidArgument, PermissionDenied
+from tollway.mesh.frozen import frozen
 
 Stage = Literal["input", "output"]
 Action = Literal["redact", "reject", "block", "flag", "restore"]
@@ -18,7 +18,7 @@ Action = Literal["redact", "reject", "block", "flag", "restore"]
 __all__ = ["Action", "GuardDecision", "GuardRejected", "GuardTooLarge", "Stage", "record_text"]
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen(slots=True)
 class GuardDecision:
     """One rule that applied.
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import dataclasses
 import re
 import urllib.parse
 from collections import defaultdict
@@ -23,10 +22,12 @@ from typing import Protocol
 
 import ahocorasick
 
+from tollway.mesh.frozen import frozen
+
 __all__ = ["SIGNALS", "Classifier", "HeuristicClassifier", "InjectionVerdict"]
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen(slots=True)
 class InjectionVerdict:
     """A classifier's view of one text.
 

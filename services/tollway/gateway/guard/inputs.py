@@ -28,13 +28,14 @@ from tollway.gateway.guard.injection import Classifier, HeuristicClassifier
 from tollway.gateway.guard.pii import Finding, PiiType
 from tollway.gateway.guard.policy import GuardPolicy, InjectionAction, PiiAction
 from tollway.gateway.guard.redaction import Vault, redact
+from tollway.mesh.frozen import frozen
 
 __all__ = ["InputGuard", "InputVerdict"]
 
 _INJECTION_ROLES = frozenset({"user", "tool"})
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class InputVerdict:
     """What the input guard let through.
 

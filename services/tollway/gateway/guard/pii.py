@@ -38,7 +38,6 @@ flag order numbers. Their written forms with separators are too rare to be worth
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import itertools
 import re
@@ -54,6 +53,8 @@ from stdnum.fr import nir
 from stdnum.in_ import aadhaar
 from stdnum.it import codicefiscale
 from stdnum.us import ssn
+
+from tollway.mesh.frozen import frozen
 
 __all__ = ["Finding", "PiiType", "Scanner", "card_issuer", "iban_valid", "luhn_valid"]
 
@@ -81,7 +82,7 @@ _PRIORITY = {
 }
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen(slots=True)
 class Finding:
     """One detected item: ``text[start:end]`` is a ``type`` (``kind`` refines it: "us_ssn", "aws")."""
 

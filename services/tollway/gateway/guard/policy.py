@@ -41,6 +41,7 @@ from typing import Any
 import phonenumbers
 
 from tollway.gateway.guard.pii import PiiType, Scanner
+from tollway.mesh.frozen import frozen
 from tollway.mesh.schema import Reader, SchemaError, load_yaml, rule
 
 log = logging.getLogger("tollway.gateway.guard")
@@ -79,7 +80,7 @@ class InjectionAction(enum.Enum):
     FLAG = "flag"
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class InjectionPolicy:
     """Prompt-injection checking.
 
@@ -96,7 +97,7 @@ class InjectionPolicy:
     )
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class SizeLimits:
     """Input size limits in characters (0: no limit)."""
 
@@ -105,7 +106,7 @@ class SizeLimits:
     max_messages: int = dataclasses.field(default=500, metadata=rule(low=0))
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class OutputPolicy:
     """The guard on the streamed answer.
 
@@ -135,7 +136,7 @@ _DEFAULT_PII: Mapping[PiiType, PiiAction] = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class GuardPolicy:
     """The guards in force for one tenant and key.
 
@@ -199,7 +200,7 @@ class GuardPolicy:
 # --- the file --------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class _Layer:
     # Every field optional: a layer states only what it changes. Nested sections are read
     # field by field (Reader.fields) so a tenant changing one field keeps the others.
@@ -212,19 +213,19 @@ class _Layer:
     output: Any = None
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class _TenantLayer(_Layer):
     keys: Mapping[str, Any] | None = None
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class _File:
     version: int = dataclasses.field(default=1, metadata=rule(low=1, high=1))
     defaults: Any = None
     tenants: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class _OutputFields:
     enabled: bool = True
     pii: Mapping[str, PiiAction] | None = dataclasses.field(default=None, metadata=rule(noun="a PII action"))

@@ -21,7 +21,6 @@ and a client asking for a schema wants the object, not its prefix.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import re
@@ -34,6 +33,7 @@ from jsonschema import validators
 
 from tollway.common.chat import ChatMessage, ResponseFormat
 from tollway.mesh.errors import Internal, InvalidArgument
+from tollway.mesh.frozen import frozen
 
 __all__ = [
     "CompiledFormat",
@@ -64,7 +64,7 @@ class StructuredOutputInvalid(Internal):
         self.errors = list(errors)
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class CompiledFormat:
     """A checked ``response_format``: what an answer must be.
 
@@ -135,7 +135,7 @@ def _compiled(canonical: str) -> CompiledFormat:
     return CompiledFormat(wants_object=False, validator=cls(schema))
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class ParseOutcome:
     """What :func:`lenient_parse` made of an answer.
 
@@ -215,7 +215,7 @@ def _matching_close(text: str, start: int) -> int:
     return len(text)
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class StructuredResult:
     """A valid structured answer.
 

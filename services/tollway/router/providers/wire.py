@@ -14,6 +14,7 @@ import orjson
 
 from tollway.common.catalog import Deployment
 from tollway.common.chat import ChatRequest
+from tollway.mesh.frozen import frozen
 from tollway.mesh.httpclient import HttpClient, HttpConnectError, HttpError, HttpTimeout, Response
 from tollway.router.types import (
     Completion,
@@ -26,7 +27,7 @@ from tollway.router.types import (
 )
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class SSEEvent:
     """One dispatched Server-Sent Event: its ``event:`` name ("message" when absent) and data."""
 
