@@ -1,7 +1,7 @@
 """Two bench stacks that differ only in their environment, compared request by request.
 
     .venv/bin/python bench/stack_ab.py --a TOLLWAY_GATEWAY_BUDGET_SETTLE_DELAY_S=0 --b '' \
-        [--pairs 1500] [--warmup 200] [--surface native|openai] [--runs 2]
+        [--pairs 1500] [--warmup 200] [--surface native|openai] [--layout colocated|split] [--runs 2]
 
 Starts the fake OpenAI upstream (no delay) and two stacks as bench/budget_overhead.py's
 budget-on stack (Envoy, the co-located core with the budget's six-quota plan, embedding, Redis),
@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--runs", type=int, default=2, help="runs of --pairs pairs on the same two stacks")
     parser.add_argument("--surface", choices=("native", "openai"), default="native")
+    parser.add_argument("--layout", choices=("colocated", "split"), default="colocated")
     args = parser.parse_args()
     envs = {"a": settings(args.a), "b": settings(args.b)}
 
@@ -76,13 +77,13 @@ def main() -> None:
     try:
         options = {}
         for label, env in envs.items():
-            base = stack_options(run / label, port, True, "colocated")
+            base = stack_options(run / label, port, True, args.layout)
             options[label] = dataclasses.replace(base, env={**base.env, **env})
         with Stack(options["a"]) as a, Stack(options["b"]) as b:
             ends = endpoint("a", a, args.surface), endpoint("b", b, args.surface)
             print(
-                f"surface {args.surface}; a: {envs['a'] or 'defaults'}; b: {envs['b'] or 'defaults'}; "
-                f"{os.cpu_count()} CPUs"
+                f"surface {args.surface}, layout {args.layout}; a: {envs['a'] or 'defaults'}; "
+                f"b: {envs['b'] or 'defaults'}; {os.cpu_count()} CPUs"
             )
             for n in range(args.runs):
                 before = uptime()
