@@ -64,6 +64,21 @@ ROOT = Path(__file__).resolve().parents[1]
 SLICES = 10
 
 
+def gateway_request(request_id: str, conversation_id: str = "") -> GatewayRequest:
+    """The bench's request as the gateway hands it to ``Budgeting.admit``: 16 max tokens on
+    gpt-4o-mini, the ``warmup`` tenant of bench/budget.py's plan, a key and a feature."""
+    chat = ChatRequest(
+        "gpt-4o-mini",
+        (ChatMessage("user", "Say hello in one short sentence."),),
+        max_tokens=16,
+        request_id=request_id,
+        tenant="warmup",
+    )
+    return GatewayRequest(
+        chat, "", "chat", CachePolicy(), api_key_id="key-1", priority="interactive", conversation_id=conversation_id
+    )
+
+
 async def run(url: str, plans: Path, n: int, path: str, leases: int, conversations: bool) -> None:
     spec, budget = build(
         BudgetConfig(plans=str(plans), catalog=str(ROOT / "deploy" / "models.yaml"), lease_requests=leases),
@@ -74,16 +89,7 @@ async def run(url: str, plans: Path, n: int, path: str, leases: int, conversatio
     budgeting = Budgeting(BudgetClient(InProcessChannel("budget")), GatewayStore(gateway_redis))  # type: ignore[arg-type]
 
     async def through_gateway(i: int) -> None:
-        chat = ChatRequest(
-            "gpt-4o-mini",
-            (ChatMessage("user", "Say hello in one short sentence."),),
-            max_tokens=16,
-            request_id=f"bench-{i}",
-            tenant="warmup",
-        )
-        request = GatewayRequest(
-            chat, "", "chat", CachePolicy(), api_key_id="key-1", priority="interactive", conversation_id=conversation(i)
-        )
+        request = gateway_request(f"bench-{i}", conversation(i))
         t0 = time.perf_counter()
         admission = await budgeting.admit(request)
         reserve_wall.append(time.perf_counter() - t0)  # what the request path waits for

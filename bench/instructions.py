@@ -80,13 +80,12 @@ async def _budget(port: int, n: int) -> None:
     import asyncio
 
     from bench.budget import PLANS
+    from bench.budget_cpu import gateway_request
     from tollway.budget.__main__ import build
     from tollway.budget.config import BudgetConfig
-    from tollway.common.caching import CachePolicy
-    from tollway.common.chat import ChatMessage, ChatRequest, Usage
+    from tollway.common.chat import Usage
     from tollway.gateway.budget_client import BudgetClient
     from tollway.gateway.budgeting import Budgeting, Settlement
-    from tollway.gateway.request import GatewayRequest
     from tollway.gateway.store import GatewayStore
     from tollway.mesh.config import MeshConfig
     from tollway.mesh.inprocess import InProcessChannel, process_registry
@@ -109,15 +108,7 @@ async def _budget(port: int, n: int) -> None:
     budgeting = Budgeting(BudgetClient(InProcessChannel("budget")), GatewayStore(client))  # type: ignore[arg-type]
     settling = []
     for i in range(n):
-        chat = ChatRequest(
-            "gpt-4o-mini",
-            (ChatMessage("user", "Say hello in one short sentence."),),
-            max_tokens=16,
-            request_id=f"instr-{i}",
-            tenant="warmup",
-        )
-        request = GatewayRequest(chat, "", "chat", CachePolicy(), api_key_id="key-1", priority="interactive")
-        admission = await budgeting.admit(request)
+        admission = await budgeting.admit(gateway_request(f"instr-{i}"))
         settling.append(asyncio.ensure_future(budgeting.settle(admission, Settlement(Usage(13, 6)))))
         if (i + 1) % 64 == 0:
             await asyncio.gather(*settling)
