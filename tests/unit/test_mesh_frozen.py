@@ -35,6 +35,21 @@ class Slotted:
     b: str = "b"
 
 
+@frozen(slots=True)
+class SlottedChild(Slotted):
+    c: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class PlainBase:
+    a: int
+
+
+@frozen(slots=True)
+class SlottedOnPlain(PlainBase):
+    b: int = 0
+
+
 @frozen
 class Derived:
     a: int
@@ -109,3 +124,12 @@ def test_post_init_runs_and_init_vars_keep_dataclasses_own_init() -> None:
 
 def test_a_class_with_its_own_init_keeps_it() -> None:
     assert OwnInit("7").a == 7
+
+
+def test_slotted_records_inherit_fields_from_slotted_and_plain_bases() -> None:
+    child = SlottedChild(1, "x", 2)
+    assert (child.a, child.b, child.c) == (1, "x", 2) and child == SlottedChild(1, "x", 2)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        child.c = 3  # type: ignore[misc]
+    mixed = SlottedOnPlain(1, 2)  # dataclasses gives the subclass a slot for the base's field too
+    assert (mixed.a, mixed.b) == (1, 2) and mixed == SlottedOnPlain(1, 2)

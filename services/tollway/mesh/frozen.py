@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import types
 from collections.abc import Callable
 from typing import Any, TypeVar, dataclass_transform, overload
 
@@ -84,7 +85,10 @@ def _quick_init(cls: type[T]) -> type[T]:
         else:
             continue  # no value: left unset, as dataclasses leaves it
         if slotted:
-            env[f"__tw_set_{name}"] = cls.__dict__[name].__set__
+            slot = next((k.__dict__[name] for k in cls.__mro__ if name in k.__dict__), None)
+            if not isinstance(slot, types.MemberDescriptorType):
+                return cls  # a field kept outside the slots (a base with a __dict__): dataclasses' own
+            env[f"__tw_set_{name}"] = slot.__set__
             body.append(f"    __tw_set_{name}(__tw_self, {value})")
         else:
             body.append(f"    __tw_d[{name!r}] = {value}")
