@@ -85,6 +85,18 @@ def stack_options(
     )
 
 
+def endpoint(label: str, stack: Stack, surface: str) -> Endpoint:
+    """A new API key on ``stack`` and the request the bench sends it through Envoy: ``POST
+    /v1/complete`` (native) or ``/v1/chat/completions`` (openai), the response cache bypassed."""
+    key, _ = asyncio.run(_create_key(stack.redis_url, "bench"))
+    edge = stack.mesh.edge.listen
+    headers = (("authorization", f"Bearer {key}"),)
+    if surface == "openai":
+        openai = (*headers, ("x-tollway-cache-mode", "bypass"))
+        return Endpoint(label, edge.host, edge.port, "/v1/chat/completions", CHAT, openai, ok_marker=b'"choices"')
+    return Endpoint(label, edge.host, edge.port, "/v1/complete", BODY, headers, ok_marker=b'"text"')
+
+
 async def interleaved(on: Endpoint, off: Endpoint, pairs: int, warmup: int) -> dict[str, list[float]]:
     """Seconds per request of each stack, alternating which goes first, one request at a time."""
     out: dict[str, list[float]] = {"on": [], "off": [], "diff": []}
@@ -182,24 +194,7 @@ def main() -> None:
             Stack(stack_options(run / "on", upstream_port, True, args.layout, args.lease_requests)) as on,
             Stack(stack_options(run / "off", upstream_port, False, args.layout)) as off,
         ):
-            endpoints = []
-            for label, stack in (("on", on), ("off", off)):
-                key, _ = asyncio.run(_create_key(stack.redis_url, "bench"))
-                edge = stack.mesh.edge.listen
-                headers = (("authorization", f"Bearer {key}"),)
-                if args.surface == "openai":
-                    endpoint = Endpoint(
-                        label,
-                        edge.host,
-                        edge.port,
-                        "/v1/chat/completions",
-                        CHAT,
-                        (*headers, ("x-tollway-cache-mode", "bypass")),
-                        ok_marker=b'"choices"',
-                    )
-                else:
-                    endpoint = Endpoint(label, edge.host, edge.port, "/v1/complete", BODY, headers, ok_marker=b'"text"')
-                endpoints.append(endpoint)
+            endpoints = [endpoint("on", on, args.surface), endpoint("off", off, args.surface)]
             before = uptime()
             cpu_before = {label: process_cpu(run / label) for label in ("on", "off")}
             results = uvloop.run(interleaved(endpoints[0], endpoints[1], args.pairs, args.warmup))

@@ -19,7 +19,6 @@ machine.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import os
 import statistics
@@ -32,10 +31,9 @@ import uvloop
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.budget_overhead import BODY, stack_options, uptime  # noqa: E402
-from bench.httpload import Endpoint, alternating_pairs, percentile  # noqa: E402
-from bench.overhead import CHAT, start_upstream  # noqa: E402
-from tollway.cli import _create_key  # noqa: E402
+from bench.budget_overhead import endpoint, stack_options, uptime  # noqa: E402
+from bench.httpload import alternating_pairs, percentile  # noqa: E402
+from bench.overhead import start_upstream  # noqa: E402
 from tollway.launcher.stack import Stack  # noqa: E402
 
 
@@ -48,16 +46,6 @@ def settings(pairs: list[str]) -> dict[str, str]:
             raise SystemExit(f"{word!r} is not NAME=VALUE")
         out[name] = value
     return out
-
-
-def endpoint(label: str, stack: Stack, surface: str) -> Endpoint:
-    key, _ = asyncio.run(_create_key(stack.redis_url, "bench"))
-    edge = stack.mesh.edge.listen
-    headers = (("authorization", f"Bearer {key}"),)
-    if surface == "openai":
-        openai = (*headers, ("x-tollway-cache-mode", "bypass"))
-        return Endpoint(label, edge.host, edge.port, "/v1/chat/completions", CHAT, openai, ok_marker=b'"choices"')
-    return Endpoint(label, edge.host, edge.port, "/v1/complete", BODY, headers, ok_marker=b'"text"')
 
 
 def main() -> None:
