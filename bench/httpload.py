@@ -197,3 +197,27 @@ async def alternating_pairs(
         await a.close()
         await b.close()
     return out
+
+
+async def round_robin(endpoints: list[Endpoint], n: int, warmup: int) -> dict[str, list[tuple[float, float | None]]]:
+    """``n`` rounds of one request to each endpoint in turn (each on its own keep-alive
+    connection, the order rotated every round), so every endpoint's samples are taken at the same
+    moments of the machine's drift rather than in blocks minutes apart. Returns each endpoint's
+    ``Connection.send`` results by name, round ``i`` at index ``i`` of every list."""
+    if len({e.name for e in endpoints}) != len(endpoints):
+        raise ValueError("round_robin needs endpoints with distinct names")
+    conns = [Connection(e) for e in endpoints]
+    for conn in conns:
+        await conn.open()
+    out: dict[str, list[tuple[float, float | None]]] = {e.name: [] for e in endpoints}
+    try:
+        for i in range(warmup + n):
+            k = i % len(conns)
+            for conn in conns[k:] + conns[:k]:
+                result = await conn.send()
+                if i >= warmup:
+                    out[conn.endpoint.name].append(result)
+    finally:
+        for conn in conns:
+            await conn.close()
+    return out

@@ -19,8 +19,12 @@ Starts everything it measures on free loopback ports and stops it at the end:
   Skipped with a note when that venv is absent.
 - with `--baseline CHECKOUT`: a second Tollway stack from another checkout (`bench/checkout_stack.py`),
   measured as "before" in the same run, so a change's cost is read off one table.
-Targets and metrics are interleaved and rotated per repeat so drift hits all alike. Prints a
-markdown table of absolute figures and of overhead over the direct upstream.
+Sequential latency and time to first token are taken in rounds, one request to each target in
+turn (the order rotated every round), so this machine's drift, which moves a target's p50 by
+milliseconds between minutes, hits every target alike; `seq_paired_added_p50_ms` is the median of
+each round's difference from the direct upstream. `--blocks` takes each target's samples in a
+block of its own instead (the bench before 2026-12-07). Throughput runs are rotated per repeat.
+Prints a markdown table of absolute figures and of overhead over the direct upstream.
 
 The API surfaces of issue 16 are targets of the same run: `tollway-anthropic` (`/v1/messages`) and
 `tollway-responses` (`/v1/responses`) beside `tollway` (native `/v1/complete`, `/v1/generate`) and
@@ -54,7 +58,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.checkout_stack import bench_services  # noqa: E402
-from bench.httpload import Endpoint, closed_loop, sequential  # noqa: E402
+from bench.httpload import Endpoint, closed_loop, percentile, round_robin, sequential  # noqa: E402
 from tollway.cli import _create_key  # noqa: E402
 from tollway.launcher.processes import Child, free_port, free_ports, spawn, wait_until  # noqa: E402
 from tollway.launcher.stack import Stack, StackOptions  # noqa: E402
@@ -449,15 +453,32 @@ async def measure(targets: dict[str, dict], args: argparse.Namespace) -> dict[st
 
     for repeat in range(args.repeats):
         order = names[repeat % len(names) :] + names[: repeat % len(names)]
-        for name in order:
-            r = await sequential(targets[name]["json"], args.n, args.warmup)
-            add(name, "seq_p50_ms", r["p50_ms"])
-            add(name, "seq_p99_ms", r["p99_ms"])
-        for name in order:
-            r = await sequential(targets[name]["stream"], args.stream_n, args.warmup // 5)
-            add(name, "ttft_p50_ms", r["ttft_p50_ms"])
-            add(name, "ttft_p99_ms", r["ttft_p99_ms"])
-            add(name, "stream_total_p50_ms", r["p50_ms"])
+        if args.blocks:
+            for name in order:
+                r = await sequential(targets[name]["json"], args.n, args.warmup)
+                add(name, "seq_p50_ms", r["p50_ms"])
+                add(name, "seq_p99_ms", r["p99_ms"])
+            for name in order:
+                r = await sequential(targets[name]["stream"], args.stream_n, args.warmup // 5)
+                add(name, "ttft_p50_ms", r["ttft_p50_ms"])
+                add(name, "ttft_p99_ms", r["ttft_p99_ms"])
+                add(name, "stream_total_p50_ms", r["p50_ms"])
+        else:
+            rounds = await round_robin([targets[name]["json"] for name in order], args.n, args.warmup)
+            totals = {name: [t for t, _ in rounds[targets[name]["json"].name]] for name in names}
+            for name in names:
+                add(name, "seq_p50_ms", percentile(totals[name], 50) * 1e3)
+                add(name, "seq_p99_ms", percentile(totals[name], 99) * 1e3)
+                # The same round's direct request subtracted: what this target adds, request by request.
+                paired = [t - d for t, d in zip(totals[name], totals["direct"], strict=True)]
+                add(name, "seq_paired_added_p50_ms", percentile(paired, 50) * 1e3)
+            streamed = await round_robin([targets[name]["stream"] for name in order], args.stream_n, args.warmup // 5)
+            for name in names:
+                results_of = streamed[targets[name]["stream"].name]
+                firsts = [f for _, f in results_of if f is not None]
+                add(name, "ttft_p50_ms", percentile(firsts, 50) * 1e3)
+                add(name, "ttft_p99_ms", percentile(firsts, 99) * 1e3)
+                add(name, "stream_total_p50_ms", percentile([t for t, _ in results_of], 50) * 1e3)
         for conc in args.conc:
             for name in order:
                 r = await closed_loop(targets[name]["json"], conc, args.duration, args.max_requests)
@@ -503,6 +524,12 @@ def main() -> None:
     parser.add_argument("--max-requests", type=int, default=50_000)
     parser.add_argument("--quick", action="store_true", help="small counts, to check the bench itself")
     parser.add_argument("--no-litellm", action="store_true")
+    parser.add_argument(
+        "--blocks",
+        action="store_true",
+        help="take each target's sequential samples in a block of its own (the bench before 2026-12-07) rather "
+        "than one request to each target in turn",
+    )
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument(
         "--baseline",
