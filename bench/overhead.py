@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import secrets
@@ -379,9 +380,12 @@ def endpoints(
     split: tuple[Stack, str] | None = None,
     label: str = "tollway",
     others: Sequence[tuple[str, Stack, str]] = (),
+    edge_hop: bool = False,
 ) -> dict[str, dict]:
     """Every target of the run: direct, Tollway (``label``, ``tollway-split`` when ``split`` is
-    given, and each of ``others``: label, stack, key), the baseline and the peers."""
+    given, and each of ``others``: label, stack, key), the baseline and the peers; with
+    ``edge_hop``, also ``<label>-openai-no-edge``: the same OpenAI requests sent to the HTTP port
+    of the process that serves them, past Envoy, to tell the edge's hop from the rest."""
     edge = stack.mesh.edge.listen
     stream = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
     out = {
@@ -399,6 +403,11 @@ def endpoints(
         },
         **tollway_endpoints(label, edge.host, edge.port, key, exact_hits=exact_hits),
     }
+    if edge_hop:
+        surface = next(s for s in stack.mesh.enabled_services if s.name == "openai_compat").endpoints[0]
+        past_edge = tollway_endpoints(label, surface.host, surface.port, key, exact_hits=False)[f"{label}-openai"]
+        name = f"{label}-openai-no-edge"
+        out[name] = {kind: dataclasses.replace(e, name=name) for kind, e in past_edge.items()}
     if split is not None:
         split_edge = split[0].mesh.edge.listen
         out |= tollway_endpoints("tollway-split", split_edge.host, split_edge.port, split[1], exact_hits=False)
@@ -544,6 +553,12 @@ def main() -> None:
     )
     parser.add_argument("--no-exact-hits", action="store_true", help="skip the tier-1 hit targets")
     parser.add_argument("--no-portkey", action="store_true")
+    parser.add_argument(
+        "--edge-hop",
+        action="store_true",
+        help="also send the OpenAI requests straight to the process that serves them, past Envoy "
+        "(`<layout>-openai-no-edge`): what the edge's hop costs",
+    )
     parser.add_argument("--no-embeddings", action="store_true", help="skip the embeddings call (issue 16)")
     parser.add_argument(
         "--layouts",
@@ -585,6 +600,7 @@ def main() -> None:
             split=split,
             label=LAYOUT_LABELS[first],
             others=[(LAYOUT_LABELS[x], stacks[x], keys[x]) for x in layouts[1:] if x != "split"],
+            edge_hop=args.edge_hop,
         )
         load_before = os.getloadavg()
         started = time.time()
