@@ -19,12 +19,15 @@ Starts everything it measures on free loopback ports and stops it at the end:
   Skipped with a note when that venv is absent.
 - with `--baseline CHECKOUT`: a second Tollway stack from another checkout (`bench/checkout_stack.py`),
   measured as "before" in the same run, so a change's cost is read off one table.
-Sequential latency and time to first token are taken in rounds, one request to each target in
-turn (the order rotated every round), so this machine's drift, which moves a target's p50 by
-milliseconds between minutes, hits every target alike; `seq_paired_added_p50_ms` is the median of
-each round's difference from the direct upstream. `--blocks` takes each target's samples in a
-block of its own instead (the bench before 2026-12-07). Throughput runs are rotated per repeat.
-Prints a markdown table of absolute figures and of overhead over the direct upstream.
+Sequential latency and time to first token are taken per target in blocks of back-to-back
+requests, the targets rotated per repeat; throughput runs likewise. With `--rounds` they are taken
+in rounds instead, one request to each target in turn (the order rotated every round), so this
+machine's drift, which moves a target's p50 by up to 2 ms between minutes, hits every target
+alike, and `seq_paired_added_p50_ms` is the median of each round's difference from the direct
+upstream. The two measure different regimes: in blocks every process is busy back to back; in
+rounds each idles while the others answer (the more targets, the longer), and the peers do not
+slow alike when idle (docs/benchmarks.md, issue 12, eleventh pass). Prints a markdown table of
+absolute figures and of overhead over the direct upstream.
 
 The API surfaces of issue 16 are targets of the same run: `tollway-anthropic` (`/v1/messages`) and
 `tollway-responses` (`/v1/responses`) beside `tollway` (native `/v1/complete`, `/v1/generate`) and
@@ -462,7 +465,7 @@ async def measure(targets: dict[str, dict], args: argparse.Namespace) -> dict[st
 
     for repeat in range(args.repeats):
         order = names[repeat % len(names) :] + names[: repeat % len(names)]
-        if args.blocks:
+        if not args.rounds:
             for name in order:
                 r = await sequential(targets[name]["json"], args.n, args.warmup)
                 add(name, "seq_p50_ms", r["p50_ms"])
@@ -534,10 +537,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small counts, to check the bench itself")
     parser.add_argument("--no-litellm", action="store_true")
     parser.add_argument(
-        "--blocks",
+        "--rounds",
         action="store_true",
-        help="take each target's sequential samples in a block of its own (the bench before 2026-12-07) rather "
-        "than one request to each target in turn",
+        help="take the sequential samples in rounds, one request to each target in turn, rather than in a block "
+        "per target (see the docstring: drift hits all alike, but every target then idles between its requests)",
     )
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument(
