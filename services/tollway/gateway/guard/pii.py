@@ -10,8 +10,8 @@ email           ``local@domain.tld``                                   the patte
 phone           digit runs with ``+``, spaces, dots, dashes, brackets  ``phonenumbers``
                                                                        (libphonenumber's
                                                                        numbering plans)
-card            13-19 digits, optionally grouped                       ``stdnum.luhn`` and
-                                                                       the issuer prefixes
+card            13-19 digits, in one piece or grouped as cards are    ``stdnum.luhn`` and
+                written (fours; 4-6-4, 4-6-5), not glued to letters    the issuer prefixes
 iban            two letters, two digits, 11-30 more, optional spaces    ``stdnum.iban``
                                                                        (format per country,
                                                                        mod 97)
@@ -364,7 +364,7 @@ class Scanner:
     @staticmethod
     def _cards(text: str, lo: int, hi: int, out: list[Finding]) -> None:
         for m in _CARD.finditer(text, lo, hi):
-            if not _starts_number(text, m.start()):
+            if not _starts_number(text, m.start()) or not _card_written(text, m.group(), m.end()):
                 continue
             digits = _NOT_DIGIT.sub("", m.group())
             if luhn.is_valid(digits):
@@ -437,6 +437,19 @@ def _grouping_fits(candidate: str, number: phonenumbers.PhoneNumber) -> bool:
 
 _DIGIT_TYPES = frozenset({PiiType.CARD, PiiType.NATIONAL_ID, PiiType.PHONE, PiiType.IBAN})
 _RUN_TYPES = frozenset({PiiType.CARD, PiiType.NATIONAL_ID, PiiType.PHONE})
+
+
+# How card numbers are written: in one piece, or in groups of four (the last may be shorter:
+# 13 and 19 digits), or 4-6-4/4-6-5 (Diners, Amex), with one kind of separator.
+_CARD_GROUPS = re.compile(r"\d+|\d{4}(?P<sep>[ -])(?:\d{4}(?P=sep))*\d{1,4}|\d{4}(?P<sep2>[ -])\d{6}(?P=sep2)\d{4,5}")
+
+
+def _card_written(text: str, candidate: str, end: int) -> bool:
+    """Whether a Luhn candidate is written as card numbers are, not as part of an identifier:
+    a UUID's all-digit groups (8-4-4-...) or digits glued to letters ("...1111abc") are not cards."""
+    if end < len(text) and text[end].isalpha():
+        return False
+    return _CARD_GROUPS.fullmatch(candidate) is not None
 
 
 def _starts_number(text: str, start: int) -> bool:
