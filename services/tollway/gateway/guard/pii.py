@@ -382,7 +382,7 @@ class Scanner:
     def _phones(self, text: str, lo: int, hi: int, out: list[Finding]) -> None:
         for m in _PHONE.finditer(text, lo, hi):
             start = m.start()
-            if start and (text[start - 1].isalnum() or text[start - 1] in "_+."):
+            if start and (text[start - 1].isalnum() or text[start - 1] in "_+." or _continues_token(text, start)):
                 continue
             raw = m.group()
             digits = raw.translate(_PHONE_SEPARATORS).lstrip("+")
@@ -450,6 +450,12 @@ def _card_written(text: str, candidate: str, end: int) -> bool:
     if end < len(text) and text[end].isalpha():
         return False
     return _CARD_GROUPS.fullmatch(candidate) is not None
+
+
+def _continues_token(text: str, start: int) -> bool:
+    # "...-8099-002618852920" (a UUID's last group): after a hyphen that joins it to a word, a
+    # number is a part of an identifier, not a phone number.
+    return start >= 2 and text[start - 1] == "-" and text[start - 2].isalnum()
 
 
 def _starts_number(text: str, start: int) -> bool:
