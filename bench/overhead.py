@@ -487,7 +487,8 @@ async def measure(targets: dict[str, dict], args: argparse.Namespace) -> dict[st
             streamed = await round_robin([targets[name]["stream"] for name in order], args.stream_n, args.warmup // 5)
             for name in names:
                 results_of = streamed[targets[name]["stream"].name]
-                firsts = [f for _, f in results_of if f is not None]
+                # NaN when no answer carried text the marker finds (as blocks leave the metric out).
+                firsts = [f for _, f in results_of if f is not None] or [float("nan")]
                 add(name, "ttft_p50_ms", percentile(firsts, 50) * 1e3)
                 add(name, "ttft_p99_ms", percentile(firsts, 99) * 1e3)
                 add(name, "stream_total_p50_ms", percentile([t for t, _ in results_of], 50) * 1e3)
