@@ -445,7 +445,7 @@ _CARD_GROUPS = re.compile(r"\d+|\d{4}(?P<sep>[ -])(?:\d{4}(?P=sep))*\d{1,4}|\d{4
 
 
 def _card_written(text: str, candidate: str, end: int) -> bool:
-    """Whether a Luhn candidate is written as card numbers are, not as part of an identifier:
+    """Whether a card candidate is written as card numbers are, not as part of an identifier:
     a UUID's all-digit groups (8-4-4-...) or digits glued to letters ("...1111abc") are not cards."""
     if end < len(text) and text[end].isalpha():
         return False
