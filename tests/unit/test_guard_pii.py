@@ -170,10 +170,31 @@ def test_card_in_the_groupings_cards_are_written_in(text: str, issuer: str) -> N
         "hello aa0ff8b2-0145-4551-8099-002618852920",
         "id 4111111111111111abc",
         "mixed 4111 1111-1111 1111",
+        # A Unix time read as the UK's 01636 862593: a number written without its trunk prefix.
+        "logged at 1636862593",
+        # A valid US number by its digits, but a path segment.
+        "GET /orders/3314689212/items",
+        # A decimal read as +44 7510 888285.
+        "delta -447510.888285",
+        # A snowflake id (Discord, X): 19 digits in one piece; one in thirty passes Luhn and a prefix.
+        "user 6630474428840415077",
     ],
 )
 def test_identifiers_that_pass_the_checks_are_not_pii(text: str) -> None:
     assert found(text) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("call 1-415-555-2671", ("phone", "us", "1-415-555-2671")),
+        ("phone: 3314689212", ("phone", "us", "3314689212")),
+        ("ring 01636 862593", ("phone", "gb", "01636 862593")),
+        ("visa 4000 0000 0000 0000 006", ("card", "visa", "4000 0000 0000 0000 006")),
+    ],
+)
+def test_numbers_written_as_people_write_them_are_still_found(text: str, expected: tuple[str, str, str]) -> None:
+    assert found(text) == [expected]
 
 
 def test_random_uuids_are_never_pii() -> None:

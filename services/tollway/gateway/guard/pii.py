@@ -382,7 +382,8 @@ class Scanner:
     def _phones(self, text: str, lo: int, hi: int, out: list[Finding]) -> None:
         for m in _PHONE.finditer(text, lo, hi):
             start = m.start()
-            if start and (text[start - 1].isalnum() or text[start - 1] in "_+." or _continues_token(text, start)):
+            # After "/" a number is a path segment ("/orders/3314689212/items"), not a phone.
+            if start and (text[start - 1].isalnum() or text[start - 1] in "_+./" or _continues_token(text, start)):
                 continue
             raw = m.group()
             digits = raw.translate(_PHONE_SEPARATORS).lstrip("+")
@@ -403,13 +404,25 @@ class Scanner:
                 number = phonenumbers.parse(candidate, region)
             except phonenumbers.NumberParseException:
                 continue
-            if phonenumbers.is_valid_number(number) and _grouping_fits(candidate, number):
+            if (
+                phonenumbers.is_valid_number(number)
+                and _grouping_fits(candidate, number)
+                and (international or not _drops_trunk_prefix(candidate, number))
+            ):
                 return phonenumbers.region_code_for_number(number) or region or "intl"
         return ""
 
 
 _DIGIT_GROUP = re.compile(r"\d+")
 _FORMATS = (phonenumbers.PhoneNumberFormat.INTERNATIONAL, phonenumbers.PhoneNumberFormat.NATIONAL)
+
+
+def _drops_trunk_prefix(candidate: str, number: phonenumbers.PhoneNumber) -> bool:
+    """Whether a number written without a country code also lacks the trunk prefix its country
+    writes it with: "1636862593" parses as the UK's 01636 862593, but written so it is a Unix
+    time, not a phone number. (A US number needs none: "415 555 2671" keeps its digits.)"""
+    national = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.NATIONAL)
+    return len(_NOT_DIGIT.sub("", national)) > len(_NOT_DIGIT.sub("", candidate))
 
 
 def _grouping_fits(candidate: str, number: phonenumbers.PhoneNumber) -> bool:
@@ -446,8 +459,12 @@ _CARD_GROUPS = re.compile(r"\d+|\d{4}(?P<sep>[ -])(?:\d{4}(?P=sep))*\d{1,4}|\d{4
 
 def _card_written(text: str, candidate: str, end: int) -> bool:
     """Whether a card candidate is written as card numbers are, not as part of an identifier:
-    a UUID's all-digit groups (8-4-4-...) or digits glued to letters ("...1111abc") are not cards."""
+    a UUID's all-digit groups (8-4-4-...), digits glued to letters ("...1111abc") and 17-19
+    digits in one piece (a snowflake id such as a Discord or X id, of which one in thirty would
+    pass; the few cards that long are written in groups) are not cards."""
     if end < len(text) and text[end].isalpha():
+        return False
+    if len(candidate) > 16 and candidate.isdigit():
         return False
     return _CARD_GROUPS.fullmatch(candidate) is not None
 
@@ -463,12 +480,15 @@ def _starts_number(text: str, start: int) -> bool:
     return start == 0 or not (text[start - 1].isalnum() or text[start - 1] in "_.-")
 
 
-_DATE_LIKE = re.compile(r"^\d{4}[-./]\d{1,2}[-./]\d{1,2}$|^\d{1,2}[-./]\d{1,2}[-./]\d{2,4}$|^\d{1,3}(?:\.\d{1,3}){2,}$")
+_DATE_LIKE = re.compile(
+    r"^\d{4}[-./]\d{1,2}[-./]\d{1,2}$|^\d{1,2}[-./]\d{1,2}[-./]\d{2,4}$|^\d{1,3}(?:\.\d{1,3}){2,}$|^\d+\.\d+$"
+)
 
 
 def _looks_like_date_or_version(raw: str) -> bool:
-    # 2024-01-15, 15.01.2024, 1.2.3.4, 192.168.10.20: digit runs a numbering plan may accept
-    # that are dates, versions or addresses (a dotted phone number ends in a 4-digit group).
+    # 2024-01-15, 15.01.2024, 1.2.3.4, 192.168.10.20, 447510.888285: digit runs a numbering plan
+    # may accept that are dates, versions, addresses or decimals (a dotted phone number has two
+    # dots at least and ends in a 4-digit group).
     return _DATE_LIKE.match(raw) is not None
 
 
