@@ -178,6 +178,9 @@ def test_card_in_the_groupings_cards_are_written_in(text: str, issuer: str) -> N
         "delta -447510.888285",
         # A snowflake id (Discord, X): 19 digits in one piece; one in thirty passes Luhn and a prefix.
         "user 6630474428840415077",
+        # EAN-13 product barcodes: a 13-digit Visa by Luhn, and +44 1511 335524 by its digits.
+        "item 4237368193037 in stock",
+        "item 4401511335524 in stock",
     ],
 )
 def test_identifiers_that_pass_the_checks_are_not_pii(text: str) -> None:
@@ -188,6 +191,8 @@ def test_identifiers_that_pass_the_checks_are_not_pii(text: str) -> None:
     ("text", "expected"),
     [
         ("call 1-415-555-2671", ("phone", "us", "1-415-555-2671")),
+        ("ring 44 20 7946 0958", ("phone", "gb", "44 20 7946 0958")),
+        ("visa 4222222222222", ("card", "visa", "4222222222222")),
         ("phone: 3314689212", ("phone", "us", "3314689212")),
         ("ring 01636 862593", ("phone", "gb", "01636 862593")),
         ("visa 4000 0000 0000 0000 006", ("card", "visa", "4000 0000 0000 0000 006")),

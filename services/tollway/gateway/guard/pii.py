@@ -45,8 +45,8 @@ from collections.abc import Callable, Iterable, Sequence
 
 import ahocorasick
 import phonenumbers
+from stdnum import ean, luhn
 from stdnum import iban as stdnum_iban
-from stdnum import luhn
 from stdnum.br import cpf
 from stdnum.es import dni, nie
 from stdnum.fr import nir
@@ -401,26 +401,35 @@ class Scanner:
         regions: Sequence[str | None] = (None,) if international else self.phone_regions
         for region in regions:
             try:
-                number = phonenumbers.parse(candidate, region)
+                number = phonenumbers.parse(candidate, region, keep_raw_input=True)
             except phonenumbers.NumberParseException:
                 continue
             if (
                 phonenumbers.is_valid_number(number)
                 and _grouping_fits(candidate, number)
-                and (international or not _drops_trunk_prefix(candidate, number))
+                and (international or not _written_unlike_a_phone(candidate, number))
             ):
                 return phonenumbers.region_code_for_number(number) or region or "intl"
         return ""
 
 
 _DIGIT_GROUP = re.compile(r"\d+")
+_CODE_WITHOUT_PLUS = phonenumbers.CountryCodeSource.FROM_NUMBER_WITHOUT_PLUS_SIGN
 _FORMATS = (phonenumbers.PhoneNumberFormat.INTERNATIONAL, phonenumbers.PhoneNumberFormat.NATIONAL)
 
 
-def _drops_trunk_prefix(candidate: str, number: phonenumbers.PhoneNumber) -> bool:
-    """Whether a number written without a country code also lacks the trunk prefix its country
-    writes it with: "1636862593" parses as the UK's 01636 862593, but written so it is a Unix
-    time, not a phone number. (A US number needs none: "415 555 2671" keeps its digits.)"""
+def _written_unlike_a_phone(candidate: str, number: phonenumbers.PhoneNumber) -> bool:
+    """Whether a number written without ``+`` or ``00`` is written as its country never writes a
+    phone number:
+
+    - without the trunk prefix its country writes it with: "1636862593" parses as the UK's
+      01636 862593, but written so it is a Unix time (a US number needs none: "415 555 2671");
+    - with the country code but no ``+``, in one piece: "4401511335524" is a product barcode,
+      not +44 1511 335524 ("44 20 7946 0958", grouped as the number is, still counts; so does
+      North America's 1, which is also its trunk prefix: "14155552671").
+    """
+    if number.country_code_source == _CODE_WITHOUT_PLUS and number.country_code != 1 and candidate.isdigit():
+        return True
     national = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.NATIONAL)
     return len(_NOT_DIGIT.sub("", national)) > len(_NOT_DIGIT.sub("", candidate))
 
@@ -459,12 +468,14 @@ _CARD_GROUPS = re.compile(r"\d+|\d{4}(?P<sep>[ -])(?:\d{4}(?P=sep))*\d{1,4}|\d{4
 
 def _card_written(text: str, candidate: str, end: int) -> bool:
     """Whether a card candidate is written as card numbers are, not as part of an identifier:
-    a UUID's all-digit groups (8-4-4-...), digits glued to letters ("...1111abc") and 17-19
-    digits in one piece (a snowflake id such as a Discord or X id, of which one in thirty would
-    pass; the few cards that long are written in groups) are not cards."""
+    a UUID's all-digit groups (8-4-4-...), digits glued to letters ("...1111abc"), 17-19 digits
+    in one piece (a snowflake id such as a Discord or X id, of which one in thirty would pass; the
+    few cards that long are written in groups) and 13 digits in one piece with an EAN-13 check
+    digit (a product barcode: one in ten of Germany's 400-440 passes as a 13-digit Visa, a length
+    Visa no longer issues) are not cards."""
     if end < len(text) and text[end].isalpha():
         return False
-    if len(candidate) > 16 and candidate.isdigit():
+    if candidate.isdigit() and (len(candidate) > 16 or (len(candidate) == 13 and ean.is_valid(candidate))):
         return False
     return _CARD_GROUPS.fullmatch(candidate) is not None
 
