@@ -174,6 +174,7 @@ def test_card_in_the_groupings_cards_are_written_in(text: str, issuer: str) -> N
         "logged at 1636862593",
         # A valid US number by its digits, but a path segment.
         "GET /orders/3314689212/items",
+        "order #9344297738 shipped",
         # A decimal read as +44 7510 888285.
         "delta -447510.888285",
         # A snowflake id (Discord, X): 19 digits in one piece; one in thirty passes Luhn and a prefix.

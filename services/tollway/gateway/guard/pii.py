@@ -382,8 +382,9 @@ class Scanner:
     def _phones(self, text: str, lo: int, hi: int, out: list[Finding]) -> None:
         for m in _PHONE.finditer(text, lo, hi):
             start = m.start()
-            # After "/" a number is a path segment ("/orders/3314689212/items"), not a phone.
-            if start and (text[start - 1].isalnum() or text[start - 1] in "_+./" or _continues_token(text, start)):
+            # After "/" a number is a path segment ("/orders/3314689212/items"), after "#" an id
+            # ("order #9344297738"), not a phone.
+            if start and (text[start - 1].isalnum() or text[start - 1] in "_+./#" or _continues_token(text, start)):
                 continue
             raw = m.group()
             digits = raw.translate(_PHONE_SEPARATORS).lstrip("+")
