@@ -175,6 +175,9 @@ def test_card_in_the_groupings_cards_are_written_in(text: str, issuer: str) -> N
         # A valid US number by its digits, but a path segment.
         "GET /orders/3314689212/items",
         "order #9344297738 shipped",
+        # An Aadhaar-shaped tail of a longer grouped number, and the head of a longer token.
+        "ref DM81 1788 4878 0377 2955",
+        "key 9897-3738-4312-476C",
         # A decimal read as +44 7510 888285.
         "delta -447510.888285",
         # A snowflake id (Discord, X): 19 digits in one piece; one in thirty passes Luhn and a prefix.

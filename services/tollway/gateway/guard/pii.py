@@ -376,7 +376,7 @@ class Scanner:
     def _digit_ids(text: str, lo: int, hi: int, out: list[Finding]) -> None:
         for kind, pattern, valid in _DIGIT_IDS:
             for m in pattern.finditer(text, lo, hi):
-                if _starts_number(text, m.start()) and valid(m.group()):
+                if _starts_number(text, m.start()) and _alone(text, m.start(), m.end()) and valid(m.group()):
                     out.append(Finding(PiiType.NATIONAL_ID, kind, m.start(), m.end()))
 
     def _phones(self, text: str, lo: int, hi: int, out: list[Finding]) -> None:
@@ -479,6 +479,14 @@ def _card_written(text: str, candidate: str, end: int) -> bool:
     if candidate.isdigit() and (len(candidate) > 16 or (len(candidate) == 13 and ean.is_valid(candidate))):
         return False
     return _CARD_GROUPS.fullmatch(candidate) is not None
+
+
+def _alone(text: str, start: int, end: int) -> bool:
+    """Whether an id's digits are not the tail of a longer grouped number ("1788 4878 0377 2955"
+    holds an Aadhaar-shaped 4878 0377 2955) nor the head of a longer token ("9897-3738-4312-476C")."""
+    if start >= 2 and text[start - 1] in " -" and text[start - 2].isdigit():
+        return False
+    return not (end + 1 < len(text) and text[end] == "-" and text[end + 1].isalnum())
 
 
 def _continues_token(text: str, start: int) -> bool:
