@@ -164,6 +164,9 @@ def test_not_a_card_without_luhn_or_issuer(text: str) -> None:
         # An Aadhaar-shaped tail of a longer grouped number, and the head of a longer token.
         "ref DM81 1788 4878 0377 2955",
         "key 9897-3738-4312-476C",
+        # Logins, not addresses: an scp-style git remote and a URL's user.
+        "git clone git@github.com:org/repo.git",
+        "git clone ssh://git@gitlab.com/group/repo.git",
         # A decimal read as +44 7510 888285.
         "delta -447510.888285",
         # A snowflake id (Discord, X): 19 digits in one piece; one in thirty passes Luhn and a prefix.
@@ -183,6 +186,7 @@ def test_identifiers_that_pass_the_checks_are_not_pii(text: str) -> None:
         ("call 1-415-555-2671", ("phone", "us", "1-415-555-2671")),
         ("ring 44 20 7946 0958", ("phone", "gb", "44 20 7946 0958")),
         ("visa 4222222222222", ("card", "visa", "4222222222222")),
+        ("write to ann@example.com: thanks", ("email", "email", "ann@example.com")),
         # The groupings cards are written in.
         ("visa: 4222 2222 2222 2", ("card", "visa", "4222 2222 2222 2")),
         ("amex: 3782-822463-10005", ("card", "amex", "3782-822463-10005")),

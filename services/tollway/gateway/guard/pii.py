@@ -302,7 +302,7 @@ class Scanner:
                 # The local part may not begin in the middle of a token it left out.
                 while start < at and not _starts_word(text, start) and text[start - 1] not in " \t\n<(\"',;:":
                     start += 1
-                if start < at:
+                if start < at and not _git_remote(text, start, right.end()):
                     out.append(Finding(PiiType.EMAIL, "email", start, right.end()))
                 at = text.find("@", right.end())
             else:
@@ -487,6 +487,12 @@ def _alone(text: str, start: int, end: int) -> bool:
     if start >= 2 and text[start - 1] in " -" and text[start - 2].isdigit():
         return False
     return not (end + 1 < len(text) and text[end] == "-" and text[end + 1].isalnum())
+
+
+def _git_remote(text: str, start: int, end: int) -> bool:
+    """Whether ``user@host`` is a login, not an address: an scp-style remote ("git@github.com:org/
+    repo.git") or a URL's user ("ssh://git@gitlab.com/group/repo.git")."""
+    return (end + 1 < len(text) and text[end] == ":" and not text[end + 1].isspace()) or text.endswith("://", 0, start)
 
 
 def _continues_token(text: str, start: int) -> bool:
