@@ -483,8 +483,9 @@ def _card_written(text: str, candidate: str, end: int) -> bool:
 
 def _alone(text: str, start: int, end: int) -> bool:
     """Whether an id's digits are not the tail of a longer grouped number ("1788 4878 0377 2955"
-    holds an Aadhaar-shaped 4878 0377 2955) nor the head of a longer token ("9897-3738-4312-476C")."""
-    if start >= 2 and text[start - 1] in " -" and text[start - 2].isdigit():
+    holds an Aadhaar-shaped 4878 0377 2955) nor the head of a longer token ("9897-3738-4312-476C").
+    A hyphen on the left is :func:`_starts_number`'s to refuse."""
+    if start >= 2 and text[start - 1] == " " and text[start - 2].isdigit():
         return False
     return not (end + 1 < len(text) and text[end] == "-" and text[end + 1].isalnum())
 
