@@ -40,7 +40,9 @@ EACH_TOKENS, EACH_NANOS, FITS = 14, 4_800, 100  # plan "burst": 100 such request
 
 
 @contextlib.asynccontextmanager
-async def budgets(redis_url: str, plans: Path, clock: Clock, count: int = 2) -> AsyncIterator[list[Budget]]:
+async def budgets(
+    redis_url: str, plans: Path, clock: Clock, count: int = 2, record_delay_s: float = 0.01
+) -> AsyncIterator[list[Budget]]:
     made = []
     try:
         for _ in range(count):
@@ -49,7 +51,7 @@ async def budgets(redis_url: str, plans: Path, clock: Clock, count: int = 2) -> 
                 catalog=str(ROOT / "deploy" / "models.yaml"),
                 key_prefix=PREFIX,
                 lease_requests=16,
-                lease_record_delay_s=0.01,
+                lease_record_delay_s=record_delay_s,
             )
             spec, budget = build(cfg, MeshConfig(redis_url=redis_url), clock=clock)
             await budget.refresh_overrides()
@@ -102,6 +104,36 @@ async def test_one_lease_serves_many_reserves_and_goes_back_exactly(redis_url: s
         assert [v for f, v in counters(redis_url, "acme").items() if "|tok|" in f] == [charged]
         assert ledger_ops(redis_url, "acme")[-1]["op"] == "lease_close"
         assert not budget.leasing.book.blocks
+
+
+async def test_a_hold_waits_for_its_settlement_until_it_is_due(redis_url: str, plans_file: Path) -> None:
+    """The record timer writes only the holds admitted ``lease_record_delay_s`` ago: a younger one
+    waits, and its commit carries it (hold and commit in one script, adjacent in the ledger); a
+    hold nobody settles is still written once due."""
+    clock = Clock()
+    async with budgets(redis_url, plans_file, clock, count=1, record_delay_s=1.0) as (budget,):
+
+        def reserved() -> list[str]:
+            return [e["res"] for e in ledger_ops(redis_url, "beta") if e["op"] == "reserve"]
+
+        async def hold(request_id: str) -> str:
+            return (await budget.reserve(ReserveCommand("beta", request_id=request_id, **ASK))).reservation.name
+
+        old = await hold("old")
+        await asyncio.sleep(0.5)
+        young = await hold("young")
+        await eventually(reserved, what="the first hold written when due")
+        assert reserved() == [old.rsplit("/", 1)[1]]  # the young one is not due yet: it waits for its commit
+        await budget.commit(CommitCommand(young, input_tokens=8, output_tokens=6))
+        ops = [(e["op"], e["res"]) for e in ledger_ops(redis_url, "beta") if e["op"] in ("reserve", "commit")]
+        ids = [name.rsplit("/", 1)[1] for name in (old, young)]
+        assert ops == [("reserve", ids[0]), ("reserve", ids[1]), ("commit", ids[1])]
+        await balanced(budget, "beta")
+        late = await hold("late")
+        await eventually(lambda: late.rsplit("/", 1)[1] in reserved(), what="an unsettled hold written once due")
+        await budget.commit(CommitCommand(old, input_tokens=8, output_tokens=6))
+        await budget.commit(CommitCommand(late, input_tokens=8, output_tokens=3))
+        await balanced(budget, "beta")
 
 
 async def test_two_replicas_never_admit_past_the_quota_and_then_reach_it_exactly(

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -77,7 +78,8 @@ class Leasing:
         self._taking: dict[ShapeKey, asyncio.Future[None]] = {}
         self._giving: dict[str, asyncio.Future[bool]] = {}  # give-backs in flight, by block id
         self._settling: dict[int, _Write] = {}  # by id(child): a second settlement of a hold finds the first
-        self._unrecorded: dict[int, tuple[Block, Child]] = {}  # holds not written yet, by id(child)
+        # Holds not written yet, by id(child), with when they were admitted (the loop's clock).
+        self._unrecorded: dict[int, tuple[Block, Child, float]] = {}
         self._record_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -168,7 +170,7 @@ class Leasing:
     def _admitted(
         self, block: Block, child: Child, granted_out: int, asked: Mapping[str, str], model_meta: str
     ) -> Block:
-        self._unrecorded[id(child)] = (block, child)
+        self._unrecorded[id(child)] = (block, child, asyncio.get_running_loop().time())
         child.hold = Hold(
             child.reservation_id,
             block.id,
@@ -187,7 +189,7 @@ class Leasing:
 
     def _record_soon(self) -> None:
         self._record_timer = None
-        task = asyncio.get_running_loop().create_task(self.flush())
+        task = asyncio.get_running_loop().create_task(self.flush(due_only=True))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -199,20 +201,36 @@ class Leasing:
         elif self._record_timer is None:
             self._record_timer = asyncio.get_running_loop().call_later(self.record_delay_s, self._record_soon)
 
-    async def flush(self) -> None:
+    async def flush(self, *, due_only: bool = False) -> None:
         """Writes what waits: every settlement queued, each after its hold if that is not
-        recorded yet, and every other hold not recorded yet; one round trip for all."""
+        recorded yet, and every other hold not recorded yet; one round trip for all.
+
+        With ``due_only`` (the record timer), a hold admitted less than ``record_delay_s`` ago
+        and not settled yet waits for the next batch: its settlement usually comes first, and
+        then carries it in one script instead of two. The timer is armed again for it.
+        """
         settling, self._settling = list(self._settling.values()), {}
         queued = {id(w.child) for w in settling}
         ops: list[Op] = []
         writes: list[tuple[Block, Child, Hold | None, _Write | None]] = []
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        # The loop's clock ticks in milliseconds (uvloop): a hold due within one is due now.
+        due = loop.time() - self.record_delay_s + 0.001 if due_only else math.inf
         unrecorded, self._unrecorded = self._unrecorded, {}
-        for key, (block, child) in unrecorded.items():
-            if child.hold is not None and key not in queued:
-                ops.append(self.store.hold_op(block.tenant, child.hold))
-                writes.append((block, child, child.hold, None))
-                child.hold, child.recording = None, done
+        for key, entry in unrecorded.items():
+            block, child, since = entry
+            if child.hold is None or key in queued:
+                continue
+            if since > due:
+                self._unrecorded[key] = entry
+                continue
+            ops.append(self.store.hold_op(block.tenant, child.hold))
+            writes.append((block, child, child.hold, None))
+            child.hold, child.recording = None, done
+        if self._unrecorded and self._record_timer is None:
+            oldest = min(since for _, _, since in self._unrecorded.values())
+            self._record_timer = loop.call_at(oldest + self.record_delay_s, self._record_soon)
         for w in settling:
             hold, w.child.hold = w.child.hold, None
             if hold is None:
@@ -257,7 +275,7 @@ class Leasing:
 
     def _requeue(self, block: Block, child: Child, hold: Hold) -> None:
         child.hold = hold
-        self._unrecorded[id(child)] = (block, child)
+        self._unrecorded[id(child)] = (block, child, 0.0)  # due: written with the next batch
 
     def _written(self, writes: list[tuple[Block, Child, Hold | None, _Write | None]], results: list[Any]) -> None:
         """Applies each outcome of a batch (one per write): holds recorded, settlements
