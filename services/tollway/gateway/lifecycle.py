@@ -839,26 +839,36 @@ class Gateway:
         record.latency_ms = call.elapsed_ms()
         record.ttft_ms = call.ttft_ms
         record.status = call.status
-        record.response_hash = _digest("".join(call.parts)) if call.parts else ""
+        if tracing.enabled():
+            attributes = {
+                "tollway.model": record.model,
+                "tollway.provider": record.provider,
+                "tollway.cache.tier": record.cache_tier.value,
+                "tollway.tokens.input": record.input_tokens,
+                "tollway.tokens.output": record.output_tokens,
+                "tollway.cost_usd": record.cost_usd,
+                "tollway.ttft_ms": record.ttft_ms,
+                "tollway.attempts": record.attempts,
+                "tollway.status": record.status,
+            }
+            tracing.end(call.stream_span, "" if call.status in ("OK", "DEGRADED") else call.status, **attributes)
+            tracing.annotate(None, attributes)  # the RPC's server span: the request as a whole
+        call.stream_span = None
+        # What is left waits for the loop's next turn: this runs while the answer is on its way
+        # out (a whole answer is sent in this same turn), and the client need not wait for it.
+        asyncio.get_running_loop().call_soon(self._file_record, call)
+
+    def _file_record(self, call: _Call) -> None:
+        """Completes a finished call's record (its answer's hash, the guards' decisions) and
+        files it: metrics, then the call log."""
+        record = call.record
+        answer = "".join(call.parts)
+        record.response_hash = _digest(answer) if call.parts else ""
         if call.guard is not None:
             record.guard_decisions = call.guard.record_items()
             call.guard.observe(record.model or call.chat.model)
         metrics.observe_request(record)
-        attributes = {
-            "tollway.model": record.model,
-            "tollway.provider": record.provider,
-            "tollway.cache.tier": record.cache_tier.value,
-            "tollway.tokens.input": record.input_tokens,
-            "tollway.tokens.output": record.output_tokens,
-            "tollway.cost_usd": record.cost_usd,
-            "tollway.ttft_ms": record.ttft_ms,
-            "tollway.attempts": record.attempts,
-            "tollway.status": record.status,
-        }
-        tracing.end(call.stream_span, "" if call.status in ("OK", "DEGRADED") else call.status, **attributes)
-        call.stream_span = None
-        tracing.annotate(None, attributes)  # the RPC's server span: the request as a whole
-        self.calls.add(record, call.chat.messages, "".join(call.parts))
+        self.calls.add(record, call.chat.messages, answer)
 
     def _later(self, work: Coroutine[Any, Any, None]) -> None:
         # Off the response path: the client has its answer before this runs.
