@@ -878,6 +878,7 @@ class Gateway:
 
     async def drain(self) -> None:
         """Waits for settlements, cache stores and call records still waiting (used at shutdown)."""
+        await asyncio.sleep(0)  # the records of calls that just ended are filed on the loop's next turn
         self._start_settling()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
