@@ -839,7 +839,7 @@ class Gateway:
         record.latency_ms = call.elapsed_ms()
         record.ttft_ms = call.ttft_ms
         record.status = call.status
-        if tracing.enabled():
+        if call.stream_span is not None or tracing.enabled():
             attributes = {
                 "tollway.model": record.model,
                 "tollway.provider": record.provider,
