@@ -2,7 +2,9 @@
 first on their PYTHONPATH). In the process that serves the OpenAI surface (the co-located core), and
 only when ``TOLLWAY_BENCH_TIMELINE`` names a file, it wraps the functions a chat completion passes
 through, so each request's timeline can be read: when (µs after its bytes arrived) each stage began
-and ended. Every 1,000 requests it appends the medians to that file as one JSON line.
+and ended. Every 1,000 requests it appends the medians to that file as one JSON line. Arrivals are
+watched from start-up on (uvloop keeps the ``data_received`` a connection began with); the stages are
+wrapped once the surface is imported, and requests are timed from then on.
 
 Nothing of this runs outside the bench: the services never import it.
 """
@@ -40,6 +42,8 @@ _STAGES = (
     ("tollway.gateway.lifecycle", "Gateway", "_guard_input", "input guard", "sync"),
     ("tollway.gateway.guarding", "Guards", "fit", "context fit", "coro"),
     ("tollway.gateway.budgeting", "Budgeting", "admit", "budget reserve", "coro"),
+    ("tollway.gateway.budget_client", "BudgetClient", "reserve_counted", "budget call", "coro"),
+    ("tollway.budget.budget", "Budget", "reserve", "budget domain", "coro"),
     ("tollway.router.engine", "Router", "generate", "router", "agen"),
     ("tollway.mesh.httpclient", "HttpClient", "request", "provider call", "coro"),
     ("tollway.gateway.lifecycle", "Gateway", "_finish_record", "record", "sync"),
@@ -49,6 +53,7 @@ _STAGES = (
 
 class _Timeline:
     def __init__(self) -> None:
+        self.ready = False  # the stages are wrapped: requests are timed from now on
         self.start: float | None = None
         self.marks: dict[str, float] = {}
         self.rows: list[dict[str, float]] = []
@@ -111,6 +116,27 @@ def _wrap(timeline: _Timeline, fn: Callable[..., Any], name: str, kind: str) -> 
     return sync
 
 
+_TIMELINE = _Timeline()
+
+
+def _watch_arrivals() -> None:
+    """Marks each request's arrival. Done at start-up, before any connection: uvloop keeps the
+    ``data_received`` a connection began with, so a later patch would miss every connection open
+    by then (Envoy's keep-alive one)."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:  # a Python without the project's packages: nothing of ours runs there
+        return
+    received = HttpToolsProtocol.data_received
+
+    def data_received(self: Any, data: bytes) -> None:
+        if _TIMELINE.ready and _TIMELINE.start is None and data.startswith(b"POST "):
+            _TIMELINE.begin()
+        received(self, data)
+
+    HttpToolsProtocol.data_received = data_received  # type: ignore[method-assign]
+
+
 def _install() -> None:
     for _ in range(3000):  # until the surface is imported (a process that never serves it: never)
         if all(name in sys.modules for name in _NEEDED):
@@ -119,31 +145,23 @@ def _install() -> None:
     else:
         return
     time.sleep(1.0)  # start-up done: what is imported stays
-    timeline = _Timeline()
     for module_name, cls_name, fn_name, name, kind in _STAGES:
         module = importlib.import_module(module_name)
         owner = getattr(module, cls_name) if cls_name else module
-        setattr(owner, fn_name, _wrap(timeline, getattr(owner, fn_name), name, kind))
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
+        setattr(owner, fn_name, _wrap(_TIMELINE, getattr(owner, fn_name), name, kind))
     from tollway.mesh.httpserver import HeadWithBodyTransport
 
-    received = HttpToolsProtocol.data_received
     write = HeadWithBodyTransport.write
-
-    def data_received(self: Any, data: bytes) -> None:
-        if timeline.start is None and data.startswith(b"POST "):
-            timeline.begin()
-        received(self, data)
 
     def written(self: Any, data: Any) -> None:
         write(self, data)
-        if timeline.start is not None and self._held is None:  # the head left with the body
-            timeline.end()
+        if _TIMELINE.start is not None and self._held is None:  # the head left with the body
+            _TIMELINE.end()
 
-    HttpToolsProtocol.data_received = data_received  # type: ignore[method-assign]
     HeadWithBodyTransport.write = written  # type: ignore[method-assign]
+    _TIMELINE.ready = True
 
 
 if _OUT:
+    _watch_arrivals()
     threading.Thread(target=_install, name="bench-timeline", daemon=True).start()
