@@ -111,7 +111,9 @@ async def test_a_hold_waits_for_its_settlement_until_it_is_due(redis_url: str, p
     waits, and its commit carries it (hold and commit in one script, adjacent in the ledger); a
     hold nobody settles is still written once due."""
     clock = Clock()
-    async with budgets(redis_url, plans_file, clock, count=1, record_delay_s=1.0) as (budget,):
+    # A second between the two holds: the young one stays unwritten for a second after the old one's
+    # batch, so a loaded machine's stall cannot make them due together.
+    async with budgets(redis_url, plans_file, clock, count=1, record_delay_s=2.0) as (budget,):
 
         def reserved() -> list[str]:
             return [e["res"] for e in ledger_ops(redis_url, "beta") if e["op"] == "reserve"]
@@ -119,20 +121,26 @@ async def test_a_hold_waits_for_its_settlement_until_it_is_due(redis_url: str, p
         async def hold(request_id: str) -> str:
             return (await budget.reserve(ReserveCommand("beta", request_id=request_id, **ASK))).reservation.name
 
+        async def commit_now(*commits: CommitCommand) -> None:
+            # Queued, then written by a batch started at once rather than by the next timer.
+            assert budget.leasing is not None
+            await asyncio.gather(*(budget.commit(c) for c in commits), budget.leasing.flush())
+
         old = await hold("old")
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(1.0)
         young = await hold("young")
         await eventually(reserved, what="the first hold written when due")
         assert reserved() == [old.rsplit("/", 1)[1]]  # the young one is not due yet: it waits for its commit
-        await budget.commit(CommitCommand(young, input_tokens=8, output_tokens=6))
+        await commit_now(CommitCommand(young, input_tokens=8, output_tokens=6))
         ops = [(e["op"], e["res"]) for e in ledger_ops(redis_url, "beta") if e["op"] in ("reserve", "commit")]
         ids = [name.rsplit("/", 1)[1] for name in (old, young)]
         assert ops == [("reserve", ids[0]), ("reserve", ids[1]), ("commit", ids[1])]
         await balanced(budget, "beta")
         late = await hold("late")
         await eventually(lambda: late.rsplit("/", 1)[1] in reserved(), what="an unsettled hold written once due")
-        await budget.commit(CommitCommand(old, input_tokens=8, output_tokens=6))
-        await budget.commit(CommitCommand(late, input_tokens=8, output_tokens=3))
+        await commit_now(
+            CommitCommand(old, input_tokens=8, output_tokens=6), CommitCommand(late, input_tokens=8, output_tokens=3)
+        )
         await balanced(budget, "beta")
 
 
