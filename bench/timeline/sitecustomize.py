@@ -56,6 +56,9 @@ class _Timeline:
         self.ready = False  # the stages are wrapped: requests are timed from now on
         self.start: float | None = None
         self.marks: dict[str, float] = {}
+        self.timed = 0
+        # Only the requests since the last medians: a list that grew all run would be walked by
+        # every full garbage collection of the process it measures.
         self.rows: list[dict[str, float]] = []
 
     def mark(self, name: str) -> None:
@@ -69,14 +72,15 @@ class _Timeline:
     def end(self) -> None:
         self.mark("answer written")
         self.rows.append(self.marks)
+        self.timed += 1
         self.start = None
-        if len(self.rows) % _EVERY == 0:
-            rows = self.rows[-_EVERY:]
+        if len(self.rows) == _EVERY:
+            rows, self.rows = self.rows, []
             names = {k for r in rows for k in r}
             medians = {k: round(statistics.median(r[k] for r in rows if k in r), 1) for k in names}
             ordered = dict(sorted(medians.items(), key=lambda kv: kv[1]))
             with open(_OUT, "a") as out:
-                out.write(json.dumps({"requests": len(self.rows), "us": ordered}) + "\n")
+                out.write(json.dumps({"requests": self.timed, "us": ordered}) + "\n")
 
 
 def _wrap(timeline: _Timeline, fn: Callable[..., Any], name: str, kind: str) -> Callable[..., Any]:
