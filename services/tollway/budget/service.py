@@ -112,43 +112,70 @@ def status_to_proto(s: QuotaState) -> budget_pb2.QuotaStatus:
     return out
 
 
-def status_into(out: budget_pb2.QuotaStatus, s: QuotaState) -> None:
-    """Fills ``out`` in place: a reserve's answer sets three of them, and building each apart to
-    copy it in cost twice as much, on the request path."""
-    q, qp = s.quota, out.quota
+# A counter's quota, subject and reset time are the same for every reservation of its minute: the
+# message with them is made once and copied (one C call), then only the two numbers are set. Filling
+# the nested Quota field by field took three times as long, three times per reserve's answer.
+_STATUS_TEMPLATES: dict[tuple[int, str, int], tuple[Quota, budget_pb2.QuotaStatus]] = {}
+_TEMPLATES_KEPT = 4096
+
+
+def _status_template(s: QuotaState) -> budget_pb2.QuotaStatus:
+    key = (id(s.quota), s.subject, s.reset_ms)
+    hit = _STATUS_TEMPLATES.get(key)
+    if hit is not None and hit[0] is s.quota:
+        return hit[1]
+    q = s.quota
+    out = budget_pb2.QuotaStatus(subject=s.subject)
+    qp = out.quota
     qp.scope = SCOPE_TO_PROTO[q.scope]
     qp.subject = q.subject
     qp.window = WINDOW_TO_PROTO[q.window]
     qp.unit = UNIT_TO_PROTO[q.unit]
     qp.limit = q.limit
-    out.subject = s.subject
-    out.used = s.used
-    out.remaining = s.remaining
     if s.reset_ms:
         _set_ms(out.reset_time, s.reset_ms)
+    if len(_STATUS_TEMPLATES) >= _TEMPLATES_KEPT:
+        _STATUS_TEMPLATES.clear()  # a new minute, or many subjects: start over
+    _STATUS_TEMPLATES[key] = (q, out)  # the quota is kept with it, so its id stays its own
+    return out
+
+
+def status_into(out: budget_pb2.QuotaStatus, s: QuotaState) -> None:
+    """Fills ``out`` in place (a reserve's answer sets three of them)."""
+    out.CopyFrom(_status_template(s))
+    out.used = s.used
+    out.remaining = s.remaining
 
 
 def reservation_to_proto(r: Reservation) -> budget_pb2.Reservation:
-    out = budget_pb2.Reservation(
-        name=r.name,
-        state=STATE_TO_PROTO[r.state],
-        tenant_id=r.tenant,
-        api_key_id=r.api_key_id,
-        feature=r.feature,
-        model=r.model,
-        conversation_id=r.conversation_id,
-        priority=PRIORITY_TO_PROTO[r.priority],
-        request_id=r.request_id,
-        input_tokens=r.input_tokens,
-        granted_output_tokens=r.granted_output_tokens,
-        tokens=r.tokens,
-        cost_usd_nanos=r.cost_usd_nanos,
-        pricing_version=r.pricing_version,
-        attempt=r.attempt,
-    )
+    out = budget_pb2.Reservation()
+    reservation_into(out, r)
+    return out
+
+
+def reservation_into(out: budget_pb2.Reservation, r: Reservation) -> None:
+    """Fills ``out`` in place: a response's field filled where it is, not made apart and copied in."""
+    out.name = r.name
+    out.state = STATE_TO_PROTO[r.state]
+    out.tenant_id = r.tenant
+    if r.api_key_id:
+        out.api_key_id = r.api_key_id
+    if r.feature:
+        out.feature = r.feature
+    out.model = r.model
+    if r.conversation_id:
+        out.conversation_id = r.conversation_id
+    out.priority = PRIORITY_TO_PROTO[r.priority]
+    if r.request_id:
+        out.request_id = r.request_id
+    out.input_tokens = r.input_tokens
+    out.granted_output_tokens = r.granted_output_tokens
+    out.tokens = r.tokens
+    out.cost_usd_nanos = r.cost_usd_nanos
+    out.pricing_version = r.pricing_version
+    out.attempt = r.attempt
     _set_ms(out.create_time, r.created_ms)
     _set_ms(out.expire_time, r.expires_ms)
-    return out
 
 
 def budget_to_proto(p: Policy, plans_version: str, pricing_version: str) -> budget_pb2.Budget:
@@ -210,10 +237,8 @@ class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):
         self, request: budget_pb2.ReserveBudgetRequest, context: grpc.aio.ServicerContext
     ) -> budget_pb2.ReserveBudgetResponse:
         granted = await self.budget.reserve(reserve_from_proto(request))
-        resp = budget_pb2.ReserveBudgetResponse(
-            reservation=reservation_to_proto(granted.reservation),
-            unavailable_policy=UNAVAILABLE_TO_PROTO[granted.when_unavailable],
-        )
+        resp = budget_pb2.ReserveBudgetResponse(unavailable_policy=UNAVAILABLE_TO_PROTO[granted.when_unavailable])
+        reservation_into(resp.reservation, granted.reservation)
         for unit, field in (
             (Unit.TOKENS, resp.tightest_tokens),
             (Unit.REQUESTS, resp.tightest_requests),
@@ -239,18 +264,20 @@ class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):
                 attempt=request.attempt,
             )
         )
-        return budget_pb2.CommitBudgetResponse(
-            reservation=reservation_to_proto(done.reservation),
-            delta_tokens=done.delta_tokens,
-            delta_cost_usd_nanos=done.delta_cost_usd_nanos,
+        resp = budget_pb2.CommitBudgetResponse(
+            delta_tokens=done.delta_tokens, delta_cost_usd_nanos=done.delta_cost_usd_nanos
         )
+        reservation_into(resp.reservation, done.reservation)
+        return resp
 
     @rpc_errors(DOMAIN)
     async def ReleaseBudget(
         self, request: budget_pb2.ReleaseBudgetRequest, context: grpc.aio.ServicerContext
     ) -> budget_pb2.ReleaseBudgetResponse:
         reservation = await self.budget.release(request.name, request.reason, request.attempt)
-        return budget_pb2.ReleaseBudgetResponse(reservation=reservation_to_proto(reservation))
+        resp = budget_pb2.ReleaseBudgetResponse()
+        reservation_into(resp.reservation, reservation)
+        return resp
 
     @rpc_errors(DOMAIN)
     async def RecordSavedCost(

@@ -81,11 +81,12 @@ class BudgetHold:
     attempt: int = 0
 
 
-def _limit(status: budget_pb2.QuotaStatus, has: bool, now_s: float) -> Limit | None:
-    if not has:
-        return None
-    reset = status.reset_time.ToMilliseconds() / 1000 - now_s if status.HasField("reset_time") else None
-    return Limit(status.quota.limit, status.remaining, max(0.0, reset) if reset is not None else None)
+def _limit(status: budget_pb2.QuotaStatus, now_s: float) -> Limit:
+    reset = None
+    if status.HasField("reset_time"):
+        ts = status.reset_time  # read as is: Timestamp.ToMilliseconds is Python, and checks a range
+        reset = max(0.0, ts.seconds + ts.nanos / 1e9 - now_s)
+    return Limit(status.quota.limit, status.remaining, reset)
 
 
 def rate_limit_headers(hold: BudgetHold) -> dict[str, str]:
@@ -254,8 +255,8 @@ class BudgetClient:
             tokens=r.tokens,
             cost_usd_nanos=r.cost_usd_nanos,
             pricing_version=r.pricing_version,
-            tokens_limit=_limit(resp.tightest_tokens, resp.HasField("tightest_tokens"), now),
-            requests_limit=_limit(resp.tightest_requests, resp.HasField("tightest_requests"), now),
+            tokens_limit=_limit(resp.tightest_tokens, now) if resp.HasField("tightest_tokens") else None,
+            requests_limit=_limit(resp.tightest_requests, now) if resp.HasField("tightest_requests") else None,
             admit_when_unavailable=_ADMIT.get(resp.unavailable_policy),
             attempt=r.attempt,
         )
