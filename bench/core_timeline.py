@@ -59,6 +59,9 @@ def table(medians: dict[str, float]) -> str:
     rows = ["| mark | µs after arrival | since the previous mark |", "|---|---:|---:|"]
     last = 0.0
     for name, at in sorted(medians.items(), key=lambda kv: kv[1]):
+        if at < 0:  # before the arrival: the previous answer's write
+            rows.append(f"| {name} | {at:.0f} | |")
+            continue
         rows.append(f"| {name} | {at:.0f} | {at - last:.0f} |")
         last = at
     return "\n".join(rows)

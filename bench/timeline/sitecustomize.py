@@ -60,6 +60,7 @@ class _Timeline:
         # Only the requests since the last medians: a list that grew all run would be walked by
         # every full garbage collection of the process it measures.
         self.rows: list[dict[str, float]] = []
+        self.last_end: float | None = None  # when the previous answer was written
 
     def mark(self, name: str) -> None:
         if self.start is not None and name not in self.marks:
@@ -68,9 +69,14 @@ class _Timeline:
     def begin(self) -> None:
         self.start = time.perf_counter()
         self.marks = {}
+        if self.last_end is not None:
+            # Negative: how long before this arrival the previous answer left (the client's and
+            # the edge's turnaround, and whatever kept this process from reading the request).
+            self.marks["previous answer written"] = (self.last_end - self.start) * 1e6
 
     def end(self) -> None:
         self.mark("answer written")
+        self.last_end = time.perf_counter()
         self.rows.append(self.marks)
         self.timed += 1
         self.start = None
