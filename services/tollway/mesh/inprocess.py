@@ -76,6 +76,8 @@ _DEADLINE_DETAILS = "Deadline Exceeded"
 _CANCELLED_DETAILS = "Locally cancelled by application!"
 _UNIMPLEMENTED_DETAILS = "Method not found!"
 _CHECKS_ENV = "TOLLWAY_INPROCESS_CHECKS"
+# Entered by every call without a span; a nullcontext keeps no state, so one serves them all.
+_NO_SPAN = contextlib.nullcontext()
 
 MetadataLike = Sequence[tuple[str, str | bytes]] | grpc.aio.Metadata | None
 
@@ -224,18 +226,12 @@ def _check_metadata(metadata: MetadataLike) -> tuple[tuple[str, str | bytes], ..
     return tuple(out)
 
 
-def _message_class(deserializer: Callable[[bytes], Any] | None) -> type | None:
-    # A generated stub's deserializer is `Message.FromString`, bound to the message class.
-    owner = getattr(deserializer, "__self__", None)
-    return owner if isinstance(owner, type) else None
-
-
 def _convert(
     message: Any, serializer: Callable[[Any], bytes] | None, deserializer: Callable[[bytes], Any] | None
 ) -> Any:
     """The message as the receiving side's class; serialised only when the classes differ."""
-    wanted = _message_class(deserializer)
-    if deserializer is None or (wanted is not None and type(message) is wanted):
+    # A generated stub's deserializer is `Message.FromString`, bound to the message class.
+    if deserializer is None or type(message) is getattr(deserializer, "__self__", None):
         return message
     data = serializer(message) if serializer is not None else message
     return deserializer(data)
@@ -298,9 +294,10 @@ class _ServicerContext:
     # -- response side -----------------------------------------------------------------------------
 
     async def send_initial_metadata(self, metadata: MetadataLike) -> None:
-        if self._call._initial.done():
+        initial = self._call._initial_future()
+        if initial.done():
             raise grpc.aio.UsageError("send_initial_metadata is called after the initial metadata was sent")
-        self._call._initial.set_result(_check_metadata(metadata))
+        initial.set_result(_check_metadata(metadata))
 
     def set_trailing_metadata(self, metadata: MetadataLike) -> None:
         self._trailing = _check_metadata(metadata)
@@ -356,6 +353,8 @@ class _ServicerContext:
         return self._call._status is not None
 
     def _run_callbacks(self) -> None:
+        if not self._callbacks:
+            return
         callbacks, self._callbacks = self._callbacks, []
         for callback in callbacks:
             callback(self)
@@ -379,7 +378,8 @@ class _Call:
         self._loop = loop
         self._status: _Status | None = None
         self._locally_cancelled = False
-        self._initial: asyncio.Future[tuple[tuple[str, str | bytes], ...]] = loop.create_future()
+        # Made when first needed: most unary calls never send or ask for initial metadata.
+        self._initial: asyncio.Future[tuple[tuple[str, str | bytes], ...]] | None = None
         self._done_callbacks: list[Callable[[Any], None]] = []
         self._response_deserializer = response_deserializer
         deadline = loop.time() + timeout if timeout is not None else None
@@ -408,6 +408,15 @@ class _Call:
         """Starts the handler in a task of its own, apart from the caller."""
         self._task = self._loop.create_task(self._run(), context=self._vars)
 
+    def _initial_future(self) -> asyncio.Future[tuple[tuple[str, str | bytes], ...]]:
+        """The initial metadata's future (sent with the first message, or empty at the end)."""
+        initial = self._initial
+        if initial is None:
+            initial = self._initial = self._loop.create_future()
+            if self._status is not None:  # asked for after the call ended without sending any
+                initial.set_result(())
+        return initial
+
     # -- the handler side --------------------------------------------------------------------------
 
     async def _invoke(self) -> Any:
@@ -424,7 +433,7 @@ class _Call:
             err = self._lookup_error
             self._finish(err.code(), err.details() or "", ())
             return
-        span_scope = trace.use_span(self._span, end_on_exit=False) if self._span else contextlib.nullcontext()
+        span_scope = trace.use_span(self._span, end_on_exit=False) if self._span else _NO_SPAN
         try:
             with span_scope:
                 if self._deadline is None or not timed:
@@ -465,7 +474,7 @@ class _Call:
         if self._status is not None:
             return
         self._status = _Status(code, details, trailing)
-        if not self._initial.done():
+        if self._initial is not None and not self._initial.done():
             self._initial.set_result(())
         if self._span is not None:
             self._span.set_attribute("rpc.grpc.status_code", code.value[0])
@@ -474,9 +483,10 @@ class _Call:
             self._span.end()
         self._on_finish()
         self._context._run_callbacks()
-        callbacks, self._done_callbacks = self._done_callbacks, []
-        for callback in callbacks:
-            callback(self)
+        if self._done_callbacks:
+            callbacks, self._done_callbacks = self._done_callbacks, []
+            for callback in callbacks:
+                callback(self)
 
     def _on_finish(self) -> None:
         """Wakes whoever waits for messages (streams)."""
@@ -487,7 +497,7 @@ class _Call:
     def _error(self) -> grpc.aio.AioRpcError:
         status = self._status
         assert status is not None
-        initial = self._initial.result() if self._initial.done() else ()
+        initial = self._initial.result() if self._initial is not None and self._initial.done() else ()
         return _rpc_error(status.code, status.details, initial, status.trailing)
 
     # -- the caller side (grpc.aio.Call) -----------------------------------------------------------
@@ -522,7 +532,7 @@ class _Call:
 
     async def initial_metadata(self) -> grpc.aio.Metadata:
         self._ensure_running()
-        return _metadata(await asyncio.shield(self._initial))
+        return _metadata(await asyncio.shield(self._initial_future()))
 
     def _ensure_running(self) -> None:
         """Starts the handler if nothing has yet (a unary call asked for an outcome before it is awaited)."""
@@ -703,8 +713,9 @@ class _UnaryStreamCall(_Call):
         while len(self._buffer) >= STREAM_BUFFER:
             self._writer = self._loop.create_future()
             await self._writer
-        if not self._initial.done():
-            self._initial.set_result(())
+        initial = self._initial_future()
+        if not initial.done():
+            initial.set_result(())
         self._buffer.append((message, _fingerprint(message) if self._check else None))
         if self._reader is not None and not self._reader.done():
             self._reader.set_result(None)
