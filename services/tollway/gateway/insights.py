@@ -173,11 +173,9 @@ def batch_amounts(records: Iterable[Mapping[str, str]]) -> dict[tuple[str, str, 
         for name, value in zip(_STORED_NAMES, _stored_values(record), strict=True):
             sums = out[(tenant, day, name)]
             have = sums.get(value)
-            if have is None:
-                sums[value] = list(measures)  # every dimension of the record shares ``measures``
-            else:
-                for i, amount in enumerate(measures):
-                    have[i] += amount
+            # A new list either way: every dimension of the record shares ``measures``. Summed by
+            # map in C: a Python loop over the 13 measures of 7 dimensions was most of a record's cost.
+            sums[value] = list(measures) if have is None else list(map(operator.add, have, measures))
     return dict(out)
 
 
@@ -205,11 +203,7 @@ def merge_amounts(
         sums = into.setdefault(key, {})
         for value, measures in values.items():
             have = sums.get(value)
-            if have is None:
-                sums[value] = list(measures)
-            else:
-                for i, amount in enumerate(measures):
-                    have[i] += amount
+            sums[value] = list(measures) if have is None else list(map(operator.add, have, measures))
 
 
 def attribution(record: Mapping[str, str]) -> dict[str, str]:
