@@ -169,6 +169,46 @@ def test_route_events_survive_the_router_hop(event: object) -> None:
     assert decoded == event
 
 
+def test_a_whole_answer_is_filled_as_the_messages_built_field_by_field() -> None:
+    started = RouteStarted(
+        "m",
+        "p",
+        2,
+        ("a (RATE_LIMITED)",),
+        RoutingDecision("auto", "m", "small", "auto", "short", 0.25, "heuristic", "s"),
+        "p/m/d",
+    )
+    completed = RouteCompleted("stop", Usage(0, 0, 0, 0), False, 0)
+    out = router_pb2.CompleteResponse()
+    codec.route_started_into(out.started, started)
+    codec.route_completed_into(out.completed, completed)
+    assert out.started == router_pb2.Started(
+        model="m",
+        provider="p",
+        attempt_count=2,
+        fallback_path=["a (RATE_LIMITED)"],
+        decision=router_pb2.RoutingDecision(
+            requested_model="auto",
+            tier=router_pb2.MODEL_TIER_SMALL,
+            method="auto",
+            reason="short",
+            complexity_score=0.25,
+            classifier="heuristic",
+            cascade_model="s",
+        ),
+        deployment="p/m/d",
+    )
+    assert out.completed == router_pb2.Completed(
+        finish_reason=codec.finish_reason_to_proto("stop"), usage=common_pb2.Usage(), discarded_usage=common_pb2.Usage()
+    )
+    # All-zero usages are still present, as when they were built apart and passed in.
+    assert out.completed.HasField("usage") and out.completed.HasField("discarded_usage")
+    assert not router_pb2.Started(model="m").HasField("decision")
+    bare = router_pb2.CompleteResponse()
+    codec.route_started_into(bare.started, RouteStarted("m", "p", 1))
+    assert not bare.started.HasField("decision")
+
+
 def test_every_finish_reason_tier_and_mode_maps_both_ways() -> None:
     for reason in ("stop", "length", "tool_calls", "content_filter", ""):
         assert codec.finish_reason_from_proto(codec.finish_reason_to_proto(reason)) == reason  # type: ignore[arg-type]

@@ -300,55 +300,67 @@ def model_tier_to_proto(tier: str) -> int:
     return _MODEL_TIER_TO_PROTO.get(tier, router_pb2.MODEL_TIER_UNSPECIFIED)
 
 
-def decision_to_proto(d: RoutingDecision) -> router_pb2.RoutingDecision:
-    """The router's RoutingDecision message (the decision's model travels in Started.model)."""
-    return router_pb2.RoutingDecision(
-        requested_model=d.requested,
-        tier=model_tier_to_proto(d.tier),
-        method=d.how,
-        reason=d.reason,
-        complexity_score=d.score,
-        classifier=d.classifier,
-        cascade_model=d.cascade_from,
-    )
+def usage_into(out: common_pb2.Usage, usage: Usage) -> None:
+    """Fills ``out`` (a message's Usage field) in place; the field is set even when all zero."""
+    out.SetInParent()
+    out.input_tokens = usage.input_tokens
+    out.output_tokens = usage.output_tokens
+    out.cached_input_tokens = usage.cached_input_tokens
+    out.cache_write_input_tokens = usage.cache_write_input_tokens
+
+
+def route_started_into(out: router_pb2.Started, event: RouteStarted) -> None:
+    """Fills an empty Started field in place: a message built apart and copied in is made twice."""
+    out.SetInParent()
+    out.model = event.model
+    out.provider = event.provider
+    out.attempt_count = event.attempt_count
+    if event.fallback_path:
+        out.fallback_path.extend(event.fallback_path)
+    d = event.decision
+    if d is not None:
+        dp = out.decision
+        dp.SetInParent()
+        dp.requested_model = d.requested
+        dp.tier = model_tier_to_proto(d.tier)
+        dp.method = d.how
+        dp.reason = d.reason
+        dp.complexity_score = d.score
+        dp.classifier = d.classifier
+        dp.cascade_model = d.cascade_from
+    out.deployment = event.deployment
+
+
+def route_completed_into(out: router_pb2.Completed, event: RouteCompleted) -> None:
+    """Fills an empty Completed field in place (see :func:`route_started_into`)."""
+    out.SetInParent()
+    out.finish_reason = _FINISH_TO_PROTO[event.finish_reason]
+    usage_into(out.usage, event.usage)
+    out.provider_ttft_ms = event.provider_ttft_ms
+    out.usage_reported = event.usage_reported
+    if event.tool_calls:
+        out.tool_calls.extend(tool_call_to_proto(c) for c in event.tool_calls)
+    out.cache_write_input_tokens = event.usage.cache_write_input_tokens
+    out.cost_usd_micros = event.cost_usd_micros
+    usage_into(out.discarded_usage, event.discarded_usage)
 
 
 def route_event_to_proto(event: RouteEvent) -> router_pb2.GenerateResponse:
     """One route event as the stream message that carries it."""
     if isinstance(event, TextDelta):
         return router_pb2.GenerateResponse(delta=router_pb2.Delta(text=event.text))
+    out = router_pb2.GenerateResponse()
     if isinstance(event, RouteStarted):
-        return router_pb2.GenerateResponse(
-            started=router_pb2.Started(
-                model=event.model,
-                provider=event.provider,
-                attempt_count=event.attempt_count,
-                fallback_path=event.fallback_path,
-                decision=decision_to_proto(event.decision) if event.decision is not None else None,
-                deployment=event.deployment,
-            )
-        )
-    if isinstance(event, RouteCompleted):
-        return router_pb2.GenerateResponse(
-            completed=router_pb2.Completed(
-                finish_reason=_FINISH_TO_PROTO[event.finish_reason],
-                usage=usage_to_proto(event.usage),
-                provider_ttft_ms=event.provider_ttft_ms,
-                usage_reported=event.usage_reported,
-                tool_calls=[tool_call_to_proto(c) for c in event.tool_calls],
-                cache_write_input_tokens=event.usage.cache_write_input_tokens,
-                cost_usd_micros=event.cost_usd_micros,
-                discarded_usage=usage_to_proto(event.discarded_usage),
-            )
-        )
-    return router_pb2.GenerateResponse(
-        error=router_pb2.Error(
-            code=event.code,
-            message=event.message,
-            reason=event.reason,
-            partial_usage=usage_to_proto(event.partial_usage),
-        )
-    )
+        route_started_into(out.started, event)
+    elif isinstance(event, RouteCompleted):
+        route_completed_into(out.completed, event)
+    else:
+        e = out.error
+        e.code = event.code
+        e.message = event.message
+        e.reason = event.reason
+        usage_into(e.partial_usage, event.partial_usage)
+    return out
 
 
 def route_started_from_proto(s: router_pb2.Started) -> RouteStarted:

@@ -13,6 +13,7 @@ from tollway.common import codec
 from tollway.common.catalog import Catalog
 from tollway.common.chat import ChatRequest, TextDelta, merge_deltas
 from tollway.common.paging import Page, page_size
+from tollway.common.route import RouteCompleted, RouteStarted
 from tollway.mesh.errors import InvalidArgument, rpc_errors
 from tollway.mesh.inprocess import served_in_process
 from tollway.mesh.streams import coalesce
@@ -125,14 +126,20 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             if isinstance(event, TextDelta):
                 parts.append(event.text)
                 continue
-            message = codec.route_event_to_proto(event)
-            kind = message.WhichOneof("event")
-            if kind == "started":
-                out.started.CopyFrom(message.started)
-            elif kind == "completed":
-                out.completed.CopyFrom(message.completed)
-            elif kind == "error":
-                out.error.CopyFrom(message.error)
+            # Filled where they are: a stream message built and copied in made each one twice.
+            if isinstance(event, RouteStarted) and not out.HasField("started"):
+                codec.route_started_into(out.started, event)
+            elif isinstance(event, RouteCompleted) and not out.HasField("completed"):
+                codec.route_completed_into(out.completed, event)
+            else:  # an error, or a second event of a kind (the last one wins, as a copy did)
+                message = codec.route_event_to_proto(event)
+                kind = message.WhichOneof("event")
+                if kind == "started":
+                    out.started.CopyFrom(message.started)
+                elif kind == "completed":
+                    out.completed.CopyFrom(message.completed)
+                elif kind == "error":
+                    out.error.CopyFrom(message.error)
         out.text = "".join(parts)
         return out
 
