@@ -273,13 +273,16 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 if event.prompt is not None:
                     _prompt_fields(out, event)
             elif isinstance(event, Completed):
-                c = _completed(event)
-                out.finish_reason = c.finish_reason
-                out.usage.CopyFrom(c.usage)
-                out.cost.CopyFrom(c.cost)
-                out.latency_ms = c.latency_ms
-                out.fallback_path.extend(c.fallback_path)
-                out.tool_calls.extend(c.tool_calls)
+                # Set where they are: a stream's Completed built and copied in made each one twice.
+                out.finish_reason = codec.finish_reason_to_proto(event.finish_reason)
+                codec.usage_into(out.usage, event.usage)
+                out.cost.SetInParent()
+                out.cost.cost_usd_micros = event.cost_usd_micros
+                out.latency_ms = event.latency_ms
+                if event.fallback_path:
+                    out.fallback_path.extend(event.fallback_path)
+                if event.tool_calls:
+                    out.tool_calls.extend(codec.tool_call_to_common(c) for c in event.tool_calls)
             elif isinstance(event, Cited):
                 out.citations.extend(_citations(event))
             elif isinstance(event, Failed):
