@@ -57,12 +57,9 @@ def finish_reason_from_proto(value: int, unknown: FinishReason = "") -> FinishRe
 
 def usage_to_proto(usage: Usage) -> common_pb2.Usage:
     """The shared Usage message, cache writes included."""
-    return common_pb2.Usage(
-        input_tokens=usage.input_tokens,
-        output_tokens=usage.output_tokens,
-        cached_input_tokens=usage.cached_input_tokens,
-        cache_write_input_tokens=usage.cache_write_input_tokens,
-    )
+    out = common_pb2.Usage()
+    usage_into(out, usage)
+    return out
 
 
 def usage_from_proto(usage: common_pb2.Usage, cache_write_input_tokens: int = 0) -> Usage:

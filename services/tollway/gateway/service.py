@@ -110,15 +110,23 @@ def _seconds_left(context: grpc.aio.ServicerContext) -> float | None:
 
 
 def _completed(event: Completed) -> gateway_pb2.Completed:
-    return gateway_pb2.Completed(
-        finish_reason=codec.finish_reason_to_proto(event.finish_reason),
-        usage=codec.usage_to_proto(event.usage),
-        cost=common_pb2.Cost(cost_usd_micros=event.cost_usd_micros),
-        latency_ms=event.latency_ms,
-        ttft_ms=event.ttft_ms,
-        fallback_path=event.fallback_path,
-        tool_calls=[codec.tool_call_to_common(c) for c in event.tool_calls],
-    )
+    out = gateway_pb2.Completed(ttft_ms=event.ttft_ms)
+    _completed_into(out, event)
+    return out
+
+
+def _completed_into(out: gateway_pb2.Completed | gateway_pb2.CompleteResponse, event: Completed) -> None:
+    """Sets an answer's end (reason, usage, cost, latency, fallback path, tool calls) where it is:
+    a whole answer's response has the same fields, and a Completed built and copied in is made twice."""
+    out.finish_reason = codec.finish_reason_to_proto(event.finish_reason)
+    codec.usage_into(out.usage, event.usage)
+    out.cost.SetInParent()
+    out.cost.cost_usd_micros = event.cost_usd_micros
+    out.latency_ms = event.latency_ms
+    if event.fallback_path:
+        out.fallback_path.extend(event.fallback_path)
+    if event.tool_calls:
+        out.tool_calls.extend(codec.tool_call_to_common(c) for c in event.tool_calls)
 
 
 def _citations(event: Cited) -> list[gateway_pb2.Citation]:
@@ -273,16 +281,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 if event.prompt is not None:
                     _prompt_fields(out, event)
             elif isinstance(event, Completed):
-                # Set where they are: a stream's Completed built and copied in made each one twice.
-                out.finish_reason = codec.finish_reason_to_proto(event.finish_reason)
-                codec.usage_into(out.usage, event.usage)
-                out.cost.SetInParent()
-                out.cost.cost_usd_micros = event.cost_usd_micros
-                out.latency_ms = event.latency_ms
-                if event.fallback_path:
-                    out.fallback_path.extend(event.fallback_path)
-                if event.tool_calls:
-                    out.tool_calls.extend(codec.tool_call_to_common(c) for c in event.tool_calls)
+                _completed_into(out, event)
             elif isinstance(event, Cited):
                 out.citations.extend(_citations(event))
             elif isinstance(event, Failed):
