@@ -79,7 +79,9 @@ def gateway_request(request_id: str, conversation_id: str = "") -> GatewayReques
     )
 
 
-async def run(url: str, plans: Path, n: int, path: str, leases: int, conversations: bool) -> None:
+async def run(
+    url: str, plans: Path, n: int, path: str, leases: int, conversations: bool, profile_out: str = ""
+) -> None:
     spec, budget = build(
         BudgetConfig(plans=str(plans), catalog=str(ROOT / "deploy" / "models.yaml"), lease_requests=leases),
         MeshConfig(redis_url=url),
@@ -152,6 +154,8 @@ async def run(url: str, plans: Path, n: int, path: str, leases: int, conversatio
     profile.disable()
     reserve_p50 = statistics.median(reserve_wall[: len(wall)])
     calls = pstats.Stats(profile).total_calls / 200  # type: ignore[attr-defined]
+    if profile_out:
+        profile.dump_stats(profile_out)
     print(
         f"{Path(budget_store.__file__).parents[2]} ({path}, leases {leases}): {SLICES * size} reserve+commit; "
         "CPU per reserve+commit "
@@ -183,11 +187,12 @@ def main() -> None:
         action="store_true",
         help="requests name no conversation (to compare with --leases on the same counters)",
     )
+    ap.add_argument("--profile", default="", help="also write the 200 profiled requests' cProfile stats to this file")
     a = ap.parse_args()
     plans = Path(tempfile.mkdtemp(prefix="bench-budget-cpu-")) / "budget.yaml"
     plans.write_text(PLANS)
     with local_redis(appendonly=True) as server:
-        asyncio.run(run(server.url, plans, a.requests, a.path, a.leases, not a.no_conversations))
+        asyncio.run(run(server.url, plans, a.requests, a.path, a.leases, not a.no_conversations, a.profile))
 
 
 if __name__ == "__main__":

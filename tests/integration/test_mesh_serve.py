@@ -122,3 +122,35 @@ async def test_sigterm_lets_the_stream_in_flight_finish(router: tuple[subprocess
     logs = [json.loads(line) for line in proc.stderr.read().decode().splitlines() if line.startswith("{")]
     assert {"serving", "shutting down", "stopped"} <= {entry["msg"] for entry in logs}
     assert all(entry["service"] == "router" for entry in logs)
+
+
+_GC_PROBE = """
+import asyncio, gc, os, signal
+from tollway.mesh.config import MeshConfig, load_config
+from tollway.mesh.server import ServiceSpec, run, serve_group
+
+async def main():
+    async def report():
+        while gc.get_threshold()[0] == 700:  # Python's default, until the process serves
+            await asyncio.sleep(0.01)
+        print(gc.get_threshold()[0], gc.get_freeze_count() > 0, flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    task = asyncio.ensure_future(report())
+    await serve_group("probe", [ServiceSpec("probe", 0, lambda server: None, [], mesh=load_config(MeshConfig))])
+    await task
+
+run(main())
+"""
+
+
+async def test_a_serving_process_runs_the_cyclic_collector_at_the_configured_threshold() -> None:
+    # Work batched for tens of ms keeps objects alive; at Python's 700 the collector ran every
+    # ~10 requests for nothing. The threshold is set once start-up's objects are frozen.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLWAY_")}
+    env["TOLLWAY_GC_YOUNG_THRESHOLD"] = "4321"
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-c", _GC_PROBE], env=env, cwd=ROOT, capture_output=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert done.stdout.decode().split() == ["4321", "True"]

@@ -48,3 +48,10 @@ def test_overrides_win_and_mesh_config_reads_shared_keys() -> None:
     assert load_config(DemoConfig, "demo", env={"TOLLWAY_DEMO_PORT": "9"}, port=5).port == 5
     mesh = load_config(MeshConfig, env={"TOLLWAY_REDIS_URL": "redis://h:1/0", "TOLLWAY_GATEWAY_PORT": "1"})
     assert mesh.redis_url == "redis://h:1/0"
+
+
+def test_a_collector_threshold_below_100_is_refused_with_its_variable_named() -> None:
+    assert load_config(MeshConfig, env={}).gc_young_threshold == 10_000
+    assert load_config(MeshConfig, env={"TOLLWAY_GC_YOUNG_THRESHOLD": "2000"}).gc_young_threshold == 2000
+    with pytest.raises(ConfigError, match=r"TOLLWAY_GC_YOUNG_THRESHOLD.*'?50'?.*at least 100"):
+        load_config(MeshConfig, env={"TOLLWAY_GC_YOUNG_THRESHOLD": "50"})

@@ -208,6 +208,7 @@ async def serve_group(
         # collection then walks only what requests made since (it was ~30 us a request).
         gc.collect()
         gc.freeze()
+        gc.set_threshold(mesh.gc_young_threshold, *gc.get_threshold()[1:])
         waiters = {asyncio.ensure_future(server.wait_for_termination()) for _, server, _ in running}
         waiters.add(asyncio.ensure_future(stop.wait()))
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
