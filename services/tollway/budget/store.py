@@ -182,6 +182,67 @@ return out
 """
 )
 
+# What a commit does once it knows the hold (its record, or the hold being written with it):
+# shared by _COMMIT_BODY and _HELD_AND_COMMITTED, so the two cannot drift apart.
+_COMMIT_STEPS = r"""
+-- The answering model's name, rates, pricing version and limits: the reserved one's (in the
+-- metadata m) unless the commit names another (a JSON array, see pack_model).
+local function answering(m, named)
+  local model, ri, ro, rc, pv, ctx, mout = m.model, m.r_in, m.r_out, m.r_cached, m.pv, m.ctx, m.mout
+  if named ~= '' then
+    local a = cjson.decode(named)
+    model, ri, ro, rc, pv, ctx, mout = a[1], a[2], a[3], a[4], a[5], a[6], a[7]
+  end
+  return model, tonumber(ri), tonumber(ro), tonumber(rc), pv, tonumber(ctx), tonumber(mout)
+end
+-- Covered by its lease (the holder still counts the hold in the block): the usage moves from
+-- the block to this reservation, and only what the block cannot cover stays in delta (for the
+-- counters). Returns the lease that covered it ('' when none did) and what it took.
+local function take_from_lease(lrec, lease_id, delta)
+  local took = {tok = 0, usd = 0, req = 0}
+  local L = redis.call('HMGET', lrec, 'st', 'tok', 'usd', 'req')
+  if L[1] ~= 'lease' then return '', took end
+  local rem = {tok = tonumber(L[2]), usd = tonumber(L[3]), req = tonumber(L[4])}
+  for _, u in ipairs({'tok', 'usd', 'req'}) do
+    took[u] = math.max(0, math.min(delta[u], rem[u]))
+    delta[u] = delta[u] - took[u]
+  end
+  redis.call('HINCRBY', lrec, 'tok', s(-took.tok))
+  redis.call('HINCRBY', lrec, 'usd', s(-took.usd))
+  redis.call('HINCRBY', lrec, 'req', s(-took.req))
+  return lease_id, took
+end
+-- The day's usage totals: the tenant's, its key's, its feature's and the model's. Zero amounts
+-- are left out (a missing total reads as 0): most commits have no cached tokens.
+local function add_to_day(day, m, model, tin, tout, tcached, cost, ttl)
+  local groups = {''}
+  if (m.key or '') ~= '' then groups[#groups + 1] = 'k:' .. m.key end
+  if (m.feat or '') ~= '' then groups[#groups + 1] = 'f:' .. m.feat end
+  groups[#groups + 1] = 'm:' .. model
+  local sums = {{'|in', tin}, {'|out', tout}, {'|cached', tcached}, {'|usd', cost}}
+  for _, g in ipairs(groups) do
+    redis.call('HINCRBY', day, g .. '|req', 1)
+    for _, x in ipairs(sums) do
+      if x[2] ~= 0 then redis.call('HINCRBY', day, g .. x[1], s(x[2])) end
+    end
+  end
+  redis.call('PEXPIRE', day, ttl)
+end
+-- The committed fields of the record (after its hold's), then the ledger's commit entry.
+local function committed_fields(tin, tout, tcached, model, prov, tok, cost, pv, delta, now, partial, late)
+  return {'st', 'committed', 'cin', s(tin), 'cout', s(tout), 'ccached', s(tcached), 'cmodel', model,
+    'cprov', prov, 'ctok', s(tok), 'cusd', s(cost), 'cpv', pv, 'dtok', s(delta.tok), 'dusd', s(delta.usd),
+    'done_ms', s(now), 'partial', partial, 'late', late}
+end
+local function ledger_commit(ledger, id, att, delta, f, now, model, prov, tin, tout, tcached, cost, pv, partial,
+                             late, lease, took, m)
+  redis.call('XADD', ledger, '*', 'op', 'commit', 'res', id, 'att', att, 'tok', s(delta.tok), 'usd', s(delta.usd),
+    'req', s(delta.req), 'f', f, 'at', s(now), 'model', model, 'prov', prov, 'in', s(tin),
+    'out', s(tout), 'cached', s(tcached), 'cost', s(cost), 'pv', pv, 'partial', partial, 'late', late,
+    'lease', lease, 'ltok', s(took.tok), 'lusd', s(took.usd), 'lreq', s(took.req), unpack(pairs_of(m, WHO)))
+end
+"""
+
 # KEYS: ctr, record, open, ledger, usage day, the lease record (the record again when none).
 # ARGV: id, now_ms, attempt (0: whichever holds the id), in, out, cached, provider, partial,
 #       the answering model ('' = the reserved one, else a JSON array of strings: name, r_in,
@@ -210,12 +271,7 @@ if st == 'committed' then
   return {'conflict', flat}
 end
 if st == 'released' then return {'released', flat} end
-local model, ri, ro, rc, pv, ctx, mout = m.model, m.r_in, m.r_out, m.r_cached, m.pv, m.ctx, m.mout
-if ARGV[9] ~= '' then
-  local a = cjson.decode(ARGV[9])
-  model, ri, ro, rc, pv, ctx, mout = a[1], a[2], a[3], a[4], a[5], a[6], a[7]
-end
-ri, ro, rc, ctx, mout = tonumber(ri), tonumber(ro), tonumber(rc), tonumber(ctx), tonumber(mout)
+local model, ri, ro, rc, pv, ctx, mout = answering(m, ARGV[9])
 if tout > mout then return {'too_large', 'output_tokens', s(mout), model} end
 if tin + tout > ctx then return {'too_large', 'input_tokens', s(ctx), model} end
 local cost = math.floor(((tin - tcached) * ri + tcached * rc + tout * ro + 999) / 1000)
@@ -225,51 +281,21 @@ local held = {tok = tonumber(r.tok), usd = tonumber(r.usd), req = tonumber(r.req
 -- A hold made under a lease is not in the counters itself: its lease's block is.
 if late == '1' or (r.lease or '') ~= '' then held = {tok = 0, usd = 0, req = 0} end
 local delta = {tok = tok - held.tok, usd = cost - held.usd, req = 1 - held.req}
--- Covered by its lease (the holder still counts the hold in the block): the usage moves from
--- the block to this reservation, and only what the block cannot cover reaches the counters.
 local lease, took = '', {tok = 0, usd = 0, req = 0}
-if ARGV[12] ~= '' and r.lease == ARGV[12] then
-  local L = redis.call('HMGET', KEYS[6], 'st', 'tok', 'usd', 'req')
-  if L[1] == 'lease' then
-    lease = ARGV[12]
-    local rem = {tok = tonumber(L[2]), usd = tonumber(L[3]), req = tonumber(L[4])}
-    for _, u in ipairs({'tok', 'usd', 'req'}) do
-      took[u] = math.max(0, math.min(delta[u], rem[u]))
-      delta[u] = delta[u] - took[u]
-    end
-    redis.call('HINCRBY', KEYS[6], 'tok', s(-took.tok))
-    redis.call('HINCRBY', KEYS[6], 'usd', s(-took.usd))
-    redis.call('HINCRBY', KEYS[6], 'req', s(-took.req))
-  end
-end
+if ARGV[12] ~= '' and r.lease == ARGV[12] then lease, took = take_from_lease(KEYS[6], ARGV[12], delta) end
 apply(ctr, split(r.f), delta)
-redis.call('HSET', rec, 'st', 'committed', 'cin', s(tin), 'cout', s(tout), 'ccached', s(tcached),
-  'cmodel', model, 'cprov', ARGV[7], 'ctok', s(tok), 'cusd', s(cost), 'cpv', pv,
-  'dtok', s(delta.tok), 'dusd', s(delta.usd), 'done_ms', s(now), 'partial', ARGV[8], 'late', late)
+redis.call('HSET', rec, unpack(committed_fields(tin, tout, tcached, model, ARGV[7], tok, cost, pv, delta, now,
+  ARGV[8], late)))
 redis.call('PEXPIRE', rec, ARGV[10])
 redis.call('ZREM', open, id)
-redis.call('XADD', ledger, '*', 'op', 'commit', 'res', id, 'att', att, 'tok', s(delta.tok), 'usd', s(delta.usd),
-  'req', s(delta.req), 'f', r.f, 'at', s(now), 'model', model, 'prov', ARGV[7], 'in', s(tin),
-  'out', s(tout), 'cached', s(tcached), 'cost', s(cost), 'pv', pv, 'partial', ARGV[8], 'late', late,
-  'lease', lease, 'ltok', s(took.tok), 'lusd', s(took.usd), 'lreq', s(took.req), unpack(pairs_of(m, WHO)))
-local groups = {''}
-if (m.key or '') ~= '' then groups[#groups + 1] = 'k:' .. m.key end
-if (m.feat or '') ~= '' then groups[#groups + 1] = 'f:' .. m.feat end
-groups[#groups + 1] = 'm:' .. model
--- Zero amounts are left out (a missing total reads as 0): most commits have no cached tokens.
-local sums = {{'|in', tin}, {'|out', tout}, {'|cached', tcached}, {'|usd', cost}}
-for _, g in ipairs(groups) do
-  redis.call('HINCRBY', day, g .. '|req', 1)
-  for _, m in ipairs(sums) do
-    if m[2] ~= 0 then redis.call('HINCRBY', day, g .. m[1], s(m[2])) end
-  end
-end
-redis.call('PEXPIRE', day, ARGV[11])
+ledger_commit(ledger, id, att, delta, r.f, now, model, ARGV[7], tin, tout, tcached, cost, pv, ARGV[8], late, lease,
+  took, m)
+add_to_day(day, m, model, tin, tout, tcached, cost, ARGV[11])
 return {'ok', att, late, s(delta.tok), s(delta.usd), s(tok), s(cost), model, pv, s(tin), r.gout, r.c_ms, r.e_ms,
   r.m or cjson.encode({tenant = r.tenant, key = r.key, feat = r.feat, conv = r.conv, prio = r.prio, rid = r.rid}),
   lease}
 """
-_COMMIT = _COMMON + _COMMIT_BODY
+_COMMIT = _COMMON + _COMMIT_STEPS + _COMMIT_BODY
 
 # KEYS: ctr, record, open, ledger.  ARGV: id, now_ms, attempt (0: whichever holds the id),
 # reason, record_ttl_ms. Returns {status, record}: 'ok', 'dup' (released or expired before),
@@ -449,15 +475,18 @@ return {'ok', s(att)}
 _HOLD = _COMMON + _HOLD_BODY
 
 
-def _then(first: str, second: str) -> str:
+def _then(first: str, second: str, prelude: str = "", shortcut: str = "") -> str:
     """One script that runs two scripts' bodies, one after the other, atomically: a hold recorded
     and settled in one call, as two calls would, for one script run and one reply to read.
 
     KEYS: the first's, then the second's. ARGV: how many of the KEYS and of the ARGV after these
     two are the first's, its ARGV, then the second's. Returns {first's reply, second's reply}.
+    ``prelude`` defines what the bodies call; ``shortcut`` runs before them, and returns that
+    reply itself when it can, for less work.
     """
     return (
         _COMMON
+        + prelude
         + f"""
 local function first(KEYS, ARGV)
 {first}
@@ -465,6 +494,7 @@ end
 local function second(KEYS, ARGV)
 {second}
 end
+{shortcut}
 local nk, na = tonumber(ARGV[1]), tonumber(ARGV[2])
 local k1, a1, k2, a2 = {{}}, {{}}, {{}}, {{}}
 for i = 1, #KEYS do if i <= nk then k1[#k1 + 1] = KEYS[i] else k2[#k2 + 1] = KEYS[i] end end
@@ -474,7 +504,63 @@ return {{first(k1, a1), second(k2, a2)}}
     )
 
 
-_HOLD_THEN_COMMIT = _then(_HOLD_BODY, _COMMIT_BODY)
+# A hold and its commit in one go, in the usual case: no record under the id yet (the hold is
+# attempt 1), the commit names this hold (attempt 0 or 1, the same record) and its usage fits the
+# model. The record is written once, in its final state, instead of written, read back and
+# written again, and the id does not enter the open set only to leave it: the same record, ledger
+# entries, counters, lease, day totals and replies as _HOLD_BODY then _COMMIT_BODY
+# (tests/integration/test_budget_hold_commit.py), for 11 % fewer of Redis's instructions a request
+# (bench/redis_instructions.py: 1,231,056 -> 1,098,021). Anything else returns nil here, and the
+# two bodies run. KEYS and ARGV as _then's: the hold's 3 keys and 10 arguments (from ARGV[3]),
+# then the commit's 6 keys and 12 arguments (from ARGV[C + 1]).
+_HELD_AND_COMMITTED = r"""
+local function held_and_committed()
+  local nk, na = tonumber(ARGV[1]), tonumber(ARGV[2])
+  local C = 2 + na
+  local rec, open, ledger, id = KEYS[1], KEYS[2], KEYS[3], ARGV[3]
+  if nk ~= 3 or na ~= 10 or KEYS[5] ~= rec or KEYS[6] ~= open or KEYS[7] ~= ledger or ARGV[C + 1] ~= id then
+    return nil
+  end
+  if tonumber(ARGV[C + 3]) > 1 or redis.call('HEXISTS', rec, 'st') == 1 then return nil end
+  local m = cjson.decode(ARGV[12])
+  local tin, tout, tcached = tonumber(ARGV[C + 4]), tonumber(ARGV[C + 5]), tonumber(ARGV[C + 6])
+  local model, ri, ro, rc, pv, ctx, mout = answering(m, ARGV[C + 9])
+  if tout > mout or tin + tout > ctx then return nil end
+  local now, hold_lease, f = tonumber(ARGV[C + 2]), ARGV[6], ARGV[11]
+  local cost = math.floor(((tin - tcached) * ri + tcached * rc + tout * ro + 999) / 1000)
+  local tok = tin + tout
+  local delta = {tok = tok, usd = cost, req = 1}
+  if hold_lease == '' then
+    delta = {tok = tok - tonumber(ARGV[8]), usd = cost - tonumber(ARGV[9]), req = 1 - tonumber(ARGV[10])}
+  end
+  local lease, took = '', {tok = 0, usd = 0, req = 0}
+  if ARGV[C + 12] ~= '' and hold_lease == ARGV[C + 12] then
+    lease, took = take_from_lease(KEYS[9], hold_lease, delta)
+  end
+  apply(KEYS[4], split(f), delta)
+  local fields = committed_fields(tin, tout, tcached, model, ARGV[C + 7], tok, cost, pv, delta, now, ARGV[C + 8], '0')
+  for _, x in ipairs({'att', '1', 'gout', ARGV[7], 'tok', ARGV[8], 'usd', ARGV[9], 'req', ARGV[10], 'f', f,
+                      'c_ms', ARGV[4], 'e_ms', ARGV[5], 'm', ARGV[12], 'lease', hold_lease}) do
+    fields[#fields + 1] = x
+  end
+  redis.call('HSET', rec, unpack(fields))
+  redis.call('PEXPIRE', rec, ARGV[C + 10])
+  redis.call('ZREM', open, id)
+  redis.call('XADD', ledger, '*', 'op', 'reserve', 'res', id, 'att', '1', 'tok', '0', 'usd', '0', 'req', '0',
+    'f', f, 'at', ARGV[4], 'gout', ARGV[7], 'lease', hold_lease, 'ltok', ARGV[8], 'lusd', ARGV[9],
+    'lreq', ARGV[10], unpack(pairs_of(m, META)))
+  ledger_commit(ledger, id, '1', delta, f, now, model, ARGV[C + 7], tin, tout, tcached, cost, pv, ARGV[C + 8], '0',
+    lease, took, m)
+  add_to_day(KEYS[8], m, model, tin, tout, tcached, cost, ARGV[C + 11])
+  return {{'ok', '1'}, {'ok', '1', '0', s(delta.tok), s(delta.usd), s(tok), s(cost), model, pv, s(tin), ARGV[7],
+    ARGV[4], ARGV[5], ARGV[12], lease}}
+end
+local done = held_and_committed()
+if done then return done end
+"""
+
+
+_HOLD_THEN_COMMIT = _then(_HOLD_BODY, _COMMIT_BODY, _COMMIT_STEPS, _HELD_AND_COMMITTED)
 _HOLD_THEN_RELEASE = _then(_HOLD_BODY, _RELEASE_BODY)
 
 
