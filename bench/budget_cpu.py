@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import os
 import pstats
@@ -37,7 +38,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import redis.asyncio as aioredis
@@ -48,6 +49,7 @@ from bench.budget import PLANS
 from tests.support.redis_server import local_redis
 from tollway.budget import store as budget_store
 from tollway.budget.__main__ import build
+from tollway.budget.budget import Budget
 from tollway.budget.config import BudgetConfig
 from tollway.budget.types import CommitCommand, Priority, ReserveCommand
 from tollway.common.caching import CachePolicy
@@ -79,16 +81,43 @@ def gateway_request(request_id: str, conversation_id: str = "") -> GatewayReques
     )
 
 
-async def run(
-    url: str, plans: Path, n: int, path: str, leases: int, conversations: bool, profile_out: str = ""
-) -> None:
+@contextlib.asynccontextmanager
+async def co_located(url: str, plans: Path, leases: int) -> AsyncIterator[tuple[Budget, Budgeting, aioredis.Redis]]:
+    """The budget service (``leases``: TOLLWAY_BUDGET_LEASE_REQUESTS) registered in-process, and the
+    gateway's ``Budgeting`` calling it over an in-process channel, as the co-located core runs them;
+    with the gateway's Redis client. Stopped on the way out."""
     spec, budget = build(
         BudgetConfig(plans=str(plans), catalog=str(ROOT / "deploy" / "models.yaml"), lease_requests=leases),
         MeshConfig(redis_url=url),
     )
     server, _, _ = await create_server(spec, "127.0.0.1:0", registry=process_registry())
     gateway_redis = aioredis.Redis.from_url(url)
-    budgeting = Budgeting(BudgetClient(InProcessChannel("budget")), GatewayStore(gateway_redis))  # type: ignore[arg-type]
+    try:
+        yield budget, Budgeting(BudgetClient(InProcessChannel("budget")), GatewayStore(gateway_redis)), gateway_redis  # type: ignore[arg-type]
+    finally:
+        await server.stop(None)
+        assert spec.on_stop is not None
+        await spec.on_stop()
+        await gateway_redis.aclose()
+
+
+async def run(
+    url: str, plans: Path, n: int, path: str, leases: int, conversations: bool, profile_out: str = ""
+) -> None:
+    async with co_located(url, plans, leases) as (budget, budgeting, gateway_redis):
+        await _run(budget, budgeting, gateway_redis, n, path, leases, conversations, profile_out)
+
+
+async def _run(
+    budget: Budget,
+    budgeting: Budgeting,
+    gateway_redis: aioredis.Redis,
+    n: int,
+    path: str,
+    leases: int,
+    conversations: bool,
+    profile_out: str,
+) -> None:
 
     async def through_gateway(i: int) -> None:
         request = gateway_request(f"bench-{i}", conversation(i))
@@ -165,10 +194,6 @@ async def run(
         f"Redis {float(evalsha.get('usec_per_call', 0)):.1f} us per script call, "
         f"{int(evalsha.get('calls', 0)) / (SLICES * size):.2f} calls per reserve+commit; load {os.getloadavg()[0]:.2f}"
     )
-    await server.stop(None)
-    assert spec.on_stop is not None
-    await spec.on_stop()
-    await gateway_redis.aclose()
 
 
 def main() -> None:

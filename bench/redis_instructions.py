@@ -27,25 +27,15 @@ import time
 from pathlib import Path
 
 import redis
-import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.budget import PLANS
-from bench.budget_cpu import gateway_request
+from bench.budget_cpu import co_located, gateway_request
 from tollway.budget import store as budget_store
-from tollway.budget.__main__ import build
-from tollway.budget.config import BudgetConfig
 from tollway.common.chat import Usage
-from tollway.gateway.budget_client import BudgetClient
-from tollway.gateway.budgeting import Budgeting, Settlement
-from tollway.gateway.store import GatewayStore
+from tollway.gateway.budgeting import Settlement
 from tollway.launcher.processes import free_ports
-from tollway.mesh.config import MeshConfig
-from tollway.mesh.inprocess import InProcessChannel, process_registry
-from tollway.mesh.server import create_server
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _control(pid: int, *args: str) -> None:
@@ -53,28 +43,18 @@ def _control(pid: int, *args: str) -> None:
 
 
 async def _requests(url: str, plans: Path, leases: int, n: int, pid: int) -> None:
-    spec, _ = build(
-        BudgetConfig(plans=str(plans), catalog=str(ROOT / "deploy" / "models.yaml"), lease_requests=leases),
-        MeshConfig(redis_url=url),
-    )
-    server, _, _ = await create_server(spec, "127.0.0.1:0", registry=process_registry())
-    gateway_redis = aioredis.Redis.from_url(url)
-    budgeting = Budgeting(BudgetClient(InProcessChannel("budget")), GatewayStore(gateway_redis))  # type: ignore[arg-type]
+    async with co_located(url, plans, leases) as (_, budgeting, _):
 
-    async def one(i: int) -> None:
-        admission = await budgeting.admit(gateway_request(f"bench-{i}"))
-        await budgeting.settle(admission, Settlement(Usage(13, 6)))
+        async def one(i: int) -> None:
+            admission = await budgeting.admit(gateway_request(f"bench-{i}"))
+            await budgeting.settle(admission, Settlement(Usage(13, 6)))
 
-    for i in range(300):
-        await one(-1 - i)
-    _control(pid, "-i", "on")
-    for i in range(n):
-        await one(i)
-    _control(pid, "-i", "off")
-    await server.stop(None)
-    assert spec.on_stop is not None
-    await spec.on_stop()
-    await gateway_redis.aclose()
+        for i in range(300):
+            await one(-1 - i)
+        _control(pid, "-i", "on")
+        for i in range(n):
+            await one(i)
+        _control(pid, "-i", "off")
 
 
 def main() -> None:

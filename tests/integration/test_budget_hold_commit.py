@@ -7,13 +7,12 @@ redis-server; the shortcut's use is seen in Redis's own command counts."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 
-from tests.support.redis_server import TEST_REDIS, local_redis
+from tests.integration.test_budget_store_batching import fixture_store  # noqa: F401 (the store on a Redis of its own)
+from tests.support.redis_server import TEST_REDIS
 from tollway.budget.store import BudgetStore, Hold, pack_counters, pack_meta, pack_model
 
 pytestmark = pytest.mark.skipif(TEST_REDIS == "cluster", reason="reads Redis's command counts of one server")
@@ -32,14 +31,6 @@ MODEL_META = pack_meta(
         "mout": "100",
     }
 )
-
-
-@pytest.fixture
-async def store() -> AsyncIterator[BudgetStore]:
-    with local_redis() as server:
-        client = aioredis.Redis.from_url(server.url)
-        yield BudgetStore(client, prefix="tw:budget:hc")
-        await client.aclose()
 
 
 async def lease(store: BudgetStore, lease_id: str, tokens: int) -> None:

@@ -21,8 +21,9 @@ pytestmark = pytest.mark.skipif(TEST_REDIS == "cluster", reason="the store batch
 COUNTER = "t|tok|day|0|86400"
 
 
-@pytest.fixture
-async def store() -> AsyncIterator[BudgetStore]:
+@pytest.fixture(name="store")
+async def fixture_store() -> AsyncIterator[BudgetStore]:
+    """A budget store on a redis-server of its own."""
     with local_redis() as server:
         client = aioredis.Redis.from_url(server.url)
         yield BudgetStore(client, prefix="tw:budget:batch")
