@@ -264,3 +264,26 @@ async def test_files_list_newest_first_by_purpose_and_deleted_or_expired_ones_dr
     assert made[0].encode() not in await store.r.zrange(f"{store.p}:files:{ACME.tenant}", 0, -1)
     with pytest.raises(InvalidArgument):
         await jobs.list_files(ACME, 10, "nope")
+
+
+async def test_a_job_a_worker_starts_at_once_is_answered_as_queued(store: JobsStore) -> None:
+    # A worker can take a job the moment it is queued; its submitter is answered with the job as
+    # queued, not with whatever the worker made of it meanwhile (the stack test saw RUNNING).
+    jobs = Jobs(store, JobsConfig())
+    submit = store.submit
+
+    async def taken_at_once(job_id: str, *args: Any) -> str:
+        stored = await submit(job_id, *args)
+        assert await store.start(stored, now_ms(), 3) == "run"
+        return stored
+
+    store.submit = taken_at_once  # type: ignore[method-assign]
+    job = await jobs.submit(ACME, new())
+    assert job.state == State.QUEUED and job.attempts == 0
+    assert (await jobs.get(ACME, job.id)).state == State.RUNNING
+    # The same request id again: the job as it is now, not as it was queued.
+    store.submit = submit  # type: ignore[method-assign]
+    first = await jobs.submit(ACME, new(), request_id="once")
+    assert await store.start(first.id, now_ms(), 3) == "run"
+    again = await jobs.submit(ACME, new(), request_id="once")
+    assert again.id == first.id and again.state == State.RUNNING

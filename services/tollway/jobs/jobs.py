@@ -141,8 +141,13 @@ class Jobs:
         if bad:
             raise InvalidArgument(f"request cannot run: {bad[0][0]} is {bad[0][1]}", bad)
         await self._check_webhook(webhook_url)
-        job_id = await self.store.submit(new_id(), owner, new, webhook_url, self.clock(), request_id, self.retention_ms)
-        return await self.get(owner, job_id)
+        made, now = new_id(), self.clock()
+        job_id = await self.store.submit(made, owner, new, webhook_url, now, request_id, self.retention_ms)
+        if job_id == made:
+            # As queued: read back, a worker may have started it already, and its submitter would
+            # be told it is running before it was told it exists.
+            return self.store.queued(job_id, owner, new, webhook_url, now)
+        return await self.get(owner, job_id)  # an earlier submit under the request id: as it is now
 
     async def get(self, owner: Owner, job_id: str) -> Job:
         job = await self.store.get(job_id)

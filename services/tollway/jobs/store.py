@@ -156,6 +156,12 @@ class JobsStore:
             "attempts": "0",
         }
 
+    def queued(self, job_id: str, owner: Owner, new: NewJob, webhook: str, now_ms: int) -> Job:
+        """The job :meth:`submit` just stored under ``job_id``, as stored (read back, it may be
+        running already: a worker can take it the moment it is queued)."""
+        fields = self._job_fields(job_id, owner, new, webhook, now_ms)
+        return _job({k.encode(): v if isinstance(v, bytes) else v.encode() for k, v in fields.items()}, [])
+
     async def submit(
         self, job_id: str, owner: Owner, new: NewJob, webhook: str, now_ms: int, request_id: str, retention_ms: int
     ) -> str:
