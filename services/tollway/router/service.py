@@ -126,20 +126,16 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             if isinstance(event, TextDelta):
                 parts.append(event.text)
                 continue
-            # Filled where they are: a stream message built and copied in made each one twice.
-            if isinstance(event, RouteStarted) and not out.HasField("started"):
+            # Filled where they are (a stream message built and copied in made each one twice);
+            # cleared first, so a second event of a kind replaces the first.
+            if isinstance(event, RouteStarted):
+                out.started.Clear()
                 codec.route_started_into(out.started, event)
-            elif isinstance(event, RouteCompleted) and not out.HasField("completed"):
+            elif isinstance(event, RouteCompleted):
+                out.completed.Clear()
                 codec.route_completed_into(out.completed, event)
-            else:  # an error, or a second event of a kind (the last one wins, as a copy did)
-                message = codec.route_event_to_proto(event)
-                kind = message.WhichOneof("event")
-                if kind == "started":
-                    out.started.CopyFrom(message.started)
-                elif kind == "completed":
-                    out.completed.CopyFrom(message.completed)
-                elif kind == "error":
-                    out.error.CopyFrom(message.error)
+            else:
+                out.error.CopyFrom(codec.route_event_to_proto(event).error)
         out.text = "".join(parts)
         return out
 
