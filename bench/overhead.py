@@ -523,7 +523,42 @@ def table(results: dict[str, dict[str, list[float]]]) -> str:
             deltas = [a - b for a, b in zip(results[n][m], results["direct"][m], strict=True)]
             cells.append(rng(deltas))
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines + versus(results))
+
+
+def versus(results: dict[str, dict[str, list[float]]], peer: str = "portkey") -> list[str]:
+    """Issue 12's aims read off repeat by repeat: each Tollway target's p50 added and throughput
+    beside ``peer``'s of the same repeat, and in how many repeats it was the better."""
+    if peer not in results:
+        return []
+    direct = results["direct"]["seq_p50_ms"]
+    added = {n: [a - d for a, d in zip(r["seq_p50_ms"], direct, strict=True)] for n, r in results.items()}
+    rps = [m for m in results[peer] if m.startswith("rps_c")]
+    lines = [
+        "",
+        f"Against {peer}, repeat by repeat (p50 added in ms, then requests/s; * where the target did better):",
+        "",
+        "| target | p50 added | " + " | ".join(rps) + " | better p50 | better throughput |",
+        "|---|---|" + "---|" * len(rps) + "---|---|",
+    ]
+    for name in results:
+        if name in ("direct", "litellm") or name == peer:
+            continue
+        p50 = [(a, a < b) for a, b in zip(added[name], added[peer], strict=True)]
+        cells = [" / ".join(f"{a:.2f}{'*' if won else ''}" for a, won in p50)]
+        wins = 0
+        for m in rps:
+            pairs = [(a, a > b) for a, b in zip(results[name][m], results[peer][m], strict=True)]
+            wins += sum(won for _, won in pairs)
+            cells.append(" / ".join(f"{a:.0f}{'*' if won else ''}" for a, won in pairs))
+        total = len(p50) * len(rps)
+        lines.append(
+            f"| {name} | " + " | ".join(cells) + f" | {sum(won for _, won in p50)} of {len(p50)} | {wins} of {total} |"
+        )
+    peer_cells = [" / ".join(f"{a:.2f}" for a in added[peer])]
+    peer_cells += [" / ".join(f"{a:.0f}" for a in results[peer][m]) for m in rps]
+    lines.append(f"| {peer} | " + " | ".join(peer_cells) + " | | |")
+    return lines
 
 
 def main() -> None:
