@@ -34,3 +34,27 @@ def test_retryable_errors_carry_retry_info_and_a_retry_after_header() -> None:
 def test_every_code_number_matches_google_rpc() -> None:
     assert errors.code_number(grpc.StatusCode.UNAVAILABLE) == 14
     assert errors.code_number(grpc.StatusCode.INVALID_ARGUMENT) == 3
+
+
+def test_an_error_sent_as_a_status_message_comes_back_as_the_same_typed_error() -> None:
+    cases: list[errors.TollwayError] = [
+        errors.ResourceExhausted(
+            "slow down", retry_after_s=2.5, quota_violations=[("tenant:a", "tokens/min")], reason="BUDGET_EXHAUSTED"
+        ),
+        errors.InvalidArgument("bad", [("requests[2].input_tokens", "at least 0")], metadata={"n": 2}),
+        errors.FailedPrecondition("released", reason="ALREADY_RELEASED"),
+        errors.Unavailable("redis down", retry_after_s=1.0, reason="REDIS_UNAVAILABLE"),
+        errors.NotFound("no such reservation"),
+    ]
+    for sent in cases:
+        back = errors.from_status_proto(errors.status_proto(sent, "budget.tollway"))
+        assert type(back) is type(sent)
+        assert (back.message, back.reason, back.metadata) == (sent.message, sent.reason, sent.metadata)
+        assert getattr(back, "violations", None) == getattr(sent, "violations", None)
+        assert getattr(back, "quota_violations", None) == getattr(sent, "quota_violations", None)
+        assert getattr(back, "retry_after_s", None) == getattr(sent, "retry_after_s", None)
+
+
+def test_a_status_message_with_an_unknown_code_number_is_an_internal_error() -> None:
+    back = errors.from_status_proto(status_pb2.Status(code=99, message="from the future"))
+    assert isinstance(back, errors.Internal) and back.message == "from the future"

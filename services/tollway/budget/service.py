@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from tollway.budget.budget import Budget
 from tollway.budget.types import (
     CommitCommand,
+    Committed,
     Policy,
     Priority,
     Quota,
@@ -23,9 +26,11 @@ from tollway.budget.types import (
     Window,
 )
 from tollway.budget.v1 import budget_pb2, budget_pb2_grpc
-from tollway.mesh.errors import InvalidArgument, rpc_errors
+from tollway.mesh.errors import InvalidArgument, as_tollway_error, rpc_errors, status_proto
 
 DOMAIN = "budget.tollway"
+# The most commits one BatchCommitBudget may carry (its proto says so).
+MAX_BATCH_COMMITS = 1000
 SERVICE_NAME = "tollway.budget.v1.BudgetService"
 
 PRIORITY_FROM_PROTO = {
@@ -208,6 +213,25 @@ def usage_row_to_proto(r: UsageRow) -> budget_pb2.UsageRow:
     )
 
 
+def commit_from_proto(req: budget_pb2.CommitBudgetRequest) -> CommitCommand:
+    return CommitCommand(
+        name=req.name,
+        input_tokens=req.input_tokens,
+        output_tokens=req.output_tokens,
+        cached_input_tokens=req.cached_input_tokens,
+        model=req.model,
+        provider=req.provider,
+        partial=req.partial,
+        attempt=req.attempt,
+    )
+
+
+def committed_into(out: budget_pb2.CommitBudgetResponse, done: Committed) -> None:
+    out.delta_tokens = done.delta_tokens
+    out.delta_cost_usd_nanos = done.delta_cost_usd_nanos
+    reservation_into(out.reservation, done.reservation)
+
+
 def reserve_from_proto(req: budget_pb2.ReserveBudgetRequest) -> ReserveCommand:
     return ReserveCommand(
         tenant=req.tenant_id,
@@ -252,23 +276,37 @@ class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):
     async def CommitBudget(
         self, request: budget_pb2.CommitBudgetRequest, context: grpc.aio.ServicerContext
     ) -> budget_pb2.CommitBudgetResponse:
-        done = await self.budget.commit(
-            CommitCommand(
-                name=request.name,
-                input_tokens=request.input_tokens,
-                output_tokens=request.output_tokens,
-                cached_input_tokens=request.cached_input_tokens,
-                model=request.model,
-                provider=request.provider,
-                partial=request.partial,
-                attempt=request.attempt,
-            )
-        )
-        resp = budget_pb2.CommitBudgetResponse(
-            delta_tokens=done.delta_tokens, delta_cost_usd_nanos=done.delta_cost_usd_nanos
-        )
-        reservation_into(resp.reservation, done.reservation)
+        resp = budget_pb2.CommitBudgetResponse()
+        committed_into(resp, await self.budget.commit(commit_from_proto(request)))
         return resp
+
+    @rpc_errors(DOMAIN)
+    async def BatchCommitBudget(
+        self, request: budget_pb2.BatchCommitBudgetRequest, context: grpc.aio.ServicerContext
+    ) -> budget_pb2.BatchCommitBudgetResponse:
+        count = len(request.requests)
+        if not 1 <= count <= MAX_BATCH_COMMITS:
+            raise InvalidArgument(
+                f"requests holds {count} commits; send between 1 and {MAX_BATCH_COMMITS}",
+                [("requests", f"between 1 and {MAX_BATCH_COMMITS} commits")],
+            )
+        # Together, so the store batches their scripts as it batches concurrent commits.
+        outcomes = await asyncio.gather(
+            *(self.budget.commit(commit_from_proto(r)) for r in request.requests), return_exceptions=True
+        )
+        out = budget_pb2.BatchCommitBudgetResponse()
+        for i, outcome in enumerate(outcomes):
+            result = out.results.add()
+            if isinstance(outcome, Committed):
+                committed_into(result.response, outcome)
+                continue
+            if not isinstance(outcome, Exception):  # cancelled: the call is going away
+                raise outcome
+            err = as_tollway_error(outcome, "budget.BatchCommitBudget")
+            if isinstance(err, InvalidArgument):
+                err.violations = [(f"requests[{i}].{field}", why) for field, why in err.violations]
+            result.error.CopyFrom(status_proto(err, DOMAIN))
+        return out
 
     @rpc_errors(DOMAIN)
     async def ReleaseBudget(

@@ -12,6 +12,8 @@ its retry-after), ready for the gateway's own error path; :func:`rate_limit_head
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -24,8 +26,10 @@ from tollway.budget.v1 import budget_pb2, budget_pb2_grpc
 from tollway.common.chat import ChatRequest, Usage
 from tollway.common.tokens import count_request_tokens
 from tollway.mesh import tracing
-from tollway.mesh.errors import ResourceExhausted, TollwayError, from_rpc_error
+from tollway.mesh.errors import ResourceExhausted, TollwayError, from_rpc_error, from_status_proto
 from tollway.mesh.frozen import frozen
+
+log = logging.getLogger("tollway.gateway.budget")
 
 SERVICE_NAME = "tollway.budget.v1.BudgetService"
 _ADMIT = {
@@ -137,6 +141,9 @@ def _error(err: grpc.aio.AioRpcError) -> TollwayError:
     return exc
 
 
+_Waiting = tuple[budget_pb2.CommitBudgetRequest, "asyncio.Future[budget_pb2.CommitBudgetResponse]"]
+
+
 class BudgetClient:
     """Reserve, commit, release and saved-cost records through the budget service's stub.
 
@@ -146,6 +153,9 @@ class BudgetClient:
         count_prompt_tokens: Counts a request's prompt tokens (the model's tokenizer).
         timeout_s: Deadline of each call.
         clock: Now, Unix seconds (for reset times).
+        batch_commits: Commits made in the same turn of the event loop go to the service in
+            one ``BatchCommitBudget`` call (each caller still gets its own result or error).
+        max_batch: The most commits one such call carries.
     """
 
     def __init__(
@@ -156,8 +166,14 @@ class BudgetClient:
         count_prompt_tokens: Callable[[ChatRequest], int] = count_request_tokens,
         timeout_s: float = 2.0,
         clock: Callable[[], float] = time.time,
+        batch_commits: bool = True,
+        max_batch: int = 256,
     ) -> None:
         self._stub = budget_pb2_grpc.BudgetServiceStub(channel)
+        self._batching = batch_commits
+        self._max_batch = max_batch
+        self._waiting: list[_Waiting] = []
+        self._sending: set[asyncio.Task[None]] = set()
         self._default_max_tokens = default_max_tokens
         self._count = count_prompt_tokens
         self._timeout_s = timeout_s
@@ -273,6 +289,10 @@ class BudgetClient:
     ) -> budget_pb2.CommitBudgetResponse:
         """Commits the usage the provider reported (or counted, for a cut stream). Idempotent.
 
+        Commits made in the same turn of the event loop (the gateway starts its settlements
+        together) travel in one ``BatchCommitBudget`` call; each caller still gets its own
+        answer or error.
+
         Args:
             hold: The reservation (or its name).
             attempt: The attempt it was made for; by default the hold's (0, whichever holds
@@ -295,11 +315,70 @@ class BudgetClient:
             partial=partial,
             attempt=_attempt(hold, attempt),
         )
+        if not self._batching:
+            return await self._commit_one(req)
+        answer = asyncio.get_running_loop().create_future()
+        self._waiting.append((req, answer))
+        if len(self._waiting) == 1:
+            # After this turn of the loop: the settlements started with this one join it.
+            asyncio.get_running_loop().call_soon(self._send_waiting)
+        elif len(self._waiting) >= self._max_batch:
+            self._send_waiting()
+        return await answer
+
+    async def _commit_one(self, req: budget_pb2.CommitBudgetRequest) -> budget_pb2.CommitBudgetResponse:
         try:
             with tracing.stage("gateway", "budget.commit"):
                 return await self._stub.CommitBudget(req, timeout=self._timeout_s)
         except grpc.aio.AioRpcError as err:
             raise _error(err) from None
+
+    def _send_waiting(self) -> None:
+        batch, self._waiting = self._waiting, []
+        if batch:
+            task = asyncio.get_running_loop().create_task(self._send(batch))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[_Waiting]) -> None:
+        """Commits ``batch`` (one call for all of them) and answers each waiting caller with its own
+        result or error, as a commit of its own would have."""
+        try:
+            if len(batch) == 1 or not self._batching:
+                results = await asyncio.gather(*(self._commit_one(req) for req, _ in batch), return_exceptions=True)
+            else:
+                results = await self._commit_batch([req for req, _ in batch])
+        except asyncio.CancelledError:
+            for _, answer in batch:
+                answer.cancel()
+            raise
+        except Exception as exc:  # the call failed whole: every commit with it
+            results = [exc] * len(batch)
+        for (_, answer), result in zip(batch, results, strict=True):
+            if answer.done():  # its caller went away; the commit was sent all the same
+                continue
+            if isinstance(result, BaseException):
+                answer.set_exception(result)
+            else:
+                answer.set_result(result)
+
+    async def _commit_batch(
+        self, requests: list[budget_pb2.CommitBudgetRequest]
+    ) -> list[budget_pb2.CommitBudgetResponse | BaseException]:
+        try:
+            with tracing.stage("gateway", "budget.commit_batch"):
+                resp = await self._stub.BatchCommitBudget(
+                    budget_pb2.BatchCommitBudgetRequest(requests=requests), timeout=self._timeout_s
+                )
+        except grpc.aio.AioRpcError as err:
+            if err.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise _error(err) from None
+            # A budget service older than this gateway (services are deployed one by one): one
+            # commit a call from now on.
+            log.info("the budget service has no BatchCommitBudget; committing one reservation a call")
+            self._batching = False
+            return await asyncio.gather(*(self._commit_one(req) for req in requests), return_exceptions=True)
+        return [from_status_proto(r.error) if r.HasField("error") else r.response for r in resp.results]
 
     async def release(self, hold: BudgetHold | str, reason: str, *, attempt: int | None = None) -> None:
         """Returns the whole estimate (the call failed before the provider produced anything).

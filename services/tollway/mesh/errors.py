@@ -31,7 +31,7 @@ import inspect
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -176,6 +176,23 @@ def _pack(msg: Any) -> any_pb2.Any:
 
 def to_status(exc: TollwayError, domain: str) -> grpc.Status:
     """Builds the rich gRPC status for ``exc``, with details and a retry-after header."""
+    status, retry_after = _status(exc, domain)
+    built = rpc_status.to_status(status)
+    if retry_after is None:
+        return built
+    # A plain header too: through Envoy it becomes the HTTP `retry-after` of a 429/503.
+    trailing = (*built.trailing_metadata, ("retry-after", str(math.ceil(retry_after))))
+    return _Status(built.code, built.details, trailing)
+
+
+def status_proto(exc: TollwayError, domain: str) -> status_pb2.Status:
+    """``exc`` as a ``google.rpc.Status`` with its details: the error of one item of a batch,
+    which travels in the answer rather than as the call's status."""
+    return _status(exc, domain)[0]
+
+
+def _status(exc: TollwayError, domain: str) -> tuple[status_pb2.Status, float | None]:
+    """The status of ``exc`` and its retry delay (None when it has none)."""
     details = [_pack(error_details_pb2.ErrorInfo(reason=exc.reason, domain=domain, metadata=exc.metadata))]
     retry_after: float | None = None
     if isinstance(exc, InvalidArgument) and exc.violations:
@@ -211,12 +228,7 @@ def to_status(exc: TollwayError, domain: str) -> grpc.Status:
         )
     built = {d.type_url for d in details}
     details += [d for d in exc.carried_details if d.type_url not in built]
-    status = rpc_status.to_status(status_pb2.Status(code=exc.code.value[0], message=exc.message, details=details))
-    if retry_after is None:
-        return status
-    # A plain header too: through Envoy it becomes the HTTP `retry-after` of a 429/503.
-    trailing = (*status.trailing_metadata, ("retry-after", str(math.ceil(retry_after))))
-    return _Status(status.code, status.details, trailing)
+    return status_pb2.Status(code=exc.code.value[0], message=exc.message, details=details), retry_after
 
 
 class _Status(grpc.Status):
@@ -234,37 +246,46 @@ def from_rpc_error(err: grpc.aio.AioRpcError) -> TollwayError:
     (which limit was hit). Those on another code, and a PreconditionFailure, are carried as
     they came (``carried_details``), so a service that re-raises the error passes them on.
     """
+    status = rpc_status.from_call(err)
+    return _typed(err.code(), err.details() or err.code().name, status.details if status is not None else ())
+
+
+def from_status_proto(status: status_pb2.Status) -> TollwayError:
+    """Rebuilds the typed error of a ``google.rpc.Status`` (an item of a batch's answer), as
+    :func:`from_rpc_error` does for a failed call."""
+    code = _BY_NUMBER.get(status.code, grpc.StatusCode.UNKNOWN)
+    return _typed(code, status.message or code.name, status.details)
+
+
+def _typed(code: grpc.StatusCode, message: str, status_details: Iterable[any_pb2.Any]) -> TollwayError:
     info: error_details_pb2.ErrorInfo | None = None
     violations: list[tuple[str, str]] = []
     quota: list[tuple[str, str]] = []
     retry_after: float | None = None
     other: list[any_pb2.Any] = []
-    status = rpc_status.from_call(err)
-    if status is not None:
-        for detail in status.details:
-            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                info = error_details_pb2.ErrorInfo()
-                detail.Unpack(info)
-            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                br = error_details_pb2.BadRequest()
-                detail.Unpack(br)
-                violations = [(v.field, v.description) for v in br.field_violations]
-                other.append(detail)
-            elif detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
-                qf = error_details_pb2.QuotaFailure()
-                detail.Unpack(qf)
-                quota = [(v.subject, v.description) for v in qf.violations]
-                other.append(detail)
-            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-                ri = error_details_pb2.RetryInfo()
-                detail.Unpack(ri)
-                retry_after = ri.retry_delay.seconds + ri.retry_delay.nanos / 1e9
-            elif detail.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
-                other.append(detail)
-    message = err.details() or err.code().name
+    for detail in status_details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            br = error_details_pb2.BadRequest()
+            detail.Unpack(br)
+            violations = [(v.field, v.description) for v in br.field_violations]
+            other.append(detail)
+        elif detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
+            qf = error_details_pb2.QuotaFailure()
+            detail.Unpack(qf)
+            quota = [(v.subject, v.description) for v in qf.violations]
+            other.append(detail)
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            ri = error_details_pb2.RetryInfo()
+            detail.Unpack(ri)
+            retry_after = ri.retry_delay.seconds + ri.retry_delay.nanos / 1e9
+        elif detail.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
+            other.append(detail)
     reason = info.reason if info else None
     metadata = dict(info.metadata) if info else None
-    cls = _BY_CODE.get(err.code(), Internal)
+    cls = _BY_CODE.get(code, Internal)
     typed: TollwayError
     if cls is InvalidArgument:
         typed = InvalidArgument(message, violations, reason=reason, metadata=metadata)
@@ -274,7 +295,7 @@ def from_rpc_error(err: grpc.aio.AioRpcError) -> TollwayError:
         )
     elif cls is Unavailable:
         typed = Unavailable(message, retry_after_s=retry_after, reason=reason, metadata=metadata)
-    elif err.code() == grpc.StatusCode.CANCELLED:
+    elif code == grpc.StatusCode.CANCELLED:
         typed = Unavailable(message, reason=reason or "CANCELLED", metadata=metadata)
     else:
         typed = cls(message, reason=reason, metadata=metadata)
@@ -300,6 +321,7 @@ _BY_CODE: dict[grpc.StatusCode, type[TollwayError]] = {
 }
 
 _CODE_NUMBERS = {c: c.value[0] for c in grpc.StatusCode}
+_BY_NUMBER = {c.value[0]: c for c in grpc.StatusCode}
 
 
 def code_number(code: grpc.StatusCode) -> int:
@@ -308,6 +330,19 @@ def code_number(code: grpc.StatusCode) -> int:
 
 
 H = TypeVar("H", bound=Callable[..., Any])
+
+
+def as_tollway_error(exc: BaseException, where: str) -> TollwayError:
+    """The error a caller is told for ``exc``, raised in ``where`` (``service.Method``): a typed
+    error as it is, a Redis outage as UNAVAILABLE naming Redis, anything else INTERNAL without its
+    text (logged here with its traceback)."""
+    if isinstance(exc, TollwayError):
+        return exc
+    if mesh_redis.is_outage(exc):
+        log.warning("Redis outage in %s: %r", where, exc)
+        return redis_unavailable(exc)
+    log.exception("unhandled error in %s", where, exc_info=exc)
+    return Internal(f"internal error in {where}; see the service log")
 
 
 def rpc_errors(domain: str) -> Callable[[H], H]:
@@ -330,14 +365,7 @@ def rpc_errors(domain: str) -> Callable[[H], H]:
         seconds = metrics.RPC_SECONDS.labels(service, method)
 
         async def _fail(exc: BaseException, context: grpc.aio.ServicerContext) -> None:
-            if isinstance(exc, TollwayError):
-                err = exc
-            elif mesh_redis.is_outage(exc):
-                log.warning("Redis outage in %s: %r", method, exc)
-                err = redis_unavailable(exc)
-            else:
-                log.exception("unhandled error in %s", method, exc_info=exc)
-                err = Internal(f"internal error in {service}.{method}; see the service log")
+            err = as_tollway_error(exc, f"{service}.{method}")
             metrics.RPC_ERRORS.labels(service, method, err.code.name).inc()
             status = to_status(err, domain)
             await context.abort(status.code, status.details, status.trailing_metadata)
