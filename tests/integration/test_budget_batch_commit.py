@@ -147,9 +147,7 @@ async def test_the_gateways_commits_of_one_moment_go_in_one_call_each_answered_o
             await client.release(holds[3], "router down")
             start = await used(rep.stub, "full")
             usage = Usage(input_tokens=8, output_tokens=6)
-            results = await asyncio.gather(
-                *(client.commit(hold, usage) for hold in holds), return_exceptions=True
-            )
+            results = await asyncio.gather(*(client.commit(hold, usage) for hold in holds), return_exceptions=True)
             assert calls.made["BatchCommitBudget"] == 1 and calls.made["CommitBudget"] == 0
             for result in results[:3]:
                 assert isinstance(result, budget_pb2.CommitBudgetResponse), result
