@@ -17,6 +17,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2
@@ -141,6 +142,8 @@ def _error(err: grpc.aio.AioRpcError) -> TollwayError:
     return exc
 
 
+# A commit's answer when nobody joined it in its turn: it is then sent as a CommitBudget of its own.
+_ALONE: Any = object()
 _Waiting = tuple[budget_pb2.CommitBudgetRequest, "asyncio.Future[budget_pb2.CommitBudgetResponse]"]
 
 
@@ -324,7 +327,10 @@ class BudgetClient:
             asyncio.get_running_loop().call_soon(self._send_waiting)
         elif len(self._waiting) >= self._max_batch:
             self._send_waiting()
-        return await answer
+        result = await answer
+        if result is _ALONE:
+            return await self._commit_one(req)
+        return result
 
     async def _commit_one(self, req: budget_pb2.CommitBudgetRequest) -> budget_pb2.CommitBudgetResponse:
         try:
@@ -335,7 +341,11 @@ class BudgetClient:
 
     def _send_waiting(self) -> None:
         batch, self._waiting = self._waiting, []
-        if batch:
+        if len(batch) == 1:
+            # Nobody joined it: its caller sends it as itself, in its own task.
+            if not batch[0][1].done():
+                batch[0][1].set_result(_ALONE)
+        elif batch:
             task = asyncio.get_running_loop().create_task(self._send(batch))
             self._sending.add(task)
             task.add_done_callback(self._sending.discard)
@@ -344,7 +354,7 @@ class BudgetClient:
         """Commits ``batch`` (one call for all of them) and answers each waiting caller with its own
         result or error, as a commit of its own would have."""
         try:
-            if len(batch) == 1 or not self._batching:
+            if not self._batching:
                 results = await asyncio.gather(*(self._commit_one(req) for req, _ in batch), return_exceptions=True)
             else:
                 results = await self._commit_batch([req for req, _ in batch])
