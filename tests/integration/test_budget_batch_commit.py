@@ -63,6 +63,16 @@ def reason(status: Any) -> str:
     return ""
 
 
+async def reserved(client: BudgetClient, tenant: str, prefix: str, count: int) -> list[Any]:
+    """``count`` holds of ``tenant`` made through the gateway's client (request ids ``prefix-i``)."""
+    return [
+        await client.reserve_counted(
+            model="gpt-4o-mini", input_tokens=8, max_output_tokens=16, request_id=f"{prefix}-{i}", tenant=tenant
+        )
+        for i in range(count)
+    ]
+
+
 class Calls(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
     """Counts the unary calls a channel makes, by method name."""
 
@@ -138,12 +148,7 @@ async def test_the_gateways_commits_of_one_moment_go_in_one_call_each_answered_o
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{rep.port}", interceptors=[calls])
         client = BudgetClient(channel)
         try:
-            holds = [
-                await client.reserve_counted(
-                    model="gpt-4o-mini", input_tokens=8, max_output_tokens=16, request_id=f"b-{i}", tenant="full"
-                )
-                for i in range(4)
-            ]
+            holds = await reserved(client, "full", "b", 4)
             await client.release(holds[3], "router down")
             start = await used(rep.stub, "full")
             usage = Usage(input_tokens=8, output_tokens=6)
@@ -176,12 +181,7 @@ async def test_a_caller_that_goes_away_still_has_its_commit_made(redis_url: str,
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{rep.port}")
         client = BudgetClient(channel)
         try:
-            holds = [
-                await client.reserve_counted(
-                    model="gpt-4o-mini", input_tokens=8, max_output_tokens=16, request_id=f"gone-{i}", tenant="stall"
-                )
-                for i in range(2)
-            ]
+            holds = await reserved(client, "stall", "gone", 2)
             start = await used(rep.stub, "stall")
             usage = Usage(input_tokens=8, output_tokens=6)
             gone = asyncio.ensure_future(client.commit(holds[0], usage))
@@ -212,12 +212,7 @@ async def test_a_budget_service_without_batches_gets_one_commit_a_call(redis_url
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", interceptors=[calls])
         client = BudgetClient(channel)
         try:
-            holds = [
-                await client.reserve_counted(
-                    model="gpt-4o-mini", input_tokens=8, max_output_tokens=16, request_id=f"old-{i}", tenant="kilo"
-                )
-                for i in range(4)
-            ]
+            holds = await reserved(client, "kilo", "old", 4)
             usage = Usage(input_tokens=8, output_tokens=6)
             first = await asyncio.gather(*(client.commit(hold, usage) for hold in holds[:2]))
             assert [r.reservation.state for r in first] == [budget_pb2.RESERVATION_STATE_COMMITTED] * 2
