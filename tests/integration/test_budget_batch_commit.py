@@ -30,7 +30,7 @@ from tollway.budget.service import BudgetServicer
 from tollway.budget.v1 import budget_pb2, budget_pb2_grpc
 from tollway.common.chat import Usage
 from tollway.gateway.budget_client import BudgetClient
-from tollway.mesh.errors import FailedPrecondition, InvalidArgument, NotFound
+from tollway.mesh.errors import FailedPrecondition, Internal, InvalidArgument, NotFound
 
 # gpt-4o-mini, 8 input + 16 output tokens reserved (reserve_req); 8 + 6 committed.
 HELD = 24
@@ -221,6 +221,35 @@ async def test_a_budget_service_without_batches_gets_one_commit_a_call(redis_url
             await asyncio.gather(*(client.commit(hold, usage) for hold in holds[2:]))
             assert calls.made["BatchCommitBudget"] == 1 and calls.made["CommitBudget"] == 4
             await reconcile(rep.stub, "kilo")
+        finally:
+            await channel.close()
+            await server.stop(None)
+
+
+class _ShortAnswers(BudgetServicer):
+    """A faulty budget service: it answers one result less than it was sent."""
+
+    async def BatchCommitBudget(self, request: Any, context: Any) -> Any:
+        answer = await super().BatchCommitBudget(request, context)
+        del answer.results[-1]
+        return answer
+
+
+async def test_a_batch_answered_short_fails_every_caller_rather_than_mixing_answers(
+    redis_url: str, plans_file: Path
+) -> None:
+    async with replicas(redis_url, plans_file, Clock(), count=1) as (rep,):
+        server = grpc.aio.server()
+        budget_pb2_grpc.add_BudgetServiceServicer_to_server(_ShortAnswers(rep.budget), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        client = BudgetClient(channel)
+        try:
+            holds = await reserved(client, "delta", "short", 2)
+            usage = Usage(input_tokens=8, output_tokens=6)
+            results = await asyncio.gather(*(client.commit(hold, usage) for hold in holds), return_exceptions=True)
+            assert all(isinstance(r, Internal) and "1 results to a batch of 2" in r.message for r in results)
         finally:
             await channel.close()
             await server.stop(None)

@@ -27,7 +27,7 @@ from tollway.budget.v1 import budget_pb2, budget_pb2_grpc
 from tollway.common.chat import ChatRequest, Usage
 from tollway.common.tokens import count_request_tokens
 from tollway.mesh import tracing
-from tollway.mesh.errors import ResourceExhausted, TollwayError, from_rpc_error, from_status_proto
+from tollway.mesh.errors import Internal, ResourceExhausted, TollwayError, from_rpc_error, from_status_proto
 from tollway.mesh.frozen import frozen
 
 log = logging.getLogger("tollway.gateway.budget")
@@ -388,6 +388,11 @@ class BudgetClient:
             log.info("the budget service has no BatchCommitBudget; committing one reservation a call")
             self._batching = False
             return await asyncio.gather(*(self._commit_one(req) for req in requests), return_exceptions=True)
+        if len(resp.results) != len(requests):
+            # Zipped against the wrong answers, a caller would take another's result as its own.
+            raise Internal(
+                f"the budget service answered {len(resp.results)} results to a batch of {len(requests)} commits"
+            )
         return [from_status_proto(r.error) if r.HasField("error") else r.response for r in resp.results]
 
     async def release(self, hold: BudgetHold | str, reason: str, *, attempt: int | None = None) -> None:
