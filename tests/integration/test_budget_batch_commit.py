@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import pytest
 from google.rpc import error_details_pb2
+from prometheus_client import REGISTRY
 
 from tests.integration.test_budget_service import (  # the suite's Redis and plans fixtures too
     Clock,
@@ -43,6 +44,11 @@ def commit_req(name: str, output_tokens: int = 6, **kw: Any) -> budget_pb2.Commi
 
 async def used(stub: budget_pb2_grpc.BudgetServiceStub, tenant: str) -> int:
     return (await stub.GetBudget(budget_pb2.GetBudgetRequest(tenant_id=tenant))).statuses[0].used
+
+
+def failed_items(code: str) -> float:
+    labels = {"service": "budget", "method": "BatchCommitBudget", "code": code}
+    return REGISTRY.get_sample_value("tollway_rpc_errors_total", labels) or 0.0
 
 
 def violations(status: Any) -> list[str]:
@@ -102,8 +108,11 @@ async def test_a_batch_commits_each_reservation_as_its_own_commit_would_in_order
                 commit_req(names[0]),  # the first again: answered as the first
             ]
         )
+        errors_before = {code: failed_items(code) for code in ("FAILED_PRECONDITION", "NOT_FOUND", "INVALID_ARGUMENT")}
         results = (await rep.stub.BatchCommitBudget(batch)).results
         assert [r.WhichOneof("result") for r in results] == ["response", "error", "error", "error", "response"]
+        # Each failed commit counts as a failed RPC would (the error-rate alert reads this).
+        assert {code: failed_items(code) - n for code, n in errors_before.items()} == dict.fromkeys(errors_before, 1)
         assert results[0].response.reservation.state == budget_pb2.RESERVATION_STATE_COMMITTED
         assert results[0].response.delta_tokens == CHARGED - HELD
         assert results[4].response == results[0].response

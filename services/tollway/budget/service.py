@@ -26,6 +26,7 @@ from tollway.budget.types import (
     Window,
 )
 from tollway.budget.v1 import budget_pb2, budget_pb2_grpc
+from tollway.mesh import metrics as mesh_metrics
 from tollway.mesh.errors import InvalidArgument, as_tollway_error, rpc_errors, status_proto
 
 DOMAIN = "budget.tollway"
@@ -303,6 +304,8 @@ class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):
             if not isinstance(outcome, Exception):  # cancelled: the call is going away
                 raise outcome
             err = as_tollway_error(outcome, "budget.BatchCommitBudget")
+            # Counted as a failed RPC is: the error-rate alert sees commits whether or not they came batched.
+            mesh_metrics.RPC_ERRORS.labels("budget", "BatchCommitBudget", err.code.name).inc()
             if isinstance(err, InvalidArgument):
                 err.violations = [(f"requests[{i}].{field}", why) for field, why in err.violations]
             result.error.CopyFrom(status_proto(err, DOMAIN))

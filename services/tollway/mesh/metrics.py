@@ -128,6 +128,6 @@ RPC_SECONDS = LoopHistogram(
 )
 RPC_ERRORS = LoopCounter(
     "tollway_rpc_errors_total",
-    "RPCs that ended with an error status, by service, method and gRPC code.",
+    "RPCs that ended with an error status (and each failed item of a batch RPC), by service, method and gRPC code.",
     ["service", "method", "code"],
 )
