@@ -72,6 +72,16 @@ async def test_no_deployment_free_is_a_429_naming_the_limit_and_the_reservation_
     assert "deployment fakeai/lim-one/default: its limit of 2 requests per minute is reached" in refused.text
     assert _provider_requests(fake_openai) == sent  # the provider never saw it
 
+    def ledger() -> list[dict[str, str]]:
+        client = redis.Redis.from_url(limited_stack.redis_url)
+        try:
+            rows = client.xrange(f"tw:budget:{{{TENANT}}}:ledger")
+        finally:
+            client.close()
+        return [{k.decode(): v.decode() for k, v in f.items()} for _, f in rows]
+
+    # Holds admitted from a lease are written with their settlement, in the budget's next batch.
+    entries = await eventually(lambda: (e := ledger()) and any(x["op"] == "release" for x in e) and e, what="a release")
     async with clients.channel(limited_stack.address("budget")) as channel:
         stub = budget_pb2_grpc.BudgetServiceStub(channel)
 
@@ -80,13 +90,7 @@ async def test_no_deployment_free_is_a_429_naming_the_limit_and_the_reservation_
             return r.balanced and r.open_reservation_count == 0
 
         await eventually(settled)
-    client = redis.Redis.from_url(limited_stack.redis_url)
-    try:
-        entries = [
-            {k.decode(): v.decode() for k, v in f.items()} for _, f in client.xrange(f"tw:budget:{{{TENANT}}}:ledger")
-        ]
-    finally:
-        client.close()
-    # The refused request held its estimate (the last reserve), then gave it back, uncharged.
-    last = [e["res"] for e in entries if e["op"] == "reserve"][-1]
-    assert [e["op"] for e in entries if e.get("res") == last] == ["reserve", "release"]
+    # The refused request held its estimate, then gave it back, uncharged (the ledger's order is the
+    # order holds were written, not the requests').
+    [refused_hold] = [e["res"] for e in entries if e["op"] == "release"]
+    assert [e["op"] for e in entries if e.get("res") == refused_hold] == ["reserve", "release"]

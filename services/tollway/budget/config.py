@@ -7,6 +7,9 @@ from pathlib import Path
 from tollway.mesh.frozen import frozen
 
 _DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
+# `lease_requests` for a budget that every caller reaches as one process (co-located with its
+# gateway, or the only replica, called directly), so each hold is settled where it was admitted.
+LEASE_REQUESTS_ONE_PROCESS = 64
 
 
 @frozen
@@ -34,7 +37,8 @@ class BudgetConfig:
         overrides_poll_s: Seconds between reads of SetBudget overrides made by other replicas.
         lease_requests: A replica admits from leases of this many estimates (0: every reserve
             goes to Redis). Only for a budget whose callers settle every hold with the replica
-            that admitted it: a gateway in the same process (the co-located core turns it on).
+            that admitted it: a gateway in the same process (the co-located core turns it on), or
+            a budget that runs alone, reached directly (the launcher turns it on then).
             See :mod:`tollway.budget.leases`.
         lease_spread: A lease takes at most 1/spread of the room left below a counter's lowest
             priority share; none when that is below one request.

@@ -96,8 +96,6 @@ HTTP_SERVICES = ("openai_compat",)
 # Envoy, not this server, closes an idle connection, so it never sends a request on one this
 # server is closing (uvicorn's default of 5 s made that race a 503 under bursts; issue 13).
 KEEP_ALIVE_S = 75
-# Estimates per lease of a budget co-located with its gateway.
-COLOCATED_LEASE_REQUESTS = 64
 # Callees before callers: a caller's on_start may already call a member (none does today, but the
 # order also makes shutdown's reverse order callers-first).
 _ORDER = ("embedding", "cache", "prompts", "budget", "router", "retrieval", "gateway")
@@ -195,8 +193,11 @@ async def main_async(process: str, services: list[str]) -> None:
     if "budget" in services and "gateway" in services:
         # The gateway settles every hold with its own in-process budget, the one that admitted
         # it: the budget may admit from leases (tollway.budget.leases). Apart, settlements may
-        # reach another budget replica, so leases stay off unless configured.
-        os.environ.setdefault("TOLLWAY_BUDGET_LEASE_REQUESTS", str(COLOCATED_LEASE_REQUESTS))
+        # reach another budget replica, so leases stay off unless configured (or the launcher
+        # knows the budget runs alone: tollway.launcher.stack).
+        from tollway.budget.config import LEASE_REQUESTS_ONE_PROCESS
+
+        os.environ.setdefault("TOLLWAY_BUDGET_LEASE_REQUESTS", str(LEASE_REQUESTS_ONE_PROCESS))
     mesh = load_config(MeshConfig)
     if tracing_enabled(mesh):
         # Before the members' builders (which ask for it too): the spans are the process's (`core`).

@@ -20,13 +20,15 @@ from __future__ import annotations
 import contextlib
 import logging
 
+import orjson
+
 from tollway.common.chat import Usage
 from tollway.common.tokens import count_tokens
 from tollway.gateway.budget_client import BudgetClient, BudgetHold
 from tollway.gateway.request import GatewayRequest
 from tollway.gateway.store import GatewayStore
 from tollway.mesh import redis as mesh_redis
-from tollway.mesh.errors import DeadlineExceeded, FailedPrecondition, TollwayError, Unavailable
+from tollway.mesh.errors import DeadlineExceeded, FailedPrecondition, NotFound, TollwayError, Unavailable
 from tollway.mesh.frozen import frozen
 
 log = logging.getLogger("tollway.gateway.budget")
@@ -35,6 +37,8 @@ log = logging.getLogger("tollway.gateway.budget")
 _DOWN = (Unavailable, DeadlineExceeded)
 # Settlements refused because another attempt of the request id is (or will be) the one charged.
 _ONCE = ("ALREADY_COMMITTED", "STALE_ATTEMPT")
+# A reservation the budget service does not know (never written, or forgotten a day after it ended).
+_LOST = "UNKNOWN_RESERVATION"
 
 
 @frozen
@@ -106,6 +110,30 @@ def settlement(
             partial=True,
         )
     return Settlement(None, reason=reason or "failed")
+
+
+def _charge(admission: Admission, outcome: Settlement, model: str, provider: str) -> dict[str, str]:
+    """The outbox entry that charges ``admission``'s call from scratch: replayed, it reserves
+    the estimate past every quota (``admitted_while_unavailable``) and settles it."""
+    chat, request = admission.request.chat, admission.request
+    return {
+        "op": "charge",
+        "tenant": chat.tenant,
+        "key": request.api_key_id,
+        "feature": request.feature,
+        "conversation": request.conversation_id,
+        "priority": request.priority,
+        "model": chat.model,
+        "request_id": chat.request_id,
+        "estimate_in": str(admission.input_tokens),
+        "max_tokens": str(admission.max_tokens),
+        "answered_model": model,
+        "provider": provider,
+        "partial": "1" if outcome.partial else "0",
+        "reason": outcome.reason,
+        "release": "1" if outcome.usage is None else "0",
+        **_usage_fields(outcome.usage or Usage()),
+    }
 
 
 def _usage_fields(usage: Usage) -> dict[str, str]:
@@ -208,7 +236,10 @@ class Budgeting:
         """Commits or releases ``admission`` (or queues it when the budget service is down).
 
         Never raises: a settlement the service refuses is logged (its reservation then
-        expires, and the ledger says so).
+        expires, and the ledger says so). A commit of a reservation the service does not know
+        is charged anew through the outbox, as a call admitted while it was down: a hold
+        admitted from a lease dies unwritten with the budget process that held it, and the
+        call it admitted must still be charged.
 
         Args:
             admission: What :meth:`admit` returned.
@@ -218,26 +249,7 @@ class Budgeting:
         """
         hold = admission.hold
         if hold is None:
-            chat, request = admission.request.chat, admission.request
-            entry = {
-                "op": "charge",
-                "tenant": chat.tenant,
-                "key": request.api_key_id,
-                "feature": request.feature,
-                "conversation": request.conversation_id,
-                "priority": request.priority,
-                "model": chat.model,
-                "request_id": chat.request_id,
-                "estimate_in": str(admission.input_tokens),
-                "max_tokens": str(admission.max_tokens),
-                "answered_model": model,
-                "provider": provider,
-                "partial": "1" if outcome.partial else "0",
-                "reason": outcome.reason,
-                "release": "1" if outcome.usage is None else "0",
-                **_usage_fields(outcome.usage or Usage()),
-            }
-            await self._queue(entry)
+            await self._queue(_charge(admission, outcome, model, provider))
             return
         try:
             if outcome.usage is None:
@@ -250,7 +262,27 @@ class Budgeting:
             entry = {"op": "release" if outcome.usage is None else "commit", "name": hold.name}
             entry |= {"attempt": str(hold.attempt), "reason": outcome.reason, "model": model, "provider": provider}
             entry |= {"partial": "1" if outcome.partial else "0", **_usage_fields(outcome.usage or Usage())}
+            if outcome.usage is not None:
+                # Charged anew if the budget service no longer knows the hold (see _replay).
+                entry["charge"] = orjson.dumps(_charge(admission, outcome, model, provider)).decode()
             await self._queue(entry)
+        except NotFound as exc:
+            if exc.reason != _LOST:
+                log.error(
+                    "the budget service refused a settlement; the reservation will expire",
+                    extra={"reservation": hold.name, "reason": exc.reason, "error": exc.message},
+                )
+                return
+            if outcome.usage is None:
+                return  # a hold the service lost holds nothing any more: nothing to give back
+            # A hold admitted from a lease dies unwritten with the budget process that held it
+            # (it writes holds in batches); the call happened all the same, so it is charged as
+            # a call admitted while the service was down.
+            log.warning(
+                "the budget service does not know this reservation; charging the call anew",
+                extra={"reservation": hold.name, "request_id": admission.request.chat.request_id},
+            )
+            await self._queue(_charge(admission, outcome, model, provider))
         except TollwayError as exc:
             if exc.reason in _ONCE:
                 # A rerun of a request id already charged (a job item retried after its first
@@ -338,11 +370,17 @@ class Budgeting:
             with contextlib.suppress(FailedPrecondition):
                 await self.client.release(name, f.get("reason", ""), attempt=attempt)
             return
-        await self.client.commit(
-            name,
-            _usage_of(f),
-            attempt=attempt,
-            model=f.get("answered_model", "") if f["op"] == "charge" else f.get("model", ""),
-            provider=f.get("provider", ""),
-            partial=f.get("partial") == "1",
-        )
+        try:
+            await self.client.commit(
+                name,
+                _usage_of(f),
+                attempt=attempt,
+                model=f.get("answered_model", "") if f["op"] == "charge" else f.get("model", ""),
+                provider=f.get("provider", ""),
+                partial=f.get("partial") == "1",
+            )
+        except NotFound as exc:
+            if exc.reason != _LOST or f["op"] != "commit" or not f.get("charge"):
+                raise
+            # The hold died unwritten with the budget process that held it (see settle).
+            await self._replay(orjson.loads(f["charge"]))

@@ -33,6 +33,7 @@ import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tollway.budget.config import LEASE_REQUESTS_ONE_PROCESS
 from tollway.edge.prometheus import build_prometheus_config, scrape_targets, write_prometheus_dir
 from tollway.edge.tracing import TracingConfigError, tracing_settings, with_tracing
 from tollway.launcher import canary_envoy, runfile
@@ -207,7 +208,8 @@ class Stack:
         for target in scrape_targets(self.mesh, self.options.layout, running):
             owner = self.mesh.service(target.metrics_owner)
             endpoint = next(
-                e for e in (*owner.endpoints, *((owner.canary.endpoint,) if owner.canary else ()))
+                e
+                for e in (*owner.endpoints, *((owner.canary.endpoint,) if owner.canary else ()))
                 if self.mesh.observability.metrics_endpoint(e) == target.metrics
             )
             out[(owner.name, endpoint.port)] = target.metrics.port
@@ -488,6 +490,10 @@ class Stack:
                 env[f"{prefix}{callee.upper()}_ADDR"] = (
                     self.mesh.edge.mesh_listen.address if through_envoy else target.endpoints[0].address
                 )
+        if service.name == "budget" and self._alone(service):
+            # Every caller reaches this one process directly (see the callers' addresses above), so
+            # each hold is settled where it was admitted: the budget may admit from leases.
+            env.setdefault(prefix + "LEASE_REQUESTS", str(LEASE_REQUESTS_ONE_PROCESS))
         if "snapshot_dir" in fields:
             # One directory per instance: a replica's index snapshot is its own.
             env[prefix + "SNAPSHOT_DIR"] = str(self.options.run_dir / "snapshots" / f"{service.name}-{port}")
@@ -497,6 +503,11 @@ class Stack:
             env[prefix + "LOCAL_MODEL_URL"] = self.mesh.local_model.base_url
         env.setdefault("TOLLWAY_LOCAL_MODEL_URL", self.mesh.local_model.base_url)
         return env
+
+    def _alone(self, service: Service) -> bool:
+        """Whether ``service`` runs as one process that its callers reach directly, now and for
+        as long as the stack runs (no replicas, no canary, none allowed later)."""
+        return service.replicas == 1 and service.canary is None and service.name not in self.options.canary_ready
 
     def _start_service(self, service: Service) -> None:
         instances = [
@@ -587,9 +598,7 @@ class Stack:
         if not Path(binary).exists():
             raise LaunchError("prometheus is not installed: ./scripts/install_system.sh (Debian package prometheus)")
         running = [s.name for s in self._services()]
-        config = build_prometheus_config(
-            self.mesh, self.options.layout, running, with_envoy=self.options.with_envoy
-        )
+        config = build_prometheus_config(self.mesh, self.options.layout, running, with_envoy=self.options.with_envoy)
         home = self.options.run_dir / "prometheus"
         path = write_prometheus_dir(config, home, source=self.mesh.source)
         argv = [
