@@ -8,6 +8,7 @@ clock the tests move by hand.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -92,63 +93,76 @@ async def leases_gone_back(survivor: Any, clock: Clock) -> None:
 LEASED = {"lease_requests": 16, "lease_record_delay_s": 3600.0}
 
 
+@dataclasses.dataclass
+class Lost:
+    """A budget service that holds a hold unwritten, the one that will replace it, the clock, the
+    tenant's use before, and the gateway's admission of the hold."""
+
+    holder: Any
+    survivor: Any
+    clock: Clock
+    start: int
+    held: Admission
+
+
+@contextlib.asynccontextmanager
+async def a_hold_from_a_lease(
+    redis_url: str, plans: Path, outbox: GatewayStore, request_id: str
+) -> AsyncIterator[Lost]:
+    clock = Clock()
+    async with replicas(redis_url, plans, clock, count=2, **LEASED) as (holder, survivor):
+        start = await used(survivor.stub, "gamma")
+        yield Lost(holder, survivor, clock, start, await admit_from_a_lease(holder.port, outbox, request_id))
+
+
+async def charged(lost: Lost, tokens: int) -> None:
+    """Once the dead lease is back: ``tokens`` charged in all, and counters equal to the ledger."""
+    await leases_gone_back(lost.survivor, lost.clock)
+    assert await used(lost.survivor.stub, "gamma") == lost.start + tokens
+    await reconcile(lost.survivor.stub, "gamma")
+
+
 async def test_a_commit_of_a_hold_lost_with_its_process_is_charged_anew_once(
     redis_url: str, plans_file: Path, outbox: GatewayStore
 ) -> None:
-    clock = Clock()
-    async with replicas(redis_url, plans_file, clock, count=2, **LEASED) as (holder, survivor):
-        start = await used(survivor.stub, "gamma")
-        admitted = await admit_from_a_lease(holder.port, outbox, "lost-1")
-        dies(holder.budget)
+    async with a_hold_from_a_lease(redis_url, plans_file, outbox, "lost-1") as lost:
+        dies(lost.holder.budget)
 
-        await settle_with(survivor.port, outbox, admitted, Settlement(USED))
+        await settle_with(lost.survivor.port, outbox, lost.held, Settlement(USED))
         [(_, entry)] = await outbox.budget_pending()
         assert (entry["op"], entry["request_id"], entry["out"]) == ("charge", "lost-1", "6")
-        assert await drain_with(survivor.port, outbox) == 1
+        assert await drain_with(lost.survivor.port, outbox) == 1
         assert await outbox.budget_pending() == []
-        assert ops_of(redis_url, "gamma", admitted.hold.name) == ["reserve", "commit"]  # type: ignore[union-attr]
-
-        await leases_gone_back(survivor, clock)
-        assert await used(survivor.stub, "gamma") == start + CHARGED
-        await reconcile(survivor.stub, "gamma")
+        assert ops_of(redis_url, "gamma", lost.held.hold.name) == ["reserve", "commit"]  # type: ignore[union-attr]
+        await charged(lost, CHARGED)
 
 
 async def test_a_commit_queued_while_the_budget_was_down_is_charged_anew_if_its_hold_died(
     redis_url: str, plans_file: Path, outbox: GatewayStore
 ) -> None:
-    clock = Clock()
-    async with replicas(redis_url, plans_file, clock, count=2, **LEASED) as (holder, survivor):
-        start = await used(survivor.stub, "gamma")
-        admitted = await admit_from_a_lease(holder.port, outbox, "lost-2")
+    async with a_hold_from_a_lease(redis_url, plans_file, outbox, "lost-2") as lost:
         # The budget process is unreachable (it is dying): the commit waits in the outbox.
         async with grpc.aio.insecure_channel(f"127.0.0.1:{free_port()}") as dead:
-            await Budgeting(BudgetClient(dead, timeout_s=0.5), outbox).settle(admitted, Settlement(USED))
+            await Budgeting(BudgetClient(dead, timeout_s=0.5), outbox).settle(lost.held, Settlement(USED))
         [(_, entry)] = await outbox.budget_pending()
         assert entry["op"] == "commit"
-        dies(holder.budget)
+        dies(lost.holder.budget)
 
         # Its replacement does not know the hold: the replay charges the call instead.
-        assert await drain_with(survivor.port, outbox) == 1
+        assert await drain_with(lost.survivor.port, outbox) == 1
         assert await outbox.budget_pending() == []
-        await leases_gone_back(survivor, clock)
-        assert await used(survivor.stub, "gamma") == start + CHARGED
-        assert ops_of(redis_url, "gamma", admitted.hold.name) == ["reserve", "commit"]  # type: ignore[union-attr]
-        await reconcile(survivor.stub, "gamma")
+        assert ops_of(redis_url, "gamma", lost.held.hold.name) == ["reserve", "commit"]  # type: ignore[union-attr]
+        await charged(lost, CHARGED)
 
 
 async def test_a_release_of_a_lost_hold_has_nothing_to_give_back(
     redis_url: str, plans_file: Path, outbox: GatewayStore
 ) -> None:
-    clock = Clock()
-    async with replicas(redis_url, plans_file, clock, count=2, **LEASED) as (holder, survivor):
-        start = await used(survivor.stub, "gamma")
-        admitted = await admit_from_a_lease(holder.port, outbox, "lost-3")
-        dies(holder.budget)
-        await settle_with(survivor.port, outbox, admitted, Settlement(None, reason="provider_unavailable"))
+    async with a_hold_from_a_lease(redis_url, plans_file, outbox, "lost-3") as lost:
+        dies(lost.holder.budget)
+        await settle_with(lost.survivor.port, outbox, lost.held, Settlement(None, reason="provider_unavailable"))
         assert await outbox.budget_pending() == []
-        await leases_gone_back(survivor, clock)
-        assert await used(survivor.stub, "gamma") == start
-        await reconcile(survivor.stub, "gamma")
+        await charged(lost, 0)
 
 
 async def test_a_commit_refused_for_another_unknown_thing_is_not_charged_anew(
