@@ -112,6 +112,13 @@ def settlement(
     return Settlement(None, reason=reason or "failed")
 
 
+def _refused(hold: BudgetHold, exc: TollwayError) -> None:
+    log.error(
+        "the budget service refused a settlement; the reservation will expire",
+        extra={"reservation": hold.name, "reason": exc.reason, "error": exc.message},
+    )
+
+
 def _charge(admission: Admission, outcome: Settlement, model: str, provider: str) -> dict[str, str]:
     """The outbox entry that charges ``admission``'s call from scratch: replayed, it reserves
     the estimate past every quota (``admitted_while_unavailable``) and settles it."""
@@ -268,10 +275,7 @@ class Budgeting:
             await self._queue(entry)
         except NotFound as exc:
             if exc.reason != _LOST:
-                log.error(
-                    "the budget service refused a settlement; the reservation will expire",
-                    extra={"reservation": hold.name, "reason": exc.reason, "error": exc.message},
-                )
+                _refused(hold, exc)
                 return
             if outcome.usage is None:
                 return  # a hold the service lost holds nothing any more: nothing to give back
@@ -293,10 +297,7 @@ class Budgeting:
                     extra={"reservation": hold.name, "attempt": hold.attempt, "error": exc.message},
                 )
                 return
-            log.error(
-                "the budget service refused a settlement; the reservation will expire",
-                extra={"reservation": hold.name, "reason": exc.reason, "error": exc.message},
-            )
+            _refused(hold, exc)
 
     async def _queue(self, entry: dict[str, str]) -> None:
         try:
