@@ -354,10 +354,7 @@ class BudgetClient:
         """Commits ``batch`` (one call for all of them) and answers each waiting caller with its own
         result or error, as a commit of its own would have."""
         try:
-            if not self._batching:
-                results = await asyncio.gather(*(self._commit_one(req) for req, _ in batch), return_exceptions=True)
-            else:
-                results = await self._commit_batch([req for req, _ in batch])
+            results = await self._commit_batch([req for req, _ in batch])
         except asyncio.CancelledError:
             for _, answer in batch:
                 answer.cancel()
@@ -375,19 +372,28 @@ class BudgetClient:
     async def _commit_batch(
         self, requests: list[budget_pb2.CommitBudgetRequest]
     ) -> list[budget_pb2.CommitBudgetResponse | BaseException]:
-        try:
-            with tracing.stage("gateway", "budget.commit_batch"):
-                resp = await self._stub.BatchCommitBudget(
-                    budget_pb2.BatchCommitBudgetRequest(requests=requests), timeout=self._timeout_s
-                )
-        except grpc.aio.AioRpcError as err:
-            if err.code() != grpc.StatusCode.UNIMPLEMENTED:
-                raise _error(err) from None
-            # A budget service older than this gateway (services are deployed one by one): one
-            # commit a call from now on.
-            log.info("the budget service has no BatchCommitBudget; committing one reservation a call")
-            self._batching = False
-            return await asyncio.gather(*(self._commit_one(req) for req in requests), return_exceptions=True)
+        """Each commit's result or error: one call, or one call each when the service has no batches
+        (learned, for good, when a batch call is answered UNIMPLEMENTED)."""
+        if self._batching:
+            try:
+                with tracing.stage("gateway", "budget.commit_batch"):
+                    resp = await self._stub.BatchCommitBudget(
+                        budget_pb2.BatchCommitBudgetRequest(requests=requests), timeout=self._timeout_s
+                    )
+            except grpc.aio.AioRpcError as err:
+                if err.code() != grpc.StatusCode.UNIMPLEMENTED:
+                    raise _error(err) from None
+                # A budget service older than this gateway (services are deployed one by one).
+                log.info("the budget service has no BatchCommitBudget; committing one reservation a call")
+                self._batching = False
+            else:
+                return self._answers(requests, resp)
+        return await asyncio.gather(*(self._commit_one(req) for req in requests), return_exceptions=True)
+
+    @staticmethod
+    def _answers(
+        requests: list[budget_pb2.CommitBudgetRequest], resp: budget_pb2.BatchCommitBudgetResponse
+    ) -> list[budget_pb2.CommitBudgetResponse | BaseException]:
         if len(resp.results) != len(requests):
             # Zipped against the wrong answers, a caller would take another's result as its own.
             raise Internal(
