@@ -2,7 +2,7 @@
 service and on one without it, in one interleaved run.
 
     .venv/bin/python bench/budget_overhead.py [--pairs 1500] [--warmup 200] [--layout colocated]
-        [--surface native|openai] [--lease-requests N]
+        [--surface native|openai] [--lease-requests N] [--prompt-words N]
 
 Starts the fake OpenAI upstream (no delay) and two stacks as ``make run`` starts them (Envoy,
 gateway, router, openai_compat, cache, embedding; ``on`` adds the budget service with
@@ -85,16 +85,28 @@ def stack_options(
     )
 
 
-def endpoint(label: str, stack: Stack, surface: str) -> Endpoint:
+def with_prompt_words(body: dict, words: int) -> dict:
+    """``body`` with ``words`` more words before its user message (a longer prompt to count)."""
+    if not words:
+        return body
+    text = " ".join(f"word{i % 97}" for i in range(words))
+    messages = [{**m, "content": f"{text}\n{m['content']}"} for m in body["messages"]]
+    return {**body, "messages": messages}
+
+
+def endpoint(label: str, stack: Stack, surface: str, prompt_words: int = 0) -> Endpoint:
     """A new API key on ``stack`` and the request the bench sends it through Envoy: ``POST
-    /v1/complete`` (native) or ``/v1/chat/completions`` (openai), the response cache bypassed."""
+    /v1/complete`` (native) or ``/v1/chat/completions`` (openai), the response cache bypassed;
+    ``prompt_words`` lengthens its prompt."""
     key, _ = asyncio.run(_create_key(stack.redis_url, "bench"))
     edge = stack.mesh.edge.listen
     headers = (("authorization", f"Bearer {key}"),)
     if surface == "openai":
         openai = (*headers, ("x-tollway-cache-mode", "bypass"))
-        return Endpoint(label, edge.host, edge.port, "/v1/chat/completions", CHAT, openai, ok_marker=b'"choices"')
-    return Endpoint(label, edge.host, edge.port, "/v1/complete", BODY, headers, ok_marker=b'"text"')
+        chat = with_prompt_words(CHAT, prompt_words)
+        return Endpoint(label, edge.host, edge.port, "/v1/chat/completions", chat, openai, ok_marker=b'"choices"')
+    body = with_prompt_words(BODY, prompt_words)
+    return Endpoint(label, edge.host, edge.port, "/v1/complete", body, headers, ok_marker=b'"text"')
 
 
 async def interleaved(on: Endpoint, off: Endpoint, pairs: int, warmup: int) -> dict[str, list[float]]:
@@ -174,6 +186,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--layout", choices=("colocated", "split"), default="colocated")
     parser.add_argument(
+        "--prompt-words", type=int, default=0, help="words added to the prompt (a long prompt costs its counting)"
+    )
+    parser.add_argument(
         "--lease-requests",
         type=int,
         default=None,
@@ -194,13 +209,14 @@ def main() -> None:
             Stack(stack_options(run / "on", upstream_port, True, args.layout, args.lease_requests)) as on,
             Stack(stack_options(run / "off", upstream_port, False, args.layout)) as off,
         ):
-            endpoints = [endpoint("on", on, args.surface), endpoint("off", off, args.surface)]
+            words = args.prompt_words
+            endpoints = [endpoint("on", on, args.surface, words), endpoint("off", off, args.surface, words)]
             before = uptime()
             cpu_before = {label: process_cpu(run / label) for label in ("on", "off")}
             results = uvloop.run(interleaved(endpoints[0], endpoints[1], args.pairs, args.warmup))
             cpu_after = {label: process_cpu(run / label) for label in ("on", "off")}
             leases = "default" if args.lease_requests is None else args.lease_requests
-            print(f"surface {args.surface}, lease requests {leases}")
+            print(f"surface {args.surface}, lease requests {leases}, prompt words added {words}")
             print(report(results, args.layout, before, uptime()))
             print(cpu_report(cpu_before, cpu_after, args.pairs + args.warmup))
             print(ledger_summary(on.redis_url))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -9,10 +10,11 @@ import pytest
 from tollway.common.caching import CachePolicy
 from tollway.common.chat import ChatMessage, ChatRequest, Usage
 from tollway.common.tokens import count_tokens
-from tollway.gateway.budget_client import BudgetHold
+from tollway.gateway.budget_client import BudgetClient, BudgetHold
 from tollway.gateway.budgeting import Admission, Budgeting, Settlement, settlement
 from tollway.gateway.request import GatewayRequest, check_budget_fields
 from tollway.mesh.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
+from tollway.mesh.inprocess import InProcessChannel
 
 USAGE = Usage(input_tokens=12, output_tokens=7)
 
@@ -89,8 +91,8 @@ class FakeClient:
         self.admit = admit_when_unavailable
         self.calls: list[tuple[str, Any]] = []
 
-    def estimate(self, request: ChatRequest) -> tuple[int, int]:
-        return 5, request.max_tokens or 256
+    def estimate(self, request: ChatRequest, counted: int | None = None) -> tuple[int, int]:
+        return 5 if counted is None else counted, request.max_tokens or 256
 
     def _check(self) -> None:
         if self.down:
@@ -130,6 +132,28 @@ async def test_the_reserve_carries_the_key_feature_priority_and_conversation() -
     kw = client.calls[0][1]
     assert (kw["api_key_id"], kw["feature"], kw["priority"], kw["conversation_id"]) == ("k1", "f", "batch", "c1")
     assert admission.hold is not None and admission.max_tokens == 16
+
+
+async def test_a_prompt_counted_by_the_caller_is_reserved_as_counted() -> None:
+    client = FakeClient()
+    budget = Budgeting(client, FakeStore())  # type: ignore[arg-type]
+    admission = await budget.admit(request(), counted=41)
+    assert client.calls[0][1]["input_tokens"] == 41 and admission.input_tokens == 41
+
+
+def test_the_estimate_counts_the_prompt_only_when_the_caller_has_not() -> None:
+    counted: list[ChatRequest] = []
+
+    def counter(chat: ChatRequest) -> int:
+        counted.append(chat)
+        return 9
+
+    client = BudgetClient(InProcessChannel("budget"), count_prompt_tokens=counter, default_max_tokens=64)
+    chat = request().chat
+    assert client.estimate(chat) == (9, 16) and counted == [chat]
+    assert client.estimate(chat, 120) == (120, 16) and counted == [chat]  # not counted again
+    assert client.estimate(chat, 0) == (1, 16)  # an empty prompt still holds one token
+    assert client.estimate(dataclasses.replace(chat, max_tokens=0), 3) == (3, 64)
 
 
 async def test_while_the_budget_is_down_a_tenant_is_refused_unless_its_policy_admits() -> None:

@@ -167,7 +167,7 @@ class FakeBudget:
         self.admitted: list[GatewayRequest] = []
         self.settled = 0
 
-    async def admit(self, request: GatewayRequest) -> Admission:
+    async def admit(self, request: GatewayRequest, *, counted: int | None = None) -> Admission:
         self.admitted.append(request)
         return Admission(request, None, 10, request.chat.max_tokens)
 

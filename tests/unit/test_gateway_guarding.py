@@ -16,6 +16,7 @@ from tollway.common.caching import CacheMode, CachePolicy
 from tollway.common.catalog import Catalog, Deployment, Model
 from tollway.common.chat import ChatMessage, ChatRequest, ResponseFormat, TextDelta, Usage
 from tollway.common.route import RouteCompleted, RouteStarted
+from tollway.common.tokens import count_request_tokens
 from tollway.gateway.budgeting import Admission
 from tollway.gateway.cache_client import CacheRequest, Lookup
 from tollway.gateway.guard.decisions import GuardRejected, GuardTooLarge
@@ -71,10 +72,12 @@ class FakeCache:
 class FakeBudget:
     def __init__(self) -> None:
         self.admitted: list[ChatRequest] = []
+        self.counted: list[int | None] = []
         self.settled: list[Any] = []
 
-    async def admit(self, request: GatewayRequest) -> Admission:
+    async def admit(self, request: GatewayRequest, *, counted: int | None = None) -> Admission:
         self.admitted.append(request.chat)
+        self.counted.append(counted)
         return Admission(request, None, 10, request.chat.max_tokens)
 
     async def settle(self, admission: Admission, outcome: Any, **kw: Any) -> None:
@@ -300,6 +303,8 @@ async def test_a_long_conversation_is_trimmed_before_the_estimate() -> None:
     sent = rig.router.asked[0].messages
     assert len(sent) < 21 and sent[-1].content == "and now?" and asked
     assert rig.budget.admitted[0].messages == sent  # the estimate is of what is sent
+    # ... and takes the fit's count of it rather than counting the prompt a second time.
+    assert rig.budget.counted == [count_request_tokens(rig.router.asked[0])]
     assert "context:window=summarised" in rig.record()["guard_decisions"]
     assert [c.chat.request_id for c in charged] == ["r1"]  # told which request the summary serves
 
@@ -332,4 +337,5 @@ async def test_a_plain_request_passes_unchanged() -> None:
     events = await rig.run(request("hello"))
     assert isinstance(events[0], Started) and text_of(events) == "Hello there."
     assert rig.router.asked[0].messages == (ChatMessage("user", "hello"),)
+    assert rig.budget.counted == [count_request_tokens(rig.router.asked[0])]
     assert rig.record()["guard_decisions"] == ""

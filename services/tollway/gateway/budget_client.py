@@ -182,9 +182,16 @@ class BudgetClient:
         self._timeout_s = timeout_s
         self._clock = clock
 
-    def estimate(self, request: ChatRequest) -> tuple[int, int]:
-        """``(prompt tokens, effective max_tokens)`` of ``request``."""
-        return max(1, self._count(request)), request.max_tokens or self._default_max_tokens
+    def estimate(self, request: ChatRequest, counted: int | None = None) -> tuple[int, int]:
+        """``(prompt tokens, effective max_tokens)`` of ``request``.
+
+        Args:
+            counted: The prompt's tokens when the caller has counted them already with the
+                same tokenizer (the gateway's context fit does); then the prompt is not counted
+                again, which on a long prompt costs about as much as the reserve itself.
+        """
+        tokens = self._count(request) if counted is None else counted
+        return max(1, tokens), request.max_tokens or self._default_max_tokens
 
     async def reserve(
         self,

@@ -171,8 +171,11 @@ class Budgeting:
         self.drain_batch = drain_batch
         self._admits: dict[str, bool] = {}
 
-    async def admit(self, request: GatewayRequest) -> Admission:
+    async def admit(self, request: GatewayRequest, *, counted: int | None = None) -> Admission:
         """Reserves the request's estimate, or applies the tenant's outage policy.
+
+        ``counted``: the prompt's tokens when the caller counted them already (see
+        :meth:`BudgetClient.estimate`).
 
         Raises:
             ResourceExhausted: A quota has no room (QuotaFailure names it; retry-after).
@@ -181,7 +184,7 @@ class Budgeting:
                 refuses (reason ``BUDGET_UNAVAILABLE``).
         """
         chat = request.chat
-        input_tokens, max_tokens = self.client.estimate(chat)
+        input_tokens, max_tokens = self.client.estimate(chat, counted)
         try:
             hold = await self.client.reserve_counted(
                 model=chat.model,

@@ -312,7 +312,9 @@ class Gateway:
                     yield event
                 return
             if self.budget is not None:
-                call.admission = await self.budget.admit(request)
+                # The context fit counted the prompt it sends on; the estimate takes that count.
+                counted = guard.trim.input_tokens_after if guard is not None and guard.trim is not None else None
+                call.admission = await self.budget.admit(request, counted=counted)
                 if call.admission.max_tokens != call.chat.max_tokens:
                     call.chat = dataclasses.replace(call.chat, max_tokens=call.admission.max_tokens)
             try:
