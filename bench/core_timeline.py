@@ -3,7 +3,7 @@ request's bytes reached the process) at which each stage began and ended, for a 
 and one without, measured in alternating blocks (issues 12 and 13).
 
     .venv/bin/python bench/core_timeline.py [--blocks 6] [-n 2000] [--budget on|off|both]
-        [--env NAME=VALUE ...]
+        [--env NAME=VALUE ...] [--prompt-words N]
 
 Starts the fake OpenAI upstream (no delay) and the budget_overhead.py stacks (co-located, Envoy in
 front), their Python processes loading bench/timeline/sitecustomize.py, which wraps the functions a
@@ -73,6 +73,7 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=2000, help="requests per block (a multiple of 1,000)")
     parser.add_argument("--budget", choices=("on", "off", "both"), default="both")
     parser.add_argument("--env", nargs="*", default=[], help="NAME=VALUE settings of the budget-on stack")
+    parser.add_argument("--prompt-words", type=int, default=0, help="words added to the prompt")
     args = parser.parse_args()
     extra = dict(word.split("=", 1) for word in args.env)
     if args.n % 1000:
@@ -94,7 +95,8 @@ def main() -> None:
             stack.start()
             stacks[budget] = (stack, out)
         os.environ.pop("TOLLWAY_BENCH_TIMELINE")
-        targets = {b: endpoint("on" if b else "off", s, "openai") for b, (s, _) in stacks.items()}
+        words = args.prompt_words
+        targets = {b: endpoint("on" if b else "off", s, "openai", words) for b, (s, _) in stacks.items()}
         for target in targets.values():  # warm-up, and the probe's install (it waits for imports)
             uvloop.run(sequential(target, 500, 0))
         skip = {b: len(read_medians(out, 0)) for b, (_, out) in stacks.items()}

@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from tests.fakes import anthropic as fake_anthropic
@@ -190,6 +191,30 @@ async def test_unknown_model_and_bad_input(served: Any) -> None:
         await events_of(stub, request("small", tools=[router_pb2.Tool(name="t")]))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "does not support tools" in (info.value.details() or "")
+
+
+async def test_the_callers_prompt_count_sizes_the_request_and_a_negative_one_is_refused(served: Any) -> None:
+    stub, _ = served
+    assert (await events_of(stub, request("small")))[-1].WhichOneof("event") == "completed"
+    # The same prompt said to be ten million tokens fits no window: the router took the count.
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await events_of(stub, request("small", prompt_tokens=10_000_000))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "context window" in (info.value.details() or "")
+    for call, field in (
+        (lambda: events_of(stub, request("small", prompt_tokens=-1)), "prompt_tokens"),
+        (
+            lambda: stub.Complete(router_pb2.CompleteRequest(request=request("small", prompt_tokens=-5)), timeout=10),
+            "request.prompt_tokens",
+        ),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call()
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        status = rpc_status.from_call(info.value)
+        assert status is not None
+        bad = error_details_pb2.BadRequest()
+        assert any(d.Unpack(bad) for d in status.details)
+        assert [v.field for v in bad.field_violations] == [field]
 
 
 async def test_list_models_and_reload(served: Any, fakes: dict[str, FakeHTTPServer]) -> None:

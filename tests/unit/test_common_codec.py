@@ -125,6 +125,7 @@ def test_a_plain_request_sends_no_extras_and_decodes_to_defaults() -> None:
     assert not wire.message_extras and not wire.tools
     assert not wire.HasField("tool_choice") and not wire.HasField("response_format")
     assert not wire.HasField("temperature") and not wire.HasField("cascade")
+    assert wire.prompt_tokens == 0 and codec.chat_request_to_router(req, 37).prompt_tokens == 37
     # An absent ResponseFormat reads as the proto's defaults (strict off); a text answer ignores strict.
     assert codec.chat_request_from_router(wire) == dataclasses.replace(
         req, response_format=ResponseFormat(strict=False)

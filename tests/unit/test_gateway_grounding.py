@@ -179,7 +179,7 @@ class FakeRouter:
     def __init__(self) -> None:
         self.asked: list[ChatRequest] = []
 
-    async def generate(self, chat: ChatRequest, timeout_s: float) -> AsyncIterator[Any]:
+    async def generate(self, chat: ChatRequest, timeout_s: float, *, prompt_tokens: int = 0) -> AsyncIterator[Any]:
         self.asked.append(chat)
         yield RouteStarted("fake-ok", "fakeai", 1)
         yield TextDelta("Refunds take 14 days [1].")

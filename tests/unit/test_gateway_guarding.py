@@ -90,6 +90,7 @@ class FakeRouter:
     def __init__(self, *answers: Sequence[str]) -> None:
         self.answers = list(answers) or [["ok"]]
         self.asked: list[ChatRequest] = []
+        self.counted: list[int] = []  # the prompt_tokens each call was sent
 
     async def _events(self, chat: ChatRequest) -> AsyncIterator[Any]:
         self.asked.append(chat)
@@ -99,10 +100,12 @@ class FakeRouter:
             yield TextDelta(d)
         yield RouteCompleted("stop", Usage(10, len(deltas)), True, 1, cost_usd_micros=5)
 
-    def generate(self, chat: ChatRequest, timeout_s: float) -> AsyncIterator[Any]:
+    def generate(self, chat: ChatRequest, timeout_s: float, *, prompt_tokens: int = 0) -> AsyncIterator[Any]:
+        self.counted.append(prompt_tokens)
         return self._events(chat)
 
-    def complete(self, chat: ChatRequest, timeout_s: float) -> AsyncIterator[Any]:
+    def complete(self, chat: ChatRequest, timeout_s: float, *, prompt_tokens: int = 0) -> AsyncIterator[Any]:
+        self.counted.append(prompt_tokens)
         return self._events(chat)
 
 
@@ -305,6 +308,7 @@ async def test_a_long_conversation_is_trimmed_before_the_estimate() -> None:
     assert rig.budget.admitted[0].messages == sent  # the estimate is of what is sent
     # ... and takes the fit's count of it rather than counting the prompt a second time.
     assert rig.budget.counted == [count_request_tokens(rig.router.asked[0])]
+    assert rig.router.counted == [10]  # the router is sent the count the estimate used (the fake's)
     assert "context:window=summarised" in rig.record()["guard_decisions"]
     assert [c.chat.request_id for c in charged] == ["r1"]  # told which request the summary serves
 
@@ -330,6 +334,13 @@ async def test_a_last_turn_that_cannot_fit_is_refused_before_the_budget() -> Non
         await rig.run(request("words " * 150))
     assert info.value.reason == "CONTEXT_WINDOW_EXCEEDED"
     assert rig.budget.admitted == [] and rig.router.asked == []
+
+
+async def test_without_a_budget_the_router_is_sent_the_fit_s_count() -> None:
+    rig = Rig(FakeRouter(["Hello there."]))
+    rig.gw.budget = None
+    await rig.run(request("hello, how are you today?"))
+    assert rig.router.counted == [count_request_tokens(rig.router.asked[0])]
 
 
 async def test_a_plain_request_passes_unchanged() -> None:

@@ -82,6 +82,27 @@ def test_auto_moves_up_when_the_prompt_does_not_fit() -> None:
     assert d.model == "m" and "context window" in d.reason
 
 
+def test_a_count_the_caller_sends_is_the_one_the_decision_uses() -> None:
+    # "hi" fits every window as counted; told it is 2,500 tokens, the small tier (2,000) cannot take it.
+    assert decide(req(), CATALOG, Fixed("small")).model == "s"
+    d = decide(req(), CATALOG, Fixed("small"), prompt_tokens=2500)
+    assert d.model != "s" and "s's context window (2000 tokens)" in d.reason
+
+
+def test_the_router_counts_tool_schemas_as_prompt() -> None:
+    # Under the window as text alone, over it with the tool's schema: providers bill both.
+    small = parse_catalog(
+        {
+            "providers": {"p": {"base_url": "http://p/v1"}},
+            "models": {"t": {"provider": "p", "capabilities": ["tools"], "context_window": 300}},
+        },
+        env={},
+    )
+    assert decide(req("t", tools=(Tool("t", "short"),)), small, Fixed("small")).model == "t"
+    with pytest.raises(errors.InvalidArgument, match="context window"):
+        decide(req("t", tools=(Tool("t", "word " * 400),)), small, Fixed("small"))
+
+
 def test_cascade_tries_the_small_tier_first() -> None:
     d = decide(req(cascade=True), CATALOG, Fixed("large"))
     assert (d.model, d.how, d.cascade_from) == ("l", "cascade", "s")

@@ -169,8 +169,11 @@ def tool_call_to_proto(call: ToolCall) -> router_pb2.ToolCall:
     return router_pb2.ToolCall(id=call.id, name=call.name, arguments_json=call.arguments, index=call.index)
 
 
-def chat_request_to_router(req: ChatRequest) -> router_pb2.GenerateRequest:
-    """The router's GenerateRequest for ``req``; defaults are left unset so the message stays small."""
+def chat_request_to_router(req: ChatRequest, prompt_tokens: int = 0) -> router_pb2.GenerateRequest:
+    """The router's GenerateRequest for ``req``; defaults are left unset so the message stays small.
+
+    ``prompt_tokens``: the prompt's tokens when the caller counted them already (0: unknown).
+    """
     out = router_pb2.GenerateRequest(
         request_id=req.request_id,
         model=req.model,
@@ -178,6 +181,7 @@ def chat_request_to_router(req: ChatRequest) -> router_pb2.GenerateRequest:
         max_tokens=req.max_tokens,
         stop=req.stop,
         tenant=req.tenant,
+        prompt_tokens=prompt_tokens,
     )
     if req.temperature is not None:
         out.temperature = req.temperature

@@ -172,6 +172,9 @@ class _Call:
     started: bool = False
     # The budget's view: what was reserved, and how the router's answer ended.
     admission: Admission | None = None
+    # The prompt's tokens when the gateway counted them (the context fit, the budget
+    # estimate), passed on so that the router does not count them again; 0: not counted.
+    prompt_tokens: int = 0
     routed: bool = False
     completed: bool = False
     failed: bool = False
@@ -311,12 +314,14 @@ class Gateway:
                 async for event in self._structured(call, request, timeout_s, tier):
                     yield event
                 return
+            # The context fit counted the prompt it sends on: the estimate and the router take that count.
+            counted = guard.trim.input_tokens_after if guard is not None and guard.trim is not None else None
             if self.budget is not None:
-                # The context fit counted the prompt it sends on; the estimate takes that count.
-                counted = guard.trim.input_tokens_after if guard is not None and guard.trim is not None else None
                 call.admission = await self.budget.admit(request, counted=counted)
+                counted = call.admission.input_tokens
                 if call.admission.max_tokens != call.chat.max_tokens:
                     call.chat = dataclasses.replace(call.chat, max_tokens=call.admission.max_tokens)
+            call.prompt_tokens = counted or 0
             try:
                 async for event in self._from_router(call, timeout_s, tier, stream):
                     yield event
@@ -689,9 +694,9 @@ class Gateway:
         call.stream_span = tracing.start("gateway", "stream", **{"tollway.stream": stream})
         record = call.record
         if stream:
-            events = coalesce(self.router.generate(call.chat, timeout), merge_deltas)
+            events = coalesce(self.router.generate(call.chat, timeout, prompt_tokens=call.prompt_tokens), merge_deltas)
         else:
-            events = self.router.complete(call.chat, timeout)
+            events = self.router.complete(call.chat, timeout, prompt_tokens=call.prompt_tokens)
         guard = call.guard.output_guard() if call.guard is not None else None
         async for event in events:
             if isinstance(event, TextDelta):

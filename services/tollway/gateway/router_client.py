@@ -21,13 +21,20 @@ class RouterClient:
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self.stub = router_pb2_grpc.RouterServiceStub(channel)
 
-    async def generate(self, req: ChatRequest, timeout_s: float | None) -> AsyncIterator[RouteEvent]:
+    async def generate(
+        self, req: ChatRequest, timeout_s: float | None, *, prompt_tokens: int = 0
+    ) -> AsyncIterator[RouteEvent]:
         """Yields RouteStarted, TextDelta..., RouteCompleted or StreamFailed as they arrive.
+
+        ``prompt_tokens``: the prompt's tokens as ``count_request_tokens`` counts them, when
+        already counted (0: the router counts them).
 
         Raises:
             TollwayError: The router's status, typed again (provider unavailable, bad request...).
         """
-        call = self.stub.Generate(codec.chat_request_to_router(req), timeout=timeout_s, metadata=propagation.outgoing())
+        call = self.stub.Generate(
+            codec.chat_request_to_router(req, prompt_tokens), timeout=timeout_s, metadata=propagation.outgoing()
+        )
         try:
             async for msg in call:
                 kind = msg.WhichOneof("event")
@@ -46,7 +53,9 @@ class RouterClient:
             # router (and through it the provider) stops working for nobody.
             call.cancel()
 
-    async def complete(self, req: ChatRequest, timeout_s: float | None) -> AsyncIterator[RouteEvent]:
+    async def complete(
+        self, req: ChatRequest, timeout_s: float | None, *, prompt_tokens: int = 0
+    ) -> AsyncIterator[RouteEvent]:
         """The same events for a whole answer, fetched in one unary call (one message per hop).
 
         Raises:
@@ -54,7 +63,7 @@ class RouterClient:
         """
         try:
             reply = await self.stub.Complete(
-                router_pb2.CompleteRequest(request=codec.chat_request_to_router(req)),
+                router_pb2.CompleteRequest(request=codec.chat_request_to_router(req, prompt_tokens)),
                 timeout=timeout_s,
                 metadata=propagation.outgoing(),
             )

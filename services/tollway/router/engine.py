@@ -42,7 +42,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from tollway.common.catalog import Catalog, CatalogSource, Deployment, Model
 from tollway.common.chat import ChatRequest, TextDelta, ToolCall, Usage
 from tollway.common.route import RouteCompleted, RouteEvent, RouteStarted, RoutingDecision, StreamFailed
-from tollway.common.tokens import count_prompt_tokens, count_tokens
+from tollway.common.tokens import count_prompt_tokens, count_request_tokens, count_tokens
 from tollway.mesh import errors, tracing
 from tollway.router import metrics
 from tollway.router.balancer import Balancer
@@ -181,7 +181,7 @@ class Router:
         return decide(request, catalog, self.classifier(catalog))
 
     async def generate(
-        self, request: ChatRequest, deadline: float | None = None, *, whole: bool = False
+        self, request: ChatRequest, deadline: float | None = None, *, whole: bool = False, prompt_tokens: int = 0
     ) -> AsyncIterator[RouteEvent]:
         """Streams RouteStarted, TextDelta..., then RouteCompleted or StreamFailed.
 
@@ -204,12 +204,13 @@ class Router:
                 (UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, FAILED_PRECONDITION).
         """
         catalog = self.catalog
-        decision = decide(request, catalog, self.classifier(catalog))
+        # Counted once here (or by the caller), for the decision, the fallbacks and the limits.
+        prompt_tokens = prompt_tokens or count_request_tokens(request)
+        decision = decide(request, catalog, self.classifier(catalog), prompt_tokens)
         metrics.DECISIONS.labels(decision.how, decision.tier).inc()
         policy = self.policies.get(request.policy, INTERACTIVE)
         if deadline is None:
             deadline = self._clock() + self.deadline_s.get(policy.name, 60.0)
-        prompt_tokens = count_prompt_tokens([(m.role, m.content) for m in request.messages])
         run = _Run(request, decision, policy, deadline, self._clock, prompt_tokens=prompt_tokens, whole=whole)
         if decision.cascade_from:
             async for event in self._cascade(run, catalog.models[decision.cascade_from]):

@@ -14,7 +14,7 @@ from __future__ import annotations
 from tollway.common.catalog import TIERS, Catalog, Model
 from tollway.common.chat import ChatRequest
 from tollway.common.route import RoutingDecision
-from tollway.common.tokens import count_prompt_tokens
+from tollway.common.tokens import count_request_tokens
 from tollway.mesh import errors
 from tollway.router.classifier import ComplexityClassifier
 
@@ -67,15 +67,22 @@ def unfit_reason(model: Model, request: ChatRequest, prompt_tokens: int) -> str:
     return ""
 
 
-def decide(request: ChatRequest, catalog: Catalog, classifier: ComplexityClassifier) -> RoutingDecision:
+def decide(
+    request: ChatRequest, catalog: Catalog, classifier: ComplexityClassifier, prompt_tokens: int | None = None
+) -> RoutingDecision:
     """Picks the first model of the chain.
+
+    Args:
+        prompt_tokens: The prompt's tokens (:func:`tollway.common.tokens.count_request_tokens`),
+            when the caller has them; None counts them.
 
     Raises:
         errors.NotFound: The named model is not in the catalog.
         errors.InvalidArgument: The named model cannot serve the request (tools, JSON, size),
             or no tier can.
     """
-    prompt_tokens = count_prompt_tokens([(m.role, m.content) for m in request.messages])
+    if prompt_tokens is None:
+        prompt_tokens = count_request_tokens(request)
     if request.model == "auto" and catalog.routing.tiers:
         return _decide_auto(request, catalog, classifier, prompt_tokens)
     model = catalog.resolve(request.model)

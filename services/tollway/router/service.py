@@ -96,6 +96,16 @@ def _chat_request(request: router_pb2.GenerateRequest, context: grpc.aio.Service
     return chat
 
 
+def _prompt_tokens(request: router_pb2.GenerateRequest, prefix: str = "") -> int:
+    """The caller's count of the prompt's tokens (0: the router counts them)."""
+    if request.prompt_tokens < 0:
+        raise InvalidArgument(
+            f"{prefix}prompt_tokens is {request.prompt_tokens}; send the prompt's token count, or 0 to have it counted",
+            [(f"{prefix}prompt_tokens", "must not be negative")],
+        )
+    return request.prompt_tokens
+
+
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     def __init__(self, router: Router) -> None:
         self.router = router
@@ -104,7 +114,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def Generate(
         self, request: router_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[router_pb2.GenerateResponse]:
-        events = self.router.generate(_chat_request(request, context), _monotonic_deadline(context))
+        events = self.router.generate(
+            _chat_request(request, context), _monotonic_deadline(context), prompt_tokens=_prompt_tokens(request)
+        )
         if not served_in_process(context):
             # Deltas that arrive together leave as one message: per-message cost dominates fast
             # streams. In-process the caller coalesces what it reads (the gateway does), so a
@@ -122,7 +134,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         out = router_pb2.CompleteResponse()
         parts: list[str] = []
         chat = _chat_request(request.request, context)
-        async for event in self.router.generate(chat, _monotonic_deadline(context), whole=True):
+        counted = _prompt_tokens(request.request, "request.")
+        async for event in self.router.generate(chat, _monotonic_deadline(context), whole=True, prompt_tokens=counted):
             if isinstance(event, TextDelta):
                 parts.append(event.text)
                 continue
