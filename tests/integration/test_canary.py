@@ -65,6 +65,15 @@ def canary_stack(catalog: Path) -> Iterator[Stack]:
         subprocess.run(["git", "worktree", "remove", "--force", str(src)], cwd=ROOT, check=False)
 
 
+@pytest.fixture(autouse=True)
+def _no_canary_left(canary_stack: Stack) -> Iterator[None]:
+    """Rolls back a canary a failed test left running, so that the next test starts from none."""
+    yield
+    record = read_record(canary_stack.options.run_dir, "router")
+    if record is not None and not record.phase.final:
+        _cli(canary_stack, "rollback", "router", "--reason", "left by a failed test", check=False)
+
+
 def _cli(stack: Stack, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     out = subprocess.run(
         [sys.executable, "-m", "tollway.cli", "canary", args[0], *args[1:], "--run-dir", str(stack.options.run_dir)],
@@ -152,7 +161,10 @@ def test_a_canary_at_10_percent_gets_10_percent_and_the_header_reaches_it(canary
     assert outcomes == Counter({"OK": 2000})
     stable, canary = (after[c] - before[c] for c in CLUSTERS)
     assert stable + canary == 2000
-    assert 160 <= canary <= 240, f"canary got {canary} of 2000 ({canary / 20:.1f} %), not 10 % +- 2 %"
+    # Envoy draws each request's cluster at random: 200 +- 13 (one standard deviation of the
+    # binomial). The bound is five of them, so a correct split fails it once in millions of
+    # runs (at three, 160..240, it failed CI once with 242), while 5 % or 15 % still fail it.
+    assert 133 <= canary <= 267, f"canary got {canary} of 2000 ({canary / 20:.1f} %), not 10 % (5 sigma: 133..267)"
 
     # x-canary: 1 always reaches the canary, and status shows both versions side by side.
     before = _counts(canary_stack)
