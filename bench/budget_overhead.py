@@ -25,6 +25,7 @@ import asyncio
 import collections
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -137,13 +138,29 @@ def report(results: dict[str, list[float]], layout: str, before: str, after: str
     off_p50 = percentile(results["off"], 50) * 1e3
     added = percentile(results["on"], 50) * 1e3 - off_p50
     diff = results["diff"]
+    low, high = added_interval(results["on"], results["off"])
     lines += [
         "",
         f"budgets add {added:.2f} ms at p50 (difference of the p50s; {added / off_p50:.0%} of the budget-off p50, "
         "a share the machine's speed moves less than the milliseconds); median per-pair difference "
         f"{statistics.median(diff) * 1e3:.2f} ms, p90 per-pair difference {percentile(diff, 90) * 1e3:.2f} ms",
+        f"95 % interval of what budgets add at p50 (bootstrap over the pairs): {low:.2f} to {high:.2f} ms",
     ]
     return "\n".join(lines)
+
+
+def added_interval(on: list[float], off: list[float], rounds: int = 1000) -> tuple[float, float]:
+    """The 95 % bootstrap interval (ms) of p50(on) - p50(off): pairs drawn again with replacement,
+    both members together, so the drift they shared stays shared. How far one run's figure may
+    sit from the machine's own, at this sample size."""
+    rng = random.Random(13)
+    n = len(on)
+    added = []
+    for _ in range(rounds):
+        picks = [rng.randrange(n) for _ in range(n)]
+        added.append((percentile([on[i] for i in picks], 50) - percentile([off[i] for i in picks], 50)) * 1e3)
+    added.sort()
+    return added[int(rounds * 0.025)], added[int(rounds * 0.975) - 1]
 
 
 def process_cpu(run_dir: Path) -> dict[str, float]:
