@@ -11,9 +11,11 @@ every tenant and key counter and commits; ``off`` has no budget service, so the 
 nothing). Sends pairs of ``POST /v1/complete``, one to each stack, one request at a time, the
 order alternating within pairs so drift and warm-up favour neither. Both skip the response
 cache, so every request reaches the provider. Prints p50/p90/p99 of each, the difference of the
-p50s and the median per-pair difference, the machine's load (``uptime``) before and after, each
-process's CPU per request in each stack (from /proc: what load inflates less than latency) and how
-the budget admitted (its ledger's entries by kind: one ``lease`` serves many ``reserve``).
+p50s with its 95 % bootstrap interval over the pairs, the median per-pair difference, the
+machine's load (``uptime``) before and after, each process's CPU per request in each stack (from
+/proc: what load inflates less than latency) and how the budget admitted (its ledger's entries by
+kind: one ``lease`` serves many ``reserve``).
+``--prompt-words N`` puts N words before the prompt, for what a long prompt costs.
 
 Never run it on a machine that serves anything else: it measures the machine.
 """
