@@ -195,6 +195,8 @@ class Router:
                 ``stream_whole_answers``. A whole attempt either answers or fails before any
                 event leaves, so its failure always falls through to the next deployment or
                 model; it waits ``timeout_s`` for its answer (no first token to time).
+            prompt_tokens: The prompt's tokens as ``count_request_tokens`` counts them, when the
+                caller counted them already (the gateway does, for its budget); 0 counts them here.
 
         Raises:
             errors.NotFound: The model is not in the catalog.
