@@ -26,6 +26,7 @@ from tests.fakes.scenarios import TOOL_CALLS
 from tollway.common.catalog import parse_catalog
 from tollway.common.chat import ChatMessage, ChatRequest, ResponseFormat, TextDelta, Tool
 from tollway.common.route import RouteCompleted, RouteEvent, RouteStarted, StreamFailed
+from tollway.common.tokens import count_request_tokens
 from tollway.mesh import errors
 from tollway.router.engine import Router
 from tollway.router.policy import BACKGROUND, INTERACTIVE
@@ -339,6 +340,17 @@ async def test_a_cut_after_tokens_ends_with_an_error_and_partial_usage_not_a_fal
     assert failed.partial_usage.output_tokens > 0 and failed.partial_usage.input_tokens > 0
     assert not any(isinstance(e, RouteCompleted) for e in events)
     assert len(fakes.local.log) == 0  # never spliced with another model's answer
+
+
+async def test_usage_the_provider_did_not_report_takes_the_prompt_as_counted_once(fakes: Fakes) -> None:
+    # The OpenAI fake's cut stream reports no usage: the input is the run's count of the prompt,
+    # the caller's when it sent one (the gateway does), else the router's own.
+    router = cut_then_fallback(fakes, "oa")
+    request = chat("cut", text="one two three four five six")
+    failed = (await run(router, request))[-1]
+    assert isinstance(failed, StreamFailed) and failed.partial_usage.input_tokens == count_request_tokens(request)
+    told = [e async for e in router.generate(chat("cut"), prompt_tokens=123)][-1]
+    assert isinstance(told, StreamFailed) and told.partial_usage.input_tokens == 123
 
 
 async def test_partial_usage_keeps_the_providers_input_count(fakes: Fakes) -> None:

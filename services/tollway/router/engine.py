@@ -42,7 +42,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from tollway.common.catalog import Catalog, CatalogSource, Deployment, Model
 from tollway.common.chat import ChatRequest, TextDelta, ToolCall, Usage
 from tollway.common.route import RouteCompleted, RouteEvent, RouteStarted, RoutingDecision, StreamFailed
-from tollway.common.tokens import count_prompt_tokens, count_request_tokens, count_tokens
+from tollway.common.tokens import count_request_tokens, count_tokens
 from tollway.mesh import errors, tracing
 from tollway.router import metrics
 from tollway.router.balancer import Balancer
@@ -449,7 +449,7 @@ class Router:
                     hint = event.usage
                 elif isinstance(event, StreamEnd):
                     calls = tools.calls()
-                    usage, reported = self._final_usage(request, event.usage, hint, "".join(text), calls)
+                    usage, reported = self._final_usage(run.prompt_tokens, event.usage, hint, "".join(text), calls)
                     span_attributes = {
                         "tollway.tokens.input": usage.input_tokens,
                         "tollway.tokens.output": usage.output_tokens,
@@ -493,7 +493,7 @@ class Router:
                 message=f"provider {dep.provider} failed mid-answer ({model.name}): {err.message}; "
                 "the answer is incomplete, retry the request",
                 reason=reason,
-                partial_usage=self._partial_usage(request, hint, "".join(text)),
+                partial_usage=self._partial_usage(run.prompt_tokens, hint, "".join(text)),
             )
         finally:
             if not settled:
@@ -535,7 +535,9 @@ class Router:
             tracing.end(span, "CANCELLED")
             raise
         elapsed_ms = (self._clock() - start) * 1000
-        usage, reported = self._final_usage(run.request, completion.usage, None, completion.text, completion.tool_calls)
+        usage, reported = self._final_usage(
+            run.prompt_tokens, completion.usage, None, completion.text, completion.tool_calls
+        )
         tracing.end(
             span,
             "",
@@ -665,7 +667,7 @@ class Router:
                     self.balancer.finished(dep, ok=True, counted=False)
                     self.breakers.abandon(permit)
             usage, reported = self._final_usage(
-                run.request, completion.usage, None, completion.text, completion.tool_calls
+                run.prompt_tokens, completion.usage, None, completion.text, completion.tool_calls
             )
             verdict = check_answer(completion, run.request)
             if verdict:
@@ -710,21 +712,23 @@ class Router:
 
     @staticmethod
     def _final_usage(
-        request: ChatRequest, reported: Usage | None, hint: Usage | None, text: str, calls: tuple[ToolCall, ...]
+        prompt_tokens: int, reported: Usage | None, hint: Usage | None, text: str, calls: tuple[ToolCall, ...]
     ) -> tuple[Usage, bool]:
+        """The answer's usage: the provider's, else its hint with the output counted, else the
+        prompt as the run counted it and the output counted (``False``: not reported)."""
         if reported is not None and (reported.input_tokens or reported.output_tokens):
             return reported, True
         counted_out = count_tokens(text + "".join(c.arguments for c in calls))
         if hint is not None and hint.input_tokens:
             return dataclasses.replace(hint, output_tokens=max(hint.output_tokens, counted_out)), True
-        return Usage(count_prompt_tokens([(m.role, m.content) for m in request.messages]), counted_out), False
+        return Usage(prompt_tokens, counted_out), False
 
     @staticmethod
-    def _partial_usage(request: ChatRequest, hint: Usage | None, text: str) -> Usage:
+    def _partial_usage(prompt_tokens: int, hint: Usage | None, text: str) -> Usage:
         counted_out = count_tokens(text)
         if hint is not None and hint.input_tokens:
             return dataclasses.replace(hint, output_tokens=max(hint.output_tokens, counted_out))
-        return Usage(count_prompt_tokens([(m.role, m.content) for m in request.messages]), counted_out)
+        return Usage(prompt_tokens, counted_out)
 
     @staticmethod
     def _cost(model: Model, usage: Usage) -> int:
