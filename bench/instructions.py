@@ -63,7 +63,7 @@ async def _call_log(port: int, n: int) -> None:
     client = connect(f"redis://127.0.0.1:{port}/0")
     log = CallLog(GatewayStore(client), interval_s=3600, batch_size=10**9)
     for i in range(n):
-        r = CallRecord.begin(f"req-{i:08d}-0123456789abcdef", "bench", "", "", "fake-words-20", "ab" * 16)
+        r = CallRecord.begin(f"req-{n:04d}{i:08d}-0123456789abcdef", "bench", "", "", "fake-words-20", "ab" * 16)
         r.provider, r.deployment, r.attempts = "upstream", "upstream/fake-words-20/default", 1
         r.route_method, r.route_reason, r.finish_reason = "named", "the request named fake-words-20", "stop"
         r.input_tokens, r.output_tokens, r.cost_usd, r.latency_ms, r.ttft_ms = 14, 20, 0.00012, 3, 2
@@ -108,7 +108,9 @@ async def _budget(port: int, n: int) -> None:
     budgeting = Budgeting(BudgetClient(InProcessChannel("budget")), GatewayStore(client))  # type: ignore[arg-type]
     settling = []
     for i in range(n):
-        admission = await budgeting.admit(gateway_request(f"instr-{i}"))
+        # The two counts run against one Redis: a request id of the first run seen again would take the
+        # path of a repeated reserve, not a new one's.
+        admission = await budgeting.admit(gateway_request(f"instr-{n}-{i}"))
         settling.append(asyncio.ensure_future(budgeting.settle(admission, Settlement(Usage(13, 6)))))
         if (i + 1) % 64 == 0:
             await asyncio.gather(*settling)
