@@ -21,6 +21,7 @@ from pathlib import Path
 import redis
 
 from tests.fakes.procs import free_port
+from tollway.mesh.redis import SERVER_SETTINGS
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
@@ -136,6 +137,7 @@ def _spawn(port: int, bus_port: int, directory: Path, appendonly: bool, appendfs
             "--daemonize", "no",
             "--hz", "100",
             "--logfile", str(directory / "redis.log"),
+            *SERVER_SETTINGS,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,

@@ -15,6 +15,7 @@ from pathlib import Path
 import redis
 
 from tests.fakes.procs import free_port
+from tollway.mesh.redis import SERVER_SETTINGS
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 # TOLLWAY_TEST_REDIS=cluster: local_redis() hands out a 3-master Redis Cluster instead
@@ -64,6 +65,7 @@ def local_redis(*, appendonly: bool = False, timeout_s: float = 10.0) -> Iterato
             "--daemonize", "no",
             "--hz", "100",  # blocking reads return closer to their timeout
             "--logfile", str(directory / "redis.log"),
+            *SERVER_SETTINGS,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,

@@ -183,6 +183,8 @@ def test_redis_is_a_three_master_cluster_with_aof() -> None:
     args = statefulset["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--cluster-enabled") + 1] == "yes"
     assert args[args.index("--appendonly") + 1] == "yes"
+    # The settings every redis-server of Tollway runs with (compact budget records).
+    assert args[args.index("--hash-max-listpack-value") + 1] == "1024"
     job = _by_kind(docs, "Job")["redis-cluster-create"]
     command = job["spec"]["template"]["spec"]["containers"][0]["args"][0]
     members = command.split("--cluster create ")[1]

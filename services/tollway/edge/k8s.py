@@ -35,6 +35,7 @@ from typing import Any
 import yaml
 
 from tollway.edge.envoy_config import build_envoy_config, cluster_name
+from tollway.mesh.redis import SERVER_SETTINGS
 from tollway.mesh.topology import Endpoint, Mesh, Service
 
 __all__ = [
@@ -482,6 +483,7 @@ def _redis_cluster(mesh: Mesh) -> list[dict[str, Any]]:
     ]
     if mesh.redis.appendonly:
         args += ["--appendonly", "yes", "--appendfsync", "everysec"]
+    args += SERVER_SETTINGS
     security = {
         "runAsNonRoot": True, "runAsUser": 999, "runAsGroup": 999, "fsGroup": 999,
         "seccompProfile": {"type": "RuntimeDefault"},

@@ -41,6 +41,7 @@ from tollway.launcher.processes import Child, LaunchError, claim_ports, port_fre
 from tollway.launcher.store import answers_ping
 from tollway.launcher.supervisor import RestartPolicy, Supervisor
 from tollway.mesh.inprocess import SCHEME as INPROCESS
+from tollway.mesh.redis import SERVER_SETTINGS as REDIS_SETTINGS
 from tollway.mesh.topology import Mesh, ProcessGroup, Service, load_mesh
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -432,6 +433,7 @@ class Stack:
             "no",
             "--hz",
             "50",
+            *REDIS_SETTINGS,
         ]
         child = self._spawn("redis", argv, {}, ready=lambda: answers_ping(ep.host, ep.port), what="answering PING")
         wait_until(child, child.ready, self.options.startup_timeout_s, child.what)

@@ -39,6 +39,14 @@ CLUSTER_SCHEME = "redis+cluster"
 # the cache's index follower blocks 1 s.
 COMMAND_TIMEOUT_S = 2.0
 
+# Settings of every redis-server Tollway starts (the launcher's, the k8s manifests'; the tests' too).
+# A budget reservation's record is a hash of ~24 fields, two of them 150-300 bytes (its counters and
+# its metadata). Above 64 bytes a value turns a hash from Redis's compact listpack into a hashtable of
+# ~2.5x the memory, and records are kept a day (bench/redis_memory.py). Every hash of Tollway that
+# could be a listpack stays within the entry limit (128), so a longer value limit costs at most a scan
+# of 128 short entries per field read.
+SERVER_SETTINGS: tuple[str, ...] = ("--hash-max-listpack-value", "1024")
+
 
 class PackedConnection(aioredis.Connection):
     """redis-py's asyncio connection with commands packed by hiredis, in C.
