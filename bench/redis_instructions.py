@@ -2,10 +2,11 @@
 reserve and commit in a figure the machine's load cannot move (issue 13). Compare two checkouts to
 see what a change to the budget's scripts saved.
 
-    .venv/bin/python bench/redis_instructions.py [-n 1000] [--leases 64]
+    .venv/bin/python bench/redis_instructions.py [-n 1000] [--leases 64] [--redis-defaults]
     PYTHONPATH=/path/to/other/checkout/services .venv/bin/python bench/redis_instructions.py
 
-A redis-server of its own (AOF on, as the launcher runs it) under ``valgrind --tool=callgrind``
+A redis-server of its own (AOF on and ``tollway.mesh.redis.SERVER_SETTINGS``, as the launcher runs it;
+``--redis-defaults``: Redis's own settings instead) under ``valgrind --tool=callgrind``
 with instrumentation off; the requests go the co-located gateway's way (bench/budget_cpu.py's:
 ``Budgeting.admit`` and ``settle`` over an in-process channel to the budget's servicer, its domain
 object and its store, bench/budget.py's plan of six quotas, a key and a feature on every request).
@@ -36,6 +37,7 @@ from tollway.budget import store as budget_store
 from tollway.common.chat import Usage
 from tollway.gateway.budgeting import Settlement
 from tollway.launcher.processes import free_ports
+from tollway.mesh.redis import SERVER_SETTINGS
 
 
 def _control(pid: int, *args: str) -> None:
@@ -61,6 +63,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("-n", type=int, default=1000, help="requests counted")
     parser.add_argument("--leases", type=int, default=64, help="TOLLWAY_BUDGET_LEASE_REQUESTS (0: no leases)")
+    parser.add_argument("--redis-defaults", action="store_true", help="without Tollway's redis-server settings")
     args = parser.parse_args()
     run = Path(tempfile.mkdtemp(prefix="bench-redis-instr-"))
     (run / "budget.yaml").write_text(PLANS)
@@ -69,7 +72,7 @@ def main() -> None:
     server = subprocess.Popen(
         ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
          "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-         "--dir", str(run)],
+         "--dir", str(run), *(() if args.redis_defaults else SERVER_SETTINGS)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -92,7 +95,8 @@ def main() -> None:
         if (m := re.search(r"^totals:\s+(\d+)", f.read_text(), re.M))
     )
     print(
-        f"{Path(budget_store.__file__).parents[2]} (leases {args.leases}): "
+        f"{Path(budget_store.__file__).parents[2]} (leases {args.leases}"
+        f"{', Redis defaults' if args.redis_defaults else ''}): "
         f"{totals / args.n:,.0f} Redis instructions per request (reserve and commit, {args.n} requests)"
     )
 
