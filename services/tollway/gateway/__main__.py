@@ -40,7 +40,7 @@ from tollway.mesh.telemetry import tracer_provider, tracing_enabled
 def build(cfg: GatewayConfig, mesh: MeshConfig) -> ServiceSpec:
     """The gateway's ServiceSpec (also used by tests to run it in-process)."""
     redis = connect(mesh.redis_url)
-    store = GatewayStore(redis, cfg.call_log_maxlen)
+    store = GatewayStore(redis, cfg.call_log_maxlen, call_index_ttl_s=cfg.feedback_window_s)
     # grpc.aio channels belong to the event loop they are made in: made in start(), not here.
     channels: list[grpc.aio.Channel] = []
     background = Background(logging.getLogger("tollway.gateway"), jitter=0.1)

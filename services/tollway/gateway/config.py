@@ -50,6 +50,9 @@ class GatewayConfig:
     raw_log_tenants: Comma-separated tenants whose raw prompts and answers are kept apart
         from the call records ("*": every tenant; empty: none, only hashes are kept).
     raw_log_retention_s: Seconds a kept raw prompt and answer stay readable.
+    feedback_window_s: Seconds a call can be given feedback after it: each call's attribution
+        is kept this long in Redis by its request id, ~260 bytes a call (at 100 requests/s, the
+        default 30 days hold ~64 GiB; bench/redis_memory.py).
     """
 
     port: int = 50051
@@ -81,6 +84,7 @@ class GatewayConfig:
     admin_tenants: str = "admin"
     raw_log_tenants: str = ""
     raw_log_retention_s: int = 7 * 86400
+    feedback_window_s: int = 30 * 86400
 
     def __post_init__(self) -> None:
         if self.budget_when_unavailable not in ("admit", "refuse"):
@@ -98,6 +102,7 @@ class GatewayConfig:
             "budget_drain_interval_s",
             "prompts_timeout_s",
             "raw_log_retention_s",
+            "feedback_window_s",
             "retrieval_timeout_s",
         ):
             value = getattr(self, name)

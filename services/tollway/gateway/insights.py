@@ -396,18 +396,24 @@ def check_feedback(request_id: str, score: float, comment: str) -> int:
     return round(score * 1000)
 
 
-def feedback_target(viewer: Viewer, request_id: str, attributed: Mapping[str, str] | None) -> Mapping[str, str]:
+def feedback_target(
+    viewer: Viewer, request_id: str, attributed: Mapping[str, str] | None, window_s: int = 30 * 86400
+) -> Mapping[str, str]:
     """The call feedback is about, if the viewer may give it.
 
     A call of another tenant is NOT_FOUND for a tenant key, as an unknown one: a tenant
     cannot learn which request ids exist elsewhere.
 
+    Args:
+        window_s: How long a call's attribution is kept (the gateway's ``feedback_window_s``).
+
     Raises:
         NotFound: No such call (or too old), or another tenant's call.
     """
     if attributed is None or (not viewer.admin and attributed["tenant"] != viewer.tenant):
+        window = f"{window_s // 86400} days" if window_s % 86400 == 0 else f"{window_s} seconds"
         raise NotFound(
-            f"no call {request_id!r} of this tenant: feedback is taken for calls of the last 30 days, "
+            f"no call {request_id!r} of this tenant: feedback is taken for calls of the last {window}, "
             "by the request_id the gateway returned",
             reason="CALL_NOT_FOUND",
         )
@@ -572,17 +578,19 @@ class Insights:
 
     async def raw(self, viewer: Viewer, request_id: str) -> dict[str, str] | None:
         """A call's raw prompt and answer while hot, if the viewer may read the call."""
-        feedback_target(viewer, request_id, await self.store.call_attribution(request_id))
+        feedback_target(viewer, request_id, await self.store.call_attribution(request_id), self.store.call_index_ttl_s)
         return await self.store.raw_call(request_id)
 
     async def call(self, viewer: Viewer, request_id: str) -> tuple[CallView, dict[str, str] | None]:
         """One call and its raw text (None when not kept or expired).
 
         Raises:
-            NotFound: No such call of the viewer's tenant in the last 30 days (or its record
-                was trimmed from the tenant's stream).
+            NotFound: No such call of the viewer's tenant within the feedback window (or its
+                record was trimmed from the tenant's stream).
         """
-        target = feedback_target(viewer, request_id, await self.store.call_attribution(request_id))
+        target = feedback_target(
+            viewer, request_id, await self.store.call_attribution(request_id), self.store.call_index_ttl_s
+        )
         fields = await self.store.find_call(target["tenant"], request_id, int(target.get("written_ms", "0") or 0))
         if fields is None:
             raise NotFound(
@@ -598,7 +606,9 @@ class Insights:
         """Records feedback (see :func:`check_feedback` and :func:`feedback_target` for the
         errors); True when it replaced earlier feedback on the call."""
         score_milli = check_feedback(request_id, score, comment)
-        target = feedback_target(viewer, request_id, await self.store.call_attribution(request_id))
+        target = feedback_target(
+            viewer, request_id, await self.store.call_attribution(request_id), self.store.call_index_ttl_s
+        )
         return await self.store.put_feedback(
             request_id,
             target["tenant"],
