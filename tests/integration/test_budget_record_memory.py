@@ -13,6 +13,8 @@ from tests.support.redis_server import TEST_REDIS, local_redis
 from tollway.budget.store import BudgetStore, Hold, pack_counters, pack_meta
 from tollway.mesh.redis import SERVER_SETTINGS
 
+pytestmark = pytest.mark.skipif(TEST_REDIS == "cluster", reason="the store fixture and CONFIG SET are one server's")
+
 # A plan's counters as a request of a key and a feature meets them: requests and tokens a minute,
 # tokens a day, dollars a month, the key's tokens a minute.
 COUNTERS = [
@@ -63,7 +65,6 @@ async def test_a_committed_record_is_a_listpack(store: BudgetStore) -> None:
     assert await client.memory_usage(key) < 1_100
 
 
-@pytest.mark.skipif(TEST_REDIS == "cluster", reason="sets one server's configuration")
 async def test_without_the_settings_the_same_record_takes_more_memory() -> None:
     # What SERVER_SETTINGS is for: the same record on a redis-server with Redis's defaults.
     assert "--hash-max-listpack-value" in SERVER_SETTINGS
