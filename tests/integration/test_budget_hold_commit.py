@@ -7,6 +7,7 @@ redis-server; the shortcut's use is seen in Redis's own command counts."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -33,7 +34,7 @@ MODEL_META = pack_meta(
 )
 
 
-async def lease(store: BudgetStore, lease_id: str, tokens: int) -> None:
+async def lease(store: BudgetStore, lease_id: str, tokens: int, counters: Sequence[str] = (COUNTER,)) -> None:
     ok, _, _ = await store.take_lease(
         TENANT,
         lease_id,
@@ -42,7 +43,7 @@ async def lease(store: BudgetStore, lease_id: str, tokens: int) -> None:
         spread=1,
         meta=pack_meta({"tenant": TENANT}),
         wanted=[(tokens, 1), (10**12, 1), (100, 1)],
-        counters=pack_counters([(COUNTER, 10**9)]),
+        counters=pack_counters([(c, 10**9) for c in counters]),
     )
     assert ok
 

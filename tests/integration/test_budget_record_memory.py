@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import redis.asyncio as aioredis
 
-from tests.integration.test_budget_hold_commit import MODEL_META, NOW, TENANT, commit
+from tests.integration.test_budget_hold_commit import MODEL_META, NOW, TENANT, commit, lease
 from tests.integration.test_budget_store_batching import fixture_store  # noqa: F401 (the store on a Redis of its own)
 from tests.support.redis_server import TEST_REDIS, local_redis
-from tollway.budget.store import BudgetStore, Hold, pack_counters, pack_meta
+from tollway.budget.store import BudgetStore, Hold
 from tollway.mesh.redis import SERVER_SETTINGS
 
 pytestmark = pytest.mark.skipif(TEST_REDIS == "cluster", reason="the store fixture and CONFIG SET are one server's")
@@ -28,17 +28,7 @@ COUNTERS = [
 
 async def a_committed_record(store: BudgetStore) -> str:
     rid, lease_id = "5a1ad49fde6493c5e4882c77a679a308", "L5957c58c468c43cbb11cf42bc9fa003"
-    ok, _, _ = await store.take_lease(
-        TENANT,
-        lease_id,
-        now_ms=NOW,
-        expires_ms=NOW + 600_000,
-        spread=1,
-        meta=pack_meta({"tenant": TENANT, "key": "tw-ByZSnX", "feat": "search"}),
-        wanted=[(10_000, 1), (10**12, 1), (100, 1)],
-        counters=pack_counters([(c, 10**12) for c in COUNTERS]),
-    )
-    assert ok
+    await lease(store, lease_id, 10_000, COUNTERS)
     asked = {
         "tenant": TENANT,
         "key": "tw-ByZSnX",
