@@ -115,9 +115,8 @@ def report(before: int, after: int, fams: dict[str, Family], n: int, rate: float
             else:
                 ttl = f"capped at {cap:,} entries"
                 hours = cap * per_entry / per_request / rate / 3600
-                steady = f"{cap * per_entry / 2**30:,.2f} GiB (a tenant's), reached in {hours:,.1f} h"
-                if "*" not in name:
-                    steady = steady.replace(" (a tenant's)", "")
+                whose = " (a tenant's)" if name.endswith("*") else ""
+                steady = f"{cap * per_entry / 2**30:,.2f} GiB{whose}, reached in {hours:,.1f} h"
         else:
             ttl = "none"
             steady = "—" if len(fam.keys) < n / 100 else f"{per_request * rate * 86400 / 2**30:,.1f} GiB more a day"

@@ -576,9 +576,14 @@ class Insights:
             views.append(CallView(fields, state, None if score_milli is None else score_milli / 1000))
         return views, rows[-1][0] if more and rows else ""
 
+    async def _target(self, viewer: Viewer, request_id: str) -> Mapping[str, str]:
+        """The call ``request_id`` names, within the feedback window (see :func:`feedback_target`)."""
+        attributed = await self.store.call_attribution(request_id)
+        return feedback_target(viewer, request_id, attributed, self.store.call_index_ttl_s)
+
     async def raw(self, viewer: Viewer, request_id: str) -> dict[str, str] | None:
         """A call's raw prompt and answer while hot, if the viewer may read the call."""
-        feedback_target(viewer, request_id, await self.store.call_attribution(request_id), self.store.call_index_ttl_s)
+        await self._target(viewer, request_id)
         return await self.store.raw_call(request_id)
 
     async def call(self, viewer: Viewer, request_id: str) -> tuple[CallView, dict[str, str] | None]:
@@ -588,9 +593,7 @@ class Insights:
             NotFound: No such call of the viewer's tenant within the feedback window (or its
                 record was trimmed from the tenant's stream).
         """
-        target = feedback_target(
-            viewer, request_id, await self.store.call_attribution(request_id), self.store.call_index_ttl_s
-        )
+        target = await self._target(viewer, request_id)
         fields = await self.store.find_call(target["tenant"], request_id, int(target.get("written_ms", "0") or 0))
         if fields is None:
             raise NotFound(
@@ -606,9 +609,7 @@ class Insights:
         """Records feedback (see :func:`check_feedback` and :func:`feedback_target` for the
         errors); True when it replaced earlier feedback on the call."""
         score_milli = check_feedback(request_id, score, comment)
-        target = feedback_target(
-            viewer, request_id, await self.store.call_attribution(request_id), self.store.call_index_ttl_s
-        )
+        target = await self._target(viewer, request_id)
         return await self.store.put_feedback(
             request_id,
             target["tenant"],
